@@ -1,0 +1,55 @@
+"""pifs_jax: denoising diffusion as Partitioned Iterated Function Systems, in JAX.
+
+Public names are re-exported flat: ``pj.cosine``, ``pj.contraction_threshold``, ...
+"""
+
+from pifs_jax.schedules import (
+    SCHEDULE_NAMES,
+    Schedule,
+    cosine,
+    from_alpha_bar,
+    from_alphas_cumprod,
+    from_betas,
+    from_edm_sigmas,
+    from_log_alpha_bar,
+    from_log_snr,
+    karras,
+    linear,
+    logsnr_cosine,
+    named_schedule,
+    resolution_shift,
+    scaled_linear,
+    shift_log_snr,
+    sigmoid,
+    zero_terminal_snr,
+)
+from pifs_jax.grids import (
+    AYS_SD15,
+    AYS_SDXL,
+    TIMESTEP_SPACINGS,
+    align_your_steps_grid,
+    diffusers_grid,
+    diffusers_timesteps,
+    full_grid,
+    grid_from_diffusers_timesteps,
+    uniform_grid,
+)
+from pifs_jax.geometry import (
+    ContractionSummary,
+    StepCoefficients,
+    analytic_kaplan_yorke,
+    contraction_summary,
+    contraction_threshold,
+    dimension_growth,
+    expansion_factor,
+    expansion_threshold,
+    information_gain,
+    log_expansion_factor,
+    lyapunov_exponents,
+    moran_function,
+    moran_threshold,
+    step_coefficients,
+)
+from pifs_jax.kaplan_yorke import kaplan_yorke_dimension, kaplan_yorke_patch_form
+
+__version__ = "0.1.0"

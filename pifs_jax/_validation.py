@@ -1,0 +1,111 @@
+"""Input checks at the public boundary.
+
+Every check runs only on concrete values: under ``jax.jit`` / ``jax.grad`` the inputs are
+tracers and the checks are skipped (the traced program cannot raise on values). Each failure
+raises ``ValueError`` naming the argument, what was expected and what was received.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+
+
+def is_concrete(*values: Any) -> bool:
+    """True when no leaf of ``values`` is a JAX tracer (i.e. we are not inside a transform)."""
+    leaves = jax.tree_util.tree_leaves(values)
+    return not any(isinstance(leaf, jax.core.Tracer) for leaf in leaves)
+
+
+def describe(value: Any, limit: int = 6) -> str:
+    """A short, readable rendering of an array-like for error messages."""
+    arr = np.asarray(value)
+    if arr.ndim == 0:
+        return repr(arr.item())
+    flat = arr.ravel()
+    shown = ", ".join(f"{v:.6g}" if np.issubdtype(arr.dtype, np.floating) else str(v) for v in flat[:limit])
+    more = ", ..." if flat.size > limit else ""
+    return f"array(shape={arr.shape}, dtype={arr.dtype}, values=[{shown}{more}])"
+
+
+def check_log_alpha_bar(log_alpha_bar: Any, *, name: str = "alpha_bar") -> None:
+    """Validate a schedule given as ``log alpha_bar`` over the training grid ``t = 0..T``.
+
+    Requires shape ``(T+1,)`` with ``T >= 1``, ``alpha_bar[0] == 1`` exactly, every later value in
+    ``(0, 1)`` and strictly decreasing. Skipped under tracing.
+    """
+    if not is_concrete(log_alpha_bar):
+        return
+    arr = np.asarray(log_alpha_bar, dtype=np.float64)
+    if arr.ndim != 1 or arr.shape[0] < 2:
+        raise ValueError(
+            f"{name}: expected a 1-D array of shape (T+1,) with T >= 1, got shape {arr.shape}"
+        )
+    if not np.all(np.isfinite(arr)):
+        bad = int(np.flatnonzero(~np.isfinite(arr))[0])
+        raise ValueError(
+            f"{name}: every value must lie in (0, 1] (alpha_bar_T > 0, logSNR finite); "
+            f"index {bad} is {np.exp(arr[bad]):.6g}"
+        )
+    if arr[0] != 0.0:
+        raise ValueError(
+            f"{name}: alpha_bar[0] must be exactly 1 (t = 0 is clean data), got {np.exp(arr[0]):.17g}"
+        )
+    if np.any(arr[1:] >= 0.0):
+        bad = int(np.flatnonzero(arr[1:] >= 0.0)[0]) + 1
+        raise ValueError(
+            f"{name}: alpha_bar[t] must be < 1 for t >= 1, got alpha_bar[{bad}] = {np.exp(arr[bad]):.17g}"
+        )
+    steps = np.diff(arr)
+    if np.any(steps >= 0.0):
+        bad = int(np.flatnonzero(steps >= 0.0)[0]) + 1
+        raise ValueError(
+            f"{name}: must be strictly decreasing in t, but alpha_bar[{bad}] = {np.exp(arr[bad]):.10g} "
+            f">= alpha_bar[{bad - 1}] = {np.exp(arr[bad - 1]):.10g}"
+        )
+
+
+def check_grid(grid: Any, T: int, *, name: str = "grid") -> None:
+    """Validate a sampling grid ``0 = tau_0 < tau_1 < ... < tau_N <= T`` of integers."""
+    if not is_concrete(grid):
+        return
+    arr = np.asarray(grid)
+    if arr.ndim != 1 or arr.shape[0] < 2:
+        raise ValueError(
+            f"{name}: expected a 1-D integer array 0 = tau_0 < ... < tau_N <= T with N >= 1, "
+            f"got shape {arr.shape}"
+        )
+    if not np.issubdtype(arr.dtype, np.integer):
+        if not np.all(np.equal(np.round(arr), arr)):
+            raise ValueError(f"{name}: timesteps must be integers, got {describe(arr)}")
+    if arr[0] != 0:
+        raise ValueError(f"{name}: must start at tau_0 = 0 (alpha_bar = 1), got tau_0 = {arr[0]}")
+    if np.any(np.diff(arr) <= 0):
+        bad = int(np.flatnonzero(np.diff(arr) <= 0)[0]) + 1
+        raise ValueError(
+            f"{name}: must be strictly increasing, but tau_{bad} = {arr[bad]} <= tau_{bad - 1} = {arr[bad - 1]}"
+        )
+    if arr[-1] > T:
+        raise ValueError(f"{name}: last timestep tau_N = {arr[-1]} exceeds the schedule's T = {T}")
+
+
+def check_variances(variances: Any, *, name: str = "variances") -> None:
+    """Validate covariance eigenvalues: finite and non-negative."""
+    if not is_concrete(variances):
+        return
+    arr = np.asarray(variances, dtype=np.float64)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name}: must be finite, got {describe(arr)}")
+    if np.any(arr < 0):
+        raise ValueError(f"{name}: variances must be >= 0, got {describe(arr)}")
+
+
+def check_positive_int(value: Any, *, name: str, minimum: int = 1) -> int:
+    """Return ``value`` as int after checking it is an integer >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value}")
+    return int(value)

@@ -1,0 +1,1 @@
+"""Bundled data files (example diffusers scheduler configs)."""

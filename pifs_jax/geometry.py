@@ -1,0 +1,294 @@
+"""Model-free geometry of the DDIM chain: everything computed from the schedule alone.
+
+For a sampling step ``t = tau_i -> s = tau_{i-1}`` the deterministic DDIM map is
+``Phi_t(x) = a_t x + b_t epshat(x, t)`` (theory.md section 3) with
+
+- ``a_t = sqrt(alpha_bar_s / alpha_bar_t) > 1``, ``a_t - 1 = expm1((log ab_s - log ab_t)/2)``;
+- ``b_t = sigma_s - a_t sigma_t = (1 - a_t^2) / (sigma_s + a_t sigma_t) < 0``.
+
+Derived quantities (section 4), all in cancellation-free forms:
+
+- contraction threshold ``L*_t = (a_t - 1)/|b_t| = (sigma_s + a_t sigma_t) / (1 + a_t)``;
+- expansion factor for data variance ``lambda``
+  ``f_t(lambda) = (sqrt(ab_s ab_t) lambda + sigma_s sigma_t) / (ab_t lambda + sigma_t^2)``,
+  evaluated as ``f_t - 1 = ab_t (a_t - 1)(lambda - lambda*_t) / (ab_t lambda + sigma_t^2)``;
+- per-step threshold ``lambda*_t = sigma_t (sigma_t - sigma_s) / (sqrt(ab_t)(sqrt(ab_s) - sqrt(ab_t)))
+  = sigma_t (1 + a_t) / (sigma_t + sigma_s)`` (the second form is exact algebra, no differences);
+- global (Moran) threshold ``lambda**``: ``sum_t log f_t(lambda**) = 0``.
+
+Every function takes a :class:`~pifs_jax.schedules.Schedule` and an optional ``grid``
+(``None`` = every training step) and returns per-step arrays of shape ``(N,)``; entry ``i-1``
+belongs to the step ``tau_i -> tau_{i-1}``, so entry 0 is the finest step (landing on
+``alpha_bar = 1``). All functions are jittable and differentiable with respect to the schedule.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optimistix as optx
+
+from pifs_jax._validation import check_log_alpha_bar, check_variances
+from pifs_jax.grids import as_grid
+from pifs_jax.schedules import Schedule, safe_sqrt
+
+__all__ = [
+    "StepCoefficients",
+    "step_coefficients",
+    "contraction_threshold",
+    "ContractionSummary",
+    "contraction_summary",
+    "expansion_threshold",
+    "log_expansion_factor",
+    "expansion_factor",
+    "moran_function",
+    "moran_threshold",
+    "lyapunov_exponents",
+    "analytic_kaplan_yorke",
+    "information_gain",
+    "dimension_growth",
+]
+
+
+class StepCoefficients(NamedTuple):
+    """Per-step DDIM coefficients, each of shape ``(N,)`` (entry ``i-1``: step ``tau_i -> tau_{i-1}``)."""
+
+    log_alpha_bar_t: jax.Array
+    log_alpha_bar_s: jax.Array
+    sigma_t: jax.Array
+    sigma_s: jax.Array
+    a: jax.Array
+    """``a_t = sqrt(alpha_bar_s / alpha_bar_t)``."""
+    a_minus_1: jax.Array
+    """``a_t - 1 = expm1((log ab_s - log ab_t) / 2)``, exact for tiny steps."""
+    b: jax.Array
+    """``b_t = (1 - a_t^2) / (sigma_s + a_t sigma_t)`` (negative)."""
+
+    @property
+    def alpha_bar_t(self) -> jax.Array:
+        return jnp.exp(self.log_alpha_bar_t)
+
+
+def step_coefficients(sched: Schedule, grid: Any = None) -> StepCoefficients:
+    """DDIM step coefficients ``a_t``, ``b_t`` (and the sigmas) for every step of ``grid``.
+
+    Args:
+      sched: the schedule.
+      grid: increasing integer timesteps ``0 = tau_0 < ... < tau_N <= T``; ``None`` = all ``T`` steps.
+
+    Returns:
+      :class:`StepCoefficients` with arrays of shape ``(N,)``.
+    """
+    if not isinstance(sched, Schedule):
+        raise ValueError(f"sched: expected a pifs_jax Schedule, got {type(sched).__name__}")
+    check_log_alpha_bar(sched.log_alpha_bar, name="sched")
+    grid = jnp.asarray(as_grid(grid, sched.T))
+    log_ab = sched.log_alpha_bar
+    log_t = log_ab[grid[1:]]
+    log_s = log_ab[grid[:-1]]
+    sigma2 = sched.sigma2
+    sigma_t = safe_sqrt(sigma2[grid[1:]])
+    sigma_s = safe_sqrt(sigma2[grid[:-1]])
+    half_gap = (log_s - log_t) / 2
+    a = jnp.exp(half_gap)
+    a_minus_1 = jnp.expm1(half_gap)
+    b = -jnp.expm1(2 * half_gap) / (sigma_s + a * sigma_t)
+    return StepCoefficients(log_t, log_s, sigma_t, sigma_s, a, a_minus_1, b)
+
+
+def contraction_threshold(sched: Schedule, grid: Any = None) -> jax.Array:
+    """Per-step contraction threshold ``L*_t = (sigma_s + a_t sigma_t) / (1 + a_t)``, shape ``(N,)``.
+
+    Equal to ``(a_t - 1)/|b_t|``: if ``epshat(., t)`` is ``L``-Lipschitz with ``L < L*_t`` the step
+    is a contraction. At the finest step (``sigma_s = 0``) ``L* = a sigma_1/(1 + a) ~ sigma_1/2``.
+
+    Example:
+      >>> lstar = contraction_threshold(cosine(1000), grid=jnp.arange(0, 1001, 20))  # (50,)
+    """
+    c = step_coefficients(sched, grid)
+    return (c.sigma_s + c.a * c.sigma_t) / (1 + c.a)
+
+
+class ContractionSummary(NamedTuple):
+    """Summary of ``L*_t`` over a chain."""
+
+    mean: jax.Array
+    cv: jax.Array
+    """Coefficient of variation: population standard deviation / mean."""
+    min: jax.Array
+    argmin: jax.Array
+    """Index into the per-step array (0 = finest step)."""
+    finest: jax.Array
+    """``L*`` at the finest step (the one landing on ``alpha_bar = 1``)."""
+
+
+def contraction_summary(sched: Schedule, grid: Any = None) -> ContractionSummary:
+    """Mean, coefficient of variation (population std / mean), minimum of ``L*_t`` over the chain."""
+    lstar = contraction_threshold(sched, grid)
+    mean = jnp.mean(lstar)
+    return ContractionSummary(mean, jnp.std(lstar) / mean, jnp.min(lstar), jnp.argmin(lstar), lstar[0])
+
+
+def expansion_threshold(sched: Schedule, grid: Any = None) -> jax.Array:
+    """Per-step threshold ``lambda*_t`` with ``f_t(lambda*_t) = 1``, shape ``(N,)``.
+
+    ``lambda*_t = sigma_t (sigma_t - sigma_s) / (sqrt(ab_t)(sqrt(ab_s) - sqrt(ab_t)))``, evaluated in
+    the equivalent cancellation-free form ``sigma_t (1 + a_t) / (sigma_t + sigma_s)``: about 1
+    mid-chain, ``1 + a_1 ~ 2`` at the finest step. Variances above it expand in that step.
+    """
+    c = step_coefficients(sched, grid)
+    return c.sigma_t * (1 + c.a) / (c.sigma_t + c.sigma_s)
+
+
+def log_expansion_factor(sched: Schedule, variances: Any, grid: Any = None) -> jax.Array:
+    """``log f_t(lambda)`` for every step and variance, shape ``(N,) + variances.shape``.
+
+    ``log f_t = log1p(ab_t (a_t - 1)(lambda - lambda*_t) / (ab_t lambda + sigma_t^2))``: exact for the
+    tiny per-step factors of 1000-step chains, and ``-inf`` only for ``lambda = 0`` at the finest
+    step (where ``f_t(0) = sigma_s / sigma_t = 0``).
+    """
+    check_variances(variances)
+    c = step_coefficients(sched, grid)
+    lam = jnp.asarray(variances, dtype=c.a.dtype)
+    expand = (slice(None),) + (None,) * lam.ndim
+    ab_t = c.alpha_bar_t[expand]
+    lam_star = (c.sigma_t * (1 + c.a) / (c.sigma_t + c.sigma_s))[expand]
+    numerator = ab_t * c.a_minus_1[expand] * (lam - lam_star)
+    denominator = ab_t * lam + (c.sigma_t**2)[expand]
+    return jnp.log1p(numerator / denominator)
+
+
+def expansion_factor(sched: Schedule, variances: Any, grid: Any = None) -> jax.Array:
+    """Diagonal expansion function ``f_t(lambda)``, shape ``(N,) + variances.shape``.
+
+    ``f_t(lambda) = (sqrt(ab_s ab_t) lambda + sigma_s sigma_t) / (ab_t lambda + sigma_t^2)``: the DDIM
+    step's factor along a data-covariance eigendirection of variance ``lambda`` under the optimal
+    Gaussian denoiser. Increasing in ``lambda``, ``f_t(0) = sigma_s/sigma_t``, ``f_t(inf) = a_t``.
+    """
+    return jnp.exp(log_expansion_factor(sched, variances, grid))
+
+
+def moran_function(sched: Schedule, variances: Any, grid: Any = None) -> jax.Array:
+    """``sum_t log f_t(lambda)`` over the chain (log of the chain's factor), shape ``variances.shape``."""
+    return jnp.sum(log_expansion_factor(sched, variances, grid), axis=0)
+
+
+def _moran_residual(log_lam, coeffs):
+    ab_t, a_minus_1, lam_star, sigma2_t = coeffs
+    lam = jnp.exp(log_lam)
+    return jnp.sum(jnp.log1p(ab_t * a_minus_1 * (lam - lam_star) / (ab_t * lam + sigma2_t)))
+
+
+def moran_threshold(sched: Schedule, grid: Any = None) -> jax.Array:
+    """Global expansion threshold ``lambda**``: the root of ``sum_t log f_t(lambda) = 0``.
+
+    ``f_t`` increases in ``lambda``, so the root is unique and lies between ``min_t lambda*_t``
+    and ``max_t lambda*_t`` (below the first every factor is < 1, above the last every factor is
+    > 1); that bracket is solved by bisection in ``log lambda`` to machine precision
+    (``optimistix.Bisection``). Gradients with respect to the schedule come from the implicit
+    function theorem (``optimistix.ImplicitAdjoint``), not from unrolling the iterations.
+
+    Directions whose data variance exceeds ``lambda**`` have a positive Lyapunov exponent.
+    """
+    c = step_coefficients(sched, grid)
+    lam_star = c.sigma_t * (1 + c.a) / (c.sigma_t + c.sigma_s)
+    coeffs = (c.alpha_bar_t, c.a_minus_1, lam_star, c.sigma_t**2)
+    dtype = c.a.dtype
+    eps = jnp.finfo(dtype).eps
+    lower = jnp.log(jnp.min(lam_star))
+    upper = jnp.log(jnp.max(lam_star))
+    # Widen the bracket by a few ulps so that a root at an end point (one-step chains, equal
+    # thresholds) is strictly inside it; the widened bracket still holds a unique root.
+    pad = 8 * eps * (1 + jnp.maximum(jnp.abs(lower), jnp.abs(upper)))
+    solver = optx.Bisection(rtol=0.0, atol=float(4 * eps), flip=False)
+    solution = optx.root_find(
+        _moran_residual,
+        solver,
+        (lower + upper) / 2,
+        args=coeffs,
+        options=dict(lower=lower - pad, upper=upper + pad),
+        max_steps=256,
+        throw=False,
+    )
+    return jnp.exp(solution.value)
+
+
+def lyapunov_exponents(sched: Schedule, variances: Any, grid: Any = None) -> jax.Array:
+    """Analytic Lyapunov exponents of the chain under Gaussian data, **per step**.
+
+    ``Lambda(lambda) = (1/N) sum_t log f_t(lambda)`` for each covariance eigenvalue ``lambda``
+    (the chain Jacobian is ``U diag(prod_t f_t(lambda_i)) U^T``). Per chain = ``N`` times this;
+    signs and the Kaplan-Yorke ratio do not depend on the choice. Shape ``variances.shape``.
+    """
+    log_f = log_expansion_factor(sched, variances, grid)
+    return jnp.mean(log_f, axis=0)
+
+
+def analytic_kaplan_yorke(sched: Schedule, variances: Any, sizes: Any | None = None, grid: Any = None):
+    """Kaplan-Yorke dimension of the Gaussian chain's attractor (general rule).
+
+    Args:
+      variances: covariance eigenvalues (or patch variances), shape ``(m,)``.
+      sizes: how many coordinates share each variance (patch sizes ``n_k``), shape ``(m,)``;
+        default 1 each.
+
+    Returns:
+      Scalar ``d_KY`` in ``[0, sum(sizes)]``.
+    """
+    from pifs_jax.kaplan_yorke import kaplan_yorke_dimension
+
+    return kaplan_yorke_dimension(lyapunov_exponents(sched, variances, grid), sizes)
+
+
+def _patch_arrays(variances: Any, sizes: Any | None, dtype):
+    lam = jnp.asarray(variances, dtype=dtype)
+    if lam.ndim != 1:
+        raise ValueError(f"variances: expected shape (m,) of patch variances, got {lam.shape}")
+    n = jnp.ones_like(lam) if sizes is None else jnp.asarray(sizes, dtype=dtype)
+    if n.shape != lam.shape:
+        raise ValueError(f"sizes: expected shape {lam.shape} (one per variance), got {n.shape}")
+    return lam, n
+
+
+def information_gain(sched: Schedule, variances: Any, sizes: Any | None = None, grid: Any = None) -> jax.Array:
+    """Per-step Gaussian information gain ``IG_t`` in nats, shape ``(N,)``.
+
+    ``IG_t = 1/2 sum_k n_k log((1 + SNR_s lambda_k) / (1 + SNR_t lambda_k))``: the increase of the
+    mutual information between clean data ``x_0 ~ N(0, diag(lambda))`` and the noisy state from
+    ``t`` to ``s``. Written as ``1/2 sum_k n_k [log(sigma_t^2) - log(sigma_s^2) + log(ab_s lambda + sigma_s^2)
+    - log(ab_t lambda + sigma_t^2)]``. The step landing on ``alpha_bar = 1`` has ``SNR_s = inf``, so
+    its information gain is ``+inf`` for continuous data (it recovers ``x_0`` exactly); summaries
+    over steps should exclude that step (see ``grid``'s entry 0).
+    """
+    check_variances(variances)
+    c = step_coefficients(sched, grid)
+    lam, n = _patch_arrays(variances, sizes, c.a.dtype)
+    ab_t = c.alpha_bar_t[:, None]
+    ab_s = jnp.exp(c.log_alpha_bar_s)[:, None]
+    s2_t = (c.sigma_t**2)[:, None]
+    s2_s = (c.sigma_s**2)[:, None]
+    per_patch = jnp.log((ab_s * lam + s2_s) / s2_s) - jnp.log((ab_t * lam + s2_t) / s2_t)
+    return 0.5 * jnp.sum(n * per_patch, axis=1)
+
+
+def dimension_growth(sched: Schedule, variances: Any, sizes: Any | None = None, grid: Any = None) -> jax.Array:
+    """Per-step growth ``Delta d_t`` of the Kaplan-Yorke dimension, shape ``(N,)``.
+
+    Definition (theory.md section 8 leaves it open): the step's share of the Kaplan-Yorke numerator,
+    ``Delta d_t = sum_{k: lambda_k > lambda**} n_k log f_t(lambda_k) / (N |Lambda_{k*}|)`` with
+    ``Lambda_{k*}`` the per-step exponent of the least-contracting patch. Then ``sum_t Delta d_t`` is
+    the fractional part of the paper's patch form ``d_KY - N+``, and ``Delta d_t`` is linear in
+    ``log f_t``. If no patch contracts the denominator is taken as 1 (the fraction is then
+    undefined, and the growth is the raw numerator per step).
+    """
+    check_variances(variances)
+    log_f = log_expansion_factor(sched, variances, grid)
+    lam, n = _patch_arrays(variances, sizes, log_f.dtype)
+    exponents = jnp.mean(log_f, axis=0)
+    expanding = exponents > 0
+    least_contracting = jnp.max(jnp.where(expanding, -jnp.inf, exponents))
+    denominator = jnp.where(jnp.isfinite(least_contracting), jnp.abs(least_contracting), 1.0)
+    numerator = jnp.sum(jnp.where(expanding, n * log_f, 0.0), axis=1)
+    return numerator / (log_f.shape[0] * denominator)

@@ -1,0 +1,131 @@
+"""Sampling grids ``0 = tau_0 < tau_1 < ... < tau_N <= T`` in this package's indexing.
+
+Sampling step ``i`` maps ``x_{tau_i}`` to ``x_{tau_{i-1}}``; ``tau_0 = 0`` is clean data
+(``alpha_bar = 1``). Steps are always taken between explicit grid points, never by stride
+arithmetic.
+
+diffusers numbers its timesteps ``k = 0..T-1`` with ``alphas_cumprod[k] = alpha_bar[k+1]``; a
+diffusers timestep ``k`` is this package's ``k + 1``. Its DDIM sampler finishes on
+``alpha_bar = 1`` (``set_alpha_to_one=True``), our ``tau_0 = 0``. Note that diffusers' DDIM step
+finds the previous timestep as ``k - T // N`` (stride arithmetic), which for the ``linspace`` and
+``trailing`` spacings is not the next timestep in its own list; here the grid is the list.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from pifs_jax._validation import check_grid, check_positive_int
+
+__all__ = [
+    "full_grid",
+    "uniform_grid",
+    "diffusers_timesteps",
+    "grid_from_diffusers_timesteps",
+    "diffusers_grid",
+    "AYS_SD15",
+    "AYS_SDXL",
+    "align_your_steps_grid",
+    "as_grid",
+    "TIMESTEP_SPACINGS",
+]
+
+#: Align Your Steps (Sabour et al. 2024), 10 steps, diffusers indexing, Stable Diffusion 1.5.
+AYS_SD15 = (999, 850, 736, 645, 545, 455, 343, 233, 124, 24)
+#: Align Your Steps (Sabour et al. 2024), 10 steps, diffusers indexing, SDXL.
+AYS_SDXL = (999, 845, 730, 587, 443, 310, 193, 116, 53, 13)
+
+TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
+
+
+def full_grid(T: int) -> np.ndarray:
+    """Every training step: ``tau_i = i`` for ``i = 0..T``."""
+    T = check_positive_int(T, name="T")
+    return np.arange(T + 1)
+
+
+def uniform_grid(T: int, num_steps: int) -> np.ndarray:
+    """``N`` evenly spaced steps ending at ``T``: ``tau_i = round(i T / N)``, ``i = 0..N``.
+
+    ``uniform_grid(1000, 50)`` is ``tau_i = 20 i``.
+    """
+    T = check_positive_int(T, name="T")
+    num_steps = check_positive_int(num_steps, name="num_steps")
+    if num_steps > T:
+        raise ValueError(f"num_steps: cannot exceed T = {T}, got {num_steps}")
+    return np.round(np.arange(num_steps + 1) * (T / num_steps)).astype(np.int64)
+
+
+def diffusers_timesteps(
+    T: int, num_steps: int, *, spacing: str = "leading", steps_offset: int = 0
+) -> np.ndarray:
+    """The descending timestep list diffusers' DDIM ``set_timesteps`` produces (diffusers indexing).
+
+    - ``linspace``: ``round(linspace(0, T-1, N))``
+    - ``leading``: ``arange(N) * (T // N) + steps_offset``
+    - ``trailing``: ``round(arange(T, 0, -T/N)) - 1``
+    """
+    T = check_positive_int(T, name="T")
+    num_steps = check_positive_int(num_steps, name="num_steps")
+    if num_steps > T:
+        raise ValueError(f"num_steps: cannot exceed num_train_timesteps = {T}, got {num_steps}")
+    if spacing == "linspace":
+        steps = np.linspace(0, T - 1, num_steps).round()[::-1].astype(np.int64)
+    elif spacing == "leading":
+        ratio = T // num_steps
+        steps = (np.arange(num_steps) * ratio).round()[::-1].astype(np.int64) + steps_offset
+    elif spacing == "trailing":
+        ratio = T / num_steps
+        steps = np.round(np.arange(T, 0, -ratio)).astype(np.int64) - 1
+    else:
+        raise ValueError(f"spacing: unknown timestep_spacing {spacing!r}; expected one of {TIMESTEP_SPACINGS}")
+    return steps
+
+
+def grid_from_diffusers_timesteps(timesteps: Any, *, T: int | None = None) -> np.ndarray:
+    """Convert a diffusers timestep list (any order, values ``0..T-1``) to this package's grid.
+
+    Result: ``[0] + sorted(k + 1)``; the chain ends on ``alpha_bar = 1``.
+    """
+    ts = np.asarray(timesteps)
+    if ts.ndim != 1 or ts.size == 0:
+        raise ValueError(f"timesteps: expected a non-empty 1-D list, got shape {ts.shape}")
+    if not np.all(np.equal(np.round(ts), ts)):
+        raise ValueError(f"timesteps: must be integers, got {ts.tolist()}")
+    ts = np.sort(ts.astype(np.int64))
+    if ts[0] < 0:
+        raise ValueError(f"timesteps: diffusers timesteps are >= 0, got {ts[0]}")
+    if np.any(np.diff(ts) == 0):
+        raise ValueError(f"timesteps: contain duplicates: {ts.tolist()}")
+    grid = np.concatenate([[0], ts + 1])
+    if T is not None:
+        check_grid(grid, T, name="timesteps")
+    return grid
+
+
+def diffusers_grid(T: int, num_steps: int, *, spacing: str = "leading", steps_offset: int = 0) -> np.ndarray:
+    """:func:`diffusers_timesteps` converted with :func:`grid_from_diffusers_timesteps`."""
+    return grid_from_diffusers_timesteps(
+        diffusers_timesteps(T, num_steps, spacing=spacing, steps_offset=steps_offset), T=T
+    )
+
+
+def align_your_steps_grid(model: str = "sd15") -> np.ndarray:
+    """The published 10-step Align Your Steps timesteps (``"sd15"`` or ``"sdxl"``) as a grid on T = 1000."""
+    table = {"sd15": AYS_SD15, "sdxl": AYS_SDXL}
+    if model not in table:
+        raise ValueError(f"model: expected 'sd15' or 'sdxl', got {model!r}")
+    return grid_from_diffusers_timesteps(table[model], T=1000)
+
+
+def as_grid(grid: Any, T: int):
+    """``None`` -> every step ``0..T``; otherwise validated (when concrete) and returned as is.
+
+    Traced grids pass through unchecked so that a grid can be a jit argument.
+    """
+    if grid is None:
+        return np.arange(T + 1)
+    check_grid(grid, T)
+    return grid
