@@ -14,6 +14,7 @@ from pifs_jax.schedules import (
     from_log_alpha_bar,
     from_log_snr,
     karras,
+    log_snr_decrements,
     linear,
     logsnr_cosine,
     named_schedule,
@@ -37,6 +38,7 @@ from pifs_jax.grids import (
 from pifs_jax.geometry import (
     ContractionSummary,
     StepCoefficients,
+    step_gaps,
     analytic_kaplan_yorke,
     contraction_summary,
     contraction_threshold,
@@ -51,5 +53,19 @@ from pifs_jax.geometry import (
     step_coefficients,
 )
 from pifs_jax.kaplan_yorke import kaplan_yorke_dimension, kaplan_yorke_patch_form
+from pifs_jax.learnable import LearnableSchedule, logsnr_spline, monotone_network
+from pifs_jax.ddim import ChainSteps, chain_steps, check_denoiser, ddim_chain, ddim_sample, ddim_step
+from pifs_jax.results import write_result_json
+from pifs_jax.interop import (
+    DIFFUSERS_BETA_SCHEDULES,
+    EXAMPLE_CONFIGS,
+    diffusers_config_grid,
+    example_config_path,
+    from_diffusers_config,
+    load_config,
+    save_diffusers_config,
+    to_diffusers_config,
+)
+from pifs_jax.reproduce import run_reproduction
 
 __version__ = "0.1.0"

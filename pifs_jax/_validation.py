@@ -67,6 +67,34 @@ def check_log_alpha_bar(log_alpha_bar: Any, *, name: str = "alpha_bar") -> None:
         )
 
 
+def check_gaps(log_alpha_bar: Any, gaps: Any, *, name: str = "sched") -> None:
+    """Validate a schedule's per-step gaps ``g_t = log alpha_bar_{t-1} - log alpha_bar_t``.
+
+    Shape ``(T,)``, finite, strictly positive, and consistent with ``log alpha_bar`` (their
+    cumulative sum reproduces it to a relative 1e-4: a loose bound that only catches a gaps array
+    belonging to another schedule, not round-off). Skipped under tracing.
+    """
+    if not is_concrete(log_alpha_bar, gaps):
+        return
+    log_ab = np.asarray(log_alpha_bar, dtype=np.float64)
+    g = np.asarray(gaps, dtype=np.float64)
+    if g.shape != (log_ab.shape[0] - 1,):
+        raise ValueError(f"{name}: gaps must have shape (T,) = ({log_ab.shape[0] - 1},), got {g.shape}")
+    if not np.all(np.isfinite(g)) or np.any(g <= 0):
+        bad = int(np.flatnonzero(~np.isfinite(g) | (g <= 0))[0])
+        raise ValueError(
+            f"{name}: alpha_bar must strictly decrease (gaps log alpha_bar[t-1] - log alpha_bar[t] > 0), "
+            f"got gap {g[bad]!r} at t = {bad + 1}"
+        )
+    mismatch = np.abs(-np.cumsum(g) - log_ab[1:])
+    if np.any(mismatch > 1e-4 * np.maximum(1.0, np.abs(log_ab[1:]))):
+        bad = int(np.argmax(mismatch))
+        raise ValueError(
+            f"{name}: gaps are inconsistent with log_alpha_bar (cumulative sum off by {mismatch[bad]:.3g} at "
+            f"t = {bad + 1}); build schedules with the pifs_jax constructors"
+        )
+
+
 def check_grid(grid: Any, T: int, *, name: str = "grid") -> None:
     """Validate a sampling grid ``0 = tau_0 < tau_1 < ... < tau_N <= T`` of integers."""
     if not is_concrete(grid):

@@ -52,9 +52,9 @@ def chain_steps(sched: Schedule, grid: Any = None, *, eta: Any = 0.0) -> ChainSt
     eta = jnp.asarray(eta, c.a.dtype)
     sigma2_t, sigma2_s = c.sigma_t**2, c.sigma_s**2
     # c_t^2 = eta^2 sigma_s^2 / sigma_t^2 * (1 - ab_t / ab_s)
-    noise2 = eta**2 * sigma2_s / sigma2_t * -jnp.expm1(c.log_alpha_bar_t - c.log_alpha_bar_s)
+    noise2 = eta**2 * sigma2_s / sigma2_t * -jnp.expm1(-c.log_ratio)
     noise2 = jnp.minimum(noise2, sigma2_s)
-    b = (-jnp.expm1(c.log_alpha_bar_s - c.log_alpha_bar_t) - noise2) / (
+    b = (-jnp.expm1(c.log_ratio) - noise2) / (
         safe_sqrt(sigma2_s - noise2) + c.a * c.sigma_t
     )
     steps = ChainSteps(grid[1:], c.a, b, safe_sqrt(noise2))

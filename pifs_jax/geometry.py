@@ -24,18 +24,20 @@ belongs to the step ``tau_i -> tau_{i-1}``, so entry 0 is the finest step (landi
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optimistix as optx
 
-from pifs_jax._validation import check_log_alpha_bar, check_variances
+from pifs_jax._validation import check_gaps, check_log_alpha_bar, check_variances
 from pifs_jax.grids import as_grid
 from pifs_jax.schedules import Schedule, safe_sqrt
 
 __all__ = [
     "StepCoefficients",
+    "step_gaps",
     "step_coefficients",
     "contraction_threshold",
     "ContractionSummary",
@@ -59,8 +61,10 @@ class StepCoefficients(NamedTuple):
     log_alpha_bar_s: jax.Array
     sigma_t: jax.Array
     sigma_s: jax.Array
+    log_ratio: jax.Array
+    """``G_t = log alpha_bar_s - log alpha_bar_t > 0``, summed from the schedule's gaps (exact)."""
     a: jax.Array
-    """``a_t = sqrt(alpha_bar_s / alpha_bar_t)``."""
+    """``a_t = sqrt(alpha_bar_s / alpha_bar_t) = exp(G_t / 2)``."""
     a_minus_1: jax.Array
     """``a_t - 1 = expm1((log ab_s - log ab_t) / 2)``, exact for tiny steps."""
     b: jax.Array
@@ -69,6 +73,18 @@ class StepCoefficients(NamedTuple):
     @property
     def alpha_bar_t(self) -> jax.Array:
         return jnp.exp(self.log_alpha_bar_t)
+
+
+def step_gaps(sched: Schedule, grid: Any) -> jax.Array:
+    """``log alpha_bar_s - log alpha_bar_t`` for each grid step, shape ``(N,)``.
+
+    The sum of the training-step gaps ``g_u`` with ``s < u <= t`` (``jax.ops.segment_sum``): a
+    sum of positive terms, exact where the difference of two stored logarithms would cancel.
+    """
+    grid = jnp.asarray(grid)
+    u = jnp.arange(1, sched.T + 1)
+    step_index = jnp.searchsorted(grid, u, side="left") - 1  # u in (tau_{i-1}, tau_i] -> i - 1
+    return jax.ops.segment_sum(sched.gaps, step_index, num_segments=grid.shape[0] - 1)
 
 
 def step_coefficients(sched: Schedule, grid: Any = None) -> StepCoefficients:
@@ -84,18 +100,24 @@ def step_coefficients(sched: Schedule, grid: Any = None) -> StepCoefficients:
     if not isinstance(sched, Schedule):
         raise ValueError(f"sched: expected a pifs_jax Schedule, got {type(sched).__name__}")
     check_log_alpha_bar(sched.log_alpha_bar, name="sched")
-    grid = jnp.asarray(as_grid(grid, sched.T))
+    check_gaps(sched.log_alpha_bar, sched.gaps, name="sched")
+    full = grid is None
+    return _step_coefficients(sched, jnp.asarray(as_grid(grid, sched.T)), full=full)
+
+
+@functools.partial(jax.jit, static_argnames=("full",))
+def _step_coefficients(sched: Schedule, grid: jax.Array, *, full: bool) -> StepCoefficients:
     log_ab = sched.log_alpha_bar
     log_t = log_ab[grid[1:]]
     log_s = log_ab[grid[:-1]]
     sigma2 = sched.sigma2
     sigma_t = safe_sqrt(sigma2[grid[1:]])
     sigma_s = safe_sqrt(sigma2[grid[:-1]])
-    half_gap = (log_s - log_t) / 2
-    a = jnp.exp(half_gap)
-    a_minus_1 = jnp.expm1(half_gap)
-    b = -jnp.expm1(2 * half_gap) / (sigma_s + a * sigma_t)
-    return StepCoefficients(log_t, log_s, sigma_t, sigma_s, a, a_minus_1, b)
+    log_ratio = sched.gaps if full else step_gaps(sched, grid)
+    a = jnp.exp(log_ratio / 2)
+    a_minus_1 = jnp.expm1(log_ratio / 2)
+    b = -jnp.expm1(log_ratio) / (sigma_s + a * sigma_t)
+    return StepCoefficients(log_t, log_s, sigma_t, sigma_s, log_ratio, a, a_minus_1, b)
 
 
 def contraction_threshold(sched: Schedule, grid: Any = None) -> jax.Array:
@@ -257,19 +279,24 @@ def information_gain(sched: Schedule, variances: Any, sizes: Any | None = None, 
 
     ``IG_t = 1/2 sum_k n_k log((1 + SNR_s lambda_k) / (1 + SNR_t lambda_k))``: the increase of the
     mutual information between clean data ``x_0 ~ N(0, diag(lambda))`` and the noisy state from
-    ``t`` to ``s``. Written as ``1/2 sum_k n_k [log(sigma_t^2) - log(sigma_s^2) + log(ab_s lambda + sigma_s^2)
-    - log(ab_t lambda + sigma_t^2)]``. The step landing on ``alpha_bar = 1`` has ``SNR_s = inf``, so
+    ``t`` to ``s``. Evaluated as ``log1p((SNR_s/SNR_t - 1) SNR_t lambda / (1 + SNR_t lambda))`` with
+    ``SNR_s/SNR_t - 1`` from an ``expm1`` of the logSNR step (no difference of nearby logs). The step landing on ``alpha_bar = 1`` has ``SNR_s = inf``, so
     its information gain is ``+inf`` for continuous data (it recovers ``x_0`` exactly); summaries
     over steps should exclude that step (see ``grid``'s entry 0).
     """
     check_variances(variances)
     c = step_coefficients(sched, grid)
     lam, n = _patch_arrays(variances, sizes, c.a.dtype)
+    # logSNR_s - logSNR_t = G + log1p(ab_s (-expm1(-G)) / sigma_s^2), G = log ab_s - log ab_t
+    gap = c.log_ratio
+    sigma2_s, sigma2_t = c.sigma_s**2, c.sigma_t**2
+    ab_s = jnp.exp(c.log_alpha_bar_s)
+    safe_sigma2_s = jnp.where(sigma2_s > 0, sigma2_s, 1.0)
+    snr_gain = jnp.where(
+        sigma2_s > 0, jnp.expm1(gap + jnp.log1p(ab_s * -jnp.expm1(-gap) / safe_sigma2_s)), jnp.inf
+    )  # SNR_s / SNR_t - 1
     ab_t = c.alpha_bar_t[:, None]
-    ab_s = jnp.exp(c.log_alpha_bar_s)[:, None]
-    s2_t = (c.sigma_t**2)[:, None]
-    s2_s = (c.sigma_s**2)[:, None]
-    per_patch = jnp.log((ab_s * lam + s2_s) / s2_s) - jnp.log((ab_t * lam + s2_t) / s2_t)
+    per_patch = jnp.log1p(snr_gain[:, None] * ab_t * lam / (sigma2_t[:, None] + ab_t * lam))
     return 0.5 * jnp.sum(n * per_patch, axis=1)
 
 

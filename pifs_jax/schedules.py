@@ -11,6 +11,13 @@ agree to ~1e-6 relative on every derived quantity, down to logSNR -20.
 Conventions (theory.md section 1): ``alpha_bar[0] = 1``; ``alpha_bar[t] = prod_{s<=t}(1 - beta_s)``;
 diffusers' ``alphas_cumprod[i]`` is our ``alpha_bar[i+1]``.
 
+A schedule also stores its per-step gaps ``g_t = log alpha_bar_{t-1} - log alpha_bar_t =
+-log(1 - beta_t) > 0``, each computed by its family in closed form. A 1000-step chain's DDIM
+coefficients depend on these tiny differences (``a_t - 1 = expm1(g_t / 2)``); differencing two
+stored float32 logarithms of size ~2 would leave them only ~1e-4 accurate, while the stored gaps
+are exact to float32 rounding. Steps of a sub-sampled grid add the gaps they span (sums of
+positive terms, no cancellation).
+
 Continuous parameters of the named families (cosine offset ``s``, logSNR ``shift``) may be JAX
 tracers, so ``jax.grad`` reaches them; ``T`` is static (it fixes the array shape).
 """
@@ -18,6 +25,7 @@ tracers, so ``jax.grad`` reaches them; ``T`` is static (it fixes the array shape
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -34,6 +42,7 @@ __all__ = [
     "from_betas",
     "from_alphas_cumprod",
     "from_log_snr",
+    "log_snr_decrements",
     "from_edm_sigmas",
     "linear",
     "scaled_linear",
@@ -67,8 +76,10 @@ class Schedule:
 
     Attributes:
       log_alpha_bar: ``log alpha_bar_t``, shape ``(T+1,)``; entry 0 is exactly 0 and the entries
-        strictly decrease. This is the only stored field (a pytree leaf), so a Schedule can be
-        passed through ``jax.jit``/``jax.grad``/``jax.vmap`` like an array.
+        strictly decrease.
+      gaps: ``g_t = log alpha_bar_{t-1} - log alpha_bar_t = -log(1 - beta_t) > 0`` for ``t = 1..T``,
+        shape ``(T,)``, computed without cancellation by the constructor (see the module notes).
+      Both are pytree leaves, so a Schedule passes through ``jax.jit``/``jax.grad``/``jax.vmap``.
 
     Derived (all shape ``(T+1,)``): ``alpha_bar``, ``sigma2 = 1 - alpha_bar``, ``sigma``,
     ``log_snr = log(alpha_bar / sigma^2)`` (``+inf`` at ``t = 0``), ``betas`` (shape ``(T,)``,
@@ -79,6 +90,7 @@ class Schedule:
     """
 
     log_alpha_bar: jax.Array
+    gaps: jax.Array
 
     @property
     def T(self) -> int:
@@ -114,12 +126,12 @@ class Schedule:
 
     @property
     def betas(self) -> jax.Array:
-        """``beta_t = 1 - alpha_bar_t / alpha_bar_{t-1} = -expm1(diff(log alpha_bar))``, shape ``(T,)``."""
-        return -jnp.expm1(jnp.diff(self.log_alpha_bar))
+        """``beta_t = 1 - alpha_bar_t / alpha_bar_{t-1} = -expm1(-g_t)``, shape ``(T,)``."""
+        return -jnp.expm1(-self.gaps)
 
     def astype(self, dtype) -> "Schedule":
-        """The same schedule with ``log_alpha_bar`` cast to ``dtype``."""
-        return Schedule(jnp.asarray(self.log_alpha_bar, dtype=dtype))
+        """The same schedule with both leaves cast to ``dtype``."""
+        return Schedule(jnp.asarray(self.log_alpha_bar, dtype=dtype), jnp.asarray(self.gaps, dtype=dtype))
 
     def __repr__(self) -> str:
         if not is_concrete(self.log_alpha_bar):
@@ -136,15 +148,36 @@ class Schedule:
 
 
 def _default_float(*values: Any):
-    """float64 when x64 is on or any input is float64, else float32."""
-    return jnp.result_type(float, *[v for v in values if v is not None])
+    """The float dtype for ``values``: float64 only when x64 is on and an input asks for it."""
+    dtypes = [
+        jax.dtypes.canonicalize_dtype(v.dtype if hasattr(v, "dtype") else np.asarray(v).dtype)
+        for v in values
+        if v is not None and not isinstance(v, (int, float))
+    ]
+    return jnp.result_type(float, *dtypes)
 
 
-def from_log_alpha_bar(log_alpha_bar: Any, *, validate: bool = True) -> Schedule:
-    """Schedule from ``log alpha_bar`` over ``t = 0..T`` (entry 0 must be exactly 0)."""
+def _assemble(log_alpha_bar_1_to_T: jax.Array, gaps: jax.Array) -> Schedule:
+    """Prepend ``log alpha_bar_0 = 0`` and pair with the gaps (both in one dtype)."""
+    dtype = jnp.result_type(log_alpha_bar_1_to_T, gaps)
+    zero = jnp.zeros((1,), dtype)
+    return Schedule(jnp.concatenate([zero, jnp.asarray(log_alpha_bar_1_to_T, dtype)]), jnp.asarray(gaps, dtype))
+
+
+def from_log_alpha_bar(log_alpha_bar: Any, *, validate: bool = True, dtype=None) -> Schedule:
+    """Schedule from ``log alpha_bar`` over ``t = 0..T`` (entry 0 must be exactly 0).
+
+    The gaps are the differences of the input (taken in float64 when the input is concrete), so
+    they are as accurate as the input allows.
+    """
     if validate:
         check_log_alpha_bar(log_alpha_bar, name="log_alpha_bar")
-    return Schedule(jnp.asarray(log_alpha_bar, dtype=_default_float(log_alpha_bar)))
+    dtype = dtype or _default_float(log_alpha_bar)
+    if is_concrete(log_alpha_bar):
+        arr = np.asarray(log_alpha_bar, dtype=np.float64)
+        return _assemble(jnp.asarray(arr[1:], dtype), jnp.asarray(-np.diff(arr), dtype))
+    arr = jnp.asarray(log_alpha_bar, dtype)
+    return _assemble(arr[1:], -jnp.diff(arr))
 
 
 def from_alpha_bar(alpha_bar: Any, *, dtype=None) -> Schedule:
@@ -164,8 +197,8 @@ def from_alpha_bar(alpha_bar: Any, *, dtype=None) -> Schedule:
         with np.errstate(divide="ignore", invalid="ignore"):
             log_ab = np.log(arr)
         check_log_alpha_bar(log_ab, name="alpha_bar")
-        return Schedule(jnp.asarray(log_ab, dtype=dtype or _default_float()))
-    return Schedule(jnp.log(jnp.asarray(alpha_bar, dtype=dtype)))
+        return from_log_alpha_bar(log_ab, validate=False, dtype=dtype or _default_float())
+    return from_log_alpha_bar(jnp.log(jnp.asarray(alpha_bar, dtype=dtype)), validate=False)
 
 
 def from_betas(betas: Any, *, dtype=None) -> Schedule:
@@ -185,11 +218,11 @@ def from_betas(betas: Any, *, dtype=None) -> Schedule:
                 f"betas: every beta must lie in (0, 1), got betas[{bad}] = {arr[bad]!r} "
                 f"(beta = 1 means alpha_bar_T = 0; use zero_terminal_snr for that)"
             )
-        log_ab = np.concatenate([[0.0], np.cumsum(np.log1p(-arr))])
-        return Schedule(jnp.asarray(log_ab, dtype=dtype or _default_float()))
-    betas = jnp.asarray(betas, dtype=dtype)
-    log_ab = jnp.cumsum(jnp.log1p(-betas))
-    return Schedule(jnp.concatenate([jnp.zeros((1,), log_ab.dtype), log_ab]))
+        gaps = -np.log1p(-arr)
+        dtype = dtype or _default_float()
+        return _assemble(jnp.asarray(-np.cumsum(gaps), dtype), jnp.asarray(gaps, dtype))
+    gaps = -jnp.log1p(-jnp.asarray(betas, dtype=dtype))
+    return _assemble(-jnp.cumsum(gaps), gaps)
 
 
 def from_alphas_cumprod(alphas_cumprod: Any, *, dtype=None) -> Schedule:
@@ -206,7 +239,7 @@ def from_alphas_cumprod(alphas_cumprod: Any, *, dtype=None) -> Schedule:
             raise ValueError(f"alphas_cumprod: every value must lie in (0, 1), got {describe(arr)}")
         return from_alpha_bar(np.concatenate([[1.0], arr]), dtype=dtype)
     arr = jnp.asarray(alphas_cumprod, dtype=dtype)
-    return Schedule(jnp.concatenate([jnp.zeros((1,), arr.dtype), jnp.log(arr)]))
+    return from_log_alpha_bar(jnp.concatenate([jnp.zeros((1,), arr.dtype), jnp.log(arr)]), validate=False)
 
 
 def _log_alpha_bar_from_log_snr(log_snr: jax.Array) -> jax.Array:
@@ -214,13 +247,47 @@ def _log_alpha_bar_from_log_snr(log_snr: jax.Array) -> jax.Array:
     return -jax.nn.softplus(-log_snr)
 
 
-def from_log_snr(log_snr: Any, *, validate: bool = True) -> Schedule:
+def _gaps_from_log_snr(log_snr: jax.Array, decrements: jax.Array) -> jax.Array:
+    """Gaps from logSNR and its decrements ``d_t = logSNR_{t-1} - logSNR_t`` (``t >= 2``).
+
+    ``g_1 = -log alpha_bar_1``; for ``t >= 2``, ``alpha_bar_t / alpha_bar_{t-1} =
+    1 + sigmoid(-logSNR_t) expm1(-d_t)``, so ``g_t = -log1p(sigmoid(-logSNR_t) expm1(-d_t))`` for
+    small steps and ``softplus(-logSNR_t) - softplus(-logSNR_{t-1})`` for large ones (ratio < 1/2).
+    """
+    first = jax.nn.softplus(-log_snr[:1])
+    step = jax.nn.sigmoid(-log_snr[1:]) * jnp.expm1(-decrements)
+    small = step > -0.5
+    rest_small = -jnp.log1p(jnp.where(small, step, 0.0))
+    rest_large = jax.nn.softplus(-log_snr[1:]) - jax.nn.softplus(-log_snr[:-1])
+    return jnp.concatenate([first, jnp.where(small, rest_small, rest_large)])
+
+
+def log_snr_decrements(sched: Schedule) -> jax.Array:
+    """``d_t = logSNR_{t-1} - logSNR_t`` for ``t = 2..T`` (shape ``(T-1,)``), from the gaps.
+
+    ``d_t = g_t + log1p(alpha_bar_{t-1} (-expm1(-g_t)) / sigma_{t-1}^2)``: no difference of two
+    large logSNR values is formed, so a shift of all logSNRs leaves ``d`` exact.
+    """
+    g = sched.gaps[1:]
+    ab_prev = jnp.exp(sched.log_alpha_bar[1:-1])
+    sigma2_prev = -jnp.expm1(sched.log_alpha_bar[1:-1])
+    return g + jnp.log1p(ab_prev * -jnp.expm1(-g) / sigma2_prev)
+
+
+def from_log_snr(log_snr: Any, *, decrements: Any | None = None, validate: bool = True) -> Schedule:
     """Schedule from ``logSNR_1..logSNR_T`` (shape ``(T,)``, strictly decreasing, finite).
 
-    ``alpha_bar_t = sigmoid(logSNR_t)``; ``alpha_bar_0 = 1`` is prepended. This is the natural
-    entry point for continuous-time (VDM-style) parameterisations.
+    ``alpha_bar_t = sigmoid(logSNR_t)``, i.e. ``log alpha_bar_t = -softplus(-logSNR_t)``;
+    ``alpha_bar_0 = 1`` is prepended. This is the natural entry point for continuous-time
+    (VDM-style) parameterisations.
+
+    Args:
+      log_snr: shape ``(T,)``.
+      decrements: optional ``d_t = logSNR_{t-1} - logSNR_t`` for ``t = 2..T`` (shape ``(T-1,)``)
+        when the family knows them in closed form; otherwise they are differences of ``log_snr``
+        (taken in float64 when concrete), as accurate as the input.
     """
-    log_snr = jnp.asarray(log_snr, dtype=_default_float(log_snr))
+    dtype = _default_float(log_snr)
     if validate and is_concrete(log_snr):
         arr = np.asarray(log_snr, dtype=np.float64)
         if arr.ndim != 1 or arr.shape[0] < 1:
@@ -233,8 +300,14 @@ def from_log_snr(log_snr: Any, *, validate: bool = True) -> Schedule:
                 f"log_snr: must strictly decrease in t, but logSNR[{bad + 1}] = {arr[bad]:.6g} >= "
                 f"logSNR[{bad}] = {arr[bad - 1]:.6g} (entries are t = 1..T)"
             )
-    log_ab = _log_alpha_bar_from_log_snr(log_snr)
-    return Schedule(jnp.concatenate([jnp.zeros((1,), log_ab.dtype), log_ab]))
+    if decrements is None:
+        if is_concrete(log_snr):
+            decrements = jnp.asarray(-np.diff(np.asarray(log_snr, dtype=np.float64)), dtype)
+        else:
+            decrements = -jnp.diff(jnp.asarray(log_snr, dtype))
+    log_snr = jnp.asarray(log_snr, dtype)
+    decrements = jnp.asarray(decrements, dtype)
+    return _assemble(_log_alpha_bar_from_log_snr(log_snr), _gaps_from_log_snr(log_snr, decrements))
 
 
 def from_edm_sigmas(sigmas: Any) -> Schedule:
@@ -243,7 +316,6 @@ def from_edm_sigmas(sigmas: Any) -> Schedule:
     ``sigma_EDM = sqrt((1 - alpha_bar) / alpha_bar)`` so ``alpha_bar = 1 / (1 + sigma_EDM^2)``,
     i.e. ``log alpha_bar = -log1p(sigma_EDM^2)`` and ``logSNR = -2 log sigma_EDM``.
     """
-    sigmas_arr = jnp.asarray(sigmas, dtype=_default_float(sigmas))
     if is_concrete(sigmas):
         arr = np.asarray(sigmas, dtype=np.float64)
         if arr.ndim != 1 or arr.shape[0] < 1:
@@ -255,7 +327,14 @@ def from_edm_sigmas(sigmas: Any) -> Schedule:
                 f"sigmas: must strictly increase with t (t = 1..T), got {describe(arr)}; "
                 "pass Karras grids in ascending order"
             )
-    return from_log_snr(-2.0 * jnp.log(sigmas_arr), validate=False)
+        dtype = _default_float()
+        return from_log_snr(
+            jnp.asarray(-2.0 * np.log(arr), dtype),
+            decrements=jnp.asarray(2.0 * np.log(arr[1:] / arr[:-1]), dtype),
+            validate=False,
+        )
+    sigmas = jnp.asarray(sigmas)
+    return from_log_snr(-2.0 * jnp.log(sigmas), decrements=2.0 * jnp.log(sigmas[1:] / sigmas[:-1]), validate=False)
 
 
 # ----------------------------------------------------------------------------- named families
@@ -299,11 +378,15 @@ def _log_cos_squared(u: jax.Array, one_minus_u: jax.Array, s: jax.Array) -> jax.
 def cosine(T: int = 1000, *, s: Any = 0.008, max_beta: float = 0.999, dtype=None) -> Schedule:
     """Cosine schedule (Nichol & Dhariwal 2021) with offset ``s`` and beta clipping.
 
-    ``alpha_bar(t) = f(t/T) / f(0)``, ``f(u) = cos^2((u + s)/(1 + s) * pi/2)``, then
-    ``beta_t = min(1 - alpha_bar(t)/alpha_bar(t-1), max_beta)`` and ``alpha_bar = cumprod(1 - beta)``.
-    Cosine betas increase with ``t``, so clipping acts on a suffix: with ``t_c`` the first
-    clipped step, ``log alpha_bar_t = log alpha_bar_{t_c-1} + (t - t_c + 1) log(1 - max_beta)``
-    (exact, no cumulative sum). ``s`` may be a JAX tracer (``jax.grad`` with respect to it works).
+    ``alpha_bar(t) = f(t/T) / f(0)``, ``f(u) = cos^2(phi_u)``, ``phi_u = (u + s)/(1 + s) * pi/2``, then
+    ``beta_t = min(1 - f(t/T)/f((t-1)/T), max_beta)`` and ``alpha_bar = cumprod(1 - beta)``.
+
+    Numerics: with ``psi = pi/2 - phi`` (formed from the integer ``T - t``) and
+    ``delta = pi / (2 T (1 + s))``, the ratio ``cos phi_t / cos phi_{t-1} = cos delta - sin delta / tan psi_{t-1}``
+    gives the gap ``g_t = -2 log`` of it via ``log1p`` (or via ``log sin psi_t - log sin psi_{t-1}``
+    where the ratio is small). Cosine betas increase with ``t``, so clipping acts on a suffix:
+    with ``t_c`` the first clipped step, ``log alpha_bar_t = log alpha_bar_{t_c-1} - (t - t_c + 1) g_max``,
+    ``g_max = -log(1 - max_beta)`` (exact, no cumulative sum). ``s`` may be a JAX tracer.
 
     Example:
       >>> sched = cosine(1000, s=0.008)   # diffusers' squaredcos_cap_v2
@@ -313,25 +396,44 @@ def cosine(T: int = 1000, *, s: Any = 0.008, max_beta: float = 0.999, dtype=None
         raise ValueError(f"s: the cosine offset must be finite and >= 0, got {float(s)!r}")
     if not 0 < max_beta < 1:
         raise ValueError(f"max_beta: must lie in (0, 1), got {max_beta!r}")
-    dtype = dtype or _default_float(s)
-    s = jnp.asarray(s, dtype=dtype)
+    dtype = jnp.dtype(dtype or _default_float(s))
+    return _assemble(*_cosine_arrays(jnp.asarray(s, dtype=dtype), T=T, max_beta=max_beta, dtype=dtype))
+
+
+@functools.partial(jax.jit, static_argnames=("T", "max_beta", "dtype"))
+def _cosine_arrays(s: jax.Array, *, T: int, max_beta: float, dtype) -> tuple[jax.Array, jax.Array]:
+    """``(log alpha_bar_1..T, gaps)`` of :func:`cosine`; compiled once per ``(T, max_beta, dtype)``."""
     t = jnp.arange(T + 1)
     u = t.astype(dtype) / T
-    log_f = _log_cos_squared(u, (T - t).astype(dtype) / T, s)
-    raw = log_f - log_f[0]
-    log_keep_min = jnp.log1p(-jnp.asarray(max_beta, dtype))
-    clipped = jnp.concatenate([jnp.zeros((1,), bool), jnp.diff(raw) < log_keep_min])
-    last_unclipped = jax.lax.cummax(jnp.where(clipped, 0, t))
-    log_ab = raw[last_unclipped] + (t - last_unclipped).astype(dtype) * log_keep_min
-    return Schedule(log_ab)
+    remaining = (T - t).astype(dtype) / T
+    log_f = _log_cos_squared(u, remaining, s)
+    raw_log_ab = log_f - log_f[0]
+    # per-step gaps from the ratio of cosines
+    delta = jnp.pi / 2 / (T * (1 + s))
+    psi_prev = remaining[:-1] / (1 + s) * (jnp.pi / 2)  # psi_{t-1} > 0 for t = 1..T
+    phi_prev = (u[:-1] + s) / (1 + s) * (jnp.pi / 2)
+    # cot(psi) = tan(phi): take whichever angle is below pi/4, where tan is well conditioned
+    cot_psi_prev = jnp.where(phi_prev < jnp.pi / 4, jnp.tan(phi_prev), 1 / jnp.tan(psi_prev))
+    ratio_minus_1 = -2 * jnp.sin(delta / 2) ** 2 - jnp.sin(delta) * cot_psi_prev
+    near_one = ratio_minus_1 > -0.5
+    gap_near_one = -2 * jnp.log1p(jnp.where(near_one, ratio_minus_1, 0.0))
+    gap_far = -jnp.diff(log_f)  # large gaps: log sin psi_t - log sin psi_{t-1} has no cancellation
+    raw_gaps = jnp.where(near_one, gap_near_one, gap_far)
+    max_gap = jnp.asarray(-math.log1p(-max_beta), dtype)
+    clipped = raw_gaps > max_gap
+    gaps = jnp.where(clipped, max_gap, raw_gaps)
+    last_unclipped = jax.lax.cummax(jnp.where(jnp.concatenate([jnp.zeros((1,), bool), clipped]), 0, t))
+    log_ab = raw_log_ab[last_unclipped] - (t - last_unclipped).astype(dtype) * max_gap
+    return log_ab[1:], gaps
 
 
-def _log_sigmoid_difference(a: jax.Array, b: jax.Array) -> jax.Array:
+def _log_sigmoid_difference(a: jax.Array, b: jax.Array, b_minus_a: jax.Array) -> jax.Array:
     """``log(sigmoid(a) - sigmoid(b))`` for ``a > b``, without cancellation.
 
-    ``sigmoid(a) - sigmoid(b) = e^a (1 - e^{b-a}) / ((1 + e^a)(1 + e^b))``.
+    ``sigmoid(a) - sigmoid(b) = e^a (1 - e^{b-a}) / ((1 + e^a)(1 + e^b))``; ``b - a`` is passed in
+    separately because the caller can form it exactly (from integer timesteps).
     """
-    gap = jnp.minimum(b - a, -jnp.finfo(jnp.result_type(a)).tiny)
+    gap = jnp.minimum(b_minus_a, -jnp.finfo(jnp.result_type(a)).tiny)
     return a + jnp.log(-jnp.expm1(gap)) - jax.nn.softplus(a) - jax.nn.softplus(b)
 
 
@@ -346,9 +448,10 @@ def sigmoid(
 ) -> Schedule:
     """Sigmoid schedule (Chen 2023, "On the importance of noise scheduling").
 
-    ``alpha_bar(u) = (sigmoid(end/tau) - sigmoid((u (end - start) + start)/tau)) /
-    (sigmoid(end/tau) - sigmoid(start/tau))`` with ``u = t/T``, clipped below at ``clip_min``.
-    ``1 - alpha_bar`` is formed from a log-difference of sigmoids, so it is exact near ``t = 0``.
+    ``alpha_bar(u) = (sigmoid(end/tau) - sigmoid(x_u)) / (sigmoid(end/tau) - sigmoid(start/tau))``,
+    ``x_u = (u (end - start) + start)/tau``, ``u = t/T``, clipped below at ``clip_min``.
+    ``1 - alpha_bar`` and the gaps ``-log(alpha_bar_t / alpha_bar_{t-1})`` are formed from
+    log-differences of sigmoids, so they are exact near ``t = 0`` and for tiny steps.
     """
     T = check_positive_int(T, name="T")
     if not end > start:
@@ -358,20 +461,36 @@ def sigmoid(
     if not 0 < clip_min < 1:
         raise ValueError(f"clip_min: must lie in (0, 1), got {clip_min!r}")
     dtype = dtype or _default_float(start, end, tau)
-    u = jnp.arange(1, T + 1, dtype=dtype) / T
-    x = (u * (end - start) + start) / tau
-    lo = jnp.asarray(start / tau, dtype)
+    t = jnp.arange(0, T + 1)
+    scale = (end - start) / (T * tau)
+    x = start / tau + scale * t.astype(dtype)  # x[0] = start/tau
+    to_end = -scale * (T - t).astype(dtype)  # x_t - hi, exact
+    from_start = -scale * t.astype(dtype)  # lo - x_t, exact
+    lo = x[0]
     hi = jnp.asarray(end / tau, dtype)
-    log_norm = _log_sigmoid_difference(hi, lo)
-    log_one_minus = _log_sigmoid_difference(x, lo) - log_norm  # log(1 - alpha_bar)
-    at_end = x >= hi
-    log_ab_direct = _log_sigmoid_difference(hi, jnp.where(at_end, lo, x)) - log_norm
-    log_ab = jnp.where(
-        log_one_minus < jnp.log(0.5), jnp.log1p(-jnp.exp(log_one_minus)), log_ab_direct
-    )
-    log_ab = jnp.where(at_end, -jnp.inf, log_ab)
-    log_ab = jnp.maximum(log_ab, jnp.log(jnp.asarray(clip_min, dtype)))
-    return Schedule(jnp.concatenate([jnp.zeros((1,), dtype), log_ab]))
+    at_end = t == T
+    x_safe = jnp.where(at_end, lo, x)
+    to_end_safe = jnp.where(at_end, -1.0, to_end)
+    log_norm = _log_sigmoid_difference(hi, lo, jnp.asarray(-(end - start) / tau, dtype))
+    log_one_minus = _log_sigmoid_difference(x_safe, lo, from_start) - log_norm  # log(1 - alpha_bar)
+    log_ab_direct = _log_sigmoid_difference(hi, x_safe, to_end_safe) - log_norm
+    use_log1p = log_one_minus < math.log(0.5)
+    raw_log_ab = jnp.where(use_log1p, jnp.log1p(-jnp.exp(jnp.where(use_log1p, log_one_minus, -1.0))), log_ab_direct)
+    raw_log_ab = jnp.where(at_end, -jnp.inf, raw_log_ab)[1:]
+    # gaps: alpha_bar_t / alpha_bar_{t-1} = 1 - exp(ld(x_t, x_{t-1}) - ld(hi, x_{t-1}))
+    prev, cur = x_safe[:-1], x_safe[1:]
+    ld_prev = _log_sigmoid_difference(hi, prev, to_end_safe[:-1])
+    log_drop = _log_sigmoid_difference(cur, prev, jnp.full_like(cur, -scale)) - ld_prev
+    small = log_drop < math.log(0.5)
+    gap_small = -jnp.log1p(-jnp.exp(jnp.where(small, log_drop, -1.0)))
+    gap_large = ld_prev - _log_sigmoid_difference(hi, cur, to_end_safe[1:])
+    raw_gaps = jnp.where(small, gap_small, gap_large)
+    log_floor = jnp.asarray(math.log(clip_min), dtype)
+    clipped = raw_log_ab < log_floor
+    log_ab = jnp.where(clipped, log_floor, raw_log_ab)
+    log_ab_prev = jnp.concatenate([jnp.zeros((1,), dtype), log_ab[:-1]])
+    gaps = jnp.where(clipped, log_ab_prev - log_ab, raw_gaps)
+    return _assemble(log_ab, gaps)
 
 
 def logsnr_cosine(
@@ -381,7 +500,11 @@ def logsnr_cosine(
 
     ``logSNR(u) = -2 log tan(a u + b)``, ``b = arctan(exp(-logsnr_max/2))``,
     ``a = arctan(exp(-logsnr_min/2)) - b``, for ``u = t/T``, ``t = 1..T``; ``alpha_bar_0 = 1``.
-    Combine with :func:`shift_log_snr` and :func:`resolution_shift` for the shifted variant.
+    Evaluated as ``2 log tan(c_t)`` with ``c_t = pi/2 - (a u + b) = arctan(exp(logsnr_min/2)) +
+    a (T - t)/T`` where that is small, and the decrements as
+    ``d_t = 2 log1p(sin(a/T) / (sin(x_{t-1}) sin(c_t)))`` (``tan`` ratio identity), so the
+    low-SNR end stays exact in float32. Combine with :func:`shift_log_snr` and
+    :func:`resolution_shift` for the shifted variant.
     """
     T = check_positive_int(T, name="T")
     if not logsnr_max > logsnr_min:
@@ -390,10 +513,15 @@ def logsnr_cosine(
         )
     dtype = dtype or _default_float(logsnr_min, logsnr_max)
     b = math.atan(math.exp(-logsnr_max / 2))
-    a = math.atan(math.exp(-logsnr_min / 2)) - b
-    u = jnp.arange(1, T + 1, dtype=dtype) / T
-    log_snr = -2 * jnp.log(jnp.tan(a * u + b))
-    return from_log_snr(log_snr, validate=False)
+    c_end = math.atan(math.exp(logsnr_min / 2))
+    a = math.pi / 2 - c_end - b
+    t = jnp.arange(0, T + 1)
+    x = b + a * t.astype(dtype) / T  # x_t = a u + b
+    c = c_end + a * (T - t).astype(dtype) / T  # pi/2 - x_t
+    low_snr = c < jnp.pi / 4
+    log_snr = jnp.where(low_snr, 2 * jnp.log(jnp.tan(c)), -2 * jnp.log(jnp.tan(x)))[1:]
+    decrements = 2 * jnp.log1p(math.sin(a / T) / (jnp.sin(x[1:-1]) * jnp.sin(c[2:])))
+    return from_log_snr(log_snr, decrements=decrements, validate=False)
 
 
 def karras(
@@ -418,15 +546,14 @@ def karras(
 def shift_log_snr(sched: Schedule, shift: Any) -> Schedule:
     """Shift every logSNR by ``shift``: ``logSNR'_t = logSNR_t + shift`` for ``t >= 1``.
 
-    ``alpha_bar_0 = 1`` is kept. ``shift`` may be a tracer. Scaling all data variances by ``c``
-    is compensated by ``shift = -log c`` (theory.md section 9); simple diffusion's resolution rule
-    is :func:`resolution_shift`.
+    ``alpha_bar_0 = 1`` is kept. ``shift`` may be a tracer. The logSNR decrements do not change
+    under a shift (:func:`log_snr_decrements`), so the new gaps are as exact as the old. Scaling
+    all data variances by ``c`` is compensated by ``shift = -log c`` (theory.md section 9);
+    simple diffusion's resolution rule is :func:`resolution_shift`.
     """
     if is_concrete(shift) and not np.all(np.isfinite(np.asarray(shift))):
         raise ValueError(f"shift: must be finite, got {shift!r}")
-    log_snr = sched.log_snr[1:] + shift
-    log_ab = _log_alpha_bar_from_log_snr(log_snr)
-    return Schedule(jnp.concatenate([jnp.zeros((1,), log_ab.dtype), log_ab]))
+    return from_log_snr(sched.log_snr[1:] + shift, decrements=log_snr_decrements(sched), validate=False)
 
 
 def resolution_shift(resolution: float, *, base_resolution: float = 64.0) -> float:
@@ -450,27 +577,39 @@ def zero_terminal_snr(sched: Schedule, *, terminal_log_snr: float = -20.0) -> Sc
     makes ``alpha_bar_T = 0``, from which the eps-parameterised DDIM step cannot start
     (``a_T = sqrt(alpha_bar_s / alpha_bar_T) = inf``), so the terminal value is set to
     ``logSNR_T = terminal_log_snr`` (default -20, ``alpha_bar_T ~ 2.1e-9``) instead, and a
-    ``ValueError`` is raised if that would break monotonicity. ``1 - r_t^2`` is computed as
-    ``(1 - r_t)(1 + r_t)`` with ``1 - r_t = (first (1 - sqrt ab_t) - last (1 - first)) / (first - last)``,
-    so no precision is lost near ``t = 1``.
+    ``ValueError`` is raised if that would break monotonicity.
+
+    Numerics: with ``R_t = log alpha_bar_t - log alpha_bar_T`` (a sum of gaps),
+    ``r_t = sqrt(alpha_bar_t) expm1(-R_t/2) / expm1(-R_1/2)``, so
+    ``log r_t^2 = log alpha_bar_t + 2 log(A_t / A_1)``, ``A_t = -expm1(-R_t/2)``, and the new gaps are
+    ``g_t + 2 log1p(exp(-R_t/2) (-expm1(-g_t/2)) / A_t)``: every term is a sum of positive numbers or
+    an ``expm1``/``log1p``, exact at both ends of the chain.
     """
+    if sched.T < 3:
+        raise ValueError(f"sched: zero_terminal_snr needs T >= 3, got T = {sched.T}")
+    g = sched.gaps
     log_ab = sched.log_alpha_bar[1:]
-    one_minus_sqrt = -jnp.expm1(log_ab / 2)  # 1 - sqrt(alpha_bar_t)
-    first_gap = one_minus_sqrt[0]
-    first = 1 - first_gap
-    last = jnp.exp(log_ab[-1] / 2)
-    one_minus_r = (first * one_minus_sqrt - last * first_gap) / (first - last)
-    one_minus_r = one_minus_r[:-1]
-    log_ab_new = 2 * jnp.log1p(-one_minus_r)
-    terminal = _log_alpha_bar_from_log_snr(jnp.asarray(terminal_log_snr, log_ab.dtype))
+    dtype = g.dtype
+    tail = jnp.concatenate([jnp.cumsum(g[::-1])[::-1][1:], jnp.zeros((1,), dtype)])  # R_t, t = 1..T
+    head = jnp.concatenate([jnp.zeros((1,), dtype), jnp.cumsum(g[1:])])  # R_1 - R_t = sum_{2..t} g
+    A = -jnp.expm1(-tail / 2)
+    A_1 = A[0]
+    # log(A_t / A_1) = log1p(-exp(-R_t/2) (-expm1(-head/2)) / A_1), or log A_t - log A_1 when small
+    arg = -jnp.exp(-tail / 2) * -jnp.expm1(-head / 2) / A_1
+    near = arg > -0.5
+    safe_A = jnp.where(A > 0, A, 1.0)
+    log_ratio = jnp.where(near, jnp.log1p(jnp.where(near, arg, 0.0)), jnp.log(safe_A) - jnp.log(A_1))
+    log_ab_new = (log_ab + 2 * log_ratio)[:-1]  # t = 1..T-1
+    tail_mid = tail[1:-1]  # R_t for t = 2..T-1
+    gaps_mid = g[1:-1] + 2 * jnp.log1p(jnp.exp(-tail_mid / 2) * -jnp.expm1(-g[1:-1] / 2) / A[1:-1])
+    terminal = _log_alpha_bar_from_log_snr(jnp.asarray(terminal_log_snr, dtype))
     if is_concrete(log_ab_new) and float(terminal) >= float(log_ab_new[-1]):
         raise ValueError(
             f"terminal_log_snr: {terminal_log_snr} gives alpha_bar_T = {math.exp(float(terminal)):.3g}, "
             f"not below the rescaled alpha_bar_(T-1) = {math.exp(float(log_ab_new[-1])):.3g}; choose a lower value"
         )
-    return Schedule(
-        jnp.concatenate([jnp.zeros((1,), log_ab.dtype), log_ab_new, terminal[None]])
-    )
+    gaps = jnp.concatenate([g[:1], gaps_mid, (log_ab_new[-1] - terminal)[None]])
+    return _assemble(jnp.concatenate([log_ab_new, terminal[None]]), gaps)
 
 
 SCHEDULE_NAMES = ("linear", "scaled_linear", "cosine", "sigmoid", "logsnr_cosine", "karras")
