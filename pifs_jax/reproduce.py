@@ -1,0 +1,426 @@
+"""The reproduction report: run every experiment script and collect the results in REPORT.md.
+
+An *experiment* is a Python module in the repository's top-level ``experiments/`` folder
+(``Path(pifs_jax.__file__).parents[1] / "experiments"``; pass ``experiments_dir`` to use another)
+whose file name does not start with ``_`` (``_common.py`` and friends are helpers). It defines
+
+- ``NAME``: a short identifier, equal to the file stem (``schedule_geometry``);
+- ``TITLE``: a one-line heading for the report;
+- ``run(out_dir: Path, *, quick: bool) -> dict``: computes, writes its JSON (through
+  :func:`pifs_jax.results.write_result_json`) and figures under ``out_dir / NAME``, and returns a
+  dict with
+
+  - ``"markdown"`` (required): the report section body, typically tables with the paper's value
+    beside ours (:func:`markdown_table` helps);
+  - ``"figures"`` (optional): image paths relative to ``out_dir`` (``"schedule_geometry/lstar.png"``),
+    embedded by the runner below the section;
+  - ``"summary"`` (optional): one line for the report's overview table.
+
+  ``quick=True`` asks for a reduced run (smaller grids, fewer seeds) that still exercises every
+  code path; it is what the test suite uses.
+
+:func:`run_reproduction` imports and runs each experiment in turn (sorted by file name; an
+experiment that raises, or fails to import, is recorded as FAILED with its traceback and the
+others still run), then writes ``out_dir/REPORT.md`` and ``out_dir/reproduction.json``
+atomically. The report holds the title, date, environment and package versions, one section per
+experiment, and the timing.
+
+Example:
+  >>> from pifs_jax.reproduce import run_reproduction
+  >>> report = run_reproduction("results", only=["schedule_geometry"], quick=True)
+  >>> report.ok, report.report_path
+  (True, PosixPath('results/REPORT.md'))
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import importlib.util
+import math
+import os
+import sys
+import time
+import traceback
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from pifs_jax.results import atomic_write_text, environment_metadata, write_result_json
+
+__all__ = [
+    "PAPER_REFERENCE",
+    "default_experiments_dir",
+    "discover_experiments",
+    "load_experiment",
+    "run_experiment",
+    "run_reproduction",
+    "ExperimentOutcome",
+    "ReproductionReport",
+    "markdown_table",
+    "format_value",
+]
+
+PAPER_REFERENCE = (
+    "A. Dooms, *Fractals made Practical: Denoising Diffusion as Partitioned Iterated Function "
+    "Systems*, arXiv 2603.13069 (2026)"
+)
+
+
+def default_experiments_dir() -> Path:
+    """The repository's ``experiments/`` folder, found next to the package source."""
+    import pifs_jax
+
+    return Path(pifs_jax.__file__).resolve().parents[1] / "experiments"
+
+
+# ----------------------------------------------------------------------------- markdown helpers
+
+
+def format_value(value: Any, *, digits: int = 5) -> str:
+    """Render a number for a markdown table: ``digits`` significant digits, integers as is.
+
+    Strings pass through; ``None`` becomes an em dash; non-finite floats print as ``inf``/``nan``.
+    """
+    if value is None:
+        return "—"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if hasattr(value, "__array__"):
+        arr = np.asarray(value)
+        if arr.ndim == 0:
+            return format_value(arr.item(), digits=digits)
+        return ", ".join(format_value(v, digits=digits) for v in arr.ravel())
+    value = float(value)
+    if not math.isfinite(value):
+        return str(value)
+    return f"{value:.{digits}g}"
+
+
+def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], *, digits: int = 5) -> str:
+    """A GitHub-flavoured markdown table; numbers are formatted with :func:`format_value`.
+
+    Args:
+      headers: column titles.
+      rows: one sequence per row, each as long as ``headers``.
+      digits: significant digits for floats.
+
+    Returns:
+      The table as a string (no trailing newline).
+    """
+    headers = [str(h) for h in headers]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    for i, row in enumerate(rows):
+        row = list(row)
+        if len(row) != len(headers):
+            raise ValueError(f"rows: row {i} has {len(row)} cells, expected {len(headers)} (one per header)")
+        cells = [format_value(v, digits=digits).replace("|", "\\|") for v in row]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- discovery
+
+
+def discover_experiments(experiments_dir: str | os.PathLike | None = None) -> dict[str, Path]:
+    """Experiment scripts by name (file stem), sorted; files starting with ``_`` are skipped.
+
+    Args:
+      experiments_dir: folder to search (default :func:`default_experiments_dir`).
+
+    Returns:
+      ``{name: path}`` in sorted order.
+    """
+    folder = Path(experiments_dir) if experiments_dir is not None else default_experiments_dir()
+    if not folder.is_dir():
+        raise ValueError(f"experiments_dir: no such folder {str(folder)!r}")
+    return {p.stem: p for p in sorted(folder.glob("*.py")) if not p.name.startswith("_")}
+
+
+@contextlib.contextmanager
+def _on_sys_path(folder: Path):
+    """Let experiments import their ``_helpers`` siblings while they load and run."""
+    entry = str(folder)
+    added = entry not in sys.path
+    if added:
+        sys.path.insert(0, entry)
+    try:
+        yield
+    finally:
+        if added:
+            with contextlib.suppress(ValueError):
+                sys.path.remove(entry)
+
+
+def load_experiment(path: str | os.PathLike) -> ModuleType:
+    """Import an experiment script as module ``pifs_jax_experiments.<stem>`` and check its interface.
+
+    Raises:
+      ValueError: if ``NAME``, ``TITLE`` or a callable ``run`` is missing, or ``NAME`` is not the
+        file stem.
+    """
+    path = Path(path)
+    module_name = f"pifs_jax_experiments.{path.stem}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise ValueError(f"path: cannot import {str(path)!r} as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # dataclasses and pickling look modules up here
+    try:
+        with _on_sys_path(path.parent):
+            spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(module_name, None)
+        raise
+    missing = [attr for attr in ("NAME", "TITLE", "run") if not hasattr(module, attr)]
+    if missing:
+        raise ValueError(f"path: experiment {str(path)!r} does not define {', '.join(missing)}")
+    if not callable(module.run):
+        raise ValueError(f"path: experiment {str(path)!r}: run must be a function run(out_dir, *, quick)")
+    if module.NAME != path.stem:
+        raise ValueError(f"path: experiment {str(path)!r} has NAME = {module.NAME!r}; it must equal the file stem {path.stem!r}")
+    return module
+
+
+# ----------------------------------------------------------------------------- running
+
+
+class ExperimentOutcome(NamedTuple):
+    """What one experiment produced."""
+
+    name: str
+    title: str
+    ok: bool
+    seconds: float
+    markdown: str
+    figures: tuple[str, ...]
+    summary: str
+    error: str | None
+    """The formatted traceback when the experiment failed."""
+
+
+class ReproductionReport(NamedTuple):
+    """The result of :func:`run_reproduction`."""
+
+    report_path: Path
+    json_path: Path
+    outcomes: tuple[ExperimentOutcome, ...]
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        """True when every experiment succeeded."""
+        return all(o.ok for o in self.outcomes)
+
+    @property
+    def failed(self) -> tuple[str, ...]:
+        """Names of the experiments that failed."""
+        return tuple(o.name for o in self.outcomes if not o.ok)
+
+
+def run_experiment(path: str | os.PathLike, out_dir: str | os.PathLike, *, quick: bool = False) -> ExperimentOutcome:
+    """Import and run one experiment; never raises for an experiment's own failure.
+
+    Args:
+      path: the experiment script.
+      out_dir: the report folder; the experiment writes under ``out_dir / NAME``.
+      quick: reduced run.
+
+    Returns:
+      :class:`ExperimentOutcome` (``ok=False`` and the traceback in ``error`` if it raised).
+    """
+    path = Path(path)
+    out_dir = Path(out_dir)
+    name, title = path.stem, path.stem
+    start = time.perf_counter()
+    try:
+        module = load_experiment(path)
+        title = str(module.TITLE)
+        with _on_sys_path(path.parent):
+            result = module.run(out_dir, quick=quick)
+        if not isinstance(result, dict) or not isinstance(result.get("markdown"), str):
+            raise TypeError(
+                f"run() of {name!r} must return a dict with a 'markdown' string, got {type(result).__name__}"
+                + (f" with keys {sorted(result)}" if isinstance(result, dict) else "")
+            )
+        figures = tuple(str(f) for f in result.get("figures", ()))
+        return ExperimentOutcome(
+            name, title, True, time.perf_counter() - start, result["markdown"], figures,
+            str(result.get("summary", "")), None,
+        )
+    except Exception:  # noqa: BLE001 - a failing experiment is reported, not fatal
+        return ExperimentOutcome(
+            name, title, False, time.perf_counter() - start, "", (), "", traceback.format_exc()
+        )
+
+
+def _escape(text: str) -> str:
+    """Escape markdown emphasis characters in plain text (titles such as ``lambda**``)."""
+    return text.replace("\\", "\\\\").replace("*", "\\*").replace("_", "\\_")
+
+
+def _environment_markdown(env: dict[str, Any]) -> str:
+    versions = markdown_table(
+        ["package", "version"], [(k, v if v is not None else "not installed") for k, v in env["versions"].items()]
+    )
+    facts = markdown_table(
+        ["item", "value"],
+        [
+            ("Python", env["python"]),
+            ("platform", env["platform"]),
+            ("JAX backend", env["jax_backend"]),
+            ("devices", ", ".join(env["devices"])),
+            ("jax_enable_x64 (global)", env["x64"]),
+        ],
+    )
+    return facts + "\n\n" + versions
+
+
+def _render_report(
+    outcomes: Sequence[ExperimentOutcome],
+    *,
+    env: dict[str, Any],
+    started: _dt.datetime,
+    seconds: float,
+    quick: bool,
+    only: Sequence[str] | None,
+    command: str | None,
+) -> str:
+    failed = [o for o in outcomes if not o.ok]
+    lines = [
+        "# pifs_jax reproduction report",
+        "",
+        f"Reproducing {PAPER_REFERENCE}.",
+        "",
+        f"- Date: {started.strftime('%Y-%m-%d %H:%M:%S')} UTC",
+        f"- Mode: {'quick (reduced grids, for testing)' if quick else 'full'}",
+        f"- Experiments: {len(outcomes)} run"
+        + (f" (selected with --only: {', '.join(only)})" if only else "")
+        + f", {len(outcomes) - len(failed)} succeeded, {len(failed)} FAILED",
+    ]
+    if command:
+        lines.append(f"- Command: `{command}`")
+    lines += ["", "## Environment", "", _environment_markdown(env), ""]
+    lines += [
+        "## Overview",
+        "",
+        markdown_table(
+            ["#", "experiment", "status", "time (s)", "summary"],
+            [
+                (i, f"[{_escape(o.title)}](#{o.name})", "ok" if o.ok else "**FAILED**", f"{o.seconds:.1f}", o.summary)
+                for i, o in enumerate(outcomes, 1)
+            ],
+        ),
+        "",
+    ]
+    for i, o in enumerate(outcomes, 1):
+        status = f"ok, {o.seconds:.1f} s" if o.ok else f"**FAILED** after {o.seconds:.1f} s"
+        lines += [
+            f'<a id="{o.name}"></a>',
+            "",
+            f"## {i}. {_escape(o.title)}",
+            "",
+            f"`experiments/{o.name}.py` — {status}",
+            "",
+        ]
+        if o.ok:
+            lines += [o.markdown.strip(), ""]
+            for fig in o.figures:
+                lines += [f"![{Path(fig).stem}]({Path(fig).as_posix()})", ""]
+        else:
+            lines += ["The experiment raised an exception:", "", "```text", (o.error or "").rstrip(), "```", ""]
+    lines += [
+        "## Timing",
+        "",
+        markdown_table(
+            ["experiment", "status", "time (s)"],
+            [(o.name, "ok" if o.ok else "FAILED", f"{o.seconds:.2f}") for o in outcomes]
+            + [("**total**", "ok" if not failed else f"{len(failed)} FAILED", f"{seconds:.2f}")],
+        ),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def run_reproduction(
+    out_dir: str | os.PathLike = "results",
+    only: Sequence[str] | None = None,
+    quick: bool = False,
+    *,
+    experiments_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    command: str | None = None,
+) -> ReproductionReport:
+    """Run the experiments and write ``out_dir/REPORT.md`` (and ``out_dir/reproduction.json``).
+
+    Args:
+      out_dir: the report folder; experiment ``NAME`` writes under ``out_dir/NAME``.
+      only: names (file stems) of the experiments to run; ``None`` runs all.
+      quick: reduced runs (what the tests use).
+      experiments_dir: where the experiment scripts live (default: the repository's ``experiments/``).
+      progress: show a tqdm progress bar on stderr.
+      command: the command line, recorded in the report.
+
+    Returns:
+      :class:`ReproductionReport`; ``report.ok`` is False if any experiment failed (the others
+      still ran and the report was still written).
+
+    Raises:
+      ValueError: ``only`` names an experiment that does not exist, or ``experiments_dir`` is not
+        a folder.
+    """
+    from tqdm.auto import tqdm
+
+    available = discover_experiments(experiments_dir)
+    if only:
+        unknown = [n for n in only if n not in available]
+        if unknown:
+            raise ValueError(
+                f"only: unknown experiment(s) {', '.join(map(repr, unknown))}; available: "
+                f"{', '.join(available) or '(none)'}"
+            )
+        selected = {n: available[n] for n in available if n in set(only)}
+    else:
+        selected = available
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = _dt.datetime.now(_dt.timezone.utc)
+    start = time.perf_counter()
+    outcomes = []
+    bar = tqdm(selected.items(), total=len(selected), desc="experiments", unit="exp", disable=not progress)
+    for name, path in bar:
+        bar.set_postfix_str(name)
+        outcome = run_experiment(path, out_dir, quick=quick)
+        if not outcome.ok:
+            bar.write(f"FAILED: {name}\n{outcome.error}")
+        outcomes.append(outcome)
+    bar.close()
+    seconds = time.perf_counter() - start
+    env = environment_metadata()
+    text = _render_report(
+        outcomes, env=env, started=started, seconds=seconds, quick=quick, only=only, command=command
+    )
+    report_path = atomic_write_text(out_dir / "REPORT.md", text)
+    json_path = write_result_json(
+        out_dir / "reproduction.json",
+        {
+            "experiments": [
+                {"name": o.name, "title": o.title, "ok": o.ok, "seconds": o.seconds, "figures": list(o.figures),
+                 "summary": o.summary, "error": o.error}
+                for o in outcomes
+            ],
+            "seconds": seconds,
+            "ok": all(o.ok for o in outcomes),
+        },
+        config={"out_dir": str(out_dir), "only": list(only) if only else None, "quick": quick,
+                "experiments_dir": str(experiments_dir) if experiments_dir else str(default_experiments_dir()),
+                "command": command},
+    )
+    return ReproductionReport(report_path, json_path, tuple(outcomes), seconds)

@@ -1,0 +1,205 @@
+"""Experiment scripts: the reproduction runner's contract and the numbers each experiment reports.
+
+Expectations are derived independently of the package where possible (closed forms, NumPy
+float64 recomputations), so these tests check the experiments, not only their plumbing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from pifs_jax import reproduce
+
+# ----------------------------------------------------------------------------- independent references
+
+
+def linear_alpha_bar(T: int = 1000) -> np.ndarray:
+    """DDPM linear schedule in NumPy float64, ``alpha_bar[0] = 1``."""
+    return np.concatenate([[1.0], np.cumprod(1.0 - np.linspace(1e-4, 0.02, T))])
+
+
+def cosine_alpha_bar(T: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> np.ndarray:
+    """Nichol & Dhariwal cosine schedule with clipped betas, NumPy float64."""
+    phi = (np.arange(T + 1) / T + s) / (1 + s) * np.pi / 2
+    raw = np.cos(phi) ** 2 / np.cos(phi[0]) ** 2
+    betas = np.minimum(1.0 - raw[1:] / raw[:-1], max_beta)
+    return np.concatenate([[1.0], np.cumprod(1.0 - betas)])
+
+
+def lstar_numpy(alpha_bar: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """``L*_t = (sigma_s + a sigma_t)/(1 + a)`` straight from the definition."""
+    ab_t, ab_s = alpha_bar[grid[1:]], alpha_bar[grid[:-1]]
+    sigma_t, sigma_s = np.sqrt(1 - ab_t), np.sqrt(1 - ab_s)
+    a = np.sqrt(ab_s / ab_t)
+    return (sigma_s + a * sigma_t) / (1 + a)
+
+
+def moran_numpy(alpha_bar: np.ndarray, grid: np.ndarray) -> float:
+    """Root of ``sum_t log f_t(lambda)`` by plain bisection on the direct formula for ``f_t``."""
+    ab_t, ab_s = alpha_bar[grid[1:]], alpha_bar[grid[:-1]]
+    sigma_t, sigma_s = np.sqrt(1 - ab_t), np.sqrt(1 - ab_s)
+
+    def total(lam):
+        return np.sum(np.log((np.sqrt(ab_s * ab_t) * lam + sigma_s * sigma_t) / (ab_t * lam + sigma_t**2)))
+
+    lo, hi = 0.5, 4.0
+    assert total(lo) < 0 < total(hi)
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if total(mid) < 0 else (lo, mid)
+    return 0.5 * (lo + hi)
+
+
+def finest_lstar_cosine(tau_1: int, T: int = 1000, s: float = 0.008) -> float:
+    """Closed form of ``L*`` for the step ``tau_1 -> 0``, cancellation-free.
+
+    With ``c = sqrt(alpha_bar_tau) = cos(phi_1)/cos(phi_0)``: ``a = 1/c``, ``sigma = sqrt(1 - c^2)``, so
+    ``L* = a sigma/(1 + a) = sqrt((1 - c)/(1 + c))`` and
+    ``1 - c = 2 sin((phi_1 + phi_0)/2) sin((phi_1 - phi_0)/2) / cos(phi_0)``.
+    """
+    phi0 = s / (1 + s) * math.pi / 2
+    phi1 = (tau_1 / T + s) / (1 + s) * math.pi / 2
+    c = math.cos(phi1) / math.cos(phi0)
+    one_minus_c = 2 * math.sin((phi1 + phi0) / 2) * math.sin((phi1 - phi0) / 2) / math.cos(phi0)
+    return math.sqrt(one_minus_c / (1 + c))
+
+
+# ----------------------------------------------------------------------------- runner contract
+
+
+def test_experiments_are_discovered_and_loadable():
+    found = reproduce.discover_experiments()
+    assert "schedule_geometry" in found
+    assert all(not path.name.startswith("_") for path in found.values())
+    assert list(found) == sorted(found)
+    for name, path in found.items():
+        module = reproduce.load_experiment(path)
+        assert module.NAME == name
+        assert isinstance(module.TITLE, str) and module.TITLE
+        assert callable(module.run)
+
+
+def test_markdown_helpers():
+    table = reproduce.markdown_table(["a", "b"], [(1, 0.123456789), ("x|y", None)], digits=4)
+    assert table.splitlines() == ["| a | b |", "|---|---|", "| 1 | 0.1235 |", "| x\\|y | — |"]
+    with pytest.raises(ValueError, match="rows"):
+        reproduce.markdown_table(["a", "b"], [(1,)])
+    assert reproduce.format_value(float("nan")) == "nan"
+    assert reproduce.format_value(np.float32(2.5)) == "2.5"
+
+
+def test_unknown_only_is_a_value_error(tmp_path):
+    with pytest.raises(ValueError, match="only"):
+        reproduce.run_reproduction(tmp_path, only=["no_such_experiment"], progress=False)
+
+
+# ----------------------------------------------------------------------------- schedule_geometry
+
+
+@pytest.fixture(scope="module")
+def schedule_geometry(tmp_path_factory):
+    """Run the experiment once (quick) and hand its module, section and output folder to the tests."""
+    module = reproduce.load_experiment(reproduce.discover_experiments()["schedule_geometry"])
+    out = tmp_path_factory.mktemp("results")
+    section = module.run(out, quick=True)
+    return module, section, out
+
+
+def test_lambda_star_star_matches_the_paper(schedule_geometry):
+    _, section, _ = schedule_geometry
+    chains = section["results"]["chains"]
+    value = chains["cosine_s0"]["lambda_star_star"]
+    assert round(value, 4) in (1.0024, 1.0025)
+    assert abs(value - 1.0024) < 1e-4
+    assert math.floor(value * 1e4) / 1e4 == 1.0024  # the paper's figure, truncated
+    assert abs(chains["cosine_s0.008"]["lambda_star_star"] - 1.0024) < 2e-4
+
+
+@pytest.mark.parametrize(
+    "key, alpha_bar, grid",
+    [
+        ("linear", linear_alpha_bar(), np.arange(1001)),
+        ("cosine_s0", cosine_alpha_bar(s=0.0), np.arange(1001)),
+        ("cosine_s0.008", cosine_alpha_bar(s=0.008), np.arange(1001)),
+        ("ddim50_cosine_s0", cosine_alpha_bar(s=0.0), np.arange(0, 1001, 20)),
+    ],
+)
+def test_chain_numbers_against_numpy_float64(schedule_geometry, key, alpha_bar, grid):
+    _, section, _ = schedule_geometry
+    chain = section["results"]["chains"][key]
+    lstar = lstar_numpy(alpha_bar, grid)
+    assert chain["num_steps"] == len(grid) - 1
+    np.testing.assert_array_equal(chain["t"], grid[1:])
+    np.testing.assert_allclose(chain["lstar"], lstar, rtol=1e-8)
+    np.testing.assert_allclose(chain["lstar_mean"], lstar.mean(), rtol=1e-10)
+    np.testing.assert_allclose(chain["lstar_cv"], lstar.std() / lstar.mean(), rtol=1e-9)  # population std
+    np.testing.assert_allclose(chain["lstar_min"], lstar.min(), rtol=1e-8)
+    assert chain["lstar_argmin_t"] == grid[1]  # the finest step is the weakest link
+    np.testing.assert_allclose(chain["lambda_star_star"], moran_numpy(alpha_bar, grid), rtol=1e-9)
+
+
+def test_finest_lstar_closed_forms(schedule_geometry):
+    _, section, _ = schedule_geometry
+    chains = section["results"]["chains"]
+    # linear: alpha_bar_1 = 1 - 1e-4, c = sqrt(alpha_bar_1), L* = sqrt((1 - c)/(1 + c))
+    c = math.sqrt(1 - 1e-4)
+    expected_linear = math.sqrt((1e-4 / (1 + c)) / (1 + c))
+    assert chains["linear"]["lstar_finest"] == pytest.approx(expected_linear, rel=1e-12)
+    # cosine s = 0: L*_1 = tan(phi_1 / 2) with phi_1 = (tau_1 / T) pi / 2
+    assert chains["cosine_s0"]["lstar_finest"] == pytest.approx(math.tan(math.pi / 4000), rel=1e-12)
+    assert chains["cosine_s0"]["lstar_finest"] == pytest.approx(finest_lstar_cosine(1, s=0.0), rel=1e-12)
+    assert chains["cosine_s0.008"]["lstar_finest"] == pytest.approx(finest_lstar_cosine(1, s=0.008), rel=1e-12)
+    assert chains["ddim50_cosine_s0"]["lstar_finest"] == pytest.approx(math.tan(math.pi / 200), rel=1e-12)
+    # and L*_1 ~ sigma_1 / 2
+    for chain in chains.values():
+        assert chain["lstar_finest"] == pytest.approx(chain["sigma_finest"] / 2, rel=1e-3)
+
+
+def test_cosine_offset_gain_is_about_four_fold(schedule_geometry):
+    _, section, _ = schedule_geometry
+    gain = section["results"]["cosine_offset_gain"]
+    assert 3.5 < gain < 4.5
+    independent = finest_lstar_cosine(1, s=0.008) / finest_lstar_cosine(1, s=0.0)
+    assert gain == pytest.approx(independent, rel=1e-12)
+
+
+def test_linear_has_the_most_uniform_lstar(schedule_geometry):
+    _, section, _ = schedule_geometry
+    results = section["results"]
+    assert results["most_uniform_lstar_1000_step"] == "linear"
+    chains = results["chains"]
+    assert chains["linear"]["lstar_cv"] < chains["cosine_s0.008"]["lstar_cv"] < chains["cosine_s0"]["lstar_cv"]
+
+
+def test_lambda_star_about_one_mid_chain_and_two_at_the_finest_step(schedule_geometry):
+    _, section, _ = schedule_geometry
+    for chain in section["results"]["chains"].values():
+        assert chain["lambda_star_median"] == pytest.approx(1.0, abs=0.06)
+        assert chain["lambda_star_finest"] == pytest.approx(2.0, abs=1e-3)
+
+
+def test_outputs_written(schedule_geometry):
+    module, section, out = schedule_geometry
+    folder = out / module.NAME
+    doc = json.loads((folder / "schedule_geometry.json").read_text())
+    assert set(doc) == {"config", "seed", "environment", "results"}
+    assert doc["config"]["x64"] is True and doc["config"]["quick"] is True
+    written = doc["results"]["chains"]["cosine_s0"]
+    assert written["lambda_star_star"] == section["results"]["chains"]["cosine_s0"]["lambda_star_star"]
+    for fig in section["figures"]:
+        assert (out / fig).read_bytes().startswith(b"\x89PNG")
+    markdown = section["markdown"]
+    assert "1.0024" in markdown and "four-fold" in markdown
+    assert "NO" not in markdown.split("|")  # every agreement cell says yes
+    assert "MISMATCH" not in markdown
+
+
+def test_runs_as_a_script(schedule_geometry, tmp_path, capsys):
+    module, _, _ = schedule_geometry
+    assert module.main(["--out", str(tmp_path), "--quick"]) == 0
+    assert "1.0024" in capsys.readouterr().out
+    assert (tmp_path / "schedule_geometry" / "schedule_geometry.json").exists()
