@@ -67,5 +67,30 @@ from pifs_jax.interop import (
     to_diffusers_config,
 )
 from pifs_jax.reproduce import run_reproduction
+from pifs_jax.patches import PatchLayout, patch_layout, patch_permutation, patchify, unpatchify
+from pifs_jax.denoisers import (
+    Attention,
+    EmpiricalEps,
+    empirical_attention,
+    empirical_denoiser,
+    gaussian_denoiser,
+    gaussian_denoiser_eig,
+    gaussian_denoiser_patches,
+    gaussian_mixture_denoiser,
+)
+from pifs_jax.jacobians import (
+    BlockNorms,
+    block_norms,
+    block_norms_matrix_free,
+    chain_jacobian,
+    ddim_step_jacobian,
+    leading_eigenvectors,
+    patch_blocks,
+    step_jacobian,
+    step_jvp,
+    step_vjp,
+    summarize_block_norms,
+    suppression_field,
+)
 
 __version__ = "0.1.0"

@@ -179,7 +179,8 @@ def log_expansion_factor(sched: Schedule, variances: Any, grid: Any = None) -> j
     lam_star = (c.sigma_t * (1 + c.a) / (c.sigma_t + c.sigma_s))[expand]
     numerator = ab_t * c.a_minus_1[expand] * (lam - lam_star)
     denominator = ab_t * lam + (c.sigma_t**2)[expand]
-    return jnp.log1p(numerator / denominator)
+    # the ratio is >= -1 exactly (f_t >= 0); clamp the last rounding so f_t(0) = 0 gives -inf, not NaN
+    return jnp.log1p(jnp.maximum(numerator / denominator, -1.0))
 
 
 def expansion_factor(sched: Schedule, variances: Any, grid: Any = None) -> jax.Array:

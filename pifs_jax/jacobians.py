@@ -1,0 +1,494 @@
+"""Jacobians of DDIM steps and chains, their patch-block structure and the suppression field.
+
+One step ``Phi_t(x) = a_t x + b_t epshat(x, t)`` has Jacobian ``J Phi_t = a_t I + b_t J_x epshat(x, t)``
+(theory.md section 3). Here ``J`` always means the Jacobian of the *flattened* map
+``R^n -> R^n`` (row-major flattening of the sample's shape), so ``J[i, j] = d Phi_i / d x_j``.
+
+- Dense: :func:`step_jacobian`, :func:`ddim_step_jacobian`, :func:`chain_jacobian` (``jax.jacfwd``;
+  ``n`` forward tangents, memory ``n^2``).
+- Matrix-free: :func:`step_jvp`, :func:`step_vjp` (``jax.jvp`` / ``jax.vjp``, never form ``J``).
+- Patch blocks (theory.md section 6): with the image cut into ``M`` patches of ``n_k = p^2 C``
+  coordinates (:mod:`pifs_jax.patches`), ``[J]_{kj}`` is the ``n_k x n_k`` block mapping patch
+  ``j`` of the input to patch ``k`` of the output. :func:`block_norms` (exact, from ``J``) and
+  :func:`block_norms_matrix_free` (block power iteration with JVP/VJP) give the spectral norms
+  ``||[J]_{kj}||_2`` and their summaries ``kappa_diag``, ``delta_cross``, the (PC) bound and the
+  per-patch margins (:class:`BlockNorms`).
+- :func:`suppression_field`: ``S_{k,t}(x) = |b_t| <v_k, [J_x Delta_t(x)]_kk v_k>`` with
+  ``Delta_t = epshat - eps^G`` (JVPs only).
+
+Every function is jittable (callables and shapes static) and validates at the boundary when its
+inputs are concrete: a denoiser whose output shape differs from its input
+(:func:`pifs_jax.ddim.check_denoiser`), a patch size that does not tile the image, vectors of the
+wrong shape all raise ``ValueError`` naming the argument.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pifs_jax._validation import is_concrete
+from pifs_jax.ddim import EpsFn, check_denoiser, ddim_chain, ddim_step
+from pifs_jax.geometry import step_coefficients
+from pifs_jax.grids import as_grid
+from pifs_jax.patches import PatchLayout, patch_layout, patch_permutation, patchify, unpatchify
+from pifs_jax.schedules import Schedule
+
+__all__ = [
+    "step_jacobian",
+    "ddim_step_jacobian",
+    "chain_jacobian",
+    "step_jvp",
+    "step_vjp",
+    "patch_blocks",
+    "BlockNorms",
+    "summarize_block_norms",
+    "block_norms",
+    "block_norms_matrix_free",
+    "leading_eigenvectors",
+    "suppression_field",
+]
+
+
+# ----------------------------------------------------------------------------- dense Jacobians
+
+
+def _flat_step(eps_fn: EpsFn, shape: tuple, t: Any, a: Any, b: Any, dtype) -> Callable:
+    a = jnp.asarray(a, dtype)
+    b = jnp.asarray(b, dtype)
+    return lambda flat: ddim_step(eps_fn, flat.reshape(shape), t, a, b).reshape(-1)
+
+
+def step_jacobian(eps_fn: EpsFn, x: Any, *, t: Any, a: Any, b: Any) -> jax.Array:
+    """Dense Jacobian of one DDIM step ``J Phi_t(x) = a I + b J_x epshat(x, t)``, shape ``(n, n)``.
+
+    Computed with ``jax.jacfwd`` on the flattened map (``n`` JVPs of ``eps_fn``).
+
+    Args:
+      eps_fn: ``eps_fn(x, t)`` returning an array of ``x``'s shape.
+      x: the point (one sample, any shape, ``n`` entries).
+      t: integer timestep passed to ``eps_fn``.
+      a: ``a_t``; b: ``b_t`` (e.g. from :func:`pifs_jax.geometry.step_coefficients`).
+
+    Returns:
+      ``J[i, j] = d Phi_i / d x_j`` in the row-major flattening of ``x``.
+    """
+    x = jnp.asarray(x)
+    if is_concrete(x):
+        check_denoiser(eps_fn, x)
+    return jax.jacfwd(_flat_step(eps_fn, x.shape, t, a, b, x.dtype))(x.reshape(-1))
+
+
+def _step_of_grid(sched: Schedule, grid: Any, step: Any):
+    """``(t, a, b)`` of sampling step ``step`` (``tau_step -> tau_{step-1}``), ``1 <= step <= N``."""
+    grid = as_grid(grid, sched.T)
+    n_steps = int(np.shape(grid)[0]) - 1
+    if is_concrete(step):
+        if isinstance(step, bool) or not float(step).is_integer() or not 1 <= int(step) <= n_steps:
+            raise ValueError(f"step: expected an integer in 1..{n_steps} (step i maps tau_i -> tau_(i-1)), got {step!r}")
+    c = step_coefficients(sched, grid)
+    return jnp.asarray(grid)[step], c.a[step - 1], c.b[step - 1]
+
+
+def ddim_step_jacobian(eps_fn: EpsFn, sched: Schedule, x: Any, *, grid: Any = None, step: Any) -> jax.Array:
+    """Dense Jacobian of sampling step ``step`` of ``grid`` (``tau_step -> tau_{step-1}``) at ``x``.
+
+    :func:`step_jacobian` with ``t = tau_step``, ``a = a_t``, ``b = b_t`` of the grid's explicit
+    ``(alpha_bar_t, alpha_bar_s)`` pair. For Gaussian data with ``Sigma = U diag(lambda) U^T`` it
+    equals ``U diag(f_t(lambda)) U^T`` (:func:`pifs_jax.geometry.expansion_factor`, row ``step - 1``).
+
+    Args:
+      eps_fn: the denoiser.
+      sched: the schedule.
+      x: the point ``x_{tau_step}``.
+      grid: sampling grid ``0 = tau_0 < ... < tau_N <= T`` (``None`` = every training step).
+      step: ``1..N``; ``step = 1`` is the finest step (landing on ``alpha_bar = 1``).
+
+    Returns:
+      shape ``(n, n)``.
+    """
+    t, a, b = _step_of_grid(sched, grid, step)
+    return step_jacobian(eps_fn, x, t=t, a=a, b=b)
+
+
+def chain_jacobian(eps_fn: EpsFn, sched: Schedule, x_T: Any, *, grid: Any = None) -> jax.Array:
+    """Dense Jacobian of the whole chain ``x_T -> x_0``: ``J_1 J_2 ... J_N`` along the trajectory.
+
+    ``jax.jacfwd`` through :func:`pifs_jax.ddim.ddim_chain`: ``n`` tangents pushed through all
+    ``N`` steps, i.e. the product of the step Jacobians evaluated on the trajectory from ``x_T``
+    (``J_N`` is the first step, at ``tau_N``). For small ``n``; entries can over/underflow for long
+    chains with widely spread exponents (use the QR-stabilised spectra of :mod:`pifs_jax.lyapunov`).
+
+    Returns:
+      shape ``(n, n)``; ``d x_0 / d x_T`` in the flattening of ``x_T``.
+    """
+    x_T = jnp.asarray(x_T)
+    if is_concrete(x_T):
+        check_denoiser(eps_fn, x_T)
+    shape = x_T.shape
+
+    def flat_chain(flat):
+        return ddim_chain(eps_fn, sched, flat.reshape(shape), grid=grid).reshape(-1)
+
+    return jax.jacfwd(flat_chain)(x_T.reshape(-1))
+
+
+# ----------------------------------------------------------------------------- matrix-free products
+
+
+def _check_like(v: jax.Array, x: jax.Array, name: str) -> None:
+    if v.shape != x.shape:
+        raise ValueError(f"{name}: expected the shape of x, {x.shape}, got {v.shape}")
+
+
+def step_jvp(eps_fn: EpsFn, x: Any, v: Any, *, t: Any, a: Any, b: Any) -> tuple[jax.Array, jax.Array]:
+    """``(Phi_t(x), J Phi_t(x) v)`` without forming ``J`` (``jax.jvp``), both of ``x``'s shape.
+
+    ``J v = a v + b J_x epshat(x, t) v``; cost about one ``eps_fn`` evaluation and one JVP.
+    """
+    x, v = jnp.asarray(x), jnp.asarray(v, jnp.asarray(x).dtype)
+    _check_like(v, x, "v")
+    if is_concrete(x):
+        check_denoiser(eps_fn, x)
+    a, b = jnp.asarray(a, x.dtype), jnp.asarray(b, x.dtype)
+    return jax.jvp(lambda y: ddim_step(eps_fn, y, t, a, b), (x,), (v,))
+
+
+def step_vjp(eps_fn: EpsFn, x: Any, u: Any, *, t: Any, a: Any, b: Any) -> tuple[jax.Array, jax.Array]:
+    """``(Phi_t(x), J Phi_t(x)^T u)`` without forming ``J`` (``jax.vjp``), both of ``x``'s shape.
+
+    ``J^T u = a u + b J_x epshat(x, t)^T u``.
+    """
+    x, u = jnp.asarray(x), jnp.asarray(u, jnp.asarray(x).dtype)
+    _check_like(u, x, "u")
+    if is_concrete(x):
+        check_denoiser(eps_fn, x)
+    a, b = jnp.asarray(a, x.dtype), jnp.asarray(b, x.dtype)
+    y, pullback = jax.vjp(lambda z: ddim_step(eps_fn, z, t, a, b), x)
+    (g,) = pullback(u)
+    return y, g
+
+
+# ----------------------------------------------------------------------------- patch blocks
+
+
+def patch_blocks(J: Any, image_shape: Any, patch_size: int) -> jax.Array:
+    """Split a Jacobian of the flattened image map into patch blocks, shape ``(M, M, n_k, n_k)``.
+
+    ``blocks[k, j] = [J]_{kj}``: rows are output patch ``k``'s coordinates, columns input patch
+    ``j``'s, both in :func:`pifs_jax.patches.patchify` order.
+
+    Raises:
+      ValueError: naming ``patch_size`` if it does not tile ``image_shape``, or ``J`` if it is not
+        ``(n, n)`` with ``n = prod(image_shape)``.
+    """
+    layout = patch_layout(image_shape, patch_size)
+    J = jnp.asarray(J)
+    if J.shape != (layout.size, layout.size):
+        raise ValueError(
+            f"J: expected shape ({layout.size}, {layout.size}) for image_shape {layout.image_shape}, got {J.shape}"
+        )
+    perm = patch_permutation(layout.image_shape, patch_size)
+    m, nk = layout.num_patches, layout.patch_dim
+    permuted = J[perm][:, perm]
+    return permuted.reshape(m, nk, m, nk).transpose(0, 2, 1, 3)
+
+
+class BlockNorms(NamedTuple):
+    """Spectral norms of the patch blocks of a step Jacobian and their summaries.
+
+    With ``N_kj = ||[J]_{kj}||_2``, ``kappa_k = N_kk`` and ``delta_k = sum_{j != k} N_kj``: for the
+    linearised step, ``||(J h)_k||_2 <= (kappa_k + delta_k) max_j ||h_j||_2``, so patch ``k``'s
+    per-patch margin ``m_k = 1 - (kappa_k + delta_k)`` is positive iff its output block row is a
+    contraction in the block max-norm ``max_j ||h_j||_2``. The (PC) criterion of theory.md
+    (``kappa_diag + delta_cross < 1``, maxima taken separately) implies ``min_k m_k > 0``.
+    theory.md leaves the paper's aggregation over patches OPEN, so both the maximum (the (PC)
+    form) and the mean over patches are reported.
+    """
+
+    norms: jax.Array
+    """``N_kj``, shape ``(M, M)`` (row = output patch ``k``, column = input patch ``j``)."""
+    kappa_diag_per_patch: jax.Array
+    """``kappa_k = ||[J]_kk||_2``, shape ``(M,)``."""
+    delta_cross_per_patch: jax.Array
+    """``delta_k = sum_{j != k} ||[J]_kj||_2``, shape ``(M,)``."""
+    kappa_diag: jax.Array
+    """``max_k kappa_k``."""
+    delta_cross: jax.Array
+    """``max_k delta_k``."""
+    pc_bound: jax.Array
+    """``kappa_diag + delta_cross``; (PC) holds when it is below 1."""
+    margin_per_patch: jax.Array
+    """``m_k = 1 - (kappa_k + delta_k)``, shape ``(M,)``."""
+    margin: jax.Array
+    """``min_k m_k``: positive iff every block row contracts (weaker than (PC), never below ``1 - pc_bound``)."""
+    kappa_diag_mean: jax.Array
+    """``mean_k kappa_k``."""
+    delta_cross_mean: jax.Array
+    """``mean_k delta_k``."""
+    margin_mean: jax.Array
+    """``mean_k m_k``."""
+
+
+def summarize_block_norms(norms: Any) -> BlockNorms:
+    """:class:`BlockNorms` from a matrix of block norms ``N_kj`` (shape ``(M, M)``)."""
+    norms = jnp.asarray(norms)
+    if norms.ndim != 2 or norms.shape[0] != norms.shape[1]:
+        raise ValueError(f"norms: expected a square (M, M) matrix of block norms, got shape {norms.shape}")
+    kappa = jnp.diagonal(norms)
+    delta = jnp.sum(norms, axis=1) - kappa
+    margin = 1 - (kappa + delta)
+    kappa_max, delta_max = jnp.max(kappa), jnp.max(delta)
+    return BlockNorms(
+        norms=norms,
+        kappa_diag_per_patch=kappa,
+        delta_cross_per_patch=delta,
+        kappa_diag=kappa_max,
+        delta_cross=delta_max,
+        pc_bound=kappa_max + delta_max,
+        margin_per_patch=margin,
+        margin=jnp.min(margin),
+        kappa_diag_mean=jnp.mean(kappa),
+        delta_cross_mean=jnp.mean(delta),
+        margin_mean=jnp.mean(margin),
+    )
+
+
+def block_norms(J: Any, image_shape: Any, patch_size: int) -> BlockNorms:
+    """Exact spectral norms of the patch blocks of ``J`` and their summaries (:class:`BlockNorms`).
+
+    ``N_kj = ||[J]_{kj}||_2`` (largest singular value, by SVD);
+    ``kappa_diag = max_k N_kk``, ``delta_cross = max_k sum_{j != k} N_kj`` (theory.md section 6).
+
+    Args:
+      J: Jacobian of the flattened image map, shape ``(n, n)`` (e.g. :func:`ddim_step_jacobian`).
+      image_shape: ``(H, W, C)`` or ``(H, W)``.
+      patch_size: ``p``.
+    """
+    blocks = patch_blocks(J, image_shape, patch_size)  # validates
+    return _block_norms(blocks)
+
+
+@jax.jit
+def _block_norms(blocks: jax.Array) -> BlockNorms:
+    # one compilation per shape instead of one per primitive when called eagerly
+    return summarize_block_norms(jnp.linalg.norm(blocks, ord=2, axis=(-2, -1)))
+
+
+def _patch_ops(layout: PatchLayout, dtype):
+    """``embed(v, j)``: ``v`` (n_k,) placed in patch ``j`` of a zero image; ``restrict(img, k)``."""
+    m, nk, p = layout.num_patches, layout.patch_dim, layout.patch_size
+
+    def embed(v, j):
+        return unpatchify(jnp.zeros((m, nk), dtype).at[j].set(v), layout.image_shape, p)
+
+    def restrict(image, k):
+        return patchify(image, p)[k]
+
+    return embed, restrict
+
+
+def _as_image(x: Any, layout: PatchLayout) -> jax.Array:
+    x = jnp.asarray(x)
+    if x.size != layout.size:
+        raise ValueError(f"x: expected {layout.size} entries for image_shape {layout.image_shape}, got shape {x.shape}")
+    return x.reshape(layout.image_shape)
+
+
+def block_norms_matrix_free(
+    step_fn: Callable[[jax.Array], jax.Array],
+    x: Any,
+    image_shape: Any,
+    patch_size: int,
+    *,
+    key: jax.Array,
+    iters: int = 32,
+) -> BlockNorms:
+    """Block norms ``||[J]_{kj}||_2`` of ``J = d step_fn(x)`` by block Krylov iteration, no ``J`` formed.
+
+    For every pair ``(k, j)`` the block ``B = [J]_{kj}`` is reached only through products: ``B v``
+    is a JVP of ``step_fn`` with ``v`` embedded in patch ``j`` and the output restricted to patch
+    ``k``; ``B^T u`` a VJP with ``u`` embedded in patch ``k``, restricted to patch ``j``. Each block
+    runs ``m = min(iters, n_k)`` steps of Golub-Kahan-Lanczos bidiagonalisation (the Krylov
+    acceleration of the power iteration on ``B^T B``, with full re-orthogonalisation), and the
+    estimate is the largest singular value of the ``m x m`` bidiagonal matrix: a Ritz value that
+    increases towards ``||B||_2``, exactly equal (to round-off) once ``m = n_k``, and converging far
+    faster than plain power iteration when the leading singular values are close (as they are for
+    diagonal blocks near ``a_t I``). Blocks that are exactly zero give 0.
+
+    Cost: ``M^2 m`` JVP/VJP pairs of ``step_fn`` after one linearisation (``jax.linearize`` and
+    ``jax.linear_transpose``). Source patches ``j`` are processed one after another
+    (``lax.map``), the ``M`` target patches of one source batched with ``vmap``; memory
+    ``O(M (n + m n_k))``.
+
+    Args:
+      step_fn: the map, image -> image of the same shape (e.g.
+        ``lambda y: ddim_step(eps_fn, y, t, a, b)``).
+      x: the point, ``n`` entries (reshaped to ``image_shape``).
+      image_shape: ``(H, W, C)`` or ``(H, W)``.
+      patch_size: ``p``, tiling the image.
+      key: PRNG key for the starting vectors.
+      iters: Krylov steps per block (static; capped at ``n_k``, where the result is exact).
+
+    Returns:
+      :class:`BlockNorms` (same fields as :func:`block_norms`).
+
+    Raises:
+      ValueError: naming ``patch_size``, ``x``, ``step_fn`` (output shape differs from its
+        input) or ``iters``.
+    """
+    layout = patch_layout(image_shape, patch_size)
+    x = _as_image(x, layout)
+    if isinstance(iters, bool) or not isinstance(iters, (int, np.integer)) or iters < 1:
+        raise ValueError(f"iters: expected an integer >= 1, got {iters!r}")
+    if is_concrete(x):
+        check_denoiser(lambda y, t: step_fn(y), x, name="step_fn")
+    m, nk = layout.num_patches, layout.patch_dim
+    steps = min(int(iters), nk)
+    dtype = x.dtype
+    _, jvp_fn = jax.linearize(step_fn, x)
+    vjp_fn = jax.linear_transpose(jvp_fn, x)
+    embed, restrict = _patch_ops(layout, dtype)
+    targets = jnp.arange(m)
+    # [J]_kj v and [J]_kj^T u for all targets k at once (leading axis k)
+    forward = jax.vmap(lambda v, k, j: restrict(jvp_fn(embed(v, j)), k), in_axes=(0, 0, None))
+    backward = jax.vmap(lambda u, k, j: restrict(vjp_fn(embed(u, k))[0], j), in_axes=(0, 0, None))
+
+    def one_source(args):
+        j, source_key = args
+        start = jax.random.normal(source_key, (m, nk), dtype)
+        start = start / _scaled_norm(start)[:, None]
+        basis_v = jnp.zeros((m, steps + 1, nk), dtype).at[:, 0].set(start)
+        basis_u = jnp.zeros((m, steps, nk), dtype)
+        alphas = jnp.zeros((m, steps), dtype)
+        betas = jnp.zeros((m, steps), dtype)
+
+        def body(i, carry):
+            basis_v, basis_u, alphas, betas = carry
+            previous_beta = jnp.where(i > 0, betas[:, i - 1], 0.0)[:, None]
+            u = forward(basis_v[:, i], targets, j) - previous_beta * basis_u[:, i - 1]
+            u, alpha = _orthonormalize(u, basis_u)  # unfilled rows are zero: projecting on them is a no-op
+            basis_u, alphas = basis_u.at[:, i].set(u), alphas.at[:, i].set(alpha)
+            v = backward(u, targets, j) - alpha[:, None] * basis_v[:, i]
+            v, beta = _orthonormalize(v, basis_v)
+            return basis_v.at[:, i + 1].set(v), basis_u, alphas, betas.at[:, i].set(beta)
+
+        _, _, alphas, betas = jax.lax.fori_loop(0, steps, body, (basis_v, basis_u, alphas, betas))
+        return jax.vmap(_largest_singular_value_bidiagonal)(alphas, betas)  # (M,) over targets k
+
+    keys = jax.random.split(key, m)
+    norms_by_source = jax.lax.map(one_source, (targets, keys))  # [j, k]
+    return summarize_block_norms(norms_by_source.T)
+
+
+def _largest_singular_value_bidiagonal(alphas: jax.Array, betas: jax.Array) -> jax.Array:
+    """Largest singular value of the upper bidiagonal ``B`` (diagonal ``alphas``, superdiagonal ``betas[:-1]``).
+
+    The largest eigenvalue of the symmetric ``[[0, B], [B^T, 0]]`` (eigenvalues ``+-s_i``): no
+    squaring, so tiny blocks keep their relative accuracy.
+    """
+    bidiagonal = jnp.diag(alphas) + jnp.diag(betas[:-1], 1)
+    zeros = jnp.zeros_like(bidiagonal)
+    augmented = jnp.block([[zeros, bidiagonal], [bidiagonal.T, zeros]])
+    return jnp.maximum(jnp.linalg.eigvalsh(augmented)[-1], 0.0)
+
+
+def _scaled_norm(w: jax.Array) -> jax.Array:
+    """Row norms of ``w`` computed after scaling by the largest entry (no under/overflow)."""
+    scale = jnp.max(jnp.abs(w), axis=-1, keepdims=True)
+    safe = jnp.where(scale > 0, scale, 1.0)
+    return (safe * jnp.linalg.norm(w / safe, axis=-1, keepdims=True))[..., 0]
+
+
+def _orthonormalize(w: jax.Array, basis: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Gram-Schmidt of ``w`` (``(M, d)``) against ``basis`` (``(M, r, d)``, twice), then normalise.
+
+    Returns the unit vectors and the norms after orthogonalisation (the Lanczos coefficients). A
+    remainder below ``d eps`` times the norm before orthogonalisation is round-off (the Krylov
+    space is invariant): it is set to exactly zero, and zero vectors stay zero from then on.
+    """
+    before = _scaled_norm(w)
+    for _ in range(2):  # classical Gram-Schmidt twice: orthogonal to working precision
+        w = w - jnp.einsum("mr,mrd->md", jnp.einsum("mrd,md->mr", basis, w), basis)
+    norm = _scaled_norm(w)
+    keep = norm > w.shape[-1] * jnp.finfo(w.dtype).eps * before
+    unit = jnp.where(keep[:, None], w / jnp.where(keep, norm, 1.0)[:, None], 0.0)
+    return unit, jnp.where(keep, norm, 0.0)
+
+
+# ----------------------------------------------------------------------------- suppression field
+
+
+def leading_eigenvectors(patch_covs: Any) -> jax.Array:
+    """Unit eigenvector of the largest eigenvalue of each patch covariance, shape ``(M, n_k)``.
+
+    Args:
+      patch_covs: shape ``(M, n_k, n_k)``, symmetric (patchify coordinate order).
+    """
+    patch_covs = jnp.asarray(patch_covs)
+    if patch_covs.ndim != 3 or patch_covs.shape[1] != patch_covs.shape[2]:
+        raise ValueError(f"patch_covs: expected shape (M, n_k, n_k), got {patch_covs.shape}")
+    symmetric = (patch_covs + jnp.swapaxes(patch_covs, 1, 2)) / 2
+    return jnp.linalg.eigh(symmetric)[1][:, :, -1]
+
+
+def suppression_field(
+    eps_fn: EpsFn,
+    baseline_eps_fn: EpsFn,
+    x: Any,
+    *,
+    t: Any,
+    b: Any,
+    image_shape: Any,
+    patch_size: int,
+    leading_vectors: Any,
+) -> jax.Array:
+    """Directional suppression field ``S_{k,t}(x) = |b_t| <v_k, [J_x Delta_t(x)]_kk v_k>``, shape ``(M,)``.
+
+    ``Delta_t(x) = eps_fn(x, t) - baseline_eps_fn(x, t)`` is the deviation of the denoiser from the
+    Gaussian baseline (e.g. :func:`pifs_jax.denoisers.gaussian_denoiser_patches`), ``v_k`` the
+    leading eigenvector of patch ``k``'s covariance (:func:`leading_eigenvectors`; unit norm, sign
+    irrelevant). The diagonal block of the step along ``v_k`` is then
+    ``<v_k, [J Phi_t]_kk v_k> = f_t(lambda_k) - S_{k,t}`` when ``b_t < 0`` (theory.md section 6):
+    ``S > 0`` means the denoiser suppresses the expansion of the Gaussian baseline.
+
+    Computed with ``M`` JVPs of ``Delta_t`` (``v_k`` embedded in patch ``k``, output restricted to
+    patch ``k``, dotted with ``v_k``); ``J`` is never formed. ``S = 0`` when ``eps_fn`` is the
+    baseline itself.
+
+    Args:
+      eps_fn: the denoiser under study.
+      baseline_eps_fn: the Gaussian baseline denoiser.
+      x: the point, ``n`` entries (reshaped to ``image_shape``).
+      t: integer timestep (passed to both denoisers).
+      b: ``b_t`` of the step.
+      image_shape: ``(H, W, C)`` or ``(H, W)``.
+      patch_size: ``p``.
+      leading_vectors: ``v_k``, shape ``(M, n_k)``.
+
+    Raises:
+      ValueError: naming ``patch_size``, ``x``, ``leading_vectors``, ``eps_fn`` or ``baseline_eps_fn``.
+    """
+    layout = patch_layout(image_shape, patch_size)
+    x = _as_image(x, layout)
+    m, nk = layout.num_patches, layout.patch_dim
+    vectors = jnp.asarray(leading_vectors)
+    if vectors.shape != (m, nk):
+        raise ValueError(
+            f"leading_vectors: expected shape (M, n_k) = ({m}, {nk}) for image_shape {layout.image_shape} "
+            f"and patch_size {layout.patch_size}, got {vectors.shape}"
+        )
+    if is_concrete(x):
+        check_denoiser(eps_fn, x, name="eps_fn")
+        check_denoiser(baseline_eps_fn, x, name="baseline_eps_fn")
+    vectors = vectors.astype(x.dtype)
+    _, jvp_fn = jax.linearize(lambda y: eps_fn(y, t) - baseline_eps_fn(y, t), x)
+    embed, restrict = _patch_ops(layout, x.dtype)
+
+    def one(k, v):
+        return jnp.dot(v, restrict(jvp_fn(embed(v, k)), k))
+
+    return jnp.abs(jnp.asarray(b, x.dtype)) * jax.vmap(one)(jnp.arange(m), vectors)
