@@ -93,4 +93,7 @@ from pifs_jax.jacobians import (
     suppression_field,
 )
 
+from pifs_jax.lyapunov import CHAIN_METHODS, Spectrum, chain_lyapunov_spectrum, lyapunov_spectrum
+from pifs_jax.sharding import batch_mesh, shard_batch, sharded_ddim_sample
+
 __version__ = "0.1.0"

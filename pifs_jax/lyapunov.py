@@ -1,0 +1,670 @@
+"""Lyapunov spectra: asymptotic (autonomous maps) and finite-time (the DDIM chain).
+
+Two different objects (theory.md section 5):
+
+**Autonomous maps** ``x_{i+1} = F(x_i)`` iterated for a long time have the asymptotic spectrum
+``Lambda_j = lim_{N->inf} (1/N) log sigma_j(DF(x_{N-1}) ... DF(x_0))``, estimated by Benettin's QR
+re-orthonormalisation: ``Q_i R_i = DF(x_{i-1}) Q_{i-1}`` and
+``Lambda_j ~ (1/N) sum_i log |(R_i)_jj|`` (:func:`lyapunov_spectrum`, exponents **per iterate**).
+
+**The DDIM chain** is finite (``N`` steps) and non-autonomous (each step is a different map
+``Phi_t``). Its spectrum is the finite-time one,
+
+``Lambda_j = (1/N) log sigma_j(J_N ... J_1)``,  ``J_i = a_t I + b_t d epshat(x, t)/dx`` along the trajectory,
+
+**per step** (per chain = ``N`` times this; signs and the Kaplan-Yorke dimension do not depend on
+the choice) (:func:`chain_lyapunov_spectrum`). Why Benettin's sum is not this for ``N = 50``:
+started from a basis ``Q_0``, ``prod_i |(R_i)_jj|`` is the volume growth of the first ``j``
+basis vectors divided by that of the first ``j - 1``, i.e. the diagonal of the triangular factor
+of ``M Q_0`` (``M = J_N ... J_1``). It equals ``sigma_j(M)`` only when ``span(Q_0[:, :j])`` is the
+span of ``M``'s top-``j`` right singular vectors for every ``j``; for an arbitrary ``Q_0`` the
+volume of the first ``j`` vectors picks up (to leading order) the product of the cosines of the
+principal angles between ``span(Q_0[:, :j])`` and that subspace, which does not shrink with
+``N``, and the sums are not even ordered. The error in the exponents is therefore ``O(1/N)``:
+negligible for an autonomous map iterated ``10^5`` times (Oseledets), but for the 50-step
+Gaussian chain of the tests (exponents between -0.05 and +0.02 per step, eigenvectors not the
+coordinate axes) Benettin's sum from the identity is off by 0.016 per step, where the exact
+method agrees with the closed form to 1e-14. ``method="benettin"`` returns that estimate so that
+the difference can be shown.
+
+Exact finite-time spectrum, stably (full, ``k=None``): the QR pass gives
+``M = Q_N R_N ... R_1`` (``Q_0 = I``), so ``sigma(M) = sigma(P)`` with ``P = R_N ... R_1`` upper
+triangular. ``P`` is accumulated in row-graded form ``P = diag(exp(l)) W``: ``l`` holds the logs of
+the diagonal (no overflow, ``l = sum_i log diag R_i``, Benettin's sums) and ``W`` is unit upper
+triangular, updated as ``R diag(e^l) W = diag(r e^l) (I + E) W`` with
+``E_jk = (R_jk / r_j) exp(l_k - l_j)`` (``j < k``), which decays once the directions are ordered.
+Then a few graded zero-shift QR sweeps (``P^T = Q R`` and ``sigma(P) = sigma(R)``, kept in the same
+form; Stewart 1997, "On graded QR decompositions of products of matrices") order ``P`` and
+decouple directions whose ``l`` differ by more than a few nats; the singular values of each
+remaining cluster of close directions are those of its diagonal block rescaled by its own
+largest ``exp(l)``: ``log sigma = l_ref + log svdvals(diag(exp(l - l_ref)) W)`` per cluster.
+Nothing over- or underflows, and spectra spanning hundreds of nats stay exact (where a plain
+product of the Jacobians would overflow and its SVD would lose every small singular value).
+
+Leading ``k`` (matrix-free, never an ``n x n`` matrix): subspace iteration on ``M^T M`` with JVPs
+forward and VJPs backward through the chain, one step at a time: ``M V = Q_N (R_N ... R_1)``
+(JVPs, thin QR of the ``n x p`` block after every step) and ``M^T Q_N = Q'_0 (R'_1 ... R'_N)``
+(VJPs, QR after every step); since ``M^T M V = Q'_0 T`` with ``T`` triangular, ``V <- Q'_0``. The
+block is normalised at every step, so no ``sigma^2`` (or ``sigma``) is ever formed, and the
+exponents are the Rayleigh-Ritz values ``(1/N) log sigma(M V)`` read from the graded product of
+the ``p x p`` factors (as for the full spectrum). Re-orthonormalising per step rather than once
+per pass matters: an explicit ``M v`` carries ``eps sigma_1`` of rounding along the top
+direction, which buries every singular value more than ``log(1/eps)`` nats (36 in float64)
+below the largest. Cost per iteration: ``N (p JVPs + p VJPs + 2 thin QRs)``, ``p = k +
+oversample``. The returned exponents are the Ritz values of a last, live forward pass from the
+converged (frozen) subspace: Ritz values are stationary with respect to the subspace, so their
+derivative there is ``u_j^T dM v_j`` (Hellmann-Feynman) -- ``jax.grad`` never differentiates
+the loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pifs_jax._validation import check_positive_int, is_concrete
+from pifs_jax.ddim import EpsFn, chain_steps, check_denoiser, ddim_step
+from pifs_jax.grids import as_grid
+from pifs_jax.kaplan_yorke import kaplan_yorke_dimension
+from pifs_jax.schedules import Schedule
+
+__all__ = ["Spectrum", "lyapunov_spectrum", "chain_lyapunov_spectrum", "CHAIN_METHODS"]
+
+CHAIN_METHODS = ("exact", "benettin")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Spectrum:
+    """A Lyapunov spectrum (a pytree: it passes through ``jax.jit`` / ``jax.vmap``).
+
+    Attributes:
+      exponents: shape ``(k,)``, sorted descending, natural log, **per ``per``** (a step of the
+        chain or an iterate of the map).
+      dimension: Kaplan-Yorke dimension (:func:`pifs_jax.kaplan_yorke.kaplan_yorke_dimension`).
+        For a leading-``k`` spectrum it is reported only if the partial sums of the ``k``
+        exponents turn negative within ``k`` (then the rule only needs those); otherwise ``NaN``,
+        meaning "``k`` too small to locate the dimension".
+      history: running estimates for convergence plots, or ``None`` (see each function).
+      vectors: leading-``k`` chain spectra: the right singular vectors of the chain Jacobian
+        (the initial-state directions, stretched by ``exp(N Lambda_j)``), shape ``(k,) + x.shape``;
+        ``None`` otherwise.
+      per: ``"step"`` (chain) or ``"iterate"`` (autonomous map). Static.
+      n_steps: ``N``, the number of steps / iterates averaged over. Static.
+    """
+
+    exponents: jax.Array
+    dimension: jax.Array
+    history: jax.Array | None = None
+    vectors: jax.Array | None = None
+    per: str = dataclasses.field(default="step", metadata=dict(static=True))
+    n_steps: int = dataclasses.field(default=0, metadata=dict(static=True))
+
+    def _asdict(self) -> dict:
+        """Field dictionary (used by :func:`pifs_jax.results.to_jsonable`)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+# ----------------------------------------------------------------------------- linear algebra
+
+
+def _qr_positive(y: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Reduced QR with ``diag(R) >= 0`` (signs moved into ``Q``), so ``log diag R`` is real."""
+    q, r = jnp.linalg.qr(y)
+    sign = jnp.where(jnp.diagonal(r) < 0, -1.0, 1.0).astype(r.dtype)
+    return q * sign[None, :], r * sign[:, None]
+
+
+def _safe_diagonal(r: jax.Array) -> jax.Array:
+    """``diag(R)`` clamped at the smallest normal number: a singular step gives ``log(tiny)``, not ``-inf``."""
+    return jnp.maximum(jnp.diagonal(r), jnp.finfo(r.dtype).tiny)
+
+
+def _graded_update(log_diag: jax.Array, w: jax.Array, r: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``R diag(e^l) W = diag(r e^l) (I + E) W`` with ``E_jk = (R_jk / r_j) exp(l_k - l_j)``, ``j < k``.
+
+    Returns the new ``(l, W)`` (``W`` stays unit upper triangular). ``exp`` is only evaluated where
+    ``R_jk != 0``, so exactly decoupled directions never produce ``0 * inf``.
+    """
+    d = _safe_diagonal(r)
+    unit = r / d[:, None]
+    upper = jnp.triu(jnp.ones(r.shape, bool), 1) & (unit != 0)
+    gap = log_diag[None, :] - log_diag[:, None]
+    e = jnp.where(upper, unit * jnp.exp(jnp.where(upper, gap, 0.0)), 0.0)
+    return log_diag + jnp.log(d), w + e @ w
+
+
+def _graded_log_singular_values(log_diag: jax.Array, w: jax.Array, *, sweeps: int, window: int = 32) -> jax.Array:
+    """``log sigma(diag(exp(l)) W)``, descending, for a unit upper triangular ``W``; no overflow.
+
+    1. ``sweeps`` graded zero-shift QR steps (``P^T = Q R``, ``P <- R``, kept as ``(l, W)``). Each
+       multiplies the coupling ``W_jk`` of two directions by about ``exp(-2 |l_j - l_k|)`` and
+       orders ``l``, so directions whose ``l`` differ by more than
+       ``g = log(1/eps) / (2 sweeps)`` end up decoupled to rounding.
+    2. Splitting the (ordered) ``l`` at gaps larger than ``g`` leaves clusters whose singular
+       values are those of their diagonal blocks of ``P``. Each block is rescaled by its own
+       largest ``exp(l)`` (no over- or underflow across the clusters) and its singular values
+       taken explicitly. Clusters longer than ``window`` are read through a window of that size
+       centred on each index (``n`` SVDs of ``window x window``, cost ``O(n window^3)``).
+
+    A singleton cluster gives back ``l_j`` itself; one cluster (a spectrum spanning less than a
+    few nats per gap, as for the Gaussian chain) gives the SVD of the whole rescaled product.
+    """
+    n = w.shape[0]
+    dtype = w.dtype
+    eye = jnp.eye(n, dtype=dtype)
+
+    def sweep(carry, _):
+        log_d, w_ = carry
+        _, r = _qr_positive(w_.T)
+        return _graded_update(log_d, eye, r), None
+
+    if sweeps > 0:
+        (log_diag, w), _ = jax.lax.scan(sweep, (log_diag, w), None, length=sweeps)
+        split_gap = -jnp.log(jnp.finfo(dtype).eps) / (2 * sweeps)
+        cluster = jnp.concatenate([jnp.zeros((1,), int), jnp.cumsum(jnp.abs(jnp.diff(log_diag)) > split_gap)])
+    else:
+        cluster = jnp.zeros((n,), int)
+    size = min(n, window)
+    index = jnp.arange(n)
+    starts = jnp.clip(index - size // 2, 0, n - size)
+
+    def one(j, start):
+        rows = start + jnp.arange(size)
+        inside = cluster[rows] == cluster[j]
+        l_block = log_diag[rows]
+        ref = jnp.max(jnp.where(inside, l_block, -jnp.inf))
+        scale = jnp.where(inside, jnp.exp(jnp.where(inside, l_block - ref, 0.0)), 0.0)
+        block = scale[:, None] * jax.lax.dynamic_slice(w, (start, start), (size, size)) * inside[None, :]
+        sv = jnp.linalg.svd(block, compute_uv=False)[jnp.sum(inside & (rows < j))]
+        positive = sv > 0  # underflow inside a cluster spanning > 700 (float32: 87) nats
+        return jnp.where(positive, jnp.log(jnp.where(positive, sv, 1.0)) + ref, log_diag[j])
+
+    return -jnp.sort(-jax.vmap(one)(index, starts))
+
+
+def _orthonormal_block(key: jax.Array, n: int, p: int, dtype) -> jax.Array:
+    """A random ``n x p`` matrix with orthonormal columns (Haar-distributed span)."""
+    q, _ = _qr_positive(jax.random.normal(key, (n, p), dtype))
+    return q
+
+
+# ----------------------------------------------------------------------------- the QR pass
+
+
+class _Pass(NamedTuple):
+    q: jax.Array
+    """Final orthonormal basis ``Q_N``, shape ``(n, p)``."""
+    log_diag: jax.Array
+    """``l = sum_i log diag R_i``, shape ``(p,)`` (Benettin's sums)."""
+    w: jax.Array
+    """Unit upper triangular factor of ``R_N ... R_1 = diag(exp(l)) W`` (empty if not graded)."""
+    log_r: jax.Array
+    """Per-step ``log diag R_i``, shape ``(length, p)``."""
+    finite: tuple
+    """Per-step flags ``(state finite, tangents finite)``, each shape ``(length,)``."""
+    states: jax.Array
+    """The state before each step, shape ``(length, n)``."""
+
+
+def _identity(block: jax.Array, rows: bool = False) -> jax.Array:
+    return block
+
+
+def _qr_pass(
+    step: Callable,
+    x0: jax.Array,
+    q0: jax.Array,
+    inputs: Any,
+    *,
+    length: int,
+    full: bool,
+    graded: bool,
+    constrain: Callable = _identity,
+) -> _Pass:
+    """Push the basis ``q0`` along the orbit of ``step`` with QR re-orthonormalisation.
+
+    ``step(x, inputs_i) -> x_next`` on flat states; ``Q_i R_i = J_i Q_{i-1}`` with ``diag R_i >= 0``.
+    Full: the step Jacobian by ``jax.jacfwd``, then ``J Q``; otherwise ``J Q`` by
+    ``jax.linearize`` + ``vmap`` over the columns of ``Q`` (JVPs; ``constrain`` may shard them).
+    With ``graded``, the product ``R_N ... R_1`` is accumulated as ``(l, W)``
+    (:func:`_graded_update`).
+    """
+    p = q0.shape[1]
+    dtype = q0.dtype
+
+    def body(carry, inp):
+        x, q, log_diag, w = carry
+        if full:
+            jac, x_next = jax.jacfwd(lambda v: (lambda y: (y, y))(step(v, inp)), has_aux=True)(x)
+            y = jac @ q
+        else:
+            x_next, tangent = jax.linearize(lambda v: step(v, inp), x)
+            y = jax.vmap(tangent, in_axes=1, out_axes=1)(constrain(q))
+        q_next, r = _qr_positive(y)
+        log_r = jnp.log(_safe_diagonal(r))
+        if graded:
+            log_diag, w = _graded_update(log_diag, w, r)
+        else:
+            log_diag = log_diag + log_r
+        flags = (jnp.all(jnp.isfinite(x_next)), jnp.all(jnp.isfinite(y)))
+        return (x_next, q_next, log_diag, w), (log_r, flags, x)
+
+    w0 = jnp.eye(p, dtype=dtype) if graded else jnp.zeros((0, 0), dtype)
+    init = (x0, q0, jnp.zeros((p,), dtype), w0)
+    (_, q, log_diag, w), (log_r, finite, states) = jax.lax.scan(body, init, inputs, length=length)
+    return _Pass(q, log_diag, w, log_r, finite, states)
+
+
+def _transposed_qr_pass(step: Callable, states: jax.Array, inputs: Any, q: jax.Array, *, constrain: Callable) -> jax.Array:
+    """Pull the basis ``q`` back through the steps with transposed Jacobians (VJPs) and QR.
+
+    ``Q'_{i-1} R'_i = J_i^T Q'_i`` from ``i = N`` down to 1; returns ``Q'_0``.
+    """
+
+    def body(q_, inp):
+        x, s = inp
+        _, pullback = jax.vjp(lambda v: step(v, s), x)
+        z = jax.vmap(lambda c: pullback(c)[0], in_axes=1, out_axes=1)(constrain(q_))
+        return _qr_positive(z)[0], None
+
+    q0, _ = jax.lax.scan(body, q, (states, inputs), reverse=True)
+    return q0
+
+
+def _first_false(flags: Any) -> int | None:
+    bad = np.flatnonzero(~np.asarray(flags))
+    return None if bad.size == 0 else int(bad[0])
+
+
+def _dimension(exponents: jax.Array, *, leading: bool) -> jax.Array:
+    """Kaplan-Yorke dimension; ``NaN`` for a leading spectrum whose partial sums stay >= 0.
+
+    ``-inf`` exponents (exactly singular directions) count as the most negative finite number.
+    Called on traced exponents (inside the compiled cores).
+    """
+    finite_lower = jnp.maximum(exponents, -jnp.finfo(exponents.dtype).max)
+    dim = kaplan_yorke_dimension(finite_lower)
+    if leading:
+        dim = jnp.where(jnp.any(jnp.cumsum(finite_lower) < 0), dim, jnp.nan)
+    return dim
+
+
+def _running_mean(log_r: jax.Array) -> jax.Array:
+    """``(1/i) sum_{i' <= i} log_r[i']`` along axis 0 (the running Benettin estimate)."""
+    counts = jnp.arange(1, log_r.shape[0] + 1, dtype=log_r.dtype)[:, None]
+    return jnp.cumsum(log_r, axis=0) / counts
+
+
+def _check_k(k: Any, n: int) -> int:
+    k = check_positive_int(k, name="k")
+    if k > n:
+        raise ValueError(f"k: cannot exceed the state dimension n = {n}, got k = {k}")
+    return k
+
+
+def _float_state(x: Any, name: str) -> jax.Array:
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        x = x.astype(jnp.result_type(float))
+    if x.size == 0:
+        raise ValueError(f"{name}: expected a non-empty array, got shape {x.shape}")
+    if is_concrete(x) and not np.all(np.isfinite(np.asarray(x))):
+        raise ValueError(f"{name}: the initial state contains non-finite values")
+    return x
+
+
+def _compiled(core: Callable, fn: Callable, *args: Any, **static: Any):
+    """``core(fn, *args, **static)`` through a cached ``jax.jit`` (``fn`` and keyword arguments static).
+
+    Repeated eager calls with the same function and shapes (e.g. another schedule) reuse one
+    compilation; an unhashable ``fn`` runs the traced core uncached.
+    """
+    try:
+        hash(fn)
+    except TypeError:
+        return core(fn, *args, **static)
+    return _jit_of(core)(fn, *args, **static)
+
+
+@functools.cache
+def _jit_of(core: Callable):
+    keyword_only = [p.name for p in inspect.signature(core).parameters.values() if p.kind is p.KEYWORD_ONLY]
+    return jax.jit(core, static_argnums=0, static_argnames=keyword_only)
+
+
+# ----------------------------------------------------------------------------- autonomous maps
+
+
+def _autonomous_core(map_fn, x0, key, *, n_steps, n_transient, k, return_history):
+    shape, n = x0.shape, x0.size
+
+    def step(v, _):
+        return jnp.asarray(map_fn(v.reshape(shape)), v.dtype).reshape(-1)
+
+    x = x0.reshape(-1)
+    if n_transient:
+        x, _ = jax.lax.scan(lambda v, _: (step(v, None), None), x, None, length=n_transient)
+    q0 = jnp.eye(n, dtype=x.dtype) if k is None else _orthonormal_block(key, n, k, x.dtype)
+    run = _qr_pass(step, x, q0, None, length=n_steps, full=k is None, graded=False)
+    order = jnp.argsort(-run.log_diag)
+    exponents = run.log_diag[order] / n_steps
+    history = _running_mean(run.log_r)[:, order] if return_history else None
+    spectrum = Spectrum(exponents, _dimension(exponents, leading=k is not None), history, None, "iterate", n_steps)
+    return spectrum, run.finite
+
+
+def lyapunov_spectrum(
+    map_fn: Callable[[jax.Array], jax.Array],
+    x0: Any,
+    *,
+    n_steps: int,
+    k: int | None = None,
+    n_transient: int = 0,
+    return_history: bool = False,
+    key: jax.Array | None = None,
+) -> Spectrum:
+    """Asymptotic Lyapunov spectrum of an autonomous map by Benettin's QR method, per iterate.
+
+    ``Q_i R_i = DF(x_{i-1}) Q_{i-1}``, ``Lambda_j = (1/N) sum_{i=1}^N log |(R_i)_jj|`` after
+    ``n_transient`` iterates without tangents (to reach the attractor). The statistical error of
+    the estimate is ``O(1/sqrt(N))`` on a chaotic attractor and ``O(1/N)`` for a linear map.
+
+    Args:
+      map_fn: ``F(x) -> array of x's shape``, jittable.
+      x0: initial state, any shape with ``n`` entries.
+      n_steps: ``N``, iterates averaged over (``>= 1``).
+      k: ``None`` = full spectrum (``jax.jacfwd`` of ``F``, ``Q_0 = I``); an integer ``1 <= k <= n``
+        = the leading ``k`` exponents, ``k`` tangent vectors pushed by JVPs (``jax.linearize`` +
+        ``vmap``) from a random orthonormal basis; cost ``O(k)`` map evaluations per iterate.
+      n_transient: iterates discarded before measuring.
+      return_history: also return the running estimate ``(1/i) sum_{i' <= i} log |diag R_i'|``,
+        shape ``(N, k)``, columns in the order of the sorted exponents (convergence plots).
+      key: PRNG key for the leading-``k`` initial basis (default ``PRNGKey(0)``).
+
+    Returns:
+      :class:`Spectrum` with ``exponents`` shape ``(k,)`` (``(n,)`` if full) sorted descending,
+      ``per="iterate"``, ``n_steps=N`` and the Kaplan-Yorke dimension.
+
+    Raises:
+      ValueError: naming ``k``, ``n_steps``, ``n_transient``, ``x0`` or ``map_fn`` (output shape
+        differs from input, or non-finite states, with the iterate where they first appear).
+
+    Example:
+      >>> henon = lambda v: jnp.array([1 - 1.4 * v[0] ** 2 + v[1], 0.3 * v[0]])
+      >>> spec = lyapunov_spectrum(henon, jnp.zeros(2), n_steps=100_000, n_transient=1000)
+      >>> spec.exponents   # ~ [0.419, -1.623]; spec.dimension ~ 1.258
+    """
+    n_steps = check_positive_int(n_steps, name="n_steps")
+    n_transient = check_positive_int(n_transient, name="n_transient", minimum=0)
+    x0 = _float_state(x0, "x0")
+    shape, n = x0.shape, x0.size
+    try:
+        out = jax.eval_shape(map_fn, jax.ShapeDtypeStruct(shape, x0.dtype))
+    except Exception as err:
+        raise ValueError(f"map_fn: calling map_fn(x) with x of shape {shape} failed: {err}") from err
+    if getattr(out, "shape", None) != shape:
+        got = getattr(out, "shape", type(out).__name__)
+        raise ValueError(f"map_fn: the map must return an array of the input's shape {shape}, got {got}")
+    if k is not None:
+        k = _check_k(k, n)
+    spectrum, finite = _compiled(
+        _autonomous_core,
+        map_fn,
+        x0,
+        jax.random.PRNGKey(0) if key is None else key,
+        n_steps=n_steps,
+        n_transient=n_transient,
+        k=k,
+        return_history=bool(return_history),
+    )
+    if is_concrete(spectrum.exponents):
+        for flags, what in zip(finite, ("a non-finite state", "a non-finite Jacobian")):
+            bad = _first_false(flags)
+            if bad is not None:
+                raise ValueError(
+                    f"map_fn: {what} first appears at measured iterate {bad + 1} of {n_steps} "
+                    f"(after {n_transient} transient iterates)"
+                )
+    return spectrum
+
+
+# ----------------------------------------------------------------------------- the DDIM chain
+
+
+def chain_lyapunov_spectrum(
+    eps_fn: EpsFn,
+    sched: Schedule,
+    x_T: Any,
+    *,
+    grid: Any = None,
+    k: int | None = None,
+    method: str = "exact",
+    iters: int = 200,
+    tol: float | None = None,
+    oversample: int = 0,
+    sweeps: int = 8,
+    key: jax.Array | None = None,
+    return_history: bool = False,
+    check_finite: bool = True,
+    mesh: Any = None,
+) -> Spectrum:
+    """Finite-time Lyapunov spectrum of the deterministic DDIM chain from ``x_T``, **per step**.
+
+    ``Lambda_j = (1/N) log sigma_j(J_N ... J_1)`` with ``J_i = a_t I + b_t d epshat/dx`` evaluated
+    along the trajectory ``x_T -> x_0`` (``N`` = number of steps of ``grid``). Under Gaussian data
+    this equals :func:`pifs_jax.geometry.lyapunov_exponents` ``(1/N) sum_t log f_t(lambda_i)``.
+    The computation is one cached ``jax.jit`` per (``eps_fn``, shapes, options): another
+    schedule or grid of the same length does not recompile. Jittable, ``vmap``-able over ``x_T``
+    and differentiable (leading-``k`` exact: with respect to the schedule, ``x_T`` and
+    parameters closed over by ``eps_fn``).
+
+    Args:
+      eps_fn: ``eps_fn(x, t) -> array of x's shape`` (one sample; ``t`` a traced int32).
+      sched: the schedule.
+      x_T: initial state, any shape with ``n`` entries.
+      grid: sampling grid ``0 = tau_0 < ... < tau_N <= T``; ``None`` = every training step.
+      k: ``None`` = full spectrum (``n`` exponents; step Jacobians by ``jax.jacfwd``, ``O(n^3)``
+        per step); an integer ``1 <= k <= n`` = the leading ``k`` (matrix-free).
+      method: ``"exact"`` (default): the singular values of the chain Jacobian (full: QR-factored
+        graded product; leading-``k``: subspace iteration on ``M^T M`` by step-wise QR passes). ``"benettin"``:
+        Benettin's QR sum from an arbitrary basis (identity if full, a random orthonormal
+        ``n x k`` block otherwise) -- the asymptotic estimator, off by ``O(1/N)`` here; provided
+        for comparison (see the module docstring).
+      iters: leading-``k`` exact: maximum subspace iterations.
+      tol: leading-``k`` exact: stop when no exponent (per step) changes by more than ``tol``
+        between iterations; default ``10 eps`` of the state's dtype.
+      oversample: leading-``k`` exact: extra subspace vectors (faster convergence of the
+        ``k``-th exponent; rate ``(sigma_{k+oversample+1}/sigma_k)^2`` per iteration).
+      sweeps: exact: graded QR sweeps of the triangular product (each one ``n x n`` QR, or
+        ``p x p`` for leading-``k``) before its singular values are read.
+      key: PRNG key for random initial blocks (default ``PRNGKey(0)``).
+      return_history: full: the running Benettin estimate ``(1/i) sum_{i'<=i} log diag R_i'``,
+        shape ``(N, n)`` (unsorted columns); leading-``k`` exact: the Ritz estimates after each
+        iteration, shape ``(iters, k)``, ``NaN`` after convergence; leading-``k`` Benettin: the
+        running estimate, shape ``(N, k)``.
+      check_finite: (eager calls) raise ``ValueError`` naming the first step whose state or
+        Jacobian is non-finite.
+      mesh: leading-``k`` exact only: a :class:`jax.sharding.Mesh`; the tangent block is sharded
+        over all of its axes (see :mod:`pifs_jax.sharding`). The block size is rounded up to a
+        multiple of the mesh size with extra (oversampling) vectors.
+
+    Returns:
+      :class:`Spectrum` (``per="step"``, ``n_steps=N``) with ``exponents`` shape ``(n,)`` or
+      ``(k,)`` sorted descending, the Kaplan-Yorke dimension (leading-``k``: ``NaN`` if the
+      partial sums of the ``k`` exponents stay non-negative, i.e. ``k`` too small) and, for
+      leading-``k`` exact, the right singular ``vectors`` of shape ``(k,) + x_T.shape``.
+
+    Raises:
+      ValueError: naming ``k``, ``method``, ``iters``, ``oversample``, ``sweeps``, ``sched``,
+        ``grid``, ``mesh``, ``x_T`` (non-finite) or ``eps_fn`` (wrong output shape; non-finite
+        values, with the step).
+
+    Example:
+      >>> spec = chain_lyapunov_spectrum(eps_fn, cosine(1000), x_T, grid=uniform_grid(1000, 50))
+      >>> spec.exponents, spec.dimension
+    """
+    if method not in CHAIN_METHODS:
+        raise ValueError(f"method: expected one of {CHAIN_METHODS}, got {method!r}")
+    iters = check_positive_int(iters, name="iters")
+    oversample = check_positive_int(oversample, name="oversample", minimum=0)
+    sweeps = check_positive_int(sweeps, name="sweeps", minimum=0)
+    if not isinstance(sched, Schedule):
+        raise ValueError(f"sched: expected a pifs_jax Schedule, got {type(sched).__name__}")
+    x_T = _float_state(x_T, "x_T")
+    shape, n = x_T.shape, x_T.size
+    full = k is None
+    if not full:
+        k = _check_k(k, n)
+    if mesh is not None and (full or method != "exact"):
+        raise ValueError("mesh: sharded tangent vectors are supported for the leading-k exact method (k=int)")
+    grid = jnp.asarray(as_grid(grid, sched.T))
+    n_steps = grid.shape[0] - 1
+    if is_concrete(sched, grid):
+        chain_steps(sched, grid)  # validates the schedule (and the grid against it) eagerly
+    concrete = is_concrete(x_T, sched, grid)
+    if concrete:
+        check_denoiser(eps_fn, x_T)
+    key = jax.random.PRNGKey(0) if key is None else key
+    return_history = bool(return_history)
+
+    if full or method == "benettin":
+        spectrum, finite = _compiled(
+            _chain_qr_core, eps_fn, sched, x_T, grid, key,
+            k=k, graded=method == "exact", sweeps=sweeps, return_history=return_history,
+        )  # fmt: skip
+    else:
+        multiple = 1 if mesh is None else _tangent_constraint(mesh)[1]
+        p = min(n, -(-(k + oversample) // multiple) * multiple)
+        if p % multiple:
+            raise ValueError(
+                f"mesh: the tangent block (k + oversample rounded up to {p}, capped at n = {n}) must divide "
+                f"evenly over the mesh's {multiple} devices"
+            )
+        tol = 10 * float(jnp.finfo(x_T.dtype).eps) if tol is None else float(tol)
+        spectrum, finite = _compiled(
+            _leading_core, eps_fn, sched, x_T, grid, key,
+            k=k, p=p, iters=iters, tol=tol, sweeps=sweeps, mesh=mesh, return_history=return_history,
+        )  # fmt: skip
+    if concrete and check_finite:
+        _raise_nonfinite(finite, sched, grid)
+    return spectrum
+
+
+def _chain_step(eps_fn: EpsFn, shape: tuple) -> Callable:
+    """One DDIM step on flat states: ``step(v, s) = Phi_t(v)`` for ``s`` a row of :class:`ChainSteps`."""
+
+    def step(v, s):
+        x = v.reshape(shape)
+        return ddim_step(eps_fn, x, s.t, s.a.astype(x.dtype), s.b.astype(x.dtype)).reshape(-1)
+
+    return step
+
+
+def _chain_qr_core(eps_fn, sched, x_T, grid, key, *, k, graded, sweeps, return_history):
+    """QR pass along the chain from ``Q_0 = I`` (full) or a random ``n x k`` block: exact or Benettin."""
+    steps = chain_steps(sched, grid)
+    n_steps, n = steps.t.shape[0], x_T.size
+    q0 = jnp.eye(n, dtype=x_T.dtype) if k is None else _orthonormal_block(key, n, k, x_T.dtype)
+    run = _qr_pass(_chain_step(eps_fn, x_T.shape), x_T.reshape(-1), q0, steps, length=n_steps, full=k is None, graded=graded)
+    if graded:
+        exponents = _graded_log_singular_values(run.log_diag, run.w, sweeps=sweeps) / n_steps
+    else:
+        exponents = -jnp.sort(-run.log_diag) / n_steps
+    history = None
+    if return_history:
+        history = _running_mean(run.log_r)
+        if k is not None:
+            history = history[:, jnp.argsort(-run.log_diag)]
+    spectrum = Spectrum(exponents, _dimension(exponents, leading=k is not None), history, None, "step", n_steps)
+    return spectrum, run.finite
+
+
+def _raise_nonfinite(finite: Any, sched: Schedule, grid: Any) -> None:
+    t_values = np.asarray(chain_steps(sched, grid).t)
+    n_steps = t_values.shape[0]
+    for flags, what in zip(finite, ("state", "step Jacobian")):
+        bad = _first_false(flags)
+        if bad is not None:
+            raise ValueError(
+                f"eps_fn: a non-finite {what} first appears at sampling step {bad + 1} of {n_steps} "
+                f"(t = {int(t_values[bad])} -> the next grid point); check the denoiser at that timestep"
+            )
+
+
+def _tangent_constraint(mesh: Any):
+    """``(constrain, multiple)``: shard a tangent block over ``mesh`` (identity without a mesh)."""
+    if mesh is None:
+        return _identity, 1
+    from pifs_jax.sharding import tangent_block_constraint
+
+    return tangent_block_constraint(mesh)
+
+
+def _leading_core(eps_fn, sched, x_T, grid, key, *, k, p, iters, tol, sweeps, mesh, return_history):
+    """Subspace iteration on ``M^T M`` by step-wise QR passes, then a live graded forward pass.
+
+    One iteration: forward, ``M V = Q_N (R_N ... R_1)`` (JVPs, QR per step); backward,
+    ``M^T Q_N = Q'_0 (R'_1 ... R'_N)`` (VJPs, QR per step). ``M^T M V = Q'_0 T`` with ``T`` upper
+    triangular, so ``V <- Q'_0`` is the subspace iteration step, and the nested spans make the
+    columns converge to the right singular vectors in order. QR at every step keeps
+    singular values far below ``eps sigma_1`` resolved (an explicit ``M v`` would bury them
+    under ``eps sigma_1 |v_1 component|``); the Ritz values ``sigma(M V) = sigma(R_N ... R_1)``
+    come from the graded product.
+
+    Returns ``(Spectrum, finite flags of the live pass)``.
+    """
+    shape = x_T.shape
+    steps = chain_steps(sched, grid)
+    n_steps = steps.t.shape[0]
+    step = _chain_step(eps_fn, shape)
+    constrain, multiple = _tangent_constraint(mesh)
+
+    def ritz(x0, v, inputs):
+        run = _qr_pass(step, x0, v, inputs, length=n_steps, full=False, graded=True, constrain=constrain)
+        return _graded_log_singular_values(run.log_diag, run.w, sweeps=sweeps)[:k] / n_steps, run
+
+    # The iteration sees no tangents: gradients come from the final, live pass.
+    frozen_x, frozen_steps = jax.lax.stop_gradient((x_T.reshape(-1), steps))
+
+    def body(state):
+        i, v, previous, _, history = state
+        exponents, run = ritz(frozen_x, v, frozen_steps)
+        v_next = _transposed_qr_pass(step, run.states, frozen_steps, run.q, constrain=constrain)
+        same = exponents == previous  # also equal infinities (exactly singular directions)
+        change = jnp.max(jnp.where(same, 0.0, jnp.abs(exponents - previous)))
+        return i + 1, v_next, exponents, change, history.at[i].set(exponents)
+
+    def cond(state):
+        i, _, _, change, _ = state
+        return (i < iters) & (change > tol)
+
+    dtype = x_T.dtype
+    state = (
+        jnp.asarray(0),
+        _orthonormal_block(key, x_T.size, p, dtype),
+        jnp.full((k,), jnp.inf, dtype),
+        jnp.asarray(jnp.inf, dtype),
+        jnp.full((iters, k), jnp.nan, dtype),
+    )
+    _, v, _, _, history = jax.lax.while_loop(cond, body, state)
+    v = jax.lax.stop_gradient(v)
+    # Live Rayleigh-Ritz pass from the converged (frozen) subspace: the Ritz values are stationary
+    # in the subspace, so their derivative is u_j^T dM v_j (Hellmann-Feynman).
+    exponents, run = ritz(x_T.reshape(-1), v, steps)
+    # Ritz vectors (reporting only): rotate V by the right singular vectors of the rescaled
+    # p x p factor; exact within a few nats of the top, where the rescaling resolves the factor.
+    product = jax.lax.stop_gradient(jnp.exp(run.log_diag - jnp.max(run.log_diag))[:, None] * run.w)
+    rotation = jnp.linalg.svd(product)[2][:k].T
+    vectors = (v @ rotation).T.reshape((k,) + shape)
+    if k % multiple == 0:
+        vectors = constrain(vectors, rows=True)
+    history = history if return_history else None
+    spectrum = Spectrum(exponents, _dimension(exponents, leading=True), history, vectors, "step", n_steps)
+    return spectrum, run.finite

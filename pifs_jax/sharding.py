@@ -1,0 +1,192 @@
+"""Scale out on JAX's own engine: trajectories and tangent vectors sharded over devices.
+
+Two kinds of parallel work, both with :mod:`jax.sharding` (``Mesh``, ``NamedSharding``,
+``PartitionSpec``) and the XLA SPMD partitioner, so each device runs the same program on its slice:
+
+- **A batch of trajectories** (:func:`shard_batch`, :func:`sharded_ddim_sample`): the batch axis
+  is split over a 1-D device mesh; every sample's chain is independent, so there is no
+  communication except for the (replicated) schedule and grid.
+- **Leading-k chain spectra** (``pifs_jax.chain_lyapunov_spectrum(..., k=k, mesh=mesh)``): the
+  ``n x p`` tangent block of the subspace iteration is split along its ``p`` columns, so the ``p``
+  chain-length JVPs and VJPs (the expensive part) run in parallel; the thin QR of the block
+  (``O(n p^2)``) gathers it. ``p = k + oversample`` rounded up to a multiple of the device count
+  (the extra vectors only speed up convergence).
+
+The numbers equal the single-device ones (up to the summation order of reductions).
+
+Batch sizes that do not divide the device count: :func:`shard_batch` raises ``ValueError``
+(placement must not invent data); :func:`sharded_ddim_sample` pads the batch with copies of its
+last sample, runs, and drops the padding (a valid input for any denoiser, and at most
+``devices - 1`` extra chains).
+
+Testing on one CPU: ``XLA_FLAGS=--xla_force_host_platform_device_count=4`` must be set before
+JAX initialises (a fresh process) to get 4 host devices.
+
+Multi-host use (several processes, one per host, e.g. a GPU cluster or a TPU pod):
+
+1. Call ``jax.distributed.initialize()`` first in every process (on Cloud TPU and SLURM it finds
+   the coordinator itself; otherwise pass ``coordinator_address``, ``num_processes``,
+   ``process_id``). ``jax.devices()`` then lists the devices of **all** hosts and
+   ``jax.local_devices()`` this host's.
+2. Build a global mesh over all devices: :func:`batch_mesh` (``jax.make_mesh`` over
+   ``jax.devices()``). Every process must run the same program with the same mesh.
+3. Make global arrays from per-host data: each process holds its part of the batch and calls
+   ``jax.make_array_from_process_local_data(NamedSharding(mesh, P("batch")), local_batch)``
+   (``jax.device_put`` of a host array only works when every process passes the same full
+   array). Pass the global array to :func:`sharded_ddim_sample`; its output is a global array
+   whose ``addressable_shards`` are this host's samples (gather with
+   ``jax.experimental.multihost_utils.process_allgather`` if one host needs everything).
+4. Eager validation (``check_denoiser``, finite checks) reads concrete values; with arrays that
+   span hosts, keep ``check_finite=False`` in spectra and validate the per-host data instead.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from pifs_jax._validation import is_concrete
+from pifs_jax.ddim import EpsFn, check_denoiser, ddim_sample
+from pifs_jax.grids import as_grid
+from pifs_jax.schedules import Schedule
+
+__all__ = ["batch_mesh", "shard_batch", "sharded_ddim_sample", "tangent_block_constraint"]
+
+
+def batch_mesh(axis: str = "batch", *, devices: Any = None) -> Mesh:
+    """A 1-D mesh over ``devices`` (default: all devices, of all hosts) with one axis ``axis``.
+
+    The axis is of type ``Auto`` (the SPMD partitioner propagates shardings), which is what the
+    functions of this module expect.
+    """
+    devices = jax.devices() if devices is None else list(devices)
+    return jax.make_mesh((len(devices),), (axis,), axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
+
+
+def _mesh_and_size(mesh: Mesh | None, axis: str) -> tuple[Mesh, int]:
+    mesh = batch_mesh(axis) if mesh is None else mesh
+    if not isinstance(mesh, Mesh):
+        raise ValueError(f"mesh: expected a jax.sharding.Mesh, got {type(mesh).__name__}")
+    if axis not in mesh.shape:
+        raise ValueError(f"axis: {axis!r} is not an axis of the mesh (axes {tuple(mesh.axis_names)})")
+    return mesh, mesh.shape[axis]
+
+
+def shard_batch(x: Any, mesh: Mesh | None = None, axis: str = "batch") -> jax.Array:
+    """Place a batch ``x`` (leading axis = samples) split over the mesh axis ``axis``.
+
+    ``NamedSharding(mesh, PartitionSpec(axis))``: device ``d`` holds samples
+    ``[d B/D, (d+1) B/D)``; the remaining axes are not split.
+
+    Args:
+      x: shape ``(B,) + sample_shape`` with ``B`` a multiple of the axis size ``D``.
+      mesh: default :func:`batch_mesh` over all devices.
+      axis: the mesh axis to split the batch over.
+
+    Returns:
+      The sharded array (``x.sharding.device_set`` = the mesh's devices).
+
+    Raises:
+      ValueError: naming ``x`` if it has no batch axis or ``B`` is not a multiple of ``D``.
+    """
+    mesh, size = _mesh_and_size(mesh, axis)
+    x = jnp.asarray(x)
+    if x.ndim < 1:
+        raise ValueError(f"x: expected a batch with a leading axis, got shape {x.shape}")
+    if x.shape[0] % size:
+        raise ValueError(
+            f"x: the batch size {x.shape[0]} must be a multiple of the {size} devices on mesh axis {axis!r} "
+            "(pad it, or use sharded_ddim_sample, which pads)"
+        )
+    return jax.device_put(x, NamedSharding(mesh, PartitionSpec(axis)))
+
+
+@functools.lru_cache(maxsize=32)
+def _sharded_sampler(eps_fn: EpsFn, mesh: Mesh, axis: str, return_trajectory: bool):
+    """One jitted program per (denoiser, mesh, axis, output kind): schedules and grids are arguments."""
+    replicated = NamedSharding(mesh, PartitionSpec())
+    split = NamedSharding(mesh, PartitionSpec(axis))
+
+    def run(sched, x_T, grid):
+        return ddim_sample(eps_fn, sched, x_T, grid=grid, return_trajectory=return_trajectory)
+
+    out = (split, split) if return_trajectory else split
+    return jax.jit(run, in_shardings=(replicated, split, replicated), out_shardings=out)
+
+
+def sharded_ddim_sample(
+    eps_fn: EpsFn,
+    sched: Schedule,
+    x_T_batch: Any,
+    *,
+    grid: Any = None,
+    mesh: Mesh | None = None,
+    axis: str = "batch",
+    return_trajectory: bool = False,
+):
+    """Deterministic DDIM chains for a batch, the batch split over devices.
+
+    ``jax.jit`` of :func:`pifs_jax.ddim.ddim_sample` with ``in_shardings`` (schedule and grid
+    replicated, batch split over ``axis``) and ``out_shardings`` (split the same way). A batch
+    size that is not a multiple of the device count ``D`` is padded with copies of the last
+    sample and the padding dropped from the result (then the result's layout is whatever the
+    slice gives). One compilation per (``eps_fn``, mesh, grid length, shapes): another schedule
+    or grid of the same length reuses it.
+
+    Args:
+      eps_fn: ``eps_fn(x, t)`` for one sample.
+      sched: the schedule.
+      x_T_batch: shape ``(B,) + sample_shape``.
+      grid: sampling grid; ``None`` = every training step.
+      mesh: default :func:`batch_mesh` over all devices.
+      axis: the mesh axis the batch is split over.
+      return_trajectory: also return the trajectories, shape ``(B, N+1) + sample_shape``.
+
+    Returns:
+      ``x_0`` of shape ``(B,) + sample_shape`` (and the trajectories), sharded over ``axis``.
+
+    Raises:
+      ValueError: naming ``x_T_batch`` (no batch axis), ``eps_fn`` (output shape), ``grid``,
+        ``sched``, ``mesh`` or ``axis``.
+    """
+    if not isinstance(sched, Schedule):
+        raise ValueError(f"sched: expected a pifs_jax Schedule, got {type(sched).__name__}")
+    mesh, size = _mesh_and_size(mesh, axis)
+    x = jnp.asarray(x_T_batch)
+    if x.ndim < 1 or x.shape[0] == 0:
+        raise ValueError(f"x_T_batch: expected a non-empty batch with a leading axis, got shape {x.shape}")
+    if is_concrete(x):
+        check_denoiser(eps_fn, x[0])
+    grid = jnp.asarray(as_grid(grid, sched.T))
+    batch = x.shape[0]
+    pad = -batch % size
+    if pad:
+        x = jnp.concatenate([x, jnp.repeat(x[-1:], pad, axis=0)], axis=0)
+    out = _sharded_sampler(eps_fn, mesh, axis, bool(return_trajectory))(sched, x, grid)
+    if pad:
+        out = jax.tree_util.tree_map(lambda y: y[:batch], out)
+    return out
+
+
+def tangent_block_constraint(mesh: Mesh):
+    """``(constrain, D)`` for sharding a tangent block over all axes of ``mesh`` (``D`` devices).
+
+    ``constrain(block)`` splits an ``n x p`` block along its ``p`` columns,
+    ``constrain(block, rows=True)`` splits the leading axis (e.g. ``k`` vectors of shape
+    ``(k,) + x.shape``); both via ``jax.lax.with_sharding_constraint``, so the SPMD partitioner runs
+    the JVPs/VJPs of each device's vectors there. Used by
+    ``chain_lyapunov_spectrum(..., mesh=mesh)``.
+    """
+    if not isinstance(mesh, Mesh):
+        raise ValueError(f"mesh: expected a jax.sharding.Mesh, got {type(mesh).__name__}")
+    names = tuple(mesh.axis_names)
+
+    def constrain(block: jax.Array, rows: bool = False) -> jax.Array:
+        spec = PartitionSpec(names) if rows else PartitionSpec(None, names)
+        return jax.lax.with_sharding_constraint(block, NamedSharding(mesh, spec))
+
+    return constrain, int(mesh.size)
