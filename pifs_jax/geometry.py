@@ -33,6 +33,7 @@ import optimistix as optx
 
 from pifs_jax._validation import check_gaps, check_log_alpha_bar, check_variances
 from pifs_jax.grids import as_grid
+from pifs_jax.kaplan_yorke import kaplan_yorke_dimension
 from pifs_jax.schedules import Schedule, safe_sqrt
 
 __all__ = [
@@ -260,8 +261,6 @@ def analytic_kaplan_yorke(sched: Schedule, variances: Any, sizes: Any | None = N
     Returns:
       Scalar ``d_KY`` in ``[0, sum(sizes)]``.
     """
-    from pifs_jax.kaplan_yorke import kaplan_yorke_dimension
-
     return kaplan_yorke_dimension(lyapunov_exponents(sched, variances, grid), sizes)
 
 
