@@ -96,4 +96,59 @@ from pifs_jax.jacobians import (
 from pifs_jax.lyapunov import CHAIN_METHODS, Spectrum, chain_lyapunov_spectrum, lyapunov_spectrum
 from pifs_jax.sharding import batch_mesh, shard_batch, sharded_ddim_sample
 
+from pifs_jax.criteria import (
+    WORK_KINDS,
+    GrowthBalance,
+    WeakestLink,
+    Workload,
+    coefficient_of_variation,
+    cumulative_work,
+    equal_work_times,
+    growth_balance,
+    step_work,
+    weakest_link,
+    work_density,
+    workload,
+)
+from pifs_jax.optimize import (
+    CRITERIA,
+    FAMILIES,
+    GridResult,
+    OptimizeResult,
+    OptimizerState,
+    ScheduleObjective,
+    fit_to_schedule,
+    grid_to_diffusers_timesteps,
+    optimize_grid,
+    optimize_schedule,
+    round_grid,
+    schedule_family,
+    schedule_objective,
+)
+from pifs_jax.heuristics import (
+    PIXEL_BIN,
+    PatchSpectrum,
+    cosine_offset_limit,
+    marginal_entropy_gain,
+    measured_patch_variances,
+    min_snr_weights,
+    optimal_eps_loss,
+    photo_patch_spectrum,
+    power_law_variances,
+    scaling_exponent_offset,
+    spearman_correlation,
+)
+from pifs_jax.data import (
+    DATASET_NAMES,
+    PHOTO_NAMES,
+    GaussianPatchData,
+    MixtureData,
+    PatchStats,
+    gaussian_mixture_data,
+    gaussian_patch_data,
+    load_dataset,
+    patch_stats,
+    photo_crops,
+)
+
 __version__ = "0.1.0"

@@ -534,6 +534,23 @@ register_subcommand(
 )
 
 
+# ============================================================================ optimize (issue 4)
+# Options and work live in pifs_jax/_optimize_command.py; only the registration is here.
+
+from pifs_jax import _optimize_command  # noqa: E402  (light: no JAX at import)
+
+register_subcommand(
+    Subcommand(
+        name="optimize",
+        help="design a schedule (weakest-link, balanced-growth) or a sampling grid (workload) by gradient descent",
+        description=_optimize_command.DESCRIPTION,
+        epilog=_optimize_command.EPILOG,
+        add_arguments=_optimize_command.add_arguments,
+        run=_optimize_command.run,
+    )
+)
+
+
 # ============================================================================ entry point
 
 

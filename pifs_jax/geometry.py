@@ -291,12 +291,14 @@ def information_gain(sched: Schedule, variances: Any, sizes: Any | None = None, 
     gap = c.log_ratio
     sigma2_s, sigma2_t = c.sigma_s**2, c.sigma_t**2
     ab_s = jnp.exp(c.log_alpha_bar_s)
-    safe_sigma2_s = jnp.where(sigma2_s > 0, sigma2_s, 1.0)
-    snr_gain = jnp.where(
-        sigma2_s > 0, jnp.expm1(gap + jnp.log1p(ab_s * -jnp.expm1(-gap) / safe_sigma2_s)), jnp.inf
-    )  # SNR_s / SNR_t - 1
+    lands_on_data = sigma2_s == 0  # the finest step: SNR_s = inf
+    safe_sigma2_s = jnp.where(lands_on_data, 1.0, sigma2_s)
+    # SNR_s / SNR_t - 1; the finest step is evaluated on a finite stand-in and replaced by +inf
+    # afterwards (double where), so its infinite value never enters a backward pass as 0 * inf
+    snr_gain = jnp.expm1(gap + jnp.log1p(ab_s * -jnp.expm1(-gap) / safe_sigma2_s))
     ab_t = c.alpha_bar_t[:, None]
     per_patch = jnp.log1p(snr_gain[:, None] * ab_t * lam / (sigma2_t[:, None] + ab_t * lam))
+    per_patch = jnp.where(lands_on_data[:, None], jnp.inf, per_patch)
     return 0.5 * jnp.sum(n * per_patch, axis=1)
 
 

@@ -1,0 +1,295 @@
+"""``pifs-jax optimize``: design a schedule (criteria 1, 2) or a sampling grid (criterion 3).
+
+Registered in :mod:`pifs_jax.cli` (its ``optimize`` block); kept here so that the command's
+options and outputs live next to each other. Nothing heavy is imported at module level, so
+importing :mod:`pifs_jax.cli` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DESCRIPTION = """\
+Optimise a noise schedule, or a sampling grid, for one of the paper's three design criteria
+(theory.md section 8) by gradient descent (optax Adam, one compiled update step).
+
+  weakest-link     maximise the smooth minimum of L*_t = (sigma_s + a_t sigma_t)/(1 + a_t)
+                   (loss -log softmin L*, temperature --temperature in nats); the minimum is
+                   always at the finest step, so this adds noise early, as far as the family's
+                   fixed logSNR end points allow
+  balanced-growth  minimise CV(Delta d_t)^2 (or CV(IG_t)^2 with --measure information) over
+                   steps 2..N for the patch variances --variances with sizes --sizes
+  workload         keep the schedule and place --steps sampling steps so that each does the
+                   same contraction work W_i = sum over its training steps of 1/L*_u
+                   (minimise CV(W)^2 on a continuous relaxation, then round to integers)
+
+The schedule is a learnable family started from --init: a monotone logSNR spline or a
+VDM-style monotone network with both logSNR end points fixed (alpha_bar_T fixed exactly with
+--alpha-bar-T), or the one-parameter cosine offset / logSNR shift. Writes to --out:
+  schedule.json            optimised (and initial) schedule: log alpha_bar, alpha_bar, betas,
+                           logSNR; parameters; criterion before/after; the loss history
+  scheduler_config.json    a diffusers DDIMScheduler config with trained_betas
+  timesteps.json           (workload) the grid in this package's indexing (0 = tau_0 < ... <
+                           tau_N) and in diffusers' (descending, tau - 1)
+  lstar.png, expansion_before.png, expansion_after.png, history.png
+  checkpoint/optimizer_state.msgpack   the optimiser state, every --checkpoint-every steps;
+                           rerun the same command with --resume to continue an interrupted run"""
+
+EPILOG = """\
+examples:
+  # raise the weakest link of a cosine-initialised spline schedule
+  pifs-jax optimize --criterion weakest-link --init cosine --iterations 500 --out out/wl
+
+  # balanced dimension growth, network family, fixed alpha_bar_T, float64
+  pifs-jax optimize --criterion balanced-growth --family network --alpha-bar-T 1e-8 --x64 --out out/bg
+
+  # a 10-step grid for Stable Diffusion's schedule with balanced contraction work
+  pifs-jax optimize --criterion workload --init scaled_linear --steps 10 --out out/sd10
+
+  # continue an interrupted run (same options plus --resume)
+  pifs-jax optimize --criterion weakest-link --iterations 2000 --resume --out out/wl
+
+notes:
+  t = 0 is clean data (alpha_bar_0 = 1); diffusers' timestep k is this package's k + 1, so the
+  grid [0, 8, ..., 1000] is diffusers' [999, ..., 7]. --iterations is the total: a resumed run
+  continues up to it. A checkpoint written with other options is refused."""
+
+_FAMILY_CHOICES = {
+    "spline": "spline",
+    "network": "network",
+    "cosine-offset": "cosine_offset",
+    "logsnr-shift": "logsnr_shift",
+}
+#: Options that do not change the optimisation (left out of the checkpoint's fingerprint).
+_NOT_FINGERPRINTED = ("argv", "resume", "no_progress", "out", "checkpoint_every", "iterations", "command")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from pifs_jax.cli import _finite_float, _positive_int
+    from pifs_jax.criteria import WORK_KINDS
+    from pifs_jax.schedules import SCHEDULE_NAMES
+
+    what = parser.add_argument_group("what to optimise")
+    what.add_argument("--criterion", required=True, choices=("weakest-link", "balanced-growth", "workload"),
+                      help="design criterion (required)")
+    what.add_argument("--init", choices=SCHEDULE_NAMES, default="cosine", metavar="NAME",
+                      help=f"starting schedule: {', '.join(SCHEDULE_NAMES)} (default: cosine); for workload, "
+                      "the schedule whose grid is optimised")
+    what.add_argument("--T", type=_positive_int, default=1000, metavar="T", help="training steps (default: 1000)")
+    what.add_argument("--steps", type=_positive_int, default=None, metavar="N",
+                      help="workload: number of sampling steps (default: 10); other criteria: evaluate them "
+                      "on the uniform N-step grid (default: every training step)")
+
+    family = parser.add_argument_group("schedule family and constraints (weakest-link, balanced-growth)")
+    family.add_argument("--family", choices=tuple(_FAMILY_CHOICES), default="spline",
+                        help="learnable family (default: spline)")
+    family.add_argument("--knots", type=_positive_int, default=16, metavar="K", help="spline knots (default: 16)")
+    family.add_argument("--hidden", type=_positive_int, default=16, metavar="H", help="network width (default: 16)")
+    family.add_argument("--alpha-bar-T", type=_finite_float, default=None, metavar="X",
+                        help="keep alpha_bar_T = X exactly (spline, network; default: --init's value)")
+    family.add_argument("--logsnr-max", type=_finite_float, default=None, metavar="X",
+                        help="fixed logSNR at t = 0 (spline, network; default: --init's, extrapolated)")
+
+    crit = parser.add_argument_group("criterion settings")
+    crit.add_argument("--temperature", type=_finite_float, default=0.05, metavar="TAU",
+                      help="weakest-link soft-min temperature in nats of L* (default: 0.05)")
+    crit.add_argument("--variances", type=_finite_float, nargs="+", default=[0.5, 2.0], metavar="LAMBDA",
+                      help="balanced-growth: patch variances (default: 0.5 2.0)")
+    crit.add_argument("--sizes", type=_finite_float, nargs="+", default=None, metavar="N_K",
+                      help="balanced-growth: coordinates per patch (default: 192 each, 8x8x3 patches)")
+    crit.add_argument("--measure", choices=("growth", "information"), default="growth",
+                      help="balanced-growth: balance Delta d_t or IG_t (default: growth)")
+    crit.add_argument("--work", choices=WORK_KINDS, default="inverse_threshold",
+                      help="workload: per-training-step work, 1/L*_u or |b_u| (default: inverse_threshold)")
+
+    run = parser.add_argument_group("optimiser and output")
+    run.add_argument("--iterations", type=_positive_int, default=None, metavar="K",
+                     help="total optimiser steps (default: 500; workload 300)")
+    run.add_argument("--lr", type=_finite_float, default=None, metavar="LR",
+                     help="Adam learning rate (default: 0.01; workload 0.1)")
+    run.add_argument("--checkpoint-every", type=_positive_int, default=100, metavar="K",
+                     help="write the optimiser state every K steps (default: 100)")
+    run.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint if it exists")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--x64", action="store_true", help="compute in float64 (default: float32)")
+    run.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
+
+
+def _schedule_arrays(sched) -> dict[str, Any]:
+    log_ab = np.asarray(sched.log_alpha_bar, dtype=np.float64)
+    return {
+        "t": np.arange(sched.T + 1),
+        "log_alpha_bar": log_ab,
+        "alpha_bar": np.exp(log_ab),
+        "betas": np.asarray(sched.betas, dtype=np.float64),
+        "log_snr": np.asarray(sched.log_snr, dtype=np.float64),
+    }
+
+
+def _history_figure(history: dict[str, np.ndarray], key: str, label: str):
+    from pifs_jax import plotting
+
+    fig, ax = plotting.new_figure(figsize=(6.4, 3.6))
+    steps = np.arange(len(history["loss"]))
+    ax.plot(steps, history["loss"], lw=1.3, label="loss")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss")
+    if key in history and key != "loss":
+        twin = ax.twinx()
+        twin.plot(steps, history[key], lw=1.1, color="C1", label=label)
+        twin.set_ylabel(label)
+        twin.legend(frameon=False, fontsize="small", loc="upper right")
+    ax.legend(frameon=False, fontsize="small", loc="upper left")
+    ax.grid(True, alpha=0.3)
+    ax.set_title("optimisation history", fontsize="small")
+    return fig
+
+
+def run(args: argparse.Namespace) -> int:
+    import jax
+
+    from pifs_jax import optimize, plotting
+    from pifs_jax.cli import UsageError, _command_line
+    from pifs_jax.grids import uniform_grid
+    from pifs_jax.interop import save_diffusers_config
+    from pifs_jax.results import write_result_json
+    from pifs_jax.schedules import named_schedule
+
+    criterion = optimize.criterion_name(args.criterion)
+    if args.steps is not None and args.steps > args.T:
+        raise UsageError("--steps", f"{args.steps} exceeds the number of training steps T = {args.T}")
+    sizes = args.sizes if args.sizes is not None else [192.0] * len(args.variances)
+    if len(sizes) != len(args.variances):
+        raise UsageError("--sizes", f"expected {len(args.variances)} values (one per --variances), got {len(sizes)}")
+    if any(v < 0 for v in args.variances):
+        raise UsageError("--variances", f"variances must be >= 0, got {args.variances}")
+    if any(n <= 0 for n in sizes):
+        raise UsageError("--sizes", f"sizes must be > 0, got {sizes}")
+    if args.temperature <= 0:
+        raise UsageError("--temperature", f"must be > 0, got {args.temperature:g}")
+    if args.lr is not None and args.lr <= 0:
+        raise UsageError("--lr", f"must be > 0, got {args.lr:g}")
+    workload = criterion == "workload"
+    if workload and args.family != "spline":
+        raise UsageError("--family", "workload keeps the --init schedule and optimises the grid; no family is used")
+    if workload and args.alpha_bar_T is not None:
+        raise UsageError("--alpha-bar-T", "workload keeps the --init schedule; no constraint applies")
+    if args.init == "karras" and args.T < 2:
+        raise UsageError("--T", "the karras schedule needs T >= 2")
+    iterations = args.iterations if args.iterations is not None else (300 if workload else 500)
+    lr = args.lr if args.lr is not None else (0.1 if workload else 1e-2)
+    out = Path(args.out)
+    checkpoint_dir = out / "checkpoint"
+    progress = not args.no_progress
+    run_config = {
+        k: v for k, v in vars(args).items() if k not in _NOT_FINGERPRINTED
+    }
+
+    precision = jax.enable_x64(True) if args.x64 else contextlib.nullcontext()
+    with precision:
+        start = named_schedule(args.init, args.T)
+        config = {"command": _command_line(args.argv), "argv": args.argv, **run_config,
+                  "iterations": iterations, "lr": lr, "dtype": str(start.dtype)}
+        written = []
+        if workload:
+            num_steps = args.steps or 10
+            if num_steps > args.T:
+                raise UsageError("--steps", f"{num_steps} exceeds the number of training steps T = {args.T}")
+            result = optimize.optimize_grid(
+                start, num_steps, kind=args.work, iterations=iterations, learning_rate=lr,
+                checkpoint_dir=checkpoint_dir, checkpoint_every=args.checkpoint_every,
+                resume=args.resume, progress=progress,
+            )
+            uniform = uniform_grid(args.T, num_steps)
+            before_grid, after_grid = uniform, result.grid
+            before_sched = after_sched = start
+            summary = {"criterion": criterion, "num_steps": num_steps, "cv_uniform": result.initial_cv,
+                       "cv_relaxed": result.relaxed_cv, "cv": result.cv}
+            grid_doc = {
+                "grid": result.grid,
+                "diffusers_timesteps": result.diffusers_timesteps,
+                "times": result.times,
+                "work": result.work,
+                "cv": result.cv,
+                "relaxed_cv": result.relaxed_cv,
+                "uniform_grid": uniform,
+                "uniform_cv": result.initial_cv,
+                "indexing": "grid: this package's (tau_0 = 0 is clean data); diffusers_timesteps: diffusers' "
+                            "descending list, timestep k = our k + 1",
+            }
+            written.append(write_result_json(out / "timesteps.json", grid_doc, config=config))
+            doc = {"summary": summary, "history": result.history, "schedule": _schedule_arrays(start)}
+            written.append(write_result_json(out / "schedule.json", doc, config=config))
+            print(f"workload ({args.work}) on {args.init}, {num_steps} steps: CV(W) {result.initial_cv:.4g} (uniform) "
+                  f"-> {result.cv:.4g} (optimised; relaxed {result.relaxed_cv:.3g})")
+            print(f"grid (this package): {result.grid.tolist()}")
+            print(f"diffusers timesteps: {result.diffusers_timesteps.tolist()}")
+            history, key, label = result.history, "workload", "CV(W)"
+        else:
+            family_name = _FAMILY_CHOICES[args.family]
+            try:
+                family, params = optimize.schedule_family(
+                    family_name, args.T, start=start, alpha_bar_T=args.alpha_bar_T, logsnr_max=args.logsnr_max,
+                    n_knots=args.knots, hidden=args.hidden,
+                )
+            except ValueError as exc:
+                message = str(exc)
+                for name, option in (("alpha_bar_T", "--alpha-bar-T"), ("logsnr_max", "--logsnr-max")):
+                    if message.startswith(name + ":"):
+                        raise UsageError(option, message.removeprefix(name + ": ")) from None
+                raise
+            grid = None if args.steps is None else uniform_grid(args.T, args.steps)
+            objective = optimize.schedule_objective(
+                {criterion: 1.0}, grid=grid, variances=args.variances, sizes=sizes,
+                temperature=args.temperature, growth_measure=args.measure,
+            )
+            result = optimize.optimize_schedule(
+                family, params, objective, iterations=iterations, learning_rate=lr,
+                checkpoint_dir=checkpoint_dir, checkpoint_every=args.checkpoint_every,
+                resume=args.resume, progress=progress, run_config=run_config,
+            )
+            before_sched, after_sched = result.initial_schedule, result.schedule
+            before_grid = after_grid = grid
+            key = "weakest_link" if criterion == "weakest_link" else "balanced_growth"
+            measure = "Delta d" if args.measure == "growth" else "IG"
+            label = "soft-min L*" if criterion == "weakest_link" else f"CV({measure})"
+            summary = {"criterion": criterion, "before": result.initial, "after": result.final,
+                       "start_schedule": args.init, "family": family_name, "resumed_from": result.resumed_from}
+            doc = {
+                "summary": summary,
+                "schedule": _schedule_arrays(result.schedule),
+                "initial_schedule": _schedule_arrays(result.initial_schedule),
+                "params": jax.device_get(result.params),
+                "history": result.history,
+            }
+            written.append(write_result_json(out / "schedule.json", doc, config=config))
+            if result.resumed_from:
+                print(f"resumed from step {result.resumed_from}")
+            print(f"{criterion.replace('_', '-')} ({family_name} family from {args.init}, T = {args.T}): "
+                  f"{label} {result.initial[key]:.6g} -> {result.final[key]:.6g}; loss "
+                  f"{result.initial['loss']:.6g} -> {result.final['loss']:.6g}")
+            if "min_lstar" in result.final:
+                print(f"min L*: {result.initial['min_lstar']:.6g} -> {result.final['min_lstar']:.6g}")
+            history = result.history
+        written.append(save_diffusers_config(after_sched, out / "scheduler_config.json"))
+
+        figures = {
+            "lstar.png": plotting.plot_contraction_threshold(
+                {"before": (before_sched, before_grid), "after": (after_sched, after_grid)},
+                title="$L^*_t$ before and after",
+            ),
+            "expansion_before.png": plotting.plot_expansion_heatmap(before_sched, before_grid, num_lambdas=61,
+                                                                    title="$f_t(\\lambda)$ before"),
+            "expansion_after.png": plotting.plot_expansion_heatmap(after_sched, after_grid, num_lambdas=61,
+                                                                   title="$f_t(\\lambda)$ after"),
+            "history.png": _history_figure(history, key, label),
+        }
+        for name, fig in figures.items():
+            written.append(plotting.save_figure(fig, out / name))
+    print("\nwrote " + ", ".join(str(p) for p in written))
+    return 0
