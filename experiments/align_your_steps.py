@@ -26,7 +26,6 @@ Run alone with ``python experiments/align_your_steps.py --out results``.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ import numpy as np
 
 import pifs_jax as pj
 from pifs_jax import criteria, optimize, plotting
-from pifs_jax.reproduce import markdown_table
+from pifs_jax.reproduce import experiment_main, markdown_table
 from pifs_jax.results import write_result_json
 
 NAME = "align_your_steps"
@@ -259,14 +258,7 @@ def run(out_dir: Path, *, quick: bool = False) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="results", help="report folder; files go to OUT/align_your_steps (default: results)")
-    parser.add_argument("--quick", action="store_true", help="accepted for the runner's contract (no effect)")
-    args = parser.parse_args(argv)
-    section = run(Path(args.out), quick=args.quick)
-    print(section["markdown"])
-    print(f"\nwrote {Path(args.out) / NAME}")
-    return 0
+    return experiment_main(NAME, __doc__, run, quick_help="accepted for the runner's contract (no effect)", argv=argv)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ Run alone with ``python experiments/cosine_offset.py --out results``.
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from pathlib import Path
@@ -34,7 +33,7 @@ import numpy as np
 import pifs_jax as pj
 from pifs_jax import plotting
 from pifs_jax.heuristics import PIXEL_BIN, cosine_offset_limit
-from pifs_jax.reproduce import format_value, markdown_table
+from pifs_jax.reproduce import experiment_main, format_value, markdown_table
 from pifs_jax.results import write_result_json
 
 NAME = "cosine_offset"
@@ -208,14 +207,7 @@ def run(out_dir: Path, *, quick: bool = False) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="results", help="report folder; files go to OUT/cosine_offset (default: results)")
-    parser.add_argument("--quick", action="store_true", help="coarser sweep over s")
-    args = parser.parse_args(argv)
-    section = run(Path(args.out), quick=args.quick)
-    print(section["markdown"])
-    print(f"\nwrote {Path(args.out) / NAME}")
-    return 0
+    return experiment_main(NAME, __doc__, run, quick_help="coarser sweep over s", argv=argv)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ Run alone with ``python experiments/information_gain.py --out results``.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Any
@@ -42,7 +41,7 @@ import pifs_jax as pj
 from pifs_jax import data, plotting
 from pifs_jax.criteria import coefficient_of_variation, growth_balance
 from pifs_jax.heuristics import marginal_entropy_gain, photo_patch_spectrum, power_law_variances, spearman_correlation
-from pifs_jax.reproduce import markdown_table
+from pifs_jax.reproduce import experiment_main, markdown_table
 from pifs_jax.results import write_result_json
 
 NAME = "information_gain"
@@ -275,14 +274,7 @@ def run(out_dir: Path, *, quick: bool = False) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="results", help="report folder; files go to OUT/information_gain (default: results)")
-    parser.add_argument("--quick", action="store_true", help="1024 crops instead of 4096, fewer power laws")
-    args = parser.parse_args(argv)
-    section = run(Path(args.out), quick=args.quick)
-    print(section["markdown"])
-    print(f"\nwrote {Path(args.out) / NAME}")
-    return 0
+    return experiment_main(NAME, __doc__, run, quick_help="1024 crops instead of 4096, fewer power laws", argv=argv)
 
 
 if __name__ == "__main__":

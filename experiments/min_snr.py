@@ -30,7 +30,6 @@ Run alone with ``python experiments/min_snr.py --out results``.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Any
@@ -42,7 +41,7 @@ import pifs_jax as pj
 from pifs_jax import plotting
 from pifs_jax.criteria import coefficient_of_variation
 from pifs_jax.heuristics import min_snr_weights, optimal_eps_loss, photo_patch_spectrum, power_law_variances
-from pifs_jax.reproduce import format_value, markdown_table
+from pifs_jax.reproduce import experiment_main, format_value, markdown_table
 from pifs_jax.results import write_result_json
 
 NAME = "min_snr"
@@ -306,14 +305,7 @@ def run(out_dir: Path, *, quick: bool = False) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="results", help="report folder; files go to OUT/min_snr (default: results)")
-    parser.add_argument("--quick", action="store_true", help="coarser gamma sweep, fewer crops")
-    args = parser.parse_args(argv)
-    section = run(Path(args.out), quick=args.quick)
-    print(section["markdown"])
-    print(f"\nwrote {Path(args.out) / NAME}")
-    return 0
+    return experiment_main(NAME, __doc__, run, quick_help="coarser gamma sweep, fewer crops", argv=argv)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,6 @@ Writes ``<out>/resolution_shift/resolution_shift.json``, ``patch_variance_vs_res
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Any
@@ -45,7 +44,7 @@ import numpy as np
 import pifs_jax as pj
 from pifs_jax import plotting
 from pifs_jax.heuristics import photo_patch_spectrum, scaling_exponent_offset
-from pifs_jax.reproduce import format_value, markdown_table
+from pifs_jax.reproduce import experiment_main, format_value, markdown_table
 from pifs_jax.results import write_result_json
 
 NAME = "resolution_shift"
@@ -365,14 +364,7 @@ def run(out_dir: Path, *, quick: bool = False) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="results", help="report folder; files go to OUT/resolution_shift (default: results)")
-    parser.add_argument("--quick", action="store_true", help="fewer scales, no full-resolution photographs")
-    args = parser.parse_args(argv)
-    section = run(Path(args.out), quick=args.quick)
-    print(section["markdown"])
-    print(f"\nwrote {Path(args.out) / NAME}")
-    return 0
+    return experiment_main(NAME, __doc__, run, quick_help="fewer scales, no full-resolution photographs", argv=argv)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ Run alone with ``python experiments/schedule_geometry.py --out results``, or thr
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from pathlib import Path
@@ -30,7 +29,7 @@ import numpy as np
 
 import pifs_jax as pj
 from pifs_jax import plotting
-from pifs_jax.reproduce import format_value, markdown_table
+from pifs_jax.reproduce import experiment_main, format_value, markdown_table
 from pifs_jax.results import write_result_json
 
 NAME = "schedule_geometry"
@@ -223,14 +222,7 @@ def run(out_dir: Path, *, quick: bool = False) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="results", help="report folder; files go to OUT/schedule_geometry (default: results)")
-    parser.add_argument("--quick", action="store_true", help="coarser heat map (the numbers are unchanged)")
-    args = parser.parse_args(argv)
-    section = run(Path(args.out), quick=args.quick)
-    print(section["markdown"])
-    print(f"\nwrote {Path(args.out) / NAME}")
-    return 0
+    return experiment_main(NAME, __doc__, run, quick_help="coarser heat map (the numbers are unchanged)", argv=argv)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ Run alone with ``python experiments/target_dimension.py --out results``.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -42,7 +41,7 @@ import optax
 import pifs_jax as pj
 from pifs_jax import optimize, plotting
 from pifs_jax.lyapunov import chain_lyapunov_spectrum
-from pifs_jax.reproduce import markdown_table
+from pifs_jax.reproduce import experiment_main, markdown_table
 from pifs_jax.results import write_result_json
 
 NAME = "target_dimension"
@@ -257,14 +256,7 @@ def run(out_dir: Path, *, quick: bool = False) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="results", help="report folder; files go to OUT/target_dimension (default: results)")
-    parser.add_argument("--quick", action="store_true", help="one nearby target per data set, 40 iterations")
-    args = parser.parse_args(argv)
-    section = run(Path(args.out), quick=args.quick)
-    print(section["markdown"])
-    print(f"\nwrote {Path(args.out) / NAME}")
-    return 0
+    return experiment_main(NAME, __doc__, run, quick_help="one nearby target per data set, 40 iterations", argv=argv)
 
 
 if __name__ == "__main__":

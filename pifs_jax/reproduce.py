@@ -58,6 +58,7 @@ __all__ = [
     "load_experiment",
     "run_experiment",
     "run_reproduction",
+    "experiment_main",
     "ExperimentOutcome",
     "ReproductionReport",
     "markdown_table",
@@ -259,6 +260,25 @@ def run_experiment(path: str | os.PathLike, out_dir: str | os.PathLike, *, quick
         return ExperimentOutcome(
             name, title, False, time.perf_counter() - start, "", (), "", traceback.format_exc()
         )
+
+
+def experiment_main(name: str, doc: str | None, run: Any, *, quick_help: str, argv: list[str] | None = None) -> int:
+    """Command line of one experiment script: ``python experiments/<name>.py [--out DIR] [--quick]``.
+
+    Parses ``argv``, calls ``run(Path(out), quick=quick)`` and prints the section's markdown.
+    Every experiment's ``main`` is this call, so the scripts share one interface with
+    ``pifs-jax reproduce --only <name>``.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="results", help=f"report folder; files go to OUT/{name} (default: results)")
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    args = parser.parse_args(argv)
+    section = run(Path(args.out), quick=args.quick)
+    print(section["markdown"])
+    print(f"\nwrote {Path(args.out) / name}")
+    return 0
 
 
 def _escape(text: str) -> str:
