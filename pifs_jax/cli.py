@@ -85,14 +85,22 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
-def _positive_int(text: str) -> int:
+def _int_at_least(text: str, minimum: int, what: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _int_at_least(text, 1, "a positive integer")
+
+
+def _non_negative_int(text: str) -> int:
+    return _int_at_least(text, 0, "a non-negative integer")
 
 
 def _finite_float(text: str) -> float:
@@ -547,6 +555,23 @@ register_subcommand(
         epilog=_optimize_command.EPILOG,
         add_arguments=_optimize_command.add_arguments,
         run=_optimize_command.run,
+    )
+)
+
+
+# ============================================================================ train (issue 5)
+# Options and work live in pifs_jax/_train_command.py; only the registration is here.
+
+from pifs_jax import _train_command  # noqa: E402  (light: no JAX at import)
+
+register_subcommand(
+    Subcommand(
+        name="train",
+        help="train a UNet or patch-transformer noise predictor on real images (checkpoints, --resume)",
+        description=_train_command.DESCRIPTION,
+        epilog=_train_command.EPILOG,
+        add_arguments=_train_command.add_arguments,
+        run=_train_command.run,
     )
 )
 

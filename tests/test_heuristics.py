@@ -49,13 +49,17 @@ def test_min_snr_weights_equal_min_snr_gamma_over_snr(x64, gamma, grid):
         np.testing.assert_allclose(w, expected, rtol=1e-12)
 
 
-def test_min_snr_weights_float32_jit(x32):
+def test_min_snr_weights_float32_jit_and_training_table(x32):
+    from pifs_jax.models.training import weight_table
+
     sched = pj.cosine(1000)
     w = jax.jit(lambda g: h.min_snr_weights(sched, gamma=g))(5.0)
     assert w.dtype == jnp.float32 and bool(jnp.all((w > 0) & (w <= 1)))
     with jax.enable_x64(True):
         ref = np.minimum(1.0, 5.0 / _snr(pj.cosine(1000))[1:])
     np.testing.assert_allclose(w, ref, rtol=1e-5)
+    # the training module's table holds the same weights (entry t = timestep t)
+    np.testing.assert_allclose(w, weight_table(sched, weighting="min_snr", gamma=5.0)[1:], rtol=1e-6)
     # gradient with respect to gamma: d/dgamma min(1, gamma/SNR) = 1/SNR where SNR > gamma, else 0
     grad = jax.grad(lambda g: jnp.sum(h.min_snr_weights(sched, gamma=g)))(5.0)
     np.testing.assert_allclose(grad, np.sum(np.where(ref < 1, ref / 5.0, 0.0)), rtol=1e-4)

@@ -242,3 +242,22 @@ def test_make_model_bad_arguments():
     _, config = make_model("dit")
     with pytest.raises(ValueError, match="^config: .*missing \\['depth'\\]"):
         model_from_config({k: v for k, v in config.items() if k != "depth"})
+    with pytest.raises(ValueError, match="^decoder_features:"):
+        make_model("dit", decoder_features=-1)
+
+
+@pytest.mark.parametrize("features", [0, 16])
+def test_dit_decoders_start_at_zero(features):
+    """Both decoders (linear per patch, F = 0; U-ViT-style features + 3x3 convolution) start at
+    eps = 0 (adaLN-zero) and have the parameters they claim; the convolution is what trains from 0."""
+    module, config = make_model("dit", image_shape=SHAPE, patch_size=2, decoder_features=features, **TINY["dit"])
+    assert config["decoder_features"] == features
+    params = init_params(module, jax.random.key(0))
+    x = jnp.asarray(np.random.default_rng(3).standard_normal((2,) + SHAPE), jnp.float32)
+    eps = module.apply({"params": params}, x, jnp.array([10, 900], jnp.int32))
+    np.testing.assert_array_equal(eps, 0.0)
+    if features:
+        assert params["final"]["kernel"].shape == (16, 2 * 2 * features)
+        assert params["final_conv"]["kernel"].shape == (3, 3, features, 3)
+    else:
+        assert params["final"]["kernel"].shape == (16, 2 * 2 * 3) and "final_conv" not in params

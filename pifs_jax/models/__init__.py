@@ -76,8 +76,8 @@ _DEFAULT_PATCH_SIZE = {"quick": 4, "full": 8}
 _HYPER = {
     ("unet", "quick"): dict(channels=16, channel_mults=(1, 2), num_res_blocks=1, attention_resolutions=(), num_heads=1, groups=4),
     ("unet", "full"): dict(channels=64, channel_mults=(1, 2, 2), num_res_blocks=2, attention_resolutions=(16,), num_heads=1, groups=32),
-    ("dit", "quick"): dict(hidden=64, depth=3, num_heads=4, mlp_ratio=4, pos_embedding="learned"),
-    ("dit", "full"): dict(hidden=256, depth=6, num_heads=8, mlp_ratio=4, pos_embedding="learned"),
+    ("dit", "quick"): dict(hidden=64, depth=3, num_heads=4, mlp_ratio=4, pos_embedding="learned", decoder_features=16),
+    ("dit", "full"): dict(hidden=256, depth=6, num_heads=8, mlp_ratio=4, pos_embedding="learned", decoder_features=16),
 }
 _TUPLE_FIELDS = ("image_shape", "channel_mults", "attention_resolutions")
 
@@ -96,6 +96,10 @@ def _check_config(name: str, config: dict) -> None:
         value = config[field]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{field}: expected a positive integer, got {value!r}")
+    if name == "dit":
+        value = config["decoder_features"]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"decoder_features: expected a non-negative integer (0 = linear per-patch decoder), got {value!r}")
     if name == "unet":
         mults = tuple(config["channel_mults"])
         if not mults or any(int(m) < 1 for m in mults):

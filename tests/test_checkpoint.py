@@ -1,0 +1,179 @@
+"""Checkpoints: exact round trip, refusal of other configurations and damaged files, and a
+training run killed with a real SIGKILL that resumes to the bit-identical result."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pifs_jax.models import checkpoint as ck
+from pifs_jax.models import training as tr
+
+TESTS = Path(__file__).resolve().parent
+sys.path.insert(0, str(TESTS))
+from test_training import TinyEps, tiny_config, tiny_data, tiny_init  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def state():
+    """A TrainState after one real step (non-trivial optimiser state and EMA), float32."""
+    with jax.enable_x64(False):
+        module = TinyEps(features=8, T=100)
+        params = tiny_init(module, (8, 8, 1))(jax.random.PRNGKey(0))
+        optimizer = tr.make_optimizer(lr=1e-3, steps=100, warmup_steps=10)
+        initial = tr.init_train_state(params, optimizer, jax.random.PRNGKey(1))
+        tables = tr.loss_tables(tr.named_schedule("linear", 100), weighting="uniform")
+        step = tr.make_train_step(tr._module_apply(module), optimizer, tables, batch_size=4, ema_decay=0.9)
+        return step(initial, jnp.asarray(tiny_data(8)))[0]
+
+
+def _other_values(state):
+    """Same structure, shapes and dtypes, other values (a fresh target to load into)."""
+    return jax.tree_util.tree_map(lambda a: jnp.zeros_like(a), state)
+
+
+def _leaves_equal(a, b):
+    la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+    return len(la) == len(lb) and all(
+        np.asarray(x).dtype == np.asarray(y).dtype and np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(la, lb)
+    )
+
+
+CONFIG = tiny_config().identity()
+
+
+def test_round_trip_is_exact(tmp_path, state):
+    path = ck.save_checkpoint(tmp_path / "c.msgpack", state, config=CONFIG)
+    target = _other_values(state)
+    loaded = ck.load_checkpoint(path, target, config=CONFIG)
+    assert isinstance(loaded, tr.TrainState)
+    assert _leaves_equal(loaded, state)
+    assert jax.tree_util.tree_structure(loaded) == jax.tree_util.tree_structure(state)
+    header = ck.read_checkpoint_header(path)
+    assert header["step"] == 1 and header["config"]["lr"] == CONFIG["lr"]
+    assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())  # atomic write left no debris
+
+
+def test_other_configuration_is_refused(tmp_path, state):
+    path = ck.save_checkpoint(tmp_path / "c.msgpack", state, config=CONFIG)
+    target = _other_values(state)
+    before = jax.tree_util.tree_map(np.array, target)
+    other = {**CONFIG, "lr": 0.5, "weighting": "snr"}
+    with pytest.raises(ValueError, match=r"another configuration: lr = 0.003 in the checkpoint, 0.5 requested; "
+                                         r"weighting = 'uniform' in the checkpoint, 'snr' requested"):
+        ck.load_checkpoint(path, target, config=other)
+    assert _leaves_equal(target, before)  # nothing loaded into the caller's state
+
+
+@pytest.mark.parametrize("cut", ["magic", "header", "payload", "last_byte"])
+def test_truncated_checkpoint_is_refused(tmp_path, cut, state):
+    path = ck.save_checkpoint(tmp_path / "c.msgpack", state, config=CONFIG)
+    blob = path.read_bytes()
+    header_end = blob.index(b"\n", len(b"PIFS-JAX-CHECKPOINT 1\n")) + 1
+    keep = {"magic": 10, "header": header_end - 5, "payload": len(blob) // 2, "last_byte": len(blob) - 1}[cut]
+    path.write_bytes(blob[:keep])
+    with pytest.raises(ValueError, match="is truncated"):
+        ck.load_checkpoint(path, _other_values(state), config=CONFIG)
+
+
+def test_corrupted_checkpoint_is_refused(tmp_path, state):
+    path = ck.save_checkpoint(tmp_path / "c.msgpack", state, config=CONFIG)
+    blob = bytearray(path.read_bytes())
+    blob[-100] ^= 0x01  # one flipped bit inside the payload
+    path.write_bytes(bytes(blob))
+    with pytest.raises(ValueError, match="is corrupted: sha256"):
+        ck.load_checkpoint(path, _other_values(state), config=CONFIG)
+    path.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ValueError, match="is not a pifs_jax checkpoint"):
+        ck.load_checkpoint(path, _other_values(state), config=CONFIG)
+    with pytest.raises(ValueError, match="no such file"):
+        ck.load_checkpoint(tmp_path / "missing", _other_values(state), config=CONFIG)
+
+
+def test_other_state_structure_is_refused(tmp_path, state):
+    path = ck.save_checkpoint(tmp_path / "c.msgpack", state, config=CONFIG)
+    params = dict(state.params)
+    name = sorted(params)[0]
+    wider = jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape[:-1] + (a.shape[-1] + 1,), a.dtype), params[name])
+    with pytest.raises(ValueError, match=r"leaf .* has shape .* expected"):
+        ck.load_checkpoint(path, state._replace(params={**params, name: wider}), config=CONFIG)
+    with pytest.raises(ValueError, match="does not match the expected state structure|another structure"):
+        ck.load_checkpoint(path, state._replace(params={**params, "extra": jnp.zeros(3)}), config=CONFIG)
+
+
+_SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    sys.path.insert(0, {tests!r})
+    from test_training import TinyEps, tiny_config, tiny_data, tiny_init
+    from pifs_jax.models import training as tr
+
+    out, resume, sleep = sys.argv[1], sys.argv[2] == "resume", float(sys.argv[3])
+    data = tiny_data(80)
+    module = TinyEps(features=8, T=100)
+    cfg = tiny_config(steps=60, checkpoint_every=20, log_every=5)
+    tr.train(cfg, out, resume=resume, progress=False, evaluate=False, model=(module, tiny_init(module, (8, 8, 1))),
+             dataset=(data[:64], data[64:]), callback=lambda k, m: time.sleep(sleep))
+    print("finished", flush=True)
+    """
+)
+
+
+def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
+    script = tmp_path / "run_training.py"
+    script.write_text(_SCRIPT.format(tests=str(TESTS)))
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
+    killed, reference = tmp_path / "killed", tmp_path / "reference"
+
+    # 1. a run that sleeps between steps, SIGKILLed as soon as its first checkpoint exists
+    proc = subprocess.Popen([sys.executable, str(script), str(killed), "fresh", "0.05"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    ckpt = killed / ck.CHECKPOINT_NAME
+    try:
+        while not ckpt.exists():
+            assert proc.poll() is None, proc.stdout.read().decode()
+            assert time.monotonic() < deadline, "no checkpoint within 120 s"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    step_at_kill = ck.read_checkpoint_header(ckpt)["step"]
+    assert 20 <= step_at_kill < 60, step_at_kill
+
+    # 2. resume it, and 3. run the same configuration without interruption (concurrently)
+    resumed = subprocess.Popen([sys.executable, str(script), str(killed), "resume", "0"], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    uninterrupted = subprocess.Popen([sys.executable, str(script), str(reference), "fresh", "0"], env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    for p in (resumed, uninterrupted):
+        output = p.communicate(timeout=180)[0].decode()
+        assert p.returncode == 0 and "finished" in output, output
+
+    def final(path):
+        header = ck.read_checkpoint_header(path / ck.CHECKPOINT_NAME)
+        payload = (path / ck.CHECKPOINT_NAME).read_bytes().split(b"\n", 3)[3]
+        return header, flax.serialization.msgpack_restore(payload)
+
+    (h1, s1), (h2, s2) = final(killed), final(reference)
+    assert h1["step"] == h2["step"] == 60
+    assert _leaves_equal(s1, s2)  # params, EMA, optimiser state, key: bit-identical
+    # the metrics log of the resumed run has no gaps or duplicates and equals the reference's
+    log1, log2 = (tr.read_metrics_log(p / "metrics.jsonl") for p in (killed, reference))
+    assert [r["step"] for r in log1] == list(range(5, 61, 5))
+    strip = lambda log: [{k: v for k, v in r.items() if k not in ("images_per_s", "time_s")} for r in log]
+    assert strip(log1) == strip(log2)
