@@ -1,0 +1,630 @@
+"""Benchmark: Lyapunov spectra of a DDIM chain with an MLP denoiser; time, memory, compile once.
+
+The denoiser is a 2-hidden-layer MLP (width 512, SiLU), time-conditioned by concatenating the
+DDPM sinusoidal embedding of ``t`` (64 features) to the flattened input, randomly initialised
+(``W ~ N(0, 1/fan_in)``): ``eps(x, t) = W3 silu(W2 silu(W1 [x; e(t)] + b1) + b2) + b3``. Its
+parameters are arguments of the jitted programs (not baked-in constants), as for a trained model.
+The chain: cosine ``s = 0.008``, ``T = 1000``, 50 uniform DDIM steps, float32.
+
+Cases (each run in its own subprocess, so that peak memory is the case's own; ``--in-process``
+runs them in this process instead):
+
+- ``matmul``: the machine's float32 matrix-multiply rate, a jitted ``n x n @ n x n`` at
+  ``n = 3072``, best of several calls: ``2 n^3 / t``.
+- ``full``: the full finite-time spectrum (:func:`pifs_jax.lyapunov.chain_lyapunov_spectrum`,
+  ``k=None``) at ``n = 768`` and ``n = 3072``: wall time, split into the step Jacobians (a
+  separate jitted scan that forms each ``jax.jacfwd`` Jacobian along the same trajectory) and the
+  rest ("orthogonalisation": ``J Q``, the QR factorisation, the graded product update and the
+  final singular values), per step; peak memory; the fraction of the matmul rate reached by the
+  useful floating-point work ``FLOPs = N (n * F_tangent + 2 n^3)``, with ``F_tangent = 2 ((n + E) w
+  + w^2 + w n)`` the multiply-adds of one forward-mode tangent through the MLP (``E`` embedding
+  features, ``w`` width) and ``2 n^3`` one ``n x n`` product per step. Where the full chain would
+  run too long here (``--full-large-steps``), the ``n = 3072`` full spectrum is measured on chains
+  of ``S1 < S2`` steps; the per-step cost ``(t(S2) - t(S1)) / (S2 - S1)`` and the fixed cost
+  (final singular values) give the 50-step figure by extrapolation, and the JSON says so.
+  Re-orthonormalisation every ``qr_every = 10`` steps (one ``n x n`` QR and graded update per
+  10 steps; the per-step exponent spread of this chain is ~0.16 nats, so a 10-step block spans
+  ~1.6 nats, far from float32's 16): ``fewer_qrs`` compares it with a QR at every step at
+  ``n = 768`` (exponents and time).
+- ``leading``: the leading ``k = 32`` exponents (matrix-free subspace iteration, JVPs and VJPs;
+  32 oversampling vectors, a thin QR every 5 steps, stopping when no exponent moves by more
+  than 1e-4 per step) at ``n = 3072``, on the 50-step chain (time against the full one, and
+  against a full spectrum with a QR at every step, measured too: target >= 10x faster) and on
+  the chain the full spectrum was measured on (agreement of the leading exponents: target 1e-3
+  per step); at ``n = 12288`` (64x64x3) the compiled program's buffers are checked for any ``n x n``
+  array (none may exist) and peak memory is compared with ``n^2 * 4`` bytes.
+- compile once: after the first 50-step call, a second chain with the same shapes but another
+  schedule (linear) and another grid (trailing spacing) is run; the jitted function's cache size
+  and the number of XLA backend compilations during that call (``jax.monitoring``) must stay 1
+  and 0.
+
+BLAS threads: jaxlib's CPU LAPACK kernels (QR, SVD) run on OpenBLAS, whose own worker threads
+compete with XLA's thread pool; on a busy 2-core machine a ``3072 x 32`` QR then took 0.6 s
+instead of 1.3 ms and a ``3072 x 3072`` QR 57 s instead of 2.5 s. ``--blas-threads 1`` (the
+default; ``0`` leaves the library's own setting) limits OpenBLAS with ``threadpoolctl`` in every
+process; it has no effect on GPU.
+
+Peak memory: ``jax.devices()[0].memory_stats()["peak_bytes_in_use"]`` where the backend reports it
+(GPU), else the process's peak resident set size (``resource.getrusage``), reported with the
+resident size just before the first compilation (the JAX runtime, the data and the parameters).
+
+Writes ``benchmarks/out/chain_spectrum.json`` (or ``--out``) through
+:func:`pifs_jax.results.write_result_json`. Runs unchanged on CUDA. ``--quick`` uses tiny sizes
+(``n = 48`` for every case, 10 steps, ``k = 8``, width 64) and runs in seconds (a smoke test)::
+
+    python benchmarks/chain_spectrum.py [--quick] [--out benchmarks/out/chain_spectrum.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import pifs_jax as pj
+from pifs_jax.models.common import sinusoidal_embedding
+from pifs_jax.results import write_result_json
+
+T = 1000
+EMBED_DIM = 64
+
+#: Sizes of the full and the quick run.
+SIZES = {
+    "full": {"n_small": 768, "n_large": 3072, "n_huge": 12288, "steps": 50, "k": 32, "width": 512,
+             "matmul_n": 3072, "matmul_repeats": 5, "huge_iters": 20, "qr_every": 10,
+             "oversample": 32, "leading_qr_every": 5, "tol": 1e-4},
+    "quick": {"n_small": 48, "n_large": 48, "n_huge": 48, "steps": 10, "k": 8, "width": 64,
+              "matmul_n": 256, "matmul_repeats": 3, "huge_iters": 200, "qr_every": 4,
+              "oversample": 8, "leading_qr_every": 2, "tol": 1e-5},
+}  # fmt: skip
+"""Equal sizes share one measurement (``--quick``: three compilations in all). ``huge_iters`` caps the
+subspace iterations at ``n_huge``, where the point is memory, not precision. ``qr_every``: one
+QR (and graded update) per that many steps in the full spectrum (see ``case full`` above);
+``oversample``, ``leading_qr_every`` and ``tol`` configure the leading-``k`` subspace iteration."""
+
+TARGET_SPEEDUP = 10.0
+TARGET_AGREEMENT = 1e-3
+TARGET_FLOP_FRACTION = 0.5
+
+
+# ----------------------------------------------------------------------------- the denoiser
+
+
+def init_mlp(key: jax.Array, n: int, *, width: int, embed_dim: int = EMBED_DIM, dtype=jnp.float32) -> dict:
+    """Random parameters of the MLP denoiser: ``W ~ N(0, 1/fan_in)``, zero biases."""
+    sizes = [(n + embed_dim, width), (width, width), (width, n)]
+    keys = jax.random.split(key, len(sizes))
+    params = {}
+    for i, ((fan_in, fan_out), k) in enumerate(zip(sizes, keys), start=1):
+        params[f"w{i}"] = jax.random.normal(k, (fan_in, fan_out), dtype) / np.sqrt(fan_in)
+        params[f"b{i}"] = jnp.zeros((fan_out,), dtype)
+    return params
+
+
+def mlp_eps(params: dict, x: jax.Array, t: Any) -> jax.Array:
+    """``eps(x, t) = W3 silu(W2 silu(W1 [x; e(t)] + b1) + b2) + b3`` on the flattened ``x``."""
+    embed_dim = params["w1"].shape[0] - x.size
+    h = jnp.concatenate([x.reshape(-1), sinusoidal_embedding(t, embed_dim).astype(x.dtype)])
+    h = jax.nn.silu(h @ params["w1"] + params["b1"])
+    h = jax.nn.silu(h @ params["w2"] + params["b2"])
+    return (h @ params["w3"] + params["b3"]).reshape(x.shape)
+
+
+def tangent_flops(n: int, *, width: int, embed_dim: int = EMBED_DIM) -> int:
+    """Floating-point operations of one forward-mode tangent through the MLP (its three products)."""
+    return 2 * ((n + embed_dim) * width + width * width + width * n)
+
+
+def full_spectrum_flops(n: int, n_steps: int, *, width: int, embed_dim: int = EMBED_DIM) -> int:
+    """``N (n F_tangent + 2 n^3)``: the step Jacobians (``n`` tangents) and one ``n x n`` product per step."""
+    return n_steps * (n * tangent_flops(n, width=width, embed_dim=embed_dim) + 2 * n**3)
+
+
+FLOPS_FORMULA = "N * (n * 2 * ((n + E) * w + w * w + w * n) + 2 * n**3), E = 64 embedding features, w = width"
+
+
+# ----------------------------------------------------------------------------- jitted programs
+
+
+@functools.partial(jax.jit, static_argnames=("k", "iters", "tol", "qr_every", "oversample"))
+def chain_spectrum(params, sched, x_T, grid, *, k=None, iters=200, tol=None, qr_every=1, oversample=0):
+    """Exponents, dimension and (leading-k) ``(iterations, last change)`` of the chain's finite-time spectrum."""
+    spec = pj.chain_lyapunov_spectrum(
+        functools.partial(mlp_eps, params), sched, x_T, grid=grid, k=k, iters=iters, tol=tol,
+        return_history=k is not None, qr_every=qr_every, oversample=oversample,
+    )  # fmt: skip
+    if k is None:
+        return spec.exponents, spec.dimension, (jnp.asarray(0), jnp.asarray(0.0))
+    iterations = jnp.sum(~jnp.isnan(spec.history[:, 0]))
+    # the largest change of any exponent in the last iteration (the convergence criterion)
+    previous, last = spec.history[jnp.maximum(iterations - 2, 0)], spec.history[iterations - 1]
+    return spec.exponents, spec.dimension, (iterations, jnp.max(jnp.abs(last - previous)))
+
+
+@jax.jit
+def step_jacobians(params, sched, x_T, grid):
+    """The step Jacobians along the chain (``jax.jacfwd``), each reduced to its sum so it is formed."""
+    eps_fn = functools.partial(mlp_eps, params)
+    steps = pj.chain_steps(sched, grid)
+
+    def body(x, s):
+        jac = pj.step_jacobian(eps_fn, x, t=s.t, a=s.a, b=s.b)
+        return pj.ddim_step(eps_fn, x, s.t, s.a, s.b), jnp.sum(jac)
+
+    return jax.lax.scan(body, x_T, steps)
+
+
+# ----------------------------------------------------------------------------- measurement helpers
+
+
+def _block(tree: Any) -> Any:
+    return jax.tree_util.tree_map(lambda v: np.asarray(jax.block_until_ready(v)), tree)
+
+
+def timed(fn, *args, **kwargs) -> tuple[Any, float]:
+    """``(result, seconds)`` of one call, blocking on the result."""
+    start = time.perf_counter()
+    out = _block(fn(*args, **kwargs))
+    return out, time.perf_counter() - start
+
+
+def peak_memory() -> dict[str, Any]:
+    """Peak memory so far: the device's ``peak_bytes_in_use`` if reported, else the process's peak RSS."""
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        return {"peak_bytes": int(stats["peak_bytes_in_use"]), "source": "device memory_stats peak_bytes_in_use"}
+    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return {"peak_bytes": int(rss_kib) * 1024, "source": "process peak RSS (getrusage ru_maxrss)"}
+
+
+class CompileCounter:
+    """Counts XLA backend compilations (``jax.monitoring`` duration events) while ``active``."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.active = False
+        jax.monitoring.register_event_duration_secs_listener(self._listen)
+
+    def _listen(self, event: str, duration: float, **_: Any) -> None:
+        if self.active and event == "/jax/core/compile/backend_compile_duration":
+            self.count += 1
+
+
+def setup(n: int, n_steps: int, *, width: int, seed: int = 0):
+    """Parameters, the initial state, the cosine schedule and its uniform grid."""
+    key_params, key_x = jax.random.split(jax.random.PRNGKey(seed))
+    params = init_mlp(key_params, n, width=width)
+    x_T = jax.random.normal(key_x, (n,), jnp.float32)
+    return params, x_T, pj.cosine(T, s=0.008), jnp.asarray(pj.uniform_grid(T, n_steps))
+
+
+def machine() -> dict[str, Any]:
+    """The device and host, in words."""
+    device = jax.devices()[0]
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            names = [line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    return {
+        "platform": device.platform,
+        "device_kind": device.device_kind,
+        "device_count": jax.device_count(),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "jax": jax.__version__,
+    }
+
+
+# ----------------------------------------------------------------------------- cases
+
+
+def case_matmul(*, n: int, repeats: int) -> dict[str, Any]:
+    """float32 ``n x n @ n x n``, jitted, best of ``repeats`` calls."""
+    a, b = (jax.random.normal(k, (n, n), jnp.float32) for k in jax.random.split(jax.random.PRNGKey(1)))
+    product = jax.jit(jnp.matmul)
+    _block(product(a, b))
+    best = min(timed(product, a, b)[1] for _ in range(repeats))
+    return {"n": n, "best_s": best, "flops_per_s": 2 * n**3 / best, "repeats": repeats}
+
+
+def case_full(*, n: int, steps: int, width: int, qr_every: int = 1, check_recompile: bool = False) -> dict[str, Any]:
+    """Full spectrum of an ``steps``-step chain at ``n``: total time, its Jacobian part, memory.
+
+    With ``check_recompile`` the spectrum goes through the jit's own dispatch twice: the cosine
+    chain (compilation + run), then the linear chain on a trailing grid (run only, counted for
+    compilations; its time is the reported run time). Otherwise it is compiled ahead of time and
+    run once.
+    """
+    params, x_T, sched, grid = setup(n, steps, width=width)
+    before = peak_memory()
+    recompile = None
+    if check_recompile:
+        # k passed exactly as recompile_check passes it: explicit and default static arguments key
+        # the jit cache differently
+        (exponents, dimension, _), first_s = timed(chain_spectrum, params, sched, x_T, grid, k=None, qr_every=qr_every)
+        recompile = recompile_check(params, x_T, steps=steps, k=None, qr_every=qr_every)
+        total_s = recompile["second_call_s"]
+        compile_s = first_s - total_s
+    else:
+        start = time.perf_counter()
+        compiled = chain_spectrum.lower(params, sched, x_T, grid, qr_every=qr_every).compile()
+        compile_s = time.perf_counter() - start
+        (exponents, dimension, _), total_s = timed(compiled, params, sched, x_T, grid)
+    jac_compiled = step_jacobians.lower(params, sched, x_T, grid).compile()
+    _, jacobian_s = timed(jac_compiled, params, sched, x_T, grid)
+    out = {
+        "n": n,
+        "steps": steps,
+        "qr_every": qr_every,
+        "compile_s": compile_s,
+        "total_s": total_s,
+        "jacobian_s": jacobian_s,
+        "orthogonalisation_s": total_s - jacobian_s,
+        "jacobian_s_per_step": jacobian_s / steps,
+        "orthogonalisation_s_per_step": (total_s - jacobian_s) / steps,
+        "flops": full_spectrum_flops(n, steps, width=width),
+        "exponents": exponents,
+        "dimension": float(dimension),
+        "memory_before_compile": before,
+        "memory": peak_memory(),
+        "n2_float32_bytes": 4 * n * n,
+    }
+    if recompile is not None:
+        out["recompile"] = recompile
+    return out
+
+
+def case_leading(
+    *, n: int, steps: int, width: int, k: int, tol: float, iters: int = 200, oversample: int = 0, qr_every: int = 1,
+    check_buffers: bool = False,
+) -> dict[str, Any]:
+    """Leading-``k`` spectrum of an ``steps``-step chain at ``n``; optionally the ``n x n`` buffer check.
+
+    Subspace iteration stops when no exponent moves by more than ``tol`` (per step) or after ``iters``
+    iterations; ``converged`` and ``last_change`` say which.
+    """
+    params, x_T, sched, grid = setup(n, steps, width=width)
+    before = peak_memory()
+    start = time.perf_counter()
+    lowered = chain_spectrum.lower(params, sched, x_T, grid, k=k, iters=iters, tol=tol, oversample=oversample, qr_every=qr_every)
+    compiled = lowered.compile()
+    compile_s = time.perf_counter() - start
+    (exponents, dimension, (iterations, change)), total_s = timed(compiled, params, sched, x_T, grid)
+    out = {
+        "n": n,
+        "steps": steps,
+        "k": k,
+        "tol": tol,
+        "oversample": oversample,
+        "qr_every": qr_every,
+        "max_iters": iters,
+        "converged": bool(change <= tol),
+        "last_change": float(change),
+        "compile_s": compile_s,
+        "total_s": total_s,
+        "iterations": int(iterations),
+        "exponents": exponents,
+        "memory_before_compile": before,
+        "memory": peak_memory(),
+        "n2_float32_bytes": 4 * n * n,
+    }
+    if check_buffers:
+        out["buffers"] = buffer_check(compiled, n)
+    return out
+
+
+def buffer_check(compiled: Any, n: int) -> dict[str, Any]:
+    """Does the compiled program hold any ``n x n`` array? Its temporary buffer size."""
+    text = compiled.as_text()
+    square = f"[{n},{n}]"
+    analysis = None
+    try:
+        mem = compiled.memory_analysis()
+        analysis = {
+            "temp_bytes": int(mem.temp_size_in_bytes),
+            "argument_bytes": int(mem.argument_size_in_bytes),
+            "output_bytes": int(mem.output_size_in_bytes),
+        }
+    except Exception:  # pragma: no cover - backend-specific
+        pass
+    return {"n_by_n_shapes_in_hlo": text.count(square), "memory_analysis": analysis}
+
+
+def recompile_check(params, x_T, *, steps: int, k: int | None, qr_every: int = 1) -> dict[str, Any]:
+    """A second chain with the same shapes, another schedule and grid: no new compilation.
+
+    Call after a first :func:`chain_spectrum` call through the jit's dispatch with the same shapes.
+    """
+    sched2 = pj.linear(T)
+    grid2 = jnp.asarray(pj.diffusers_grid(T, steps, spacing="trailing"))
+    size_before = chain_spectrum._cache_size()
+    counter = CompileCounter()
+    counter.active = True
+    _, second_s = timed(chain_spectrum, params, sched2, x_T, grid2, k=k, qr_every=qr_every)
+    counter.active = False
+    return {
+        "second_schedule": "linear, trailing grid",
+        "second_call_s": second_s,
+        "backend_compiles_during_second_call": counter.count,
+        "jit_cache_size_before": size_before,
+        "jit_cache_size_after": chain_spectrum._cache_size(),
+    }
+
+
+CASES = {"matmul": case_matmul, "full": case_full, "leading": case_leading}
+
+
+def limit_blas_threads(threads: int) -> None:
+    """Limit OpenBLAS (jaxlib's CPU LAPACK) to ``threads`` threads for the rest of the process; 0: leave it."""
+    if threads > 0:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=threads, user_api="blas")
+
+
+def run_case(name: str, kwargs: dict[str, Any], *, isolate: bool, blas_threads: int = 1) -> dict[str, Any]:
+    """Run one case here, or in a fresh Python process (its own peak memory) that prints JSON."""
+    if not isolate:
+        from pifs_jax.results import to_jsonable
+
+        return to_jsonable(CASES[name](**kwargs))
+    command = [
+        sys.executable, os.path.abspath(__file__), "--case", name, "--kwargs", json.dumps(kwargs),
+        "--blas-threads", str(blas_threads),
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"case {name} {kwargs} failed:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------- the benchmark
+
+
+def benchmark(
+    *, quick: bool, isolate: bool, full_large_steps: tuple[int, ...] | None, blas_threads: int = 1, log=print,
+    save=None,
+) -> dict[str, Any]:
+    """Every case; returns the JSON-ready results. ``save(results)`` is called after each case."""
+    size = SIZES["quick" if quick else "full"]
+    steps, k, width = size["steps"], size["k"], size["width"]
+    n_small, n_large, n_huge = size["n_small"], size["n_large"], size["n_huge"]
+    tol = size["tol"]  # per-step exponents; 10x inside the 1e-3 agreement target
+    leading_options = dict(oversample=size["oversample"], qr_every=size["leading_qr_every"])
+    results: dict[str, Any] = {"sizes": size, "flops_formula": FLOPS_FORMULA}
+
+    def case(label, name, **kwargs):
+        log(f"[{time.strftime('%H:%M:%S')}] {label} ...")
+        out = run_case(name, kwargs, isolate=isolate, blas_threads=blas_threads)
+        log(f"[{time.strftime('%H:%M:%S')}] {label}: {out.get('total_s', out.get('best_s')):.3f} s")
+        results.setdefault("raw_cases", []).append({"label": label, **out})
+        if save is not None:
+            save(results)
+        return out
+
+    matmul = case(f"matmul n = {size['matmul_n']}", "matmul", n=size["matmul_n"], repeats=size["matmul_repeats"])
+    rate = matmul["flops_per_s"]
+    results["matmul"] = matmul
+
+    qr_every = size["qr_every"]
+    small = case(
+        f"full n = {n_small}, QR every {qr_every} steps", "full",
+        n=n_small, steps=steps, width=width, qr_every=qr_every, check_recompile=True,
+    )  # fmt: skip
+    results["full_small"] = _with_rate(small, rate)
+    results["compile_once"] = small.pop("recompile")
+    every = case(f"full n = {n_small}, QR every step", "full", n=n_small, steps=steps, width=width)
+    results["full_small_qr_every_step"] = _with_rate(every, rate)
+    results["fewer_qrs"] = {
+        "qr_every": qr_every,
+        "max_abs_difference_exponents": float(np.max(np.abs(np.asarray(small["exponents"]) - np.asarray(every["exponents"])))),
+        "speedup": every["total_s"] / small["total_s"],
+        "compared_at_n": n_small,
+    }
+
+    large_steps = tuple(full_large_steps) if full_large_steps else (steps,)
+    if n_large == n_small and large_steps == (steps,):
+        large = [small]
+    else:
+        large = [
+            case(f"full n = {n_large}, {s} steps, QR every {qr_every}", "full", n=n_large, steps=s, width=width, qr_every=qr_every)
+            for s in large_steps
+        ]
+    results["full_large_runs"] = [_with_rate(r, rate) for r in large]
+    results["full_large"] = _extrapolate(large, steps)
+    results["full_large"]["flop_fraction"] = (
+        results["full_large"]["flops_per_step"] / results["full_large"]["s_per_step"] / rate
+    )
+
+    lead = case(
+        f"leading k = {k}, n = {n_large}, {steps} steps", "leading",
+        n=n_large, steps=steps, width=width, k=k, tol=tol, check_buffers=n_huge == n_large, **leading_options,
+    )  # fmt: skip
+    results["leading_large"] = lead
+    same_chain = large[-1]
+    if same_chain["steps"] == steps:
+        lead_same = lead
+    else:
+        lead_same = case(
+            f"leading k = {k}, n = {n_large}, {same_chain['steps']} steps", "leading",
+            n=n_large, steps=same_chain["steps"], width=width, k=k, tol=tol, **leading_options,
+        )  # fmt: skip
+        results["leading_large_same_chain"] = lead_same
+    difference = float(np.max(np.abs(np.asarray(lead_same["exponents"]) - np.asarray(same_chain["exponents"])[:k])))
+    speedup = results["full_large"]["total_s"] / lead["total_s"]
+    # the straightforward full spectrum (a QR at every step) at the same n, for reference
+    if n_large == n_small:
+        every_large = every
+    else:
+        every_large = case(f"full n = {n_large}, {steps} steps, QR every step", "full", n=n_large, steps=steps, width=width)
+    results["full_large_qr_every_step"] = _with_rate(every_large, rate)
+    results["leading_vs_full"] = {
+        "speedup": speedup,
+        "speedup_vs_qr_every_step": every_large["total_s"] / lead["total_s"],
+        "full_total_s": results["full_large"]["total_s"],
+        "full_total_is_extrapolated": results["full_large"]["extrapolated"],
+        "leading_total_s": lead["total_s"],
+        "max_abs_difference_leading_exponents": difference,
+        "compared_on_steps": same_chain["steps"],
+        "meets_speedup_target": bool(speedup >= TARGET_SPEEDUP),
+        "meets_agreement_target": bool(difference <= TARGET_AGREEMENT),
+    }
+
+    if n_huge == n_large:
+        huge = dict(lead)
+    else:
+        huge = case(
+            f"leading k = {k}, n = {n_huge}, {steps} steps", "leading",
+            n=n_huge, steps=steps, width=width, k=k, tol=tol, iters=size["huge_iters"], check_buffers=True,
+            **leading_options,
+        )  # fmt: skip
+    grown = huge["memory"]["peak_bytes"] - huge["memory_before_compile"]["peak_bytes"]
+    huge["peak_growth_bytes"] = grown
+    huge["peak_growth_over_n2_float32"] = grown / huge["n2_float32_bytes"]
+    huge["no_n_by_n_array"] = bool(huge["buffers"]["n_by_n_shapes_in_hlo"] == 0)
+    results["leading_huge"] = huge
+    results["targets"] = {
+        "flop_fraction_n_large": TARGET_FLOP_FRACTION,
+        "speedup": TARGET_SPEEDUP,
+        "agreement": TARGET_AGREEMENT,
+    }
+    return results
+
+
+def _with_rate(run: dict[str, Any], rate: float) -> dict[str, Any]:
+    run = dict(run)
+    run["flops_per_s"] = run["flops"] / run["total_s"]
+    run["flop_fraction"] = run["flops_per_s"] / rate
+    return run
+
+
+def _extrapolate(runs: list[dict[str, Any]], steps: int) -> dict[str, Any]:
+    """The full spectrum's cost on the ``steps``-step chain, measured or extrapolated from shorter ones."""
+    per_step_flops = runs[-1]["flops"] / runs[-1]["steps"]
+    if runs[-1]["steps"] == steps:
+        r = runs[-1]
+        return {
+            "extrapolated": False, "steps": steps, "total_s": r["total_s"], "s_per_step": r["total_s"] / steps,
+            "jacobian_s_per_step": r["jacobian_s_per_step"],
+            "orthogonalisation_s_per_step": r["orthogonalisation_s_per_step"],
+            "flops_per_step": per_step_flops, "memory": r["memory"],
+            "memory_before_compile": r["memory_before_compile"],
+        }  # fmt: skip
+    if len(runs) < 2:
+        raise ValueError("full_large_steps: give two step counts S1 < S2 to extrapolate from")
+    a, b = runs[-2], runs[-1]
+    per_step = (b["total_s"] - a["total_s"]) / (b["steps"] - a["steps"])
+    fixed = a["total_s"] - per_step * a["steps"]
+    jac = (b["jacobian_s"] - a["jacobian_s"]) / (b["steps"] - a["steps"])
+    rule = (
+        f"per-step cost = (t({b['steps']}) - t({a['steps']})) / {b['steps'] - a['steps']}, fixed cost = "
+        f"t({a['steps']}) - {a['steps']} x per-step; total({steps}) = fixed + {steps} x per-step"
+    )
+    if fixed < 0:  # timing noise larger than the fixed cost: scale the longer run instead
+        per_step, fixed, jac = b["total_s"] / b["steps"], 0.0, b["jacobian_s"] / b["steps"]
+        rule = (
+            f"the two-point fit gave a negative fixed cost (timing noise), so total({steps}) = "
+            f"t({b['steps']}) x {steps} / {b['steps']} (an upper bound: the fixed cost is counted per step)"
+        )
+    return {
+        "extrapolated": True,
+        "extrapolation": f"measured on {a['steps']}- and {b['steps']}-step chains; {rule}",
+        "steps": steps,
+        "total_s": fixed + steps * per_step,
+        "fixed_s": fixed,
+        "s_per_step": per_step,
+        "jacobian_s_per_step": jac,
+        "orthogonalisation_s_per_step": per_step - jac,
+        "flops_per_step": per_step_flops,
+        "memory": b["memory"],
+        "memory_before_compile": b["memory_before_compile"],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, in seconds (smoke test)")
+    parser.add_argument("--out", default=None, help="JSON path (default benchmarks/out/chain_spectrum[_quick].json)")
+    parser.add_argument(
+        "--full-large-steps", type=int, nargs="+", default=None, metavar="S",
+        help="measure the large full spectrum on S1 S2 (< 50) steps and extrapolate (for slow machines)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--in-process", action="store_true", help="run every case in this process (default for --quick)"
+    )
+    parser.add_argument(
+        "--blas-threads", type=int, default=1, help="OpenBLAS threads (default 1; 0 = the library's default)"
+    )
+    parser.add_argument("--case", choices=sorted(CASES), help=argparse.SUPPRESS)
+    parser.add_argument("--kwargs", default="{}", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    limit_blas_threads(args.blas_threads)
+
+    if args.case:  # a subprocess of run_case: print the case's JSON as the last line
+        from pifs_jax.results import to_jsonable
+
+        print(json.dumps(to_jsonable(CASES[args.case](**json.loads(args.kwargs)))))
+        return 0
+
+    out = Path(args.out or f"benchmarks/out/chain_spectrum{'_quick' if args.quick else ''}.json")
+    isolate = not (args.quick or args.in_process)
+    config = {
+        "benchmark": "chain_spectrum",
+        "quick": args.quick,
+        "isolated_processes": isolate,
+        "full_large_steps": args.full_large_steps,
+        "blas_threads": args.blas_threads,
+        "schedule": "cosine s = 0.008, T = 1000, uniform grid",
+        "denoiser": f"MLP, 2 hidden layers, SiLU, sinusoidal t embedding ({EMBED_DIM}); width in results.sizes",
+        "dtype": "float32",
+    }
+    start = time.perf_counter()
+
+    def save(partial: dict[str, Any], complete: bool = False) -> None:
+        document = {**partial, "complete": complete, "machine": machine(), "wall_s": time.perf_counter() - start}
+        write_result_json(out, document, config=config, seed=0)
+
+    results = benchmark(
+        quick=args.quick, isolate=isolate, full_large_steps=args.full_large_steps, blas_threads=args.blas_threads,
+        save=save,
+    )
+    save(results, complete=True)
+    summary = {
+        "matmul GFLOP/s": results["matmul"]["flops_per_s"] / 1e9,
+        "full n_small s/step (jac, orth)": (
+            results["full_small"]["jacobian_s_per_step"], results["full_small"]["orthogonalisation_s_per_step"]
+        ),
+        "full n_large s/step": results["full_large"]["s_per_step"],
+        "full n_large flop fraction": results["full_large"]["flop_fraction"],
+        "fewer QRs (m, max diff, speedup)": tuple(results["fewer_qrs"][key] for key in ("qr_every", "max_abs_difference_exponents", "speedup")),
+        "leading speedup (vs QR every step)": (
+            results["leading_vs_full"]["speedup"], results["leading_vs_full"]["speedup_vs_qr_every_step"]
+        ),
+        "leading max diff": results["leading_vs_full"]["max_abs_difference_leading_exponents"],
+        "huge no n x n": results["leading_huge"]["no_n_by_n_array"],
+        "compile once": results["compile_once"],
+    }  # fmt: skip
+    for key, value in summary.items():
+        print(f"{key:36s} {value}")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
