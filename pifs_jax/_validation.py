@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -137,3 +138,14 @@ def check_positive_int(value: Any, *, name: str, minimum: int = 1) -> int:
     if value < minimum:
         raise ValueError(f"{name}: expected an integer >= {minimum}, got {value}")
     return int(value)
+
+
+def patch_variance_arrays(variances: Any, sizes: Any | None, dtype) -> tuple[jax.Array, jax.Array]:
+    """``(lambda, n)`` as arrays of ``dtype``: patch variances ``(m,)`` and their multiplicities (default 1)."""
+    lam = jnp.asarray(variances, dtype=dtype)
+    if lam.ndim != 1:
+        raise ValueError(f"variances: expected shape (m,) of patch variances, got {lam.shape}")
+    n = jnp.ones_like(lam) if sizes is None else jnp.asarray(sizes, dtype=dtype)
+    if n.shape != lam.shape:
+        raise ValueError(f"sizes: expected shape {lam.shape} (one per variance), got {n.shape}")
+    return lam, n

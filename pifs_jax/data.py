@@ -63,6 +63,7 @@ __all__ = [
     "DATASET_NAMES",
     "DIGITS_TRAIN",
     "CropPositions",
+    "load_photo",
     "photo_crops",
     "photo_crop_count",
     "load_dataset",
@@ -126,8 +127,15 @@ def _photo_uint8(name: str) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=32)
-def _photo_scaled(name: str, factor: int) -> np.ndarray:
-    """Box average over ``factor x factor`` pixels, then ``x / 127.5 - 1``: float64 in ``[-1, 1]``."""
+def load_photo(name: str, factor: int = 1) -> np.ndarray:
+    """One of scikit-image's colour photographs (:data:`PHOTO_NAMES`), box-averaged over
+    ``factor x factor`` pixels, then ``x / 127.5 - 1``: float64 ``(H, W, 3)`` in ``[-1, 1]``, read-only.
+
+    The images every crop of :func:`photo_crops` comes from (cached).
+    """
+    if name not in PHOTO_NAMES:
+        raise ValueError(f"name: expected one of {', '.join(PHOTO_NAMES)}, got {name!r}")
+    factor = check_positive_int(factor, name="factor")
     image = _photo_uint8(name).astype(np.float64)
     h, w = image.shape[0] // factor, image.shape[1] // factor
     image = image[: h * factor, : w * factor].reshape(h, factor, w, factor, 3).mean(axis=(1, 3))
@@ -185,7 +193,7 @@ def photo_crop_count(*, size: int, split: str = "train", downsample: int | None 
     factor = _resolve_downsample(size, downsample)
     photos = _check_photos(photos)
     offsets = (size + 1) ** 2
-    return sum(len(_split_cells(_photo_scaled(p, factor).shape, size, split)) * offsets for p in photos)
+    return sum(len(_split_cells(load_photo(p, factor).shape, size, split)) * offsets for p in photos)
 
 
 def photo_crops(
@@ -234,7 +242,7 @@ def photo_crops(
     split = _check_split(split)
     factor = _resolve_downsample(size, downsample)
     photos = _check_photos(photos)
-    images = [_photo_scaled(p, factor) for p in photos]
+    images = [load_photo(p, factor) for p in photos]
     cells = [np.asarray(_split_cells(img.shape, size, split), dtype=np.int64).reshape(-1, 2) for img in images]
     per_cell = (size + 1) ** 2
     counts = np.array([len(c) * per_cell for c in cells], dtype=np.int64)

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import optimistix as optx
 
-from pifs_jax._validation import check_gaps, check_log_alpha_bar, check_variances
+from pifs_jax._validation import check_gaps, check_log_alpha_bar, check_variances, patch_variance_arrays
 from pifs_jax.grids import as_grid
 from pifs_jax.kaplan_yorke import kaplan_yorke_dimension
 from pifs_jax.schedules import Schedule, safe_sqrt
@@ -264,16 +264,6 @@ def analytic_kaplan_yorke(sched: Schedule, variances: Any, sizes: Any | None = N
     return kaplan_yorke_dimension(lyapunov_exponents(sched, variances, grid), sizes)
 
 
-def _patch_arrays(variances: Any, sizes: Any | None, dtype):
-    lam = jnp.asarray(variances, dtype=dtype)
-    if lam.ndim != 1:
-        raise ValueError(f"variances: expected shape (m,) of patch variances, got {lam.shape}")
-    n = jnp.ones_like(lam) if sizes is None else jnp.asarray(sizes, dtype=dtype)
-    if n.shape != lam.shape:
-        raise ValueError(f"sizes: expected shape {lam.shape} (one per variance), got {n.shape}")
-    return lam, n
-
-
 def information_gain(sched: Schedule, variances: Any, sizes: Any | None = None, grid: Any = None) -> jax.Array:
     """Per-step Gaussian information gain ``IG_t`` in nats, shape ``(N,)``.
 
@@ -286,7 +276,7 @@ def information_gain(sched: Schedule, variances: Any, sizes: Any | None = None, 
     """
     check_variances(variances)
     c = step_coefficients(sched, grid)
-    lam, n = _patch_arrays(variances, sizes, c.a.dtype)
+    lam, n = patch_variance_arrays(variances, sizes, c.a.dtype)
     # logSNR_s - logSNR_t = G + log1p(ab_s (-expm1(-G)) / sigma_s^2), G = log ab_s - log ab_t
     gap = c.log_ratio
     sigma2_s, sigma2_t = c.sigma_s**2, c.sigma_t**2
@@ -314,7 +304,7 @@ def dimension_growth(sched: Schedule, variances: Any, sizes: Any | None = None, 
     """
     check_variances(variances)
     log_f = log_expansion_factor(sched, variances, grid)
-    lam, n = _patch_arrays(variances, sizes, log_f.dtype)
+    lam, n = patch_variance_arrays(variances, sizes, log_f.dtype)
     exponents = jnp.mean(log_f, axis=0)
     expanding = exponents > 0
     least_contracting = jnp.max(jnp.where(expanding, -jnp.inf, exponents))

@@ -46,8 +46,8 @@ import jax.numpy as jnp
 import numpy as np
 import optimistix as optx
 
-from pifs_jax._validation import check_positive_int, check_variances, describe, is_concrete
-from pifs_jax.geometry import _patch_arrays, step_coefficients
+from pifs_jax._validation import check_positive_int, check_variances, describe, is_concrete, patch_variance_arrays
+from pifs_jax.geometry import step_coefficients
 from pifs_jax.grids import as_grid
 from pifs_jax.schedules import Schedule, cosine
 
@@ -250,7 +250,7 @@ def marginal_entropy_gain(sched: Schedule, variances: Any, sizes: Any | None = N
     """
     check_variances(variances)
     c = step_coefficients(sched, grid)
-    lam, n = _patch_arrays(variances, sizes, c.a.dtype)
+    lam, n = patch_variance_arrays(variances, sizes, c.a.dtype)
     ab_t = c.alpha_bar_t[:, None]
     v_t = ab_t * lam + (c.sigma_t**2)[:, None]
     ratio_minus_1 = ab_t * jnp.expm1(c.log_ratio)[:, None] * (lam - 1) / v_t
@@ -277,7 +277,7 @@ def optimal_eps_loss(sched: Schedule, variances: Any, sizes: Any | None = None, 
     """
     check_variances(variances)
     c = step_coefficients(sched, grid)
-    lam, n = _patch_arrays(variances, sizes, c.a.dtype)
+    lam, n = patch_variance_arrays(variances, sizes, c.a.dtype)
     signal = c.alpha_bar_t[:, None] * lam
     return jnp.sum(n * signal / (signal + (c.sigma_t**2)[:, None]), axis=1)
 
@@ -395,7 +395,7 @@ def photo_patch_spectrum(
 
     downsample = check_positive_int(downsample, name="downsample")
     names = data.PHOTO_NAMES if photos is None else data._check_photos(photos)
-    return measured_patch_variances([data._photo_scaled(name, downsample) for name in names], patch_size, stride=stride)
+    return measured_patch_variances([data.load_photo(name, downsample) for name in names], patch_size, stride=stride)
 
 
 def power_law_variances(n: int, *, exponent: float, mean_variance: float = 0.25) -> np.ndarray:

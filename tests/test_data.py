@@ -9,11 +9,11 @@ from pifs_jax.data import (
     DIGITS_TRAIN,
     PHOTO_NAMES,
     _digits_scaled,
-    _photo_scaled,
     _photo_uint8,
     gaussian_mixture_data,
     gaussian_patch_data,
     load_dataset,
+    load_photo,
     patch_stats,
     photo_crop_count,
     photo_crops,
@@ -42,12 +42,12 @@ def test_photo_crops_come_from_the_downsampled_photo():
     factor = 64 // 16
     for i in range(20):
         name = PHOTO_NAMES[pos.photo[i]]
-        image = _photo_scaled(name, factor)
+        image = load_photo(name, factor)
         window = image[pos.top[i] : pos.top[i] + 16, pos.left[i] : pos.left[i] + 16]
         np.testing.assert_allclose(np.asarray(crops[i]), window, rtol=0, atol=1e-6)
     # box average then x / 127.5 - 1, checked on one pixel of the raw photograph
     raw = _photo_uint8("astronaut").astype(np.float64)
-    np.testing.assert_allclose(_photo_scaled("astronaut", factor)[5, 7], raw[20:24, 28:32].mean(axis=(0, 1)) / 127.5 - 1)
+    np.testing.assert_allclose(load_photo("astronaut", factor)[5, 7], raw[20:24, 28:32].mean(axis=(0, 1)) / 127.5 - 1)
 
 
 def test_train_and_test_regions_are_disjoint_exhaustively():
@@ -60,7 +60,7 @@ def test_train_and_test_regions_are_disjoint_exhaustively():
     # without replacement: every position exactly once
     assert len(set(zip(tp.photo, tp.top, tp.left))) == n_train
     for k, name in enumerate(PHOTO_NAMES):
-        covered = np.zeros(_photo_scaled(name, 4).shape[:2], bool)
+        covered = np.zeros(load_photo(name, 4).shape[:2], bool)
         for top, left in zip(tp.top[tp.photo == k], tp.left[tp.photo == k]):
             covered[top : top + size, left : left + size] = True
         for top, left in zip(sp.top[sp.photo == k], sp.left[sp.photo == k]):
@@ -73,6 +73,14 @@ def test_train_and_test_regions_are_disjoint_exhaustively():
         assert np.all((cell_r + cell_c) % 2 == parity)
     train_bytes = {row.tobytes() for row in np.asarray(train).reshape(n_train, -1)}
     assert not any(row.tobytes() in train_bytes for row in np.asarray(test).reshape(n_test, -1))
+
+
+def test_load_photo_bad_inputs():
+    with pytest.raises(ValueError, match="^name: expected one of astronaut"):
+        load_photo("lena")
+    with pytest.raises(ValueError, match="^factor:"):
+        load_photo("coffee", 0)
+    assert not load_photo("coffee", 8).flags.writeable  # the cached array cannot be changed by a caller
 
 
 def test_photo_crops_bad_inputs():

@@ -238,7 +238,7 @@ def test_photo_patch_spectrum(x64):
     from pifs_jax import data
 
     spec = h.photo_patch_spectrum(downsample=16, patch_size=2, stride=1)
-    ref = h.measured_patch_variances([data._photo_scaled(n, 16) for n in data.PHOTO_NAMES], 2, stride=1)
+    ref = h.measured_patch_variances([data.load_photo(n, 16) for n in data.PHOTO_NAMES], 2, stride=1)
     np.testing.assert_array_equal(spec.eigenvalues, ref.eigenvalues)
     assert spec.eigenvalues.shape == (12,)
     assert 0.1 < spec.mean_variance < 0.4  # photographs on [-1, 1]
