@@ -215,7 +215,7 @@ def test_resolution_shift_photographs(resolution_shift):
     # recompute one point: d = 64 (downsample 8), 2x2x3 windows at every position
     windows = []
     for name in data.PHOTO_NAMES:
-        image = np.asarray(data._photo_scaled(name, 8))
+        image = np.asarray(data.load_photo(name, 8))
         h, w, _ = image.shape
         windows += [image[i : i + 2, j : j + 2].reshape(-1) for i in range(h - 1) for j in range(w - 1)]
     lead = np.linalg.eigvalsh(np.cov(np.array(windows), rowvar=False))[-1]
