@@ -14,15 +14,18 @@ patches ``k`` and ``j`` (theory.md section 6) and line up with the Jacobian bloc
         h = h + a1 * MHSA(LN(h) (1 + g1) + s1)
         h = h + a2 * MLP(LN(h) (1 + g2) + s2)                             MLP: D -> rD -> D, GELU
     (s, g) = Dense(2D)(silu(c));  out = Dense(p^2 F)(LN(h) (1 + g) + s)   (B, M, p^2 F)
-    eps = Conv3x3(C)(unpatchify(out))             (B, H, W, C)
+    u = unpatchify(out)                           (B, H, W, F)
+    u = u + Conv3x3(F)(silu(u));  eps = Conv3x3(C)(silu(u))                (B, H, W, C)
 
 The decoder (``decoder_features = F > 0``, default 16) unpatchifies ``F`` features per pixel
-and mixes them with one ``3 x 3`` convolution, as U-ViT does (Bao et al. 2023, "All are worth
-words", its extra convolution after the patch-to-image projection): a purely linear per-token
+and mixes them with two ``3 x 3`` convolutions (a residual one, then the output one), in the
+manner of U-ViT (Bao et al. 2023, "All are worth words", its extra convolution after the
+patch-to-image projection; one convolution left the quick model's straddling-patch distance
+at 98.9 % of the gap, just below the 99 % "useful" bar; two reach 99.02 %): a purely linear per-token
 decoder (``F = 0``: ``out = Dense(n_k)``, ``eps = unpatchify(out)``, the original DiT) writes
 each patch on its own, and the quick model's samples then show seams at every patch border
 (the straddling-patch Frechet distance of :mod:`pifs_jax.models.quality` is ~12x that of real
-crops). The convolution couples only pixels within one pixel of a border; tokens are still
+crops). The convolutions couple only pixels within two pixels of a border; tokens are still
 exactly the PIFS patches and attention is still their pairing.
 
 LayerNorms carry no affine parameters (the modulation supplies them). adaLN-zero: the
@@ -110,8 +113,8 @@ class PatchTransformer(nn.Module):
       num_heads: attention heads.
       mlp_ratio: MLP hidden width ``/ D``.
       pos_embedding: ``"learned"`` (``(M, D)`` parameter, N(0, 0.02^2) init) or ``"sincos"`` (fixed 2-D).
-      decoder_features: ``F``: features per pixel mixed by the final ``3 x 3`` convolution; 0 =
-        the plain linear per-patch decoder of DiT.
+      decoder_features: ``F``: features per pixel mixed by the two final ``3 x 3`` convolutions;
+        0 = the plain linear per-patch decoder of DiT.
 
     Call: ``apply({"params": p}, x (B, H, W, C), t (B,) int, return_attention=False)`` ->
     ``eps (B, H, W, C)`` or ``(eps, {"block{i}": weights (B, heads, M, M)})``.
