@@ -1,6 +1,6 @@
 """Benchmark: the design criteria's value and gradient, and a 500-iteration schedule optimisation.
 
-Writes benchmarks/out/criteria.json (or --out). Targets (issue 4), on the 2-core CPU:
+Writes benchmarks/out/criteria.json (or --out). Targets, on the 2-core CPU:
 
 - value and gradient of each criterion for T = 1000 in one jitted call: under 5 ms after compilation
   (gradient with respect to the 16 logits of a logSNR spline, i.e. through the schedule

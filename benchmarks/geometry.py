@@ -1,6 +1,6 @@
 """Benchmark: model-free geometry of a 1000-step schedule, value and gradient, compile once.
 
-Writes benchmarks/out/geometry.json (or --out). Targets (issue 2): each call under 2 ms on the
+Writes benchmarks/out/geometry.json (or --out). Targets: each call under 2 ms on the
 2-core CPU after compilation, and no recompilation when only parameter values change.
 
     python benchmarks/geometry.py [--T 1000] [--repeats 300] [--out benchmarks/out/geometry.json]

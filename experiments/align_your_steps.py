@@ -1,4 +1,4 @@
-"""Align Your Steps versus the balanced-workload grid (design criterion 3, theory.md section 9).
+"""Align Your Steps versus the balanced-workload grid (design criterion 3, docs/theory.md section 9).
 
 The paper claims that Align Your Steps (Sabour et al. 2024) approximately solves criterion 3:
 place the sampling steps where ``L*_t`` is smallest so that each does an equal share of the
@@ -43,7 +43,7 @@ TITLE = "Align Your Steps versus the balanced-workload grid (criterion 3)"
 
 T = 1000
 NUM_STEPS = 10
-#: The published lists (diffusers indexing), theory.md section 9.
+#: The published lists (diffusers indexing), docs/theory.md section 9.
 PAPER = {"AYS_SD15": list(pj.AYS_SD15), "AYS_SDXL": list(pj.AYS_SDXL)}
 #: Exponents scanned for the density ``L*^-p`` fitted to each AYS list.
 EXPONENTS = np.round(np.arange(0.0, 1.5001, 0.01), 2)
@@ -173,7 +173,7 @@ def _markdown(results: dict[str, Any]) -> str:
     return (
         "Stable Diffusion's `scaled_linear` schedule, T = 1000, 10 sampling steps (float64). The criterion-3 "
         "grid equalises the contraction work `W_i = Σ_{τ_{i-1} < u ≤ τ_i} 1/L*_u` (the definition is ours; "
-        "theory.md leaves the objective open). It comes from gradient descent on the continuous relaxation "
+        "docs/theory.md leaves the objective open). It comes from gradient descent on the continuous relaxation "
         f"(relaxed CV {opt['relaxed_cv']:.1e}; largest difference to the closed-form optimum "
         f"{opt['max_abs_difference_to_closed_form']:.2e} steps) rounded to integers (CV {opt['cv']:.4f}, "
         f"uniform grid: {opt['uniform_cv']:.3f}). Distances are over τ_1..τ_10; `CV(W)` is each grid's own "

@@ -1,6 +1,6 @@
 """Attractor dimension of the DDIM chain: analytic versus measured Lyapunov spectra.
 
-Two parts (theory.md sections 5 and 6), everything in float64:
+Two parts (docs/theory.md sections 5 and 6), everything in float64:
 
 **(a) Gaussian data whose variances straddle ``lambda**``.** Data ``N(0, U diag(lambda) U^T)`` on
 ``4 x 4 x 2`` images (``n = 32``) with ``lambda`` log-spaced over ``[0.03, 3.2]`` and ``U`` a random
@@ -62,7 +62,7 @@ from pifs_jax.results import write_result_json
 NAME = "attractor_dimension"
 TITLE = "Attractor dimension: analytic vs measured Lyapunov spectra; the attractor of the empirical-optimal denoiser"
 
-#: What the paper (theory.md sections 5 and 6) states, for the comparison table.
+#: What the paper (docs/theory.md sections 5 and 6) states, for the comparison table.
 PAPER = {
     "gaussian_spectrum": (
         "chain Jacobian U diag(prod_t f_t(lambda_i)) U^T, Lambda(lambda) = (1/N) sum_t log f_t(lambda)"

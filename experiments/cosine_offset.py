@@ -1,4 +1,4 @@
-"""Cosine offset ``s`` as a weakest-link heuristic (theory.md section 9, criterion 1).
+"""Cosine offset ``s`` as a weakest-link heuristic (docs/theory.md section 9, criterion 1).
 
 Nichol & Dhariwal (2021) add an offset ``s`` to the cosine schedule,
 ``alpha_bar(t) = f(t/T)/f(0)``, ``f(u) = cos^2((u + s)/(1 + s) pi/2)``, and chose ``s = 0.008`` "such that

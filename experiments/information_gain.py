@@ -1,6 +1,6 @@
 """The information-gain table: how evenly linear and cosine chains add information and dimension.
 
-theory.md section 8, criterion 2: uniform per-step information gain ``IG_t`` is equivalent to
+docs/theory.md section 8, criterion 2: uniform per-step information gain ``IG_t`` is equivalent to
 uniform per-step dimension growth ``Delta d_t`` (Cauchy-Schwarz, "nearly tight in practice");
 the paper reports for the 1000-step chains CV(IG) 1.107 (linear) vs 0.867 (cosine), CV(|Delta d|)
 0.836 vs 0.570 and Spearman(IG, Delta d) about 0.9999.

@@ -1,4 +1,4 @@
-"""Min-SNR-gamma weighting as a balancing heuristic (theory.md section 9, criterion 2).
+"""Min-SNR-gamma weighting as a balancing heuristic (docs/theory.md section 9, criterion 2).
 
 Hang et al. (2023) weight the eps-prediction loss of timestep ``t`` by
 ``w_t = min(SNR_t, gamma)/SNR_t`` (:func:`pifs_jax.heuristics.min_snr_weights`), ``gamma = 5``. The

@@ -1,6 +1,6 @@
 """The resolution logSNR shift: what the Moran equation keeps, and what real photographs say.
 
-theory.md section 9: "scaling patch variances ``lambda -> c lambda`` is compensated by shifting
+docs/theory.md section 9: "scaling patch variances ``lambda -> c lambda`` is compensated by shifting
 logSNR by ``-log c`` (the Moran threshold scales with ``c``); measured patch variances of real
 images versus resolution justify ``2 log(64/d)``" (simple diffusion, Hoogeboom et al. 2023).
 

@@ -1,6 +1,6 @@
 """Schedule geometry of the paper's chains: contraction thresholds, lambda** and the cosine offset.
 
-Model-free quantities (theory.md sections 4 and 9) for the 1000-step training chains of the
+Model-free quantities (docs/theory.md sections 4 and 9) for the 1000-step training chains of the
 linear (DDPM), cosine ``s = 0`` and cosine ``s = 0.008`` schedules, and for the 50-step DDIM
 chain on the cosine ``s = 0`` schedule (``tau_i = 20 i``):
 
@@ -35,7 +35,7 @@ from pifs_jax.results import write_result_json
 NAME = "schedule_geometry"
 TITLE = "Schedule geometry: contraction thresholds L*_t, Moran threshold lambda** and the cosine offset"
 
-#: Values the paper reports (theory.md sections 4 and 9).
+#: Values the paper reports (docs/theory.md sections 4 and 9).
 PAPER = {
     "lambda_star_star_1000_step": 1.0024,
     "cosine_offset_gain": 4.0,  # "about four-fold"

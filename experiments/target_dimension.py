@@ -1,6 +1,6 @@
 """End to end: design a schedule through the measured Lyapunov spectrum to reach a target dimension.
 
-Issue 4, part 3. The schedule is optimised by gradients that flow through the DDIM chain and the
+Beyond the paper (docs/theory.md section 10). The schedule is optimised by gradients that flow through the DDIM chain and the
 *measured* finite-time Lyapunov spectrum (:func:`pifs_jax.lyapunov.chain_lyapunov_spectrum`: the
 singular values of the chain Jacobian along a trajectory, per step), not through the analytic
 formula: the loss is ``(d_KY - target)^2`` with ``d_KY`` the Kaplan-Yorke dimension of the
@@ -178,12 +178,12 @@ def _markdown(results: dict[str, Any]) -> str:
     reached = all(r["error"] < tolerance for r in runs.values())
     agree = all(a["max_abs_dimension_difference"] < 1e-8 for a in results["agreement"].values())
     comparison = markdown_table(
-        ["claim", "paper / issue", "ours", "agreement"],
+        ["claim", "source", "ours", "agreement"],
         [
-            ("gradients through ddim_chain and the measured spectrum reach a target d_KY", "issue 4, part 3",
+            ("gradients through ddim_chain and the measured spectrum reach a target d_KY", "beyond the paper (docs/theory.md section 10)",
              f"largest |d_KY - target| {max(r['error'] for r in runs.values()):.1e} (tolerance {tolerance:g})",
              "yes" if reached else "NO"),
-            ("for Gaussian data the measured route equals the analytic one", "theory.md section 5",
+            ("for Gaussian data the measured route equals the analytic one", "docs/theory.md section 5",
              f"largest difference {max(a['max_abs_dimension_difference'] for a in results['agreement'].values()):.1e}",
              "yes" if agree else "NO"),
         ],

@@ -16,7 +16,7 @@ import numpy as np
 
 DESCRIPTION = """\
 Optimise a noise schedule, or a sampling grid, for one of the paper's three design criteria
-(theory.md section 8) by gradient descent (optax Adam, one compiled update step).
+(docs/theory.md section 8) by gradient descent (optax Adam, one compiled update step).
 
   weakest-link     maximise the smooth minimum of L*_t = (sigma_s + a_t sigma_t)/(1 + a_t)
                    (loss -log softmin L*, temperature --temperature in nats); the minimum is

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 DESCRIPTION = """\
-Train a noise predictor epshat(x_t, t) by denoising score matching (theory.md section 7:
+Train a noise predictor epshat(x_t, t) by denoising score matching (docs/theory.md section 7:
 the eps-loss is the PIFS collage error up to the weighting), with AdamW and EMA weights.
 
   loss      E w_t ||epshat(x_t, t) - eps||^2 / n, x_t = sqrt(ab_t) x_0 + sigma_t eps

@@ -542,7 +542,7 @@ register_subcommand(
 )
 
 
-# ============================================================================ optimize (issue 4)
+# ============================================================================ optimize
 # Options and work live in pifs_jax/_optimize_command.py; only the registration is here.
 
 from pifs_jax import _optimize_command  # noqa: E402  (light: no JAX at import)
@@ -559,7 +559,7 @@ register_subcommand(
 )
 
 
-# ============================================================================ train (issue 5)
+# ============================================================================ train
 # Options and work live in pifs_jax/_train_command.py; only the registration is here.
 
 from pifs_jax import _train_command  # noqa: E402  (light: no JAX at import)

@@ -1,4 +1,4 @@
-"""The paper's three schedule-design criteria as differentiable objectives (theory.md section 8).
+"""The paper's three schedule-design criteria as differentiable objectives (docs/theory.md section 8).
 
 Every function here is pure, runs under ``jax.jit`` and is differentiable with respect to the
 schedule's leaves (and, for criterion 3, the continuous grid positions); inputs are validated at
@@ -11,7 +11,7 @@ the boundary when they are concrete.
    minimum *always* sits at the finest step, on every grid. Criterion 1 alone therefore only asks
    for noise early (a large ``sigma_{tau_1}``); within a family with fixed logSNR end points it
    pushes the schedule's whole early drop into the first training steps, and it is meant to be
-   combined with another criterion (criteria 1 and 2 conflict, theory.md section 8).
+   combined with another criterion (criteria 1 and 2 conflict, docs/theory.md section 8).
 2. **Balanced dimension growth** (:func:`growth_balance`): the spread over steps of the per-step
    Kaplan-Yorke growth ``Delta d_t`` and of the information gain ``IG_t``
    (:func:`pifs_jax.geometry.dimension_growth`, :func:`pifs_jax.geometry.information_gain`).
@@ -39,7 +39,7 @@ Definitions the paper leaves OPEN, and the choices made here (also in the README
   work density ``w_u``; a sampling step ``tau_{i-1} -> tau_i`` does the work of the training steps
   it replaces, ``W_i = sum_{tau_{i-1} < u <= tau_i} w_u``. Default ``"inverse_threshold"``:
   ``w_u = 1/L*_u`` (the one-step thresholds of the full chain), i.e. ``W_i = integral of dt/L*(t)``
-  over the step. Why: theory.md asks for steps placed "where ``L*_t`` is smallest so each does an
+  over the step. Why: docs/theory.md asks for steps placed "where ``L*_t`` is smallest so each does an
   equal share of the contraction work (a step density governed by ``sigma_t``)"; a training step
   is the harder to contract the smaller its threshold (the denoiser must be ``1/L*_u``-times
   smoother than a unit-Lipschitz one), so ``1/L*_u ~ 1/sigma_u`` is its difficulty, and equal
@@ -253,7 +253,7 @@ def work_density(sched: Schedule, *, kind: str = "inverse_threshold") -> jax.Arr
       (``L*_u = (sigma_{u-1} + a_u sigma_u)/(1 + a_u) ~ sigma_u``).
     - ``"score_coefficient"``: ``w_u = |b_u| = (a_u - 1)/L*_u``.
 
-    See the module notes for why (theory.md leaves the workload objective open).
+    See the module notes for why (docs/theory.md leaves the workload objective open).
     """
     _check_schedule(sched)
     _check_kind(kind)

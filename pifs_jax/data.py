@@ -29,7 +29,7 @@ the first :data:`DIGITS_TRAIN` ``= 1437`` (80 %) images are train, the remaining
 
 **Synthetic** data with known optimal denoisers (:mod:`pifs_jax.denoisers`):
 :func:`gaussian_patch_data` (independent Gaussian patches with prescribed per-patch variances
-or spectra: the block-diagonal model of theory.md section 6, for
+or spectra: the block-diagonal model of docs/theory.md section 6, for
 :func:`~pifs_jax.denoisers.gaussian_denoiser_patches`) and :func:`gaussian_mixture_data`
 (for :func:`~pifs_jax.denoisers.gaussian_mixture_denoiser`).
 

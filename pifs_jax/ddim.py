@@ -1,6 +1,6 @@
 """The DDIM reverse chain as a pure, jitted JAX program.
 
-One step ``t = tau_i -> s = tau_{i-1}`` (theory.md section 3):
+One step ``t = tau_i -> s = tau_{i-1}`` (docs/theory.md section 3):
 
 ``x_s = a_t x_t + b_t epshat(x_t, t)``  (deterministic, ``eta = 0``), with the coefficients of
 :func:`pifs_jax.geometry.step_coefficients`. With ``eta > 0`` (Song et al. 2021, eq. 12):

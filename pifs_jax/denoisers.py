@@ -6,13 +6,13 @@ coordinates ``n``; the output has ``x``'s shape and dtype) and ``t`` the integer
 package's convention (``alpha_bar[t]``; may be traced). Each is the MMSE noise predictor
 ``E[eps | x_t = x]`` for the forward process ``x_t = sqrt(ab_t) x_0 + sigma_t eps``:
 
-- Gaussian data ``N(mu, Sigma)`` (theory.md section 4):
+- Gaussian data ``N(mu, Sigma)`` (docs/theory.md section 4):
   ``eps^G_t(x) = sigma_t (ab_t Sigma + sigma_t^2 I)^{-1} (x - sqrt(ab_t) mu)
   = U diag(sigma_t / (ab_t lambda_i + sigma_t^2)) U^T (x - sqrt(ab_t) mu)`` with
   ``Sigma = U diag(lambda) U^T``. The eigendecomposition is done once, at construction, so a call
   costs two ``n x n`` matrix-vector products; :func:`gaussian_denoiser` (full covariance),
   :func:`gaussian_denoiser_eig` (given eigenpairs) and :func:`gaussian_denoiser_patches`
-  (block-diagonal by ``p x p x C`` patch, theory.md section 6).
+  (block-diagonal by ``p x p x C`` patch, docs/theory.md section 6).
 - Gaussian mixtures (:func:`gaussian_mixture_denoiser`): responsibilities by log-sum-exp.
 - A finite data set (:func:`empirical_denoiser`): the optimal denoiser is a softmax attention
   over the data, ``w = softmax(-||x - sqrt(ab_t) x0_m||^2 / (2 sigma_t^2))``,
@@ -435,7 +435,7 @@ def empirical_denoiser(sched: Schedule, data: Any, *, return_weights: bool = Fal
     ``w_m = softmax_m(-||x - sqrt(ab_t) x0_m||^2 / (2 sigma_t^2))``,
     ``eps_t(x) = (x - sqrt(ab_t) sum_m w_m x0_m) / sigma_t``.
 
-    Queries are the noisy sample, keys ``sqrt(ab_t) x0_m``, values the data (theory.md section 6:
+    Queries are the noisy sample, keys ``sqrt(ab_t) x0_m``, values the data (docs/theory.md section 6:
     the exact denoiser of a training set is an attention layer). The softmax subtracts its maximum
     (log-sum-exp), so ``x`` arbitrarily far from the data gives finite weights; squared distances
     are formed from differences, which keeps the logits accurate at small ``sigma_t``. Cost

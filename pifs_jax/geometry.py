@@ -1,7 +1,7 @@
 """Model-free geometry of the DDIM chain: everything computed from the schedule alone.
 
 For a sampling step ``t = tau_i -> s = tau_{i-1}`` the deterministic DDIM map is
-``Phi_t(x) = a_t x + b_t epshat(x, t)`` (theory.md section 3) with
+``Phi_t(x) = a_t x + b_t epshat(x, t)`` (docs/theory.md section 3) with
 
 - ``a_t = sqrt(alpha_bar_s / alpha_bar_t) > 1``, ``a_t - 1 = expm1((log ab_s - log ab_t)/2)``;
 - ``b_t = sigma_s - a_t sigma_t = (1 - a_t^2) / (sigma_s + a_t sigma_t) < 0``.
@@ -295,7 +295,7 @@ def information_gain(sched: Schedule, variances: Any, sizes: Any | None = None, 
 def dimension_growth(sched: Schedule, variances: Any, sizes: Any | None = None, grid: Any = None) -> jax.Array:
     """Per-step growth ``Delta d_t`` of the Kaplan-Yorke dimension, shape ``(N,)``.
 
-    Definition (theory.md section 8 leaves it open): the step's share of the Kaplan-Yorke numerator,
+    Definition (docs/theory.md section 8 leaves it open): the step's share of the Kaplan-Yorke numerator,
     ``Delta d_t = sum_{k: lambda_k > lambda**} n_k log f_t(lambda_k) / (N |Lambda_{k*}|)`` with
     ``Lambda_{k*}`` the per-step exponent of the least-contracting patch. Then ``sum_t Delta d_t`` is
     the fractional part of the paper's patch form ``d_KY - N+``, and ``Delta d_t`` is linear in

@@ -1,4 +1,4 @@
-"""The four popular schedule heuristics as computable objects (theory.md section 9).
+"""The four popular schedule heuristics as computable objects (docs/theory.md section 9).
 
 Helpers for the experiments that test the paper's claim that cosine offset, resolution logSNR
 shift, Min-SNR-gamma weighting and Align Your Steps are approximate solutions of its design

@@ -4,7 +4,7 @@ Reading: :func:`from_diffusers_config` turns a scheduler config (a dict, a JSON 
 folder holding ``scheduler_config.json``) into a :class:`~pifs_jax.schedules.Schedule` with the
 same ``alpha_bar`` diffusers builds, and :func:`diffusers_config_grid` gives the sampling grid
 ``DDIMScheduler.from_config(config).set_timesteps(N)`` would walk, in this package's indexing
-(diffusers timestep ``k`` is our ``t = k + 1``; theory.md section 1).
+(diffusers timestep ``k`` is our ``t = k + 1``; docs/theory.md section 1).
 
 Writing: :func:`to_diffusers_config` / :func:`save_diffusers_config` export any Schedule as a
 ``DDIMScheduler`` config whose ``trained_betas`` reproduce it (``beta_t = -expm1(diff(log
@@ -23,7 +23,7 @@ Which keys mean what (the three sets below are exported as :data:`SCHEDULE_KEYS`
   ``steps_offset`` (default 0, used by ``leading`` only, as in diffusers) and
   ``set_alpha_to_one`` (default ``true``). ``set_alpha_to_one: false`` makes diffusers' last DDIM
   step land on ``alphas_cumprod[0]`` (our ``t = 1``) instead of ``alpha_bar = 1``; this package's
-  chains always end on ``tau_0 = 0`` (theory.md section 1), so :func:`diffusers_config_grid`
+  chains always end on ``tau_0 = 0`` (docs/theory.md section 1), so :func:`diffusers_config_grid`
   rejects it (the training-grid schedule does not depend on it, so :func:`from_diffusers_config`
   accepts it). Stable Diffusion's published PNDM config carries ``set_alpha_to_one: false``; pass
   ``{**config, "set_alpha_to_one": True}`` to get its DDIM grid ending on clean data.

@@ -1,13 +1,13 @@
 """Jacobians of DDIM steps and chains, their patch-block structure and the suppression field.
 
 One step ``Phi_t(x) = a_t x + b_t epshat(x, t)`` has Jacobian ``J Phi_t = a_t I + b_t J_x epshat(x, t)``
-(theory.md section 3). Here ``J`` always means the Jacobian of the *flattened* map
+(docs/theory.md section 3). Here ``J`` always means the Jacobian of the *flattened* map
 ``R^n -> R^n`` (row-major flattening of the sample's shape), so ``J[i, j] = d Phi_i / d x_j``.
 
 - Dense: :func:`step_jacobian`, :func:`ddim_step_jacobian`, :func:`chain_jacobian` (``jax.jacfwd``;
   ``n`` forward tangents, memory ``n^2``).
 - Matrix-free: :func:`step_jvp`, :func:`step_vjp` (``jax.jvp`` / ``jax.vjp``, never form ``J``).
-- Patch blocks (theory.md section 6): with the image cut into ``M`` patches of ``n_k = p^2 C``
+- Patch blocks (docs/theory.md section 6): with the image cut into ``M`` patches of ``n_k = p^2 C``
   coordinates (:mod:`pifs_jax.patches`), ``[J]_{kj}`` is the ``n_k x n_k`` block mapping patch
   ``j`` of the input to patch ``k`` of the output. :func:`block_norms` (exact, from ``J``) and
   :func:`block_norms_matrix_free` (block power iteration with JVP/VJP) give the spectral norms
@@ -203,9 +203,9 @@ class BlockNorms(NamedTuple):
     With ``N_kj = ||[J]_{kj}||_2``, ``kappa_k = N_kk`` and ``delta_k = sum_{j != k} N_kj``: for the
     linearised step, ``||(J h)_k||_2 <= (kappa_k + delta_k) max_j ||h_j||_2``, so patch ``k``'s
     per-patch margin ``m_k = 1 - (kappa_k + delta_k)`` is positive iff its output block row is a
-    contraction in the block max-norm ``max_j ||h_j||_2``. The (PC) criterion of theory.md
+    contraction in the block max-norm ``max_j ||h_j||_2``. The (PC) criterion of docs/theory.md
     (``kappa_diag + delta_cross < 1``, maxima taken separately) implies ``min_k m_k > 0``.
-    theory.md leaves the paper's aggregation over patches OPEN, so both the maximum (the (PC)
+    docs/theory.md leaves the paper's aggregation over patches OPEN, so both the maximum (the (PC)
     form) and the mean over patches are reported.
     """
 
@@ -261,7 +261,7 @@ def block_norms(J: Any, image_shape: Any, patch_size: int) -> BlockNorms:
     """Exact spectral norms of the patch blocks of ``J`` and their summaries (:class:`BlockNorms`).
 
     ``N_kj = ||[J]_{kj}||_2`` (largest singular value, by SVD);
-    ``kappa_diag = max_k N_kk``, ``delta_cross = max_k sum_{j != k} N_kj`` (theory.md section 6).
+    ``kappa_diag = max_k N_kk``, ``delta_cross = max_k sum_{j != k} N_kj`` (docs/theory.md section 6).
 
     Args:
       J: Jacobian of the flattened image map, shape ``(n, n)`` (e.g. :func:`ddim_step_jacobian`).
@@ -452,7 +452,7 @@ def suppression_field(
     Gaussian baseline (e.g. :func:`pifs_jax.denoisers.gaussian_denoiser_patches`), ``v_k`` the
     leading eigenvector of patch ``k``'s covariance (:func:`leading_eigenvectors`; unit norm, sign
     irrelevant). The diagonal block of the step along ``v_k`` is then
-    ``<v_k, [J Phi_t]_kk v_k> = f_t(lambda_k) - S_{k,t}`` when ``b_t < 0`` (theory.md section 6):
+    ``<v_k, [J Phi_t]_kk v_k> = f_t(lambda_k) - S_{k,t}`` when ``b_t < 0`` (docs/theory.md section 6):
     ``S > 0`` means the denoiser suppresses the expansion of the Gaussian baseline.
 
     Computed with ``M`` JVPs of ``Delta_t`` (``v_k`` embedded in patch ``k``, output restricted to

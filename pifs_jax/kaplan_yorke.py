@@ -1,6 +1,6 @@
 """Kaplan-Yorke (Lyapunov) dimension from a Lyapunov spectrum.
 
-General rule (theory.md section 5): sort the exponents in descending order, let ``j`` be the
+General rule (docs/theory.md section 5): sort the exponents in descending order, let ``j`` be the
 largest index with ``S_j = sum_{i<=j} Lambda_i >= 0``; then ``D = j + S_j / |Lambda_{j+1}|``,
 ``D = 0`` if ``Lambda_1 < 0`` and ``D = n`` if every partial sum is non-negative.
 

@@ -1,6 +1,6 @@
 """Lyapunov spectra: asymptotic (autonomous maps) and finite-time (the DDIM chain).
 
-Two different objects (theory.md section 5):
+Two different objects (docs/theory.md section 5):
 
 **Autonomous maps** ``x_{i+1} = F(x_i)`` iterated for a long time have the asymptotic spectrum
 ``Lambda_j = lim_{N->inf} (1/N) log sigma_j(DF(x_{N-1}) ... DF(x_0))``, estimated by Benettin's QR

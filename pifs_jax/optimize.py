@@ -87,7 +87,7 @@ __all__ = [
     "load_checkpoint",
 ]
 
-#: The three design criteria (theory.md section 8), as accepted by :func:`schedule_objective`.
+#: The three design criteria (docs/theory.md section 8), as accepted by :func:`schedule_objective`.
 CRITERIA = ("weakest_link", "balanced_growth", "workload")
 #: Learnable families of :func:`schedule_family`.
 FAMILIES = ("spline", "network", "cosine_offset", "logsnr_shift")

@@ -1,4 +1,4 @@
-"""Partition of an image into non-overlapping ``p x p x C`` patches (theory.md section 6).
+"""Partition of an image into non-overlapping ``p x p x C`` patches (docs/theory.md section 6).
 
 An image of shape ``(H, W, C)`` is cut into ``M = (H/p)(W/p)`` patches, numbered in row-major
 order over the patch grid (patch ``k`` sits at patch-row ``k // (W/p)``, patch-column

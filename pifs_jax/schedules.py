@@ -8,7 +8,7 @@ which a float32 ``alpha_bar`` of ``0.9999`` only knows to three digits, while a 
 cancellation-free expressions (``log1p``, ``expm1``, ``softplus``), so float32 and float64
 agree to ~1e-6 relative on every derived quantity, down to logSNR -20.
 
-Conventions (theory.md section 1): ``alpha_bar[0] = 1``; ``alpha_bar[t] = prod_{s<=t}(1 - beta_s)``;
+Conventions (docs/theory.md section 1): ``alpha_bar[0] = 1``; ``alpha_bar[t] = prod_{s<=t}(1 - beta_s)``;
 diffusers' ``alphas_cumprod[i]`` is our ``alpha_bar[i+1]``.
 
 A schedule also stores its per-step gaps ``g_t = log alpha_bar_{t-1} - log alpha_bar_t =
@@ -548,7 +548,7 @@ def shift_log_snr(sched: Schedule, shift: Any) -> Schedule:
 
     ``alpha_bar_0 = 1`` is kept. ``shift`` may be a tracer. The logSNR decrements do not change
     under a shift (:func:`log_snr_decrements`), so the new gaps are as exact as the old. Scaling
-    all data variances by ``c`` is compensated by ``shift = -log c`` (theory.md section 9);
+    all data variances by ``c`` is compensated by ``shift = -log c`` (docs/theory.md section 9);
     simple diffusion's resolution rule is :func:`resolution_shift`.
     """
     if is_concrete(shift) and not np.all(np.isfinite(np.asarray(shift))):

@@ -1,4 +1,4 @@
-"""The schedule-design experiments: Align Your Steps (criterion 3) and the target dimension (issue 4, part 3)."""
+"""The schedule-design experiments: Align Your Steps (criterion 3) and the target dimension reached through the measured spectrum."""
 
 from __future__ import annotations
 

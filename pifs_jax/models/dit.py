@@ -5,7 +5,7 @@ flax linen (parameters are a plain pytree; see :mod:`pifs_jax.models.common` for
 The image ``(H, W, C)`` is cut by :func:`pifs_jax.patches.patchify` into ``M = HW/p^2`` range
 blocks of ``n_k = p^2 C`` coordinates, in the package's patch order; token ``k`` **is** patch
 ``k``, so the self-attention weights ``A[k, j]`` are a soft range-domain pairing between
-patches ``k`` and ``j`` (theory.md section 6) and line up with the Jacobian blocks ``[J]_kj``::
+patches ``k`` and ``j`` (docs/theory.md section 6) and line up with the Jacobian blocks ``[J]_kj``::
 
     tokens = Dense(D)(patchify(x)) + pos          (B, M, D); pos learned (M, D) or fixed 2-D sin-cos
     c = Dense(D)(silu(Dense(D)(sinusoid(t, D))))  (B, D)   time conditioning, raw integer t

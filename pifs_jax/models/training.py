@@ -1,6 +1,6 @@
 """Training eps-predictors by denoising score matching, read as PIFS collage minimisation.
 
-**Loss** (theory.md section 7). With ``x_t = sqrt(ab_t) x_0 + sigma_t eps``, ``eps ~ N(0, I)``,
+**Loss** (docs/theory.md section 7). With ``x_t = sqrt(ab_t) x_0 + sigma_t eps``, ``eps ~ N(0, I)``,
 ``t`` drawn uniformly from a support set and ``n = H W C``:
 
 ``L = E_{x_0, t, eps} [ w_t ||epshat(x_t, t) - eps||^2 / n ]``
@@ -234,7 +234,7 @@ class TrainConfig:
         return dataclasses.replace(self, patch_size=side // 4)
 
 
-#: Presets. ``quick``: a useful 16x16 model on a 2-core CPU in under 10 minutes (README, issue 5).
+#: Presets. ``quick``: a useful 16x16 model on a 2-core CPU in under 10 minutes (see the training guide).
 #: ``full``: 32x32 crops, 8x8 patches (16 patches of 192 coordinates), DiT-sized for a GPU.
 _PRESETS: dict[str, dict[str, Any]] = {
     "quick": dict(size="quick", data="photos16", num_train=4096, num_test=1024, steps=4000, batch_size=64,
