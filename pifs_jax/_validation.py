@@ -13,6 +13,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pifs_jax.errors import ArgumentError
+
+
+def check_instance(value: Any, expected: type, *, name: str, what: str | None = None) -> None:
+    """Require ``isinstance(value, expected)``; ``what`` names the expected kind in the message."""
+    if not isinstance(value, expected):
+        kind = what or expected.__name__
+        raise ArgumentError(name, f"expected a {kind}, got {type(value).__name__}")
+
 
 def is_concrete(*values: Any) -> bool:
     """True when no leaf of ``values`` is a JAX tracer (i.e. we are not inside a transform)."""

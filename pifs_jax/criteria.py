@@ -65,7 +65,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pifs_jax._validation import check_positive_int, describe, is_concrete
+from pifs_jax._validation import check_instance, check_positive_int, describe, is_concrete
 from pifs_jax.geometry import contraction_threshold, dimension_growth, information_gain, step_coefficients
 from pifs_jax.grids import as_grid
 from pifs_jax.schedules import Schedule
@@ -87,11 +87,6 @@ __all__ = [
 
 #: Definitions of the per-training-step contraction work ``w_u`` (criterion 3).
 WORK_KINDS = ("inverse_threshold", "score_coefficient")
-
-
-def _check_schedule(sched: Any) -> None:
-    if not isinstance(sched, Schedule):
-        raise ValueError(f"sched: expected a pifs_jax Schedule, got {type(sched).__name__}")
 
 
 def coefficient_of_variation(x: Any, axis: int = -1) -> jax.Array:
@@ -152,7 +147,7 @@ def weakest_link(
       >>> wl = weakest_link(cosine(1000))
       >>> float(wl.min), float(wl.soft_min)      # both 3.2e-3 (float32), at the finest step
     """
-    _check_schedule(sched)
+    check_instance(sched, Schedule, name="sched", what="pifs_jax Schedule")
     if is_concrete(temperature) and not (np.isfinite(float(temperature)) and float(temperature) > 0):
         raise ValueError(f"temperature: must be finite and > 0, got {temperature!r}")
     lstar = contraction_threshold(sched, grid)
@@ -219,7 +214,7 @@ def growth_balance(sched: Schedule, variances: Any, sizes: Any | None = None, gr
       :class:`GrowthBalance`. If no patch expands (every ``lambda_k <= lambda**``) ``Delta d = 0``
       and its CV is reported as 0.
     """
-    _check_schedule(sched)
+    check_instance(sched, Schedule, name="sched", what="pifs_jax Schedule")
     g = as_grid(grid, sched.T)
     if np.shape(g)[0] < 4:
         raise ValueError(
@@ -255,7 +250,7 @@ def work_density(sched: Schedule, *, kind: str = "inverse_threshold") -> jax.Arr
 
     See the module notes for why (docs/theory.md leaves the workload objective open).
     """
-    _check_schedule(sched)
+    check_instance(sched, Schedule, name="sched", what="pifs_jax Schedule")
     _check_kind(kind)
     lstar = contraction_threshold(sched)
     if kind == "inverse_threshold":
@@ -296,7 +291,7 @@ def step_work(sched: Schedule, times: Any, *, kind: str = "inverse_threshold") -
     the exact sum of ``w_u`` over the training steps the sampling step replaces) or real times.
     Differentiable in the schedule and in ``times``.
     """
-    _check_schedule(sched)
+    check_instance(sched, Schedule, name="sched", what="pifs_jax Schedule")
     _check_times(times, sched.T)
     cumulative = cumulative_work(sched, kind=kind)
     t = jnp.asarray(times, dtype=cumulative.dtype)
@@ -353,7 +348,7 @@ def equal_work_times(
       last: ``t_N`` (default ``T``).
       kind: one of :data:`WORK_KINDS`.
     """
-    _check_schedule(sched)
+    check_instance(sched, Schedule, name="sched", what="pifs_jax Schedule")
     num_steps = check_positive_int(num_steps, name="num_steps")
     last = sched.T if last is None else check_positive_int(last, name="last")
     if last > sched.T:

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pifs_jax._validation import check_variances, describe, is_concrete
+from pifs_jax._validation import check_instance, check_variances, describe, is_concrete
 from pifs_jax.patches import patch_layout, patchify, unpatchify
 from pifs_jax.schedules import Schedule, safe_sqrt
 
@@ -72,11 +72,6 @@ def _gain(level: _NoiseLevel, eigvals: jax.Array) -> jax.Array:
     denom = level.alpha_bar * eigvals + level.sigma2
     positive = denom > 0
     return jnp.where(positive, level.sigma / jnp.where(positive, denom, 1.0), 0.0)
-
-
-def _check_schedule(sched: Any) -> None:
-    if not isinstance(sched, Schedule):
-        raise ValueError(f"sched: expected a pifs_jax Schedule, got {type(sched).__name__}")
 
 
 def _check_sample(x: jax.Array, n: int) -> jax.Array:
@@ -182,7 +177,7 @@ def gaussian_denoiser_eig(sched: Schedule, mean: Any, eigvals: Any, eigvecs: Any
       ValueError: naming ``eigvals``/``eigvecs`` for wrong shapes, negative variances or a
         non-orthogonal ``U``.
     """
-    _check_schedule(sched)
+    check_instance(sched, Schedule, name="sched", what="pifs_jax Schedule")
     n = int(np.size(mean))
     if np.shape(eigvals) != (n,):
         raise ValueError(f"eigvals: expected shape ({n},) to match mean's {n} entries, got {np.shape(eigvals)}")
@@ -239,7 +234,7 @@ def gaussian_denoiser(sched: Schedule, mean: Any, cov: Any) -> EpsFn:
       >>> eps_fn = gaussian_denoiser(cosine(1000), jnp.zeros((4, 4, 1)), jnp.eye(16))
       >>> x0 = ddim_chain(eps_fn, cosine(1000), x_T, grid=uniform_grid(1000, 50))
     """
-    _check_schedule(sched)
+    check_instance(sched, Schedule, name="sched", what="pifs_jax Schedule")
     n = int(np.size(mean))
     _check_covariances(cov, n, name="cov")
     dtype = _float_dtype(mean, cov)
@@ -269,7 +264,7 @@ def gaussian_denoiser_patches(sched: Schedule, mean: Any, patch_covs: Any, patch
     Raises:
       ValueError: naming ``patch_size`` (does not tile the image) or ``patch_covs``.
     """
-    _check_schedule(sched)
+    check_instance(sched, Schedule, name="sched", what="pifs_jax Schedule")
     layout = patch_layout(np.shape(mean), patch_size)
     m, nk = layout.num_patches, layout.patch_dim
     if np.ndim(patch_covs) == 2:
@@ -326,7 +321,7 @@ def gaussian_mixture_denoiser(sched: Schedule, weights: Any, means: Any, covs: A
     Raises:
       ValueError: naming ``weights``, ``means`` or ``covs``.
     """
-    _check_schedule(sched)
+    check_instance(sched, Schedule, name="sched", what="pifs_jax Schedule")
     k_components = int(np.shape(weights)[0]) if np.ndim(weights) == 1 else -1
     if k_components < 1:
         raise ValueError(f"weights: expected a non-empty 1-D array of shape (K,), got shape {np.shape(weights)}")
@@ -453,7 +448,7 @@ def empirical_denoiser(sched: Schedule, data: Any, *, return_weights: bool = Fal
     Raises:
       ValueError: naming ``data`` for a wrong shape or non-finite values.
     """
-    _check_schedule(sched)
+    check_instance(sched, Schedule, name="sched", what="pifs_jax Schedule")
     data = _check_data(data)
     data_flat = data.reshape(data.shape[0], -1)
 
@@ -480,7 +475,7 @@ def empirical_attention(sched: Schedule, data: Any) -> Callable[[jax.Array, Any]
     Returns:
       ``attention(x, t) -> Attention(weights (M,), entropy ())``.
     """
-    _check_schedule(sched)
+    check_instance(sched, Schedule, name="sched", what="pifs_jax Schedule")
     data = _check_data(data)
     data_flat = data.reshape(data.shape[0], -1)
 

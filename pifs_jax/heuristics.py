@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 import optimistix as optx
 
-from pifs_jax._validation import check_positive_int, check_variances, describe, is_concrete, patch_variance_arrays
+from pifs_jax._validation import check_instance, check_positive_int, check_variances, describe, is_concrete, patch_variance_arrays
 from pifs_jax.geometry import step_coefficients
 from pifs_jax.grids import as_grid
 from pifs_jax.schedules import Schedule, cosine
@@ -67,11 +67,6 @@ __all__ = [
 
 PIXEL_BIN = 1.0 / 127.5
 """Width of one 8-bit pixel bin on the ``[-1, 1]`` scale (``x / 127.5 - 1``)."""
-
-
-def _check_schedule(sched: Any) -> None:
-    if not isinstance(sched, Schedule):
-        raise ValueError(f"sched: expected a pifs_jax Schedule, got {type(sched).__name__}")
 
 
 # ----------------------------------------------------------------------------- Min-SNR-gamma
@@ -97,7 +92,7 @@ def min_snr_weights(sched: Schedule, *, gamma: Any = 5.0, grid: Any = None) -> j
     Example:
       >>> w = min_snr_weights(cosine(1000), gamma=5.0)   # (1000,), w = 1 where SNR_t <= 5
     """
-    _check_schedule(sched)
+    check_instance(sched, Schedule, name="sched", what="pifs_jax Schedule")
     if is_concrete(gamma) and not (np.all(np.isfinite(np.asarray(gamma, dtype=float))) and float(gamma) > 0):
         raise ValueError(f"gamma: the Min-SNR clip must be finite and > 0, got {gamma!r}")
     g = jnp.asarray(as_grid(grid, sched.T))
@@ -209,7 +204,7 @@ def scaling_exponent_offset(sched: Schedule, scale: Any, *, grid: Any = None) ->
     Returns:
       scalar.
     """
-    _check_schedule(sched)
+    check_instance(sched, Schedule, name="sched", what="pifs_jax Schedule")
     if is_concrete(scale) and not (np.isfinite(float(scale)) and float(scale) > 0):
         raise ValueError(f"scale: the variance scale c must be finite and > 0, got {scale!r}")
     g = as_grid(grid, sched.T)

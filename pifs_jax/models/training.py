@@ -71,7 +71,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from pifs_jax._validation import is_concrete
+from pifs_jax._validation import check_instance, is_concrete
 from pifs_jax.geometry import step_coefficients
 from pifs_jax.grids import as_grid, uniform_grid
 from pifs_jax.heuristics import min_snr_weights
@@ -271,11 +271,6 @@ def train_config(preset: str = "quick", **overrides: Any) -> TrainConfig:
 # ============================================================================ loss weights
 
 
-def _check_schedule(sched: Any) -> None:
-    if not isinstance(sched, Schedule):
-        raise ValueError(f"sched: expected a pifs_jax Schedule, got {type(sched).__name__}")
-
-
 def weight_table(sched: Schedule, *, weighting: str, gamma: float = 5.0, grid: Any = None) -> jax.Array:
     """Loss weight ``w_t`` for every training timestep, shape ``(T+1,)`` (entry ``t``).
 
@@ -297,7 +292,7 @@ def weight_table(sched: Schedule, *, weighting: str, gamma: float = 5.0, grid: A
     Returns:
       array of shape ``(T+1,)`` in the schedule's dtype.
     """
-    _check_schedule(sched)
+    check_instance(sched, Schedule, name="sched", what="pifs_jax Schedule")
     if weighting not in WEIGHTINGS:
         raise ValueError(f"weighting: expected one of {', '.join(WEIGHTINGS)}, got {weighting!r}")
     if is_concrete(gamma) and not float(gamma) > 0:
@@ -356,7 +351,7 @@ def loss_tables(
 
     Built in one compiled call (eagerly, every ``jnp`` operation would compile on its own).
     """
-    _check_schedule(sched)
+    check_instance(sched, Schedule, name="sched", what="pifs_jax Schedule")
     if weighting not in WEIGHTINGS:
         raise ValueError(f"weighting: expected one of {', '.join(WEIGHTINGS)}, got {weighting!r}")
     if not float(gamma) > 0:
