@@ -54,7 +54,7 @@ def optimisation_benchmark(T: int, iterations: int) -> dict:
     optimize.optimize_schedule(family, params, objective, iterations=iterations, learning_rate=1e-2, progress=False)
     warm = time.perf_counter() - again
     # the update step (value, gradient, Adam) compiled once for both runs
-    compilations = optimize._update._cache_size()
+    compilations = optimize.compiled_update_count()
     return {
         "iterations": iterations,
         "total_s_including_compilation": total,

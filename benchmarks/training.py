@@ -26,11 +26,13 @@ import jax.numpy as jnp
 import numpy as np
 
 import pifs_jax as pj
-from pifs_jax.models import count_params, init_params, make_model
+from pifs_jax.data import DATASETS
+from pifs_jax.models import MODEL_NAMES, MODEL_SIZES, count_params, init_params, make_model
 from pifs_jax.models import training as tr
 from pifs_jax.results import write_result_json
 
-SIZES = {"quick": (16, 16, 3), "full": (32, 32, 3)}
+#: Image shape of each size: that of its preset's data set.
+SIZES = {size: DATASETS[tr.PRESETS[size]["data"]] for size in MODEL_SIZES}
 
 
 def _median_seconds(fn, repeats):
@@ -53,7 +55,7 @@ def throughput(model: str, size: str, *, repeats: int, mu: float = 0.0, batch_si
     optimizer = tr.make_optimizer(lr=config.lr, steps=config.steps, warmup_steps=config.warmup_steps)
     state = tr.init_train_state(params, optimizer, jax.random.PRNGKey(1))
     step = tr.make_train_step(
-        tr._module_apply(module), optimizer, tables, batch_size=config.batch_size, ema_decay=config.ema_decay,
+        tr.module_apply_fn(module), optimizer, tables, batch_size=config.batch_size, ema_decay=config.ema_decay,
         mu=mu, patch_size=config.patch_size, probes=1,
     )
     data = jax.random.uniform(jax.random.PRNGKey(2), (1024,) + image_shape, minval=-1, maxval=1)
@@ -144,8 +146,8 @@ def jacobian_time(model: str, size: str, *, repeats: int, chunk: int = 0) -> dic
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["unet", "dit"], choices=["unet", "dit"])
-    parser.add_argument("--sizes", nargs="+", default=["quick", "full"], choices=list(SIZES))
+    parser.add_argument("--models", nargs="+", default=list(MODEL_NAMES), choices=MODEL_NAMES)
+    parser.add_argument("--sizes", nargs="+", default=list(MODEL_SIZES), choices=MODEL_SIZES)
     parser.add_argument("--repeats", type=int, default=10, help="timed training steps per configuration")
     parser.add_argument("--jac-repeats", type=int, default=3,
                         help="timed Jacobians per configuration after the first call; 0 = time only the first "

@@ -54,14 +54,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pifs_jax._validation import check_positive_int, check_variances, describe, is_concrete
-from pifs_jax.denoisers import _check_covariances, _check_finite
+from pifs_jax._validation import (
+    check_covariances,
+    check_finite,
+    check_positive_int,
+    check_subset,
+    check_variances,
+    describe,
+    is_concrete,
+)
 from pifs_jax.patches import patch_layout, patch_permutation, patchify
 
 __all__ = [
     "PHOTO_NAMES",
+    "DATASETS",
     "DATASET_NAMES",
     "DIGITS_TRAIN",
+    "DIGITS_TEST",
     "CropPositions",
     "load_photo",
     "photo_crops",
@@ -78,11 +87,17 @@ __all__ = [
 PHOTO_NAMES = ("astronaut", "coffee", "chelsea", "rocket", "motorcycle")
 """The colour photographs of ``skimage.data`` used for crops (``motorcycle`` = left stereo view)."""
 
-DATASET_NAMES = ("photos16", "photos32", "digits")
+DATASETS = {"photos16": (16, 16, 3), "photos32": (32, 32, 3), "digits": (8, 8, 1)}
+"""The named data sets of :func:`load_dataset`: name -> image shape ``(H, W, C)``."""
+
+DATASET_NAMES = tuple(DATASETS)
 """Names accepted by :func:`load_dataset`."""
 
 DIGITS_TRAIN = 1437
-"""Digits with index ``< DIGITS_TRAIN`` form the train split, the rest (360) the test split."""
+"""Digits with index ``< DIGITS_TRAIN`` form the train split, the rest (:data:`DIGITS_TEST`) the test split."""
+
+DIGITS_TEST = 1797 - DIGITS_TRAIN
+"""Digits in the test split (scikit-learn holds 1797)."""
 
 _SPLITS = ("train", "test")
 _WINDOW = 64  # original pixels covered by a crop under the default downsampling
@@ -161,16 +176,6 @@ def _resolve_downsample(size: int, downsample: Any) -> int:
     return check_positive_int(downsample, name="downsample")
 
 
-def _check_photos(photos: Any) -> tuple:
-    if isinstance(photos, str):
-        photos = (photos,)
-    photos = tuple(photos)
-    unknown = [p for p in photos if p not in PHOTO_NAMES]
-    if not photos or unknown:
-        raise ValueError(f"photos: expected a non-empty subset of {PHOTO_NAMES}, got {photos!r}")
-    return photos
-
-
 def _split_cells(shape: tuple, size: int, split: str) -> list[tuple[int, int]]:
     """Top-left corners of the checkerboard cells (side ``2 size``) of ``split`` in one photo."""
     cell = 2 * size
@@ -191,7 +196,7 @@ def photo_crop_count(*, size: int, split: str = "train", downsample: int | None 
     size = check_positive_int(size, name="size")
     split = _check_split(split)
     factor = _resolve_downsample(size, downsample)
-    photos = _check_photos(photos)
+    photos = check_subset(photos, PHOTO_NAMES, name="photos")
     offsets = (size + 1) ** 2
     return sum(len(_split_cells(load_photo(p, factor).shape, size, split)) * offsets for p in photos)
 
@@ -241,7 +246,7 @@ def photo_crops(
     n = check_positive_int(n, name="n")
     split = _check_split(split)
     factor = _resolve_downsample(size, downsample)
-    photos = _check_photos(photos)
+    photos = check_subset(photos, PHOTO_NAMES, name="photos")
     images = [load_photo(p, factor) for p in photos]
     cells = [np.asarray(_split_cells(img.shape, size, split), dtype=np.int64).reshape(-1, 2) for img in images]
     per_cell = (size + 1) ** 2
@@ -309,10 +314,8 @@ def load_dataset(name: str, key: jax.Array, n: int, *, split: str = "train", dty
         raise ValueError(f"name: expected one of {DATASET_NAMES}, got {name!r}")
     n = check_positive_int(n, name="n")
     split = _check_split(split)
-    if name == "photos16":
-        return photo_crops(key, size=16, n=n, split=split, dtype=dtype)
-    if name == "photos32":
-        return photo_crops(key, size=32, n=n, split=split, dtype=dtype)
+    if name != "digits":
+        return photo_crops(key, size=DATASETS[name][0], n=n, split=split, dtype=dtype)
     digits = _digits_scaled()
     pool = digits[:DIGITS_TRAIN] if split == "train" else digits[DIGITS_TRAIN:]
     if n > pool.shape[0]:
@@ -399,7 +402,7 @@ def gaussian_patch_data(
         mean = np.zeros(layout.image_shape)
     elif tuple(np.shape(mean)) != layout.image_shape:
         raise ValueError(f"mean: expected shape image_shape = {layout.image_shape}, got {np.shape(mean)}")
-    mean = _check_finite(mean, "mean")
+    mean = check_finite(mean, "mean")
     lam = np.asarray(patch_variances, np.float64)
     if lam.ndim == 1:
         lam = np.broadcast_to(lam[:, None], (m, nk))
@@ -454,11 +457,11 @@ def gaussian_mixture_data(key: jax.Array, *, n: int, weights: Any, means: Any, c
         raise ValueError(f"means: expected shape (K,) + sample_shape with K = {k}, got {np.shape(means)}")
     sample_shape = tuple(np.shape(means)[1:])
     dim = int(np.prod(sample_shape))
-    w = _check_finite(weights, "weights")
+    w = check_finite(weights, "weights")
     if np.any(w < 0) or not np.any(w > 0):
         raise ValueError(f"weights: must be >= 0 and not all zero, got {describe(w)}")
-    mu = _check_finite(means, "means").reshape(k, dim)
-    _check_covariances(covs, dim, name="covs", batch_shape=(k,))
+    mu = check_finite(means, "means").reshape(k, dim)
+    check_covariances(covs, dim, name="covs", batch_shape=(k,))
     c = np.asarray(covs, np.float64)
     lam, u = np.linalg.eigh((c + np.swapaxes(c, 1, 2)) / 2)
     lam = np.maximum(lam, 0.0)  # PSD square root; round-off negatives clipped
@@ -540,7 +543,7 @@ def patch_stats(data: Any, *, patch_size: int, ddof: int = 1) -> PatchStats:
         raise ValueError(f"data: need N > ddof = {ddof} samples for a covariance, got N = {data.shape[0]}")
     layout = patch_layout(data.shape[1:], patch_size)
     if is_concrete(data):
-        _check_finite(data, "data")
+        check_finite(data, "data")
     if not jnp.issubdtype(data.dtype, jnp.floating):
         data = data.astype(jnp.result_type(float))
     return _patch_stats(data, patch_size=layout.patch_size, ddof=int(ddof))

@@ -17,13 +17,16 @@ from typing import Any
 
 import numpy as np
 
-from pifs_jax._validation import check_grid, check_positive_int
+from pifs_jax._validation import check_grid, check_positive_int, describe
+from pifs_jax.errors import ArgumentError
 
 __all__ = [
     "full_grid",
     "uniform_grid",
     "diffusers_timesteps",
     "grid_from_diffusers_timesteps",
+    "grid_to_diffusers_timesteps",
+    "round_grid",
     "diffusers_grid",
     "AYS_SD15",
     "AYS_SDXL",
@@ -103,6 +106,50 @@ def grid_from_diffusers_timesteps(timesteps: Any, *, T: int | None = None) -> np
     if T is not None:
         check_grid(grid, T, name="timesteps")
     return grid
+
+
+def round_grid(times: Any, *, last: int | None = None) -> np.ndarray:
+    """Round real grid times to strictly increasing integers ``0 = tau_0 < ... < tau_N = last``.
+
+    Each ``t_i`` is rounded to the nearest integer, then collisions are pushed apart: upwards
+    (``tau_i >= tau_{i-1} + 1``) and then downwards from ``tau_N = last`` (``tau_i <= tau_{i+1} - 1``),
+    which always succeeds when ``N <= last``. E.g. the continuous optimum of
+    :func:`pifs_jax.optimize.optimize_grid` or :func:`pifs_jax.criteria.equal_work_times`.
+
+    Args:
+      times: shape ``(N+1,)``, increasing, ``t_0 = 0``.
+      last: ``tau_N`` (default ``round(t_N)``).
+
+    Returns:
+      ``int64`` array of shape ``(N+1,)``.
+    """
+    t = np.asarray(times, dtype=np.float64)
+    if t.ndim != 1 or t.shape[0] < 2 or not np.all(np.isfinite(t)):
+        raise ArgumentError("times", f"expected finite times of shape (N+1,) with N >= 1, got {describe(t)}")
+    n = t.shape[0] - 1
+    last = int(round(t[-1])) if last is None else int(last)
+    if n > last:
+        raise ArgumentError("num_steps", f"{n} steps cannot fit strictly increasing integers in 0..{last}")
+    tau = np.rint(t).astype(np.int64)
+    tau[0], tau[-1] = 0, last
+    for i in range(1, n):
+        tau[i] = max(tau[i], tau[i - 1] + 1)
+    for i in range(n - 1, 0, -1):
+        tau[i] = min(tau[i], tau[i + 1] - 1)
+    return tau
+
+
+def grid_to_diffusers_timesteps(grid: Any) -> np.ndarray:
+    """This package's grid ``0 = tau_0 < ... < tau_N`` as diffusers' descending timestep list.
+
+    diffusers' timestep ``k`` is this package's ``k + 1`` (and its final step lands on
+    ``alpha_bar = 1``, our ``tau_0``): the list is ``tau_N - 1, ..., tau_1 - 1``. The inverse of
+    :func:`pifs_jax.grids.grid_from_diffusers_timesteps`.
+    """
+    g = np.asarray(grid)
+    if g.ndim != 1 or g.shape[0] < 2 or g[0] != 0 or np.any(np.diff(g) <= 0):
+        raise ArgumentError("grid", f"expected 0 = tau_0 < tau_1 < ... < tau_N, got {describe(g)}")
+    return (g[1:] - 1)[::-1].astype(np.int64)
 
 
 def diffusers_grid(T: int, num_steps: int, *, spacing: str = "leading", steps_offset: int = 0) -> np.ndarray:

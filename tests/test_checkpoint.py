@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import pifs_jax as pj
 from pifs_jax.models import checkpoint as ck
 from pifs_jax.models import training as tr
 
@@ -33,8 +34,8 @@ def state():
         params = tiny_init(module, (8, 8, 1))(jax.random.PRNGKey(0))
         optimizer = tr.make_optimizer(lr=1e-3, steps=100, warmup_steps=10)
         initial = tr.init_train_state(params, optimizer, jax.random.PRNGKey(1))
-        tables = tr.loss_tables(tr.named_schedule("linear", 100), weighting="uniform")
-        step = tr.make_train_step(tr._module_apply(module), optimizer, tables, batch_size=4, ema_decay=0.9)
+        tables = tr.loss_tables(pj.named_schedule("linear", 100), weighting="uniform")
+        step = tr.make_train_step(tr.module_apply_fn(module), optimizer, tables, batch_size=4, ema_decay=0.9)
         return step(initial, jnp.asarray(tiny_data(8)))[0]
 
 
@@ -110,6 +111,31 @@ def test_other_state_structure_is_refused(tmp_path, state):
         ck.load_checkpoint(path, state._replace(params={**params, name: wider}), config=CONFIG)
     with pytest.raises(ValueError, match="does not match the expected state structure|another structure"):
         ck.load_checkpoint(path, state._replace(params={**params, "extra": jnp.zeros(3)}), config=CONFIG)
+
+
+def test_keyboard_interrupt_saves_the_last_step_and_resume_is_exact(tmp_path, x32):
+    """Ctrl-C at step 13 (checkpoints every 10) leaves a checkpoint of step 13; resuming it gives the
+    uninterrupted run's state bit for bit and the same metrics log."""
+    data = tiny_data(80)
+    module = TinyEps(features=8, T=100)
+    cfg = tiny_config(steps=20, checkpoint_every=10, log_every=5)
+    kwargs = dict(progress=False, evaluate=False, model=(module, tiny_init(module, (8, 8, 1))),
+                  dataset=(data[:64], data[64:]))
+
+    def interrupt(step, metrics):
+        if step == 13:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        tr.train(cfg, tmp_path / "killed", callback=interrupt, **kwargs)
+    assert ck.read_checkpoint_header(tmp_path / "killed" / ck.CHECKPOINT_NAME)["step"] == 13
+    resumed = tr.train(cfg, tmp_path / "killed", resume=True, **kwargs)
+    reference = tr.train(cfg, tmp_path / "reference", **kwargs)
+    assert int(resumed.state.step) == 20 and _leaves_equal(resumed.state, reference.state)
+    log1, log2 = (tr.read_metrics_log(tmp_path / name / "metrics.jsonl") for name in ("killed", "reference"))
+    assert [r["step"] for r in log1] == [5, 10, 15, 20]
+    strip = lambda log: [{k: v for k, v in r.items() if k not in ("images_per_s", "time_s")} for r in log]
+    assert strip(log1) == strip(log2)
 
 
 _SCRIPT = textwrap.dedent(

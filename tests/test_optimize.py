@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +11,9 @@ import optax
 import pytest
 
 import pifs_jax as pj
+from pifs_jax import checkpoint as ck
 from pifs_jax import criteria, optimize
+from pifs_jax.errors import ArgumentError
 from pifs_jax._validation import check_gaps, check_log_alpha_bar
 
 T = 200
@@ -161,14 +165,73 @@ def test_resumed_run_reproduces_the_uninterrupted_one_exactly(x64, tmp_path):
 def test_checkpoint_round_trip_is_exact(x32, tmp_path):
     params = {"logits": jnp.linspace(-1.0, 1.0, 5)}
     opt = optax.adam(1e-2)
-    state = optimize.OptimizerState(params, opt.init(params), jnp.asarray(7, jnp.int32))
+    state = optimize.OptimizerState(params, opt.init(params), jnp.asarray(3, jnp.int32))
     history = {"loss": np.array([3.0, 2.0, 1.5], np.float32)}
-    path = optimize.save_checkpoint(tmp_path / "c.msgpack", state, history, fingerprint="abc")
-    restored, restored_history = optimize.load_checkpoint(path, state, fingerprint="abc")
+    path = optimize.save_checkpoint(tmp_path / "c.msgpack", state, history, config={"run": "abc"})
+    restored, restored_history = optimize.load_checkpoint(path, state, config={"run": "abc"})
     _same_tree(restored, state)
     np.testing.assert_array_equal(restored_history["loss"], history["loss"])
-    with pytest.raises(ValueError, match="resume"):
-        optimize.load_checkpoint(path, state, fingerprint="xyz")
+    assert restored_history["loss"].dtype == np.float32
+    # the one checkpoint format of the package: header with the step, sha256-checked
+    assert ck.read_checkpoint_header(path)["step"] == 3
+    with pytest.raises(ValueError, match=r"resume: .* another configuration: run = 'abc' in the checkpoint, 'xyz'"):
+        optimize.load_checkpoint(path, state, config={"run": "xyz"})
+
+
+def _optimizer_checkpoint(tmp_path):
+    """A 10-step weakest-link run with a checkpoint, and the arguments that resume it."""
+    family, params = optimize.schedule_family("cosine_offset", 50)
+    objective = optimize.schedule_objective({"weakest_link": 1.0})
+    kwargs = dict(iterations=12, learning_rate=0.05, progress=False, checkpoint_every=5, checkpoint_dir=tmp_path)
+    optimize.optimize_schedule(family, params, objective, **{**kwargs, "iterations": 10})
+    return (family, params, objective), kwargs, tmp_path / "checkpoint.msgpack"
+
+
+@pytest.mark.parametrize("damage", ["truncated", "bit_flip"])
+def test_damaged_optimizer_checkpoint_is_refused_naming_file_and_problem(x32, tmp_path, damage):
+    args, kwargs, path = _optimizer_checkpoint(tmp_path)
+    assert optimize.CHECKPOINT_FILE == "checkpoint.msgpack" and path.exists()
+    blob = bytearray(path.read_bytes())
+    if damage == "truncated":
+        path.write_bytes(bytes(blob[: len(blob) - 7]))
+        problem = "is truncated"
+    else:
+        blob[-3] ^= 0x01
+        path.write_bytes(bytes(blob))
+        problem = "is corrupted: sha256"
+    with pytest.raises(ArgumentError, match=f"{re.escape(str(path))}.* {problem}") as info:
+        optimize.optimize_schedule(*args, resume=True, **kwargs)
+    assert info.value.argument == "resume"
+
+
+def test_optimizer_checkpoint_of_another_run_names_the_option(x32, tmp_path):
+    (family, params, _), kwargs, path = _optimizer_checkpoint(tmp_path)
+    other = optimize.schedule_objective({"weakest_link": 1.0}, temperature=0.1)
+    with pytest.raises(ArgumentError, match=r"objective\.temperature = 0\.05 in the checkpoint, 0\.1 requested"):
+        optimize.optimize_schedule(family, params, other, resume=True, **kwargs)
+    with pytest.raises(ArgumentError, match=r"optimizer\.learning_rate = 0\.05 in the checkpoint, 0\.01 requested"):
+        optimize.optimize_schedule(family, params, optimize.schedule_objective({"weakest_link": 1.0}), resume=True,
+                                   **{**kwargs, "learning_rate": 0.01})
+
+
+def test_interrupted_run_saves_its_last_step_and_resumes_exactly(x32, tmp_path):
+    family, params = optimize.schedule_family("cosine_offset", 50)
+    objective = optimize.schedule_objective({"weakest_link": 1.0})
+    kwargs = dict(iterations=12, learning_rate=0.05, progress=False, checkpoint_every=5)
+    full = optimize.optimize_schedule(family, params, objective, **kwargs)
+
+    def interrupt(step, metrics):
+        if step == 7:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        optimize.optimize_schedule(family, params, objective, checkpoint_dir=tmp_path, callback=interrupt, **kwargs)
+    assert ck.read_checkpoint_header(tmp_path / "checkpoint.msgpack")["step"] == 7  # not 5: the last good state
+    resumed = optimize.optimize_schedule(family, params, objective, checkpoint_dir=tmp_path, resume=True, **kwargs)
+    assert resumed.resumed_from == 7
+    _same_tree(resumed.state, full.state)
+    for key in full.history:
+        np.testing.assert_array_equal(resumed.history[key], full.history[key])
 
 
 # ----------------------------------------------------------------------------- sampling grids

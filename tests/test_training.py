@@ -214,7 +214,7 @@ def _tiny_step(weighting="uniform", mu=0.0, steps=300, probes=1):
     tables = tr.loss_tables(pj.linear(100), weighting=weighting)
     optimizer = tr.make_optimizer(lr=3e-3, steps=steps, warmup_steps=10)
     state = tr.init_train_state(tiny_init(module, (8, 8, 1))(jax.random.PRNGKey(0)), optimizer, jax.random.PRNGKey(1))
-    apply_fn = tr._module_apply(module)
+    apply_fn = tr.module_apply_fn(module)
     step = tr.make_train_step(apply_fn, optimizer, tables, batch_size=16, ema_decay=0.99, mu=mu, patch_size=4,
                               probes=probes)
     return apply_fn, tables, state, step

@@ -1,0 +1,169 @@
+"""What determines a training run: :class:`TrainConfig`, the :data:`PRESETS` and :func:`train_config`.
+
+Names are defined once in the library: models :data:`pifs_jax.models.MODEL_NAMES` and
+:data:`pifs_jax.models.MODEL_SIZES`, data sets :data:`pifs_jax.data.DATASETS` (name -> image
+shape), loss weightings :data:`~pifs_jax.models.training.losses.WEIGHTINGS`, presets :data:`PRESETS`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+from pifs_jax.data import DATASETS, DIGITS_TEST, DIGITS_TRAIN
+from pifs_jax.errors import ArgumentError
+from pifs_jax.models import MODEL_NAMES, MODEL_SIZES
+from pifs_jax.models.training.losses import WEIGHTINGS
+
+__all__ = ["LR_DECAYS", "TrainConfig", "PRESETS", "train_config"]
+
+#: Learning-rate decays of :func:`~pifs_jax.models.training.trainer.make_optimizer`.
+LR_DECAYS = ("cosine", "constant")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a training run (a checkpoint records it and refuses another).
+
+    Attributes:
+      model: one of :data:`pifs_jax.models.MODEL_NAMES` (:func:`pifs_jax.models.make_model`).
+      size: model size, one of :data:`pifs_jax.models.MODEL_SIZES`.
+      data: one of :data:`pifs_jax.data.DATASETS` (:func:`pifs_jax.data.load_dataset`).
+      num_train, num_test: crops in the training and test sets.
+      data_seed: seed of the data set (kept apart from ``seed`` so every run sees the same crops).
+      patch_size: PIFS patch ``p`` (the DiT's token size, the regulariser's blocks, the quality
+        features); ``None`` = image side / 4, i.e. 16 patches.
+      steps: optimisation steps; batch_size: images per step.
+      lr, warmup_steps, lr_decay (:data:`LR_DECAYS`: ``"cosine"`` to 0 at ``steps`` or ``"constant"``),
+      weight_decay, grad_clip (global norm): the AdamW optimiser.
+      weighting: one of :data:`WEIGHTINGS`; min_snr_gamma: ``gamma`` of ``"min_snr"``.
+      mu: weight of the PIFS regulariser (0 = off); probes: patches probed per sample and step.
+      ema_decay: EMA decay ``d``.
+      seed: seed of initialisation, batches, timesteps, noise and probes.
+      schedule, T: the noise schedule (:func:`pifs_jax.schedules.named_schedule`). Default: DDPM's
+        ``linear`` (``beta`` from 1e-4 to 0.02). Not ``cosine``: its betas are clipped at 0.999 near
+        ``T`` (``alpha_bar_T = 2.4e-9``), so the first step ``1000 -> 980`` of a 50-step DDIM grid has
+        ``a_t = 632``, ``b_t = -631`` and multiplies any eps error by 631; the linear schedule's is
+        ``b_t = -0.22``.
+      sample_steps: ``N`` of the uniform sampling grid (samples and the collage weighting).
+      checkpoint_every, log_every, num_samples: run control, not part of the identity.
+    """
+
+    model: str = "dit"
+    size: str = "quick"
+    data: str = "photos16"
+    num_train: int = 4096
+    num_test: int = 1024
+    data_seed: int = 0
+    patch_size: int | None = None
+    steps: int = 4000
+    batch_size: int = 64
+    lr: float = 2e-3
+    warmup_steps: int = 100
+    lr_decay: str = "cosine"
+    weight_decay: float = 1e-4
+    grad_clip: float = 1.0
+    weighting: str = "uniform"
+    min_snr_gamma: float = 5.0
+    mu: float = 0.0
+    probes: int = 1
+    ema_decay: float = 0.999
+    seed: int = 0
+    schedule: str = "linear"
+    T: int = 1000
+    sample_steps: int = 50
+    checkpoint_every: int = 500
+    log_every: int = 10
+    num_samples: int = 256
+
+    #: Fields that control bookkeeping only; they may differ between a run and its resumption.
+    RUN_CONTROL = ("checkpoint_every", "log_every", "num_samples")
+
+    def __post_init__(self):
+        def bad(name, expected):
+            raise ArgumentError(name, f"expected {expected}, got {getattr(self, name)!r}")
+
+        for name, allowed in (("model", MODEL_NAMES), ("size", MODEL_SIZES), ("weighting", WEIGHTINGS),
+                              ("lr_decay", LR_DECAYS)):
+            if getattr(self, name) not in allowed:
+                bad(name, f"one of {', '.join(allowed)}")
+        for name in ("num_train", "num_test", "steps", "batch_size", "T", "sample_steps",
+                     "checkpoint_every", "log_every", "probes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                bad(name, "a positive integer")
+        for name in ("warmup_steps", "num_samples", "seed", "data_seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                bad(name, "a non-negative integer")
+        if self.patch_size is not None and (not isinstance(self.patch_size, int) or self.patch_size < 1):
+            bad("patch_size", "a positive integer or None")
+        for name in ("lr", "min_snr_gamma", "grad_clip"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                bad(name, "a finite number > 0")
+        for name in ("mu", "weight_decay"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                bad(name, "a finite number >= 0")
+        if not 0 <= self.ema_decay < 1:
+            bad("ema_decay", "a number in [0, 1)")
+        if self.sample_steps > self.T:
+            bad("sample_steps", f"at most T = {self.T}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """All fields as a JSON-able dict."""
+        return dataclasses.asdict(self)
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that determine the trajectory (all but :attr:`RUN_CONTROL`)."""
+        return {k: v for k, v in self.to_dict().items() if k not in self.RUN_CONTROL}
+
+    @property
+    def image_shape(self) -> tuple[int, int, int] | None:
+        """``(H, W, C)`` of the named data set (``None`` for an unknown name)."""
+        shape = DATASETS.get(self.data)
+        return None if shape is None else tuple(shape)
+
+    def resolved(self) -> "TrainConfig":
+        """The config with ``patch_size`` filled in (image side / 4: 16 patches)."""
+        if self.patch_size is not None:
+            return self
+        if self.data not in DATASETS:
+            raise ArgumentError("data", f"unknown data set {self.data!r}; expected one of {', '.join(DATASETS)}")
+        return dataclasses.replace(self, patch_size=DATASETS[self.data][0] // 4)
+
+
+#: Presets. ``quick``: a useful 16x16 model on a 2-core CPU in under 10 minutes (see the training guide).
+#: ``full``: 32x32 crops, 8x8 patches (16 patches of 192 coordinates), DiT-sized for a GPU.
+PRESETS: dict[str, dict[str, Any]] = {
+    "quick": dict(size="quick", data="photos16", num_train=4096, num_test=1024, steps=4000, batch_size=64,
+                  lr=2e-3, warmup_steps=100, ema_decay=0.999, checkpoint_every=500, num_samples=256),
+    "full": dict(size="full", data="photos32", num_train=16384, num_test=2048, steps=100_000, batch_size=128,
+                 lr=3e-4, warmup_steps=1000, ema_decay=0.9999, checkpoint_every=2000, num_samples=1024),
+}
+
+
+def train_config(preset: str = "quick", **overrides: Any) -> TrainConfig:
+    """A :class:`TrainConfig` from a preset (a name in :data:`PRESETS`) with ``overrides``.
+
+    ``overrides`` whose value is ``None`` are ignored (so command-line defaults pass through).
+    The patch size is resolved from the data set unless given.
+
+    Example:
+      >>> cfg = train_config("quick", model="dit", steps=500)
+      >>> cfg.patch_size, cfg.data
+      (4, 'photos16')
+    """
+    if preset not in PRESETS:
+        raise ArgumentError("preset", f"expected one of {', '.join(PRESETS)}, got {preset!r}")
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ArgumentError("overrides", f"unknown TrainConfig field(s) {', '.join(unknown)}")
+    values = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+    if values.get("data") == "digits":  # the digits splits are small
+        values["num_train"] = overrides.get("num_train") or min(values["num_train"], DIGITS_TRAIN)
+        values["num_test"] = overrides.get("num_test") or min(values["num_test"], DIGITS_TEST)
+    return TrainConfig(**values).resolved()

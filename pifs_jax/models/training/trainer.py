@@ -1,0 +1,356 @@
+"""The training loop: optimiser, state, compiled step, metrics log and :func:`train`.
+
+**Optimiser**: optax AdamW after global-norm clipping, learning rate with linear warm-up and
+cosine (or constant) decay; EMA weights ``ema <- d_k ema + (1 - d_k) params`` with the warmed-up
+decay ``d_k = min(d, (1 + k)/(10 + k))``.
+
+**Determinism**: every random draw of step ``k`` comes from ``fold_in(key, k)`` with ``key``
+derived from the seed, never from a stateful iterator; the batch indices, ``t``, ``eps`` and the
+probes of step ``k`` are therefore the same whether or not the run was interrupted before ``k``,
+and ``resume`` from a checkpoint (:mod:`pifs_jax.checkpoint`) reproduces an uninterrupted run
+bit for bit. The steps run in :func:`pifs_jax.loop.run_loop`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from pifs_jax.checkpoint import CHECKPOINT_NAME, load_checkpoint, remove_partial_writes
+from pifs_jax.errors import ArgumentError
+from pifs_jax.grids import uniform_grid
+from pifs_jax.loop import Checkpointing, run_loop
+from pifs_jax.models.training.config import LR_DECAYS, TrainConfig
+from pifs_jax.models.training.losses import ApplyFn, LossTables, denoising_loss, loss_tables, module_apply_fn
+from pifs_jax.patches import patch_layout
+from pifs_jax.results import atomic_write_text, to_jsonable
+from pifs_jax.schedules import named_schedule
+
+__all__ = [
+    "make_optimizer",
+    "TrainState",
+    "init_train_state",
+    "batch_indices",
+    "make_train_step",
+    "read_metrics_log",
+    "TrainResult",
+    "load_train_test",
+    "model_for_config",
+    "initial_train_state",
+    "train",
+]
+
+
+def make_optimizer(
+    *, lr: float, steps: int, warmup_steps: int = 0, lr_decay: str = "cosine", weight_decay: float = 0.0,
+    grad_clip: float | None = 1.0,
+) -> optax.GradientTransformation:
+    """Global-norm clipping then AdamW with warm-up + cosine (or constant) learning rate.
+
+    ``lr_k = lr k / warmup`` for ``k < warmup``; then ``lr`` (constant) or
+    ``lr (1 + cos(pi (k - warmup)/(steps - warmup)))/2`` (cosine, reaching 0 at ``steps``).
+    """
+    warmup_steps = min(warmup_steps, steps)
+    if lr_decay == "cosine":
+        schedule = optax.warmup_cosine_decay_schedule(0.0, lr, warmup_steps, max(steps, warmup_steps + 1), 0.0)
+    elif lr_decay == "constant":
+        schedule = optax.join_schedules(
+            [optax.linear_schedule(0.0, lr, max(warmup_steps, 1)), optax.constant_schedule(lr)], [warmup_steps]
+        )
+    else:
+        raise ArgumentError("lr_decay", f"expected one of {', '.join(LR_DECAYS)}, got {lr_decay!r}")
+    parts = [optax.clip_by_global_norm(grad_clip)] if grad_clip else []
+    parts.append(optax.adamw(schedule, weight_decay=weight_decay))
+    return optax.chain(*parts)
+
+
+class TrainState(NamedTuple):
+    """Everything a training step reads and writes (a pytree; what a checkpoint holds)."""
+
+    step: jax.Array
+    """Number of steps taken (int32 scalar)."""
+    params: Any
+    ema_params: Any
+    opt_state: Any
+    key: jax.Array
+    """The run's base PRNG key (raw uint32 ``(2,)``); step ``k`` uses ``fold_in(key, k)``."""
+
+
+def init_train_state(params: Any, optimizer: optax.GradientTransformation, key: jax.Array) -> TrainState:
+    """Step 0: EMA = params, fresh optimiser state."""
+    return TrainState(
+        jnp.zeros((), jnp.int32), params, jax.tree_util.tree_map(jnp.array, params), optimizer.init(params), key
+    )
+
+
+def batch_indices(key: jax.Array, step: Any, *, batch_size: int, num_data: int) -> jax.Array:
+    """Indices of step ``step``'s batch: ``randint(fold_in(fold_in(key, step), 0), (B,), 0, N)``.
+
+    A pure function of ``(key, step)``: resuming at step ``k`` sees exactly the batches of an
+    uninterrupted run.
+    """
+    return jax.random.randint(jax.random.fold_in(jax.random.fold_in(key, step), 0), (batch_size,), 0, num_data)
+
+
+def make_train_step(
+    apply_fn: ApplyFn,
+    optimizer: optax.GradientTransformation,
+    tables: LossTables,
+    *,
+    batch_size: int,
+    ema_decay: float,
+    mu: float = 0.0,
+    patch_size: int | None = None,
+    probes: int = 1,
+) -> Callable[[TrainState, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
+    """A jitted ``step(state, data) -> (state, metrics)``; compiles once per data shape.
+
+    ``data`` is the whole training set ``(N, H, W, C)`` (an argument, not a baked-in constant);
+    the batch is ``data[batch_indices(state.key, state.step)]`` and the loss key
+    ``fold_in(fold_in(key, step), 1)``. Metrics: those of :func:`denoising_loss` plus the
+    gradient's global norm and the learning-rate step count.
+    """
+
+    def step(state: TrainState, data: jax.Array):
+        idx = batch_indices(state.key, state.step, batch_size=batch_size, num_data=data.shape[0])
+        loss_key = jax.random.fold_in(jax.random.fold_in(state.key, state.step), 1)
+        grads, metrics = jax.grad(denoising_loss, has_aux=True)(
+            state.params, apply_fn, data[idx], loss_key, tables, mu=mu, patch_size=patch_size, probes=probes
+        )
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        k = state.step.astype(jnp.float32)
+        decay = jnp.minimum(ema_decay, (1 + k) / (10 + k))
+        ema = jax.tree_util.tree_map(lambda e, p: (decay * e + (1 - decay) * p).astype(p.dtype), state.ema_params, params)
+        metrics = {**metrics, "grad_norm": optax.tree.norm(grads)}
+        return TrainState(state.step + 1, params, ema, opt_state, state.key), metrics
+
+    return jax.jit(step)
+
+
+# ============================================================================ metrics log
+
+
+def _append_line(path: Path, record: Mapping[str, Any]) -> None:
+    """Append one JSON line with a single ``write`` on an ``O_APPEND`` descriptor."""
+    line = (json.dumps(to_jsonable(dict(record)), allow_nan=False) + "\n").encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
+def read_metrics_log(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of a JSON-lines metrics log; an incomplete last line (a killed writer) is skipped."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+        if not line.endswith("\n"):
+            break
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def _trim_metrics_log(path: Path, step: int) -> None:
+    """Keep the records with ``step <= step`` (atomic rewrite), dropping what a killed run logged later."""
+    if path.exists():
+        kept = [r for r in read_metrics_log(path) if int(r.get("step", 0)) <= step]
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+# ============================================================================ the run
+
+
+class TrainResult(NamedTuple):
+    """What :func:`train` leaves behind."""
+
+    state: TrainState
+    config: TrainConfig
+    out_dir: Path
+    seconds: float
+    """Wall time of the training loop in this process (compilation included)."""
+    quality: dict[str, Any] | None
+    """:func:`pifs_jax.models.quality.quality_report` of the EMA samples (``None`` if not evaluated)."""
+
+
+def load_train_test(config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The run's training and test images (float32): ``num_train`` and ``num_test`` images of ``data``.
+
+    :func:`pifs_jax.data.load_dataset`'s train and test splits (disjoint photo regions, or the
+    digit sets), drawn with ``fold_in(PRNGKey(data_seed), 0)`` and ``fold_in(..., 1)``.
+    """
+    from pifs_jax.data import load_dataset
+
+    key = jax.random.PRNGKey(config.data_seed)
+    train_images = load_dataset(config.data, jax.random.fold_in(key, 0), config.num_train, split="train")
+    test_images = load_dataset(config.data, jax.random.fold_in(key, 1), config.num_test, split="test")
+    return np.asarray(train_images, np.float32), np.asarray(test_images, np.float32)
+
+
+def model_for_config(config: TrainConfig, image_shape: tuple[int, ...]) -> tuple[Any, Callable[[jax.Array], Any]]:
+    """``(module, init_fn(key) -> params)`` of ``config``'s named model (:func:`pifs_jax.models.make_model`)."""
+    from pifs_jax import models
+
+    module, _ = models.make_model(config.model, image_shape=image_shape, patch_size=config.patch_size, size=config.size)
+
+    def init(key):
+        return models.init_params(module, key, image_shape)
+
+    return module, init
+
+
+def initial_train_state(
+    config: TrainConfig, init_fn: Callable[[jax.Array], Any]
+) -> tuple[optax.GradientTransformation, TrainState]:
+    """The optimiser and step-0 state of ``config`` (initialisation key and run key from the seed)."""
+    optimizer = make_optimizer(
+        lr=config.lr, steps=config.steps, warmup_steps=config.warmup_steps, lr_decay=config.lr_decay,
+        weight_decay=config.weight_decay, grad_clip=config.grad_clip,
+    )
+
+    @jax.jit
+    def build(seed):  # one compilation instead of one per eager operation
+        init_key, run_key = jax.random.split(jax.random.PRNGKey(seed))
+        return init_train_state(init_fn(init_key), optimizer, run_key)
+
+    return optimizer, build(np.uint32(config.seed))
+
+
+
+
+def train(
+    config: TrainConfig,
+    out_dir: str | os.PathLike,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    evaluate: bool = True,
+    callback: Callable[[int, dict[str, float]], None] | None = None,
+    model: tuple[Any, Callable[[jax.Array], Any]] | None = None,
+    dataset: tuple[Any, Any] | None = None,
+) -> TrainResult:
+    """Train, checkpoint, log, and (optionally) sample and score the EMA model.
+
+    Writes to ``out_dir``: ``config.json``; ``metrics.jsonl`` (one JSON line per ``log_every``
+    steps: step, objective, loss, mse, reg, grad_norm, images/s, time; appended, trimmed on
+    resume to the checkpoint's step); ``checkpoint.msgpack`` every ``checkpoint_every`` steps
+    and at the end (atomic); with ``evaluate``: ``samples.png`` (EMA model, ``sample_steps``-step
+    DDIM from ``N(0, I)``) and ``quality.json`` (:func:`pifs_jax.models.quality.quality_report`,
+    the empirical-optimal denoiser's samples from the same ``x_T`` as the memorisation reference).
+
+    Args:
+      config: the run (resolved with :meth:`TrainConfig.resolved`).
+      out_dir: output folder.
+      resume: continue from ``out_dir``'s checkpoint (bit-exact); without it an existing
+        checkpoint is an error (nothing is overwritten). With no checkpoint yet, starts afresh.
+      progress: tqdm progress bar.
+      evaluate: sample and score at the end.
+      callback: ``callback(step, metrics)`` after every step (host side; e.g. plotting, tests).
+      model: ``(module, init_fn(key) -> params)`` instead of :func:`pifs_jax.models.make_model`.
+      dataset: ``(train, test)`` image arrays instead of :func:`pifs_jax.data.load_dataset`.
+
+    The steps run in :func:`pifs_jax.loop.run_loop`: a ``KeyboardInterrupt`` saves the last
+    completed step before it propagates.
+
+    Raises:
+      ArgumentError: an existing checkpoint without ``resume``; a checkpoint of another
+        configuration, truncated or corrupted (:func:`pifs_jax.checkpoint.load_checkpoint`);
+        images whose shape does not fit the patch size.
+      FloatingPointError: a non-finite metric (the training diverged).
+    """
+    config = config.resolved()
+    out = Path(out_dir)
+    ckpt_path = out / CHECKPOINT_NAME
+    if ckpt_path.exists() and not resume:
+        raise ArgumentError(
+            "out_dir",
+            f"{str(out)!r} already holds a checkpoint ({ckpt_path.name}); pass resume=True (--resume) "
+            "to continue it or choose another output folder",
+        )
+    train_images, test_images = load_train_test(config) if dataset is None else (np.asarray(dataset[0]), np.asarray(dataset[1]))
+    train_images = np.asarray(train_images, np.float32)
+    test_images = np.asarray(test_images, np.float32)
+    if train_images.ndim != 4:
+        raise ArgumentError("dataset", f"expected training images of shape (N, H, W, C), got {train_images.shape}")
+    image_shape = tuple(train_images.shape[1:])
+    layout = patch_layout(image_shape, config.patch_size)  # raises naming patch_size if it does not tile
+    if config.mu > 0 and config.probes > layout.num_patches:
+        raise ArgumentError("probes", f"at most the number of patches, {layout.num_patches}, got {config.probes}")
+    module, init_fn = model_for_config(config, image_shape) if model is None else model
+
+    sched = named_schedule(config.schedule, config.T)
+    grid = uniform_grid(config.T, config.sample_steps)
+    tables = loss_tables(sched, weighting=config.weighting, gamma=config.min_snr_gamma, grid=grid)
+    optimizer, state = initial_train_state(config, init_fn)
+
+    out.mkdir(parents=True, exist_ok=True)
+    metrics_path = out / "metrics.jsonl"
+    remove_partial_writes(ckpt_path)  # a write interrupted by a kill
+    if resume and ckpt_path.exists():
+        state = load_checkpoint(ckpt_path, state, config=config.identity())
+        _trim_metrics_log(metrics_path, int(state.step))
+        if progress:
+            print(f"resuming from step {int(state.step)} of {config.steps} ({ckpt_path})")
+    elif metrics_path.exists():
+        metrics_path.unlink()
+    atomic_write_text(out / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
+
+    step_fn = make_train_step(
+        module_apply_fn(module), optimizer, tables, batch_size=config.batch_size, ema_decay=config.ema_decay,
+        mu=config.mu, patch_size=layout.patch_size, probes=config.probes,
+    )
+    data = jnp.asarray(train_images)
+    start = int(state.step)
+    t0 = time.perf_counter()
+    last = {"time": t0, "step": start}
+
+    def log(records: list[tuple[int, dict[str, float]]]) -> None:
+        for done, values in records:
+            if done % config.log_every == 0 or done == config.steps:
+                now = time.perf_counter()
+                rate = (done - last["step"]) * config.batch_size / max(now - last["time"], 1e-9)
+                last.update(time=now, step=done)
+                _append_line(metrics_path, {"step": done, **values, "images_per_s": rate, "time_s": now - t0})
+
+    def diverged(step: int, values: dict[str, float]) -> FloatingPointError:
+        return FloatingPointError(f"training diverged at step {step}: {values}")
+
+    state = run_loop(
+        lambda s: step_fn(s, data),
+        state,
+        start=start,
+        stop=config.steps,
+        checkpoint=Checkpointing(ckpt_path, config.checkpoint_every, config.identity()),
+        report_every=config.log_every,
+        on_report=log,
+        callback=callback,
+        diverged=diverged,
+        progress=progress,
+        description=f"train {config.model}/{config.data}",
+        show=("loss", "mse"),
+    )
+    seconds = time.perf_counter() - t0
+
+    quality = None
+    if evaluate and config.num_samples > 0:
+        from pifs_jax.models.training.evaluation import evaluate_run
+
+        quality = evaluate_run(
+            module, state.ema_params, sched, config=config, train_images=train_images, test_images=test_images, out_dir=out
+        )
+    return TrainResult(state, config, out, seconds, quality)

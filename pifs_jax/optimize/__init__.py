@@ -1,0 +1,67 @@
+"""Schedule and sampling-grid design by gradient descent on the criteria of :mod:`pifs_jax.criteria`.
+
+Modules, in the optax style (factories return callables, states are NamedTuples):
+
+- :mod:`~pifs_jax.optimize.families`: :func:`schedule_family`, a constrained learnable family
+  and the parameters that start it from an existing schedule; :func:`fit_to_schedule`.
+- :mod:`~pifs_jax.optimize.objective`: :func:`schedule_objective`, the weighted criteria as
+  ``objective(sched) -> (loss, metrics)`` (a :class:`ScheduleObjective` value).
+- :mod:`~pifs_jax.optimize.schedule_optimizer`: :func:`optimize_schedule`.
+- :mod:`~pifs_jax.optimize.grid_optimizer`: :func:`optimize_grid` (criterion 3 over the grid).
+- :mod:`~pifs_jax.optimize.engine`: the compiled update, the optimiser's checkpoints
+  (``<checkpoint_dir>/checkpoint.msgpack``, :mod:`pifs_jax.checkpoint`) and the run
+  (:func:`pifs_jax.loop.run_loop`); a resumed run reproduces the uninterrupted one bit for bit.
+
+:func:`round_grid` and :func:`grid_to_diffusers_timesteps` live in :mod:`pifs_jax.grids`.
+
+Example:
+  >>> family, params = schedule_family("spline", 1000, start=cosine(1000))
+  >>> objective = schedule_objective({"weakest_link": 1.0, "balanced_growth": 1.0})
+  >>> result = optimize_schedule(family, params, objective, iterations=500, checkpoint_dir="ckpt")
+  >>> result.schedule, result.history["loss"][-1]
+"""
+
+from pifs_jax.grids import grid_to_diffusers_timesteps, round_grid
+from pifs_jax.optimize.engine import (
+    CHECKPOINT_FILE,
+    OptimizerState,
+    compiled_update_count,
+    load_checkpoint,
+    save_checkpoint,
+)
+from pifs_jax.optimize.families import FAMILIES, fit_to_schedule, schedule_family
+from pifs_jax.optimize.grid_optimizer import GridResult, optimize_grid
+from pifs_jax.optimize.objective import (
+    CRITERIA,
+    DEFAULT_SIZES,
+    DEFAULT_VARIANCES,
+    GROWTH_MEASURES,
+    ScheduleObjective,
+    criterion_name,
+    schedule_objective,
+)
+from pifs_jax.optimize.schedule_optimizer import OptimizeResult, optimize_schedule
+
+__all__ = [
+    "CRITERIA",
+    "FAMILIES",
+    "GROWTH_MEASURES",
+    "DEFAULT_VARIANCES",
+    "DEFAULT_SIZES",
+    "criterion_name",
+    "schedule_family",
+    "fit_to_schedule",
+    "schedule_objective",
+    "ScheduleObjective",
+    "OptimizerState",
+    "OptimizeResult",
+    "optimize_schedule",
+    "GridResult",
+    "optimize_grid",
+    "round_grid",
+    "grid_to_diffusers_timesteps",
+    "CHECKPOINT_FILE",
+    "save_checkpoint",
+    "load_checkpoint",
+    "compiled_update_count",
+]

@@ -1,0 +1,249 @@
+"""The optax engine of schedule and grid optimisation: state, compiled update, checkpoints, run.
+
+The update (value, gradient, optimiser step) is one jitted function (:func:`update_step`),
+compiled once per problem: loss functions and default Adam optimisers are hashable values, so a
+repeated or resumed run in the same process compiles nothing. The iterations run in
+:func:`pifs_jax.loop.run_loop`; with ``checkpoint_dir`` the state and the history are written to
+``<checkpoint_dir>/checkpoint.msgpack`` in the package's one checkpoint format
+(:mod:`pifs_jax.checkpoint`), and a resumed run reproduces the uninterrupted one bit for bit.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from pifs_jax import checkpoint as ckpt
+from pifs_jax._validation import check_positive_int, describe, is_concrete
+from pifs_jax.errors import ArgumentError
+from pifs_jax.loop import Checkpointing, run_loop
+
+__all__ = [
+    "CHECKPOINT_FILE",
+    "OptimizerState",
+    "Outcome",
+    "save_checkpoint",
+    "load_checkpoint",
+    "update_step",
+    "compiled_update_count",
+    "default_optimizer",
+    "run_optimization",
+]
+
+#: File name of the checkpoint inside ``checkpoint_dir`` (:data:`pifs_jax.checkpoint.CHECKPOINT_NAME`).
+CHECKPOINT_FILE = ckpt.CHECKPOINT_NAME
+
+
+class OptimizerState(NamedTuple):
+    """Everything an optimisation carries from one step to the next (and into a checkpoint)."""
+
+    params: Any
+    opt_state: Any
+    step: jax.Array
+    """Number of updates applied so far (int32 scalar)."""
+
+
+def _contents(state: OptimizerState, history: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    step = int(np.asarray(state.step))
+    return {"step": state.step, "state": state, "history": {k: np.asarray(v)[:step] for k, v in history.items()}}
+
+
+def save_checkpoint(
+    path: str | Path, state: OptimizerState, history: Mapping[str, np.ndarray], *, config: Mapping[str, Any]
+) -> Path:
+    """Write ``state`` and ``history`` (per-iteration metrics, the first ``state.step`` entries kept)
+    to ``path`` with :func:`pifs_jax.checkpoint.save_checkpoint` (atomic, sha256-checked)."""
+    return ckpt.save_checkpoint(path, _contents(state, history), config=config)
+
+
+def load_checkpoint(
+    path: str | Path, target: OptimizerState, *, config: Mapping[str, Any]
+) -> tuple[OptimizerState, dict[str, np.ndarray]]:
+    """Read a checkpoint written by :func:`save_checkpoint` into the structure of ``target``.
+
+    Raises:
+      ArgumentError: (``resume``) a missing, truncated, corrupted or foreign file, a checkpoint
+        written with another ``config`` (the differing fields are named) or of another state
+        structure; the message names the file and the problem.
+    """
+    try:
+        header, raw = ckpt.read_checkpoint(path, config=config)
+        stored = raw.get("history") if isinstance(raw, dict) else None
+        if not isinstance(stored, dict):
+            raise ArgumentError("checkpoint", f"{str(path)!r} holds no optimiser history (not an optimiser checkpoint)")
+        step = int(header["step"])
+        for key, values in stored.items():
+            if np.shape(values) != (step,):
+                raise ArgumentError(
+                    "checkpoint", f"{str(path)!r} is corrupted: history {key!r} has shape {np.shape(values)}, not ({step},)"
+                )
+        target_history = {k: np.zeros((step,), np.asarray(v).dtype) for k, v in stored.items()}
+        loaded = ckpt.load_checkpoint(
+            path, {"step": target.step, "state": target, "history": target_history}, config=config
+        )
+    except ArgumentError as err:
+        raise ArgumentError("resume", f"{err.detail}; remove it or choose another checkpoint_dir") from None
+    return loaded["state"], {k: np.asarray(v) for k, v in loaded["history"].items()}
+
+
+@functools.partial(jax.jit, static_argnames=("loss_fn", "optimizer"))
+def update_step(state: OptimizerState, data: Any, *, loss_fn: Callable, optimizer: optax.GradientTransformation):
+    """One optimiser step: ``loss_fn(params, data) -> (loss, (metrics, extra))``, its gradient, the update.
+
+    Jitted once per ``(loss_fn, optimizer)`` pair (both static, hashed by value or identity) and per
+    input structure. ``data`` (e.g. the schedule whose grid is optimised) is a traced argument, so
+    new values do not recompile.
+
+    Returns:
+      ``(new_state, metrics, extra)``.
+    """
+    (_, (metrics, extra)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, data)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    return OptimizerState(params, opt_state, state.step + 1), metrics, extra
+
+
+def compiled_update_count() -> int:
+    """Number of programs :func:`update_step` has compiled in this process (one per problem)."""
+    return update_step._cache_size()
+
+
+@functools.lru_cache(maxsize=64)
+def _adam(learning_rate: float) -> optax.GradientTransformation:
+    """``optax.adam(learning_rate)``, one object per rate (so the compiled update is reused)."""
+    return optax.adam(learning_rate)
+
+
+def default_optimizer(
+    optimizer: optax.GradientTransformation | None, learning_rate: float
+) -> tuple[optax.GradientTransformation, dict[str, Any]]:
+    """``optimizer``, or Adam at ``learning_rate`` (cached per rate); and its description for the checkpoint."""
+    if optimizer is not None:
+        return optimizer, {"name": "custom"}
+    if not (np.isfinite(learning_rate) and learning_rate > 0):
+        raise ArgumentError("learning_rate", f"must be finite and > 0, got {learning_rate!r}")
+    return _adam(float(learning_rate)), {"name": "adam", "learning_rate": float(learning_rate)}
+
+
+def _check_finite_params(params: Any) -> None:
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        if not is_concrete(leaf):
+            continue
+        arr = np.asarray(leaf)
+        if not np.issubdtype(arr.dtype, np.floating):
+            raise ArgumentError("params", f"leaf {jax.tree_util.keystr(path)} must be a float array, got dtype {arr.dtype}")
+        if not np.all(np.isfinite(arr)):
+            raise ArgumentError("params", f"leaf {jax.tree_util.keystr(path)} has non-finite values: {describe(arr)}")
+
+
+class Outcome(NamedTuple):
+    """What :func:`run_optimization` returns."""
+
+    state: OptimizerState
+    history: dict[str, np.ndarray]
+    start: int
+    """The step the run resumed from (0 for a fresh run)."""
+    initial: tuple[dict[str, float], Any]
+    """Metrics (floats) and ``extra`` at the starting parameters."""
+    final: tuple[dict[str, float], Any]
+    """Metrics (floats) and ``extra`` at the final parameters."""
+
+
+def _diverged(step: int, values: dict[str, float]) -> ArgumentError:
+    return ArgumentError(
+        "learning_rate",
+        f"the optimisation diverged (non-finite loss at iteration {step - 1}); lower learning_rate",
+    )
+
+
+def run_optimization(
+    loss_fn: Callable[[Any, Any], tuple[jax.Array, tuple[dict[str, jax.Array], Any]]],
+    params: Any,
+    data: Any,
+    *,
+    optimizer: optax.GradientTransformation,
+    iterations: int,
+    checkpoint_dir: str | Path | None,
+    checkpoint_every: int,
+    resume: bool,
+    progress: bool,
+    callback: Callable[[int, dict[str, float]], Any] | None,
+    config: Mapping[str, Any],
+    description: str,
+) -> Outcome:
+    """Minimise ``loss_fn(params, data)`` with ``optimizer`` for ``iterations`` updates (or up to them, resumed).
+
+    ``loss_fn(params, data) -> (loss, (metrics, extra))``; ``extra`` (the schedule, the grid times)
+    is returned for the initial and final parameters. The initial and final evaluations are
+    :func:`update_step` calls whose new state is discarded, so a run compiles exactly one program.
+    ``config`` (JSON-able) identifies the run in the checkpoint; resuming with another is refused
+    naming the fields that differ.
+    """
+    iterations = check_positive_int(iterations, name="iterations", minimum=0)
+    checkpoint_every = check_positive_int(checkpoint_every, name="checkpoint_every")
+    _check_finite_params(params)
+    params = jax.tree_util.tree_map(jnp.asarray, params)
+
+    def update(state: OptimizerState):
+        return update_step(state, data, loss_fn=loss_fn, optimizer=optimizer)
+
+    def evaluate(state: OptimizerState) -> tuple[dict[str, float], Any]:
+        _, metrics, extra = update(state)
+        return {k: float(v) for k, v in metrics.items()}, extra
+
+    path = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_FILE
+    if resume and path is None:
+        raise ArgumentError("resume", "needs checkpoint_dir (where the checkpoint is)")
+    state = OptimizerState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
+    _, initial_metrics, initial_extra = update(state)
+    dtypes = {k: np.asarray(v).dtype for k, v in initial_metrics.items()}
+    initial = ({k: float(v) for k, v in initial_metrics.items()}, initial_extra)
+    history = {k: np.zeros((0,), dtype) for k, dtype in dtypes.items()}
+    start = 0
+    if resume and path.exists():
+        state, history = load_checkpoint(path, state, config=config)
+        start = int(state.step)
+        if start > iterations:
+            raise ArgumentError("iterations", f"the checkpoint is already at step {start}, beyond iterations = {iterations}")
+    if not np.isfinite(initial[0]["loss"]):
+        raise ArgumentError(
+            "params", f"the objective is not finite at the initial parameters (loss = {initial[0]['loss']!r})"
+        )
+
+    def record(records: list[tuple[int, dict[str, float]]]) -> None:
+        for key, dtype in dtypes.items():
+            new = np.asarray([values[key] for _, values in records], dtype)
+            history[key] = np.concatenate([history[key], new])
+
+    def step(state: OptimizerState):
+        new_state, metrics, _ = update(state)
+        return new_state, metrics
+
+    checkpointing = None
+    if path is not None:
+        checkpointing = Checkpointing(path, checkpoint_every, config, lambda s: _contents(s, history))
+    state = run_loop(
+        step,
+        state,
+        start=start,
+        stop=iterations,
+        checkpoint=checkpointing,
+        report_every=max(1, iterations // 100),
+        on_report=record,
+        callback=callback,
+        diverged=_diverged,
+        watch=("loss",),
+        progress=progress,
+        description=description,
+    )
+    final = evaluate(state)
+    if not np.isfinite(final[0]["loss"]):
+        raise ArgumentError("learning_rate", "the optimisation diverged (non-finite loss at the end); lower learning_rate")
+    return Outcome(state, history, start, initial, final)
