@@ -2,7 +2,8 @@
 
 Every check runs only on concrete values: under ``jax.jit`` / ``jax.grad`` the inputs are
 tracers and the checks are skipped (the traced program cannot raise on values). Each failure
-raises ``ValueError`` naming the argument, what was expected and what was received.
+raises :class:`pifs_jax.errors.ArgumentError` (a ``ValueError``) whose ``.argument`` is the
+argument's name and whose message is ``"name: what was expected, what was received"``.
 """
 
 from __future__ import annotations
@@ -50,29 +51,34 @@ def check_log_alpha_bar(log_alpha_bar: Any, *, name: str = "alpha_bar") -> None:
         return
     arr = np.asarray(log_alpha_bar, dtype=np.float64)
     if arr.ndim != 1 or arr.shape[0] < 2:
-        raise ValueError(
-            f"{name}: expected a 1-D array of shape (T+1,) with T >= 1, got shape {arr.shape}"
+        raise ArgumentError(
+            name,
+            f"expected a 1-D array of shape (T+1,) with T >= 1, got shape {arr.shape}"
         )
     if not np.all(np.isfinite(arr)):
         bad = int(np.flatnonzero(~np.isfinite(arr))[0])
-        raise ValueError(
-            f"{name}: every value must lie in (0, 1] (alpha_bar_T > 0, logSNR finite); "
+        raise ArgumentError(
+            name,
+            f"every value must lie in (0, 1] (alpha_bar_T > 0, logSNR finite); "
             f"index {bad} is {np.exp(arr[bad]):.6g}"
         )
     if arr[0] != 0.0:
-        raise ValueError(
-            f"{name}: alpha_bar[0] must be exactly 1 (t = 0 is clean data), got {np.exp(arr[0]):.17g}"
+        raise ArgumentError(
+            name,
+            f"alpha_bar[0] must be exactly 1 (t = 0 is clean data), got {np.exp(arr[0]):.17g}"
         )
     if np.any(arr[1:] >= 0.0):
         bad = int(np.flatnonzero(arr[1:] >= 0.0)[0]) + 1
-        raise ValueError(
-            f"{name}: alpha_bar[t] must be < 1 for t >= 1, got alpha_bar[{bad}] = {np.exp(arr[bad]):.17g}"
+        raise ArgumentError(
+            name,
+            f"alpha_bar[t] must be < 1 for t >= 1, got alpha_bar[{bad}] = {np.exp(arr[bad]):.17g}"
         )
     steps = np.diff(arr)
     if np.any(steps >= 0.0):
         bad = int(np.flatnonzero(steps >= 0.0)[0]) + 1
-        raise ValueError(
-            f"{name}: must be strictly decreasing in t, but alpha_bar[{bad}] = {np.exp(arr[bad]):.10g} "
+        raise ArgumentError(
+            name,
+            f"must be strictly decreasing in t, but alpha_bar[{bad}] = {np.exp(arr[bad]):.10g} "
             f">= alpha_bar[{bad - 1}] = {np.exp(arr[bad - 1]):.10g}"
         )
 
@@ -89,18 +95,20 @@ def check_gaps(log_alpha_bar: Any, gaps: Any, *, name: str = "sched") -> None:
     log_ab = np.asarray(log_alpha_bar, dtype=np.float64)
     g = np.asarray(gaps, dtype=np.float64)
     if g.shape != (log_ab.shape[0] - 1,):
-        raise ValueError(f"{name}: gaps must have shape (T,) = ({log_ab.shape[0] - 1},), got {g.shape}")
+        raise ArgumentError(name, f"gaps must have shape (T,) = ({log_ab.shape[0] - 1},), got {g.shape}")
     if not np.all(np.isfinite(g)) or np.any(g <= 0):
         bad = int(np.flatnonzero(~np.isfinite(g) | (g <= 0))[0])
-        raise ValueError(
-            f"{name}: alpha_bar must strictly decrease (gaps log alpha_bar[t-1] - log alpha_bar[t] > 0), "
+        raise ArgumentError(
+            name,
+            f"alpha_bar must strictly decrease (gaps log alpha_bar[t-1] - log alpha_bar[t] > 0), "
             f"got gap {g[bad]!r} at t = {bad + 1}"
         )
     mismatch = np.abs(-np.cumsum(g) - log_ab[1:])
     if np.any(mismatch > 1e-4 * np.maximum(1.0, np.abs(log_ab[1:]))):
         bad = int(np.argmax(mismatch))
-        raise ValueError(
-            f"{name}: gaps are inconsistent with log_alpha_bar (cumulative sum off by {mismatch[bad]:.3g} at "
+        raise ArgumentError(
+            name,
+            f"gaps are inconsistent with log_alpha_bar (cumulative sum off by {mismatch[bad]:.3g} at "
             f"t = {bad + 1}); build schedules with the pifs_jax constructors"
         )
 
@@ -111,22 +119,24 @@ def check_grid(grid: Any, T: int, *, name: str = "grid") -> None:
         return
     arr = np.asarray(grid)
     if arr.ndim != 1 or arr.shape[0] < 2:
-        raise ValueError(
-            f"{name}: expected a 1-D integer array 0 = tau_0 < ... < tau_N <= T with N >= 1, "
+        raise ArgumentError(
+            name,
+            f"expected a 1-D integer array 0 = tau_0 < ... < tau_N <= T with N >= 1, "
             f"got shape {arr.shape}"
         )
     if not np.issubdtype(arr.dtype, np.integer):
         if not np.all(np.equal(np.round(arr), arr)):
-            raise ValueError(f"{name}: timesteps must be integers, got {describe(arr)}")
+            raise ArgumentError(name, f"timesteps must be integers, got {describe(arr)}")
     if arr[0] != 0:
-        raise ValueError(f"{name}: must start at tau_0 = 0 (alpha_bar = 1), got tau_0 = {arr[0]}")
+        raise ArgumentError(name, f"must start at tau_0 = 0 (alpha_bar = 1), got tau_0 = {arr[0]}")
     if np.any(np.diff(arr) <= 0):
         bad = int(np.flatnonzero(np.diff(arr) <= 0)[0]) + 1
-        raise ValueError(
-            f"{name}: must be strictly increasing, but tau_{bad} = {arr[bad]} <= tau_{bad - 1} = {arr[bad - 1]}"
+        raise ArgumentError(
+            name,
+            f"must be strictly increasing, but tau_{bad} = {arr[bad]} <= tau_{bad - 1} = {arr[bad - 1]}"
         )
     if arr[-1] > T:
-        raise ValueError(f"{name}: last timestep tau_N = {arr[-1]} exceeds the schedule's T = {T}")
+        raise ArgumentError(name, f"last timestep tau_N = {arr[-1]} exceeds the schedule's T = {T}")
 
 
 def check_variances(variances: Any, *, name: str = "variances") -> None:
@@ -135,17 +145,58 @@ def check_variances(variances: Any, *, name: str = "variances") -> None:
         return
     arr = np.asarray(variances, dtype=np.float64)
     if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name}: must be finite, got {describe(arr)}")
+        raise ArgumentError(name, f"must be finite, got {describe(arr)}")
     if np.any(arr < 0):
-        raise ValueError(f"{name}: variances must be >= 0, got {describe(arr)}")
+        raise ArgumentError(name, f"variances must be >= 0, got {describe(arr)}")
+
+
+def check_finite(value: Any, name: str) -> np.ndarray:
+    """Return ``value`` as a float64 NumPy array after checking every entry is finite."""
+    arr = np.asarray(value, dtype=np.float64)
+    if not np.all(np.isfinite(arr)):
+        raise ArgumentError(name, f"must be finite, got {describe(arr)}")
+    return arr
+
+
+def check_covariances(cov: Any, n: int, *, name: str, batch_shape: tuple = ()) -> None:
+    """Shape ``batch_shape + (n, n)``, finite, symmetric and positive semi-definite (when concrete).
+
+    Tolerances are relative to the largest entry ``s = max |cov|``, with ``eps`` the machine epsilon
+    of the input's (canonical floating) dtype: ``max |cov - cov^T| <= sqrt(eps) s`` and smallest
+    eigenvalue ``>= -n sqrt(eps) s``. The shape is checked under tracing too (it is static).
+    """
+    expected = tuple(batch_shape) + (n, n)
+    shape = tuple(np.shape(cov))
+    if shape != expected:
+        raise ArgumentError(name, f"expected a covariance of shape {expected}, got shape {shape}")
+    if not is_concrete(cov):
+        return
+    arr = check_finite(cov, name)
+    tol = float(np.sqrt(jnp.finfo(jnp.result_type(float, cov)).eps))
+    scale = max(float(np.max(np.abs(arr))), np.finfo(np.float64).tiny)
+    asym = float(np.max(np.abs(arr - np.swapaxes(arr, -1, -2))))
+    if asym > tol * scale:
+        raise ArgumentError(name, f"must be symmetric, but max |cov - cov^T| = {asym:.3g} (max |cov| = {scale:.3g})")
+    min_eig = float(np.min(np.linalg.eigvalsh((arr + np.swapaxes(arr, -1, -2)) / 2)))
+    if min_eig < -tol * n * scale:
+        raise ArgumentError(name, f"must be positive semi-definite, but its smallest eigenvalue is {min_eig:.6g}")
+
+
+def check_subset(values: Any, allowed: tuple, *, name: str) -> tuple:
+    """Return ``values`` (one name or an iterable of names) as a tuple after checking it is a
+    non-empty subset of ``allowed``."""
+    values = (values,) if isinstance(values, str) else tuple(values)
+    if not values or any(v not in allowed for v in values):
+        raise ArgumentError(name, f"expected a non-empty subset of {allowed}, got {values!r}")
+    return values
 
 
 def check_positive_int(value: Any, *, name: str, minimum: int = 1) -> int:
     """Return ``value`` as int after checking it is an integer >= ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+        raise ArgumentError(name, f"expected an integer >= {minimum}, got {value!r}")
     if value < minimum:
-        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value}")
+        raise ArgumentError(name, f"expected an integer >= {minimum}, got {value}")
     return int(value)
 
 
@@ -153,8 +204,8 @@ def patch_variance_arrays(variances: Any, sizes: Any | None, dtype) -> tuple[jax
     """``(lambda, n)`` as arrays of ``dtype``: patch variances ``(m,)`` and their multiplicities (default 1)."""
     lam = jnp.asarray(variances, dtype=dtype)
     if lam.ndim != 1:
-        raise ValueError(f"variances: expected shape (m,) of patch variances, got {lam.shape}")
+        raise ArgumentError("variances", f"expected shape (m,) of patch variances, got {lam.shape}")
     n = jnp.ones_like(lam) if sizes is None else jnp.asarray(sizes, dtype=dtype)
     if n.shape != lam.shape:
-        raise ValueError(f"sizes: expected shape {lam.shape} (one per variance), got {n.shape}")
+        raise ArgumentError("sizes", f"expected shape {lam.shape} (one per variance), got {n.shape}")
     return lam, n

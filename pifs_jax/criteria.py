@@ -65,10 +65,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pifs_jax._validation import check_instance, check_positive_int, describe, is_concrete
+from pifs_jax._validation import check_finite, check_instance, check_positive_int, describe, is_concrete
 from pifs_jax.geometry import contraction_threshold, dimension_growth, information_gain, step_coefficients
 from pifs_jax.grids import as_grid
 from pifs_jax.schedules import Schedule
+from pifs_jax.errors import ArgumentError
 
 __all__ = [
     "coefficient_of_variation",
@@ -149,7 +150,7 @@ def weakest_link(
     """
     check_instance(sched, Schedule, name="sched", what="pifs_jax Schedule")
     if is_concrete(temperature) and not (np.isfinite(float(temperature)) and float(temperature) > 0):
-        raise ValueError(f"temperature: must be finite and > 0, got {temperature!r}")
+        raise ArgumentError("temperature", f"must be finite and > 0, got {temperature!r}")
     lstar = contraction_threshold(sched, grid)
     x = jnp.log(lstar) if log_domain else lstar
     soft = -temperature * jax.nn.logsumexp(-x / temperature)
@@ -191,7 +192,7 @@ def _information_gain_after_finest(sched: Schedule, variances: Any, sizes: Any |
     lam = jnp.asarray(variances)
     n = jnp.ones_like(lam) if sizes is None else jnp.asarray(sizes)
     if lam.ndim != 1 or n.shape != lam.shape:
-        raise ValueError(f"variances, sizes: expected two arrays of shape (m,), got {lam.shape} and {n.shape}")
+        raise ArgumentError("variances, sizes", f"expected two arrays of shape (m,), got {lam.shape} and {n.shape}")
     return information_gain(sched, variances, sizes, grid)[1:]
 
 
@@ -217,8 +218,7 @@ def growth_balance(sched: Schedule, variances: Any, sizes: Any | None = None, gr
     check_instance(sched, Schedule, name="sched", what="pifs_jax Schedule")
     g = as_grid(grid, sched.T)
     if np.shape(g)[0] < 4:
-        raise ValueError(
-            f"grid: criterion 2 needs at least 3 sampling steps (the finest is left out), got {np.shape(g)[0] - 1}"
+        raise ArgumentError("grid", f"criterion 2 needs at least 3 sampling steps (the finest is left out), got {np.shape(g)[0] - 1}"
         )
     growth = dimension_growth(sched, variances, sizes, g)[1:]
     information = _information_gain_after_finest(sched, variances, sizes, g)
@@ -238,7 +238,7 @@ def growth_balance(sched: Schedule, variances: Any, sizes: Any | None = None, gr
 
 def _check_kind(kind: str) -> None:
     if kind not in WORK_KINDS:
-        raise ValueError(f"kind: unknown work definition {kind!r}; expected one of {', '.join(WORK_KINDS)}")
+        raise ArgumentError("kind", f"unknown work definition {kind!r}; expected one of {', '.join(WORK_KINDS)}")
 
 
 def work_density(sched: Schedule, *, kind: str = "inverse_threshold") -> jax.Array:
@@ -269,18 +269,16 @@ def _check_times(times: Any, T: int) -> None:
         return
     arr = np.asarray(times, dtype=np.float64)
     if arr.ndim != 1 or arr.shape[0] < 2:
-        raise ValueError(f"times: expected a 1-D array 0 = t_0 < ... < t_N <= T with N >= 1, got shape {arr.shape}")
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"times: must be finite, got {describe(arr)}")
+        raise ArgumentError("times", f"expected a 1-D array 0 = t_0 < ... < t_N <= T with N >= 1, got shape {arr.shape}")
+    check_finite(arr, "times")
     if arr[0] != 0:
-        raise ValueError(f"times: must start at t_0 = 0 (alpha_bar = 1), got t_0 = {arr[0]:.6g}")
+        raise ArgumentError("times", f"must start at t_0 = 0 (alpha_bar = 1), got t_0 = {arr[0]:.6g}")
     if np.any(np.diff(arr) <= 0):
         bad = int(np.flatnonzero(np.diff(arr) <= 0)[0]) + 1
-        raise ValueError(
-            f"times: must strictly increase, but t_{bad} = {arr[bad]:.6g} <= t_{bad - 1} = {arr[bad - 1]:.6g}"
+        raise ArgumentError("times", f"must strictly increase, but t_{bad} = {arr[bad]:.6g} <= t_{bad - 1} = {arr[bad - 1]:.6g}"
         )
     if arr[-1] > T:
-        raise ValueError(f"times: last time t_N = {arr[-1]:.6g} exceeds the schedule's T = {T}")
+        raise ArgumentError("times", f"last time t_N = {arr[-1]:.6g} exceeds the schedule's T = {T}")
 
 
 def step_work(sched: Schedule, times: Any, *, kind: str = "inverse_threshold") -> jax.Array:
@@ -352,7 +350,7 @@ def equal_work_times(
     num_steps = check_positive_int(num_steps, name="num_steps")
     last = sched.T if last is None else check_positive_int(last, name="last")
     if last > sched.T:
-        raise ValueError(f"last: must not exceed the schedule's T = {sched.T}, got {last}")
+        raise ArgumentError("last", f"must not exceed the schedule's T = {sched.T}, got {last}")
     cumulative = cumulative_work(sched, kind=kind)
     dtype = cumulative.dtype
     targets = jnp.arange(num_steps + 1, dtype=dtype) / num_steps * cumulative[last]

@@ -28,6 +28,7 @@ from pifs_jax._validation import is_concrete
 from pifs_jax.geometry import StepCoefficients, step_coefficients
 from pifs_jax.grids import as_grid
 from pifs_jax.schedules import Schedule, safe_sqrt
+from pifs_jax.errors import ArgumentError
 
 __all__ = ["ddim_step", "ddim_chain", "ddim_sample", "check_denoiser", "chain_steps", "ChainSteps"]
 
@@ -75,10 +76,10 @@ def check_denoiser(eps_fn: EpsFn, x: Any, t: int = 1, *, name: str = "eps_fn") -
     try:
         out = jax.eval_shape(eps_fn, jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct((), jnp.int32))
     except Exception as err:  # surface the model's own error with context
-        raise ValueError(f"{name}: calling eps_fn(x, t) with x of shape {x.shape} failed: {err}") from err
+        raise ArgumentError(name, f"calling eps_fn(x, t) with x of shape {x.shape} failed: {err}") from err
     if not hasattr(out, "shape") or out.shape != x.shape:
         got = getattr(out, "shape", type(out).__name__)
-        raise ValueError(f"{name}: the denoiser must return an array of the input's shape {x.shape}, got {got}")
+        raise ArgumentError(name, f"the denoiser must return an array of the input's shape {x.shape}, got {got}")
 
 
 def _first_nonfinite_step(trajectory: jax.Array) -> int | None:
@@ -123,7 +124,7 @@ def ddim_chain(
         check_denoiser(eps_fn, x_T)
     stochastic = not (is_concrete(eta) and float(eta) == 0.0)
     if stochastic and key is None:
-        raise ValueError("key: a PRNG key is required when eta > 0 (stochastic DDIM steps)")
+        raise ArgumentError("key", "a PRNG key is required when eta > 0 (stochastic DDIM steps)")
     steps = chain_steps(sched, grid, eta=eta)
     n_steps = steps.t.shape[0]
     noise_keys = jax.random.split(key, n_steps) if stochastic else jnp.zeros((n_steps,), jnp.uint32)
@@ -145,9 +146,8 @@ def ddim_chain(
         if bad is not None:
             t_values = np.asarray(steps.t)
             if bad == 0:
-                raise ValueError("x_T: the initial state contains non-finite values")
-            raise ValueError(
-                f"ddim_chain: non-finite values first appear after sampling step {bad} of {n_steps} "
+                raise ArgumentError("x_T", "the initial state contains non-finite values")
+            raise ArgumentError("ddim_chain", f"non-finite values first appear after sampling step {bad} of {n_steps} "
                 f"(t = {int(t_values[bad - 1])} -> the next grid point); check the denoiser at that timestep"
             )
     return (x_0, trajectory) if return_trajectory else x_0
@@ -169,12 +169,12 @@ def ddim_sample(
     """
     x_T = jnp.asarray(x_T)
     if x_T.ndim < 1:
-        raise ValueError(f"x_T: expected a batch with a leading axis, got shape {x_T.shape}")
+        raise ArgumentError("x_T", f"expected a batch with a leading axis, got shape {x_T.shape}")
     if is_concrete(x_T):
         check_denoiser(eps_fn, x_T[0])
     stochastic = not (is_concrete(eta) and float(eta) == 0.0)
     if stochastic and key is None:
-        raise ValueError("key: a PRNG key is required when eta > 0 (stochastic DDIM steps)")
+        raise ArgumentError("key", "a PRNG key is required when eta > 0 (stochastic DDIM steps)")
     keys = jax.random.split(key, x_T.shape[0]) if stochastic else None
 
     def one(x, k):

@@ -32,9 +32,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pifs_jax._validation import check_instance, check_variances, describe, is_concrete
+from pifs_jax._validation import (
+    check_covariances,
+    check_finite,
+    check_instance,
+    check_variances,
+    describe,
+    is_concrete,
+)
 from pifs_jax.patches import patch_layout, patchify, unpatchify
 from pifs_jax.schedules import Schedule, safe_sqrt
+from pifs_jax.errors import ArgumentError
 
 __all__ = [
     "gaussian_denoiser",
@@ -77,7 +85,7 @@ def _gain(level: _NoiseLevel, eigvals: jax.Array) -> jax.Array:
 def _check_sample(x: jax.Array, n: int) -> jax.Array:
     """Flatten ``x`` after checking it has ``n`` coordinates (shapes are static: works under jit)."""
     if x.size != n:
-        raise ValueError(f"x: the denoiser's data model has n = {n} coordinates, got x of shape {x.shape}")
+        raise ArgumentError("x", f"the denoiser's data model has n = {n} coordinates, got x of shape {x.shape}")
     return x.reshape(-1)
 
 
@@ -89,38 +97,6 @@ def _float_dtype(*arrays: Any):
 def _eps_of(value: Any) -> float:
     """Machine epsilon of ``value``'s (canonical floating) dtype, for tolerances of input checks."""
     return float(jnp.finfo(_float_dtype(value)).eps)
-
-
-def _check_finite(value: Any, name: str) -> np.ndarray:
-    arr = np.asarray(value, dtype=np.float64)
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name}: must be finite, got {describe(arr)}")
-    return arr
-
-
-def _check_covariances(cov: Any, n: int, *, name: str, batch_shape: tuple = ()) -> None:
-    """Shape ``batch_shape + (n, n)``, finite, symmetric and positive semi-definite (when concrete).
-
-    Tolerances are relative to the largest entry: ``sqrt(eps)`` of the input's dtype for the
-    asymmetry and, times ``n``, for the most negative eigenvalue.
-    """
-    expected = tuple(batch_shape) + (n, n)
-    shape = tuple(np.shape(cov))
-    if shape != expected:
-        raise ValueError(f"{name}: expected a covariance of shape {expected}, got shape {shape}")
-    if not is_concrete(cov):
-        return
-    arr = _check_finite(cov, name)
-    tol = float(np.sqrt(_eps_of(cov)))
-    scale = max(float(np.max(np.abs(arr))), np.finfo(np.float64).tiny)
-    asym = float(np.max(np.abs(arr - np.swapaxes(arr, -1, -2))))
-    if asym > tol * scale:
-        raise ValueError(f"{name}: must be symmetric, but max |cov - cov^T| = {asym:.3g} (max |cov| = {scale:.3g})")
-    min_eig = float(np.min(np.linalg.eigvalsh((arr + np.swapaxes(arr, -1, -2)) / 2)))
-    if min_eig < -tol * n * scale:
-        raise ValueError(
-            f"{name}: must be positive semi-definite, but its smallest eigenvalue is {min_eig:.6g}"
-        )
 
 
 def _eigh_psd(cov: Any, dtype) -> tuple[jax.Array, jax.Array]:
@@ -143,12 +119,12 @@ def _check_orthogonal(eigvecs: Any, name: str) -> None:
     """``U^T U = I`` checked with one random probe: ``||U^T (U z) - z||`` is O(n^2), not O(n^3)."""
     if not is_concrete(eigvecs):
         return
-    u = _check_finite(eigvecs, name)
+    u = check_finite(eigvecs, name)
     z = np.random.default_rng(0).standard_normal(u.shape[-1])
     err = np.linalg.norm(u.T @ (u @ z) - z) / np.linalg.norm(z)
     if err > 1e3 * _eps_of(eigvecs) * max(1.0, np.sqrt(u.shape[-1])):
-        raise ValueError(
-            f"{name}: the eigenvector matrix must be orthogonal (columns = eigenvectors), "
+        raise ArgumentError(
+            name, f"the eigenvector matrix must be orthogonal (columns = eigenvectors), "
             f"but ||U^T U z - z|| / ||z|| = {err:.3g} for a random z"
         )
 
@@ -180,10 +156,10 @@ def gaussian_denoiser_eig(sched: Schedule, mean: Any, eigvals: Any, eigvecs: Any
     check_instance(sched, Schedule, name="sched", what="pifs_jax Schedule")
     n = int(np.size(mean))
     if np.shape(eigvals) != (n,):
-        raise ValueError(f"eigvals: expected shape ({n},) to match mean's {n} entries, got {np.shape(eigvals)}")
+        raise ArgumentError("eigvals", f"expected shape ({n},) to match mean's {n} entries, got {np.shape(eigvals)}")
     check_variances(eigvals, name="eigvals")
     if np.shape(eigvecs) != (n, n):
-        raise ValueError(f"eigvecs: expected shape ({n}, {n}) to match mean's {n} entries, got {np.shape(eigvecs)}")
+        raise ArgumentError("eigvecs", f"expected shape ({n}, {n}) to match mean's {n} entries, got {np.shape(eigvecs)}")
     _check_orthogonal(eigvecs, "eigvecs")
     dtype = _float_dtype(mean, eigvals, eigvecs)
     mu = jnp.asarray(mean, dtype).reshape(-1)
@@ -236,7 +212,7 @@ def gaussian_denoiser(sched: Schedule, mean: Any, cov: Any) -> EpsFn:
     """
     check_instance(sched, Schedule, name="sched", what="pifs_jax Schedule")
     n = int(np.size(mean))
-    _check_covariances(cov, n, name="cov")
+    check_covariances(cov, n, name="cov")
     dtype = _float_dtype(mean, cov)
     eigvals, eigvecs = _eigh_psd(cov, dtype)
     return gaussian_denoiser_eig(sched, jnp.asarray(mean, dtype), eigvals, eigvecs)
@@ -268,10 +244,10 @@ def gaussian_denoiser_patches(sched: Schedule, mean: Any, patch_covs: Any, patch
     layout = patch_layout(np.shape(mean), patch_size)
     m, nk = layout.num_patches, layout.patch_dim
     if np.ndim(patch_covs) == 2:
-        _check_covariances(patch_covs, nk, name="patch_covs")
+        check_covariances(patch_covs, nk, name="patch_covs")
         patch_covs = jnp.broadcast_to(jnp.asarray(patch_covs), (m, nk, nk))
     else:
-        _check_covariances(patch_covs, nk, name="patch_covs", batch_shape=(m,))
+        check_covariances(patch_covs, nk, name="patch_covs", batch_shape=(m,))
     dtype = _float_dtype(mean, patch_covs)
     mu = patchify(jnp.asarray(mean, dtype), patch_size)
     lam, u = _eigh_psd(patch_covs, dtype)  # (M, n_k), (M, n_k, n_k)
@@ -279,7 +255,7 @@ def gaussian_denoiser_patches(sched: Schedule, mean: Any, patch_covs: Any, patch
     def eps_fn(x, t):
         x = jnp.asarray(x)
         if x.shape != layout.image_shape:
-            raise ValueError(f"x: expected an image of shape {layout.image_shape}, got {x.shape}")
+            raise ArgumentError("x", f"expected an image of shape {layout.image_shape}, got {x.shape}")
         return _gaussian_patch_eps(sched, mu, lam, u, x, t, patch_size=layout.patch_size)
 
     return eps_fn
@@ -324,15 +300,15 @@ def gaussian_mixture_denoiser(sched: Schedule, weights: Any, means: Any, covs: A
     check_instance(sched, Schedule, name="sched", what="pifs_jax Schedule")
     k_components = int(np.shape(weights)[0]) if np.ndim(weights) == 1 else -1
     if k_components < 1:
-        raise ValueError(f"weights: expected a non-empty 1-D array of shape (K,), got shape {np.shape(weights)}")
+        raise ArgumentError("weights", f"expected a non-empty 1-D array of shape (K,), got shape {np.shape(weights)}")
     if np.ndim(means) < 1 or np.shape(means)[0] != k_components:
-        raise ValueError(f"means: expected shape (K,) + sample_shape with K = {k_components}, got {np.shape(means)}")
+        raise ArgumentError("means", f"expected shape (K,) + sample_shape with K = {k_components}, got {np.shape(means)}")
     n = int(np.prod(np.shape(means)[1:], dtype=np.int64))
     if is_concrete(weights):
-        w = _check_finite(weights, "weights")
+        w = check_finite(weights, "weights")
         if np.any(w < 0) or not np.any(w > 0):
-            raise ValueError(f"weights: must be >= 0 and not all zero, got {describe(w)}")
-    _check_covariances(covs, n, name="covs", batch_shape=(k_components,))
+            raise ArgumentError("weights", f"must be >= 0 and not all zero, got {describe(w)}")
+    check_covariances(covs, n, name="covs", batch_shape=(k_components,))
     dtype = _float_dtype(weights, means, covs)
     weights = jnp.asarray(weights, dtype)
     log_pi = jnp.log(weights / jnp.sum(weights))
@@ -389,9 +365,9 @@ class EmpiricalEps(NamedTuple):
 def _check_data(data: Any) -> jax.Array:
     data = jnp.asarray(data)
     if data.ndim < 2 or data.shape[0] < 1:
-        raise ValueError(f"data: expected shape (M,) + sample_shape with M >= 1, got {data.shape}")
+        raise ArgumentError("data", f"expected shape (M,) + sample_shape with M >= 1, got {data.shape}")
     if is_concrete(data):
-        _check_finite(data, "data")
+        check_finite(data, "data")
     return data.astype(_float_dtype(data))
 
 

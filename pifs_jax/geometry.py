@@ -29,12 +29,14 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optimistix as optx
 
 from pifs_jax._validation import check_gaps, check_log_alpha_bar, check_variances, patch_variance_arrays
 from pifs_jax.grids import as_grid
 from pifs_jax.kaplan_yorke import kaplan_yorke_dimension
 from pifs_jax.schedules import Schedule, safe_sqrt
+from pifs_jax.errors import ArgumentError
 
 __all__ = [
     "StepCoefficients",
@@ -52,6 +54,7 @@ __all__ = [
     "analytic_kaplan_yorke",
     "information_gain",
     "dimension_growth",
+    "geometry_arrays",
 ]
 
 
@@ -99,7 +102,7 @@ def step_coefficients(sched: Schedule, grid: Any = None) -> StepCoefficients:
       :class:`StepCoefficients` with arrays of shape ``(N,)``.
     """
     if not isinstance(sched, Schedule):
-        raise ValueError(f"sched: expected a pifs_jax Schedule, got {type(sched).__name__}")
+        raise ArgumentError("sched", f"expected a pifs_jax Schedule, got {type(sched).__name__}")
     check_log_alpha_bar(sched.log_alpha_bar, name="sched")
     check_gaps(sched.log_alpha_bar, sched.gaps, name="sched")
     full = grid is None
@@ -311,3 +314,71 @@ def dimension_growth(sched: Schedule, variances: Any, sizes: Any | None = None, 
     denominator = jnp.where(jnp.isfinite(least_contracting), jnp.abs(least_contracting), 1.0)
     numerator = jnp.sum(jnp.where(expanding, n * log_f, 0.0), axis=1)
     return numerator / (log_f.shape[0] * denominator)
+
+
+def _geometry_values(sched: Schedule, grid: jax.Array, lambdas: Any) -> dict[str, jax.Array]:
+    """The JAX part of :func:`geometry_arrays` (jittable; ``grid`` may be traced)."""
+    coeffs = step_coefficients(sched, grid)
+    summary = contraction_summary(sched, grid)
+    return {
+        "alpha_bar_t": coeffs.alpha_bar_t,
+        "sigma_t": coeffs.sigma_t,
+        "a": coeffs.a,
+        "b": coeffs.b,
+        "lstar": contraction_threshold(sched, grid),
+        "lambda_star": expansion_threshold(sched, grid),
+        "log_snr": sched.log_snr[grid[1:]],
+        "f": expansion_factor(sched, lambdas, grid),
+        "lstar_mean": summary.mean,
+        "lstar_cv": summary.cv,
+        "lstar_min": summary.min,
+        "lstar_argmin": summary.argmin,
+        "lstar_finest": summary.finest,
+        "lambda_star_star": moran_threshold(sched, grid),
+    }
+
+
+def geometry_arrays(sched: Schedule, grid: Any = None, *, lambdas: Any) -> dict[str, Any]:
+    """Every per-step quantity of the chain, plus the summaries, as NumPy arrays / Python numbers.
+
+    Collects :func:`step_coefficients` (``a_t``, ``b_t``), :func:`contraction_threshold`
+    (``L*_t = (sigma_s + a_t sigma_t) / (1 + a_t)``), :func:`contraction_summary`,
+    :func:`expansion_threshold` (``lambda*_t``), :func:`expansion_factor` (``f_t(lambda)``) and
+    :func:`moran_threshold` (``lambda**``: ``sum_t log f_t(lambda**) = 0``); docs/theory.md
+    sections 3 and 4. What ``pifs-jax geometry`` writes to ``geometry.json``. Not jittable (it
+    returns host values); the grid and ``lambdas`` are validated here.
+
+    Args:
+      sched: the schedule.
+      grid: sampling grid (``None`` = all ``T`` steps).
+      lambdas: data variances for ``f_t(lambda)``, shape ``(K,)``, finite and ``>= 0``.
+
+    Returns:
+      ``{"summary": {...}, "per_step": {t, s, alpha_bar_t, sigma_t, a, b, lstar, lambda_star,
+      log_snr, f}, "lambda_grid": lambdas}``; per-step arrays have shape ``(N,)`` (entry 0 = finest
+      step), ``f`` has shape ``(N, K)``.
+    """
+    g = np.asarray(as_grid(grid, sched.T))  # validated here, outside jit
+    check_variances(lambdas, name="lambdas")
+    values = {k: np.asarray(v) for k, v in _geometry_values(sched, g, np.asarray(lambdas)).items()}
+    per_step = {"t": g[1:], "s": g[:-1]}
+    per_step.update(
+        {k: values[k] for k in ("alpha_bar_t", "sigma_t", "a", "b", "lstar", "lambda_star", "log_snr", "f")}
+    )
+    lam_star, log_snr = values["lambda_star"], values["log_snr"]
+    summaries = {
+        "T": int(sched.T),
+        "num_steps": int(len(g) - 1),
+        "dtype": str(sched.dtype),
+        "lstar_mean": float(values["lstar_mean"]),
+        "lstar_cv": float(values["lstar_cv"]),
+        "lstar_min": float(values["lstar_min"]),
+        "lstar_argmin_t": int(g[1:][int(values["lstar_argmin"])]),
+        "lstar_finest": float(values["lstar_finest"]),
+        "lambda_star_star": float(values["lambda_star_star"]),
+        "lambda_star_min": float(np.min(lam_star)),
+        "lambda_star_max": float(np.max(lam_star)),
+        "log_snr_max": float(log_snr[0]),
+        "log_snr_min": float(log_snr[-1]),
+    }
+    return {"summary": summaries, "per_step": per_step, "lambda_grid": np.asarray(lambdas)}

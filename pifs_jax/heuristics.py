@@ -46,10 +46,20 @@ import jax.numpy as jnp
 import numpy as np
 import optimistix as optx
 
-from pifs_jax._validation import check_instance, check_positive_int, check_variances, describe, is_concrete, patch_variance_arrays
+from pifs_jax._validation import (
+    check_finite,
+    check_instance,
+    check_positive_int,
+    check_subset,
+    check_variances,
+    describe,
+    is_concrete,
+    patch_variance_arrays,
+)
 from pifs_jax.geometry import step_coefficients
 from pifs_jax.grids import as_grid
 from pifs_jax.schedules import Schedule, cosine
+from pifs_jax.errors import ArgumentError
 
 __all__ = [
     "PIXEL_BIN",
@@ -94,7 +104,7 @@ def min_snr_weights(sched: Schedule, *, gamma: Any = 5.0, grid: Any = None) -> j
     """
     check_instance(sched, Schedule, name="sched", what="pifs_jax Schedule")
     if is_concrete(gamma) and not (np.all(np.isfinite(np.asarray(gamma, dtype=float))) and float(gamma) > 0):
-        raise ValueError(f"gamma: the Min-SNR clip must be finite and > 0, got {gamma!r}")
+        raise ArgumentError("gamma", f"the Min-SNR clip must be finite and > 0, got {gamma!r}")
     g = jnp.asarray(as_grid(grid, sched.T))
     log_snr = sched.log_snr[g[1:]]
     return jnp.exp(jnp.minimum(0.0, jnp.log(jnp.asarray(gamma, log_snr.dtype)) - log_snr))
@@ -147,7 +157,7 @@ def cosine_offset_limit(T: int = 1000, *, bin_width: float = PIXEL_BIN, max_beta
     """
     T = check_positive_int(T, name="T")
     if not (isinstance(bin_width, (int, float, np.floating)) and 0 < float(bin_width) < 1):
-        raise ValueError(f"bin_width: expected a number in (0, 1), got {bin_width!r}")
+        raise ArgumentError("bin_width", f"expected a number in (0, 1), got {bin_width!r}")
     target = 2.0 * math.log(float(bin_width))
     residual = _log_first_beta_residual(T, float(max_beta))
     dtype = jnp.result_type(float)
@@ -158,15 +168,14 @@ def cosine_offset_limit(T: int = 1000, *, bin_width: float = PIXEL_BIN, max_beta
 
     at_zero = value(0.0)
     if at_zero >= 0:
-        raise ValueError(
-            f"bin_width: even s = 0 gives sqrt(beta_1) = {math.exp(0.5 * (at_zero + target)):.6g} >= "
+        raise ArgumentError("bin_width", f"even s = 0 gives sqrt(beta_1) = {math.exp(0.5 * (at_zero + target)):.6g} >= "
             f"bin_width = {float(bin_width):.6g} for T = {T}; no offset satisfies the constraint"
         )
     upper = 1.0 / 64
     while value(upper) < 0:
         upper *= 2.0
         if upper > 1e3:
-            raise ValueError(f"bin_width: no cosine offset s <= 1e3 reaches sqrt(beta_1) = {float(bin_width):.6g}")
+            raise ArgumentError("bin_width", f"no cosine offset s <= 1e3 reaches sqrt(beta_1) = {float(bin_width):.6g}")
     # bisection in log s (relative accuracy); below log(upper) - 60 the offset is
     # indistinguishable from 0, where the residual is negative. The tolerance bounds both the
     # bracket (in log s) and |log beta_1 - target|, whose rounding is ~eps |target|.
@@ -206,7 +215,7 @@ def scaling_exponent_offset(sched: Schedule, scale: Any, *, grid: Any = None) ->
     """
     check_instance(sched, Schedule, name="sched", what="pifs_jax Schedule")
     if is_concrete(scale) and not (np.isfinite(float(scale)) and float(scale) > 0):
-        raise ValueError(f"scale: the variance scale c must be finite and > 0, got {scale!r}")
+        raise ArgumentError("scale", f"the variance scale c must be finite and > 0, got {scale!r}")
     g = as_grid(grid, sched.T)
     last = int(np.asarray(g)[-1]) if is_concrete(g) else jnp.asarray(g)[-1]
     log_ab = sched.log_alpha_bar[last]
@@ -300,18 +309,18 @@ def _as_image_list(images: Any) -> list[np.ndarray]:
         arr = np.asarray(images)
         items = list(arr) if arr.ndim == 4 else [arr]
     if not items:
-        raise ValueError("images: expected at least one image")
+        raise ArgumentError("images", "expected at least one image")
     out = []
     for i, im in enumerate(items):
         if im.ndim == 2:
             im = im[..., None]
         if im.ndim != 3 or min(im.shape) < 1:
-            raise ValueError(f"images: image {i} must have shape (H, W, C) or (H, W), got {im.shape}")
+            raise ArgumentError("images", f"image {i} must have shape (H, W, C) or (H, W), got {im.shape}")
         if not np.all(np.isfinite(im)):
-            raise ValueError(f"images: image {i} has non-finite values: {describe(im)}")
+            raise ArgumentError("images", f"image {i} has non-finite values: {describe(im)}")
         out.append(im.astype(np.float64))
     if len({im.shape[-1] for im in out}) != 1:
-        raise ValueError(f"images: all images need the same number of channels, got {[im.shape for im in out]}")
+        raise ArgumentError("images", f"all images need the same number of channels, got {[im.shape for im in out]}")
     return out
 
 
@@ -352,14 +361,14 @@ def measured_patch_variances(images: Any, patch_size: int, *, stride: int | None
     stride = p if stride is None else check_positive_int(stride, name="stride")
     too_small = [im.shape[:2] for im in items if im.shape[0] < p or im.shape[1] < p]
     if too_small:
-        raise ValueError(f"patch_size: {p} x {p} windows do not fit in images of size {too_small}")
+        raise ArgumentError("patch_size", f"{p} x {p} windows do not fit in images of size {too_small}")
     windows = []
     for im in items:
         view = np.lib.stride_tricks.sliding_window_view(im, (p, p), axis=(0, 1))[::stride, ::stride]
         windows.append(view.transpose(0, 1, 3, 4, 2).reshape(-1, p * p * im.shape[-1]))
     windows = np.concatenate(windows)
     if windows.shape[0] < 2:
-        raise ValueError(f"images: need at least 2 windows of size {p} (stride {stride}), got {windows.shape[0]}")
+        raise ArgumentError("images", f"need at least 2 windows of size {p} (stride {stride}), got {windows.shape[0]}")
     centred = windows - windows.mean(axis=0)
     covariance = centred.T @ centred / (windows.shape[0] - 1)
     eigenvalues = np.clip(np.linalg.eigvalsh(covariance)[::-1], 0.0, None)
@@ -389,7 +398,7 @@ def photo_patch_spectrum(
     from pifs_jax import data
 
     downsample = check_positive_int(downsample, name="downsample")
-    names = data.PHOTO_NAMES if photos is None else data._check_photos(photos)
+    names = data.PHOTO_NAMES if photos is None else check_subset(photos, data.PHOTO_NAMES, name="photos")
     return measured_patch_variances([data.load_photo(name, downsample) for name in names], patch_size, stride=stride)
 
 
@@ -404,9 +413,9 @@ def power_law_variances(n: int, *, exponent: float, mean_variance: float = 0.25)
     """
     n = check_positive_int(n, name="n")
     if not (np.isfinite(exponent) and exponent >= 0):
-        raise ValueError(f"exponent: expected a finite number >= 0, got {exponent!r}")
+        raise ArgumentError("exponent", f"expected a finite number >= 0, got {exponent!r}")
     if not (np.isfinite(mean_variance) and mean_variance > 0):
-        raise ValueError(f"mean_variance: expected a finite number > 0, got {mean_variance!r}")
+        raise ArgumentError("mean_variance", f"expected a finite number > 0, got {mean_variance!r}")
     lam = np.arange(1, n + 1, dtype=np.float64) ** (-float(exponent))
     return lam * (mean_variance / lam.mean())
 
@@ -444,13 +453,12 @@ def spearman_correlation(x: Any, y: Any) -> float:
     ys = np.asarray(y, dtype=np.float64)
     for name, arr in (("x", xs), ("y", ys)):
         if arr.ndim != 1 or arr.size < 2:
-            raise ValueError(f"{name}: expected a 1-D array with at least 2 entries, got shape {arr.shape}")
-        if not np.all(np.isfinite(arr)):
-            raise ValueError(f"{name}: must be finite, got {describe(arr)}")
+            raise ArgumentError(name, f"expected a 1-D array with at least 2 entries, got shape {arr.shape}")
+        check_finite(arr, name)
         if np.all(arr == arr[0]):
-            raise ValueError(f"{name}: is constant; the rank correlation is undefined")
+            raise ArgumentError(name, f"is constant; the rank correlation is undefined")
     if xs.shape != ys.shape:
-        raise ValueError(f"y: expected the shape of x, {xs.shape}, got {ys.shape}")
+        raise ArgumentError("y", f"expected the shape of x, {xs.shape}, got {ys.shape}")
     rx = _average_ranks(xs) - (xs.size + 1) / 2.0
     ry = _average_ranks(ys) - (ys.size + 1) / 2.0
     return float(np.clip(np.dot(rx, ry) / math.sqrt(np.dot(rx, rx) * np.dot(ry, ry)), -1.0, 1.0))

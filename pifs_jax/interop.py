@@ -63,6 +63,7 @@ from pifs_jax import schedules as _schedules
 from pifs_jax._validation import describe, is_concrete
 from pifs_jax.grids import TIMESTEP_SPACINGS, diffusers_grid
 from pifs_jax.results import atomic_write_text
+from pifs_jax.errors import ArgumentError
 
 __all__ = [
     "load_config",
@@ -177,7 +178,7 @@ def example_config_path(name: str) -> Path:
       The file's path (inside the installed package).
     """
     if name not in EXAMPLE_CONFIGS:
-        raise ValueError(f"name: expected one of {sorted(EXAMPLE_CONFIGS)}, got {name!r}")
+        raise ArgumentError("name", f"expected one of {sorted(EXAMPLE_CONFIGS)}, got {name!r}")
     resource = resources.files("pifs_jax.data_files").joinpath(EXAMPLE_CONFIGS[name])
     return Path(os.fspath(resource))
 
@@ -199,8 +200,7 @@ def load_config(config: Mapping[str, Any] | str | os.PathLike) -> dict[str, Any]
     if isinstance(config, Mapping):
         return dict(config)
     if not isinstance(config, (str, os.PathLike)):
-        raise ValueError(
-            f"config: expected a dict or a path (str / os.PathLike) to a {_CONFIG_FILE_NAME}, "
+        raise ArgumentError("config", f"expected a dict or a path (str / os.PathLike) to a {_CONFIG_FILE_NAME}, "
             f"got {type(config).__name__}"
         )
     path = Path(config)
@@ -209,16 +209,15 @@ def load_config(config: Mapping[str, Any] | str | os.PathLike) -> dict[str, Any]
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ValueError(f"config: file not found: {str(path)!r}") from None
+        raise ArgumentError("config", f"file not found: {str(path)!r}") from None
     except (OSError, UnicodeDecodeError) as err:
-        raise ValueError(f"config: cannot read {str(path)!r}: {err}") from None
+        raise ArgumentError("config", f"cannot read {str(path)!r}: {err}") from None
     try:
         loaded = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ValueError(f"config: {str(path)!r} is not valid JSON: {err}") from None
+        raise ArgumentError("config", f"{str(path)!r} is not valid JSON: {err}") from None
     if not isinstance(loaded, dict):
-        raise ValueError(
-            f"config: {str(path)!r} must hold a JSON object (a scheduler config), "
+        raise ArgumentError("config", f"{str(path)!r} must hold a JSON object (a scheduler config), "
             f"got a JSON {type(loaded).__name__}"
         )
     return loaded
@@ -257,8 +256,8 @@ def _check_default_only(key: str, value: Any, where: str) -> None:
     else:
         ok = value is None or value is False
     if not ok:
-        raise ValueError(
-            f"{key}: only the diffusers default {DEFAULT_ONLY_KEYS[key]} can be honoured (it selects "
+        raise ArgumentError(
+            key, f"only the diffusers default {DEFAULT_ONLY_KEYS[key]} can be honoured (it selects "
             f"another sampling grid or parameterisation), got {value!r}{where}"
         )
 
@@ -278,8 +277,8 @@ def _parse(config: Any, ignore: Iterable[str]) -> _Parsed:
         if key in DEFAULT_ONLY_KEYS:
             _check_default_only(key, value, where)
             continue
-        raise ValueError(
-            f"{key}: unknown scheduler config key (value {value!r:.100}){where}; the keys this package "
+        raise ArgumentError(
+            key, f"unknown scheduler config key (value {value!r:.100}){where}; the keys this package "
             "reads, ignores or accepts at their default are pifs_jax.interop.SCHEDULE_KEYS, GRID_KEYS, "
             f"IGNORED_KEYS and DEFAULT_ONLY_KEYS; pass ignore=({key!r},) to accept it knowingly"
         )
@@ -289,25 +288,23 @@ def _parse(config: Any, ignore: Iterable[str]) -> _Parsed:
 
     T = cfg["num_train_timesteps"]
     if not _is_int(T) or T < 1:
-        raise ValueError(f"num_train_timesteps: expected an integer >= 1, got {T!r}{where}")
+        raise ArgumentError("num_train_timesteps", f"expected an integer >= 1, got {T!r}{where}")
     T = int(T)
 
     for key in ("rescale_betas_zero_snr", "set_alpha_to_one"):
         if not isinstance(cfg[key], (bool, np.bool_)):
-            raise ValueError(f"{key}: expected true or false, got {cfg[key]!r}{where}")
+            raise ArgumentError(key, f"expected true or false, got {cfg[key]!r}{where}")
 
     trained = cfg["trained_betas"]
     if trained is not None:
         try:
             trained = np.asarray(trained, dtype=np.float64)
         except (TypeError, ValueError):
-            raise ValueError(
-                f"trained_betas: expected a list of {T} numbers (num_train_timesteps), "
+            raise ArgumentError("trained_betas", f"expected a list of {T} numbers (num_train_timesteps), "
                 f"got {cfg['trained_betas']!r:.200}{where}"
             ) from None
         if trained.ndim != 1 or trained.shape[0] != T:
-            raise ValueError(
-                f"trained_betas: expected a list of num_train_timesteps = {T} numbers, "
+            raise ArgumentError("trained_betas", f"expected a list of num_train_timesteps = {T} numbers, "
                 f"got shape {trained.shape}{where}"
             )
         bad = ~np.isfinite(trained) | (trained <= 0) | (trained >= 1)
@@ -320,31 +317,28 @@ def _parse(config: Any, ignore: Iterable[str]) -> _Parsed:
                     "step cannot start from; give the betas before rescaling and set "
                     "rescale_betas_zero_snr: true)"
                 )
-            raise ValueError(
-                f"trained_betas: every beta must lie in (0, 1), got trained_betas[{i}] = "
+            raise ArgumentError("trained_betas", f"every beta must lie in (0, 1), got trained_betas[{i}] = "
                 f"{trained[i]!r}{hint}{where}"
             )
     else:
         schedule = cfg["beta_schedule"]
         if schedule not in DIFFUSERS_BETA_SCHEDULES:
-            raise ValueError(
-                f"beta_schedule: expected one of {', '.join(DIFFUSERS_BETA_SCHEDULES)} (or trained_betas), "
+            raise ArgumentError("beta_schedule", f"expected one of {', '.join(DIFFUSERS_BETA_SCHEDULES)} (or trained_betas), "
                 f"got {schedule!r}{where}"
             )
         if schedule != "squaredcos_cap_v2":  # betas_for_alpha_bar takes no beta range
             for key in ("beta_start", "beta_end"):
                 value = cfg[key]
                 if not _is_real(value) or not 0 < float(value) < 1:
-                    raise ValueError(f"{key}: expected a number in (0, 1), got {value!r}{where}")
+                    raise ArgumentError(key, f"expected a number in (0, 1), got {value!r}{where}")
 
     spacing = cfg["timestep_spacing"]
     if spacing not in TIMESTEP_SPACINGS:
-        raise ValueError(
-            f"timestep_spacing: expected one of {', '.join(TIMESTEP_SPACINGS)}, got {spacing!r}{where}"
+        raise ArgumentError("timestep_spacing", f"expected one of {', '.join(TIMESTEP_SPACINGS)}, got {spacing!r}{where}"
         )
     offset = cfg["steps_offset"]
     if not _is_int(offset) or offset < 0:
-        raise ValueError(f"steps_offset: expected an integer >= 0, got {offset!r}{where}")
+        raise ArgumentError("steps_offset", f"expected an integer >= 0, got {offset!r}{where}")
 
     return _Parsed(
         num_train_timesteps=T,
@@ -432,14 +426,13 @@ def from_diffusers_config(
         try:
             sched = _schedules.from_betas(_sigmoid_betas(T, cfg.beta_start, cfg.beta_end), dtype=dtype)
         except ValueError as err:
-            raise ValueError(
-                f"beta_start, beta_end: the sigmoid schedule needs betas in (0, 1), got "
+            raise ArgumentError(
+                "beta_start, beta_end", f"the sigmoid schedule needs betas in (0, 1), got "
                 f"beta_start = {cfg.beta_start!r}, beta_end = {cfg.beta_end!r}{cfg.where} ({err})"
             ) from None
     if cfg.rescale_betas_zero_snr:
         if T < 2:
-            raise ValueError(
-                f"rescale_betas_zero_snr: needs num_train_timesteps >= 2, got {T}{cfg.where}"
+            raise ArgumentError("rescale_betas_zero_snr", f"needs num_train_timesteps >= 2, got {T}{cfg.where}"
             )
         sched = _schedules.zero_terminal_snr(sched, terminal_log_snr=terminal_log_snr)
     return sched
@@ -482,23 +475,20 @@ def diffusers_config_grid(
     cfg = _parse(config, ignore)
     T = cfg.num_train_timesteps
     if not cfg.set_alpha_to_one:
-        raise ValueError(
-            f"set_alpha_to_one: false makes diffusers' last DDIM step land on alphas_cumprod[0] "
+        raise ArgumentError("set_alpha_to_one", f"false makes diffusers' last DDIM step land on alphas_cumprod[0] "
             f"(t = 1) instead of alpha_bar = 1, and this package's grids end on tau_0 = 0; got "
             f"set_alpha_to_one = False{cfg.where}. Pass {{**config, 'set_alpha_to_one': True}} for "
             "the grid that ends on clean data"
         )
     if not _is_int(num_inference_steps) or not 1 <= num_inference_steps <= T:
-        raise ValueError(
-            f"num_inference_steps: expected an integer in 1..num_train_timesteps = {T}, "
+        raise ArgumentError("num_inference_steps", f"expected an integer in 1..num_train_timesteps = {T}, "
             f"got {num_inference_steps!r}"
         )
     N = int(num_inference_steps)
     if cfg.timestep_spacing == "leading":
         largest = (N - 1) * (T // N) + cfg.steps_offset
         if largest > T - 1:
-            raise ValueError(
-                f"steps_offset: {cfg.steps_offset} with num_inference_steps = {N} gives diffusers "
+            raise ArgumentError("steps_offset", f"{cfg.steps_offset} with num_inference_steps = {N} gives diffusers "
                 f"timestep {largest}, beyond num_train_timesteps - 1 = {T - 1}{cfg.where}"
             )
     return diffusers_grid(T, N, spacing=cfg.timestep_spacing, steps_offset=cfg.steps_offset)
@@ -534,20 +524,20 @@ def to_diffusers_config(sched: _schedules.Schedule, **overrides: Any) -> dict[st
       ``rescale_betas_zero_snr: false``, then the overrides.
     """
     if not isinstance(sched, _schedules.Schedule):
-        raise ValueError(f"sched: expected a pifs_jax Schedule, got {type(sched).__name__}")
+        raise ArgumentError("sched", f"expected a pifs_jax Schedule, got {type(sched).__name__}")
     if not is_concrete(sched):
-        raise ValueError("sched: must be concrete to export (got a traced Schedule inside a JAX transform)")
+        raise ArgumentError("sched", "must be concrete to export (got a traced Schedule inside a JAX transform)")
     fixed = set(SCHEDULE_KEYS)
     clash = sorted(fixed & set(overrides))
     if clash:
-        raise ValueError(
-            f"{clash[0]}: defines the schedule and is set from sched; cannot be overridden "
+        raise ArgumentError(
+            clash[0], f"defines the schedule and is set from sched; cannot be overridden "
             f"(got {clash[0]} = {overrides[clash[0]]!r:.200})"
         )
     log_ab = np.asarray(sched.log_alpha_bar, dtype=np.float64)
     betas = -np.expm1(np.diff(log_ab))
     if not np.all((betas > 0) & (betas < 1)):
-        raise ValueError(f"sched: every beta must lie in (0, 1), got betas {describe(betas)}")
+        raise ArgumentError("sched", f"every beta must lie in (0, 1), got betas {describe(betas)}")
     config: dict[str, Any] = {
         "_class_name": "DDIMScheduler",
         "num_train_timesteps": int(sched.T),

@@ -36,6 +36,7 @@ from pifs_jax.geometry import step_coefficients
 from pifs_jax.grids import as_grid
 from pifs_jax.patches import PatchLayout, patch_layout, patch_permutation, patchify, unpatchify
 from pifs_jax.schedules import Schedule
+from pifs_jax.errors import ArgumentError
 
 __all__ = [
     "step_jacobian",
@@ -88,7 +89,7 @@ def _step_of_grid(sched: Schedule, grid: Any, step: Any):
     n_steps = int(np.shape(grid)[0]) - 1
     if is_concrete(step):
         if isinstance(step, bool) or not float(step).is_integer() or not 1 <= int(step) <= n_steps:
-            raise ValueError(f"step: expected an integer in 1..{n_steps} (step i maps tau_i -> tau_(i-1)), got {step!r}")
+            raise ArgumentError("step", f"expected an integer in 1..{n_steps} (step i maps tau_i -> tau_(i-1)), got {step!r}")
     c = step_coefficients(sched, grid)
     return jnp.asarray(grid)[step], c.a[step - 1], c.b[step - 1]
 
@@ -141,7 +142,7 @@ def chain_jacobian(eps_fn: EpsFn, sched: Schedule, x_T: Any, *, grid: Any = None
 
 def _check_like(v: jax.Array, x: jax.Array, name: str) -> None:
     if v.shape != x.shape:
-        raise ValueError(f"{name}: expected the shape of x, {x.shape}, got {v.shape}")
+        raise ArgumentError(name, f"expected the shape of x, {x.shape}, got {v.shape}")
 
 
 def step_jvp(eps_fn: EpsFn, x: Any, v: Any, *, t: Any, a: Any, b: Any) -> tuple[jax.Array, jax.Array]:
@@ -188,8 +189,7 @@ def patch_blocks(J: Any, image_shape: Any, patch_size: int) -> jax.Array:
     layout = patch_layout(image_shape, patch_size)
     J = jnp.asarray(J)
     if J.shape != (layout.size, layout.size):
-        raise ValueError(
-            f"J: expected shape ({layout.size}, {layout.size}) for image_shape {layout.image_shape}, got {J.shape}"
+        raise ArgumentError("J", f"expected shape ({layout.size}, {layout.size}) for image_shape {layout.image_shape}, got {J.shape}"
         )
     perm = patch_permutation(layout.image_shape, patch_size)
     m, nk = layout.num_patches, layout.patch_dim
@@ -237,7 +237,7 @@ def summarize_block_norms(norms: Any) -> BlockNorms:
     """:class:`BlockNorms` from a matrix of block norms ``N_kj`` (shape ``(M, M)``)."""
     norms = jnp.asarray(norms)
     if norms.ndim != 2 or norms.shape[0] != norms.shape[1]:
-        raise ValueError(f"norms: expected a square (M, M) matrix of block norms, got shape {norms.shape}")
+        raise ArgumentError("norms", f"expected a square (M, M) matrix of block norms, got shape {norms.shape}")
     kappa = jnp.diagonal(norms)
     delta = jnp.sum(norms, axis=1) - kappa
     margin = 1 - (kappa + delta)
@@ -294,7 +294,7 @@ def _patch_ops(layout: PatchLayout, dtype):
 def _as_image(x: Any, layout: PatchLayout) -> jax.Array:
     x = jnp.asarray(x)
     if x.size != layout.size:
-        raise ValueError(f"x: expected {layout.size} entries for image_shape {layout.image_shape}, got shape {x.shape}")
+        raise ArgumentError("x", f"expected {layout.size} entries for image_shape {layout.image_shape}, got shape {x.shape}")
     return x.reshape(layout.image_shape)
 
 
@@ -343,7 +343,7 @@ def block_norms_matrix_free(
     layout = patch_layout(image_shape, patch_size)
     x = _as_image(x, layout)
     if isinstance(iters, bool) or not isinstance(iters, (int, np.integer)) or iters < 1:
-        raise ValueError(f"iters: expected an integer >= 1, got {iters!r}")
+        raise ArgumentError("iters", f"expected an integer >= 1, got {iters!r}")
     if is_concrete(x):
         check_denoiser(lambda y, t: step_fn(y), x, name="step_fn")
     m, nk = layout.num_patches, layout.patch_dim
@@ -430,7 +430,7 @@ def leading_eigenvectors(patch_covs: Any) -> jax.Array:
     """
     patch_covs = jnp.asarray(patch_covs)
     if patch_covs.ndim != 3 or patch_covs.shape[1] != patch_covs.shape[2]:
-        raise ValueError(f"patch_covs: expected shape (M, n_k, n_k), got {patch_covs.shape}")
+        raise ArgumentError("patch_covs", f"expected shape (M, n_k, n_k), got {patch_covs.shape}")
     symmetric = (patch_covs + jnp.swapaxes(patch_covs, 1, 2)) / 2
     return jnp.linalg.eigh(symmetric)[1][:, :, -1]
 
@@ -477,8 +477,7 @@ def suppression_field(
     m, nk = layout.num_patches, layout.patch_dim
     vectors = jnp.asarray(leading_vectors)
     if vectors.shape != (m, nk):
-        raise ValueError(
-            f"leading_vectors: expected shape (M, n_k) = ({m}, {nk}) for image_shape {layout.image_shape} "
+        raise ArgumentError("leading_vectors", f"expected shape (M, n_k) = ({m}, {nk}) for image_shape {layout.image_shape} "
             f"and patch_size {layout.patch_size}, got {vectors.shape}"
         )
     if is_concrete(x):

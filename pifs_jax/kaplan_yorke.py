@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pifs_jax._validation import describe, is_concrete
+from pifs_jax.errors import ArgumentError
 
 __all__ = ["kaplan_yorke_dimension", "kaplan_yorke_patch_form"]
 
@@ -26,7 +27,7 @@ __all__ = ["kaplan_yorke_dimension", "kaplan_yorke_patch_form"]
 def _sorted_blocks(exponents: Any, multiplicities: Any | None):
     exponents = jnp.asarray(exponents)
     if exponents.ndim != 1 or exponents.shape[0] == 0:
-        raise ValueError(f"exponents: expected a non-empty 1-D array, got shape {exponents.shape}")
+        raise ArgumentError("exponents", f"expected a non-empty 1-D array, got shape {exponents.shape}")
     if not jnp.issubdtype(exponents.dtype, jnp.floating):
         exponents = exponents.astype(jnp.result_type(float))
     if multiplicities is None:
@@ -34,13 +35,12 @@ def _sorted_blocks(exponents: Any, multiplicities: Any | None):
     else:
         sizes = jnp.asarray(multiplicities, dtype=exponents.dtype)
         if sizes.shape != exponents.shape:
-            raise ValueError(
-                f"multiplicities: expected shape {exponents.shape} (one per exponent), got {sizes.shape}"
+            raise ArgumentError("multiplicities", f"expected shape {exponents.shape} (one per exponent), got {sizes.shape}"
             )
         if is_concrete(sizes) and np.any(np.asarray(sizes) <= 0):
-            raise ValueError(f"multiplicities: must be > 0, got {describe(sizes)}")
+            raise ArgumentError("multiplicities", f"must be > 0, got {describe(sizes)}")
     if is_concrete(exponents) and not np.all(np.isfinite(np.asarray(exponents))):
-        raise ValueError(f"exponents: must be finite, got {describe(exponents)}")
+        raise ArgumentError("exponents", f"must be finite, got {describe(exponents)}")
     order = jnp.argsort(-exponents)
     return exponents[order], sizes[order]
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from pifs_jax._validation import check_positive_int
 from pifs_jax.schedules import Schedule, from_log_snr
+from pifs_jax.errors import ArgumentError
 
 __all__ = ["LearnableSchedule", "logsnr_spline", "monotone_network"]
 
@@ -37,8 +38,8 @@ class LearnableSchedule(NamedTuple):
 
 def _check_range(logsnr_min: float, logsnr_max: float) -> None:
     if not (np.isfinite(logsnr_min) and np.isfinite(logsnr_max) and logsnr_max > logsnr_min):
-        raise ValueError(
-            f"logsnr_min, logsnr_max: need finite logsnr_max > logsnr_min, got {logsnr_min!r}, {logsnr_max!r}"
+        raise ArgumentError(
+            "logsnr_min, logsnr_max", f"need finite logsnr_max > logsnr_min, got {logsnr_min!r}, {logsnr_max!r}"
         )
 
 
@@ -77,7 +78,7 @@ def logsnr_spline(
 
     def fit(sched: Schedule) -> dict:
         if sched.T != T:
-            raise ValueError(f"sched: expected T = {T} to match the family, got T = {sched.T}")
+            raise ArgumentError("sched", f"expected T = {T} to match the family, got T = {sched.T}")
         log_snr = np.array(sched.log_snr, dtype=np.float64)  # a writable copy
         u_grid = np.arange(T + 1) / T
         log_snr[0] = logsnr_max  # t = 0 is +inf; the family fixes logSNR(0) = logsnr_max

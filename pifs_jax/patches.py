@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from pifs_jax.errors import ArgumentError
 
 __all__ = ["PatchLayout", "patch_layout", "patchify", "unpatchify", "patch_permutation"]
 
@@ -72,16 +73,15 @@ def patch_layout(image_shape: Any, patch_size: Any) -> PatchLayout:
     try:
         shape = tuple(int(s) for s in image_shape)
     except TypeError as err:
-        raise ValueError(f"image_shape: expected (H, W, C) or (H, W), got {image_shape!r}") from err
+        raise ArgumentError("image_shape", f"expected (H, W, C) or (H, W), got {image_shape!r}") from err
     if len(shape) not in (2, 3) or any(s < 1 for s in shape):
-        raise ValueError(f"image_shape: expected (H, W, C) or (H, W) with positive sizes, got {shape}")
+        raise ArgumentError("image_shape", f"expected (H, W, C) or (H, W) with positive sizes, got {shape}")
     if isinstance(patch_size, bool) or not isinstance(patch_size, (int, np.integer)) or patch_size < 1:
-        raise ValueError(f"patch_size: expected a positive integer, got {patch_size!r}")
+        raise ArgumentError("patch_size", f"expected a positive integer, got {patch_size!r}")
     p = int(patch_size)
     height, width = shape[0], shape[1]
     if height % p or width % p:
-        raise ValueError(
-            f"patch_size: {p} x {p} patches do not tile an image of shape {shape} "
+        raise ArgumentError("patch_size", f"{p} x {p} patches do not tile an image of shape {shape} "
             f"(H = {height} and W = {width} must both be multiples of patch_size)"
         )
     channels = shape[2] if len(shape) == 3 else 1
@@ -117,8 +117,7 @@ def unpatchify(patches: jax.Array, image_shape: Any, patch_size: int) -> jax.Arr
     layout = patch_layout(image_shape, patch_size)
     expected = (layout.num_patches, layout.patch_dim)
     if patches.shape != expected:
-        raise ValueError(
-            f"patches: expected shape {expected} for image_shape {layout.image_shape} and "
+        raise ArgumentError("patches", f"expected shape {expected} for image_shape {layout.image_shape} and "
             f"patch_size {layout.patch_size}, got {patches.shape}"
         )
     p = layout.patch_size

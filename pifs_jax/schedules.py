@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pifs_jax._validation import check_log_alpha_bar, check_positive_int, describe, is_concrete
+from pifs_jax.errors import ArgumentError
 
 __all__ = [
     "Schedule",
@@ -190,8 +191,7 @@ def from_alpha_bar(alpha_bar: Any, *, dtype=None) -> Schedule:
     if is_concrete(alpha_bar):
         arr = np.asarray(alpha_bar, dtype=np.float64)
         if arr.ndim == 1 and np.any((arr <= 0) | (arr > 1) | ~np.isfinite(arr)):
-            raise ValueError(
-                f"alpha_bar: every value must lie in (0, 1] (alpha_bar[0] = 1, later values in (0, 1)), "
+            raise ArgumentError("alpha_bar", f"every value must lie in (0, 1] (alpha_bar[0] = 1, later values in (0, 1)), "
                 f"got {describe(arr)}"
             )
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -211,11 +211,10 @@ def from_betas(betas: Any, *, dtype=None) -> Schedule:
     if is_concrete(betas):
         arr = np.asarray(betas, dtype=np.float64)
         if arr.ndim != 1 or arr.shape[0] < 1:
-            raise ValueError(f"betas: expected a 1-D array of shape (T,), got shape {arr.shape}")
+            raise ArgumentError("betas", f"expected a 1-D array of shape (T,), got shape {arr.shape}")
         if np.any(~np.isfinite(arr) | (arr <= 0) | (arr >= 1)):
             bad = int(np.flatnonzero(~np.isfinite(arr) | (arr <= 0) | (arr >= 1))[0])
-            raise ValueError(
-                f"betas: every beta must lie in (0, 1), got betas[{bad}] = {arr[bad]!r} "
+            raise ArgumentError("betas", f"every beta must lie in (0, 1), got betas[{bad}] = {arr[bad]!r} "
                 f"(beta = 1 means alpha_bar_T = 0; use zero_terminal_snr for that)"
             )
         gaps = -np.log1p(-arr)
@@ -234,9 +233,9 @@ def from_alphas_cumprod(alphas_cumprod: Any, *, dtype=None) -> Schedule:
     if is_concrete(alphas_cumprod):
         arr = np.asarray(alphas_cumprod, dtype=np.float64)
         if arr.ndim != 1:
-            raise ValueError(f"alphas_cumprod: expected a 1-D array of shape (T,), got shape {arr.shape}")
+            raise ArgumentError("alphas_cumprod", f"expected a 1-D array of shape (T,), got shape {arr.shape}")
         if np.any((arr <= 0) | (arr >= 1) | ~np.isfinite(arr)):
-            raise ValueError(f"alphas_cumprod: every value must lie in (0, 1), got {describe(arr)}")
+            raise ArgumentError("alphas_cumprod", f"every value must lie in (0, 1), got {describe(arr)}")
         return from_alpha_bar(np.concatenate([[1.0], arr]), dtype=dtype)
     arr = jnp.asarray(alphas_cumprod, dtype=dtype)
     return from_log_alpha_bar(jnp.concatenate([jnp.zeros((1,), arr.dtype), jnp.log(arr)]), validate=False)
@@ -291,13 +290,12 @@ def from_log_snr(log_snr: Any, *, decrements: Any | None = None, validate: bool 
     if validate and is_concrete(log_snr):
         arr = np.asarray(log_snr, dtype=np.float64)
         if arr.ndim != 1 or arr.shape[0] < 1:
-            raise ValueError(f"log_snr: expected a 1-D array of shape (T,), got shape {arr.shape}")
+            raise ArgumentError("log_snr", f"expected a 1-D array of shape (T,), got shape {arr.shape}")
         if not np.all(np.isfinite(arr)):
-            raise ValueError(f"log_snr: values must be finite for t = 1..T, got {describe(arr)}")
+            raise ArgumentError("log_snr", f"values must be finite for t = 1..T, got {describe(arr)}")
         if np.any(np.diff(arr) >= 0):
             bad = int(np.flatnonzero(np.diff(arr) >= 0)[0]) + 1
-            raise ValueError(
-                f"log_snr: must strictly decrease in t, but logSNR[{bad + 1}] = {arr[bad]:.6g} >= "
+            raise ArgumentError("log_snr", f"must strictly decrease in t, but logSNR[{bad + 1}] = {arr[bad]:.6g} >= "
                 f"logSNR[{bad}] = {arr[bad - 1]:.6g} (entries are t = 1..T)"
             )
     if decrements is None:
@@ -319,12 +317,11 @@ def from_edm_sigmas(sigmas: Any) -> Schedule:
     if is_concrete(sigmas):
         arr = np.asarray(sigmas, dtype=np.float64)
         if arr.ndim != 1 or arr.shape[0] < 1:
-            raise ValueError(f"sigmas: expected a 1-D array of shape (T,), got shape {arr.shape}")
+            raise ArgumentError("sigmas", f"expected a 1-D array of shape (T,), got shape {arr.shape}")
         if np.any(~np.isfinite(arr) | (arr <= 0)):
-            raise ValueError(f"sigmas: EDM noise levels must be finite and > 0, got {describe(arr)}")
+            raise ArgumentError("sigmas", f"EDM noise levels must be finite and > 0, got {describe(arr)}")
         if np.any(np.diff(arr) <= 0):
-            raise ValueError(
-                f"sigmas: must strictly increase with t (t = 1..T), got {describe(arr)}; "
+            raise ArgumentError("sigmas", f"must strictly increase with t (t = 1..T), got {describe(arr)}; "
                 "pass Karras grids in ascending order"
             )
         dtype = _default_float()
@@ -393,9 +390,9 @@ def cosine(T: int = 1000, *, s: Any = 0.008, max_beta: float = 0.999, dtype=None
     """
     T = check_positive_int(T, name="T")
     if is_concrete(s) and not (np.isfinite(float(s)) and float(s) >= 0):
-        raise ValueError(f"s: the cosine offset must be finite and >= 0, got {float(s)!r}")
+        raise ArgumentError("s", f"the cosine offset must be finite and >= 0, got {float(s)!r}")
     if not 0 < max_beta < 1:
-        raise ValueError(f"max_beta: must lie in (0, 1), got {max_beta!r}")
+        raise ArgumentError("max_beta", f"must lie in (0, 1), got {max_beta!r}")
     dtype = jnp.dtype(dtype or _default_float(s))
     return _assemble(*_cosine_arrays(jnp.asarray(s, dtype=dtype), T=T, max_beta=max_beta, dtype=dtype))
 
@@ -455,11 +452,11 @@ def sigmoid(
     """
     T = check_positive_int(T, name="T")
     if not end > start:
-        raise ValueError(f"end: must exceed start, got start={start!r}, end={end!r}")
+        raise ArgumentError("end", f"must exceed start, got start={start!r}, end={end!r}")
     if not tau > 0:
-        raise ValueError(f"tau: must be > 0, got {tau!r}")
+        raise ArgumentError("tau", f"must be > 0, got {tau!r}")
     if not 0 < clip_min < 1:
-        raise ValueError(f"clip_min: must lie in (0, 1), got {clip_min!r}")
+        raise ArgumentError("clip_min", f"must lie in (0, 1), got {clip_min!r}")
     dtype = dtype or _default_float(start, end, tau)
     t = jnp.arange(0, T + 1)
     scale = (end - start) / (T * tau)
@@ -508,8 +505,7 @@ def logsnr_cosine(
     """
     T = check_positive_int(T, name="T")
     if not logsnr_max > logsnr_min:
-        raise ValueError(
-            f"logsnr_max: must exceed logsnr_min, got logsnr_min={logsnr_min!r}, logsnr_max={logsnr_max!r}"
+        raise ArgumentError("logsnr_max", f"must exceed logsnr_min, got logsnr_min={logsnr_min!r}, logsnr_max={logsnr_max!r}"
         )
     dtype = dtype or _default_float(logsnr_min, logsnr_max)
     b = math.atan(math.exp(-logsnr_max / 2))
@@ -534,7 +530,7 @@ def karras(
     """
     T = check_positive_int(T, name="T", minimum=2)
     if not 0 < sigma_min < sigma_max:
-        raise ValueError(f"sigma_min, sigma_max: need 0 < sigma_min < sigma_max, got {sigma_min!r}, {sigma_max!r}")
+        raise ArgumentError("sigma_min, sigma_max", f"need 0 < sigma_min < sigma_max, got {sigma_min!r}, {sigma_max!r}")
     ramp = np.linspace(0.0, 1.0, T)
     lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
     return from_edm_sigmas((lo + ramp * (hi - lo)) ** rho)
@@ -552,7 +548,7 @@ def shift_log_snr(sched: Schedule, shift: Any) -> Schedule:
     simple diffusion's resolution rule is :func:`resolution_shift`.
     """
     if is_concrete(shift) and not np.all(np.isfinite(np.asarray(shift))):
-        raise ValueError(f"shift: must be finite, got {shift!r}")
+        raise ArgumentError("shift", f"must be finite, got {shift!r}")
     return from_log_snr(sched.log_snr[1:] + shift, decrements=log_snr_decrements(sched), validate=False)
 
 
@@ -563,8 +559,7 @@ def resolution_shift(resolution: float, *, base_resolution: float = 64.0) -> flo
     this amount (negative for ``d > 64``: more noise at higher resolution).
     """
     if not (resolution > 0 and base_resolution > 0):
-        raise ValueError(
-            f"resolution: must be > 0 (and base_resolution > 0), got {resolution!r}, {base_resolution!r}"
+        raise ArgumentError("resolution", f"must be > 0 (and base_resolution > 0), got {resolution!r}, {base_resolution!r}"
         )
     return 2.0 * math.log(base_resolution / resolution)
 
@@ -586,7 +581,7 @@ def zero_terminal_snr(sched: Schedule, *, terminal_log_snr: float = -20.0) -> Sc
     an ``expm1``/``log1p``, exact at both ends of the chain.
     """
     if sched.T < 3:
-        raise ValueError(f"sched: zero_terminal_snr needs T >= 3, got T = {sched.T}")
+        raise ArgumentError("sched", f"zero_terminal_snr needs T >= 3, got T = {sched.T}")
     g = sched.gaps
     log_ab = sched.log_alpha_bar[1:]
     dtype = g.dtype
@@ -604,8 +599,7 @@ def zero_terminal_snr(sched: Schedule, *, terminal_log_snr: float = -20.0) -> Sc
     gaps_mid = g[1:-1] + 2 * jnp.log1p(jnp.exp(-tail_mid / 2) * -jnp.expm1(-g[1:-1] / 2) / A[1:-1])
     terminal = _log_alpha_bar_from_log_snr(jnp.asarray(terminal_log_snr, dtype))
     if is_concrete(log_ab_new) and float(terminal) >= float(log_ab_new[-1]):
-        raise ValueError(
-            f"terminal_log_snr: {terminal_log_snr} gives alpha_bar_T = {math.exp(float(terminal)):.3g}, "
+        raise ArgumentError("terminal_log_snr", f"{terminal_log_snr} gives alpha_bar_T = {math.exp(float(terminal)):.3g}, "
             f"not below the rescaled alpha_bar_(T-1) = {math.exp(float(log_ab_new[-1])):.3g}; choose a lower value"
         )
     gaps = jnp.concatenate([g[:1], gaps_mid, (log_ab_new[-1] - terminal)[None]])
@@ -626,5 +620,5 @@ def named_schedule(name: str, T: int = 1000, **kwargs: Any) -> Schedule:
         "karras": karras,
     }
     if name not in table:
-        raise ValueError(f"name: unknown schedule {name!r}; expected one of {', '.join(SCHEDULE_NAMES)}")
+        raise ArgumentError("name", f"unknown schedule {name!r}; expected one of {', '.join(SCHEDULE_NAMES)}")
     return table[name](T, **kwargs)

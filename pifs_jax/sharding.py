@@ -53,6 +53,7 @@ from pifs_jax._validation import is_concrete
 from pifs_jax.ddim import EpsFn, check_denoiser, ddim_sample
 from pifs_jax.grids import as_grid
 from pifs_jax.schedules import Schedule
+from pifs_jax.errors import ArgumentError
 
 __all__ = ["batch_mesh", "shard_batch", "sharded_ddim_sample", "tangent_block_constraint"]
 
@@ -70,9 +71,9 @@ def batch_mesh(axis: str = "batch", *, devices: Any = None) -> Mesh:
 def _mesh_and_size(mesh: Mesh | None, axis: str) -> tuple[Mesh, int]:
     mesh = batch_mesh(axis) if mesh is None else mesh
     if not isinstance(mesh, Mesh):
-        raise ValueError(f"mesh: expected a jax.sharding.Mesh, got {type(mesh).__name__}")
+        raise ArgumentError("mesh", f"expected a jax.sharding.Mesh, got {type(mesh).__name__}")
     if axis not in mesh.shape:
-        raise ValueError(f"axis: {axis!r} is not an axis of the mesh (axes {tuple(mesh.axis_names)})")
+        raise ArgumentError("axis", f"{axis!r} is not an axis of the mesh (axes {tuple(mesh.axis_names)})")
     return mesh, mesh.shape[axis]
 
 
@@ -96,10 +97,9 @@ def shard_batch(x: Any, mesh: Mesh | None = None, axis: str = "batch") -> jax.Ar
     mesh, size = _mesh_and_size(mesh, axis)
     x = jnp.asarray(x)
     if x.ndim < 1:
-        raise ValueError(f"x: expected a batch with a leading axis, got shape {x.shape}")
+        raise ArgumentError("x", f"expected a batch with a leading axis, got shape {x.shape}")
     if x.shape[0] % size:
-        raise ValueError(
-            f"x: the batch size {x.shape[0]} must be a multiple of the {size} devices on mesh axis {axis!r} "
+        raise ArgumentError("x", f"the batch size {x.shape[0]} must be a multiple of the {size} devices on mesh axis {axis!r} "
             "(pad it, or use sharded_ddim_sample, which pads)"
         )
     return jax.device_put(x, NamedSharding(mesh, PartitionSpec(axis)))
@@ -154,11 +154,11 @@ def sharded_ddim_sample(
         ``sched``, ``mesh`` or ``axis``.
     """
     if not isinstance(sched, Schedule):
-        raise ValueError(f"sched: expected a pifs_jax Schedule, got {type(sched).__name__}")
+        raise ArgumentError("sched", f"expected a pifs_jax Schedule, got {type(sched).__name__}")
     mesh, size = _mesh_and_size(mesh, axis)
     x = jnp.asarray(x_T_batch)
     if x.ndim < 1 or x.shape[0] == 0:
-        raise ValueError(f"x_T_batch: expected a non-empty batch with a leading axis, got shape {x.shape}")
+        raise ArgumentError("x_T_batch", f"expected a non-empty batch with a leading axis, got shape {x.shape}")
     if is_concrete(x):
         check_denoiser(eps_fn, x[0])
     grid = jnp.asarray(as_grid(grid, sched.T))
@@ -182,7 +182,7 @@ def tangent_block_constraint(mesh: Mesh):
     ``chain_lyapunov_spectrum(..., mesh=mesh)``.
     """
     if not isinstance(mesh, Mesh):
-        raise ValueError(f"mesh: expected a jax.sharding.Mesh, got {type(mesh).__name__}")
+        raise ArgumentError("mesh", f"expected a jax.sharding.Mesh, got {type(mesh).__name__}")
     names = tuple(mesh.axis_names)
 
     def constrain(block: jax.Array, rows: bool = False) -> jax.Array:

@@ -207,6 +207,43 @@ def test_registry_shape():
         cli.register_subcommand(cli.SUBCOMMANDS["geometry"])
 
 
+def test_public_names_and_old_import_paths():
+    from pifs_jax import geometry
+    from pifs_jax.cli import common
+    from pifs_jax.errors import ArgumentError
+
+    assert cli.geometry_arrays is geometry.geometry_arrays  # moved to the library, old path kept
+    assert cli.UsageError is common.UsageError and cli.SUBCOMMANDS is common.SUBCOMMANDS
+    assert list(cli.SUBCOMMANDS) == ["geometry", "reproduce", "optimize", "train"]
+    error = cli.UsageError("--steps", "expected a positive integer, got 0")
+    assert isinstance(error, ArgumentError) and isinstance(error, ValueError)
+    assert (error.option, error.argument, error.detail) == ("--steps", "--steps", "expected a positive integer, got 0")
+    assert str(error) == "--steps: expected a positive integer, got 0"
+
+
+def test_library_errors_map_to_options_by_argument_not_by_message():
+    from pifs_jax.cli.common import usage_error_for
+    from pifs_jax.errors import ArgumentError
+
+    options = {"alpha_bar_T": "--alpha-bar-T"}
+    mapped = usage_error_for(ArgumentError("alpha_bar_T", "must lie in (0, 1), got 1.5"), options)
+    assert (mapped.option, mapped.detail) == ("--alpha-bar-T", "must lie in (0, 1), got 1.5")
+    # a plain ValueError is never parsed: no option, or the default one with the whole message
+    plain = ValueError("alpha_bar_T: must lie in (0, 1), got 1.5")
+    assert usage_error_for(plain, options) is None
+    fallback = usage_error_for(plain, options, default="--schedule")
+    assert (fallback.option, fallback.detail) == ("--schedule", str(plain))
+    assert usage_error_for(ArgumentError("seed", "bad"), options) is None
+
+
+def test_importing_the_command_imports_no_model_code():
+    code = ("import sys, pifs_jax.cli; "
+            "print(sorted(m for m in sys.modules if m.startswith(('pifs_jax.models', 'matplotlib'))))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
 # ----------------------------------------------------------------------------- reproduce
 
 

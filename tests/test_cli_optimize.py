@@ -30,7 +30,7 @@ def test_weakest_link_writes_schedule_config_figures_and_resumes(x64, tmp_path, 
     first = _results(out / "schedule.json")["results"]
     assert first["summary"]["after"]["min_lstar"] > first["summary"]["before"]["min_lstar"]
     assert len(first["history"]["loss"]) == 20
-    assert (out / "checkpoint" / "optimizer_state.msgpack").exists()
+    assert (out / "checkpoint" / "checkpoint.msgpack").exists()  # the name the help text gives
 
     # the diffusers config reproduces the optimised schedule
     sched = pj.from_diffusers_config(out / "scheduler_config.json")
@@ -99,5 +99,6 @@ def test_help_lists_optimize(capsys):
     assert "optimize" in capsys.readouterr().out
     assert cli.main(["optimize", "--help"]) == 0
     text = capsys.readouterr().out
-    for word in ("weakest-link", "balanced-growth", "workload", "--resume", "scheduler_config.json"):
+    for word in ("weakest-link", "balanced-growth", "workload", "--resume", "scheduler_config.json",
+                 "checkpoint/checkpoint.msgpack"):
         assert word in text

@@ -1,8 +1,7 @@
 """``pifs-jax optimize``: design a schedule (criteria 1, 2) or a sampling grid (criterion 3).
 
-Registered in :mod:`pifs_jax.cli` (its ``optimize`` block); kept here so that the command's
-options and outputs live next to each other. Nothing heavy is imported at module level, so
-importing :mod:`pifs_jax.cli` stays fast.
+The work is :mod:`pifs_jax.optimize`; this module declares the options and writes the outputs.
+Nothing heavy is imported at module level, so importing :mod:`pifs_jax.cli` stays fast.
 """
 
 from __future__ import annotations
@@ -13,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from pifs_jax.cli.common import Subcommand, UsageError, command_line, finite_float, positive_int, usage_error_for
 
 DESCRIPTION = """\
 Optimise a noise schedule, or a sampling grid, for one of the paper's three design criteria
@@ -37,7 +38,7 @@ VDM-style monotone network with both logSNR end points fixed (alpha_bar_T fixed 
   timesteps.json           (workload) the grid in this package's indexing (0 = tau_0 < ... <
                            tau_N) and in diffusers' (descending, tau - 1)
   lstar.png, expansion_before.png, expansion_after.png, history.png
-  checkpoint/optimizer_state.msgpack   the optimiser state, every --checkpoint-every steps;
+  checkpoint/checkpoint.msgpack   the optimiser state, every --checkpoint-every steps;
                            rerun the same command with --resume to continue an interrupted run"""
 
 EPILOG = """\
@@ -59,60 +60,68 @@ notes:
   grid [0, 8, ..., 1000] is diffusers' [999, ..., 7]. --iterations is the total: a resumed run
   continues up to it. A checkpoint written with other options is refused."""
 
-_FAMILY_CHOICES = {
-    "spline": "spline",
-    "network": "network",
-    "cosine-offset": "cosine_offset",
-    "logsnr-shift": "logsnr_shift",
+#: Arguments of :func:`pifs_jax.optimize.schedule_family` -> the option that sets them.
+_FAMILY_OPTIONS = {
+    "alpha_bar_T": "--alpha-bar-T",
+    "logsnr_max": "--logsnr-max",
+    "n_knots": "--knots",
+    "hidden": "--hidden",
+    "T": "--T",
 }
 #: Options that do not change the optimisation (left out of the checkpoint's fingerprint).
 _NOT_FINGERPRINTED = ("argv", "resume", "no_progress", "out", "checkpoint_every", "iterations", "command")
 
 
+def _options(names: tuple[str, ...]) -> tuple[str, ...]:
+    """Library names as options spell them: ``"weakest_link"`` -> ``"weakest-link"``."""
+    return tuple(name.replace("_", "-") for name in names)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from pifs_jax.cli import _finite_float, _positive_int
     from pifs_jax.criteria import WORK_KINDS
+    from pifs_jax.optimize import CRITERIA, DEFAULT_VARIANCES, FAMILIES, GROWTH_MEASURES
     from pifs_jax.schedules import SCHEDULE_NAMES
 
     what = parser.add_argument_group("what to optimise")
-    what.add_argument("--criterion", required=True, choices=("weakest-link", "balanced-growth", "workload"),
+    what.add_argument("--criterion", required=True, choices=_options(CRITERIA),
                       help="design criterion (required)")
     what.add_argument("--init", choices=SCHEDULE_NAMES, default="cosine", metavar="NAME",
                       help=f"starting schedule: {', '.join(SCHEDULE_NAMES)} (default: cosine); for workload, "
                       "the schedule whose grid is optimised")
-    what.add_argument("--T", type=_positive_int, default=1000, metavar="T", help="training steps (default: 1000)")
-    what.add_argument("--steps", type=_positive_int, default=None, metavar="N",
+    what.add_argument("--T", type=positive_int, default=1000, metavar="T", help="training steps (default: 1000)")
+    what.add_argument("--steps", type=positive_int, default=None, metavar="N",
                       help="workload: number of sampling steps (default: 10); other criteria: evaluate them "
                       "on the uniform N-step grid (default: every training step)")
 
     family = parser.add_argument_group("schedule family and constraints (weakest-link, balanced-growth)")
-    family.add_argument("--family", choices=tuple(_FAMILY_CHOICES), default="spline",
+    family.add_argument("--family", choices=_options(FAMILIES), default="spline",
                         help="learnable family (default: spline)")
-    family.add_argument("--knots", type=_positive_int, default=16, metavar="K", help="spline knots (default: 16)")
-    family.add_argument("--hidden", type=_positive_int, default=16, metavar="H", help="network width (default: 16)")
-    family.add_argument("--alpha-bar-T", type=_finite_float, default=None, metavar="X",
+    family.add_argument("--knots", type=positive_int, default=16, metavar="K", help="spline knots (default: 16)")
+    family.add_argument("--hidden", type=positive_int, default=16, metavar="H", help="network width (default: 16)")
+    family.add_argument("--alpha-bar-T", type=finite_float, default=None, metavar="X",
                         help="keep alpha_bar_T = X exactly (spline, network; default: --init's value)")
-    family.add_argument("--logsnr-max", type=_finite_float, default=None, metavar="X",
+    family.add_argument("--logsnr-max", type=finite_float, default=None, metavar="X",
                         help="fixed logSNR at t = 0 (spline, network; default: --init's, extrapolated)")
 
     crit = parser.add_argument_group("criterion settings")
-    crit.add_argument("--temperature", type=_finite_float, default=0.05, metavar="TAU",
+    crit.add_argument("--temperature", type=finite_float, default=0.05, metavar="TAU",
                       help="weakest-link soft-min temperature in nats of L* (default: 0.05)")
-    crit.add_argument("--variances", type=_finite_float, nargs="+", default=[0.5, 2.0], metavar="LAMBDA",
-                      help="balanced-growth: patch variances (default: 0.5 2.0)")
-    crit.add_argument("--sizes", type=_finite_float, nargs="+", default=None, metavar="N_K",
+    default_variances = " ".join(str(v) for v in DEFAULT_VARIANCES)
+    crit.add_argument("--variances", type=finite_float, nargs="+", default=list(DEFAULT_VARIANCES), metavar="LAMBDA",
+                      help=f"balanced-growth: patch variances (default: {default_variances})")
+    crit.add_argument("--sizes", type=finite_float, nargs="+", default=None, metavar="N_K",
                       help="balanced-growth: coordinates per patch (default: 192 each, 8x8x3 patches)")
-    crit.add_argument("--measure", choices=("growth", "information"), default="growth",
+    crit.add_argument("--measure", choices=GROWTH_MEASURES, default="growth",
                       help="balanced-growth: balance Delta d_t or IG_t (default: growth)")
     crit.add_argument("--work", choices=WORK_KINDS, default="inverse_threshold",
                       help="workload: per-training-step work, 1/L*_u or |b_u| (default: inverse_threshold)")
 
     run = parser.add_argument_group("optimiser and output")
-    run.add_argument("--iterations", type=_positive_int, default=None, metavar="K",
+    run.add_argument("--iterations", type=positive_int, default=None, metavar="K",
                      help="total optimiser steps (default: 500; workload 300)")
-    run.add_argument("--lr", type=_finite_float, default=None, metavar="LR",
+    run.add_argument("--lr", type=finite_float, default=None, metavar="LR",
                      help="Adam learning rate (default: 0.01; workload 0.1)")
-    run.add_argument("--checkpoint-every", type=_positive_int, default=100, metavar="K",
+    run.add_argument("--checkpoint-every", type=positive_int, default=100, metavar="K",
                      help="write the optimiser state every K steps (default: 100)")
     run.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint if it exists")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -154,7 +163,6 @@ def run(args: argparse.Namespace) -> int:
     import jax
 
     from pifs_jax import optimize, plotting
-    from pifs_jax.cli import UsageError, _command_line
     from pifs_jax.grids import uniform_grid
     from pifs_jax.interop import save_diffusers_config
     from pifs_jax.results import write_result_json
@@ -193,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
     precision = jax.enable_x64(True) if args.x64 else contextlib.nullcontext()
     with precision:
         start = named_schedule(args.init, args.T)
-        config = {"command": _command_line(args.argv), "argv": args.argv, **run_config,
+        config = {"command": command_line(args.argv), "argv": args.argv, **run_config,
                   "iterations": iterations, "lr": lr, "dtype": str(start.dtype)}
         written = []
         if workload:
@@ -231,18 +239,17 @@ def run(args: argparse.Namespace) -> int:
             print(f"diffusers timesteps: {result.diffusers_timesteps.tolist()}")
             history, key, label = result.history, "workload", "CV(W)"
         else:
-            family_name = _FAMILY_CHOICES[args.family]
+            family_name = args.family.replace("-", "_")
             try:
                 family, params = optimize.schedule_family(
                     family_name, args.T, start=start, alpha_bar_T=args.alpha_bar_T, logsnr_max=args.logsnr_max,
                     n_knots=args.knots, hidden=args.hidden,
                 )
             except ValueError as exc:
-                message = str(exc)
-                for name, option in (("alpha_bar_T", "--alpha-bar-T"), ("logsnr_max", "--logsnr-max")):
-                    if message.startswith(name + ":"):
-                        raise UsageError(option, message.removeprefix(name + ": ")) from None
-                raise
+                error = usage_error_for(exc, _FAMILY_OPTIONS)
+                if error is None:
+                    raise
+                raise error from None
             grid = None if args.steps is None else uniform_grid(args.T, args.steps)
             objective = optimize.schedule_objective(
                 {criterion: 1.0}, grid=grid, variances=args.variances, sizes=sizes,
@@ -293,3 +300,13 @@ def run(args: argparse.Namespace) -> int:
             written.append(plotting.save_figure(fig, out / name))
     print("\nwrote " + ", ".join(str(p) for p in written))
     return 0
+
+
+SUBCOMMAND = Subcommand(
+    name="optimize",
+    help="design a schedule (weakest-link, balanced-growth) or a sampling grid (workload) by gradient descent",
+    description=DESCRIPTION,
+    epilog=EPILOG,
+    add_arguments=add_arguments,
+    run=run,
+)

@@ -1,13 +1,14 @@
 """``pifs-jax train``: train a UNet or a patch transformer (DiT) eps-predictor on real images.
 
-Registered in :mod:`pifs_jax.cli` (its ``train`` block); the work is
-:func:`pifs_jax.models.training.train`. Nothing heavy is imported at module level, so importing
-:mod:`pifs_jax.cli` stays fast.
+The work is :func:`pifs_jax.models.training.train`; this module declares the options and prints
+the summary. Nothing heavy is imported at module level, so importing :mod:`pifs_jax.cli` stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
+
+from pifs_jax.cli.common import Subcommand, finite_float, non_negative_int, positive_int, usage_error_for
 
 DESCRIPTION = """\
 Train a noise predictor epshat(x_t, t) by denoising score matching (docs/theory.md section 7:
@@ -56,51 +57,55 @@ notes:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from pifs_jax.cli import _finite_float, _non_negative_int, _positive_int
+    # names defined once in the library (Flax and Optax are loaded by pifs_jax already: light)
+    from pifs_jax.data import DATASETS
+    from pifs_jax.models import MODEL_NAMES
+    from pifs_jax.models.training import PRESETS, WEIGHTINGS
     from pifs_jax.schedules import SCHEDULE_NAMES
 
     what = parser.add_argument_group("model and data")
-    what.add_argument("--model", choices=("unet", "dit"), default="dit",
+    what.add_argument("--model", choices=MODEL_NAMES, default="dit",
                       help="unet (DDPM-style, attention at the middle) or dit (tokens = PIFS patches) (default: dit)")
-    what.add_argument("--config", choices=("quick", "full"), default="quick",
+    what.add_argument("--config", choices=tuple(PRESETS), default="quick",
                       help="preset: quick (16x16, small model, CPU minutes) or full (32x32, 8x8 patches, GPU) "
                       "(default: quick)")
-    what.add_argument("--data", choices=("photos16", "photos32", "digits"), default=None,
+    what.add_argument("--data", choices=tuple(DATASETS), default=None,
                       help="data set (default: photos16 for quick, photos32 for full)")
-    what.add_argument("--num-train", type=_positive_int, default=None, metavar="N", help="training crops (default: preset)")
-    what.add_argument("--patch-size", type=_positive_int, default=None, metavar="P",
+    what.add_argument("--num-train", type=positive_int, default=None, metavar="N", help="training crops (default: preset)")
+    what.add_argument("--patch-size", type=positive_int, default=None, metavar="P",
                       help="PIFS patch side (DiT token size, regulariser blocks, quality features) (default: side / 4)")
 
     opt = parser.add_argument_group("optimisation")
-    opt.add_argument("--steps", type=_positive_int, default=None, metavar="N", help="training steps (default: preset)")
-    opt.add_argument("--batch-size", type=_positive_int, default=None, metavar="B", help="images per step (default: preset)")
-    opt.add_argument("--lr", type=_finite_float, default=None, metavar="LR", help="peak AdamW learning rate (default: preset)")
-    opt.add_argument("--weighting", choices=("uniform", "snr", "min_snr", "collage"), default=None,
+    opt.add_argument("--steps", type=positive_int, default=None, metavar="N", help="training steps (default: preset)")
+    opt.add_argument("--batch-size", type=positive_int, default=None, metavar="B", help="images per step (default: preset)")
+    opt.add_argument("--lr", type=finite_float, default=None, metavar="LR", help="peak AdamW learning rate (default: preset)")
+    opt.add_argument("--weighting", choices=WEIGHTINGS, default=None,
                      help="loss weighting (default: uniform)")
-    opt.add_argument("--min-snr-gamma", type=_finite_float, default=None, metavar="G", help="Min-SNR clip gamma (default: 5)")
-    opt.add_argument("--mu", type=_finite_float, default=None, metavar="MU",
+    opt.add_argument("--min-snr-gamma", type=finite_float, default=None, metavar="G", help="Min-SNR clip gamma (default: 5)")
+    opt.add_argument("--mu", type=finite_float, default=None, metavar="MU",
                      help="weight of the PIFS cross-block regulariser (default: 0 = off)")
-    opt.add_argument("--probes", type=_positive_int, default=None, metavar="P",
+    opt.add_argument("--probes", type=positive_int, default=None, metavar="P",
                      help="patches probed per sample and step by the regulariser (default: 1)")
-    opt.add_argument("--ema-decay", type=_finite_float, default=None, metavar="D", help="EMA decay (default: preset)")
+    opt.add_argument("--ema-decay", type=finite_float, default=None, metavar="D", help="EMA decay (default: preset)")
     opt.add_argument("--schedule", choices=SCHEDULE_NAMES, default=None, metavar="NAME",
                      help=f"noise schedule: {', '.join(SCHEDULE_NAMES)} (default: linear, DDPM's)")
-    opt.add_argument("--T", type=_positive_int, default=None, metavar="T", help="training steps of the schedule (default: 1000)")
-    opt.add_argument("--seed", type=_non_negative_int, default=None, metavar="S", help="random seed (default: 0)")
+    opt.add_argument("--T", type=positive_int, default=None, metavar="T", help="training steps of the schedule (default: 1000)")
+    opt.add_argument("--seed", type=non_negative_int, default=None, metavar="S", help="random seed (default: 0)")
 
     run = parser.add_argument_group("run")
     run.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
     run.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    run.add_argument("--checkpoint-every", type=_positive_int, default=None, metavar="K",
+    run.add_argument("--checkpoint-every", type=positive_int, default=None, metavar="K",
                      help="steps between checkpoints (default: preset)")
-    run.add_argument("--log-every", type=_positive_int, default=None, metavar="K", help="steps between log lines (default: 10)")
-    run.add_argument("--sample-steps", type=_positive_int, default=None, metavar="N",
+    run.add_argument("--log-every", type=positive_int, default=None, metavar="K", help="steps between log lines (default: 10)")
+    run.add_argument("--sample-steps", type=positive_int, default=None, metavar="N",
                      help="DDIM steps of the final samples and of the collage weighting's grid (default: 50)")
-    run.add_argument("--num-samples", type=_non_negative_int, default=None, metavar="N",
+    run.add_argument("--num-samples", type=non_negative_int, default=None, metavar="N",
                      help="samples drawn and scored at the end; 0 = none (default: preset)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+#: TrainConfig fields (the arguments of :func:`pifs_jax.models.training.train_config`) -> options.
 _OPTIONS = {
     "model": "--model", "data": "--data", "num_train": "--num-train", "patch_size": "--patch-size",
     "steps": "--steps", "batch_size": "--batch-size", "lr": "--lr", "weighting": "--weighting",
@@ -111,17 +116,16 @@ _OPTIONS = {
 
 
 def run(args: argparse.Namespace) -> int:
-    from pifs_jax.cli import UsageError
     from pifs_jax.models.training import train, train_config
 
     overrides = {field: getattr(args, field) for field in _OPTIONS}
     try:
         config = train_config(args.config, **overrides)
     except ValueError as exc:
-        field = str(exc).split(":", 1)[0]
-        if field in _OPTIONS:
-            raise UsageError(_OPTIONS[field], str(exc).split(":", 1)[1].strip()) from None
-        raise
+        error = usage_error_for(exc, {**_OPTIONS, "preset": "--config"})
+        if error is None:
+            raise
+        raise error from None
     result = train(config, args.out, resume=args.resume, progress=not args.no_progress)
     print(f"trained {config.model} ({config.size}) on {config.data} for {int(result.state.step)} steps "
           f"in {result.seconds:.1f} s -> {result.out_dir}")
@@ -139,3 +143,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"  useful ({useful['criterion']}): {'yes' if useful['passes'] else 'no'} "
               f"(gap closed: aligned {useful['fd_gap_closed_aligned']:.4f}, straddling {useful['fd_gap_closed_straddling']:.4f})")
     return 0
+
+
+SUBCOMMAND = Subcommand(
+    name="train",
+    help="train a UNet or patch-transformer noise predictor on real images (checkpoints, --resume)",
+    description=DESCRIPTION,
+    epilog=EPILOG,
+    add_arguments=add_arguments,
+    run=run,
+)

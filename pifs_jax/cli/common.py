@@ -1,0 +1,139 @@
+"""What every ``pifs-jax`` subcommand shares: the registry, the error type and the option types.
+
+A subcommand module (:mod:`pifs_jax.cli.geometry`, ...) imports only this module and defines a
+:class:`Subcommand` record; :mod:`pifs_jax.cli` registers the records in :data:`SUBCOMMANDS` and
+builds the parser from them. Nothing heavy is imported here, so ``pifs-jax --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shlex
+from collections.abc import Callable, Mapping
+from typing import NamedTuple
+
+from pifs_jax.errors import ArgumentError
+
+__all__ = [
+    "PROG",
+    "UsageError",
+    "Subcommand",
+    "SUBCOMMANDS",
+    "register_subcommand",
+    "usage_error_for",
+    "positive_int",
+    "non_negative_int",
+    "finite_float",
+    "command_line",
+]
+
+PROG = "pifs-jax"
+
+
+class UsageError(ArgumentError):
+    """Bad command-line input; ``option`` (= ``argument``) names the offending option (``--steps``).
+
+    ``str(error)`` is ``"{option}: {detail}"``; the command prints ``argument {option}: {detail}``.
+    """
+
+    def __init__(self, option: str, message: str):
+        super().__init__(option, message)
+
+    @property
+    def option(self) -> str:
+        """The option the user typed, e.g. ``"--steps"``."""
+        return self.argument
+
+
+class Subcommand(NamedTuple):
+    """One ``pifs-jax`` subcommand.
+
+    Attributes:
+      name: the word on the command line.
+      help: one line for ``pifs-jax --help``.
+      description: the paragraph at the top of ``pifs-jax NAME --help``.
+      epilog: examples and notes at the bottom of ``pifs-jax NAME --help`` (kept verbatim).
+      add_arguments: declares the options on the subcommand's parser.
+      run: does the work; returns the exit status (0 success, 1 failure, 2 bad input).
+    """
+
+    name: str
+    help: str
+    description: str
+    epilog: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+#: The registered subcommands, in ``--help`` order.
+SUBCOMMANDS: dict[str, Subcommand] = {}
+
+
+def register_subcommand(subcommand: Subcommand) -> Subcommand:
+    """Add ``subcommand`` to :data:`SUBCOMMANDS` (a name may be registered once)."""
+    if subcommand.name in SUBCOMMANDS:
+        raise ArgumentError("subcommand", f"{subcommand.name!r} is already registered")
+    SUBCOMMANDS[subcommand.name] = subcommand
+    return subcommand
+
+
+def usage_error_for(exc: ValueError, options: Mapping[str, str], default: str | None = None) -> UsageError | None:
+    """The :class:`UsageError` for a library error, naming the option the user typed.
+
+    The library's :class:`~pifs_jax.errors.ArgumentError` carries the Python argument
+    (``exc.argument``, e.g. ``"alpha_bar_T"``); ``options`` maps it to the option
+    (``"--alpha-bar-T"``). A plain ``ValueError`` (no ``.argument``) or an argument missing from
+    ``options`` is reported under ``default`` with the whole message, or not at all (``None``)
+    when there is no ``default``.
+
+    Args:
+      exc: the error the library raised.
+      options: Python argument name -> command-line option.
+      default: the option to blame when ``exc`` names none of ``options``.
+
+    Returns:
+      The error to raise, or ``None`` (re-raise ``exc`` unchanged).
+    """
+    option = options.get(getattr(exc, "argument", None))
+    if option is not None:
+        return UsageError(option, exc.detail)
+    if default is not None:
+        return UsageError(default, str(exc))
+    return None
+
+
+def _int_at_least(text: str, minimum: int, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """Option type: an integer >= 1."""
+    return _int_at_least(text, 1, "a positive integer")
+
+
+def non_negative_int(text: str) -> int:
+    """Option type: an integer >= 0."""
+    return _int_at_least(text, 0, "a non-negative integer")
+
+
+def finite_float(text: str) -> float:
+    """Option type: a finite number (no ``nan``, no ``inf``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def command_line(argv: list[str]) -> str:
+    """The command as the user could retype it: ``pifs-jax ARGV...`` with shell quoting."""
+    return shlex.join([PROG, *argv])
