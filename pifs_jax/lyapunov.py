@@ -1,61 +1,15 @@
 """Lyapunov spectra: asymptotic (autonomous maps) and finite-time (the DDIM chain).
 
-Two different objects (docs/theory.md section 5):
+- :func:`lyapunov_spectrum`: an autonomous map iterated for a long time, by Benettin's QR
+  re-orthonormalisation (exponents **per iterate**).
+- :func:`chain_lyapunov_spectrum`: the finite, non-autonomous DDIM chain's exact finite-time
+  spectrum ``Lambda_j = (1/N) log sigma_j(J_N ... J_1)`` (exponents **per step**): full via
+  ``jax.jacfwd`` and graded QR products, or the leading ``k`` matrix-free by subspace iteration
+  (JVPs forward, VJPs backward); ``method="benettin"`` for comparison.
 
-**Autonomous maps** ``x_{i+1} = F(x_i)`` iterated for a long time have the asymptotic spectrum
-``Lambda_j = lim_{N->inf} (1/N) log sigma_j(DF(x_{N-1}) ... DF(x_0))``, estimated by Benettin's QR
-re-orthonormalisation: ``Q_i R_i = DF(x_{i-1}) Q_{i-1}`` and
-``Lambda_j ~ (1/N) sum_i log |(R_i)_jj|`` (:func:`lyapunov_spectrum`, exponents **per iterate**).
-
-**The DDIM chain** is finite (``N`` steps) and non-autonomous (each step is a different map
-``Phi_t``). Its spectrum is the finite-time one,
-
-``Lambda_j = (1/N) log sigma_j(J_N ... J_1)``,  ``J_i = a_t I + b_t d epshat(x, t)/dx`` along the trajectory,
-
-**per step** (per chain = ``N`` times this; signs and the Kaplan-Yorke dimension do not depend on
-the choice) (:func:`chain_lyapunov_spectrum`). Why Benettin's sum is not this for ``N = 50``:
-started from a basis ``Q_0``, ``prod_i |(R_i)_jj|`` is the volume growth of the first ``j``
-basis vectors divided by that of the first ``j - 1``, i.e. the diagonal of the triangular factor
-of ``M Q_0`` (``M = J_N ... J_1``). It equals ``sigma_j(M)`` only when ``span(Q_0[:, :j])`` is the
-span of ``M``'s top-``j`` right singular vectors for every ``j``; for an arbitrary ``Q_0`` the
-volume of the first ``j`` vectors picks up (to leading order) the product of the cosines of the
-principal angles between ``span(Q_0[:, :j])`` and that subspace, which does not shrink with
-``N``, and the sums are not even ordered. The error in the exponents is therefore ``O(1/N)``:
-negligible for an autonomous map iterated ``10^5`` times (Oseledets), but for the 50-step
-Gaussian chain of the tests (exponents between -0.05 and +0.02 per step, eigenvectors not the
-coordinate axes) Benettin's sum from the identity is off by 0.016 per step, where the exact
-method agrees with the closed form to 1e-14. ``method="benettin"`` returns that estimate so that
-the difference can be shown.
-
-Exact finite-time spectrum, stably (full, ``k=None``): the QR pass gives
-``M = Q_N R_N ... R_1`` (``Q_0 = I``), so ``sigma(M) = sigma(P)`` with ``P = R_N ... R_1`` upper
-triangular. ``P`` is accumulated in row-graded form ``P = diag(exp(l)) W``: ``l`` holds the logs of
-the diagonal (no overflow, ``l = sum_i log diag R_i``, Benettin's sums) and ``W`` is unit upper
-triangular, updated as ``R diag(e^l) W = diag(r e^l) (I + E) W`` with
-``E_jk = (R_jk / r_j) exp(l_k - l_j)`` (``j < k``), which decays once the directions are ordered.
-Then a few graded zero-shift QR sweeps (``P^T = Q R`` and ``sigma(P) = sigma(R)``, kept in the same
-form; Stewart 1997, "On graded QR decompositions of products of matrices") order ``P`` and
-decouple directions whose ``l`` differ by more than a few nats; the singular values of each
-remaining cluster of close directions are those of its diagonal block rescaled by its own
-largest ``exp(l)``: ``log sigma = l_ref + log svdvals(diag(exp(l - l_ref)) W)`` per cluster.
-Nothing over- or underflows, and spectra spanning hundreds of nats stay exact (where a plain
-product of the Jacobians would overflow and its SVD would lose every small singular value).
-
-Leading ``k`` (matrix-free, never an ``n x n`` matrix): subspace iteration on ``M^T M`` with JVPs
-forward and VJPs backward through the chain, one step at a time: ``M V = Q_N (R_N ... R_1)``
-(JVPs, thin QR of the ``n x p`` block after every step) and ``M^T Q_N = Q'_0 (R'_1 ... R'_N)``
-(VJPs, QR after every step); since ``M^T M V = Q'_0 T`` with ``T`` triangular, ``V <- Q'_0``. The
-block is normalised at every step, so no ``sigma^2`` (or ``sigma``) is ever formed, and the
-exponents are the Rayleigh-Ritz values ``(1/N) log sigma(M V)`` read from the graded product of
-the ``p x p`` factors (as for the full spectrum). Re-orthonormalising per step rather than once
-per pass matters: an explicit ``M v`` carries ``eps sigma_1`` of rounding along the top
-direction, which buries every singular value more than ``log(1/eps)`` nats (36 in float64)
-below the largest; a QR every ``m`` steps (``qr_every``) is enough while an ``m``-step block
-spans far fewer nats than that. Cost per iteration: ``N (p JVPs + p VJPs) + 2 N / m`` thin QRs,
-``p = k + oversample``. The returned exponents are the Ritz values of a last, live forward pass from the
-converged (frozen) subspace: Ritz values are stationary with respect to the subspace, so their
-derivative there is ``u_j^T dM v_j`` (Hellmann-Feynman) -- ``jax.grad`` never differentiates
-the loop.
+The definitions are in docs/theory.md section 5. Why Benettin's sum is not the finite-time
+spectrum of a short chain, the graded QR products, the subspace iteration, its gradients and
+``qr_every`` are explained in docs/numerics.md.
 """
 
 from __future__ import annotations
