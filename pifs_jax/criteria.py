@@ -18,7 +18,7 @@ the boundary when they are concrete.
 3. **Balanced sampling workload** (:func:`workload`): the imbalance of the contraction work done
    by the steps of a sampling grid, defined on a continuous relaxation of the grid.
 
-Definitions the paper leaves OPEN, and the choices made here (also in the README):
+Definitions the paper leaves OPEN, and the choices made here (reasons in docs/theory.md section 8):
 
 - *Soft-min* (criterion 1): ``softmin = -tau logsumexp(-x/tau)`` taken on ``x = log L*_t`` by
   default (``log_domain=True``), i.e. ``exp(softmin) = (sum_t L*_t^(-1/tau))^(-tau)``, a power mean

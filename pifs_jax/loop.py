@@ -93,7 +93,7 @@ def run_loop(
       watch: the metrics checked for finiteness (``None``: all).
       progress: show a tqdm bar; description: its label; show: metrics shown beside it.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # text bar: works in terminals and notebooks without ipywidgets
 
     report_every = check_positive_int(report_every, name="report_every")
     pending: list[tuple[int, Mapping[str, jax.Array]]] = []

@@ -1,9 +1,6 @@
 """Trainable noise predictors (flax linen): a small DDPM-style UNet and a PIFS-patch transformer.
 
-Why linen: parameters are a plain pytree and ``module.apply`` is a pure function of them, which
-is this package's functional style; a network plugs into :func:`~pifs_jax.ddim.ddim_chain` by
-closure (:func:`as_eps_fn`), ``jax.jacfwd`` goes through it with no object state, and
-checkpoints serialise the pytree as it is (details in :mod:`pifs_jax.models.common`).
+Why flax linen: docs/design-choices.md.
 
 The interface shared by both networks (binding for training, checkpoints and experiments)::
 

@@ -1,13 +1,8 @@
 """Pieces shared by the networks: time embedding, self-attention that returns its weights, glue.
 
-Framework: flax **linen**. A linen module is a pure description; ``module.init(key, x, t)``
-returns the parameters as a plain pytree of arrays (nested dicts) and
-``module.apply({"params": params}, x, t)`` is a pure function of them. That is the package's
-functional style (parameters are pytrees, like a :class:`~pifs_jax.schedules.Schedule`): a
-network plugs into :func:`~pifs_jax.ddim.ddim_chain` by closure (:func:`as_eps_fn`),
-``jax.jacfwd``/``jax.grad`` go through it with no object state to thread, and checkpoints
-serialise the pytree directly. (flax nnx holds parameters inside mutable Python objects and
-would need ``nnx.split``/``nnx.merge`` at every one of these boundaries.)
+Framework: flax linen: ``module.init(key, x, t)`` returns the parameters as a plain pytree and
+``module.apply({"params": params}, x, t)`` is a pure function of them (why linen and not nnx:
+docs/design-choices.md).
 
 The model interface (both :class:`~pifs_jax.models.unet.UNet` and
 :class:`~pifs_jax.models.dit.PatchTransformer`)::

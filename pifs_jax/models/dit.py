@@ -1,6 +1,6 @@
 """A patch transformer (DiT-style, Peebles & Xie 2023) whose tokens are exactly the PIFS patches.
 
-flax linen (parameters are a plain pytree; see :mod:`pifs_jax.models.common` for why).
+flax linen (parameters are a plain pytree; docs/design-choices.md says why).
 
 The image ``(H, W, C)`` is cut by :func:`pifs_jax.patches.patchify` into ``M = HW/p^2`` range
 blocks of ``n_k = p^2 C`` coordinates, in the package's patch order; token ``k`` **is** patch

@@ -1,6 +1,6 @@
 """A small UNet noise predictor in the style of the DDPM CIFAR-10 network (Ho et al. 2020).
 
-flax linen (parameters are a plain pytree; see :mod:`pifs_jax.models.common` for why).
+flax linen (parameters are a plain pytree; docs/design-choices.md says why).
 
 Layout for ``channel_mults = (m_0, ..., m_{L-1})``, ``c = channels``::
 
