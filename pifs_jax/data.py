@@ -64,6 +64,7 @@ from pifs_jax._validation import (
     is_concrete,
 )
 from pifs_jax.patches import patch_layout, patch_permutation, patchify
+from pifs_jax.errors import ArgumentError
 
 __all__ = [
     "PHOTO_NAMES",
@@ -117,13 +118,13 @@ def _host_rng(key: jax.Array) -> np.random.Generator:
         key = jax.random.key_data(key)
     bits = np.asarray(key)
     if bits.dtype != np.uint32 or bits.size < 1:
-        raise ValueError(f"key: expected a JAX PRNG key (jax.random.key or PRNGKey), got {describe(bits)}")
+        raise ArgumentError("key", f"expected a JAX PRNG key (jax.random.key or PRNGKey), got {describe(bits)}")
     return np.random.default_rng(bits.ravel())
 
 
 def _check_split(split: Any) -> str:
     if split not in _SPLITS:
-        raise ValueError(f"split: expected 'train' or 'test', got {split!r}")
+        raise ArgumentError("split", f"expected 'train' or 'test', got {split!r}")
     return split
 
 
@@ -149,7 +150,7 @@ def load_photo(name: str, factor: int = 1) -> np.ndarray:
     The images every crop of :func:`photo_crops` comes from (cached).
     """
     if name not in PHOTO_NAMES:
-        raise ValueError(f"name: expected one of {', '.join(PHOTO_NAMES)}, got {name!r}")
+        raise ArgumentError("name", f"expected one of {', '.join(PHOTO_NAMES)}, got {name!r}")
     factor = check_positive_int(factor, name="factor")
     image = _photo_uint8(name).astype(np.float64)
     h, w = image.shape[0] // factor, image.shape[1] // factor
@@ -253,13 +254,11 @@ def photo_crops(
     counts = np.array([len(c) * per_cell for c in cells], dtype=np.int64)
     total = int(counts.sum())
     if total == 0:
-        raise ValueError(
-            f"size: no {2 * size}x{2 * size} cell (twice the crop size) fits in the photographs downsampled "
+        raise ArgumentError("size", f"no {2 * size}x{2 * size} cell (twice the crop size) fits in the photographs downsampled "
             f"by {factor}; use a smaller size or downsample"
         )
     if n > total:
-        raise ValueError(
-            f"n: the {split} region holds only {total} distinct {size}x{size} crops (photos {photos}, "
+        raise ArgumentError("n", f"the {split} region holds only {total} distinct {size}x{size} crops (photos {photos}, "
             f"downsample {factor}), got n = {n}"
         )
     flat = _host_rng(key).choice(total, size=n, replace=False).astype(np.int64)
@@ -311,7 +310,7 @@ def load_dataset(name: str, key: jax.Array, n: int, *, split: str = "train", dty
       ValueError: naming ``name``, ``n`` (more than the split holds) or ``split``.
     """
     if name not in DATASET_NAMES:
-        raise ValueError(f"name: expected one of {DATASET_NAMES}, got {name!r}")
+        raise ArgumentError("name", f"expected one of {DATASET_NAMES}, got {name!r}")
     n = check_positive_int(n, name="n")
     split = _check_split(split)
     if name != "digits":
@@ -319,7 +318,7 @@ def load_dataset(name: str, key: jax.Array, n: int, *, split: str = "train", dty
     digits = _digits_scaled()
     pool = digits[:DIGITS_TRAIN] if split == "train" else digits[DIGITS_TRAIN:]
     if n > pool.shape[0]:
-        raise ValueError(f"n: the digits {split} split holds {pool.shape[0]} images, got n = {n}")
+        raise ArgumentError("n", f"the digits {split} split holds {pool.shape[0]} images, got n = {n}")
     index = _host_rng(key).choice(pool.shape[0], size=n, replace=False)
     return jnp.asarray(pool[index], _float_dtype(dtype))
 
@@ -391,17 +390,16 @@ def gaussian_patch_data(
     m, nk = layout.num_patches, layout.patch_dim
     shape = tuple(np.shape(patch_variances))
     if shape not in ((m,), (m, nk)):
-        raise ValueError(
-            f"patch_variances: expected shape (M,) = ({m},) or (M, n_k) = ({m}, {nk}) for image_shape "
+        raise ArgumentError("patch_variances", f"expected shape (M,) = ({m},) or (M, n_k) = ({m}, {nk}) for image_shape "
             f"{layout.image_shape} and patch_size {layout.patch_size}, got {shape}"
         )
     check_variances(patch_variances, name="patch_variances")
     if basis not in ("random", "identity"):
-        raise ValueError(f"basis: expected 'random' or 'identity', got {basis!r}")
+        raise ArgumentError("basis", f"expected 'random' or 'identity', got {basis!r}")
     if mean is None:
         mean = np.zeros(layout.image_shape)
     elif tuple(np.shape(mean)) != layout.image_shape:
-        raise ValueError(f"mean: expected shape image_shape = {layout.image_shape}, got {np.shape(mean)}")
+        raise ArgumentError("mean", f"expected shape image_shape = {layout.image_shape}, got {np.shape(mean)}")
     mean = check_finite(mean, "mean")
     lam = np.asarray(patch_variances, np.float64)
     if lam.ndim == 1:
@@ -451,15 +449,15 @@ def gaussian_mixture_data(key: jax.Array, *, n: int, weights: Any, means: Any, c
     """
     n = check_positive_int(n, name="n")
     if np.ndim(weights) != 1 or np.shape(weights)[0] < 1:
-        raise ValueError(f"weights: expected a non-empty 1-D array of shape (K,), got shape {np.shape(weights)}")
+        raise ArgumentError("weights", f"expected a non-empty 1-D array of shape (K,), got shape {np.shape(weights)}")
     k = int(np.shape(weights)[0])
     if np.ndim(means) < 2 or np.shape(means)[0] != k:
-        raise ValueError(f"means: expected shape (K,) + sample_shape with K = {k}, got {np.shape(means)}")
+        raise ArgumentError("means", f"expected shape (K,) + sample_shape with K = {k}, got {np.shape(means)}")
     sample_shape = tuple(np.shape(means)[1:])
     dim = int(np.prod(sample_shape))
     w = check_finite(weights, "weights")
     if np.any(w < 0) or not np.any(w > 0):
-        raise ValueError(f"weights: must be >= 0 and not all zero, got {describe(w)}")
+        raise ArgumentError("weights", f"must be >= 0 and not all zero, got {describe(w)}")
     mu = check_finite(means, "means").reshape(k, dim)
     check_covariances(covs, dim, name="covs", batch_shape=(k,))
     c = np.asarray(covs, np.float64)
@@ -536,11 +534,11 @@ def patch_stats(data: Any, *, patch_size: int, ddof: int = 1) -> PatchStats:
     """
     data = jnp.asarray(data)
     if data.ndim not in (3, 4):
-        raise ValueError(f"data: expected shape (N, H, W, C) or (N, H, W), got {data.shape}")
+        raise ArgumentError("data", f"expected shape (N, H, W, C) or (N, H, W), got {data.shape}")
     if ddof not in (0, 1):
-        raise ValueError(f"ddof: expected 0 or 1, got {ddof!r}")
+        raise ArgumentError("ddof", f"expected 0 or 1, got {ddof!r}")
     if data.shape[0] <= ddof:
-        raise ValueError(f"data: need N > ddof = {ddof} samples for a covariance, got N = {data.shape[0]}")
+        raise ArgumentError("data", f"need N > ddof = {ddof} samples for a covariance, got N = {data.shape[0]}")
     layout = patch_layout(data.shape[1:], patch_size)
     if is_concrete(data):
         check_finite(data, "data")

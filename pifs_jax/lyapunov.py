@@ -28,6 +28,7 @@ from pifs_jax.ddim import EpsFn, chain_steps, check_denoiser, ddim_step
 from pifs_jax.grids import as_grid
 from pifs_jax.kaplan_yorke import kaplan_yorke_dimension
 from pifs_jax.schedules import Schedule
+from pifs_jax.errors import ArgumentError
 
 __all__ = ["Spectrum", "lyapunov_spectrum", "chain_lyapunov_spectrum", "CHAIN_METHODS"]
 
@@ -285,7 +286,7 @@ def _running_mean(log_r: jax.Array) -> jax.Array:
 def _check_k(k: Any, n: int) -> int:
     k = check_positive_int(k, name="k")
     if k > n:
-        raise ValueError(f"k: cannot exceed the state dimension n = {n}, got k = {k}")
+        raise ArgumentError("k", f"cannot exceed the state dimension n = {n}, got k = {k}")
     return k
 
 
@@ -294,9 +295,9 @@ def _float_state(x: Any, name: str) -> jax.Array:
     if not jnp.issubdtype(x.dtype, jnp.floating):
         x = x.astype(jnp.result_type(float))
     if x.size == 0:
-        raise ValueError(f"{name}: expected a non-empty array, got shape {x.shape}")
+        raise ArgumentError(name, f"expected a non-empty array, got shape {x.shape}")
     if is_concrete(x) and not np.all(np.isfinite(np.asarray(x))):
-        raise ValueError(f"{name}: the initial state contains non-finite values")
+        raise ArgumentError(name, f"the initial state contains non-finite values")
     return x
 
 
@@ -388,10 +389,10 @@ def lyapunov_spectrum(
     try:
         out = jax.eval_shape(map_fn, jax.ShapeDtypeStruct(shape, x0.dtype))
     except Exception as err:
-        raise ValueError(f"map_fn: calling map_fn(x) with x of shape {shape} failed: {err}") from err
+        raise ArgumentError("map_fn", f"calling map_fn(x) with x of shape {shape} failed: {err}") from err
     if getattr(out, "shape", None) != shape:
         got = getattr(out, "shape", type(out).__name__)
-        raise ValueError(f"map_fn: the map must return an array of the input's shape {shape}, got {got}")
+        raise ArgumentError("map_fn", f"the map must return an array of the input's shape {shape}, got {got}")
     if k is not None:
         k = _check_k(k, n)
     spectrum, finite = _compiled(
@@ -408,8 +409,7 @@ def lyapunov_spectrum(
         for flags, what in zip(finite, ("a non-finite state", "a non-finite Jacobian")):
             bad = _first_false(flags)
             if bad is not None:
-                raise ValueError(
-                    f"map_fn: {what} first appears at measured iterate {bad + 1} of {n_steps} "
+                raise ArgumentError("map_fn", f"{what} first appears at measured iterate {bad + 1} of {n_steps} "
                     f"(after {n_transient} transient iterates)"
                 )
     return spectrum
@@ -501,12 +501,12 @@ def chain_lyapunov_spectrum(
       >>> spec.exponents, spec.dimension
     """
     if method not in CHAIN_METHODS:
-        raise ValueError(f"method: expected one of {CHAIN_METHODS}, got {method!r}")
+        raise ArgumentError("method", f"expected one of {CHAIN_METHODS}, got {method!r}")
     iters = check_positive_int(iters, name="iters")
     oversample = check_positive_int(oversample, name="oversample", minimum=0)
     sweeps = check_positive_int(sweeps, name="sweeps", minimum=0)
     if not isinstance(sched, Schedule):
-        raise ValueError(f"sched: expected a pifs_jax Schedule, got {type(sched).__name__}")
+        raise ArgumentError("sched", f"expected a pifs_jax Schedule, got {type(sched).__name__}")
     x_T = _float_state(x_T, "x_T")
     shape, n = x_T.shape, x_T.size
     full = k is None
@@ -514,7 +514,7 @@ def chain_lyapunov_spectrum(
         k = _check_k(k, n)
     qr_every = check_positive_int(qr_every, name="qr_every")
     if mesh is not None and (full or method != "exact"):
-        raise ValueError("mesh: sharded tangent vectors are supported for the leading-k exact method (k=int)")
+        raise ArgumentError("mesh", "sharded tangent vectors are supported for the leading-k exact method (k=int)")
     grid = jnp.asarray(as_grid(grid, sched.T))
     n_steps = grid.shape[0] - 1
     if is_concrete(sched, grid):
@@ -534,8 +534,7 @@ def chain_lyapunov_spectrum(
         multiple = 1 if mesh is None else _tangent_constraint(mesh)[1]
         p = min(n, -(-(k + oversample) // multiple) * multiple)
         if p % multiple:
-            raise ValueError(
-                f"mesh: the tangent block (k + oversample rounded up to {p}, capped at n = {n}) must divide "
+            raise ArgumentError("mesh", f"the tangent block (k + oversample rounded up to {p}, capped at n = {n}) must divide "
                 f"evenly over the mesh's {multiple} devices"
             )
         tol = 10 * float(jnp.finfo(x_T.dtype).eps) if tol is None else float(tol)
@@ -591,8 +590,7 @@ def _raise_nonfinite(finite: Any, sched: Schedule, grid: Any) -> None:
     for flags, what in zip(finite, ("state", "step Jacobian")):
         bad = _first_false(flags)
         if bad is not None:
-            raise ValueError(
-                f"eps_fn: a non-finite {what} first appears at sampling step {bad + 1} of {n_steps} "
+            raise ArgumentError("eps_fn", f"a non-finite {what} first appears at sampling step {bad + 1} of {n_steps} "
                 f"(t = {int(t_values[bad])} -> the next grid point); check the denoiser at that timestep"
             )
 

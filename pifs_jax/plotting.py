@@ -48,6 +48,7 @@ from pifs_jax.geometry import (
 from pifs_jax.grids import as_grid
 from pifs_jax.results import atomic_write_bytes
 from pifs_jax.schedules import Schedule
+from pifs_jax.errors import ArgumentError
 
 __all__ = [
     "new_figure",
@@ -92,7 +93,7 @@ def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int | None = None)
     path = Path(path)
     fmt = path.suffix.lstrip(".").lower()
     if not fmt:
-        raise ValueError(f"path: needs a file suffix that names the image format (e.g. .png), got {str(path)!r}")
+        raise ArgumentError("path", f"needs a file suffix that names the image format (e.g. .png), got {str(path)!r}")
     buffer = io.BytesIO()
     fig.savefig(buffer, format=fmt, dpi=dpi if dpi is not None else "figure")
     return atomic_write_bytes(path, buffer.getvalue())
@@ -107,9 +108,9 @@ def lambda_grid(lambda_range: tuple[float, float] = (1e-2, 1e2), num: int = 121)
     """
     lo, hi = (float(v) for v in lambda_range)
     if not (np.isfinite(lo) and np.isfinite(hi) and 0 < lo < hi):
-        raise ValueError(f"lambda_range: expected (min, max) with 0 < min < max, got {tuple(lambda_range)!r}")
+        raise ArgumentError("lambda_range", f"expected (min, max) with 0 < min < max, got {tuple(lambda_range)!r}")
     if int(num) < 2:
-        raise ValueError(f"num: expected at least 2 points, got {num!r}")
+        raise ArgumentError("num", f"expected at least 2 points, got {num!r}")
     return np.geomspace(lo, hi, int(num))
 
 
@@ -122,20 +123,18 @@ def _chains(schedules: Any, grid: Any) -> list[tuple[str | None, Schedule, np.nd
         return [(None, schedules, np.asarray(as_grid(grid, schedules.T)))]
     if isinstance(schedules, Mapping):
         if grid is not None:
-            raise ValueError("grid: pass per-chain grids as label -> (Schedule, grid) when schedules is a mapping")
+            raise ArgumentError("grid", "pass per-chain grids as label -> (Schedule, grid) when schedules is a mapping")
         chains = []
         for label, value in schedules.items():
             sched, sub_grid = value if isinstance(value, tuple) else (value, None)
             if not isinstance(sched, Schedule):
-                raise ValueError(
-                    f"schedules: entry {label!r} must be a Schedule or (Schedule, grid), got {type(sched).__name__}"
+                raise ArgumentError("schedules", f"entry {label!r} must be a Schedule or (Schedule, grid), got {type(sched).__name__}"
                 )
             chains.append((str(label), sched, np.asarray(as_grid(sub_grid, sched.T))))
         if not chains:
-            raise ValueError("schedules: the mapping is empty")
+            raise ArgumentError("schedules", "the mapping is empty")
         return chains
-    raise ValueError(
-        f"schedules: expected a Schedule or a mapping label -> Schedule | (Schedule, grid), got {type(schedules).__name__}"
+    raise ArgumentError("schedules", f"expected a Schedule or a mapping label -> Schedule | (Schedule, grid), got {type(schedules).__name__}"
     )
 
 
@@ -225,7 +224,7 @@ def plot_expansion_heatmap(
       The Figure.
     """
     if not isinstance(sched, Schedule):
-        raise ValueError(f"sched: expected a pifs_jax Schedule, got {type(sched).__name__}")
+        raise ArgumentError("sched", f"expected a pifs_jax Schedule, got {type(sched).__name__}")
     g = np.asarray(as_grid(grid, sched.T))
     lam = lambda_grid(lambda_range, num_lambdas)
     f = np.asarray(expansion_factor(sched, lam, g), dtype=np.float64)  # (N, num_lambdas)

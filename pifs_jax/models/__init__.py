@@ -48,6 +48,7 @@ from pifs_jax.models.common import (
 from pifs_jax.models.dit import PatchTransformer
 from pifs_jax.models.unet import UNet
 from pifs_jax.patches import patch_layout
+from pifs_jax.errors import ArgumentError
 
 __all__ = [
     "UNet",
@@ -87,38 +88,37 @@ def _check_config(name: str, config: dict) -> None:
     """Validate hyper-parameters before any tracing; ValueError names the offending field."""
     shape = tuple(config["image_shape"])
     if len(shape) != 3 or any(int(s) < 1 for s in shape):
-        raise ValueError(f"image_shape: expected (H, W, C) with positive sizes, got {shape}")
+        raise ArgumentError("image_shape", f"expected (H, W, C) with positive sizes, got {shape}")
     height, width, _ = shape
     for field in ("num_heads",) + (("channels", "num_res_blocks", "groups") if name == "unet" else ("hidden", "depth", "mlp_ratio")):
         value = config[field]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{field}: expected a positive integer, got {value!r}")
+            raise ArgumentError(field, f"expected a positive integer, got {value!r}")
     if name == "dit":
         value = config["decoder_features"]
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"decoder_features: expected a non-negative integer (0 = linear per-patch decoder), got {value!r}")
+            raise ArgumentError("decoder_features", f"expected a non-negative integer (0 = linear per-patch decoder), got {value!r}")
     if name == "unet":
         mults = tuple(config["channel_mults"])
         if not mults or any(int(m) < 1 for m in mults):
-            raise ValueError(f"channel_mults: expected a non-empty tuple of positive integers, got {mults}")
+            raise ArgumentError("channel_mults", f"expected a non-empty tuple of positive integers, got {mults}")
         factor = 2 ** (len(mults) - 1)
         if height % factor or width % factor:
-            raise ValueError(
-                f"image_shape: a UNet with {len(mults)} levels downsamples by {factor}, so H and W must be "
+            raise ArgumentError("image_shape", f"a UNet with {len(mults)} levels downsamples by {factor}, so H and W must be "
                 f"multiples of {factor}; got {shape} (e.g. {(factor * max(1, height // factor), factor * max(1, width // factor), shape[2])})"
             )
         if config["channels"] % config["groups"]:
-            raise ValueError(f"groups: {config['groups']} GroupNorm groups must divide channels = {config['channels']}")
+            raise ArgumentError("groups", f"{config['groups']} GroupNorm groups must divide channels = {config['channels']}")
         widths = {config["channels"] * m for m in mults}
         if any(w % config["num_heads"] for w in widths):
-            raise ValueError(f"num_heads: {config['num_heads']} heads must divide every width {sorted(widths)}")
+            raise ArgumentError("num_heads", f"{config['num_heads']} heads must divide every width {sorted(widths)}")
     else:
         if config["hidden"] % config["num_heads"]:
-            raise ValueError(f"num_heads: {config['num_heads']} heads must divide hidden = {config['hidden']}")
+            raise ArgumentError("num_heads", f"{config['num_heads']} heads must divide hidden = {config['hidden']}")
         if config["pos_embedding"] not in ("learned", "sincos"):
-            raise ValueError(f"pos_embedding: expected 'learned' or 'sincos', got {config['pos_embedding']!r}")
+            raise ArgumentError("pos_embedding", f"expected 'learned' or 'sincos', got {config['pos_embedding']!r}")
         if config["pos_embedding"] == "sincos" and config["hidden"] % 4:
-            raise ValueError(f"hidden: sin-cos positions need a multiple of 4, got {config['hidden']}")
+            raise ArgumentError("hidden", f"sin-cos positions need a multiple of 4, got {config['hidden']}")
     # the PIFS partition (the DiT's tokens) must tile the image (raises naming patch_size)
     patch_layout(shape, config["patch_size"])
 
@@ -130,12 +130,12 @@ def model_from_config(config: dict) -> nn.Module:
       ValueError: naming ``config`` (unknown model or missing/unknown fields) or the invalid field.
     """
     if not isinstance(config, dict) or config.get("name") not in MODEL_NAMES:
-        raise ValueError(f"config: expected a dict with 'name' in {MODEL_NAMES}, got {config!r}")
+        raise ArgumentError("config", f"expected a dict with 'name' in {MODEL_NAMES}, got {config!r}")
     name = config["name"]
     fields = set(_HYPER[(name, "quick")]) | {"name", "size", "image_shape", "patch_size"}
     if set(config) != fields:
         missing, unknown = sorted(fields - set(config)), sorted(set(config) - fields)
-        raise ValueError(f"config: fields do not match a {name!r} model (missing {missing}, unknown {unknown})")
+        raise ArgumentError("config", f"fields do not match a {name!r} model (missing {missing}, unknown {unknown})")
     _check_config(name, config)
     kwargs = {k: (tuple(int(v) for v in config[k]) if k in _TUPLE_FIELDS else config[k]) for k in config if k not in ("name", "size")}
     if name == "unet":
@@ -179,20 +179,20 @@ def make_model(
       params = init_params(module, jax.random.key(0))
     """
     if name not in MODEL_NAMES:
-        raise ValueError(f"name: expected one of {MODEL_NAMES}, got {name!r}")
+        raise ArgumentError("name", f"expected one of {MODEL_NAMES}, got {name!r}")
     if size not in MODEL_SIZES:
-        raise ValueError(f"size: expected one of {MODEL_SIZES}, got {size!r}")
+        raise ArgumentError("size", f"expected one of {MODEL_SIZES}, got {size!r}")
     hyper = dict(_HYPER[(name, size)])
     unknown = sorted(set(overrides) - set(hyper))
     if unknown:
-        raise ValueError(f"overrides: unknown hyper-parameter(s) {unknown} for {name!r}; expected some of {sorted(hyper)}")
+        raise ArgumentError("overrides", f"unknown hyper-parameter(s) {unknown} for {name!r}; expected some of {sorted(hyper)}")
     hyper.update(overrides)
     if image_shape is None:
         image_shape = _DEFAULT_IMAGE_SHAPE[size]
     try:
         image_shape = [int(s) for s in image_shape]
     except TypeError as err:
-        raise ValueError(f"image_shape: expected (H, W, C), got {image_shape!r}") from err
+        raise ArgumentError("image_shape", f"expected (H, W, C), got {image_shape!r}") from err
     config = {
         "name": name,
         "size": size,

@@ -27,6 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from pifs_jax.errors import ArgumentError
 
 __all__ = [
     "sinusoidal_embedding",
@@ -52,7 +53,7 @@ def sinusoidal_embedding(t: jax.Array, dim: int, *, max_period: float = 10000.0)
       max_period: the longest wavelength.
     """
     if dim % 2 or dim < 4:
-        raise ValueError(f"dim: expected an even integer >= 4, got {dim!r}")
+        raise ArgumentError("dim", f"expected an even integer >= 4, got {dim!r}")
     half = dim // 2
     t = jnp.asarray(t)
     dtype = jnp.result_type(float, t.dtype) if jnp.issubdtype(t.dtype, jnp.floating) else jnp.result_type(float)
@@ -92,7 +93,7 @@ class SelfAttention(nn.Module):
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         b, length, d_model = x.shape
         if d_model % self.num_heads:
-            raise ValueError(f"num_heads: {self.num_heads} heads do not divide the width {d_model}")
+            raise ArgumentError("num_heads", f"{self.num_heads} heads do not divide the width {d_model}")
         head = d_model // self.num_heads
         qkv = nn.Dense(3 * d_model, name="qkv")(x).reshape(b, length, 3, self.num_heads, head)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B, L, h, d)
@@ -122,7 +123,7 @@ def attention_entropy(weights: Any) -> Any:
         return [attention_entropy(w) for w in weights]
     w = jnp.asarray(weights)
     if w.ndim < 2:
-        raise ValueError(f"weights: expected shape (..., queries, keys), got {w.shape}")
+        raise ArgumentError("weights", f"expected shape (..., queries, keys), got {w.shape}")
     row_entropy = -jnp.sum(jax.scipy.special.xlogy(w, w), axis=-1)
     return jnp.mean(row_entropy)
 
@@ -135,12 +136,12 @@ def check_model_input(x: Any, t: Any, expected: str, fits: bool) -> jax.Array:
     Runs on shapes only, so it raises before any computation, also under ``jit``.
     """
     if x.ndim != 4 or not fits:
-        raise ValueError(f"x: expected images of shape {expected}, got {tuple(x.shape)}")
+        raise ArgumentError("x", f"expected images of shape {expected}, got {tuple(x.shape)}")
     if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise ValueError(f"x: expected floating-point images (scaled to [-1, 1]), got dtype {x.dtype}")
+        raise ArgumentError("x", f"expected floating-point images (scaled to [-1, 1]), got dtype {x.dtype}")
     t = jnp.asarray(t)
     if t.shape not in ((), (x.shape[0],)):
-        raise ValueError(f"t: expected timesteps of shape () or (B,) = ({x.shape[0]},), got {t.shape}")
+        raise ArgumentError("t", f"expected timesteps of shape () or (B,) = ({x.shape[0]},), got {t.shape}")
     return jnp.broadcast_to(t, (x.shape[0],))
 
 

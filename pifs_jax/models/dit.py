@@ -49,6 +49,7 @@ import numpy as np
 
 from pifs_jax.models.common import SelfAttention, TimeEmbedding, check_model_input
 from pifs_jax.patches import patch_layout, patchify, unpatchify
+from pifs_jax.errors import ArgumentError
 
 __all__ = ["PatchTransformer", "DiTBlock", "sincos_position_embedding"]
 
@@ -63,7 +64,7 @@ def sincos_position_embedding(rows: int, cols: int, dim: int) -> np.ndarray:
     ``w_i = 10000^(-i / (d/2))``, ``i = 0..d/2 - 1``. ``dim`` must be a multiple of 4.
     """
     if dim % 4:
-        raise ValueError(f"dim: the 2-D sin-cos embedding needs a multiple of 4, got {dim}")
+        raise ArgumentError("dim", f"the 2-D sin-cos embedding needs a multiple of 4, got {dim}")
     quarter = dim // 4
     omega = 1.0 / 10000.0 ** (np.arange(quarter, dtype=np.float64) / quarter)
     r, c = np.divmod(np.arange(rows * cols), cols)
@@ -148,7 +149,7 @@ class PatchTransformer(nn.Module):
         elif self.pos_embedding == "sincos":
             pos = jnp.asarray(sincos_position_embedding(layout.rows, layout.cols, d))
         else:
-            raise ValueError(f"pos_embedding: expected 'learned' or 'sincos', got {self.pos_embedding!r}")
+            raise ArgumentError("pos_embedding", f"expected 'learned' or 'sincos', got {self.pos_embedding!r}")
         h = h + pos.astype(h.dtype)
 
         attention = {}
@@ -159,7 +160,7 @@ class PatchTransformer(nn.Module):
         h = _modulate(_layer_norm("final_norm")(h), shift, scale)
         features = self.decoder_features
         if features < 0:
-            raise ValueError(f"decoder_features: expected a non-negative integer, got {features}")
+            raise ArgumentError("decoder_features", f"expected a non-negative integer, got {features}")
         if features == 0:
             out = nn.Dense(layout.patch_dim, kernel_init=_zeros, name="final")(h)
             eps = jax.vmap(lambda q: unpatchify(q, shape, p))(out)

@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from pifs_jax.patches import patch_layout
+from pifs_jax.errors import ArgumentError
 
 __all__ = [
     "nearest_neighbour_distances",
@@ -71,9 +72,9 @@ def _images(x: Any, name: str) -> np.ndarray:
     if x.ndim == 3:
         x = x[..., None]
     if x.ndim != 4 or x.shape[0] < 1:
-        raise ValueError(f"{name}: expected images of shape (N, H, W, C) with N >= 1, got {x.shape}")
+        raise ArgumentError(name, f"expected images of shape (N, H, W, C) with N >= 1, got {x.shape}")
     if not np.all(np.isfinite(x)):
-        raise ValueError(f"{name}: contains non-finite values")
+        raise ArgumentError(name, f"contains non-finite values")
     return x
 
 
@@ -92,7 +93,7 @@ def nearest_neighbour_distances(samples: Any, reference: Any, *, chunk: int = 25
     a = _images(samples, "samples")
     b = _images(reference, "reference")
     if a.shape[1:] != b.shape[1:]:
-        raise ValueError(f"samples: image shape {a.shape[1:]} differs from the reference's {b.shape[1:]}")
+        raise ArgumentError("samples", f"image shape {a.shape[1:]} differs from the reference's {b.shape[1:]}")
     n = int(np.prod(a.shape[1:]))
     a, b = a.reshape(len(a), n), b.reshape(len(b), n)
     b2 = np.sum(b * b, axis=1)
@@ -126,7 +127,7 @@ def straddling_patch_features(images: Any, *, patch_size: int) -> np.ndarray:
     layout = patch_layout(x.shape[1:], patch_size)
     p, o = layout.patch_size, layout.patch_size // 2
     if layout.rows < 2 or layout.cols < 2:
-        raise ValueError(f"patch_size: straddling patches need at least 2 x 2 patches, got {layout.rows} x {layout.cols}")
+        raise ArgumentError("patch_size", f"straddling patches need at least 2 x 2 patches, got {layout.rows} x {layout.cols}")
     return patch_features(x[:, o:o + x.shape[1] - p, o:o + x.shape[2] - p], patch_size=p)
 
 
@@ -144,7 +145,7 @@ def frechet_distance(features_a: Any, features_b: Any) -> float:
     a = np.asarray(features_a, np.float64)
     b = np.asarray(features_b, np.float64)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
-        raise ValueError(f"features: expected two (N, d) arrays with the same d and N >= 2, got {a.shape}, {b.shape}")
+        raise ArgumentError("features", f"expected two (N, d) arrays with the same d and N >= 2, got {a.shape}, {b.shape}")
     mu_a, mu_b = a.mean(0), b.mean(0)
     s_a, s_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
     root_a = _sqrtm_psd(s_a)
