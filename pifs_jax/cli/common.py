@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import shlex
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import NamedTuple
 
 from pifs_jax.errors import ArgumentError
@@ -25,6 +27,7 @@ __all__ = [
     "positive_int",
     "non_negative_int",
     "finite_float",
+    "output_dir",
     "command_line",
 ]
 
@@ -132,6 +135,28 @@ def finite_float(text: str) -> float:
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
     return value
+
+
+def output_dir(text: str) -> Path:
+    """Option type: a folder the command can write into, checked before any work is done.
+
+    Accepts an existing folder or a path whose nearest existing ancestor is a writable folder
+    (the command creates the rest). Refuses an existing file, an ancestor that is a file, and a
+    folder that cannot be written (no permission, or a read-only file system).
+    """
+    path = Path(text).expanduser()
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"expected a folder, got the existing file {text!r}")
+    ancestor = path
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise argparse.ArgumentTypeError(f"cannot create {text!r}: {str(ancestor)!r} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(
+            f"cannot write into {str(ancestor)!r} (no permission, or a read-only file system)"
+        )
+    return path
 
 
 def command_line(argv: list[str]) -> str:
