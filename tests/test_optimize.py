@@ -209,9 +209,10 @@ def test_optimizer_checkpoint_of_another_run_names_the_option(x32, tmp_path):
     other = optimize.schedule_objective({"weakest_link": 1.0}, temperature=0.1)
     with pytest.raises(ArgumentError, match=r"objective\.temperature = 0\.05 in the checkpoint, 0\.1 requested"):
         optimize.optimize_schedule(family, params, other, resume=True, **kwargs)
-    with pytest.raises(ArgumentError, match=r"optimizer\.learning_rate = 0\.05 in the checkpoint, 0\.01 requested"):
-        optimize.optimize_schedule(family, params, optimize.schedule_objective({"weakest_link": 1.0}), resume=True,
-                                   **{**kwargs, "learning_rate": 0.01})
+    # the learning rate is not part of the run's identity: a resume may lower it
+    resumed = optimize.optimize_schedule(family, params, optimize.schedule_objective({"weakest_link": 1.0}),
+                                         resume=True, **{**kwargs, "learning_rate": 0.01})
+    assert resumed.resumed_from == 10
 
 
 def test_interrupted_run_saves_its_last_step_and_resumes_exactly(x32, tmp_path):

@@ -8,12 +8,29 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
+import io
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pifs_jax.cli.common import Subcommand, UsageError, command_line, finite_float, positive_int, usage_error_for
+from pifs_jax.cli.common import (
+    PROG,
+    Subcommand,
+    UsageError,
+    command_line,
+    finite_float,
+    output_dir,
+    positive_int,
+    usage_error_for,
+)
 
 DESCRIPTION = """\
 Optimise a noise schedule, or a sampling grid, for one of the paper's three design criteria
@@ -31,20 +48,30 @@ Optimise a noise schedule, or a sampling grid, for one of the paper's three desi
 
 The schedule is a learnable family started from --init: a monotone logSNR spline or a
 VDM-style monotone network with both logSNR end points fixed (alpha_bar_T fixed exactly with
---alpha-bar-T), or the one-parameter cosine offset / logSNR shift. Writes to --out:
+--alpha-bar-T), or the one-parameter cosine offset (always from cosine) / logSNR shift. The
+spline and the network start from a fit of --init; figures and schedule.json label it so, with
+the largest logSNR error of the fit. Writes to --out, all result files at the end or none:
   schedule.json            optimised (and initial) schedule: log alpha_bar, alpha_bar, betas,
-                           logSNR; parameters; criterion before/after; the loss history
+                           logSNR; parameters; criterion before/after; warnings; a summary of
+                           the history
+  history.npz              the per-iteration loss and metrics (numpy arrays, index = iteration)
   scheduler_config.json    a diffusers DDIMScheduler config with trained_betas
   timesteps.json           (workload) the grid in this package's indexing (0 = tau_0 < ... <
                            tau_N) and in diffusers' (descending, tau - 1)
   lstar.png, expansion_before.png, expansion_after.png, history.png
   checkpoint/checkpoint.msgpack   the optimiser state, every --checkpoint-every steps;
-                           rerun the same command with --resume to continue an interrupted run"""
+                           rerun the same command with --resume to continue an interrupted run
+
+A result whose schedule is degenerate (more than 25% of the steps with a logSNR within 5% of
+the range of an end value: steps that barely change the noise level; docs/guides/
+schedule-design.md) is still written, with a warning on stderr and in schedule.json's
+"warnings". Weakest-link alone on the spline or network family is such a case: it drives the
+logSNR to its terminal value within the first steps."""
 
 EPILOG = """\
 examples:
-  # raise the weakest link of a cosine-initialised spline schedule
-  pifs-jax optimize --criterion weakest-link --init cosine --iterations 500 --out out/wl
+  # raise the weakest link with the one-parameter cosine offset (a usable schedule)
+  pifs-jax optimize --criterion weakest-link --family cosine-offset --out out/wl
 
   # balanced dimension growth, network family, fixed alpha_bar_T, float64
   pifs-jax optimize --criterion balanced-growth --family network --alpha-bar-T 1e-8 --x64 --out out/bg
@@ -52,13 +79,24 @@ examples:
   # a 10-step grid for Stable Diffusion's schedule with balanced contraction work
   pifs-jax optimize --criterion workload --init scaled_linear --steps 10 --out out/sd10
 
-  # continue an interrupted run (same options plus --resume)
-  pifs-jax optimize --criterion weakest-link --iterations 2000 --resume --out out/wl
+  # continue an interrupted run to 2000 iterations (same options plus --resume)
+  pifs-jax optimize --criterion weakest-link --family cosine-offset --iterations 2000 --resume --out out/wl
+
+  # continue a run that diverged, with a smaller learning rate
+  pifs-jax optimize --criterion weakest-link --family cosine-offset --lr 0.001 --resume --out out/wl
 
 notes:
   t = 0 is clean data (alpha_bar_0 = 1); diffusers' timestep k is this package's k + 1, so the
   grid [0, 8, ..., 1000] is diffusers' [999, ..., 7]. --iterations is the total: a resumed run
-  continues up to it. A checkpoint written with other options is refused."""
+  continues up to it.
+  resume rule: an --out that holds a run (its checkpoint or result files) is refused unless
+  --resume continues it or --overwrite starts it again; --resume without a checkpoint is an
+  error. The checkpoint fingerprints the options that define the problem: a resume with another
+  --criterion, --init, --T, --family, --knots, --temperature, ... is refused, naming them;
+  --iterations, --lr, --checkpoint-every and --no-progress may change.
+  divergence: a non-finite objective (or an invalid schedule) stops the run with an error
+  naming the iteration and the last finite objective; no result files are written and the
+  checkpoint holds the last finite iterate, so --resume with a smaller --lr continues from it."""
 
 #: Arguments of :func:`pifs_jax.optimize.schedule_family` -> the option that sets them.
 _FAMILY_OPTIONS = {
@@ -68,8 +106,18 @@ _FAMILY_OPTIONS = {
     "hidden": "--hidden",
     "T": "--T",
 }
-#: Options that do not change the optimisation (left out of the checkpoint's fingerprint).
-_NOT_FINGERPRINTED = ("argv", "resume", "no_progress", "out", "checkpoint_every", "iterations", "command")
+#: Options that do not identify the run (left out of the checkpoint's fingerprint): a resume may
+#: change them. The learning rate is among them, so a diverged run can continue with a smaller one.
+_NOT_FINGERPRINTED = (
+    "argv", "resume", "overwrite", "no_progress", "out", "checkpoint_every", "iterations", "lr", "command",
+)
+#: The checkpoint inside --out.
+CHECKPOINT_PATH = "checkpoint/checkpoint.msgpack"
+#: The per-iteration history (one array per metric), beside schedule.json.
+HISTORY_FILE = "history.npz"
+#: Every result file a run may write into --out.
+RESULT_FILES = ("schedule.json", "timesteps.json", "scheduler_config.json", HISTORY_FILE,
+                "lstar.png", "expansion_before.png", "expansion_after.png", "history.png")
 
 
 def _options(names: tuple[str, ...]) -> tuple[str, ...]:
@@ -85,9 +133,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     what = parser.add_argument_group("what to optimise")
     what.add_argument("--criterion", required=True, choices=_options(CRITERIA),
                       help="design criterion (required)")
-    what.add_argument("--init", choices=SCHEDULE_NAMES, default="cosine", metavar="NAME",
+    what.add_argument("--init", choices=SCHEDULE_NAMES, default=None, metavar="NAME",
                       help=f"starting schedule: {', '.join(SCHEDULE_NAMES)} (default: cosine); for workload, "
-                      "the schedule whose grid is optimised")
+                      "the schedule whose grid is optimised; the cosine-offset family always starts from "
+                      "cosine and refuses another")
     what.add_argument("--T", type=positive_int, default=1000, metavar="T", help="training steps (default: 1000)")
     what.add_argument("--steps", type=positive_int, default=None, metavar="N",
                       help="workload: number of sampling steps (default: 10); other criteria: evaluate them "
@@ -123,10 +172,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="Adam learning rate (default: 0.01; workload 0.1)")
     run.add_argument("--checkpoint-every", type=positive_int, default=100, metavar="K",
                      help="write the optimiser state every K steps (default: 100)")
-    run.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint if it exists")
+    run.add_argument("--resume", action="store_true",
+                     help="continue the run in --out from its checkpoint (an error when there is none)")
+    run.add_argument("--overwrite", action="store_true",
+                     help="start again in an --out that holds a run (deletes its checkpoint and results)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--x64", action="store_true", help="compute in float64 (default: float32)")
-    run.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
+    run.add_argument("--out", required=True, type=output_dir, metavar="DIR",
+                     help="output folder (created if missing; checked before any work)")
 
 
 def _schedule_arrays(sched) -> dict[str, Any]:
@@ -159,13 +212,128 @@ def _history_figure(history: dict[str, np.ndarray], key: str, label: str):
     return fig
 
 
+def _history_file(history: dict[str, np.ndarray]) -> bytes:
+    """``history.npz`` as bytes: one array per metric, index = iteration (the iterate after that many updates)."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **{key: np.asarray(values) for key, values in history.items()})
+    return buffer.getvalue()
+
+
+def _history_summary(history: dict[str, np.ndarray]) -> dict[str, Any]:
+    """What ``schedule.json`` says about the history (its size does not grow with the iterations)."""
+    length = len(next(iter(history.values()))) if history else 0
+    return {
+        "file": HISTORY_FILE,
+        "iterations": length,
+        "metrics": sorted(history),
+        "first": {k: v[0] for k, v in history.items()} if length else {},
+        "last": {k: v[-1] for k, v in history.items()} if length else {},
+    }
+
+
+def _stage_results(out: Path, writers: dict[str, Callable[[Path], Any]]) -> list[Path]:
+    """Write every result file or none: all into a temporary folder inside ``out``, then move them.
+
+    ``writers[name](path)`` writes the file ``name`` at ``path``. Every result is computed before
+    this is called, so only a failing disk can stop it; the files then stay as they were.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out, prefix=".results-"))
+    try:
+        for name, write in writers.items():
+            write(staging / name)
+        for name in writers:
+            os.replace(staging / name, out / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return [out / name for name in writers]
+
+
+def _remove_previous_run(out: Path) -> None:
+    """``--overwrite``: delete the checkpoint and the result files of the run in ``out``."""
+    for name in (CHECKPOINT_PATH, *RESULT_FILES):
+        path = out / name
+        if path.is_file():
+            path.unlink()
+
+
+def _in_option_names(difference: str) -> str:
+    """``"alpha_bar_T = 1e-05 in the checkpoint, ..."`` -> ``"--alpha-bar-T = 1e-05 in the checkpoint, ..."``."""
+    field, rest = difference.split(" = ", 1)
+    return f"--{field.replace('_', '-')} = {rest}"
+
+
+def _check_run_folder(args: argparse.Namespace, run_config: dict[str, Any]) -> None:
+    """The resume rule (see the epilog), and the checkpoint's identity against ``run_config``."""
+    from pifs_jax.checkpoint import config_differences, read_checkpoint_header
+    from pifs_jax.errors import ArgumentError
+    from pifs_jax.results import to_jsonable
+
+    out: Path = args.out
+    checkpoint = out / CHECKPOINT_PATH
+    if args.resume and args.overwrite:
+        raise UsageError("--overwrite", "cannot be combined with --resume (continue the run, or start it again)")
+    if (out / "checkpoint").exists() and not (out / "checkpoint").is_dir():
+        raise UsageError("--out", f"{str(out / 'checkpoint')!r} is a file; the checkpoint folder cannot be created")
+    previous = [name for name in (CHECKPOINT_PATH, *RESULT_FILES) if (out / name).exists()]
+    if args.resume:
+        if not checkpoint.exists():
+            raise UsageError(
+                "--resume", f"nothing to resume: {str(checkpoint)!r} does not exist (run without --resume to start)"
+            )
+        try:
+            header = read_checkpoint_header(checkpoint)
+        except ArgumentError as err:
+            raise UsageError("--resume", f"{err.detail}; rerun with --overwrite to start again") from None
+        saved = header.get("config", {}).get("run_config")
+        if isinstance(saved, dict):
+            wanted = json.loads(json.dumps(to_jsonable(run_config), sort_keys=True))
+            differences = config_differences(saved, wanted)
+            if differences:
+                named = "; ".join(_in_option_names(text) for text in differences)
+                raise UsageError(
+                    "--resume", f"{str(checkpoint)!r} was written by another run: {named}; resume with the same "
+                    "options, choose another --out, or start again with --overwrite"
+                )
+    elif previous and not args.overwrite:
+        raise UsageError(
+            "--out", f"{str(out)!r} already holds a run ({', '.join(previous[:2])}"
+            f"{', ...' if len(previous) > 2 else ''}); pass --resume to continue it "
+            "or --overwrite to start it again"
+        )
+
+
+def _diverged_error(err, checkpoint: Path) -> UsageError:
+    """The ``--lr`` error for :class:`pifs_jax.optimize.Diverged`, in the command's words."""
+    detail = f"the optimisation diverged at iteration {err.iteration}"
+    if err.last_finite is not None:
+        iteration, loss = err.last_finite
+        detail += f"; last finite objective {loss:.6g} at iteration {iteration}"
+    detail += "; try a smaller --lr"
+    if err.checkpoint is not None:
+        detail += (f" ({str(checkpoint)!r} holds iteration {err.last_finite[0]}: rerun with --resume and a "
+                   "smaller --lr to continue from it)")
+    return UsageError("--lr", detail + "; no result files were written")
+
+
+def _start_label(family_name: str, init: str, args: argparse.Namespace, fit_error: float) -> str:
+    """What the family's starting schedule is: the ``--init`` schedule, or a fit of it."""
+    if family_name == "spline":
+        return f"{init} ({args.knots}-knot spline fit, max |logSNR error| = {fit_error:.3g})"
+    if family_name == "network":
+        return f"{init} (monotone network fit, max |logSNR error| = {fit_error:.3g})"
+    if family_name == "cosine_offset":
+        return "cosine (s = 0.008)"
+    return init
+
+
 def run(args: argparse.Namespace) -> int:
     import jax
 
     from pifs_jax import optimize, plotting
     from pifs_jax.grids import uniform_grid
     from pifs_jax.interop import save_diffusers_config
-    from pifs_jax.results import write_result_json
+    from pifs_jax.results import atomic_write_bytes, write_result_json
     from pifs_jax.schedules import named_schedule
 
     criterion = optimize.criterion_name(args.criterion)
@@ -187,37 +355,78 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--family", "workload keeps the --init schedule and optimises the grid; no family is used")
     if workload and args.alpha_bar_T is not None:
         raise UsageError("--alpha-bar-T", "workload keeps the --init schedule; no constraint applies")
+    family_name = args.family.replace("-", "_")
+    if not workload and family_name == "cosine_offset" and args.init not in (None, "cosine"):
+        raise UsageError(
+            "--init", f"the cosine-offset family is cosine(T, s) from s = 0.008 and ignores --init (got "
+            f"{args.init!r}); --init starts the spline, network and logsnr-shift families"
+        )
+    args.init = args.init or "cosine"
     if args.init == "karras" and args.T < 2:
         raise UsageError("--T", "the karras schedule needs T >= 2")
+    if workload and (args.steps or 10) > args.T:
+        raise UsageError("--steps", f"{args.steps or 10} exceeds the number of training steps T = {args.T}")
     iterations = args.iterations if args.iterations is not None else (300 if workload else 500)
     lr = args.lr if args.lr is not None else (0.1 if workload else 1e-2)
-    out = Path(args.out)
+    out: Path = args.out
     checkpoint_dir = out / "checkpoint"
     progress = not args.no_progress
-    run_config = {
-        k: v for k, v in vars(args).items() if k not in _NOT_FINGERPRINTED
-    }
+    run_config = {k: v for k, v in vars(args).items() if k not in _NOT_FINGERPRINTED}
+    _check_run_folder(args, run_config)
+    if args.overwrite:
+        _remove_previous_run(out)
 
     precision = jax.enable_x64(True) if args.x64 else contextlib.nullcontext()
     with precision:
         start = named_schedule(args.init, args.T)
         config = {"command": command_line(args.argv), "argv": args.argv, **run_config,
                   "iterations": iterations, "lr": lr, "dtype": str(start.dtype)}
-        written = []
+        results: dict[str, Callable[[Path], Any]] = {}
+        warnings: list[str] = []
+        labels = ("uniform grid", "optimised grid") if workload else None
+        try:
+            if workload:
+                num_steps = args.steps or 10
+                result = optimize.optimize_grid(
+                    start, num_steps, kind=args.work, iterations=iterations, learning_rate=lr,
+                    checkpoint_dir=checkpoint_dir, checkpoint_every=args.checkpoint_every,
+                    resume=args.resume, progress=progress, run_config=run_config,
+                )
+            else:
+                try:
+                    family, params = optimize.schedule_family(
+                        family_name, args.T, start=start, alpha_bar_T=args.alpha_bar_T,
+                        logsnr_max=args.logsnr_max, n_knots=args.knots, hidden=args.hidden,
+                    )
+                except ValueError as exc:
+                    error = usage_error_for(exc, _FAMILY_OPTIONS)
+                    if error is None:
+                        raise
+                    raise error from None
+                grid = None if args.steps is None else uniform_grid(args.T, args.steps)
+                objective = optimize.schedule_objective(
+                    {criterion: 1.0}, grid=grid, variances=args.variances, sizes=sizes,
+                    temperature=args.temperature, growth_measure=args.measure,
+                )
+                result = optimize.optimize_schedule(
+                    family, params, objective, iterations=iterations, learning_rate=lr,
+                    checkpoint_dir=checkpoint_dir, checkpoint_every=args.checkpoint_every,
+                    resume=args.resume, progress=progress, run_config=run_config,
+                )
+        except optimize.Diverged as err:
+            raise _diverged_error(err, out / CHECKPOINT_PATH) from None
+        except ValueError as exc:
+            error = usage_error_for(exc, {"resume": "--resume", "checkpoint_dir": "--out", "learning_rate": "--lr"})
+            if error is None:
+                raise
+            raise error from None
+
         if workload:
-            num_steps = args.steps or 10
-            if num_steps > args.T:
-                raise UsageError("--steps", f"{num_steps} exceeds the number of training steps T = {args.T}")
-            result = optimize.optimize_grid(
-                start, num_steps, kind=args.work, iterations=iterations, learning_rate=lr,
-                checkpoint_dir=checkpoint_dir, checkpoint_every=args.checkpoint_every,
-                resume=args.resume, progress=progress,
-            )
             uniform = uniform_grid(args.T, num_steps)
             before_grid, after_grid = uniform, result.grid
             before_sched = after_sched = start
             summary = {"criterion": criterion, "num_steps": num_steps, "cv_uniform": result.initial_cv,
-                       "cv_relaxed": result.relaxed_cv, "cv": result.cv}
+                       "cv_relaxed": result.relaxed_cv, "cv": result.cv, "learning_rate": lr}
             grid_doc = {
                 "grid": result.grid,
                 "diffusers_timesteps": result.diffusers_timesteps,
@@ -230,74 +439,68 @@ def run(args: argparse.Namespace) -> int:
                 "indexing": "grid: this package's (tau_0 = 0 is clean data); diffusers_timesteps: diffusers' "
                             "descending list, timestep k = our k + 1",
             }
-            written.append(write_result_json(out / "timesteps.json", grid_doc, config=config))
-            doc = {"summary": summary, "history": result.history, "schedule": _schedule_arrays(start)}
-            written.append(write_result_json(out / "schedule.json", doc, config=config))
-            print(f"workload ({args.work}) on {args.init}, {num_steps} steps: CV(W) {result.initial_cv:.4g} (uniform) "
-                  f"-> {result.cv:.4g} (optimised; relaxed {result.relaxed_cv:.3g})")
-            print(f"grid (this package): {result.grid.tolist()}")
-            print(f"diffusers timesteps: {result.diffusers_timesteps.tolist()}")
+            results["timesteps.json"] = lambda path: write_result_json(path, grid_doc, config=config)
+            doc = {"summary": summary, "warnings": warnings, "history": _history_summary(result.history),
+                   "schedule": _schedule_arrays(start)}
             history, key, label = result.history, "workload", "CV(W)"
+            report = [
+                f"workload ({args.work}) on {args.init}, {num_steps} steps: CV(W) {result.initial_cv:.4g} (uniform) "
+                f"-> {result.cv:.4g} (optimised; relaxed {result.relaxed_cv:.3g})",
+                f"grid (this package): {result.grid.tolist()}",
+                f"diffusers timesteps: {result.diffusers_timesteps.tolist()}",
+            ]
         else:
-            family_name = args.family.replace("-", "_")
-            try:
-                family, params = optimize.schedule_family(
-                    family_name, args.T, start=start, alpha_bar_T=args.alpha_bar_T, logsnr_max=args.logsnr_max,
-                    n_knots=args.knots, hidden=args.hidden,
-                )
-            except ValueError as exc:
-                error = usage_error_for(exc, _FAMILY_OPTIONS)
-                if error is None:
-                    raise
-                raise error from None
-            grid = None if args.steps is None else uniform_grid(args.T, args.steps)
-            objective = optimize.schedule_objective(
-                {criterion: 1.0}, grid=grid, variances=args.variances, sizes=sizes,
-                temperature=args.temperature, growth_measure=args.measure,
-            )
-            result = optimize.optimize_schedule(
-                family, params, objective, iterations=iterations, learning_rate=lr,
-                checkpoint_dir=checkpoint_dir, checkpoint_every=args.checkpoint_every,
-                resume=args.resume, progress=progress, run_config=run_config,
-            )
             before_sched, after_sched = result.initial_schedule, result.schedule
             before_grid = after_grid = grid
+            start_label = _start_label(family_name, args.init, args, optimize.fit_error(before_sched, start))
+            labels = (start_label, "optimised")
+            warnings += optimize.schedule_warnings(after_sched)
             key = "weakest_link" if criterion == "weakest_link" else "balanced_growth"
             measure = "Delta d" if args.measure == "growth" else "IG"
             label = "soft-min L*" if criterion == "weakest_link" else f"CV({measure})"
             summary = {"criterion": criterion, "before": result.initial, "after": result.final,
-                       "start_schedule": args.init, "family": family_name, "resumed_from": result.resumed_from}
+                       "start_schedule": "cosine" if family_name == "cosine_offset" else args.init,
+                       "start_label": start_label, "family": family_name, "resumed_from": result.resumed_from,
+                       "learning_rate": lr}
             doc = {
                 "summary": summary,
+                "warnings": warnings,
                 "schedule": _schedule_arrays(result.schedule),
                 "initial_schedule": _schedule_arrays(result.initial_schedule),
                 "params": jax.device_get(result.params),
-                "history": result.history,
+                "history": _history_summary(result.history),
             }
-            written.append(write_result_json(out / "schedule.json", doc, config=config))
-            if result.resumed_from:
-                print(f"resumed from step {result.resumed_from}")
-            print(f"{criterion.replace('_', '-')} ({family_name} family from {args.init}, T = {args.T}): "
-                  f"{label} {result.initial[key]:.6g} -> {result.final[key]:.6g}; loss "
-                  f"{result.initial['loss']:.6g} -> {result.final['loss']:.6g}")
-            if "min_lstar" in result.final:
-                print(f"min L*: {result.initial['min_lstar']:.6g} -> {result.final['min_lstar']:.6g}")
             history = result.history
-        written.append(save_diffusers_config(after_sched, out / "scheduler_config.json"))
+            report = []
+            if result.resumed_from:
+                report.append(f"resumed from step {result.resumed_from}")
+            report.append(f"{criterion.replace('_', '-')} ({family_name} family from {start_label}, T = {args.T}): "
+                          f"{label} {result.initial[key]:.6g} -> {result.final[key]:.6g}; loss "
+                          f"{result.initial['loss']:.6g} -> {result.final['loss']:.6g}")
+            if "min_lstar" in result.final:
+                report.append(f"min L*: {result.initial['min_lstar']:.6g} -> {result.final['min_lstar']:.6g}")
+        results["schedule.json"] = lambda path: write_result_json(path, doc, config=config)
+        history_bytes = _history_file(history)
+        results[HISTORY_FILE] = lambda path: atomic_write_bytes(path, history_bytes)
+        results["scheduler_config.json"] = lambda path: save_diffusers_config(after_sched, path)
 
         figures = {
             "lstar.png": plotting.plot_contraction_threshold(
-                {"before": (before_sched, before_grid), "after": (after_sched, after_grid)},
+                {labels[0]: (before_sched, before_grid), labels[1]: (after_sched, after_grid)},
                 title="$L^*_t$ before and after",
             ),
             "expansion_before.png": plotting.plot_expansion_heatmap(before_sched, before_grid, num_lambdas=61,
-                                                                    title="$f_t(\\lambda)$ before"),
+                                                                    title=f"$f_t(\\lambda)$: {labels[0]}"),
             "expansion_after.png": plotting.plot_expansion_heatmap(after_sched, after_grid, num_lambdas=61,
-                                                                   title="$f_t(\\lambda)$ after"),
+                                                                   title=f"$f_t(\\lambda)$: {labels[1]}"),
             "history.png": _history_figure(history, key, label),
         }
         for name, fig in figures.items():
-            written.append(plotting.save_figure(fig, out / name))
+            results[name] = functools.partial(plotting.save_figure, fig)
+        written = _stage_results(out, results)
+    print("\n".join(report))
+    for warning in warnings:
+        print(f"{PROG} optimize: warning: {warning}", file=sys.stderr)
     print("\nwrote " + ", ".join(str(p) for p in written))
     return 0
 

@@ -8,6 +8,8 @@ Modules, in the optax style (factories return callables, states are NamedTuples)
   ``objective(sched) -> (loss, metrics)`` (a :class:`ScheduleObjective` value).
 - :mod:`~pifs_jax.optimize.schedule_optimizer`: :func:`optimize_schedule`.
 - :mod:`~pifs_jax.optimize.grid_optimizer`: :func:`optimize_grid` (criterion 3 over the grid).
+- :mod:`~pifs_jax.optimize.diagnostics`: :func:`schedule_warnings`, the degeneracy test of a
+  result (:func:`stalled_fraction`), and :func:`fit_error` of a family's starting point.
 - :mod:`~pifs_jax.optimize.engine`: the compiled update, the optimiser's checkpoints
   (``<checkpoint_dir>/checkpoint.msgpack``, :mod:`pifs_jax.checkpoint`) and the run
   (:func:`pifs_jax.loop.run_loop`); a resumed run reproduces the uninterrupted one bit for bit.
@@ -24,10 +26,19 @@ Example:
 from pifs_jax.grids import grid_to_diffusers_timesteps, round_grid
 from pifs_jax.optimize.engine import (
     CHECKPOINT_FILE,
+    Diverged,
     OptimizerState,
+    check_checkpoint_dir,
     compiled_update_count,
     load_checkpoint,
     save_checkpoint,
+)
+from pifs_jax.optimize.diagnostics import (
+    MAX_STALLED_FRACTION,
+    STALL_TOLERANCE,
+    fit_error,
+    schedule_warnings,
+    stalled_fraction,
 )
 from pifs_jax.optimize.families import FAMILIES, fit_to_schedule, schedule_family
 from pifs_jax.optimize.grid_optimizer import GridResult, optimize_grid
@@ -64,4 +75,11 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "compiled_update_count",
+    "Diverged",
+    "check_checkpoint_dir",
+    "STALL_TOLERANCE",
+    "MAX_STALLED_FRACTION",
+    "stalled_fraction",
+    "schedule_warnings",
+    "fit_error",
 ]

@@ -34,6 +34,8 @@ __all__ = [
     "update_step",
     "compiled_update_count",
     "default_optimizer",
+    "check_checkpoint_dir",
+    "Diverged",
     "run_optimization",
 ]
 
@@ -124,12 +126,17 @@ def _adam(learning_rate: float) -> optax.GradientTransformation:
 def default_optimizer(
     optimizer: optax.GradientTransformation | None, learning_rate: float
 ) -> tuple[optax.GradientTransformation, dict[str, Any]]:
-    """``optimizer``, or Adam at ``learning_rate`` (cached per rate); and its description for the checkpoint."""
+    """``optimizer``, or Adam at ``learning_rate`` (cached per rate); and its description for the checkpoint.
+
+    The learning rate is not part of the description (so not of a run's identity): Adam's state
+    (step count, first and second moments) does not depend on it, and a run may be resumed with
+    another rate, e.g. a diverged run from its last finite iterate with a smaller one.
+    """
     if optimizer is not None:
         return optimizer, {"name": "custom"}
     if not (np.isfinite(learning_rate) and learning_rate > 0):
         raise ArgumentError("learning_rate", f"must be finite and > 0, got {learning_rate!r}")
-    return _adam(float(learning_rate)), {"name": "adam", "learning_rate": float(learning_rate)}
+    return _adam(float(learning_rate)), {"name": "adam"}
 
 
 def _check_finite_params(params: Any) -> None:
@@ -156,11 +163,44 @@ class Outcome(NamedTuple):
     """Metrics (floats) and ``extra`` at the final parameters."""
 
 
-def _diverged(step: int, values: dict[str, float]) -> ArgumentError:
-    return ArgumentError(
-        "learning_rate",
-        f"the optimisation diverged (non-finite loss at iteration {step - 1}); lower learning_rate",
-    )
+def check_checkpoint_dir(checkpoint_dir: str | Path | None) -> Path | None:
+    """``checkpoint_dir`` as a ``Path`` after checking that it is, or can become, a folder.
+
+    Raises:
+      ArgumentError: (``checkpoint_dir``) it, or the nearest existing folder above it, is a file.
+    """
+    if checkpoint_dir is None:
+        return None
+    folder = Path(checkpoint_dir)
+    if folder.exists() and not folder.is_dir():
+        raise ArgumentError("checkpoint_dir", f"{str(folder)!r} is an existing file, expected a folder")
+    ancestor = folder.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if ancestor.exists() and not ancestor.is_dir():
+        raise ArgumentError("checkpoint_dir", f"cannot create {str(folder)!r}: {str(ancestor)!r} is a file")
+    return folder
+
+
+class Diverged(ArgumentError):
+    """The optimisation reached a non-finite objective (argument ``learning_rate``).
+
+    Attributes:
+      iteration: the first iteration whose objective is not finite (the iterate after that many updates).
+      last_finite: ``(iteration, loss)`` of the last finite objective, or ``None``.
+      checkpoint: the checkpoint that holds the last finite iterate, or ``None`` (no ``checkpoint_dir``).
+    """
+
+    def __init__(self, iteration: int, last_finite: tuple[int, float] | None, checkpoint: Path | None):
+        self.iteration = iteration
+        self.last_finite = last_finite
+        self.checkpoint = checkpoint
+        detail = f"the optimisation diverged at iteration {iteration} (non-finite objective or invalid schedule)"
+        if last_finite is not None:
+            detail += f"; last finite objective {last_finite[1]:.6g} at iteration {last_finite[0]}"
+        if checkpoint is not None and last_finite is not None:
+            detail += f"; {str(checkpoint)!r} holds that iterate (resume from it with a smaller learning rate)"
+        super().__init__("learning_rate", detail + "; try a smaller learning_rate")
 
 
 def run_optimization(
@@ -184,10 +224,17 @@ def run_optimization(
     is returned for the initial and final parameters. The initial and final evaluations are
     :func:`update_step` calls whose new state is discarded, so a run compiles exactly one program.
     ``config`` (JSON-able) identifies the run in the checkpoint; resuming with another is refused
-    naming the fields that differ.
+    naming the fields that differ. ``checkpoint_dir`` is checked (:func:`check_checkpoint_dir`)
+    before any evaluation.
+
+    Divergence: the first iteration whose loss is not finite raises :class:`Diverged` (naming
+    ``learning_rate``, the iteration and the last finite loss); with ``checkpoint_dir`` the
+    checkpoint is first rewritten to hold the last iterate with a finite loss (the states since
+    the last report are kept for this), so a resume with a smaller learning rate continues there.
     """
     iterations = check_positive_int(iterations, name="iterations", minimum=0)
     checkpoint_every = check_positive_int(checkpoint_every, name="checkpoint_every")
+    checkpoint_dir = check_checkpoint_dir(checkpoint_dir)
     _check_finite_params(params)
     params = jax.tree_util.tree_map(jnp.asarray, params)
 
@@ -198,7 +245,7 @@ def run_optimization(
         _, metrics, extra = update(state)
         return {k: float(v) for k, v in metrics.items()}, extra
 
-    path = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_FILE
+    path = None if checkpoint_dir is None else checkpoint_dir / CHECKPOINT_FILE
     if resume and path is None:
         raise ArgumentError("resume", "needs checkpoint_dir (where the checkpoint is)")
     state = OptimizerState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
@@ -217,13 +264,44 @@ def run_optimization(
             "params", f"the objective is not finite at the initial parameters (loss = {initial[0]['loss']!r})"
         )
 
+    # the states since the last report, by number of updates, so that a divergence can save the
+    # last iterate whose objective was finite
+    recent: dict[int, OptimizerState] = {start: state}
+
+    def diverge(iteration: int) -> Diverged:
+        """Checkpoint the iterate before ``iteration`` (its objective was finite) and build the error."""
+        good = iteration - 1
+        last_finite = None
+        if good >= 0 and len(history["loss"]) >= good + 1:
+            last_finite = (good, float(history["loss"][good]))
+        saved = None
+        if path is not None and good >= start and good in recent:
+            saved = save_checkpoint(path, recent[good], history, config=config)
+        recent.clear()
+        return Diverged(iteration, last_finite, saved if last_finite is not None else None)
+
     def record(records: list[tuple[int, dict[str, float]]]) -> None:
+        # record (k, metrics): the objective at iteration k - 1 (the iterate after k - 1 updates)
+        finite = []
+        for done, values in records:
+            if not np.isfinite(values["loss"]):
+                break
+            finite.append(values)
         for key, dtype in dtypes.items():
-            new = np.asarray([values[key] for _, values in records], dtype)
+            new = np.asarray([values[key] for values in finite], dtype)
             history[key] = np.concatenate([history[key], new])
+        if len(finite) < len(records):
+            raise diverge(records[len(finite)][0] - 1)
+        last_good = records[-1][0] - 1
+        for k in [k for k in recent if k < last_good]:
+            del recent[k]
+
+    updates_applied = [start]
 
     def step(state: OptimizerState):
         new_state, metrics, _ = update(state)
+        updates_applied[0] += 1
+        recent[updates_applied[0]] = new_state
         return new_state, metrics
 
     checkpointing = None
@@ -238,12 +316,11 @@ def run_optimization(
         report_every=max(1, iterations // 100),
         on_report=record,
         callback=callback,
-        diverged=_diverged,
-        watch=("loss",),
+        watch=(),  # divergence is detected by ``record``, which keeps the finite records before it
         progress=progress,
         description=description,
     )
     final = evaluate(state)
     if not np.isfinite(final[0]["loss"]):
-        raise ArgumentError("learning_rate", "the optimisation diverged (non-finite loss at the end); lower learning_rate")
+        raise diverge(iterations)
     return Outcome(state, history, start, initial, final)

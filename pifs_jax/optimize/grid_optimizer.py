@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -117,6 +117,7 @@ def optimize_grid(
     checkpoint_every: int = 100,
     resume: bool = False,
     progress: bool = False,
+    run_config: Any = None,
 ) -> GridResult:
     """Criterion 3 over the sampling grid: integer timesteps that balance the contraction work.
 
@@ -131,8 +132,8 @@ def optimize_grid(
       num_steps: ``N``, at most ``last``.
       last: ``tau_N`` (default ``T``; diffusers' 999 is our 1000).
       kind: work definition, one of :data:`~pifs_jax.criteria.WORK_KINDS`.
-      iterations, learning_rate, optimizer, checkpoint_dir, checkpoint_every, resume, progress:
-        as in :func:`optimize_schedule`.
+      iterations, learning_rate, optimizer, checkpoint_dir, checkpoint_every, resume, progress,
+      run_config: as in :func:`optimize_schedule` (``run_config`` is stored only when given).
 
     Returns:
       :class:`GridResult` with ``grid`` strictly increasing ``int64`` in ``[0, last]``.
@@ -148,6 +149,12 @@ def optimize_grid(
     if kind not in WORK_KINDS:
         raise ArgumentError("kind", f"unknown work definition {kind!r}; expected one of {', '.join(WORK_KINDS)}")
     optimizer, optimizer_config = default_optimizer(optimizer, learning_rate)
+    config = {
+        "num_steps": num_steps, "last": last, "kind": kind, "T": sched.T, "schedule": _digest(sched),
+        "optimizer": optimizer_config,
+    }
+    if run_config is not None:
+        config["run_config"] = run_config
     outcome = run_optimization(
         _GridLoss(last, kind),
         jnp.zeros((num_steps,), sched.dtype),
@@ -159,10 +166,7 @@ def optimize_grid(
         resume=resume,
         progress=progress,
         callback=None,
-        config={
-            "num_steps": num_steps, "last": last, "kind": kind, "T": sched.T, "schedule": _digest(sched),
-            "optimizer": optimizer_config,
-        },
+        config=config,
         description="optimize grid",
     )
     (initial, _), (final, times) = outcome.initial, outcome.final

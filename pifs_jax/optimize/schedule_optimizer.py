@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -24,7 +25,12 @@ __all__ = ["OptimizeResult", "optimize_schedule"]
 
 
 class _ScheduleLoss(NamedTuple):
-    """``loss(params, _) = objective(apply(params))``, hashable by its two functions' identities."""
+    """``loss(params, _) = objective(apply(params))``, hashable by its two functions' identities.
+
+    The loss is NaN where the schedule is not a valid one (a non-finite ``log alpha_bar`` or gap,
+    or a gap ``g_t <= 0``, i.e. a ``beta_t`` outside ``(0, 1)``): the optimiser then reports a
+    divergence instead of returning a schedule that cannot be exported.
+    """
 
     apply: Callable
     objective: Callable
@@ -33,6 +39,10 @@ class _ScheduleLoss(NamedTuple):
         del data
         sched = self.apply(params)
         loss, metrics = self.objective(sched)
+        valid = (
+            jnp.all(jnp.isfinite(sched.log_alpha_bar)) & jnp.all(jnp.isfinite(sched.gaps)) & jnp.all(sched.gaps > 0)
+        )
+        loss = jnp.where(valid, loss, jnp.nan)
         return loss, ({**metrics, "loss": loss}, sched)
 
 
@@ -82,7 +92,8 @@ def optimize_schedule(
       params: starting parameters (finite floats).
       objective: ``objective(sched) -> (loss, metrics)`` (:func:`schedule_objective`).
       iterations: total number of updates (a resumed run continues up to it).
-      learning_rate: Adam's step size (ignored when ``optimizer`` is given).
+      learning_rate: Adam's step size (ignored when ``optimizer`` is given). Not part of the
+        run's identity: a resume may use another rate.
       optimizer: any optax ``GradientTransformation`` (default ``optax.adam(learning_rate)``).
       checkpoint_dir: folder for the checkpoint ``checkpoint.msgpack`` (``None``: no checkpoints).
       checkpoint_every: write it every this many updates, and at the end.
@@ -99,8 +110,11 @@ def optimize_schedule(
     Raises:
       ArgumentError: non-finite ``params``, a non-finite objective at the start, bad
         ``iterations``/``learning_rate``/``checkpoint_every``, a missing, truncated, corrupted or
-        incompatible checkpoint (``resume``; names the file and the problem), or divergence
-        (non-finite loss; names ``learning_rate``).
+        incompatible checkpoint (``resume``; names the file and the problem), a ``checkpoint_dir``
+        that is a file (checked before any iteration), or divergence (a
+        :class:`~pifs_jax.optimize.engine.Diverged` naming ``learning_rate``, the iteration and the
+        last finite objective; the checkpoint then holds that last finite iterate, so a resume
+        with a smaller ``learning_rate`` continues from it).
     """
     if not isinstance(family, LearnableSchedule):
         raise ArgumentError("family", f"expected a LearnableSchedule (see schedule_family), got {type(family).__name__}")
