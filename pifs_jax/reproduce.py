@@ -1,8 +1,9 @@
 """The reproduction report: run every experiment script and collect the results in REPORT.md.
 
-An *experiment* is a Python module in the repository's top-level ``experiments/`` folder
-(``Path(pifs_jax.__file__).parents[1] / "experiments"``; pass ``experiments_dir`` to use another)
-whose file name does not start with ``_`` (``_common.py`` and friends are helpers). It defines
+An *experiment* is a Python module in the repository's top-level ``experiments/`` folder, which
+is installed as the package ``pifs_jax.experiments`` (see :func:`default_experiments_dir`; pass
+``experiments_dir`` to use a folder of your own), whose file name does not start with ``_``
+(``__init__.py``, ``_common.py`` and friends are not experiments). It defines
 
 - ``NAME``: a short identifier, equal to the file stem (``schedule_geometry``);
 - ``TITLE``: a one-line heading for the report;
@@ -53,6 +54,7 @@ from pifs_jax.results import atomic_write_text, environment_metadata, write_resu
 
 __all__ = [
     "PAPER_REFERENCE",
+    "EXPERIMENTS_PACKAGE",
     "default_experiments_dir",
     "discover_experiments",
     "load_experiment",
@@ -71,8 +73,27 @@ PAPER_REFERENCE = (
 )
 
 
+#: The package the repository's ``experiments/`` folder is installed as (``pyproject.toml`` maps it).
+EXPERIMENTS_PACKAGE = "pifs_jax.experiments"
+
+
 def default_experiments_dir() -> Path:
-    """The repository's ``experiments/`` folder, found next to the package source."""
+    """The bundled experiment scripts: the folder of the package :data:`EXPERIMENTS_PACKAGE`.
+
+    ``pyproject.toml`` maps ``pifs_jax.experiments`` onto the repository's top-level
+    ``experiments/`` folder, so a wheel ships the scripts inside the package and an editable
+    install points at the clone's folder. A source tree on ``PYTHONPATH`` without being installed
+    has no such package; then the ``experiments/`` folder next to the package source is used.
+
+    Returns:
+      The absolute path of the folder (it is not checked to exist).
+    """
+    try:
+        spec = importlib.util.find_spec(EXPERIMENTS_PACKAGE)
+    except ImportError:
+        spec = None
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations))).resolve()
     import pifs_jax
 
     return Path(pifs_jax.__file__).resolve().parents[1] / "experiments"
@@ -384,7 +405,8 @@ def run_reproduction(
       out_dir: the report folder; experiment ``NAME`` writes under ``out_dir/NAME``.
       only: names (file stems) of the experiments to run; ``None`` runs all.
       quick: reduced runs (what the tests use).
-      experiments_dir: where the experiment scripts live (default: the repository's ``experiments/``).
+      experiments_dir: where the experiment scripts live (default: :func:`default_experiments_dir`,
+        the bundled ``pifs_jax.experiments``, i.e. the repository's ``experiments/``).
       progress: show a tqdm progress bar on stderr.
       command: the command line, recorded in the report.
 
@@ -396,7 +418,7 @@ def run_reproduction(
       ValueError: ``only`` names an experiment that does not exist, or ``experiments_dir`` is not
         a folder.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # text bar: works in terminals and notebooks without ipywidgets
 
     available = discover_experiments(experiments_dir)
     if only:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -95,6 +96,42 @@ def test_markdown_helpers():
 def test_unknown_only_is_a_value_error(tmp_path):
     with pytest.raises(ValueError, match="only"):
         reproduce.run_reproduction(tmp_path, only=["no_such_experiment"], progress=False)
+
+
+def test_default_experiments_are_the_repository_folder():
+    """From a clone (installed editable or not) the bundled experiments are ``experiments/`` itself."""
+    repository_folder = Path(__file__).resolve().parents[1] / "experiments"
+    assert reproduce.default_experiments_dir() == repository_folder
+    expected = sorted(p.stem for p in repository_folder.glob("*.py") if not p.name.startswith("_"))
+    assert list(reproduce.discover_experiments()) == expected
+    assert "__init__" not in reproduce.discover_experiments()
+
+
+USER_EXPERIMENT = '''
+NAME = "{name}"
+TITLE = "A user's own experiment"
+
+
+def run(out_dir, *, quick):
+    from _user_helpers import ANSWER  # a helper next to the script, importable while it runs
+
+    return {{"markdown": f"answer {{ANSWER}}, quick={{quick}}", "summary": "fine"}}
+'''
+
+
+def test_a_folder_of_ones_own_scripts_runs_instead_of_the_bundled_ones(tmp_path):
+    folder = tmp_path / "my_experiments"
+    folder.mkdir()
+    (folder / "__init__.py").write_text("")
+    (folder / "_user_helpers.py").write_text("ANSWER = 42\n")
+    (folder / "mine.py").write_text(USER_EXPERIMENT.format(name="mine"))
+    assert list(reproduce.discover_experiments(folder)) == ["mine"]
+    report = reproduce.run_reproduction(tmp_path / "out", quick=True, experiments_dir=folder, progress=False)
+    assert report.ok and [o.name for o in report.outcomes] == ["mine"]
+    assert report.outcomes[0].markdown == "answer 42, quick=True"
+    assert "answer 42, quick=True" in report.report_path.read_text(encoding="utf-8")
+    with pytest.raises(ValueError, match="experiments_dir"):
+        reproduce.discover_experiments(tmp_path / "no_such_folder")
 
 
 # ----------------------------------------------------------------------------- schedule_geometry
