@@ -114,19 +114,40 @@ def check_gaps(log_alpha_bar: Any, gaps: Any, *, name: str = "sched") -> None:
 
 
 def check_grid(grid: Any, T: int, *, name: str = "grid") -> None:
-    """Validate a sampling grid ``0 = tau_0 < tau_1 < ... < tau_N <= T`` of integers."""
+    """Validate a sampling grid ``0 = tau_0 < tau_1 < ... < tau_N <= T`` of integers.
+
+    Integer dtypes and real floats with integer values (``np.linspace(0, 1000, 51)``) pass; a
+    float with a fractional part, and booleans, complex numbers or strings, are refused. Under
+    tracing only the dtype is checked (a traced grid must have an integer dtype: it is used as
+    an index and cannot be converted inside the traced program).
+    """
     if not is_concrete(grid):
+        dtype = getattr(grid, "dtype", None)
+        if dtype is not None and not jnp.issubdtype(dtype, jnp.integer):
+            raise ArgumentError(
+                name,
+                f"a traced grid must have an integer dtype, got {dtype}; convert it before the "
+                "transform (e.g. jnp.asarray(grid, int))"
+            )
         return
     arr = np.asarray(grid)
+    if arr.dtype == bool or arr.dtype.kind not in "iuf":
+        raise ArgumentError(name, f"expected integer timesteps (an integer or real array), got dtype {arr.dtype}")
     if arr.ndim != 1 or arr.shape[0] < 2:
         raise ArgumentError(
             name,
             f"expected a 1-D integer array 0 = tau_0 < ... < tau_N <= T with N >= 1, "
             f"got shape {arr.shape}"
         )
-    if not np.issubdtype(arr.dtype, np.integer):
-        if not np.all(np.equal(np.round(arr), arr)):
-            raise ArgumentError(name, f"timesteps must be integers, got {describe(arr)}")
+    if arr.dtype.kind == "f":
+        fractional = ~np.isfinite(arr) | (np.round(arr) != arr)
+        if np.any(fractional):
+            bad = int(np.flatnonzero(fractional)[0])
+            raise ArgumentError(
+                name,
+                f"timesteps must be integers, got tau_{bad} = {float(arr[bad])!r} in {describe(arr)}; "
+                "round explicitly if that is intended (e.g. np.rint(grid).astype(int))"
+            )
     if arr[0] != 0:
         raise ArgumentError(name, f"must start at tau_0 = 0 (alpha_bar = 1), got tau_0 = {arr[0]}")
     if np.any(np.diff(arr) <= 0):
@@ -209,3 +230,22 @@ def patch_variance_arrays(variances: Any, sizes: Any | None, dtype) -> tuple[jax
     if n.shape != lam.shape:
         raise ArgumentError("sizes", f"expected shape {lam.shape} (one per variance), got {n.shape}")
     return lam, n
+
+
+def check_floating(x: Any, *, name: str) -> None:
+    """Require a floating dtype (float16, bfloat16, float32 or float64, as JAX canonicalises it).
+
+    For arrays in image units (images, noise, data sets, means, variances, covariances): an
+    integer or boolean array there is almost always a raw ``uint8`` image (0..255 instead of the
+    package's ``[-1, 1]``) or an integer literal whose results would be truncated back to
+    integers, so it is refused rather than promoted. Only the dtype is read, so the check also
+    runs under ``jax.jit`` (a tracer's dtype is static). Python floats pass; Python ints,
+    booleans, complex numbers and strings do not.
+    """
+    dtype = x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise ArgumentError(
+            name,
+            f"expected a floating array (float16, bfloat16, float32 or float64), got dtype {dtype}; "
+            "convert it explicitly (an image in [-1, 1] from uint8 pixels is x / 127.5 - 1)"
+        )

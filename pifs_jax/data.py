@@ -39,7 +39,15 @@ or spectra: the block-diagonal model of docs/theory.md section 6, for
 patches by variance (the order in which Regime II releases suppression).
 
 Float outputs use JAX's default float dtype (float32, or float64 under ``jax_enable_x64``)
-unless ``dtype`` is given. A PRNG key seeds a NumPy generator with the key's bits
+unless ``dtype`` is given; ``dtype`` must be one of :data:`FLOAT_DTYPES` (``float16``,
+``bfloat16``, ``float32``, ``float64``): an integer dtype would truncate the ``[-1, 1]`` pixels to
+``{-1, 0, 1}``, so it raises ``ArgumentError`` naming ``dtype``.
+
+**Input dtypes.** Arrays in image units that enter a function here (``data`` of
+:func:`patch_stats`, ``mean`` of :func:`gaussian_patch_data`, ``means``/``covs`` of
+:func:`gaussian_mixture_data`, the ``patch_variances``) must be floating and are refused
+otherwise (a ``uint8`` image would be read on 0..255, not ``[-1, 1]``); the unitless mixture
+``weights`` (normalised here) may be integers and are promoted. A PRNG key seeds a NumPy generator with the key's bits
 (:func:`_host_rng`): the same key gives the same data, in float32 and float64 runs alike, and a
 one-off host draw costs no XLA compilation (threefry sampling compiles for seconds on a CPU for
 every new shape).
@@ -57,6 +65,7 @@ import numpy as np
 from pifs_jax._validation import (
     check_covariances,
     check_finite,
+    check_floating,
     check_positive_int,
     check_subset,
     check_variances,
@@ -72,6 +81,7 @@ __all__ = [
     "DATASET_NAMES",
     "DIGITS_TRAIN",
     "DIGITS_TEST",
+    "FLOAT_DTYPES",
     "CropPositions",
     "load_photo",
     "photo_crops",
@@ -100,12 +110,25 @@ DIGITS_TRAIN = 1437
 DIGITS_TEST = 1797 - DIGITS_TRAIN
 """Digits in the test split (scikit-learn holds 1797)."""
 
+FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+"""The values a ``dtype`` argument of this module accepts (as names or dtypes)."""
+
 _SPLITS = ("train", "test")
 _WINDOW = 64  # original pixels covered by a crop under the default downsampling
 
 
 def _float_dtype(dtype: Any):
-    return jnp.dtype(jnp.result_type(float)) if dtype is None else jnp.dtype(dtype)
+    """``dtype`` checked to be one of :data:`FLOAT_DTYPES`; ``None`` is JAX's default float."""
+    if dtype is None:
+        return jnp.dtype(jnp.result_type(float))
+    try:
+        resolved = jnp.dtype(dtype)
+    except (TypeError, ValueError):
+        resolved = None
+    if resolved is None or resolved.name not in FLOAT_DTYPES:
+        got = repr(dtype) if resolved is None else str(resolved)
+        raise ArgumentError("dtype", f"expected a floating dtype, one of {', '.join(FLOAT_DTYPES)}, got {got}")
+    return resolved
 
 
 def _host_rng(key: jax.Array) -> np.random.Generator:
@@ -229,20 +252,22 @@ def photo_crops(
         64x64 original pixels).
       photos: which of :data:`PHOTO_NAMES` to use.
       return_positions: also return :class:`CropPositions`.
-      dtype: float dtype of the crops (default: JAX's default float).
+      dtype: floating dtype of the crops, one of :data:`FLOAT_DTYPES` (default: JAX's default
+        float); anything else is refused.
 
     Returns:
       crops of shape ``(n, size, size, 3)``, or ``(crops, CropPositions)``.
 
     Raises:
-      ValueError: naming ``size``, ``n``, ``split``, ``downsample`` or ``photos``; ``n`` when it
-        exceeds the number of distinct positions of the split.
+      ValueError: naming ``size``, ``n``, ``split``, ``downsample``, ``photos`` or ``dtype``;
+        ``n`` when it exceeds the number of distinct positions of the split.
 
     Example::
 
       train = photo_crops(jax.random.key(0), size=16, n=2048)            # (2048, 16, 16, 3)
       test = photo_crops(jax.random.key(1), size=16, n=512, split="test")
     """
+    dtype = _float_dtype(dtype)
     size = check_positive_int(size, name="size")
     n = check_positive_int(n, name="n")
     split = _check_split(split)
@@ -279,7 +304,7 @@ def photo_crops(
         left[mask] = corners[:, 1] + dx[mask]
         windows = np.lib.stride_tricks.sliding_window_view(image, (size, size), axis=(0, 1))  # (.., .., 3, s, s)
         out[mask] = windows[top[mask], left[mask]].transpose(0, 2, 3, 1)
-    crops = jnp.asarray(out, _float_dtype(dtype))
+    crops = jnp.asarray(out, dtype)
     if return_positions:
         return crops, CropPositions(photo, top, left)
     return crops
@@ -306,9 +331,18 @@ def load_dataset(name: str, key: jax.Array, n: int, *, split: str = "train", dty
     - ``"digits"``: scikit-learn digits ``x / 8 - 1`` (shape ``(n, 8, 8, 1)``), a random subset
       without replacement of the split (train: index ``< 1437``; test: the other 360).
 
+    Args:
+      name: one of :data:`DATASET_NAMES`.
+      key: PRNG key.
+      n: number of images.
+      split: ``"train"`` or ``"test"``.
+      dtype: floating dtype of the images, one of :data:`FLOAT_DTYPES` (default: JAX's default
+        float); an integer dtype is refused (it would truncate the pixels to ``{-1, 0, 1}``).
+
     Raises:
-      ValueError: naming ``name``, ``n`` (more than the split holds) or ``split``.
+      ValueError: naming ``name``, ``n`` (more than the split holds), ``split`` or ``dtype``.
     """
+    dtype = _float_dtype(dtype)
     if name not in DATASET_NAMES:
         raise ArgumentError("name", f"expected one of {DATASET_NAMES}, got {name!r}")
     n = check_positive_int(n, name="n")
@@ -320,7 +354,7 @@ def load_dataset(name: str, key: jax.Array, n: int, *, split: str = "train", dty
     if n > pool.shape[0]:
         raise ArgumentError("n", f"the digits {split} split holds {pool.shape[0]} images, got n = {n}")
     index = _host_rng(key).choice(pool.shape[0], size=n, replace=False)
-    return jnp.asarray(pool[index], _float_dtype(dtype))
+    return jnp.asarray(pool[index], dtype)
 
 
 # ----------------------------------------------------------------------------- synthetic Gaussians
@@ -374,17 +408,19 @@ def gaussian_patch_data(
       n: number of samples.
       image_shape: ``(H, W, C)`` or ``(H, W)``.
       patch_size: ``p``, tiling the image.
-      patch_variances: ``(M,)`` or ``(M, n_k)``, non-negative.
-      mean: ``mu`` of ``image_shape`` (default zeros).
+      patch_variances: ``(M,)`` or ``(M, n_k)``, non-negative, floating.
+      mean: ``mu`` of ``image_shape`` (default zeros), floating.
       basis: ``"random"`` or ``"identity"``.
-      dtype: float dtype (default: JAX's default float).
+      dtype: floating dtype, one of :data:`FLOAT_DTYPES` (default: JAX's default float).
 
     Returns:
       :class:`GaussianPatchData` ``(samples (n,) + image_shape, mean, patch_covs (M, n_k, n_k))``.
 
     Raises:
-      ValueError: naming ``n``, ``image_shape``, ``patch_size``, ``patch_variances``, ``mean`` or ``basis``.
+      ValueError: naming ``n``, ``image_shape``, ``patch_size``, ``patch_variances``, ``mean``,
+        ``basis`` or ``dtype`` (also for integer ``patch_variances`` or ``mean``).
     """
+    dtype = _float_dtype(dtype)
     n = check_positive_int(n, name="n")
     layout = patch_layout(image_shape, patch_size)
     m, nk = layout.num_patches, layout.patch_dim
@@ -393,6 +429,7 @@ def gaussian_patch_data(
         raise ArgumentError("patch_variances", f"expected shape (M,) = ({m},) or (M, n_k) = ({m}, {nk}) for image_shape "
             f"{layout.image_shape} and patch_size {layout.patch_size}, got {shape}"
         )
+    check_floating(patch_variances, name="patch_variances")
     check_variances(patch_variances, name="patch_variances")
     if basis not in ("random", "identity"):
         raise ArgumentError("basis", f"expected 'random' or 'identity', got {basis!r}")
@@ -400,6 +437,8 @@ def gaussian_patch_data(
         mean = np.zeros(layout.image_shape)
     elif tuple(np.shape(mean)) != layout.image_shape:
         raise ArgumentError("mean", f"expected shape image_shape = {layout.image_shape}, got {np.shape(mean)}")
+    else:
+        check_floating(mean, name="mean")
     mean = check_finite(mean, "mean")
     lam = np.asarray(patch_variances, np.float64)
     if lam.ndim == 1:
@@ -414,7 +453,6 @@ def gaussian_patch_data(
     to_image = np.argsort(patch_permutation(layout.image_shape, layout.patch_size))
     samples = mean[None] + noise[:, to_image].reshape((n,) + layout.image_shape)
     covs = np.einsum("mij,mj,mkj->mik", u, lam, u)
-    dtype = _float_dtype(dtype)
     return GaussianPatchData(jnp.asarray(samples, dtype), jnp.asarray(mean, dtype), jnp.asarray(covs, dtype))
 
 
@@ -436,17 +474,20 @@ def gaussian_mixture_data(key: jax.Array, *, n: int, weights: Any, means: Any, c
     Args:
       key: PRNG key.
       n: number of samples.
-      weights: ``pi``, shape ``(K,)``, non-negative, not all zero.
-      means: shape ``(K,) + sample_shape``.
-      covs: shape ``(K, n, n)`` with ``n = prod(sample_shape)``, symmetric PSD.
-      dtype: float dtype (default: JAX's default float).
+      weights: ``pi``, shape ``(K,)``, non-negative, not all zero (integers are promoted: the
+        weights are normalised).
+      means: shape ``(K,) + sample_shape``, floating.
+      covs: shape ``(K, n, n)`` with ``n = prod(sample_shape)``, symmetric PSD, floating.
+      dtype: floating dtype, one of :data:`FLOAT_DTYPES` (default: JAX's default float).
 
     Returns:
       :class:`MixtureData` ``(samples (n,) + sample_shape, labels (n,))``.
 
     Raises:
-      ValueError: naming ``n``, ``weights``, ``means`` or ``covs``.
+      ValueError: naming ``n``, ``weights``, ``means``, ``covs`` (also integer ``means`` or
+        ``covs``) or ``dtype``.
     """
+    dtype = _float_dtype(dtype)
     n = check_positive_int(n, name="n")
     if np.ndim(weights) != 1 or np.shape(weights)[0] < 1:
         raise ArgumentError("weights", f"expected a non-empty 1-D array of shape (K,), got shape {np.shape(weights)}")
@@ -455,6 +496,8 @@ def gaussian_mixture_data(key: jax.Array, *, n: int, weights: Any, means: Any, c
         raise ArgumentError("means", f"expected shape (K,) + sample_shape with K = {k}, got {np.shape(means)}")
     sample_shape = tuple(np.shape(means)[1:])
     dim = int(np.prod(sample_shape))
+    check_floating(means, name="means")
+    check_floating(covs, name="covs")
     w = check_finite(weights, "weights")
     if np.any(w < 0) or not np.any(w > 0):
         raise ArgumentError("weights", f"must be >= 0 and not all zero, got {describe(w)}")
@@ -467,7 +510,6 @@ def gaussian_mixture_data(key: jax.Array, *, n: int, weights: Any, means: Any, c
     labels = rng.choice(k, size=n, p=w / w.sum())
     z = rng.standard_normal((n, dim))
     samples = mu[labels] + np.einsum("bij,bj->bi", u[labels], np.sqrt(lam[labels]) * z)
-    dtype = _float_dtype(dtype)
     return MixtureData(jnp.asarray(samples.reshape((n,) + sample_shape), dtype), jnp.asarray(labels, jnp.int32))
 
 
@@ -521,8 +563,12 @@ def patch_stats(data: Any, *, patch_size: int, ddof: int = 1) -> PatchStats:
     ``lambda_k`` and ``v_k`` the leading eigenpair, ``variance_k = tr(Sigma_k) / n_k``. Jitted;
     computed in the data's float dtype.
 
+    Integer data are refused, not promoted: statistics of raw ``uint8`` pixels (0..255) are
+    ``127.5^2`` times those of the same images in the package's ``[-1, 1]`` and would be compared
+    with schedules and criteria on the wrong scale; convert first (``x / 127.5 - 1``).
+
     Args:
-      data: shape ``(N, H, W, C)`` or ``(N, H, W)``, ``N > ddof``.
+      data: shape ``(N, H, W, C)`` or ``(N, H, W)``, ``N > ddof``, floating.
       patch_size: ``p``, tiling ``H x W``.
       ddof: 1 (unbiased, default) or 0 (maximum likelihood).
 
@@ -530,8 +576,10 @@ def patch_stats(data: Any, *, patch_size: int, ddof: int = 1) -> PatchStats:
       :class:`PatchStats`.
 
     Raises:
-      ValueError: naming ``data`` (wrong rank, too few samples, non-finite) or ``patch_size``.
+      ValueError: naming ``data`` (not floating, wrong rank, too few samples, non-finite) or
+        ``patch_size``.
     """
+    check_floating(data, name="data")
     data = jnp.asarray(data)
     if data.ndim not in (3, 4):
         raise ArgumentError("data", f"expected shape (N, H, W, C) or (N, H, W), got {data.shape}")
@@ -542,6 +590,4 @@ def patch_stats(data: Any, *, patch_size: int, ddof: int = 1) -> PatchStats:
     layout = patch_layout(data.shape[1:], patch_size)
     if is_concrete(data):
         check_finite(data, "data")
-    if not jnp.issubdtype(data.dtype, jnp.floating):
-        data = data.astype(jnp.result_type(float))
     return _patch_stats(data, patch_size=layout.patch_size, ddof=int(ddof))

@@ -21,6 +21,13 @@ package's convention (``alpha_bar[t]``; may be traced). Each is the MMSE noise p
 
 At ``t = 0`` (``sigma_0 = 0``, clean data) every predictor returns exactly 0 without producing
 NaN; the DDIM chain never evaluates ``t = 0``, it only lands there.
+
+Input dtypes: every array in image units (the sample ``x``, data sets, means, eigenvalues and
+covariances) must be floating, and an integer or boolean one raises ``ArgumentError`` naming it:
+an integer ``x`` would have its noise prediction truncated to integers (the output takes ``x``'s
+dtype), and integer data are usually raw ``uint8`` pixels on 0..255 instead of ``[-1, 1]``. The
+unitless inputs (mixture ``weights``, normalised here, and an orthogonal eigenvector matrix) may
+be integers and are promoted to the model's float dtype.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ import numpy as np
 from pifs_jax._validation import (
     check_covariances,
     check_finite,
+    check_floating,
     check_instance,
     check_variances,
     describe,
@@ -83,7 +91,9 @@ def _gain(level: _NoiseLevel, eigvals: jax.Array) -> jax.Array:
 
 
 def _check_sample(x: jax.Array, n: int) -> jax.Array:
-    """Flatten ``x`` after checking it has ``n`` coordinates (shapes are static: works under jit)."""
+    """Flatten ``x`` after checking it is floating with ``n`` coordinates (dtypes and shapes are
+    static: works under jit)."""
+    check_floating(x, name="x")
     if x.size != n:
         raise ArgumentError("x", f"the denoiser's data model has n = {n} coordinates, got x of shape {x.shape}")
     return x.reshape(-1)
@@ -141,19 +151,22 @@ def gaussian_denoiser_eig(sched: Schedule, mean: Any, eigvals: Any, eigvecs: Any
 
     Args:
       sched: the schedule.
-      mean: ``mu``, any shape with ``n`` entries (flattened row-major).
-      eigvals: ``lambda``, shape ``(n,)``, finite and ``>= 0``.
-      eigvecs: ``U``, shape ``(n, n)``, orthogonal, column ``i`` the eigenvector of ``lambda_i``.
+      mean: ``mu``, any shape with ``n`` entries (flattened row-major), floating.
+      eigvals: ``lambda``, shape ``(n,)``, finite and ``>= 0``, floating.
+      eigvecs: ``U``, shape ``(n, n)``, orthogonal, column ``i`` the eigenvector of ``lambda_i``
+        (an integer ``U``, e.g. a permutation, is promoted).
 
     Returns:
-      ``eps_fn(x, t)``: ``x`` with ``n`` entries (any shape), ``t`` integer; output of ``x``'s shape.
-      O(n^2) per call; exactly 0 at ``t = 0``.
+      ``eps_fn(x, t)``: floating ``x`` with ``n`` entries (any shape), ``t`` integer; output of
+      ``x``'s shape and dtype. O(n^2) per call; exactly 0 at ``t = 0``.
 
     Raises:
-      ValueError: naming ``eigvals``/``eigvecs`` for wrong shapes, negative variances or a
-        non-orthogonal ``U``.
+      ValueError: naming ``mean``/``eigvals`` when not floating, ``eigvals``/``eigvecs`` for
+        wrong shapes, negative variances or a non-orthogonal ``U``; ``eps_fn`` names ``x``.
     """
     check_instance(sched, Schedule, name="sched", what="pifs_jax Schedule")
+    check_floating(mean, name="mean")
+    check_floating(eigvals, name="eigvals")
     n = int(np.size(mean))
     if np.shape(eigvals) != (n,):
         raise ArgumentError("eigvals", f"expected shape ({n},) to match mean's {n} entries, got {np.shape(eigvals)}")
@@ -195,22 +208,24 @@ def gaussian_denoiser(sched: Schedule, mean: Any, cov: Any) -> EpsFn:
 
     Args:
       sched: the schedule.
-      mean: ``mu``, any shape with ``n`` entries (e.g. ``(H, W, C)``).
+      mean: ``mu``, any shape with ``n`` entries (e.g. ``(H, W, C)``), floating.
       cov: ``Sigma``, shape ``(n, n)``, symmetric positive semi-definite, in the row-major
-        flattening of ``mean``'s shape.
+        flattening of ``mean``'s shape, floating.
 
     Returns:
-      ``eps_fn(x, t)`` (output of ``x``'s shape).
+      ``eps_fn(x, t)`` for floating ``x`` (output of ``x``'s shape and dtype).
 
     Raises:
-      ValueError: naming ``cov`` if it has the wrong shape, is not finite, not symmetric or not
-        positive semi-definite.
+      ValueError: naming ``mean`` or ``cov`` when not floating, ``cov`` if it has the wrong
+        shape, is not finite, not symmetric or not positive semi-definite.
 
     Example:
       >>> eps_fn = gaussian_denoiser(cosine(1000), jnp.zeros((4, 4, 1)), jnp.eye(16))
       >>> x0 = ddim_chain(eps_fn, cosine(1000), x_T, grid=uniform_grid(1000, 50))
     """
     check_instance(sched, Schedule, name="sched", what="pifs_jax Schedule")
+    check_floating(mean, name="mean")
+    check_floating(cov, name="cov")
     n = int(np.size(mean))
     check_covariances(cov, n, name="cov")
     dtype = _float_dtype(mean, cov)
@@ -229,18 +244,21 @@ def gaussian_denoiser_patches(sched: Schedule, mean: Any, patch_covs: Any, patch
 
     Args:
       sched: the schedule.
-      mean: ``mu``, image of shape ``(H, W, C)`` or ``(H, W)``; fixes the image shape.
+      mean: ``mu``, floating image of shape ``(H, W, C)`` or ``(H, W)``; fixes the image shape.
       patch_covs: shape ``(M, n_k, n_k)`` (one covariance per patch) or ``(n_k, n_k)`` (shared),
-        in :func:`~pifs_jax.patches.patchify`'s coordinate order; symmetric PSD.
+        in :func:`~pifs_jax.patches.patchify`'s coordinate order; symmetric PSD, floating.
       patch_size: ``p``, dividing ``H`` and ``W``.
 
     Returns:
-      ``eps_fn(x, t)`` for images ``x`` of ``mean``'s shape.
+      ``eps_fn(x, t)`` for floating images ``x`` of ``mean``'s shape (output of ``x``'s dtype).
 
     Raises:
-      ValueError: naming ``patch_size`` (does not tile the image) or ``patch_covs``.
+      ValueError: naming ``mean`` or ``patch_covs`` when not floating, ``patch_size`` (does not
+        tile the image) or ``patch_covs``; ``eps_fn`` names ``x``.
     """
     check_instance(sched, Schedule, name="sched", what="pifs_jax Schedule")
+    check_floating(mean, name="mean")
+    check_floating(patch_covs, name="patch_covs")
     layout = patch_layout(np.shape(mean), patch_size)
     m, nk = layout.num_patches, layout.patch_dim
     if np.ndim(patch_covs) == 2:
@@ -254,6 +272,7 @@ def gaussian_denoiser_patches(sched: Schedule, mean: Any, patch_covs: Any, patch
 
     def eps_fn(x, t):
         x = jnp.asarray(x)
+        check_floating(x, name="x")
         if x.shape != layout.image_shape:
             raise ArgumentError("x", f"expected an image of shape {layout.image_shape}, got {x.shape}")
         return _gaussian_patch_eps(sched, mu, lam, u, x, t, patch_size=layout.patch_size)
@@ -287,17 +306,21 @@ def gaussian_mixture_denoiser(sched: Schedule, weights: Any, means: Any, covs: A
 
     Args:
       sched: the schedule.
-      weights: ``pi``, shape ``(K,)``, non-negative, not all zero (normalised here).
-      means: shape ``(K,) + sample_shape`` (``n`` entries per component).
-      covs: shape ``(K, n, n)``, each symmetric PSD.
+      weights: ``pi``, shape ``(K,)``, non-negative, not all zero (normalised here; integers
+        are promoted).
+      means: shape ``(K,) + sample_shape`` (``n`` entries per component), floating.
+      covs: shape ``(K, n, n)``, each symmetric PSD, floating.
 
     Returns:
-      ``eps_fn(x, t)`` (output of ``x``'s shape), O(K n^2) per call.
+      ``eps_fn(x, t)`` for floating ``x`` (output of ``x``'s shape and dtype), O(K n^2) per call.
 
     Raises:
-      ValueError: naming ``weights``, ``means`` or ``covs``.
+      ValueError: naming ``weights``, ``means`` or ``covs`` (also integer ``means`` or ``covs``);
+        ``eps_fn`` names ``x``.
     """
     check_instance(sched, Schedule, name="sched", what="pifs_jax Schedule")
+    check_floating(means, name="means")
+    check_floating(covs, name="covs")
     k_components = int(np.shape(weights)[0]) if np.ndim(weights) == 1 else -1
     if k_components < 1:
         raise ArgumentError("weights", f"expected a non-empty 1-D array of shape (K,), got shape {np.shape(weights)}")
@@ -363,12 +386,14 @@ class EmpiricalEps(NamedTuple):
 
 
 def _check_data(data: Any) -> jax.Array:
+    """``data`` as an array after checking it is floating, ``(M,) + sample_shape`` and finite."""
+    check_floating(data, name="data")
     data = jnp.asarray(data)
     if data.ndim < 2 or data.shape[0] < 1:
         raise ArgumentError("data", f"expected shape (M,) + sample_shape with M >= 1, got {data.shape}")
     if is_concrete(data):
         check_finite(data, "data")
-    return data.astype(_float_dtype(data))
+    return data
 
 
 @jax.jit
@@ -414,15 +439,17 @@ def empirical_denoiser(sched: Schedule, data: Any, *, return_weights: bool = Fal
 
     Args:
       sched: the schedule.
-      data: shape ``(M,) + sample_shape``.
+      data: shape ``(M,) + sample_shape``, floating (integer pixels are refused: convert them to
+        the ``[-1, 1]`` scale first).
       return_weights: if True, ``eps_fn`` returns :class:`EmpiricalEps` ``(eps, weights, entropy)``
         instead of the bare array (such an ``eps_fn`` cannot be passed to ``ddim_chain``).
 
     Returns:
-      ``eps_fn(x, t)`` with ``x`` of ``sample_shape`` (or any shape with the same size).
+      ``eps_fn(x, t)`` with floating ``x`` of ``sample_shape`` (or any shape with the same size).
 
     Raises:
-      ValueError: naming ``data`` for a wrong shape or non-finite values.
+      ValueError: naming ``data`` for a non-floating dtype, a wrong shape or non-finite values;
+        ``eps_fn`` names ``x``.
     """
     check_instance(sched, Schedule, name="sched", what="pifs_jax Schedule")
     data = _check_data(data)
@@ -446,10 +473,10 @@ def empirical_attention(sched: Schedule, data: Any) -> Callable[[jax.Array, Any]
 
     Args:
       sched: the schedule.
-      data: shape ``(M,) + sample_shape``.
+      data: shape ``(M,) + sample_shape``, floating.
 
     Returns:
-      ``attention(x, t) -> Attention(weights (M,), entropy ())``.
+      ``attention(x, t) -> Attention(weights (M,), entropy ())`` for floating ``x``.
     """
     check_instance(sched, Schedule, name="sched", what="pifs_jax Schedule")
     data = _check_data(data)

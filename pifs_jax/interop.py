@@ -10,15 +10,42 @@ Writing: :func:`to_diffusers_config` / :func:`save_diffusers_config` export any 
 ``DDIMScheduler`` config whose ``trained_betas`` reproduce it (``beta_t = -expm1(diff(log
 alpha_bar))``, in float64), so a schedule designed here can be loaded by diffusers.
 
-Which keys mean what (the three sets below are exported as :data:`SCHEDULE_KEYS`,
-:data:`GRID_KEYS` and :data:`IGNORED_KEYS`):
+Which scheduler classes are read: ``_class_name`` is read first. The DDIM-PIFS geometry is
+defined for DDPM-family schedules, ``alpha_bar_t = prod_{s<=t} (1 - beta_s)`` (docs/theory.md
+section 2), so only the diffusers classes that build ``alphas_cumprod = cumprod(1 - betas)`` from
+``beta_schedule`` / ``beta_start`` / ``beta_end`` / ``trained_betas`` are accepted
+(:data:`DDPM_FAMILY_SCHEDULERS`: DDPM, DDIM, PNDM, the DPM-Solvers, Euler, Heun, KDPM2, LMS,
+UniPC, DEIS, SA-Solver, LCM, TCD); their eps-, v- or x0-predicting networks all use those same
+``alphas_cumprod``. A flow-matching class (any ``_class_name`` containing ``FlowMatch``, e.g. the
+``FlowMatchEulerDiscreteScheduler`` of Stable Diffusion 3 and Flux) is refused by name: it
+interpolates ``x_t = (1 - t) x_0 + t eps`` and has no such schedule. Any other class (EDM,
+score-SDE, inverse or CogVideoX schedulers, ...) is refused by name too; a config of a class that
+does build its betas exactly like ``DDIMScheduler`` can be read knowingly as
+``{**config, "_class_name": "DDIMScheduler"}``. A config without ``_class_name`` (a hand-written
+dict) must set at least one key the function reads (:data:`SCHEDULE_KEYS` for
+:func:`from_diffusers_config`; :data:`SCHEDULE_KEYS` or :data:`GRID_KEYS` for
+:func:`diffusers_config_grid`), so an empty ``{}`` (or a dict of bookkeeping keys only) is refused
+rather than read as DDIMScheduler's defaults. A key whose value is ``null`` (``None``) means the
+class's default, as in diffusers.
+
+Which keys mean what (the sets below are exported as :data:`SCHEDULE_KEYS`,
+:data:`GRID_KEYS`, :data:`IGNORED_KEYS`, :data:`DEFAULT_ONLY_KEYS` and
+:data:`OTHER_FAMILY_KEYS`):
 
 - **Schedule geometry** (:data:`SCHEDULE_KEYS`): ``num_train_timesteps``, ``beta_start``,
   ``beta_end``, ``beta_schedule`` (``linear``, ``scaled_linear``, ``squaredcos_cap_v2``,
   ``sigmoid``), ``trained_betas`` (takes precedence over ``beta_schedule``, as in diffusers) and
   ``rescale_betas_zero_snr``. Missing keys take ``DDIMScheduler``'s defaults (1000 steps,
-  ``linear`` from 1e-4 to 0.02). diffusers builds its betas in float32; here they are built in
-  float64 from the same formulas, so this package's schedule is the exact one diffusers rounds.
+  ``linear`` from 1e-4 to 0.02), which are also those of DDPM, PNDM, the multistep and
+  single-step DPM-Solvers, Euler, Euler ancestral, LMS, UniPC and DEIS; a config of another class
+  (LCM, TCD, Heun, KDPM2, DPM-Solver SDE, SA-Solver: their defaults differ or are not checked
+  here) must give ``num_train_timesteps`` and the beta keys its schedule uses (a config saved by
+  diffusers has them all).
+  ``rescale_betas_zero_snr: true`` keeps the terminal logSNR finite (default -20) instead of
+  diffusers' ``alpha_bar_T = 0`` and says so with a :class:`DiffusersConversionWarning` unless
+  ``terminal_log_snr`` is passed explicitly. diffusers builds its betas in float32; here they are
+  built in float64 from the same formulas, so this package's schedule is the exact one diffusers
+  rounds.
 - **Sampling grid** (:data:`GRID_KEYS`): ``timestep_spacing`` (default ``leading``),
   ``steps_offset`` (default 0, used by ``leading`` only, as in diffusers) and
   ``set_alpha_to_one`` (default ``true``). ``set_alpha_to_one: false`` makes diffusers' last DDIM
@@ -28,18 +55,24 @@ Which keys mean what (the three sets below are exported as :data:`SCHEDULE_KEYS`
   accepts it). Stable Diffusion's published PNDM config carries ``set_alpha_to_one: false``; pass
   ``{**config, "set_alpha_to_one": True}`` to get its DDIM grid ending on clean data.
 - **Ignored** (:data:`IGNORED_KEYS`): keys that change neither ``alpha_bar`` nor the DDIM
-  sampling grid: bookkeeping (``_class_name``, ``_diffusers_version``, ...), the network's output
-  parameterisation (``prediction_type``; a v- or x0-predicting network needs converting to eps
-  in its denoiser adapter, the schedule is the same), sample post-processing (``clip_sample``,
-  ``thresholding``, ...), stochastic-sampler and solver settings (``variance_type``,
-  ``solver_order``, ``skip_prk_steps``, ...). The grid is always DDIM's, whatever
-  ``_class_name`` says: this package samples with deterministic DDIM.
+  sampling grid: bookkeeping (``_diffusers_version``, ...), the network's output
+  parameterisation (``prediction_type`` ``epsilon``, ``v_prediction`` or ``sample``; a v- or
+  x0-predicting network needs converting to eps in its denoiser adapter, the schedule is the
+  same; ``flow_prediction`` is refused, it is a flow-matching network), sample post-processing
+  (``clip_sample``, ``thresholding``, ...), stochastic-sampler and solver settings
+  (``variance_type``, ``solver_order``, ``skip_prk_steps``, ...). The grid is always DDIM's,
+  whatever DDPM-family ``_class_name`` the config names: this package samples with
+  deterministic DDIM.
 - **Default only** (:data:`DEFAULT_ONLY_KEYS`): alternative sampling grids or non-DDPM
   parameterisations (``use_karras_sigmas``, ``use_flow_sigmas``, ``final_sigmas_type``, ...)
   are accepted at their diffusers default and rejected otherwise.
+- **Other families** (:data:`OTHER_FAMILY_KEYS`): keys of flow-matching and EDM / sigma-space
+  schedulers (``shift``, ``base_shift``, ``sigma_data``, ...). With a non-null value they are
+  always refused, also when listed in ``ignore``: their config does not describe a DDPM-family
+  schedule, and ignoring the key would read it as one.
 
-Any other key raises ``ValueError`` naming it (a flow-matching or EDM config must not silently
-turn into a default DDPM schedule); pass ``ignore=("key", ...)`` to accept keys knowingly.
+Any other key raises ``ValueError`` naming it; pass ``ignore=("key", ...)`` to accept a key
+knowingly that changes neither ``alpha_bar`` nor the DDIM grid.
 
 Example:
   >>> sched = from_diffusers_config(example_config_path("stable_diffusion_v1_5"))
@@ -52,6 +85,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
@@ -78,7 +112,90 @@ __all__ = [
     "GRID_KEYS",
     "IGNORED_KEYS",
     "DEFAULT_ONLY_KEYS",
+    "OTHER_FAMILY_KEYS",
+    "DDPM_FAMILY_SCHEDULERS",
+    "DiffusersConversionWarning",
 ]
+
+
+class DiffusersConversionWarning(UserWarning):
+    """A diffusers config was read into a schedule that deliberately differs from diffusers' own.
+
+    Emitted by :func:`from_diffusers_config` for ``rescale_betas_zero_snr: true``: diffusers gets
+    ``alpha_bar_T = 0`` (infinite negative terminal logSNR), this package keeps ``logSNR_T`` at a
+    finite ``terminal_log_snr`` (default -20) because the eps-parameterised DDIM step cannot start
+    from ``alpha_bar_T = 0``. Silence it by passing ``terminal_log_snr`` explicitly, or with
+    ``warnings.filterwarnings("ignore", category=DiffusersConversionWarning)``.
+    """
+
+
+#: diffusers scheduler classes whose configs this package reads: each builds its betas from
+#: ``beta_schedule`` / ``beta_start`` / ``beta_end`` / ``trained_betas`` (and
+#: ``rescale_betas_zero_snr`` where it has it) and ``alphas_cumprod = cumprod(1 - betas)``, the
+#: DDPM-family schedule every eps-, v- or x0-predicting network of the class is trained on.
+DDPM_FAMILY_SCHEDULERS = (
+    "DDPMScheduler",
+    "DDIMScheduler",
+    "DDPMParallelScheduler",
+    "DDIMParallelScheduler",
+    "PNDMScheduler",
+    "DPMSolverMultistepScheduler",
+    "DPMSolverSinglestepScheduler",
+    "DPMSolverSDEScheduler",
+    "EulerDiscreteScheduler",
+    "EulerAncestralDiscreteScheduler",
+    "HeunDiscreteScheduler",
+    "KDPM2DiscreteScheduler",
+    "KDPM2AncestralDiscreteScheduler",
+    "LMSDiscreteScheduler",
+    "UniPCMultistepScheduler",
+    "DEISMultistepScheduler",
+    "SASolverScheduler",
+    "LCMScheduler",
+    "TCDScheduler",
+)
+
+# Classes whose defaults for the schedule keys are DDIMScheduler's (1000 steps, linear betas from
+# 1e-4 to 0.02). Others have their own (LCMScheduler: scaled_linear from 0.00085 to 0.012;
+# HeunDiscreteScheduler: linear from 0.00085 to 0.012) or are not checked here, so their configs
+# must spell the schedule out.
+_DDIM_DEFAULT_CLASSES = (
+    "DDPMScheduler",
+    "DDIMScheduler",
+    "DDPMParallelScheduler",
+    "DDIMParallelScheduler",
+    "PNDMScheduler",
+    "DPMSolverMultistepScheduler",
+    "DPMSolverSinglestepScheduler",
+    "EulerDiscreteScheduler",
+    "EulerAncestralDiscreteScheduler",
+    "LMSDiscreteScheduler",
+    "UniPCMultistepScheduler",
+    "DEISMultistepScheduler",
+)
+
+#: Keys of other model families: name -> family. Refused with a non-null value, even in ``ignore``.
+OTHER_FAMILY_KEYS = {
+    "shift": "flow-matching",
+    "base_shift": "flow-matching",
+    "max_shift": "flow-matching",
+    "base_image_seq_len": "flow-matching",
+    "max_image_seq_len": "flow-matching",
+    "invert_sigmas": "flow-matching",
+    "shift_terminal": "flow-matching",
+    "time_shift_type": "flow-matching",
+    "stochastic_sampling": "flow-matching",
+    "sigma_data": "EDM",
+    "sigma_schedule": "EDM",
+    "rho": "EDM",
+    "snr_shift_scale": "CogVideoX (shifted-SNR)",
+}
+
+_FLOW_MATCHING_REASON = (
+    "the DDIM-PIFS geometry is defined for DDPM-family schedules with alpha_bar_t = "
+    "prod_{s<=t} (1 - beta_s) (docs/theory.md section 2); a flow-matching scheduler interpolates "
+    "x_t = (1 - t) x_0 + t eps and has no such schedule, so its config cannot be read as one"
+)
 
 #: ``beta_schedule`` values this package reproduces exactly.
 DIFFUSERS_BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
@@ -98,12 +215,12 @@ GRID_KEYS = ("timestep_spacing", "steps_offset", "set_alpha_to_one")
 
 #: Keys accepted and ignored: they change neither ``alpha_bar`` nor the DDIM sampling grid.
 IGNORED_KEYS = (
-    # bookkeeping written by diffusers
-    "_class_name",
+    # bookkeeping written by diffusers (_class_name is read: it selects the model family)
     "_diffusers_version",
     "_name_or_path",
     "_use_default_values",
-    # network output parameterisation (eps / v / x0 / sample): same schedule
+    # network output parameterisation (eps / v / x0 / sample): same schedule; the flow-matching
+    # value "flow_prediction" is refused before keys are sorted
     "prediction_type",
     # post-processing of the predicted clean sample
     "clip_sample",
@@ -126,6 +243,9 @@ IGNORED_KEYS = (
     "timestep_type",
     "timestep_scaling",
     "original_inference_steps",
+    "noise_sampler_seed",
+    "predictor_order",
+    "corrector_order",
 )
 
 #: Keys accepted only at their diffusers default (they select other grids or parameterisations).
@@ -138,6 +258,9 @@ DEFAULT_ONLY_KEYS = {
     "use_dynamic_shifting": "false",
     "final_sigmas_type": '"zero"',
     "lambda_min_clipped": "-Infinity",
+    "flow_shift": "1.0",
+    "sigma_min": "null",
+    "sigma_max": "null",
 }
 
 #: Bundled example configs: name -> file in ``pifs_jax/data_files``.
@@ -147,6 +270,9 @@ EXAMPLE_CONFIGS = {
 }
 
 _CONFIG_FILE_NAME = "scheduler_config.json"
+
+# Terminal logSNR that replaces diffusers' -inf under rescale_betas_zero_snr.
+_DEFAULT_TERMINAL_LOG_SNR = -20.0
 
 # DDIMScheduler's defaults for the keys this module reads.
 _DEFAULTS = {
@@ -253,6 +379,10 @@ def _check_default_only(key: str, value: Any, where: str) -> None:
         ok = value is None or value == "zero"
     elif key == "lambda_min_clipped":
         ok = value is None or (_is_real(value) and float(value) == -math.inf)
+    elif key == "flow_shift":
+        ok = value is None or (_is_real(value) and float(value) == 1.0)
+    elif key in ("sigma_min", "sigma_max"):
+        ok = value is None
     else:
         ok = value is None or value is False
     if not ok:
@@ -262,25 +392,94 @@ def _check_default_only(key: str, value: Any, where: str) -> None:
         )
 
 
-def _parse(config: Any, ignore: Iterable[str]) -> _Parsed:
-    """Load, check every key, fill in DDIMScheduler defaults."""
+def _check_family(raw: Mapping[str, Any], where: str) -> None:
+    """Refuse a config whose ``_class_name`` or ``prediction_type`` is not of the DDPM family."""
+    class_name = raw.get("_class_name")
+    if class_name is not None:
+        if not isinstance(class_name, str):
+            raise ArgumentError("_class_name", f"expected the name of a diffusers scheduler class, got {class_name!r}{where}")
+        if "FlowMatch" in class_name:
+            raise ArgumentError(
+                "_class_name", f"{class_name!r} is a flow-matching scheduler and is not supported{where}: "
+                f"{_FLOW_MATCHING_REASON}"
+            )
+        if class_name not in DDPM_FAMILY_SCHEDULERS:
+            raise ArgumentError(
+                "_class_name", f"{class_name!r} is not supported{where}: the DDIM-PIFS geometry is defined "
+                "for DDPM-family schedules with alpha_bar_t = prod_{s<=t} (1 - beta_s) (docs/theory.md "
+                "section 2), and this package reads only the diffusers classes known to build one, "
+                f"pifs_jax.interop.DDPM_FAMILY_SCHEDULERS ({', '.join(DDPM_FAMILY_SCHEDULERS)}). "
+                "If this class builds alphas_cumprod = cumprod(1 - betas) from num_train_timesteps, "
+                "beta_schedule, beta_start, beta_end and trained_betas exactly as DDIMScheduler does, "
+                "pass {**config, '_class_name': 'DDIMScheduler'}"
+            )
+    if raw.get("prediction_type") == "flow_prediction":
+        raise ArgumentError(
+            "prediction_type", f"'flow_prediction' is a flow-matching network's output and is not "
+            f"supported{where}: {_FLOW_MATCHING_REASON}"
+        )
+
+
+def _check_schedule_spelled_out(raw: Mapping[str, Any], where: str) -> None:
+    """A class whose schedule defaults are not DDIMScheduler's must set the keys its schedule uses."""
+    class_name = raw.get("_class_name")
+    if class_name is None or class_name in _DDIM_DEFAULT_CLASSES:
+        return
+    needed = ["num_train_timesteps"]
+    if raw.get("trained_betas") is None:
+        needed.append("beta_schedule")
+        if raw.get("beta_schedule") != "squaredcos_cap_v2":
+            needed += ["beta_start", "beta_end"]
+    missing = [key for key in needed if raw.get(key) is None]
+    if missing:
+        raise ArgumentError(
+            missing[0], f"missing (or null) in a {class_name} config{where}: its diffusers defaults for "
+            "the schedule differ from DDIMScheduler's or are not known here, and DDIMScheduler's are the "
+            "only defaults this package fills in; "
+            f"give {', '.join(missing)} explicitly (a config saved by diffusers has them all)"
+        )
+
+
+def _parse(config: Any, ignore: Iterable[str], reads: tuple = SCHEDULE_KEYS) -> _Parsed:
+    """Load, check the class and every key, fill in DDIMScheduler defaults.
+
+    ``reads``: the keys the caller's result depends on; a config without ``_class_name`` must set
+    at least one of them (non-null), or it would be read entirely from defaults. A config of a
+    class outside ``_DDIM_DEFAULT_CLASSES`` must set the schedule keys it uses.
+    """
     where = ""
     if not isinstance(config, Mapping):
         where = f" (in {str(config)!r})"
     raw = load_config(config)
+    _check_family(raw, where)
+    _check_schedule_spelled_out(raw, where)
     if isinstance(ignore, str):
         ignore = (ignore,)
     ignored = set(IGNORED_KEYS) | set(ignore)
     for key, value in raw.items():
-        if key in SCHEDULE_KEYS or key in GRID_KEYS or key in ignored:
+        if key in SCHEDULE_KEYS or key in GRID_KEYS or key == "_class_name":
+            continue
+        if key in OTHER_FAMILY_KEYS:
+            if value is None:  # null: the default, i.e. not used
+                continue
+            raise ArgumentError(
+                key, f"is a key of {OTHER_FAMILY_KEYS[key]} scheduler configs (value {value!r:.100}){where}, "
+                "which define no DDPM-family schedule alpha_bar_t = prod_{s<=t} (1 - beta_s) "
+                "(docs/theory.md section 2); this config does not describe a schedule this package "
+                "can read, and ignoring the key would read it as the wrong one"
+            )
+        if key in ignored:
             continue
         if key in DEFAULT_ONLY_KEYS:
             _check_default_only(key, value, where)
             continue
+        if value is None:  # null: diffusers' default for the key, as for every key
+            continue
         raise ArgumentError(
             key, f"unknown scheduler config key (value {value!r:.100}){where}; the keys this package "
             "reads, ignores or accepts at their default are pifs_jax.interop.SCHEDULE_KEYS, GRID_KEYS, "
-            f"IGNORED_KEYS and DEFAULT_ONLY_KEYS; pass ignore=({key!r},) to accept it knowingly"
+            f"IGNORED_KEYS and DEFAULT_ONLY_KEYS; if it changes neither alpha_bar nor the DDIM grid, "
+            f"pass ignore=({key!r},) to accept it knowingly"
         )
     cfg = {k: (_DEFAULTS[k] if raw.get(k) is None else raw[k]) for k in _DEFAULTS}
     # diffusers writes "trained_betas": null; None means "use beta_schedule".
@@ -340,6 +539,15 @@ def _parse(config: Any, ignore: Iterable[str]) -> _Parsed:
     if not _is_int(offset) or offset < 0:
         raise ArgumentError("steps_offset", f"expected an integer >= 0, got {offset!r}{where}")
 
+    if raw.get("_class_name") is None and not any(raw.get(k) is not None for k in reads):
+        raise ArgumentError(
+            "config", f"names no scheduler class (_class_name) and sets none of the keys "
+            f"{', '.join(reads)}{where}, so nothing in it identifies a DDPM-family schedule (it would "
+            f"be read entirely from DDIMScheduler's defaults); got keys {sorted(raw)}. Add "
+            "'_class_name' (e.g. 'DDIMScheduler') or the schedule keys, e.g. "
+            "{'beta_schedule': 'linear', 'num_train_timesteps': 1000}"
+        )
+
     return _Parsed(
         num_train_timesteps=T,
         beta_start=float(cfg["beta_start"]) if _is_real(cfg["beta_start"]) else math.nan,
@@ -364,7 +572,7 @@ def from_diffusers_config(
     config: Mapping[str, Any] | str | os.PathLike,
     *,
     dtype=None,
-    terminal_log_snr: float = -20.0,
+    terminal_log_snr: float | None = None,
     ignore: Iterable[str] = (),
 ) -> _schedules.Schedule:
     """The noise schedule a diffusers scheduler config describes.
@@ -387,7 +595,14 @@ def from_diffusers_config(
     :func:`~pifs_jax.zero_terminal_snr`: ``sqrt(alpha_bar_t)`` shifted to 0 at ``T`` and scaled back
     to its value at ``t = 1``. diffusers gets ``alpha_bar_T = 0`` exactly; here the terminal value
     is kept finite at ``logSNR_T = terminal_log_snr`` (default -20, ``alpha_bar_T ~ 2.1e-9``),
-    because the eps-parameterised DDIM step cannot start from ``alpha_bar_T = 0``.
+    because the eps-parameterised DDIM step cannot start from ``alpha_bar_T = 0``; with the
+    default, a :class:`DiffusersConversionWarning` says so (pass ``terminal_log_snr`` to choose
+    the value knowingly and silence it).
+
+    Only DDPM-family configs are read (see the module docstring): ``_class_name`` must be one of
+    :data:`DDPM_FAMILY_SCHEDULERS` (a flow-matching or other class is refused by name), and a
+    config without ``_class_name`` must set at least one of :data:`SCHEDULE_KEYS` (``{}`` is
+    refused). ``null`` values mean the default.
 
     diffusers computes in float32; the betas here are computed in float64 from the same
     formulas, so this is the exact schedule and diffusers' own ``alphas_cumprod`` agrees with it
@@ -397,7 +612,8 @@ def from_diffusers_config(
       config: a dict, a path to ``scheduler_config.json`` or a folder holding one (see
         :func:`load_config`). Missing keys take ``DDIMScheduler``'s defaults.
       dtype: dtype of the returned schedule (default float32, float64 under x64).
-      terminal_log_snr: terminal logSNR used with ``rescale_betas_zero_snr``.
+      terminal_log_snr: terminal logSNR used with ``rescale_betas_zero_snr`` (``None``: -20,
+        with a :class:`DiffusersConversionWarning`).
       ignore: further key names to accept and ignore (see the module docstring for the keys
         read, ignored, accepted at their default only, and rejected).
 
@@ -405,14 +621,22 @@ def from_diffusers_config(
       A :class:`~pifs_jax.schedules.Schedule` with ``T = num_train_timesteps``.
 
     Raises:
-      ValueError: naming the key, for an unknown or unsupported key, an unknown ``beta_schedule``
-        or ``timestep_spacing``, ``trained_betas`` of the wrong length or out of ``(0, 1)``, or an
+      ValueError: naming the key, for a ``_class_name`` outside :data:`DDPM_FAMILY_SCHEDULERS`
+        (flow-matching classes with the reason), ``prediction_type: flow_prediction``, a key of
+        another model family, a schedule key missing from a config of a class whose defaults
+        are not DDIMScheduler's, an unknown or unsupported key, an unknown ``beta_schedule`` or
+        ``timestep_spacing``, ``trained_betas`` of the wrong length or out of ``(0, 1)``;
+        naming ``config`` for a config that identifies no schedule (e.g. ``{}``) or an
         unreadable file.
+
+    Warns:
+      DiffusersConversionWarning: ``rescale_betas_zero_snr: true`` with the default
+        ``terminal_log_snr``.
 
     Example:
       >>> from_diffusers_config({"beta_schedule": "squaredcos_cap_v2"})   # == cosine(1000, s=0.008)
     """
-    cfg = _parse(config, ignore)
+    cfg = _parse(config, ignore, SCHEDULE_KEYS)
     T = cfg.num_train_timesteps
     if cfg.trained_betas is not None:
         sched = _schedules.from_betas(cfg.trained_betas, dtype=dtype)
@@ -433,6 +657,18 @@ def from_diffusers_config(
     if cfg.rescale_betas_zero_snr:
         if T < 2:
             raise ArgumentError("rescale_betas_zero_snr", f"needs num_train_timesteps >= 2, got {T}{cfg.where}"
+            )
+        if terminal_log_snr is None:
+            terminal_log_snr = _DEFAULT_TERMINAL_LOG_SNR
+            warnings.warn(
+                f"rescale_betas_zero_snr: true{cfg.where}: diffusers sets alpha_bar_T = 0 (logSNR_T = "
+                f"-inf); pifs_jax keeps the terminal logSNR finite at {terminal_log_snr:g} "
+                f"(alpha_bar_T = {1.0 / (1.0 + math.exp(-terminal_log_snr)):.3g}), because the "
+                "eps-parameterised DDIM step cannot start from alpha_bar_T = 0; every other "
+                "alpha_bar_t is Lin et al.'s. Pass terminal_log_snr= to choose the value and "
+                "silence this note",
+                DiffusersConversionWarning,
+                stacklevel=2,
             )
         sched = _schedules.zero_terminal_snr(sched, terminal_log_snr=terminal_log_snr)
     return sched
@@ -470,9 +706,11 @@ def diffusers_config_grid(
       ValueError: for ``set_alpha_to_one: false`` (diffusers' last step would land on ``t = 1``,
         not on clean data; override it with ``{**config, "set_alpha_to_one": True}``), for an
         unknown ``timestep_spacing``, for a ``steps_offset`` that pushes the ``leading`` grid past
-        ``T``, and for everything :func:`from_diffusers_config` rejects.
+        ``T``, and for everything :func:`from_diffusers_config` rejects, except that a config
+        without ``_class_name`` needs only one of :data:`SCHEDULE_KEYS` or :data:`GRID_KEYS`
+        (the keys the grid depends on), e.g. ``{"timestep_spacing": "trailing"}``.
     """
-    cfg = _parse(config, ignore)
+    cfg = _parse(config, ignore, SCHEDULE_KEYS + GRID_KEYS)
     T = cfg.num_train_timesteps
     if not cfg.set_alpha_to_one:
         raise ArgumentError("set_alpha_to_one", f"false makes diffusers' last DDIM step land on alphas_cumprod[0] "

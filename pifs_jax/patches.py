@@ -12,6 +12,11 @@ A 2-D image ``(H, W)`` is treated as ``(H, W, 1)`` (``n_k = p^2``).
 All functions are jittable (shapes and ``patch_size`` are static) and validate at the boundary:
 a patch size that does not tile the image raises ``ValueError`` naming ``patch_size`` and the
 image shape.
+
+:func:`patchify` and :func:`unpatchify` are pure reshapes: they accept any dtype (integer,
+boolean or floating) and return the input's dtype unchanged, with every value moved, never
+converted. Whether integer pixels are acceptable is decided by the functions that compute with
+the patches (e.g. :func:`pifs_jax.data.patch_stats` refuses them).
 """
 
 from __future__ import annotations
@@ -99,7 +104,8 @@ def patchify(x: jax.Array, patch_size: int) -> jax.Array:
       patch_size: ``p``, dividing ``H`` and ``W``.
 
     Returns:
-      array of shape ``(M, n_k)``, ``M = HW/p^2``, ``n_k = p^2 C``.
+      array of shape ``(M, n_k)``, ``M = HW/p^2``, ``n_k = p^2 C``, of ``x``'s dtype (any dtype:
+      a pure reshape).
     """
     x = jnp.asarray(x)
     layout = patch_layout(x.shape, patch_size)
@@ -109,7 +115,7 @@ def patchify(x: jax.Array, patch_size: int) -> jax.Array:
 
 
 def unpatchify(patches: jax.Array, image_shape: Any, patch_size: int) -> jax.Array:
-    """Inverse of :func:`patchify`: ``(M, p*p*C) -> image_shape``.
+    """Inverse of :func:`patchify`: ``(M, p*p*C) -> image_shape``, keeping ``patches``' dtype (any).
 
     Raises ``ValueError`` naming ``patches`` if its shape is not ``(M, n_k)`` for this layout.
     """

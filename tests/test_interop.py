@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from pifs_jax import grids, interop, schedules
+from reference import cosine_betas, lin_zero_snr_alphas_cumprod
 
 # Round-trip tolerance (float64): relative error on alpha_bar_t and sigma_t^2 = 1 - alpha_bar_t.
 # A float64 beta near 1 only knows 1 - beta to ulp(1) = 2.2e-16 absolute, so each step with
@@ -33,22 +34,6 @@ def _assert_round_trip(original, restored):
     assert restored.alpha_bar[0] == 1.0
     assert np.all(np.abs(ab1 / ab0 - 1) <= tol), np.max(np.abs(ab1 / ab0 - 1) / tol)
     assert np.all(np.abs(s1 / s0 - 1) <= tol[1:]), np.max(np.abs(s1 / s0 - 1) / tol[1:])
-
-
-def _betas_for_alpha_bar_cosine(T, max_beta=0.999):
-    """diffusers' squaredcos_cap_v2, re-implemented naively in float64."""
-    f = lambda u: np.cos((u + 0.008) / 1.008 * np.pi / 2) ** 2  # noqa: E731
-    i = np.arange(T, dtype=np.float64)
-    return np.minimum(1 - f((i + 1) / T) / f(i / T), max_beta)
-
-
-def _lin_rescale_alphas_cumprod(betas):
-    """Lin et al. 2023, Algorithm 1, on diffusers' alphas_cumprod (index k = our t - 1), float64."""
-    alphas_cumprod = np.cumprod(1.0 - np.asarray(betas, dtype=np.float64))
-    root = np.sqrt(alphas_cumprod)
-    first, last = root[0], root[-1]
-    root = (root - last) * first / (first - last)
-    return root**2  # last entry is exactly 0
 
 
 # ----------------------------------------------------------------------------- bundled configs
@@ -109,9 +94,9 @@ def test_config_folder_is_accepted(tmp_path):
 # ----------------------------------------------------------------------------- beta schedules
 
 
-def test_empty_config_takes_ddim_defaults(x64):
+def test_class_name_alone_takes_ddim_defaults(x64):
     np.testing.assert_array_equal(
-        interop.from_diffusers_config({}).log_alpha_bar, schedules.linear(1000).log_alpha_bar
+        interop.from_diffusers_config({"_class_name": "DDIMScheduler"}).log_alpha_bar, schedules.linear(1000).log_alpha_bar
     )
 
 
@@ -121,7 +106,7 @@ def test_squaredcos_cap_v2_is_cosine(x64, T):
     np.testing.assert_array_equal(sched.log_alpha_bar, schedules.cosine(T, s=0.008).log_alpha_bar)
     # diffusers' betas_for_alpha_bar, naively in float64: the naive ratio of cos^2 loses ~1e-13
     # relative near t = T, hence 1e-11 on log alpha_bar (absolute).
-    naive = np.cumsum(np.log1p(-_betas_for_alpha_bar_cosine(T)))
+    naive = np.cumsum(np.log1p(-cosine_betas(T)))
     np.testing.assert_allclose(sched.log_alpha_bar[1:], naive, rtol=0, atol=1e-11)
     # the last beta is clipped at max_beta = 0.999
     np.testing.assert_allclose(sched.betas[-1], 0.999, rtol=1e-12)
@@ -151,8 +136,10 @@ def test_rescale_betas_zero_snr_matches_lin_et_al(x64):
         ("ddpm_cifar10", np.linspace(1e-4, 0.02, 1000)),
     ]:
         config = {**interop.load_config(interop.example_config_path(name)), "rescale_betas_zero_snr": True}
-        sched = interop.from_diffusers_config(config)
-        reference = _lin_rescale_alphas_cumprod(betas)  # diffusers index k = our t - 1
+        with pytest.warns(interop.DiffusersConversionWarning, match="-20"):  # the terminal logSNR note
+            sched = interop.from_diffusers_config(config)
+        # diffusers' alphas_cumprod, index k = our t - 1
+        reference = lin_zero_snr_alphas_cumprod(np.cumprod(1.0 - np.asarray(betas, dtype=np.float64)))
         assert reference[-1] == 0.0
         # t = 1..T-1: Lin et al.'s values, 1e-12 relative on alpha_bar, plus 4 eps / r_t where
         # r_t = sqrt(alpha_bar_t) is small: schedules.zero_terminal_snr forms 1 - r_t before the
@@ -185,7 +172,7 @@ def test_grids_leading_trailing_linspace():
     )
     # leading, no offset (DDIM defaults): diffusers [900, 800, ..., 100, 0]
     np.testing.assert_array_equal(
-        interop.diffusers_config_grid({}, 10), [0, 1, 101, 201, 301, 401, 501, 601, 701, 801, 901]
+        interop.diffusers_config_grid({"_class_name": "DDIMScheduler"}, 10), [0, 1, 101, 201, 301, 401, 501, 601, 701, 801, 901]
     )
     # trailing: round(arange(1000, 0, -100)) - 1 = [999, 899, ..., 99]; steps_offset is not used
     cfg = {"timestep_spacing": "trailing", "steps_offset": 1}
@@ -237,9 +224,9 @@ def test_grid_bad_inputs():
     with pytest.raises(ValueError, match="timestep_spacing"):
         interop.diffusers_config_grid({"timestep_spacing": "uniform"}, 10)
     with pytest.raises(ValueError, match="num_inference_steps"):
-        interop.diffusers_config_grid({}, 1001)
+        interop.diffusers_config_grid({"num_train_timesteps": 1000}, 1001)
     with pytest.raises(ValueError, match="num_inference_steps"):
-        interop.diffusers_config_grid({}, 0)
+        interop.diffusers_config_grid({"num_train_timesteps": 1000}, 0)
     with pytest.raises(ValueError, match="steps_offset"):
         interop.diffusers_config_grid({"steps_offset": 1}, 1000)  # diffusers timestep 1000 > 999
     with pytest.raises(ValueError, match="steps_offset"):
@@ -391,12 +378,12 @@ def test_ignored_and_default_only_keys(x64):
     sched = interop.from_diffusers_config(config)
     np.testing.assert_array_equal(sched.log_alpha_bar, schedules.linear(1000).log_alpha_bar)
     # an unknown key is accepted once named in ignore=
-    interop.from_diffusers_config({"brand_new_option": 1}, ignore=("brand_new_option",))
+    interop.from_diffusers_config({"brand_new_option": 1, "beta_schedule": "linear"}, ignore=("brand_new_option",))
     with pytest.raises(ValueError, match="brand_new_option"):
         interop.from_diffusers_config({"brand_new_option": 1})
 
 
 def test_set_alpha_to_one_false_keeps_the_schedule(x64):
-    a = interop.from_diffusers_config({"set_alpha_to_one": False})
-    b = interop.from_diffusers_config({"set_alpha_to_one": True})
+    a = interop.from_diffusers_config({"_class_name": "DDIMScheduler", "set_alpha_to_one": False})
+    b = interop.from_diffusers_config({"_class_name": "DDIMScheduler", "set_alpha_to_one": True})
     np.testing.assert_array_equal(a.log_alpha_bar, b.log_alpha_bar)
