@@ -14,6 +14,12 @@ timestep ``t`` of this package's convention (``alpha_bar[t]``), returning an arr
 shape. Model parameters travel by closure: ``jax.grad(lambda p: loss(ddim_chain(partial(net, p),
 ...)))`` differentiates through the whole chain with respect to ``p`` (and the schedule).
 Batches come from :func:`ddim_sample` (``jax.vmap``).
+
+Inputs and results (docs/guides/chain-dynamics.md): states must have a floating dtype (an
+integer ``x_T`` is refused, never promoted: a ``uint8`` image in 0..255 is not a state of the
+chain); ``0 <= eta <= 1``; and an eager call checks its result with one reduction, raising
+:class:`pifs_jax.errors.NonFiniteError` that names the first non-finite step
+(``check_finite=False`` skips it; under ``jax.jit`` / ``jax.grad`` nothing is checked).
 """
 
 from __future__ import annotations
@@ -24,13 +30,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pifs_jax._validation import is_concrete
+from pifs_jax._validation import check_floating, is_concrete
 from pifs_jax.geometry import StepCoefficients, step_coefficients
 from pifs_jax.grids import as_grid
 from pifs_jax.schedules import Schedule, safe_sqrt
-from pifs_jax.errors import ArgumentError
+from pifs_jax.errors import ArgumentError, NonFiniteError
 
-__all__ = ["ddim_step", "ddim_chain", "ddim_sample", "check_denoiser", "chain_steps", "ChainSteps"]
+__all__ = [
+    "ddim_step", "ddim_chain", "ddim_sample", "check_denoiser", "chain_steps", "ChainSteps", "locate_nonfinite",
+]
 
 EpsFn = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -46,8 +54,25 @@ class ChainSteps(NamedTuple):
     """``c_t`` of the stochastic step (zeros when ``eta = 0``)."""
 
 
+def _check_eta(eta: Any) -> None:
+    """``eta`` must be a real scalar in ``[0, 1]`` (its value is checked when concrete)."""
+    dtype = np.dtype(eta.dtype) if hasattr(eta, "dtype") else np.asarray(eta).dtype
+    real = dtype != bool and (dtype.kind in "iuf" or jnp.issubdtype(dtype, jnp.floating))  # bfloat16: kind "V"
+    if not real or jnp.ndim(eta) != 0:
+        raise ArgumentError("eta", f"expected a real number in [0, 1], got {eta!r}")
+    if is_concrete(eta) and not 0.0 <= float(eta) <= 1.0:
+        raise ArgumentError(
+            "eta", f"expected a number in [0, 1] (0 = deterministic DDIM, 1 = DDPM posterior), got {float(eta)!r}"
+        )
+
+
 def chain_steps(sched: Schedule, grid: Any = None, *, eta: Any = 0.0) -> ChainSteps:
-    """Per-step ``(t, a_t, b_t^eta, c_t)`` in execution order ``tau_N -> ... -> tau_0``."""
+    """Per-step ``(t, a_t, b_t^eta, c_t)`` in execution order ``tau_N -> ... -> tau_0``.
+
+    Raises:
+      ValueError: naming ``grid`` or ``eta`` (outside ``[0, 1]``).
+    """
+    _check_eta(eta)
     grid = jnp.asarray(as_grid(grid, sched.T))
     c: StepCoefficients = step_coefficients(sched, grid)
     eta = jnp.asarray(eta, c.a.dtype)
@@ -63,7 +88,12 @@ def chain_steps(sched: Schedule, grid: Any = None, *, eta: Any = 0.0) -> ChainSt
 
 
 def ddim_step(eps_fn: EpsFn, x: jax.Array, t: Any, a: Any, b: Any) -> jax.Array:
-    """One deterministic DDIM step ``Phi_t(x) = a_t x + b_t epshat(x, t)``."""
+    """One deterministic DDIM step ``Phi_t(x) = a_t x + b_t epshat(x, t)``.
+
+    Raises:
+      ValueError: naming ``x`` if its dtype is not floating (checked under ``jax.jit`` too).
+    """
+    check_floating(x, name="x")
     return a * x + b * eps_fn(x, t)
 
 
@@ -82,10 +112,77 @@ def check_denoiser(eps_fn: EpsFn, x: Any, t: int = 1, *, name: str = "eps_fn") -
         raise ArgumentError(name, f"the denoiser must return an array of the input's shape {x.shape}, got {got}")
 
 
-def _first_nonfinite_step(trajectory: jax.Array) -> int | None:
-    finite = np.asarray(jnp.all(jnp.isfinite(trajectory.reshape(trajectory.shape[0], -1)), axis=1))
-    bad = np.flatnonzero(~finite)
-    return None if bad.size == 0 else int(bad[0])
+def locate_nonfinite(
+    eps_fn: EpsFn,
+    sched: Schedule,
+    x_T: Any,
+    *,
+    grid: Any = None,
+    eta: Any = 0.0,
+    key: jax.Array | None = None,
+    trajectory: Any = None,
+    context: str = "",
+) -> NonFiniteError | None:
+    """The error describing where the chain from ``x_T`` first turns non-finite, or ``None``.
+
+    Finds the first state ``x^(j)`` (after ``j`` steps, ``x^(0) = x_T``) with a NaN or infinite
+    entry, from ``trajectory`` (shape ``(N+1,) + x_T.shape``, as :func:`ddim_chain` returns it)
+    or, without one, by running the chain again eagerly (same ``eta`` and ``key``: the same
+    numbers). The error's ``.argument`` says what to blame:
+
+    - ``x_T`` when the initial state itself is non-finite;
+    - ``sched`` when the step's coefficients ``a_t``, ``b_t`` (or ``c_t``) are not finite in the
+      state's dtype (a schedule end point ``alpha_bar_T`` so small that ``a_t = sqrt(ab_s/ab_t)``
+      overflows);
+    - ``eps_fn`` otherwise, saying whether the denoiser's output at that step was non-finite.
+
+    Args:
+      eps_fn, sched, x_T, grid, eta, key: as for :func:`ddim_chain` (one sample).
+      trajectory: the chain's states if already computed.
+      context: prefix of the message (e.g. which sample of a batch).
+
+    Returns:
+      A :class:`pifs_jax.errors.NonFiniteError` to raise, or ``None`` if every state is finite.
+    """
+    x_T = jnp.asarray(x_T)
+    if trajectory is None:
+        _, trajectory = ddim_chain(
+            eps_fn, sched, x_T, grid=grid, eta=eta, key=key, return_trajectory=True, check_finite=False
+        )
+    trajectory = jnp.asarray(trajectory)
+    counts = np.asarray(jnp.sum(~jnp.isfinite(trajectory.reshape(trajectory.shape[0], -1)), axis=1))
+    bad = np.flatnonzero(counts)
+    if bad.size == 0:
+        return None
+    j, size = int(bad[0]), x_T.size
+    if j == 0:
+        return NonFiniteError("x_T", f"{context}the initial state has {counts[0]} non-finite of its {size} values")
+    g = np.asarray(as_grid(grid, sched.T))
+    n_steps = g.shape[0] - 1
+    t, s = int(g[n_steps - j + 1]), int(g[n_steps - j])
+    where = (
+        f"{context}non-finite values first appear after sampling step {j} of {n_steps} (t = {t} -> s = {s}), "
+        f"in {counts[j]} of the state's {size} values"
+    )
+    steps = chain_steps(sched, g, eta=eta)
+    coefficients = jnp.stack([steps.a[j - 1], steps.b[j - 1], steps.noise_scale[j - 1]])  # execution order
+    if not bool(jnp.all(jnp.isfinite(coefficients.astype(x_T.dtype)))):
+        return NonFiniteError(
+            "sched",
+            f"{where}; the step's coefficients (a_t, b_t, c_t) = {tuple(np.asarray(coefficients).tolist())} are not "
+            f"finite in {x_T.dtype}: the schedule's alpha_bar_t = {np.exp(float(sched.log_alpha_bar[t])):.3g} is too small "
+            "(check the schedule's end point alpha_bar_T, or use float64)",
+        )
+    eps = np.asarray(eps_fn(trajectory[j - 1], jnp.asarray(t, jnp.int32)))
+    eps_bad = int(np.sum(~np.isfinite(eps)))
+    if eps_bad:
+        hint = f"the denoiser's output at t = {t} has {eps_bad} non-finite values; check eps_fn at that timestep"
+    else:
+        hint = (
+            f"the denoiser's output at t = {t} is finite (max |eps| = {float(np.max(np.abs(eps))):.3g}), so "
+            f"a_t x + b_t eps overflowed {x_T.dtype}; check the denoiser's output scale and the schedule's end point"
+        )
+    return NonFiniteError("eps_fn", f"{where}; {hint}")
 
 
 def ddim_chain(
@@ -97,7 +194,7 @@ def ddim_chain(
     return_trajectory: bool = False,
     eta: Any = 0.0,
     key: jax.Array | None = None,
-    check_finite: bool = False,
+    check_finite: bool = True,
 ):
     """Run the DDIM reverse chain from ``x_T`` (at ``tau_N``) down to ``x_0`` (at ``tau_0 = 0``).
 
@@ -106,21 +203,33 @@ def ddim_chain(
     Args:
       eps_fn: ``eps_fn(x, t) -> array of x's shape``; ``t`` is an int32 scalar (traced).
       sched: the schedule.
-      x_T: one sample, any shape. Use :func:`ddim_sample` (or ``jax.vmap``) for batches.
+      x_T: one sample, any shape, floating dtype (integers are refused, not promoted). Use
+        :func:`ddim_sample` (or ``jax.vmap``) for batches.
       grid: sampling grid ``0 = tau_0 < ... < tau_N <= T``; ``None`` = every training step.
+        Integer-valued floats are converted exactly; fractional values are refused.
       return_trajectory: also return all states, shape ``(N+1,) + x.shape``, ordered
         ``x_{tau_N}, ..., x_{tau_0}``.
-      eta: stochasticity (0 = deterministic DDIM, 1 = DDPM posterior); ``key`` required if > 0.
+      eta: stochasticity in ``[0, 1]`` (0 = deterministic DDIM, 1 = DDPM posterior); ``key``
+        required if > 0.
       key: PRNG key for ``eta > 0``.
-      check_finite: (eager use only) raise ``ValueError`` naming the first step that produced a
-        non-finite value.
+      check_finite: when the result is concrete (an eager call; under ``jax.jit`` / ``jax.grad``
+        it is traced and nothing is checked), test it with one reduction and raise
+        :class:`pifs_jax.errors.NonFiniteError` if it is not finite, naming the first step
+        (``t -> s``) that produced a non-finite value (found from the trajectory, or by running
+        the chain again). ``False`` returns NaN/inf results silently.
 
     Returns:
       ``x_0``, or ``(x_0, trajectory)`` with ``return_trajectory=True``.
+
+    Raises:
+      ValueError: naming ``x_T`` (not floating), ``eta`` (outside ``[0, 1]``), ``key``, ``grid``,
+        ``eps_fn`` (output shape); :class:`~pifs_jax.errors.NonFiniteError` (a ``ValueError`` and a
+        ``FloatingPointError``) for a non-finite result (see :func:`locate_nonfinite`).
     """
     x_T = jnp.asarray(x_T)
-    concrete = is_concrete(x_T, sched, grid)
-    if concrete:
+    check_floating(x_T, name="x_T")
+    _check_eta(eta)
+    if is_concrete(x_T, sched, grid):
         check_denoiser(eps_fn, x_T)
     stochastic = not (is_concrete(eta) and float(eta) == 0.0)
     if stochastic and key is None:
@@ -136,20 +245,11 @@ def ddim_chain(
             x_next = x_next + step.noise_scale.astype(x.dtype) * jax.random.normal(step_key, x.shape, x.dtype)
         return x_next, x_next
 
-    want_trajectory = return_trajectory or (check_finite and concrete)
     x_0, states = jax.lax.scan(body, x_T, (steps, noise_keys))
-    if not want_trajectory:
-        return x_0
-    trajectory = jnp.concatenate([x_T[None], states], axis=0)
-    if check_finite and concrete:
-        bad = _first_nonfinite_step(trajectory)
-        if bad is not None:
-            t_values = np.asarray(steps.t)
-            if bad == 0:
-                raise ArgumentError("x_T", "the initial state contains non-finite values")
-            raise ArgumentError("ddim_chain", f"non-finite values first appear after sampling step {bad} of {n_steps} "
-                f"(t = {int(t_values[bad - 1])} -> the next grid point); check the denoiser at that timestep"
-            )
+    trajectory = jnp.concatenate([x_T[None], states], axis=0) if return_trajectory else None
+    if check_finite and is_concrete(x_0) and not bool(jnp.all(jnp.isfinite(x_0))):
+        error = locate_nonfinite(eps_fn, sched, x_T, grid=grid, eta=eta, key=key, trajectory=trajectory)
+        raise error or NonFiniteError("eps_fn", "the chain's result is not finite")
     return (x_0, trajectory) if return_trajectory else x_0
 
 
@@ -162,14 +262,19 @@ def ddim_sample(
     return_trajectory: bool = False,
     eta: Any = 0.0,
     key: jax.Array | None = None,
+    check_finite: bool = True,
 ):
     """:func:`ddim_chain` over a batch ``x_T`` of shape ``(B,) + sample_shape`` via ``jax.vmap``.
 
     With ``eta > 0`` each sample gets its own key (``jax.random.split(key, B)``).
+    ``check_finite`` as for :func:`ddim_chain` (one reduction over the batch's ``x_0``); the
+    error names the first non-finite sample and its first non-finite step.
     """
     x_T = jnp.asarray(x_T)
     if x_T.ndim < 1:
         raise ArgumentError("x_T", f"expected a batch with a leading axis, got shape {x_T.shape}")
+    check_floating(x_T, name="x_T")
+    _check_eta(eta)
     if is_concrete(x_T):
         check_denoiser(eps_fn, x_T[0])
     stochastic = not (is_concrete(eta) and float(eta) == 0.0)
@@ -178,8 +283,19 @@ def ddim_sample(
     keys = jax.random.split(key, x_T.shape[0]) if stochastic else None
 
     def one(x, k):
-        return ddim_chain(eps_fn, sched, x, grid=grid, return_trajectory=return_trajectory, eta=eta, key=k)
+        return ddim_chain(
+            eps_fn, sched, x, grid=grid, return_trajectory=return_trajectory, eta=eta, key=k, check_finite=False
+        )
 
-    if keys is None:
-        return jax.vmap(lambda x: one(x, None))(x_T)
-    return jax.vmap(one)(x_T, keys)
+    out = jax.vmap(lambda x: one(x, None))(x_T) if keys is None else jax.vmap(one)(x_T, keys)
+    x_0 = out[0] if return_trajectory else out
+    if check_finite and is_concrete(x_0):
+        finite = np.asarray(jnp.all(jnp.isfinite(x_0.reshape(x_0.shape[0], -1)), axis=1))
+        if not finite.all():
+            i = int(np.flatnonzero(~finite)[0])
+            error = locate_nonfinite(
+                eps_fn, sched, x_T[i], grid=grid, eta=eta, key=None if keys is None else keys[i],
+                trajectory=out[1][i] if return_trajectory else None, context=f"sample {i} of {x_T.shape[0]}: ",
+            )  # fmt: skip
+            raise error or NonFiniteError("eps_fn", f"sample {i} of {x_T.shape[0]}: the chain's result is not finite")
+    return out

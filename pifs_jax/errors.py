@@ -4,11 +4,15 @@ Every check at a public boundary raises :class:`ArgumentError`, a ``ValueError``
 name of the offending argument in ``.argument`` (a Python parameter such as ``"sched"``, or a
 command-line option such as ``"--steps"``). Callers that need the argument (the command line maps
 it to the option the user typed) read the attribute; they never parse the message text.
+
+A computation whose concrete result turns non-finite (a chain, a spectrum) raises
+:class:`NonFiniteError`, both an :class:`ArgumentError` (naming the argument to blame: the
+denoiser, the schedule, the initial state) and a ``FloatingPointError``.
 """
 
 from __future__ import annotations
 
-__all__ = ["ArgumentError"]
+__all__ = ["ArgumentError", "NonFiniteError"]
 
 
 class ArgumentError(ValueError):
@@ -28,3 +32,12 @@ class ArgumentError(ValueError):
 
     def __reduce__(self):  # picklable across processes (pytest-xdist, multiprocessing)
         return (type(self), (self.argument, self.detail))
+
+
+class NonFiniteError(ArgumentError, FloatingPointError):
+    """A computation produced NaN or infinity; ``.argument`` names the input that caused it.
+
+    Raised by the eager entry points of the DDIM chain and the Lyapunov spectra after the
+    computation (on its concrete result), with the first step that went non-finite in the message.
+    Catch it as ``FloatingPointError`` or as ``ValueError`` (through :class:`ArgumentError`).
+    """

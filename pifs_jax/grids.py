@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from pifs_jax._validation import check_grid, check_positive_int, describe
+from pifs_jax._validation import check_grid, check_positive_int, describe, is_concrete
 from pifs_jax.errors import ArgumentError
 
 __all__ = [
@@ -168,11 +168,17 @@ def align_your_steps_grid(model: str = "sd15") -> np.ndarray:
 
 
 def as_grid(grid: Any, T: int):
-    """``None`` -> every step ``0..T``; otherwise validated (when concrete) and returned as is.
+    """``None`` -> every step ``0..T``; otherwise validated and returned with an integer dtype.
 
-    Traced grids pass through unchecked so that a grid can be a jit argument.
+    Every function that takes a grid passes it through here. A concrete grid of integer dtype
+    is returned as is; a real-valued one whose entries are all integers (``np.linspace(0, 1000,
+    51)``) is converted exactly to ``int64``; fractional values are refused
+    (:func:`pifs_jax._validation.check_grid`). A traced grid (a jit argument) passes through,
+    its dtype checked to be integer.
     """
     if grid is None:
         return np.arange(T + 1)
     check_grid(grid, T)
+    if is_concrete(grid) and not np.issubdtype(np.asarray(grid).dtype, np.integer):
+        return np.asarray(grid).astype(np.int64)  # integer-valued floats (checked above): exact
     return grid

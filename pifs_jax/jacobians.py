@@ -19,7 +19,8 @@ One step ``Phi_t(x) = a_t x + b_t epshat(x, t)`` has Jacobian ``J Phi_t = a_t I 
 Every function is jittable (callables and shapes static) and validates at the boundary when its
 inputs are concrete: a denoiser whose output shape differs from its input
 (:func:`pifs_jax.ddim.check_denoiser`), a patch size that does not tile the image, vectors of the
-wrong shape all raise ``ValueError`` naming the argument.
+wrong shape all raise ``ValueError`` naming the argument. States (``x``, ``x_T``) must have a
+floating dtype, checked under ``jax.jit`` too: an integer state is refused, not promoted.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pifs_jax._validation import is_concrete
+from pifs_jax._validation import check_floating, is_concrete
 from pifs_jax.ddim import EpsFn, check_denoiser, ddim_chain, ddim_step
 from pifs_jax.geometry import step_coefficients
 from pifs_jax.grids import as_grid
@@ -78,6 +79,7 @@ def step_jacobian(eps_fn: EpsFn, x: Any, *, t: Any, a: Any, b: Any) -> jax.Array
       ``J[i, j] = d Phi_i / d x_j`` in the row-major flattening of ``x``.
     """
     x = jnp.asarray(x)
+    check_floating(x, name="x")
     if is_concrete(x):
         check_denoiser(eps_fn, x)
     return jax.jacfwd(_flat_step(eps_fn, x.shape, t, a, b, x.dtype))(x.reshape(-1))
@@ -127,6 +129,7 @@ def chain_jacobian(eps_fn: EpsFn, sched: Schedule, x_T: Any, *, grid: Any = None
       shape ``(n, n)``; ``d x_0 / d x_T`` in the flattening of ``x_T``.
     """
     x_T = jnp.asarray(x_T)
+    check_floating(x_T, name="x_T")
     if is_concrete(x_T):
         check_denoiser(eps_fn, x_T)
     shape = x_T.shape
@@ -150,7 +153,9 @@ def step_jvp(eps_fn: EpsFn, x: Any, v: Any, *, t: Any, a: Any, b: Any) -> tuple[
 
     ``J v = a v + b J_x epshat(x, t) v``; cost about one ``eps_fn`` evaluation and one JVP.
     """
-    x, v = jnp.asarray(x), jnp.asarray(v, jnp.asarray(x).dtype)
+    x = jnp.asarray(x)
+    check_floating(x, name="x")
+    v = jnp.asarray(v, x.dtype)
     _check_like(v, x, "v")
     if is_concrete(x):
         check_denoiser(eps_fn, x)
@@ -163,7 +168,9 @@ def step_vjp(eps_fn: EpsFn, x: Any, u: Any, *, t: Any, a: Any, b: Any) -> tuple[
 
     ``J^T u = a u + b J_x epshat(x, t)^T u``.
     """
-    x, u = jnp.asarray(x), jnp.asarray(u, jnp.asarray(x).dtype)
+    x = jnp.asarray(x)
+    check_floating(x, name="x")
+    u = jnp.asarray(u, x.dtype)
     _check_like(u, x, "u")
     if is_concrete(x):
         check_denoiser(eps_fn, x)
@@ -293,6 +300,7 @@ def _patch_ops(layout: PatchLayout, dtype):
 
 def _as_image(x: Any, layout: PatchLayout) -> jax.Array:
     x = jnp.asarray(x)
+    check_floating(x, name="x")
     if x.size != layout.size:
         raise ArgumentError("x", f"expected {layout.size} entries for image_shape {layout.image_shape}, got shape {x.shape}")
     return x.reshape(layout.image_shape)

@@ -23,12 +23,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pifs_jax._validation import check_positive_int, is_concrete
+from pifs_jax._validation import check_floating, check_positive_int, is_concrete
 from pifs_jax.ddim import EpsFn, chain_steps, check_denoiser, ddim_step
 from pifs_jax.grids import as_grid
 from pifs_jax.kaplan_yorke import kaplan_yorke_dimension
 from pifs_jax.schedules import Schedule
-from pifs_jax.errors import ArgumentError
+from pifs_jax.errors import ArgumentError, NonFiniteError
 
 __all__ = ["Spectrum", "lyapunov_spectrum", "chain_lyapunov_spectrum", "CHAIN_METHODS"]
 
@@ -164,7 +164,8 @@ class _Pass(NamedTuple):
     log_r: jax.Array
     """Per-step ``log diag R_i``, shape ``(length, p)``."""
     finite: tuple
-    """Per-step flags ``(state finite, tangents finite)``, each shape ``(length,)``."""
+    """Per-step counts of non-finite values ``(in the next state, in the pushed tangent block)``,
+    each shape ``(length,)``: zero where the step is finite."""
     states: jax.Array
     """The state before each step, shape ``(length, n)``."""
 
@@ -228,7 +229,7 @@ def _qr_pass(
         else:
             due = ((i + 1) % qr_every == 0) | (i == length - 1)
             q_next, log_diag, w, log_r = jax.lax.cond(due, reorthonormalise, postpone, y, log_diag, w)
-        flags = (jnp.all(jnp.isfinite(x_next)), jnp.all(jnp.isfinite(y)))
+        flags = (jnp.sum(~jnp.isfinite(x_next)), jnp.sum(~jnp.isfinite(y)))
         return (x_next, q_next, log_diag, w), (log_r, flags, x)
 
     w0 = jnp.eye(p, dtype=dtype) if graded else jnp.zeros((0, 0), dtype)
@@ -259,8 +260,8 @@ def _transposed_qr_pass(
     return q0
 
 
-def _first_false(flags: Any) -> int | None:
-    bad = np.flatnonzero(~np.asarray(flags))
+def _first_nonzero(counts: Any) -> int | None:
+    bad = np.flatnonzero(np.asarray(counts))
     return None if bad.size == 0 else int(bad[0])
 
 
@@ -350,6 +351,7 @@ def lyapunov_spectrum(
     n_transient: int = 0,
     return_history: bool = False,
     key: jax.Array | None = None,
+    check_finite: bool = True,
 ) -> Spectrum:
     """Asymptotic Lyapunov spectrum of an autonomous map by Benettin's QR method, per iterate.
 
@@ -359,7 +361,8 @@ def lyapunov_spectrum(
 
     Args:
       map_fn: ``F(x) -> array of x's shape``, jittable.
-      x0: initial state, any shape with ``n`` entries.
+      x0: initial state, any shape with ``n`` entries; an integer array is converted to the
+        default floating dtype (a point of an arbitrary map, unlike a diffusion state).
       n_steps: ``N``, iterates averaged over (``>= 1``).
       k: ``None`` = full spectrum (``jax.jacfwd`` of ``F``, ``Q_0 = I``); an integer ``1 <= k <= n``
         = the leading ``k`` exponents, ``k`` tangent vectors pushed by JVPs (``jax.linearize`` +
@@ -368,6 +371,9 @@ def lyapunov_spectrum(
       return_history: also return the running estimate ``(1/i) sum_{i' <= i} log |diag R_i'|``,
         shape ``(N, k)``, columns in the order of the sorted exponents (convergence plots).
       key: PRNG key for the leading-``k`` initial basis (default ``PRNGKey(0)``).
+      check_finite: when the result is concrete (an eager call; skipped under ``jax.jit``),
+        raise :class:`pifs_jax.errors.NonFiniteError` if a state or a tangent block turned
+        non-finite, naming the first measured iterate; ``False`` returns NaN/inf silently.
 
     Returns:
       :class:`Spectrum` with ``exponents`` shape ``(k,)`` (``(n,)`` if full) sorted descending,
@@ -375,7 +381,8 @@ def lyapunov_spectrum(
 
     Raises:
       ValueError: naming ``k``, ``n_steps``, ``n_transient``, ``x0`` or ``map_fn`` (output shape
-        differs from input, or non-finite states, with the iterate where they first appear).
+        differs from input); ``NonFiniteError`` (a ``ValueError`` and a ``FloatingPointError``)
+        naming ``map_fn`` for non-finite states, with the iterate where they first appear.
 
     Example:
       >>> henon = lambda v: jnp.array([1 - 1.4 * v[0] ** 2 + v[1], 0.3 * v[0]])
@@ -405,12 +412,15 @@ def lyapunov_spectrum(
         k=k,
         return_history=bool(return_history),
     )
-    if is_concrete(spectrum.exponents):
-        for flags, what in zip(finite, ("a non-finite state", "a non-finite Jacobian")):
-            bad = _first_false(flags)
+    if check_finite and is_concrete(finite):
+        blocks = (f"of the state's {n} values", f"of the {n} x {n if k is None else k} tangent block's values")
+        for counts, what, block in zip(finite, ("a non-finite state", "a non-finite Jacobian"), blocks):
+            bad = _first_nonzero(counts)
             if bad is not None:
-                raise ArgumentError("map_fn", f"{what} first appears at measured iterate {bad + 1} of {n_steps} "
-                    f"(after {n_transient} transient iterates)"
+                raise NonFiniteError(
+                    "map_fn",
+                    f"{what} first appears at measured iterate {bad + 1} of {n_steps} (after {n_transient} "
+                    f"transient iterates), in {int(np.asarray(counts)[bad])} {block}; check map_fn there",
                 )
     return spectrum
 
@@ -449,7 +459,7 @@ def chain_lyapunov_spectrum(
     Args:
       eps_fn: ``eps_fn(x, t) -> array of x's shape`` (one sample; ``t`` a traced int32).
       sched: the schedule.
-      x_T: initial state, any shape with ``n`` entries.
+      x_T: initial state, any shape with ``n`` entries, floating dtype (integers are refused).
       grid: sampling grid ``0 = tau_0 < ... < tau_N <= T``; ``None`` = every training step.
       k: ``None`` = full spectrum (``n`` exponents; step Jacobians by ``jax.jacfwd``, ``O(n^3)``
         per step); an integer ``1 <= k <= n`` = the leading ``k`` (matrix-free).
@@ -470,8 +480,10 @@ def chain_lyapunov_spectrum(
         shape ``(N, n)`` (unsorted columns); leading-``k`` exact: the Ritz estimates after each
         iteration, shape ``(iters, k)``, ``NaN`` after convergence; leading-``k`` Benettin: the
         running estimate, shape ``(N, k)``.
-      check_finite: (eager calls) raise ``ValueError`` naming the first step whose state or
-        Jacobian is non-finite.
+      check_finite: when the result is concrete (an eager call; skipped under ``jax.jit`` /
+        ``jax.grad``, where nothing can raise), raise :class:`pifs_jax.errors.NonFiniteError`
+        naming the first step (``t -> s``) whose state or Jacobian is non-finite; ``False``
+        returns NaN/inf silently.
       qr_every: re-orthonormalise every ``m`` steps instead of every step
         (``Q' R = J_{i+m} ... J_{i+1} Q``; the same ``R`` in exact arithmetic). Full spectrum:
         each skipped QR and graded update saves about ``4.7 n^3`` FLOPs, leaving the Jacobian
@@ -493,8 +505,9 @@ def chain_lyapunov_spectrum(
 
     Raises:
       ValueError: naming ``k``, ``method``, ``iters``, ``oversample``, ``sweeps``, ``qr_every``, ``sched``,
-        ``grid``, ``mesh``, ``x_T`` (non-finite) or ``eps_fn`` (wrong output shape; non-finite
-        values, with the step).
+        ``grid``, ``mesh``, ``x_T`` (not floating, or non-finite) or ``eps_fn`` (wrong output
+        shape); ``NonFiniteError`` (a ``ValueError`` and a ``FloatingPointError``) naming
+        ``eps_fn`` for non-finite values, with the step.
 
     Example:
       >>> spec = chain_lyapunov_spectrum(eps_fn, cosine(1000), x_T, grid=uniform_grid(1000, 50))
@@ -507,6 +520,7 @@ def chain_lyapunov_spectrum(
     sweeps = check_positive_int(sweeps, name="sweeps", minimum=0)
     if not isinstance(sched, Schedule):
         raise ArgumentError("sched", f"expected a pifs_jax Schedule, got {type(sched).__name__}")
+    check_floating(jnp.asarray(x_T), name="x_T")
     x_T = _float_state(x_T, "x_T")
     shape, n = x_T.shape, x_T.size
     full = k is None
@@ -525,6 +539,7 @@ def chain_lyapunov_spectrum(
     key = jax.random.PRNGKey(0) if key is None else key
     return_history = bool(return_history)
 
+    columns = n if full else k  # of the tangent block pushed along the chain
     if full or method == "benettin":
         spectrum, finite = _compiled(
             _chain_qr_core, eps_fn, sched, x_T, grid, key,
@@ -538,13 +553,14 @@ def chain_lyapunov_spectrum(
                 f"evenly over the mesh's {multiple} devices"
             )
         tol = 10 * float(jnp.finfo(x_T.dtype).eps) if tol is None else float(tol)
+        columns = p
         spectrum, finite = _compiled(
             _leading_core, eps_fn, sched, x_T, grid, key,
             k=k, p=p, iters=iters, tol=tol, sweeps=sweeps, mesh=mesh, return_history=return_history,
             qr_every=qr_every,
         )  # fmt: skip
-    if concrete and check_finite:
-        _raise_nonfinite(finite, sched, grid)
+    if check_finite and is_concrete(finite):
+        _raise_nonfinite(finite, sched, grid, n=n, p=columns)
     return spectrum
 
 
@@ -584,14 +600,23 @@ def _chain_qr_core(eps_fn, sched, x_T, grid, key, *, k, graded, sweeps, return_h
     return spectrum, run.finite
 
 
-def _raise_nonfinite(finite: Any, sched: Schedule, grid: Any) -> None:
-    t_values = np.asarray(chain_steps(sched, grid).t)
-    n_steps = t_values.shape[0]
-    for flags, what in zip(finite, ("state", "step Jacobian")):
-        bad = _first_false(flags)
+def _raise_nonfinite(finite: Any, sched: Schedule, grid: Any, *, n: int, p: int) -> None:
+    """Raise :class:`NonFiniteError` for the first step whose non-finite counts are not zero.
+
+    ``finite`` holds per-step counts (state, ``n x p`` tangent block) in execution order.
+    """
+    g = np.asarray(grid)
+    n_steps = g.shape[0] - 1
+    blocks = (f"of the state's {n} values", f"of the {n} x {p} tangent block's values")
+    for counts, what, block in zip(finite, ("state", "step Jacobian"), blocks):
+        bad = _first_nonzero(counts)
         if bad is not None:
-            raise ArgumentError("eps_fn", f"a non-finite {what} first appears at sampling step {bad + 1} of {n_steps} "
-                f"(t = {int(t_values[bad])} -> the next grid point); check the denoiser at that timestep"
+            t, s = int(g[n_steps - bad]), int(g[n_steps - bad - 1])
+            raise NonFiniteError(
+                "eps_fn",
+                f"a non-finite {what} first appears at sampling step {bad + 1} of {n_steps} (t = {t} -> s = {s}), "
+                f"in {int(np.asarray(counts)[bad])} {block}; check the denoiser's output at t = {t} and the "
+                f"schedule's end point (alpha_bar_T = {np.exp(float(sched.log_alpha_bar[-1])):.3g})",
             )
 
 

@@ -37,7 +37,8 @@ Multi-host use (several processes, one per host, e.g. a GPU cluster or a TPU pod
    whose ``addressable_shards`` are this host's samples (gather with
    ``jax.experimental.multihost_utils.process_allgather`` if one host needs everything).
 4. Eager validation (``check_denoiser``, finite checks) reads concrete values; with arrays that
-   span hosts, keep ``check_finite=False`` in spectra and validate the per-host data instead.
+   span hosts, pass ``check_finite=False`` (to :func:`sharded_ddim_sample` and to spectra) and
+   validate the per-host data instead.
 """
 
 from __future__ import annotations
@@ -49,11 +50,11 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from pifs_jax._validation import is_concrete
-from pifs_jax.ddim import EpsFn, check_denoiser, ddim_sample
+from pifs_jax._validation import check_floating, is_concrete
+from pifs_jax.ddim import EpsFn, check_denoiser, ddim_sample, locate_nonfinite
 from pifs_jax.grids import as_grid
 from pifs_jax.schedules import Schedule
-from pifs_jax.errors import ArgumentError
+from pifs_jax.errors import ArgumentError, NonFiniteError
 
 __all__ = ["batch_mesh", "shard_batch", "sharded_ddim_sample", "tangent_block_constraint"]
 
@@ -112,7 +113,7 @@ def _sharded_sampler(eps_fn: EpsFn, mesh: Mesh, axis: str, return_trajectory: bo
     split = NamedSharding(mesh, PartitionSpec(axis))
 
     def run(sched, x_T, grid):
-        return ddim_sample(eps_fn, sched, x_T, grid=grid, return_trajectory=return_trajectory)
+        return ddim_sample(eps_fn, sched, x_T, grid=grid, return_trajectory=return_trajectory, check_finite=False)
 
     out = (split, split) if return_trajectory else split
     return jax.jit(run, in_shardings=(replicated, split, replicated), out_shardings=out)
@@ -127,6 +128,7 @@ def sharded_ddim_sample(
     mesh: Mesh | None = None,
     axis: str = "batch",
     return_trajectory: bool = False,
+    check_finite: bool = True,
 ):
     """Deterministic DDIM chains for a batch, the batch split over devices.
 
@@ -145,13 +147,18 @@ def sharded_ddim_sample(
       mesh: default :func:`batch_mesh` over all devices.
       axis: the mesh axis the batch is split over.
       return_trajectory: also return the trajectories, shape ``(B, N+1) + sample_shape``.
+      check_finite: when called eagerly, one reduction over the result (outside the compiled
+        program, whose cache is unaffected); a non-finite result raises
+        :class:`pifs_jax.errors.NonFiniteError` naming the first non-finite sample and, after
+        re-running that sample's chain, its first non-finite step. Pass ``False`` with arrays
+        that span several hosts.
 
     Returns:
       ``x_0`` of shape ``(B,) + sample_shape`` (and the trajectories), sharded over ``axis``.
 
     Raises:
-      ValueError: naming ``x_T_batch`` (no batch axis), ``eps_fn`` (output shape), ``grid``,
-        ``sched``, ``mesh`` or ``axis``.
+      ValueError: naming ``x_T_batch`` (no batch axis, or not floating), ``eps_fn`` (output
+        shape), ``grid``, ``sched``, ``mesh`` or ``axis``; ``NonFiniteError`` (see above).
     """
     if not isinstance(sched, Schedule):
         raise ArgumentError("sched", f"expected a pifs_jax Schedule, got {type(sched).__name__}")
@@ -159,6 +166,7 @@ def sharded_ddim_sample(
     x = jnp.asarray(x_T_batch)
     if x.ndim < 1 or x.shape[0] == 0:
         raise ArgumentError("x_T_batch", f"expected a non-empty batch with a leading axis, got shape {x.shape}")
+    check_floating(x, name="x_T_batch")
     if is_concrete(x):
         check_denoiser(eps_fn, x[0])
     grid = jnp.asarray(as_grid(grid, sched.T))
@@ -169,6 +177,16 @@ def sharded_ddim_sample(
     out = _sharded_sampler(eps_fn, mesh, axis, bool(return_trajectory))(sched, x, grid)
     if pad:
         out = jax.tree_util.tree_map(lambda y: y[:batch], out)
+    x_0 = out[0] if return_trajectory else out
+    if check_finite and is_concrete(x_0):
+        finite = jnp.all(jnp.isfinite(x_0.reshape(batch, -1)), axis=1)
+        if not bool(jnp.all(finite)):
+            i = int(jnp.argmin(finite))  # the first non-finite sample
+            error = locate_nonfinite(
+                eps_fn, sched, x[i], grid=grid, trajectory=out[1][i] if return_trajectory else None,
+                context=f"sample {i} of {batch}: ",
+            )
+            raise error or NonFiniteError("eps_fn", f"sample {i} of {batch}: the chain's result is not finite")
     return out
 
 
