@@ -3,10 +3,37 @@
 Numerical tests run in float64 by default (``x64`` fixture) and in float32 where the test says
 so; ``jax_numpy_dtype_promotion = 'strict'`` is not set globally because user-facing code must
 accept Python scalars.
+
+Tiers (see ``[tool.pytest.ini_options]`` in pyproject.toml): ``pytest -q`` runs everything,
+``pytest -q -m "not slow"`` skips the tests marked ``@pytest.mark.slow`` (whole experiment runs,
+subprocesses, long chains, network compilations). Tests run in pytest-xdist worker processes, one
+test file per worker, so a test must not rely on another file's tests having run, must write only
+under ``tmp_path`` / ``tmp_path_factory``, and must set process-wide settings such as
+``XLA_FLAGS`` only in the environment of a subprocess it starts.
+
+Independent NumPy reference formulas shared by several test files live in ``tests/reference.py``.
+
+Compiled XLA programs are kept between runs in pytest's cache folder
+(``.pytest_cache/d/jax_compilation_cache``, JAX's persistent compilation cache): most of the
+suite's time is compilation, and a repeated run reuses it. ``pytest --cache-clear`` empties it,
+``-p no:cacheprovider`` runs without it (cold, as CI does), and a cache folder chosen by the user
+(``JAX_COMPILATION_CACHE_DIR``) is left as it is. Tests that count compilations use the in-memory
+``_cache_size()`` of a jitted function, which this does not change.
 """
+
+import os
 
 import jax
 import pytest
+
+
+def pytest_configure(config):
+    """Point JAX's persistent compilation cache at pytest's cache folder (every compilation, however short)."""
+    cache = getattr(config, "cache", None)  # None under -p no:cacheprovider
+    if cache is None or os.environ.get("JAX_COMPILATION_CACHE_DIR") or jax.config.jax_compilation_cache_dir:
+        return
+    jax.config.update("jax_compilation_cache_dir", str(cache.mkdir("jax_compilation_cache")))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 @pytest.fixture

@@ -16,6 +16,10 @@ import numpy as np
 import pytest
 
 from pifs_jax import reproduce
+from reference import cosine_alpha_bar, expansion_factors, kaplan_yorke_numpy, linear_alpha_bar
+
+#: Every test here runs a whole experiment (quick mode) or a subprocess.
+pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,35 +33,7 @@ TOL_LEADING = 1e-8
 
 def alpha_bar_numpy(name: str, T: int = 1000) -> np.ndarray:
     """``alpha_bar[0..T]`` of the linear and cosine (``s = 0.008``, betas clipped at 0.999) schedules."""
-    if name == "linear":
-        betas = np.linspace(1e-4, 0.02, T)
-    elif name == "cosine":
-        s = 0.008
-        phi = (np.arange(T + 1) / T + s) / (1 + s) * np.pi / 2
-        raw = np.cos(phi) ** 2 / np.cos(phi[0]) ** 2
-        betas = np.minimum(1.0 - raw[1:] / raw[:-1], 0.999)
-    else:
-        raise ValueError(name)
-    return np.concatenate([[1.0], np.cumprod(1.0 - betas)])
-
-
-def expansion_factors(alpha_bar: np.ndarray, grid: np.ndarray, lam: np.ndarray) -> np.ndarray:
-    """``f_t(lambda) = (sqrt(ab_s ab_t) lambda + sigma_s sigma_t) / (ab_t lambda + sigma_t^2)``, shape ``(N, m)``."""
-    ab_t, ab_s = alpha_bar[grid[1:]][:, None], alpha_bar[grid[:-1]][:, None]
-    sigma_t, sigma_s = np.sqrt(1 - ab_t), np.sqrt(1 - ab_s)
-    return (np.sqrt(ab_s * ab_t) * lam + sigma_s * sigma_t) / (ab_t * lam + sigma_t**2)
-
-
-def kaplan_yorke_numpy(exponents: np.ndarray) -> float:
-    """``j + S_j / |Lambda_{j+1}|``, ``j`` the last index with a non-negative partial sum."""
-    lam = np.sort(np.asarray(exponents, float))[::-1]
-    partial = np.cumsum(lam)
-    if lam[0] < 0:
-        return 0.0
-    if np.all(partial >= 0):
-        return float(lam.size)
-    j = int(np.argmax(partial < 0))  # partial[j] < 0 first: j exponents kept
-    return j + partial[j - 1] / abs(lam[j])
+    return {"linear": linear_alpha_bar, "cosine": cosine_alpha_bar}[name](T)
 
 
 def benettin_numpy(alpha_bar: np.ndarray, grid: np.ndarray, lam: np.ndarray, basis: np.ndarray) -> np.ndarray:

@@ -11,6 +11,7 @@ import pytest
 
 import pifs_jax as pj
 from pifs_jax import criteria
+from reference import cv, information_gain_numpy, lstar_numpy
 
 T = 200
 VARIANCES = np.array([0.5, 2.0, 5.0])
@@ -18,23 +19,6 @@ SIZES = np.array([192.0, 192.0, 48.0])
 
 
 # ----------------------------------------------------------------------------- independent references
-
-
-def lstar_numpy(alpha_bar: np.ndarray, grid: np.ndarray) -> np.ndarray:
-    ab_t, ab_s = alpha_bar[grid[1:]], alpha_bar[grid[:-1]]
-    sigma_t, sigma_s = np.sqrt(1 - ab_t), np.sqrt(1 - ab_s)
-    a = np.sqrt(ab_s / ab_t)
-    return (sigma_s + a * sigma_t) / (1 + a)
-
-
-def information_gain_numpy(alpha_bar, grid, lam, n):
-    snr = alpha_bar / (1 - np.where(alpha_bar < 1, alpha_bar, np.nan))
-    snr_t, snr_s = snr[grid[1:]][:, None], snr[grid[:-1]][:, None]
-    return 0.5 * np.sum(n * np.log((1 + snr_s * lam) / (1 + snr_t * lam)), axis=1)
-
-
-def cv(x):
-    return np.std(x) / abs(np.mean(x))
 
 
 def richardson(f, x, direction, h):
@@ -225,6 +209,7 @@ def both_families(x):
     return jnp.concatenate([all_scalars(spline_schedule(x[:8])), jnp.stack(cosine_values)])
 
 
+@pytest.mark.slow
 def test_gradients_match_finite_differences(x64):
     """Every criterion, differentiated w.r.t. spline logits and the cosine offset, against
     Richardson-extrapolated central differences (float64). Forward mode along the two directions

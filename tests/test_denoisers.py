@@ -16,15 +16,9 @@ from pifs_jax.denoisers import (
 )
 from pifs_jax.jacobians import ddim_step_jacobian
 from pifs_jax.patches import patch_permutation
+from reference import random_covariance
 
 GRID = pj.uniform_grid(1000, 50)
-
-
-def random_covariance(rng, eigvals):
-    """A covariance with the given spectrum whose eigenvectors are NOT the coordinate axes."""
-    n = len(eigvals)
-    u, _ = np.linalg.qr(rng.standard_normal((n, n)))
-    return u @ np.diag(eigvals) @ u.T, u
 
 
 def numpy_gaussian_eps(sched, t, mean, cov, x):

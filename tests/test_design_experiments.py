@@ -10,6 +10,9 @@ import pytest
 
 from pifs_jax import optimize, reproduce
 
+#: Every test here runs a whole experiment (quick mode) or a subprocess.
+pytestmark = pytest.mark.slow
+
 
 def _load(name):
     return reproduce.load_experiment(reproduce.discover_experiments()[name])

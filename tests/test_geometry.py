@@ -1,12 +1,14 @@
 """Model-free geometry against closed forms, naive float64 formulas, finite differences and a
 second root finder; float32 against float64."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import pifs_jax as pj
+from reference import expansion_factors, lstar_numpy, moran_root_numpy
 
 GRID50 = np.arange(0, 1001, 20)
 
@@ -22,9 +24,8 @@ def _naive(sched, grid):
 
 
 def _naive_f(sched, grid, lam):
-    ab_t, ab_s, sig_t, sig_s, _, _ = _naive(sched, grid)
-    lam = np.asarray(lam)[None, :]
-    return (np.sqrt(ab_s * ab_t)[:, None] * lam + (sig_s * sig_t)[:, None]) / (ab_t[:, None] * lam + (sig_t**2)[:, None])
+    ab = np.exp(np.asarray(sched.log_alpha_bar, dtype=np.float64))
+    return expansion_factors(ab, np.asarray(grid), lam)
 
 
 @pytest.mark.parametrize("grid", [None, GRID50])
@@ -40,6 +41,31 @@ def test_step_coefficients_and_both_forms_of_lstar(x64, grid):
     np.testing.assert_allclose(lstar, c.a_minus_1 / np.abs(c.b), rtol=1e-12)
     # finest step: L*_1 = a sigma_1 / (1 + a) ~ sigma_1 / 2
     assert float(lstar[0]) == pytest.approx(float(c.sigma_t[0]) / 2, rel=float(c.a[0] - 1))
+
+
+class TestCoreFormulasJittedAndNot(chex.TestCase):
+    """``contraction_threshold`` and ``expansion_factor`` with and without ``jax.jit`` (chex variants)
+    against the NumPy float64 definitions of tests/reference.py."""
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_contraction_threshold(self):
+        with jax.enable_x64(True):
+            sched = pj.cosine(1000)
+            lstar = self.variant(pj.contraction_threshold)(sched, GRID50)
+            alpha_bar = np.exp(np.asarray(sched.log_alpha_bar, np.float64))
+        chex.assert_shape(lstar, (50,))
+        # (sigma_s + a sigma_t)/(1 + a) is a sum of positive terms: no cancellation (observed 1e-14)
+        np.testing.assert_allclose(lstar, lstar_numpy(alpha_bar, GRID50), rtol=1e-12)
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_expansion_factor(self):
+        lam = np.logspace(-3, 3, 13)
+        with jax.enable_x64(True):
+            sched = pj.linear(1000)
+            f = self.variant(pj.expansion_factor)(sched, lam, GRID50)
+            alpha_bar = np.exp(np.asarray(sched.log_alpha_bar, np.float64))
+        chex.assert_shape(f, (50, 13))
+        np.testing.assert_allclose(f, expansion_factors(alpha_bar, GRID50, lam), rtol=1e-12)
 
 
 def test_expansion_factor_closed_forms(x64):
@@ -72,18 +98,6 @@ def test_lambda_star_against_its_definition(x64):
     assert np.median(lam_star) == pytest.approx(1.0, abs=0.05)  # about 1 mid-chain
 
 
-def _bisect_moran_numpy(sched, grid):
-    """Independent root finder: plain float64 bisection on the textbook f_t."""
-    lo, hi = 1e-3, 1e3
-    for _ in range(200):
-        mid = np.sqrt(lo * hi)
-        if np.sum(np.log(_naive_f(sched, grid, [mid]))) < 0:
-            lo = mid
-        else:
-            hi = mid
-    return np.sqrt(lo * hi)
-
-
 @pytest.mark.parametrize(
     "make, grid",
     [(lambda: pj.cosine(1000, s=0.0), None), (pj.linear, None), (lambda: pj.cosine(1000, s=0.0), GRID50),
@@ -94,7 +108,8 @@ def test_moran_threshold_is_the_root(x64, make, grid):
     root = float(pj.moran_threshold(sched, grid))
     assert abs(float(pj.moran_function(sched, jnp.array(root), grid))) < 1e-10
     g = np.arange(sched.T + 1) if grid is None else np.asarray(grid)
-    assert root == pytest.approx(_bisect_moran_numpy(sched, g), rel=1e-9)
+    alpha_bar = np.exp(np.asarray(sched.log_alpha_bar, dtype=np.float64))
+    assert root == pytest.approx(moran_root_numpy(alpha_bar, g, lo=1e-3, hi=1e3), rel=1e-9)
 
 
 def test_moran_threshold_paper_value(x64):
@@ -199,6 +214,7 @@ def _fd(fn, x, h=1e-6):
     return (fn(x + h) - fn(x - h)) / (2 * h)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("grid", [None, GRID50])
 def test_gradients_match_finite_differences(x64, grid):
     criteria = {
@@ -218,13 +234,14 @@ def test_gradients_match_finite_differences(x64, grid):
             assert grad == pytest.approx(fd, rel=1e-5, abs=1e-10), (cname, fname, grad, fd)
 
 
+@pytest.mark.slow
 def test_gradients_of_learnable_parameters(x64):
     fam = pj.logsnr_spline(1000, n_knots=6)
     params = {"logits": jnp.array([0.3, -0.2, 0.1, 0.0, 0.5, -0.4])}
     direction = {"logits": jnp.array([1.0, -0.5, 0.25, 0.0, -1.0, 0.5])}
     for crit in (lambda s: pj.moran_threshold(s, GRID50), lambda s: jnp.min(pj.contraction_threshold(s))):
-        fn = lambda p: crit(fam.apply(p))
-        g = jax.grad(fn)(params)
+        fn = jax.jit(lambda p: crit(fam.apply(p)))  # compiled once for the gradient and both shifts
+        g = jax.jit(jax.grad(fn))(params)
         directional = float(jnp.vdot(g["logits"], direction["logits"]))
         shift = lambda h: fn({"logits": params["logits"] + h * direction["logits"]})
         assert directional == pytest.approx(float(_fd(shift, 0.0)), rel=1e-5)

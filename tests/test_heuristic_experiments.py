@@ -14,30 +14,24 @@ import numpy as np
 import pytest
 
 from pifs_jax import reproduce
+from reference import (
+    cosine_alpha_bar,
+    cosine_beta_1,
+    cosine_one_minus_c,
+    cv,
+    expansion_factors,
+    information_gain_numpy,
+    linear_alpha_bar,
+    moran_root_numpy,
+)
+
+#: Every test here runs a whole experiment (quick mode) or a subprocess.
+pytestmark = pytest.mark.slow
 
 PIXEL_BIN = 1 / 127.5
 
 
 # ----------------------------------------------------------------------------- independent references
-
-
-def cosine_alpha_bar(T: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> np.ndarray:
-    phi = (np.arange(T + 1) / T + s) / (1 + s) * np.pi / 2
-    raw = np.cos(phi) ** 2 / np.cos(phi[0]) ** 2
-    betas = np.minimum(1.0 - raw[1:] / raw[:-1], max_beta)
-    return np.concatenate([[1.0], np.cumprod(1.0 - betas)])
-
-
-def linear_alpha_bar(T: int = 1000) -> np.ndarray:
-    return np.concatenate([[1.0], np.cumprod(1.0 - np.linspace(1e-4, 0.02, T))])
-
-
-def cosine_one_minus_c(T: int, s: float) -> tuple[float, float]:
-    """``c = sqrt(alpha_bar_1)`` of the cosine schedule and ``1 - c``, without cancellation."""
-    phi0 = s / (1 + s) * math.pi / 2
-    phi1 = (1 / T + s) / (1 + s) * math.pi / 2
-    c = math.cos(phi1) / math.cos(phi0)
-    return c, 2 * math.sin((phi1 + phi0) / 2) * math.sin((phi1 - phi0) / 2) / math.cos(phi0)
 
 
 def finest_lstar(T: int, s: float) -> float:
@@ -47,23 +41,16 @@ def finest_lstar(T: int, s: float) -> float:
 
 
 def sqrt_beta_1(T: int, s: float) -> float:
-    c, one_minus_c = cosine_one_minus_c(T, s)
-    return math.sqrt(one_minus_c * (1 + c))
+    return math.sqrt(cosine_beta_1(T, s))
 
 
 def log_f(alpha_bar: np.ndarray, lam: np.ndarray) -> np.ndarray:
     """``log f_t(lambda)`` from the textbook formula, steps ``t = 1..T`` (rows) by variances (columns)."""
-    ab_t, ab_s = alpha_bar[1:, None], alpha_bar[:-1, None]
-    sig_t, sig_s = np.sqrt(1 - ab_t), np.sqrt(1 - ab_s)
-    return np.log((np.sqrt(ab_s * ab_t) * lam + sig_s * sig_t) / (ab_t * lam + sig_t**2))
+    return np.log(expansion_factors(alpha_bar, np.arange(alpha_bar.size), lam))
 
 
 def moran_root(alpha_bar: np.ndarray) -> float:
-    lo, hi = 0.5, 4.0
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if log_f(alpha_bar, np.array([mid])).sum() < 0 else (lo, mid)
-    return 0.5 * (lo + hi)
+    return moran_root_numpy(alpha_bar, np.arange(alpha_bar.size))
 
 
 def dimension_growth(alpha_bar: np.ndarray, lam: np.ndarray) -> np.ndarray:
@@ -77,12 +64,7 @@ def dimension_growth(alpha_bar: np.ndarray, lam: np.ndarray) -> np.ndarray:
 
 def information_gain(alpha_bar: np.ndarray, lam: np.ndarray) -> np.ndarray:
     """``IG_t = 1/2 sum log((1 + SNR_s lambda)/(1 + SNR_t lambda))`` for steps ``t = 2..T``."""
-    snr = alpha_bar[1:] / (1 - alpha_bar[1:])
-    return 0.5 * np.sum(np.log((1 + snr[:-1, None] * lam) / (1 + snr[1:, None] * lam)), axis=1)
-
-
-def cv(x: np.ndarray) -> float:
-    return float(np.std(x) / abs(np.mean(x)))
+    return information_gain_numpy(alpha_bar, np.arange(alpha_bar.size), lam)[1:]
 
 
 def average_ranks(x: np.ndarray) -> np.ndarray:

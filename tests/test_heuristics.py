@@ -11,6 +11,7 @@ import pytest
 
 import pifs_jax as pj
 from pifs_jax import heuristics as h
+from reference import cosine_beta_1
 
 GRID50 = np.arange(0, 1001, 20)
 
@@ -23,15 +24,6 @@ def _snr(sched) -> np.ndarray:
     ab = _alpha_bar(sched)
     with np.errstate(divide="ignore"):
         return ab / (1 - ab)
-
-
-def _cosine_beta_1(T: int, s: float) -> float:
-    """``beta_1 = 1 - cos^2(phi_1)/cos^2(phi_0)`` without cancellation: ``(1 - c)(1 + c)``."""
-    phi0 = s / (1 + s) * math.pi / 2
-    phi1 = (1 / T + s) / (1 + s) * math.pi / 2
-    c = math.cos(phi1) / math.cos(phi0)
-    one_minus_c = 2 * math.sin((phi1 + phi0) / 2) * math.sin((phi1 - phi0) / 2) / math.cos(phi0)
-    return one_minus_c * (1 + c)
 
 
 # ----------------------------------------------------------------------------- Min-SNR-gamma
@@ -81,15 +73,15 @@ def test_cosine_offset_limit_meets_the_pixel_bin(x64):
     s_max = h.cosine_offset_limit(1000)
     # the package's own schedule and an independent closed form both sit on the bin
     assert abs(math.sqrt(float(pj.cosine(1000, s=s_max).betas[0])) - 1 / 127.5) < 1e-10
-    assert abs(math.sqrt(_cosine_beta_1(1000, s_max)) - 1 / 127.5) < 1e-10
+    assert abs(math.sqrt(cosine_beta_1(1000, s_max)) - 1 / 127.5) < 1e-10
     # and it is the largest admissible offset
-    assert math.sqrt(_cosine_beta_1(1000, s_max * (1 - 1e-6))) < 1 / 127.5 < math.sqrt(_cosine_beta_1(1000, s_max * (1 + 1e-6)))
+    assert math.sqrt(cosine_beta_1(1000, s_max * (1 - 1e-6))) < 1 / 127.5 < math.sqrt(cosine_beta_1(1000, s_max * (1 + 1e-6)))
     assert 0.008 < s_max < 0.013  # Nichol & Dhariwal's 0.008 is admissible, "slightly" below the limit
 
 
 def test_cosine_offset_limit_other_bins_and_lengths(x64):
     s = h.cosine_offset_limit(4000, bin_width=0.01)
-    assert math.sqrt(_cosine_beta_1(4000, s)) == pytest.approx(0.01, rel=1e-10)
+    assert math.sqrt(cosine_beta_1(4000, s)) == pytest.approx(0.01, rel=1e-10)
     assert h.cosine_offset_limit(1000, bin_width=0.02) > h.cosine_offset_limit(1000)
 
 

@@ -1,5 +1,6 @@
 """Step/chain Jacobians, patch blocks, matrix-free block norms, suppression field."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,14 +23,9 @@ from pifs_jax.jacobians import (
     suppression_field,
 )
 from pifs_jax.patches import patchify, unpatchify
+from reference import random_covariance
 
 GRID = pj.uniform_grid(1000, 50)
-
-
-def random_covariance(rng, eigvals):
-    n = len(eigvals)
-    u, _ = np.linalg.qr(rng.standard_normal((n, n)))
-    return u @ np.diag(eigvals) @ u.T, u
 
 
 def coefficients(sched, step):
@@ -110,6 +106,7 @@ def test_step_jvp_vjp_and_patch_blocks_match_dense(x64):
     np.testing.assert_allclose(blocks, direct, rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.slow
 def test_jit_and_vmap_agree_with_plain(x64):
     rng = np.random.default_rng(3)
     shape, p = (8, 8, 1), 4
@@ -124,8 +121,7 @@ def test_jit_and_vmap_agree_with_plain(x64):
     np.testing.assert_allclose(jax.jit(jax.vmap(jac_fn))(xs), plain, rtol=1e-12, atol=1e-14)
     norms_plain = block_norms(plain[0], shape, p)
     norms_jit = jax.jit(lambda jac: block_norms(jac, shape, p))(plain[0])
-    for field in norms_plain._fields:
-        np.testing.assert_allclose(getattr(norms_jit, field), getattr(norms_plain, field), rtol=1e-12, atol=1e-14)
+    chex.assert_trees_all_close(norms_jit, norms_plain, rtol=1e-12, atol=1e-14)  # every field of the NamedTuple
     # the step index may be traced
     traced = jax.jit(lambda x, i: ddim_step_jacobian(eps_fn, sched, x, grid=GRID, step=i))(xs[0], 25)
     np.testing.assert_allclose(traced, plain[0], rtol=1e-12, atol=1e-14)
@@ -167,6 +163,7 @@ def test_summarize_block_norms_definitions():
     assert float(s.margin) >= 1 - float(s.pc_bound)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "model, image_shape",
     # the empirical denoiser on (8, 8, 1) is covered in float32 by the jitted test below
@@ -197,6 +194,7 @@ def test_block_norms_matrix_free_matches_exact(x64, model, image_shape):
         assert np.min(exact.norms) > 1e-4 * scale  # the comparison covered genuine cross-patch blocks
 
 
+@pytest.mark.slow
 def test_block_norms_matrix_free_jitted_float32():
     """Under jax.jit, in float32: within 2e-4 of the float64 exact norms."""
     shape, p = (8, 8, 1), 4
@@ -221,6 +219,7 @@ def test_block_norms_matrix_free_jitted_float32():
 # ----------------------------------------------------------------------------- suppression field
 
 
+@pytest.mark.slow
 def test_suppression_field(x64):
     rng = np.random.default_rng(7)
     shape, p = (8, 8, 1), 4
@@ -237,7 +236,7 @@ def test_suppression_field(x64):
     top = np.linalg.eigh(covs)[1][:, :, -1]
     np.testing.assert_allclose(np.abs(np.sum(np.asarray(v) * top, axis=1)), 1.0, rtol=1e-12)
     s = suppression_field(eps_fn, baseline, x, t=t, b=b, image_shape=shape, patch_size=p, leading_vectors=v)
-    assert s.shape == (4,)
+    chex.assert_shape(s, (4,))
     # reference from the dense Jacobian of Delta = eps - eps^G
     delta = lambda y: (eps_fn(y.reshape(shape), t) - baseline(y.reshape(shape), t)).reshape(-1)  # noqa: E731
     blocks = np.asarray(patch_blocks(jax.jacfwd(delta)(x.reshape(-1)), shape, p))

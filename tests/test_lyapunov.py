@@ -7,6 +7,7 @@ coordinate axes): ``eps_t(x) = sigma_t U diag(1/(ab_t lambda_i + sigma_t^2)) U^T
 
 import math
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,15 +15,11 @@ import pytest
 
 import pifs_jax as pj
 from pifs_jax.lyapunov import Spectrum, chain_lyapunov_spectrum, lyapunov_spectrum
+from reference import random_orthogonal
 
 N_DIM = 16
 GRID = pj.uniform_grid(1000, 50)
 VARIANCES = np.logspace(-2, 1, N_DIM)  # straddle lambda** ~ 1.05 of the 50-step cosine chain
-
-
-def _orthogonal(n, seed=0):
-    q, r = np.linalg.qr(np.random.default_rng(seed).normal(size=(n, n)))
-    return q * np.sign(np.diag(r))
 
 
 def gaussian_eps(sched, variances, basis):
@@ -67,7 +64,7 @@ def _analytic(sched):
 def gaussian64():
     with jax.enable_x64(True):
         sched = pj.cosine(1000)
-        eps_fn = gaussian_eps(sched, VARIANCES, _orthogonal(N_DIM))
+        eps_fn = gaussian_eps(sched, VARIANCES, random_orthogonal(N_DIM))
         x_T = _x_T(jnp.float64)
         full = chain_lyapunov_spectrum(eps_fn, sched, x_T, grid=GRID, return_history=True)
         benettin = chain_lyapunov_spectrum(eps_fn, sched, x_T, grid=GRID, method="benettin")
@@ -77,7 +74,8 @@ def gaussian64():
 def test_full_chain_spectrum_equals_the_closed_form(x64, gaussian64):
     spec, analytic = gaussian64["full"], gaussian64["analytic"]
     assert isinstance(spec, Spectrum) and spec.per == "step" and spec.n_steps == 50
-    assert spec.exponents.dtype == jnp.float64 and spec.exponents.shape == (N_DIM,)
+    assert spec.exponents.dtype == jnp.float64
+    chex.assert_shape([spec.exponents, spec.history], [(N_DIM,), (50, N_DIM)])
     np.testing.assert_allclose(spec.exponents, analytic, rtol=1e-8, atol=1e-8)
     assert np.all(np.diff(np.asarray(spec.exponents)) <= 0)
     # the variances straddle lambda**: both signs occur, and the dimension is fractional
@@ -85,7 +83,6 @@ def test_full_chain_spectrum_equals_the_closed_form(x64, gaussian64):
     expected_dim = float(pj.analytic_kaplan_yorke(gaussian64["sched"], VARIANCES, grid=GRID))
     assert float(spec.dimension) == pytest.approx(expected_dim, rel=1e-8)
     assert 0 < expected_dim < N_DIM and expected_dim != round(expected_dim)
-    assert spec.history.shape == (50, N_DIM)
 
 
 def test_benettin_sum_is_visibly_off_for_50_steps(x64, gaussian64):
@@ -98,6 +95,7 @@ def test_benettin_sum_is_visibly_off_for_50_steps(x64, gaussian64):
     assert float(jnp.sum(benettin)) == pytest.approx(float(jnp.sum(exact)), rel=1e-10, abs=1e-12)
 
 
+@pytest.mark.slow
 def test_leading_k_chain_spectrum_equals_the_closed_form(x64, gaussian64):
     analytic = gaussian64["analytic"]
     args = (gaussian64["eps_fn"], gaussian64["sched"], gaussian64["x_T"])
@@ -110,7 +108,7 @@ def test_leading_k_chain_spectrum_equals_the_closed_form(x64, gaussian64):
     assert 1 < done.sum() < history.shape[0]  # converged before the iteration limit
     np.testing.assert_allclose(history[done][-1], analytic[:4], atol=1e-8)
     # the right singular vectors are U's columns for the top variances (up to sign)
-    basis = _orthogonal(N_DIM)[:, ::-1][:, :4]
+    basis = random_orthogonal(N_DIM)[:, ::-1][:, :4]
     overlap = np.abs(np.asarray(spec.vectors) @ basis)
     np.testing.assert_allclose(overlap, np.eye(4), atol=1e-6)
 
@@ -127,6 +125,7 @@ def test_leading_k_chain_spectrum_equals_the_closed_form(x64, gaussian64):
 # ----------------------------------------------------------------------------- Gaussian chain, float32
 
 
+@pytest.mark.slow
 def test_float32_chain_spectrum(x32):
     """float32 state and schedule against the float64 closed form.
 
@@ -137,7 +136,7 @@ def test_float32_chain_spectrum(x32):
     per step.
     """
     sched = pj.cosine(1000)
-    eps_fn = gaussian_eps(sched, VARIANCES, _orthogonal(N_DIM))
+    eps_fn = gaussian_eps(sched, VARIANCES, random_orthogonal(N_DIM))
     x_T = _x_T(jnp.float32)
     full = chain_lyapunov_spectrum(eps_fn, sched, x_T, grid=GRID)
     leading = chain_lyapunov_spectrum(eps_fn, sched, x_T, grid=GRID, k=4)
@@ -166,6 +165,7 @@ def _diagonal_step_eps(sched, basis, log_factors):
     return eps_fn
 
 
+@pytest.mark.slow
 def test_exact_spectrum_spanning_hundreds_of_nats(x64):
     """Per-step factors exp(+-4): the chain's singular values span ~e^400, beyond any explicit product.
 
@@ -175,7 +175,7 @@ def test_exact_spectrum_spanning_hundreds_of_nats(x64):
     sched = pj.cosine(1000)
     log_factors = np.array([4.0, 2.5, 1.0, 0.2, 0.19, -0.5, -2.0, -4.0])
     n = log_factors.size
-    eps_fn = _diagonal_step_eps(sched, _orthogonal(n, seed=3), log_factors)
+    eps_fn = _diagonal_step_eps(sched, random_orthogonal(n, seed=3), log_factors)
     x_T = _x_T(jnp.float64, shape=(n,)) * 1e-90  # keeps x_0 = M x_T finite
     spec = chain_lyapunov_spectrum(eps_fn, sched, x_T, grid=GRID)
     np.testing.assert_allclose(spec.exponents, log_factors, rtol=1e-10, atol=1e-10)
@@ -208,6 +208,7 @@ def henon(v):
     return jnp.stack([1 - 1.4 * v[0] ** 2 + v[1], 0.3 * v[0]])
 
 
+@pytest.mark.slow
 def test_henon_map(x64):
     """Published values (Sprott, "Chaos and Time-Series Analysis"): 0.41922, -1.62319, D_KY 1.2583.
 
@@ -239,9 +240,10 @@ def test_henon_map(x64):
 def nonlinear64():
     with jax.enable_x64(True):
         sched = pj.cosine(1000)
-        yield sched, nonlinear_eps(sched, VARIANCES, _orthogonal(N_DIM)), _x_T(jnp.float64, shape=(3, N_DIM))
+        yield sched, nonlinear_eps(sched, VARIANCES, random_orthogonal(N_DIM)), _x_T(jnp.float64, shape=(3, N_DIM))
 
 
+@pytest.mark.slow
 def test_jit_and_vmap_equal_plain(x64, nonlinear64):
     sched, eps_fn, x_batch = nonlinear64
     plain_full = [chain_lyapunov_spectrum(eps_fn, sched, x, grid=GRID) for x in x_batch]
@@ -263,13 +265,14 @@ def _central_difference(fn, value, h):
     return (fn(value + h) - fn(value - h)) / (2 * h)
 
 
+@pytest.mark.slow
 def test_gradient_of_ddim_chain_wrt_cosine_offset(x64):
     x_T = _x_T(jnp.float64)
     weights = jnp.asarray(np.random.default_rng(5).normal(size=N_DIM))
 
     def loss(s):
         sched = pj.cosine(1000, s=s)
-        x_0 = pj.ddim_chain(gaussian_eps(sched, VARIANCES, _orthogonal(N_DIM)), sched, x_T, grid=GRID)
+        x_0 = pj.ddim_chain(gaussian_eps(sched, VARIANCES, random_orthogonal(N_DIM)), sched, x_T, grid=GRID)
         return jnp.dot(weights, x_0)
 
     grad = float(jax.jit(jax.grad(loss))(0.008))
@@ -278,6 +281,7 @@ def test_gradient_of_ddim_chain_wrt_cosine_offset(x64):
     assert abs(grad) > 1e-3
 
 
+@pytest.mark.slow
 def test_gradient_of_leading_exponents_wrt_logsnr_shift(x64, nonlinear64):
     """Reverse mode through the converged subspace (Hellmann-Feynman) against central differences."""
     base, _, x_batch = nonlinear64
@@ -285,7 +289,7 @@ def test_gradient_of_leading_exponents_wrt_logsnr_shift(x64, nonlinear64):
 
     def objective(shift):
         sched = pj.shift_log_snr(base, shift)
-        eps_fn = nonlinear_eps(sched, VARIANCES, _orthogonal(N_DIM))
+        eps_fn = nonlinear_eps(sched, VARIANCES, random_orthogonal(N_DIM))
         spec = chain_lyapunov_spectrum(eps_fn, sched, x_batch[0], grid=GRID, k=3)
         return jnp.dot(weights, spec.exponents)
 
@@ -297,6 +301,7 @@ def test_gradient_of_leading_exponents_wrt_logsnr_shift(x64, nonlinear64):
     assert grad == pytest.approx(fd, rel=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("qr_every", [5, 7])
 def test_fewer_qrs_give_the_same_spectrum(x64, gaussian64, qr_every):
     """One QR per m steps (7 does not divide 50: a last, shorter block) equals the closed form, full and leading-k.

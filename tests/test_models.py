@@ -62,6 +62,7 @@ def tiny(request):
     return Tiny(name, module, config, params, x, t, apply)
 
 
+@pytest.mark.slow
 def test_output_shape_jit_agreement_and_attention(tiny):
     """Eager and jitted outputs agree; with return_attention=True eps is bitwise the same (eager
     and jitted), and the attention rows are probability vectors."""
@@ -108,6 +109,7 @@ def test_unet_attention_layers():
     assert {k: v.shape for k, v in attention.items()} == expected
 
 
+@pytest.mark.slow
 def test_plugs_into_ddim_chain(tiny):
     name, module, _, params, x, _, apply = tiny
     eps_fn = as_eps_fn(module, params)
@@ -125,6 +127,7 @@ def test_plugs_into_ddim_chain(tiny):
     np.testing.assert_allclose(trajectory[1], by_hand, rtol=0, atol=1e-5 * np.max(np.abs(by_hand)))
 
 
+@pytest.mark.slow
 def test_parameters_by_closure_are_differentiable():
     """jax.grad over the parameters goes through as_eps_fn and a DDIM chain."""
     module, _ = make_model("dit", image_shape=SHAPE, patch_size=4, hidden=8, depth=1, num_heads=1, mlp_ratio=1)
@@ -141,6 +144,7 @@ def test_parameters_by_closure_are_differentiable():
     assert sum(float(jnp.sum(g**2)) for g in leaves) > 0
 
 
+@pytest.mark.slow
 def test_float64_inputs(tiny):
     """float64 images give a float64 eps (float32 parameters are promoted) that matches float32."""
     name, module, _, params, x, t, apply = tiny
@@ -201,6 +205,7 @@ def test_configs(name):
     assert out.shape == (2, 8, 8, 1)
 
 
+@pytest.mark.slow
 def test_bad_inputs(tiny):
     name, module, config, params, x, t, _ = tiny
     with pytest.raises(ValueError, match=r"^x: expected images of shape .*\(B, 8, 8, 3\)"):
@@ -246,6 +251,7 @@ def test_make_model_bad_arguments():
         make_model("dit", decoder_features=-1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("features", [0, 16])
 def test_dit_decoders_start_at_zero(features):
     """Both decoders (linear per patch, F = 0; U-ViT-style features + 3x3 convolution) start at

@@ -8,14 +8,7 @@ import numpy as np
 import pytest
 
 import pifs_jax as pj
-
-
-def _cosine_reference(T, s, max_beta=0.999):
-    """Nichol & Dhariwal's recipe, literally: betas from ratios of f, clipped, then cumprod (float64)."""
-    f = lambda u: np.cos((u + s) / (1 + s) * np.pi / 2) ** 2
-    t = np.arange(1, T + 1)
-    betas = np.minimum(1 - f(t / T) / f((t - 1) / T), max_beta)
-    return np.concatenate([[1.0], np.cumprod(1 - betas)])
+from reference import cosine_alpha_bar, lin_zero_snr_alphas_cumprod
 
 
 def _sigmoid_reference(T, start=-3.0, end=3.0, tau=1.0, clip_min=1e-9):
@@ -24,14 +17,6 @@ def _sigmoid_reference(T, start=-3.0, end=3.0, tau=1.0, clip_min=1e-9):
     v_start, v_end = sig(start / tau), sig(end / tau)
     out = (v_end - sig((u * (end - start) + start) / tau)) / (v_end - v_start)
     return np.concatenate([[1.0], np.clip(out, clip_min, 1.0)])
-
-
-def _lin_zero_snr_reference(alphas_cumprod):
-    """Lin et al. 2023, Algorithm 1, on diffusers-indexed alphas_cumprod (float64)."""
-    root = np.sqrt(alphas_cumprod)
-    first, last = root[0], root[-1]
-    root = (root - last) * first / (first - last)
-    return root**2
 
 
 def test_named_schedules_have_the_contract_shape(x64):
@@ -57,7 +42,7 @@ def test_linear_and_scaled_linear_match_cumprod(x64):
 @pytest.mark.parametrize("s", [0.0, 0.008, 0.05])
 def test_cosine_matches_the_recipe(x64, s):
     # cumprod in the reference accumulates ~T ulps; 1e-11 relative is well above that.
-    np.testing.assert_allclose(pj.cosine(1000, s=s).alpha_bar, _cosine_reference(1000, s), rtol=1e-11)
+    np.testing.assert_allclose(pj.cosine(1000, s=s).alpha_bar, cosine_alpha_bar(1000, s), rtol=1e-11)
 
 
 def test_cosine_last_beta_is_clipped_and_finite(x64):
@@ -96,7 +81,7 @@ def test_log_snr_shift_and_resolution_rule(x64):
 
 def test_zero_terminal_snr_against_lin_et_al(x64):
     for base in (pj.linear(1000), pj.scaled_linear(1000)):
-        ref = _lin_zero_snr_reference(np.asarray(base.alpha_bar[1:]))
+        ref = lin_zero_snr_alphas_cumprod(np.asarray(base.alpha_bar[1:]))
         out = pj.zero_terminal_snr(base)
         np.testing.assert_allclose(out.alpha_bar[1:-1], ref[:-1], rtol=1e-10)
         assert float(out.alpha_bar[1]) == pytest.approx(float(base.alpha_bar[1]), rel=1e-14)

@@ -110,6 +110,7 @@ print("SHARDING-OK")
 )
 
 
+@pytest.mark.slow
 def test_four_host_devices_match_one_device():
     env = dict(os.environ)
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip()
