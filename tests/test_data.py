@@ -8,8 +8,6 @@ import pytest
 from pifs_jax.data import (
     DIGITS_TRAIN,
     PHOTO_NAMES,
-    _digits_scaled,
-    _photo_uint8,
     gaussian_mixture_data,
     gaussian_patch_data,
     load_dataset,
@@ -46,7 +44,9 @@ def test_photo_crops_come_from_the_downsampled_photo():
         window = image[pos.top[i] : pos.top[i] + 16, pos.left[i] : pos.left[i] + 16]
         np.testing.assert_allclose(np.asarray(crops[i]), window, rtol=0, atol=1e-6)
     # box average then x / 127.5 - 1, checked on one pixel of the raw photograph
-    raw = _photo_uint8("astronaut").astype(np.float64)
+    import skimage.data  # the photograph as scikit-image ships it: an independent source
+
+    raw = skimage.data.astronaut()[..., :3].astype(np.float64)
     np.testing.assert_allclose(load_photo("astronaut", factor)[5, 7], raw[20:24, 28:32].mean(axis=(0, 1)) / 127.5 - 1)
 
 
@@ -125,7 +125,9 @@ def test_load_dataset_shapes_and_digits_split():
     assert train.shape == (200, 8, 8, 1) and test.shape == (360, 8, 8, 1)
     assert train.min() >= -1 and train.max() <= 1 and train.min() == -1 and train.max() == 1
     np.testing.assert_array_equal(train, load_dataset("digits", key, 200))
-    everything = np.asarray(_digits_scaled(), np.float32)
+    from sklearn.datasets import load_digits  # the digits as scikit-learn ships them (0..16)
+
+    everything = (load_digits().images[..., None] / 8.0 - 1.0).astype(np.float32)
     train_rows = {r.tobytes() for r in everything[:DIGITS_TRAIN].reshape(DIGITS_TRAIN, -1)}
     test_rows = {r.tobytes() for r in everything[DIGITS_TRAIN:].reshape(len(everything) - DIGITS_TRAIN, -1)}
     assert all(r.tobytes() in train_rows for r in train.reshape(200, -1))
