@@ -391,7 +391,7 @@ def test_cli_train_real_model_smoke(tmp_path, capsys):
     assert cli.main(argv) == 0  # sampling and scoring: test_train_run_writes_everything
     printed = capsys.readouterr().out
     assert "trained dit (quick) on digits for 3 steps" in printed
-    assert {p.name for p in out.iterdir()} == {"checkpoint.msgpack", "metrics.jsonl", "config.json"}
+    assert {p.name for p in out.iterdir()} == {"checkpoint.msgpack", "metrics.jsonl", "config.json", "loss.png"}
     run = tr.load_run(out)
     assert int(run.state.step) == 3 and run.config.patch_size == 2 and run.config.data == "digits"
     # the same command again without --resume is refused (another configuration: test_train_run_writes_everything)

@@ -12,7 +12,15 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
-from pifs_jax.cli.common import Subcommand, UsageError, command_line, finite_float, positive_int, usage_error_for
+from pifs_jax.cli.common import (
+    Subcommand,
+    UsageError,
+    command_line,
+    finite_float,
+    output_dir,
+    positive_int,
+    usage_error_for,
+)
 
 DESCRIPTION = """\
 Model-free geometry of a noise schedule's DDIM chain (no model evaluated).
@@ -93,7 +101,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     output.add_argument("--num-lambdas", type=positive_int, default=101, metavar="K",
                         help="points on the lambda grid, >= 2 (default: 101)")
     output.add_argument("--x64", action="store_true", help="compute in float64 (default: float32)")
-    output.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
+    output.add_argument("--out", required=True, type=output_dir, metavar="DIR",
+                        help="output folder (created if missing; checked before any work)")
 
 
 def _resolve_config_path(text: str) -> Path:

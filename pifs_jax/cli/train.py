@@ -7,8 +7,20 @@ the summary. Nothing heavy is imported at module level, so importing :mod:`pifs_
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
+from typing import Any
 
-from pifs_jax.cli.common import Subcommand, finite_float, non_negative_int, positive_int, usage_error_for
+from pifs_jax.cli.common import (
+    PROG,
+    Subcommand,
+    UsageError,
+    finite_float,
+    non_negative_int,
+    output_dir,
+    positive_int,
+    usage_error_for,
+)
 
 DESCRIPTION = """\
 Train a noise predictor epshat(x_t, t) by denoising score matching (docs/theory.md section 7:
@@ -23,17 +35,24 @@ the eps-loss is the PIFS collage error up to the weighting), with AdamW and EMA 
 
 Data: real photographs shipped with scikit-image cut into 16x16 (photos16) or 32x32 (photos32)
 RGB crops, train and test crops from disjoint regions, or scikit-learn's 8x8 digits. PIFS
-patches: image side / 4 (16 patches) unless --patch-size. Writes to --out:
+patches: image side / 4 (16 patches) unless --patch-size. Every TrainConfig field can be set
+with --set FIELD=VALUE (repeatable), e.g. --set warmup_steps=10 --set lr_decay=constant.
+Writes to --out:
   config.json          the resolved configuration
   metrics.jsonl        one JSON line every --log-every steps (loss, mse, reg, grad_norm, images/s)
   checkpoint.msgpack   params, EMA params, optimiser state, step, PRNG key, config and sha256,
                        atomically every --checkpoint-every steps and at the end
-  samples.png          --num-samples EMA samples (first 64 shown), --sample-steps DDIM steps
+  loss.png             the logged loss and eps-MSE over the steps
+  samples.npz          the raw samples (model and empirical denoiser), float32, not clipped
+  samples.png          --num-samples EMA samples (first 64 shown), --sample-steps DDIM steps,
+                       clipped to [-1, 1] for display only (the title gives the raw range)
   samples_empirical.png  the empirical-optimal denoiser's samples from the same x_T
   quality.json         nearest-training-crop distance (memorisation) and Frechet patch
                        distances (aligned patches, and patches straddling their borders) to
                        the test crops, for the model, the empirical denoiser (pure
-                       memorisation), the training crops and noise"""
+                       memorisation), the training crops and noise; the samples' value
+                       range and the fraction of values outside the data range (the scores
+                       see the samples as drawn, not clipped)"""
 
 EPILOG = """\
 examples:
@@ -41,19 +60,38 @@ examples:
   pifs-jax train --model dit --data photos16 --steps 4000 --out out/dit16
 
   # the full configuration (32x32 crops, 16 patches of 192) for a GPU, Min-SNR weighting
-  pifs-jax train --config full --model dit --weighting min_snr --out out/dit32
+  pifs-jax train --preset full --model dit --weighting min_snr --out out/dit32
 
   # the collage weighting with the PIFS regulariser on cross-patch Jacobian blocks
   pifs-jax train --model dit --weighting collage --mu 0.01 --out out/dit16_pifs
 
+  # any TrainConfig field: a tiny run on 8x8 digits
+  pifs-jax train --data digits --set steps=20 --set num_train=64 --set num_samples=16 --out out/tiny
+
   # continue a killed run exactly (same options plus --resume)
   pifs-jax train --model dit --data photos16 --steps 4000 --out out/dit16 --resume
+
+  # extend the finished run to 6000 steps
+  pifs-jax train --model dit --data photos16 --steps 6000 --out out/dit16 --resume
+
+  # start afresh over the run in out/dit16 (its files are deleted)
+  pifs-jax train --model dit --data photos16 --out out/dit16 --overwrite
 
 notes:
   A run is a pure function of its options: batches, timesteps, noise and probes of step k
   come from (seed, k), so --resume continues bit for bit. A checkpoint written with other
   options is refused (the differing options are named); --checkpoint-every, --log-every and
-  --num-samples may change. Without --resume an existing checkpoint in --out is an error."""
+  --num-samples may change. --out is checked before any work: an existing file or a folder
+  that cannot be written is refused. Without --resume an existing checkpoint in --out is an
+  error; --overwrite deletes the run's files and starts afresh. --resume with no checkpoint
+  in --out is an error too (nothing to resume: drop --resume).
+  Extending: --resume with a larger --steps continues a finished run to the new length. It is
+  bit-exact only for the steps already run: the learning-rate schedule (warm-up, cosine decay
+  to 0 at --steps) is recomputed for the new length, so the learning rate rises again after
+  the old end and the result differs from a run started with the larger --steps. A smaller
+  --steps is refused.
+  --preset replaces --config (in 'pifs-jax geometry' --config is a file); --config still
+  works, with a note on stderr."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,9 +104,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     what = parser.add_argument_group("model and data")
     what.add_argument("--model", choices=MODEL_NAMES, default="dit",
                       help="unet (DDPM-style, attention at the middle) or dit (tokens = PIFS patches) (default: dit)")
-    what.add_argument("--config", choices=tuple(PRESETS), default="quick",
-                      help="preset: quick (16x16, small model, CPU minutes) or full (32x32, 8x8 patches, GPU) "
+    what.add_argument("--preset", choices=tuple(PRESETS), default=None,
+                      help="quick (16x16, small model, CPU minutes) or full (32x32, 8x8 patches, GPU) "
                       "(default: quick)")
+    what.add_argument("--config", dest="deprecated_config", choices=tuple(PRESETS), default=None,
+                      help="deprecated alias of --preset")
     what.add_argument("--data", choices=tuple(DATASETS), default=None,
                       help="data set (default: photos16 for quick, photos32 for full)")
     what.add_argument("--num-train", type=positive_int, default=None, metavar="N", help="training crops (default: preset)")
@@ -76,7 +116,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="PIFS patch side (DiT token size, regulariser blocks, quality features) (default: side / 4)")
 
     opt = parser.add_argument_group("optimisation")
-    opt.add_argument("--steps", type=positive_int, default=None, metavar="N", help="training steps (default: preset)")
+    opt.add_argument("--steps", type=positive_int, default=None, metavar="N",
+                     help="training steps in all; with --resume a larger N extends the run (default: preset)")
     opt.add_argument("--batch-size", type=positive_int, default=None, metavar="B", help="images per step (default: preset)")
     opt.add_argument("--lr", type=finite_float, default=None, metavar="LR", help="peak AdamW learning rate (default: preset)")
     opt.add_argument("--weighting", choices=WEIGHTINGS, default=None,
@@ -91,10 +132,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help=f"noise schedule: {', '.join(SCHEDULE_NAMES)} (default: linear, DDPM's)")
     opt.add_argument("--T", type=positive_int, default=None, metavar="T", help="training steps of the schedule (default: 1000)")
     opt.add_argument("--seed", type=non_negative_int, default=None, metavar="S", help="random seed (default: 0)")
+    opt.add_argument("--set", dest="assignments", action="append", default=[], metavar="FIELD=VALUE",
+                     help="any TrainConfig field, parsed with the field's type (repeatable; e.g. "
+                     "warmup_steps=10, lr_decay=constant, patch_size=none); a field also given by its "
+                     "own option is an error")
 
     run = parser.add_argument_group("run")
-    run.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
-    run.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    run.add_argument("--out", required=True, type=output_dir, metavar="DIR",
+                     help="output folder (created if missing; checked before any work)")
+    again = run.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="continue the run in --out from its checkpoint (a larger --steps extends it)")
+    again.add_argument("--overwrite", action="store_true",
+                       help="start afresh over the run in --out (deletes its checkpoint, log, samples and scores)")
     run.add_argument("--checkpoint-every", type=positive_int, default=None, metavar="K",
                      help="steps between checkpoints (default: preset)")
     run.add_argument("--log-every", type=positive_int, default=None, metavar="K", help="steps between log lines (default: 10)")
@@ -115,18 +165,78 @@ _OPTIONS = {
 }
 
 
+def parse_assignments(assignments: list[str], given: dict[str, Any]) -> dict[str, tuple[Any, str]]:
+    """``--set FIELD=VALUE`` items -> ``{field: (value, item)}``, each VALUE parsed with its field's type.
+
+    Args:
+      assignments: the ``--set`` items, in order (a later item for the same field wins).
+      given: the fields set by their own options (``{field: value}``, ``None`` = not given).
+
+    Raises:
+      UsageError: (``--set``) an item without ``=``, an unknown field, a value not of the
+        field's type (:func:`pifs_jax.models.training.parse_field_value`), or a field also
+        given by its own option.
+    """
+    from pifs_jax.models.training import parse_field_value
+
+    parsed: dict[str, tuple[Any, str]] = {}
+    for item in assignments:
+        name, sep, text = item.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise UsageError("--set", f"expected FIELD=VALUE, got {item!r}")
+        try:
+            value = parse_field_value(name, text.strip())
+        except ValueError as exc:
+            raise UsageError("--set", f"{item}: {getattr(exc, 'detail', exc)}") from None
+        if given.get(name) is not None:
+            raise UsageError("--set", f"{item}: {name} is also given by {_OPTIONS[name]}; give it once")
+        parsed[name] = (value, item)
+    return parsed
+
+
+def _preset(args: argparse.Namespace) -> str:
+    """--preset, or the deprecated --config (with a note on stderr), or ``quick``."""
+    if args.deprecated_config is not None:
+        print(f"{PROG} train: note: --config is deprecated, use --preset {args.deprecated_config} "
+              "(in 'pifs-jax geometry' --config is a file)", file=sys.stderr)
+        if args.preset is not None and args.preset != args.deprecated_config:
+            raise UsageError("--preset", f"{args.preset!r} contradicts --config {args.deprecated_config!r} "
+                             "(its deprecated alias); give --preset only")
+    return args.preset or args.deprecated_config or "quick"
+
+
+def _check_out(args: argparse.Namespace) -> None:
+    """Refuse, before any work, --resume with nothing to resume and a run in --out without --resume/--overwrite."""
+    from pifs_jax.checkpoint import CHECKPOINT_NAME
+
+    checkpoint = Path(args.out) / CHECKPOINT_NAME
+    if args.resume and not checkpoint.exists():
+        raise UsageError("--out", f"--resume given, but {str(args.out)!r} holds no checkpoint ({CHECKPOINT_NAME}) "
+                         "to resume; drop --resume to start a new run")
+    if checkpoint.exists() and not (args.resume or args.overwrite):
+        raise UsageError("--out", f"{str(args.out)!r} already holds a checkpoint ({CHECKPOINT_NAME}); add --resume "
+                         "to continue it, --overwrite to start afresh (deleting it), or choose another --out")
+
+
 def run(args: argparse.Namespace) -> int:
     from pifs_jax.models.training import train, train_config
 
+    preset = _preset(args)
     overrides = {field: getattr(args, field) for field in _OPTIONS}
+    assigned = parse_assignments(args.assignments, overrides)
     try:
-        config = train_config(args.config, **overrides)
+        config = train_config(preset, **{**overrides, **{name: value for name, (value, _) in assigned.items()}})
     except ValueError as exc:
-        error = usage_error_for(exc, {**_OPTIONS, "preset": "--config"})
+        name = getattr(exc, "argument", None)
+        if name in assigned:
+            raise UsageError("--set", f"{assigned[name][1]}: {exc.detail}") from None
+        error = usage_error_for(exc, {**_OPTIONS, "preset": "--preset"})
         if error is None:
             raise
         raise error from None
-    result = train(config, args.out, resume=args.resume, progress=not args.no_progress)
+    _check_out(args)
+    result = train(config, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     print(f"trained {config.model} ({config.size}) on {config.data} for {int(result.state.step)} steps "
           f"in {result.seconds:.1f} s -> {result.out_dir}")
     if result.quality is not None:
@@ -136,6 +246,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"  Frechet distance to test crops, {what} patches: model {q['model'][key]:.4g}, "
                   f"empirical denoiser {ref.get(key, float('nan')):.4g}, training crops "
                   f"{q['train_crops'][key]:.4g}, noise {q['noise'][key]:.4g}")
+        print(f"  sample values in [{q['sample_range'][0]:.3g}, {q['sample_range'][1]:.3g}], "
+              f"{100 * q['fraction_outside_data_range']:.3g}% outside the data range "
+              f"[{q['data_range'][0]:.3g}, {q['data_range'][1]:.3g}] (scored as drawn; clipped only in samples.png)")
         print(f"  nearest-training-crop RMS distance: model {q['model']['nn_distance_mean']:.4g}, "
               f"empirical denoiser {ref.get('nn_distance_mean', float('nan')):.4g}, test crops "
               f"{q['test_crops']['nn_distance_mean']:.4g} (memorisation ratio {q['memorisation_ratio']:.3g})")

@@ -31,7 +31,12 @@ denoiser (floor), ``(FD_noise - FD_model) / (FD_noise - FD_empirical) >= 0.99``,
 *and* on the straddling patches, *and* are not copies, ``memorisation_ratio >= 0.5`` (the
 empirical denoiser scores ~1e-4).
 
-Samples are clipped to ``[-1, 1]`` before scoring (the images a user would look at).
+**Value range**: a sampler may leave the data range (a quick model was seen to produce values in
+``[-3.24, 3.13]`` for data in ``[-1, 1]``). The scores are taken on the samples **as drawn**,
+never clipped, and every score set records the samples' range and the fraction of values
+outside the training data's range (:func:`value_range`). Clipping to ``[-1, 1]`` happens only to
+*display* images (:func:`image_grid`, :func:`sample_figure`, whose title says so). The one
+reference that is clipped by definition is the noise ceiling, ``N(0, I)`` clipped to ``[-1, 1]``.
 Everything here runs in NumPy float64 on the host.
 """
 
@@ -53,10 +58,12 @@ __all__ = [
     "straddling_patch_features",
     "frechet_distance",
     "frechet_patch_distance",
+    "value_range",
     "sample_quality",
     "quality_report",
     "image_grid",
     "save_image_grid",
+    "sample_figure",
     "USEFUL_FD_GAP",
     "USEFUL_MEMORISATION_RATIO",
 ]
@@ -171,15 +178,40 @@ def _fd_pair(images: np.ndarray, test: np.ndarray, patch_size: int) -> dict[str,
     }
 
 
+def value_range(samples: Any, data: Any) -> dict[str, float]:
+    """The samples' value range and the fraction of their values outside the data's range.
+
+    ``fraction_outside_data_range = #{v : v < min(data) or v > max(data)} / #values`` over every
+    pixel and channel of every sample.
+
+    Args:
+      samples: ``(S, H, W, C)``; data: the training images ``(N, H, W, C)``.
+
+    Returns:
+      ``{"min", "max", "data_min", "data_max", "fraction_outside_data_range"}``.
+    """
+    x = _images(samples, "samples")
+    data = _images(data, "data")
+    low, high = float(np.min(data)), float(np.max(data))
+    return {
+        "min": float(np.min(x)),
+        "max": float(np.max(x)),
+        "data_min": low,
+        "data_max": high,
+        "fraction_outside_data_range": float(np.mean((x < low) | (x > high))),
+    }
+
+
 def sample_quality(samples: Any, *, train: Any, test: Any, patch_size: int) -> dict[str, float]:
-    """Memorisation and patch-distribution scores of one set of samples (clipped to ``[-1, 1]``).
+    """Memorisation and patch-distribution scores of one set of samples, taken as drawn (not clipped).
 
     Returns:
       ``{"nn_distance_mean", "nn_distance_median", "nn_distance_min", "fd_patches",
-      "fd_patches_straddling"}``: nearest-training-crop RMS distances and the Frechet patch
-      distances (aligned and straddling patches) to ``test``.
+      "fd_patches_straddling", "min", "max", "data_min", "data_max",
+      "fraction_outside_data_range"}``: nearest-training-crop RMS distances, the Frechet patch
+      distances (aligned and straddling patches) to ``test``, and :func:`value_range` against ``train``.
     """
-    x = np.clip(_images(samples, "samples"), -1.0, 1.0)
+    x = _images(samples, "samples")
     test = _images(test, "test")
     d, _ = nearest_neighbour_distances(x, train)
     return {
@@ -187,6 +219,7 @@ def sample_quality(samples: Any, *, train: Any, test: Any, patch_size: int) -> d
         "nn_distance_median": float(np.median(d)),
         "nn_distance_min": float(np.min(d)),
         **_fd_pair(x, test, patch_size),
+        **value_range(x, train),
     }
 
 
@@ -206,6 +239,8 @@ def quality_report(
       ``{"model": scores, "empirical": scores | None, "train_crops": scores of S training crops,
       "test_crops": {"nn_distance_mean", ...} of the test crops to the training set,
       "noise": scores of clipped N(0, I), "memorisation_ratio": mean d(model) / mean d(test),
+      "sample_range": [min, max] of the model's samples, "fraction_outside_data_range": of the
+      model's sample values (:func:`value_range`; the same per score set),
       "memorisation_ratio_empirical", "useful": {"fd_gap_closed", "passes", "criterion"},
       "features": description, "num_samples": S}``.
     """
@@ -224,10 +259,15 @@ def quality_report(
         "empirical": None,
         "train_crops": _fd_pair(train_subset, test, patch_size),
         "test_crops": real,
-        "noise": sample_quality(rng.standard_normal(x.shape), train=train, test=test, patch_size=patch_size),
-        "features": f"raw {patch_size}x{patch_size}x{x.shape[-1]} patch vectors (non-overlapping), samples clipped to [-1, 1]",
+        "noise": sample_quality(np.clip(rng.standard_normal(x.shape), -1.0, 1.0), train=train, test=test,
+                                patch_size=patch_size),
+        "features": f"raw {patch_size}x{patch_size}x{x.shape[-1]} patch vectors (non-overlapping) of the samples "
+                    "as drawn (not clipped); noise reference N(0, I) clipped to [-1, 1]",
         "num_samples": count,
     }
+    report["sample_range"] = [report["model"]["min"], report["model"]["max"]]
+    report["data_range"] = [report["model"]["data_min"], report["model"]["data_max"]]
+    report["fraction_outside_data_range"] = report["model"]["fraction_outside_data_range"]
     scale = real["nn_distance_mean"]
     report["memorisation_ratio"] = report["model"]["nn_distance_mean"] / scale
     if reference_samples is not None:
@@ -255,7 +295,7 @@ def quality_report(
 
 
 def image_grid(images: Any, *, columns: int | None = None, pad: int = 1) -> np.ndarray:
-    """Tile images ``(N, H, W, C)`` in ``[-1, 1]`` into one ``uint8`` picture (white gutters)."""
+    """Tile images ``(N, H, W, C)`` into one ``uint8`` picture (white gutters), clipped to ``[-1, 1]`` for display."""
     x = np.clip(_images(images, "images"), -1.0, 1.0)
     count, h, w, c = x.shape
     columns = columns or int(np.ceil(np.sqrt(count)))
@@ -282,3 +322,32 @@ def save_image_grid(path: str | os.PathLike, images: Any, *, columns: int | None
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return atomic_write_bytes(path, buffer.getvalue())
+
+
+def sample_figure(samples: Any, *, title: str, data: Any | None = None, max_images: int = 64):
+    """A titled figure of the first ``max_images`` samples (:func:`image_grid`, pixels shown as squares).
+
+    The images are clipped to ``[-1, 1]`` for display only; the title says so and, with ``data``,
+    gives the samples' range and the fraction of values outside the data's range
+    (:func:`value_range`; the raw samples are what the scores see).
+
+    Returns:
+      A matplotlib Figure (Agg canvas); write it with :func:`pifs_jax.plotting.save_figure` (atomic).
+    """
+    from pifs_jax.plotting import new_figure
+
+    x = _images(samples, "samples")
+    shown = x[:max_images]
+    note = f"{len(shown)} of {len(x)} samples, clipped to [-1, 1] for display only"
+    if data is not None:
+        stats = value_range(x, data)
+        note += (f"\nvalues in [{stats['min']:.3g}, {stats['max']:.3g}], "
+                 f"{100 * stats['fraction_outside_data_range']:.3g}% outside the data range "
+                 f"[{stats['data_min']:.3g}, {stats['data_max']:.3g}]")
+    picture = image_grid(shown)
+    side = max(5.0, min(8.0, picture.shape[1] / 40))
+    fig, ax = new_figure(figsize=(side, side + 0.8), dpi=150)
+    ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest")
+    ax.set_axis_off()
+    ax.set_title(f"{title}\n{note}", fontsize="small")
+    return fig

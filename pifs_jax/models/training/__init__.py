@@ -9,11 +9,11 @@ Theory: docs/theory.md section 7. Modules:
   :func:`cross_block_frobenius`).
 - :mod:`~pifs_jax.models.training.trainer`: optimiser, :class:`TrainState`, the compiled step,
   the metrics log and :func:`train` (checkpoints and exact resume).
-- :mod:`~pifs_jax.models.training.evaluation`: sampling, the quality report, :func:`load_run`.
+- :mod:`~pifs_jax.models.training.evaluation`: sampling, the quality report, the loss curve, :func:`load_run`.
 """
 
-from pifs_jax.models.training.config import LR_DECAYS, PRESETS, TrainConfig, train_config
-from pifs_jax.models.training.evaluation import LoadedRun, evaluate_run, load_run, sample_in_chunks
+from pifs_jax.models.training.config import LR_DECAYS, PRESETS, TrainConfig, parse_field_value, train_config
+from pifs_jax.models.training.evaluation import LoadedRun, evaluate_run, load_run, plot_metrics_log, sample_in_chunks
 from pifs_jax.models.training.losses import (
     WEIGHTINGS,
     ApplyFn,
@@ -27,6 +27,7 @@ from pifs_jax.models.training.losses import (
 from pifs_jax.models.training.regularizer import cross_block_frobenius, cross_block_penalty
 from pifs_jax.models.training.trainer import (
     TrainResult,
+    RUN_FILES,
     TrainState,
     batch_indices,
     init_train_state,
@@ -36,6 +37,7 @@ from pifs_jax.models.training.trainer import (
     make_train_step,
     model_for_config,
     read_metrics_log,
+    resume_identity,
     train,
 )
 
@@ -45,6 +47,7 @@ __all__ = [
     "PRESETS",
     "TrainConfig",
     "train_config",
+    "parse_field_value",
     "TrainState",
     "ApplyFn",
     "LossTables",
@@ -68,5 +71,8 @@ __all__ = [
     "LoadedRun",
     "load_run",
     "read_metrics_log",
+    "plot_metrics_log",
+    "RUN_FILES",
+    "resume_identity",
     "load_train_test",
 ]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
+import typing
 from typing import Any
 
 from pifs_jax.data import DATASETS, DIGITS_TEST, DIGITS_TRAIN
@@ -16,7 +18,7 @@ from pifs_jax.errors import ArgumentError
 from pifs_jax.models import MODEL_NAMES, MODEL_SIZES
 from pifs_jax.models.training.losses import WEIGHTINGS
 
-__all__ = ["LR_DECAYS", "TrainConfig", "PRESETS", "train_config"]
+__all__ = ["LR_DECAYS", "TrainConfig", "PRESETS", "train_config", "parse_field_value"]
 
 #: Learning-rate decays of :func:`~pifs_jax.models.training.trainer.make_optimizer`.
 LR_DECAYS = ("cosine", "constant")
@@ -79,6 +81,10 @@ class TrainConfig:
 
     #: Fields that control bookkeeping only; they may differ between a run and its resumption.
     RUN_CONTROL = ("checkpoint_every", "log_every", "num_samples")
+    #: Fields a resumed run may *increase* (extending a run): the checkpoint's value is accepted
+    #: when it is smaller than the requested one. Only ``steps``: the learning-rate schedule is
+    #: recomputed for the new length (:func:`~pifs_jax.models.training.trainer.train`).
+    EXTENSIBLE = ("steps",)
 
     def __post_init__(self):
         def bad(name, expected):
@@ -143,6 +149,64 @@ PRESETS: dict[str, dict[str, Any]] = {
     "full": dict(size="full", data="photos32", num_train=16384, num_test=2048, steps=100_000, batch_size=128,
                  lr=3e-4, warmup_steps=1000, ema_decay=0.9999, checkpoint_every=2000, num_samples=1024),
 }
+
+
+def _named_values() -> dict[str, tuple[str, ...]]:
+    """TrainConfig string fields -> their allowed names (defined once in the library)."""
+    from pifs_jax.schedules import SCHEDULE_NAMES
+
+    return {"model": tuple(MODEL_NAMES), "size": tuple(MODEL_SIZES), "data": tuple(DATASETS),
+            "weighting": tuple(WEIGHTINGS), "lr_decay": LR_DECAYS, "schedule": tuple(SCHEDULE_NAMES)}
+
+
+def parse_field_value(name: str, text: str) -> Any:
+    """The value of the :class:`TrainConfig` field ``name`` written as ``text``, parsed with the field's type.
+
+    ``int`` fields take an integer (``"4000"``), ``float`` fields a finite number (``"3e-4"``),
+    string fields one of their names (``model``, ``size``, ``data``, ``weighting``, ``lr_decay``,
+    ``schedule``), and ``patch_size`` (``int | None``) also ``"none"``. Ranges (``steps >= 1``,
+    ...) are checked by :class:`TrainConfig` itself.
+
+    Args:
+      name: a field of :class:`TrainConfig`.
+      text: the value as typed on a command line.
+
+    Returns:
+      The parsed value.
+
+    Raises:
+      ArgumentError: (argument ``name``) an unknown field, or ``text`` that is not of the field's type.
+
+    Example:
+      >>> parse_field_value("lr", "3e-4"), parse_field_value("patch_size", "none")
+      (0.0003, None)
+    """
+    fields = [f.name for f in dataclasses.fields(TrainConfig)]
+    if name not in fields:
+        raise ArgumentError(name, f"not a TrainConfig field; expected one of {', '.join(fields)}")
+    annotation = typing.get_type_hints(TrainConfig)[name]
+    optional = isinstance(annotation, types.UnionType) and type(None) in typing.get_args(annotation)
+    if optional:
+        if text.strip().lower() == "none":
+            return None
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    if annotation is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ArgumentError(name, f"expected an integer{' or none' if optional else ''}, got {text!r}") from None
+    if annotation is float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value):
+            raise ArgumentError(name, f"expected a finite number, got {text!r}")
+        return value
+    allowed = _named_values().get(name)
+    if allowed is not None and text not in allowed:
+        raise ArgumentError(name, f"expected one of {', '.join(allowed)}, got {text!r}")
+    return text
 
 
 def train_config(preset: str = "quick", **overrides: Any) -> TrainConfig:

@@ -1,11 +1,12 @@
-"""Evaluating a trained model: sampling in chunks, the quality report, reloading a finished run."""
+"""Evaluating a trained model: sampling in chunks, the quality report, the loss curve, reloading a finished run."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -17,10 +18,10 @@ from pifs_jax.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from pifs_jax.errors import ArgumentError
 from pifs_jax.grids import uniform_grid
 from pifs_jax.models.training.config import TrainConfig
-from pifs_jax.models.training.trainer import TrainState, initial_train_state, model_for_config
+from pifs_jax.models.training.trainer import TrainState, initial_train_state, model_for_config, resume_identity
 from pifs_jax.schedules import Schedule
 
-__all__ = ["LoadedRun", "load_run", "evaluate_run", "sample_in_chunks"]
+__all__ = ["LoadedRun", "load_run", "evaluate_run", "sample_in_chunks", "plot_metrics_log"]
 
 
 class LoadedRun(NamedTuple):
@@ -42,7 +43,8 @@ def load_run(out_dir: str | os.PathLike) -> LoadedRun:
     """Rebuild the model of a ``pifs-jax train`` output folder and load its checkpoint (validated).
 
     Reads ``config.json``, builds the named model, and loads ``checkpoint.msgpack`` with every
-    check of :func:`pifs_jax.checkpoint.load_checkpoint`.
+    check of :func:`pifs_jax.checkpoint.load_checkpoint`. A run being extended (``config.json``
+    has a larger ``steps`` than the checkpoint: :func:`resume_identity`) loads like a killed one.
 
     Raises:
       ArgumentError: no ``config.json`` / checkpoint, or a checkpoint that fails its checks.
@@ -53,7 +55,8 @@ def load_run(out_dir: str | os.PathLike) -> LoadedRun:
     config = TrainConfig(**json.loads((out / "config.json").read_text())).resolved()
     module, init_fn = model_for_config(config, config.image_shape)
     _, target = initial_train_state(config, init_fn)
-    state = load_checkpoint(out / CHECKPOINT_NAME, target, config=config.identity())
+    identity, _ = resume_identity(config, out / CHECKPOINT_NAME)
+    state = load_checkpoint(out / CHECKPOINT_NAME, target, config=identity)
     return LoadedRun(module, state, config)
 
 
@@ -66,17 +69,30 @@ def evaluate_run(
     train_images: np.ndarray,
     test_images: np.ndarray,
     out_dir: str | os.PathLike,
+    progress: bool = False,
 ) -> dict[str, Any]:
-    """Sample the model, score it against the memorisation reference, write ``samples.png``/``quality.json``.
+    """Sample the model, score it against the memorisation reference, write the samples and the scores.
 
     ``x_T ~ N(0, I)`` from ``fold_in(PRNGKey(seed), 2**31 - 1)``; the model and the empirical-optimal
     denoiser of the training set (:func:`pifs_jax.denoisers.empirical_denoiser`) both run the
-    ``sample_steps``-step DDIM chain from the same ``x_T``.
+    ``sample_steps``-step DDIM chain from the same ``x_T``. Writes to ``out_dir``:
+    ``samples.npz`` (``samples`` and ``samples_empirical``, float32, as drawn), ``samples.png`` and
+    ``samples_empirical.png`` (:func:`pifs_jax.models.quality.sample_figure`: clipped to
+    ``[-1, 1]`` for display only, as their titles say) and ``quality.json``
+    (:func:`pifs_jax.models.quality.quality_report` of the unclipped samples, with their range
+    and the fraction of values outside the data range).
+
+    Args:
+      progress: a tqdm text bar over the phases (model sampling chunks, empirical sampling
+        chunks, scoring, writing).
     """
+    from tqdm import tqdm  # text bar: works in terminals and notebooks without ipywidgets
+
     from pifs_jax.denoisers import empirical_denoiser
     from pifs_jax.models import as_eps_fn
     from pifs_jax.models import quality as q
-    from pifs_jax.results import write_result_json
+    from pifs_jax.plotting import save_figure
+    from pifs_jax.results import atomic_write_bytes, write_result_json
 
     out = Path(out_dir)
     grid = uniform_grid(config.T, config.sample_steps)
@@ -84,22 +100,44 @@ def evaluate_run(
     x_T = jax.jit(lambda seed: jax.random.normal(jax.random.fold_in(jax.random.PRNGKey(seed), 2**31 - 1), shape))(
         np.uint32(config.seed)
     )
-    t0 = time.perf_counter()
-    samples = sample_in_chunks(lambda p: as_eps_fn(module, p), params, sched, x_T, grid=grid)
-    sample_seconds = time.perf_counter() - t0
-    reference = sample_in_chunks(lambda d: empirical_denoiser(sched, d), jnp.asarray(train_images), sched, x_T, grid=grid)
-    report = q.quality_report(
-        samples, train=train_images, test=test_images, patch_size=config.patch_size, reference_samples=reference
-    )
-    report["sampling_seconds"] = sample_seconds
-    q.save_image_grid(out / "samples.png", samples[: min(64, len(samples))])
-    q.save_image_grid(out / "samples_empirical.png", reference[: min(64, len(reference))])
-    write_result_json(out / "quality.json", report, config=config.to_dict(), seed=config.seed)
+    chunks = -(-config.num_samples // min(SAMPLE_CHUNK, config.num_samples))
+    with tqdm(total=2 * chunks + 2, disable=not progress, desc="sample and score", unit="phase", leave=False) as bar:
+        bar.set_postfix_str("model samples", refresh=False)
+        t0 = time.perf_counter()
+        samples = sample_in_chunks(lambda p: as_eps_fn(module, p), params, sched, x_T, grid=grid,
+                                   on_chunk=lambda: bar.update(1))
+        sample_seconds = time.perf_counter() - t0
+        bar.set_postfix_str("empirical denoiser samples", refresh=False)
+        reference = sample_in_chunks(lambda d: empirical_denoiser(sched, d), jnp.asarray(train_images), sched, x_T,
+                                     grid=grid, on_chunk=lambda: bar.update(1))
+        bar.set_postfix_str("scores", refresh=True)
+        report = q.quality_report(
+            samples, train=train_images, test=test_images, patch_size=config.patch_size, reference_samples=reference
+        )
+        report["sampling_seconds"] = sample_seconds
+        bar.update(1)
+        bar.set_postfix_str("writing", refresh=True)
+        buffer = io.BytesIO()
+        np.savez(buffer, samples=samples.astype(np.float32), samples_empirical=reference.astype(np.float32))
+        atomic_write_bytes(out / "samples.npz", buffer.getvalue())
+        what = f"{config.sample_steps}-step DDIM from the same x_T"
+        save_figure(q.sample_figure(samples, data=train_images, title=f"{config.model} EMA samples, {what}"),
+                    out / "samples.png")
+        save_figure(q.sample_figure(reference, data=train_images,
+                                    title=f"empirical-optimal denoiser (memorisation), {what}"),
+                    out / "samples_empirical.png")
+        write_result_json(out / "quality.json", report, config=config.to_dict(), seed=config.seed)
+        bar.update(1)
     return report
 
 
+#: Samples per compiled call of :func:`sample_in_chunks` (its default ``chunk``).
+SAMPLE_CHUNK = 128
+
+
 def sample_in_chunks(
-    make_eps_fn: Callable[[Any], Callable], args: Any, sched: Schedule, x_T: jax.Array, *, grid: Any, chunk: int = 128
+    make_eps_fn: Callable[[Any], Callable], args: Any, sched: Schedule, x_T: jax.Array, *, grid: Any,
+    chunk: int = SAMPLE_CHUNK, on_chunk: Callable[[], Any] | None = None,
 ) -> np.ndarray:
     """:func:`pifs_jax.ddim.ddim_sample` of ``make_eps_fn(args)``, ``chunk`` samples at a time.
 
@@ -107,6 +145,7 @@ def sample_in_chunks(
     every sample with every training crop at every step). ``args`` (parameters, data) enter the
     compiled program as arguments, not as constants baked into it: faster to compile, and
     jaxlib 0.10.2's CPU compiler was seen to miscompile exactly-zero constant weight layers.
+    ``on_chunk()`` is called after every chunk (e.g. a progress bar's update).
     """
     from pifs_jax.ddim import ddim_sample
 
@@ -120,4 +159,47 @@ def sample_in_chunks(
         if pad:
             block = jnp.concatenate([block, jnp.zeros((pad,) + block.shape[1:], block.dtype)])
         out.append(np.asarray(sample(args, block))[: size - pad])
+        if on_chunk is not None:
+            on_chunk()
     return np.concatenate(out)
+
+
+def plot_metrics_log(records: Sequence[Mapping[str, Any]], *, title: str = ""):
+    """The loss curve of a run: the logged ``loss`` and ``mse`` (and ``objective`` with a regulariser) over the steps.
+
+    Args:
+      records: :func:`~pifs_jax.models.training.trainer.read_metrics_log`'s records (``step`` and metrics).
+      title: the figure's title.
+
+    Returns:
+      A matplotlib Figure (Agg canvas, :func:`pifs_jax.plotting.new_figure`), log-scaled y axis
+      when every plotted value is positive; write it with :func:`pifs_jax.plotting.save_figure`.
+    """
+    from pifs_jax.plotting import new_figure
+
+    if not records:
+        raise ArgumentError("records", "expected at least one metrics record, got none")
+    steps = np.array([int(r["step"]) for r in records])
+    fig, ax = new_figure()
+    def series(name):
+        return np.array([float(r.get(name, np.nan)) for r in records])
+
+    same_as_loss = np.array_equal(series("loss"), series("mse"), equal_nan=True)
+    regularised = any(float(r.get("reg", 0.0)) for r in records)
+    positive = True
+    for name, label in (("loss", "loss (= eps-MSE)" if same_as_loss else "loss (weighted)"), ("mse", "eps-MSE"),
+                        ("objective", "objective (loss + mu reg)")):
+        values = series(name)
+        skip = (name == "mse" and same_as_loss) or (name == "objective" and not regularised)
+        if skip or np.all(np.isnan(values)):
+            continue
+        ax.plot(steps, values, label=label, marker="." if len(steps) < 30 else None)
+        positive &= bool(np.all(values[np.isfinite(values)] > 0))
+    if positive:
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss (per logged step)")
+    ax.set_title(title, fontsize="small")
+    ax.legend(fontsize="small")
+    ax.grid(alpha=0.3)
+    return fig

@@ -9,6 +9,12 @@ derived from the seed, never from a stateful iterator; the batch indices, ``t``,
 probes of step ``k`` are therefore the same whether or not the run was interrupted before ``k``,
 and ``resume`` from a checkpoint (:mod:`pifs_jax.checkpoint`) reproduces an uninterrupted run
 bit for bit. The steps run in :func:`pifs_jax.loop.run_loop`.
+
+**Extending a run**: resuming with a larger ``steps`` than the checkpoint was written with
+continues a finished (or killed) run to the new length (:attr:`TrainConfig.EXTENSIBLE`). The
+steps already taken are kept bit for bit; the learning-rate schedule (warm-up, then cosine decay
+to 0 at ``steps``) is recomputed for the new length, so the learning rate, 0 at the old end, rises
+again, and the result differs from a run started with the larger ``steps``.
 """
 
 from __future__ import annotations
@@ -25,7 +31,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from pifs_jax.checkpoint import CHECKPOINT_NAME, load_checkpoint, remove_partial_writes
+from pifs_jax.checkpoint import (
+    CHECKPOINT_NAME,
+    load_checkpoint,
+    read_checkpoint,
+    read_checkpoint_header,
+    remove_partial_writes,
+)
 from pifs_jax.errors import ArgumentError
 from pifs_jax.grids import uniform_grid
 from pifs_jax.loop import Checkpointing, run_loop
@@ -46,8 +58,16 @@ __all__ = [
     "load_train_test",
     "model_for_config",
     "initial_train_state",
+    "RUN_FILES",
+    "resume_identity",
     "train",
 ]
+
+#: What :func:`train` writes into its output folder (a fresh run removes the old ones first).
+RUN_FILES = (
+    "config.json", "metrics.jsonl", CHECKPOINT_NAME, "loss.png", "samples.png", "samples_empirical.png",
+    "samples.npz", "quality.json",
+)
 
 
 def make_optimizer(
@@ -231,6 +251,30 @@ def initial_train_state(
     return optimizer, build(np.uint32(config.seed))
 
 
+def resume_identity(config: TrainConfig, ckpt_path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The identity a checkpoint must carry to be resumed as ``config``, and the extended fields ``{name: old value}``.
+
+    ``config.identity()``, except that a field of :attr:`TrainConfig.EXTENSIBLE` (``steps``)
+    whose value in the checkpoint is smaller than ``config``'s takes the checkpoint's value:
+    extending a run. A larger value in the checkpoint (shortening) still differs and is refused.
+
+    Args:
+      config: the requested run.
+      ckpt_path: its checkpoint (the header is read and checked: a missing, truncated or
+        corrupted file raises :class:`~pifs_jax.errors.ArgumentError`).
+
+    Returns:
+      ``(identity, extended)``: the mapping to pass as ``config=`` to
+      :func:`pifs_jax.checkpoint.load_checkpoint`, and e.g. ``{"steps": 4000}`` when extending.
+    """
+    saved = read_checkpoint_header(ckpt_path).get("config", {})
+    identity = config.identity()
+    extended = {}
+    for name in config.EXTENSIBLE:
+        old = saved.get(name)
+        if isinstance(old, int) and not isinstance(old, bool) and old < identity[name]:
+            extended[name] = old
+    return {**identity, **extended}, extended
 
 
 def train(
@@ -238,6 +282,7 @@ def train(
     out_dir: str | os.PathLike,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool = True,
     evaluate: bool = True,
     callback: Callable[[int, dict[str, float]], None] | None = None,
@@ -249,16 +294,23 @@ def train(
     Writes to ``out_dir``: ``config.json``; ``metrics.jsonl`` (one JSON line per ``log_every``
     steps: step, objective, loss, mse, reg, grad_norm, images/s, time; appended, trimmed on
     resume to the checkpoint's step); ``checkpoint.msgpack`` every ``checkpoint_every`` steps
-    and at the end (atomic); with ``evaluate``: ``samples.png`` (EMA model, ``sample_steps``-step
-    DDIM from ``N(0, I)``) and ``quality.json`` (:func:`pifs_jax.models.quality.quality_report`,
-    the empirical-optimal denoiser's samples from the same ``x_T`` as the memorisation reference).
+    and at the end (atomic); ``loss.png`` (the logged loss and eps-MSE over the steps); with
+    ``evaluate``: ``samples.npz`` (the raw samples), ``samples.png`` (EMA model,
+    ``sample_steps``-step DDIM from ``N(0, I)``, clipped to ``[-1, 1]`` for display only),
+    ``samples_empirical.png`` and ``quality.json`` (:func:`pifs_jax.models.quality.quality_report`,
+    the empirical-optimal denoiser's samples from the same ``x_T`` as the memorisation reference;
+    :func:`~pifs_jax.models.training.evaluation.evaluate_run`).
 
     Args:
       config: the run (resolved with :meth:`TrainConfig.resolved`).
       out_dir: output folder.
       resume: continue from ``out_dir``'s checkpoint (bit-exact); without it an existing
         checkpoint is an error (nothing is overwritten). With no checkpoint yet, starts afresh.
-      progress: tqdm progress bar.
+        A checkpoint written with a smaller ``steps`` is extended to ``config.steps`` (module
+        notes: bit-exact for the steps already taken, the learning-rate schedule recomputed).
+      overwrite: start afresh over an existing run in ``out_dir`` (its :data:`RUN_FILES` are
+        deleted first); not with ``resume``.
+      progress: tqdm progress bars (training, then sampling and scoring).
       evaluate: sample and score at the end.
       callback: ``callback(step, metrics)`` after every step (host side; e.g. plotting, tests).
       model: ``(module, init_fn(key) -> params)`` instead of :func:`pifs_jax.models.make_model`.
@@ -268,20 +320,26 @@ def train(
     completed step before it propagates.
 
     Raises:
-      ArgumentError: an existing checkpoint without ``resume``; a checkpoint of another
-        configuration, truncated or corrupted (:func:`pifs_jax.checkpoint.load_checkpoint`);
-        images whose shape does not fit the patch size.
+      ArgumentError: an existing checkpoint without ``resume`` or ``overwrite``; both
+        ``resume`` and ``overwrite``; a checkpoint of another configuration (a larger ``steps``
+        included), truncated or corrupted (:func:`pifs_jax.checkpoint.load_checkpoint`); images
+        whose shape does not fit the patch size.
       FloatingPointError: a non-finite metric (the training diverged).
     """
     config = config.resolved()
     out = Path(out_dir)
     ckpt_path = out / CHECKPOINT_NAME
-    if ckpt_path.exists() and not resume:
+    if resume and overwrite:
+        raise ArgumentError("overwrite", "cannot be combined with resume (continue the run, or start afresh)")
+    if ckpt_path.exists() and not (resume or overwrite):
         raise ArgumentError(
             "out_dir",
             f"{str(out)!r} already holds a checkpoint ({ckpt_path.name}); pass resume=True (--resume) "
-            "to continue it or choose another output folder",
+            "to continue it, overwrite=True (--overwrite) to start afresh, or choose another output folder",
         )
+    if resume and ckpt_path.exists():  # a foreign, truncated or corrupted checkpoint is refused before any work
+        identity, extended = resume_identity(config, ckpt_path)
+        read_checkpoint(ckpt_path, config=identity)
     train_images, test_images = load_train_test(config) if dataset is None else (np.asarray(dataset[0]), np.asarray(dataset[1]))
     train_images = np.asarray(train_images, np.float32)
     test_images = np.asarray(test_images, np.float32)
@@ -302,12 +360,16 @@ def train(
     metrics_path = out / "metrics.jsonl"
     remove_partial_writes(ckpt_path)  # a write interrupted by a kill
     if resume and ckpt_path.exists():
-        state = load_checkpoint(ckpt_path, state, config=config.identity())
+        state = load_checkpoint(ckpt_path, state, config=identity)
         _trim_metrics_log(metrics_path, int(state.step))
         if progress:
             print(f"resuming from step {int(state.step)} of {config.steps} ({ckpt_path})")
-    elif metrics_path.exists():
-        metrics_path.unlink()
+            if extended:
+                print(f"extending the run from {extended['steps']} to {config.steps} steps: the learning-rate "
+                      "schedule is recomputed for the new length")
+    else:  # a fresh run: nothing of an earlier run in this folder survives
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
     atomic_write_text(out / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
 
     step_fn = make_train_step(
@@ -346,11 +408,17 @@ def train(
     )
     seconds = time.perf_counter() - t0
 
+    from pifs_jax.models.training.evaluation import evaluate_run, plot_metrics_log
+    from pifs_jax.plotting import save_figure
+
+    records = read_metrics_log(metrics_path)
+    if records:
+        save_figure(plot_metrics_log(records, title=f"{config.model}/{config.data}, {config.weighting} weighting"),
+                    out / "loss.png")
     quality = None
     if evaluate and config.num_samples > 0:
-        from pifs_jax.models.training.evaluation import evaluate_run
-
         quality = evaluate_run(
-            module, state.ema_params, sched, config=config, train_images=train_images, test_images=test_images, out_dir=out
+            module, state.ema_params, sched, config=config, train_images=train_images, test_images=test_images,
+            out_dir=out, progress=progress,
         )
     return TrainResult(state, config, out, seconds, quality)
