@@ -420,7 +420,9 @@ def _figures(out: Path, gaussian: dict, gaussian_plot: dict, digits: dict, digit
             f"{spectrum_key}, N = {mid}: line analytic, o full, x leading-{LEADING_K}, · Benettin", fontsize="x-small"
         )
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize="x-small", frameon=False, loc="upper left")
+    # below the panels: inside, any corner covers the lambda** lines or the data
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=2, fontsize="x-small",
+               frameon=False)
     paths.append(plotting.save_figure(fig, out / "spectra.png"))
 
     # convergence: running Benettin estimate, its bias against N, subspace iteration
@@ -494,7 +496,8 @@ def _figures(out: Path, gaussian: dict, gaussian_plot: dict, digits: dict, digit
     sel = stops > 0
     for r in range(digits["trajectories"]):
         col = f"C{r}"
-        axes[0].plot(stops[sel], digits["partial_dimension"][r][sel], "o-", color=col, ms=3)
+        axes[0].plot(stops[sel], digits["partial_dimension"][r][sel], "o-", color=col, ms=3,
+                     label=f"trajectory {r + 1} (its own $x_T$)")
         axes[1].plot(stops[sel], digits["partial_max_exponent"][r][sel], "o-", color=col, ms=3)
         axes[2].plot(digits["entropy_t"], digits["entropy"][r], color=col, lw=1.0)
         axes[3].plot(np.arange(1, DIGITS_N + 1), digits["whole_chain_exponents"][r], color=col, lw=1.0)
@@ -511,6 +514,9 @@ def _figures(out: Path, gaussian: dict, gaussian_plot: dict, digits: dict, digit
         ax.invert_xaxis()
     for ax in axes:
         ax.grid(alpha=0.3)
+    # one colour per trajectory in all four panels: one legend for the figure, below the panels
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=digits["trajectories"],
+               fontsize="x-small", frameon=False)
     paths.append(plotting.save_figure(fig, out / "digits_chain.png"))
 
     # digits: x_T, a few states, x_0 and the nearest training image, one montage

@@ -22,9 +22,18 @@ is installed as the package ``pifs_jax.experiments`` (see :func:`default_experim
 
 :func:`run_reproduction` imports and runs each experiment in turn (sorted by file name; an
 experiment that raises, or fails to import, is recorded as FAILED with its traceback and the
-others still run), then writes ``out_dir/REPORT.md`` and ``out_dir/reproduction.json``
-atomically. The report holds the title, date, environment and package versions, one section per
-experiment, and the timing.
+others still run), then writes ``out_dir/reproduction.json`` and, last, ``out_dir/REPORT.md``,
+each atomically. The report holds the title, date, environment and package versions, one section
+per experiment, and the timing.
+
+The folder is never left with a report that disagrees with its data. Before the first experiment
+writes anything, a previous ``REPORT.md`` (and ``reproduction.json``) is renamed to
+``REPORT.stale.md`` (``reproduction.stale.json``) and the marker :data:`INCOMPLETE_MARKER`
+(``INCOMPLETE.md``) is written, naming the experiments finished so far and the one running; it is
+rewritten before each experiment. Only after ``REPORT.md`` is written are the marker, then the
+stale files removed. So ``REPORT.md`` without ``INCOMPLETE.md`` means a finished run; an interrupted
+or killed run leaves ``INCOMPLETE.md`` (and the old report as ``REPORT.stale.md``), never a
+``REPORT.md`` beside data it does not describe.
 
 Example:
   >>> from pifs_jax.reproduce import run_reproduction
@@ -50,11 +59,15 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from pifs_jax.errors import ArgumentError
 from pifs_jax.results import atomic_write_text, environment_metadata, write_result_json
 
 __all__ = [
     "PAPER_REFERENCE",
     "EXPERIMENTS_PACKAGE",
+    "REPORT_NAME",
+    "INCOMPLETE_MARKER",
+    "STALE_REPORT_NAME",
     "default_experiments_dir",
     "discover_experiments",
     "load_experiment",
@@ -68,13 +81,25 @@ __all__ = [
 ]
 
 PAPER_REFERENCE = (
-    "A. Dooms, *Fractals made Practical: Denoising Diffusion as Partitioned Iterated Function "
+    "Dooms, *Fractals made Practical: Denoising Diffusion as Partitioned Iterated Function "
     "Systems*, arXiv 2603.13069 (2026)"
 )
 
 
 #: The package the repository's ``experiments/`` folder is installed as (``pyproject.toml`` maps it).
 EXPERIMENTS_PACKAGE = "pifs_jax.experiments"
+
+#: The report, written last: present without :data:`INCOMPLETE_MARKER` means a finished run.
+REPORT_NAME = "REPORT.md"
+
+#: Present while a run rewrites the folder, and left behind by a run that was interrupted.
+INCOMPLETE_MARKER = "INCOMPLETE.md"
+
+#: What a previous report is renamed to before a new run touches the experiment folders.
+STALE_REPORT_NAME = "REPORT.stale.md"
+
+_JSON_NAME = "reproduction.json"
+_STALE_JSON_NAME = "reproduction.stale.json"  # what a previous run's reproduction.json is renamed to
 
 
 def default_experiments_dir() -> Path:
@@ -159,10 +184,14 @@ def discover_experiments(experiments_dir: str | os.PathLike | None = None) -> di
 
     Returns:
       ``{name: path}`` in sorted order.
+
+    Raises:
+      ArgumentError: (``"experiments_dir"``) the folder does not exist or is not a folder.
     """
     folder = Path(experiments_dir) if experiments_dir is not None else default_experiments_dir()
     if not folder.is_dir():
-        raise ValueError(f"experiments_dir: no such folder {str(folder)!r}")
+        what = "is a file, not a folder" if folder.exists() else "no such folder"
+        raise ArgumentError("experiments_dir", f"{what}: {str(folder)!r}")
     return {p.stem: p for p in sorted(folder.glob("*.py")) if not p.name.startswith("_")}
 
 
@@ -390,6 +419,42 @@ def _render_report(
     return "\n".join(lines)
 
 
+def _incomplete_marker_text(
+    started: _dt.datetime, command: str | None, finished: Sequence[str], running: str | None, pending: Sequence[str]
+) -> str:
+    """The body of :data:`INCOMPLETE_MARKER`: which experiments this run finished, runs, has left."""
+    lines = [
+        "# INCOMPLETE: a reproduction run is rewriting this folder, or was interrupted",
+        "",
+        f"Started {started.strftime('%Y-%m-%d %H:%M:%S')} UTC"
+        + (f" by `{command}`" if command else "")
+        + f". `{REPORT_NAME}` is written only after every selected experiment has run, and this file is "
+        "removed right after it. If no run is in progress, this one was interrupted or killed: the folder of "
+        "the experiment that was running may mix old and new files. The previous report, if there was one, is "
+        f"now `{STALE_REPORT_NAME}`; it no longer matches the data. Run `pifs-jax reproduce` again.",
+        "",
+        f"- finished: {', '.join(finished) or '(none)'}",
+        f"- running (its folder may be partly rewritten): {running or '(none)'}",
+        f"- not started: {', '.join(pending) or '(none)'}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _retire_previous_report(out_dir: Path) -> None:
+    """Rename a previous ``REPORT.md`` / ``reproduction.json`` to their ``.stale`` names (atomic renames)."""
+    for current, stale in ((REPORT_NAME, STALE_REPORT_NAME), (_JSON_NAME, _STALE_JSON_NAME)):
+        if (out_dir / current).is_file():
+            os.replace(out_dir / current, out_dir / stale)
+
+
+def _remove_run_markers(out_dir: Path) -> None:
+    """After ``REPORT.md`` is written: drop the marker at once, then the stale files."""
+    for name in (INCOMPLETE_MARKER, STALE_REPORT_NAME, _STALE_JSON_NAME):
+        with contextlib.suppress(FileNotFoundError):
+            (out_dir / name).unlink()
+
+
 def run_reproduction(
     out_dir: str | os.PathLike = "results",
     only: Sequence[str] | None = None,
@@ -416,7 +481,9 @@ def run_reproduction(
 
     Raises:
       ValueError: ``only`` names an experiment that does not exist, or ``experiments_dir`` is not
-        a folder.
+        a folder (:class:`~pifs_jax.errors.ArgumentError` naming ``only`` / ``experiments_dir``).
+      KeyboardInterrupt: passed on; the folder then holds :data:`INCOMPLETE_MARKER` (naming the
+        experiment that was running) and no ``REPORT.md`` (a previous one is ``REPORT.stale.md``).
     """
     from tqdm import tqdm  # text bar: works in terminals and notebooks without ipywidgets
 
@@ -424,9 +491,10 @@ def run_reproduction(
     if only:
         unknown = [n for n in only if n not in available]
         if unknown:
-            raise ValueError(
-                f"only: unknown experiment(s) {', '.join(map(repr, unknown))}; available: "
-                f"{', '.join(available) or '(none)'}"
+            raise ArgumentError(
+                "only",
+                f"unknown experiment(s) {', '.join(map(repr, unknown))}; available: "
+                f"{', '.join(available) or '(none)'}",
             )
         selected = {n: available[n] for n in available if n in set(only)}
     else:
@@ -435,23 +503,31 @@ def run_reproduction(
     out_dir.mkdir(parents=True, exist_ok=True)
     started = _dt.datetime.now(_dt.timezone.utc)
     start = time.perf_counter()
+    names = list(selected)
+    marker = out_dir / INCOMPLETE_MARKER
+    # the marker first, then the old report out of the way: at no instant does a REPORT.md sit
+    # beside experiment folders it does not describe
+    atomic_write_text(marker, _incomplete_marker_text(started, command, [], None, names))
+    _retire_previous_report(out_dir)
     outcomes = []
     bar = tqdm(selected.items(), total=len(selected), desc="experiments", unit="exp", disable=not progress)
-    for name, path in bar:
-        bar.set_postfix_str(name)
-        outcome = run_experiment(path, out_dir, quick=quick)
-        if not outcome.ok:
-            bar.write(f"FAILED: {name}\n{outcome.error}")
-        outcomes.append(outcome)
-    bar.close()
+    try:
+        for i, (name, path) in enumerate(bar):
+            bar.set_postfix_str(name)
+            atomic_write_text(marker, _incomplete_marker_text(started, command, names[:i], name, names[i + 1:]))
+            outcome = run_experiment(path, out_dir, quick=quick)
+            if not outcome.ok:
+                bar.write(f"FAILED: {name}\n{outcome.error}")
+            outcomes.append(outcome)
+    finally:  # KeyboardInterrupt passes through; the marker names the experiment that was running
+        bar.close()
     seconds = time.perf_counter() - start
     env = environment_metadata()
     text = _render_report(
         outcomes, env=env, started=started, seconds=seconds, quick=quick, only=only, command=command
     )
-    report_path = atomic_write_text(out_dir / "REPORT.md", text)
     json_path = write_result_json(
-        out_dir / "reproduction.json",
+        out_dir / _JSON_NAME,
         {
             "experiments": [
                 {"name": o.name, "title": o.title, "ok": o.ok, "seconds": o.seconds, "figures": list(o.figures),
@@ -465,4 +541,6 @@ def run_reproduction(
                 "experiments_dir": str(experiments_dir) if experiments_dir else str(default_experiments_dir()),
                 "command": command},
     )
+    report_path = atomic_write_text(out_dir / REPORT_NAME, text)  # last: its presence means "finished"
+    _remove_run_markers(out_dir)
     return ReproductionReport(report_path, json_path, tuple(outcomes), seconds)

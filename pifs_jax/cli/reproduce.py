@@ -6,9 +6,13 @@ The work is :func:`pifs_jax.reproduce.run_reproduction`; nothing heavy is import
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import signal
 import sys
+import threading
 
-from pifs_jax.cli.common import Subcommand, UsageError, command_line, usage_error_for
+from pifs_jax.cli.common import PROG, Subcommand, UsageError, command_line, output_dir, usage_error_for
 
 DESCRIPTION = """\
 Run the experiment scripts in the repository's experiments/ folder and write the
@@ -26,18 +30,68 @@ examples:
   pifs-jax reproduce --only schedule_geometry --quick --out /tmp/results
 
   # experiments from another folder
-  pifs-jax reproduce --experiments-dir my_experiments --out my_results"""
+  pifs-jax reproduce --experiments-dir my_experiments --out my_results
+
+an interrupted run (Ctrl-C) exits with status 130 and never leaves a REPORT.md that
+disagrees with the data: before the first experiment writes, OUT/REPORT.md (and
+reproduction.json) of a previous run is renamed to REPORT.stale.md (reproduction.stale.json)
+and OUT/INCOMPLETE.md names the experiments finished, running and not started. REPORT.md is
+written last; INCOMPLETE.md, then the stale files are removed only after it. So REPORT.md
+without INCOMPLETE.md means a finished run."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="results", metavar="DIR", help="report folder (default: results)")
+    parser.add_argument("--out", type=output_dir, default="results", metavar="DIR",  # argparse types the default too
+                        help="report folder, created if missing (default: results)")
     parser.add_argument("--only", nargs="+", action="extend", default=None, metavar="NAME",
                         help="run only these experiments (file stems in experiments/, e.g. schedule_geometry); "
                         "repeatable (default: all)")
     parser.add_argument("--quick", action="store_true", help="reduced runs that exercise every code path (default: full)")
     parser.add_argument("--experiments-dir", default=None, metavar="DIR",
-                        help="folder of experiment scripts (default: the repository's experiments/)")
+                        help="folder of experiment scripts (default: the bundled experiments, installed as "
+                        "pifs_jax.experiments from the repository's experiments/)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+@contextlib.contextmanager
+def _exit_at_once_on_interrupt(*, progress: bool):
+    """While active, SIGINT (Ctrl-C) prints one line and ends the process with status 130.
+
+    Why not the default ``KeyboardInterrupt``: raised inside an experiment, it unwinds through JAX
+    while XLA's thread pools may still run dispatched computations, and the interpreter teardown
+    that follows (finalisation racing those threads) was seen to crash with a segmentation fault
+    (exit 139). It is also raised wherever the main thread happens to be, e.g. inside JAX's
+    garbage-collection callback, where Python prints "Exception ignored" and swallows it, so the
+    run went on. The handler below runs in the main thread at the next bytecode boundary and calls
+    ``os._exit(130)``: no unwinding, no finalisers, no teardown racing XLA threads. Nothing is lost
+    by skipping them: every file the run writes is written atomically (temporary file + rename), and
+    :func:`pifs_jax.reproduce.run_reproduction` keeps the folder consistent at every instant
+    (``INCOMPLETE.md`` names what was running, a previous report is already ``REPORT.stale.md``),
+    so there is nothing left to write but the message. ``jax.effects_barrier()`` is not called:
+    waiting for the running computation would only delay the exit, its results being discarded.
+
+    Installed only in the main thread (``signal.signal`` works nowhere else); the previous handler
+    is restored afterwards, so ``pifs_jax.cli.main`` called in-process leaves no trace.
+    """
+
+    def on_sigint(signum, frame):  # noqa: ARG001 - signal handler signature
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the exit
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+        with contextlib.suppress(Exception):
+            newline = "\n" if progress else ""  # end the progress bar's line
+            sys.stderr.write(f"{newline}{PROG} reproduce: interrupted (see INCOMPLETE.md in the report folder)\n")
+            sys.stderr.flush()
+        os._exit(130)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,10 +108,11 @@ def run(args: argparse.Namespace) -> int:
                 "--only",
                 f"unknown experiment(s) {', '.join(unknown)}; available: {', '.join(available) or '(none)'}",
             )
-    report = reproduce.run_reproduction(
-        args.out, args.only, args.quick,
-        experiments_dir=args.experiments_dir, progress=not args.no_progress, command=command_line(args.argv),
-    )
+    with _exit_at_once_on_interrupt(progress=not args.no_progress):
+        report = reproduce.run_reproduction(
+            args.out, args.only, args.quick,
+            experiments_dir=args.experiments_dir, progress=not args.no_progress, command=command_line(args.argv),
+        )
     for outcome in report.outcomes:
         print(f"{'ok    ' if outcome.ok else 'FAILED'} {outcome.name} ({outcome.seconds:.1f} s)")
     print(f"report: {report.report_path}")
