@@ -14,58 +14,18 @@ import numpy as np
 import pytest
 
 from pifs_jax import reproduce
+from reference import cosine_alpha_bar, cosine_one_minus_c, linear_alpha_bar, lstar_numpy, moran_root_numpy
 
 # ----------------------------------------------------------------------------- independent references
 
 
-def linear_alpha_bar(T: int = 1000) -> np.ndarray:
-    """DDPM linear schedule in NumPy float64, ``alpha_bar[0] = 1``."""
-    return np.concatenate([[1.0], np.cumprod(1.0 - np.linspace(1e-4, 0.02, T))])
+def finest_lstar_cosine(T: int = 1000, s: float = 0.008) -> float:
+    """``L*`` of the step ``1 -> 0`` of the cosine schedule in closed form, cancellation-free.
 
-
-def cosine_alpha_bar(T: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> np.ndarray:
-    """Nichol & Dhariwal cosine schedule with clipped betas, NumPy float64."""
-    phi = (np.arange(T + 1) / T + s) / (1 + s) * np.pi / 2
-    raw = np.cos(phi) ** 2 / np.cos(phi[0]) ** 2
-    betas = np.minimum(1.0 - raw[1:] / raw[:-1], max_beta)
-    return np.concatenate([[1.0], np.cumprod(1.0 - betas)])
-
-
-def lstar_numpy(alpha_bar: np.ndarray, grid: np.ndarray) -> np.ndarray:
-    """``L*_t = (sigma_s + a sigma_t)/(1 + a)`` straight from the definition."""
-    ab_t, ab_s = alpha_bar[grid[1:]], alpha_bar[grid[:-1]]
-    sigma_t, sigma_s = np.sqrt(1 - ab_t), np.sqrt(1 - ab_s)
-    a = np.sqrt(ab_s / ab_t)
-    return (sigma_s + a * sigma_t) / (1 + a)
-
-
-def moran_numpy(alpha_bar: np.ndarray, grid: np.ndarray) -> float:
-    """Root of ``sum_t log f_t(lambda)`` by plain bisection on the direct formula for ``f_t``."""
-    ab_t, ab_s = alpha_bar[grid[1:]], alpha_bar[grid[:-1]]
-    sigma_t, sigma_s = np.sqrt(1 - ab_t), np.sqrt(1 - ab_s)
-
-    def total(lam):
-        return np.sum(np.log((np.sqrt(ab_s * ab_t) * lam + sigma_s * sigma_t) / (ab_t * lam + sigma_t**2)))
-
-    lo, hi = 0.5, 4.0
-    assert total(lo) < 0 < total(hi)
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if total(mid) < 0 else (lo, mid)
-    return 0.5 * (lo + hi)
-
-
-def finest_lstar_cosine(tau_1: int, T: int = 1000, s: float = 0.008) -> float:
-    """Closed form of ``L*`` for the step ``tau_1 -> 0``, cancellation-free.
-
-    With ``c = sqrt(alpha_bar_tau) = cos(phi_1)/cos(phi_0)``: ``a = 1/c``, ``sigma = sqrt(1 - c^2)``, so
-    ``L* = a sigma/(1 + a) = sqrt((1 - c)/(1 + c))`` and
-    ``1 - c = 2 sin((phi_1 + phi_0)/2) sin((phi_1 - phi_0)/2) / cos(phi_0)``.
+    With ``c = sqrt(alpha_bar_1)``: ``a = 1/c``, ``sigma_1 = sqrt(1 - c^2)``, so
+    ``L* = a sigma_1 / (1 + a) = sqrt((1 - c)/(1 + c))``.
     """
-    phi0 = s / (1 + s) * math.pi / 2
-    phi1 = (tau_1 / T + s) / (1 + s) * math.pi / 2
-    c = math.cos(phi1) / math.cos(phi0)
-    one_minus_c = 2 * math.sin((phi1 + phi0) / 2) * math.sin((phi1 - phi0) / 2) / math.cos(phi0)
+    c, one_minus_c = cosine_one_minus_c(T, s)
     return math.sqrt(one_minus_c / (1 + c))
 
 
@@ -176,7 +136,7 @@ def test_chain_numbers_against_numpy_float64(schedule_geometry, key, alpha_bar, 
     np.testing.assert_allclose(chain["lstar_cv"], lstar.std() / lstar.mean(), rtol=1e-9)  # population std
     np.testing.assert_allclose(chain["lstar_min"], lstar.min(), rtol=1e-8)
     assert chain["lstar_argmin_t"] == grid[1]  # the finest step is the weakest link
-    np.testing.assert_allclose(chain["lambda_star_star"], moran_numpy(alpha_bar, grid), rtol=1e-9)
+    np.testing.assert_allclose(chain["lambda_star_star"], moran_root_numpy(alpha_bar, grid), rtol=1e-9)
 
 
 def test_finest_lstar_closed_forms(schedule_geometry):
@@ -188,8 +148,8 @@ def test_finest_lstar_closed_forms(schedule_geometry):
     assert chains["linear"]["lstar_finest"] == pytest.approx(expected_linear, rel=1e-12)
     # cosine s = 0: L*_1 = tan(phi_1 / 2) with phi_1 = (tau_1 / T) pi / 2
     assert chains["cosine_s0"]["lstar_finest"] == pytest.approx(math.tan(math.pi / 4000), rel=1e-12)
-    assert chains["cosine_s0"]["lstar_finest"] == pytest.approx(finest_lstar_cosine(1, s=0.0), rel=1e-12)
-    assert chains["cosine_s0.008"]["lstar_finest"] == pytest.approx(finest_lstar_cosine(1, s=0.008), rel=1e-12)
+    assert chains["cosine_s0"]["lstar_finest"] == pytest.approx(finest_lstar_cosine(s=0.0), rel=1e-12)
+    assert chains["cosine_s0.008"]["lstar_finest"] == pytest.approx(finest_lstar_cosine(s=0.008), rel=1e-12)
     assert chains["ddim50_cosine_s0"]["lstar_finest"] == pytest.approx(math.tan(math.pi / 200), rel=1e-12)
     # and L*_1 ~ sigma_1 / 2
     for chain in chains.values():
@@ -200,7 +160,7 @@ def test_cosine_offset_gain_is_about_four_fold(schedule_geometry):
     _, section, _ = schedule_geometry
     gain = section["results"]["cosine_offset_gain"]
     assert 3.5 < gain < 4.5
-    independent = finest_lstar_cosine(1, s=0.008) / finest_lstar_cosine(1, s=0.0)
+    independent = finest_lstar_cosine(s=0.008) / finest_lstar_cosine(s=0.0)
     assert gain == pytest.approx(independent, rel=1e-12)
 
 
