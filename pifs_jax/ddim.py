@@ -11,7 +11,12 @@ One step ``t = tau_i -> s = tau_{i-1}`` (docs/theory.md section 3):
 
 A denoiser is any function ``eps_fn(x, t)`` of one sample ``x`` (any shape) and the integer
 timestep ``t`` of this package's convention (``alpha_bar[t]``), returning an array of ``x``'s
-shape. Model parameters travel by closure: ``jax.grad(lambda p: loss(ddim_chain(partial(net, p),
+shape. Pass model parameters inside a pytree callable, ``jax.tree_util.Partial(apply_one, params)``
+(what :func:`pifs_jax.models.as_eps_fn` returns): the chain is compiled with ``equinox.filter_jit``,
+which traces the denoiser's array leaves as arguments and keeps everything else static, so a
+second parameter set of the same architecture compiles nothing new and no compiled program holds
+the parameters. A plain closure works too, compiled once per closure object (its captured arrays
+are constants of that program). ``jax.grad(lambda p: loss(ddim_chain(Partial(apply_one, p),
 ...)))`` differentiates through the whole chain with respect to ``p`` (and the schedule).
 Batches come from :func:`ddim_sample` (``jax.vmap``).
 
@@ -24,8 +29,10 @@ chain); ``0 <= eta <= 1``; and an eager call checks its result with one reductio
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, NamedTuple
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -103,8 +110,10 @@ def check_denoiser(eps_fn: EpsFn, x: Any, t: int = 1, *, name: str = "eps_fn") -
     Uses ``jax.eval_shape``: nothing is computed.
     """
     x = jnp.asarray(x)
-    try:
-        out = jax.eval_shape(eps_fn, jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct((), jnp.int32))
+    try:  # the denoiser's own array leaves (parameters) are abstract too
+        out = eqx.filter_eval_shape(
+            eps_fn, jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct((), jnp.int32)
+        )
     except Exception as err:  # surface the model's own error with context
         raise ArgumentError(name, f"calling eps_fn(x, t) with x of shape {x.shape} failed: {err}") from err
     if not hasattr(out, "shape") or out.shape != x.shape:
@@ -185,6 +194,36 @@ def locate_nonfinite(
     return NonFiniteError("eps_fn", f"{where}; {hint}")
 
 
+def _chain_scan(eps_fn: EpsFn, steps: ChainSteps, x_T: jax.Array, key: Any, *, stochastic: bool, keep_states: bool):
+    """``(x_0, states after each step or None)``: the ``lax.scan`` of the chain over ``steps`` (one sample)."""
+    n_steps = steps.t.shape[0]
+    noise_keys = jax.random.split(key, n_steps) if stochastic else jnp.zeros((n_steps,), jnp.uint32)
+
+    def body(x, inputs):
+        step, step_key = inputs
+        x_next = ddim_step(eps_fn, x, step.t, step.a.astype(x.dtype), step.b.astype(x.dtype))
+        if stochastic:
+            x_next = x_next + step.noise_scale.astype(x.dtype) * jax.random.normal(step_key, x.shape, x.dtype)
+        return x_next, x_next if keep_states else None
+
+    return jax.lax.scan(body, x_T, (steps, noise_keys))
+
+
+# The denoiser is an argument: its array leaves (parameters) are traced, the rest is static.
+_compiled_chain = eqx.filter_jit(_chain_scan)
+
+
+@eqx.filter_jit
+def _compiled_batch(
+    eps_fn: EpsFn, steps: ChainSteps, x_T: jax.Array, keys: Any, *, stochastic: bool, keep_states: bool
+):
+    """:func:`_chain_scan` over a batch ``x_T`` (``keys``: one PRNG key per sample, or ``None``)."""
+    if keys is None:
+        return jax.vmap(lambda x: _chain_scan(eps_fn, steps, x, None, stochastic=False, keep_states=keep_states))(x_T)
+    chain = functools.partial(_chain_scan, eps_fn, steps, stochastic=stochastic, keep_states=keep_states)
+    return jax.vmap(chain)(x_T, keys)
+
+
 def ddim_chain(
     eps_fn: EpsFn,
     sched: Schedule,
@@ -235,17 +274,7 @@ def ddim_chain(
     if stochastic and key is None:
         raise ArgumentError("key", "a PRNG key is required when eta > 0 (stochastic DDIM steps)")
     steps = chain_steps(sched, grid, eta=eta)
-    n_steps = steps.t.shape[0]
-    noise_keys = jax.random.split(key, n_steps) if stochastic else jnp.zeros((n_steps,), jnp.uint32)
-
-    def body(x, inputs):
-        step, step_key = inputs
-        x_next = ddim_step(eps_fn, x, step.t, step.a.astype(x.dtype), step.b.astype(x.dtype))
-        if stochastic:
-            x_next = x_next + step.noise_scale.astype(x.dtype) * jax.random.normal(step_key, x.shape, x.dtype)
-        return x_next, x_next
-
-    x_0, states = jax.lax.scan(body, x_T, (steps, noise_keys))
+    x_0, states = _compiled_chain(eps_fn, steps, x_T, key, stochastic=stochastic, keep_states=bool(return_trajectory))
     trajectory = jnp.concatenate([x_T[None], states], axis=0) if return_trajectory else None
     if check_finite and is_concrete(x_0) and not bool(jnp.all(jnp.isfinite(x_0))):
         error = locate_nonfinite(eps_fn, sched, x_T, grid=grid, eta=eta, key=key, trajectory=trajectory)
@@ -281,13 +310,9 @@ def ddim_sample(
     if stochastic and key is None:
         raise ArgumentError("key", "a PRNG key is required when eta > 0 (stochastic DDIM steps)")
     keys = jax.random.split(key, x_T.shape[0]) if stochastic else None
-
-    def one(x, k):
-        return ddim_chain(
-            eps_fn, sched, x, grid=grid, return_trajectory=return_trajectory, eta=eta, key=k, check_finite=False
-        )
-
-    out = jax.vmap(lambda x: one(x, None))(x_T) if keys is None else jax.vmap(one)(x_T, keys)
+    steps = chain_steps(sched, grid, eta=eta)
+    x_0, states = _compiled_batch(eps_fn, steps, x_T, keys, stochastic=stochastic, keep_states=bool(return_trajectory))
+    out = (x_0, jnp.concatenate([x_T[:, None], states], axis=1)) if return_trajectory else x_0
     x_0 = out[0] if return_trajectory else out
     if check_finite and is_concrete(x_0):
         finite = np.asarray(jnp.all(jnp.isfinite(x_0.reshape(x_0.shape[0], -1)), axis=1))

@@ -21,12 +21,18 @@ inputs are concrete: a denoiser whose output shape differs from its input
 (:func:`pifs_jax.ddim.check_denoiser`), a patch size that does not tile the image, vectors of the
 wrong shape all raise ``ValueError`` naming the argument. States (``x``, ``x_T``) must have a
 floating dtype, checked under ``jax.jit`` too: an integer state is refused, not promoted.
+
+The dense Jacobians and the matrix-free block norms run as ``equinox.filter_jit`` programs that
+take the denoiser (``step_fn``) as an argument: the array leaves of a pytree denoiser
+(:func:`pifs_jax.models.as_eps_fn`, ``jax.tree_util.Partial``) are traced, so another parameter
+set of the same shapes compiles nothing new; a plain closure compiles once per closure object.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -82,6 +88,11 @@ def step_jacobian(eps_fn: EpsFn, x: Any, *, t: Any, a: Any, b: Any) -> jax.Array
     check_floating(x, name="x")
     if is_concrete(x):
         check_denoiser(eps_fn, x)
+    return _compiled_step_jacobian(eps_fn, x, jnp.asarray(t), jnp.asarray(a, x.dtype), jnp.asarray(b, x.dtype))
+
+
+@eqx.filter_jit
+def _compiled_step_jacobian(eps_fn: EpsFn, x: jax.Array, t: jax.Array, a: jax.Array, b: jax.Array) -> jax.Array:
     return jax.jacfwd(_flat_step(eps_fn, x.shape, t, a, b, x.dtype))(x.reshape(-1))
 
 
@@ -132,6 +143,11 @@ def chain_jacobian(eps_fn: EpsFn, sched: Schedule, x_T: Any, *, grid: Any = None
     check_floating(x_T, name="x_T")
     if is_concrete(x_T):
         check_denoiser(eps_fn, x_T)
+    return _compiled_chain_jacobian(eps_fn, sched, x_T, jnp.asarray(as_grid(grid, sched.T)))
+
+
+@eqx.filter_jit
+def _compiled_chain_jacobian(eps_fn: EpsFn, sched: Schedule, x_T: jax.Array, grid: jax.Array) -> jax.Array:
     shape = x_T.shape
 
     def flat_chain(flat):
@@ -354,8 +370,16 @@ def block_norms_matrix_free(
         raise ArgumentError("iters", f"expected an integer >= 1, got {iters!r}")
     if is_concrete(x):
         check_denoiser(lambda y, t: step_fn(y), x, name="step_fn")
+    return _compiled_block_norms_matrix_free(step_fn, x, key, layout=layout, iters=int(iters))
+
+
+@eqx.filter_jit
+def _compiled_block_norms_matrix_free(
+    step_fn: Callable[[jax.Array], jax.Array], x: jax.Array, key: jax.Array, *, layout: PatchLayout, iters: int
+) -> BlockNorms:
+    """The Krylov iteration of :func:`block_norms_matrix_free` (``step_fn``'s array leaves traced)."""
     m, nk = layout.num_patches, layout.patch_dim
-    steps = min(int(iters), nk)
+    steps = min(iters, nk)
     dtype = x.dtype
     _, jvp_fn = jax.linearize(step_fn, x)
     vjp_fn = jax.linear_transpose(jvp_fn, x)

@@ -15,10 +15,9 @@ spectrum of a short chain, the graded QR products, the subspace iteration, its g
 from __future__ import annotations
 
 import dataclasses
-import functools
-import inspect
 from typing import Any, Callable, NamedTuple
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -302,23 +301,11 @@ def _float_state(x: Any, name: str) -> jax.Array:
     return x
 
 
-def _compiled(core: Callable, fn: Callable, *args: Any, **static: Any):
-    """``core(fn, *args, **static)`` through a cached ``jax.jit`` (``fn`` and keyword arguments static).
-
-    Repeated eager calls with the same function and shapes (e.g. another schedule) reuse one
-    compilation; an unhashable ``fn`` runs the traced core uncached.
-    """
-    try:
-        hash(fn)
-    except TypeError:
-        return core(fn, *args, **static)
-    return _jit_of(core)(fn, *args, **static)
-
-
-@functools.cache
-def _jit_of(core: Callable):
-    keyword_only = [p.name for p in inspect.signature(core).parameters.values() if p.kind is p.KEYWORD_ONLY]
-    return jax.jit(core, static_argnums=0, static_argnames=keyword_only)
+# The cores are compiled with ``equinox.filter_jit``: the array leaves of every argument (the
+# denoiser's parameters, the state, the schedule, the grid, the key) are traced, everything else
+# (functions, keyword options, the mesh) static. Repeated eager calls with the same static
+# structure and shapes (another schedule, or another parameter set of a pytree denoiser) reuse
+# one compilation, and the compiled programs hold no parameter arrays.
 
 
 # ----------------------------------------------------------------------------- autonomous maps
@@ -340,6 +327,9 @@ def _autonomous_core(map_fn, x0, key, *, n_steps, n_transient, k, return_history
     history = _running_mean(run.log_r)[:, order] if return_history else None
     spectrum = Spectrum(exponents, _dimension(exponents, leading=k is not None), history, None, "iterate", n_steps)
     return spectrum, run.finite
+
+
+_compiled_autonomous_core = eqx.filter_jit(_autonomous_core)
 
 
 def lyapunov_spectrum(
@@ -394,7 +384,7 @@ def lyapunov_spectrum(
     x0 = _float_state(x0, "x0")
     shape, n = x0.shape, x0.size
     try:
-        out = jax.eval_shape(map_fn, jax.ShapeDtypeStruct(shape, x0.dtype))
+        out = eqx.filter_eval_shape(map_fn, jax.ShapeDtypeStruct(shape, x0.dtype))
     except Exception as err:
         raise ArgumentError("map_fn", f"calling map_fn(x) with x of shape {shape} failed: {err}") from err
     if getattr(out, "shape", None) != shape:
@@ -402,8 +392,7 @@ def lyapunov_spectrum(
         raise ArgumentError("map_fn", f"the map must return an array of the input's shape {shape}, got {got}")
     if k is not None:
         k = _check_k(k, n)
-    spectrum, finite = _compiled(
-        _autonomous_core,
+    spectrum, finite = _compiled_autonomous_core(
         map_fn,
         x0,
         jax.random.PRNGKey(0) if key is None else key,
@@ -451,10 +440,12 @@ def chain_lyapunov_spectrum(
     ``Lambda_j = (1/N) log sigma_j(J_N ... J_1)`` with ``J_i = a_t I + b_t d epshat/dx`` evaluated
     along the trajectory ``x_T -> x_0`` (``N`` = number of steps of ``grid``). Under Gaussian data
     this equals :func:`pifs_jax.geometry.lyapunov_exponents` ``(1/N) sum_t log f_t(lambda_i)``.
-    The computation is one cached ``jax.jit`` per (``eps_fn``, shapes, options): another
-    schedule or grid of the same length does not recompile. Jittable, ``vmap``-able over ``x_T``
+    The computation is one ``equinox.filter_jit`` compilation per (static part of ``eps_fn``,
+    shapes, options): another schedule, grid of the same length, or parameter set of a pytree
+    denoiser (:func:`pifs_jax.models.as_eps_fn`, ``jax.tree_util.Partial``) does not recompile;
+    a plain closure compiles once per closure object. Jittable, ``vmap``-able over ``x_T``
     and differentiable (leading-``k`` exact: with respect to the schedule, ``x_T`` and
-    parameters closed over by ``eps_fn``).
+    the parameters of ``eps_fn``, pytree leaves or closed over).
 
     Args:
       eps_fn: ``eps_fn(x, t) -> array of x's shape`` (one sample; ``t`` a traced int32).
@@ -541,8 +532,8 @@ def chain_lyapunov_spectrum(
 
     columns = n if full else k  # of the tangent block pushed along the chain
     if full or method == "benettin":
-        spectrum, finite = _compiled(
-            _chain_qr_core, eps_fn, sched, x_T, grid, key,
+        spectrum, finite = _compiled_chain_qr_core(
+            eps_fn, sched, x_T, grid, key,
             k=k, graded=method == "exact", sweeps=sweeps, return_history=return_history, qr_every=qr_every,
         )  # fmt: skip
     else:
@@ -554,8 +545,8 @@ def chain_lyapunov_spectrum(
             )
         tol = 10 * float(jnp.finfo(x_T.dtype).eps) if tol is None else float(tol)
         columns = p
-        spectrum, finite = _compiled(
-            _leading_core, eps_fn, sched, x_T, grid, key,
+        spectrum, finite = _compiled_leading_core(
+            eps_fn, sched, x_T, grid, key,
             k=k, p=p, iters=iters, tol=tol, sweeps=sweeps, mesh=mesh, return_history=return_history,
             qr_every=qr_every,
         )  # fmt: skip
@@ -598,6 +589,9 @@ def _chain_qr_core(eps_fn, sched, x_T, grid, key, *, k, graded, sweeps, return_h
             history = history[:, jnp.argsort(-run.log_diag)]
     spectrum = Spectrum(exponents, _dimension(exponents, leading=k is not None), history, None, "step", n_steps)
     return spectrum, run.finite
+
+
+_compiled_chain_qr_core = eqx.filter_jit(_chain_qr_core)
 
 
 def _raise_nonfinite(finite: Any, sched: Schedule, grid: Any, *, n: int, p: int) -> None:
@@ -692,3 +686,6 @@ def _leading_core(eps_fn, sched, x_T, grid, key, *, k, p, iters, tol, sweeps, me
     history = history if return_history else None
     spectrum = Spectrum(exponents, _dimension(exponents, leading=True), history, vectors, "step", n_steps)
     return spectrum, run.finite
+
+
+_compiled_leading_core = eqx.filter_jit(_leading_core)

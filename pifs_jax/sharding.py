@@ -43,9 +43,9 @@ Multi-host use (several processes, one per host, e.g. a GPU cluster or a TPU pod
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -106,17 +106,23 @@ def shard_batch(x: Any, mesh: Mesh | None = None, axis: str = "batch") -> jax.Ar
     return jax.device_put(x, NamedSharding(mesh, PartitionSpec(axis)))
 
 
-@functools.lru_cache(maxsize=32)
-def _sharded_sampler(eps_fn: EpsFn, mesh: Mesh, axis: str, return_trajectory: bool):
-    """One jitted program per (denoiser, mesh, axis, output kind): schedules and grids are arguments."""
+@eqx.filter_jit
+def _sharded_sampler(eps_fn: EpsFn, sched: Schedule, x_T: jax.Array, grid: jax.Array, *, mesh: Mesh, axis: str,
+                     return_trajectory: bool):
+    """The batch's chains in one program: the denoiser's arrays, schedule and grid replicated, the batch split.
+
+    ``equinox.filter_jit``: one compilation per (static part of the denoiser, mesh, axis, output
+    kind, shapes); the denoiser's array leaves, schedule and grid are traced arguments.
+    """
     replicated = NamedSharding(mesh, PartitionSpec())
     split = NamedSharding(mesh, PartitionSpec(axis))
-
-    def run(sched, x_T, grid):
-        return ddim_sample(eps_fn, sched, x_T, grid=grid, return_trajectory=return_trajectory, check_finite=False)
-
-    out = (split, split) if return_trajectory else split
-    return jax.jit(run, in_shardings=(replicated, split, replicated), out_shardings=out)
+    eps_fn, sched, grid = jax.tree_util.tree_map(
+        lambda leaf: jax.lax.with_sharding_constraint(leaf, replicated) if eqx.is_array(leaf) else leaf,
+        (eps_fn, sched, grid),
+    )
+    x_T = jax.lax.with_sharding_constraint(x_T, split)
+    out = ddim_sample(eps_fn, sched, x_T, grid=grid, return_trajectory=return_trajectory, check_finite=False)
+    return jax.tree_util.tree_map(lambda y: jax.lax.with_sharding_constraint(y, split), out)
 
 
 def sharded_ddim_sample(
@@ -132,12 +138,14 @@ def sharded_ddim_sample(
 ):
     """Deterministic DDIM chains for a batch, the batch split over devices.
 
-    ``jax.jit`` of :func:`pifs_jax.ddim.ddim_sample` with ``in_shardings`` (schedule and grid
-    replicated, batch split over ``axis``) and ``out_shardings`` (split the same way). A batch
+    ``equinox.filter_jit`` of :func:`pifs_jax.ddim.ddim_sample` with sharding constraints on its
+    inputs (the denoiser's arrays, schedule and grid replicated, batch split over ``axis``) and on
+    its outputs (split the same way). A batch
     size that is not a multiple of the device count ``D`` is padded with copies of the last
     sample and the padding dropped from the result (then the result's layout is whatever the
-    slice gives). One compilation per (``eps_fn``, mesh, grid length, shapes): another schedule
-    or grid of the same length reuses it.
+    slice gives). One compilation per (static part of ``eps_fn``, mesh, grid length, shapes):
+    another schedule, grid of the same length, or parameter set of a pytree denoiser
+    (:func:`pifs_jax.models.as_eps_fn`) reuses it; a plain closure compiles once per closure object.
 
     Args:
       eps_fn: ``eps_fn(x, t)`` for one sample.
@@ -174,7 +182,7 @@ def sharded_ddim_sample(
     pad = -batch % size
     if pad:
         x = jnp.concatenate([x, jnp.repeat(x[-1:], pad, axis=0)], axis=0)
-    out = _sharded_sampler(eps_fn, mesh, axis, bool(return_trajectory))(sched, x, grid)
+    out = _sharded_sampler(eps_fn, sched, x, grid, mesh=mesh, axis=axis, return_trajectory=bool(return_trajectory))
     if pad:
         out = jax.tree_util.tree_map(lambda y: y[:batch], out)
     x_0 = out[0] if return_trajectory else out

@@ -8,7 +8,7 @@ The interface shared by both networks (binding for training, checkpoints and exp
     params = init_params(module, key)
     eps = module.apply({"params": params}, x, t)                         # x (B,H,W,C), t (B,) int32
     eps, attn = module.apply({"params": params}, x, t, return_attention=True)   # same eps, bitwise
-    eps_fn = as_eps_fn(module, params)                                   # one sample, for ddim_chain
+    eps_fn = as_eps_fn(module, params)              # one sample, for ddim_chain; a pytree (params traced)
     module = model_from_config(config)                                   # rebuild from a checkpoint
 
 ``t`` is the raw integer timestep ``1..T`` of this package (``alpha_bar[t]``), embedded with

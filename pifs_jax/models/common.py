@@ -20,6 +20,8 @@ are computed either way; returning them adds outputs, not operations).
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 from typing import Any, Callable, Mapping, Sequence
 
@@ -36,6 +38,7 @@ __all__ = [
     "attention_entropy",
     "init_params",
     "as_eps_fn",
+    "ModuleDenoiser",
     "count_params",
     "check_model_input",
 ]
@@ -163,13 +166,42 @@ def init_params(module: nn.Module, key: jax.Array, image_shape: Sequence[int] | 
         return jax.jit(module.init)(key, x, t)["params"]
 
 
-def as_eps_fn(module: nn.Module, params: Any) -> Callable[[jax.Array, Any], jax.Array]:
+@functools.partial(jax.jit, static_argnums=0)
+def _batched_apply(module: nn.Module, params: Any, x: jax.Array, t: jax.Array) -> jax.Array:
+    """``module.apply({"params": params}, x, t)`` jitted once per module (parameters are arguments)."""
+    return module.apply({"params": params}, x, t)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModuleDenoiser:
+    """``apply_one(params, x, t)``: the denoiser of ONE sample for a network ``module``.
+
+    Depends on the module only (equal for equal modules), so that
+    ``jax.tree_util.Partial(ModuleDenoiser(module), params)`` of two parameter sets of one
+    architecture has the same static structure: compiled programs that take the denoiser as an
+    argument are reused, with the parameters traced.
+    """
+
+    module: nn.Module
+
+    def __call__(self, params: Any, x: Any, t: Any) -> jax.Array:
+        x = jnp.asarray(x)
+        t = jnp.reshape(jnp.asarray(t).astype(jnp.int32), (1,))
+        return _batched_apply(self.module, params, x[None], t)[0].astype(x.dtype)
+
+
+def as_eps_fn(module: nn.Module, params: Any) -> jax.tree_util.Partial:
     """Turn a network into a denoiser ``eps_fn(x, t)`` for ONE sample, as :mod:`pifs_jax.ddim` wants.
 
     ``eps_fn(x, t) = module.apply({"params": params}, x[None], [t])[0]`` with ``x`` of shape
-    ``(H, W, C)`` and an integer scalar ``t``; output of ``x``'s shape and dtype. The batched apply
-    is jitted with the parameters as an *argument* (not baked-in constants), so calling
-    ``as_eps_fn(module, p)`` inside ``jax.grad`` over ``p`` differentiates through the network.
+    ``(H, W, C)`` and an integer scalar ``t``; output of ``x``'s shape and dtype.
+
+    The result is a pytree, ``jax.tree_util.Partial(ModuleDenoiser(module), params)``: the
+    parameters are its leaves and the module its static structure. The package's compiled
+    chains, spectra and Jacobians take the denoiser as an argument, so the parameters are traced
+    (never constants baked into the program): a second parameter set of the same architecture
+    compiles nothing new, the program does not grow with the model, no cache keeps the
+    parameters alive, and ``jax.grad`` over ``params`` differentiates through the network.
     Batches come from :func:`~pifs_jax.ddim.ddim_sample` (``vmap``).
 
     Example::
@@ -177,14 +209,7 @@ def as_eps_fn(module: nn.Module, params: Any) -> Callable[[jax.Array, Any], jax.
       eps_fn = as_eps_fn(module, params)
       x0 = ddim_chain(eps_fn, sched, x_T, grid=uniform_grid(1000, 50))
     """
-    apply = jax.jit(lambda p, x, t: module.apply({"params": p}, x, t))
-
-    def eps_fn(x, t):
-        x = jnp.asarray(x)
-        t = jnp.reshape(jnp.asarray(t).astype(jnp.int32), (1,))
-        return apply(params, x[None], t)[0].astype(x.dtype)
-
-    return eps_fn
+    return jax.tree_util.Partial(ModuleDenoiser(module), params)
 
 
 def count_params(params: Any) -> int:

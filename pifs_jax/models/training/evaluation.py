@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -104,12 +105,13 @@ def evaluate_run(
     with tqdm(total=2 * chunks + 2, disable=not progress, desc="sample and score", unit="phase", leave=False) as bar:
         bar.set_postfix_str("model samples", refresh=False)
         t0 = time.perf_counter()
-        samples = sample_in_chunks(lambda p: as_eps_fn(module, p), params, sched, x_T, grid=grid,
+        # Partials of module-level functions: equal for equal modules (one compilation per architecture)
+        samples = sample_in_chunks(jax.tree_util.Partial(as_eps_fn, module), params, sched, x_T, grid=grid,
                                    on_chunk=lambda: bar.update(1))
         sample_seconds = time.perf_counter() - t0
         bar.set_postfix_str("empirical denoiser samples", refresh=False)
-        reference = sample_in_chunks(lambda d: empirical_denoiser(sched, d), jnp.asarray(train_images), sched, x_T,
-                                     grid=grid, on_chunk=lambda: bar.update(1))
+        reference = sample_in_chunks(jax.tree_util.Partial(empirical_denoiser, sched), jnp.asarray(train_images), sched,
+                                     x_T, grid=grid, on_chunk=lambda: bar.update(1))
         bar.set_postfix_str("scores", refresh=True)
         report = q.quality_report(
             samples, train=train_images, test=test_images, patch_size=config.patch_size, reference_samples=reference
@@ -142,14 +144,17 @@ def sample_in_chunks(
     """:func:`pifs_jax.ddim.ddim_sample` of ``make_eps_fn(args)``, ``chunk`` samples at a time.
 
     One compilation (the last chunk is padded); bounded memory (the empirical denoiser compares
-    every sample with every training crop at every step). ``args`` (parameters, data) enter the
-    compiled program as arguments, not as constants baked into it: faster to compile, and
-    jaxlib 0.10.2's CPU compiler was seen to miscompile exactly-zero constant weight layers.
+    every sample with every training crop at every step). ``args`` (parameters, data), the
+    schedule, the grid and the array leaves of ``make_eps_fn`` enter the compiled program
+    (``equinox.filter_jit``) as arguments, not as constants baked into it: faster to compile,
+    jaxlib 0.10.2's CPU compiler was seen to miscompile exactly-zero constant weight layers, and
+    a ``make_eps_fn`` that compares equal across calls (e.g.
+    ``jax.tree_util.Partial(as_eps_fn, module)``) reuses the compilation for new parameters.
     ``on_chunk()`` is called after every chunk (e.g. a progress bar's update).
     """
-    from pifs_jax.ddim import ddim_sample
+    def sample(a, x):
+        return _sample_chunk(make_eps_fn, a, sched, x, grid)
 
-    sample = jax.jit(lambda a, x: ddim_sample(make_eps_fn(a), sched, x, grid=grid))
     count = x_T.shape[0]
     size = min(chunk, count)
     out = []
@@ -162,6 +167,15 @@ def sample_in_chunks(
         if on_chunk is not None:
             on_chunk()
     return np.concatenate(out)
+
+
+@eqx.filter_jit
+def _sample_chunk(make_eps_fn: Callable[[Any], Callable], args: Any, sched: Schedule, x_T: jax.Array,
+                  grid: Any) -> jax.Array:
+    """:func:`pifs_jax.ddim.ddim_sample` of ``make_eps_fn(args)`` from ``x_T`` (compiled; nothing checked)."""
+    from pifs_jax.ddim import ddim_sample
+
+    return ddim_sample(make_eps_fn(args), sched, x_T, grid=grid, check_finite=False)
 
 
 def plot_metrics_log(records: Sequence[Mapping[str, Any]], *, title: str = ""):
