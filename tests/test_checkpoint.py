@@ -156,6 +156,7 @@ _SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
     script = tmp_path / "run_training.py"
     script.write_text(_SCRIPT.format(tests=str(TESTS)))

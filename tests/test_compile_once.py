@@ -19,6 +19,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import pifs_jax as pj
 from pifs_jax.ddim import ddim_step
@@ -93,6 +94,7 @@ def every_denoiser_function(eps_fn, sched, x, key):
     }
 
 
+@pytest.mark.slow
 def test_second_parameter_set_compiles_nothing(x64):
     """Every function, run with a second parameter set of the same shapes: no lowering, no compilation.
 
@@ -128,6 +130,7 @@ def _random_params(module, seed):
     )
 
 
+@pytest.mark.slow
 def test_network_denoiser_compiles_once_per_architecture(x32):
     """``as_eps_fn(module, params)`` of a second parameter set reuses the chain's and the batch's programs."""
     module = _dit(8)

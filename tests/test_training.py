@@ -138,6 +138,7 @@ def _small_model_fn(x64_dtype=jnp.float64):
     return module, params
 
 
+@pytest.mark.slow
 def test_regulariser_estimator_unbiased(x64):
     """Mean of N estimates vs the exact cross-block Frobenius sum from jax.jacfwd, for P = M and P = 1.
 
@@ -220,6 +221,7 @@ def _tiny_step(weighting="uniform", mu=0.0, steps=300, probes=1):
     return apply_fn, tables, state, step
 
 
+@pytest.mark.slow
 def test_training_reduces_loss_and_compiles_once(x32):
     """300 steps (batches of 16) on 128 tiny images halve the eps-MSE (fixed evaluation keys); one compilation."""
     data = tiny_data(128)
@@ -381,6 +383,7 @@ def test_straddling_patches_see_seams():
 # ----------------------------------------------------------------------------- command line
 
 
+@pytest.mark.slow
 def test_cli_train_real_model_smoke(tmp_path, capsys):
     """`pifs-jax train` with the real DiT on digits (3 steps), load_run, and the refusal to overwrite."""
     from pifs_jax import cli
