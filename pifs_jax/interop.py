@@ -155,24 +155,19 @@ DDPM_FAMILY_SCHEDULERS = (
     "TCDScheduler",
 )
 
-# Classes whose defaults for the schedule keys are DDIMScheduler's (1000 steps, linear betas from
-# 1e-4 to 0.02). Others have their own (LCMScheduler: scaled_linear from 0.00085 to 0.012;
-# HeunDiscreteScheduler: linear from 0.00085 to 0.012) or are not checked here, so their configs
-# must spell the schedule out.
-_DDIM_DEFAULT_CLASSES = (
-    "DDPMScheduler",
-    "DDIMScheduler",
-    "DDPMParallelScheduler",
-    "DDIMParallelScheduler",
-    "PNDMScheduler",
-    "DPMSolverMultistepScheduler",
-    "DPMSolverSinglestepScheduler",
-    "EulerDiscreteScheduler",
-    "EulerAncestralDiscreteScheduler",
-    "LMSDiscreteScheduler",
-    "UniPCMultistepScheduler",
-    "DEISMultistepScheduler",
+# Classes whose defaults for the schedule keys are not DDIMScheduler's (1000 steps, linear betas
+# from 1e-4 to 0.02), or were not checked: LCMScheduler (scaled_linear from 0.00085 to 0.012),
+# HeunDiscreteScheduler (linear from 0.00085 to 0.012). Their configs must spell the schedule out.
+_OWN_DEFAULT_CLASSES = (
+    "DPMSolverSDEScheduler",
+    "HeunDiscreteScheduler",
+    "KDPM2DiscreteScheduler",
+    "KDPM2AncestralDiscreteScheduler",
+    "SASolverScheduler",
+    "LCMScheduler",
+    "TCDScheduler",
 )
+_DDIM_DEFAULT_CLASSES = tuple(c for c in DDPM_FAMILY_SCHEDULERS if c not in _OWN_DEFAULT_CLASSES)
 
 #: Keys of other model families: name -> family. Refused with a non-null value, even in ``ignore``.
 OTHER_FAMILY_KEYS = {
