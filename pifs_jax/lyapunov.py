@@ -188,8 +188,9 @@ def _qr_pass(
     """Push the basis ``q0`` along the orbit of ``step`` with QR re-orthonormalisation.
 
     ``step(x, inputs_i) -> x_next`` on flat states; ``Q_i R_i = J_i Q_{i-1}`` with ``diag R_i >= 0``.
-    Full: the step Jacobian by ``jax.jacfwd``, then ``J Q``; otherwise ``J Q`` by
-    ``jax.linearize`` + ``vmap`` over the columns of ``Q`` (JVPs; ``constrain`` may shard them).
+    Full without ``constrain``: the step Jacobian by ``jax.jacfwd``, then ``J Q``; otherwise
+    (leading-``k``, or a full spectrum given ``constrain``) ``J Q`` by ``jax.linearize`` + ``vmap``
+    over the columns of ``Q`` (JVPs; ``constrain`` may shard them, the QR then gathers the block).
     With ``graded``, the product ``R_N ... R_1`` is accumulated as ``(l, W)``
     (:func:`_graded_update`).
 
@@ -217,7 +218,7 @@ def _qr_pass(
     def body(carry, inp):
         x, q, log_diag, w = carry
         i, inp = inp
-        if full:
+        if full and constrain is _identity:
             jac, x_next = jax.jacfwd(lambda v: (lambda y: (y, y))(step(v, inp)), has_aux=True)(x)
             y = jac @ q
         else:
@@ -484,9 +485,12 @@ def chain_lyapunov_spectrum(
         ``eps exp(m (Lambda_1 - Lambda_n))`` (full; for leading-``k`` the spread within the
         block), so choose ``m`` with that spread well below ``log(1/eps)`` (16 nats in float32,
         36 in float64). Full spectrum: the history is ``NaN`` on steps without a QR.
-      mesh: leading-``k`` exact only: a :class:`jax.sharding.Mesh`; the tangent block is sharded
-        over all of its axes (see :mod:`pifs_jax.sharding`). The block size is rounded up to a
-        multiple of the mesh size with extra (oversampling) vectors.
+      mesh: full spectrum or leading-``k`` exact: a :class:`jax.sharding.Mesh`; the tangent block
+        is sharded over all of its axes (see :mod:`pifs_jax.sharding`). Full: the ``n`` columns of
+        ``Q`` (``n`` must be a multiple of the mesh size) are pushed as JVPs on their devices,
+        ``J_i Q_{i-1}``, instead of forming ``J_i`` by ``jax.jacfwd``; the ``n x n`` QR and the
+        graded product run on the gathered block (replicated). Leading-``k``: the block size is
+        rounded up to a multiple of the mesh size with extra (oversampling) vectors.
 
     Returns:
       :class:`Spectrum` (``per="step"``, ``n_steps=N``) with ``exponents`` shape ``(n,)`` or
@@ -518,8 +522,11 @@ def chain_lyapunov_spectrum(
     if not full:
         k = _check_k(k, n)
     qr_every = check_positive_int(qr_every, name="qr_every")
-    if mesh is not None and (full or method != "exact"):
-        raise ArgumentError("mesh", "sharded tangent vectors are supported for the leading-k exact method (k=int)")
+    if mesh is not None and not full and method != "exact":
+        raise ArgumentError("mesh", "sharded tangent vectors are supported for the full spectrum and the leading-k exact method")
+    devices = _tangent_constraint(mesh)[1]  # also validates the mesh
+    if full and n % devices:
+        raise ArgumentError("mesh", f"the full spectrum's {n} tangent vectors must divide evenly over the mesh's {devices} devices")
     grid = jnp.asarray(as_grid(grid, sched.T))
     n_steps = grid.shape[0] - 1
     if is_concrete(sched, grid):
@@ -535,13 +542,13 @@ def chain_lyapunov_spectrum(
         spectrum, finite = _compiled_chain_qr_core(
             eps_fn, sched, x_T, grid, key,
             k=k, graded=method == "exact", sweeps=sweeps, return_history=return_history, qr_every=qr_every,
+            mesh=mesh,
         )  # fmt: skip
     else:
-        multiple = 1 if mesh is None else _tangent_constraint(mesh)[1]
-        p = min(n, -(-(k + oversample) // multiple) * multiple)
-        if p % multiple:
+        p = min(n, -(-(k + oversample) // devices) * devices)
+        if p % devices:
             raise ArgumentError("mesh", f"the tangent block (k + oversample rounded up to {p}, capped at n = {n}) must divide "
-                f"evenly over the mesh's {multiple} devices"
+                f"evenly over the mesh's {devices} devices"
             )
         tol = 10 * float(jnp.finfo(x_T.dtype).eps) if tol is None else float(tol)
         columns = p
@@ -565,14 +572,18 @@ def _chain_step(eps_fn: EpsFn, shape: tuple) -> Callable:
     return step
 
 
-def _chain_qr_core(eps_fn, sched, x_T, grid, key, *, k, graded, sweeps, return_history, qr_every=1):
-    """QR pass along the chain from ``Q_0 = I`` (full) or a random ``n x k`` block: exact or Benettin."""
+def _chain_qr_core(eps_fn, sched, x_T, grid, key, *, k, graded, sweeps, return_history, qr_every=1, mesh=None):
+    """QR pass along the chain from ``Q_0 = I`` (full) or a random ``n x k`` block: exact or Benettin.
+
+    With ``mesh`` (full spectrum), the ``n`` columns of ``Q`` are sharded over its devices and
+    ``J Q`` is taken as their JVPs there; the QR and graded product run on the gathered block.
+    """
     steps = chain_steps(sched, grid)
     n_steps, n = steps.t.shape[0], x_T.size
     q0 = jnp.eye(n, dtype=x_T.dtype) if k is None else _orthonormal_block(key, n, k, x_T.dtype)
     run = _qr_pass(
         _chain_step(eps_fn, x_T.shape), x_T.reshape(-1), q0, steps,
-        length=n_steps, full=k is None, graded=graded, qr_every=qr_every,
+        length=n_steps, full=k is None, graded=graded, qr_every=qr_every, constrain=_tangent_constraint(mesh)[0],
     )  # fmt: skip
     if graded:
         exponents = _graded_log_singular_values(run.log_diag, run.w, sweeps=sweeps) / n_steps

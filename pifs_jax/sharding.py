@@ -10,7 +10,8 @@ Two kinds of parallel work, both with :mod:`jax.sharding` (``Mesh``, ``NamedShar
   ``n x p`` tangent block of the subspace iteration is split along its ``p`` columns, so the ``p``
   chain-length JVPs and VJPs (the expensive part) run in parallel; the thin QR of the block
   (``O(n p^2)``) gathers it. ``p = k + oversample`` rounded up to a multiple of the device count
-  (the extra vectors only speed up convergence).
+  (the extra vectors only speed up convergence). The full spectrum (``k=None, mesh=mesh``) splits
+  its ``n x n`` block the same way (``n`` a multiple of the device count) and gathers it for the QR.
 
 The numbers equal the single-device ones (up to the summation order of reductions).
 

@@ -109,6 +109,26 @@ np.testing.assert_allclose(split.exponents, analytic[:4], rtol=1e-8, atol=1e-8)
 # k = 3 is rounded up to a block of 4 (one extra vector) and gives the same leading exponents
 three = chain_lyapunov_spectrum(eps_fn, sched, x_one, grid=grid, k=3, mesh=mesh)
 np.testing.assert_allclose(three.exponents, analytic[:3], rtol=1e-8, atol=1e-8)
+
+# the full spectrum with its n = 12 tangent columns sharded over the 4 devices (3 JVPs each)
+whole = chain_lyapunov_spectrum(eps_fn, sched, x_one, grid=grid)
+whole_split = chain_lyapunov_spectrum(eps_fn, sched, x_one, grid=grid, mesh=mesh)
+np.testing.assert_allclose(whole_split.exponents, whole.exponents, rtol=0, atol=1e-10)
+np.testing.assert_allclose(whole_split.exponents, analytic, rtol=1e-8, atol=1e-8)
+def compiled_text(m):
+    full = lambda v: chain_lyapunov_spectrum(eps_fn, sched, v, grid=grid, mesh=m).exponents
+    return jax.jit(full).lower(x_one).compile().as_text()
+def local_jvp_blocks(text):  # ops of the tangent JVPs on a device's 12 x 3 slice of the block
+    return [line for line in text.splitlines() if "f64[12,3]" in line and "jvp" in line]
+sharded_text, plain_text = compiled_text(mesh), compiled_text(None)
+assert "num_partitions=4" in sharded_text and local_jvp_blocks(sharded_text), "full-spectrum tangent block not split"
+assert not local_jvp_blocks(plain_text)
+try:
+    chain_lyapunov_spectrum(eps_fn, sched, x_one[:10], grid=grid, mesh=mesh)
+except ValueError as err:
+    assert str(err).startswith("mesh:"), err
+else:
+    raise AssertionError("10 tangent columns accepted on 4 devices")
 print("SHARDING-OK")
 """
 )
