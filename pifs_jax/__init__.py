@@ -55,6 +55,7 @@ from pifs_jax.geometry import (
 from pifs_jax.kaplan_yorke import kaplan_yorke_dimension, kaplan_yorke_patch_form
 from pifs_jax.learnable import LearnableSchedule, logsnr_spline, monotone_network
 from pifs_jax.ddim import ChainSteps, chain_steps, check_denoiser, ddim_chain, ddim_sample, ddim_step
+from pifs_jax.errors import ArgumentError, NonFiniteError
 from pifs_jax.results import write_result_json
 from pifs_jax.interop import (
     DIFFUSERS_BETA_SCHEDULES,
@@ -174,6 +175,7 @@ __all__ = [
     "kaplan_yorke_dimension", "kaplan_yorke_patch_form",
     "LearnableSchedule", "logsnr_spline", "monotone_network",
     "ChainSteps", "chain_steps", "check_denoiser", "ddim_chain", "ddim_sample", "ddim_step",
+    "ArgumentError", "NonFiniteError",
     "write_result_json",
     "DIFFUSERS_BETA_SCHEDULES", "EXAMPLE_CONFIGS", "diffusers_config_grid",
     "example_config_path", "from_diffusers_config", "load_config", "save_diffusers_config",
