@@ -18,7 +18,8 @@ is installed as the package ``pifs_jax.experiments`` (see :func:`default_experim
   - ``"summary"`` (optional): one line for the report's overview table.
 
   ``quick=True`` asks for a reduced run (smaller grids, fewer seeds) that still exercises every
-  code path; it is what the test suite uses.
+  code path; it is what the test suite uses. An experiment with a long form (longer training,
+  more trajectories) also takes ``full=False``; ``pifs-jax reproduce --full`` passes ``full=True``.
 
 :func:`run_reproduction` imports and runs each experiment in turn (sorted by file name; an
 experiment that raises, or fails to import, is recorded as FAILED with its traceback and the
@@ -47,6 +48,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import importlib.util
+import inspect
 import math
 import os
 import sys
@@ -55,7 +57,7 @@ import traceback
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
@@ -276,13 +278,18 @@ class ReproductionReport(NamedTuple):
         return tuple(o.name for o in self.outcomes if not o.ok)
 
 
-def run_experiment(path: str | os.PathLike, out_dir: str | os.PathLike, *, quick: bool = False) -> ExperimentOutcome:
+def run_experiment(
+    path: str | os.PathLike, out_dir: str | os.PathLike, *, quick: bool = False, full: bool = False
+) -> ExperimentOutcome:
     """Import and run one experiment; never raises for an experiment's own failure.
 
     Args:
       path: the experiment script.
       out_dir: the report folder; the experiment writes under ``out_dir / NAME``.
       quick: reduced run.
+      full: the long run, passed as ``run(out_dir, quick=..., full=True)`` to the experiments whose
+        ``run`` takes a ``full`` argument (those with a longer form, e.g. training); the others run
+        as usual.
 
     Returns:
       :class:`ExperimentOutcome` (``ok=False`` and the traceback in ``error`` if it raised).
@@ -295,7 +302,7 @@ def run_experiment(path: str | os.PathLike, out_dir: str | os.PathLike, *, quick
         module = load_experiment(path)
         title = str(module.TITLE)
         with _on_sys_path(path.parent):
-            result = module.run(out_dir, quick=quick)
+            result = module.run(out_dir, quick=quick, **({"full": True} if full and accepts_full(module.run) else {}))
         if not isinstance(result, dict) or not isinstance(result.get("markdown"), str):
             raise TypeError(
                 f"run() of {name!r} must return a dict with a 'markdown' string, got {type(result).__name__}"
@@ -312,10 +319,16 @@ def run_experiment(path: str | os.PathLike, out_dir: str | os.PathLike, *, quick
         )
 
 
-def experiment_main(name: str, doc: str | None, run: Any, *, quick_help: str, argv: list[str] | None = None) -> int:
-    """Command line of one experiment script: ``python experiments/<name>.py [--out DIR] [--quick]``.
+def accepts_full(run: Callable[..., Any]) -> bool:
+    """Whether an experiment's ``run`` has a long form (a ``full`` keyword argument)."""
+    return "full" in inspect.signature(run).parameters
 
-    Parses ``argv``, calls ``run(Path(out), quick=quick)`` and prints the section's markdown.
+
+def experiment_main(name: str, doc: str | None, run: Any, *, quick_help: str, argv: list[str] | None = None) -> int:
+    """Command line of one experiment script: ``python experiments/<name>.py [--out DIR] [--quick] [--full]``.
+
+    Parses ``argv``, calls ``run(Path(out), quick=quick)`` (with ``full=True`` for ``--full``, offered
+    when ``run`` takes it: :func:`accepts_full`) and prints the section's markdown.
     Every experiment's ``main`` is this call, so the scripts share one interface with
     ``pifs-jax reproduce --only <name>``.
     """
@@ -324,8 +337,13 @@ def experiment_main(name: str, doc: str | None, run: Any, *, quick_help: str, ar
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="results", help=f"report folder; files go to OUT/{name} (default: results)")
     parser.add_argument("--quick", action="store_true", help=quick_help)
+    if accepts_full(run):
+        parser.add_argument("--full", action="store_true", help="the long run (longer training, more trajectories)")
     args = parser.parse_args(argv)
-    section = run(Path(args.out), quick=args.quick)
+    extra = {"full": True} if getattr(args, "full", False) else {}
+    if extra and args.quick:
+        parser.error("--quick and --full exclude each other")
+    section = run(Path(args.out), quick=args.quick, **extra)
     print(section["markdown"])
     print(f"\nwrote {Path(args.out) / name}")
     return 0
@@ -360,6 +378,7 @@ def _render_report(
     started: _dt.datetime,
     seconds: float,
     quick: bool,
+    full: bool = False,
     only: Sequence[str] | None,
     command: str | None,
 ) -> str:
@@ -370,7 +389,7 @@ def _render_report(
         f"Reproducing {PAPER_REFERENCE}.",
         "",
         f"- Date: {started.strftime('%Y-%m-%d %H:%M:%S')} UTC",
-        f"- Mode: {'quick (reduced grids, for testing)' if quick else 'full'}",
+        f"- Mode: {'quick (reduced grids, for testing)' if quick else ('full (long runs)' if full else 'default')}",
         f"- Experiments: {len(outcomes)} run"
         + (f" (selected with --only: {', '.join(only)})" if only else "")
         + f", {len(outcomes) - len(failed)} succeeded, {len(failed)} FAILED",
@@ -460,6 +479,7 @@ def run_reproduction(
     only: Sequence[str] | None = None,
     quick: bool = False,
     *,
+    full: bool = False,
     experiments_dir: str | os.PathLike | None = None,
     progress: bool = True,
     command: str | None = None,
@@ -470,6 +490,8 @@ def run_reproduction(
       out_dir: the report folder; experiment ``NAME`` writes under ``out_dir/NAME``.
       only: names (file stems) of the experiments to run; ``None`` runs all.
       quick: reduced runs (what the tests use).
+      full: the long runs of the experiments that have one (:func:`run_experiment`); not with
+        ``quick``.
       experiments_dir: where the experiment scripts live (default: :func:`default_experiments_dir`,
         the bundled ``pifs_jax.experiments``, i.e. the repository's ``experiments/``).
       progress: show a tqdm progress bar on stderr.
@@ -487,6 +509,8 @@ def run_reproduction(
     """
     from tqdm import tqdm  # text bar: works in terminals and notebooks without ipywidgets
 
+    if quick and full:
+        raise ArgumentError("full", "cannot be combined with quick (reduced runs)")
     available = discover_experiments(experiments_dir)
     if only:
         unknown = [n for n in only if n not in available]
@@ -515,7 +539,7 @@ def run_reproduction(
         for i, (name, path) in enumerate(bar):
             bar.set_postfix_str(name)
             atomic_write_text(marker, _incomplete_marker_text(started, command, names[:i], name, names[i + 1:]))
-            outcome = run_experiment(path, out_dir, quick=quick)
+            outcome = run_experiment(path, out_dir, quick=quick, full=full)
             if not outcome.ok:
                 bar.write(f"FAILED: {name}\n{outcome.error}")
             outcomes.append(outcome)
@@ -524,7 +548,7 @@ def run_reproduction(
     seconds = time.perf_counter() - start
     env = environment_metadata()
     text = _render_report(
-        outcomes, env=env, started=started, seconds=seconds, quick=quick, only=only, command=command
+        outcomes, env=env, started=started, seconds=seconds, quick=quick, full=full, only=only, command=command
     )
     json_path = write_result_json(
         out_dir / _JSON_NAME,
@@ -537,7 +561,7 @@ def run_reproduction(
             "seconds": seconds,
             "ok": all(o.ok for o in outcomes),
         },
-        config={"out_dir": str(out_dir), "only": list(only) if only else None, "quick": quick,
+        config={"out_dir": str(out_dir), "only": list(only) if only else None, "quick": quick, "full": full,
                 "experiments_dir": str(experiments_dir) if experiments_dir else str(default_experiments_dir()),
                 "command": command},
     )

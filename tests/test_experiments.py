@@ -94,6 +94,34 @@ def test_a_folder_of_ones_own_scripts_runs_instead_of_the_bundled_ones(tmp_path)
         reproduce.discover_experiments(tmp_path / "no_such_folder")
 
 
+LONG_EXPERIMENT = '''
+NAME = "long"
+TITLE = "An experiment with a long form"
+
+
+def run(out_dir, *, quick, full=False):
+    return {"markdown": f"quick={quick}, full={full}"}
+'''
+
+
+def test_full_reaches_only_the_experiments_with_a_long_form(tmp_path):
+    folder = tmp_path / "exps"
+    folder.mkdir()
+    (folder / "__init__.py").write_text("")
+    (folder / "_user_helpers.py").write_text("ANSWER = 42\n")
+    (folder / "long.py").write_text(LONG_EXPERIMENT)
+    (folder / "mine.py").write_text(USER_EXPERIMENT.format(name="mine"))
+    report = reproduce.run_reproduction(tmp_path / "out", full=True, experiments_dir=folder, progress=False)
+    assert report.ok
+    assert {o.name: o.markdown for o in report.outcomes} == {"long": "quick=False, full=True",
+                                                              "mine": "answer 42, quick=False"}
+    assert "full (long runs)" in report.report_path.read_text(encoding="utf-8")
+    default = reproduce.run_reproduction(tmp_path / "out2", only=["long"], experiments_dir=folder, progress=False)
+    assert default.outcomes[0].markdown == "quick=False, full=False"
+    with pytest.raises(ValueError, match="full"):
+        reproduce.run_reproduction(tmp_path / "out3", quick=True, full=True, experiments_dir=folder, progress=False)
+
+
 # ----------------------------------------------------------------------------- schedule_geometry
 
 

@@ -46,7 +46,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--only", nargs="+", action="extend", default=None, metavar="NAME",
                         help="run only these experiments (file stems in experiments/, e.g. schedule_geometry); "
                         "repeatable (default: all)")
-    parser.add_argument("--quick", action="store_true", help="reduced runs that exercise every code path (default: full)")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="reduced runs that exercise every code path")
+    size.add_argument("--full", action="store_true",
+                      help="the long runs of the experiments that have one (longer training, more trajectories; "
+                      "meant for a GPU)")
     parser.add_argument("--experiments-dir", default=None, metavar="DIR",
                         help="folder of experiment scripts (default: the bundled experiments, installed as "
                         "pifs_jax.experiments from the repository's experiments/)")
@@ -110,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
             )
     with _exit_at_once_on_interrupt(progress=not args.no_progress):
         report = reproduce.run_reproduction(
-            args.out, args.only, args.quick,
+            args.out, args.only, args.quick, full=args.full,
             experiments_dir=args.experiments_dir, progress=not args.no_progress, command=command_line(args.argv),
         )
     for outcome in report.outcomes:
