@@ -95,7 +95,7 @@ from pifs_jax.jacobians import (
 )
 
 from pifs_jax.lyapunov import CHAIN_METHODS, Spectrum, chain_lyapunov_spectrum, lyapunov_spectrum
-from pifs_jax.sharding import batch_mesh, shard_batch, sharded_ddim_sample
+from pifs_jax.sharding import batch_mesh, initialize_processes, shard_batch, sharded_ddim_sample
 
 from pifs_jax.criteria import (
     WORK_KINDS,
@@ -189,7 +189,7 @@ __all__ = [
     "ddim_step_jacobian", "leading_eigenvectors", "patch_blocks", "step_jacobian", "step_jvp",
     "step_vjp", "summarize_block_norms", "suppression_field",
     "CHAIN_METHODS", "Spectrum", "chain_lyapunov_spectrum", "lyapunov_spectrum",
-    "batch_mesh", "shard_batch", "sharded_ddim_sample",
+    "batch_mesh", "initialize_processes", "shard_batch", "sharded_ddim_sample",
     "WORK_KINDS", "GrowthBalance", "WeakestLink", "Workload", "coefficient_of_variation",
     "cumulative_work", "equal_work_times", "growth_balance", "step_work", "weakest_link",
     "work_density", "workload",

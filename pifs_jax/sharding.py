@@ -28,7 +28,8 @@ Multi-host use (several processes, one per host, e.g. a GPU cluster or a TPU pod
 1. Call ``jax.distributed.initialize()`` first in every process (on Cloud TPU and SLURM it finds
    the coordinator itself; otherwise pass ``coordinator_address``, ``num_processes``,
    ``process_id``). ``jax.devices()`` then lists the devices of **all** hosts and
-   ``jax.local_devices()`` this host's.
+   ``jax.local_devices()`` this host's. :func:`initialize_processes` does this with explicit arguments and
+   sets the CPU collectives to gloo, so it also works between processes on one machine.
 2. Build a global mesh over all devices: :func:`batch_mesh` (``jax.make_mesh`` over
    ``jax.devices()``). Every process must run the same program with the same mesh.
 3. Make global arrays from per-host data: each process holds its part of the batch and calls
@@ -51,13 +52,13 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from pifs_jax._validation import check_floating, is_concrete
+from pifs_jax._validation import check_floating, check_positive_int, is_concrete
 from pifs_jax.ddim import EpsFn, check_denoiser, ddim_sample, locate_nonfinite
 from pifs_jax.grids import as_grid
 from pifs_jax.schedules import Schedule
 from pifs_jax.errors import ArgumentError, NonFiniteError
 
-__all__ = ["batch_mesh", "shard_batch", "sharded_ddim_sample", "tangent_block_constraint"]
+__all__ = ["batch_mesh", "shard_batch", "sharded_ddim_sample", "tangent_block_constraint", "initialize_processes"]
 
 
 def batch_mesh(axis: str = "batch", *, devices: Any = None) -> Mesh:
@@ -217,3 +218,28 @@ def tangent_block_constraint(mesh: Mesh):
         return jax.lax.with_sharding_constraint(block, NamedSharding(mesh, spec))
 
     return constrain, int(mesh.size)
+
+
+def initialize_processes(coordinator: str, num_processes: int, process_id: int) -> None:
+    """Join a multi-process JAX run: ``jax.distributed.initialize`` with CPU collectives over gloo.
+
+    Call it first in every process (before any JAX computation), with the same ``coordinator``
+    (``"HOST:PORT"`` of process 0, reachable from every process) and ``num_processes``, and this
+    process's ``process_id`` in ``0 .. num_processes - 1``. Afterwards ``jax.devices()`` lists
+    the devices of every process. On CPUs the cross-process collectives need an implementation:
+    ``jax_cpu_collectives_implementation = "gloo"`` is set first (it does not affect GPUs or TPUs).
+
+    Raises:
+      ArgumentError: naming ``coordinator`` (not ``HOST:PORT``), ``num_processes`` (not a
+        positive integer) or ``process_id`` (outside ``0 .. num_processes - 1``).
+    """
+    host, sep, port = str(coordinator).rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ArgumentError("coordinator", f"expected HOST:PORT (e.g. localhost:12355), got {coordinator!r}")
+    num_processes = check_positive_int(num_processes, name="num_processes")
+    process_id = check_positive_int(process_id, name="process_id", minimum=0)
+    if process_id >= num_processes:
+        raise ArgumentError("process_id", f"expected 0 .. {num_processes - 1} (num_processes = {num_processes}), "
+                            f"got {process_id}")
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)

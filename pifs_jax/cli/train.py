@@ -77,6 +77,13 @@ examples:
   # start afresh over the run in out/dit16 (its files are deleted)
   pifs-jax train --model dit --data photos16 --out out/dit16 --overwrite
 
+  # data parallel: each batch of 64 split over 4 devices (4 host devices on a CPU)
+  XLA_FLAGS=--xla_force_host_platform_device_count=4 pifs-jax train --devices 4 --out out/dit16_dp
+
+  # two processes (here on one machine; on a cluster: process 0's host), every device of both
+  pifs-jax train --coordinator localhost:12355 --num-processes 2 --process-id 0 --out out/mp &
+  pifs-jax train --coordinator localhost:12355 --num-processes 2 --process-id 1 --out out/mp
+
 notes:
   A run is a pure function of its options: batches, timesteps, noise and probes of step k
   come from (seed, k), so --resume continues bit for bit. A checkpoint written with other
@@ -90,6 +97,10 @@ notes:
   to 0 at --steps) is recomputed for the new length, so the learning rate rises again after
   the old end and the result differs from a run started with the larger --steps. A smaller
   --steps is refused.
+  Data parallel (--devices N): the trajectory equals the single-device one up to the
+  summation order of the batch reductions (float32 rounding); the checkpoint is the same file,
+  and a run may be resumed on another number of devices. With --coordinator every process
+  runs the same command (same --out, on a shared file system) and only process 0 writes.
   --preset replaces --config (in 'pifs-jax geometry' --config is a file); --config still
   works, with a note on stderr."""
 
@@ -154,6 +165,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="samples drawn and scored at the end; 0 = none (default: preset)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    par = parser.add_argument_group("parallel")
+    par.add_argument("--devices", type=positive_int, default=None, metavar="N",
+                     help="split each batch over N devices (a 'data' mesh axis; parameters and optimiser state "
+                     "replicated); --batch-size must be a multiple of N. More CPU devices: "
+                     "XLA_FLAGS=--xla_force_host_platform_device_count=N (default: 1; with --coordinator: "
+                     "every device of every process)")
+    par.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                     help="multi-process run: address of process 0 (jax.distributed.initialize); needs "
+                     "--num-processes and --process-id; only process 0 writes to --out")
+    par.add_argument("--num-processes", type=positive_int, default=None, metavar="P",
+                     help="processes in the multi-process run")
+    par.add_argument("--process-id", type=non_negative_int, default=None, metavar="I",
+                     help="this process's index, 0 .. P-1")
+
 
 #: TrainConfig fields (the arguments of :func:`pifs_jax.models.training.train_config`) -> options.
 _OPTIONS = {
@@ -161,7 +186,7 @@ _OPTIONS = {
     "steps": "--steps", "batch_size": "--batch-size", "lr": "--lr", "weighting": "--weighting",
     "min_snr_gamma": "--min-snr-gamma", "mu": "--mu", "probes": "--probes", "ema_decay": "--ema-decay",
     "seed": "--seed", "schedule": "--schedule", "T": "--T", "checkpoint_every": "--checkpoint-every", "log_every": "--log-every",
-    "sample_steps": "--sample-steps", "num_samples": "--num-samples",
+    "sample_steps": "--sample-steps", "num_samples": "--num-samples", "devices": "--devices",
 }
 
 
@@ -219,10 +244,35 @@ def _check_out(args: argparse.Namespace) -> None:
                          "to continue it, --overwrite to start afresh (deleting it), or choose another --out")
 
 
+def _start_processes(args: argparse.Namespace) -> None:
+    """--coordinator/--num-processes/--process-id: join the multi-process run (before any JAX work)."""
+    given = {"--coordinator": args.coordinator, "--num-processes": args.num_processes, "--process-id": args.process_id}
+    if all(value is None for value in given.values()):
+        return
+    missing = [option for option, value in given.items() if value is None]
+    if missing:
+        raise UsageError(missing[0], f"a multi-process run needs {', '.join(given)} together; missing {', '.join(missing)}")
+    from pifs_jax.sharding import initialize_processes
+
+    try:
+        initialize_processes(args.coordinator, args.num_processes, args.process_id)
+    except ValueError as exc:
+        error = usage_error_for(exc, {"coordinator": "--coordinator", "num_processes": "--num-processes",
+                                      "process_id": "--process-id"})
+        if error is None:
+            raise
+        raise error from None
+
+
 def run(args: argparse.Namespace) -> int:
-    from pifs_jax.models.training import train, train_config
+    from pifs_jax.models.training import check_devices, train, train_config
 
     preset = _preset(args)
+    _start_processes(args)
+    if args.coordinator is not None and args.devices is None:
+        import jax
+
+        args.devices = jax.device_count()  # every device of every process
     overrides = {field: getattr(args, field) for field in _OPTIONS}
     assigned = parse_assignments(args.assignments, overrides)
     try:
@@ -235,6 +285,10 @@ def run(args: argparse.Namespace) -> int:
         if error is None:
             raise
         raise error from None
+    try:
+        check_devices(config.devices)
+    except ValueError as exc:
+        raise usage_error_for(exc, _OPTIONS, default="--devices") from None
     _check_out(args)
     result = train(config, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     print(f"trained {config.model} ({config.size}) on {config.data} for {int(result.state.step)} steps "

@@ -9,6 +9,8 @@ Theory: docs/theory.md section 7. Modules:
   :func:`cross_block_frobenius`).
 - :mod:`~pifs_jax.models.training.trainer`: optimiser, :class:`TrainState`, the compiled step,
   the metrics log and :func:`train` (checkpoints and exact resume).
+- :mod:`~pifs_jax.models.training.parallel`: data parallelism (:func:`data_mesh`, :func:`replicate`,
+  :func:`split_batch`, :func:`check_devices`): the batch split over a ``data`` mesh axis.
 - :mod:`~pifs_jax.models.training.evaluation`: sampling, the quality report, the loss curve, :func:`load_run`.
 """
 
@@ -24,6 +26,7 @@ from pifs_jax.models.training.losses import (
     module_apply_fn,
     weight_table,
 )
+from pifs_jax.models.training.parallel import DATA_AXIS, check_devices, data_mesh, replicate, split_batch
 from pifs_jax.models.training.regularizer import cross_block_frobenius, cross_block_penalty
 from pifs_jax.models.training.trainer import (
     TrainResult,
@@ -75,4 +78,9 @@ __all__ = [
     "RUN_FILES",
     "resume_identity",
     "load_train_test",
+    "DATA_AXIS",
+    "check_devices",
+    "data_mesh",
+    "replicate",
+    "split_batch",
 ]

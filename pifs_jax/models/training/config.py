@@ -50,6 +50,12 @@ class TrainConfig:
         ``b_t = -0.22``.
       sample_steps: ``N`` of the uniform sampling grid (samples and the collage weighting).
       checkpoint_every, log_every, num_samples: run control, not part of the identity.
+      devices: data parallelism (run control too): the batch is split over this many devices
+        (a ``data`` mesh axis, :mod:`~pifs_jax.models.training.parallel`), parameters and
+        optimiser state replicated; ``batch_size`` must be a multiple of it. ``1`` (default) runs
+        the plain single-device step. Resuming with another device count is allowed: the
+        trajectory then agrees with the uninterrupted one up to the summation order of the
+        batch reductions (float32 rounding), not bit for bit.
     """
 
     model: str = "dit"
@@ -78,9 +84,10 @@ class TrainConfig:
     checkpoint_every: int = 500
     log_every: int = 10
     num_samples: int = 256
+    devices: int = 1
 
     #: Fields that control bookkeeping only; they may differ between a run and its resumption.
-    RUN_CONTROL = ("checkpoint_every", "log_every", "num_samples")
+    RUN_CONTROL = ("checkpoint_every", "log_every", "num_samples", "devices")
     #: Fields a resumed run may *increase* (extending a run): the checkpoint's value is accepted
     #: when it is smaller than the requested one. Only ``steps``: the learning-rate schedule is
     #: recomputed for the new length (:func:`~pifs_jax.models.training.trainer.train`).
@@ -95,7 +102,7 @@ class TrainConfig:
             if getattr(self, name) not in allowed:
                 bad(name, f"one of {', '.join(allowed)}")
         for name in ("num_train", "num_test", "steps", "batch_size", "T", "sample_steps",
-                     "checkpoint_every", "log_every", "probes"):
+                     "checkpoint_every", "log_every", "probes", "devices"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 bad(name, "a positive integer")
@@ -117,6 +124,9 @@ class TrainConfig:
             bad("ema_decay", "a number in [0, 1)")
         if self.sample_steps > self.T:
             bad("sample_steps", f"at most T = {self.T}")
+        if self.batch_size % self.devices:
+            bad("devices", f"a divisor of batch_size = {self.batch_size} (each device takes batch_size / devices "
+                "images; change --batch-size or --devices)")
 
     def to_dict(self) -> dict[str, Any]:
         """All fields as a JSON-able dict."""

@@ -15,6 +15,11 @@ continues a finished (or killed) run to the new length (:attr:`TrainConfig.EXTEN
 steps already taken are kept bit for bit; the learning-rate schedule (warm-up, then cosine decay
 to 0 at ``steps``) is recomputed for the new length, so the learning rate, 0 at the old end, rises
 again, and the result differs from a run started with the larger ``steps``.
+
+**Data parallel** (``TrainConfig.devices > 1``, or several processes): the same step with the
+batch split over a ``data`` mesh axis and the state replicated
+(:mod:`~pifs_jax.models.training.parallel`); equal to the single-device trajectory up to the
+summation order of the batch reductions, with the same checkpoint file.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from pifs_jax.checkpoint import (
     CHECKPOINT_NAME,
@@ -43,6 +49,7 @@ from pifs_jax.grids import uniform_grid
 from pifs_jax.loop import Checkpointing, run_loop
 from pifs_jax.models.training.config import LR_DECAYS, TrainConfig
 from pifs_jax.models.training.losses import ApplyFn, LossTables, denoising_loss, loss_tables, module_apply_fn
+from pifs_jax.models.training.parallel import check_devices, data_mesh, replicate, split_batch
 from pifs_jax.patches import patch_layout
 from pifs_jax.results import atomic_write_text, to_jsonable
 from pifs_jax.schedules import named_schedule
@@ -131,6 +138,7 @@ def make_train_step(
     mu: float = 0.0,
     patch_size: int | None = None,
     probes: int = 1,
+    mesh: Mesh | None = None,
 ) -> Callable[[TrainState, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
     """A jitted ``step(state, data) -> (state, metrics)``; compiles once per data shape.
 
@@ -138,13 +146,21 @@ def make_train_step(
     the batch is ``data[batch_indices(state.key, state.step)]`` and the loss key
     ``fold_in(fold_in(key, step), 1)``. Metrics: those of :func:`denoising_loss` plus the
     gradient's global norm and the learning-rate step count.
+
+    With ``mesh`` (:func:`~pifs_jax.models.training.parallel.data_mesh`): data parallel. The
+    batch is split over the mesh's ``"data"`` axis
+    (:func:`~pifs_jax.models.training.parallel.split_batch`) and the new state and the metrics
+    are replicated (``out_shardings``); ``state`` and ``data`` should be replicated on the mesh
+    (:func:`~pifs_jax.models.training.parallel.replicate`). The gradient's mean over the batch
+    is then an all-reduce across devices.
     """
 
     def step(state: TrainState, data: jax.Array):
         idx = batch_indices(state.key, state.step, batch_size=batch_size, num_data=data.shape[0])
         loss_key = jax.random.fold_in(jax.random.fold_in(state.key, state.step), 1)
+        batch = data[idx] if mesh is None else split_batch(data[idx], mesh)
         grads, metrics = jax.grad(denoising_loss, has_aux=True)(
-            state.params, apply_fn, data[idx], loss_key, tables, mu=mu, patch_size=patch_size, probes=probes
+            state.params, apply_fn, batch, loss_key, tables, mu=mu, patch_size=patch_size, probes=probes
         )
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -154,7 +170,9 @@ def make_train_step(
         metrics = {**metrics, "grad_norm": optax.tree.norm(grads)}
         return TrainState(state.step + 1, params, ema, opt_state, state.key), metrics
 
-    return jax.jit(step)
+    if mesh is None:
+        return jax.jit(step)
+    return jax.jit(step, out_shardings=NamedSharding(mesh, PartitionSpec()))
 
 
 # ============================================================================ metrics log
@@ -319,10 +337,21 @@ def train(
     The steps run in :func:`pifs_jax.loop.run_loop`: a ``KeyboardInterrupt`` saves the last
     completed step before it propagates.
 
+    Data parallel (``config.devices > 1``, :mod:`~pifs_jax.models.training.parallel`): the batch
+    is split over the first ``devices`` devices, the state replicated; the checkpoint is the same
+    file as for a single-device run (the replicated state fetched to the host). Several processes
+    (after :func:`pifs_jax.sharding.initialize_processes`): ``devices`` must be every device of
+    every process, every process calls :func:`train` with the same arguments and ``out_dir`` on a
+    file system they share (a resumed run reads the checkpoint in every process), and only
+    process 0 writes (config, log, checkpoints, figures, samples and scores); the others return
+    ``quality=None``. In both cases the returned state is replicated on the mesh's devices
+    (``jax.device_get`` it to combine it with single-device arrays).
+
     Raises:
       ArgumentError: an existing checkpoint without ``resume`` or ``overwrite``; both
-        ``resume`` and ``overwrite``; a checkpoint of another configuration (a larger ``steps``
-        included), truncated or corrupted (:func:`pifs_jax.checkpoint.load_checkpoint`); images
+        ``resume`` and ``overwrite``; ``devices`` more than JAX sees (or, with several processes,
+        not all of them: :func:`~pifs_jax.models.training.parallel.check_devices`); a checkpoint
+        of another configuration (a larger ``steps`` included), truncated or corrupted (:func:`pifs_jax.checkpoint.load_checkpoint`); images
         whose shape does not fit the patch size.
       FloatingPointError: a non-finite metric (the training diverged).
     """
@@ -331,6 +360,9 @@ def train(
     ckpt_path = out / CHECKPOINT_NAME
     if resume and overwrite:
         raise ArgumentError("overwrite", "cannot be combined with resume (continue the run, or start afresh)")
+    check_devices(config.devices)
+    parallel = config.devices > 1 or jax.process_count() > 1
+    writer = jax.process_index() == 0  # only process 0 writes files
     if ckpt_path.exists() and not (resume or overwrite):
         raise ArgumentError(
             "out_dir",
@@ -356,27 +388,34 @@ def train(
     tables = loss_tables(sched, weighting=config.weighting, gamma=config.min_snr_gamma, grid=grid)
     optimizer, state = initial_train_state(config, init_fn)
 
-    out.mkdir(parents=True, exist_ok=True)
     metrics_path = out / "metrics.jsonl"
-    remove_partial_writes(ckpt_path)  # a write interrupted by a kill
+    if writer:
+        out.mkdir(parents=True, exist_ok=True)
+        remove_partial_writes(ckpt_path)  # a write interrupted by a kill
     if resume and ckpt_path.exists():
         state = load_checkpoint(ckpt_path, state, config=identity)
-        _trim_metrics_log(metrics_path, int(state.step))
-        if progress:
+        if writer:
+            _trim_metrics_log(metrics_path, int(state.step))
+        if progress and writer:
             print(f"resuming from step {int(state.step)} of {config.steps} ({ckpt_path})")
             if extended:
                 print(f"extending the run from {extended['steps']} to {config.steps} steps: the learning-rate "
                       "schedule is recomputed for the new length")
-    else:  # a fresh run: nothing of an earlier run in this folder survives
+    elif writer:  # a fresh run: nothing of an earlier run in this folder survives
         for name in RUN_FILES:
             (out / name).unlink(missing_ok=True)
-    atomic_write_text(out / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
+    if writer:
+        atomic_write_text(out / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
 
+    mesh = data_mesh(config.devices) if parallel else None
     step_fn = make_train_step(
         module_apply_fn(module), optimizer, tables, batch_size=config.batch_size, ema_decay=config.ema_decay,
-        mu=config.mu, patch_size=layout.patch_size, probes=config.probes,
+        mu=config.mu, patch_size=layout.patch_size, probes=config.probes, mesh=mesh,
     )
-    data = jnp.asarray(train_images)
+    if mesh is None:
+        data = jnp.asarray(train_images)
+    else:  # the training set and the state on every device; the step splits the batch
+        data, state = replicate((train_images, state), mesh)
     start = int(state.step)
     t0 = time.perf_counter()
     last = {"time": t0, "step": start}
@@ -397,12 +436,12 @@ def train(
         state,
         start=start,
         stop=config.steps,
-        checkpoint=Checkpointing(ckpt_path, config.checkpoint_every, config.identity()),
+        checkpoint=Checkpointing(ckpt_path, config.checkpoint_every, config.identity()) if writer else None,
         report_every=config.log_every,
-        on_report=log,
+        on_report=log if writer else None,
         callback=callback,
         diverged=diverged,
-        progress=progress,
+        progress=progress and writer,
         description=f"train {config.model}/{config.data}",
         show=("loss", "mse"),
     )
@@ -411,14 +450,18 @@ def train(
     from pifs_jax.models.training.evaluation import evaluate_run, plot_metrics_log
     from pifs_jax.plotting import save_figure
 
+    if not writer:
+        return TrainResult(state, config, out, seconds, None)
     records = read_metrics_log(metrics_path)
     if records:
         save_figure(plot_metrics_log(records, title=f"{config.model}/{config.data}, {config.weighting} weighting"),
                     out / "loss.png")
     quality = None
     if evaluate and config.num_samples > 0:
+        # sampled on this process's default device (a replicated state is fetched to the host first)
+        ema_params = state.ema_params if mesh is None else jax.device_get(state.ema_params)
         quality = evaluate_run(
-            module, state.ema_params, sched, config=config, train_images=train_images, test_images=test_images,
+            module, ema_params, sched, config=config, train_images=train_images, test_images=test_images,
             out_dir=out, progress=progress,
         )
     return TrainResult(state, config, out, seconds, quality)
