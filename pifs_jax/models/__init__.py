@@ -46,6 +46,13 @@ from pifs_jax.models.common import (
     sinusoidal_embedding,
 )
 from pifs_jax.models.dit import PatchTransformer
+from pifs_jax.models.diffusers_unet import (
+    DiffusersUNet2D,
+    LoadedDiffusersUNet,
+    load_diffusers_unet,
+    seeded_diffusers_weights,
+    write_random_diffusers_unet,
+)
 from pifs_jax.models.unet import UNet
 from pifs_jax.patches import patch_layout
 from pifs_jax.errors import ArgumentError
@@ -64,6 +71,11 @@ __all__ = [
     "sinusoidal_embedding",
     "SelfAttention",
     "TimeEmbedding",
+    "load_diffusers_unet",
+    "LoadedDiffusersUNet",
+    "DiffusersUNet2D",
+    "seeded_diffusers_weights",
+    "write_random_diffusers_unet",
 ]
 
 MODEL_NAMES = ("unet", "dit")

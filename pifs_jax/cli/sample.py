@@ -1,0 +1,117 @@
+"""``pifs-jax sample``: DDIM samples of a pretrained diffusers ``UNet2DModel`` (e.g. google/ddpm-cifar10-32).
+
+The work is :func:`pifs_jax.models.load_diffusers_unet` and
+:func:`pifs_jax.models.training.sample_in_chunks`; this module declares the options, writes the
+files and prints the summary. Nothing heavy is imported at module level.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from pifs_jax.cli.common import Subcommand, UsageError, command_line, non_negative_int, output_dir, positive_int, usage_error_for
+
+DESCRIPTION = """\
+Draw samples from a pretrained diffusers UNet2DModel (a google/ddpm-* pipeline folder or a bare
+model folder, read without PyTorch) with the deterministic DDIM chain (eta = 0) of this package:
+
+  x_s = a_t x_t + b_t epshat(x_t, t),  a_t = sqrt(alpha_bar_s / alpha_bar_t),  b_t = sigma_s - a_t sigma_t
+
+on the grid diffusers' DDIMScheduler walks for the folder's scheduler config (timestep_spacing,
+steps_offset), ending on clean data. x_T ~ N(0, I) from --seed. Writes to --out:
+  samples.png   the samples as one grid (clipped to [-1, 1] for display only)
+  samples.npz   samples (N, H, W, C) float32 as drawn (not clipped), x_T, grid (this package's
+                timesteps; diffusers' are grid - 1), seed
+  sample.json   the command line, the model folder, the grid, the sampling time"""
+
+EPILOG = """\
+examples:
+  # 16 samples of google/ddpm-cifar10-32 (a downloaded pipeline folder) in 50 DDIM steps
+  pifs-jax sample --diffusers ddpm-cifar10-32 --steps 50 --num 16 --out out/cifar_samples
+
+  # a bare model folder (config.json + diffusion_pytorch_model.safetensors) with a scheduler_config.json beside it
+  pifs-jax sample --diffusers ddpm-cifar10-32/unet --steps 20 --num 64 --seed 3 --out out/s3
+
+notes:
+  The folder must hold a scheduler config (pipeline: scheduler/scheduler_config.json; model
+  folder: scheduler_config.json beside config.json) of the DDPM family with prediction_type
+  epsilon. A .bin weight file needs PyTorch; a .safetensors file does not. Samples are drawn
+  --batch-size at a time with one compiled chain."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--diffusers", required=True, metavar="PATH",
+                        help="a diffusers pipeline folder (model_index.json, unet/, scheduler/) or a UNet2DModel folder")
+    parser.add_argument("--steps", type=positive_int, default=50, metavar="N", help="DDIM steps (default: 50)")
+    parser.add_argument("--num", type=positive_int, default=16, metavar="N", help="samples to draw (default: 16)")
+    parser.add_argument("--seed", type=non_negative_int, default=0, metavar="S", help="seed of x_T (default: 0)")
+    parser.add_argument("--batch-size", type=positive_int, default=16, metavar="B",
+                        help="samples per compiled chain call (default: 16)")
+    parser.add_argument("--out", required=True, type=output_dir, metavar="DIR",
+                        help="output folder (created if missing; checked before any work)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import io
+
+    import jax
+    import numpy as np
+
+    from pifs_jax.models import as_eps_fn, load_diffusers_unet
+    from pifs_jax.models.quality import save_image_grid
+    from pifs_jax.models.training import sample_in_chunks
+    from pifs_jax.results import atomic_write_bytes, write_result_json
+
+    path = Path(args.diffusers).expanduser()
+    try:
+        loaded = load_diffusers_unet(path)
+        if loaded.schedule is None:
+            raise UsageError("--diffusers", f"{str(path)!r} holds no scheduler config (scheduler/scheduler_config.json "
+                             "or scheduler_config.json), so its schedule and sampling grid are unknown")
+        grid = loaded.sampling_grid(args.steps)
+    except UsageError:
+        raise
+    except ValueError as exc:
+        error = usage_error_for(exc, {"steps": "--steps", "num_inference_steps": "--steps"})
+        if error is None:  # about the folder: its files, or a config key (kept in the message)
+            argument = getattr(exc, "argument", None)
+            error = UsageError("--diffusers", exc.detail if argument == "path" else str(exc))
+        raise error from None
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    x_T = jax.random.normal(jax.random.PRNGKey(args.seed), (args.num,) + tuple(loaded.image_shape))
+    start = time.perf_counter()
+    samples = sample_in_chunks(jax.tree_util.Partial(as_eps_fn, loaded.module), loaded.params, loaded.schedule, x_T,
+                               grid=grid, chunk=args.batch_size)
+    seconds = time.perf_counter() - start
+    buffer = io.BytesIO()
+    np.savez(buffer, samples=samples.astype(np.float32), x_T=np.asarray(x_T, np.float32), grid=np.asarray(grid),
+             seed=np.int64(args.seed))
+    atomic_write_bytes(out / "samples.npz", buffer.getvalue())
+    save_image_grid(out / "samples.png", samples, scale=4 if max(loaded.image_shape[:2]) <= 64 else 1)
+    write_result_json(
+        out / "sample.json",
+        {"model": str(path.resolve()), "weights_file": str(loaded.weights_file), "image_shape": list(loaded.image_shape),
+         "grid": [int(t) for t in grid], "diffusers_timesteps": [int(t) - 1 for t in grid[1:]][::-1],
+         "num": args.num, "sampling_seconds": seconds,
+         "value_range": [float(v) if np.isfinite(v) else None for v in (samples.min(), samples.max())]},
+        config={"command": command_line(getattr(args, "argv", []) or []), "steps": args.steps, "num": args.num,
+                "batch_size": args.batch_size},
+        seed=args.seed,
+    )
+    print(f"{args.num} samples of {path} ({loaded.image_shape[0]}x{loaded.image_shape[1]}x{loaded.image_shape[2]}), "
+          f"{args.steps} DDIM steps, in {seconds:.1f} s -> {out}/samples.png, samples.npz "
+          f"(values in [{samples.min():.3g}, {samples.max():.3g}])")
+    return 0
+
+
+SUBCOMMAND = Subcommand(
+    name="sample",
+    help="DDIM samples of a pretrained diffusers UNet2DModel (google/ddpm-*), read without PyTorch",
+    description=DESCRIPTION,
+    epilog=EPILOG,
+    add_arguments=add_arguments,
+    run=run,
+)

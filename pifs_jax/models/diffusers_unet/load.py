@@ -1,0 +1,179 @@
+"""Load a diffusers ``UNet2DModel`` folder into flax: :func:`load_diffusers_unet`.
+
+A folder is either a pipeline (``model_index.json``, ``unet/``, ``scheduler/``, as
+``DDPMPipeline.save_pretrained`` or a ``google/ddpm-*`` download writes it) or a bare model
+folder (``config.json`` and ``diffusion_pytorch_model.safetensors`` or ``.bin``). Order of the
+work, so that nothing is half-loaded and an unsupported network costs no weight reading:
+
+1. the pipeline index (its ``unet`` entry must name ``UNet2DModel``), the model config
+   (:func:`~pifs_jax.models.diffusers_unet.config.read_unet_config`: unsupported blocks and
+   options refused by name) and the scheduler config
+   (:func:`pifs_jax.interop.from_diffusers_config`; ``prediction_type`` must be ``epsilon``);
+2. the weight file's keys and shapes against the config
+   (:func:`~pifs_jax.models.diffusers_unet.weights.read_weights`), then its tensors;
+3. the layout conversion (:func:`~pifs_jax.models.diffusers_unet.convert.diffusers_to_flax`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pifs_jax.errors import ArgumentError
+from pifs_jax.models.common import as_eps_fn
+from pifs_jax.models.diffusers_unet.config import CONFIG_FILE_NAME, UNET_CLASS_NAME, UNet2DConfig, read_unet_config
+from pifs_jax.models.diffusers_unet.convert import diffusers_to_flax, diffusers_weight_shapes
+from pifs_jax.models.diffusers_unet.modules import DiffusersUNet2D
+from pifs_jax.models.diffusers_unet.weights import find_weight_file, read_weights
+
+__all__ = ["LoadedDiffusersUNet", "load_diffusers_unet"]
+
+_SCHEDULER_FILE = "scheduler_config.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedDiffusersUNet:
+    """A diffusers ``UNet2DModel`` converted to flax, with its scheduler's schedule when the folder has one.
+
+    Attributes:
+      module: the flax network (:class:`~pifs_jax.models.diffusers_unet.modules.DiffusersUNet2D`),
+        ``module.apply({"params": params}, x (B, H, W, C), t (B,), return_attention=False)``.
+      params: its parameters (JAX arrays of the requested dtype).
+      config: the checked architecture (:class:`UNet2DConfig`); ``config.to_diffusers()`` is the
+        full diffusers config.
+      schedule: the scheduler's :class:`~pifs_jax.schedules.Schedule`, or ``None`` when the folder
+        has no scheduler config.
+      scheduler_config: the scheduler config as read (a dict), or ``None``.
+      weights_file: the file the weights came from.
+    """
+
+    module: DiffusersUNet2D
+    params: Any
+    config: UNet2DConfig
+    schedule: Any
+    scheduler_config: dict | None
+    weights_file: Path
+
+    @property
+    def eps_fn(self) -> jax.tree_util.Partial:
+        """The denoiser of one sample, ``eps_fn(x (H, W, C), t)`` with the package's ``t`` (diffusers' ``t - 1``).
+
+        ``as_eps_fn(module, params)``: a pytree, so a second checkpoint of the same architecture
+        compiles nothing new in the package's chains, Jacobians and spectra.
+        """
+        return as_eps_fn(self.module, self.params)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(H, W, C)`` of the model's samples (diffusers' ``sample_size`` and ``in_channels``)."""
+        return self.config.image_shape
+
+    def sampling_grid(self, steps: int) -> np.ndarray:
+        """The DDIM grid diffusers' ``DDIMScheduler`` with this folder's scheduler config walks in ``steps`` steps.
+
+        :func:`pifs_jax.interop.diffusers_config_grid` (``set_alpha_to_one`` taken as true: the
+        chain ends on clean data).
+        """
+        from pifs_jax.interop import diffusers_config_grid
+
+        if self.scheduler_config is None:
+            raise ArgumentError("steps", "this model folder has no scheduler config, so no sampling grid; use "
+                                "pifs_jax.uniform_grid(T, steps) with the schedule it was trained with")
+        return diffusers_config_grid({**self.scheduler_config, "set_alpha_to_one": True}, steps)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        loaded = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ArgumentError("path", f"cannot read {str(path)!r}: {err}") from None
+    if not isinstance(loaded, dict):
+        raise ArgumentError("path", f"{str(path)!r} must hold a JSON object, got a JSON {type(loaded).__name__}")
+    return loaded
+
+
+def _model_and_scheduler_folders(path: Path) -> tuple[Path, Path | None]:
+    """``(folder holding config.json and the weights, folder holding scheduler_config.json or None)``."""
+    if not path.is_dir():
+        raise ArgumentError("path", f"expected a diffusers model or pipeline folder, got {str(path)!r} "
+                            f"({'a file' if path.exists() else 'not found'})")
+    index_file = path / "model_index.json"
+    if index_file.is_file():
+        index = _read_json(index_file)
+        entry = index.get("unet")
+        if entry is None:
+            raise ArgumentError("path", f"{str(index_file)!r} names no 'unet' component (components: "
+                                f"{sorted(k for k in index if not k.startswith('_'))}); expected a {UNET_CLASS_NAME} "
+                                "pipeline such as DDPMPipeline")
+        if not (isinstance(entry, list) and len(entry) == 2 and entry[1] == UNET_CLASS_NAME):
+            raise ArgumentError("_class_name", f"the pipeline's unet is {entry!r} in {str(index_file)!r}; only "
+                                f"{UNET_CLASS_NAME} (the google/ddpm-* networks) is read")
+        scheduler = path / "scheduler"
+        return path / "unet", (scheduler if (scheduler / _SCHEDULER_FILE).is_file() else None)
+    if not (path / CONFIG_FILE_NAME).is_file():
+        raise ArgumentError("path", f"{str(path)!r} is neither a diffusers pipeline folder (model_index.json, "
+                            f"unet/, scheduler/) nor a model folder ({CONFIG_FILE_NAME} and "
+                            "diffusion_pytorch_model.safetensors)")
+    return path, (path if (path / _SCHEDULER_FILE).is_file() else None)
+
+
+def load_diffusers_unet(path: str | os.PathLike, *, dtype: Any = np.float32, ignore: tuple = ()) -> LoadedDiffusersUNet:
+    """Read a diffusers ``UNet2DModel`` (e.g. ``google/ddpm-cifar10-32``) from a folder, without torch.
+
+    The network follows the package's conventions: ``eps_fn(x, t)`` takes one image ``x`` of
+    shape ``(H, W, C)`` in the model's input scale (``[-1, 1]`` for ``google/ddpm-*``) and the
+    package's integer timestep ``t`` in ``1..T``, which is diffusers' timestep ``t - 1`` (our
+    ``alpha_bar[t]`` is diffusers' ``alphas_cumprod[t - 1]``). So
+
+    ``loaded.eps_fn(x, t) == unet(x_nchw[None], t - 1).sample[0]`` (NHWC <-> NCHW)
+
+    and ``pifs_jax.ddim_chain(loaded.eps_fn, loaded.schedule, x_T, grid=loaded.sampling_grid(50))``
+    is diffusers' 50-step ``DDIMScheduler`` chain (``eta = 0``, ``clip_sample = False``).
+
+    Args:
+      path: a pipeline folder (``model_index.json``, ``unet/``, ``scheduler/``) or a model
+        folder (``config.json`` and ``diffusion_pytorch_model.safetensors`` or ``.bin``; a
+        ``scheduler_config.json`` beside them is read too).
+      dtype: dtype of the parameters (default float32, the checkpoints' own; float64 needs
+        ``jax.enable_x64``).
+      ignore: config keys to accept and ignore (see
+        :func:`~pifs_jax.models.diffusers_unet.config.read_unet_config`).
+
+    Returns:
+      A :class:`LoadedDiffusersUNet` (``.module``, ``.params``, ``.config``, ``.eps_fn``,
+      ``.schedule``, ``.sampling_grid(steps)``).
+
+    Raises:
+      ArgumentError: naming the file and the key: a folder without a config, a config of
+        another class (``UNet2DConditionModel``, ``AutoencoderKL``, ...) or with an unsupported
+        block or option (refused before any weight is read), a scheduler that is not of the DDPM
+        family or does not predict ``epsilon``, weights with missing or unexpected keys or wrong
+        shapes, a truncated or corrupt weight file, a ``.bin`` file without torch installed.
+    """
+    from pifs_jax.interop import from_diffusers_config, load_config
+
+    path = Path(path)
+    model_folder, scheduler_folder = _model_and_scheduler_folders(path)
+    if not (model_folder / CONFIG_FILE_NAME).is_file():
+        raise ArgumentError("path", f"{str(model_folder / CONFIG_FILE_NAME)!r} not found: the pipeline's unet/ "
+                            "folder holds the model's config beside its weights")
+    config = read_unet_config(model_folder, ignore=ignore)
+    schedule = scheduler_config = None
+    if scheduler_folder is not None:
+        scheduler_config = load_config(scheduler_folder)
+        prediction = scheduler_config.get("prediction_type") or "epsilon"
+        if prediction != "epsilon":
+            raise ArgumentError("prediction_type", f"{prediction!r} in {str(scheduler_folder / _SCHEDULER_FILE)!r}: "
+                                "only eps-predicting networks are read (their output is the package's eps_fn)")
+        schedule = from_diffusers_config(scheduler_folder / _SCHEDULER_FILE)
+    weights_file = find_weight_file(model_folder)
+    state = read_weights(weights_file, diffusers_weight_shapes(config))
+    params = jax.tree_util.tree_map(jnp.asarray, diffusers_to_flax(state, config, dtype=dtype))
+    return LoadedDiffusersUNet(DiffusersUNet2D(config), params, config, schedule, scheduler_config, weights_file)

@@ -1,0 +1,132 @@
+"""A diffusers model folder's weight file read and checked against its config, without PyTorch.
+
+``diffusion_pytorch_model.safetensors`` is read with ``safetensors`` (NumPy arrays; no torch):
+its header (names, shapes, dtypes) is checked against the keys and shapes the config implies
+(:func:`~pifs_jax.models.diffusers_unet.convert.diffusers_weight_shapes`) before any tensor is
+read. ``diffusion_pytorch_model.bin`` (a PyTorch pickle) is read with ``torch.load(...,
+weights_only=True)`` when PyTorch is installed, and refused with the way out otherwise. Sharded
+weights (``*.safetensors.index.json``) are refused.
+
+Every problem raises :class:`~pifs_jax.errors.ArgumentError` naming the file and the keys:
+missing or unexpected keys, a wrong shape, a non-float dtype, a truncated or corrupt file. The
+result is returned whole or not at all.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+import numpy as np
+
+from pifs_jax.errors import ArgumentError
+from pifs_jax.models.diffusers_unet.convert import rename_legacy_keys
+
+__all__ = ["SAFETENSORS_NAME", "PICKLE_NAME", "find_weight_file", "read_weights", "check_weight_layout"]
+
+SAFETENSORS_NAME = "diffusion_pytorch_model.safetensors"
+PICKLE_NAME = "diffusion_pytorch_model.bin"
+_FLOAT_DTYPES = ("F16", "F32", "F64")
+_SHOWN = 8
+
+
+def find_weight_file(folder: str | os.PathLike) -> Path:
+    """``folder / diffusion_pytorch_model.safetensors``, else ``.bin``; refused when neither (or only shards) exist."""
+    folder = Path(folder)
+    for name in (SAFETENSORS_NAME, PICKLE_NAME):
+        if (folder / name).is_file():
+            return folder / name
+    shards = sorted(p.name for p in folder.glob("diffusion_pytorch_model*.index.json"))
+    if shards:
+        raise ArgumentError("path", f"{str(folder / shards[0])!r}: sharded weights are not read; merge the shards "
+                            f"into one {SAFETENSORS_NAME}")
+    present = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    raise ArgumentError("path", f"no weight file in {str(folder)!r}: expected {SAFETENSORS_NAME} (or {PICKLE_NAME}), "
+                        f"found {present}")
+
+
+def _listed(keys: list[str]) -> str:
+    shown = ", ".join(repr(k) for k in keys[:_SHOWN])
+    return shown + (f" and {len(keys) - _SHOWN} more" if len(keys) > _SHOWN else "")
+
+
+def check_weight_layout(path: Path, stored: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]]) -> None:
+    """Refuse missing keys, unexpected keys and wrong shapes, naming the file and the keys.
+
+    ``stored`` maps today's key names (legacy attention names already renamed) to stored shapes.
+    """
+    missing = sorted(set(expected) - set(stored))
+    extra = sorted(set(stored) - set(expected))
+    wrong = sorted(k for k in set(stored) & set(expected) if tuple(stored[k]) != tuple(expected[k]))
+    problems = []
+    if missing:
+        problems.append(f"missing {len(missing)} key(s) the config implies: {_listed(missing)}")
+    if extra:
+        problems.append(f"{len(extra)} key(s) the config does not imply: {_listed(extra)}")
+    if wrong:
+        problems.append("wrong shape for " + ", ".join(
+            f"{k!r} (stored {tuple(stored[k])}, the config implies {tuple(expected[k])})" for k in wrong[:_SHOWN]
+        ) + (f" and {len(wrong) - _SHOWN} more" if len(wrong) > _SHOWN else ""))
+    if problems:
+        raise ArgumentError("path", f"{str(path)!r} does not match its config: " + "; ".join(problems)
+                            + ". Is the config.json beside it the one it was saved with?")
+
+
+def _read_safetensors(path: Path, expected: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            names = rename_legacy_keys(list(handle.keys()))
+            slices = {new: handle.get_slice(old) for new, old in names.items()}
+            dtypes = {new: s.get_dtype() for new, s in slices.items()}
+            check_weight_layout(path, {new: tuple(s.get_shape()) for new, s in slices.items()}, expected)
+            unread = sorted(k for k, d in dtypes.items() if d not in _FLOAT_DTYPES)
+            if unread:
+                raise ArgumentError("path", f"{str(path)!r}: weights {_listed(unread)} have dtype(s) "
+                                    f"{sorted({dtypes[k] for k in unread})}; expected float16, float32 or float64 "
+                                    "(NumPy, which reads the file without torch, has no bfloat16)")
+            return {new: handle.get_tensor(old) for new, old in names.items()}
+    except (SafetensorError, OSError, ValueError, TypeError) as err:
+        if isinstance(err, ArgumentError):
+            raise
+        raise ArgumentError("path", f"cannot read {str(path)!r} as safetensors (truncated or corrupt?): {err}") from None
+
+
+def _read_pickle(path: Path, expected: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+    try:
+        import torch
+    except ImportError:
+        raise ArgumentError("path", f"{str(path)!r} is a PyTorch pickle, which needs PyTorch to read, and torch is "
+                            f"not installed. Either install it (pip install 'pifs_jax[diffusers]'), or convert the "
+                            f"file once where torch is installed to {SAFETENSORS_NAME} beside it, e.g. "
+                            "safetensors.torch.save_file(torch.load(path, weights_only=True), "
+                            f"'{SAFETENSORS_NAME}'); that file is read without torch") from None
+    try:
+        loaded = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises many types for corrupt pickles
+        raise ArgumentError("path", f"cannot read {str(path)!r} with torch.load (truncated or corrupt?): {err}") from None
+    if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        raise ArgumentError("path", f"{str(path)!r} does not hold a state dict of tensors")
+    names = rename_legacy_keys(list(loaded))
+    check_weight_layout(path, {new: tuple(loaded[old].shape) for new, old in names.items()}, expected)
+    not_float = sorted(new for new, old in names.items() if not loaded[old].is_floating_point())
+    if not_float:
+        raise ArgumentError("path", f"{str(path)!r}: non-float weights {_listed(not_float)}")
+    return {new: loaded[old].detach().to(torch.float64).numpy() for new, old in names.items()}
+
+
+def read_weights(path: str | os.PathLike, expected: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+    """``{today's key: array (torch layout)}`` of a weight file, checked against ``expected`` first.
+
+    Args:
+      path: a ``.safetensors`` file (read without torch) or a ``.bin`` PyTorch pickle (needs torch).
+      expected: ``{key: shape}`` the config implies
+        (:func:`~pifs_jax.models.diffusers_unet.convert.diffusers_weight_shapes`).
+
+    Raises:
+      ArgumentError: (``path``) naming the file and the keys, see the module docstring.
+    """
+    path = Path(path)
+    if path.suffix == ".bin":
+        return _read_pickle(path, expected)
+    return _read_safetensors(path, expected)
