@@ -96,6 +96,14 @@ from pifs_jax.jacobians import (
 
 from pifs_jax.lyapunov import CHAIN_METHODS, Spectrum, chain_lyapunov_spectrum, lyapunov_spectrum
 from pifs_jax.sharding import batch_mesh, initialize_processes, shard_batch, sharded_ddim_sample
+from pifs_jax.analysis import (
+    ChainAnalysis,
+    ClaimResult,
+    analyze_chain,
+    evaluate_claims,
+    module_attention_fn,
+    per_patch_exponents,
+)
 
 from pifs_jax.criteria import (
     WORK_KINDS,
@@ -190,6 +198,7 @@ __all__ = [
     "step_vjp", "summarize_block_norms", "suppression_field",
     "CHAIN_METHODS", "Spectrum", "chain_lyapunov_spectrum", "lyapunov_spectrum",
     "batch_mesh", "initialize_processes", "shard_batch", "sharded_ddim_sample",
+    "ChainAnalysis", "ClaimResult", "analyze_chain", "evaluate_claims", "module_attention_fn", "per_patch_exponents",
     "WORK_KINDS", "GrowthBalance", "WeakestLink", "Workload", "coefficient_of_variation",
     "cumulative_work", "equal_work_times", "growth_balance", "step_work", "weakest_link",
     "work_density", "workload",

@@ -4,7 +4,7 @@ Subcommands live in a registry (:data:`SUBCOMMANDS`): each is a :class:`Subcomma
 an ``add_arguments(parser)`` function that declares its options and a ``run(args) -> int``
 function that does the work. Each subcommand is one module of this package
 (:mod:`~pifs_jax.cli.geometry`, :mod:`~pifs_jax.cli.reproduce`, :mod:`~pifs_jax.cli.optimize`,
-:mod:`~pifs_jax.cli.train`, :mod:`~pifs_jax.cli.sample`) that imports only :mod:`pifs_jax.cli.common` and defines its record
+:mod:`~pifs_jax.cli.train`, :mod:`~pifs_jax.cli.sample`, :mod:`~pifs_jax.cli.analyze`) that imports only :mod:`pifs_jax.cli.common` and defines its record
 ``SUBCOMMAND``; this module registers them. Adding a command means writing such a module and
 adding it to the registration below; :func:`build_parser` and :func:`main` need no change.
 
@@ -27,13 +27,13 @@ import os
 import sys
 import textwrap
 
-from pifs_jax.cli import geometry, optimize, reproduce, sample, train
+from pifs_jax.cli import analyze, geometry, optimize, reproduce, sample, train
 from pifs_jax.cli.common import PROG, SUBCOMMANDS, Subcommand, UsageError, register_subcommand
 from pifs_jax.geometry import geometry_arrays  # its home before it moved to the library
 
 __all__ = ["main", "build_parser", "Subcommand", "SUBCOMMANDS", "register_subcommand", "UsageError", "geometry_arrays"]
 
-for _command in (geometry, reproduce, optimize, train, sample):  # --help order
+for _command in (geometry, reproduce, optimize, train, sample, analyze):  # --help order
     register_subcommand(_command.SUBCOMMAND)
 del _command
 

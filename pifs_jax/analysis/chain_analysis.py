@@ -1,0 +1,457 @@
+"""Every per-step quantity of the two-regime picture along DDIM trajectories (docs/theory.md section 11).
+
+A chain runs the DDIM map ``x_{t_{i-1}} = a_t x_{t_i} + b_t epshat(x_{t_i}, t_i)`` on a grid
+``t_N > ... > t_1`` from ``x_T``. At every sampling step, at the step's input ``x = x_{t_i}`` and
+in the order the chain runs (decreasing ``t``), :func:`analyze_chain` evaluates
+
+- the block norms ``N_kj = ||[J Phi_t(x)]_kj||_2`` of the step Jacobian (docs/theory.md section 6):
+  ``kappa_k = N_kk``, ``delta_k = sum_{j != k} N_kj``, ``m_k = 1 - (kappa_k + delta_k)``, their
+  maxima and means over the ``M`` patches and the number of violating patches ``#{k: m_k < 0}``;
+  exactly (``jax.jacfwd`` + SVD of the blocks, :func:`pifs_jax.jacobians.step_jacobian` and
+  :func:`pifs_jax.jacobians.block_norms`) or matrix-free (Golub-Kahan-Lanczos per block,
+  :func:`pifs_jax.jacobians.block_norms_matrix_free`);
+- with a ``baseline`` (:class:`pifs_jax.data.PatchStats` of the training data): the deviation
+  ``Delta_t(x) = epshat(x, t) - eps^G_t(x)`` from the patch Gaussian
+  (:func:`pifs_jax.denoisers.gaussian_denoiser_patches` with the data's patch means and
+  covariances) and its norm ``||Delta_t(x)||_2``, the suppression field
+  ``S_{k,t}(x) = |b_t| <v_k, [J_x Delta_t(x)]_kk v_k>`` (:func:`pifs_jax.jacobians.suppression_field`)
+  and the Gaussian expansion ``f_t(lambda_k)`` along the leading eigenvectors
+  (:func:`pifs_jax.geometry.expansion_factor`);
+- with an ``attention_fn``: the mean row entropy of each attention layer
+  (:func:`pifs_jax.models.attention_entropy`, nats).
+
+The whole analysis of one architecture is one ``equinox.filter_jit`` program taking the
+denoiser (and ``attention_fn``) as arguments: the array leaves of a pytree denoiser
+(:func:`pifs_jax.models.as_eps_fn`, :func:`module_attention_fn`, ``jax.tree_util.Partial``) are
+traced, so a second parameter set of the same architecture compiles nothing new. Several
+trajectories (``x_T`` of shape ``(S, H, W, C)``) run under ``jax.vmap`` in the same program,
+optionally split over the ``batch`` axis of a device mesh (:mod:`pifs_jax.sharding`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, Callable, NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from pifs_jax._validation import check_floating, check_instance, check_positive_int
+from pifs_jax.data import PatchStats
+from pifs_jax.ddim import EpsFn, chain_steps, check_denoiser, ddim_step, locate_nonfinite
+from pifs_jax.denoisers import Attention, gaussian_denoiser_patches
+from pifs_jax.errors import ArgumentError, NonFiniteError
+from pifs_jax.geometry import expansion_factor
+from pifs_jax.grids import as_grid
+from pifs_jax.jacobians import block_norms, block_norms_matrix_free, step_jacobian, suppression_field
+from pifs_jax.models.common import attention_entropy
+from pifs_jax.patches import PatchLayout, patch_layout, unpatchify
+from pifs_jax.schedules import Schedule
+from pifs_jax.sharding import shard_batch
+
+__all__ = [
+    "ChainAnalysis",
+    "analyze_chain",
+    "per_patch_exponents",
+    "ModuleAttention",
+    "module_attention_fn",
+    "METHODS",
+]
+
+#: Block-norm estimators: ``"auto"`` (exact up to ``exact_max_n``), ``"exact"``, ``"matrix_free"``.
+METHODS = ("auto", "exact", "matrix_free")
+BATCH_AXIS = "batch"
+
+
+class ChainAnalysis(NamedTuple):
+    """Per-step quantities along the chain, in the order it runs (decreasing ``t``).
+
+    Trajectory-dependent fields have a leading axis ``S`` when :func:`analyze_chain` got a batch
+    ``x_T`` of shape ``(S, H, W, C)``; ``t``, ``logsnr`` and ``expansion_along_leading`` depend on
+    the schedule only and never have it. Quantities not requested are ``None``.
+    """
+
+    t: np.ndarray
+    """Timestep ``t_i`` of each step's input, shape ``(N,)``, decreasing."""
+    logsnr: np.ndarray
+    """``logSNR_t = log(ab_t / (1 - ab_t))``, shape ``(N,)``."""
+    kappa_diag: jax.Array
+    """``max_k kappa_k``, shape ``([S,] N)``."""
+    delta_cross: jax.Array
+    """``max_k delta_k``, shape ``([S,] N)``."""
+    kappa_diag_mean: jax.Array
+    """``mean_k kappa_k``, shape ``([S,] N)`` (the paper's tabulated reading, docs/theory.md section 11)."""
+    delta_cross_mean: jax.Array
+    """``mean_k delta_k``, shape ``([S,] N)``."""
+    margin_mean: jax.Array
+    """Mean margin slack ``mean_k m_k``, ``m_k = 1 - (kappa_k + delta_k)``, shape ``([S,] N)``."""
+    kappa_diag_per_patch: jax.Array
+    """``kappa_k = ||[J]_kk||_2``, shape ``([S,] N, M)``."""
+    delta_cross_per_patch: jax.Array
+    """``delta_k = sum_{j != k} ||[J]_kj||_2``, shape ``([S,] N, M)``."""
+    margin_per_patch: jax.Array
+    """``m_k``, shape ``([S,] N, M)``."""
+    violations: jax.Array
+    """Number of patches violating (PC), ``#{k: m_k < 0}``, int, shape ``([S,] N)``."""
+    suppression: jax.Array | None
+    """``S_{k,t}(x) = |b_t| <v_k, [J_x Delta_t(x)]_kk v_k>``, shape ``([S,] N, M)``."""
+    deviation_norm: jax.Array | None
+    """``||Delta_t(x)||_2 = ||epshat(x, t) - eps^G_t(x)||_2``, shape ``([S,] N)``."""
+    expansion_along_leading: np.ndarray | None
+    """``f_t(lambda_k)`` of each patch's leading covariance eigenvalue, shape ``(N, M)``."""
+    attention_entropy: dict | None
+    """``{layer: H(A_t)}``, mean row entropy in nats, each of shape ``([S,] N)``."""
+    attention_keys: dict | None
+    """``{layer: L_keys}``: ``H / log L_keys`` is the entropy normalised to ``[0, 1]``."""
+    patch_size: int
+    image_shape: tuple
+    method: str
+    """The block-norm estimator used: ``"exact"`` or ``"matrix_free"``."""
+
+    @property
+    def num_patches(self) -> int:
+        """``M``."""
+        return int(np.shape(self.kappa_diag_per_patch)[-1])
+
+    @property
+    def batched(self) -> bool:
+        """Whether the trajectory-dependent fields have the leading axis ``S``."""
+        return np.ndim(self.kappa_diag) == 2
+
+
+# ----------------------------------------------------------------------------- attention
+
+
+@dataclasses.dataclass(frozen=True)
+class ModuleAttention:
+    """``attention(params, x, t) -> {layer: weights (1, heads, queries, keys)}`` of ONE sample.
+
+    Depends on the module only, so ``jax.tree_util.Partial(ModuleAttention(module), params)`` of
+    two parameter sets of one architecture has the same static structure (see
+    :class:`pifs_jax.models.common.ModuleDenoiser`).
+    """
+
+    module: Any
+
+    def __call__(self, params: Any, x: Any, t: Any) -> dict:
+        x = jnp.asarray(x)
+        t = jnp.reshape(jnp.asarray(t).astype(jnp.int32), (1,))
+        _, attention = self.module.apply({"params": params}, x[None], t, return_attention=True)
+        return dict(attention)
+
+
+def module_attention_fn(module: Any, params: Any) -> jax.tree_util.Partial:
+    """The attention weights of a network as a pytree callable ``attention_fn(x, t)``.
+
+    ``attention_fn(x, t) = module.apply({"params": params}, x[None], [t], return_attention=True)[1]``:
+    a dict ``{layer: weights (1, heads, queries, keys)}`` for one image ``x`` of shape
+    ``(H, W, C)``. Like :func:`pifs_jax.models.as_eps_fn`, the parameters are the pytree's leaves,
+    so :func:`analyze_chain` compiles once per architecture.
+    """
+    return jax.tree_util.Partial(ModuleAttention(module), params)
+
+
+def _attention_layers(value: Any) -> dict:
+    """``{layer: weights (..., queries, keys)}`` from an ``attention_fn`` output.
+
+    Accepts a dict of weights (networks' ``return_attention=True``), an
+    :class:`pifs_jax.denoisers.Attention` (``pj.empirical_attention``: its weights over the
+    training images are one query row, layer ``"data"``) or one array (layer ``"attention"``).
+    """
+    if isinstance(value, Attention):
+        return {"data": value.weights[..., None, :]}
+    if isinstance(value, Mapping):
+        return dict(value)
+    if hasattr(value, "shape"):
+        return {"attention": value}
+    return {}
+
+
+def _layers_and_output(attention_fn: Callable, x: jax.Array, t: jax.Array) -> tuple[dict, Any]:
+    out = attention_fn(x, t)
+    return _attention_layers(out), out
+
+
+def _check_attention_fn(attention_fn: Callable, x: jax.Array) -> dict:
+    """Shapes of ``attention_fn(x, t)``'s layers; raises naming ``attention_fn`` when unusable."""
+    try:
+        layers, out = eqx.filter_eval_shape(
+            _layers_and_output, attention_fn, jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct((), jnp.int32)
+        )
+    except Exception as err:
+        raise ArgumentError("attention_fn", f"calling attention_fn(x, t) with x of shape {x.shape} failed: {err}") from err
+    if not layers:
+        raise ArgumentError(
+            "attention_fn",
+            f"expected a dict {{layer: weights (..., queries, keys)}} with at least one layer (a model with "
+            f"attention, return_attention=True), got {type(out).__name__} {out!r:.80}",
+        )
+    for name, weights in layers.items():
+        if not hasattr(weights, "shape") or len(weights.shape) < 2:
+            raise ArgumentError(
+                "attention_fn", f"layer {name!r}: expected weights of shape (..., queries, keys), got {getattr(weights, 'shape', weights)!r}"
+            )
+    return {name: int(weights.shape[-1]) for name, weights in layers.items()}
+
+
+# ----------------------------------------------------------------------------- the compiled program
+
+
+def step_map(eps_fn: EpsFn, t: Any, a: Any, b: Any, x: jax.Array) -> jax.Array:
+    """One DDIM step ``Phi_t(x) = a x + b epshat(x, t)`` as a map of ``x`` alone (wrapped in a ``Partial``)."""
+    return ddim_step(eps_fn, x, t, a, b)
+
+
+def _one_trajectory(eps_fn, steps, x_T, key, baseline, attention_fn, *, layout: PatchLayout, exact: bool, iters: int):
+    """``(x_0, per-step dict)`` of one trajectory: a ``lax.scan`` over the steps in chain order."""
+    dtype = x_T.dtype
+    image_shape, p = layout.image_shape, layout.patch_size
+    if baseline is not None:
+        sched, mean_image, covariances, vectors = baseline
+        gaussian = gaussian_denoiser_patches(sched, mean_image, covariances, p)
+
+    def body(x, inputs):
+        index, t, a, b = inputs
+        a, b = a.astype(dtype), b.astype(dtype)
+        if exact:
+            norms = block_norms(step_jacobian(eps_fn, x, t=t, a=a, b=b), image_shape, p)
+        else:
+            step_fn = jax.tree_util.Partial(step_map, eps_fn, t, a, b)
+            norms = block_norms_matrix_free(step_fn, x, image_shape, p, key=jax.random.fold_in(key, index), iters=iters)
+        out = {
+            "kappa_diag": norms.kappa_diag,
+            "delta_cross": norms.delta_cross,
+            "kappa_diag_mean": norms.kappa_diag_mean,
+            "delta_cross_mean": norms.delta_cross_mean,
+            "margin_mean": norms.margin_mean,
+            "kappa_diag_per_patch": norms.kappa_diag_per_patch,
+            "delta_cross_per_patch": norms.delta_cross_per_patch,
+            "margin_per_patch": norms.margin_per_patch,
+            "violations": jnp.sum(norms.margin_per_patch < 0).astype(jnp.int32),
+        }
+        if baseline is not None:
+            out["deviation_norm"] = jnp.linalg.norm((eps_fn(x, t) - gaussian(x, t)).reshape(-1))
+            out["suppression"] = suppression_field(
+                eps_fn, gaussian, x, t=t, b=b, image_shape=image_shape, patch_size=p, leading_vectors=vectors
+            )
+        if attention_fn is not None:
+            out["attention_entropy"] = attention_entropy(_attention_layers(attention_fn(x, t)))
+        return ddim_step(eps_fn, x, t, a, b), out
+
+    indices = jnp.arange(steps.t.shape[0])
+    return jax.lax.scan(body, x_T, (indices, steps.t, steps.a, steps.b))
+
+
+@eqx.filter_jit
+def _compiled_analysis(eps_fn, steps, x_T, key, baseline, attention_fn, *, layout, exact, iters, batched, mesh):
+    """:func:`_one_trajectory`, vmapped over a batch (split over ``mesh``'s batch axis when given)."""
+
+    def run(x):
+        return _one_trajectory(eps_fn, steps, x, key, baseline, attention_fn, layout=layout, exact=exact, iters=iters)
+
+    if not batched:
+        return run(x_T)
+    if mesh is None:
+        return jax.vmap(run)(x_T)
+    replicated, split = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec(BATCH_AXIS))
+    eps_fn, steps, baseline, attention_fn = jax.tree_util.tree_map(
+        lambda leaf: jax.lax.with_sharding_constraint(leaf, replicated) if eqx.is_array(leaf) else leaf,
+        (eps_fn, steps, baseline, attention_fn),
+    )
+    x_T = jax.lax.with_sharding_constraint(x_T, split)
+    out = jax.vmap(run)(x_T)
+    return jax.tree_util.tree_map(lambda y: jax.lax.with_sharding_constraint(y, split), out)
+
+
+# ----------------------------------------------------------------------------- public entry points
+
+
+def _check_baseline(baseline: Any, layout: PatchLayout) -> None:
+    check_instance(baseline, PatchStats, name="baseline", what="pifs_jax PatchStats (pj.patch_stats of the training data)")
+    m, nk = layout.num_patches, layout.patch_dim
+    expected = {"mean": (m, nk), "covariance": (m, nk, nk), "leading_eigenvalue": (m,), "leading_eigenvector": (m, nk)}
+    for field, shape in expected.items():
+        got = tuple(np.shape(getattr(baseline, field)))
+        if got != shape:
+            raise ArgumentError(
+                "baseline",
+                f"expected the patch statistics of images of shape {layout.image_shape} in patches of {layout.patch_size} "
+                f"(M = {m} patches of n_k = {nk}: {field} of shape {shape}), got {field} of shape {got}",
+            )
+    check_floating(baseline.covariance, name="baseline")
+
+
+def _check_mesh(mesh: Any, batch: int | None) -> None:
+    if not isinstance(mesh, Mesh):
+        raise ArgumentError("mesh", f"expected a jax.sharding.Mesh, got {type(mesh).__name__}")
+    if BATCH_AXIS not in mesh.shape:
+        raise ArgumentError("mesh", f"expected a mesh with an axis {BATCH_AXIS!r} (pj.batch_mesh()), got axes {tuple(mesh.axis_names)}")
+    if batch is None:
+        raise ArgumentError("x_T", "a mesh splits trajectories: expected a batch (S, H, W, C), got one image (H, W, C)")
+    if batch % mesh.shape[BATCH_AXIS]:
+        raise ArgumentError("x_T", f"the {batch} trajectories must be a multiple of the {mesh.shape[BATCH_AXIS]} devices of the mesh")
+
+
+def analyze_chain(
+    eps_fn: EpsFn,
+    sched: Schedule,
+    x_T: Any,
+    *,
+    grid: Any,
+    patch_size: int,
+    baseline: PatchStats | None = None,
+    attention_fn: Callable | None = None,
+    method: str = "auto",
+    exact_max_n: int = 3072,
+    krylov_iters: int = 32,
+    key: jax.Array | None = None,
+    mesh: Mesh | None = None,
+    check_finite: bool = True,
+) -> ChainAnalysis:
+    """Block norms, suppression, deviation and attention entropy at every step of DDIM chains.
+
+    For each sampling step ``i = N, ..., 1`` (chain order, ``t = t_i`` decreasing) at the step's
+    input ``x = x_{t_i}``: ``N_kj = ||[J Phi_t(x)]_kj||_2`` with ``J Phi_t = a_t I + b_t J_x epshat``,
+    ``kappa_k = N_kk``, ``delta_k = sum_{j != k} N_kj``, ``m_k = 1 - (kappa_k + delta_k)``
+    (docs/theory.md sections 6 and 11). See :class:`ChainAnalysis` for every field.
+
+    Args:
+      eps_fn: the denoiser ``eps_fn(x, t)`` of one image (a pytree such as
+        :func:`pifs_jax.models.as_eps_fn` compiles once per architecture).
+      sched: the schedule.
+      x_T: the starting noise, ``(H, W, C)`` (one trajectory) or ``(S, H, W, C)`` (``S``
+        trajectories, vmapped), floating.
+      grid: sampling grid ``0 = tau_0 < ... < tau_N <= T`` (``None``: every training step).
+      patch_size: ``p``, tiling ``H x W``; ``M = (H/p)(W/p)`` patches of ``n_k = p^2 C``.
+      baseline: :class:`pifs_jax.data.PatchStats` of the training data (same image shape and
+        ``patch_size``): enables ``suppression``, ``deviation_norm`` and
+        ``expansion_along_leading``.
+      attention_fn: ``attention_fn(x, t) -> {layer: weights (..., queries, keys)}`` (e.g.
+        :func:`module_attention_fn`), or ``pj.empirical_attention(sched, data)`` (its weights
+        over the data are layer ``"data"``): enables ``attention_entropy``.
+      method: ``"auto"`` (exact when ``n = H W C <= exact_max_n``, matrix-free above), ``"exact"``
+        (``jax.jacfwd`` + SVD of every block) or ``"matrix_free"`` (``krylov_iters``
+        Golub-Kahan-Lanczos steps per block).
+      exact_max_n: the largest ``n`` for which ``"auto"`` forms the Jacobian.
+      krylov_iters: Krylov steps per block of the matrix-free estimate (exact once ``>= n_k``).
+      key: PRNG key of the matrix-free starting vectors (default ``PRNGKey(0)``; step ``i``
+        uses ``fold_in(key, i)``).
+      mesh: a :class:`jax.sharding.Mesh` with a ``"batch"`` axis (:func:`pifs_jax.batch_mesh`):
+        the trajectories are split over it (``S`` a multiple of its size).
+      check_finite: raise :class:`pifs_jax.errors.NonFiniteError` naming the first non-finite step
+        when a chain's result is not finite.
+
+    Returns:
+      :class:`ChainAnalysis`.
+
+    Raises:
+      ArgumentError: naming ``sched``, ``x_T`` (not floating, wrong rank), ``patch_size`` (does
+        not tile the image), ``eps_fn`` (output shape), ``baseline`` (not a PatchStats, or of
+        another image shape or patch size), ``attention_fn`` (fails, or returns no attention
+        layer), ``method``, ``exact_max_n``, ``krylov_iters``, ``mesh``, ``grid``;
+        :class:`pifs_jax.errors.NonFiniteError`.
+    """
+    check_instance(sched, Schedule, name="sched", what="pifs_jax Schedule")
+    x_T = jnp.asarray(x_T)
+    check_floating(x_T, name="x_T")
+    if x_T.ndim not in (3, 4):
+        raise ArgumentError("x_T", f"expected one image (H, W, C) or a batch of trajectories (S, H, W, C), got shape {x_T.shape}")
+    batched = x_T.ndim == 4
+    if batched and x_T.shape[0] < 1:
+        raise ArgumentError("x_T", f"expected at least one trajectory, got shape {x_T.shape}")
+    one = x_T[0] if batched else x_T
+    layout = patch_layout(one.shape, patch_size)
+    if method not in METHODS:
+        raise ArgumentError("method", f"expected one of {METHODS}, got {method!r}")
+    exact_max_n = check_positive_int(exact_max_n, name="exact_max_n")
+    krylov_iters = check_positive_int(krylov_iters, name="krylov_iters")
+    check_denoiser(eps_fn, one)
+    if baseline is not None:
+        _check_baseline(baseline, layout)
+    attention_keys = None if attention_fn is None else _check_attention_fn(attention_fn, one)
+    if mesh is not None:
+        _check_mesh(mesh, x_T.shape[0] if batched else None)
+        x_T = shard_batch(x_T, mesh, BATCH_AXIS)
+    grid = np.asarray(as_grid(grid, sched.T))
+    steps = chain_steps(sched, grid)  # chain order: t_N first
+    exact = method == "exact" or (method == "auto" and layout.size <= exact_max_n)
+    key = jax.random.PRNGKey(0) if key is None else key
+
+    packed = None
+    lam = None
+    if baseline is not None:
+        dtype = jnp.result_type(float, baseline.covariance)
+        mean_image = unpatchify(jnp.asarray(baseline.mean, dtype), layout.image_shape, layout.patch_size)
+        packed = (sched, mean_image, jnp.asarray(baseline.covariance, dtype), jnp.asarray(baseline.leading_eigenvector, dtype))
+        lam = jnp.asarray(baseline.leading_eigenvalue, dtype)
+
+    x_0, per_step = _compiled_analysis(
+        eps_fn, steps, x_T, key, packed, attention_fn,
+        layout=layout, exact=exact, iters=krylov_iters, batched=batched, mesh=mesh,
+    )  # fmt: skip
+    if check_finite:
+        _raise_if_nonfinite(eps_fn, sched, x_T, x_0, grid, batched)
+
+    t = np.asarray(steps.t)
+    expansion = None
+    if lam is not None:
+        expansion = np.asarray(expansion_factor(sched, lam, grid))[::-1]  # grid order -> chain order
+    return ChainAnalysis(
+        t=t,
+        logsnr=np.asarray(sched.log_snr)[t],
+        kappa_diag=per_step["kappa_diag"],
+        delta_cross=per_step["delta_cross"],
+        kappa_diag_mean=per_step["kappa_diag_mean"],
+        delta_cross_mean=per_step["delta_cross_mean"],
+        margin_mean=per_step["margin_mean"],
+        kappa_diag_per_patch=per_step["kappa_diag_per_patch"],
+        delta_cross_per_patch=per_step["delta_cross_per_patch"],
+        margin_per_patch=per_step["margin_per_patch"],
+        violations=per_step["violations"],
+        suppression=per_step.get("suppression"),
+        deviation_norm=per_step.get("deviation_norm"),
+        expansion_along_leading=expansion,
+        attention_entropy=per_step.get("attention_entropy"),
+        attention_keys=attention_keys,
+        patch_size=layout.patch_size,
+        image_shape=tuple(layout.image_shape),
+        method="exact" if exact else "matrix_free",
+    )
+
+
+def _raise_if_nonfinite(eps_fn, sched, x_T, x_0, grid, batched) -> None:
+    """Raise the :class:`NonFiniteError` of the first trajectory whose ``x_0`` is not finite."""
+    finite = np.asarray(jnp.all(jnp.isfinite(x_0.reshape((x_0.shape[0], -1) if batched else (1, -1))), axis=1))
+    if finite.all():
+        return
+    i = int(np.flatnonzero(~finite)[0])
+    start = x_T[i] if batched else x_T
+    context = f"trajectory {i} of {x_T.shape[0]}: " if batched else ""
+    error = locate_nonfinite(eps_fn, sched, start, grid=grid, context=context)
+    raise error or NonFiniteError("eps_fn", f"{context}the chain's result is not finite")
+
+
+def per_patch_exponents(analysis: ChainAnalysis) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted (suppression-corrected) and measured per-patch exponents, each of shape ``([S,] M)``.
+
+    ``predicted_k = (1/N) sum_i log(f_{t_i}(lambda_k) - S_{k,t_i})`` (``-inf`` when a factor is
+    not positive: the direction is annihilated in that step), ``measured_k = (1/N) sum_i
+    log kappa_k(t_i)`` (docs/theory.md section 11), float64.
+
+    Raises:
+      ArgumentError: naming ``analysis`` when it has no suppression field (run
+        :func:`analyze_chain` with a ``baseline``).
+    """
+    check_instance(analysis, ChainAnalysis, name="analysis", what="ChainAnalysis (pifs_jax.analyze_chain)")
+    if analysis.suppression is None or analysis.expansion_along_leading is None:
+        raise ArgumentError("analysis", "the predicted exponents need the suppression field: run analyze_chain with baseline=")
+    factor = np.asarray(analysis.expansion_along_leading, np.float64) - np.asarray(analysis.suppression, np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_factor = np.where(factor > 0, np.log(np.where(factor > 0, factor, 1.0)), -np.inf)
+        predicted = np.mean(log_factor, axis=-2)
+        measured = np.mean(np.log(np.asarray(analysis.kappa_diag_per_patch, np.float64)), axis=-2)
+    return predicted, measured

@@ -1,0 +1,275 @@
+"""Analyse a denoiser's chain over many trajectories, and write ``analysis.json``, figures and ``analysis.md``.
+
+The one workflow behind ``pifs-jax analyze`` and the ``two_regimes`` experiment:
+
+1. :func:`analyze_model` draws ``S`` seeded starting points ``x_T ~ N(0, I)``, fits the
+   patch-Gaussian baseline to the training images (:func:`pifs_jax.data.patch_stats`), runs
+   :func:`~pifs_jax.analysis.analyze_chain` on the uniform ``steps``-step grid, summarises the
+   trajectories (:func:`summarize_analysis`) and applies the verdict rules of docs/theory.md
+   section 11 (:func:`~pifs_jax.analysis.evaluate_claims`);
+2. :func:`write_analysis` writes, atomically, ``analysis.json`` (``{"config", "seed",
+   "environment", "results"}``; the ``results`` schema is :func:`summarize_analysis`'s plus
+   ``"claims"``), the five figures of :mod:`pifs_jax.analysis.figures` and ``analysis.md`` (the
+   claims table and the block decomposition at the paper's timesteps).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Mapping, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pifs_jax.analysis.chain_analysis import ChainAnalysis, analyze_chain, module_attention_fn, per_patch_exponents
+from pifs_jax.analysis.claims import PAPER_VALUES, ClaimResult, evaluate_claims
+from pifs_jax.analysis.figures import (
+    plot_block_norms,
+    plot_deviation_fit,
+    plot_entropy_coupling,
+    plot_exponent_signs,
+    plot_release_map,
+)
+from pifs_jax.analysis.statistics import bootstrap_mean_interval, crossover_window, ols_fit, spearman
+from pifs_jax.data import patch_stats
+from pifs_jax.errors import ArgumentError
+from pifs_jax.grids import uniform_grid
+from pifs_jax.plotting import save_figure
+from pifs_jax.results import atomic_write_text, write_result_json
+from pifs_jax.schedules import Schedule
+
+__all__ = ["ModelAnalysis", "analyze_model", "summarize_analysis", "write_analysis", "analysis_markdown", "claims_table_rows",
+           "attention_fn_if_any", "FIGURES"]
+
+#: The figures :func:`write_analysis` writes: file name -> plotting function.
+FIGURES: dict[str, Callable[..., Any]] = {
+    "block_norms.png": plot_block_norms,
+    "entropy_coupling.png": plot_entropy_coupling,
+    "release_map.png": plot_release_map,
+    "deviation_fit.png": plot_deviation_fit,
+    "exponent_signs.png": plot_exponent_signs,
+}
+
+
+class ModelAnalysis(NamedTuple):
+    """What :func:`analyze_model` returns."""
+
+    analysis: ChainAnalysis
+    """Per-step, per-trajectory values (leading axis ``S``)."""
+    summary: dict[str, Any]
+    """Trajectory means with intervals (:func:`summarize_analysis`), JSON-able."""
+    claims: list[ClaimResult]
+    """One verdict per claim of docs/theory.md section 11."""
+
+
+def _interval(values: Any, seed: int) -> dict[str, list[float]]:
+    mean, lo, hi = bootstrap_mean_interval(values, axis=0, seed=seed)
+    return {"mean": np.asarray(mean).tolist(), "lo": np.asarray(lo).tolist(), "hi": np.asarray(hi).tolist()}
+
+
+def _ranked_per_step(lam: np.ndarray, per_patch: np.ndarray) -> dict[str, list[float]]:
+    pairs = np.array([spearman(lam, row) for row in per_patch], dtype=np.float64)
+    return {"rho": pairs[:, 0].tolist(), "p": pairs[:, 1].tolist()}
+
+
+def summarize_analysis(
+    analysis: ChainAnalysis, *, patch_eigenvalues: Any, sched: Schedule, seed: int = 0
+) -> dict[str, Any]:
+    """Trajectory means with percentile-bootstrap 95 % intervals, and the derived statistics.
+
+    Returns a JSON-able dict (the ``results`` of ``analysis.json``):
+
+    - ``t``, ``alpha_bar``, ``logsnr``: per step ``(N,)``, chain order; ``trajectories`` ``S``;
+      ``num_patches`` ``M``; ``patch_size``; ``image_shape``; ``method`` (block-norm estimator);
+    - ``steps``: for each of ``kappa_diag_mean``, ``delta_cross_mean``, ``pc_sum_mean``
+      (``kappa_diag_mean + delta_cross_mean``), ``margin_mean``, ``kappa_diag``, ``delta_cross``
+      (maxima over patches), ``violations`` and, when measured, ``deviation_norm`` and
+      ``attention_entropy`` (the mean over layers): ``{"mean", "lo", "hi"}`` each ``(N,)``;
+      ``attention_entropy_per_layer``: ``{layer: {"mean", "lo", "hi"}}``;
+    - ``per_patch``: trajectory means ``(N, M)`` of ``kappa_diag``, ``delta_cross``, ``margin``
+      and ``suppression`` (``None`` without a baseline);
+    - ``patch_eigenvalues``: ``lambda_k`` ``(M,)``;
+    - ``release_order``: per step, Spearman ``rho`` and ``p`` of ``(lambda_k, kappa_k)`` and of
+      ``(lambda_k, S_{k,t})`` over the patches;
+    - ``crossover_window``: ``{"t_upper", "t_lower", "width"}`` or ``None``;
+    - ``deviation_fit``: OLS of ``log ||Delta_t||`` on ``log sqrt(ab_t)`` over the steps with
+      ``logSNR < 0``: ``{"slope", "intercept", "slope_lo", "slope_hi", "r2", "steps",
+      "x_range"}`` or ``None`` (fewer than 3 such steps, or no baseline);
+    - ``exponents``: ``{"predicted", "measured"}`` ``(S, M)`` and ``"agreement"`` (fraction of
+      (patch, trajectory) pairs with equal signs), or ``None`` without a baseline.
+    """
+    if not analysis.batched:
+        raise ArgumentError("analysis", "expected an analysis of several trajectories (x_T of shape (S, H, W, C))")
+    lam = np.asarray(patch_eigenvalues, np.float64)
+    t = np.asarray(analysis.t)
+    alpha_bar = np.asarray(sched.alpha_bar, np.float64)[t]
+    stepwise = {
+        "kappa_diag_mean": analysis.kappa_diag_mean,
+        "delta_cross_mean": analysis.delta_cross_mean,
+        "pc_sum_mean": np.asarray(analysis.kappa_diag_mean, np.float64) + np.asarray(analysis.delta_cross_mean, np.float64),
+        "margin_mean": analysis.margin_mean,
+        "kappa_diag": analysis.kappa_diag,
+        "delta_cross": analysis.delta_cross,
+        "violations": analysis.violations,
+    }
+    if analysis.deviation_norm is not None:
+        stepwise["deviation_norm"] = analysis.deviation_norm
+    per_layer = None
+    if analysis.attention_entropy is not None:
+        stepwise["attention_entropy"] = np.mean([np.asarray(v) for v in analysis.attention_entropy.values()], axis=0)
+        per_layer = {name: _interval(v, seed) for name, v in analysis.attention_entropy.items()}
+    kappa_k = np.asarray(analysis.kappa_diag_per_patch, np.float64).mean(axis=0)
+    suppression = None if analysis.suppression is None else np.asarray(analysis.suppression, np.float64).mean(axis=0)
+    window = crossover_window(t, analysis.violations, analysis.num_patches)
+    fit = exponents = None
+    if analysis.deviation_norm is not None:
+        high = np.asarray(analysis.logsnr) < 0
+        if high.sum() >= 3:
+            x = np.log(np.sqrt(alpha_bar[high]))
+            y = np.log(np.asarray(analysis.deviation_norm, np.float64).mean(axis=0)[high])
+            ols = ols_fit(x, y)
+            fit = {**ols._asdict(), "steps": int(high.sum()), "x_range": [float(np.exp(x.min())), float(np.exp(x.max()))]}
+    if analysis.suppression is not None:
+        predicted, measured = per_patch_exponents(analysis)
+        exponents = {"predicted": predicted.tolist(), "measured": measured.tolist(),
+                     "agreement": float(np.mean(np.sign(predicted) == np.sign(measured)))}
+    return {
+        "t": t.tolist(),
+        "alpha_bar": alpha_bar.tolist(),
+        "logsnr": np.asarray(analysis.logsnr, np.float64).tolist(),
+        "trajectories": int(np.shape(analysis.kappa_diag)[0]),
+        "num_patches": analysis.num_patches,
+        "patch_size": int(analysis.patch_size),
+        "image_shape": list(analysis.image_shape),
+        "method": analysis.method,
+        "steps": {name: _interval(values, seed) for name, values in stepwise.items()},
+        "attention_entropy_per_layer": per_layer,
+        "per_patch": {
+            "kappa_diag": kappa_k.tolist(),
+            "delta_cross": np.asarray(analysis.delta_cross_per_patch, np.float64).mean(axis=0).tolist(),
+            "margin": np.asarray(analysis.margin_per_patch, np.float64).mean(axis=0).tolist(),
+            "suppression": None if suppression is None else suppression.tolist(),
+        },
+        "patch_eigenvalues": lam.tolist(),
+        "release_order": {
+            "lambda_kappa": _ranked_per_step(lam, kappa_k),
+            "lambda_suppression": None if suppression is None else _ranked_per_step(lam, suppression),
+        },
+        "crossover_window": None if window is None else {"t_upper": window[0], "t_lower": window[1],
+                                                         "width": window[0] - window[1]},
+        "deviation_fit": fit,
+        "exponents": exponents,
+    }
+
+
+def attention_fn_if_any(module: Any, params: Any, image_shape: tuple[int, ...]) -> Callable | None:
+    """:func:`~pifs_jax.analysis.module_attention_fn` of a network whose ``return_attention=True`` gives
+    at least one attention layer, else ``None`` (checked on shapes only, nothing computed)."""
+    attention_fn = module_attention_fn(module, params)
+    layers = jax.eval_shape(attention_fn, jax.ShapeDtypeStruct(tuple(image_shape), jnp.float32),
+                            jax.ShapeDtypeStruct((), jnp.int32))
+    return attention_fn if layers else None
+
+
+def analyze_model(
+    eps_fn: Callable,
+    sched: Schedule,
+    train_images: Any,
+    *,
+    patch_size: int,
+    steps: int = 50,
+    samples: int = 16,
+    seed: int = 0,
+    attention_fn: Callable | None = None,
+    method: str = "auto",
+    mesh: Any = None,
+) -> ModelAnalysis:
+    """Analyse ``samples`` chains of ``eps_fn`` and judge the paper's claims on them.
+
+    ``x_T ~ N(0, I)`` of shape ``(samples,) + image_shape`` from ``PRNGKey(seed)``; the uniform
+    ``steps``-step grid of ``sched`` (:func:`pifs_jax.grids.uniform_grid`); the patch-Gaussian
+    baseline and the leading eigenvalues ``lambda_k`` from ``train_images`` (``None``: no
+    baseline, the suppression claims are then *not tested*).
+
+    Args:
+      eps_fn: the denoiser (a pytree such as ``load_run(...).eps_fn`` compiles once per architecture).
+      sched: the schedule the model was trained with.
+      train_images: ``(N, H, W, C)`` in the model's input scale, or ``None``.
+      patch_size: ``p``; ``samples``: ``S >= 2`` (intervals need more than one); ``steps``: ``N``.
+      attention_fn: e.g. :func:`pifs_jax.analysis.module_attention_fn` (``None``: entropy not tested).
+      method, mesh: passed to :func:`~pifs_jax.analysis.analyze_chain`.
+    """
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 2:
+        raise ArgumentError("samples", f"expected an integer >= 2 (intervals over trajectories), got {samples!r}")
+    if train_images is None:
+        raise ArgumentError("train_images", "expected the training images (for the Gaussian baseline and lambda_k)")
+    stats = patch_stats(np.asarray(train_images, np.float32), patch_size=patch_size)
+    image_shape = tuple(np.shape(train_images)[1:])
+    x_T = jax.random.normal(jax.random.PRNGKey(seed), (samples,) + image_shape)
+    grid = uniform_grid(sched.T, steps)
+    analysis = analyze_chain(eps_fn, sched, x_T, grid=grid, patch_size=patch_size, baseline=stats,
+                             attention_fn=attention_fn, method=method, mesh=mesh)
+    lam = np.asarray(stats.leading_eigenvalue, np.float64)
+    summary = summarize_analysis(analysis, patch_eigenvalues=lam, sched=sched, seed=seed)
+    claims = evaluate_claims(analysis, patch_eigenvalues=lam, num_timesteps=sched.T)
+    return ModelAnalysis(analysis, summary, claims)
+
+
+def _nearest_steps(t: np.ndarray, targets: Any) -> list[tuple[int, int]]:
+    return [(int(target), int(np.argmin(np.abs(t - target)))) for target in targets]
+
+
+def _fmt(stats: Mapping[str, Any], i: int, digits: int = 4) -> str:
+    return f"{stats['mean'][i]:.{digits}f} [{stats['lo'][i]:.{digits}f}, {stats['hi'][i]:.{digits}f}]"
+
+
+def analysis_markdown(result: ModelAnalysis, *, title: str, heading: str = "#") -> str:
+    """The claims table (claim, paper, ours with interval, verdict) and the block decomposition
+    at the timesteps the paper tabulates (nearest step of our grid)."""
+    s = result.summary
+    lines = [f"{heading} {title}", "",
+             f"{s['trajectories']} trajectories, {len(s['t'])} DDIM steps, {s['num_patches']} patches of "
+             f"{s['patch_size']}x{s['patch_size']}, block norms {s['method']}; intervals: bootstrap 95 % over "
+             "trajectories (definitions and verdict rules: docs/theory.md section 11).", "",
+             "| claim | paper | ours | verdict |", "|---|---|---|---|"]
+    lines += [f"| {c.name.replace('_', ' ')} | {c.paper} | {c.ours} | **{c.verdict}** |" for c in result.claims]
+    t = np.asarray(s["t"], np.float64)
+    steps = s["steps"]
+    lines += ["", "Block decomposition (patch means; paper: CIFAR-10 DDPM UNet):", "",
+              "| t (paper) | t (ours) | kappa_diag paper | ours | delta_cross paper | ours | V_t (violating patches) |",
+              "|---|---|---|---|---|---|---|"]
+    for target, i in _nearest_steps(t, PAPER_VALUES["block_decomposition"]):
+        kappa, delta, _ = PAPER_VALUES["block_decomposition"][target]
+        lines.append(f"| {target} | {t[i]:g} | {kappa} | {_fmt(steps['kappa_diag_mean'], i)} | {delta} | "
+                     f"{_fmt(steps['delta_cross_mean'], i)} | {steps['violations']['mean'][i]:.1f} of {s['num_patches']} |")
+    window = s["crossover_window"]
+    lines += ["", "Crossover window: " + ("none" if window is None else
+              f"t in [{window['t_lower']:g}, {window['t_upper']:g}] (width {window['width']:g})") + "."]
+    return "\n".join(lines) + "\n"
+
+
+def write_analysis(
+    out_dir: str | Path, result: ModelAnalysis, *, title: str, config: Mapping[str, Any], seed: int
+) -> list[Path]:
+    """Write ``analysis.json``, the figures of :data:`FIGURES` and ``analysis.md`` to ``out_dir`` (atomically).
+
+    Returns the paths written (``analysis.md`` last: its presence means the folder is complete).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results = {**result.summary, "claims": [c._asdict() for c in result.claims]}
+    paths = [write_result_json(out / "analysis.json", results, config=dict(config), seed=seed)]
+    for name, plot in FIGURES.items():
+        paths.append(save_figure(plot(result.summary, title=f"{title}: " + name[:-4].replace("_", " ")), out / name))
+    paths.append(atomic_write_text(out / "analysis.md", analysis_markdown(result, title=title)))
+    return paths
+
+
+def claims_table_rows(results: Mapping[str, ModelAnalysis]) -> list[list[str]]:
+    """Rows ``claim | verdict per model`` for several analysed models (same claims, same order)."""
+    names = [c.name for c in next(iter(results.values())).claims]
+    rows = []
+    for i, name in enumerate(names):
+        rows.append([name.replace("_", " ")] + [f"{r.claims[i].verdict}: {r.claims[i].ours}" for r in results.values()])
+    return rows
