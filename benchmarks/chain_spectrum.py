@@ -11,32 +11,38 @@ runs them in this process instead):
 
 - ``matmul``: the machine's float32 matrix-multiply rate, a jitted ``n x n @ n x n`` at
   ``n = 3072``, best of several calls: ``2 n^3 / t``.
+- ``qr``: one square ``n x n`` float32 QR with a positive diagonal at ``n = 768`` and ``n = 3072``,
+  by LAPACK Householder (:func:`pifs_jax.orthogonalization.householder_qr`) and by CholeskyQR2
+  (:func:`pifs_jax.orthogonalization.cholesky_qr2`), best of several calls: the measurement
+  behind :data:`pifs_jax.orthogonalization.PREFERRED_QR_METHOD`.
 - ``full``: the full finite-time spectrum (:func:`pifs_jax.lyapunov.chain_lyapunov_spectrum`,
-  ``k=None``) at ``n = 768`` and ``n = 3072``: wall time, split into the step Jacobians (a
+  ``k=None``) at ``n = 768`` on the 50-step chain, for the default ``qr_every="auto"`` and for
+  fixed ``qr_every`` in 1, 5, 10, 25, 50 (``sweep``: all six compiled, then timed round-robin,
+  best of three each; ``fewer_qrs``: the number of QRs the default took, its time against the
+  best fixed one -- target within 10 % -- and the largest exponent difference from a QR at every
+  step). For the default alone, wall time is split into the step Jacobians (a
   separate jitted scan that forms each ``jax.jacfwd`` Jacobian along the same trajectory) and the
-  rest ("orthogonalisation": ``J Q``, the QR factorisation, the graded product update and the
-  final singular values), per step; peak memory; the fraction of the matmul rate reached by the
-  useful floating-point work ``FLOPs = N (n * F_tangent + 2 n^3)``, with ``F_tangent = 2 ((n + E) w
-  + w^2 + w n)`` the multiply-adds of one forward-mode tangent through the MLP (``E`` embedding
-  features, ``w`` width) and ``2 n^3`` one ``n x n`` product per step. Where the full chain would
-  run too long here (``--full-large-steps``), the ``n = 3072`` full spectrum is measured on chains
-  of ``S1 < S2`` steps; the per-step cost ``(t(S2) - t(S1)) / (S2 - S1)`` and the fixed cost
-  (final singular values) give the 50-step figure by extrapolation, and the JSON says so.
-  Re-orthonormalisation every ``qr_every = 10`` steps (one ``n x n`` QR and graded update per
-  10 steps; the per-step exponent spread of this chain is ~0.16 nats, so a 10-step block spans
-  ~1.6 nats, far from float32's 16): ``fewer_qrs`` compares it with a QR at every step at
-  ``n = 768`` (exponents and time).
+  rest ("orthogonalisation": ``J Q``, the QRs, the graded product update and the final singular
+  values); peak memory; the fraction of the matmul rate reached by the useful floating-point work
+  ``FLOPs = N (n * F_tangent + 2 n^3)``, with ``F_tangent = 2 ((n + E) w + w^2 + w n)`` the
+  multiply-adds of one forward-mode tangent through the MLP (``E`` embedding features, ``w``
+  width) and ``2 n^3`` one ``n x n`` product per step. At ``n = 3072`` the default full spectrum
+  is measured on a short chain (``large_steps`` = 10 uniform steps of the same cosine schedule):
+  on this CPU a step costs about half a second and the final singular values several seconds.
 - ``leading``: the leading ``k = 32`` exponents (matrix-free subspace iteration, JVPs and VJPs;
-  32 oversampling vectors, a thin QR every 5 steps, stopping when no exponent moves by more
-  than 1e-4 per step) at ``n = 3072``, on the 50-step chain (time against the full one, and
-  against a full spectrum with a QR at every step, measured too: target >= 10x faster) and on
-  the chain the full spectrum was measured on (agreement of the leading exponents: target 1e-3
-  per step); at ``n = 12288`` (64x64x3) the compiled program's buffers are checked for any ``n x n``
-  array (none may exist) and peak memory is compared with ``n^2 * 4`` bytes.
+  16 oversampling vectors, the default adaptive re-orthonormalisation, stopping when no exponent
+  moves by more than 5e-4 per step, half the agreement target) at ``n = 3072`` on the same short chain as the full
+  spectrum: time against the default full spectrum (target >= 10x faster) and agreement of the
+  leading exponents (target 1e-3 per step); with ``--huge``, at ``n = 12288`` (64x64x3) on the
+  50-step chain, the compiled program's buffers are checked for any ``n x n`` array (none may
+  exist) and peak memory is compared with ``n^2 * 4`` bytes.
 - compile once: after the first 50-step call, a second chain with the same shapes but another
   schedule (linear) and another grid (trailing spacing) is run; the jitted function's cache size
   and the number of XLA backend compilations during that call (``jax.monitoring``) must stay 1
   and 0.
+
+The PyTorch peer (the same spectrum with ``torch.func.jacfwd`` and a QR per step) is measured by
+``benchmarks/torch_spectrum_baseline.py``.
 
 BLAS threads: jaxlib's CPU LAPACK kernels (QR, SVD) run on OpenBLAS, whose own worker threads
 compete with XLA's thread pool; on a busy 2-core machine a ``3072 x 32`` QR then took 0.6 s
@@ -82,21 +88,25 @@ EMBED_DIM = 64
 
 #: Sizes of the full and the quick run.
 SIZES = {
-    "full": {"n_small": 768, "n_large": 3072, "n_huge": 12288, "steps": 50, "k": 32, "width": 512,
-             "matmul_n": 3072, "matmul_repeats": 5, "huge_iters": 20, "qr_every": 10,
-             "oversample": 32, "leading_qr_every": 5, "tol": 1e-4},
-    "quick": {"n_small": 48, "n_large": 48, "n_huge": 48, "steps": 10, "k": 8, "width": 64,
-              "matmul_n": 256, "matmul_repeats": 3, "huge_iters": 200, "qr_every": 4,
-              "oversample": 8, "leading_qr_every": 2, "tol": 1e-5},
+    "full": {"n_small": 768, "n_large": 3072, "n_huge": 12288, "steps": 50, "large_steps": 10, "k": 32,
+             "width": 512, "matmul_n": 3072, "matmul_repeats": 5, "huge_iters": 20,
+             "qr_sweep": [1, 5, 10, 25, 50], "qr_every": 10, "rounds": 3, "qr_sizes": [768, 3072], "qr_repeats": 2,
+             "oversample": 16, "tol": 5e-4},
+    "quick": {"n_small": 48, "n_large": 48, "n_huge": 48, "steps": 10, "large_steps": 10, "k": 8, "width": 64,
+              "matmul_n": 256, "matmul_repeats": 3, "huge_iters": 200, "qr_sweep": [1, 4, 10], "qr_every": 4, "rounds": 2,
+              "qr_sizes": [48], "qr_repeats": 3, "oversample": 8, "tol": 1e-5},
 }  # fmt: skip
-"""Equal sizes share one measurement (``--quick``: three compilations in all). ``huge_iters`` caps the
-subspace iterations at ``n_huge``, where the point is memory, not precision. ``qr_every``: one
-QR (and graded update) per that many steps in the full spectrum (see ``case full`` above);
-``oversample``, ``leading_qr_every`` and ``tol`` configure the leading-``k`` subspace iteration."""
+"""``qr_sweep``: the fixed ``qr_every`` values the default is compared with at ``n_small`` (each timed
+``rounds`` times, round-robin, best kept; it must contain 1 and ``qr_every``, the block length whose
+exponents and time are compared with a QR at every step);
+``large_steps``: the short chain of the ``n_large`` full and leading spectra; ``huge_iters`` caps the
+subspace iterations at ``n_huge``, where the point is memory, not precision; ``oversample`` and
+``tol`` configure the leading-``k`` subspace iteration."""
 
 TARGET_SPEEDUP = 10.0
 TARGET_AGREEMENT = 1e-3
 TARGET_FLOP_FRACTION = 0.5
+TARGET_DEFAULT_OVERHEAD = 0.10
 
 
 # ----------------------------------------------------------------------------- the denoiser
@@ -139,14 +149,14 @@ FLOPS_FORMULA = "N * (n * 2 * ((n + E) * w + w * w + w * n) + 2 * n**3), E = 64 
 
 
 @functools.partial(jax.jit, static_argnames=("k", "iters", "tol", "qr_every", "oversample"))
-def chain_spectrum(params, sched, x_T, grid, *, k=None, iters=200, tol=None, qr_every=1, oversample=0):
-    """Exponents, dimension and (leading-k) ``(iterations, last change)`` of the chain's finite-time spectrum."""
+def chain_spectrum(params, sched, x_T, grid, *, k=None, iters=200, tol=None, qr_every="auto", oversample=0):
+    """Exponents, dimension and ``(QRs taken, 0)`` (full) or ``(iterations, last change)`` (leading-k)."""
     spec = pj.chain_lyapunov_spectrum(
         functools.partial(mlp_eps, params), sched, x_T, grid=grid, k=k, iters=iters, tol=tol,
-        return_history=k is not None, qr_every=qr_every, oversample=oversample,
+        return_history=True, qr_every=qr_every, oversample=oversample,
     )  # fmt: skip
-    if k is None:
-        return spec.exponents, spec.dimension, (jnp.asarray(0), jnp.asarray(0.0))
+    if k is None:  # the number of QRs taken: the history is finite exactly after each
+        return spec.exponents, spec.dimension, (jnp.sum(jnp.isfinite(spec.history[:, 0])), jnp.asarray(0.0))
     iterations = jnp.sum(~jnp.isnan(spec.history[:, 0]))
     # the largest change of any exponent in the last iteration (the convergence criterion)
     previous, last = spec.history[jnp.maximum(iterations - 2, 0)], spec.history[iterations - 1]
@@ -243,7 +253,9 @@ def case_matmul(*, n: int, repeats: int) -> dict[str, Any]:
     return {"n": n, "best_s": best, "flops_per_s": 2 * n**3 / best, "repeats": repeats}
 
 
-def case_full(*, n: int, steps: int, width: int, qr_every: int = 1, check_recompile: bool = False) -> dict[str, Any]:
+def case_full(
+    *, n: int, steps: int, width: int, qr_every: int | str = "auto", check_recompile: bool = False
+) -> dict[str, Any]:
     """Full spectrum of an ``steps``-step chain at ``n``: total time, its Jacobian part, memory.
 
     With ``check_recompile`` the spectrum goes through the jit's own dispatch twice: the cosine
@@ -257,7 +269,7 @@ def case_full(*, n: int, steps: int, width: int, qr_every: int = 1, check_recomp
     if check_recompile:
         # k passed exactly as recompile_check passes it: explicit and default static arguments key
         # the jit cache differently
-        (exponents, dimension, _), first_s = timed(chain_spectrum, params, sched, x_T, grid, k=None, qr_every=qr_every)
+        (exponents, dimension, (qrs, _)), first_s = timed(chain_spectrum, params, sched, x_T, grid, k=None, qr_every=qr_every)
         recompile = recompile_check(params, x_T, steps=steps, k=None, qr_every=qr_every)
         total_s = recompile["second_call_s"]
         compile_s = first_s - total_s
@@ -265,13 +277,14 @@ def case_full(*, n: int, steps: int, width: int, qr_every: int = 1, check_recomp
         start = time.perf_counter()
         compiled = chain_spectrum.lower(params, sched, x_T, grid, qr_every=qr_every).compile()
         compile_s = time.perf_counter() - start
-        (exponents, dimension, _), total_s = timed(compiled, params, sched, x_T, grid)
+        (exponents, dimension, (qrs, _)), total_s = timed(compiled, params, sched, x_T, grid)
     jac_compiled = step_jacobians.lower(params, sched, x_T, grid).compile()
     _, jacobian_s = timed(jac_compiled, params, sched, x_T, grid)
     out = {
         "n": n,
         "steps": steps,
         "qr_every": qr_every,
+        "qrs": int(qrs),
         "compile_s": compile_s,
         "total_s": total_s,
         "jacobian_s": jacobian_s,
@@ -291,7 +304,8 @@ def case_full(*, n: int, steps: int, width: int, qr_every: int = 1, check_recomp
 
 
 def case_leading(
-    *, n: int, steps: int, width: int, k: int, tol: float, iters: int = 200, oversample: int = 0, qr_every: int = 1,
+    *, n: int, steps: int, width: int, k: int, tol: float, iters: int = 200, oversample: int = 0,
+    qr_every: int | str = "auto",
     check_buffers: bool = False,
 ) -> dict[str, Any]:
     """Leading-``k`` spectrum of an ``steps``-step chain at ``n``; optionally the ``n x n`` buffer check.
@@ -346,7 +360,7 @@ def buffer_check(compiled: Any, n: int) -> dict[str, Any]:
     return {"n_by_n_shapes_in_hlo": text.count(square), "memory_analysis": analysis}
 
 
-def recompile_check(params, x_T, *, steps: int, k: int | None, qr_every: int = 1) -> dict[str, Any]:
+def recompile_check(params, x_T, *, steps: int, k: int | None, qr_every: int | str = "auto") -> dict[str, Any]:
     """A second chain with the same shapes, another schedule and grid: no new compilation.
 
     Call after a first :func:`chain_spectrum` call through the jit's dispatch with the same shapes.
@@ -367,7 +381,51 @@ def recompile_check(params, x_T, *, steps: int, k: int | None, qr_every: int = 1
     }
 
 
-CASES = {"matmul": case_matmul, "full": case_full, "leading": case_leading}
+def case_sweep(*, n: int, steps: int, width: int, variants: list, rounds: int = 3) -> dict[str, Any]:
+    """The full spectrum for each ``qr_every`` in ``variants``, compiled first, then timed round-robin.
+
+    Each round calls every variant once; a variant's time is its best over ``rounds``. Interleaving
+    the calls makes the comparison fair when other jobs load the machine unevenly.
+    """
+    params, x_T, sched, grid = setup(n, steps, width=width)
+    compiled = {str(m): chain_spectrum.lower(params, sched, x_T, grid, qr_every=m).compile() for m in variants}
+    times: dict[str, list[float]] = {key: [] for key in compiled}
+    results: dict[str, Any] = {}
+    for _ in range(rounds):
+        for key, program in compiled.items():
+            out, seconds = timed(program, params, sched, x_T, grid)
+            times[key].append(seconds)
+            results[key] = out
+    return {
+        "n": n, "steps": steps, "rounds": rounds,
+        "runs": {key: {"best_s": min(times[key]), "times_s": times[key], "qrs": int(results[key][2][0]),
+                       "exponents": results[key][0]} for key in compiled},
+    }  # fmt: skip
+
+
+def case_qr(*, sizes: list[int], repeats: int) -> dict[str, Any]:
+    """A square float32 QR with positive diagonal: Householder against CholeskyQR2, best of ``repeats``."""
+    from pifs_jax.orthogonalization import QR_METHODS, positive_qr, preferred_qr_method
+
+    out: dict[str, Any] = {"backend": jax.default_backend(), "preferred": preferred_qr_method(), "runs": []}
+    for n in sizes:
+        # like an accumulated tangent block: an orthonormal basis stretched by factors spanning 3 nats
+        # (condition number e^3 = 20, where CholeskyQR2 needs no Householder fallback)
+        basis, _ = jnp.linalg.qr(jax.random.normal(jax.random.PRNGKey(2), (n, n), jnp.float32))
+        y = basis * jnp.exp(jnp.linspace(0.0, -3.0, n))
+        for method in QR_METHODS:
+            factor = jax.jit(functools.partial(positive_qr, method=method))
+            q, r = _block(factor(y))
+            best = min(timed(factor, y)[1] for _ in range(repeats))
+            out["runs"].append({
+                "n": n, "method": method, "best_s": best,
+                "orthogonality": float(np.max(np.abs(q.T @ q - np.eye(n)))),
+                "residual": float(np.max(np.abs(q @ r - np.asarray(y))) / np.max(np.abs(np.asarray(y)))),
+            })  # fmt: skip
+    return out
+
+
+CASES = {"matmul": case_matmul, "qr": case_qr, "sweep": case_sweep, "full": case_full, "leading": case_leading}
 
 
 def limit_blas_threads(threads: int) -> None:
@@ -398,21 +456,19 @@ def run_case(name: str, kwargs: dict[str, Any], *, isolate: bool, blas_threads: 
 
 
 def benchmark(
-    *, quick: bool, isolate: bool, full_large_steps: tuple[int, ...] | None, blas_threads: int = 1, log=print,
-    save=None,
+    *, quick: bool, isolate: bool, blas_threads: int = 1, huge: bool = False, log=print, save=None,
 ) -> dict[str, Any]:
     """Every case; returns the JSON-ready results. ``save(results)`` is called after each case."""
     size = SIZES["quick" if quick else "full"]
-    steps, k, width = size["steps"], size["k"], size["width"]
+    steps, large_steps, k, width = size["steps"], size["large_steps"], size["k"], size["width"]
     n_small, n_large, n_huge = size["n_small"], size["n_large"], size["n_huge"]
-    tol = size["tol"]  # per-step exponents; 10x inside the 1e-3 agreement target
-    leading_options = dict(oversample=size["oversample"], qr_every=size["leading_qr_every"])
+    tol = size["tol"]  # per-step exponents; inside the 1e-3 agreement target
     results: dict[str, Any] = {"sizes": size, "flops_formula": FLOPS_FORMULA}
 
     def case(label, name, **kwargs):
         log(f"[{time.strftime('%H:%M:%S')}] {label} ...")
         out = run_case(name, kwargs, isolate=isolate, blas_threads=blas_threads)
-        log(f"[{time.strftime('%H:%M:%S')}] {label}: {out.get('total_s', out.get('best_s')):.3f} s")
+        log(f"[{time.strftime('%H:%M:%S')}] {label}: {out.get('total_s', out.get('best_s', 0.0)):.3f} s")
         results.setdefault("raw_cases", []).append({"label": label, **out})
         if save is not None:
             save(results)
@@ -421,87 +477,77 @@ def benchmark(
     matmul = case(f"matmul n = {size['matmul_n']}", "matmul", n=size["matmul_n"], repeats=size["matmul_repeats"])
     rate = matmul["flops_per_s"]
     results["matmul"] = matmul
+    results["qr"] = case("QR methods", "qr", sizes=size["qr_sizes"], repeats=size["qr_repeats"])
 
-    qr_every = size["qr_every"]
-    small = case(
-        f"full n = {n_small}, QR every {qr_every} steps", "full",
-        n=n_small, steps=steps, width=width, qr_every=qr_every, check_recompile=True,
+    default = case(
+        f"full n = {n_small}, {steps} steps, default (auto)", "full",
+        n=n_small, steps=steps, width=width, check_recompile=True,
     )  # fmt: skip
-    results["full_small"] = _with_rate(small, rate)
-    results["compile_once"] = small.pop("recompile")
-    every = case(f"full n = {n_small}, QR every step", "full", n=n_small, steps=steps, width=width)
-    results["full_small_qr_every_step"] = _with_rate(every, rate)
+    results["compile_once"] = default.pop("recompile")
+    results["full_small"] = _with_rate(default, rate)
+    sweep = case(
+        f"full n = {n_small}, default and QR every {size['qr_sweep']}, round-robin", "sweep",
+        n=n_small, steps=steps, width=width, variants=["auto", *size["qr_sweep"]], rounds=size["rounds"],
+    )  # fmt: skip
+    results["full_small_sweep"] = sweep
+    runs = sweep["runs"]
+    fixed = {key: run for key, run in runs.items() if key != "auto"}
+    best_m = min(fixed, key=lambda key: fixed[key]["best_s"])
+    reference = np.asarray(runs["1"]["exponents"]) if "1" in runs else None
+    m = str(size["qr_every"])  # one fixed block length, compared with a QR at every step
     results["fewer_qrs"] = {
-        "qr_every": qr_every,
-        "max_abs_difference_exponents": float(np.max(np.abs(np.asarray(small["exponents"]) - np.asarray(every["exponents"])))),
-        "speedup": every["total_s"] / small["total_s"],
-        "compared_at_n": n_small,
-    }
+        "n": n_small,
+        "steps": steps,
+        "qr_every": size["qr_every"],
+        "max_abs_difference_exponents": float(np.max(np.abs(np.asarray(runs[m]["exponents"]) - reference))),
+        "speedup": runs["1"]["best_s"] / runs[m]["best_s"],
+        "default_s": runs["auto"]["best_s"],
+        "default_qrs": runs["auto"]["qrs"],
+        "fixed_s": {key: run["best_s"] for key, run in fixed.items()},
+        "best_fixed_qr_every": int(best_m),
+        "default_over_best_fixed": runs["auto"]["best_s"] / fixed[best_m]["best_s"],
+        "meets_target": bool(runs["auto"]["best_s"] <= (1 + TARGET_DEFAULT_OVERHEAD) * fixed[best_m]["best_s"]),
+        "max_abs_difference_from_qr_every_step": None if reference is None else {
+            key: float(np.max(np.abs(np.asarray(run["exponents"]) - reference))) for key, run in runs.items()
+        },
+    }  # fmt: skip
 
-    large_steps = tuple(full_large_steps) if full_large_steps else (steps,)
-    if n_large == n_small and large_steps == (steps,):
-        large = [small]
-    else:
-        large = [
-            case(f"full n = {n_large}, {s} steps, QR every {qr_every}", "full", n=n_large, steps=s, width=width, qr_every=qr_every)
-            for s in large_steps
-        ]
-    results["full_large_runs"] = [_with_rate(r, rate) for r in large]
-    results["full_large"] = _extrapolate(large, steps)
-    results["full_large"]["flop_fraction"] = (
-        results["full_large"]["flops_per_step"] / results["full_large"]["s_per_step"] / rate
-    )
-
+    full_large = case(f"full n = {n_large}, {large_steps} steps, default", "full", n=n_large, steps=large_steps, width=width)
+    results["full_large"] = _with_rate(full_large, rate)
     lead = case(
-        f"leading k = {k}, n = {n_large}, {steps} steps", "leading",
-        n=n_large, steps=steps, width=width, k=k, tol=tol, check_buffers=n_huge == n_large, **leading_options,
+        f"leading k = {k}, n = {n_large}, {large_steps} steps, default", "leading",
+        n=n_large, steps=large_steps, width=width, k=k, tol=tol, oversample=size["oversample"],
+        check_buffers=n_huge == n_large,
     )  # fmt: skip
     results["leading_large"] = lead
-    same_chain = large[-1]
-    if same_chain["steps"] == steps:
-        lead_same = lead
-    else:
-        lead_same = case(
-            f"leading k = {k}, n = {n_large}, {same_chain['steps']} steps", "leading",
-            n=n_large, steps=same_chain["steps"], width=width, k=k, tol=tol, **leading_options,
-        )  # fmt: skip
-        results["leading_large_same_chain"] = lead_same
-    difference = float(np.max(np.abs(np.asarray(lead_same["exponents"]) - np.asarray(same_chain["exponents"])[:k])))
-    speedup = results["full_large"]["total_s"] / lead["total_s"]
-    # the straightforward full spectrum (a QR at every step) at the same n, for reference
-    if n_large == n_small:
-        every_large = every
-    else:
-        every_large = case(f"full n = {n_large}, {steps} steps, QR every step", "full", n=n_large, steps=steps, width=width)
-    results["full_large_qr_every_step"] = _with_rate(every_large, rate)
+    difference = float(np.max(np.abs(np.asarray(lead["exponents"]) - np.asarray(full_large["exponents"])[:k])))
+    speedup = full_large["total_s"] / lead["total_s"]
     results["leading_vs_full"] = {
+        "n": n_large,
+        "steps": large_steps,
         "speedup": speedup,
-        "speedup_vs_qr_every_step": every_large["total_s"] / lead["total_s"],
-        "full_total_s": results["full_large"]["total_s"],
-        "full_total_is_extrapolated": results["full_large"]["extrapolated"],
+        "full_total_s": full_large["total_s"],
         "leading_total_s": lead["total_s"],
+        "iterations": lead["iterations"],
         "max_abs_difference_leading_exponents": difference,
-        "compared_on_steps": same_chain["steps"],
         "meets_speedup_target": bool(speedup >= TARGET_SPEEDUP),
         "meets_agreement_target": bool(difference <= TARGET_AGREEMENT),
     }
 
-    if n_huge == n_large:
-        huge = dict(lead)
-    else:
-        huge = case(
+    if huge or n_huge == n_large:
+        big = dict(lead) if n_huge == n_large else case(
             f"leading k = {k}, n = {n_huge}, {steps} steps", "leading",
             n=n_huge, steps=steps, width=width, k=k, tol=tol, iters=size["huge_iters"], check_buffers=True,
-            **leading_options,
+            oversample=size["oversample"],
         )  # fmt: skip
-    grown = huge["memory"]["peak_bytes"] - huge["memory_before_compile"]["peak_bytes"]
-    huge["peak_growth_bytes"] = grown
-    huge["peak_growth_over_n2_float32"] = grown / huge["n2_float32_bytes"]
-    huge["no_n_by_n_array"] = bool(huge["buffers"]["n_by_n_shapes_in_hlo"] == 0)
-    results["leading_huge"] = huge
+        grown = big["memory"]["peak_bytes"] - big["memory_before_compile"]["peak_bytes"]
+        big["peak_growth_bytes"] = grown
+        big["peak_growth_over_n2_float32"] = grown / big["n2_float32_bytes"]
+        big["no_n_by_n_array"] = bool(big["buffers"]["n_by_n_shapes_in_hlo"] == 0)
+        results["leading_huge"] = big
     results["targets"] = {
-        "flop_fraction_n_large": TARGET_FLOP_FRACTION,
-        "speedup": TARGET_SPEEDUP,
+        "default_within_best_fixed": 1 + TARGET_DEFAULT_OVERHEAD,
+        "leading_speedup": TARGET_SPEEDUP,
         "agreement": TARGET_AGREEMENT,
     }
     return results
@@ -514,57 +560,11 @@ def _with_rate(run: dict[str, Any], rate: float) -> dict[str, Any]:
     return run
 
 
-def _extrapolate(runs: list[dict[str, Any]], steps: int) -> dict[str, Any]:
-    """The full spectrum's cost on the ``steps``-step chain, measured or extrapolated from shorter ones."""
-    per_step_flops = runs[-1]["flops"] / runs[-1]["steps"]
-    if runs[-1]["steps"] == steps:
-        r = runs[-1]
-        return {
-            "extrapolated": False, "steps": steps, "total_s": r["total_s"], "s_per_step": r["total_s"] / steps,
-            "jacobian_s_per_step": r["jacobian_s_per_step"],
-            "orthogonalisation_s_per_step": r["orthogonalisation_s_per_step"],
-            "flops_per_step": per_step_flops, "memory": r["memory"],
-            "memory_before_compile": r["memory_before_compile"],
-        }  # fmt: skip
-    if len(runs) < 2:
-        raise ValueError("full_large_steps: give two step counts S1 < S2 to extrapolate from")
-    a, b = runs[-2], runs[-1]
-    per_step = (b["total_s"] - a["total_s"]) / (b["steps"] - a["steps"])
-    fixed = a["total_s"] - per_step * a["steps"]
-    jac = (b["jacobian_s"] - a["jacobian_s"]) / (b["steps"] - a["steps"])
-    rule = (
-        f"per-step cost = (t({b['steps']}) - t({a['steps']})) / {b['steps'] - a['steps']}, fixed cost = "
-        f"t({a['steps']}) - {a['steps']} x per-step; total({steps}) = fixed + {steps} x per-step"
-    )
-    if fixed < 0:  # timing noise larger than the fixed cost: scale the longer run instead
-        per_step, fixed, jac = b["total_s"] / b["steps"], 0.0, b["jacobian_s"] / b["steps"]
-        rule = (
-            f"the two-point fit gave a negative fixed cost (timing noise), so total({steps}) = "
-            f"t({b['steps']}) x {steps} / {b['steps']} (an upper bound: the fixed cost is counted per step)"
-        )
-    return {
-        "extrapolated": True,
-        "extrapolation": f"measured on {a['steps']}- and {b['steps']}-step chains; {rule}",
-        "steps": steps,
-        "total_s": fixed + steps * per_step,
-        "fixed_s": fixed,
-        "s_per_step": per_step,
-        "jacobian_s_per_step": jac,
-        "orthogonalisation_s_per_step": per_step - jac,
-        "flops_per_step": per_step_flops,
-        "memory": b["memory"],
-        "memory_before_compile": b["memory_before_compile"],
-    }
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny sizes, in seconds (smoke test)")
     parser.add_argument("--out", default=None, help="JSON path (default benchmarks/out/chain_spectrum[_quick].json)")
-    parser.add_argument(
-        "--full-large-steps", type=int, nargs="+", default=None, metavar="S",
-        help="measure the large full spectrum on S1 S2 (< 50) steps and extrapolate (for slow machines)",
-    )  # fmt: skip
+    parser.add_argument("--huge", action="store_true", help="also the n = 12288 leading-k memory check")
     parser.add_argument(
         "--in-process", action="store_true", help="run every case in this process (default for --quick)"
     )
@@ -588,7 +588,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "chain_spectrum",
         "quick": args.quick,
         "isolated_processes": isolate,
-        "full_large_steps": args.full_large_steps,
+        "huge": args.huge,
         "blas_threads": args.blas_threads,
         "schedule": "cosine s = 0.008, T = 1000, uniform grid",
         "denoiser": f"MLP, 2 hidden layers, SiLU, sinusoidal t embedding ({EMBED_DIM}); width in results.sizes",
@@ -600,28 +600,22 @@ def main(argv: list[str] | None = None) -> int:
         document = {**partial, "complete": complete, "machine": machine(), "wall_s": time.perf_counter() - start}
         write_result_json(out, document, config=config, seed=0)
 
-    results = benchmark(
-        quick=args.quick, isolate=isolate, full_large_steps=args.full_large_steps, blas_threads=args.blas_threads,
-        save=save,
-    )
+    results = benchmark(quick=args.quick, isolate=isolate, blas_threads=args.blas_threads, huge=args.huge, save=save)
     save(results, complete=True)
+    fewer = results["fewer_qrs"]
     summary = {
         "matmul GFLOP/s": results["matmul"]["flops_per_s"] / 1e9,
-        "full n_small s/step (jac, orth)": (
-            results["full_small"]["jacobian_s_per_step"], results["full_small"]["orthogonalisation_s_per_step"]
+        "QR s (n, method)": [(r["n"], r["method"], r["best_s"]) for r in results["qr"]["runs"]],
+        "default / best fixed (m)": (fewer["default_over_best_fixed"], fewer["best_fixed_qr_every"], fewer["default_qrs"]),
+        "fixed s": fewer["fixed_s"],
+        "full n_large s": results["full_large"]["total_s"],
+        "leading speedup, max diff": (
+            results["leading_vs_full"]["speedup"], results["leading_vs_full"]["max_abs_difference_leading_exponents"]
         ),
-        "full n_large s/step": results["full_large"]["s_per_step"],
-        "full n_large flop fraction": results["full_large"]["flop_fraction"],
-        "fewer QRs (m, max diff, speedup)": tuple(results["fewer_qrs"][key] for key in ("qr_every", "max_abs_difference_exponents", "speedup")),
-        "leading speedup (vs QR every step)": (
-            results["leading_vs_full"]["speedup"], results["leading_vs_full"]["speedup_vs_qr_every_step"]
-        ),
-        "leading max diff": results["leading_vs_full"]["max_abs_difference_leading_exponents"],
-        "huge no n x n": results["leading_huge"]["no_n_by_n_array"],
         "compile once": results["compile_once"],
     }  # fmt: skip
     for key, value in summary.items():
-        print(f"{key:36s} {value}")
+        print(f"{key:28s} {value}")
     print(f"wrote {out}")
     return 0
 

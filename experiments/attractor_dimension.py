@@ -175,7 +175,7 @@ def _gaussian_chains(schedules, variances, *, basis, x_T, grid, with_leading):
 
     def full(sched, lam):
         eps_fn = pj.gaussian_denoiser_eig(sched, mean, lam, basis)
-        spec = pj.chain_lyapunov_spectrum(eps_fn, sched, x_T, grid=grid, return_history=True)
+        spec = pj.chain_lyapunov_spectrum(eps_fn, sched, x_T, grid=grid, return_history=True, qr_every=1)  # the per-step Benettin history: a QR at every step
         return {
             "analytic": pj.lyapunov_exponents(sched, lam, grid),
             "analytic_dimension": pj.analytic_kaplan_yorke(sched, lam, grid=grid),

@@ -26,6 +26,7 @@ from pifs_jax._validation import check_floating, check_positive_int, is_concrete
 from pifs_jax.ddim import EpsFn, chain_steps, check_denoiser, ddim_step
 from pifs_jax.grids import as_grid
 from pifs_jax.kaplan_yorke import kaplan_yorke_dimension
+from pifs_jax.orthogonalization import AdaptiveBlocks, column_log_norms, digit_loss_budget, positive_qr
 from pifs_jax.schedules import Schedule
 from pifs_jax.errors import ArgumentError, NonFiniteError
 
@@ -70,10 +71,11 @@ class Spectrum:
 
 
 def _qr_positive(y: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Reduced QR with ``diag(R) >= 0`` (signs moved into ``Q``), so ``log diag R`` is real."""
-    q, r = jnp.linalg.qr(y)
-    sign = jnp.where(jnp.diagonal(r) < 0, -1.0, 1.0).astype(r.dtype)
-    return q * sign[None, :], r * sign[:, None]
+    """Reduced QR with ``diag(R) >= 0`` (signs moved into ``Q``), so ``log diag R`` is real.
+
+    The factorisation is the backend's preferred one (:func:`pifs_jax.orthogonalization.preferred_qr_method`).
+    """
+    return positive_qr(y)
 
 
 def _safe_diagonal(r: jax.Array) -> jax.Array:
@@ -97,6 +99,30 @@ def _graded_update(log_diag: jax.Array, w: jax.Array, r: jax.Array) -> tuple[jax
 
 def _graded_log_singular_values(log_diag: jax.Array, w: jax.Array, *, sweeps: int, window: int = 32) -> jax.Array:
     """``log sigma(diag(exp(l)) W)``, descending, for a unit upper triangular ``W``; no overflow.
+
+    Where the ``l`` span at most ``log(1/eps)/4`` nats (a crowded spectrum, as for the MLP chains
+    of BENCHMARKS.md), the singular values are those of the whole rescaled product
+    ``diag(exp(l - max l)) W``, taken at once: relative accuracy ``eps exp(span) <= eps^(3/4)``,
+    and none of the windowed reading below, which is approximate inside a cluster longer than
+    ``window``. Otherwise :func:`_graded_cluster_log_singular_values`.
+    """
+    span = jnp.max(log_diag) - jnp.min(log_diag)
+    crowded = span <= -float(np.log(np.finfo(w.dtype).eps)) / 4
+
+    def whole(log_diag, w):
+        ref = jnp.max(log_diag)
+        sv = jnp.linalg.svd(jnp.exp(log_diag - ref)[:, None] * w, compute_uv=False)
+        positive = sv > 0
+        return jnp.where(positive, jnp.log(jnp.where(positive, sv, 1.0)) + ref, -jnp.inf)
+
+    def graded(log_diag, w):
+        return _graded_cluster_log_singular_values(log_diag, w, sweeps=sweeps, window=window)
+
+    return -jnp.sort(-jax.lax.cond(crowded, whole, graded, log_diag, w))
+
+
+def _graded_cluster_log_singular_values(log_diag: jax.Array, w: jax.Array, *, sweeps: int, window: int = 32) -> jax.Array:
+    """``log sigma(diag(exp(l)) W)``, descending, for a unit upper triangular ``W``, by graded sweeps.
 
     1. ``sweeps`` graded zero-shift QR steps (``P^T = Q R``, ``P <- R``, kept as ``(l, W)``). Each
        multiplies the coupling ``W_jk`` of two directions by about ``exp(-2 |l_j - l_k|)`` and
@@ -167,6 +193,8 @@ class _Pass(NamedTuple):
     each shape ``(length,)``: zero where the step is finite."""
     states: jax.Array
     """The state before each step, shape ``(length, n)``."""
+    due: jax.Array
+    """Per-step flags, shape ``(length,)``: ``True`` where the block was factored after the step."""
 
 
 def _identity(block: jax.Array, rows: bool = False) -> jax.Array:
@@ -183,7 +211,7 @@ def _qr_pass(
     full: bool,
     graded: bool,
     constrain: Callable = _identity,
-    qr_every: int = 1,
+    qr_every: int | str = 1,
 ) -> _Pass:
     """Push the basis ``q0`` along the orbit of ``step`` with QR re-orthonormalisation.
 
@@ -198,25 +226,33 @@ def _qr_pass(
     graded update), ``Q' R = J_{i+m} ... J_{i+1} Q``, and after the last step. By uniqueness of
     the QR factorisation with positive diagonal, ``R`` is the product of the ``m`` per-step
     factors, so the result is the same in exact arithmetic; ``log_r`` is zero on the steps
-    without a QR (their log-diagonal is carried into the next QR's row).
+    without a QR (their log-diagonal is carried into the next QR's row). ``qr_every = "auto"``:
+    the block is factored when :class:`pifs_jax.orthogonalization.AdaptiveBlocks` says so (at
+    most a quarter of the dtype's digits lost per block), and after the last step.
     """
     p = q0.shape[1]
     dtype = q0.dtype
+    adaptive = qr_every == "auto"
+    budget = digit_loss_budget(dtype)
 
-    def reorthonormalise(y, log_diag, w):
+    def reorthonormalise(y, log_diag, w, blocks, log_norms):
         q_next, r = _qr_positive(y)
         log_r = jnp.log(_safe_diagonal(r))
         if graded:
             log_diag, w = _graded_update(log_diag, w, r)
         else:
             log_diag = log_diag + log_r
-        return q_next, log_diag, w, log_r
+        if adaptive:
+            blocks = blocks.after_qr(r, budget)
+        return q_next, log_diag, w, log_r, blocks
 
-    def postpone(y, log_diag, w):
-        return y, log_diag, w, jnp.zeros((p,), dtype)
+    def postpone(y, log_diag, w, blocks, log_norms):
+        if adaptive:
+            blocks = blocks.postponed()
+        return y, log_diag, w, jnp.zeros((p,), dtype), blocks
 
     def body(carry, inp):
-        x, q, log_diag, w = carry
+        x, q, log_diag, w, blocks = carry
         i, inp = inp
         if full and constrain is _identity:
             jac, x_next = jax.jacfwd(lambda v: (lambda y: (y, y))(step(v, inp)), has_aux=True)(x)
@@ -224,39 +260,68 @@ def _qr_pass(
         else:
             x_next, tangent = jax.linearize(lambda v: step(v, inp), x)
             y = jax.vmap(tangent, in_axes=1, out_axes=1)(constrain(q))
+        log_norms = column_log_norms(y) if adaptive else None
         if qr_every == 1:
-            q_next, log_diag, w, log_r = reorthonormalise(y, log_diag, w)
+            due = jnp.asarray(True)
+            q_next, log_diag, w, log_r, blocks = reorthonormalise(y, log_diag, w, blocks, log_norms)
         else:
-            due = ((i + 1) % qr_every == 0) | (i == length - 1)
-            q_next, log_diag, w, log_r = jax.lax.cond(due, reorthonormalise, postpone, y, log_diag, w)
+            if adaptive:
+                due, blocks = blocks.observe(log_norms, budget)
+                due = due | (i == length - 1)
+            else:
+                due = ((i + 1) % qr_every == 0) | (i == length - 1)
+            q_next, log_diag, w, log_r, blocks = jax.lax.cond(
+                due, reorthonormalise, postpone, y, log_diag, w, blocks, log_norms
+            )
         flags = (jnp.sum(~jnp.isfinite(x_next)), jnp.sum(~jnp.isfinite(y)))
-        return (x_next, q_next, log_diag, w), (log_r, flags, x)
+        return (x_next, q_next, log_diag, w, blocks), (log_r, flags, x, due)
 
     w0 = jnp.eye(p, dtype=dtype) if graded else jnp.zeros((0, 0), dtype)
-    init = (x0, q0, jnp.zeros((p,), dtype), w0)
+    blocks0 = AdaptiveBlocks.start(p, dtype) if adaptive else None
+    init = (x0, q0, jnp.zeros((p,), dtype), w0, blocks0)
     scanned = (jnp.arange(length), inputs)
-    (_, q, log_diag, w), (log_r, finite, states) = jax.lax.scan(body, init, scanned, length=length)
-    return _Pass(q, log_diag, w, log_r, finite, states)
+    (_, q, log_diag, w, _), (log_r, finite, states, due) = jax.lax.scan(body, init, scanned, length=length)
+    return _Pass(q, log_diag, w, log_r, finite, states, due)
 
 
 def _transposed_qr_pass(
-    step: Callable, states: jax.Array, inputs: Any, q: jax.Array, *, constrain: Callable, qr_every: int = 1
+    step: Callable, states: jax.Array, inputs: Any, q: jax.Array, *, constrain: Callable, qr_every: int | str = 1
 ) -> jax.Array:
     """Pull the basis ``q`` back through the steps with transposed Jacobians (VJPs) and QR.
 
     ``Q'_{i-1} R'_i = J_i^T Q'_i`` from ``i = N`` down to 1; returns ``Q'_0``. With ``qr_every = m``
-    the QR is taken on steps ``i - 1 = 0 (mod m)`` only (always on the last, ``i = 1``).
+    the QR is taken on steps ``i - 1 = 0 (mod m)`` only (always on the last, ``i = 1``); with
+    ``"auto"`` where :class:`pifs_jax.orthogonalization.AdaptiveBlocks` says so (and on the last).
     """
+    adaptive = qr_every == "auto"
+    budget = digit_loss_budget(q.dtype)
 
-    def body(q_, inp):
+    def factor(z, blocks, log_norms):
+        q_next, r = _qr_positive(z)
+        if adaptive:
+            blocks = blocks.after_qr(r, budget)
+        return q_next, blocks
+
+    def postpone(z, blocks, log_norms):
+        return z, (blocks.postponed() if adaptive else blocks)
+
+    def body(carry, inp):
+        q_, blocks = carry
         i, x, s = inp
         _, pullback = jax.vjp(lambda v: step(v, s), x)
         z = jax.vmap(lambda c: pullback(c)[0], in_axes=1, out_axes=1)(constrain(q_))
         if qr_every == 1:
-            return _qr_positive(z)[0], None
-        return jax.lax.cond(i % qr_every == 0, lambda y: _qr_positive(y)[0], lambda y: y, z), None
+            return (_qr_positive(z)[0], blocks), None
+        if adaptive:
+            log_norms = column_log_norms(z)
+            due, blocks = blocks.observe(log_norms, budget)
+            due = due | (i == 0)
+        else:
+            log_norms, due = None, i % qr_every == 0
+        return jax.lax.cond(due, factor, postpone, z, blocks, log_norms), None
 
-    q0, _ = jax.lax.scan(body, q, (jnp.arange(states.shape[0]), states, inputs), reverse=True)
+    blocks0 = AdaptiveBlocks.start(q.shape[1], q.dtype) if adaptive else None
+    (q0, _), _ = jax.lax.scan(body, (q, blocks0), (jnp.arange(states.shape[0]), states, inputs), reverse=True)
     return q0
 
 
@@ -434,7 +499,7 @@ def chain_lyapunov_spectrum(
     return_history: bool = False,
     check_finite: bool = True,
     mesh: Any = None,
-    qr_every: int = 1,
+    qr_every: int | str = "auto",
 ) -> Spectrum:
     """Finite-time Lyapunov spectrum of the deterministic DDIM chain from ``x_T``, **per step**.
 
@@ -476,7 +541,12 @@ def chain_lyapunov_spectrum(
         ``jax.grad``, where nothing can raise), raise :class:`pifs_jax.errors.NonFiniteError`
         naming the first step (``t -> s``) whose state or Jacobian is non-finite; ``False``
         returns NaN/inf silently.
-      qr_every: re-orthonormalise every ``m`` steps instead of every step
+      qr_every: ``"auto"`` (default): re-orthonormalise when the accumulated block
+        ``J_{i+s} ... J_{i+1} Q`` would otherwise lose more than a quarter of the dtype's digits
+        (``log(1/eps)/4`` nats: 4 in float32, 9 in float64), judged from its column norms at
+        every step and the exact loss ``max_j (log |y_j| - log R_jj)`` measured at each QR
+        (:class:`pifs_jax.orthogonalization.AdaptiveBlocks`; docs/numerics.md section 5.4).
+        An integer ``m``: re-orthonormalise every ``m`` steps
         (``Q' R = J_{i+m} ... J_{i+1} Q``; the same ``R`` in exact arithmetic). Full spectrum:
         each skipped QR and graded update saves about ``4.7 n^3`` FLOPs, leaving the Jacobian
         and one ``n x n`` product per step. Leading-``k``: the forward and the transposed passes
@@ -484,7 +554,8 @@ def chain_lyapunov_spectrum(
         stays well conditioned: its weakest directions keep relative accuracy about
         ``eps exp(m (Lambda_1 - Lambda_n))`` (full; for leading-``k`` the spread within the
         block), so choose ``m`` with that spread well below ``log(1/eps)`` (16 nats in float32,
-        36 in float64). Full spectrum: the history is ``NaN`` on steps without a QR.
+        36 in float64). Full spectrum: the history is ``NaN`` on steps without a QR (for
+        ``"auto"`` too).
       mesh: full spectrum or leading-``k`` exact: a :class:`jax.sharding.Mesh`; the tangent block
         is sharded over all of its axes (see :mod:`pifs_jax.sharding`). Full: the ``n`` columns of
         ``Q`` (``n`` must be a multiple of the mesh size) are pushed as JVPs on their devices,
@@ -521,7 +592,7 @@ def chain_lyapunov_spectrum(
     full = k is None
     if not full:
         k = _check_k(k, n)
-    qr_every = check_positive_int(qr_every, name="qr_every")
+    qr_every = _check_qr_every(qr_every)
     if mesh is not None and not full and method != "exact":
         raise ArgumentError("mesh", "sharded tangent vectors are supported for the full spectrum and the leading-k exact method")
     devices = _tangent_constraint(mesh)[1]  # also validates the mesh
@@ -562,6 +633,15 @@ def chain_lyapunov_spectrum(
     return spectrum
 
 
+def _check_qr_every(qr_every: Any) -> int | str:
+    """``"auto"`` or a positive integer."""
+    if isinstance(qr_every, str):
+        if qr_every != "auto":
+            raise ArgumentError("qr_every", f"expected 'auto' or a positive integer, got {qr_every!r}")
+        return qr_every
+    return check_positive_int(qr_every, name="qr_every")
+
+
 def _chain_step(eps_fn: EpsFn, shape: tuple) -> Callable:
     """One DDIM step on flat states: ``step(v, s) = Phi_t(v)`` for ``s`` a row of :class:`ChainSteps`."""
 
@@ -592,10 +672,8 @@ def _chain_qr_core(eps_fn, sched, x_T, grid, key, *, k, graded, sweeps, return_h
     history = None
     if return_history:
         history = _running_mean(run.log_r)
-        if qr_every > 1:  # exact only where the product has been factored
-            steps_done = jnp.arange(1, n_steps + 1)
-            due = (steps_done % qr_every == 0) | (steps_done == n_steps)
-            history = jnp.where(due[:, None], history, jnp.nan)
+        if qr_every != 1:  # exact only where the product has been factored
+            history = jnp.where(run.due[:, None], history, jnp.nan)
         if k is not None:
             history = history[:, jnp.argsort(-run.log_diag)]
     spectrum = Spectrum(exponents, _dimension(exponents, leading=k is not None), history, None, "step", n_steps)
