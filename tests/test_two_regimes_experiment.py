@@ -1,0 +1,79 @@
+"""The two_regimes experiment (quick mode: 8x8 digits, a few training steps): its contract, its
+files, and its run cache (a second run trains nothing and reproduces the analysis exactly)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pifs_jax import reproduce
+from pifs_jax.analysis.claims import CLAIM_NAMES, VERDICTS
+from pifs_jax.analysis.report import FIGURES
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    module = reproduce.load_experiment(reproduce.discover_experiments()["two_regimes"])
+    out = tmp_path_factory.mktemp("results")
+    return module, module.run(out, quick=True), out
+
+
+def test_every_model_is_analysed_and_judged(experiment):
+    module, section, out = experiment
+    results = section["results"]
+    assert results["mode"] == "quick"
+    models = results["models"]
+    assert set(models) == {"dit", "unet", "empirical", "dit_mu0.01"}
+    for name, model in models.items():
+        assert [c["name"] for c in model["claims"]] == list(CLAIM_NAMES)
+        assert all(c["verdict"] in VERDICTS for c in model["claims"])
+        folder = out / module.NAME / name
+        document = json.loads((folder / "analysis.json").read_text())
+        assert {"config", "seed", "environment", "results"} <= set(document)
+        assert np.all(np.diff(document["results"]["t"]) < 0)
+        for figure in FIGURES:
+            assert (folder / figure).is_file()
+        assert (folder / "analysis.md").is_file()
+    # the DiT, the UNet (mid-block attention) and the empirical denoiser (softmax over the data) all
+    # have attention, and the training data give the baseline: nothing is left untested
+    assert all(c["verdict"] != "not tested" for m in models.values() for c in m["claims"])
+    for figure in section["figures"]:
+        assert (out / figure).is_file()
+    assert "**Beyond the paper (a)" in section["markdown"] and "| claim | paper | DiT | UNet |" in section["markdown"]
+    saved = json.loads((out / module.NAME / "two_regimes.json").read_text())
+    assert saved["config"]["quick"] is True and saved["seed"] == module.SEED
+
+
+def test_the_regularised_run_differs_only_in_mu(experiment):
+    module, section, _ = experiment
+    training = section["results"]["training"]
+    assert training["dit_mu0.01"]["mu"] == 0.01 and training["dit"]["mu"] == 0.0
+    assert training["dit_mu0.01"]["steps"] == training["dit"]["steps"]
+    configs = module.run_configs(module.CONFIG["quick"])
+    a, b = configs["dit"].identity(), configs["dit_mu0.01"].identity()
+    assert {k for k in a if a[k] != b[k]} == {"mu"}
+
+
+def test_a_second_run_loads_the_cached_runs(experiment):
+    module, first, out = experiment
+    again = module.run(out, quick=True)
+    assert all(entry["cached"] for entry in again["results"]["training"].values())
+    for name, model in first["results"]["models"].items():
+        assert again["results"]["models"][name]["claims"] == model["claims"]
+        np.testing.assert_array_equal(again["results"]["models"][name]["delta_cross_mean"], model["delta_cross_mean"])
+
+
+def test_a_changed_configuration_is_retrained(experiment, tmp_path):
+    module, _, _ = experiment
+    cfg = dict(module.CONFIG["quick"])
+    configs = module.run_configs(cfg)
+    first = module.trained_run("dit", configs["dit"], tmp_path)
+    assert not first["cached"]
+    assert module.trained_run("dit", configs["dit"], tmp_path)["cached"]
+    longer = configs["dit"].__class__(**{**configs["dit"].to_dict(), "steps": configs["dit"].steps + 1})
+    again = module.trained_run("dit", longer, tmp_path)
+    assert not again["cached"] and int(again["run"].state.step) == longer.steps
