@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
+import sys
 import time
 from typing import Any
 
@@ -37,28 +37,10 @@ from pifs_jax.analysis import analyze_chain, module_attention_fn
 from pifs_jax.models import as_eps_fn, count_params, init_params, make_model
 from pifs_jax.results import write_result_json
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from chain_spectrum import machine  # noqa: E402  (the benchmarks' one description of the machine)
+
 T = 1000
-
-
-def machine() -> dict[str, Any]:
-    """The device and host, in words."""
-    device = jax.devices()[0]
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            names = [line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    return {
-        "platform": device.platform,
-        "device_kind": device.device_kind,
-        "device_count": jax.device_count(),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
-        "jax": jax.__version__,
-    }
 
 
 def _timed(fn) -> tuple[float, Any]:

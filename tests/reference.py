@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import jax.numpy as jnp
 import numpy as np
 
 # ----------------------------------------------------------------------------- schedules
@@ -217,3 +218,21 @@ def random_orthogonal(n: int, seed: int = 0) -> np.ndarray:
     """A random ``n x n`` orthogonal matrix: QR of a normal matrix with ``R``'s diagonal made positive (Haar)."""
     q, r = np.linalg.qr(np.random.default_rng(seed).normal(size=(n, n)))
     return q * np.sign(np.diag(r))
+
+
+def tanh_mlp(params, x, t):
+    """A one-hidden-layer denoiser of one sample, ``W2 tanh(W1 x + b1 + c t / 1000)``: couples every
+    coordinate with every other (a generic, non-Gaussian ``eps_fn`` for the chain tests)."""
+    h = jnp.tanh(params["w1"] @ x.reshape(-1) + params["b1"] + params["c"] * (t / 1000.0))
+    return (params["w2"] @ h).reshape(x.shape).astype(x.dtype)
+
+
+def tanh_mlp_params(seed, n, *, width=8, out_scale=0.5, dtype=np.float64):
+    """Seeded parameters of :func:`tanh_mlp` for ``n``-coordinate samples (``out_scale`` sets the Jacobian's size)."""
+    rng = np.random.default_rng(seed)
+    return {
+        "w1": jnp.asarray(rng.standard_normal((width, n)) / np.sqrt(n), dtype),
+        "b1": jnp.asarray(0.1 * rng.standard_normal(width), dtype),
+        "c": jnp.asarray(rng.standard_normal(width), dtype),
+        "w2": jnp.asarray(out_scale * rng.standard_normal((n, width)) / np.sqrt(width), dtype),
+    }

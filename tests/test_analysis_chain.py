@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from reference import cosine_alpha_bar, expansion_factors
+from reference import cosine_alpha_bar, expansion_factors, tanh_mlp, tanh_mlp_params
 from test_compile_once import counted_compilations
 
 import pifs_jax as pj
@@ -36,25 +36,12 @@ GRID = np.array([0, 100, 350, 600, 800])  # cosine alpha_bar from 1 to 0.095: th
 T = 1000
 
 
-def mlp(params, x, t):
-    """``W2 tanh(W1 x + b1 + c t / T)``: couples every coordinate with every other."""
-    h = jnp.tanh(params["w1"] @ x.reshape(-1) + params["b1"] + params["c"] * (t / 1000.0))
-    return (params["w2"] @ h).reshape(x.shape).astype(x.dtype)
-
-
-def mlp_params(seed, width=8, dtype=np.float64):
-    rng = np.random.default_rng(seed)
-    n = int(np.prod(SHAPE))
-    return {
-        "w1": jnp.asarray(rng.standard_normal((width, n)) / np.sqrt(n), dtype),
-        "b1": jnp.asarray(0.1 * rng.standard_normal(width), dtype),
-        "c": jnp.asarray(rng.standard_normal(width), dtype),
-        "w2": jnp.asarray(2.0 * rng.standard_normal((n, width)) / np.sqrt(width), dtype),
-    }
+def mlp_params(seed, dtype=np.float64):
+    return tanh_mlp_params(seed, int(np.prod(SHAPE)), out_scale=2.0, dtype=dtype)
 
 
 def mlp_eps(seed=0, dtype=np.float64):
-    return jax.tree_util.Partial(mlp, mlp_params(seed, dtype=dtype))
+    return jax.tree_util.Partial(tanh_mlp, mlp_params(seed, dtype=dtype))
 
 
 def noise(seed, batch=None, dtype=np.float64):
@@ -134,7 +121,7 @@ def test_mlp_blocks_equal_a_direct_jacobian(x64):
         a = np.sqrt(ab[s] / ab[t])
         b = np.sqrt(1 - ab[s]) - a * np.sqrt(1 - ab[t])
         x = trajectory[i]
-        J = jax.jacfwd(lambda y: (a * y + b * mlp(eps_fn.args[0], y.reshape(SHAPE), t).reshape(-1)))(x.reshape(-1))
+        J = jax.jacfwd(lambda y: (a * y + b * tanh_mlp(eps_fn.args[0], y.reshape(SHAPE), t).reshape(-1)))(x.reshape(-1))
         norms = block_norms_numpy(J)
         kappa = np.diagonal(norms)
         delta = norms.sum(axis=1) - kappa

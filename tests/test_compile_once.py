@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reference import tanh_mlp, tanh_mlp_params
 
 import pifs_jax as pj
 from pifs_jax.ddim import ddim_step
@@ -50,21 +51,8 @@ def counted_compilations():
         jax.monitoring.unregister_event_duration_listener(listener)
 
 
-def mlp(params, x, t):
-    """A one-hidden-layer denoiser of one sample: ``W2 tanh(W1 x + b1 + c t / 1000)``."""
-    h = jnp.tanh(params["w1"] @ x.reshape(-1) + params["b1"] + params["c"] * (t / 1000.0))
-    return (params["w2"] @ h).reshape(x.shape).astype(x.dtype)
-
-
-def mlp_params(seed, width=8, dtype=np.float64):
-    rng = np.random.default_rng(seed)
-    n = int(np.prod(IMAGE_SHAPE))
-    return {
-        "w1": jnp.asarray(rng.standard_normal((width, n)) / np.sqrt(n), dtype),
-        "b1": jnp.asarray(0.1 * rng.standard_normal(width), dtype),
-        "c": jnp.asarray(rng.standard_normal(width), dtype),
-        "w2": jnp.asarray(0.5 * rng.standard_normal((n, width)) / np.sqrt(width), dtype),
-    }
+def mlp_params(seed, dtype=np.float64):
+    return tanh_mlp_params(seed, int(np.prod(IMAGE_SHAPE)), dtype=dtype)
 
 
 def step_map(eps_fn, t, a, b, y):
@@ -104,12 +92,12 @@ def test_second_parameter_set_compiles_nothing(x64):
     sched = pj.cosine(1000)
     x = jnp.asarray(np.random.default_rng(0).standard_normal(IMAGE_SHAPE))
     key = jax.random.PRNGKey(3)
-    first = every_denoiser_function(jax.tree_util.Partial(mlp, mlp_params(1)), sched, x, key)
+    first = every_denoiser_function(jax.tree_util.Partial(tanh_mlp, mlp_params(1)), sched, x, key)
     second_params = mlp_params(2)
     with counted_compilations() as events:
-        second = every_denoiser_function(jax.tree_util.Partial(mlp, second_params), sched, x, key)
+        second = every_denoiser_function(jax.tree_util.Partial(tanh_mlp, second_params), sched, x, key)
     assert events == [], f"{len(events)} lowering/compilation event(s) for a second parameter set"
-    closure = every_denoiser_function(lambda y, t: mlp(second_params, y, t), sched, x, key)
+    closure = every_denoiser_function(lambda y, t: tanh_mlp(second_params, y, t), sched, x, key)
     for name in first:
         np.testing.assert_allclose(second[name], closure[name], rtol=1e-10, atol=1e-12, err_msg=name)
         assert not np.allclose(first[name], second[name]), name
@@ -188,7 +176,7 @@ def test_gradient_through_the_partial_matches_finite_differences(x64):
     params = mlp_params(1)
 
     def loss(p):
-        return jnp.sum(pj.ddim_chain(jax.tree_util.Partial(mlp, p), sched, x, grid=GRID) ** 2)
+        return jnp.sum(pj.ddim_chain(jax.tree_util.Partial(tanh_mlp, p), sched, x, grid=GRID) ** 2)
 
     grad = jax.grad(loss)(params)
     rng = np.random.default_rng(5)
@@ -208,7 +196,7 @@ def test_no_cache_keeps_the_parameters_alive(x64):
     sched = pj.cosine(1000)
     x = jnp.asarray(np.random.default_rng(0).standard_normal(IMAGE_SHAPE))
     params = mlp_params(7)
-    eps_fn = jax.tree_util.Partial(mlp, params)
+    eps_fn = jax.tree_util.Partial(tanh_mlp, params)
     results = every_denoiser_function(eps_fn, sched, x, jax.random.PRNGKey(0))
     assert all(bool(jnp.all(jnp.isfinite(r))) for r in results.values())
     watched = weakref.ref(params["w1"])
