@@ -8,7 +8,10 @@ argument's name and whose message is ``"name: what was expected, what was receiv
 
 from __future__ import annotations
 
-from typing import Any
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -249,3 +252,36 @@ def check_floating(x: Any, *, name: str) -> None:
             f"expected a floating array (float16, bfloat16, float32 or float64), got dtype {dtype}; "
             "convert it explicitly (an image in [-1, 1] from uint8 pixels is x / 127.5 - 1)"
         )
+
+
+def read_json_object(
+    source: Mapping[str, Any] | str | os.PathLike, *, file_name: str, what: str, missing_hint: str = ""
+) -> tuple[dict[str, Any], Path | None]:
+    """A JSON object from a mapping (copied), a file, or a folder holding ``file_name``; and the file read.
+
+    Every failure is an :class:`ArgumentError` naming ``config`` and the file: not a mapping or a
+    path, file missing (``missing_hint`` appended), unreadable, not valid JSON, not a JSON object
+    (``what`` names the object expected, e.g. "a scheduler config").
+    """
+    if isinstance(source, Mapping):
+        return dict(source), None
+    if not isinstance(source, (str, os.PathLike)):
+        raise ArgumentError("config", f"expected a dict or a path (str / os.PathLike) to a {file_name}, "
+                            f"got {type(source).__name__}")
+    path = Path(source)
+    if path.is_dir():
+        path = path / file_name
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ArgumentError("config", f"file not found: {str(path)!r}{missing_hint}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ArgumentError("config", f"cannot read {str(path)!r}: {err}") from None
+    try:
+        loaded = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ArgumentError("config", f"{str(path)!r} is not valid JSON: {err}") from None
+    if not isinstance(loaded, dict):
+        raise ArgumentError("config", f"{str(path)!r} must hold a JSON object ({what}), got a JSON "
+                            f"{type(loaded).__name__}")
+    return loaded, path

@@ -94,7 +94,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from pifs_jax import schedules as _schedules
-from pifs_jax._validation import describe, is_concrete
+from pifs_jax._validation import describe, is_concrete, read_json_object
 from pifs_jax.grids import TIMESTEP_SPACINGS, diffusers_grid
 from pifs_jax.results import atomic_write_text
 from pifs_jax.errors import ArgumentError
@@ -318,30 +318,7 @@ def load_config(config: Mapping[str, Any] | str | os.PathLike) -> dict[str, Any]
       ValueError: the file is missing or unreadable, is not valid JSON, or does not hold a JSON
         object; the message names the file.
     """
-    if isinstance(config, Mapping):
-        return dict(config)
-    if not isinstance(config, (str, os.PathLike)):
-        raise ArgumentError("config", f"expected a dict or a path (str / os.PathLike) to a {_CONFIG_FILE_NAME}, "
-            f"got {type(config).__name__}"
-        )
-    path = Path(config)
-    if path.is_dir():
-        path = path / _CONFIG_FILE_NAME
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ArgumentError("config", f"file not found: {str(path)!r}") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ArgumentError("config", f"cannot read {str(path)!r}: {err}") from None
-    try:
-        loaded = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ArgumentError("config", f"{str(path)!r} is not valid JSON: {err}") from None
-    if not isinstance(loaded, dict):
-        raise ArgumentError("config", f"{str(path)!r} must hold a JSON object (a scheduler config), "
-            f"got a JSON {type(loaded).__name__}"
-        )
-    return loaded
+    return read_json_object(config, file_name=_CONFIG_FILE_NAME, what="a scheduler config")[0]
 
 
 class _Parsed(NamedTuple):

@@ -31,13 +31,12 @@ Keys starting with ``_`` (``_diffusers_version``, ``_name_or_path``, ...) are bo
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any
 
+from pifs_jax._validation import read_json_object
 from pifs_jax.errors import ArgumentError
 
 __all__ = [
@@ -195,28 +194,11 @@ def _positive_int(raw: Mapping[str, Any], key: str, where: str) -> int:
 
 def _load(source: Mapping[str, Any] | str | os.PathLike) -> tuple[dict[str, Any], str]:
     """The raw config and `` (in 'file')`` for messages."""
-    if isinstance(source, Mapping):
-        return dict(source), ""
-    if not isinstance(source, (str, os.PathLike)):
-        raise ArgumentError("config", f"expected a dict or a path to a {CONFIG_FILE_NAME}, got {type(source).__name__}")
-    path = Path(source)
-    if path.is_dir():
-        path = path / CONFIG_FILE_NAME
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ArgumentError("config", f"file not found: {str(path)!r} (a diffusers model folder holds "
-                            f"{CONFIG_FILE_NAME} beside its weights)") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ArgumentError("config", f"cannot read {str(path)!r}: {err}") from None
-    try:
-        loaded = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ArgumentError("config", f"{str(path)!r} is not valid JSON: {err}") from None
-    if not isinstance(loaded, dict):
-        raise ArgumentError("config", f"{str(path)!r} must hold a JSON object (a model config), got a JSON "
-                            f"{type(loaded).__name__}")
-    return loaded, f" (in {str(path)!r})"
+    loaded, path = read_json_object(
+        source, file_name=CONFIG_FILE_NAME, what="a model config",
+        missing_hint=f" (a diffusers model folder holds {CONFIG_FILE_NAME} beside its weights)",
+    )
+    return loaded, "" if path is None else f" (in {str(path)!r})"
 
 
 def read_unet_config(
