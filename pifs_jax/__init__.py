@@ -94,7 +94,7 @@ from pifs_jax.jacobians import (
     suppression_field,
 )
 
-from pifs_jax.lyapunov import CHAIN_METHODS, Spectrum, chain_lyapunov_spectrum, lyapunov_spectrum
+from pifs_jax.lyapunov import CHAIN_METHODS, Spectrum, chain_lyapunov_spectra, chain_lyapunov_spectrum, lyapunov_spectrum
 from pifs_jax.sharding import batch_mesh, initialize_processes, shard_batch, sharded_ddim_sample
 from pifs_jax.analysis import (
     ChainAnalysis,
@@ -196,7 +196,7 @@ __all__ = [
     "BlockNorms", "block_norms", "block_norms_matrix_free", "chain_jacobian",
     "ddim_step_jacobian", "leading_eigenvectors", "patch_blocks", "step_jacobian", "step_jvp",
     "step_vjp", "summarize_block_norms", "suppression_field",
-    "CHAIN_METHODS", "Spectrum", "chain_lyapunov_spectrum", "lyapunov_spectrum",
+    "CHAIN_METHODS", "Spectrum", "chain_lyapunov_spectrum", "chain_lyapunov_spectra", "lyapunov_spectrum",
     "batch_mesh", "initialize_processes", "shard_batch", "sharded_ddim_sample",
     "ChainAnalysis", "ClaimResult", "analyze_chain", "evaluate_claims", "module_attention_fn", "per_patch_exponents",
     "WORK_KINDS", "GrowthBalance", "WeakestLink", "Workload", "coefficient_of_variation",

@@ -30,7 +30,7 @@ from pifs_jax.orthogonalization import AdaptiveBlocks, column_log_norms, digit_l
 from pifs_jax.schedules import Schedule
 from pifs_jax.errors import ArgumentError, NonFiniteError
 
-__all__ = ["Spectrum", "lyapunov_spectrum", "chain_lyapunov_spectrum", "CHAIN_METHODS"]
+__all__ = ["Spectrum", "lyapunov_spectrum", "chain_lyapunov_spectrum", "chain_lyapunov_spectra", "CHAIN_METHODS"]
 
 CHAIN_METHODS = ("exact", "benettin")
 
@@ -631,6 +631,97 @@ def chain_lyapunov_spectrum(
     if check_finite and is_concrete(finite):
         _raise_nonfinite(finite, sched, grid, n=n, p=columns)
     return spectrum
+
+
+def chain_lyapunov_spectra(
+    eps_fn: EpsFn,
+    sched: Schedule,
+    x_T: Any,
+    *,
+    grid: Any = None,
+    k: int | None = None,
+    method: str = "exact",
+    iters: int = 200,
+    tol: float | None = None,
+    oversample: int = 0,
+    sweeps: int = 8,
+    key: jax.Array | None = None,
+    qr_every: int | str = "auto",
+    mesh: Any = None,
+    check_finite: bool = True,
+) -> Spectrum:
+    """The spectra of ``S`` trajectories in one compiled call: :func:`chain_lyapunov_spectrum` vmapped over ``x_T``.
+
+    ``Lambda_j^(s) = (1/N) log sigma_j(J_N(x^(s)) ... J_1(x^(s)))`` for each starting point
+    ``x_T^(s)``, the options as in :func:`chain_lyapunov_spectrum` (the same ``key`` for every
+    trajectory). With ``mesh`` (e.g. :func:`pifs_jax.sharding.batch_mesh`), the ``S`` starting
+    points are split over the mesh's ``"batch"`` axis (:func:`pifs_jax.sharding.shard_batch`, ``S``
+    a multiple of the device count): each device runs the chains of its trajectories, no
+    communication. Under ``vmap`` the adaptive re-orthonormalisation (``qr_every="auto"``) takes the
+    QR branch's decision per trajectory but evaluates both branches (a ``select``), so a fixed
+    ``qr_every`` can be faster for large batches. No ``return_history``: use the single-trajectory
+    call for convergence plots.
+
+    Args:
+      x_T: starting points, shape ``(S,) + sample_shape``, floating.
+      mesh: a mesh with a ``"batch"`` axis, or ``None`` (one device).
+      check_finite: raise :class:`pifs_jax.errors.NonFiniteError` naming the trajectories whose
+        exponents are not finite (eager calls only).
+      Others: as :func:`chain_lyapunov_spectrum`.
+
+    Returns:
+      :class:`Spectrum` with ``exponents`` of shape ``(S, k)`` (``(S, n)`` full), ``dimension``
+      ``(S,)`` and, for leading-``k``, ``vectors`` ``(S, k) + sample_shape``.
+
+    Raises:
+      ValueError: naming ``x_T`` (no batch axis; a batch that does not divide over the mesh) or any
+        argument :func:`chain_lyapunov_spectrum` names.
+    """
+    x_T = _float_state(x_T, "x_T")
+    if x_T.ndim < 2:
+        raise ArgumentError("x_T", f"expected a batch of starting points (S,) + sample_shape, got shape {x_T.shape}; "
+                            "for one trajectory use chain_lyapunov_spectrum")
+    if not isinstance(sched, Schedule):
+        raise ArgumentError("sched", f"expected a pifs_jax Schedule, got {type(sched).__name__}")
+    grid = jnp.asarray(as_grid(grid, sched.T))
+    options = dict(k=k, method=method, iters=iters, tol=tol, oversample=oversample, sweeps=sweeps, qr_every=qr_every)
+    if is_concrete(sched, grid):
+        chain_steps(sched, grid)  # validates the schedule (and the grid against it) eagerly
+    if is_concrete(x_T):
+        check_denoiser(eps_fn, x_T[0])
+    # the option checks of the single-trajectory call, on shapes only (nothing computed)
+    eqx.filter_eval_shape(_one_spectrum, eps_fn, sched, x_T[0], grid, key, options)
+    if mesh is not None:
+        from pifs_jax.sharding import shard_batch  # lazy: pifs_jax.sharding documents this module
+
+        x_T = shard_batch(x_T, mesh)
+    spectra = _compiled_spectra(eps_fn, sched, x_T, grid, key, options, mesh)
+    if check_finite and is_concrete(spectra.exponents):
+        bad = np.flatnonzero(~np.all(np.isfinite(np.asarray(spectra.exponents)), axis=-1))
+        if bad.size:
+            raise NonFiniteError("eps_fn", f"non-finite exponents for {bad.size} of {x_T.shape[0]} trajectories "
+                                 f"(first: index {int(bad[0])}); run chain_lyapunov_spectrum on x_T[{int(bad[0])}] "
+                                 "to locate the step")
+    return spectra
+
+
+def _one_spectrum(eps_fn, sched, x, grid, key, options) -> Spectrum:
+    return chain_lyapunov_spectrum(eps_fn, sched, x, grid=grid, key=key, check_finite=False, **options)
+
+
+@eqx.filter_jit
+def _compiled_spectra(eps_fn, sched, x_T, grid, key, options, mesh) -> Spectrum:
+    """:func:`chain_lyapunov_spectra`'s program (``eps_fn``'s array leaves traced: one compilation per architecture).
+
+    With ``mesh``, the trajectories and every per-trajectory output stay split over its ``"batch"``
+    axis (sharding constraints), so each device runs its own chains.
+    """
+    if mesh is None:
+        return jax.vmap(lambda x: _one_spectrum(eps_fn, sched, x, grid, key, options))(x_T)
+    split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
+    x_T = jax.lax.with_sharding_constraint(x_T, split)
+    spectra = jax.vmap(lambda x: _one_spectrum(eps_fn, sched, x, grid, key, options))(x_T)
+    return jax.tree_util.tree_map(lambda leaf: jax.lax.with_sharding_constraint(leaf, split), spectra)
 
 
 def _check_qr_every(qr_every: Any) -> int | str:

@@ -13,6 +13,10 @@ Two kinds of parallel work, both with :mod:`jax.sharding` (``Mesh``, ``NamedShar
   (the extra vectors only speed up convergence). The full spectrum (``k=None, mesh=mesh``) splits
   its ``n x n`` block the same way (``n`` a multiple of the device count) and gathers it for the QR.
 
+- **Batches of spectra** (``pifs_jax.chain_lyapunov_spectra(..., mesh=batch_mesh())``): the
+  starting points of many spectra split over the batch axis, each device computing the spectra of
+  its trajectories.
+
 The numbers equal the single-device ones (up to the summation order of reductions).
 
 Batch sizes that do not divide the device count: :func:`shard_batch` raises ``ValueError``

@@ -129,6 +129,21 @@ except ValueError as err:
     assert str(err).startswith("mesh:"), err
 else:
     raise AssertionError("10 tangent columns accepted on 4 devices")
+
+# a batch of 8 spectra in one call, the trajectories split over the 4 devices (2 each)
+flat = x_T.reshape(8, -1)
+batch = pj.chain_lyapunov_spectra(eps_fn, sched, flat, grid=grid, mesh=mesh)
+assert len(batch.exponents.sharding.device_set) == 4, batch.exponents.sharding
+assert [s.data.shape for s in batch.exponents.addressable_shards] == [(2, n)] * 4
+one_device = pj.chain_lyapunov_spectra(eps_fn, sched, flat, grid=grid)
+np.testing.assert_allclose(batch.exponents, one_device.exponents, rtol=0, atol=1e-10)
+np.testing.assert_allclose(batch.exponents, np.broadcast_to(analytic, (8, n)), rtol=1e-8, atol=1e-8)
+try:
+    pj.chain_lyapunov_spectra(eps_fn, sched, flat[:6], grid=grid, mesh=mesh)
+except ValueError as err:
+    assert str(err).startswith("x:"), err
+else:
+    raise AssertionError("6 trajectories accepted on 4 devices")
 print("SHARDING-OK")
 """
 )
