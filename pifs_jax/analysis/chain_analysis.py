@@ -48,7 +48,6 @@ from pifs_jax.errors import ArgumentError, NonFiniteError
 from pifs_jax.geometry import expansion_factor
 from pifs_jax.grids import as_grid
 from pifs_jax.jacobians import block_norms, block_norms_matrix_free, step_jacobian, suppression_field
-from pifs_jax.models.common import attention_entropy
 from pifs_jax.patches import PatchLayout, patch_layout, unpatchify
 from pifs_jax.schedules import Schedule
 from pifs_jax.sharding import shard_batch
@@ -208,6 +207,8 @@ def step_map(eps_fn: EpsFn, t: Any, a: Any, b: Any, x: jax.Array) -> jax.Array:
 
 def _one_trajectory(eps_fn, steps, x_T, key, baseline, attention_fn, *, layout: PatchLayout, exact: bool, iters: int):
     """``(x_0, per-step dict)`` of one trajectory: a ``lax.scan`` over the steps in chain order."""
+    from pifs_jax.models.common import attention_entropy  # lazy: importing pifs_jax must not load the networks
+
     dtype = x_T.dtype
     image_shape, p = layout.image_shape, layout.patch_size
     if baseline is not None:
