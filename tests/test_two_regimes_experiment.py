@@ -58,13 +58,25 @@ def test_the_regularised_run_differs_only_in_mu(experiment):
     assert {k for k in a if a[k] != b[k]} == {"mu"}
 
 
-def test_a_changed_configuration_is_retrained(experiment, tmp_path):
-    module, _, _ = experiment
-    cfg = dict(module.CONFIG["quick"])
-    configs = module.run_configs(cfg)
-    first = module.trained_run("dit", configs["dit"], tmp_path)
-    assert not first["cached"]
-    assert module.trained_run("dit", configs["dit"], tmp_path)["cached"]
+def test_a_finished_run_is_loaded_and_a_changed_one_retrained(experiment, monkeypatch):
+    module, _, out = experiment
+    configs = module.run_configs(module.CONFIG["quick"])
+    runs = out / module.NAME / "runs"
+    cached = module.trained_run("dit", configs["dit"], runs)
+    assert cached["cached"] and int(cached["run"].state.step) == configs["dit"].steps
+    calls = []
+
+    class Trained(Exception):
+        pass
+
+    def fake_train(config, folder, *, resume, overwrite, progress):
+        calls.append((config.steps, resume, overwrite))
+        raise Trained
+
+    monkeypatch.setattr(module, "train", fake_train)
     longer = configs["dit"].__class__(**{**configs["dit"].to_dict(), "steps": configs["dit"].steps + 1})
-    again = module.trained_run("dit", longer, tmp_path)
-    assert not again["cached"] and int(again["run"].state.step) == longer.steps
+    with pytest.raises(Trained):
+        module.trained_run("dit", longer, runs)  # another configuration: trained afresh over the folder
+    with pytest.raises(Trained):
+        module.trained_run("new", configs["dit"], runs)  # nothing there yet
+    assert calls == [(longer.steps, False, True), (configs["dit"].steps, False, True)]
