@@ -70,8 +70,8 @@ MU_VALUES = (0.01, 0.1)
 
 #: Per mode: training steps per model, crops, samples scored, trajectories and DDIM steps analysed.
 CONFIG: dict[str, dict[str, Any]] = {
-    "quick": dict(preset="quick", data="digits", dit_steps=10, unet_steps=10, reg_steps=10, num_train=128,
-                  num_test=32, num_samples=8, trajectories=2, chain_steps=4, num_mu=1),
+    "quick": dict(preset="quick", data="digits", dit_steps=5, unet_steps=5, reg_steps=5, num_train=128,
+                  num_test=32, num_samples=8, trajectories=2, chain_steps=3, num_mu=1),
     "default": dict(preset="quick", data="photos16", dit_steps=500, unet_steps=300, reg_steps=500, num_train=4096,
                     num_test=1024, num_samples=128, trajectories=4, chain_steps=20),
     "full": dict(preset="quick", data="photos16", dit_steps=4000, unet_steps=4000, reg_steps=4000, num_train=4096, num_test=1024,
@@ -324,7 +324,7 @@ def _markdown(results: dict[str, Any], analyses: dict[str, ModelAnalysis]) -> st
 def run(out_dir: Path, *, quick: bool = False, full: bool = False) -> dict[str, Any]:
     """Train (or load the cached runs), analyse, write the results and figures, and return the report section.
 
-    ``quick``: a few training steps on 8x8 digits (2x2 patches), 2 trajectories of 4 steps (every code
+    ``quick``: a few training steps on 8x8 digits (2x2 patches), 2 trajectories of 3 steps (every code
     path, for the tests; the numbers mean nothing).
     ``full``: the quick preset's 4000 training steps, 64 trajectories of 50 steps (on a GPU: the
     32x32 models, 8x8 patches, 20000 steps).
