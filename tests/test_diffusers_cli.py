@@ -13,21 +13,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_diffusers_loading import TINY  # the one tiny UNet2DModel config of the diffusers tests
 
 import pifs_jax as pj
 from pifs_jax.cli.common import UsageError
 from pifs_jax.cli.sample import SUBCOMMAND
 from pifs_jax.models import load_diffusers_unet, write_random_diffusers_unet
 
-TINY = {
-    "sample_size": 8,
-    "block_out_channels": [8, 16],
-    "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
-    "up_block_types": ["AttnUpBlock2D", "UpBlock2D"],
-    "layers_per_block": 1,
-    "norm_num_groups": 4,
-    "attention_head_dim": 8,
-}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
