@@ -4,8 +4,8 @@ One step ``Phi_t(x) = a_t x + b_t epshat(x, t)`` has Jacobian ``J Phi_t = a_t I 
 (docs/theory.md section 3). Here ``J`` always means the Jacobian of the *flattened* map
 ``R^n -> R^n`` (row-major flattening of the sample's shape), so ``J[i, j] = d Phi_i / d x_j``.
 
-- Dense: :func:`step_jacobian`, :func:`ddim_step_jacobian`, :func:`chain_jacobian` (``jax.jacfwd``;
-  ``n`` forward tangents, memory ``n^2``).
+- Dense: :func:`step_jacobian`, :func:`ddim_step_jacobian`, :func:`chain_jacobian` (forward mode,
+  ``n`` tangents in batches of :data:`TANGENT_CHUNK`: :func:`forward_jacobian`; memory ``n^2``).
 - Matrix-free: :func:`step_jvp`, :func:`step_vjp` (``jax.jvp`` / ``jax.vjp``, never form ``J``).
 - Patch blocks (docs/theory.md section 6): with the image cut into ``M`` patches of ``n_k = p^2 C``
   coordinates (:mod:`pifs_jax.patches`), ``[J]_{kj}`` is the ``n_k x n_k`` block mapping patch
@@ -46,6 +46,8 @@ from pifs_jax.schedules import Schedule
 from pifs_jax.errors import ArgumentError
 
 __all__ = [
+    "forward_jacobian",
+    "TANGENT_CHUNK",
     "step_jacobian",
     "ddim_step_jacobian",
     "chain_jacobian",
@@ -64,6 +66,25 @@ __all__ = [
 # ----------------------------------------------------------------------------- dense Jacobians
 
 
+#: Tangents per batch of :func:`forward_jacobian`: the rows of one vmapped JVP. Measured on a 2-core
+#: CPU (quick DiT, ``n = 768``, 16 points): 64-row batches form the Jacobians 1.85x faster than one
+#: 768-row ``jax.jacfwd`` (whose activations leave the cache); 16 to 192 rows perform alike.
+TANGENT_CHUNK = 64
+
+
+def forward_jacobian(fn: Callable[[jax.Array], jax.Array], x: jax.Array, *, chunk: int = TANGENT_CHUNK) -> jax.Array:
+    """Dense Jacobian ``J[i, j] = d fn_i / d x_j`` of a map of a vector ``x`` (shape ``(n,)``), forward mode.
+
+    The same matrix as ``jax.jacfwd(fn)(x)``: ``fn`` is linearised once (``jax.linearize``) and the
+    linear map is applied to the unit vectors ``e_j`` in batches of ``chunk``
+    (``jax.lax.map(..., batch_size=chunk)``), so the working set of one batch stays small; a
+    trailing partial batch is handled by ``lax.map``. Traceable (jit, vmap, grad).
+    """
+    _, linear = jax.linearize(fn, x)
+    columns = jax.lax.map(linear, jnp.eye(x.shape[0], dtype=x.dtype), batch_size=chunk)
+    return columns.T
+
+
 def _flat_step(eps_fn: EpsFn, shape: tuple, t: Any, a: Any, b: Any, dtype) -> Callable:
     a = jnp.asarray(a, dtype)
     b = jnp.asarray(b, dtype)
@@ -73,7 +94,8 @@ def _flat_step(eps_fn: EpsFn, shape: tuple, t: Any, a: Any, b: Any, dtype) -> Ca
 def step_jacobian(eps_fn: EpsFn, x: Any, *, t: Any, a: Any, b: Any) -> jax.Array:
     """Dense Jacobian of one DDIM step ``J Phi_t(x) = a I + b J_x epshat(x, t)``, shape ``(n, n)``.
 
-    Computed with ``jax.jacfwd`` on the flattened map (``n`` JVPs of ``eps_fn``).
+    Computed in forward mode on the flattened map (``n`` JVPs of ``eps_fn``, in batches:
+    :func:`forward_jacobian`).
 
     Args:
       eps_fn: ``eps_fn(x, t)`` returning an array of ``x``'s shape.
@@ -93,7 +115,7 @@ def step_jacobian(eps_fn: EpsFn, x: Any, *, t: Any, a: Any, b: Any) -> jax.Array
 
 @eqx.filter_jit
 def _compiled_step_jacobian(eps_fn: EpsFn, x: jax.Array, t: jax.Array, a: jax.Array, b: jax.Array) -> jax.Array:
-    return jax.jacfwd(_flat_step(eps_fn, x.shape, t, a, b, x.dtype))(x.reshape(-1))
+    return forward_jacobian(_flat_step(eps_fn, x.shape, t, a, b, x.dtype), x.reshape(-1))
 
 
 def _step_of_grid(sched: Schedule, grid: Any, step: Any):
@@ -153,7 +175,7 @@ def _compiled_chain_jacobian(eps_fn: EpsFn, sched: Schedule, x_T: jax.Array, gri
     def flat_chain(flat):
         return ddim_chain(eps_fn, sched, flat.reshape(shape), grid=grid).reshape(-1)
 
-    return jax.jacfwd(flat_chain)(x_T.reshape(-1))
+    return forward_jacobian(flat_chain, x_T.reshape(-1))
 
 
 # ----------------------------------------------------------------------------- matrix-free products

@@ -249,7 +249,7 @@ def _one_trajectory(eps_fn, steps, x_T, key, baseline, attention_fn, *, layout: 
 
 @eqx.filter_jit
 def _compiled_analysis(eps_fn, steps, x_T, key, baseline, attention_fn, *, layout, exact, iters, batched, mesh):
-    """:func:`_one_trajectory`, vmapped over a batch (split over ``mesh``'s batch axis when given)."""
+    """:func:`_one_trajectory` over a batch: mapped (CPU) or vmapped, split over ``mesh``'s batch axis when given."""
 
     def run(x):
         return _one_trajectory(eps_fn, steps, x, key, baseline, attention_fn, layout=layout, exact=exact, iters=iters)
@@ -257,7 +257,9 @@ def _compiled_analysis(eps_fn, steps, x_T, key, baseline, attention_fn, *, layou
     if not batched:
         return run(x_T)
     if mesh is None:
-        return jax.vmap(run)(x_T)
+        # On a CPU one trajectory at a time (its batches of tangents stay in cache; measured in
+        # docs/guides/trained-models.md); vmapped on an accelerator.
+        return jax.lax.map(run, x_T) if jax.default_backend() == "cpu" else jax.vmap(run)(x_T)
     replicated, split = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec(BATCH_AXIS))
     eps_fn, steps, baseline, attention_fn = jax.tree_util.tree_map(
         lambda leaf: jax.lax.with_sharding_constraint(leaf, replicated) if eqx.is_array(leaf) else leaf,
