@@ -227,15 +227,16 @@ def _qr_pass(
     the QR factorisation with positive diagonal, ``R`` is the product of the ``m`` per-step
     factors, so the result is the same in exact arithmetic; ``log_r`` is zero on the steps
     without a QR (their log-diagonal is carried into the next QR's row). ``qr_every = "auto"``:
-    the block is factored when :class:`pifs_jax.orthogonalization.AdaptiveBlocks` says so (at
-    most a quarter of the dtype's digits lost per block), and after the last step.
+    the block is factored when :meth:`pifs_jax.orthogonalization.AdaptiveBlocks.decide` says so
+    (at most a quarter of the dtype's digits lost per block; where its model is unsure, a Gram
+    probe of the block decides), and after the last step.
     """
     p = q0.shape[1]
     dtype = q0.dtype
     adaptive = qr_every == "auto"
     budget = digit_loss_budget(dtype)
 
-    def reorthonormalise(y, log_diag, w, blocks, log_norms):
+    def reorthonormalise(blocks, y, log_diag, w):
         q_next, r = _qr_positive(y)
         log_r = jnp.log(_safe_diagonal(r))
         if graded:
@@ -246,7 +247,7 @@ def _qr_pass(
             blocks = blocks.after_qr(r, budget)
         return q_next, log_diag, w, log_r, blocks
 
-    def postpone(y, log_diag, w, blocks, log_norms):
+    def postpone(blocks, y, log_diag, w):
         if adaptive:
             blocks = blocks.postponed()
         return y, log_diag, w, jnp.zeros((p,), dtype), blocks
@@ -260,19 +261,16 @@ def _qr_pass(
         else:
             x_next, tangent = jax.linearize(lambda v: step(v, inp), x)
             y = jax.vmap(tangent, in_axes=1, out_axes=1)(constrain(q))
-        log_norms = column_log_norms(y) if adaptive else None
         if qr_every == 1:
             due = jnp.asarray(True)
-            q_next, log_diag, w, log_r, blocks = reorthonormalise(y, log_diag, w, blocks, log_norms)
-        else:
-            if adaptive:
-                due, blocks = blocks.observe(log_norms, budget)
-                due = due | (i == length - 1)
-            else:
-                due = ((i + 1) % qr_every == 0) | (i == length - 1)
-            q_next, log_diag, w, log_r, blocks = jax.lax.cond(
-                due, reorthonormalise, postpone, y, log_diag, w, blocks, log_norms
+            q_next, log_diag, w, log_r, blocks = reorthonormalise(blocks, y, log_diag, w)
+        elif adaptive:
+            due, (q_next, log_diag, w, log_r, blocks) = blocks.decide(
+                column_log_norms(y), budget, i == length - 1, reorthonormalise, postpone, y, log_diag, w
             )
+        else:
+            due = ((i + 1) % qr_every == 0) | (i == length - 1)
+            q_next, log_diag, w, log_r, blocks = jax.lax.cond(due, reorthonormalise, postpone, blocks, y, log_diag, w)
         flags = (jnp.sum(~jnp.isfinite(x_next)), jnp.sum(~jnp.isfinite(y)))
         return (x_next, q_next, log_diag, w, blocks), (log_r, flags, x, due)
 
@@ -296,13 +294,13 @@ def _transposed_qr_pass(
     adaptive = qr_every == "auto"
     budget = digit_loss_budget(q.dtype)
 
-    def factor(z, blocks, log_norms):
+    def factor(blocks, z):
         q_next, r = _qr_positive(z)
         if adaptive:
             blocks = blocks.after_qr(r, budget)
         return q_next, blocks
 
-    def postpone(z, blocks, log_norms):
+    def postpone(blocks, z):
         return z, (blocks.postponed() if adaptive else blocks)
 
     def body(carry, inp):
@@ -313,12 +311,8 @@ def _transposed_qr_pass(
         if qr_every == 1:
             return (_qr_positive(z)[0], blocks), None
         if adaptive:
-            log_norms = column_log_norms(z)
-            due, blocks = blocks.observe(log_norms, budget)
-            due = due | (i == 0)
-        else:
-            log_norms, due = None, i % qr_every == 0
-        return jax.lax.cond(due, factor, postpone, z, blocks, log_norms), None
+            return blocks.decide(column_log_norms(z), budget, i == 0, factor, postpone, z)[1], None
+        return jax.lax.cond(i % qr_every == 0, factor, postpone, blocks, z), None
 
     blocks0 = AdaptiveBlocks.start(q.shape[1], q.dtype) if adaptive else None
     (q0, _), _ = jax.lax.scan(body, (q, blocks0), (jnp.arange(states.shape[0]), states, inputs), reverse=True)
@@ -544,7 +538,9 @@ def chain_lyapunov_spectrum(
       qr_every: ``"auto"`` (default): re-orthonormalise when the accumulated block
         ``J_{i+s} ... J_{i+1} Q`` would otherwise lose more than a quarter of the dtype's digits
         (``log(1/eps)/4`` nats: 4 in float32, 9 in float64), judged from its column norms at
-        every step and the exact loss ``max_j (log |y_j| - log R_jj)`` measured at each QR
+        every step and the exact loss ``max_j (log |y_j| - log R_jj)`` measured at each QR, or,
+        where that model calls a QR due, by a Gram-matrix probe of the block (one Gram product
+        and a Cholesky factorisation, no ``Q``) that takes the QR only if it is needed
         (:class:`pifs_jax.orthogonalization.AdaptiveBlocks`; docs/numerics.md section 5.4).
         An integer ``m``: re-orthonormalise every ``m`` steps
         (``Q' R = J_{i+m} ... J_{i+1} Q``; the same ``R`` in exact arithmetic). Full spectrum:

@@ -7,7 +7,9 @@ Used by :mod:`pifs_jax.lyapunov` to push a tangent block ``Y`` along a chain of 
   backend (docs/numerics.md section 5.5 gives the measurements behind the choice).
 - :class:`AdaptiveBlocks`: decides, from what the block shows, when the accumulated product
   ``Y = J_{i+m} ... J_{i+1} Q`` must be re-orthonormalised so that it never loses more than
-  :func:`digit_loss_budget` nats (a quarter of the dtype's digits).
+  :func:`digit_loss_budget` nats (a quarter of the dtype's digits); where its model says a QR
+  may be due, :func:`gram_probe` measures the block's loss exactly (one Gram product and a
+  Cholesky factorisation, no ``Q``) and the QR is taken only if the measurement says so.
 
 The loss of a block: Householder QR is column-wise backward stable, so the computed ``R_jj`` of
 column ``y_j`` carries a relative error of about ``eps |y_j| / R_jj`` (``R_jj`` is the part of
@@ -17,7 +19,7 @@ of nats the block has cost direction ``j``; its maximum over ``j`` is the block'
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +34,8 @@ __all__ = [
     "cholesky_qr2",
     "column_log_norms",
     "digit_loss_budget",
+    "GramProbe",
+    "gram_probe",
     "householder_qr",
     "positive_qr",
     "preferred_qr_method",
@@ -43,8 +47,8 @@ PREFERRED_QR_METHOD = {"cpu": "householder"}
 """Measured choice per ``jax.default_backend()``; backends not listed use Householder (unmeasured).
 
 On the 2-core CPU machine of BENCHMARKS.md (float32, one OpenBLAS thread), a square ``n x n`` QR
-(``python benchmarks/chain_spectrum.py``, case ``qr``): ``n = 768``: Householder 21 ms, CholeskyQR2
-49 ms; ``n = 3072``: 1.12 s against 1.70 s."""
+(``python benchmarks/chain_spectrum.py``, case ``qr``): ``n = 768``: Householder 23 ms, CholeskyQR2
+56 ms; ``n = 3072``: 1.84 s against 3.16 s."""
 
 
 def _positive_diagonal(q: jax.Array, r: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -91,6 +95,73 @@ def cholesky_qr2(y: jax.Array) -> tuple[jax.Array, jax.Array]:
         return q2, r2 @ r1
 
     return jax.lax.cond(well_conditioned, second_pass, lambda _: householder_qr(y), None)
+
+
+class GramProbe(NamedTuple):
+    """What :func:`gram_probe` measures of a block ``Y = Q R`` without forming ``Q``."""
+
+    log_r: jax.Array
+    """``log R_jj``, shape ``(p,)``."""
+    loss: jax.Array
+    """``log(|y_j| / R_jj) = 1/2 log(1 + c_j^2)`` nats, shape ``(p,)``; ``inf`` where not measured."""
+    log_coupling: jax.Array
+    """``log c_j``, at least ``1/2 log(n eps)`` (the Gram matrix's resolution), shape ``(p,)``."""
+    resolved: jax.Array
+    """``True`` where ``c_j^2`` is above the resolution ``n eps``, shape ``(p,)``."""
+    ok: jax.Array
+    """``True`` where the Cholesky factorisation succeeded (every pivot finite and positive)."""
+
+
+def _after(y: jax.Array, probe: GramProbe) -> jax.Array:
+    """``y`` unchanged, made to depend on ``probe``'s result (``y + 0 * s`` with a finite ``s``).
+
+    XLA's CPU runtime orders work by the buffers it reads and writes and drops an
+    ``optimization_barrier`` that copies nothing; a factorisation of ``y`` could then run beside the
+    probe's Cholesky factorisation. Multiplying by zero is not folded for floats (``0 * inf`` is
+    NaN), so the dependency stays; ``s`` is made finite so that the sum is exactly ``y``.
+    """
+    total = jnp.sum(probe.log_r)
+    return y + jnp.where(jnp.isfinite(total), total, 0).astype(y.dtype) * 0
+
+
+def _unmeasured_probe(y: jax.Array) -> GramProbe:
+    """A :class:`GramProbe` of ``y``'s shapes that measured nothing (where no probe is due)."""
+    zeros = jnp.zeros(y.shape[1:], y.dtype)
+    return GramProbe(zeros, jnp.full_like(zeros, jnp.inf), zeros, zeros > 0, jnp.asarray(True))
+
+
+def gram_probe(y: jax.Array) -> GramProbe:
+    """``R`` of ``Y = Q R`` (its diagonal and the couplings) from the Gram matrix, without ``Q``.
+
+    With ``D = diag |y_j|``, the scaled Gram matrix ``G = D^-1 Y^T Y D^-1 = L L^T`` has the
+    Cholesky factor ``L^T = R D^-1``, so its pivots are ``L_jj = R_jj / |y_j| = (1 + c_j^2)^(-1/2)``,
+    with ``c_j = |R_{<j,j}| / R_jj``: ``log R_jj = log |y_j| + log L_jj`` and the QR's loss on column
+    ``j`` is ``-log L_jj`` nats (see :class:`AdaptiveBlocks`). Cost: one ``p x n @ n x p`` product
+    and one ``p x p`` Cholesky factorisation.
+
+    Accuracy: the scaled Gram matrix is formed with an error of at most about ``n eps`` per entry
+    (unit diagonal), so ``L_jj^2 = 1/(1 + c_j^2)`` carries an absolute error of that order: the
+    loss is exact to ``n eps e^(2 loss) / 2`` nats (float32, ``n = 768``, at a loss of 4 nats:
+    0.14 nats at worst), and couplings ``c_j^2`` below ``n eps`` are not resolved -- they are
+    reported as ``c_j^2 = n eps``. Where the block is too ill-conditioned for the Gram matrix
+    (``kappa(Y D^-1)^2`` beyond ``1/eps``) the factorisation fails (``ok`` is ``False``, the loss
+    ``inf``): a QR is then due in any case.
+    """
+    n = y.shape[0]
+    dtype = y.dtype
+    tiny = jnp.finfo(dtype).tiny
+    norms = jnp.linalg.norm(y, axis=0)
+    safe = jnp.where(norms > 0, norms, 1.0)
+    scaled = y / safe[None, :]
+    pivots = jnp.diagonal(jnp.linalg.cholesky(scaled.T @ scaled))
+    ok = jnp.all(jnp.isfinite(pivots) & (pivots > 0))
+    pivots = jnp.where(ok, jnp.minimum(pivots, 1.0), 0.0)
+    loss = -jnp.log(jnp.maximum(pivots, tiny))
+    loss = jnp.where(ok, loss, jnp.inf)
+    floor = float(np.log(n * np.finfo(dtype).eps))
+    log_c2 = jnp.log(jnp.maximum(jnp.expm1(2 * loss), tiny))  # c^2 = expm1(2 loss); inf where the probe failed
+    log_r = jnp.log(jnp.maximum(norms, tiny)) + jnp.log(jnp.maximum(pivots, tiny))
+    return GramProbe(log_r, loss, 0.5 * jnp.maximum(log_c2, floor), log_c2 > floor, ok)
 
 
 def preferred_qr_method(backend: str | None = None) -> str:
@@ -146,8 +217,21 @@ class AdaptiveBlocks(NamedTuple):
     observed spread; or when the block reaches ``allowed`` steps. After a QR the block's loss
     ``L = max_j 1/2 log(1 + c_j^2)`` is known exactly, and the next block may be ``4 m`` steps
     long (``m`` = this block's) if ``L <= B/4``, ``2 m`` if ``L <= B/2``, ``m`` if ``L <= B``, else
-    ``max(1, floor(m B / (2 L)))``: a chain whose exponent spread changes is caught within a block. Cost per step: the column
-    norms, ``O(n p)``; per QR, ``O(p^2)``.
+    ``max(1, floor(m B / (2 L)))``: a chain whose exponent spread changes is caught within a block.
+
+    **Probes** (:meth:`decide`). Once a first QR has ordered the basis, a QR the model calls due
+    (by its loss or by the length cap) is first checked by :func:`gram_probe`, which measures the
+    block's ``log R_jj`` and ``c_j`` at step ``s`` exactly (to the Gram matrix's resolution) at
+    the cost of one Gram product: the QR is taken only if ``~ok`` (the Cholesky factorisation
+    failed) or ``max_j (log c_j + a_j) > 1/2 log(expm1(2 B))`` with ``a_j = rate_max - rate_j``
+    the rates ``log R_jj / s`` of the block so far. Otherwise the block goes on, and the model is
+    re-fitted to the measurement (:meth:`probed`): the rates, the spread ``S_j(s)``, the coupling
+    ``log c0_j = log c_j - S_j(s)`` (where ``c_j`` is below the probe's resolution, the smaller of
+    the previous ``log c0_j`` and the value at the resolution), and the cap, which moves to
+    ``4 s`` steps if the measured loss ``L <= B/4``, ``2 s`` if ``L <= B/2``, else ``s + 1``.
+
+    Cost per step: the column norms, ``O(n p)``; per probe, ``O(n p^2)`` (a Gram product); per
+    QR, the QR itself plus ``O(p^2)``.
     """
 
     since: jax.Array
@@ -162,12 +246,14 @@ class AdaptiveBlocks(NamedTuple):
     """``S_j(s)`` after the last step, shape ``(p,)``."""
     observed: jax.Array
     """Observed spread ``max_i log |y_i| - log |y_j|`` after the last step, shape ``(p,)``."""
+    probing: jax.Array
+    """Whether a QR has been taken, so that :meth:`decide` may probe instead (bool scalar)."""
 
     @classmethod
     def start(cls, p: int, dtype) -> "AdaptiveBlocks":
         """State before the first step: an arbitrary basis (``c0 = 1``), a one-step first block."""
         zeros = jnp.zeros((p,), dtype)
-        return cls(jnp.asarray(0, jnp.int32), jnp.asarray(1, jnp.int32), zeros, zeros, zeros, zeros)
+        return cls(jnp.asarray(0, jnp.int32), jnp.asarray(1, jnp.int32), zeros, zeros, zeros, zeros, jnp.asarray(False))
 
     def observe(self, log_norms: jax.Array, budget: float) -> tuple[jax.Array, "AdaptiveBlocks"]:
         """``(qr_due, state)`` after a step that left the block with column log-norms ``log_norms``."""
@@ -198,7 +284,64 @@ class AdaptiveBlocks(NamedTuple):
         )  # fmt: skip
         rates = jnp.log(diag) / block.astype(dtype)
         zeros = jnp.zeros_like(rates)
-        return AdaptiveBlocks(jnp.zeros_like(self.since), allowed.astype(jnp.int32), rates, coupling, zeros, zeros)
+        return AdaptiveBlocks(
+            jnp.zeros_like(self.since), allowed.astype(jnp.int32), rates, coupling, zeros, zeros, jnp.asarray(True)
+        )
+
+    def probed(self, probe: GramProbe, budget: float) -> tuple[jax.Array, "AdaptiveBlocks"]:
+        """``(qr_due, state)`` after :meth:`observe` and a :func:`gram_probe` of the block at step ``s = since + 1``.
+
+        ``qr_due = ~ok | max_j (log c_j + rate_max - rate_j) > 1/2 log(expm1(2 B))``, the rates
+        ``log R_jj / s`` measured by the probe. The returned state holds the re-fitted model
+        (rates, spread, coupling) and the next cap (``4 s``, ``2 s`` or ``s + 1``, from the loss).
+        """
+        dtype = probe.log_r.dtype
+        steps = self.since + 1
+        rates = probe.log_r / steps.astype(dtype)
+        behind = jnp.max(rates) - rates
+        spread = jnp.maximum(steps.astype(dtype) * behind, self.observed)
+        limit = 0.5 * float(np.log(np.expm1(2 * budget)))
+        due = ~probe.ok | (jnp.max(probe.log_coupling + behind) > limit)
+        fitted = probe.log_coupling - spread
+        coupling = jnp.where(probe.resolved, fitted, jnp.minimum(self.log_coupling, fitted))
+        coupling = jnp.maximum(coupling, float(np.log(np.finfo(dtype).eps)))
+        loss = jnp.max(probe.loss)
+        allowed = jnp.where(loss <= budget / 4, 4 * steps, jnp.where(loss <= budget / 2, 2 * steps, steps + 1))
+        state = self._replace(allowed=allowed.astype(jnp.int32), rates=rates, log_coupling=coupling, spread=spread)
+        return due, state
+
+    def decide(
+        self,
+        log_norms: jax.Array,
+        budget: float,
+        last: jax.Array,
+        factor: Callable,
+        carry_on: Callable,
+        y: jax.Array,
+        *rest: Any,
+    ) -> tuple[jax.Array, Any]:
+        """``(qr_due, factor(state, y, *rest))`` or ``(False, carry_on(state, y, *rest))`` after a step.
+
+        ``y`` is the block the step left (column log-norms ``log_norms``), ``state`` this rule's
+        state after :meth:`observe`. Where :meth:`observe` calls a QR due after the first QR (and not
+        on the ``last`` step, always factored), :func:`gram_probe` and :meth:`probed` decide
+        instead. Two ``jax.lax.cond``: the probe (only where one is due), then the factorisation;
+        a step without either costs only the column norms.
+
+        The factorisation's input waits for the probe (a data dependency, :func:`_after`), and
+        there is one factorisation call per step. Under ``vmap`` both ``cond`` become selects that compute
+        both sides, and two batched LAPACK calls left independent may run at once; jaxlib's CPU
+        kernels (0.10) split their batch over the same small thread pool and were seen to deadlock
+        on a 2-core machine that way (a Cholesky beside a QR).
+        """
+        check, state = self.observe(log_norms, budget)
+        probing = check & state.probing & ~last
+        factoring = last | (check & ~state.probing)
+        probe = jax.lax.cond(probing, gram_probe, _unmeasured_probe, y)
+        probe_due, probed_state = state.probed(probe, budget)
+        state = jax.tree_util.tree_map(lambda a, b: jnp.where(probing, a, b), probed_state, state)
+        due = factoring | (probing & probe_due)
+        return due, jax.lax.cond(due, factor, carry_on, state, _after(y, probe), *rest)
 
     def postponed(self) -> "AdaptiveBlocks":
         """State after a step without a QR."""

@@ -30,6 +30,7 @@ from pifs_jax.orthogonalization import (
     AdaptiveBlocks,
     cholesky_qr2,
     digit_loss_budget,
+    gram_probe,
     householder_qr,
     positive_qr,
     preferred_qr_method,
@@ -214,3 +215,122 @@ def test_qr_every_accepts_auto_and_names_bad_values(x64, hard_chain64):
         chain_lyapunov_spectrum(hard_chain64["eps_fn"], hard_chain64["sched"], hard_chain64["x_T"], grid=GRID, qr_every="often")
     with pytest.raises(ValueError, match="^qr_every:"):
         chain_lyapunov_spectrum(hard_chain64["eps_fn"], hard_chain64["sched"], hard_chain64["x_T"], grid=GRID, qr_every=0)
+
+
+# ----------------------------------------------------------------------------- the Gram probe
+
+
+@pytest.mark.parametrize("dtype, condition, tol", [(jnp.float64, 1e3, 5e-11), (jnp.float32, 50.0, 1e-4)])
+def test_gram_probe_measures_householder_r(dtype, condition, tol):
+    """``log R_jj``, the loss ``log(|y_j| / R_jj)`` and ``log c_j`` equal Householder's on a well-conditioned block.
+
+    Tolerance (nats): the scaled Gram matrix's rounding, ``n eps`` per entry, moves
+    ``L_jj^2 = R_jj^2 / |y_j|^2`` by about that much, so ``log R_jj`` by up to
+    ``n eps kappa^2 / 2`` (float64, ``kappa = 1e3``: 1e-8; float32, ``kappa = 50``, the probe's
+    regime -- largest loss 2 nats, below the 4-nat budget: 1.4e-2). Observed: 3.4e-12 and 9.3e-6;
+    the tolerances are about 10x those.
+    """
+    with jax.enable_x64(dtype == jnp.float64):
+        y = _graded_matrix(dtype, condition=condition)
+        probe = gram_probe(y)
+        _, r = householder_qr(y)
+        log_r = np.log(np.diagonal(np.asarray(r, np.float64)))
+        loss = np.log(np.linalg.norm(np.asarray(y, np.float64), axis=0)) - log_r
+        assert bool(probe.ok)
+        np.testing.assert_allclose(probe.log_r, log_r, rtol=0, atol=tol)
+        np.testing.assert_allclose(probe.loss, loss, rtol=0, atol=tol)
+        # couplings: c_j^2 = expm1(2 loss_j), where resolved (above n eps)
+        resolved = np.asarray(probe.resolved)
+        assert resolved.sum() > 32
+        log_c = 0.5 * np.log(np.expm1(2 * loss))
+        np.testing.assert_allclose(np.asarray(probe.log_coupling)[resolved], log_c[resolved], rtol=0, atol=10 * tol)
+
+
+def test_gram_probe_reports_the_resolution_for_an_orthogonal_block(x64):
+    """Orthonormal columns: no coupling, zero loss; ``c_j`` is reported at the resolution ``sqrt(n eps)``."""
+    q = jnp.asarray(random_orthogonal(12, seed=4))[:, :5] * jnp.arange(1.0, 6.0)
+    probe = gram_probe(q)
+    np.testing.assert_allclose(probe.loss, 0.0, atol=1e-14)
+    np.testing.assert_allclose(probe.log_r, np.log(np.arange(1.0, 6.0)), rtol=0, atol=1e-14)
+    assert not np.any(np.asarray(probe.resolved))
+    np.testing.assert_allclose(probe.log_coupling, 0.5 * np.log(12 * np.finfo(np.float64).eps), rtol=1e-12)
+
+
+def test_a_failed_probe_calls_for_a_qr(x64):
+    """A rank-deficient block (or a non-finite one): Cholesky fails, ``ok`` is False, the loss infinite, a QR due."""
+    y = jnp.asarray(np.random.default_rng(0).normal(size=(10, 4)))
+    budget = digit_loss_budget(jnp.float64)
+    blocks = AdaptiveBlocks.start(4, jnp.float64).after_qr(jnp.eye(4), budget)
+    for bad in (y.at[:, 3].set(y[:, 0]), y.at[0, 0].set(jnp.nan)):
+        probe = gram_probe(bad)
+        assert not bool(probe.ok) and np.all(np.isinf(np.asarray(probe.loss)))
+        due, _ = blocks.probed(probe, budget)
+        assert bool(due)
+    due, _ = blocks.probed(gram_probe(y), budget)  # the same block without the defect: no QR
+    assert not bool(due)
+
+
+def test_probes_replace_the_model_qrs_on_an_aligned_chain(x64):
+    """Diagonal steps: after the one-step first block, probes (at 4 and 16 steps) find no loss: one block to the end.
+
+    Same chain as ``test_blocks_grow_on_an_aligned_chain_and_measure_the_loss``, where every
+    model-called QR is taken (blocks of 1, 4, 16): through :meth:`AdaptiveBlocks.decide` only the
+    first step and the last (step 22) are factored.
+    """
+    factors = jnp.asarray(np.exp(-0.1 * np.arange(4)))
+    budget = digit_loss_budget(jnp.float64)
+    blocks = AdaptiveBlocks.start(4, jnp.float64)
+    y = jnp.eye(4, dtype=jnp.float64)
+    factored, probed = [], []
+
+    def factor(state, y):
+        q, r = positive_qr(y)
+        return q, state.after_qr(r, budget)
+
+    def carry_on(state, y):
+        return y, state.postponed()
+
+    for step in range(1, 23):
+        y = factors[:, None] * y
+        log_norms = jnp.log(jnp.linalg.norm(y, axis=0))
+        check, _ = blocks.observe(log_norms, budget)
+        if bool(check & blocks.probing):
+            probed.append(step)
+        due, (y, blocks) = blocks.decide(log_norms, budget, jnp.asarray(step == 22), factor, carry_on, y)
+        if due:
+            factored.append(step)
+    assert factored == [1, 22]
+    assert probed == [5, 17]
+    np.testing.assert_allclose(blocks.rates, np.log(np.asarray(factors)), rtol=1e-12)
+
+
+def test_probes_keep_a_coupled_block_within_budget(x64):
+    """Through :meth:`AdaptiveBlocks.decide`: a block with ``c ~ 1`` and 5 nats of spread per step stays within ``B``.
+
+    As ``test_a_coupled_block_is_factored_early``, whose bound (one step past the budget, from
+    the unseen first coupling) this keeps.
+    """
+    rng = np.random.default_rng(0)
+    basis = random_orthogonal(6, seed=1)
+    jac = jnp.asarray(basis @ np.diag(np.exp(-5.0 * np.arange(6) / 5)) @ basis.T @ random_orthogonal(6, seed=2))
+    budget = digit_loss_budget(jnp.float64)
+    blocks = AdaptiveBlocks.start(6, jnp.float64)
+    y = jnp.asarray(np.linalg.qr(rng.normal(size=(6, 6)))[0])
+    worst, qrs = 0.0, 0
+
+    def factor(state, y):
+        q, r = householder_qr(y)
+        loss = jnp.max(jnp.log(jnp.linalg.norm(y, axis=0)) - jnp.log(jnp.diagonal(r)))
+        return q, state.after_qr(r, budget), loss
+
+    def carry_on(state, y):
+        return y, state.postponed(), jnp.zeros((), y.dtype)
+
+    for step in range(40):
+        y = jac @ y
+        due, (y, blocks, loss) = blocks.decide(
+            jnp.log(jnp.linalg.norm(y, axis=0)), budget, jnp.asarray(False), factor, carry_on, y
+        )
+        worst, qrs = max(worst, float(loss)), qrs + int(due)
+    assert worst <= budget + 5.0
+    assert qrs >= 40 // 3  # spread of 5 nats per step, budget 9: blocks of at most a few steps
