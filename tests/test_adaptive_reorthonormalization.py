@@ -144,14 +144,18 @@ def test_blocks_grow_on_an_aligned_chain_and_measure_the_loss(x64):
     assert lengths == [1, 4, 16]
 
 
-def test_a_coupled_block_is_factored_early(x64):
-    """A block with ``c ~ 1`` coupling and 5 nats of spread per step must not run past ``B`` = 9 nats of loss."""
-    rng = np.random.default_rng(0)
+def coupled_chain():
+    """``(J, Y_0)``: a 6x6 step with ``c ~ 1`` coupling and 5 nats of spread per step, a random orthonormal start."""
     basis = random_orthogonal(6, seed=1)
     jac = jnp.asarray(basis @ np.diag(np.exp(-5.0 * np.arange(6) / 5)) @ basis.T @ random_orthogonal(6, seed=2))
+    return jac, jnp.asarray(np.linalg.qr(np.random.default_rng(0).normal(size=(6, 6)))[0])
+
+
+def test_a_coupled_block_is_factored_early(x64):
+    """A block with ``c ~ 1`` coupling and 5 nats of spread per step must not run past ``B`` = 9 nats of loss."""
+    jac, y = coupled_chain()
     budget = digit_loss_budget(jnp.float64)
     blocks = AdaptiveBlocks.start(6, jnp.float64)
-    y = jnp.asarray(np.linalg.qr(rng.normal(size=(6, 6)))[0])
     worst = 0.0
     for _ in range(20):
         y = jac @ y
@@ -310,12 +314,9 @@ def test_probes_keep_a_coupled_block_within_budget(x64):
     As ``test_a_coupled_block_is_factored_early``, whose bound (one step past the budget, from
     the unseen first coupling) this keeps.
     """
-    rng = np.random.default_rng(0)
-    basis = random_orthogonal(6, seed=1)
-    jac = jnp.asarray(basis @ np.diag(np.exp(-5.0 * np.arange(6) / 5)) @ basis.T @ random_orthogonal(6, seed=2))
+    jac, y = coupled_chain()
     budget = digit_loss_budget(jnp.float64)
     blocks = AdaptiveBlocks.start(6, jnp.float64)
-    y = jnp.asarray(np.linalg.qr(rng.normal(size=(6, 6)))[0])
     worst, qrs = 0.0, 0
 
     def factor(state, y):
