@@ -7,8 +7,10 @@ Cases:
   (``jax.jacfwd`` + SVD at every step), with the Gaussian baseline (patch statistics of 256 random
   images: suppression field and deviation) and the network's attention entropies: the whole
   analysis of the two-regime experiment. Target: under 2 minutes on a 2-core CPU.
-- ``matrix_free``: a 32x32x3 network (``--large-model``: the full DiT, ``p = 8``, ``M = 16``
-  patches of ``n_k = 192``, or the full UNet with the same partition), ``n = 3072``, one
+- ``matrix_free``: a 32x32x3 network (``--large-model``: the full DiT, the full UNet, or
+  ``cifar10_unet``: diffusers' google/ddpm-cifar10-32 architecture, 35.7M parameters, written with
+  seeded random weights and converted by ``load_diffusers_unet``; ``p = 8``, ``M = 16`` patches of
+  ``n_k = 192``), ``n = 3072``, one
   trajectory, block norms by ``--krylov-iters`` Golub-Kahan-Lanczos steps per block (``M^2``
   blocks), on a chain of ``--large-steps`` steps of the 50-step grid's spacing; reported per step.
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -34,7 +37,7 @@ import numpy as np
 
 import pifs_jax as pj
 from pifs_jax.analysis import analyze_chain, module_attention_fn
-from pifs_jax.models import as_eps_fn, count_params, init_params, make_model
+from pifs_jax.models import as_eps_fn, count_params, init_params, load_diffusers_unet, make_model, write_random_diffusers_unet
 from pifs_jax.results import write_result_json
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -49,10 +52,31 @@ def _timed(fn) -> tuple[float, Any]:
     return time.perf_counter() - start, out
 
 
-def _run(model: str, size: str, *, image_shape, patch_size, trajectories, grid, method, krylov_iters, repeats,
+def _package_model(model: str, size: str, image_shape, patch_size: int):
+    """``(describe, make(seed) -> (eps_fn, attention_fn, parameter count))`` for one of the package's own networks."""
+    module, _ = make_model(model, image_shape=image_shape, patch_size=patch_size, size=size)
+
+    def make(seed: int):
+        params = init_params(module, jax.random.PRNGKey(seed), image_shape)
+        return as_eps_fn(module, params), module_attention_fn(module, params), count_params(params)
+
+    return {"model": model, "size": size}, make
+
+
+def _converted_cifar10_unet(folder: str):
+    """The google/ddpm-cifar10-32 architecture, written with seeded random weights and loaded (no download)."""
+    from diffusers_unet import CIFAR10  # noqa: E402  (the benchmarks' one copy of that config)
+
+    def make(seed: int):
+        loaded = load_diffusers_unet(write_random_diffusers_unet(os.path.join(folder, f"seed{seed}"), CIFAR10, seed=seed))
+        return loaded.eps_fn, None, count_params(loaded.params)
+
+    return {"model": "diffusers UNet2DModel, google/ddpm-cifar10-32 architecture (seeded random weights)", "size": "full"}, make
+
+
+def _run(describe: dict, make, *, image_shape, patch_size, trajectories, grid, method, krylov_iters, repeats,
          baseline: bool, attention: bool) -> dict:  # fmt: skip
-    module, config = make_model(model, image_shape=image_shape, patch_size=patch_size, size=size)
-    params = [init_params(module, jax.random.PRNGKey(seed), image_shape) for seed in (0, 1)]
+    models = [make(seed) for seed in (0, 1)]
     sched = pj.cosine(T)
     shape = (trajectories,) + tuple(image_shape) if trajectories > 1 else tuple(image_shape)
     x_T = jax.random.normal(jax.random.PRNGKey(2), shape, jnp.float32)
@@ -61,20 +85,21 @@ def _run(model: str, size: str, *, image_shape, patch_size, trajectories, grid, 
         data = jax.random.uniform(jax.random.PRNGKey(3), (256,) + tuple(image_shape), minval=-1, maxval=1)
         stats = pj.patch_stats(data, patch_size=patch_size)
 
-    def analysis(p):
+    def analysis(which):
+        eps_fn, attention_fn, _ = models[which]
         return analyze_chain(
-            as_eps_fn(module, p), sched, x_T, grid=grid, patch_size=patch_size, baseline=stats,
-            attention_fn=module_attention_fn(module, p) if attention else None, method=method, krylov_iters=krylov_iters,
+            eps_fn, sched, x_T, grid=grid, patch_size=patch_size, baseline=stats,
+            attention_fn=attention_fn if attention else None, method=method, krylov_iters=krylov_iters,
         )  # fmt: skip
 
-    first_s, result = _timed(lambda: analysis(params[0]))
-    times = [_timed(lambda: analysis(params[1]))[0] for _ in range(repeats)]
-    run_s = float(np.median(times))
+    first_s, result = _timed(lambda: analysis(0))
+    times = [_timed(lambda: analysis(1))[0] for _ in range(repeats)]
+    # --repeats 0 (a network too slow to run twice): the first call's time, compilation included
+    run_s = float(np.median(times)) if times else first_s
     n_steps = int(np.shape(grid)[0]) - 1
     return {
-        "model": model,
-        "size": size,
-        "parameters": count_params(params[0]),
+        **describe,
+        "parameters": models[0][2],
         "image_shape": list(image_shape),
         "n": int(np.prod(image_shape)),
         "patch_size": patch_size,
@@ -96,21 +121,28 @@ def _run(model: str, size: str, *, image_shape, patch_size, trajectories, grid, 
 
 
 def exact_case(repeats: int) -> dict:
-    return _run("dit", "quick", image_shape=(16, 16, 3), patch_size=4, trajectories=16, grid=pj.uniform_grid(T, 50),
+    describe, make = _package_model("dit", "quick", (16, 16, 3), 4)
+    return _run(describe, make, image_shape=(16, 16, 3), patch_size=4, trajectories=16, grid=pj.uniform_grid(T, 50),
                 method="exact", krylov_iters=32, repeats=repeats, baseline=True, attention=True)  # fmt: skip
 
 
 def matrix_free_case(repeats: int, *, model: str, steps: int, krylov_iters: int) -> dict:
     grid = pj.uniform_grid(T, 50)[: steps + 1]  # the finest `steps` steps of the 50-step grid
-    return _run(model, "full", image_shape=(32, 32, 3), patch_size=8, trajectories=1, grid=grid,
-                method="matrix_free", krylov_iters=krylov_iters, repeats=repeats, baseline=False, attention=False)  # fmt: skip
+    common = dict(image_shape=(32, 32, 3), patch_size=8, trajectories=1, grid=grid, method="matrix_free",
+                  krylov_iters=krylov_iters, repeats=repeats, baseline=False, attention=False)  # fmt: skip
+    if model != "cifar10_unet":
+        describe, make = _package_model(model, "full", (32, 32, 3), 8)
+        return _run(describe, make, **common)
+    with tempfile.TemporaryDirectory(prefix="pifs_jax_bench_") as folder:
+        describe, make = _converted_cifar10_unet(folder)
+        return _run(describe, make, **common)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", nargs="+", default=["exact", "matrix_free"], choices=["exact", "matrix_free"])
-    parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--large-model", default="dit", choices=["dit", "unet"])
+    parser.add_argument("--repeats", type=int, default=1, help="timed calls after the first (0: report the first call)")
+    parser.add_argument("--large-model", default="dit", choices=["dit", "unet", "cifar10_unet"])
     parser.add_argument("--large-steps", type=int, default=2)
     parser.add_argument("--krylov-iters", type=int, default=32)
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "out", "analysis.json"))
