@@ -37,11 +37,18 @@ import numpy as np
 
 import pifs_jax as pj
 from pifs_jax.analysis import analyze_chain, module_attention_fn
-from pifs_jax.models import as_eps_fn, count_params, init_params, load_diffusers_unet, make_model, write_random_diffusers_unet
+from pifs_jax.models import (
+    as_eps_fn,
+    count_params,
+    init_params,
+    load_diffusers_unet,
+    make_model,
+    write_random_diffusers_unet,
+)
 from pifs_jax.results import write_result_json
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from chain_spectrum import machine  # noqa: E402  (the benchmarks' one description of the machine)
+from chain_spectrum import machine
 
 T = 1000
 
@@ -65,13 +72,18 @@ def _package_model(model: str, size: str, image_shape, patch_size: int):
 
 def _converted_cifar10_unet(folder: str):
     """The google/ddpm-cifar10-32 architecture, written with seeded random weights and loaded (no download)."""
-    from diffusers_unet import CIFAR10  # noqa: E402  (the benchmarks' one copy of that config)
+    from diffusers_unet import CIFAR10
 
     def make(seed: int):
-        loaded = load_diffusers_unet(write_random_diffusers_unet(os.path.join(folder, f"seed{seed}"), CIFAR10, seed=seed))
+        loaded = load_diffusers_unet(
+            write_random_diffusers_unet(os.path.join(folder, f"seed{seed}"), CIFAR10, seed=seed)
+        )
         return loaded.eps_fn, None, count_params(loaded.params)
 
-    return {"model": "diffusers UNet2DModel, google/ddpm-cifar10-32 architecture (seeded random weights)", "size": "full"}, make
+    return {
+        "model": "diffusers UNet2DModel, google/ddpm-cifar10-32 architecture (seeded random weights)",
+        "size": "full",
+    }, make
 
 
 def _run(describe: dict, make, *, image_shape, patch_size, trajectories, grid, method, krylov_iters, repeats,

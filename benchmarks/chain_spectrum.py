@@ -270,7 +270,9 @@ def case_full(
     if check_recompile:
         # k passed exactly as recompile_check passes it: explicit and default static arguments key
         # the jit cache differently
-        (exponents, dimension, (qrs, _)), first_s = timed(chain_spectrum, params, sched, x_T, grid, k=None, qr_every=qr_every)
+        (exponents, dimension, (qrs, _)), first_s = timed(
+            chain_spectrum, params, sched, x_T, grid, k=None, qr_every=qr_every
+        )
         recompile = recompile_check(params, x_T, steps=steps, k=None, qr_every=qr_every)
         total_s = recompile["second_call_s"]
         compile_s = first_s - total_s
@@ -305,7 +307,14 @@ def case_full(
 
 
 def case_leading(
-    *, n: int, steps: int, width: int, k: int, tol: float, iters: int = 200, oversample: int = 0,
+    *,
+    n: int,
+    steps: int,
+    width: int,
+    k: int,
+    tol: float,
+    iters: int = 200,
+    oversample: int = 0,
     qr_every: int | str = "auto",
     check_buffers: bool = False,
 ) -> dict[str, Any]:
@@ -317,7 +326,9 @@ def case_leading(
     params, x_T, sched, grid = setup(n, steps, width=width)
     before = peak_memory()
     start = time.perf_counter()
-    lowered = chain_spectrum.lower(params, sched, x_T, grid, k=k, iters=iters, tol=tol, oversample=oversample, qr_every=qr_every)
+    lowered = chain_spectrum.lower(
+        params, sched, x_T, grid, k=k, iters=iters, tol=tol, oversample=oversample, qr_every=qr_every
+    )
     compiled = lowered.compile()
     compile_s = time.perf_counter() - start
     (exponents, dimension, (iterations, change)), total_s = timed(compiled, params, sched, x_T, grid)
@@ -464,7 +475,13 @@ def run_case(name: str, kwargs: dict[str, Any], *, isolate: bool, blas_threads: 
 
 
 def benchmark(
-    *, quick: bool, isolate: bool, blas_threads: int = 1, huge: bool = False, log=print, save=None,
+    *,
+    quick: bool,
+    isolate: bool,
+    blas_threads: int = 1,
+    huge: bool = False,
+    log=print,
+    save=None,
 ) -> dict[str, Any]:
     """Every case; returns the JSON-ready results. ``save(results)`` is called after each case."""
     size = SIZES["quick" if quick else "full"]
@@ -520,7 +537,9 @@ def benchmark(
         },
     }  # fmt: skip
 
-    full_large = case(f"full n = {n_large}, {large_steps} steps, default", "full", n=n_large, steps=large_steps, width=width)
+    full_large = case(
+        f"full n = {n_large}, {large_steps} steps, default", "full", n=n_large, steps=large_steps, width=width
+    )
     results["full_large"] = _with_rate(full_large, rate)
     lead = case(
         f"leading k = {k}, n = {n_large}, {large_steps} steps, default", "leading",

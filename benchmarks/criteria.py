@@ -46,8 +46,9 @@ def optimisation_benchmark(T: int, iterations: int) -> dict:
     family, params = optimize.schedule_family("spline", T, start=pj.cosine(T), n_knots=16)
     objective = optimize.schedule_objective({"weakest_link": 1.0})
     setup = time.perf_counter() - start
-    result = optimize.optimize_schedule(family, params, objective, iterations=iterations, learning_rate=1e-2,
-                                        progress=False)
+    result = optimize.optimize_schedule(
+        family, params, objective, iterations=iterations, learning_rate=1e-2, progress=False
+    )
     total = time.perf_counter() - start
     # the same run again: the update is already compiled (same family, objective and optimiser)
     again = time.perf_counter()
@@ -90,10 +91,12 @@ def main(argv=None):
     times_list = [(jnp.asarray((1 - w) * uniform + w * balanced, jnp.float32),) for w in np.linspace(0.0, 1.0, 8)]
     losses = {
         "weakest_link": lambda p: -jnp.log(criteria.weakest_link(family.apply({"logits": p})).soft_min),
-        "balanced_growth": lambda p: criteria.growth_balance(family.apply({"logits": p}), VARIANCES, SIZES).cv_growth ** 2,
-        "balanced_growth_information": lambda p: criteria.growth_balance(
-            family.apply({"logits": p}), VARIANCES, SIZES
-        ).cv_information ** 2,
+        "balanced_growth": lambda p: (
+            criteria.growth_balance(family.apply({"logits": p}), VARIANCES, SIZES).cv_growth ** 2
+        ),
+        "balanced_growth_information": lambda p: (
+            criteria.growth_balance(family.apply({"logits": p}), VARIANCES, SIZES).cv_information ** 2
+        ),
         "workload_schedule": lambda p: criteria.workload(family.apply({"logits": p}), grid).cv ** 2,
         "all_three": lambda p: optimize.schedule_objective(
             {"weakest_link": 1.0, "balanced_growth": 1.0, "workload": 1.0}
@@ -136,19 +139,33 @@ def main(argv=None):
     results["value_and_grad_target_ms"] = 5.0
     results["value_and_grad_meets_target"] = bool(worst < 5.0)
     write_result_json(
-        args.out, results,
-        config={"T": T, "repeats": args.repeats, "iterations": args.iterations, "dtype": "float32",
-                "family": "logsnr_spline(n_knots=16)", "variances": [0.5, 2.0], "sizes": [192, 192]},
+        args.out,
+        results,
+        config={
+            "T": T,
+            "repeats": args.repeats,
+            "iterations": args.iterations,
+            "dtype": "float32",
+            "family": "logsnr_spline(n_knots=16)",
+            "variances": [0.5, 2.0],
+            "sizes": [192, 192],
+        },
     )
-    print(f"500-iteration weakest-link optimisation from cosine: {optimisation['total_s_including_compilation']:.2f} s "
-          f"including compilation ({optimisation['warm_run_s']:.2f} s warm, "
-          f"{optimisation['per_iteration_ms_warm']:.2f} ms/iteration, {optimisation['update_compilations']} compilation "
-          f"of the update for both runs); min L* {optimisation['min_lstar_before']:.4g} -> "
-          f"{optimisation['min_lstar_after']:.4g}")
+    print(
+        f"500-iteration weakest-link optimisation from cosine: {optimisation['total_s_including_compilation']:.2f} s "
+        f"including compilation ({optimisation['warm_run_s']:.2f} s warm, "
+        f"{optimisation['per_iteration_ms_warm']:.2f} ms/iteration, {optimisation['update_compilations']} compilation "
+        f"of the update for both runs); min L* {optimisation['min_lstar_before']:.4g} -> "
+        f"{optimisation['min_lstar_after']:.4g}"
+    )
     for name, entry in results["value_and_grad"].items():
-        print(f"value+grad {name:30s} median {entry['median_ms']:.3f} ms (p10 {entry['p10_ms']:.3f}), "
-              f"compile {entry['compile_s']:.2f} s")
-    print(f"optimize_grid (10 steps, 300 iterations): {results['optimize_grid_10_steps']['total_s_including_compilation']:.2f} s")
+        print(
+            f"value+grad {name:30s} median {entry['median_ms']:.3f} ms (p10 {entry['p10_ms']:.3f}), "
+            f"compile {entry['compile_s']:.2f} s"
+        )
+    print(
+        f"optimize_grid (10 steps, 300 iterations): {results['optimize_grid_10_steps']['total_s_including_compilation']:.2f} s"
+    )
     return 0
 
 

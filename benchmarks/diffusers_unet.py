@@ -192,10 +192,14 @@ def main(argv: list[str] | None = None) -> None:
     write_result_json(args.out, results, config=vars(args) | {"out": str(args.out)}, seed=SEED)
     print(f"wrote {args.out}")
     jx, pt = results["jax"], results["pytorch"]
-    print(f"forward (batch {args.batch}): JAX {jx['forward']['median_seconds']:.3f} s, "
-          f"PyTorch {pt.get('forward', {}).get('median_seconds', float('nan')):.3f} s")
-    print(f"training step: JAX {jx['training_step']['median_seconds']:.3f} s, "
-          f"PyTorch {pt.get('training_step', {}).get('median_seconds', float('nan')):.3f} s")
+    print(
+        f"forward (batch {args.batch}): JAX {jx['forward']['median_seconds']:.3f} s, "
+        f"PyTorch {pt.get('forward', {}).get('median_seconds', float('nan')):.3f} s"
+    )
+    print(
+        f"training step: JAX {jx['training_step']['median_seconds']:.3f} s, "
+        f"PyTorch {pt.get('training_step', {}).get('median_seconds', float('nan')):.3f} s"
+    )
     print(f"full Jacobian (extrapolated): {jx['jacobian']['full_jacobian_seconds_extrapolated']:.0f} s")
 
 

@@ -85,7 +85,9 @@ def main(argv=None):
         "target_ms": 2.0,
     }
     results["meets_target"] = bool(fwd_median < 2.0 and grad_median < 2.0)
-    write_result_json(args.out, results, config={"T": T, "repeats": args.repeats, "schedule": "cosine(s)", "dtype": "float32"})
+    write_result_json(
+        args.out, results, config={"T": T, "repeats": args.repeats, "schedule": "cosine(s)", "dtype": "float32"}
+    )
     for key, value in results.items():
         print(f"{key:32s} {value}")
     return 0

@@ -125,12 +125,33 @@ def full_section(size: dict[str, Any], matmul_rate: float) -> dict[str, Any]:
 def leading_section(size: dict[str, Any]) -> dict[str, Any]:
     """Leading-k exponents at ``leading_n`` (matrix-free), and the no-``n x n``-buffer check."""
     run = chain_spectrum.case_leading(
-        n=size["leading_n"], steps=size["leading_steps"], width=size["width"], k=size["k"], tol=size["tol"],
-        iters=size["leading_iters"], oversample=size["oversample"], qr_every=size["leading_qr_every"],
+        n=size["leading_n"],
+        steps=size["leading_steps"],
+        width=size["width"],
+        k=size["k"],
+        tol=size["tol"],
+        iters=size["leading_iters"],
+        oversample=size["oversample"],
+        qr_every=size["leading_qr_every"],
         check_buffers=True,
     )
-    keep = ("n", "steps", "k", "tol", "oversample", "qr_every", "max_iters", "iterations", "converged", "last_change",
-            "compile_s", "total_s", "memory", "n2_float32_bytes", "buffers")
+    keep = (
+        "n",
+        "steps",
+        "k",
+        "tol",
+        "oversample",
+        "qr_every",
+        "max_iters",
+        "iterations",
+        "converged",
+        "last_change",
+        "compile_s",
+        "total_s",
+        "memory",
+        "n2_float32_bytes",
+        "buffers",
+    )
     out = {key: run[key] for key in keep if key in run}
     out["seconds_per_iteration"] = run["total_s"] / max(int(run["iterations"]), 1)
     return out
@@ -150,8 +171,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer repeats (GPU: under 8 minutes)")
     parser.add_argument("--cpu", action="store_true", help="the smaller CPU sizes (minutes on 2 cores)")
     parser.add_argument("--out", default=None, help="JSON path (default benchmarks/out/run_all[_cpu][_quick].json)")
-    parser.add_argument("--blas-threads", type=int, default=1,
-                        help="OpenBLAS threads of jaxlib's CPU LAPACK (0: library default); see chain_spectrum.py")
+    parser.add_argument(
+        "--blas-threads",
+        type=int,
+        default=1,
+        help="OpenBLAS threads of jaxlib's CPU LAPACK (0: library default); see chain_spectrum.py",
+    )
     args = parser.parse_args(argv)
     size = SIZES["cpu" if args.cpu else "gpu"]
     repeats = REPEATS[args.quick]
@@ -174,8 +199,10 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = value
         results["compilations"][name] = counter.count
         results["seconds"][name] = time.perf_counter() - start
-        print(f"[{time.strftime('%H:%M:%S')}] {name}: {results['seconds'][name]:.1f} s, "
-              f"{counter.count} compilations", flush=True)
+        print(
+            f"[{time.strftime('%H:%M:%S')}] {name}: {results['seconds'][name]:.1f} s, {counter.count} compilations",
+            flush=True,
+        )
         write_result_json(out, results, config=config)  # partial results survive a later failure
         return value
 
@@ -188,19 +215,29 @@ def main(argv: list[str] | None = None) -> int:
     path = write_result_json(out, results, config=config)
 
     full, lead = results["full_spectrum"], results["leading_spectrum"]
-    print(f"machine: {results['machine']['platform']} {results['machine']['device_kind']}, "
-          f"{results['machine']['cpu']} ({results['machine']['cpu_count']} cores)")
-    print(f"geometry: forward {results['geometry']['forward_ms_median']:.3f} ms, value+grad "
-          f"{results['geometry']['value_and_grad_ms_median']:.3f} ms (median)")
+    print(
+        f"machine: {results['machine']['platform']} {results['machine']['device_kind']}, "
+        f"{results['machine']['cpu']} ({results['machine']['cpu_count']} cores)"
+    )
+    print(
+        f"geometry: forward {results['geometry']['forward_ms_median']:.3f} ms, value+grad "
+        f"{results['geometry']['value_and_grad_ms_median']:.3f} ms (median)"
+    )
     print(f"matmul {matmul['n']}: {matmul['flops_per_s'] / 1e9:.1f} GFLOP/s")
-    print(f"full spectrum n={full['n']}: {full['seconds_per_step'] * 1e3:.1f} ms/step, "
-          f"{100 * full['fraction_of_matmul_rate']:.1f}% of the matmul rate, compile {full['compile_s']:.1f} s, "
-          f"recompilations {full['recompile']['backend_compiles_during_second_call']}")
-    print(f"leading k={lead['k']} n={lead['n']}: {lead['total_s']:.2f} s ({lead['iterations']} iterations), "
-          f"n x n arrays in the program: {lead['buffers']['n_by_n_shapes_in_hlo']}")
+    print(
+        f"full spectrum n={full['n']}: {full['seconds_per_step'] * 1e3:.1f} ms/step, "
+        f"{100 * full['fraction_of_matmul_rate']:.1f}% of the matmul rate, compile {full['compile_s']:.1f} s, "
+        f"recompilations {full['recompile']['backend_compiles_during_second_call']}"
+    )
+    print(
+        f"leading k={lead['k']} n={lead['n']}: {lead['total_s']:.2f} s ({lead['iterations']} iterations), "
+        f"n x n arrays in the program: {lead['buffers']['n_by_n_shapes_in_hlo']}"
+    )
     for row in results["training"]:
-        print(f"train {row['model']}/{row['size']} batch {row['batch_size']}: {row['images_per_second']:.1f} images/s, "
-              f"compile {row['compile_seconds']:.1f} s")
+        print(
+            f"train {row['model']}/{row['size']} batch {row['batch_size']}: {row['images_per_second']:.1f} images/s, "
+            f"compile {row['compile_seconds']:.1f} s"
+        )
     print(f"compilations: {results['compilations']}; total {results['seconds']['total']:.1f} s -> {path}")
     return 0
 

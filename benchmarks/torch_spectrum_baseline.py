@@ -45,7 +45,7 @@ import pifs_jax as pj
 from pifs_jax.results import write_result_json
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from chain_spectrum import limit_blas_threads, machine, mlp_eps  # noqa: E402
+from chain_spectrum import limit_blas_threads, machine, mlp_eps
 
 T = 1000
 EMBED_DIM = 64
@@ -201,8 +201,10 @@ def main(argv: list[str] | None = None) -> int:
     write_result_json(out, results, config=config, seed=0)
     print(f"jax best {results['jax']['best_s']:.3f} s (first call {results['jax']['first_call_s']:.2f} s)")
     if isinstance(results["torch"], dict):
-        print(f"torch best {results['torch']['best_s']:.3f} s; speedup {results['speedup']:.2f}x; "
-              f"max |difference| {results['max_abs_difference_exponents']:.2e}")
+        print(
+            f"torch best {results['torch']['best_s']:.3f} s; speedup {results['speedup']:.2f}x; "
+            f"max |difference| {results['max_abs_difference_exponents']:.2e}"
+        )
     else:
         print(results["torch"])
     print(f"wrote {out}")

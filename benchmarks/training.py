@@ -55,8 +55,14 @@ def throughput(model: str, size: str, *, repeats: int, mu: float = 0.0, batch_si
     optimizer = tr.make_optimizer(lr=config.lr, steps=config.steps, warmup_steps=config.warmup_steps)
     state = tr.init_train_state(params, optimizer, jax.random.PRNGKey(1))
     step = tr.make_train_step(
-        tr.module_apply_fn(module), optimizer, tables, batch_size=config.batch_size, ema_decay=config.ema_decay,
-        mu=mu, patch_size=config.patch_size, probes=1,
+        tr.module_apply_fn(module),
+        optimizer,
+        tables,
+        batch_size=config.batch_size,
+        ema_decay=config.ema_decay,
+        mu=mu,
+        patch_size=config.patch_size,
+        probes=1,
     )
     data = jax.random.uniform(jax.random.PRNGKey(2), (1024,) + image_shape, minval=-1, maxval=1)
     start = time.perf_counter()
@@ -149,18 +155,33 @@ def main(argv=None):
     parser.add_argument("--models", nargs="+", default=list(MODEL_NAMES), choices=MODEL_NAMES)
     parser.add_argument("--sizes", nargs="+", default=list(MODEL_SIZES), choices=MODEL_SIZES)
     parser.add_argument("--repeats", type=int, default=10, help="timed training steps per configuration")
-    parser.add_argument("--jac-repeats", type=int, default=3,
-                        help="timed Jacobians per configuration after the first call; 0 = time only the first "
-                        "call (compilation included: an upper bound, for very slow cases)")
-    parser.add_argument("--mu", type=float, default=0.0, help="also time the step with the regulariser at this mu (> 0)")
+    parser.add_argument(
+        "--jac-repeats",
+        type=int,
+        default=3,
+        help="timed Jacobians per configuration after the first call; 0 = time only the first "
+        "call (compilation included: an upper bound, for very slow cases)",
+    )
+    parser.add_argument(
+        "--mu", type=float, default=0.0, help="also time the step with the regulariser at this mu (> 0)"
+    )
     parser.add_argument("--no-jacobian", action="store_true")
-    parser.add_argument("--jac-chunk", type=int, default=None,
-                        help="tangents per forward-mode batch for the Jacobian; 0 = plain jax.jacfwd "
-                        "(default: 0 on GPU and for n = 768, 512 on CPU for n = 3072 to bound memory)")
+    parser.add_argument(
+        "--jac-chunk",
+        type=int,
+        default=None,
+        help="tangents per forward-mode batch for the Jacobian; 0 = plain jax.jacfwd "
+        "(default: 0 on GPU and for n = 768, 512 on CPU for n = 3072 to bound memory)",
+    )
     parser.add_argument("--out", default="benchmarks/out/training.json")
     args = parser.parse_args(argv)
 
-    results = {"backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()], "throughput": [], "jacobian": []}
+    results = {
+        "backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()],
+        "throughput": [],
+        "jacobian": [],
+    }
 
     def save():  # after every row, so a long run that is stopped keeps what it measured
         return write_result_json(args.out, results, config=vars(args))
@@ -170,14 +191,20 @@ def main(argv=None):
             row = throughput(model, size, repeats=args.repeats)
             results["throughput"].append(row)
             save()
-            print(f"train  {model:4s} {size:5s} batch {row['batch_size']:4d}: {row['images_per_second']:9.1f} images/s "
-                  f"({row['step_seconds_median'] * 1e3:.1f} ms/step, compile {row['compile_seconds']:.1f} s, "
-                  f"{row['parameters']} params)", flush=True)
+            print(
+                f"train  {model:4s} {size:5s} batch {row['batch_size']:4d}: {row['images_per_second']:9.1f} images/s "
+                f"({row['step_seconds_median'] * 1e3:.1f} ms/step, compile {row['compile_seconds']:.1f} s, "
+                f"{row['parameters']} params)",
+                flush=True,
+            )
             if args.mu > 0:
                 row = throughput(model, size, repeats=args.repeats, mu=args.mu)
                 results["throughput"].append(row)
                 save()
-                print(f"train  {model:4s} {size:5s} + PIFS regulariser: {row['images_per_second']:9.1f} images/s", flush=True)
+                print(
+                    f"train  {model:4s} {size:5s} + PIFS regulariser: {row['images_per_second']:9.1f} images/s",
+                    flush=True,
+                )
             if not args.no_jacobian:
                 chunk = args.jac_chunk
                 if chunk is None:
@@ -185,8 +212,11 @@ def main(argv=None):
                 row = jacobian_time(model, size, repeats=args.jac_repeats, chunk=chunk)
                 results["jacobian"].append(row)
                 save()
-                print(f"jacfwd {model:4s} {size:5s} n = {row['n']:5d}: {row['seconds_median']:.3f} s "
-                      f"(first call {row['first_call_seconds']:.1f} s; {row['method']})", flush=True)
+                print(
+                    f"jacfwd {model:4s} {size:5s} n = {row['n']:5d}: {row['seconds_median']:.3f} s "
+                    f"(first call {row['first_call_seconds']:.1f} s; {row['method']})",
+                    flush=True,
+                )
     print(f"wrote {save()}")
 
 

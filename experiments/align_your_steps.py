@@ -121,8 +121,15 @@ def compute() -> dict[str, Any]:
 def _markdown(results: dict[str, Any]) -> str:
     rows = results["grids"]
     table = markdown_table(
-        ["grid", "timesteps (diffusers indexing)", "CV(W)", "mean \\|Δt\\| vs SD 1.5", "mean \\|ΔlogSNR\\| vs SD 1.5",
-         "mean \\|Δt\\| vs SDXL", "mean \\|ΔlogSNR\\| vs SDXL"],
+        [
+            "grid",
+            "timesteps (diffusers indexing)",
+            "CV(W)",
+            "mean \\|Δt\\| vs SD 1.5",
+            "mean \\|ΔlogSNR\\| vs SD 1.5",
+            "mean \\|Δt\\| vs SDXL",
+            "mean \\|ΔlogSNR\\| vs SDXL",
+        ],
         [
             (
                 label,
@@ -210,7 +217,12 @@ def _figures(results: dict[str, Any], out: Path) -> list[str]:
     width = 0.2
     for k, label in enumerate(shown):
         work = np.asarray(rows[label]["work"])
-        ax.bar(np.arange(1, len(work) + 1) + (k - 1.5) * width, work, width=width, label=f"{label} (CV {rows[label]['cv_work']:.2f})")
+        ax.bar(
+            np.arange(1, len(work) + 1) + (k - 1.5) * width,
+            work,
+            width=width,
+            label=f"{label} (CV {rows[label]['cv_work']:.2f})",
+        )
     ax.set_yscale("log")
     ax.set_xlabel("sampling step $i$ ($\\tau_i \\to \\tau_{i-1}$)")
     ax.set_ylabel("work $W_i = \\sum_u 1/L^*_u$")

@@ -45,8 +45,9 @@ Run alone with ``python experiments/attractor_dimension.py --out results``, or t
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -175,7 +176,9 @@ def _gaussian_chains(schedules, variances, *, basis, x_T, grid, with_leading):
 
     def full(sched, lam):
         eps_fn = pj.gaussian_denoiser_eig(sched, mean, lam, basis)
-        spec = pj.chain_lyapunov_spectrum(eps_fn, sched, x_T, grid=grid, return_history=True, qr_every=1)  # the per-step Benettin history: a QR at every step
+        spec = pj.chain_lyapunov_spectrum(
+            eps_fn, sched, x_T, grid=grid, return_history=True, qr_every=1
+        )  # the per-step Benettin history: a QR at every step
         return {
             "analytic": pj.lyapunov_exponents(sched, lam, grid),
             "analytic_dimension": pj.analytic_kaplan_yorke(sched, lam, grid=grid),
@@ -421,8 +424,9 @@ def _figures(out: Path, gaussian: dict, gaussian_plot: dict, digits: dict, digit
         )
         ax.grid(alpha=0.3)
     # below the panels: inside, any corner covers the lambda** lines or the data
-    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=2, fontsize="x-small",
-               frameon=False)
+    fig.legend(
+        *axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=2, fontsize="x-small", frameon=False
+    )
     paths.append(plotting.save_figure(fig, out / "spectra.png"))
 
     # convergence: running Benettin estimate, its bias against N, subspace iteration
@@ -496,8 +500,14 @@ def _figures(out: Path, gaussian: dict, gaussian_plot: dict, digits: dict, digit
     sel = stops > 0
     for r in range(digits["trajectories"]):
         col = f"C{r}"
-        axes[0].plot(stops[sel], digits["partial_dimension"][r][sel], "o-", color=col, ms=3,
-                     label=f"trajectory {r + 1} (its own $x_T$)")
+        axes[0].plot(
+            stops[sel],
+            digits["partial_dimension"][r][sel],
+            "o-",
+            color=col,
+            ms=3,
+            label=f"trajectory {r + 1} (its own $x_T$)",
+        )
         axes[1].plot(stops[sel], digits["partial_max_exponent"][r][sel], "o-", color=col, ms=3)
         axes[2].plot(digits["entropy_t"], digits["entropy"][r], color=col, lw=1.0)
         axes[3].plot(np.arange(1, DIGITS_N + 1), digits["whole_chain_exponents"][r], color=col, lw=1.0)
@@ -515,8 +525,13 @@ def _figures(out: Path, gaussian: dict, gaussian_plot: dict, digits: dict, digit
     for ax in axes:
         ax.grid(alpha=0.3)
     # one colour per trajectory in all four panels: one legend for the figure, below the panels
-    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=digits["trajectories"],
-               fontsize="x-small", frameon=False)
+    fig.legend(
+        *axes[0].get_legend_handles_labels(),
+        loc="outside lower center",
+        ncol=digits["trajectories"],
+        fontsize="x-small",
+        frameon=False,
+    )
     paths.append(plotting.save_figure(fig, out / "digits_chain.png"))
 
     # digits: x_T, a few states, x_0 and the nearest training image, one montage
@@ -635,8 +650,7 @@ def _markdown(results: dict[str, Any]) -> str:
         f"the exact denoiser of the finite set has a dimension-0 attractor: the training images.\n\n"
         + digits_table
         + f"\n\nPartial chains reach d_KY up to {peak_dim:.1f} before the last steps collapse every "
-        "direction onto one training image.\n\nComparison with the paper:\n\n"
-        + claims
+        "direction onto one training image.\n\nComparison with the paper:\n\n" + claims
     )
 
 
@@ -650,7 +664,10 @@ def compute(*, quick: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
         )
         digits, digits_plot = digits_part(
             schedules[DIGITS_SCHEDULE],
-            n_train=cfg["digits_train"], n_test=cfg["digits_test"], trajectories=cfg["trajectories"], stops=cfg["stops"]
+            n_train=cfg["digits_train"],
+            n_test=cfg["digits_test"],
+            trajectories=cfg["trajectories"],
+            stops=cfg["stops"],
         )
     results = {"gaussian": gaussian, "digits": digits, "paper": PAPER}
     return results, {"gaussian": gaussian_plot, "digits": digits_plot, "step_counts": cfg["step_counts"]}
@@ -702,7 +719,9 @@ def run(out_dir: Path, *, quick: bool = False) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return experiment_main(NAME, __doc__, run, quick_help="reduced run (no 200-step chains, fewer digits and trajectories)", argv=argv)
+    return experiment_main(
+        NAME, __doc__, run, quick_help="reduced run (no 200-step chains, fewer digits and trajectories)", argv=argv
+    )
 
 
 if __name__ == "__main__":

@@ -120,10 +120,20 @@ def _markdown(results: dict[str, Any]) -> str:
     sweep = results["sweep"]
     rows = []
     for key, c in per_T.items():
-        for label, point in (("0", c["s0"]), ("0.008", c["s_default"]), (f"s_max = {c['s_max']:.6f}", c["s_max_point"])):
+        for label, point in (
+            ("0", c["s0"]),
+            ("0.008", c["s_default"]),
+            (f"s_max = {c['s_max']:.6f}", c["s_max_point"]),
+        ):
             rows.append(
-                (key, label, point["sqrt_beta_1"], f"{point['sqrt_beta_1'] / PIXEL_BIN:.4f}", point["lstar_min"],
-                 point["lstar_argmin_t"])
+                (
+                    key,
+                    label,
+                    point["sqrt_beta_1"],
+                    f"{point['sqrt_beta_1'] / PIXEL_BIN:.4f}",
+                    point["lstar_min"],
+                    point["lstar_argmin_t"],
+                )
             )
     table = markdown_table(["T", "offset s", "√β_1", "√β_1 in pixel bins", "min_t L\\*_t", "at step t"], rows)
     gain = main["gain_default_over_s0"]
@@ -172,7 +182,7 @@ def _markdown(results: dict[str, Any]) -> str:
         "is `L*_1 < 1/255` up to the factor `2 a_1/(1 + a_1) = 1 + O(beta_1)`. `min L*` increases with `s` "
         "without an interior maximum, so the constraint alone fixes the optimum: the largest admissible offset. "
         f"With T = 1000 that is s = {main['s_max']:.4f}; s = 0.008 sits below it (√β_1 = "
-        f"{main['sqrt_beta_1_default_in_bins']:.2f} bins, \"slightly smaller than the pixel bin\"). "
+        f'{main["sqrt_beta_1_default_in_bins"]:.2f} bins, "slightly smaller than the pixel bin"). '
         f"For T = 4000 (the diffusion length of most of Nichol & Dhariwal's experiments), s = 0.008 uses only "
         f"{per_T[str(T_NICHOL_DHARIWAL)]['sqrt_beta_1_default_in_bins']:.2f} of a bin: the choice is "
         "consistent with criterion 1 under the constraint, but not its optimum."
@@ -190,8 +200,15 @@ def run(out_dir: Path, *, quick: bool = False) -> dict[str, Any]:
     write_result_json(
         out / "cosine_offset.json",
         results,
-        config={"experiment": NAME, "T": [T_MAIN, T_NICHOL_DHARIWAL], "s_default": S_DEFAULT,
-                "pixel_bin": PIXEL_BIN, "sweep": [0.0, 0.05, len(results["sweep"]["s"])], "x64": True, "quick": quick},
+        config={
+            "experiment": NAME,
+            "T": [T_MAIN, T_NICHOL_DHARIWAL],
+            "s_default": S_DEFAULT,
+            "pixel_bin": PIXEL_BIN,
+            "sweep": [0.0, 0.05, len(results["sweep"]["s"])],
+            "x64": True,
+            "quick": quick,
+        },
     )
     _figure(results, out / "min_lstar_vs_offset.png")
     main = results["per_T"][str(T_MAIN)]

@@ -85,7 +85,10 @@ def spectra(*, quick: bool) -> dict[str, tuple[str, np.ndarray]]:
         ),
     }
     for alpha in (1.0, 2.0) if quick else (1.0, 1.5, 2.0):
-        out[f"power_{alpha:g}"] = (f"power law i^-{alpha:g}, 192 values, mean 0.25", power_law_variances(192, exponent=alpha))
+        out[f"power_{alpha:g}"] = (
+            f"power law i^-{alpha:g}, 192 values, mean 0.25",
+            power_law_variances(192, exponent=alpha),
+        )
     return out
 
 
@@ -130,9 +133,15 @@ def compute(*, quick: bool) -> dict[str, Any]:
                 for k in ("information", "growth", "entropy_gain"):
                     chain.pop(k)
     ordering = {
-        "cv_information": all(s["chains"]["cosine"]["cv_information"] < s["chains"]["linear"]["cv_information"] for s in tables.values()),
-        "cv_abs_growth": all(s["chains"]["cosine"]["cv_abs_growth"] < s["chains"]["linear"]["cv_abs_growth"] for s in tables.values()),
-        "cv_entropy_gain": all(s["chains"]["cosine"]["cv_entropy_gain"] < s["chains"]["linear"]["cv_entropy_gain"] for s in tables.values()),
+        "cv_information": all(
+            s["chains"]["cosine"]["cv_information"] < s["chains"]["linear"]["cv_information"] for s in tables.values()
+        ),
+        "cv_abs_growth": all(
+            s["chains"]["cosine"]["cv_abs_growth"] < s["chains"]["linear"]["cv_abs_growth"] for s in tables.values()
+        ),
+        "cv_entropy_gain": all(
+            s["chains"]["cosine"]["cv_entropy_gain"] < s["chains"]["linear"]["cv_entropy_gain"] for s in tables.values()
+        ),
     }
     return {"spectra": tables, "cosine_more_uniform_everywhere": ordering, "paper": PAPER, "excluded_steps": [1]}
 
@@ -152,7 +161,9 @@ def _figure(results: dict[str, Any], path: Path) -> None:
         h = np.asarray(c["entropy_gain"])
         ax.plot(t, ig / ig.mean(), color=colours[name], lw=1.3, label=f"IG_t (mutual information), {name}")
         ax.plot(t, dd / dd.mean(), color=colours[name], lw=1.3, ls="--", label=f"|Δd_t|, {name}")
-        ax.plot(t, h / h.mean(), color=colours[name], lw=0.8, ls=":", label=f"H_t (entropy gain; on top of |Δd_t|), {name}")
+        ax.plot(
+            t, h / h.mean(), color=colours[name], lw=0.8, ls=":", label=f"H_t (entropy gain; on top of |Δd_t|), {name}"
+        )
     ax.set_yscale("log")
     ax.set_ylim(1e-3, 1e3)
     ax.set_xlabel("timestep t (step t → t-1; t = 1 excluded)")
@@ -175,24 +186,60 @@ def _markdown(results: dict[str, Any]) -> str:
         family = "linear" if name == "linear" else "cosine"  # the paper gives one cosine value
         p_ig, p_dd = paper["cv_information"][family], paper["cv_abs_growth"][family]
         rows.append(
-            (label, c["num_expanding"], f"{c['cv_information']:.3f}", f"{c['cv_entropy_gain']:.3f}", f"{p_ig:.3f}",
-             f"{c['cv_abs_growth']:.3f}", f"{p_dd:.3f}", f"{c['spearman']:.4f}", f"{c['spearman_entropy_gain']:.5f}",
-             paper["spearman"])
+            (
+                label,
+                c["num_expanding"],
+                f"{c['cv_information']:.3f}",
+                f"{c['cv_entropy_gain']:.3f}",
+                f"{p_ig:.3f}",
+                f"{c['cv_abs_growth']:.3f}",
+                f"{p_dd:.3f}",
+                f"{c['spearman']:.4f}",
+                f"{c['spearman_entropy_gain']:.5f}",
+                paper["spearman"],
+            )
         )
     main_table = markdown_table(
-        ["1000-step chain", "expanding directions", "CV(IG) ours", "CV(H) ours", "CV(IG) paper", "CV(\\|Δd\\|) ours",
-         "CV(\\|Δd\\|) paper", "Spearman(IG, Δd)", "Spearman(H, Δd)", "Spearman(IG, Δd) paper"],
+        [
+            "1000-step chain",
+            "expanding directions",
+            "CV(IG) ours",
+            "CV(H) ours",
+            "CV(IG) paper",
+            "CV(\\|Δd\\|) ours",
+            "CV(\\|Δd\\|) paper",
+            "Spearman(IG, Δd)",
+            "Spearman(H, Δd)",
+            "Spearman(IG, Δd) paper",
+        ],
         rows,
     )
     sens_rows = [
-        (s["label"], s["num_variances"], f"{s['mean_variance']:.3f}", s["chains"]["linear"]["num_expanding"],
-         _pair(s, "cv_information"), _pair(s, "cv_entropy_gain"), _pair(s, "cv_abs_growth"),
-         _pair(s, "spearman", "{:.3f}"), _pair(s, "spearman_entropy_gain", "{:.5f}"))
+        (
+            s["label"],
+            s["num_variances"],
+            f"{s['mean_variance']:.3f}",
+            s["chains"]["linear"]["num_expanding"],
+            _pair(s, "cv_information"),
+            _pair(s, "cv_entropy_gain"),
+            _pair(s, "cv_abs_growth"),
+            _pair(s, "spearman", "{:.3f}"),
+            _pair(s, "spearman_entropy_gain", "{:.5f}"),
+        )
         for s in results["spectra"].values()
     ]
     sens_table = markdown_table(
-        ["variances", "count", "mean", "expanding", "CV(IG) lin / cos", "CV(H) lin / cos", "CV(\\|Δd\\|) lin / cos",
-         "Spearman(IG, Δd) lin / cos", "Spearman(H, Δd) lin / cos"],
+        [
+            "variances",
+            "count",
+            "mean",
+            "expanding",
+            "CV(IG) lin / cos",
+            "CV(H) lin / cos",
+            "CV(\\|Δd\\|) lin / cos",
+            "Spearman(IG, Δd) lin / cos",
+            "Spearman(H, Δd) lin / cos",
+        ],
         sens_rows,
     )
     lin, cos = main["chains"]["linear"], main["chains"]["cosine"]
@@ -201,21 +248,40 @@ def _markdown(results: dict[str, Any]) -> str:
     comparison = markdown_table(
         ["claim", "paper", "ours (main spectrum)", "agreement"],
         [
-            ("CV(|Δd|) linear / cosine", "0.836 / 0.570", f"{lin['cv_abs_growth']:.3f} / {cos['cv_abs_growth']:.3f}",
-             "close (cosine within 0.02; linear " + f"{lin['cv_abs_growth'] - 0.836:+.3f})"),
-            ("cosine grows dimension more uniformly than linear", "yes", "yes, for every spectrum tried" if ordering["cv_abs_growth"] else "not for every spectrum",
-             "yes" if ordering["cv_abs_growth"] else "partly"),
-            ("CV(IG) linear / cosine", "1.107 / 0.867",
-             f"{lin['cv_information']:.2f} / {cos['cv_information']:.2f} (mutual information); "
-             f"{lin['cv_entropy_gain']:.3f} / {cos['cv_entropy_gain']:.3f} (H)",
-             "NO for the mutual information (its high-SNR steps dominate); H is closer but equals CV(|Δd|)"),
-            ("cosine has the more uniform IG", "yes", "yes, for every spectrum and both definitions"
-             if ordering["cv_information"] and ordering["cv_entropy_gain"] else "not everywhere",
-             "yes" if ordering["cv_information"] and ordering["cv_entropy_gain"] else "partly"),
-            ("Spearman(IG, Δd) linear / cosine (ours also with H in place of IG)", "≈ 0.9999 (for IG)",
-             f"{lin['spearman']:.3f} / {cos['spearman']:.3f} (IG, mutual information); "
-             f"{lin['spearman_entropy_gain']:.5f} / {cos['spearman_entropy_gain']:.5f} (H, not IG)",
-             "NO for IG (the mutual information); yes with H (the Cauchy-Schwarz bound), a different quantity"),
+            (
+                "CV(|Δd|) linear / cosine",
+                "0.836 / 0.570",
+                f"{lin['cv_abs_growth']:.3f} / {cos['cv_abs_growth']:.3f}",
+                "close (cosine within 0.02; linear " + f"{lin['cv_abs_growth'] - 0.836:+.3f})",
+            ),
+            (
+                "cosine grows dimension more uniformly than linear",
+                "yes",
+                "yes, for every spectrum tried" if ordering["cv_abs_growth"] else "not for every spectrum",
+                "yes" if ordering["cv_abs_growth"] else "partly",
+            ),
+            (
+                "CV(IG) linear / cosine",
+                "1.107 / 0.867",
+                f"{lin['cv_information']:.2f} / {cos['cv_information']:.2f} (mutual information); "
+                f"{lin['cv_entropy_gain']:.3f} / {cos['cv_entropy_gain']:.3f} (H)",
+                "NO for the mutual information (its high-SNR steps dominate); H is closer but equals CV(|Δd|)",
+            ),
+            (
+                "cosine has the more uniform IG",
+                "yes",
+                "yes, for every spectrum and both definitions"
+                if ordering["cv_information"] and ordering["cv_entropy_gain"]
+                else "not everywhere",
+                "yes" if ordering["cv_information"] and ordering["cv_entropy_gain"] else "partly",
+            ),
+            (
+                "Spearman(IG, Δd) linear / cosine (ours also with H in place of IG)",
+                "≈ 0.9999 (for IG)",
+                f"{lin['spearman']:.3f} / {cos['spearman']:.3f} (IG, mutual information); "
+                f"{lin['spearman_entropy_gain']:.5f} / {cos['spearman_entropy_gain']:.5f} (H, not IG)",
+                "NO for IG (the mutual information); yes with H (the Cauchy-Schwarz bound), a different quantity",
+            ),
         ],
     )
     return (
@@ -231,7 +297,8 @@ def _markdown(results: dict[str, Any]) -> str:
         + sens_table
         + "\n\nComparison with the paper:\n\n"
         + comparison
-        + "\n\nReading: `CV(|Δd|)` is robust to the spectrum (" + f"{min(dd_all):.2f}–{max(dd_all):.2f}"
+        + "\n\nReading: `CV(|Δd|)` is robust to the spectrum ("
+        + f"{min(dd_all):.2f}–{max(dd_all):.2f}"
         + " over every spectrum and both schedules) and matches the paper's pair well, cosine below linear. "
         "The mutual-information gain cannot reproduce the paper's CV(IG) or its Spearman ≈ 0.9999: it is "
         "dominated by the few lowest-noise steps, where the thousands of small-variance directions are "
@@ -255,8 +322,14 @@ def run(out_dir: Path, *, quick: bool = False) -> dict[str, Any]:
     write_result_json(
         out / "information_gain.json",
         results,
-        config={"experiment": NAME, "T": T, "schedules": {k: v[0] for k, v in SCHEDULES.items()},
-                "excluded": "t = 1 (lands on alpha_bar = 1, infinite IG)", "x64": True, "quick": quick},
+        config={
+            "experiment": NAME,
+            "T": T,
+            "schedules": {k: v[0] for k, v in SCHEDULES.items()},
+            "excluded": "t = 1 (lands on alpha_bar = 1, infinite IG)",
+            "x64": True,
+            "quick": quick,
+        },
         seed=SEED,
     )
     _figure(results, out / "per_step_profiles.png")

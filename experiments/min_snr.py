@@ -137,13 +137,19 @@ def compute(*, quick: bool) -> dict[str, Any]:
         others = {
             "power_1": ("power law i^-1 (192, mean 0.25)", power_law_variances(192, exponent=1.0)),
             "power_2": ("power law i^-2 (192, mean 0.25)", power_law_variances(192, exponent=2.0)),
-            "pooled_d32": ("whole photographs /16, pooled 8x8x3", photo_patch_spectrum(downsample=16, patch_size=8, stride=1).eigenvalues),
+            "pooled_d32": (
+                "whole photographs /16, pooled 8x8x3",
+                photo_patch_spectrum(downsample=16, patch_size=8, stride=1).eigenvalues,
+            ),
         }
         for key, (label, lam) in others.items():
             result = analyse(lam, gammas, schedules)
             sensitivity[key] = {
                 "label": label,
-                "chains": {n: {q: {k: v for k, v in r[q].items() if k != "curve"} for q in QUANTITIES} for n, r in result.items()},
+                "chains": {
+                    n: {q: {k: v for k, v in r[q].items() if k != "curve"} for q in QUANTITIES}
+                    for n, r in result.items()
+                },
             }
     return {
         "gammas": gammas,
@@ -209,13 +215,30 @@ def _markdown(results: dict[str, Any]) -> str:
             r = entry[key]
             share = r["default_share_of_reduction"]
             rows.append(
-                (SCHEDULES[name][0], label, f"{r['unweighted']:.3f}", f"{r['at_default']:.3f}",
-                 f"{r['minimum']:.3f}", _gamma(r["argmin_gamma"], gammas), _interval(r["within_10pct_of_min"]),
-                 f"{100 * share:.0f} %" if share is not None else f"none (γ = 5 is {r['default_vs_unweighted']:.2f}× worse)")
+                (
+                    SCHEDULES[name][0],
+                    label,
+                    f"{r['unweighted']:.3f}",
+                    f"{r['at_default']:.3f}",
+                    f"{r['minimum']:.3f}",
+                    _gamma(r["argmin_gamma"], gammas),
+                    _interval(r["within_10pct_of_min"]),
+                    f"{100 * share:.0f} %"
+                    if share is not None
+                    else f"none (γ = 5 is {r['default_vs_unweighted']:.2f}× worse)",
+                )
             )
     table = markdown_table(
-        ["schedule", "Q_t", "CV unweighted", "CV at γ = 5", "min CV", "at γ", "γ within 10 % of min",
-         "share of the attainable balancing at γ = 5"],
+        [
+            "schedule",
+            "Q_t",
+            "CV unweighted",
+            "CV at γ = 5",
+            "min CV",
+            "at γ",
+            "γ within 10 % of min",
+            "share of the attainable balancing at γ = 5",
+        ],
         rows,
     )
     sens_rows = []
@@ -224,32 +247,55 @@ def _markdown(results: dict[str, Any]) -> str:
             r = s["chains"][name]["information"]
             g = s["chains"][name]["growth"]
             sens_rows.append(
-                (s["label"], name, f"{r['unweighted']:.2f} → {r['at_default']:.3f}", _gamma(r["argmin_gamma"], gammas),
-                 f"{100 * r['default_share_of_reduction']:.0f} %" if r["default_share_of_reduction"] is not None else "—",
-                 f"{g['unweighted']:.3f} → {g['at_default']:.3f}")
+                (
+                    s["label"],
+                    name,
+                    f"{r['unweighted']:.2f} → {r['at_default']:.3f}",
+                    _gamma(r["argmin_gamma"], gammas),
+                    f"{100 * r['default_share_of_reduction']:.0f} %"
+                    if r["default_share_of_reduction"] is not None
+                    else "—",
+                    f"{g['unweighted']:.3f} → {g['at_default']:.3f}",
+                )
             )
     sens = markdown_table(
-        ["variances", "schedule", "CV(w·IG): unweighted → γ = 5", "best γ for IG", "share at γ = 5", "CV(w·\\|Δd\\|): unweighted → γ = 5"],
+        [
+            "variances",
+            "schedule",
+            "CV(w·IG): unweighted → γ = 5",
+            "best γ for IG",
+            "share at γ = 5",
+            "CV(w·\\|Δd\\|): unweighted → γ = 5",
+        ],
         sens_rows,
     )
     cos, lin = results["main"]["cosine"], results["main"]["linear"]
     comparison = markdown_table(
         ["claim", "paper", "ours", "agreement"],
         [
-            ("Min-SNR-γ balances the per-step information gain", "yes",
-             f"CV(w·IG) {lin['information']['unweighted']:.1f} → {lin['information']['at_default']:.2f} (linear), "
-             f"{cos['information']['unweighted']:.1f} → {cos['information']['at_default']:.2f} (cosine) at γ = 5",
-             "yes"),
-            ("… and the per-step dimension growth", "yes",
-             f"CV(w·|Δd|) {lin['growth']['unweighted']:.3f} → {lin['growth']['at_default']:.3f} (linear), "
-             f"{cos['growth']['unweighted']:.3f} → {cos['growth']['at_default']:.3f} (cosine): unweighted is already the most balanced",
-             "NO" if not (lin["growth"]["weighting_helps"] or cos["growth"]["weighting_helps"]) else "partly"),
-            ("where γ ≈ 5 sits on the criterion", "near the balance",
-             f"IG: optimum γ = {format_value(lin['information']['argmin_gamma'], digits=2)} (linear), "
-             f"{format_value(cos['information']['argmin_gamma'], digits=2)} (cosine); γ = 5 captures "
-             f"{100 * lin['information']['default_share_of_reduction']:.0f} % / "
-             f"{100 * cos['information']['default_share_of_reduction']:.0f} % of the attainable balancing",
-             "on the plateau, past the optimum"),
+            (
+                "Min-SNR-γ balances the per-step information gain",
+                "yes",
+                f"CV(w·IG) {lin['information']['unweighted']:.1f} → {lin['information']['at_default']:.2f} (linear), "
+                f"{cos['information']['unweighted']:.1f} → {cos['information']['at_default']:.2f} (cosine) at γ = 5",
+                "yes",
+            ),
+            (
+                "… and the per-step dimension growth",
+                "yes",
+                f"CV(w·|Δd|) {lin['growth']['unweighted']:.3f} → {lin['growth']['at_default']:.3f} (linear), "
+                f"{cos['growth']['unweighted']:.3f} → {cos['growth']['at_default']:.3f} (cosine): unweighted is already the most balanced",
+                "NO" if not (lin["growth"]["weighting_helps"] or cos["growth"]["weighting_helps"]) else "partly",
+            ),
+            (
+                "where γ ≈ 5 sits on the criterion",
+                "near the balance",
+                f"IG: optimum γ = {format_value(lin['information']['argmin_gamma'], digits=2)} (linear), "
+                f"{format_value(cos['information']['argmin_gamma'], digits=2)} (cosine); γ = 5 captures "
+                f"{100 * lin['information']['default_share_of_reduction']:.0f} % / "
+                f"{100 * cos['information']['default_share_of_reduction']:.0f} % of the attainable balancing",
+                "on the plateau, past the optimum",
+            ),
         ],
     )
     return (
@@ -287,8 +333,16 @@ def run(out_dir: Path, *, quick: bool = False) -> dict[str, Any]:
     write_result_json(
         out / "min_snr.json",
         results,
-        config={"experiment": NAME, "T": T, "gamma_default": GAMMA_DEFAULT, "schedules": {k: v[0] for k, v in SCHEDULES.items()},
-                "quantities": QUANTITIES, "excluded": "t = 1 (infinite IG)", "x64": True, "quick": quick},
+        config={
+            "experiment": NAME,
+            "T": T,
+            "gamma_default": GAMMA_DEFAULT,
+            "schedules": {k: v[0] for k, v in SCHEDULES.items()},
+            "quantities": QUANTITIES,
+            "excluded": "t = 1 (infinite IG)",
+            "x64": True,
+            "quick": quick,
+        },
         seed=SEED,
     )
     figures = _figures(results, out)

@@ -76,6 +76,7 @@ def offset_root_error(sched: pj.Schedule, lam: Any, offset: Any, grid: Any = Non
     ``offset = scaling_exponent_offset(sched, c)`` and ``lam = lambda**_shifted / c`` this is zero when
     the shifted chain's Moran threshold is ``c`` times the root of the offset-corrected equation.
     """
+
     def exponent(log_lam):
         return pj.lyapunov_exponents(sched, jnp.exp(log_lam)[None], grid)[0]
 
@@ -180,7 +181,9 @@ def compute(*, quick: bool) -> dict[str, Any]:
     worst = {
         "log_g": max(r["max_abs_diff_log_g"] for c in inv.values() for r in c["rows"]),
         "information_gain": max(r["max_rel_diff_information_gain"] for c in inv.values() for r in c["rows"]),
-        "exponents_minus_offset": max(r["max_abs_diff_exponents_minus_offset"] for c in inv.values() for r in c["rows"]),
+        "exponents_minus_offset": max(
+            r["max_abs_diff_exponents_minus_offset"] for c in inv.values() for r in c["rows"]
+        ),
         "lambda_star_star_prediction": max(r["rel_diff_prediction"] for c in inv.values() for r in c["rows"]),
     }
     return {"invariance": inv, "invariance_worst": worst, "photographs": photos}
@@ -194,15 +197,34 @@ def _figures(results: dict[str, Any], out: Path) -> list[str]:
     d = np.asarray(photos["resolution"])
     fig, ax = plotting.new_figure(figsize=(6.4, 4.4))
     for key, series in photos["fixed_patch"].items():
-        ax.plot(d, series["leading"], marker="o", lw=1.4,
-                label=f"leading, fixed {key}x{key}x3 patch (slope {series['slope_leading']:.2f})")
+        ax.plot(
+            d,
+            series["leading"],
+            marker="o",
+            lw=1.4,
+            label=f"leading, fixed {key}x{key}x3 patch (slope {series['slope_leading']:.2f})",
+        )
     frac = photos["fixed_fraction"]
-    ax.plot(d, frac["leading"], marker="s", lw=1.6, color="black",
-            label=f"leading, fixed fraction p = d/{FRACTION} (slope {frac['slope_leading']:.2f})")
-    ax.plot(d, photos["fixed_patch"]["8"]["mean_variance"], marker="^", ls="--", color="gray",
-            label=f"mean pixel variance (slope {photos['fixed_patch']['8']['slope_mean_variance']:.2f})")
+    ax.plot(
+        d,
+        frac["leading"],
+        marker="s",
+        lw=1.6,
+        color="black",
+        label=f"leading, fixed fraction p = d/{FRACTION} (slope {frac['slope_leading']:.2f})",
+    )
+    ax.plot(
+        d,
+        photos["fixed_patch"]["8"]["mean_variance"],
+        marker="^",
+        ls="--",
+        color="gray",
+        label=f"mean pixel variance (slope {photos['fixed_patch']['8']['slope_mean_variance']:.2f})",
+    )
     ref = frac["leading"][list(d).index(REFERENCE_RESOLUTION)]
-    ax.plot(d, ref * (d / REFERENCE_RESOLUTION) ** 2, color="black", ls=":", lw=1.0, label="slope 2 (the 2 log(64/d) rule)")
+    ax.plot(
+        d, ref * (d / REFERENCE_RESOLUTION) ** 2, color="black", ls=":", lw=1.0, label="slope 2 (the 2 log(64/d) rule)"
+    )
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("nominal resolution d (pixels, 512/downsample)")
@@ -213,7 +235,9 @@ def _figures(results: dict[str, Any], out: Path) -> list[str]:
 
     fig, ax = plotting.new_figure(figsize=(6.4, 4.0))
     ax.plot(d, photos["rule_shift"], color="black", ls=":", lw=1.4, label="simple diffusion: 2 log(64/d)")
-    ax.plot(d, frac["implied_shift"], marker="s", color="black", lw=1.4, label=f"implied, fixed fraction p = d/{FRACTION}")
+    ax.plot(
+        d, frac["implied_shift"], marker="s", color="black", lw=1.4, label=f"implied, fixed fraction p = d/{FRACTION}"
+    )
     for key, series in photos["fixed_patch"].items():
         ax.plot(d, series["implied_shift"], marker="o", lw=1.2, label=f"implied, fixed {key}x{key} patch")
     ax.axhline(0, color="gray", lw=0.6)
@@ -232,36 +256,68 @@ def _markdown(results: dict[str, Any]) -> str:
     for key, chain in inv.items():
         for r in chain["rows"]:
             rows.append(
-                (chain["label"], format_value(r["c"]), f"{r['max_abs_diff_log_g']:.1e}",
-                 f"{r['max_rel_diff_information_gain']:.1e}", f"{r['max_abs_diff_exponents_raw']:.2e}",
-                 f"{r['max_abs_diff_exponents_minus_offset']:.1e}", f"{r['lambda_star_star_shifted']:.5f}",
-                 f"{r['lambda_star_star_shifted_over_c']:.5f} (λ\\*\\* = {chain['lambda_star_star']:.5f})",
-                 f"{r['rel_diff_prediction']:.1e}")
+                (
+                    chain["label"],
+                    format_value(r["c"]),
+                    f"{r['max_abs_diff_log_g']:.1e}",
+                    f"{r['max_rel_diff_information_gain']:.1e}",
+                    f"{r['max_abs_diff_exponents_raw']:.2e}",
+                    f"{r['max_abs_diff_exponents_minus_offset']:.1e}",
+                    f"{r['lambda_star_star_shifted']:.5f}",
+                    f"{r['lambda_star_star_shifted_over_c']:.5f} (λ\\*\\* = {chain['lambda_star_star']:.5f})",
+                    f"{r['rel_diff_prediction']:.1e}",
+                )
             )
     inv_table = markdown_table(
-        ["chain", "c", "max Δ log g_t", "max rel Δ IG_t", "max Δ Λ", "max Δ Λ − offset", "λ'\\*\\*",
-         "λ'\\*\\*/c", "λ'\\*\\*/c vs offset-corrected root"],
+        [
+            "chain",
+            "c",
+            "max Δ log g_t",
+            "max rel Δ IG_t",
+            "max Δ Λ",
+            "max Δ Λ − offset",
+            "λ'\\*\\*",
+            "λ'\\*\\*/c",
+            "λ'\\*\\*/c vs offset-corrected root",
+        ],
         rows,
     )
     photos = results["photographs"]
     d = np.asarray(photos["resolution"])
     prow = []
     for key, s in photos["fixed_patch"].items():
-        prow.append((f"fixed {key}x{key}x3", *[format_value(v, digits=4) for v in s["leading"]],
-                     f"{s['slope_leading']:.3f}", f"{s['slope_mean_variance']:.3f}", f"{s['implied_over_rule']:.3f}"))
+        prow.append(
+            (
+                f"fixed {key}x{key}x3",
+                *[format_value(v, digits=4) for v in s["leading"]],
+                f"{s['slope_leading']:.3f}",
+                f"{s['slope_mean_variance']:.3f}",
+                f"{s['implied_over_rule']:.3f}",
+            )
+        )
     frac = photos["fixed_fraction"]
-    prow.append((f"fixed fraction p = d/{FRACTION} (p = {', '.join(map(str, frac['patch_size']))})",
-                 *[format_value(v, digits=4) for v in frac["leading"]], f"{frac['slope_leading']:.3f}",
-                 f"{frac['slope_mean_variance']:.3f}", f"{frac['implied_over_rule']:.3f}"))
+    prow.append(
+        (
+            f"fixed fraction p = d/{FRACTION} (p = {', '.join(map(str, frac['patch_size']))})",
+            *[format_value(v, digits=4) for v in frac["leading"]],
+            f"{frac['slope_leading']:.3f}",
+            f"{frac['slope_mean_variance']:.3f}",
+            f"{frac['implied_over_rule']:.3f}",
+        )
+    )
     photo_table = markdown_table(
         ["windows", *[f"λ_lead at d = {int(x)}" for x in d], "slope of λ_lead", "slope of mean var", "implied / rule"],
         prow,
     )
     shift_rows = [
         (int(x), f"{r:+.3f}", f"{fi:+.3f}", f"{f8:+.3f}")
-        for x, r, fi, f8 in zip(d, photos["rule_shift"], frac["implied_shift"], photos["fixed_patch"]["8"]["implied_shift"])
+        for x, r, fi, f8 in zip(
+            d, photos["rule_shift"], frac["implied_shift"], photos["fixed_patch"]["8"]["implied_shift"]
+        )
     ]
-    shift_table = markdown_table(["d", "rule 2 log(64/d)", f"implied, fixed fraction", "implied, fixed 8x8 patch"], shift_rows)
+    shift_table = markdown_table(
+        ["d", "rule 2 log(64/d)", "implied, fixed fraction", "implied, fixed 8x8 patch"], shift_rows
+    )
     fixed8 = photos["fixed_patch"]["8"]
     any_fixed = photos["fixed_patch"]
     shifted_lss = [r["lambda_star_star_shifted"] for chain in inv.values() for r in chain["rows"]]
@@ -342,10 +398,15 @@ def run(out_dir: Path, *, quick: bool = False) -> dict[str, Any]:
         out / "resolution_shift.json",
         results,
         config={
-            "experiment": NAME, "T": T, "scales": SCALES[:4] if quick else SCALES,
+            "experiment": NAME,
+            "T": T,
+            "scales": SCALES[:4] if quick else SCALES,
             "variances": [float(VARIANCES[0]), float(VARIANCES[-1]), len(VARIANCES)],
             "photographs": "pifs_jax.data.PHOTO_NAMES, box-averaged, x/127.5 - 1",
-            "fixed_patches": FIXED_PATCHES, "fraction": FRACTION, "x64": True, "quick": quick,
+            "fixed_patches": FIXED_PATCHES,
+            "fraction": FRACTION,
+            "x64": True,
+            "quick": quick,
         },
     )
     figures = _figures(results, out)

@@ -107,9 +107,14 @@ def _markdown(results: dict[str, Any]) -> str:
         paper = PAPER["lambda_star_star_1000_step"] if key.startswith("cosine") else None
         rows.append(
             (
-                c["label"], c["num_steps"], c["lstar_mean"], c["lstar_cv"],
-                f"{format_value(c['lstar_min'])} (t = {c['lstar_argmin_t']})", c["lstar_finest"],
-                f"{c['lambda_star_star']:.6f}", "—" if paper is None else f"{paper}",
+                c["label"],
+                c["num_steps"],
+                c["lstar_mean"],
+                c["lstar_cv"],
+                f"{format_value(c['lstar_min'])} (t = {c['lstar_argmin_t']})",
+                c["lstar_finest"],
+                f"{c['lambda_star_star']:.6f}",
+                "—" if paper is None else f"{paper}",
             )
         )
     main = markdown_table(
@@ -147,7 +152,8 @@ def _markdown(results: dict[str, Any]) -> str:
                 "finest step is the weakest link, L\\*_1 ≈ σ_1/2",
                 "L\\*_1 ~ σ_1/2",
                 ", ".join(
-                    f"{k}: L\\*_1/(σ_1/2) = {c['lstar_finest'] / (c['sigma_finest'] / 2):.4f}" for k, c in chains.items()
+                    f"{k}: L\\*_1/(σ_1/2) = {c['lstar_finest'] / (c['sigma_finest'] / 2):.4f}"
+                    for k, c in chains.items()
                 ),
                 "yes" if all(c["lstar_argmin_t"] == c["t"][0] for c in chains.values()) else "NO (minimum elsewhere)",
             ),

@@ -121,8 +121,12 @@ def compute(*, quick: bool = False) -> dict[str, Any]:
                 for route in routes:
                     start = time.perf_counter()
                     result = optimize.optimize_schedule(
-                        family, params, objectives[f"{data}_{route}"], iterations=iterations,
-                        optimizer=optimizer, progress=False,
+                        family,
+                        params,
+                        objectives[f"{data}_{route}"],
+                        iterations=iterations,
+                        optimizer=optimizer,
+                        progress=False,
                     )
                     key = f"{data}, {route}, target {target:g}"
                     runs[key] = {
@@ -156,8 +160,13 @@ def compute(*, quick: bool = False) -> dict[str, Any]:
         "iterations": iterations,
         "tolerance": 0.1 if quick else 0.02,
         "setting": {
-            "T": T, "num_steps": NUM_STEPS, "n": N_DIM, "knots": KNOTS, "learning_rate": LEARNING_RATE,
-            "eigvals": setup["eigvals"], "mixture_means": setup["mixture_means"][:, 0],
+            "T": T,
+            "num_steps": NUM_STEPS,
+            "n": N_DIM,
+            "knots": KNOTS,
+            "learning_rate": LEARNING_RATE,
+            "eigvals": setup["eigvals"],
+            "mixture_means": setup["mixture_means"][:, 0],
         },
     }
 
@@ -165,14 +174,25 @@ def compute(*, quick: bool = False) -> dict[str, Any]:
 def _markdown(results: dict[str, Any]) -> str:
     runs = results["runs"]
     table = markdown_table(
-        ["data, route, target", "d_KY at start", f"d_KY after {results['iterations']} iterations", "\\|error\\|", "time (s)"],
-        [(k, r["initial_dimension"], r["final_dimension"], f"{r['error']:.1e}", f"{r['seconds']:.1f}") for k, r in runs.items()],
+        [
+            "data, route, target",
+            "d_KY at start",
+            f"d_KY after {results['iterations']} iterations",
+            "\\|error\\|",
+            "time (s)",
+        ],
+        [
+            (k, r["initial_dimension"], r["final_dimension"], f"{r['error']:.1e}", f"{r['seconds']:.1f}")
+            for k, r in runs.items()
+        ],
         digits=6,
     )
     agreement = markdown_table(
         ["Gaussian data", "max \\|Δ d_KY\\| over the history", "max \\|Δ parameters\\| at the end"],
-        [(k, f"{a['max_abs_dimension_difference']:.1e}", f"{a['max_abs_parameter_difference']:.1e}")
-         for k, a in results["agreement"].items()],
+        [
+            (k, f"{a['max_abs_dimension_difference']:.1e}", f"{a['max_abs_parameter_difference']:.1e}")
+            for k, a in results["agreement"].items()
+        ],
     )
     tolerance = results["tolerance"]
     reached = all(r["error"] < tolerance for r in runs.values())
@@ -180,12 +200,18 @@ def _markdown(results: dict[str, Any]) -> str:
     comparison = markdown_table(
         ["claim", "source", "ours", "agreement"],
         [
-            ("gradients through ddim_chain and the measured spectrum reach a target d_KY", "beyond the paper (docs/theory.md section 10)",
-             f"largest |d_KY - target| {max(r['error'] for r in runs.values()):.1e} (tolerance {tolerance:g})",
-             "yes" if reached else "NO"),
-            ("for Gaussian data the measured route equals the analytic one", "docs/theory.md section 5",
-             f"largest difference {max(a['max_abs_dimension_difference'] for a in results['agreement'].values()):.1e}",
-             "yes" if agree else "NO"),
+            (
+                "gradients through ddim_chain and the measured spectrum reach a target d_KY",
+                "beyond the paper (docs/theory.md section 10)",
+                f"largest |d_KY - target| {max(r['error'] for r in runs.values()):.1e} (tolerance {tolerance:g})",
+                "yes" if reached else "NO",
+            ),
+            (
+                "for Gaussian data the measured route equals the analytic one",
+                "docs/theory.md section 5",
+                f"largest difference {max(a['max_abs_dimension_difference'] for a in results['agreement'].values()):.1e}",
+                "yes" if agree else "NO",
+            ),
         ],
     )
     s = results["setting"]
@@ -198,8 +224,11 @@ def _markdown(results: dict[str, Any]) -> str:
         "0.2 ... 1.6). For Gaussian data the same optimisation through the analytic spectrum "
         "`(1/N) Σ_t log f_t(λ_i)` is run beside it; the Gaussian mixture (components at ±1.5 e_1) has a non-linear "
         "denoiser and only the measured route.\n\n"
-        + table + "\n\nMeasured versus analytic route (Gaussian data):\n\n" + agreement
-        + "\n\nComparison:\n\n" + comparison
+        + table
+        + "\n\nMeasured versus analytic route (Gaussian data):\n\n"
+        + agreement
+        + "\n\nComparison:\n\n"
+        + comparison
     )
 
 
@@ -207,8 +236,14 @@ def _figures(results: dict[str, Any], out: Path) -> list[str]:
     fig, ax = plotting.new_figure(figsize=(6.4, 4.0))
     for k, (label, r) in enumerate(results["runs"].items()):
         style = "--" if r["route"] == "analytic" else "-"
-        ax.plot(r["dimension_history"], ls=style, lw=1.4 if style == "-" else 2.4, alpha=0.9 if style == "-" else 0.5,
-                label=label, color=f"C{k // 2 if r['data'] == 'gaussian' else 2 + k}")
+        ax.plot(
+            r["dimension_history"],
+            ls=style,
+            lw=1.4 if style == "-" else 2.4,
+            alpha=0.9 if style == "-" else 0.5,
+            label=label,
+            color=f"C{k // 2 if r['data'] == 'gaussian' else 2 + k}",
+        )
         ax.axhline(r["target"], color="grey", lw=0.6, ls=":")
     ax.set_xlabel("iteration")
     ax.set_ylabel("Kaplan-Yorke dimension $d_{KY}$")

@@ -44,9 +44,9 @@ import numpy as np
 
 from pifs_jax import plotting
 from pifs_jax.analysis.report import ModelAnalysis, analyze_model, attention_fn_if_any, write_analysis
+from pifs_jax.checkpoint import CHECKPOINT_NAME, read_checkpoint_header
 from pifs_jax.denoisers import empirical_attention, empirical_denoiser
 from pifs_jax.errors import ArgumentError
-from pifs_jax.checkpoint import CHECKPOINT_NAME, read_checkpoint_header
 from pifs_jax.models.training import (
     LoadedRun,
     TrainConfig,
@@ -70,14 +70,55 @@ MU_VALUES = (0.01, 0.1)
 
 #: Per mode: training steps per model, crops, samples scored, trajectories and DDIM steps analysed.
 CONFIG: dict[str, dict[str, Any]] = {
-    "quick": dict(preset="quick", data="digits", dit_steps=5, unet_steps=0, reg_steps=5, num_train=128,
-                  num_test=32, num_samples=8, trajectories=2, chain_steps=3, num_mu=1),
-    "default": dict(preset="quick", data="photos16", dit_steps=500, unet_steps=300, reg_steps=500, num_train=4096,
-                    num_test=1024, num_samples=128, trajectories=4, chain_steps=20),
-    "full": dict(preset="quick", data="photos16", dit_steps=4000, unet_steps=4000, reg_steps=4000, num_train=4096, num_test=1024,
-                 num_samples=256, trajectories=64, chain_steps=50),
-    "full_gpu": dict(preset="full", data="photos32", dit_steps=20000, unet_steps=20000, reg_steps=20000, num_train=16384,
-                     num_test=2048, num_samples=512, trajectories=64, chain_steps=50),
+    "quick": dict(
+        preset="quick",
+        data="digits",
+        dit_steps=5,
+        unet_steps=0,
+        reg_steps=5,
+        num_train=128,
+        num_test=32,
+        num_samples=8,
+        trajectories=2,
+        chain_steps=3,
+        num_mu=1,
+    ),
+    "default": dict(
+        preset="quick",
+        data="photos16",
+        dit_steps=500,
+        unet_steps=300,
+        reg_steps=500,
+        num_train=4096,
+        num_test=1024,
+        num_samples=128,
+        trajectories=4,
+        chain_steps=20,
+    ),
+    "full": dict(
+        preset="quick",
+        data="photos16",
+        dit_steps=4000,
+        unet_steps=4000,
+        reg_steps=4000,
+        num_train=4096,
+        num_test=1024,
+        num_samples=256,
+        trajectories=64,
+        chain_steps=50,
+    ),
+    "full_gpu": dict(
+        preset="full",
+        data="photos32",
+        dit_steps=20000,
+        unet_steps=20000,
+        reg_steps=20000,
+        num_train=16384,
+        num_test=2048,
+        num_samples=512,
+        trajectories=64,
+        chain_steps=50,
+    ),
 }
 
 
@@ -98,7 +139,13 @@ def mu_values(cfg: dict[str, Any]) -> tuple[float, ...]:
 
 def run_configs(cfg: dict[str, Any]) -> dict[str, TrainConfig]:
     """The training runs: DiT (mu = 0), UNet, and the DiT with each regulariser strength."""
-    common = dict(seed=SEED, data=cfg["data"], num_train=cfg["num_train"], num_test=cfg["num_test"], num_samples=cfg["num_samples"])
+    common = dict(
+        seed=SEED,
+        data=cfg["data"],
+        num_train=cfg["num_train"],
+        num_test=cfg["num_test"],
+        num_samples=cfg["num_samples"],
+    )
     runs = {"dit": train_config(cfg["preset"], model="dit", steps=cfg["dit_steps"], **common)}
     if cfg["unet_steps"]:  # the quick mode (tests) leaves the UNet out: its code path is the DiT's
         runs["unet"] = train_config(cfg["preset"], model="unet", steps=cfg["unet_steps"], **common)
@@ -186,11 +233,13 @@ def compute(out: Path, *, quick: bool, full: bool) -> tuple[dict[str, Any], dict
     for name, entry in runs.items():
         run = entry["run"]
         params = run.state.ema_params
-        analyses[name] = analyze_model(run.eps_fn, sched, train_images, **common,
-                                       attention_fn=attention_fn_if_any(run.module, params, image_shape))
+        analyses[name] = analyze_model(
+            run.eps_fn, sched, train_images, **common, attention_fn=attention_fn_if_any(run.module, params, image_shape)
+        )
     data = np.asarray(train_images, np.float32)
-    analyses["empirical"] = analyze_model(empirical_denoiser(sched, data), sched, train_images, **common,
-                                          attention_fn=empirical_attention(sched, data))
+    analyses["empirical"] = analyze_model(
+        empirical_denoiser(sched, data), sched, train_images, **common, attention_fn=empirical_attention(sched, data)
+    )
     results = {
         "mode": mode,
         "settings": cfg,
@@ -200,13 +249,19 @@ def compute(out: Path, *, quick: bool, full: bool) -> tuple[dict[str, Any], dict
         "num_patches": analyses["dit"].summary["num_patches"],
         "models": {name: {**_model_summary(a), "claims": _claims(a)} for name, a in analyses.items()},
         "training": {
-            name: {"steps": configs[name].steps, "mu": configs[name].mu, "model": configs[name].model,
-                   "train_seconds": e["train_seconds"], "images_per_s": e["images_per_s"], "cached": e["cached"],
-                   "fd_patches": e["quality"]["model"]["fd_patches"],
-                   "fd_patches_train_crops": e["quality"]["train_crops"]["fd_patches"],
-                   "fd_patches_noise": e["quality"]["noise"]["fd_patches"],
-                   "memorisation_ratio": e["quality"]["memorisation_ratio"],
-                   "fraction_outside_data_range": e["quality"]["fraction_outside_data_range"]}
+            name: {
+                "steps": configs[name].steps,
+                "mu": configs[name].mu,
+                "model": configs[name].model,
+                "train_seconds": e["train_seconds"],
+                "images_per_s": e["images_per_s"],
+                "cached": e["cached"],
+                "fd_patches": e["quality"]["model"]["fd_patches"],
+                "fd_patches_train_crops": e["quality"]["train_crops"]["fd_patches"],
+                "fd_patches_noise": e["quality"]["noise"]["fd_patches"],
+                "memorisation_ratio": e["quality"]["memorisation_ratio"],
+                "fraction_outside_data_range": e["quality"]["fraction_outside_data_range"],
+            }
             for name, e in runs.items()
         },
     }
@@ -250,14 +305,20 @@ def _figures(out: Path, analyses: dict[str, ModelAnalysis]) -> list[str]:
         write_analysis(out / name, analysis, title=_label(name), config={"experiment": NAME, "model": name}, seed=SEED)
         paths.append(f"{NAME}/{name}/block_norms.png")
     models = [n for n in ("dit", "unet", "empirical") if n in analyses]
-    plotting.save_figure(_overlay_figure(analyses, models, "DiT, UNet and the empirical-optimal denoiser"),
-                         out / "models.png")
+    plotting.save_figure(
+        _overlay_figure(analyses, models, "DiT, UNet and the empirical-optimal denoiser"), out / "models.png"
+    )
     reference = "dit_mu0" if "dit_mu0" in analyses else "dit"
     regularised = [reference] + [n for n in analyses if n.startswith("dit_mu") and n != "dit_mu0"]
-    plotting.save_figure(_overlay_figure(analyses, regularised, "DiT trained with the PIFS regulariser"),
-                         out / "regulariser.png")
-    return [f"{NAME}/models.png", f"{NAME}/regulariser.png", f"{NAME}/dit/release_map.png",
-            f"{NAME}/dit/entropy_coupling.png"]
+    plotting.save_figure(
+        _overlay_figure(analyses, regularised, "DiT trained with the PIFS regulariser"), out / "regulariser.png"
+    )
+    return [
+        f"{NAME}/models.png",
+        f"{NAME}/regulariser.png",
+        f"{NAME}/dit/release_map.png",
+        f"{NAME}/dit/entropy_coupling.png",
+    ]
 
 
 def _window(window: dict[str, float] | None) -> str:
@@ -274,7 +335,9 @@ def _markdown(results: dict[str, Any], analyses: dict[str, ModelAnalysis]) -> st
         f"{results['patch_size']}x{results['patch_size']}; DiT trained {training['dit']['steps']} steps, UNet "
         f"{training['unet']['steps'] if 'unet' in training else 0} steps (the quick preset trains 4000: these models are far from converged "
         "unless the mode is full). Fraction of sample values outside the data range [-1, 1]: "
-        + ", ".join(f"{_label(n)} {training[n]['fraction_outside_data_range']:.2f}" for n in ("dit", "unet") if n in training)
+        + ", ".join(
+            f"{_label(n)} {training[n]['fraction_outside_data_range']:.2f}" for n in ("dit", "unet") if n in training
+        )
         + " (a large fraction means the chain diverges from the data and the trajectories analysed are not those of "
         "a working sampler: then the verdicts below describe an unconverged model, not the paper's claims). "
         "Definitions and verdict rules: docs/theory.md section 11, fixed before any model "
@@ -287,36 +350,72 @@ def _markdown(results: dict[str, Any], analyses: dict[str, ModelAnalysis]) -> st
     rows = []
     first = analyses[models[0]].claims
     for i, claim in enumerate(first):
-        rows.append([claim.name.replace("_", " "), claim.paper]
-                    + [f"**{analyses[n].claims[i].verdict}**: {analyses[n].claims[i].ours}" for n in models])
+        rows.append(
+            [claim.name.replace("_", " "), claim.paper]
+            + [f"**{analyses[n].claims[i].verdict}**: {analyses[n].claims[i].ours}" for n in models]
+        )
     lines.append(markdown_table(headers, rows))
     counts = {n: sum(c.verdict == "holds" for c in analyses[n].claims) for n in models}
-    lines += ["", "Claims that hold: " + ", ".join(f"{_label(n)} {counts[n]} of {len(first)}" for n in models) + ".",
-              "", "**Beyond the paper (a): the PIFS regulariser** (DiT, same seed, data and steps):", ""]
+    lines += [
+        "",
+        "Claims that hold: " + ", ".join(f"{_label(n)} {counts[n]} of {len(first)}" for n in models) + ".",
+        "",
+        "**Beyond the paper (a): the PIFS regulariser** (DiT, same seed, data and steps):",
+        "",
+    ]
     reference = "dit_mu0" if "dit_mu0" in analyses else "dit"
     rows = []
     for name in [reference] + [n for n in analyses if n.startswith("dit_mu") and n != "dit_mu0"]:
         m, tr = results["models"][name], training[name]
-        rows.append([_label(name).replace("DiT, ", "") if name != reference else "mu = 0",
-                     format_value(float(np.mean(m["delta_cross_mean"])), digits=4),
-                     format_value(m["delta_cross_mean"][-1], digits=4), _window(m["crossover_window"]),
-                     format_value(m["mean_violations"], digits=3),
-                     format_value(tr["fd_patches"], digits=4), format_value(tr["fraction_outside_data_range"], digits=3),
-                     format_value(tr["memorisation_ratio"], digits=3),
-                     format_value(tr["train_seconds"], digits=3), format_value(tr["images_per_s"], digits=4)])
-    lines.append(markdown_table(
-        ["regulariser", "delta_cross (mean over steps)", "delta_cross at the last step", "crossover window",
-         "mean V_t", "Frechet patch distance", "samples outside [-1, 1]", "memorisation ratio", "training s",
-         "images/s"], rows))
-    lines += ["", f"Frechet patch distance to the test crops of the training crops (the floor): "
-              f"{format_value(training['dit']['fd_patches_train_crops'], digits=4)}; of N(0, I) noise clipped to "
-              f"[-1, 1] (a model that learned nothing): {format_value(training['dit']['fd_patches_noise'], digits=4)}.",
-              "", "**Beyond the paper (b): DiT against UNet** on the same data: "
-              + "; ".join(f"{_label(n)}: crossover window {_window(results['models'][n]['crossover_window'])}, "
-                          f"{counts[n]} claims hold" for n in models) + ". Per-model tables, figures and intervals: "
-              f"`{NAME}/<model>/analysis.md`.",
-              "", "Runs cached in `two_regimes/runs/` (a second reproduction loads them); training seconds are those "
-              "of the run as trained (compilation included; the machine may have been loaded)."]
+        rows.append(
+            [
+                _label(name).replace("DiT, ", "") if name != reference else "mu = 0",
+                format_value(float(np.mean(m["delta_cross_mean"])), digits=4),
+                format_value(m["delta_cross_mean"][-1], digits=4),
+                _window(m["crossover_window"]),
+                format_value(m["mean_violations"], digits=3),
+                format_value(tr["fd_patches"], digits=4),
+                format_value(tr["fraction_outside_data_range"], digits=3),
+                format_value(tr["memorisation_ratio"], digits=3),
+                format_value(tr["train_seconds"], digits=3),
+                format_value(tr["images_per_s"], digits=4),
+            ]
+        )
+    lines.append(
+        markdown_table(
+            [
+                "regulariser",
+                "delta_cross (mean over steps)",
+                "delta_cross at the last step",
+                "crossover window",
+                "mean V_t",
+                "Frechet patch distance",
+                "samples outside [-1, 1]",
+                "memorisation ratio",
+                "training s",
+                "images/s",
+            ],
+            rows,
+        )
+    )
+    lines += [
+        "",
+        f"Frechet patch distance to the test crops of the training crops (the floor): "
+        f"{format_value(training['dit']['fd_patches_train_crops'], digits=4)}; of N(0, I) noise clipped to "
+        f"[-1, 1] (a model that learned nothing): {format_value(training['dit']['fd_patches_noise'], digits=4)}.",
+        "",
+        "**Beyond the paper (b): DiT against UNet** on the same data: "
+        + "; ".join(
+            f"{_label(n)}: crossover window {_window(results['models'][n]['crossover_window'])}, "
+            f"{counts[n]} claims hold"
+            for n in models
+        )
+        + ". Per-model tables, figures and intervals: "
+        f"`{NAME}/<model>/analysis.md`.",
+        "",
+        "Runs cached in `two_regimes/runs/` (a second reproduction loads them); training seconds are those "
+        "of the run as trained (compilation included; the machine may have been loaded).",
+    ]
     return "\n".join(lines)
 
 
@@ -331,10 +430,21 @@ def run(out_dir: Path, *, quick: bool = False, full: bool = False) -> dict[str, 
     out = Path(out_dir) / NAME
     results, analyses = compute(out, quick=quick, full=full)
     figures = _figures(out, analyses)
-    write_result_json(out / f"{NAME}.json", results,
-                      config={"experiment": NAME, "quick": quick, "full": full, "mu_values": results["mu_values"],
-                              **results["settings"]}, seed=SEED)
-    holds = {n: sum(c.verdict == "holds" for c in analyses[n].claims) for n in ("dit", "unet", "empirical") if n in analyses}
+    write_result_json(
+        out / f"{NAME}.json",
+        results,
+        config={
+            "experiment": NAME,
+            "quick": quick,
+            "full": full,
+            "mu_values": results["mu_values"],
+            **results["settings"],
+        },
+        seed=SEED,
+    )
+    holds = {
+        n: sum(c.verdict == "holds" for c in analyses[n].claims) for n in ("dit", "unet", "empirical") if n in analyses
+    }
     total = len(analyses["dit"].claims)
     return {
         "markdown": _markdown(results, analyses),

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -54,27 +55,19 @@ def check_log_alpha_bar(log_alpha_bar: Any, *, name: str = "alpha_bar") -> None:
         return
     arr = np.asarray(log_alpha_bar, dtype=np.float64)
     if arr.ndim != 1 or arr.shape[0] < 2:
-        raise ArgumentError(
-            name,
-            f"expected a 1-D array of shape (T+1,) with T >= 1, got shape {arr.shape}"
-        )
+        raise ArgumentError(name, f"expected a 1-D array of shape (T+1,) with T >= 1, got shape {arr.shape}")
     if not np.all(np.isfinite(arr)):
         bad = int(np.flatnonzero(~np.isfinite(arr))[0])
         raise ArgumentError(
             name,
-            f"every value must lie in (0, 1] (alpha_bar_T > 0, logSNR finite); "
-            f"index {bad} is {np.exp(arr[bad]):.6g}"
+            f"every value must lie in (0, 1] (alpha_bar_T > 0, logSNR finite); index {bad} is {np.exp(arr[bad]):.6g}",
         )
     if arr[0] != 0.0:
-        raise ArgumentError(
-            name,
-            f"alpha_bar[0] must be exactly 1 (t = 0 is clean data), got {np.exp(arr[0]):.17g}"
-        )
+        raise ArgumentError(name, f"alpha_bar[0] must be exactly 1 (t = 0 is clean data), got {np.exp(arr[0]):.17g}")
     if np.any(arr[1:] >= 0.0):
         bad = int(np.flatnonzero(arr[1:] >= 0.0)[0]) + 1
         raise ArgumentError(
-            name,
-            f"alpha_bar[t] must be < 1 for t >= 1, got alpha_bar[{bad}] = {np.exp(arr[bad]):.17g}"
+            name, f"alpha_bar[t] must be < 1 for t >= 1, got alpha_bar[{bad}] = {np.exp(arr[bad]):.17g}"
         )
     steps = np.diff(arr)
     if np.any(steps >= 0.0):
@@ -82,7 +75,7 @@ def check_log_alpha_bar(log_alpha_bar: Any, *, name: str = "alpha_bar") -> None:
         raise ArgumentError(
             name,
             f"must be strictly decreasing in t, but alpha_bar[{bad}] = {np.exp(arr[bad]):.10g} "
-            f">= alpha_bar[{bad - 1}] = {np.exp(arr[bad - 1]):.10g}"
+            f">= alpha_bar[{bad - 1}] = {np.exp(arr[bad - 1]):.10g}",
         )
 
 
@@ -104,7 +97,7 @@ def check_gaps(log_alpha_bar: Any, gaps: Any, *, name: str = "sched") -> None:
         raise ArgumentError(
             name,
             f"alpha_bar must strictly decrease (gaps log alpha_bar[t-1] - log alpha_bar[t] > 0), "
-            f"got gap {g[bad]!r} at t = {bad + 1}"
+            f"got gap {g[bad]!r} at t = {bad + 1}",
         )
     mismatch = np.abs(-np.cumsum(g) - log_ab[1:])
     if np.any(mismatch > 1e-4 * np.maximum(1.0, np.abs(log_ab[1:]))):
@@ -112,7 +105,7 @@ def check_gaps(log_alpha_bar: Any, gaps: Any, *, name: str = "sched") -> None:
         raise ArgumentError(
             name,
             f"gaps are inconsistent with log_alpha_bar (cumulative sum off by {mismatch[bad]:.3g} at "
-            f"t = {bad + 1}); build schedules with the pifs_jax constructors"
+            f"t = {bad + 1}); build schedules with the pifs_jax constructors",
         )
 
 
@@ -130,7 +123,7 @@ def check_grid(grid: Any, T: int, *, name: str = "grid") -> None:
             raise ArgumentError(
                 name,
                 f"a traced grid must have an integer dtype, got {dtype}; convert it before the "
-                "transform (e.g. jnp.asarray(grid, int))"
+                "transform (e.g. jnp.asarray(grid, int))",
             )
         return
     arr = np.asarray(grid)
@@ -138,9 +131,7 @@ def check_grid(grid: Any, T: int, *, name: str = "grid") -> None:
         raise ArgumentError(name, f"expected integer timesteps (an integer or real array), got dtype {arr.dtype}")
     if arr.ndim != 1 or arr.shape[0] < 2:
         raise ArgumentError(
-            name,
-            f"expected a 1-D integer array 0 = tau_0 < ... < tau_N <= T with N >= 1, "
-            f"got shape {arr.shape}"
+            name, f"expected a 1-D integer array 0 = tau_0 < ... < tau_N <= T with N >= 1, got shape {arr.shape}"
         )
     if arr.dtype.kind == "f":
         fractional = ~np.isfinite(arr) | (np.round(arr) != arr)
@@ -149,15 +140,14 @@ def check_grid(grid: Any, T: int, *, name: str = "grid") -> None:
             raise ArgumentError(
                 name,
                 f"timesteps must be integers, got tau_{bad} = {float(arr[bad])!r} in {describe(arr)}; "
-                "round explicitly if that is intended (e.g. np.rint(grid).astype(int))"
+                "round explicitly if that is intended (e.g. np.rint(grid).astype(int))",
             )
     if arr[0] != 0:
         raise ArgumentError(name, f"must start at tau_0 = 0 (alpha_bar = 1), got tau_0 = {arr[0]}")
     if np.any(np.diff(arr) <= 0):
         bad = int(np.flatnonzero(np.diff(arr) <= 0)[0]) + 1
         raise ArgumentError(
-            name,
-            f"must be strictly increasing, but tau_{bad} = {arr[bad]} <= tau_{bad - 1} = {arr[bad - 1]}"
+            name, f"must be strictly increasing, but tau_{bad} = {arr[bad]} <= tau_{bad - 1} = {arr[bad - 1]}"
         )
     if arr[-1] > T:
         raise ArgumentError(name, f"last timestep tau_N = {arr[-1]} exceeds the schedule's T = {T}")
@@ -250,7 +240,7 @@ def check_floating(x: Any, *, name: str) -> None:
         raise ArgumentError(
             name,
             f"expected a floating array (float16, bfloat16, float32 or float64), got dtype {dtype}; "
-            "convert it explicitly (an image in [-1, 1] from uint8 pixels is x / 127.5 - 1)"
+            "convert it explicitly (an image in [-1, 1] from uint8 pixels is x / 127.5 - 1)",
         )
 
 
@@ -266,8 +256,9 @@ def read_json_object(
     if isinstance(source, Mapping):
         return dict(source), None
     if not isinstance(source, (str, os.PathLike)):
-        raise ArgumentError("config", f"expected a dict or a path (str / os.PathLike) to a {file_name}, "
-                            f"got {type(source).__name__}")
+        raise ArgumentError(
+            "config", f"expected a dict or a path (str / os.PathLike) to a {file_name}, got {type(source).__name__}"
+        )
     path = Path(source)
     if path.is_dir():
         path = path / file_name
@@ -282,6 +273,7 @@ def read_json_object(
     except json.JSONDecodeError as err:
         raise ArgumentError("config", f"{str(path)!r} is not valid JSON: {err}") from None
     if not isinstance(loaded, dict):
-        raise ArgumentError("config", f"{str(path)!r} must hold a JSON object ({what}), got a JSON "
-                            f"{type(loaded).__name__}")
+        raise ArgumentError(
+            "config", f"{str(path)!r} must hold a JSON object ({what}), got a JSON {type(loaded).__name__}"
+        )
     return loaded, path

@@ -38,12 +38,12 @@ from pifs_jax.results import atomic_write_bytes, to_jsonable
 
 __all__ = [
     "CHECKPOINT_NAME",
-    "save_checkpoint",
+    "config_differences",
     "load_checkpoint",
     "read_checkpoint",
     "read_checkpoint_header",
-    "config_differences",
     "remove_partial_writes",
+    "save_checkpoint",
 ]
 
 #: File name of a checkpoint inside a run's folder.
@@ -98,7 +98,7 @@ def _parse(path: Path) -> tuple[dict[str, Any], bytes]:
         if _MAGIC.startswith(blob):
             raise _fail(f"{str(path)!r} is truncated ({len(blob)} bytes, not even a header)")
         raise _fail(f"{str(path)!r} is not a pifs_jax checkpoint (unexpected first bytes)")
-    rest = blob[len(_MAGIC):]
+    rest = blob[len(_MAGIC) :]
     parts = rest.split(b"\n", 2)
     if len(parts) < 3:
         raise _fail(f"{str(path)!r} is truncated (its header is incomplete, {len(blob)} bytes)")

@@ -65,25 +65,25 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pifs_jax._validation import check_finite, check_instance, check_positive_int, describe, is_concrete
+from pifs_jax._validation import check_finite, check_instance, check_positive_int, is_concrete
+from pifs_jax.errors import ArgumentError
 from pifs_jax.geometry import contraction_threshold, dimension_growth, information_gain, step_coefficients
 from pifs_jax.grids import as_grid
 from pifs_jax.schedules import Schedule
-from pifs_jax.errors import ArgumentError
 
 __all__ = [
-    "coefficient_of_variation",
-    "WeakestLink",
-    "weakest_link",
-    "GrowthBalance",
-    "growth_balance",
     "WORK_KINDS",
-    "work_density",
-    "cumulative_work",
-    "step_work",
+    "GrowthBalance",
+    "WeakestLink",
     "Workload",
-    "workload",
+    "coefficient_of_variation",
+    "cumulative_work",
     "equal_work_times",
+    "growth_balance",
+    "step_work",
+    "weakest_link",
+    "work_density",
+    "workload",
 ]
 
 #: Definitions of the per-training-step contraction work ``w_u`` (criterion 3).
@@ -218,7 +218,8 @@ def growth_balance(sched: Schedule, variances: Any, sizes: Any | None = None, gr
     check_instance(sched, Schedule, name="sched", what="pifs_jax Schedule")
     g = as_grid(grid, sched.T)
     if np.shape(g)[0] < 4:
-        raise ArgumentError("grid", f"criterion 2 needs at least 3 sampling steps (the finest is left out), got {np.shape(g)[0] - 1}"
+        raise ArgumentError(
+            "grid", f"criterion 2 needs at least 3 sampling steps (the finest is left out), got {np.shape(g)[0] - 1}"
         )
     growth = dimension_growth(sched, variances, sizes, g)[1:]
     information = _information_gain_after_finest(sched, variances, sizes, g)
@@ -269,13 +270,16 @@ def _check_times(times: Any, T: int) -> None:
         return
     arr = np.asarray(times, dtype=np.float64)
     if arr.ndim != 1 or arr.shape[0] < 2:
-        raise ArgumentError("times", f"expected a 1-D array 0 = t_0 < ... < t_N <= T with N >= 1, got shape {arr.shape}")
+        raise ArgumentError(
+            "times", f"expected a 1-D array 0 = t_0 < ... < t_N <= T with N >= 1, got shape {arr.shape}"
+        )
     check_finite(arr, "times")
     if arr[0] != 0:
         raise ArgumentError("times", f"must start at t_0 = 0 (alpha_bar = 1), got t_0 = {arr[0]:.6g}")
     if np.any(np.diff(arr) <= 0):
         bad = int(np.flatnonzero(np.diff(arr) <= 0)[0]) + 1
-        raise ArgumentError("times", f"must strictly increase, but t_{bad} = {arr[bad]:.6g} <= t_{bad - 1} = {arr[bad - 1]:.6g}"
+        raise ArgumentError(
+            "times", f"must strictly increase, but t_{bad} = {arr[bad]:.6g} <= t_{bad - 1} = {arr[bad - 1]:.6g}"
         )
     if arr[-1] > T:
         raise ArgumentError("times", f"last time t_N = {arr[-1]:.6g} exceeds the schedule's T = {T}")

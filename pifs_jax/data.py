@@ -72,27 +72,27 @@ from pifs_jax._validation import (
     describe,
     is_concrete,
 )
-from pifs_jax.patches import patch_layout, patch_permutation, patchify
 from pifs_jax.errors import ArgumentError
+from pifs_jax.patches import patch_layout, patch_permutation, patchify
 
 __all__ = [
-    "PHOTO_NAMES",
     "DATASETS",
     "DATASET_NAMES",
-    "DIGITS_TRAIN",
     "DIGITS_TEST",
+    "DIGITS_TRAIN",
     "FLOAT_DTYPES",
+    "PHOTO_NAMES",
     "CropPositions",
-    "load_photo",
-    "photo_crops",
-    "photo_crop_count",
-    "load_dataset",
     "GaussianPatchData",
-    "gaussian_patch_data",
     "MixtureData",
-    "gaussian_mixture_data",
     "PatchStats",
+    "gaussian_mixture_data",
+    "gaussian_patch_data",
+    "load_dataset",
+    "load_photo",
     "patch_stats",
+    "photo_crop_count",
+    "photo_crops",
 ]
 
 PHOTO_NAMES = ("astronaut", "coffee", "chelsea", "rocket", "motorcycle")
@@ -154,7 +154,7 @@ def _check_split(split: Any) -> str:
 # ----------------------------------------------------------------------------- photographs
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _photo_uint8(name: str) -> np.ndarray:
     """The photograph as shipped, ``(H, W, 3)`` uint8 (read once, cached, read-only)."""
     import skimage.data
@@ -205,10 +205,7 @@ def _split_cells(shape: tuple, size: int, split: str) -> list[tuple[int, int]]:
     cell = 2 * size
     parity = 0 if split == "train" else 1
     return [
-        (i * cell, j * cell)
-        for i in range(shape[0] // cell)
-        for j in range(shape[1] // cell)
-        if (i + j) % 2 == parity
+        (i * cell, j * cell) for i in range(shape[0] // cell) for j in range(shape[1] // cell) if (i + j) % 2 == parity
     ]
 
 
@@ -279,12 +276,16 @@ def photo_crops(
     counts = np.array([len(c) * per_cell for c in cells], dtype=np.int64)
     total = int(counts.sum())
     if total == 0:
-        raise ArgumentError("size", f"no {2 * size}x{2 * size} cell (twice the crop size) fits in the photographs downsampled "
-            f"by {factor}; use a smaller size or downsample"
+        raise ArgumentError(
+            "size",
+            f"no {2 * size}x{2 * size} cell (twice the crop size) fits in the photographs downsampled "
+            f"by {factor}; use a smaller size or downsample",
         )
     if n > total:
-        raise ArgumentError("n", f"the {split} region holds only {total} distinct {size}x{size} crops (photos {photos}, "
-            f"downsample {factor}), got n = {n}"
+        raise ArgumentError(
+            "n",
+            f"the {split} region holds only {total} distinct {size}x{size} crops (photos {photos}, "
+            f"downsample {factor}), got n = {n}",
         )
     flat = _host_rng(key).choice(total, size=n, replace=False).astype(np.int64)
     starts = np.concatenate([[0], np.cumsum(counts)])
@@ -313,7 +314,7 @@ def photo_crops(
 # ----------------------------------------------------------------------------- digits and named sets
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _digits_scaled() -> np.ndarray:
     from sklearn.datasets import load_digits
 
@@ -426,8 +427,10 @@ def gaussian_patch_data(
     m, nk = layout.num_patches, layout.patch_dim
     shape = tuple(np.shape(patch_variances))
     if shape not in ((m,), (m, nk)):
-        raise ArgumentError("patch_variances", f"expected shape (M,) = ({m},) or (M, n_k) = ({m}, {nk}) for image_shape "
-            f"{layout.image_shape} and patch_size {layout.patch_size}, got {shape}"
+        raise ArgumentError(
+            "patch_variances",
+            f"expected shape (M,) = ({m},) or (M, n_k) = ({m}, {nk}) for image_shape "
+            f"{layout.image_shape} and patch_size {layout.patch_size}, got {shape}",
         )
     check_floating(patch_variances, name="patch_variances")
     check_variances(patch_variances, name="patch_variances")
@@ -465,7 +468,9 @@ class MixtureData(NamedTuple):
     """Component of each sample, int32 ``(n,)``."""
 
 
-def gaussian_mixture_data(key: jax.Array, *, n: int, weights: Any, means: Any, covs: Any, dtype: Any = None) -> MixtureData:
+def gaussian_mixture_data(
+    key: jax.Array, *, n: int, weights: Any, means: Any, covs: Any, dtype: Any = None
+) -> MixtureData:
     """Samples of ``sum_k pi_k N(mu_k, Sigma_k)``: the data of :func:`~pifs_jax.denoisers.gaussian_mixture_denoiser`.
 
     ``label ~ Categorical(pi / sum pi)``, ``x = mu_label + U_label (sqrt(lambda_label) * z)`` with

@@ -30,7 +30,8 @@ chain); ``0 <= eta <= 1``; and an eager call checks its result with one reductio
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
@@ -38,13 +39,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from pifs_jax._validation import check_floating, is_concrete
+from pifs_jax.errors import ArgumentError, NonFiniteError
 from pifs_jax.geometry import StepCoefficients, step_coefficients
 from pifs_jax.grids import as_grid
 from pifs_jax.schedules import Schedule, safe_sqrt
-from pifs_jax.errors import ArgumentError, NonFiniteError
 
 __all__ = [
-    "ddim_step", "ddim_chain", "ddim_sample", "check_denoiser", "chain_steps", "ChainSteps", "locate_nonfinite",
+    "ChainSteps",
+    "chain_steps",
+    "check_denoiser",
+    "ddim_chain",
+    "ddim_sample",
+    "ddim_step",
+    "locate_nonfinite",
 ]
 
 EpsFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -87,9 +94,7 @@ def chain_steps(sched: Schedule, grid: Any = None, *, eta: Any = 0.0) -> ChainSt
     # c_t^2 = eta^2 sigma_s^2 / sigma_t^2 * (1 - ab_t / ab_s)
     noise2 = eta**2 * sigma2_s / sigma2_t * -jnp.expm1(-c.log_ratio)
     noise2 = jnp.minimum(noise2, sigma2_s)
-    b = (-jnp.expm1(c.log_ratio) - noise2) / (
-        safe_sqrt(sigma2_s - noise2) + c.a * c.sigma_t
-    )
+    b = (-jnp.expm1(c.log_ratio) - noise2) / (safe_sqrt(sigma2_s - noise2) + c.a * c.sigma_t)
     steps = ChainSteps(grid[1:], c.a, b, safe_sqrt(noise2))
     return jax.tree_util.tree_map(lambda v: v[::-1], steps)
 
@@ -111,9 +116,7 @@ def check_denoiser(eps_fn: EpsFn, x: Any, t: int = 1, *, name: str = "eps_fn") -
     """
     x = jnp.asarray(x)
     try:  # the denoiser's own array leaves (parameters) are abstract too
-        out = eqx.filter_eval_shape(
-            eps_fn, jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct((), jnp.int32)
-        )
+        out = eqx.filter_eval_shape(eps_fn, jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct((), jnp.int32))
     except Exception as err:  # surface the model's own error with context
         raise ArgumentError(name, f"calling eps_fn(x, t) with x of shape {x.shape} failed: {err}") from err
     if not hasattr(out, "shape") or out.shape != x.shape:

@@ -33,7 +33,8 @@ be integers and are promoted to the model's float dtype.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -48,19 +49,19 @@ from pifs_jax._validation import (
     describe,
     is_concrete,
 )
+from pifs_jax.errors import ArgumentError
 from pifs_jax.patches import patch_layout, patchify, unpatchify
 from pifs_jax.schedules import Schedule, safe_sqrt
-from pifs_jax.errors import ArgumentError
 
 __all__ = [
+    "Attention",
+    "EmpiricalEps",
+    "empirical_attention",
+    "empirical_denoiser",
     "gaussian_denoiser",
     "gaussian_denoiser_eig",
     "gaussian_denoiser_patches",
     "gaussian_mixture_denoiser",
-    "empirical_denoiser",
-    "empirical_attention",
-    "Attention",
-    "EmpiricalEps",
 ]
 
 EpsFn = Callable[[jax.Array, Any], jax.Array]
@@ -134,8 +135,9 @@ def _check_orthogonal(eigvecs: Any, name: str) -> None:
     err = np.linalg.norm(u.T @ (u @ z) - z) / np.linalg.norm(z)
     if err > 1e3 * _eps_of(eigvecs) * max(1.0, np.sqrt(u.shape[-1])):
         raise ArgumentError(
-            name, f"the eigenvector matrix must be orthogonal (columns = eigenvectors), "
-            f"but ||U^T U z - z|| / ||z|| = {err:.3g} for a random z"
+            name,
+            f"the eigenvector matrix must be orthogonal (columns = eigenvectors), "
+            f"but ||U^T U z - z|| / ||z|| = {err:.3g} for a random z",
         )
 
 
@@ -172,7 +174,9 @@ def gaussian_denoiser_eig(sched: Schedule, mean: Any, eigvals: Any, eigvecs: Any
         raise ArgumentError("eigvals", f"expected shape ({n},) to match mean's {n} entries, got {np.shape(eigvals)}")
     check_variances(eigvals, name="eigvals")
     if np.shape(eigvecs) != (n, n):
-        raise ArgumentError("eigvecs", f"expected shape ({n}, {n}) to match mean's {n} entries, got {np.shape(eigvecs)}")
+        raise ArgumentError(
+            "eigvecs", f"expected shape ({n}, {n}) to match mean's {n} entries, got {np.shape(eigvecs)}"
+        )
     _check_orthogonal(eigvecs, "eigvecs")
     dtype = _float_dtype(mean, eigvals, eigvecs)
     mu = jnp.asarray(mean, dtype).reshape(-1)
@@ -325,7 +329,9 @@ def gaussian_mixture_denoiser(sched: Schedule, weights: Any, means: Any, covs: A
     if k_components < 1:
         raise ArgumentError("weights", f"expected a non-empty 1-D array of shape (K,), got shape {np.shape(weights)}")
     if np.ndim(means) < 1 or np.shape(means)[0] != k_components:
-        raise ArgumentError("means", f"expected shape (K,) + sample_shape with K = {k_components}, got {np.shape(means)}")
+        raise ArgumentError(
+            "means", f"expected shape (K,) + sample_shape with K = {k_components}, got {np.shape(means)}"
+        )
     n = int(np.prod(np.shape(means)[1:], dtype=np.int64))
     if is_concrete(weights):
         w = check_finite(weights, "weights")

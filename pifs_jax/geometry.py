@@ -33,28 +33,28 @@ import numpy as np
 import optimistix as optx
 
 from pifs_jax._validation import check_gaps, check_log_alpha_bar, check_variances, patch_variance_arrays
+from pifs_jax.errors import ArgumentError
 from pifs_jax.grids import as_grid
 from pifs_jax.kaplan_yorke import kaplan_yorke_dimension
 from pifs_jax.schedules import Schedule, safe_sqrt
-from pifs_jax.errors import ArgumentError
 
 __all__ = [
-    "StepCoefficients",
-    "step_gaps",
-    "step_coefficients",
-    "contraction_threshold",
     "ContractionSummary",
+    "StepCoefficients",
+    "analytic_kaplan_yorke",
     "contraction_summary",
-    "expansion_threshold",
-    "log_expansion_factor",
+    "contraction_threshold",
+    "dimension_growth",
     "expansion_factor",
+    "expansion_threshold",
+    "geometry_arrays",
+    "information_gain",
+    "log_expansion_factor",
+    "lyapunov_exponents",
     "moran_function",
     "moran_threshold",
-    "lyapunov_exponents",
-    "analytic_kaplan_yorke",
-    "information_gain",
-    "dimension_growth",
-    "geometry_arrays",
+    "step_coefficients",
+    "step_gaps",
 ]
 
 

@@ -21,18 +21,18 @@ from pifs_jax._validation import check_grid, check_positive_int, describe, is_co
 from pifs_jax.errors import ArgumentError
 
 __all__ = [
-    "full_grid",
-    "uniform_grid",
+    "AYS_SD15",
+    "AYS_SDXL",
+    "TIMESTEP_SPACINGS",
+    "align_your_steps_grid",
+    "as_grid",
+    "diffusers_grid",
     "diffusers_timesteps",
+    "full_grid",
     "grid_from_diffusers_timesteps",
     "grid_to_diffusers_timesteps",
     "round_grid",
-    "diffusers_grid",
-    "AYS_SD15",
-    "AYS_SDXL",
-    "align_your_steps_grid",
-    "as_grid",
-    "TIMESTEP_SPACINGS",
+    "uniform_grid",
 ]
 
 #: Align Your Steps (Sabour et al. 2024), 10 steps, diffusers indexing, Stable Diffusion 1.5.
@@ -61,9 +61,7 @@ def uniform_grid(T: int, num_steps: int) -> np.ndarray:
     return np.round(np.arange(num_steps + 1) * (T / num_steps)).astype(np.int64)
 
 
-def diffusers_timesteps(
-    T: int, num_steps: int, *, spacing: str = "leading", steps_offset: int = 0
-) -> np.ndarray:
+def diffusers_timesteps(T: int, num_steps: int, *, spacing: str = "leading", steps_offset: int = 0) -> np.ndarray:
     """The descending timestep list diffusers' DDIM ``set_timesteps`` produces (diffusers indexing).
 
     - ``linspace``: ``round(linspace(0, T-1, N))``

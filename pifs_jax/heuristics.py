@@ -56,22 +56,22 @@ from pifs_jax._validation import (
     is_concrete,
     patch_variance_arrays,
 )
+from pifs_jax.errors import ArgumentError
 from pifs_jax.geometry import step_coefficients
 from pifs_jax.grids import as_grid
 from pifs_jax.schedules import Schedule, cosine
-from pifs_jax.errors import ArgumentError
 
 __all__ = [
     "PIXEL_BIN",
-    "min_snr_weights",
-    "cosine_offset_limit",
-    "scaling_exponent_offset",
-    "marginal_entropy_gain",
-    "optimal_eps_loss",
     "PatchSpectrum",
+    "cosine_offset_limit",
+    "marginal_entropy_gain",
     "measured_patch_variances",
+    "min_snr_weights",
+    "optimal_eps_loss",
     "photo_patch_spectrum",
     "power_law_variances",
+    "scaling_exponent_offset",
     "spearman_correlation",
 ]
 
@@ -113,7 +113,7 @@ def min_snr_weights(sched: Schedule, *, gamma: Any = 5.0, grid: Any = None) -> j
 # ----------------------------------------------------------------------------- cosine offset
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _log_first_beta_residual(T: int, max_beta: float):
     """``(s, target) -> log beta_1(s) - target`` for the cosine schedule; one function per ``(T, max_beta)``
     so that repeated root finds reuse their compilation."""
@@ -168,8 +168,10 @@ def cosine_offset_limit(T: int = 1000, *, bin_width: float = PIXEL_BIN, max_beta
 
     at_zero = value(0.0)
     if at_zero >= 0:
-        raise ArgumentError("bin_width", f"even s = 0 gives sqrt(beta_1) = {math.exp(0.5 * (at_zero + target)):.6g} >= "
-            f"bin_width = {float(bin_width):.6g} for T = {T}; no offset satisfies the constraint"
+        raise ArgumentError(
+            "bin_width",
+            f"even s = 0 gives sqrt(beta_1) = {math.exp(0.5 * (at_zero + target)):.6g} >= "
+            f"bin_width = {float(bin_width):.6g} for T = {T}; no offset satisfies the constraint",
         )
     upper = 1.0 / 64
     while value(upper) < 0:
@@ -372,7 +374,9 @@ def measured_patch_variances(images: Any, patch_size: int, *, stride: int | None
     centred = windows - windows.mean(axis=0)
     covariance = centred.T @ centred / (windows.shape[0] - 1)
     eigenvalues = np.clip(np.linalg.eigvalsh(covariance)[::-1], 0.0, None)
-    return PatchSpectrum(eigenvalues, float(np.trace(covariance) / covariance.shape[0]), float(eigenvalues[0]), int(windows.shape[0]))
+    return PatchSpectrum(
+        eigenvalues, float(np.trace(covariance) / covariance.shape[0]), float(eigenvalues[0]), int(windows.shape[0])
+    )
 
 
 def photo_patch_spectrum(
@@ -456,7 +460,7 @@ def spearman_correlation(x: Any, y: Any) -> float:
             raise ArgumentError(name, f"expected a 1-D array with at least 2 entries, got shape {arr.shape}")
         check_finite(arr, name)
         if np.all(arr == arr[0]):
-            raise ArgumentError(name, f"is constant; the rank correlation is undefined")
+            raise ArgumentError(name, "is constant; the rank correlation is undefined")
     if xs.shape != ys.shape:
         raise ArgumentError("y", f"expected the shape of x, {xs.shape}, got {ys.shape}")
     rx = _average_ranks(xs) - (xs.size + 1) / 2.0

@@ -95,26 +95,26 @@ import numpy as np
 
 from pifs_jax import schedules as _schedules
 from pifs_jax._validation import describe, is_concrete, read_json_object
+from pifs_jax.errors import ArgumentError
 from pifs_jax.grids import TIMESTEP_SPACINGS, diffusers_grid
 from pifs_jax.results import atomic_write_text
-from pifs_jax.errors import ArgumentError
 
 __all__ = [
-    "load_config",
-    "from_diffusers_config",
-    "diffusers_config_grid",
-    "to_diffusers_config",
-    "save_diffusers_config",
-    "example_config_path",
-    "EXAMPLE_CONFIGS",
+    "DDPM_FAMILY_SCHEDULERS",
+    "DEFAULT_ONLY_KEYS",
     "DIFFUSERS_BETA_SCHEDULES",
-    "SCHEDULE_KEYS",
+    "EXAMPLE_CONFIGS",
     "GRID_KEYS",
     "IGNORED_KEYS",
-    "DEFAULT_ONLY_KEYS",
     "OTHER_FAMILY_KEYS",
-    "DDPM_FAMILY_SCHEDULERS",
+    "SCHEDULE_KEYS",
     "DiffusersConversionWarning",
+    "diffusers_config_grid",
+    "example_config_path",
+    "from_diffusers_config",
+    "load_config",
+    "save_diffusers_config",
+    "to_diffusers_config",
 ]
 
 
@@ -341,9 +341,7 @@ def _is_int(value: Any) -> bool:
 
 
 def _is_real(value: Any) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
-        value, (bool, np.bool_)
-    )
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
 
 
 def _check_default_only(key: str, value: Any, where: str) -> None:
@@ -359,8 +357,9 @@ def _check_default_only(key: str, value: Any, where: str) -> None:
         ok = value is None or value is False
     if not ok:
         raise ArgumentError(
-            key, f"only the diffusers default {DEFAULT_ONLY_KEYS[key]} can be honoured (it selects "
-            f"another sampling grid or parameterisation), got {value!r}{where}"
+            key,
+            f"only the diffusers default {DEFAULT_ONLY_KEYS[key]} can be honoured (it selects "
+            f"another sampling grid or parameterisation), got {value!r}{where}",
         )
 
 
@@ -369,26 +368,30 @@ def _check_family(raw: Mapping[str, Any], where: str) -> None:
     class_name = raw.get("_class_name")
     if class_name is not None:
         if not isinstance(class_name, str):
-            raise ArgumentError("_class_name", f"expected the name of a diffusers scheduler class, got {class_name!r}{where}")
+            raise ArgumentError(
+                "_class_name", f"expected the name of a diffusers scheduler class, got {class_name!r}{where}"
+            )
         if "FlowMatch" in class_name:
             raise ArgumentError(
-                "_class_name", f"{class_name!r} is a flow-matching scheduler and is not supported{where}: "
-                f"{_FLOW_MATCHING_REASON}"
+                "_class_name",
+                f"{class_name!r} is a flow-matching scheduler and is not supported{where}: {_FLOW_MATCHING_REASON}",
             )
         if class_name not in DDPM_FAMILY_SCHEDULERS:
             raise ArgumentError(
-                "_class_name", f"{class_name!r} is not supported{where}: the DDIM-PIFS geometry is defined "
+                "_class_name",
+                f"{class_name!r} is not supported{where}: the DDIM-PIFS geometry is defined "
                 "for DDPM-family schedules with alpha_bar_t = prod_{s<=t} (1 - beta_s) (docs/theory.md "
                 "section 2), and this package reads only the diffusers classes known to build one, "
                 f"pifs_jax.interop.DDPM_FAMILY_SCHEDULERS ({', '.join(DDPM_FAMILY_SCHEDULERS)}). "
                 "If this class builds alphas_cumprod = cumprod(1 - betas) from num_train_timesteps, "
                 "beta_schedule, beta_start, beta_end and trained_betas exactly as DDIMScheduler does, "
-                "pass {**config, '_class_name': 'DDIMScheduler'}"
+                "pass {**config, '_class_name': 'DDIMScheduler'}",
             )
     if raw.get("prediction_type") == "flow_prediction":
         raise ArgumentError(
-            "prediction_type", f"'flow_prediction' is a flow-matching network's output and is not "
-            f"supported{where}: {_FLOW_MATCHING_REASON}"
+            "prediction_type",
+            f"'flow_prediction' is a flow-matching network's output and is not "
+            f"supported{where}: {_FLOW_MATCHING_REASON}",
         )
 
 
@@ -405,10 +408,11 @@ def _check_schedule_spelled_out(raw: Mapping[str, Any], where: str) -> None:
     missing = [key for key in needed if raw.get(key) is None]
     if missing:
         raise ArgumentError(
-            missing[0], f"missing (or null) in a {class_name} config{where}: its diffusers defaults for "
+            missing[0],
+            f"missing (or null) in a {class_name} config{where}: its diffusers defaults for "
             "the schedule differ from DDIMScheduler's or are not known here, and DDIMScheduler's are the "
             "only defaults this package fills in; "
-            f"give {', '.join(missing)} explicitly (a config saved by diffusers has them all)"
+            f"give {', '.join(missing)} explicitly (a config saved by diffusers has them all)",
         )
 
 
@@ -435,10 +439,11 @@ def _parse(config: Any, ignore: Iterable[str], reads: tuple = SCHEDULE_KEYS) -> 
             if value is None:  # null: the default, i.e. not used
                 continue
             raise ArgumentError(
-                key, f"is a key of {OTHER_FAMILY_KEYS[key]} scheduler configs (value {value!r:.100}){where}, "
+                key,
+                f"is a key of {OTHER_FAMILY_KEYS[key]} scheduler configs (value {value!r:.100}){where}, "
                 "which define no DDPM-family schedule alpha_bar_t = prod_{s<=t} (1 - beta_s) "
                 "(docs/theory.md section 2); this config does not describe a schedule this package "
-                "can read, and ignoring the key would read it as the wrong one"
+                "can read, and ignoring the key would read it as the wrong one",
             )
         if key in ignored:
             continue
@@ -448,10 +453,11 @@ def _parse(config: Any, ignore: Iterable[str], reads: tuple = SCHEDULE_KEYS) -> 
         if value is None:  # null: diffusers' default for the key, as for every key
             continue
         raise ArgumentError(
-            key, f"unknown scheduler config key (value {value!r:.100}){where}; the keys this package "
+            key,
+            f"unknown scheduler config key (value {value!r:.100}){where}; the keys this package "
             "reads, ignores or accepts at their default are pifs_jax.interop.SCHEDULE_KEYS, GRID_KEYS, "
             f"IGNORED_KEYS and DEFAULT_ONLY_KEYS; if it changes neither alpha_bar nor the DDIM grid, "
-            f"pass ignore=({key!r},) to accept it knowingly"
+            f"pass ignore=({key!r},) to accept it knowingly",
         )
     cfg = {k: (_DEFAULTS[k] if raw.get(k) is None else raw[k]) for k in _DEFAULTS}
     # diffusers writes "trained_betas": null; None means "use beta_schedule".
@@ -471,12 +477,14 @@ def _parse(config: Any, ignore: Iterable[str], reads: tuple = SCHEDULE_KEYS) -> 
         try:
             trained = np.asarray(trained, dtype=np.float64)
         except (TypeError, ValueError):
-            raise ArgumentError("trained_betas", f"expected a list of {T} numbers (num_train_timesteps), "
-                f"got {cfg['trained_betas']!r:.200}{where}"
+            raise ArgumentError(
+                "trained_betas",
+                f"expected a list of {T} numbers (num_train_timesteps), got {cfg['trained_betas']!r:.200}{where}",
             ) from None
         if trained.ndim != 1 or trained.shape[0] != T:
-            raise ArgumentError("trained_betas", f"expected a list of num_train_timesteps = {T} numbers, "
-                f"got shape {trained.shape}{where}"
+            raise ArgumentError(
+                "trained_betas",
+                f"expected a list of num_train_timesteps = {T} numbers, got shape {trained.shape}{where}",
             )
         bad = ~np.isfinite(trained) | (trained <= 0) | (trained >= 1)
         if np.any(bad):
@@ -488,14 +496,15 @@ def _parse(config: Any, ignore: Iterable[str], reads: tuple = SCHEDULE_KEYS) -> 
                     "step cannot start from; give the betas before rescaling and set "
                     "rescale_betas_zero_snr: true)"
                 )
-            raise ArgumentError("trained_betas", f"every beta must lie in (0, 1), got trained_betas[{i}] = "
-                f"{trained[i]!r}{hint}{where}"
+            raise ArgumentError(
+                "trained_betas", f"every beta must lie in (0, 1), got trained_betas[{i}] = {trained[i]!r}{hint}{where}"
             )
     else:
         schedule = cfg["beta_schedule"]
         if schedule not in DIFFUSERS_BETA_SCHEDULES:
-            raise ArgumentError("beta_schedule", f"expected one of {', '.join(DIFFUSERS_BETA_SCHEDULES)} (or trained_betas), "
-                f"got {schedule!r}{where}"
+            raise ArgumentError(
+                "beta_schedule",
+                f"expected one of {', '.join(DIFFUSERS_BETA_SCHEDULES)} (or trained_betas), got {schedule!r}{where}",
             )
         if schedule != "squaredcos_cap_v2":  # betas_for_alpha_bar takes no beta range
             for key in ("beta_start", "beta_end"):
@@ -505,7 +514,8 @@ def _parse(config: Any, ignore: Iterable[str], reads: tuple = SCHEDULE_KEYS) -> 
 
     spacing = cfg["timestep_spacing"]
     if spacing not in TIMESTEP_SPACINGS:
-        raise ArgumentError("timestep_spacing", f"expected one of {', '.join(TIMESTEP_SPACINGS)}, got {spacing!r}{where}"
+        raise ArgumentError(
+            "timestep_spacing", f"expected one of {', '.join(TIMESTEP_SPACINGS)}, got {spacing!r}{where}"
         )
     offset = cfg["steps_offset"]
     if not _is_int(offset) or offset < 0:
@@ -513,11 +523,12 @@ def _parse(config: Any, ignore: Iterable[str], reads: tuple = SCHEDULE_KEYS) -> 
 
     if raw.get("_class_name") is None and not any(raw.get(k) is not None for k in reads):
         raise ArgumentError(
-            "config", f"names no scheduler class (_class_name) and sets none of the keys "
+            "config",
+            f"names no scheduler class (_class_name) and sets none of the keys "
             f"{', '.join(reads)}{where}, so nothing in it identifies a DDPM-family schedule (it would "
             f"be read entirely from DDIMScheduler's defaults); got keys {sorted(raw)}. Add "
             "'_class_name' (e.g. 'DDIMScheduler') or the schedule keys, e.g. "
-            "{'beta_schedule': 'linear', 'num_train_timesteps': 1000}"
+            "{'beta_schedule': 'linear', 'num_train_timesteps': 1000}",
         )
 
     return _Parsed(
@@ -623,13 +634,13 @@ def from_diffusers_config(
             sched = _schedules.from_betas(_sigmoid_betas(T, cfg.beta_start, cfg.beta_end), dtype=dtype)
         except ValueError as err:
             raise ArgumentError(
-                "beta_start, beta_end", f"the sigmoid schedule needs betas in (0, 1), got "
-                f"beta_start = {cfg.beta_start!r}, beta_end = {cfg.beta_end!r}{cfg.where} ({err})"
+                "beta_start, beta_end",
+                f"the sigmoid schedule needs betas in (0, 1), got "
+                f"beta_start = {cfg.beta_start!r}, beta_end = {cfg.beta_end!r}{cfg.where} ({err})",
             ) from None
     if cfg.rescale_betas_zero_snr:
         if T < 2:
-            raise ArgumentError("rescale_betas_zero_snr", f"needs num_train_timesteps >= 2, got {T}{cfg.where}"
-            )
+            raise ArgumentError("rescale_betas_zero_snr", f"needs num_train_timesteps >= 2, got {T}{cfg.where}")
         if terminal_log_snr is None:
             terminal_log_snr = _DEFAULT_TERMINAL_LOG_SNR
             warnings.warn(
@@ -685,21 +696,25 @@ def diffusers_config_grid(
     cfg = _parse(config, ignore, SCHEDULE_KEYS + GRID_KEYS)
     T = cfg.num_train_timesteps
     if not cfg.set_alpha_to_one:
-        raise ArgumentError("set_alpha_to_one", f"false makes diffusers' last DDIM step land on alphas_cumprod[0] "
+        raise ArgumentError(
+            "set_alpha_to_one",
+            f"false makes diffusers' last DDIM step land on alphas_cumprod[0] "
             f"(t = 1) instead of alpha_bar = 1, and this package's grids end on tau_0 = 0; got "
             f"set_alpha_to_one = False{cfg.where}. Pass {{**config, 'set_alpha_to_one': True}} for "
-            "the grid that ends on clean data"
+            "the grid that ends on clean data",
         )
     if not _is_int(num_inference_steps) or not 1 <= num_inference_steps <= T:
-        raise ArgumentError("num_inference_steps", f"expected an integer in 1..num_train_timesteps = {T}, "
-            f"got {num_inference_steps!r}"
+        raise ArgumentError(
+            "num_inference_steps", f"expected an integer in 1..num_train_timesteps = {T}, got {num_inference_steps!r}"
         )
     N = int(num_inference_steps)
     if cfg.timestep_spacing == "leading":
         largest = (N - 1) * (T // N) + cfg.steps_offset
         if largest > T - 1:
-            raise ArgumentError("steps_offset", f"{cfg.steps_offset} with num_inference_steps = {N} gives diffusers "
-                f"timestep {largest}, beyond num_train_timesteps - 1 = {T - 1}{cfg.where}"
+            raise ArgumentError(
+                "steps_offset",
+                f"{cfg.steps_offset} with num_inference_steps = {N} gives diffusers "
+                f"timestep {largest}, beyond num_train_timesteps - 1 = {T - 1}{cfg.where}",
             )
     return diffusers_grid(T, N, spacing=cfg.timestep_spacing, steps_offset=cfg.steps_offset)
 
@@ -741,8 +756,9 @@ def to_diffusers_config(sched: _schedules.Schedule, **overrides: Any) -> dict[st
     clash = sorted(fixed & set(overrides))
     if clash:
         raise ArgumentError(
-            clash[0], f"defines the schedule and is set from sched; cannot be overridden "
-            f"(got {clash[0]} = {overrides[clash[0]]!r:.200})"
+            clash[0],
+            f"defines the schedule and is set from sched; cannot be overridden "
+            f"(got {clash[0]} = {overrides[clash[0]]!r:.200})",
         )
     log_ab = np.asarray(sched.log_alpha_bar, dtype=np.float64)
     betas = -np.expm1(np.diff(log_ab))

@@ -30,7 +30,8 @@ set of the same shapes compiles nothing new; a plain closure compiles once per c
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
@@ -39,26 +40,26 @@ import numpy as np
 
 from pifs_jax._validation import check_floating, is_concrete
 from pifs_jax.ddim import EpsFn, check_denoiser, ddim_chain, ddim_step
+from pifs_jax.errors import ArgumentError
 from pifs_jax.geometry import step_coefficients
 from pifs_jax.grids import as_grid
 from pifs_jax.patches import PatchLayout, patch_layout, patch_permutation, patchify, unpatchify
 from pifs_jax.schedules import Schedule
-from pifs_jax.errors import ArgumentError
 
 __all__ = [
-    "forward_jacobian",
     "TANGENT_CHUNK",
-    "step_jacobian",
-    "ddim_step_jacobian",
-    "chain_jacobian",
-    "step_jvp",
-    "step_vjp",
-    "patch_blocks",
     "BlockNorms",
-    "summarize_block_norms",
     "block_norms",
     "block_norms_matrix_free",
+    "chain_jacobian",
+    "ddim_step_jacobian",
+    "forward_jacobian",
     "leading_eigenvectors",
+    "patch_blocks",
+    "step_jacobian",
+    "step_jvp",
+    "step_vjp",
+    "summarize_block_norms",
     "suppression_field",
 ]
 
@@ -124,7 +125,9 @@ def _step_of_grid(sched: Schedule, grid: Any, step: Any):
     n_steps = int(np.shape(grid)[0]) - 1
     if is_concrete(step):
         if isinstance(step, bool) or not float(step).is_integer() or not 1 <= int(step) <= n_steps:
-            raise ArgumentError("step", f"expected an integer in 1..{n_steps} (step i maps tau_i -> tau_(i-1)), got {step!r}")
+            raise ArgumentError(
+                "step", f"expected an integer in 1..{n_steps} (step i maps tau_i -> tau_(i-1)), got {step!r}"
+            )
     c = step_coefficients(sched, grid)
     return jnp.asarray(grid)[step], c.a[step - 1], c.b[step - 1]
 
@@ -234,7 +237,8 @@ def patch_blocks(J: Any, image_shape: Any, patch_size: int) -> jax.Array:
     layout = patch_layout(image_shape, patch_size)
     J = jnp.asarray(J)
     if J.shape != (layout.size, layout.size):
-        raise ArgumentError("J", f"expected shape ({layout.size}, {layout.size}) for image_shape {layout.image_shape}, got {J.shape}"
+        raise ArgumentError(
+            "J", f"expected shape ({layout.size}, {layout.size}) for image_shape {layout.image_shape}, got {J.shape}"
         )
     perm = patch_permutation(layout.image_shape, patch_size)
     m, nk = layout.num_patches, layout.patch_dim
@@ -340,7 +344,9 @@ def _as_image(x: Any, layout: PatchLayout) -> jax.Array:
     x = jnp.asarray(x)
     check_floating(x, name="x")
     if x.size != layout.size:
-        raise ArgumentError("x", f"expected {layout.size} entries for image_shape {layout.image_shape}, got shape {x.shape}")
+        raise ArgumentError(
+            "x", f"expected {layout.size} entries for image_shape {layout.image_shape}, got shape {x.shape}"
+        )
     return x.reshape(layout.image_shape)
 
 
@@ -531,8 +537,10 @@ def suppression_field(
     m, nk = layout.num_patches, layout.patch_dim
     vectors = jnp.asarray(leading_vectors)
     if vectors.shape != (m, nk):
-        raise ArgumentError("leading_vectors", f"expected shape (M, n_k) = ({m}, {nk}) for image_shape {layout.image_shape} "
-            f"and patch_size {layout.patch_size}, got {vectors.shape}"
+        raise ArgumentError(
+            "leading_vectors",
+            f"expected shape (M, n_k) = ({m}, {nk}) for image_shape {layout.image_shape} "
+            f"and patch_size {layout.patch_size}, got {vectors.shape}",
         )
     if is_concrete(x):
         check_denoiser(eps_fn, x, name="eps_fn")

@@ -35,7 +35,8 @@ def _sorted_blocks(exponents: Any, multiplicities: Any | None):
     else:
         sizes = jnp.asarray(multiplicities, dtype=exponents.dtype)
         if sizes.shape != exponents.shape:
-            raise ArgumentError("multiplicities", f"expected shape {exponents.shape} (one per exponent), got {sizes.shape}"
+            raise ArgumentError(
+                "multiplicities", f"expected shape {exponents.shape} (one per exponent), got {sizes.shape}"
             )
         if is_concrete(sizes) and np.any(np.asarray(sizes) <= 0):
             raise ArgumentError("multiplicities", f"must be > 0, got {describe(sizes)}")

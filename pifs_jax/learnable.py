@@ -11,15 +11,16 @@ VDM (Kingma et al. 2021), which writes ``gamma(u) = -logSNR(u)``.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from pifs_jax._validation import check_positive_int
-from pifs_jax.schedules import Schedule, from_log_snr
 from pifs_jax.errors import ArgumentError
+from pifs_jax.schedules import Schedule, from_log_snr
 
 __all__ = ["LearnableSchedule", "logsnr_spline", "monotone_network"]
 

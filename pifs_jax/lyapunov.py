@@ -15,7 +15,8 @@ spectrum of a short chain, the graded QR products, the subspace iteration, its g
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
@@ -24,13 +25,13 @@ import numpy as np
 
 from pifs_jax._validation import check_floating, check_positive_int, is_concrete
 from pifs_jax.ddim import EpsFn, chain_steps, check_denoiser, ddim_step
+from pifs_jax.errors import ArgumentError, NonFiniteError
 from pifs_jax.grids import as_grid
 from pifs_jax.kaplan_yorke import kaplan_yorke_dimension
 from pifs_jax.orthogonalization import AdaptiveBlocks, column_log_norms, digit_loss_budget, positive_qr
 from pifs_jax.schedules import Schedule
-from pifs_jax.errors import ArgumentError, NonFiniteError
 
-__all__ = ["Spectrum", "lyapunov_spectrum", "chain_lyapunov_spectrum", "chain_lyapunov_spectra", "CHAIN_METHODS"]
+__all__ = ["CHAIN_METHODS", "Spectrum", "chain_lyapunov_spectra", "chain_lyapunov_spectrum", "lyapunov_spectrum"]
 
 CHAIN_METHODS = ("exact", "benettin")
 
@@ -121,7 +122,9 @@ def _graded_log_singular_values(log_diag: jax.Array, w: jax.Array, *, sweeps: in
     return -jnp.sort(-jax.lax.cond(crowded, whole, graded, log_diag, w))
 
 
-def _graded_cluster_log_singular_values(log_diag: jax.Array, w: jax.Array, *, sweeps: int, window: int = 32) -> jax.Array:
+def _graded_cluster_log_singular_values(
+    log_diag: jax.Array, w: jax.Array, *, sweeps: int, window: int = 32
+) -> jax.Array:
     """``log sigma(diag(exp(l)) W)``, descending, for a unit upper triangular ``W``, by graded sweeps.
 
     1. ``sweeps`` graded zero-shift QR steps (``P^T = Q R``, ``P <- R``, kept as ``(l, W)``). Each
@@ -357,7 +360,7 @@ def _float_state(x: Any, name: str) -> jax.Array:
     if x.size == 0:
         raise ArgumentError(name, f"expected a non-empty array, got shape {x.shape}")
     if is_concrete(x) and not np.all(np.isfinite(np.asarray(x))):
-        raise ArgumentError(name, f"the initial state contains non-finite values")
+        raise ArgumentError(name, "the initial state contains non-finite values")
     return x
 
 
@@ -590,10 +593,14 @@ def chain_lyapunov_spectrum(
         k = _check_k(k, n)
     qr_every = _check_qr_every(qr_every)
     if mesh is not None and not full and method != "exact":
-        raise ArgumentError("mesh", "sharded tangent vectors are supported for the full spectrum and the leading-k exact method")
+        raise ArgumentError(
+            "mesh", "sharded tangent vectors are supported for the full spectrum and the leading-k exact method"
+        )
     devices = _tangent_constraint(mesh)[1]  # also validates the mesh
     if full and n % devices:
-        raise ArgumentError("mesh", f"the full spectrum's {n} tangent vectors must divide evenly over the mesh's {devices} devices")
+        raise ArgumentError(
+            "mesh", f"the full spectrum's {n} tangent vectors must divide evenly over the mesh's {devices} devices"
+        )
     grid = jnp.asarray(as_grid(grid, sched.T))
     n_steps = grid.shape[0] - 1
     if is_concrete(sched, grid):
@@ -614,8 +621,10 @@ def chain_lyapunov_spectrum(
     else:
         p = min(n, -(-(k + oversample) // devices) * devices)
         if p % devices:
-            raise ArgumentError("mesh", f"the tangent block (k + oversample rounded up to {p}, capped at n = {n}) must divide "
-                f"evenly over the mesh's {devices} devices"
+            raise ArgumentError(
+                "mesh",
+                f"the tangent block (k + oversample rounded up to {p}, capped at n = {n}) must divide "
+                f"evenly over the mesh's {devices} devices",
             )
         tol = 10 * float(jnp.finfo(x_T.dtype).eps) if tol is None else float(tol)
         columns = p
@@ -675,8 +684,11 @@ def chain_lyapunov_spectra(
     """
     x_T = _float_state(x_T, "x_T")
     if x_T.ndim < 2:
-        raise ArgumentError("x_T", f"expected a batch of starting points (S,) + sample_shape, got shape {x_T.shape}; "
-                            "for one trajectory use chain_lyapunov_spectrum")
+        raise ArgumentError(
+            "x_T",
+            f"expected a batch of starting points (S,) + sample_shape, got shape {x_T.shape}; "
+            "for one trajectory use chain_lyapunov_spectrum",
+        )
     if not isinstance(sched, Schedule):
         raise ArgumentError("sched", f"expected a pifs_jax Schedule, got {type(sched).__name__}")
     grid = jnp.asarray(as_grid(grid, sched.T))
@@ -695,9 +707,12 @@ def chain_lyapunov_spectra(
     if check_finite and is_concrete(spectra.exponents):
         bad = np.flatnonzero(~np.all(np.isfinite(np.asarray(spectra.exponents)), axis=-1))
         if bad.size:
-            raise NonFiniteError("eps_fn", f"non-finite exponents for {bad.size} of {x_T.shape[0]} trajectories "
-                                 f"(first: index {int(bad[0])}); run chain_lyapunov_spectrum on x_T[{int(bad[0])}] "
-                                 "to locate the step")
+            raise NonFiniteError(
+                "eps_fn",
+                f"non-finite exponents for {bad.size} of {x_T.shape[0]} trajectories "
+                f"(first: index {int(bad[0])}); run chain_lyapunov_spectrum on x_T[{int(bad[0])}] "
+                "to locate the step",
+            )
     return spectra
 
 

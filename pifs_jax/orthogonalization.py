@@ -19,7 +19,8 @@ of nats the block has cost direction ``j``; its maximum over ``j`` is the block'
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -31,10 +32,10 @@ from pifs_jax.errors import ArgumentError
 __all__ = [
     "QR_METHODS",
     "AdaptiveBlocks",
+    "GramProbe",
     "cholesky_qr2",
     "column_log_norms",
     "digit_loss_budget",
-    "GramProbe",
     "gram_probe",
     "householder_qr",
     "positive_qr",
@@ -250,12 +251,12 @@ class AdaptiveBlocks(NamedTuple):
     """Whether a QR has been taken, so that :meth:`decide` may probe instead (bool scalar)."""
 
     @classmethod
-    def start(cls, p: int, dtype) -> "AdaptiveBlocks":
+    def start(cls, p: int, dtype) -> AdaptiveBlocks:
         """State before the first step: an arbitrary basis (``c0 = 1``), a one-step first block."""
         zeros = jnp.zeros((p,), dtype)
         return cls(jnp.asarray(0, jnp.int32), jnp.asarray(1, jnp.int32), zeros, zeros, zeros, zeros, jnp.asarray(False))
 
-    def observe(self, log_norms: jax.Array, budget: float) -> tuple[jax.Array, "AdaptiveBlocks"]:
+    def observe(self, log_norms: jax.Array, budget: float) -> tuple[jax.Array, AdaptiveBlocks]:
         """``(qr_due, state)`` after a step that left the block with column log-norms ``log_norms``."""
         dtype = log_norms.dtype
         steps = (self.since + 1).astype(dtype)
@@ -267,7 +268,7 @@ class AdaptiveBlocks(NamedTuple):
         due = (self.since + 1 >= self.allowed) | (jnp.max(self.log_coupling + spread + ahead) > limit)
         return due, self._replace(spread=spread, observed=observed)
 
-    def after_qr(self, r: jax.Array, budget: float) -> "AdaptiveBlocks":
+    def after_qr(self, r: jax.Array, budget: float) -> AdaptiveBlocks:
         """State after factoring the block as ``Q R`` (``diag R > 0``): coupling, rates, next length."""
         block = self.since + 1
         dtype = r.dtype
@@ -288,7 +289,7 @@ class AdaptiveBlocks(NamedTuple):
             jnp.zeros_like(self.since), allowed.astype(jnp.int32), rates, coupling, zeros, zeros, jnp.asarray(True)
         )
 
-    def probed(self, probe: GramProbe, budget: float) -> tuple[jax.Array, "AdaptiveBlocks"]:
+    def probed(self, probe: GramProbe, budget: float) -> tuple[jax.Array, AdaptiveBlocks]:
         """``(qr_due, state)`` after :meth:`observe` and a :func:`gram_probe` of the block at step ``s = since + 1``.
 
         ``qr_due = ~ok | max_j (log c_j + rate_max - rate_j) > 1/2 log(expm1(2 B))``, the rates
@@ -343,6 +344,6 @@ class AdaptiveBlocks(NamedTuple):
         due = factoring | (probing & probe_due)
         return due, jax.lax.cond(due, factor, carry_on, state, _after(y, probe), *rest)
 
-    def postponed(self) -> "AdaptiveBlocks":
+    def postponed(self) -> AdaptiveBlocks:
         """State after a step without a QR."""
         return self._replace(since=self.since + 1)

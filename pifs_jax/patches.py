@@ -26,9 +26,10 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+
 from pifs_jax.errors import ArgumentError
 
-__all__ = ["PatchLayout", "patch_layout", "patchify", "unpatchify", "patch_permutation"]
+__all__ = ["PatchLayout", "patch_layout", "patch_permutation", "patchify", "unpatchify"]
 
 
 class PatchLayout(NamedTuple):
@@ -86,8 +87,10 @@ def patch_layout(image_shape: Any, patch_size: Any) -> PatchLayout:
     p = int(patch_size)
     height, width = shape[0], shape[1]
     if height % p or width % p:
-        raise ArgumentError("patch_size", f"{p} x {p} patches do not tile an image of shape {shape} "
-            f"(H = {height} and W = {width} must both be multiples of patch_size)"
+        raise ArgumentError(
+            "patch_size",
+            f"{p} x {p} patches do not tile an image of shape {shape} "
+            f"(H = {height} and W = {width} must both be multiples of patch_size)",
         )
     channels = shape[2] if len(shape) == 3 else 1
     return PatchLayout(shape, p, height // p, width // p, channels)
@@ -123,8 +126,10 @@ def unpatchify(patches: jax.Array, image_shape: Any, patch_size: int) -> jax.Arr
     layout = patch_layout(image_shape, patch_size)
     expected = (layout.num_patches, layout.patch_dim)
     if patches.shape != expected:
-        raise ArgumentError("patches", f"expected shape {expected} for image_shape {layout.image_shape} and "
-            f"patch_size {layout.patch_size}, got {patches.shape}"
+        raise ArgumentError(
+            "patches",
+            f"expected shape {expected} for image_shape {layout.image_shape} and "
+            f"patch_size {layout.patch_size}, got {patches.shape}",
         )
     p = layout.patch_size
     blocks = patches.reshape(layout.rows, layout.cols, p, p, layout.channels)

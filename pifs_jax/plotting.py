@@ -39,6 +39,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import CenteredNorm
 from matplotlib.figure import Figure
 
+from pifs_jax.errors import ArgumentError
 from pifs_jax.geometry import (
     contraction_threshold,
     expansion_factor,
@@ -48,16 +49,15 @@ from pifs_jax.geometry import (
 from pifs_jax.grids import as_grid
 from pifs_jax.results import atomic_write_bytes
 from pifs_jax.schedules import Schedule
-from pifs_jax.errors import ArgumentError
 
 __all__ = [
+    "lambda_grid",
     "new_figure",
-    "save_figure",
     "plot_contraction_threshold",
     "plot_expansion_heatmap",
     "plot_expansion_threshold",
     "plot_log_snr",
-    "lambda_grid",
+    "save_figure",
 ]
 
 
@@ -128,13 +128,16 @@ def _chains(schedules: Any, grid: Any) -> list[tuple[str | None, Schedule, np.nd
         for label, value in schedules.items():
             sched, sub_grid = value if isinstance(value, tuple) else (value, None)
             if not isinstance(sched, Schedule):
-                raise ArgumentError("schedules", f"entry {label!r} must be a Schedule or (Schedule, grid), got {type(sched).__name__}"
+                raise ArgumentError(
+                    "schedules", f"entry {label!r} must be a Schedule or (Schedule, grid), got {type(sched).__name__}"
                 )
             chains.append((str(label), sched, np.asarray(as_grid(sub_grid, sched.T))))
         if not chains:
             raise ArgumentError("schedules", "the mapping is empty")
         return chains
-    raise ArgumentError("schedules", f"expected a Schedule or a mapping label -> Schedule | (Schedule, grid), got {type(schedules).__name__}"
+    raise ArgumentError(
+        "schedules",
+        f"expected a Schedule or a mapping label -> Schedule | (Schedule, grid), got {type(schedules).__name__}",
     )
 
 
@@ -235,7 +238,9 @@ def plot_expansion_heatmap(
     deviation = np.abs(f - 1.0)
     half_range = float(np.nanpercentile(deviation, 99.0)) or float(np.nanmax(deviation)) or 1e-12
     fig, ax = _target(ax, (7.0, 4.4))
-    mesh = ax.pcolormesh(t, lam, f.T, cmap=cmap, norm=CenteredNorm(vcenter=1.0, halfrange=half_range), shading="nearest")
+    mesh = ax.pcolormesh(
+        t, lam, f.T, cmap=cmap, norm=CenteredNorm(vcenter=1.0, halfrange=half_range), shading="nearest"
+    )
     ax.set_yscale("log")
     ax.plot(t, lam_star, color="black", lw=1.3, label="$\\lambda^*(t)$: $f_t = 1$")
     ax.axhline(lam_star_star, color="black", ls="--", lw=1.0, label=f"$\\lambda^{{**}} = {lam_star_star:.5g}$")

@@ -54,10 +54,10 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -65,21 +65,21 @@ from pifs_jax.errors import ArgumentError
 from pifs_jax.results import atomic_write_text, environment_metadata, write_result_json
 
 __all__ = [
-    "PAPER_REFERENCE",
     "EXPERIMENTS_PACKAGE",
-    "REPORT_NAME",
     "INCOMPLETE_MARKER",
+    "PAPER_REFERENCE",
+    "REPORT_NAME",
     "STALE_REPORT_NAME",
-    "default_experiments_dir",
-    "discover_experiments",
-    "load_experiment",
-    "run_experiment",
-    "run_reproduction",
-    "experiment_main",
     "ExperimentOutcome",
     "ReproductionReport",
-    "markdown_table",
+    "default_experiments_dir",
+    "discover_experiments",
+    "experiment_main",
     "format_value",
+    "load_experiment",
+    "markdown_table",
+    "run_experiment",
+    "run_reproduction",
 ]
 
 PAPER_REFERENCE = (
@@ -238,7 +238,9 @@ def load_experiment(path: str | os.PathLike) -> ModuleType:
     if not callable(module.run):
         raise ValueError(f"path: experiment {str(path)!r}: run must be a function run(out_dir, *, quick)")
     if module.NAME != path.stem:
-        raise ValueError(f"path: experiment {str(path)!r} has NAME = {module.NAME!r}; it must equal the file stem {path.stem!r}")
+        raise ValueError(
+            f"path: experiment {str(path)!r} has NAME = {module.NAME!r}; it must equal the file stem {path.stem!r}"
+        )
     return module
 
 
@@ -310,13 +312,17 @@ def run_experiment(
             )
         figures = tuple(str(f) for f in result.get("figures", ()))
         return ExperimentOutcome(
-            name, title, True, time.perf_counter() - start, result["markdown"], figures,
-            str(result.get("summary", "")), None,
+            name,
+            title,
+            True,
+            time.perf_counter() - start,
+            result["markdown"],
+            figures,
+            str(result.get("summary", "")),
+            None,
         )
-    except Exception:  # noqa: BLE001 - a failing experiment is reported, not fatal
-        return ExperimentOutcome(
-            name, title, False, time.perf_counter() - start, "", (), "", traceback.format_exc()
-        )
+    except Exception:
+        return ExperimentOutcome(name, title, False, time.perf_counter() - start, "", (), "", traceback.format_exc())
 
 
 def accepts_full(run: Callable[..., Any]) -> bool:
@@ -517,15 +523,14 @@ def run_reproduction(
         if unknown:
             raise ArgumentError(
                 "only",
-                f"unknown experiment(s) {', '.join(map(repr, unknown))}; available: "
-                f"{', '.join(available) or '(none)'}",
+                f"unknown experiment(s) {', '.join(map(repr, unknown))}; available: {', '.join(available) or '(none)'}",
             )
         selected = {n: available[n] for n in available if n in set(only)}
     else:
         selected = available
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    started = _dt.datetime.now(_dt.timezone.utc)
+    started = _dt.datetime.now(_dt.UTC)
     start = time.perf_counter()
     names = list(selected)
     marker = out_dir / INCOMPLETE_MARKER
@@ -538,7 +543,7 @@ def run_reproduction(
     try:
         for i, (name, path) in enumerate(bar):
             bar.set_postfix_str(name)
-            atomic_write_text(marker, _incomplete_marker_text(started, command, names[:i], name, names[i + 1:]))
+            atomic_write_text(marker, _incomplete_marker_text(started, command, names[:i], name, names[i + 1 :]))
             outcome = run_experiment(path, out_dir, quick=quick, full=full)
             if not outcome.ok:
                 bar.write(f"FAILED: {name}\n{outcome.error}")
@@ -554,16 +559,28 @@ def run_reproduction(
         out_dir / _JSON_NAME,
         {
             "experiments": [
-                {"name": o.name, "title": o.title, "ok": o.ok, "seconds": o.seconds, "figures": list(o.figures),
-                 "summary": o.summary, "error": o.error}
+                {
+                    "name": o.name,
+                    "title": o.title,
+                    "ok": o.ok,
+                    "seconds": o.seconds,
+                    "figures": list(o.figures),
+                    "summary": o.summary,
+                    "error": o.error,
+                }
                 for o in outcomes
             ],
             "seconds": seconds,
             "ok": all(o.ok for o in outcomes),
         },
-        config={"out_dir": str(out_dir), "only": list(only) if only else None, "quick": quick, "full": full,
-                "experiments_dir": str(experiments_dir) if experiments_dir else str(default_experiments_dir()),
-                "command": command},
+        config={
+            "out_dir": str(out_dir),
+            "only": list(only) if only else None,
+            "quick": quick,
+            "full": full,
+            "experiments_dir": str(experiments_dir) if experiments_dir else str(default_experiments_dir()),
+            "command": command,
+        },
     )
     report_path = atomic_write_text(out_dir / REPORT_NAME, text)  # last: its presence means "finished"
     _remove_run_markers(out_dir)

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["environment_metadata", "to_jsonable", "atomic_write_text", "atomic_write_bytes", "write_result_json"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "environment_metadata", "to_jsonable", "write_result_json"]
 
 _PACKAGES = ("jax", "jaxlib", "numpy", "optax", "flax", "chex", "optimistix", "matplotlib")
 
@@ -37,7 +37,7 @@ def environment_metadata() -> dict[str, Any]:
         "jax_backend": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()],
         "x64": bool(jax.config.jax_enable_x64),
-        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
 
 

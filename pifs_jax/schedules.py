@@ -37,26 +37,26 @@ from pifs_jax._validation import check_log_alpha_bar, check_positive_int, descri
 from pifs_jax.errors import ArgumentError
 
 __all__ = [
-    "Schedule",
-    "from_log_alpha_bar",
-    "from_alpha_bar",
-    "from_betas",
-    "from_alphas_cumprod",
-    "from_log_snr",
-    "log_snr_decrements",
-    "from_edm_sigmas",
-    "linear",
-    "scaled_linear",
-    "cosine",
-    "sigmoid",
-    "logsnr_cosine",
-    "karras",
-    "shift_log_snr",
-    "resolution_shift",
-    "zero_terminal_snr",
-    "safe_sqrt",
     "SCHEDULE_NAMES",
+    "Schedule",
+    "cosine",
+    "from_alpha_bar",
+    "from_alphas_cumprod",
+    "from_betas",
+    "from_edm_sigmas",
+    "from_log_alpha_bar",
+    "from_log_snr",
+    "karras",
+    "linear",
+    "log_snr_decrements",
+    "logsnr_cosine",
     "named_schedule",
+    "resolution_shift",
+    "safe_sqrt",
+    "scaled_linear",
+    "shift_log_snr",
+    "sigmoid",
+    "zero_terminal_snr",
 ]
 
 
@@ -130,7 +130,7 @@ class Schedule:
         """``beta_t = 1 - alpha_bar_t / alpha_bar_{t-1} = -expm1(-g_t)``, shape ``(T,)``."""
         return -jnp.expm1(-self.gaps)
 
-    def astype(self, dtype) -> "Schedule":
+    def astype(self, dtype) -> Schedule:
         """The same schedule with both leaves cast to ``dtype``."""
         return Schedule(jnp.asarray(self.log_alpha_bar, dtype=dtype), jnp.asarray(self.gaps, dtype=dtype))
 
@@ -191,8 +191,9 @@ def from_alpha_bar(alpha_bar: Any, *, dtype=None) -> Schedule:
     if is_concrete(alpha_bar):
         arr = np.asarray(alpha_bar, dtype=np.float64)
         if arr.ndim == 1 and np.any((arr <= 0) | (arr > 1) | ~np.isfinite(arr)):
-            raise ArgumentError("alpha_bar", f"every value must lie in (0, 1] (alpha_bar[0] = 1, later values in (0, 1)), "
-                f"got {describe(arr)}"
+            raise ArgumentError(
+                "alpha_bar",
+                f"every value must lie in (0, 1] (alpha_bar[0] = 1, later values in (0, 1)), got {describe(arr)}",
             )
         with np.errstate(divide="ignore", invalid="ignore"):
             log_ab = np.log(arr)
@@ -214,8 +215,10 @@ def from_betas(betas: Any, *, dtype=None) -> Schedule:
             raise ArgumentError("betas", f"expected a 1-D array of shape (T,), got shape {arr.shape}")
         if np.any(~np.isfinite(arr) | (arr <= 0) | (arr >= 1)):
             bad = int(np.flatnonzero(~np.isfinite(arr) | (arr <= 0) | (arr >= 1))[0])
-            raise ArgumentError("betas", f"every beta must lie in (0, 1), got betas[{bad}] = {arr[bad]!r} "
-                f"(beta = 1 means alpha_bar_T = 0; use zero_terminal_snr for that)"
+            raise ArgumentError(
+                "betas",
+                f"every beta must lie in (0, 1), got betas[{bad}] = {arr[bad]!r} "
+                f"(beta = 1 means alpha_bar_T = 0; use zero_terminal_snr for that)",
             )
         gaps = -np.log1p(-arr)
         dtype = dtype or _default_float()
@@ -295,8 +298,10 @@ def from_log_snr(log_snr: Any, *, decrements: Any | None = None, validate: bool 
             raise ArgumentError("log_snr", f"values must be finite for t = 1..T, got {describe(arr)}")
         if np.any(np.diff(arr) >= 0):
             bad = int(np.flatnonzero(np.diff(arr) >= 0)[0]) + 1
-            raise ArgumentError("log_snr", f"must strictly decrease in t, but logSNR[{bad + 1}] = {arr[bad]:.6g} >= "
-                f"logSNR[{bad}] = {arr[bad - 1]:.6g} (entries are t = 1..T)"
+            raise ArgumentError(
+                "log_snr",
+                f"must strictly decrease in t, but logSNR[{bad + 1}] = {arr[bad]:.6g} >= "
+                f"logSNR[{bad}] = {arr[bad - 1]:.6g} (entries are t = 1..T)",
             )
     if decrements is None:
         if is_concrete(log_snr):
@@ -321,8 +326,9 @@ def from_edm_sigmas(sigmas: Any) -> Schedule:
         if np.any(~np.isfinite(arr) | (arr <= 0)):
             raise ArgumentError("sigmas", f"EDM noise levels must be finite and > 0, got {describe(arr)}")
         if np.any(np.diff(arr) <= 0):
-            raise ArgumentError("sigmas", f"must strictly increase with t (t = 1..T), got {describe(arr)}; "
-                "pass Karras grids in ascending order"
+            raise ArgumentError(
+                "sigmas",
+                f"must strictly increase with t (t = 1..T), got {describe(arr)}; pass Karras grids in ascending order",
             )
         dtype = _default_float()
         return from_log_snr(
@@ -346,9 +352,7 @@ def linear(T: int = 1000, *, beta_start: float = 1e-4, beta_end: float = 0.02, d
     return from_betas(np.linspace(beta_start, beta_end, T, dtype=np.float64), dtype=dtype)
 
 
-def scaled_linear(
-    T: int = 1000, *, beta_start: float = 0.00085, beta_end: float = 0.012, dtype=None
-) -> Schedule:
+def scaled_linear(T: int = 1000, *, beta_start: float = 0.00085, beta_end: float = 0.012, dtype=None) -> Schedule:
     """Stable Diffusion schedule: ``beta = linspace(sqrt(beta_start), sqrt(beta_end), T)^2``."""
     T = check_positive_int(T, name="T")
     betas = np.linspace(math.sqrt(beta_start), math.sqrt(beta_end), T, dtype=np.float64) ** 2
@@ -490,9 +494,7 @@ def sigmoid(
     return _assemble(log_ab, gaps)
 
 
-def logsnr_cosine(
-    T: int = 1000, *, logsnr_min: float = -15.0, logsnr_max: float = 15.0, dtype=None
-) -> Schedule:
+def logsnr_cosine(T: int = 1000, *, logsnr_min: float = -15.0, logsnr_max: float = 15.0, dtype=None) -> Schedule:
     """logSNR-cosine schedule (Hoogeboom et al. 2023, simple diffusion).
 
     ``logSNR(u) = -2 log tan(a u + b)``, ``b = arctan(exp(-logsnr_max/2))``,
@@ -505,7 +507,8 @@ def logsnr_cosine(
     """
     T = check_positive_int(T, name="T")
     if not logsnr_max > logsnr_min:
-        raise ArgumentError("logsnr_max", f"must exceed logsnr_min, got logsnr_min={logsnr_min!r}, logsnr_max={logsnr_max!r}"
+        raise ArgumentError(
+            "logsnr_max", f"must exceed logsnr_min, got logsnr_min={logsnr_min!r}, logsnr_max={logsnr_max!r}"
         )
     dtype = dtype or _default_float(logsnr_min, logsnr_max)
     b = math.atan(math.exp(-logsnr_max / 2))
@@ -520,9 +523,7 @@ def logsnr_cosine(
     return from_log_snr(log_snr, decrements=decrements, validate=False)
 
 
-def karras(
-    T: int = 1000, *, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0
-) -> Schedule:
+def karras(T: int = 1000, *, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> Schedule:
     """EDM / Karras et al. 2022 noise levels on ``T`` points, as a Schedule.
 
     ``sigma_i = (sigma_min^(1/rho) + (i-1)/(T-1) (sigma_max^(1/rho) - sigma_min^(1/rho)))^rho``
@@ -559,7 +560,8 @@ def resolution_shift(resolution: float, *, base_resolution: float = 64.0) -> flo
     this amount (negative for ``d > 64``: more noise at higher resolution).
     """
     if not (resolution > 0 and base_resolution > 0):
-        raise ArgumentError("resolution", f"must be > 0 (and base_resolution > 0), got {resolution!r}, {base_resolution!r}"
+        raise ArgumentError(
+            "resolution", f"must be > 0 (and base_resolution > 0), got {resolution!r}, {base_resolution!r}"
         )
     return 2.0 * math.log(base_resolution / resolution)
 
@@ -599,8 +601,10 @@ def zero_terminal_snr(sched: Schedule, *, terminal_log_snr: float = -20.0) -> Sc
     gaps_mid = g[1:-1] + 2 * jnp.log1p(jnp.exp(-tail_mid / 2) * -jnp.expm1(-g[1:-1] / 2) / A[1:-1])
     terminal = _log_alpha_bar_from_log_snr(jnp.asarray(terminal_log_snr, dtype))
     if is_concrete(log_ab_new) and float(terminal) >= float(log_ab_new[-1]):
-        raise ArgumentError("terminal_log_snr", f"{terminal_log_snr} gives alpha_bar_T = {math.exp(float(terminal)):.3g}, "
-            f"not below the rescaled alpha_bar_(T-1) = {math.exp(float(log_ab_new[-1])):.3g}; choose a lower value"
+        raise ArgumentError(
+            "terminal_log_snr",
+            f"{terminal_log_snr} gives alpha_bar_T = {math.exp(float(terminal)):.3g}, "
+            f"not below the rescaled alpha_bar_(T-1) = {math.exp(float(log_ab_new[-1])):.3g}; choose a lower value",
         )
     gaps = jnp.concatenate([g[:1], gaps_mid, (log_ab_new[-1] - terminal)[None]])
     return _assemble(jnp.concatenate([log_ab_new, terminal[None]]), gaps)

@@ -58,11 +58,11 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from pifs_jax._validation import check_floating, check_positive_int, is_concrete
 from pifs_jax.ddim import EpsFn, check_denoiser, ddim_sample, locate_nonfinite
+from pifs_jax.errors import ArgumentError, NonFiniteError
 from pifs_jax.grids import as_grid
 from pifs_jax.schedules import Schedule
-from pifs_jax.errors import ArgumentError, NonFiniteError
 
-__all__ = ["batch_mesh", "shard_batch", "sharded_ddim_sample", "tangent_block_constraint", "initialize_processes"]
+__all__ = ["batch_mesh", "initialize_processes", "shard_batch", "sharded_ddim_sample", "tangent_block_constraint"]
 
 
 def batch_mesh(axis: str = "batch", *, devices: Any = None) -> Mesh:
@@ -106,15 +106,18 @@ def shard_batch(x: Any, mesh: Mesh | None = None, axis: str = "batch") -> jax.Ar
     if x.ndim < 1:
         raise ArgumentError("x", f"expected a batch with a leading axis, got shape {x.shape}")
     if x.shape[0] % size:
-        raise ArgumentError("x", f"the batch size {x.shape[0]} must be a multiple of the {size} devices on mesh axis {axis!r} "
-            "(pad it, or use sharded_ddim_sample, which pads)"
+        raise ArgumentError(
+            "x",
+            f"the batch size {x.shape[0]} must be a multiple of the {size} devices on mesh axis {axis!r} "
+            "(pad it, or use sharded_ddim_sample, which pads)",
         )
     return jax.device_put(x, NamedSharding(mesh, PartitionSpec(axis)))
 
 
 @eqx.filter_jit
-def _sharded_sampler(eps_fn: EpsFn, sched: Schedule, x_T: jax.Array, grid: jax.Array, *, mesh: Mesh, axis: str,
-                     return_trajectory: bool):
+def _sharded_sampler(
+    eps_fn: EpsFn, sched: Schedule, x_T: jax.Array, grid: jax.Array, *, mesh: Mesh, axis: str, return_trajectory: bool
+):
     """The batch's chains in one program: the denoiser's arrays, schedule and grid replicated, the batch split.
 
     ``equinox.filter_jit``: one compilation per (static part of the denoiser, mesh, axis, output
@@ -197,7 +200,11 @@ def sharded_ddim_sample(
         if not bool(jnp.all(finite)):
             i = int(jnp.argmin(finite))  # the first non-finite sample
             error = locate_nonfinite(
-                eps_fn, sched, x[i], grid=grid, trajectory=out[1][i] if return_trajectory else None,
+                eps_fn,
+                sched,
+                x[i],
+                grid=grid,
+                trajectory=out[1][i] if return_trajectory else None,
                 context=f"sample {i} of {batch}: ",
             )
             raise error or NonFiniteError("eps_fn", f"sample {i} of {batch}: the chain's result is not finite")
@@ -243,7 +250,8 @@ def initialize_processes(coordinator: str, num_processes: int, process_id: int) 
     num_processes = check_positive_int(num_processes, name="num_processes")
     process_id = check_positive_int(process_id, name="process_id", minimum=0)
     if process_id >= num_processes:
-        raise ArgumentError("process_id", f"expected 0 .. {num_processes - 1} (num_processes = {num_processes}), "
-                            f"got {process_id}")
+        raise ArgumentError(
+            "process_id", f"expected 0 .. {num_processes - 1} (num_processes = {num_processes}), got {process_id}"
+        )
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)

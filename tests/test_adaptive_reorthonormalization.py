@@ -216,9 +216,13 @@ def test_preferred_method_on_cpu_is_householder():
 
 def test_qr_every_accepts_auto_and_names_bad_values(x64, hard_chain64):
     with pytest.raises(ValueError, match="^qr_every:"):
-        chain_lyapunov_spectrum(hard_chain64["eps_fn"], hard_chain64["sched"], hard_chain64["x_T"], grid=GRID, qr_every="often")
+        chain_lyapunov_spectrum(
+            hard_chain64["eps_fn"], hard_chain64["sched"], hard_chain64["x_T"], grid=GRID, qr_every="often"
+        )
     with pytest.raises(ValueError, match="^qr_every:"):
-        chain_lyapunov_spectrum(hard_chain64["eps_fn"], hard_chain64["sched"], hard_chain64["x_T"], grid=GRID, qr_every=0)
+        chain_lyapunov_spectrum(
+            hard_chain64["eps_fn"], hard_chain64["sched"], hard_chain64["x_T"], grid=GRID, qr_every=0
+        )
 
 
 # ----------------------------------------------------------------------------- the Gram probe

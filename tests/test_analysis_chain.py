@@ -18,7 +18,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from reference import cosine_alpha_bar, expansion_factors, tanh_mlp, tanh_mlp_params
 from test_compile_once import counted_compilations
 
 import pifs_jax as pj
@@ -28,6 +27,7 @@ from pifs_jax.denoisers import empirical_attention, gaussian_denoiser_patches
 from pifs_jax.errors import ArgumentError, NonFiniteError
 from pifs_jax.models import as_eps_fn, attention_entropy, init_params, make_model
 from pifs_jax.patches import unpatchify
+from reference import cosine_alpha_bar, expansion_factors, tanh_mlp, tanh_mlp_params
 
 SHAPE = (8, 8, 3)
 P = 4
@@ -55,7 +55,7 @@ def training_data(seed=0, dtype=np.float64, n=512):
     scale = np.ones(SHAPE)
     for k, variance in enumerate((0.02, 0.1, 1.0, 4.0)):
         row, col = divmod(k, SHAPE[1] // P)
-        scale[row * P:(row + 1) * P, col * P:(col + 1) * P] = np.sqrt(variance)
+        scale[row * P : (row + 1) * P, col * P : (col + 1) * P] = np.sqrt(variance)
     return jnp.asarray(rng.standard_normal((n,) + SHAPE) * scale, dtype)
 
 
@@ -121,7 +121,7 @@ def test_mlp_blocks_equal_a_direct_jacobian(x64):
         a = np.sqrt(ab[s] / ab[t])
         b = np.sqrt(1 - ab[s]) - a * np.sqrt(1 - ab[t])
         x = trajectory[i]
-        J = jax.jacfwd(lambda y: (a * y + b * tanh_mlp(eps_fn.args[0], y.reshape(SHAPE), t).reshape(-1)))(x.reshape(-1))
+        J = jax.jacfwd(lambda y: a * y + b * tanh_mlp(eps_fn.args[0], y.reshape(SHAPE), t).reshape(-1))(x.reshape(-1))
         norms = block_norms_numpy(J)
         kappa = np.diagonal(norms)
         delta = norms.sum(axis=1) - kappa
@@ -159,7 +159,9 @@ def test_batch_equals_single_trajectories(x64):
     for s in range(2):
         one = analyze_chain(eps_fn, sched, x_T[s], grid=GRID, patch_size=P, baseline=stats)
         for field in ("kappa_diag_per_patch", "delta_cross_per_patch", "violations", "suppression", "deviation_norm"):
-            np.testing.assert_allclose(getattr(batch, field)[s], getattr(one, field), rtol=1e-10, atol=1e-14, err_msg=field)
+            np.testing.assert_allclose(
+                getattr(batch, field)[s], getattr(one, field), rtol=1e-10, atol=1e-14, err_msg=field
+            )
     # sharded over a (one-device) mesh: the same numbers
     sharded = analyze_chain(eps_fn, sched, x_T, grid=GRID, patch_size=P, mesh=pj.batch_mesh())
     np.testing.assert_allclose(sharded.kappa_diag_per_patch, batch.kappa_diag_per_patch, rtol=1e-10)
@@ -195,7 +197,9 @@ def test_float32_agrees_with_float64():
         result64 = analyze_chain(mlp_eps(dtype=np.float64), sched64, noise(6), grid=GRID, patch_size=P)
         kappa64, delta64 = np.asarray(result64.kappa_diag_per_patch), np.asarray(result64.delta_cross_per_patch)
     with jax.enable_x64(False):
-        result32 = analyze_chain(mlp_eps(dtype=np.float32), pj.cosine(T), noise(6, dtype=np.float32), grid=GRID, patch_size=P)
+        result32 = analyze_chain(
+            mlp_eps(dtype=np.float32), pj.cosine(T), noise(6, dtype=np.float32), grid=GRID, patch_size=P
+        )
         assert result32.kappa_diag_per_patch.dtype == jnp.float32
         np.testing.assert_allclose(result32.kappa_diag_per_patch, kappa64, rtol=1e-4)
         np.testing.assert_allclose(result32.delta_cross_per_patch, delta64, rtol=1e-4)
@@ -281,14 +285,20 @@ def test_bad_input_names_the_argument(change, argument):
 
 
 def test_baseline_of_another_image_shape():
-    other = patch_stats(jnp.asarray(np.random.default_rng(0).standard_normal((8, 16, 16, 3)), jnp.float32), patch_size=P)
+    other = patch_stats(
+        jnp.asarray(np.random.default_rng(0).standard_normal((8, 16, 16, 3)), jnp.float32), patch_size=P
+    )
     with pytest.raises(ArgumentError, match="16") as info:
-        analyze_chain(mlp_eps(dtype=np.float32), pj.cosine(T), noise(0, dtype=np.float32), grid=GRID, patch_size=P, baseline=other)
+        analyze_chain(
+            mlp_eps(dtype=np.float32), pj.cosine(T), noise(0, dtype=np.float32), grid=GRID, patch_size=P, baseline=other
+        )
     assert info.value.argument == "baseline"
 
 
 def test_exponents_need_a_baseline():
-    analysis = analyze_chain(mlp_eps(dtype=np.float32), pj.cosine(T), noise(0, dtype=np.float32), grid=GRID, patch_size=P)
+    analysis = analyze_chain(
+        mlp_eps(dtype=np.float32), pj.cosine(T), noise(0, dtype=np.float32), grid=GRID, patch_size=P
+    )
     assert analysis.suppression is None and analysis.attention_entropy is None and analysis.deviation_norm is None
     with pytest.raises(ArgumentError) as info:
         per_patch_exponents(analysis)

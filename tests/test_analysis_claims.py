@@ -93,7 +93,9 @@ def test_regime_I_coupling_boundaries(carried, verdict):
     kappa, delta = np.array(base.kappa_diag_mean), np.array(base.delta_cross_mean)
     kappa[:, carried:high_steps] = 1.001
     delta[:, carried:high_steps] = 0.0
-    result = verdicts(base._replace(kappa_diag_mean=kappa, delta_cross_mean=delta))["regime_I_coupling_carries_expansion"]
+    result = verdicts(base._replace(kappa_diag_mean=kappa, delta_cross_mean=delta))[
+        "regime_I_coupling_carries_expansion"
+    ]
     assert result.verdict == verdict and result.value == pytest.approx(carried / 20)
 
 
@@ -216,7 +218,9 @@ def test_deviation_scaling_boundaries():
     residual[highnoise] = r * np.sqrt(sxx / np.sum(r**2))
     result = verdicts(base._replace(deviation_norm=np.broadcast_to(sqrt_ab * np.exp(residual), (S, N))))
     fit = result["deviation_scales_as_sqrt_alpha_bar"]
-    assert fit.verdict == "partly" and fit.value == pytest.approx(1.0, abs=1e-9) and fit.interval[0] < 1 < fit.interval[1]
+    assert (
+        fit.verdict == "partly" and fit.value == pytest.approx(1.0, abs=1e-9) and fit.interval[0] < 1 < fit.interval[1]
+    )
     assert verdicts(base._replace(deviation_norm=None))["deviation_scales_as_sqrt_alpha_bar"].verdict == "not tested"
     few = base._replace(logsnr=np.where(np.arange(N) < 2, -1.0, 1.0))  # 2 high-noise steps
     assert verdicts(few)["deviation_scales_as_sqrt_alpha_bar"].verdict == "not tested"
@@ -235,7 +239,9 @@ def test_exponent_sign_boundaries(flipped, verdict):
 
 
 def test_missing_ingredients_are_not_tested():
-    bare = constructed(suppression=None, deviation_norm=None, expansion_along_leading=None, attention_entropy=None, attention_keys=None)
+    bare = constructed(
+        suppression=None, deviation_norm=None, expansion_along_leading=None, attention_entropy=None, attention_keys=None
+    )
     results = verdicts(bare)
     for name in ("entropy_falls_as_coupling_rises", "suppression_ordered_by_variance",
                  "deviation_scales_as_sqrt_alpha_bar", "corrected_exponents_predict_signs"):  # fmt: skip

@@ -21,8 +21,16 @@ def _ranks(values: np.ndarray) -> np.ndarray:
 def analysed():
     sched = pj.linear(1000)
     data = np.asarray(pj.load_dataset("digits", jax.random.PRNGKey(0), 96))
-    return analyze_model(pj.empirical_denoiser(sched, data), sched, data, patch_size=2, steps=6, samples=3, seed=1,
-                         attention_fn=pj.empirical_attention(sched, data)), sched
+    return analyze_model(
+        pj.empirical_denoiser(sched, data),
+        sched,
+        data,
+        patch_size=2,
+        steps=6,
+        samples=3,
+        seed=1,
+        attention_fn=pj.empirical_attention(sched, data),
+    ), sched
 
 
 def test_summary_means_and_intervals_are_those_of_the_trajectories(analysed):
@@ -36,9 +44,14 @@ def test_summary_means_and_intervals_are_those_of_the_trajectories(analysed):
         np.testing.assert_allclose(stats["mean"], values.mean(axis=0), rtol=1e-12)
         assert np.all(values.min(axis=0) - 1e-12 <= np.asarray(stats["lo"]))  # a mean of resamples stays in range
         assert np.all(np.asarray(stats["hi"]) <= values.max(axis=0) + 1e-12)
-    np.testing.assert_allclose(s["steps"]["pc_sum_mean"]["mean"],
-                               np.mean(np.asarray(a.kappa_diag_mean, np.float64) + np.asarray(a.delta_cross_mean, np.float64), axis=0), rtol=1e-12)
-    np.testing.assert_allclose(s["per_patch"]["kappa_diag"], np.asarray(a.kappa_diag_per_patch, np.float64).mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(
+        s["steps"]["pc_sum_mean"]["mean"],
+        np.mean(np.asarray(a.kappa_diag_mean, np.float64) + np.asarray(a.delta_cross_mean, np.float64), axis=0),
+        rtol=1e-12,
+    )
+    np.testing.assert_allclose(
+        s["per_patch"]["kappa_diag"], np.asarray(a.kappa_diag_per_patch, np.float64).mean(axis=0), rtol=1e-12
+    )
 
 
 def test_release_order_is_the_rank_correlation_over_patches(analysed):

@@ -48,7 +48,14 @@ def test_t_cdf_closed_forms():
 def test_incomplete_beta_matches_jax():
     """Against jax.scipy.special.betainc in float64 (a different algorithm), relative 1e-10."""
     with jax.enable_x64(True):
-        for a, b, x in [(0.5, 0.5, 0.3), (7.0, 0.5, 0.02), (7.0, 0.5, 0.98), (24.0, 0.5, 0.5), (2.5, 3.5, 0.9), (1.0, 1.0, 0.37)]:
+        for a, b, x in [
+            (0.5, 0.5, 0.3),
+            (7.0, 0.5, 0.02),
+            (7.0, 0.5, 0.98),
+            (24.0, 0.5, 0.5),
+            (2.5, 3.5, 0.9),
+            (1.0, 1.0, 0.37),
+        ]:
             expected = float(jax.scipy.special.betainc(a, b, x))
             assert regularized_incomplete_beta(a, b, x) == pytest.approx(expected, rel=1e-10)
 

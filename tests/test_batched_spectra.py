@@ -6,11 +6,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from reference import tanh_mlp, tanh_mlp_params
 from test_compile_once import counted_compilations
 
 import pifs_jax as pj
 from pifs_jax.errors import ArgumentError, NonFiniteError
+from reference import tanh_mlp, tanh_mlp_params
 
 SHAPE = (2, 2, 3)
 GRID = pj.uniform_grid(1000, 6)

@@ -53,7 +53,8 @@ STATE_ENTRY_POINTS = {
     "step_vjp": ("x", lambda x: pj.step_vjp(shrink, x, jnp.ones(x.shape), t=30, a=1.0, b=-0.5)),
     "chain_lyapunov_spectrum": ("x_T", lambda x: pj.chain_lyapunov_spectrum(shrink, SCHED, x, grid=GRID)),
     "block_norms_matrix_free": (
-        "x", lambda x: pj.block_norms_matrix_free(lambda y: 0.5 * y, x, IMAGE, 2, key=jax.random.key(0))
+        "x",
+        lambda x: pj.block_norms_matrix_free(lambda y: 0.5 * y, x, IMAGE, 2, key=jax.random.key(0)),
     ),
     "suppression_field": (
         "x",
@@ -110,7 +111,8 @@ def test_integer_valued_float_grids_are_converted_exactly():
     sched = pj.cosine(1000)
     x_T = jnp.array([1.0, -2.0, 0.5])
     np.testing.assert_array_equal(
-        pj.ddim_chain(shrink, sched, x_T, grid=floats), pj.ddim_chain(shrink, sched, x_T, grid=pj.uniform_grid(1000, 50))
+        pj.ddim_chain(shrink, sched, x_T, grid=floats),
+        pj.ddim_chain(shrink, sched, x_T, grid=pj.uniform_grid(1000, 50)),
     )
     np.testing.assert_array_equal(
         pj.chain_lyapunov_spectrum(shrink, SCHED, x_T, grid=GRID.astype(float)).exponents,
@@ -229,8 +231,11 @@ def test_batches_name_the_first_non_finite_sample_and_step(sampler):
 
 def test_spectra_raise_non_finite_error_with_the_step():
     for k in (None, 2):
-        with pytest.raises(NonFiniteError, match=r"^eps_fn: a non-finite state first appears at sampling step 8 of 10 "
-                           r"\(t = 30 -> s = 20\), in 3 of the state's 3 values"):
+        with pytest.raises(
+            NonFiniteError,
+            match=r"^eps_fn: a non-finite state first appears at sampling step 8 of 10 "
+            r"\(t = 30 -> s = 20\), in 3 of the state's 3 values",
+        ):
             pj.chain_lyapunov_spectrum(blows_up, SCHED, jnp.ones(3), grid=GRID, k=k)
     silent = pj.chain_lyapunov_spectrum(blows_up, SCHED, jnp.ones(3), grid=GRID, check_finite=False)
     assert not np.all(np.isfinite(silent.exponents))

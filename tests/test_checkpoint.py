@@ -47,7 +47,8 @@ def _other_values(state):
 def _leaves_equal(a, b):
     la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
     return len(la) == len(lb) and all(
-        np.asarray(x).dtype == np.asarray(y).dtype and np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(la, lb)
+        np.asarray(x).dtype == np.asarray(y).dtype and np.array_equal(np.asarray(x), np.asarray(y))
+        for x, y in zip(la, lb)
     )
 
 
@@ -71,8 +72,11 @@ def test_other_configuration_is_refused(tmp_path, state):
     target = _other_values(state)
     before = jax.tree_util.tree_map(np.array, target)
     other = {**CONFIG, "lr": 0.5, "weighting": "snr"}
-    with pytest.raises(ValueError, match=r"another configuration: lr = 0.003 in the checkpoint, 0.5 requested; "
-                                         r"weighting = 'uniform' in the checkpoint, 'snr' requested"):
+    with pytest.raises(
+        ValueError,
+        match=r"another configuration: lr = 0.003 in the checkpoint, 0.5 requested; "
+        r"weighting = 'uniform' in the checkpoint, 'snr' requested",
+    ):
         ck.load_checkpoint(path, target, config=other)
     assert _leaves_equal(target, before)  # nothing loaded into the caller's state
 
@@ -119,8 +123,9 @@ def test_keyboard_interrupt_saves_the_last_step_and_resume_is_exact(tmp_path, x3
     data = tiny_data(80)
     module = TinyEps(features=8, T=100)
     cfg = tiny_config(steps=20, checkpoint_every=10, log_every=5)
-    kwargs = dict(progress=False, evaluate=False, model=(module, tiny_init(module, (8, 8, 1))),
-                  dataset=(data[:64], data[64:]))
+    kwargs = dict(
+        progress=False, evaluate=False, model=(module, tiny_init(module, (8, 8, 1))), dataset=(data[:64], data[64:])
+    )
 
     def interrupt(step, metrics):
         if step == 13:
@@ -164,8 +169,12 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
     killed, reference = tmp_path / "killed", tmp_path / "reference"
 
     # 1. a run that sleeps between steps, SIGKILLed as soon as its first checkpoint exists
-    proc = subprocess.Popen([sys.executable, str(script), str(killed), "fresh", "0.05"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(killed), "fresh", "0.05"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.monotonic() + 120
     ckpt = killed / ck.CHECKPOINT_NAME
     try:
@@ -183,10 +192,18 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
     assert 20 <= step_at_kill < 60, step_at_kill
 
     # 2. resume it, and 3. run the same configuration without interruption (concurrently)
-    resumed = subprocess.Popen([sys.executable, str(script), str(killed), "resume", "0"], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    uninterrupted = subprocess.Popen([sys.executable, str(script), str(reference), "fresh", "0"], env=env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    resumed = subprocess.Popen(
+        [sys.executable, str(script), str(killed), "resume", "0"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    uninterrupted = subprocess.Popen(
+        [sys.executable, str(script), str(reference), "fresh", "0"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     for p in (resumed, uninterrupted):
         output = p.communicate(timeout=180)[0].decode()
         assert p.returncode == 0 and "finished" in output, output

@@ -90,9 +90,29 @@ def test_geometry_default_float32_full_chain(tmp_path, x32):
 
 def test_geometry_shift_resolution_and_spacing(tmp_path, x64):
     out = tmp_path / "shifted"
-    argv = ["geometry", "--schedule", "logsnr_cosine", "--T", "200", "--shift", "0.5", "--resolution", "128",
-            "--steps", "10", "--spacing", "trailing", "--lambda-range", "0.1", "10", "--num-lambdas", "7",
-            "--x64", "--out", str(out)]
+    argv = [
+        "geometry",
+        "--schedule",
+        "logsnr_cosine",
+        "--T",
+        "200",
+        "--shift",
+        "0.5",
+        "--resolution",
+        "128",
+        "--steps",
+        "10",
+        "--spacing",
+        "trailing",
+        "--lambda-range",
+        "0.1",
+        "10",
+        "--num-lambdas",
+        "7",
+        "--x64",
+        "--out",
+        str(out),
+    ]
     assert cli.main(argv) == 0
     doc = _load(out)
     shift = 0.5 + pj.resolution_shift(128)
@@ -237,8 +257,10 @@ def test_library_errors_map_to_options_by_argument_not_by_message():
 
 
 def test_importing_the_command_imports_no_model_code():
-    code = ("import sys, pifs_jax.cli; "
-            "print(sorted(m for m in sys.modules if m.startswith(('pifs_jax.models', 'matplotlib'))))")
+    code = (
+        "import sys, pifs_jax.cli; "
+        "print(sorted(m for m in sys.modules if m.startswith(('pifs_jax.models', 'matplotlib'))))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
@@ -267,22 +289,22 @@ def test_reproduce_schedule_geometry_writes_report(tmp_path, capsys):
     assert summary["config"]["only"] == ["schedule_geometry"]
 
 
-GOOD_EXPERIMENT = '''
+GOOD_EXPERIMENT = """
 NAME = "alpha"
 TITLE = "A working experiment"
 
 def run(out_dir, *, quick):
     (out_dir / NAME).mkdir(parents=True, exist_ok=True)
     return {"markdown": "| a | b |\\n|---|---|\\n| 1 | 2 |", "summary": "fine"}
-'''
+"""
 
-BAD_EXPERIMENT = '''
+BAD_EXPERIMENT = """
 NAME = "beta"
 TITLE = "A broken experiment"
 
 def run(out_dir, *, quick):
     raise RuntimeError("deliberate failure for the test")
-'''
+"""
 
 
 def test_reproduce_reports_failures_and_keeps_going(tmp_path, capsys):
@@ -323,7 +345,9 @@ def test_installed_executable_runs_geometry(tmp_path):
     out = tmp_path / "exe"
     proc = subprocess.run(
         [_executable(), "geometry", "--schedule", "cosine", "--T", "100", "--steps", "20", "--out", str(out)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     assert "lambda**" in proc.stdout
@@ -334,7 +358,9 @@ def test_installed_executable_runs_geometry(tmp_path):
 def test_installed_executable_bad_input(tmp_path):
     proc = subprocess.run(
         [_executable(), "geometry", "--schedule", "sigmoid", "--offset", "0.1", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr

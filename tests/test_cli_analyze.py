@@ -17,9 +17,28 @@ from pifs_jax.analysis.report import FIGURES
 def tiny_run(tmp_path_factory) -> Path:
     """A DiT trained for 3 steps on 8x8 digits (2x2 patches: M = 16), no samples drawn."""
     out = tmp_path_factory.mktemp("run")
-    status = cli.main(["train", "--model", "dit", "--data", "digits", "--patch-size", "2", "--set", "steps=3",
-                       "--set", "num_train=64", "--set", "num_test=16", "--set", "num_samples=0",
-                       "--out", str(out), "--no-progress"])
+    status = cli.main(
+        [
+            "train",
+            "--model",
+            "dit",
+            "--data",
+            "digits",
+            "--patch-size",
+            "2",
+            "--set",
+            "steps=3",
+            "--set",
+            "num_train=64",
+            "--set",
+            "num_test=16",
+            "--set",
+            "num_samples=0",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert status == 0
     return out
 
@@ -63,8 +82,24 @@ def test_bad_inputs_are_named(tiny_run, tmp_path, capsys):
     assert "--run" in _error(capsys)
     assert cli.main(["analyze", "--run", str(tmp_path / "missing"), "--out", str(tmp_path / "a")]) == 2
     assert "--run" in _error(capsys)
-    assert cli.main(["analyze", "--run", str(tiny_run), "--patch-size", "3", "--samples", "2", "--steps", "2",
-                     "--out", str(tmp_path / "b")]) == 2
+    assert (
+        cli.main(
+            [
+                "analyze",
+                "--run",
+                str(tiny_run),
+                "--patch-size",
+                "3",
+                "--samples",
+                "2",
+                "--steps",
+                "2",
+                "--out",
+                str(tmp_path / "b"),
+            ]
+        )
+        == 2
+    )
     assert "--patch-size" in _error(capsys)
     assert cli.main(["analyze", "--run", str(tiny_run), "--samples", "1", "--out", str(tmp_path / "c")]) == 2
     assert "--samples" in _error(capsys)
@@ -82,13 +117,37 @@ def test_analyze_a_diffusers_folder(tmp_path, capsys):
     """A random 8x8x1 UNet2DModel folder (attention at 4x4): the digits serve as its baseline."""
     from pifs_jax.models import write_random_diffusers_unet
 
-    config = {"sample_size": 8, "in_channels": 1, "out_channels": 1, "block_out_channels": [8, 16],
-              "down_block_types": ["DownBlock2D", "AttnDownBlock2D"], "up_block_types": ["AttnUpBlock2D", "UpBlock2D"],
-              "layers_per_block": 1, "attention_head_dim": 8, "norm_num_groups": 4}
+    config = {
+        "sample_size": 8,
+        "in_channels": 1,
+        "out_channels": 1,
+        "block_out_channels": [8, 16],
+        "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
+        "up_block_types": ["AttnUpBlock2D", "UpBlock2D"],
+        "layers_per_block": 1,
+        "attention_head_dim": 8,
+        "norm_num_groups": 4,
+    }
     folder = write_random_diffusers_unet(tmp_path / "unet", config, seed=0)
     out = tmp_path / "analysis"
-    assert cli.main(["analyze", "--diffusers", str(folder), "--samples", "2", "--steps", "3", "--num-data", "64",
-                     "--out", str(out)]) == 0
+    assert (
+        cli.main(
+            [
+                "analyze",
+                "--diffusers",
+                str(folder),
+                "--samples",
+                "2",
+                "--steps",
+                "3",
+                "--num-data",
+                "64",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     document = json.loads((out / "analysis.json").read_text())
     assert document["config"]["baseline_data"] == "digits"
     assert document["results"]["num_patches"] == 16 and document["results"]["patch_size"] == 2

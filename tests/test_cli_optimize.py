@@ -22,8 +22,23 @@ def _results(path):
 
 def test_weakest_link_writes_schedule_config_figures_and_resumes(x64, tmp_path, capsys):
     out = tmp_path / "wl"
-    base = ["optimize", "--criterion", "weakest-link", "--T", "100", "--knots", "8", "--lr", "0.05",
-            "--checkpoint-every", "10", "--no-progress", "--x64", "--out", str(out)]
+    base = [
+        "optimize",
+        "--criterion",
+        "weakest-link",
+        "--T",
+        "100",
+        "--knots",
+        "8",
+        "--lr",
+        "0.05",
+        "--checkpoint-every",
+        "10",
+        "--no-progress",
+        "--x64",
+        "--out",
+        str(out),
+    ]
     assert cli.main([*base, "--iterations", "20"]) == 0
     printed = capsys.readouterr().out
     assert "weakest-link" in printed and "scheduler_config.json" in printed
@@ -57,8 +72,22 @@ def test_weakest_link_writes_schedule_config_figures_and_resumes(x64, tmp_path, 
 
 def test_workload_writes_the_grid_in_both_indexings(tmp_path, capsys):
     out = tmp_path / "grid"
-    argv = ["optimize", "--criterion", "workload", "--init", "scaled_linear", "--T", "100", "--steps", "6",
-            "--iterations", "100", "--no-progress", "--out", str(out)]
+    argv = [
+        "optimize",
+        "--criterion",
+        "workload",
+        "--init",
+        "scaled_linear",
+        "--T",
+        "100",
+        "--steps",
+        "6",
+        "--iterations",
+        "100",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
     assert cli.main(argv) == 0
     printed = capsys.readouterr().out
     assert "diffusers timesteps" in printed
@@ -101,6 +130,12 @@ def test_help_lists_optimize(capsys):
     assert "optimize" in capsys.readouterr().out
     assert cli.main(["optimize", "--help"]) == 0
     text = capsys.readouterr().out
-    for word in ("weakest-link", "balanced-growth", "workload", "--resume", "scheduler_config.json",
-                 "checkpoint/checkpoint.msgpack"):
+    for word in (
+        "weakest-link",
+        "balanced-growth",
+        "workload",
+        "--resume",
+        "scheduler_config.json",
+        "checkpoint/checkpoint.msgpack",
+    ):
         assert word in text

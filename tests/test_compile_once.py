@@ -20,13 +20,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from reference import tanh_mlp, tanh_mlp_params
 
 import pifs_jax as pj
 from pifs_jax.ddim import ddim_step
 from pifs_jax.jacobians import block_norms, block_norms_matrix_free
 from pifs_jax.models import as_eps_fn, make_model
 from pifs_jax.sharding import sharded_ddim_sample
+from reference import tanh_mlp, tanh_mlp_params
 
 IMAGE_SHAPE = (4, 4, 1)
 PATCH = 2
@@ -104,8 +104,7 @@ def test_second_parameter_set_compiles_nothing(x64):
 
 
 def _dit(hidden):
-    module, _ = make_model("dit", image_shape=(8, 8, 1), patch_size=4, hidden=hidden, depth=1, num_heads=1,
-                           mlp_ratio=1)
+    module, _ = make_model("dit", image_shape=(8, 8, 1), patch_size=4, hidden=hidden, depth=1, num_heads=1, mlp_ratio=1)
     return module
 
 
@@ -113,9 +112,7 @@ def _random_params(module, seed):
     """Parameters of ``module`` drawn with NumPy from the shapes of its initialisation (nothing compiled)."""
     shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)), jnp.ones((1,), jnp.int32))
     rng = np.random.default_rng(seed)
-    return jax.tree_util.tree_map(
-        lambda s: jnp.asarray(0.3 * rng.standard_normal(s.shape), s.dtype), shapes["params"]
-    )
+    return jax.tree_util.tree_map(lambda s: jnp.asarray(0.3 * rng.standard_normal(s.shape), s.dtype), shapes["params"])
 
 
 @pytest.mark.slow
@@ -186,8 +183,9 @@ def test_gradient_through_the_partial_matches_finite_differences(x64):
         plus = jax.tree_util.tree_map(lambda p, d: p + h * d, params, direction)
         minus = jax.tree_util.tree_map(lambda p, d: p - h * d, params, direction)
         central = (float(loss(plus)) - float(loss(minus))) / (2 * h)
-        analytic = sum(float(jnp.vdot(g, d)) for g, d in zip(jax.tree_util.tree_leaves(grad),
-                                                            jax.tree_util.tree_leaves(direction)))
+        analytic = sum(
+            float(jnp.vdot(g, d)) for g, d in zip(jax.tree_util.tree_leaves(grad), jax.tree_util.tree_leaves(direction))
+        )
         np.testing.assert_allclose(analytic, central, rtol=1e-7)
 
 

@@ -175,8 +175,14 @@ def test_information_gain_is_geometry_s_without_the_finest_step(x64):
 
 GRID = pj.uniform_grid(T, 20)
 SCALARS = (
-    "weakest_link", "weakest_link_linear", "cv_growth", "var_information", "var_growth", "cv_information",
-    "workload", "workload_score",
+    "weakest_link",
+    "weakest_link_linear",
+    "cv_growth",
+    "var_information",
+    "var_growth",
+    "cv_information",
+    "workload",
+    "workload_score",
 )
 
 
@@ -205,7 +211,12 @@ def both_families(x):
     """Criteria of the spline schedule (``x[:8]`` = logits) and of the cosine schedule (``x[8]`` = offset)."""
     cos = pj.cosine(T, s=x[8])
     gb = criteria.growth_balance(cos, VARIANCES, SIZES, GRID)
-    cosine_values = [criteria.weakest_link(cos).soft_min, gb.cv_growth, gb.cv_information, criteria.workload(cos, GRID).cv]
+    cosine_values = [
+        criteria.weakest_link(cos).soft_min,
+        gb.cv_growth,
+        gb.cv_information,
+        criteria.workload(cos, GRID).cv,
+    ]
     return jnp.concatenate([all_scalars(spline_schedule(x[:8])), jnp.stack(cosine_values)])
 
 

@@ -18,7 +18,6 @@ from pifs_jax.data import (
 )
 from pifs_jax.patches import patchify
 
-
 # ----------------------------------------------------------------------------- photographs
 
 
@@ -253,6 +252,8 @@ def test_data_bad_inputs():
     with pytest.raises(ValueError, match="^patch_variances:"):
         gaussian_patch_data(key, n=4, image_shape=(8, 8, 3), patch_size=4, patch_variances=-np.ones(4))
     with pytest.raises(ValueError, match="^mean:"):
-        gaussian_patch_data(key, n=4, image_shape=(8, 8, 3), patch_size=4, patch_variances=np.ones(4), mean=np.zeros((8, 8)))
+        gaussian_patch_data(
+            key, n=4, image_shape=(8, 8, 3), patch_size=4, patch_variances=np.ones(4), mean=np.zeros((8, 8))
+        )
     with pytest.raises(ValueError, match="^n:"):
         gaussian_patch_data(key, n=0, image_shape=(8, 8, 3), patch_size=4, patch_variances=np.ones(4))

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -105,18 +104,52 @@ def test_more_devices_than_jax_sees_says_how_to_get_them(tmp_path, capsys):
     with pytest.raises(ArgumentError, match="^devices:"):
         tr.train(tr.train_config("quick", data="digits", batch_size=8 * too_many, devices=too_many), tmp_path / "run")
     assert not (tmp_path / "run").exists()
-    assert cli.main(["train", "--data", "digits", "--batch-size", "8", "--devices", str(too_many),
-                     "--out", str(tmp_path / "cli"), "--no-progress"]) == 2
+    assert (
+        cli.main(
+            [
+                "train",
+                "--data",
+                "digits",
+                "--batch-size",
+                "8",
+                "--devices",
+                str(too_many),
+                "--out",
+                str(tmp_path / "cli"),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     message = capsys.readouterr().err
     assert "argument --devices:" in message and "xla_force_host_platform_device_count" in message
-    assert cli.main(["train", "--data", "digits", "--batch-size", "6", "--devices", "4",
-                     "--out", str(tmp_path / "cli"), "--no-progress"]) == 2
+    assert (
+        cli.main(
+            [
+                "train",
+                "--data",
+                "digits",
+                "--batch-size",
+                "6",
+                "--devices",
+                "4",
+                "--out",
+                str(tmp_path / "cli"),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     assert "argument --devices:" in capsys.readouterr().err
 
 
 def test_multi_process_options(tmp_path, capsys):
-    assert cli.main(["train", "--coordinator", "localhost:1", "--process-id", "0",
-                     "--out", str(tmp_path), "--no-progress"]) == 2
+    assert (
+        cli.main(
+            ["train", "--coordinator", "localhost:1", "--process-id", "0", "--out", str(tmp_path), "--no-progress"]
+        )
+        == 2
+    )
     assert "argument --num-processes:" in capsys.readouterr().err
     with pytest.raises(ArgumentError, match="^coordinator:"):
         initialize_processes("localhost", 2, 0)
@@ -180,11 +213,17 @@ print("RESULT " + json.dumps({"losses": losses, "killed": killed_losses, "resume
 
 @pytest.mark.slow
 def test_four_devices_follow_the_single_device_trajectory(tmp_path, reference):
-    result = subprocess.run([sys.executable, "-c", FOUR_DEVICES, str(tmp_path)], cwd=REPO, env=subprocess_env(4),
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-c", FOUR_DEVICES, str(tmp_path)],
+        cwd=REPO,
+        env=subprocess_env(4),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     line = next(line for line in result.stdout.splitlines() if line.startswith("RESULT "))
-    got = json.loads(line[len("RESULT "):])
+    got = json.loads(line[len("RESULT ") :])
     assert got["batch_split"] and got["all_reduce"]
 
     one_result, one_losses = reference
@@ -238,8 +277,14 @@ def free_port() -> int:
 def test_two_processes_agree_and_only_process_zero_writes(tmp_path, reference):
     port = free_port()
     processes = [
-        subprocess.Popen([sys.executable, "-c", TWO_PROCESSES, str(port), str(i), str(tmp_path)], cwd=REPO,
-                         env=subprocess_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", TWO_PROCESSES, str(port), str(i), str(tmp_path)],
+            cwd=REPO,
+            env=subprocess_env(1),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for i in (0, 1)
     ]
     outputs = []

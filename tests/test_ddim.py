@@ -13,9 +13,11 @@ from reference import expansion_factors
 
 def _diagonal_gaussian_eps(sched, lam):
     """eps^G_t(x) = sigma_t x / (alpha_bar_t lambda + sigma_t^2) for zero-mean diagonal data."""
+
     def eps(x, t):
         ab, s2 = sched.alpha_bar[t], sched.sigma2[t]
         return jnp.sqrt(s2) * x / (ab * lam + s2)
+
     return eps
 
 

@@ -25,7 +25,9 @@ def numpy_gaussian_eps(sched, t, mean, cov, x):
     ab = float(np.exp(np.float64(sched.log_alpha_bar[t])))
     sigma2 = 1 - ab
     n = cov.shape[0]
-    return np.sqrt(sigma2) * np.linalg.solve(ab * cov + sigma2 * np.eye(n), x.reshape(-1) - np.sqrt(ab) * mean.reshape(-1))
+    return np.sqrt(sigma2) * np.linalg.solve(
+        ab * cov + sigma2 * np.eye(n), x.reshape(-1) - np.sqrt(ab) * mean.reshape(-1)
+    )
 
 
 def numpy_mixture_eps(sched, t, weights, means, covs, x):
@@ -126,7 +128,9 @@ def test_gaussian_eig_and_patches_match_full(x64):
         np.testing.assert_allclose(eps_eig(x, t), reference, rtol=1e-10, atol=1e-12)
     # a shared (n_k, n_k) covariance broadcasts to every patch
     shared = gaussian_denoiser_patches(sched, mean, patch_covs[0], p)
-    np.testing.assert_allclose(shared(x, 50), gaussian_denoiser_patches(sched, mean, np.stack([patch_covs[0]] * m), p)(x, 50))
+    np.testing.assert_allclose(
+        shared(x, 50), gaussian_denoiser_patches(sched, mean, np.stack([patch_covs[0]] * m), p)(x, 50)
+    )
 
 
 def test_gaussian_float32_matches_float64(x32):
@@ -167,7 +171,9 @@ def test_mixture_matches_numpy(x64):
     eps_fn = jax.jit(gaussian_mixture_denoiser(sched, weights, means, covs))
     for t in (3, 100, 600, 1000):
         x = np.sqrt(float(sched.alpha_bar[t])) * means[1] + rng.standard_normal(n)
-        np.testing.assert_allclose(eps_fn(x, t), numpy_mixture_eps(sched, t, weights, means, covs, x), rtol=1e-9, atol=1e-11)
+        np.testing.assert_allclose(
+            eps_fn(x, t), numpy_mixture_eps(sched, t, weights, means, covs, x), rtol=1e-9, atol=1e-11
+        )
 
 
 def test_mixture_with_zero_covariances_is_empirical(x64):

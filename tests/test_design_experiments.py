@@ -71,8 +71,12 @@ def test_target_dimension_measured_route_approaches_the_target_and_equals_analyt
         setup = module.problem()
         objectives = module.dimension_objectives(setup, 4.75)
         result = optimize.optimize_schedule(
-            setup["family"], setup["params"], objectives["gaussian_measured"], iterations=25,
-            learning_rate=module.LEARNING_RATE, progress=False,
+            setup["family"],
+            setup["params"],
+            objectives["gaussian_measured"],
+            iterations=25,
+            learning_rate=module.LEARNING_RATE,
+            progress=False,
         )
         for sched, measured in ((result.initial_schedule, result.initial), (result.schedule, result.final)):
             analytic_loss, analytic = objectives["gaussian_analytic"](sched)

@@ -35,8 +35,27 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def test_sample_writes_png_and_npz_equal_to_the_library(tmp_path, capsys):
     folder = write_random_diffusers_unet(tmp_path / "model", TINY, seed=2)
     out = tmp_path / "out"
-    assert SUBCOMMAND.run(parse(["--diffusers", str(folder), "--steps", "5", "--num", "3", "--seed", "4",
-                                 "--batch-size", "2", "--out", str(out)])) == 0
+    assert (
+        SUBCOMMAND.run(
+            parse(
+                [
+                    "--diffusers",
+                    str(folder),
+                    "--steps",
+                    "5",
+                    "--num",
+                    "3",
+                    "--seed",
+                    "4",
+                    "--batch-size",
+                    "2",
+                    "--out",
+                    str(out),
+                ]
+            )
+        )
+        == 0
+    )
     assert "3 samples" in capsys.readouterr().out
     assert (out / "samples.png").read_bytes().startswith(PNG_MAGIC)
     with np.load(out / "samples.npz") as data:

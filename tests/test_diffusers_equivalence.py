@@ -29,12 +29,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_compile_once import counted_compilations
 
 import pifs_jax as pj
 from pifs_jax.interop import diffusers_config_grid, from_diffusers_config
-from pifs_jax.models.diffusers_unet import diffusers_timestep_embedding
 from pifs_jax.models import as_eps_fn, attention_entropy, load_diffusers_unet, write_random_diffusers_unet
-from test_compile_once import counted_compilations
+from pifs_jax.models.diffusers_unet import diffusers_timestep_embedding
 
 FIXTURES = Path(__file__).parent / "fixtures"
 # each network compiles in 5-30 s on two loaded cores: small_a in the fast tier, the rest in the full suite
@@ -51,8 +51,12 @@ def read_fixture(name: str) -> tuple[dict, dict]:
 def load_fixture_model(name: str, folder: Path, dtype=np.float32, seed: int | None = None):
     """Regenerate the fixture's weights from its seed, write a pipeline folder, load it."""
     meta, _ = read_fixture(name)
-    write_random_diffusers_unet(folder, meta["config"], seed=meta["weight_seed"] if seed is None else seed,
-                                scheduler_config=meta["scheduler_config"])
+    write_random_diffusers_unet(
+        folder,
+        meta["config"],
+        seed=meta["weight_seed"] if seed is None else seed,
+        scheduler_config=meta["scheduler_config"],
+    )
     return load_diffusers_unet(folder, dtype=dtype)
 
 
@@ -192,8 +196,12 @@ def test_return_attention_keeps_eps_and_heads(tmp_path):
     np.testing.assert_array_equal(eps, eps_a)
     # small_a: 64 channels with attention_head_dim 16 -> 4 heads over 8x8 = 64 tokens, in the second
     # down block (1 layer), the middle and the first up block (2 layers)
-    assert sorted(attention) == ["down_blocks.1.attentions.0", "mid_block.attentions.0",
-                                 "up_blocks.0.attentions.0", "up_blocks.0.attentions.1"]
+    assert sorted(attention) == [
+        "down_blocks.1.attentions.0",
+        "mid_block.attentions.0",
+        "up_blocks.0.attentions.0",
+        "up_blocks.0.attentions.1",
+    ]
     for name, weights in attention.items():
         assert weights.shape == (2, 4, 64, 64), name
         np.testing.assert_allclose(np.sum(weights, axis=-1), 1.0, rtol=1e-5)
@@ -233,7 +241,8 @@ def test_second_checkpoint_of_the_architecture_compiles_nothing(tmp_path):
     assert not np.allclose(chain_1, chain_2) and not np.allclose(jac_1, jac_2)
     # as_eps_fn of the loaded parts is the same pytree as .eps_fn
     assert jax.tree_util.tree_structure(second.eps_fn) == jax.tree_util.tree_structure(
-        as_eps_fn(second.module, second.params))
+        as_eps_fn(second.module, second.params)
+    )
 
 
 @pytest.mark.slow
@@ -302,5 +311,6 @@ def test_regenerated_fixtures_equal_the_committed_ones(tmp_path):
         with np.load(tmp_path / f"diffusers_{name}.npz") as new:
             _, old = read_fixture(name)
             for key in old:
-                np.testing.assert_allclose(new[key], old[key], rtol=1e-5, atol=1e-6 * np.max(np.abs(old[key])),
-                                           err_msg=f"{name}: {key}")
+                np.testing.assert_allclose(
+                    new[key], old[key], rtol=1e-5, atol=1e-6 * np.max(np.abs(old[key])), err_msg=f"{name}: {key}"
+                )

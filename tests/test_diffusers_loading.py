@@ -77,7 +77,7 @@ def test_every_weight_is_converted_by_its_layout_rule():
             o, c_in, kh, kw = value.shape
             kernel = node["kernel"]
             assert kernel.shape == (kh, kw, c_in, o), key
-            for (a, b, c, d) in [(0, 0, 0, 0), (o - 1, c_in - 1, kh - 1, kw - 1), (o // 2, c_in // 3, kh // 2, 0)]:
+            for a, b, c, d in [(0, 0, 0, 0), (o - 1, c_in - 1, kh - 1, kw - 1), (o // 2, c_in // 3, kh // 2, 0)]:
                 assert kernel[c, d, b, a] == value[a, b, c, d], key
             kinds["conv"] += 1
         elif value.ndim == 2:
@@ -106,10 +106,17 @@ def test_conv_layout_computes_torchs_convolution():
     expected = np.zeros((6, 7, 5))
     for i in range(6):
         for j in range(7):
-            expected[i, j] = np.einsum("oikl,kli->o", weight, padded[i:i + 3, j:j + 3]) + bias
+            expected[i, j] = np.einsum("oikl,kli->o", weight, padded[i : i + 3, j : j + 3]) + bias
     conv = nn.Conv(5, (3, 3), padding=((1, 1), (1, 1)))
-    got = conv.apply({"params": {"kernel": jnp.asarray(weight.transpose(2, 3, 1, 0), jnp.float32),
-                                 "bias": jnp.asarray(bias, jnp.float32)}}, jnp.asarray(x, jnp.float32))
+    got = conv.apply(
+        {
+            "params": {
+                "kernel": jnp.asarray(weight.transpose(2, 3, 1, 0), jnp.float32),
+                "bias": jnp.asarray(bias, jnp.float32),
+            }
+        },
+        jnp.asarray(x, jnp.float32),
+    )
     np.testing.assert_allclose(got[0], expected, rtol=1e-5, atol=1e-5)
 
 
@@ -143,7 +150,9 @@ def test_legacy_attention_names_load_the_same_network(tmp_path):
     for a, b in zip(jax_leaves(new.params), jax_leaves(old.params)):
         np.testing.assert_array_equal(a, b)
     # a key named "key" outside an attention layer is not renamed
-    assert rename_legacy_keys(["mid_block.resnets.0.key.weight"]) == {"mid_block.resnets.0.key.weight": "mid_block.resnets.0.key.weight"}
+    assert rename_legacy_keys(["mid_block.resnets.0.key.weight"]) == {
+        "mid_block.resnets.0.key.weight": "mid_block.resnets.0.key.weight"
+    }
 
 
 def jax_leaves(tree):
@@ -184,8 +193,11 @@ def test_pickle_weights_refused_without_torch(tmp_path, monkeypatch):
     folder = tiny_folder(tmp_path)
     (folder / "unet" / "diffusion_pytorch_model.safetensors").rename(folder / "unet" / "diffusion_pytorch_model.bin")
     monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError
-    with pytest.raises(ArgumentError, match=r"diffusion_pytorch_model\.bin.*PyTorch pickle.*torch is not installed.*"
-                       r"diffusion_pytorch_model\.safetensors") as info:
+    with pytest.raises(
+        ArgumentError,
+        match=r"diffusion_pytorch_model\.bin.*PyTorch pickle.*torch is not installed.*"
+        r"diffusion_pytorch_model\.safetensors",
+    ) as info:
         load_diffusers_unet(folder)
     assert info.value.argument == "path"
 
@@ -193,11 +205,15 @@ def test_pickle_weights_refused_without_torch(tmp_path, monkeypatch):
 def test_float16_weights_are_read_as_float32(tmp_path):
     folder = tiny_folder(tmp_path)
     state = seeded_diffusers_weights(read_unet_config(TINY), seed=5)
-    save_safetensors({k: v.astype(np.float16) for k, v in state.items()}, folder / "unet" / "diffusion_pytorch_model.safetensors")
+    save_safetensors(
+        {k: v.astype(np.float16) for k, v in state.items()}, folder / "unet" / "diffusion_pytorch_model.safetensors"
+    )
     loaded = load_diffusers_unet(folder)
     leaf = loaded.params["conv_in"]["kernel"]
     assert leaf.dtype == np.float32
-    np.testing.assert_array_equal(leaf, state["conv_in.weight"].astype(np.float16).astype(np.float32).transpose(2, 3, 1, 0))
+    np.testing.assert_array_equal(
+        leaf, state["conv_in.weight"].astype(np.float16).astype(np.float32).transpose(2, 3, 1, 0)
+    )
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -233,7 +249,11 @@ def test_config_of_another_class(tmp_path, class_name):
 @pytest.mark.parametrize(
     ("change", "key", "message"),
     [
-        ({"down_block_types": ["SkipDownBlock2D", "AttnDownBlock2D"]}, "down_block_types", "'SkipDownBlock2D' is not supported"),
+        (
+            {"down_block_types": ["SkipDownBlock2D", "AttnDownBlock2D"]},
+            "down_block_types",
+            "'SkipDownBlock2D' is not supported",
+        ),
         ({"up_block_types": ["AttnUpBlock2D", "ResnetUpsampleBlock2D"]}, "up_block_types", "'ResnetUpsampleBlock2D'"),
         ({"mid_block_type": "UNetMidBlock2DCrossAttn"}, "mid_block_type", "'UNetMidBlock2DCrossAttn' is not supported"),
         ({"time_embedding_type": "fourier"}, "time_embedding_type", "'fourier' is not supported"),
@@ -288,8 +308,11 @@ def test_missing_extra_and_misshaped_weights_are_named(tmp_path):
     state = seeded_diffusers_weights(read_unet_config(TINY), seed=5)
     missing = {k: v for k, v in state.items() if k != "mid_block.attentions.0.to_k.bias"}
     save_safetensors(missing, weights_file(folder))
-    with pytest.raises(ArgumentError, match=r"diffusion_pytorch_model\.safetensors' does not match its config: "
-                       r"missing 1 key\(s\) the config implies: 'mid_block\.attentions\.0\.to_k\.bias'") as info:
+    with pytest.raises(
+        ArgumentError,
+        match=r"diffusion_pytorch_model\.safetensors' does not match its config: "
+        r"missing 1 key\(s\) the config implies: 'mid_block\.attentions\.0\.to_k\.bias'",
+    ) as info:
         load_diffusers_unet(folder)
     assert info.value.argument == "path"
     save_safetensors({**state, "mid_block.extra.weight": np.zeros(3, np.float32)}, weights_file(folder))
@@ -298,8 +321,11 @@ def test_missing_extra_and_misshaped_weights_are_named(tmp_path):
     wrong = dict(state)
     wrong["conv_in.weight"] = np.zeros((8, 3, 5, 5), np.float32)
     save_safetensors(wrong, weights_file(folder))
-    with pytest.raises(ArgumentError, match=r"wrong shape for 'conv_in\.weight' \(stored \(8, 3, 5, 5\), the config "
-                       r"implies \(8, 3, 3, 3\)\)"):
+    with pytest.raises(
+        ArgumentError,
+        match=r"wrong shape for 'conv_in\.weight' \(stored \(8, 3, 5, 5\), the config "
+        r"implies \(8, 3, 3, 3\)\)",
+    ):
         load_diffusers_unet(folder)
     save_safetensors({**state, "conv_in.bias": np.arange(8, dtype=np.int32)}, weights_file(folder))
     with pytest.raises(ArgumentError, match=r"'conv_in\.bias' have dtype\(s\) \['I32'\]"):
@@ -310,8 +336,11 @@ def test_truncated_or_corrupt_weight_file(tmp_path):
     folder = tiny_folder(tmp_path)
     data = weights_file(folder).read_bytes()
     weights_file(folder).write_bytes(data[: len(data) // 2])
-    with pytest.raises(ArgumentError, match=r"cannot read '.*diffusion_pytorch_model\.safetensors' as safetensors "
-                       r"\(truncated or corrupt\?\)") as info:
+    with pytest.raises(
+        ArgumentError,
+        match=r"cannot read '.*diffusion_pytorch_model\.safetensors' as safetensors "
+        r"\(truncated or corrupt\?\)",
+    ) as info:
         load_diffusers_unet(folder)
     assert info.value.argument == "path"
     weights_file(folder).write_bytes(b"\x00" * 7)
@@ -322,7 +351,9 @@ def test_truncated_or_corrupt_weight_file(tmp_path):
 def test_no_weight_file_or_shards(tmp_path):
     folder = tiny_folder(tmp_path)
     weights_file(folder).unlink()
-    with pytest.raises(ArgumentError, match=r"no weight file in '.*unet': expected diffusion_pytorch_model\.safetensors"):
+    with pytest.raises(
+        ArgumentError, match=r"no weight file in '.*unet': expected diffusion_pytorch_model\.safetensors"
+    ):
         load_diffusers_unet(folder)
     (folder / "unet" / "diffusion_pytorch_model.safetensors.index.json").write_text("{}")
     with pytest.raises(ArgumentError, match="sharded weights are not read"):
@@ -332,17 +363,35 @@ def test_no_weight_file_or_shards(tmp_path):
 def test_google_ddpm_cifar10_configs_as_published_are_read(tmp_path):
     """The configs of the google/ddpm-cifar10-32 pipeline as published (diffusers 0.0.4 / 0.1.1 key sets)."""
     unet = {
-        "_class_name": "UNet2DModel", "_diffusers_version": "0.0.4", "act_fn": "silu", "attention_head_dim": None,
-        "block_out_channels": [128, 256, 256, 256], "center_input_sample": False,
+        "_class_name": "UNet2DModel",
+        "_diffusers_version": "0.0.4",
+        "act_fn": "silu",
+        "attention_head_dim": None,
+        "block_out_channels": [128, 256, 256, 256],
+        "center_input_sample": False,
         "down_block_types": ["DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"],
-        "downsample_padding": 0, "flip_sin_to_cos": False, "freq_shift": 1, "in_channels": 3,
-        "layers_per_block": 2, "mid_block_scale_factor": 1, "norm_eps": 1e-06, "norm_num_groups": 32,
-        "out_channels": 3, "sample_size": 32, "time_embedding_type": "positional",
+        "downsample_padding": 0,
+        "flip_sin_to_cos": False,
+        "freq_shift": 1,
+        "in_channels": 3,
+        "layers_per_block": 2,
+        "mid_block_scale_factor": 1,
+        "norm_eps": 1e-06,
+        "norm_num_groups": 32,
+        "out_channels": 3,
+        "sample_size": 32,
+        "time_embedding_type": "positional",
         "up_block_types": ["UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"],
     }
     scheduler = {
-        "_class_name": "DDPMScheduler", "_diffusers_version": "0.1.1", "beta_end": 0.02, "beta_schedule": "linear",
-        "beta_start": 0.0001, "clip_sample": True, "num_train_timesteps": 1000, "trained_betas": None,
+        "_class_name": "DDPMScheduler",
+        "_diffusers_version": "0.1.1",
+        "beta_end": 0.02,
+        "beta_schedule": "linear",
+        "beta_start": 0.0001,
+        "clip_sample": True,
+        "num_train_timesteps": 1000,
+        "trained_betas": None,
         "variance_type": "fixed_large",
     }
     config = read_unet_config(unet)
@@ -350,8 +399,15 @@ def test_google_ddpm_cifar10_configs_as_published_are_read(tmp_path):
     assert sum(int(np.prod(s)) for s in diffusers_weight_shapes(config).values()) == 35_746_307
     # the pipeline folder's index and scheduler are read as published (weights of a tiny stand-in)
     folder = write_random_diffusers_unet(tmp_path / "pipe", TINY, scheduler_config=scheduler)
-    (folder / "model_index.json").write_text(json.dumps({
-        "_class_name": "DDPMPipeline", "_diffusers_version": "0.1.1",
-        "scheduler": ["diffusers", "DDPMScheduler"], "unet": ["diffusers", "UNet2DModel"]}))
+    (folder / "model_index.json").write_text(
+        json.dumps(
+            {
+                "_class_name": "DDPMPipeline",
+                "_diffusers_version": "0.1.1",
+                "scheduler": ["diffusers", "DDPMScheduler"],
+                "unet": ["diffusers", "UNet2DModel"],
+            }
+        )
+    )
     loaded = load_diffusers_unet(folder)
     np.testing.assert_array_equal(loaded.sampling_grid(50)[:4], [0, 1, 21, 41])

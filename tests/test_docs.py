@@ -80,9 +80,14 @@ def test_examples_run(path: Path, tmp_path: Path):
     """Every executed block of one file runs without error, in order, in one namespace."""
     blocks = executable_blocks(path)
     # CPU: the examples' float32 tolerances assume full-precision matmuls (GPUs default to TF32)
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1",
-           # the bash examples call `pifs-jax`: the one installed beside this interpreter, activated or not
-           "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])}
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "MPLBACKEND": "Agg",
+        "PYTHONUNBUFFERED": "1",
+        # the bash examples call `pifs-jax`: the one installed beside this interpreter, activated or not
+        "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]),
+    }
     process = subprocess.run(
         [sys.executable, "-c", RUNNER],
         input=json.dumps([_relative(path), blocks]),

@@ -67,7 +67,7 @@ def test_default_experiments_are_the_repository_folder():
     assert "__init__" not in reproduce.discover_experiments()
 
 
-USER_EXPERIMENT = '''
+USER_EXPERIMENT = """
 NAME = "{name}"
 TITLE = "A user's own experiment"
 
@@ -76,7 +76,7 @@ def run(out_dir, *, quick):
     from _user_helpers import ANSWER  # a helper next to the script, importable while it runs
 
     return {{"markdown": f"answer {{ANSWER}}, quick={{quick}}", "summary": "fine"}}
-'''
+"""
 
 
 def test_a_folder_of_ones_own_scripts_runs_instead_of_the_bundled_ones(tmp_path):
@@ -94,14 +94,14 @@ def test_a_folder_of_ones_own_scripts_runs_instead_of_the_bundled_ones(tmp_path)
         reproduce.discover_experiments(tmp_path / "no_such_folder")
 
 
-LONG_EXPERIMENT = '''
+LONG_EXPERIMENT = """
 NAME = "long"
 TITLE = "An experiment with a long form"
 
 
 def run(out_dir, *, quick, full=False):
     return {"markdown": f"quick={quick}, full={full}"}
-'''
+"""
 
 
 def test_full_reaches_only_the_experiments_with_a_long_form(tmp_path):
@@ -113,8 +113,10 @@ def test_full_reaches_only_the_experiments_with_a_long_form(tmp_path):
     (folder / "mine.py").write_text(USER_EXPERIMENT.format(name="mine"))
     report = reproduce.run_reproduction(tmp_path / "out", full=True, experiments_dir=folder, progress=False)
     assert report.ok
-    assert {o.name: o.markdown for o in report.outcomes} == {"long": "quick=False, full=True",
-                                                              "mine": "answer 42, quick=False"}
+    assert {o.name: o.markdown for o in report.outcomes} == {
+        "long": "quick=False, full=True",
+        "mine": "answer 42, quick=False",
+    }
     assert "full (long runs)" in report.report_path.read_text(encoding="utf-8")
     default = reproduce.run_reproduction(tmp_path / "out2", only=["long"], experiments_dir=folder, progress=False)
     assert default.outcomes[0].markdown == "quick=False, full=False"

@@ -100,8 +100,12 @@ def test_lambda_star_against_its_definition(x64):
 
 @pytest.mark.parametrize(
     "make, grid",
-    [(lambda: pj.cosine(1000, s=0.0), None), (pj.linear, None), (lambda: pj.cosine(1000, s=0.0), GRID50),
-     (pj.scaled_linear, pj.align_your_steps_grid())],
+    [
+        (lambda: pj.cosine(1000, s=0.0), None),
+        (pj.linear, None),
+        (lambda: pj.cosine(1000, s=0.0), GRID50),
+        (pj.scaled_linear, pj.align_your_steps_grid()),
+    ],
 )
 def test_moran_threshold_is_the_root(x64, make, grid):
     sched = make()
@@ -194,7 +198,10 @@ def test_float32_agrees_with_float64(name, grid):
     """Every quantity to 1e-5 relative (float32 eps is 1.2e-7: the margin covers sums of 1000 terms)."""
     lam = np.array([0.05, 0.5, 1.0, 2.0, 50.0])
     with jax.enable_x64(True):
-        ref = {k: np.asarray(v, np.float64) for k, v in _all_quantities(SCHEDULE_FACTORIES[name](jnp.float64), grid, lam).items()}
+        ref = {
+            k: np.asarray(v, np.float64)
+            for k, v in _all_quantities(SCHEDULE_FACTORIES[name](jnp.float64), grid, lam).items()
+        }
     with jax.enable_x64(False):
         sched32 = SCHEDULE_FACTORIES[name](jnp.float32)
         assert sched32.dtype == jnp.float32
@@ -259,10 +266,22 @@ def test_jit_gives_the_same_numbers(x64):
         (lambda: pj.expansion_factor(pj.cosine(100), jnp.array([-1.0, 1.0])), "variances"),
         (lambda: pj.expansion_factor(pj.cosine(100), jnp.array([np.inf])), "variances"),
         (lambda: pj.contraction_threshold(np.linspace(1, 0.1, 10)), "sched"),
-        (lambda: pj.contraction_threshold(pj.Schedule(jnp.array([0.0, -0.1, -0.05]), jnp.array([0.1, -0.05]))), "strictly decreasing"),
-        (lambda: pj.contraction_threshold(pj.Schedule(jnp.array([0.1, -0.1, -0.5]), jnp.array([0.2, 0.4]))), r"alpha_bar\[0\]"),
-        (lambda: pj.contraction_threshold(pj.Schedule(jnp.array([0.0, -0.1, -0.5]), jnp.array([0.1, 0.1]))), "inconsistent"),
-        (lambda: pj.contraction_threshold(pj.Schedule(jnp.array([0.0, -0.1, -0.5]), jnp.array([0.1]))), "gaps must have shape"),
+        (
+            lambda: pj.contraction_threshold(pj.Schedule(jnp.array([0.0, -0.1, -0.05]), jnp.array([0.1, -0.05]))),
+            "strictly decreasing",
+        ),
+        (
+            lambda: pj.contraction_threshold(pj.Schedule(jnp.array([0.1, -0.1, -0.5]), jnp.array([0.2, 0.4]))),
+            r"alpha_bar\[0\]",
+        ),
+        (
+            lambda: pj.contraction_threshold(pj.Schedule(jnp.array([0.0, -0.1, -0.5]), jnp.array([0.1, 0.1]))),
+            "inconsistent",
+        ),
+        (
+            lambda: pj.contraction_threshold(pj.Schedule(jnp.array([0.0, -0.1, -0.5]), jnp.array([0.1]))),
+            "gaps must have shape",
+        ),
         (lambda: pj.information_gain(pj.cosine(100), jnp.ones(3), jnp.ones(2)), "sizes"),
     ],
 )

@@ -16,16 +16,68 @@ def test_uniform_and_full_grids():
 def test_diffusers_spacings_by_hand():
     # diffusers DDIM, T = 1000, N = 10 (hand-computed from its set_timesteps formulas)
     assert pj.diffusers_timesteps(1000, 10, spacing="leading", steps_offset=1).tolist() == [
-        901, 801, 701, 601, 501, 401, 301, 201, 101, 1]
+        901,
+        801,
+        701,
+        601,
+        501,
+        401,
+        301,
+        201,
+        101,
+        1,
+    ]
     assert pj.diffusers_timesteps(1000, 10, spacing="trailing").tolist() == [
-        999, 899, 799, 699, 599, 499, 399, 299, 199, 99]
+        999,
+        899,
+        799,
+        699,
+        599,
+        499,
+        399,
+        299,
+        199,
+        99,
+    ]
     assert pj.diffusers_timesteps(1000, 10, spacing="linspace").tolist() == [
-        999, 888, 777, 666, 555, 444, 333, 222, 111, 0]
+        999,
+        888,
+        777,
+        666,
+        555,
+        444,
+        333,
+        222,
+        111,
+        0,
+    ]
     # our index = diffusers index + 1, with tau_0 = 0 prepended
     assert pj.diffusers_grid(1000, 10, spacing="leading", steps_offset=1).tolist() == [
-        0, 2, 102, 202, 302, 402, 502, 602, 702, 802, 902]
+        0,
+        2,
+        102,
+        202,
+        302,
+        402,
+        502,
+        602,
+        702,
+        802,
+        902,
+    ]
     assert pj.diffusers_grid(1000, 10, spacing="trailing").tolist() == [
-        0, 100, 200, 300, 400, 500, 600, 700, 800, 900, 1000]
+        0,
+        100,
+        200,
+        300,
+        400,
+        500,
+        600,
+        700,
+        800,
+        900,
+        1000,
+    ]
     assert pj.diffusers_grid(1000, 10, spacing="linspace").tolist()[:3] == [0, 1, 112]
 
 

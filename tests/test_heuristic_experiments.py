@@ -177,7 +177,9 @@ def test_resolution_shift_invariance(resolution_shift):
             assert row["exponent_offset"] == pytest.approx(math.log(ab_T + row["c"] * (1 - ab_T)) / (2 * n), rel=1e-9)
             assert row["rel_diff_prediction"] < 1e-10
             assert abs(row["lambda_star_star_shifted"] - 1) < 0.1  # stays near 1 ...
-            assert abs(math.log(row["lambda_star_star_shifted_over_c"] / chain["lambda_star_star"])) > 0.6  # ... not c lambda**
+            assert (
+                abs(math.log(row["lambda_star_star_shifted_over_c"] / chain["lambda_star_star"])) > 0.6
+            )  # ... not c lambda**
     # independent lambda** of a shifted chain: logSNR' = logSNR - log 4, alpha_bar' = sigmoid(logSNR')
     row = next(r for r in inv["cosine"]["rows"] if r["c"] == 4.0)
     log_snr = np.log(ab[1:]) - np.log1p(-ab[1:]) - math.log(4.0)
@@ -260,7 +262,11 @@ def test_information_gain_table_against_numpy(information_gain_experiment, photo
     lam = photos32_variances
     main = results["spectra"]["photos32"]
     assert main["num_variances"] == 3072
-    for name, ab in (("linear", linear_alpha_bar()), ("cosine", cosine_alpha_bar()), ("cosine_s0", cosine_alpha_bar(s=0.0))):
+    for name, ab in (
+        ("linear", linear_alpha_bar()),
+        ("cosine", cosine_alpha_bar()),
+        ("cosine_s0", cosine_alpha_bar(s=0.0)),
+    ):
         chain = main["chains"][name]
         growth = dimension_growth(ab, lam)[1:]
         ig = information_gain(ab, lam)

@@ -75,7 +75,11 @@ def test_cosine_offset_limit_meets_the_pixel_bin(x64):
     assert abs(math.sqrt(float(pj.cosine(1000, s=s_max).betas[0])) - 1 / 127.5) < 1e-10
     assert abs(math.sqrt(cosine_beta_1(1000, s_max)) - 1 / 127.5) < 1e-10
     # and it is the largest admissible offset
-    assert math.sqrt(cosine_beta_1(1000, s_max * (1 - 1e-6))) < 1 / 127.5 < math.sqrt(cosine_beta_1(1000, s_max * (1 + 1e-6)))
+    assert (
+        math.sqrt(cosine_beta_1(1000, s_max * (1 - 1e-6)))
+        < 1 / 127.5
+        < math.sqrt(cosine_beta_1(1000, s_max * (1 + 1e-6)))
+    )
     assert 0.008 < s_max < 0.013  # Nichol & Dhariwal's 0.008 is admissible, "slightly" below the limit
 
 
@@ -105,11 +109,13 @@ def test_variance_scaling_with_log_snr_shift_identity(x64, grid, c):
     shifted = pj.shift_log_snr(sched, -math.log(c))
     # the exponents move rigidly by the offset, to round-off
     offset = float(h.scaling_exponent_offset(sched, c, grid=grid))
-    diff = np.asarray(pj.lyapunov_exponents(shifted, c * lam, grid)) - np.asarray(pj.lyapunov_exponents(sched, lam, grid))
+    diff = np.asarray(pj.lyapunov_exponents(shifted, c * lam, grid)) - np.asarray(
+        pj.lyapunov_exponents(sched, lam, grid)
+    )
     np.testing.assert_allclose(diff, offset, rtol=0, atol=1e-15)
     # independent value of the offset: log(alpha_bar_T + c sigma_T^2) / (2N)
     ab_T = _alpha_bar(sched)[-1]
-    n = (1000 if grid is None else len(grid) - 1)
+    n = 1000 if grid is None else len(grid) - 1
     assert offset == pytest.approx(math.log(ab_T + c * (1 - ab_T)) / (2 * n), rel=1e-12)
     # what is exactly invariant: f_t / a_t and the information gain
     a, a_c = pj.step_coefficients(sched, grid).a, pj.step_coefficients(shifted, grid).a
@@ -258,7 +264,7 @@ def test_spearman_correlation_against_scipy_and_properties():
     y = x + rng.normal(size=200)
     x_ties, y_ties = np.round(x), np.round(y * 2) / 2
     assert h.spearman_correlation(x, np.exp(x)) == pytest.approx(1.0, abs=1e-15)  # any increasing map
-    assert h.spearman_correlation(x, -x**3) == pytest.approx(-1.0, abs=1e-15)
+    assert h.spearman_correlation(x, -(x**3)) == pytest.approx(-1.0, abs=1e-15)
     assert h.spearman_correlation([1, 2, 2, 3], [1, 3, 2, 4]) == pytest.approx(0.9486832980505138, rel=1e-14)
     stats = pytest.importorskip("scipy.stats")
     for a, b in ((x, y), (x_ties, y_ties)):

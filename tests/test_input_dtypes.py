@@ -76,8 +76,11 @@ def test_check_floating_runs_under_jit():
 
 @pytest.mark.parametrize("dtype", [jnp.int32, "int32", np.uint8, "bool", "complex64", "bogus", 3.5])
 def test_load_dataset_refuses_non_floating_dtype(dtype):
-    with pytest.raises(ArgumentError, match=r"^dtype: expected a floating dtype, one of float16, bfloat16, "
-                       r"float32, float64, got ") as info:
+    with pytest.raises(
+        ArgumentError,
+        match=r"^dtype: expected a floating dtype, one of float16, bfloat16, "
+        r"float32, float64, got ",
+    ) as info:
         load_dataset("digits", jax.random.key(0), 4, dtype=dtype)
     assert info.value.argument == "dtype"
 
@@ -91,7 +94,9 @@ def test_dtype_argument_is_refused_everywhere_before_any_work():
     with pytest.raises(ArgumentError, match="^dtype: .*got int8"):
         gaussian_patch_data(key, n=2, image_shape=(4, 4, 1), patch_size=2, patch_variances=np.ones(4), dtype="int8")
     with pytest.raises(ArgumentError, match="^dtype: .*got uint8"):
-        gaussian_mixture_data(key, n=2, weights=np.ones(1), means=np.zeros((1, 2)), covs=np.eye(2)[None], dtype=np.uint8)
+        gaussian_mixture_data(
+            key, n=2, weights=np.ones(1), means=np.zeros((1, 2)), covs=np.eye(2)[None], dtype=np.uint8
+        )
 
 
 def test_digits_in_every_floating_dtype(x64):
@@ -139,14 +144,24 @@ def test_patch_stats_refuses_integer_images_and_keeps_float_results(x64):
 def test_synthetic_data_refuse_integer_moments():
     key = jax.random.key(0)
     with _refused("mean", "int64"):
-        gaussian_patch_data(key, n=2, image_shape=(4, 4, 1), patch_size=2, patch_variances=np.ones(4),
-                            mean=np.zeros((4, 4, 1), np.int64))
+        gaussian_patch_data(
+            key,
+            n=2,
+            image_shape=(4, 4, 1),
+            patch_size=2,
+            patch_variances=np.ones(4),
+            mean=np.zeros((4, 4, 1), np.int64),
+        )
     with _refused("patch_variances", "int64"):
         gaussian_patch_data(key, n=2, image_shape=(4, 4, 1), patch_size=2, patch_variances=[1, 2, 3, 4])
     with _refused("means", "int32"):
-        gaussian_mixture_data(key, n=2, weights=np.ones(2), means=np.zeros((2, 3), np.int32), covs=np.stack([np.eye(3)] * 2))
+        gaussian_mixture_data(
+            key, n=2, weights=np.ones(2), means=np.zeros((2, 3), np.int32), covs=np.stack([np.eye(3)] * 2)
+        )
     with _refused("covs", "int64"):
-        gaussian_mixture_data(key, n=2, weights=np.ones(2), means=np.zeros((2, 3)), covs=np.stack([np.eye(3, dtype=np.int64)] * 2))
+        gaussian_mixture_data(
+            key, n=2, weights=np.ones(2), means=np.zeros((2, 3)), covs=np.stack([np.eye(3, dtype=np.int64)] * 2)
+        )
 
 
 def test_mixture_data_promotes_integer_weights(x64):

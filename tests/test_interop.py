@@ -52,12 +52,18 @@ def test_bundled_published_values():
     ddpm = interop.load_config(interop.example_config_path("ddpm_cifar10"))
     assert ddpm["_class_name"] == "DDPMScheduler"
     assert (ddpm["beta_schedule"], ddpm["beta_start"], ddpm["beta_end"], ddpm["num_train_timesteps"]) == (
-        "linear", 0.0001, 0.02, 1000,
+        "linear",
+        0.0001,
+        0.02,
+        1000,
     )
     sd = interop.load_config(interop.example_config_path("stable_diffusion_v1_5"))
     assert sd["_class_name"] == "PNDMScheduler"
     assert (sd["beta_schedule"], sd["beta_start"], sd["beta_end"], sd["num_train_timesteps"]) == (
-        "scaled_linear", 0.00085, 0.012, 1000,
+        "scaled_linear",
+        0.00085,
+        0.012,
+        1000,
     )
     assert sd["steps_offset"] == 1 and sd["set_alpha_to_one"] is False and sd["skip_prk_steps"] is True
 
@@ -85,9 +91,7 @@ def test_bundled_configs_in_float32(x32):
 
 
 def test_config_folder_is_accepted(tmp_path):
-    (tmp_path / "scheduler_config.json").write_text(
-        interop.example_config_path("ddpm_cifar10").read_text()
-    )
+    (tmp_path / "scheduler_config.json").write_text(interop.example_config_path("ddpm_cifar10").read_text())
     assert interop.load_config(tmp_path)["_class_name"] == "DDPMScheduler"
 
 
@@ -96,7 +100,8 @@ def test_config_folder_is_accepted(tmp_path):
 
 def test_class_name_alone_takes_ddim_defaults(x64):
     np.testing.assert_array_equal(
-        interop.from_diffusers_config({"_class_name": "DDIMScheduler"}).log_alpha_bar, schedules.linear(1000).log_alpha_bar
+        interop.from_diffusers_config({"_class_name": "DDIMScheduler"}).log_alpha_bar,
+        schedules.linear(1000).log_alpha_bar,
     )
 
 
@@ -172,7 +177,8 @@ def test_grids_leading_trailing_linspace():
     )
     # leading, no offset (DDIM defaults): diffusers [900, 800, ..., 100, 0]
     np.testing.assert_array_equal(
-        interop.diffusers_config_grid({"_class_name": "DDIMScheduler"}, 10), [0, 1, 101, 201, 301, 401, 501, 601, 701, 801, 901]
+        interop.diffusers_config_grid({"_class_name": "DDIMScheduler"}, 10),
+        [0, 1, 101, 201, 301, 401, 501, 601, 701, 801, 901],
     )
     # trailing: round(arange(1000, 0, -100)) - 1 = [999, 899, ..., 99]; steps_offset is not used
     cfg = {"timestep_spacing": "trailing", "steps_offset": 1}

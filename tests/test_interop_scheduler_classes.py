@@ -79,8 +79,15 @@ def test_flow_matching_configs_are_refused_by_class_name(config, read, tmp_path)
         interop.from_diffusers_config(path)
 
 
-@pytest.mark.parametrize("name", ["FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler",
-                                  "FlowMatchLCMScheduler", "MyFlowMatchScheduler"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "FlowMatchEulerDiscreteScheduler",
+        "FlowMatchHeunDiscreteScheduler",
+        "FlowMatchLCMScheduler",
+        "MyFlowMatchScheduler",
+    ],
+)
 def test_every_flow_match_class_is_refused(name):
     with pytest.raises(ArgumentError, match=f"^_class_name: '{name}' is a flow-matching scheduler.*{FLOW_REASON}"):
         interop.from_diffusers_config({"_class_name": name, "beta_schedule": "linear"})
@@ -110,8 +117,12 @@ def test_sd3_config_without_class_name_is_refused_by_shift():
 
 def test_flow_prediction_is_refused():
     # Wan-style UniPC config: a DDPM-family class driven in flow-matching mode
-    config = {"_class_name": "UniPCMultistepScheduler", "prediction_type": "flow_prediction",
-              "use_flow_sigmas": True, "flow_shift": 3.0}
+    config = {
+        "_class_name": "UniPCMultistepScheduler",
+        "prediction_type": "flow_prediction",
+        "use_flow_sigmas": True,
+        "flow_shift": 3.0,
+    }
     with pytest.raises(ArgumentError, match=f"^prediction_type: 'flow_prediction'.*{FLOW_REASON}"):
         interop.from_diffusers_config(config)
     with pytest.raises(ArgumentError, match="^use_flow_sigmas: "):
@@ -123,8 +134,10 @@ def test_flow_prediction_is_refused():
 # ----------------------------------------------------------------------------- other classes
 
 
-@pytest.mark.parametrize("name", ["EDMEulerScheduler", "ScoreSdeVeScheduler", "CogVideoXDDIMScheduler",
-                                  "DDIMInverseScheduler", "NotAScheduler"])
+@pytest.mark.parametrize(
+    "name",
+    ["EDMEulerScheduler", "ScoreSdeVeScheduler", "CogVideoXDDIMScheduler", "DDIMInverseScheduler", "NotAScheduler"],
+)
 def test_unsupported_classes_are_refused_by_name(name):
     with pytest.raises(ArgumentError, match=f"^_class_name: '{name}' is not supported") as info:
         interop.from_diffusers_config({"_class_name": name, "beta_schedule": "linear"})
@@ -139,8 +152,14 @@ def test_class_name_must_be_a_string():
 
 @pytest.mark.parametrize("name", interop.DDPM_FAMILY_SCHEDULERS)
 def test_ddpm_family_classes_are_read(x64, name):
-    config = {"_class_name": name, "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,
-              "num_train_timesteps": 1000, "prediction_type": "v_prediction"}
+    config = {
+        "_class_name": name,
+        "beta_schedule": "scaled_linear",
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "num_train_timesteps": 1000,
+        "prediction_type": "v_prediction",
+    }
     sched = interop.from_diffusers_config(config)
     # diffusers' cumprod(1 - betas) in float64: 1e-12 on log alpha_bar (absolute, |log ab| <= 7)
     np.testing.assert_allclose(sched.log_alpha_bar, _scaled_linear_log_alpha_bar(), rtol=0, atol=1e-12)
@@ -149,20 +168,41 @@ def test_ddpm_family_classes_are_read(x64, name):
 def test_classes_with_other_defaults_must_spell_the_schedule_out(x64):
     # LCMScheduler's own defaults are scaled_linear from 0.00085 to 0.012, not DDIMScheduler's:
     # a partial LCM config is refused instead of being filled with the wrong defaults.
-    with pytest.raises(ArgumentError, match=r"^num_train_timesteps: missing \(or null\) in a LCMScheduler config.*"
-                       "beta_schedule, beta_start, beta_end"):
+    with pytest.raises(
+        ArgumentError,
+        match=r"^num_train_timesteps: missing \(or null\) in a LCMScheduler config.*"
+        "beta_schedule, beta_start, beta_end",
+    ):
         interop.from_diffusers_config({"_class_name": "LCMScheduler"})
     with pytest.raises(ArgumentError, match="^beta_start: missing .* HeunDiscreteScheduler"):
-        interop.from_diffusers_config({"_class_name": "HeunDiscreteScheduler", "num_train_timesteps": 1000,
-                                       "beta_schedule": "linear", "beta_start": None, "beta_end": 0.012})
-    lcm = {"_class_name": "LCMScheduler", "num_train_timesteps": 1000, "beta_schedule": "scaled_linear",
-           "beta_start": 0.00085, "beta_end": 0.012, "original_inference_steps": 50, "timestep_scaling": 10.0}
-    np.testing.assert_allclose(interop.from_diffusers_config(lcm).log_alpha_bar, _scaled_linear_log_alpha_bar(),
-                               rtol=0, atol=1e-12)
+        interop.from_diffusers_config(
+            {
+                "_class_name": "HeunDiscreteScheduler",
+                "num_train_timesteps": 1000,
+                "beta_schedule": "linear",
+                "beta_start": None,
+                "beta_end": 0.012,
+            }
+        )
+    lcm = {
+        "_class_name": "LCMScheduler",
+        "num_train_timesteps": 1000,
+        "beta_schedule": "scaled_linear",
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "original_inference_steps": 50,
+        "timestep_scaling": 10.0,
+    }
+    np.testing.assert_allclose(
+        interop.from_diffusers_config(lcm).log_alpha_bar, _scaled_linear_log_alpha_bar(), rtol=0, atol=1e-12
+    )
     # squaredcos_cap_v2 takes no beta range; trained_betas take none either
-    interop.from_diffusers_config({"_class_name": "TCDScheduler", "num_train_timesteps": 10,
-                                   "beta_schedule": "squaredcos_cap_v2"})
-    interop.from_diffusers_config({"_class_name": "TCDScheduler", "num_train_timesteps": 2, "trained_betas": [0.1, 0.2]})
+    interop.from_diffusers_config(
+        {"_class_name": "TCDScheduler", "num_train_timesteps": 10, "beta_schedule": "squaredcos_cap_v2"}
+    )
+    interop.from_diffusers_config(
+        {"_class_name": "TCDScheduler", "num_train_timesteps": 2, "trained_betas": [0.1, 0.2]}
+    )
     # classes whose defaults are DDIMScheduler's need no schedule key
     linear = schedules.linear(1000).log_alpha_bar
     for name in ("DDPMScheduler", "PNDMScheduler", "DPMSolverMultistepScheduler", "EulerDiscreteScheduler"):
@@ -180,14 +220,23 @@ def test_real_sdxl_euler_config_is_read(x64):
 def test_export_refuses_a_flow_matching_class_name():
     with pytest.raises(ArgumentError, match="^_class_name: 'FlowMatchEulerDiscreteScheduler'"):
         interop.to_diffusers_config(schedules.linear(10), _class_name="FlowMatchEulerDiscreteScheduler")
-    assert interop.to_diffusers_config(schedules.linear(10), _class_name="DDPMScheduler")["_class_name"] == "DDPMScheduler"
+    assert (
+        interop.to_diffusers_config(schedules.linear(10), _class_name="DDPMScheduler")["_class_name"] == "DDPMScheduler"
+    )
 
 
 # ----------------------------------------------------------------------------- configs without a class
 
 
-@pytest.mark.parametrize("config", [{}, {"_diffusers_version": "0.30.0"}, {"trained_betas": None},
-                                    {"prediction_type": "epsilon", "clip_sample": False}])
+@pytest.mark.parametrize(
+    "config",
+    [
+        {},
+        {"_diffusers_version": "0.30.0"},
+        {"trained_betas": None},
+        {"prediction_type": "epsilon", "clip_sample": False},
+    ],
+)
 def test_config_that_identifies_no_schedule_is_refused(config):
     with pytest.raises(ArgumentError, match="^config: names no scheduler class .*DDIMScheduler's defaults") as info:
         interop.from_diffusers_config(config)
@@ -209,11 +258,17 @@ def test_grid_key_is_not_a_schedule_key():
 
 def test_one_schedule_key_or_a_class_name_is_enough(x64):
     linear = schedules.linear(1000).log_alpha_bar
-    for config in ({"beta_schedule": "linear"}, {"num_train_timesteps": 1000}, {"_class_name": "DDIMScheduler"},
-                   {"rescale_betas_zero_snr": False}):
+    for config in (
+        {"beta_schedule": "linear"},
+        {"num_train_timesteps": 1000},
+        {"_class_name": "DDIMScheduler"},
+        {"rescale_betas_zero_snr": False},
+    ):
         np.testing.assert_array_equal(interop.from_diffusers_config(config).log_alpha_bar, linear)
     naive = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))  # DDIMScheduler's defaults, float64
-    np.testing.assert_allclose(interop.from_diffusers_config({"_class_name": "DDIMScheduler"}).alpha_bar[1:], naive, rtol=1e-12)
+    np.testing.assert_allclose(
+        interop.from_diffusers_config({"_class_name": "DDIMScheduler"}).alpha_bar[1:], naive, rtol=1e-12
+    )
 
 
 # ----------------------------------------------------------------------------- null means default
@@ -258,10 +313,17 @@ def test_unknown_key_hint_is_conditional():
 
 
 def test_zero_terminal_snr_replacement_is_announced(x64):
-    config = {"_class_name": "DDIMScheduler", "beta_schedule": "scaled_linear", "beta_start": 0.00085,
-              "beta_end": 0.012, "rescale_betas_zero_snr": True}
-    with pytest.warns(interop.DiffusersConversionWarning,
-                      match=r"rescale_betas_zero_snr: true: diffusers sets alpha_bar_T = 0 .*finite at -20") as record:
+    config = {
+        "_class_name": "DDIMScheduler",
+        "beta_schedule": "scaled_linear",
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "rescale_betas_zero_snr": True,
+    }
+    with pytest.warns(
+        interop.DiffusersConversionWarning,
+        match=r"rescale_betas_zero_snr: true: diffusers sets alpha_bar_T = 0 .*finite at -20",
+    ) as record:
         sched = interop.from_diffusers_config(config)
     assert len(record) == 1
     assert issubclass(interop.DiffusersConversionWarning, UserWarning)

@@ -47,7 +47,9 @@ def test_forward_jacobian_equals_jacfwd_for_any_tangent_batch(x64, chunk):
     loss = lambda x, jac: jnp.sum(jnp.sin(jac(fn, x)))
     np.testing.assert_allclose(
         jax.grad(loss)(xs[0], lambda f, x: forward_jacobian(f, x, chunk=chunk)),
-        jax.grad(loss)(xs[0], lambda f, x: jax.jacfwd(f)(x)), rtol=1e-12, atol=1e-12,
+        jax.grad(loss)(xs[0], lambda f, x: jax.jacfwd(f)(x)),
+        rtol=1e-12,
+        atol=1e-12,
     )
 
 
@@ -226,7 +228,9 @@ def test_block_norms_matrix_free_jitted_float32():
         sched = pj.cosine(1000)
         t, a, b = coefficients(sched, 35)
         data, x = empirical_setup(rng, shape, sched, t)
-        exact = np.asarray(block_norms(step_jacobian(empirical_denoiser(sched, data), x, t=t, a=a, b=b), shape, p).norms)
+        exact = np.asarray(
+            block_norms(step_jacobian(empirical_denoiser(sched, data), x, t=t, a=a, b=b), shape, p).norms
+        )
         t, a, b = int(t), float(a), float(b)
     with jax.enable_x64(False):
         eps32 = empirical_denoiser(sched.astype(jnp.float32), data.astype(np.float32))
@@ -314,11 +318,17 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="x"):
         block_norms_matrix_free(lambda y: y, jnp.zeros(10), shape, 4, key=jax.random.key(0))
     with pytest.raises(ValueError, match="leading_vectors"):
-        suppression_field(good, good, x, t=5, b=-0.1, image_shape=shape, patch_size=4, leading_vectors=jnp.zeros((4, 8)))
+        suppression_field(
+            good, good, x, t=5, b=-0.1, image_shape=shape, patch_size=4, leading_vectors=jnp.zeros((4, 8))
+        )
     with pytest.raises(ValueError, match="baseline_eps_fn"):
-        suppression_field(good, bad, x, t=5, b=-0.1, image_shape=shape, patch_size=4, leading_vectors=jnp.zeros((4, 16)))
+        suppression_field(
+            good, bad, x, t=5, b=-0.1, image_shape=shape, patch_size=4, leading_vectors=jnp.zeros((4, 16))
+        )
     with pytest.raises(ValueError, match="patch_size"):
-        suppression_field(good, good, x, t=5, b=-0.1, image_shape=shape, patch_size=3, leading_vectors=jnp.zeros((4, 16)))
+        suppression_field(
+            good, good, x, t=5, b=-0.1, image_shape=shape, patch_size=3, leading_vectors=jnp.zeros((4, 16))
+        )
     with pytest.raises(ValueError, match="patch_covs"):
         leading_eigenvectors(jnp.zeros((4, 16)))
     with pytest.raises(ValueError, match="norms"):

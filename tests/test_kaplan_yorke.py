@@ -11,8 +11,14 @@ from reference import kaplan_yorke_numpy
 
 @pytest.mark.parametrize(
     "exponents, expected",
-    [([1.0, -3.0], 4 / 3), ([-3.0, 1.0], 4 / 3), ([-0.1, -2.0], 0.0), ([0.5, 0.2, 0.1], 3.0),
-     ([0.41922, -1.62319], 1 + 0.41922 / 1.62319), ([2.0, 1.0, -1.0, -5.0], 3 + 2 / 5)],
+    [
+        ([1.0, -3.0], 4 / 3),
+        ([-3.0, 1.0], 4 / 3),
+        ([-0.1, -2.0], 0.0),
+        ([0.5, 0.2, 0.1], 3.0),
+        ([0.41922, -1.62319], 1 + 0.41922 / 1.62319),
+        ([2.0, 1.0, -1.0, -5.0], 3 + 2 / 5),
+    ],
 )
 def test_general_rule(x64, exponents, expected):
     assert float(pj.kaplan_yorke_dimension(jnp.array(exponents))) == pytest.approx(expected, rel=1e-12)

@@ -359,7 +359,9 @@ def test_bad_input_names_the_argument(x64, gaussian64):
         return jnp.where(t <= 400, jnp.inf, 1.0) * eps_fn(x, t)
 
     for k in (None, 2):
-        with pytest.raises(ValueError, match=r"^eps_fn: a non-finite state first appears at sampling step 31 of 50 \(t = 400"):
+        with pytest.raises(
+            ValueError, match=r"^eps_fn: a non-finite state first appears at sampling step 31 of 50 \(t = 400"
+        ):
             chain_lyapunov_spectrum(blows_up, sched, x_T, grid=GRID, k=k)
 
     with pytest.raises(ValueError, match="^n_steps:"):

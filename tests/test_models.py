@@ -58,7 +58,10 @@ def tiny(request):
     params = _perturbed(init_params(module, jax.random.key(0)), 1)
     x = jnp.asarray(np.random.default_rng(2).standard_normal((3,) + SHAPE), jnp.float32)
     t = jnp.array([1, 400, 999], jnp.int32)
-    apply = jax.jit(lambda p, x, t, attention=False: module.apply({"params": p}, x, t, return_attention=attention), static_argnames="attention")
+    apply = jax.jit(
+        lambda p, x, t, attention=False: module.apply({"params": p}, x, t, return_attention=attention),
+        static_argnames="attention",
+    )
     return Tiny(name, module, config, params, x, t, apply)
 
 
@@ -77,13 +80,11 @@ def test_output_shape_jit_agreement_and_attention(tiny):
     np.testing.assert_allclose(jitted, eager, rtol=1e-5, atol=1e-5)
     # the timestep matters, and a scalar t broadcasts over the batch
     assert not np.allclose(apply(params, x, t[::-1]), jitted)
-    np.testing.assert_array_equal(module.apply({"params": params}, x, jnp.full(3, t[1])), module.apply({"params": params}, x, t[1]))
-
-    expected = (
-        {"mid_attn": (3, 2, 16, 16)}
-        if name == "unet"
-        else {"block0": (3, 2, 16, 16), "block1": (3, 2, 16, 16)}
+    np.testing.assert_array_equal(
+        module.apply({"params": params}, x, jnp.full(3, t[1])), module.apply({"params": params}, x, t[1])
     )
+
+    expected = {"mid_attn": (3, 2, 16, 16)} if name == "unet" else {"block0": (3, 2, 16, 16), "block1": (3, 2, 16, 16)}
     assert {k: v.shape for k, v in attention.items()} == expected
     for k, w in attention.items():
         assert float(jnp.min(w)) >= 0
@@ -96,11 +97,20 @@ def test_output_shape_jit_agreement_and_attention(tiny):
 
 def test_unet_attention_layers():
     """Attention blocks at every listed resolution, named by level and block (traced, not compiled)."""
-    module, _ = make_model("unet", image_shape=(16, 16, 3), channels=8, groups=4, channel_mults=(1, 2, 2),
-                           num_res_blocks=2, attention_resolutions=(16, 8), num_heads=2)
+    module, _ = make_model(
+        "unet",
+        image_shape=(16, 16, 3),
+        channels=8,
+        groups=4,
+        channel_mults=(1, 2, 2),
+        num_res_blocks=2,
+        attention_resolutions=(16, 8),
+        num_heads=2,
+    )
     shapes = init_params_shapes(module)
     _, attention = jax.eval_shape(
-        lambda p: module.apply({"params": p}, jnp.zeros((2, 16, 16, 3)), jnp.ones(2, jnp.int32), return_attention=True), shapes
+        lambda p: module.apply({"params": p}, jnp.zeros((2, 16, 16, 3)), jnp.ones(2, jnp.int32), return_attention=True),
+        shapes,
     )
     tokens = {0: 256, 1: 64}
     expected = {f"down{l}_attn{i}": (2, 2, tokens[l], tokens[l]) for l in (0, 1) for i in range(2)}

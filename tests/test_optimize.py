@@ -13,8 +13,8 @@ import pytest
 import pifs_jax as pj
 from pifs_jax import checkpoint as ck
 from pifs_jax import criteria, optimize
-from pifs_jax.errors import ArgumentError
 from pifs_jax._validation import check_gaps, check_log_alpha_bar
+from pifs_jax.errors import ArgumentError
 
 T = 200
 
@@ -32,7 +32,9 @@ def weakest_link_run():
         start = pj.cosine(T)
         family, params = optimize.schedule_family("spline", T, start=start, n_knots=8)
         objective = optimize.schedule_objective({"weakest-link": 1.0})
-        result = optimize.optimize_schedule(family, params, objective, iterations=150, learning_rate=0.05, progress=False)
+        result = optimize.optimize_schedule(
+            family, params, objective, iterations=150, learning_rate=0.05, progress=False
+        )
     return start, family, params, objective, result
 
 
@@ -145,8 +147,9 @@ def test_resumed_run_reproduces_the_uninterrupted_one_exactly(x64, tmp_path):
     np.testing.assert_array_equal(resumed.schedule.log_alpha_bar, full.schedule.log_alpha_bar)
 
     # a longer run continues from the final checkpoint (step 30) and equals a fresh 35-step run
-    longer = optimize.optimize_schedule(family, params, objective, checkpoint_dir=tmp_path, resume=True,
-                                        **{**kwargs, "iterations": 35})
+    longer = optimize.optimize_schedule(
+        family, params, objective, checkpoint_dir=tmp_path, resume=True, **{**kwargs, "iterations": 35}
+    )
     fresh = optimize.optimize_schedule(family, params, objective, **{**kwargs, "iterations": 35})
     assert longer.resumed_from == 30
     _same_tree(longer.state, fresh.state)
@@ -154,8 +157,9 @@ def test_resumed_run_reproduces_the_uninterrupted_one_exactly(x64, tmp_path):
     # a checkpoint of another run is refused
     other = optimize.schedule_objective({"weakest_link": 1.0})
     with pytest.raises(ValueError, match="resume"):
-        optimize.optimize_schedule(family, params, other, checkpoint_dir=tmp_path, resume=True,
-                                   run_config={"objective": "other"}, **kwargs)
+        optimize.optimize_schedule(
+            family, params, other, checkpoint_dir=tmp_path, resume=True, run_config={"objective": "other"}, **kwargs
+        )
     # and a corrupt one gives a clear error
     (tmp_path / optimize.CHECKPOINT_FILE).write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="resume"):
@@ -210,8 +214,13 @@ def test_optimizer_checkpoint_of_another_run_names_the_option(x32, tmp_path):
     with pytest.raises(ArgumentError, match=r"objective\.temperature = 0\.05 in the checkpoint, 0\.1 requested"):
         optimize.optimize_schedule(family, params, other, resume=True, **kwargs)
     # the learning rate is not part of the run's identity: a resume may lower it
-    resumed = optimize.optimize_schedule(family, params, optimize.schedule_objective({"weakest_link": 1.0}),
-                                         resume=True, **{**kwargs, "learning_rate": 0.01})
+    resumed = optimize.optimize_schedule(
+        family,
+        params,
+        optimize.schedule_objective({"weakest_link": 1.0}),
+        resume=True,
+        **{**kwargs, "learning_rate": 0.01},
+    )
     assert resumed.resumed_from == 10
 
 

@@ -16,8 +16,15 @@ from pifs_jax import checkpoint as ck
 from pifs_jax import cli, optimize
 from pifs_jax.errors import ArgumentError
 
-RESULT_FILES = ("schedule.json", "history.npz", "scheduler_config.json", "lstar.png", "expansion_before.png",
-                "expansion_after.png", "history.png")
+RESULT_FILES = (
+    "schedule.json",
+    "history.npz",
+    "scheduler_config.json",
+    "lstar.png",
+    "expansion_before.png",
+    "expansion_after.png",
+    "history.png",
+)
 
 
 def _optimize(out, *extra, T=50, criterion="weakest-link"):
@@ -114,8 +121,11 @@ def test_divergence_names_the_optimisation_writes_no_results_and_resumes_with_a_
     out = tmp_path / "diverge"
     assert _optimize(out, "--T", "100", "--lr", "1", "--iterations", "60", "--checkpoint-every", "5") == 2
     err = _error_line(capsys)
-    match = re.search(r"argument --lr: the optimisation diverged at iteration (\d+); last finite objective "
-                      r"([-+.\deE]+) at iteration (\d+); try a smaller --lr", err)
+    match = re.search(
+        r"argument --lr: the optimisation diverged at iteration (\d+); last finite objective "
+        r"([-+.\deE]+) at iteration (\d+); try a smaller --lr",
+        err,
+    )
     assert match, err
     diverged_at, last_good = int(match.group(1)), int(match.group(3))
     assert last_good == diverged_at - 1 and "beta" not in err and "--resume" in err
@@ -124,8 +134,9 @@ def test_divergence_names_the_optimisation_writes_no_results_and_resumes_with_a_
     assert ck.read_checkpoint_header(checkpoint)["step"] == last_good  # the last finite iterate
 
     # --lr is not part of the run's identity: continue the diverged run with a smaller rate
-    assert _optimize(out, "--T", "100", "--lr", "0.001", "--iterations", "20", "--checkpoint-every", "5",
-                     "--resume") == 0
+    assert (
+        _optimize(out, "--T", "100", "--lr", "0.001", "--iterations", "20", "--checkpoint-every", "5", "--resume") == 0
+    )
     results = _summary(out)
     assert results["summary"]["resumed_from"] == last_good
     assert results["summary"]["learning_rate"] == 0.001
@@ -139,16 +150,32 @@ def test_library_divergence_keeps_the_last_finite_iterate(x32, tmp_path):
     family, params = optimize.schedule_family("spline", 50, start=pj.cosine(50), n_knots=8)
     objective = optimize.schedule_objective({"weakest_link": 1.0})
     with pytest.raises(optimize.Diverged) as info:
-        optimize.optimize_schedule(family, params, objective, iterations=10, learning_rate=1e6, progress=False,
-                                   checkpoint_dir=tmp_path, checkpoint_every=5)
+        optimize.optimize_schedule(
+            family,
+            params,
+            objective,
+            iterations=10,
+            learning_rate=1e6,
+            progress=False,
+            checkpoint_dir=tmp_path,
+            checkpoint_every=5,
+        )
     err = info.value
     assert isinstance(err, ArgumentError) and err.argument == "learning_rate"
     assert err.iteration == 1 and err.last_finite[0] == 0
     assert "diverged at iteration 1" in str(err) and "last finite objective" in str(err)
     assert err.checkpoint == tmp_path / optimize.CHECKPOINT_FILE
     assert ck.read_checkpoint_header(err.checkpoint)["step"] == 0
-    resumed = optimize.optimize_schedule(family, params, objective, iterations=4, learning_rate=1e-3,
-                                         progress=False, checkpoint_dir=tmp_path, resume=True)
+    resumed = optimize.optimize_schedule(
+        family,
+        params,
+        objective,
+        iterations=4,
+        learning_rate=1e-3,
+        progress=False,
+        checkpoint_dir=tmp_path,
+        resume=True,
+    )
     assert resumed.resumed_from == 0 and np.isfinite(resumed.final["loss"])
     assert resumed.history["loss"][0] == pytest.approx(err.last_finite[1], rel=1e-6)
 
@@ -162,9 +189,15 @@ def test_checkpoint_dir_that_is_a_file_is_refused_before_any_iteration(x32, tmp_
     family, params = optimize.schedule_family("cosine_offset", 50)
     steps = []
     with pytest.raises(ArgumentError, match="existing file") as info:
-        optimize.optimize_schedule(family, params, optimize.schedule_objective({"weakest_link": 1.0}),
-                                   iterations=5, progress=False, checkpoint_dir=path,
-                                   callback=lambda step, metrics: steps.append(step))
+        optimize.optimize_schedule(
+            family,
+            params,
+            optimize.schedule_objective({"weakest_link": 1.0}),
+            iterations=5,
+            progress=False,
+            checkpoint_dir=path,
+            callback=lambda step, metrics: steps.append(step),
+        )
     assert info.value.argument == "checkpoint_dir" and steps == []
     with pytest.raises(ArgumentError, match="is a file") as info:
         optimize.optimize_grid(pj.cosine(50), 4, iterations=5, checkpoint_dir=path / "below")
@@ -185,10 +218,18 @@ def test_resume_from_a_truncated_checkpoint_names_the_file_and_the_problem(tmp_p
 @pytest.mark.parametrize(
     "criterion, first, changed, named",
     [
-        ("weakest-link", [], ["--knots", "8", "--temperature", "0.1"],
-         "--knots = 16 in the checkpoint, 8 requested; --temperature = 0.05 in the checkpoint, 0.1 requested"),
-        ("workload", ["--steps", "4"], ["--steps", "4", "--work", "score_coefficient"],
-         "--work = 'inverse_threshold' in the checkpoint, 'score_coefficient' requested"),
+        (
+            "weakest-link",
+            [],
+            ["--knots", "8", "--temperature", "0.1"],
+            "--knots = 16 in the checkpoint, 8 requested; --temperature = 0.05 in the checkpoint, 0.1 requested",
+        ),
+        (
+            "workload",
+            ["--steps", "4"],
+            ["--steps", "4", "--work", "score_coefficient"],
+            "--work = 'inverse_threshold' in the checkpoint, 'score_coefficient' requested",
+        ),
     ],
 )
 def test_resume_of_another_run_names_the_option(tmp_path, capsys, criterion, first, changed, named):

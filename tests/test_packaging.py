@@ -60,7 +60,8 @@ def test_version_comes_from_the_package_metadata():
 
 def test_all_lists_exactly_the_public_re_exports():
     public = {
-        name for name, value in vars(pifs_jax).items()
+        name
+        for name, value in vars(pifs_jax).items()
         if not name.startswith("_") and not isinstance(value, types.ModuleType)
     }
     assert len(pifs_jax.__all__) == len(set(pifs_jax.__all__)), "duplicates in __all__"
@@ -96,7 +97,9 @@ def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
     build = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--quiet", "-w", str(out)],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert build.returncode == 0, build.stdout + build.stderr
     (path,) = out.glob("pifs_jax-*.whl")
@@ -120,7 +123,9 @@ def test_installed_copy_finds_and_runs_the_experiments_from_elsewhere(wheel, tmp
     site = tmp_path / "site"
     install = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", "--target", str(site), str(wheel)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert install.returncode == 0, install.stdout + install.stderr
     elsewhere = tmp_path / "elsewhere"
@@ -131,7 +136,9 @@ def test_installed_copy_finds_and_runs_the_experiments_from_elsewhere(wheel, tmp
         "print(pifs_jax.__file__); print(reproduce.default_experiments_dir()); "
         "print(' '.join(reproduce.discover_experiments()))"
     )
-    found = subprocess.run([sys.executable, "-c", probe], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
+    found = subprocess.run(
+        [sys.executable, "-c", probe], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300
+    )
     assert found.returncode == 0, found.stderr
     package_file, experiments_dir, names = found.stdout.strip().splitlines()
     assert Path(package_file).is_relative_to(site)
@@ -140,9 +147,21 @@ def test_installed_copy_finds_and_runs_the_experiments_from_elsewhere(wheel, tmp
 
     # the main job, through the installed console script, from the unrelated folder
     report = subprocess.run(
-        [str(site / "bin" / "pifs-jax"), "reproduce", "--only", "schedule_geometry", "--quick", "--no-progress",
-         "--out", "results"],
-        cwd=elsewhere, env=env, capture_output=True, text=True, timeout=600,
+        [
+            str(site / "bin" / "pifs-jax"),
+            "reproduce",
+            "--only",
+            "schedule_geometry",
+            "--quick",
+            "--no-progress",
+            "--out",
+            "results",
+        ],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert report.returncode == 0, report.stdout + report.stderr
     text = (elsewhere / "results" / "REPORT.md").read_text(encoding="utf-8")

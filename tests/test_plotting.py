@@ -34,7 +34,8 @@ def test_heatmap_is_centred_at_one_with_thresholds_overlaid():
     mesh = ax.collections[0]
     assert isinstance(mesh.norm, CenteredNorm) and mesh.norm.vcenter == 1.0
     np.testing.assert_allclose(
-        np.asarray(mesh.get_array()).reshape(9, 20), np.asarray(pj.expansion_factor(sched, np.geomspace(0.1, 10, 9), grid)).T,
+        np.asarray(mesh.get_array()).reshape(9, 20),
+        np.asarray(pj.expansion_factor(sched, np.geomspace(0.1, 10, 9), grid)).T,
         rtol=1e-6,
     )
     lam_star_line = ax.get_lines()[0]

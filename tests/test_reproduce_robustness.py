@@ -23,7 +23,7 @@ from pifs_jax.errors import ArgumentError
 OLD_REPORT = "# an old report\n"
 OLD_JSON = '{"old": true}\n'
 
-WRITES_AND_OBSERVES = '''
+WRITES_AND_OBSERVES = """
 import json
 from pathlib import Path
 
@@ -38,19 +38,19 @@ def run(out_dir, *, quick):
     seen = {{name: (Path(out_dir) / name).exists()
             for name in ("REPORT.md", "INCOMPLETE.md", "REPORT.stale.md", "reproduction.json")}}
     return {{"markdown": json.dumps(seen, sort_keys=True), "summary": "ok"}}
-'''
+"""
 
-RAISES_KEYBOARD_INTERRUPT = '''
+RAISES_KEYBOARD_INTERRUPT = """
 NAME = "{name}"
 TITLE = "interrupted"
 
 
 def run(out_dir, *, quick):
     raise KeyboardInterrupt
-'''
+"""
 
 # busy in compiled XLA work (async dispatch, several threads) until killed; writes a file first
-KEEPS_JAX_BUSY = '''
+KEEPS_JAX_BUSY = """
 import time
 from pathlib import Path
 
@@ -72,7 +72,7 @@ def run(out_dir, *, quick):
             x = step(x)  # dispatched asynchronously: computations are in flight when SIGINT comes
         x.block_until_ready()
     return {{"markdown": "not interrupted"}}
-'''
+"""
 
 
 def _experiments(tmp_path: Path, **scripts: str) -> Path:
@@ -103,8 +103,7 @@ def test_report_is_absent_while_experiments_run_and_written_last(tmp_path):
     report = reproduce.run_reproduction(out, experiments_dir=folder, progress=False)
     # what the experiment saw while it ran: the old report out of the way, the marker present
     seen = report.outcomes[0].markdown
-    assert seen == ('{"INCOMPLETE.md": true, "REPORT.md": false, "REPORT.stale.md": true, '
-                    '"reproduction.json": false}')
+    assert seen == ('{"INCOMPLETE.md": true, "REPORT.md": false, "REPORT.stale.md": true, "reproduction.json": false}')
     # after a finished run: the new report, no marker, no stale files
     assert report.ok
     assert sorted(p.name for p in out.iterdir()) == ["REPORT.md", "a_observe", "reproduction.json"]
@@ -113,8 +112,9 @@ def test_report_is_absent_while_experiments_run_and_written_last(tmp_path):
 
 
 def test_keyboard_interrupt_leaves_the_marker_and_no_report(tmp_path):
-    folder = _experiments(tmp_path, a_observe=WRITES_AND_OBSERVES, b_interrupted=RAISES_KEYBOARD_INTERRUPT,
-                          c_never=WRITES_AND_OBSERVES)
+    folder = _experiments(
+        tmp_path, a_observe=WRITES_AND_OBSERVES, b_interrupted=RAISES_KEYBOARD_INTERRUPT, c_never=WRITES_AND_OBSERVES
+    )
     out = _old_results(tmp_path / "out")
     with pytest.raises(KeyboardInterrupt):
         reproduce.run_reproduction(out, experiments_dir=folder, progress=False)
@@ -207,8 +207,10 @@ def test_experiments_dir_help_names_the_bundled_package(capsys):
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["reproduce", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert ("folder of experiment scripts (default: the bundled experiments, installed as pifs_jax.experiments "
-            "from the repository's experiments/)") in text
+    assert (
+        "folder of experiment scripts (default: the bundled experiments, installed as pifs_jax.experiments "
+        "from the repository's experiments/)"
+    ) in text
     assert "REPORT.stale.md" in text and "INCOMPLETE.md" in text and "130" in text
 
 
@@ -220,7 +222,10 @@ def _interrupt(args: list[str], out: Path, ready, *, wait_s: float = 120.0) -> s
     env = {k: v for k, v in os.environ.items() if k != "PIFS_JAX_TRACEBACK"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "pifs_jax.cli", "reproduce", "--out", str(out), "--no-progress", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     deadline = time.monotonic() + wait_s
     try:
@@ -262,7 +267,10 @@ def test_sigint_during_a_bundled_experiment_exits_130_and_leaves_a_consistent_fo
 
     def inside_the_experiment() -> bool:
         marker = out / "INCOMPLETE.md"
-        if not marker.exists() or "running (its folder may be partly rewritten): attractor_dimension" not in marker.read_text():
+        if (
+            not marker.exists()
+            or "running (its folder may be partly rewritten): attractor_dimension" not in marker.read_text()
+        ):
             return False
         time.sleep(4.0)  # past the imports, into the compiled chains
         return True

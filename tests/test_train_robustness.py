@@ -23,15 +23,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_training import TinyEps, tiny_config, tiny_data, tiny_init
 
 from pifs_jax import cli
 from pifs_jax.checkpoint import CHECKPOINT_NAME, load_checkpoint, read_checkpoint_header, save_checkpoint
-from pifs_jax.grids import uniform_grid
 from pifs_jax.cli import train as train_cli
+from pifs_jax.grids import uniform_grid
 from pifs_jax.models import quality
 from pifs_jax.models import training as tr
 from pifs_jax.schedules import named_schedule
-from test_training import TinyEps, tiny_config, tiny_data, tiny_init
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -61,8 +61,9 @@ def recorded_train(monkeypatch):
 
     def fake_train(config, out_dir, **kwargs):
         calls.append((config, Path(out_dir), kwargs))
-        return types.SimpleNamespace(state=types.SimpleNamespace(step=config.steps), seconds=0.0,
-                                     out_dir=Path(out_dir), quality=None)
+        return types.SimpleNamespace(
+            state=types.SimpleNamespace(step=config.steps), seconds=0.0, out_dir=Path(out_dir), quality=None
+        )
 
     monkeypatch.setattr(tr, "train", fake_train)
     return calls
@@ -112,7 +113,9 @@ def test_overwrite_starts_afresh_and_removes_the_old_files(tmp_path):
         _tiny_train(second, out, resume=True, overwrite=True)
     result = _tiny_train(second, out, overwrite=True, evaluate=False)
     assert int(result.state.step) == 4
-    assert read_checkpoint_header(out / CHECKPOINT_NAME)["config"] == json.loads(json.dumps(second.resolved().identity()))
+    assert read_checkpoint_header(out / CHECKPOINT_NAME)["config"] == json.loads(
+        json.dumps(second.resolved().identity())
+    )
     assert [r["step"] for r in tr.read_metrics_log(out / "metrics.jsonl")] == [2, 4]  # nothing of the first run
     # the first run's samples and scores are gone: they would describe another model
     assert {p.name for p in out.iterdir()} == {"config.json", "metrics.jsonl", CHECKPOINT_NAME, "loss.png"}
@@ -260,33 +263,67 @@ def test_every_train_config_field_parses_from_text():
 
 
 def test_set_reaches_the_config(tmp_path, recorded_train):
-    argv = ["train", "--data", "digits", "--steps", "7", "--out", str(tmp_path / "r"), "--no-progress",
-            "--set", "warmup_steps=3", "--set", "lr_decay=constant", "--set", "weight_decay=0",
-            "--set", "grad_clip=0.5", "--set", "num_test=16", "--set", "data_seed=4", "--set", "size=quick",
-            "--set", "patch_size=none"]
+    argv = [
+        "train",
+        "--data",
+        "digits",
+        "--steps",
+        "7",
+        "--out",
+        str(tmp_path / "r"),
+        "--no-progress",
+        "--set",
+        "warmup_steps=3",
+        "--set",
+        "lr_decay=constant",
+        "--set",
+        "weight_decay=0",
+        "--set",
+        "grad_clip=0.5",
+        "--set",
+        "num_test=16",
+        "--set",
+        "data_seed=4",
+        "--set",
+        "size=quick",
+        "--set",
+        "patch_size=none",
+    ]
     assert cli.main(argv) == 0
     config = recorded_train[-1][0]
     assert (config.warmup_steps, config.lr_decay, config.weight_decay, config.grad_clip) == (3, "constant", 0.0, 0.5)
     assert (config.num_test, config.data_seed, config.steps, config.patch_size) == (16, 4, 7, 2)  # 8 / 4
-    assert config == tr.train_config("quick", data="digits", steps=7, warmup_steps=3, lr_decay="constant",
-                                     weight_decay=0.0, grad_clip=0.5, num_test=16, data_seed=4)
+    assert config == tr.train_config(
+        "quick",
+        data="digits",
+        steps=7,
+        warmup_steps=3,
+        lr_decay="constant",
+        weight_decay=0.0,
+        grad_clip=0.5,
+        num_test=16,
+        data_seed=4,
+    )
 
 
-@pytest.mark.parametrize("item, message", [
-    ("stepz=3", "argument --set: stepz=3: not a TrainConfig field; expected one of model, size,"),
-    ("steps=abc", "argument --set: steps=abc: expected an integer, got 'abc'"),
-    ("steps=2.5", "argument --set: steps=2.5: expected an integer, got '2.5'"),
-    ("steps=0", "argument --set: steps=0: expected a positive integer, got 0"),
-    ("lr=nan", "argument --set: lr=nan: expected a finite number, got 'nan'"),
-    ("lr=-1", "argument --set: lr=-1: expected a finite number > 0, got -1.0"),
-    ("ema_decay=1", "argument --set: ema_decay=1: expected a number in [0, 1), got 1.0"),
-    ("lr_decay=linear", "argument --set: lr_decay=linear: expected one of cosine, constant, got 'linear'"),
-    ("data=cifar", "argument --set: data=cifar: expected one of photos16, photos32, digits, got 'cifar'"),
-    ("schedule=foo", "argument --set: schedule=foo: expected one of linear,"),
-    ("patch_size=x", "argument --set: patch_size=x: expected an integer or none, got 'x'"),
-    ("warmup_steps", "argument --set: expected FIELD=VALUE, got 'warmup_steps'"),
-    ("=3", "argument --set: expected FIELD=VALUE, got '=3'"),
-])
+@pytest.mark.parametrize(
+    "item, message",
+    [
+        ("stepz=3", "argument --set: stepz=3: not a TrainConfig field; expected one of model, size,"),
+        ("steps=abc", "argument --set: steps=abc: expected an integer, got 'abc'"),
+        ("steps=2.5", "argument --set: steps=2.5: expected an integer, got '2.5'"),
+        ("steps=0", "argument --set: steps=0: expected a positive integer, got 0"),
+        ("lr=nan", "argument --set: lr=nan: expected a finite number, got 'nan'"),
+        ("lr=-1", "argument --set: lr=-1: expected a finite number > 0, got -1.0"),
+        ("ema_decay=1", "argument --set: ema_decay=1: expected a number in [0, 1), got 1.0"),
+        ("lr_decay=linear", "argument --set: lr_decay=linear: expected one of cosine, constant, got 'linear'"),
+        ("data=cifar", "argument --set: data=cifar: expected one of photos16, photos32, digits, got 'cifar'"),
+        ("schedule=foo", "argument --set: schedule=foo: expected one of linear,"),
+        ("patch_size=x", "argument --set: patch_size=x: expected an integer or none, got 'x'"),
+        ("warmup_steps", "argument --set: expected FIELD=VALUE, got 'warmup_steps'"),
+        ("=3", "argument --set: expected FIELD=VALUE, got '=3'"),
+    ],
+)
 def test_bad_set_items(tmp_path, capsys, recorded_train, item, message):
     assert cli.main(["train", "--out", str(tmp_path), "--set", item]) == 2
     assert message in _error_line(capsys)
@@ -364,11 +401,22 @@ def test_extension_recomputes_the_learning_rate_schedule(tmp_path):
     module, init_fn = model
     optimizer, target = tr.initial_train_state(longer, init_fn)
     state = load_checkpoint(tmp_path / "six.msgpack", target, config=short.resolved().identity())
-    tables = tr.loss_tables(named_schedule(longer.schedule, longer.T), weighting=longer.weighting,
-                            gamma=longer.min_snr_gamma, grid=uniform_grid(longer.T, longer.sample_steps))
-    step = tr.make_train_step(tr.module_apply_fn(module), optimizer, tables, batch_size=longer.batch_size,
-                              ema_decay=longer.ema_decay, mu=longer.mu, patch_size=longer.patch_size,
-                              probes=longer.probes)
+    tables = tr.loss_tables(
+        named_schedule(longer.schedule, longer.T),
+        weighting=longer.weighting,
+        gamma=longer.min_snr_gamma,
+        grid=uniform_grid(longer.T, longer.sample_steps),
+    )
+    step = tr.make_train_step(
+        tr.module_apply_fn(module),
+        optimizer,
+        tables,
+        batch_size=longer.batch_size,
+        ema_decay=longer.ema_decay,
+        mu=longer.mu,
+        patch_size=longer.patch_size,
+        probes=longer.probes,
+    )
     data = jnp.asarray(dataset[0])
     for _ in range(4):
         state, _ = step(state, data)
@@ -377,16 +425,32 @@ def test_extension_recomputes_the_learning_rate_schedule(tmp_path):
 
     # documented: not the run started with 10 steps (the short run's learning rate decayed to 0 at step 6)
     fresh = _tiny_train(longer, tmp_path / "fresh")
-    assert not all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(fresh.state.params),
-                                                        jax.tree_util.tree_leaves(extended.state.params)))
+    assert not all(
+        np.array_equal(a, b)
+        for a, b in zip(jax.tree_util.tree_leaves(fresh.state.params), jax.tree_util.tree_leaves(extended.state.params))
+    )
 
 
 @pytest.mark.slow
 def test_cli_extends_a_finished_run(tmp_path, capsys):
     """The real DiT on digits: 3 steps, then --resume --steps 5 (about 40 s: two compilations)."""
     out = tmp_path / "dit"
-    argv = ["train", "--data", "digits", "--batch-size", "8", "--set", "num_train=64", "--set", "warmup_steps=1",
-            "--num-samples", "0", "--out", str(out), "--no-progress"]
+    argv = [
+        "train",
+        "--data",
+        "digits",
+        "--batch-size",
+        "8",
+        "--set",
+        "num_train=64",
+        "--set",
+        "warmup_steps=1",
+        "--num-samples",
+        "0",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     assert cli.main([*argv, "--steps", "3"]) == 0
     # an extension killed before its first checkpoint: config.json says 5, the checkpoint 3; it loads
     config_path = out / "config.json"

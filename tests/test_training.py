@@ -57,8 +57,22 @@ def tiny_data(n, shape=(8, 8, 1), seed=0):
 
 
 def tiny_config(**overrides):
-    values = dict(model="unet", data="digits", num_train=64, num_test=32, patch_size=2, steps=40, batch_size=16,
-                  lr=3e-3, warmup_steps=5, T=100, sample_steps=10, checkpoint_every=20, log_every=5, num_samples=16)
+    values = dict(
+        model="unet",
+        data="digits",
+        num_train=64,
+        num_test=32,
+        patch_size=2,
+        steps=40,
+        batch_size=16,
+        lr=3e-3,
+        warmup_steps=5,
+        T=100,
+        sample_steps=10,
+        checkpoint_every=20,
+        log_every=5,
+        num_samples=16,
+    )
     values.update(overrides)
     return tr.TrainConfig(**values)
 
@@ -216,8 +230,9 @@ def _tiny_step(weighting="uniform", mu=0.0, steps=300, probes=1):
     optimizer = tr.make_optimizer(lr=3e-3, steps=steps, warmup_steps=10)
     state = tr.init_train_state(tiny_init(module, (8, 8, 1))(jax.random.PRNGKey(0)), optimizer, jax.random.PRNGKey(1))
     apply_fn = tr.module_apply_fn(module)
-    step = tr.make_train_step(apply_fn, optimizer, tables, batch_size=16, ema_decay=0.99, mu=mu, patch_size=4,
-                              probes=probes)
+    step = tr.make_train_step(
+        apply_fn, optimizer, tables, batch_size=16, ema_decay=0.99, mu=mu, patch_size=4, probes=probes
+    )
     return apply_fn, tables, state, step
 
 
@@ -272,8 +287,12 @@ def test_train_run_writes_everything(tmp_path, x32):
     module = TinyEps(features=8, T=cfg.T)
     seen = []
     result = tr.train(
-        cfg, tmp_path / "run", progress=False, model=(module, tiny_init(module, (8, 8, 1))),
-        dataset=(data[:64], data[64:]), callback=lambda k, m: seen.append(k),
+        cfg,
+        tmp_path / "run",
+        progress=False,
+        model=(module, tiny_init(module, (8, 8, 1))),
+        dataset=(data[:64], data[64:]),
+        callback=lambda k, m: seen.append(k),
     )
     out = tmp_path / "run"
     assert seen == list(range(1, 31))
@@ -292,8 +311,14 @@ def test_train_run_writes_everything(tmp_path, x32):
     with pytest.raises(ValueError, match="already holds a checkpoint"):
         tr.train(cfg, out, progress=False, model=model, dataset=(data[:64], data[64:]))
     with pytest.raises(ValueError, match="another configuration: lr = 0.003 in the checkpoint, 0.01 requested"):
-        tr.train(tiny_config(steps=30, lr=0.01), out, resume=True, progress=False, model=model,
-                 dataset=(data[:64], data[64:]))
+        tr.train(
+            tiny_config(steps=30, lr=0.01),
+            out,
+            resume=True,
+            progress=False,
+            model=model,
+            dataset=(data[:64], data[64:]),
+        )
     assert {p.name: p.read_bytes() for p in out.iterdir()} == files  # the run is left alone
 
 
@@ -363,13 +388,20 @@ def test_straddling_patches_see_seams():
     images = np.asarray(load_dataset("photos16", jax.random.PRNGKey(0), 600, split="train"), np.float64)
     features = quality.straddling_patch_features(images[:3], patch_size=4)
     # independent reference: the 4x4 patches of the 12x12 centre (offset 2), row-major per image
-    manual = [images[i, 2 + 4 * r:6 + 4 * r, 2 + 4 * c:6 + 4 * c].reshape(-1) for i in range(3) for r in range(3) for c in range(3)]
+    manual = [
+        images[i, 2 + 4 * r : 6 + 4 * r, 2 + 4 * c : 6 + 4 * c].reshape(-1)
+        for i in range(3)
+        for r in range(3)
+        for c in range(3)
+    ]
     np.testing.assert_array_equal(features, np.stack(manual))
     rng = np.random.default_rng(0)
     seamed = images[:300].copy()
     for r in range(4):
         for c in range(4):
-            seamed[:, 4 * r:4 * r + 4, 4 * c:4 * c + 4] = images[:300][rng.permutation(300), 4 * r:4 * r + 4, 4 * c:4 * c + 4]
+            seamed[:, 4 * r : 4 * r + 4, 4 * c : 4 * c + 4] = images[:300][
+                rng.permutation(300), 4 * r : 4 * r + 4, 4 * c : 4 * c + 4
+            ]
     real, test = images[:300], images[300:]
     aligned = [quality.frechet_patch_distance(x, test, patch_size=4) for x in (real, seamed)]
     straddling = [quality.frechet_patch_distance(x, test, patch_size=4, straddling=True) for x in (real, seamed)]
@@ -389,8 +421,26 @@ def test_cli_train_real_model_smoke(tmp_path, capsys):
     from pifs_jax import cli
 
     out = tmp_path / "dit"
-    argv = ["train", "--model", "dit", "--data", "digits", "--steps", "3", "--batch-size", "8", "--num-train", "64",
-            "--num-samples", "0", "--checkpoint-every", "2", "--out", str(out), "--no-progress"]
+    argv = [
+        "train",
+        "--model",
+        "dit",
+        "--data",
+        "digits",
+        "--steps",
+        "3",
+        "--batch-size",
+        "8",
+        "--num-train",
+        "64",
+        "--num-samples",
+        "0",
+        "--checkpoint-every",
+        "2",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     assert cli.main(argv) == 0  # sampling and scoring: test_train_run_writes_everything
     printed = capsys.readouterr().out
     assert "trained dit (quick) on digits for 3 steps" in printed

@@ -42,7 +42,10 @@ def test_every_model_is_analysed_and_judged(experiment):
     assert all(c["verdict"] != "not tested" for m in models.values() for c in m["claims"])
     for figure in section["figures"]:
         assert (out / figure).is_file()
-    assert "**Beyond the paper (a)" in section["markdown"] and "| claim | paper | DiT | empirical-optimal |" in section["markdown"]
+    assert (
+        "**Beyond the paper (a)" in section["markdown"]
+        and "| claim | paper | DiT | empirical-optimal |" in section["markdown"]
+    )
     saved = json.loads((out / module.NAME / "two_regimes.json").read_text())
     assert saved["config"]["quick"] is True and saved["seed"] == module.SEED
 

@@ -25,8 +25,15 @@ def _raises(argument: str, detail_start: str, check, *args, **kwargs) -> Argumen
 
 
 def test_every_check_raises_argument_error_with_the_argument_name():
-    _raises("sched", "expected a pifs_jax Schedule, got int", v.check_instance, 3, dict, name="sched",
-            what="pifs_jax Schedule")
+    _raises(
+        "sched",
+        "expected a pifs_jax Schedule, got int",
+        v.check_instance,
+        3,
+        dict,
+        name="sched",
+        what="pifs_jax Schedule",
+    )
     _raises("alpha_bar", "alpha_bar[0] must be exactly 1", v.check_log_alpha_bar, np.log([0.9, 0.5]))
     _raises("ab", "expected a 1-D array of shape (T+1,)", v.check_log_alpha_bar, np.zeros(1), name="ab")
     _raises("alpha_bar", "must be strictly decreasing", v.check_log_alpha_bar, np.log([1.0, 0.5, 0.6]))
@@ -38,8 +45,9 @@ def test_every_check_raises_argument_error_with_the_argument_name():
     _raises("n", "expected an integer >= 1, got True", v.check_positive_int, True, name="n")
     _raises("sizes", "expected shape (2,) (one per variance)", v.patch_variance_arrays, [1.0, 2.0], [1.0], np.float32)
     _raises("mean", "must be finite", v.check_finite, [0.0, np.nan], "mean")
-    _raises("photos", "expected a non-empty subset of ('a', 'b')", v.check_subset, ["a", "c"], ("a", "b"),
-            name="photos")
+    _raises(
+        "photos", "expected a non-empty subset of ('a', 'b')", v.check_subset, ["a", "c"], ("a", "b"), name="photos"
+    )
     _raises("photos", "expected a non-empty subset", v.check_subset, [], ("a", "b"), name="photos")
 
 
@@ -66,5 +74,11 @@ def test_check_covariances_shape_symmetry_and_definiteness():
     asym[0, 1] += 1e-2 * np.abs(psd).max()
     _raises("cov", "must be symmetric", v.check_covariances, asym, 4, name="cov")
     # eigenvalues 1 and -1: indefinite by far more than the tolerance n sqrt(eps) max|cov|
-    _raises("cov", "must be positive semi-definite, but its smallest eigenvalue is -1", v.check_covariances,
-            np.diag([1.0, -1.0]), 2, name="cov")
+    _raises(
+        "cov",
+        "must be positive semi-definite, but its smallest eigenvalue is -1",
+        v.check_covariances,
+        np.diag([1.0, -1.0]),
+        2,
+        name="cov",
+    )

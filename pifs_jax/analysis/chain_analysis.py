@@ -31,8 +31,8 @@ optionally split over the ``batch`` axis of a device mesh (:mod:`pifs_jax.shardi
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
@@ -53,12 +53,12 @@ from pifs_jax.schedules import Schedule
 from pifs_jax.sharding import shard_batch
 
 __all__ = [
-    "ChainAnalysis",
-    "analyze_chain",
-    "per_patch_exponents",
-    "ModuleAttention",
-    "module_attention_fn",
     "METHODS",
+    "ChainAnalysis",
+    "ModuleAttention",
+    "analyze_chain",
+    "module_attention_fn",
+    "per_patch_exponents",
 ]
 
 #: Block-norm estimators: ``"auto"`` (exact up to ``exact_max_n``), ``"exact"``, ``"matrix_free"``.
@@ -179,10 +179,15 @@ def _check_attention_fn(attention_fn: Callable, x: jax.Array) -> dict:
     """Shapes of ``attention_fn(x, t)``'s layers; raises naming ``attention_fn`` when unusable."""
     try:
         layers, out = eqx.filter_eval_shape(
-            _layers_and_output, attention_fn, jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct((), jnp.int32)
+            _layers_and_output,
+            attention_fn,
+            jax.ShapeDtypeStruct(x.shape, x.dtype),
+            jax.ShapeDtypeStruct((), jnp.int32),
         )
     except Exception as err:
-        raise ArgumentError("attention_fn", f"calling attention_fn(x, t) with x of shape {x.shape} failed: {err}") from err
+        raise ArgumentError(
+            "attention_fn", f"calling attention_fn(x, t) with x of shape {x.shape} failed: {err}"
+        ) from err
     if not layers:
         raise ArgumentError(
             "attention_fn",
@@ -192,7 +197,8 @@ def _check_attention_fn(attention_fn: Callable, x: jax.Array) -> dict:
     for name, weights in layers.items():
         if not hasattr(weights, "shape") or len(weights.shape) < 2:
             raise ArgumentError(
-                "attention_fn", f"layer {name!r}: expected weights of shape (..., queries, keys), got {getattr(weights, 'shape', weights)!r}"
+                "attention_fn",
+                f"layer {name!r}: expected weights of shape (..., queries, keys), got {getattr(weights, 'shape', weights)!r}",
             )
     return {name: int(weights.shape[-1]) for name, weights in layers.items()}
 
@@ -274,7 +280,9 @@ def _compiled_analysis(eps_fn, steps, x_T, key, baseline, attention_fn, *, layou
 
 
 def _check_baseline(baseline: Any, layout: PatchLayout) -> None:
-    check_instance(baseline, PatchStats, name="baseline", what="pifs_jax PatchStats (pj.patch_stats of the training data)")
+    check_instance(
+        baseline, PatchStats, name="baseline", what="pifs_jax PatchStats (pj.patch_stats of the training data)"
+    )
     m, nk = layout.num_patches, layout.patch_dim
     expected = {"mean": (m, nk), "covariance": (m, nk, nk), "leading_eigenvalue": (m,), "leading_eigenvector": (m, nk)}
     for field, shape in expected.items():
@@ -292,11 +300,15 @@ def _check_mesh(mesh: Any, batch: int | None) -> None:
     if not isinstance(mesh, Mesh):
         raise ArgumentError("mesh", f"expected a jax.sharding.Mesh, got {type(mesh).__name__}")
     if BATCH_AXIS not in mesh.shape:
-        raise ArgumentError("mesh", f"expected a mesh with an axis {BATCH_AXIS!r} (pj.batch_mesh()), got axes {tuple(mesh.axis_names)}")
+        raise ArgumentError(
+            "mesh", f"expected a mesh with an axis {BATCH_AXIS!r} (pj.batch_mesh()), got axes {tuple(mesh.axis_names)}"
+        )
     if batch is None:
         raise ArgumentError("x_T", "a mesh splits trajectories: expected a batch (S, H, W, C), got one image (H, W, C)")
     if batch % mesh.shape[BATCH_AXIS]:
-        raise ArgumentError("x_T", f"the {batch} trajectories must be a multiple of the {mesh.shape[BATCH_AXIS]} devices of the mesh")
+        raise ArgumentError(
+            "x_T", f"the {batch} trajectories must be a multiple of the {mesh.shape[BATCH_AXIS]} devices of the mesh"
+        )
 
 
 def analyze_chain(
@@ -362,7 +374,9 @@ def analyze_chain(
     x_T = jnp.asarray(x_T)
     check_floating(x_T, name="x_T")
     if x_T.ndim not in (3, 4):
-        raise ArgumentError("x_T", f"expected one image (H, W, C) or a batch of trajectories (S, H, W, C), got shape {x_T.shape}")
+        raise ArgumentError(
+            "x_T", f"expected one image (H, W, C) or a batch of trajectories (S, H, W, C), got shape {x_T.shape}"
+        )
     batched = x_T.ndim == 4
     if batched and x_T.shape[0] < 1:
         raise ArgumentError("x_T", f"expected at least one trajectory, got shape {x_T.shape}")
@@ -389,7 +403,12 @@ def analyze_chain(
     if baseline is not None:
         dtype = jnp.result_type(float, baseline.covariance)
         mean_image = unpatchify(jnp.asarray(baseline.mean, dtype), layout.image_shape, layout.patch_size)
-        packed = (sched, mean_image, jnp.asarray(baseline.covariance, dtype), jnp.asarray(baseline.leading_eigenvector, dtype))
+        packed = (
+            sched,
+            mean_image,
+            jnp.asarray(baseline.covariance, dtype),
+            jnp.asarray(baseline.leading_eigenvector, dtype),
+        )
         lam = jnp.asarray(baseline.leading_eigenvalue, dtype)
 
     x_0, per_step = _compiled_analysis(
@@ -451,7 +470,9 @@ def per_patch_exponents(analysis: ChainAnalysis) -> tuple[np.ndarray, np.ndarray
     """
     check_instance(analysis, ChainAnalysis, name="analysis", what="ChainAnalysis (pifs_jax.analyze_chain)")
     if analysis.suppression is None or analysis.expansion_along_leading is None:
-        raise ArgumentError("analysis", "the predicted exponents need the suppression field: run analyze_chain with baseline=")
+        raise ArgumentError(
+            "analysis", "the predicted exponents need the suppression field: run analyze_chain with baseline="
+        )
     factor = np.asarray(analysis.expansion_along_leading, np.float64) - np.asarray(analysis.suppression, np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         log_factor = np.where(factor > 0, np.log(np.where(factor > 0, factor, 1.0)), -np.inf)

@@ -29,7 +29,7 @@ from pifs_jax.analysis.chain_analysis import ChainAnalysis, per_patch_exponents
 from pifs_jax.analysis.statistics import bootstrap_mean_interval, crossover_window, ols_fit, spearman
 from pifs_jax.errors import ArgumentError
 
-__all__ = ["PAPER_VALUES", "VERDICTS", "ClaimResult", "evaluate_claims", "CLAIM_NAMES"]
+__all__ = ["CLAIM_NAMES", "PAPER_VALUES", "VERDICTS", "ClaimResult", "evaluate_claims"]
 
 VERDICTS = ("holds", "partly", "does not hold", "not tested")
 
@@ -106,9 +106,12 @@ def _rank_correlations(lam: np.ndarray, per_patch: np.ndarray) -> np.ndarray:
 
 
 def _regime_I(a: ChainAnalysis, kappa: np.ndarray, delta: np.ndarray, num_timesteps: int) -> list[ClaimResult]:
-    names, papers = CLAIM_NAMES[:2], (
-        "kappa_diag 0.993 to 1.007 (1.0004 at t = 980, 1.0002 at 800, 1.0000 at 600)",
-        "delta_cross 0.0007 (t = 980), 0.0008 (800), 0.0853 (600) carries the expansion",
+    names, papers = (
+        CLAIM_NAMES[:2],
+        (
+            "kappa_diag 0.993 to 1.007 (1.0004 at t = 980, 1.0002 at 800, 1.0000 at 600)",
+            "delta_cross 0.0007 (t = 980), 0.0008 (800), 0.0853 (600) carries the expansion",
+        ),
     )
     high = a.t > 0.6 * num_timesteps
     if not high.any():
@@ -157,7 +160,9 @@ def evaluate_claims(analysis: ChainAnalysis, *, patch_eigenvalues: Any, num_time
     m = analysis.num_patches
     lam = np.asarray(patch_eigenvalues, np.float64)
     if lam.shape != (m,) or not np.all(np.isfinite(lam)):
-        raise ArgumentError("patch_eigenvalues", f"expected {m} finite leading eigenvalues (one per patch), got shape {lam.shape}")
+        raise ArgumentError(
+            "patch_eigenvalues", f"expected {m} finite leading eigenvalues (one per patch), got shape {lam.shape}"
+        )
     batched = analysis.batched
     avg = lambda values: _mean_over_trajectories(values, batched)  # noqa: E731
     t = np.asarray(analysis.t, np.float64)
@@ -191,7 +196,16 @@ def evaluate_claims(analysis: ChainAnalysis, *, patch_eigenvalues: Any, num_time
     window = crossover_window(t, violations, m)
     paper = "window t in [160, 200] (40 of T = 1000 timesteps)"
     if window is None:
-        results.append(ClaimResult(CLAIM_NAMES[4], paper, "no window (V_t never reaches M, or never 0 below it)", math.nan, None, "does not hold"))
+        results.append(
+            ClaimResult(
+                CLAIM_NAMES[4],
+                paper,
+                "no window (V_t never reaches M, or never 0 below it)",
+                math.nan,
+                None,
+                "does not hold",
+            )
+        )
     else:
         width = window[0] - window[1]
         verdict = "holds" if width <= 0.1 * num_timesteps else "partly"
@@ -212,7 +226,16 @@ def evaluate_claims(analysis: ChainAnalysis, *, patch_eigenvalues: Any, num_time
         rho, p = corr[best]
         positive = (corr[:, 0] > 0) & (corr[:, 1] < 0.05)
         verdict = "holds" if (rho >= 0.8 and p < 0.01) else "partly" if positive.any() else "does not hold"
-        results.append(ClaimResult(CLAIM_NAMES[5], paper, f"max rho = {rho:.3f} (p = {p:.2g}) at t = {t[best]:g}", float(rho), None, verdict))
+        results.append(
+            ClaimResult(
+                CLAIM_NAMES[5],
+                paper,
+                f"max rho = {rho:.3f} (p = {p:.2g}) at t = {t[best]:g}",
+                float(rho),
+                None,
+                verdict,
+            )
+        )
 
     if m >= 3:
         # low-variance patches released first: rho(lambda, kappa) < 0 at a crossover step
@@ -229,7 +252,11 @@ def evaluate_claims(analysis: ChainAnalysis, *, patch_eigenvalues: Any, num_time
         else:
             rho_c, p_c = corr[crossing, 0], corr[crossing, 1]
             significant = (rho_c < 0) & (p_c < 0.05)
-            pick = int(np.argmax(significant)) if significant.any() else int(np.nanargmin(np.where(np.isnan(rho_c), np.inf, rho_c)))
+            pick = (
+                int(np.argmax(significant))
+                if significant.any()
+                else int(np.nanargmin(np.where(np.isnan(rho_c), np.inf, rho_c)))
+            )
             verdict = "holds" if significant.any() else "partly" if np.any(rho_c < 0) else "does not hold"
             results.append(ClaimResult(CLAIM_NAMES[6], paper, f"rho = {rho_c[pick]:.3f} (p = {p_c[pick]:.2g}) at t = {t[crossing][pick]:g} ({where})",
                                        float(rho_c[pick]), None, verdict))  # fmt: skip
@@ -239,7 +266,11 @@ def evaluate_claims(analysis: ChainAnalysis, *, patch_eigenvalues: Any, num_time
         tail = slice(n_steps - max(1, math.ceil(0.1 * n_steps)), n_steps)
         rho_r, p_r, t_r = corr[tail, 0], corr[tail, 1], t[tail]
         significant = (rho_r > 0) & (p_r < 0.05)
-        pick = int(np.argmax(significant)) if significant.any() else int(np.argmax(np.where(np.isnan(rho_r), -np.inf, rho_r)))
+        pick = (
+            int(np.argmax(significant))
+            if significant.any()
+            else int(np.argmax(np.where(np.isnan(rho_r), -np.inf, rho_r)))
+        )
         verdict = "holds" if significant.any() else "partly" if np.any(rho_r > 0) else "does not hold"
         results.append(ClaimResult(CLAIM_NAMES[7], paper, f"rho = {rho_r[pick]:.3f} (p = {p_r[pick]:.2g}) at t = {t_r[pick]:g} (last {len(t_r)} steps)",
                                    float(rho_r[pick]), None, verdict))  # fmt: skip
@@ -250,7 +281,9 @@ def evaluate_claims(analysis: ChainAnalysis, *, patch_eigenvalues: Any, num_time
     if analysis.deviation_norm is None:
         results.append(_not_tested(CLAIM_NAMES[8], paper, "no Gaussian baseline (baseline not given)"))
     elif high_noise.sum() < 3:
-        results.append(_not_tested(CLAIM_NAMES[8], paper, f"{int(high_noise.sum())} steps with logSNR < 0, at least 3 needed"))
+        results.append(
+            _not_tested(CLAIM_NAMES[8], paper, f"{int(high_noise.sum())} steps with logSNR < 0, at least 3 needed")
+        )
     else:
         # log sqrt(ab_t) = -softplus(-logSNR_t) / 2 since ab_t = sigmoid(logSNR_t)
         log_sqrt_ab = -0.5 * np.logaddexp(0.0, -np.asarray(analysis.logsnr, np.float64)[high_noise])

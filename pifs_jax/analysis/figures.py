@@ -17,7 +17,8 @@ timestep ``t`` a step starts from, drawn decreasing (the order the chain runs).
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 from matplotlib.colors import CenteredNorm
@@ -27,10 +28,10 @@ from pifs_jax.plotting import new_figure
 
 __all__ = [
     "plot_block_norms",
-    "plot_entropy_coupling",
-    "plot_release_map",
     "plot_deviation_fit",
+    "plot_entropy_coupling",
     "plot_exponent_signs",
+    "plot_release_map",
 ]
 
 
@@ -90,8 +91,14 @@ def plot_release_map(summary: Mapping[str, Any], *, title: str = "") -> Figure:
     t = np.asarray(summary["t"])
     kappa = np.asarray(summary["per_patch"]["kappa_diag"])  # (N, M)
     order = np.argsort(np.asarray(summary["patch_eigenvalues"]))
-    image = ax.imshow((kappa[:, order] - 1.0).T, aspect="auto", cmap="RdBu_r", norm=CenteredNorm(),
-                      extent=(t[0], t[-1], len(order) - 0.5, -0.5), interpolation="nearest")
+    image = ax.imshow(
+        (kappa[:, order] - 1.0).T,
+        aspect="auto",
+        cmap="RdBu_r",
+        norm=CenteredNorm(),
+        extent=(t[0], t[-1], len(order) - 0.5, -0.5),
+        interpolation="nearest",
+    )
     fig.colorbar(image, ax=ax, label="kappa_k - 1 (red: the patch's diagonal block expands)")
     ax.set_ylabel("patch, by increasing leading variance lambda_k")
     _decreasing_t(ax)
@@ -108,14 +115,23 @@ def plot_deviation_fit(summary: Mapping[str, Any], *, title: str = "") -> Figure
         ax.set_axis_off()
         return fig
     root = np.sqrt(np.asarray(summary["alpha_bar"]))
-    ax.errorbar(root, deviation["mean"], yerr=[np.asarray(deviation["mean"]) - deviation["lo"],
-                                               np.asarray(deviation["hi"]) - deviation["mean"]],
-                fmt="o", markersize=3, label="||Delta_t|| (trajectory mean, 95 %)")
+    ax.errorbar(
+        root,
+        deviation["mean"],
+        yerr=[np.asarray(deviation["mean"]) - deviation["lo"], np.asarray(deviation["hi"]) - deviation["mean"]],
+        fmt="o",
+        markersize=3,
+        label="||Delta_t|| (trajectory mean, 95 %)",
+    )
     fit = summary.get("deviation_fit")
     if fit:
         x = np.asarray(fit["x_range"])
-        ax.plot(x, np.exp(fit["intercept"]) * x ** fit["slope"], "k--",
-                label=f"high-noise OLS: slope {fit['slope']:.2f} [{fit['slope_lo']:.2f}, {fit['slope_hi']:.2f}]")
+        ax.plot(
+            x,
+            np.exp(fit["intercept"]) * x ** fit["slope"],
+            "k--",
+            label=f"high-noise OLS: slope {fit['slope']:.2f} [{fit['slope_lo']:.2f}, {fit['slope_hi']:.2f}]",
+        )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("sqrt(alpha_bar_t)")

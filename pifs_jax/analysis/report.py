@@ -15,8 +15,9 @@ The one workflow behind ``pifs-jax analyze`` and the ``two_regimes`` experiment:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -39,8 +40,16 @@ from pifs_jax.plotting import save_figure
 from pifs_jax.results import atomic_write_text, write_result_json
 from pifs_jax.schedules import Schedule
 
-__all__ = ["ModelAnalysis", "analyze_model", "summarize_analysis", "write_analysis", "analysis_markdown", "claims_table_rows",
-           "attention_fn_if_any", "FIGURES"]
+__all__ = [
+    "FIGURES",
+    "ModelAnalysis",
+    "analysis_markdown",
+    "analyze_model",
+    "attention_fn_if_any",
+    "claims_table_rows",
+    "summarize_analysis",
+    "write_analysis",
+]
 
 #: The figures :func:`write_analysis` writes: file name -> plotting function.
 FIGURES: dict[str, Callable[..., Any]] = {
@@ -107,7 +116,8 @@ def summarize_analysis(
     stepwise = {
         "kappa_diag_mean": analysis.kappa_diag_mean,
         "delta_cross_mean": analysis.delta_cross_mean,
-        "pc_sum_mean": np.asarray(analysis.kappa_diag_mean, np.float64) + np.asarray(analysis.delta_cross_mean, np.float64),
+        "pc_sum_mean": np.asarray(analysis.kappa_diag_mean, np.float64)
+        + np.asarray(analysis.delta_cross_mean, np.float64),
         "margin_mean": analysis.margin_mean,
         "kappa_diag": analysis.kappa_diag,
         "delta_cross": analysis.delta_cross,
@@ -129,11 +139,18 @@ def summarize_analysis(
             x = np.log(np.sqrt(alpha_bar[high]))
             y = np.log(np.asarray(analysis.deviation_norm, np.float64).mean(axis=0)[high])
             ols = ols_fit(x, y)
-            fit = {**ols._asdict(), "steps": int(high.sum()), "x_range": [float(np.exp(x.min())), float(np.exp(x.max()))]}
+            fit = {
+                **ols._asdict(),
+                "steps": int(high.sum()),
+                "x_range": [float(np.exp(x.min())), float(np.exp(x.max()))],
+            }
     if analysis.suppression is not None:
         predicted, measured = per_patch_exponents(analysis)
-        exponents = {"predicted": predicted.tolist(), "measured": measured.tolist(),
-                     "agreement": float(np.mean(np.sign(predicted) == np.sign(measured)))}
+        exponents = {
+            "predicted": predicted.tolist(),
+            "measured": measured.tolist(),
+            "agreement": float(np.mean(np.sign(predicted) == np.sign(measured))),
+        }
     return {
         "t": t.tolist(),
         "alpha_bar": alpha_bar.tolist(),
@@ -156,8 +173,9 @@ def summarize_analysis(
             "lambda_kappa": _ranked_per_step(lam, kappa_k),
             "lambda_suppression": None if suppression is None else _ranked_per_step(lam, suppression),
         },
-        "crossover_window": None if window is None else {"t_upper": window[0], "t_lower": window[1],
-                                                         "width": window[0] - window[1]},
+        "crossover_window": None
+        if window is None
+        else {"t_upper": window[0], "t_lower": window[1], "width": window[0] - window[1]},
         "deviation_fit": fit,
         "exponents": exponents,
     }
@@ -167,8 +185,9 @@ def attention_fn_if_any(module: Any, params: Any, image_shape: tuple[int, ...]) 
     """:func:`~pifs_jax.analysis.module_attention_fn` of a network whose ``return_attention=True`` gives
     at least one attention layer, else ``None`` (checked on shapes only, nothing computed)."""
     attention_fn = module_attention_fn(module, params)
-    layers = jax.eval_shape(attention_fn, jax.ShapeDtypeStruct(tuple(image_shape), jnp.float32),
-                            jax.ShapeDtypeStruct((), jnp.int32))
+    layers = jax.eval_shape(
+        attention_fn, jax.ShapeDtypeStruct(tuple(image_shape), jnp.float32), jax.ShapeDtypeStruct((), jnp.int32)
+    )
     return attention_fn if layers else None
 
 
@@ -208,8 +227,17 @@ def analyze_model(
     image_shape = tuple(np.shape(train_images)[1:])
     x_T = jax.random.normal(jax.random.PRNGKey(seed), (samples,) + image_shape)
     grid = uniform_grid(sched.T, steps)
-    analysis = analyze_chain(eps_fn, sched, x_T, grid=grid, patch_size=patch_size, baseline=stats,
-                             attention_fn=attention_fn, method=method, mesh=mesh)
+    analysis = analyze_chain(
+        eps_fn,
+        sched,
+        x_T,
+        grid=grid,
+        patch_size=patch_size,
+        baseline=stats,
+        attention_fn=attention_fn,
+        method=method,
+        mesh=mesh,
+    )
     lam = np.asarray(stats.leading_eigenvalue, np.float64)
     summary = summarize_analysis(analysis, patch_eigenvalues=lam, sched=sched, seed=seed)
     claims = evaluate_claims(analysis, patch_eigenvalues=lam, num_timesteps=sched.T)
@@ -228,24 +256,43 @@ def analysis_markdown(result: ModelAnalysis, *, title: str, heading: str = "#") 
     """The claims table (claim, paper, ours with interval, verdict) and the block decomposition
     at the timesteps the paper tabulates (nearest step of our grid)."""
     s = result.summary
-    lines = [f"{heading} {title}", "",
-             f"{s['trajectories']} trajectories, {len(s['t'])} DDIM steps, {s['num_patches']} patches of "
-             f"{s['patch_size']}x{s['patch_size']}, block norms {s['method']}; intervals: bootstrap 95 % over "
-             "trajectories (definitions and verdict rules: docs/theory.md section 11).", "",
-             "| claim | paper | ours | verdict |", "|---|---|---|---|"]
+    lines = [
+        f"{heading} {title}",
+        "",
+        f"{s['trajectories']} trajectories, {len(s['t'])} DDIM steps, {s['num_patches']} patches of "
+        f"{s['patch_size']}x{s['patch_size']}, block norms {s['method']}; intervals: bootstrap 95 % over "
+        "trajectories (definitions and verdict rules: docs/theory.md section 11).",
+        "",
+        "| claim | paper | ours | verdict |",
+        "|---|---|---|---|",
+    ]
     lines += [f"| {c.name.replace('_', ' ')} | {c.paper} | {c.ours} | **{c.verdict}** |" for c in result.claims]
     t = np.asarray(s["t"], np.float64)
     steps = s["steps"]
-    lines += ["", "Block decomposition (patch means; paper: CIFAR-10 DDPM UNet):", "",
-              "| t (paper) | t (ours) | kappa_diag paper | ours | delta_cross paper | ours | V_t (violating patches) |",
-              "|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "Block decomposition (patch means; paper: CIFAR-10 DDPM UNet):",
+        "",
+        "| t (paper) | t (ours) | kappa_diag paper | ours | delta_cross paper | ours | V_t (violating patches) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for target, i in _nearest_steps(t, PAPER_VALUES["block_decomposition"]):
         kappa, delta, _ = PAPER_VALUES["block_decomposition"][target]
-        lines.append(f"| {target} | {t[i]:g} | {kappa} | {_fmt(steps['kappa_diag_mean'], i)} | {delta} | "
-                     f"{_fmt(steps['delta_cross_mean'], i)} | {steps['violations']['mean'][i]:.1f} of {s['num_patches']} |")
+        lines.append(
+            f"| {target} | {t[i]:g} | {kappa} | {_fmt(steps['kappa_diag_mean'], i)} | {delta} | "
+            f"{_fmt(steps['delta_cross_mean'], i)} | {steps['violations']['mean'][i]:.1f} of {s['num_patches']} |"
+        )
     window = s["crossover_window"]
-    lines += ["", "Crossover window: " + ("none" if window is None else
-              f"t in [{window['t_lower']:g}, {window['t_upper']:g}] (width {window['width']:g})") + "."]
+    lines += [
+        "",
+        "Crossover window: "
+        + (
+            "none"
+            if window is None
+            else f"t in [{window['t_lower']:g}, {window['t_upper']:g}] (width {window['width']:g})"
+        )
+        + ".",
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -20,16 +20,16 @@ from pifs_jax._validation import check_positive_int
 from pifs_jax.errors import ArgumentError
 
 __all__ = [
-    "regularized_incomplete_beta",
-    "student_t_cdf",
-    "student_t_two_sided_p",
-    "student_t_quantile",
-    "bootstrap_mean_interval",
-    "average_ranks",
-    "spearman",
     "OLSFit",
-    "ols_fit",
+    "average_ranks",
+    "bootstrap_mean_interval",
     "crossover_window",
+    "ols_fit",
+    "regularized_incomplete_beta",
+    "spearman",
+    "student_t_cdf",
+    "student_t_quantile",
+    "student_t_two_sided_p",
 ]
 
 
@@ -44,7 +44,10 @@ def _beta_continued_fraction(a: float, b: float, x: float) -> float:
     h = d
     for m in range(1, 10000):
         m2 = 2 * m
-        for numerator in (m * (b - m) * x / ((a + m2 - 1.0) * (a + m2)), -(a + m) * (a + b + m) * x / ((a + m2) * (a + m2 + 1.0))):
+        for numerator in (
+            m * (b - m) * x / ((a + m2 - 1.0) * (a + m2)),
+            -(a + m) * (a + b + m) * x / ((a + m2) * (a + m2 + 1.0)),
+        ):
             d = 1.0 + numerator * d
             d = 1.0 / (d if abs(d) > tiny else tiny)
             c = 1.0 + numerator / c
@@ -262,7 +265,9 @@ def crossover_window(t: Any, violations: Any, num_patches: int) -> tuple[float, 
     if counts.ndim == 2:
         counts = counts.mean(axis=0)
     if t.ndim != 1 or counts.shape != t.shape:
-        raise ArgumentError("violations", f"expected shape (N,) or (S, N) with N = {t.shape}, got {np.shape(violations)}")
+        raise ArgumentError(
+            "violations", f"expected shape (N,) or (S, N) with N = {t.shape}, got {np.shape(violations)}"
+        )
     full = np.abs(counts - num_patches) <= 1e-9
     if not full.any():
         return None

@@ -31,7 +31,7 @@ from pifs_jax.cli import analyze, geometry, optimize, reproduce, sample, train
 from pifs_jax.cli.common import PROG, SUBCOMMANDS, Subcommand, UsageError, register_subcommand
 from pifs_jax.geometry import geometry_arrays  # its home before it moved to the library
 
-__all__ = ["main", "build_parser", "Subcommand", "SUBCOMMANDS", "register_subcommand", "UsageError", "geometry_arrays"]
+__all__ = ["SUBCOMMANDS", "Subcommand", "UsageError", "build_parser", "geometry_arrays", "main", "register_subcommand"]
 
 for _command in (geometry, reproduce, optimize, train, sample, analyze):  # --help order
     register_subcommand(_command.SUBCOMMAND)
@@ -41,7 +41,7 @@ del _command
 class _Parser(argparse.ArgumentParser):
     """ArgumentParser whose errors are one line: ``PROG: error: MESSAGE (see PROG --help)``."""
 
-    def error(self, message: str):  # noqa: D401 - argparse API
+    def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Denoising diffusion as Partitioned Iterated Function Systems: schedule geometry, "
         "chain dynamics and schedule design in JAX.",
-        epilog="examples:\n" + textwrap.indent(examples, "  ")
+        epilog="examples:\n"
+        + textwrap.indent(examples, "  ")
         + f"\n\nRun '{PROG} COMMAND --help' for the options of a command.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -103,8 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         if os.environ.get("PIFS_JAX_TRACEBACK"):
             raise
-        print(f"{PROG} {command.name}: error: argument {exc.option}: {exc.detail} (see '{PROG} {command.name} --help')",
-              file=sys.stderr)
+        print(
+            f"{PROG} {command.name}: error: argument {exc.option}: {exc.detail} (see '{PROG} {command.name} --help')",
+            file=sys.stderr,
+        )
         return 2
     except ValueError as exc:
         if os.environ.get("PIFS_JAX_TRACEBACK"):

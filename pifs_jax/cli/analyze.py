@@ -49,20 +49,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--run", type=Path, default=None, metavar="DIR", help="a 'pifs-jax train' output folder")
-    source.add_argument("--diffusers", type=Path, default=None, metavar="PATH",
-                        help="a diffusers UNet2DModel folder (pipeline folder or bare model folder)")
-    parser.add_argument("--data", choices=tuple(DATASETS), default=None,
-                        help="images for the Gaussian baseline and the patch variances (default: the run's own "
-                        "training data; for --diffusers the bundled data set of the model's image shape)")
-    parser.add_argument("--num-data", type=positive_int, default=4096, metavar="N",
-                        help="images of --data for the baseline (default: 4096)")
+    source.add_argument(
+        "--diffusers",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="a diffusers UNet2DModel folder (pipeline folder or bare model folder)",
+    )
+    parser.add_argument(
+        "--data",
+        choices=tuple(DATASETS),
+        default=None,
+        help="images for the Gaussian baseline and the patch variances (default: the run's own "
+        "training data; for --diffusers the bundled data set of the model's image shape)",
+    )
+    parser.add_argument(
+        "--num-data",
+        type=positive_int,
+        default=4096,
+        metavar="N",
+        help="images of --data for the baseline (default: 4096)",
+    )
     parser.add_argument("--samples", type=positive_int, default=16, metavar="S", help="trajectories (default: 16)")
     parser.add_argument("--steps", type=positive_int, default=50, metavar="N", help="DDIM steps (default: 50)")
-    parser.add_argument("--patch-size", type=positive_int, default=None, metavar="P",
-                        help="PIFS patch side (default: the run's; image side / 4 for --diffusers)")
+    parser.add_argument(
+        "--patch-size",
+        type=positive_int,
+        default=None,
+        metavar="P",
+        help="PIFS patch side (default: the run's; image side / 4 for --diffusers)",
+    )
     parser.add_argument("--method", choices=METHODS, default="auto", help="block-norm estimator (default: auto)")
-    parser.add_argument("--seed", type=non_negative_int, default=0, metavar="S", help="seed of x_T and the bootstrap (default: 0)")
-    parser.add_argument("--out", required=True, type=output_dir, metavar="DIR", help="output folder (created if missing)")
+    parser.add_argument(
+        "--seed", type=non_negative_int, default=0, metavar="S", help="seed of x_T and the bootstrap (default: 0)"
+    )
+    parser.add_argument(
+        "--out", required=True, type=output_dir, metavar="DIR", help="output folder (created if missing)"
+    )
 
 
 def _from_run(args: argparse.Namespace) -> dict[str, Any]:
@@ -110,13 +133,19 @@ def _from_diffusers(args: argparse.Namespace) -> dict[str, Any]:
     except ValueError as exc:
         raise UsageError("--diffusers", str(exc)) from None
     if loaded.schedule is None:
-        raise UsageError("--diffusers", f"{str(args.diffusers)!r} has no scheduler config (scheduler/ or "
-                         "scheduler_config.json), so the schedule the model was trained with is unknown")
+        raise UsageError(
+            "--diffusers",
+            f"{str(args.diffusers)!r} has no scheduler config (scheduler/ or "
+            "scheduler_config.json), so the schedule the model was trained with is unknown",
+        )
     shape = tuple(loaded.image_shape)
     data = args.data or next((name for name, s in DATASETS.items() if tuple(s) == shape), None)
     if data is None:
-        raise UsageError("--data", f"no bundled data set has the model's image shape {shape}; name one of "
-                         f"{', '.join(DATASETS)} whose shape fits")
+        raise UsageError(
+            "--data",
+            f"no bundled data set has the model's image shape {shape}; name one of "
+            f"{', '.join(DATASETS)} whose shape fits",
+        )
     if tuple(DATASETS[data]) != shape:
         raise UsageError("--data", f"{data} images are {tuple(DATASETS[data])}, the model's are {shape}")
     images = load_dataset(data, jax.random.PRNGKey(0), args.num_data)
@@ -136,20 +165,38 @@ def run(args: argparse.Namespace) -> int:
 
     model = _from_run(args) if args.run is not None else _from_diffusers(args)
     if args.samples < 2:
-        raise UsageError("--samples", f"expected at least 2 trajectories (intervals over trajectories), got {args.samples}")
+        raise UsageError(
+            "--samples", f"expected at least 2 trajectories (intervals over trajectories), got {args.samples}"
+        )
     try:
         result = analyze_model(
-            model["eps_fn"], model["sched"], model["images"], patch_size=model["patch_size"], steps=args.steps,
-            samples=args.samples, seed=args.seed, attention_fn=model["attention_fn"], method=args.method,
+            model["eps_fn"],
+            model["sched"],
+            model["images"],
+            patch_size=model["patch_size"],
+            steps=args.steps,
+            samples=args.samples,
+            seed=args.seed,
+            attention_fn=model["attention_fn"],
+            method=args.method,
         )
     except ValueError as exc:
         name = getattr(exc, "argument", None)
-        option = {"patch_size": "--patch-size", "samples": "--samples", "grid": "--steps", "num_steps": "--steps"}.get(name)
+        option = {"patch_size": "--patch-size", "samples": "--samples", "grid": "--steps", "num_steps": "--steps"}.get(
+            name
+        )
         if option is None:
             raise
         raise UsageError(option, getattr(exc, "detail", str(exc))) from None
-    config = {"command": command_line(args.argv), **model["source"], "samples": args.samples, "steps": args.steps,
-              "patch_size": model["patch_size"], "method": args.method, "data": args.data}
+    config = {
+        "command": command_line(args.argv),
+        **model["source"],
+        "samples": args.samples,
+        "steps": args.steps,
+        "patch_size": model["patch_size"],
+        "method": args.method,
+        "data": args.data,
+    }
     write_analysis(args.out, result, title=model["title"], config=config, seed=args.seed)
     for claim in result.claims:
         print(f"{claim.verdict:>14}  {claim.name}: {claim.ours}")
@@ -166,4 +213,4 @@ SUBCOMMAND = Subcommand(
     run=run,
 )
 
-__all__ = ["SUBCOMMAND", "add_arguments", "run", "PROG"]
+__all__ = ["PROG", "SUBCOMMAND", "add_arguments", "run"]

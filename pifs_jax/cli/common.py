@@ -19,16 +19,16 @@ from pifs_jax.errors import ArgumentError
 
 __all__ = [
     "PROG",
-    "UsageError",
-    "Subcommand",
     "SUBCOMMANDS",
+    "Subcommand",
+    "UsageError",
+    "command_line",
+    "finite_float",
+    "non_negative_int",
+    "output_dir",
+    "positive_int",
     "register_subcommand",
     "usage_error_for",
-    "positive_int",
-    "non_negative_int",
-    "finite_float",
-    "output_dir",
-    "command_line",
 ]
 
 PROG = "pifs-jax"

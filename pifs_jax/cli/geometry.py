@@ -70,39 +70,82 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_argument_group("schedule (one of --schedule or --config is required)")
     exclusive = source.add_mutually_exclusive_group(required=True)
     exclusive.add_argument(
-        "--schedule", choices=SCHEDULE_NAMES, metavar="NAME",
+        "--schedule",
+        choices=SCHEDULE_NAMES,
+        metavar="NAME",
         help=f"named schedule: {', '.join(SCHEDULE_NAMES)}",
     )
     exclusive.add_argument(
-        "--config", metavar="PATH",
+        "--config",
+        metavar="PATH",
         help="a diffusers scheduler_config.json (or the name of a bundled example config) instead "
         "of --schedule; T comes from num_train_timesteps and --steps use its timestep_spacing",
     )
-    source.add_argument("--T", type=positive_int, default=None, metavar="T",
-                        help="number of training steps (default: 1000; not with --config)")
-    source.add_argument("--offset", type=finite_float, default=None, metavar="S",
-                        help="cosine offset s >= 0 (cosine only; default: 0.008)")
-    source.add_argument("--shift", type=finite_float, default=None, metavar="X",
-                        help="add X to every logSNR_t, t >= 1 (default: none)")
-    source.add_argument("--resolution", type=finite_float, default=None, metavar="D",
-                        help="image side length D: shift logSNR by 2 log(64/D) (simple diffusion); "
-                        "adds to --shift (default: none)")
+    source.add_argument(
+        "--T",
+        type=positive_int,
+        default=None,
+        metavar="T",
+        help="number of training steps (default: 1000; not with --config)",
+    )
+    source.add_argument(
+        "--offset",
+        type=finite_float,
+        default=None,
+        metavar="S",
+        help="cosine offset s >= 0 (cosine only; default: 0.008)",
+    )
+    source.add_argument(
+        "--shift", type=finite_float, default=None, metavar="X", help="add X to every logSNR_t, t >= 1 (default: none)"
+    )
+    source.add_argument(
+        "--resolution",
+        type=finite_float,
+        default=None,
+        metavar="D",
+        help="image side length D: shift logSNR by 2 log(64/D) (simple diffusion); adds to --shift (default: none)",
+    )
 
     chain = parser.add_argument_group("sampling chain")
-    chain.add_argument("--steps", type=positive_int, default=None, metavar="N",
-                       help="number of sampling steps N <= T (default: all T training steps)")
-    chain.add_argument("--spacing", choices=("uniform",) + TIMESTEP_SPACINGS, default=None,
-                       help="how --steps are placed: uniform (tau_i = round(i T / N)) or diffusers' "
-                       "linspace / leading / trailing (default: uniform; with --config its timestep_spacing)")
+    chain.add_argument(
+        "--steps",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="number of sampling steps N <= T (default: all T training steps)",
+    )
+    chain.add_argument(
+        "--spacing",
+        choices=("uniform",) + TIMESTEP_SPACINGS,
+        default=None,
+        help="how --steps are placed: uniform (tau_i = round(i T / N)) or diffusers' "
+        "linspace / leading / trailing (default: uniform; with --config its timestep_spacing)",
+    )
 
     output = parser.add_argument_group("output")
-    output.add_argument("--lambda-range", nargs=2, type=finite_float, default=(1e-2, 1e2), metavar=("MIN", "MAX"),
-                        help="data variances of the f_t(lambda) grid, log-spaced (default: 0.01 100)")
-    output.add_argument("--num-lambdas", type=positive_int, default=101, metavar="K",
-                        help="points on the lambda grid, >= 2 (default: 101)")
+    output.add_argument(
+        "--lambda-range",
+        nargs=2,
+        type=finite_float,
+        default=(1e-2, 1e2),
+        metavar=("MIN", "MAX"),
+        help="data variances of the f_t(lambda) grid, log-spaced (default: 0.01 100)",
+    )
+    output.add_argument(
+        "--num-lambdas",
+        type=positive_int,
+        default=101,
+        metavar="K",
+        help="points on the lambda grid, >= 2 (default: 101)",
+    )
     output.add_argument("--x64", action="store_true", help="compute in float64 (default: float32)")
-    output.add_argument("--out", required=True, type=output_dir, metavar="DIR",
-                        help="output folder (created if missing; checked before any work)")
+    output.add_argument(
+        "--out",
+        required=True,
+        type=output_dir,
+        metavar="DIR",
+        help="output folder (created if missing; checked before any work)",
+    )
 
 
 def _resolve_config_path(text: str) -> Path:
@@ -229,7 +272,9 @@ def _geometry_table(data: dict[str, Any], description: str) -> str:
     steps, summary = data["per_step"], data["summary"]
     n = summary["num_steps"]
     rows = sorted({0, 1, 2, n // 4, n // 2, (3 * n) // 4, n - 1} & set(range(n)))
-    header = f"{'step':>6} {'t':>6} {'s':>6} {'a_t - 1':>12} {'b_t':>12} {'L*_t':>12} {'lambda*_t':>12} {'logSNR_t':>10}"
+    header = (
+        f"{'step':>6} {'t':>6} {'s':>6} {'a_t - 1':>12} {'b_t':>12} {'L*_t':>12} {'lambda*_t':>12} {'logSNR_t':>10}"
+    )
     lines = [f"Schedule geometry: {description}, {summary['dtype']}", "", header, "-" * len(header)]
     previous = -1
     for i in rows:
@@ -290,7 +335,10 @@ def run(args: argparse.Namespace) -> int:
         figures = {
             "lstar.png": plotting.plot_contraction_threshold(sched, grid, title=f"$L^*_t$: {description}"),
             "expansion_heatmap.png": plotting.plot_expansion_heatmap(
-                sched, grid, lambda_range=tuple(args.lambda_range), num_lambdas=args.num_lambdas,
+                sched,
+                grid,
+                lambda_range=tuple(args.lambda_range),
+                num_lambdas=args.num_lambdas,
                 title=f"$f_t(\\lambda)$: {description}",
             ),
             "lambda_star.png": plotting.plot_expansion_threshold(sched, grid, title=f"$\\lambda^*(t)$: {description}"),
@@ -301,7 +349,6 @@ def run(args: argparse.Namespace) -> int:
             written.append(plotting.save_figure(fig, out / name))
     print("\nwrote " + ", ".join(str(p) for p in written))
     return 0
-
 
 
 SUBCOMMAND = Subcommand(

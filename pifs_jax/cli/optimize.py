@@ -109,15 +109,31 @@ _FAMILY_OPTIONS = {
 #: Options that do not identify the run (left out of the checkpoint's fingerprint): a resume may
 #: change them. The learning rate is among them, so a diverged run can continue with a smaller one.
 _NOT_FINGERPRINTED = (
-    "argv", "resume", "overwrite", "no_progress", "out", "checkpoint_every", "iterations", "lr", "command",
+    "argv",
+    "resume",
+    "overwrite",
+    "no_progress",
+    "out",
+    "checkpoint_every",
+    "iterations",
+    "lr",
+    "command",
 )
 #: The checkpoint inside --out.
 CHECKPOINT_PATH = "checkpoint/checkpoint.msgpack"
 #: The per-iteration history (one array per metric), beside schedule.json.
 HISTORY_FILE = "history.npz"
 #: Every result file a run may write into --out.
-RESULT_FILES = ("schedule.json", "timesteps.json", "scheduler_config.json", HISTORY_FILE,
-                "lstar.png", "expansion_before.png", "expansion_after.png", "history.png")
+RESULT_FILES = (
+    "schedule.json",
+    "timesteps.json",
+    "scheduler_config.json",
+    HISTORY_FILE,
+    "lstar.png",
+    "expansion_before.png",
+    "expansion_after.png",
+    "history.png",
+)
 
 
 def _options(names: tuple[str, ...]) -> tuple[str, ...]:
@@ -131,55 +147,122 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from pifs_jax.schedules import SCHEDULE_NAMES
 
     what = parser.add_argument_group("what to optimise")
-    what.add_argument("--criterion", required=True, choices=_options(CRITERIA),
-                      help="design criterion (required)")
-    what.add_argument("--init", choices=SCHEDULE_NAMES, default=None, metavar="NAME",
-                      help=f"starting schedule: {', '.join(SCHEDULE_NAMES)} (default: cosine); for workload, "
-                      "the schedule whose grid is optimised; the cosine-offset family always starts from "
-                      "cosine and refuses another")
+    what.add_argument("--criterion", required=True, choices=_options(CRITERIA), help="design criterion (required)")
+    what.add_argument(
+        "--init",
+        choices=SCHEDULE_NAMES,
+        default=None,
+        metavar="NAME",
+        help=f"starting schedule: {', '.join(SCHEDULE_NAMES)} (default: cosine); for workload, "
+        "the schedule whose grid is optimised; the cosine-offset family always starts from "
+        "cosine and refuses another",
+    )
     what.add_argument("--T", type=positive_int, default=1000, metavar="T", help="training steps (default: 1000)")
-    what.add_argument("--steps", type=positive_int, default=None, metavar="N",
-                      help="workload: number of sampling steps (default: 10); other criteria: evaluate them "
-                      "on the uniform N-step grid (default: every training step)")
+    what.add_argument(
+        "--steps",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="workload: number of sampling steps (default: 10); other criteria: evaluate them "
+        "on the uniform N-step grid (default: every training step)",
+    )
 
     family = parser.add_argument_group("schedule family and constraints (weakest-link, balanced-growth)")
-    family.add_argument("--family", choices=_options(FAMILIES), default="spline",
-                        help="learnable family (default: spline)")
+    family.add_argument(
+        "--family", choices=_options(FAMILIES), default="spline", help="learnable family (default: spline)"
+    )
     family.add_argument("--knots", type=positive_int, default=16, metavar="K", help="spline knots (default: 16)")
     family.add_argument("--hidden", type=positive_int, default=16, metavar="H", help="network width (default: 16)")
-    family.add_argument("--alpha-bar-T", type=finite_float, default=None, metavar="X",
-                        help="keep alpha_bar_T = X exactly (spline, network; default: --init's value)")
-    family.add_argument("--logsnr-max", type=finite_float, default=None, metavar="X",
-                        help="fixed logSNR at t = 0 (spline, network; default: --init's, extrapolated)")
+    family.add_argument(
+        "--alpha-bar-T",
+        type=finite_float,
+        default=None,
+        metavar="X",
+        help="keep alpha_bar_T = X exactly (spline, network; default: --init's value)",
+    )
+    family.add_argument(
+        "--logsnr-max",
+        type=finite_float,
+        default=None,
+        metavar="X",
+        help="fixed logSNR at t = 0 (spline, network; default: --init's, extrapolated)",
+    )
 
     crit = parser.add_argument_group("criterion settings")
-    crit.add_argument("--temperature", type=finite_float, default=0.05, metavar="TAU",
-                      help="weakest-link soft-min temperature in nats of L* (default: 0.05)")
+    crit.add_argument(
+        "--temperature",
+        type=finite_float,
+        default=0.05,
+        metavar="TAU",
+        help="weakest-link soft-min temperature in nats of L* (default: 0.05)",
+    )
     default_variances = " ".join(str(v) for v in DEFAULT_VARIANCES)
-    crit.add_argument("--variances", type=finite_float, nargs="+", default=list(DEFAULT_VARIANCES), metavar="LAMBDA",
-                      help=f"balanced-growth: patch variances (default: {default_variances})")
-    crit.add_argument("--sizes", type=finite_float, nargs="+", default=None, metavar="N_K",
-                      help="balanced-growth: coordinates per patch (default: 192 each, 8x8x3 patches)")
-    crit.add_argument("--measure", choices=GROWTH_MEASURES, default="growth",
-                      help="balanced-growth: balance Delta d_t or IG_t (default: growth)")
-    crit.add_argument("--work", choices=WORK_KINDS, default="inverse_threshold",
-                      help="workload: per-training-step work, 1/L*_u or |b_u| (default: inverse_threshold)")
+    crit.add_argument(
+        "--variances",
+        type=finite_float,
+        nargs="+",
+        default=list(DEFAULT_VARIANCES),
+        metavar="LAMBDA",
+        help=f"balanced-growth: patch variances (default: {default_variances})",
+    )
+    crit.add_argument(
+        "--sizes",
+        type=finite_float,
+        nargs="+",
+        default=None,
+        metavar="N_K",
+        help="balanced-growth: coordinates per patch (default: 192 each, 8x8x3 patches)",
+    )
+    crit.add_argument(
+        "--measure",
+        choices=GROWTH_MEASURES,
+        default="growth",
+        help="balanced-growth: balance Delta d_t or IG_t (default: growth)",
+    )
+    crit.add_argument(
+        "--work",
+        choices=WORK_KINDS,
+        default="inverse_threshold",
+        help="workload: per-training-step work, 1/L*_u or |b_u| (default: inverse_threshold)",
+    )
 
     run = parser.add_argument_group("optimiser and output")
-    run.add_argument("--iterations", type=positive_int, default=None, metavar="K",
-                     help="total optimiser steps (default: 500; workload 300)")
-    run.add_argument("--lr", type=finite_float, default=None, metavar="LR",
-                     help="Adam learning rate (default: 0.01; workload 0.1)")
-    run.add_argument("--checkpoint-every", type=positive_int, default=100, metavar="K",
-                     help="write the optimiser state every K steps (default: 100)")
-    run.add_argument("--resume", action="store_true",
-                     help="continue the run in --out from its checkpoint (an error when there is none)")
-    run.add_argument("--overwrite", action="store_true",
-                     help="start again in an --out that holds a run (deletes its checkpoint and results)")
+    run.add_argument(
+        "--iterations",
+        type=positive_int,
+        default=None,
+        metavar="K",
+        help="total optimiser steps (default: 500; workload 300)",
+    )
+    run.add_argument(
+        "--lr", type=finite_float, default=None, metavar="LR", help="Adam learning rate (default: 0.01; workload 0.1)"
+    )
+    run.add_argument(
+        "--checkpoint-every",
+        type=positive_int,
+        default=100,
+        metavar="K",
+        help="write the optimiser state every K steps (default: 100)",
+    )
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its checkpoint (an error when there is none)",
+    )
+    run.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start again in an --out that holds a run (deletes its checkpoint and results)",
+    )
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--x64", action="store_true", help="compute in float64 (default: float32)")
-    run.add_argument("--out", required=True, type=output_dir, metavar="DIR",
-                     help="output folder (created if missing; checked before any work)")
+    run.add_argument(
+        "--out",
+        required=True,
+        type=output_dir,
+        metavar="DIR",
+        help="output folder (created if missing; checked before any work)",
+    )
 
 
 def _schedule_arrays(sched) -> dict[str, Any]:
@@ -292,14 +375,16 @@ def _check_run_folder(args: argparse.Namespace, run_config: dict[str, Any]) -> N
             if differences:
                 named = "; ".join(_in_option_names(text) for text in differences)
                 raise UsageError(
-                    "--resume", f"{str(checkpoint)!r} was written by another run: {named}; resume with the same "
-                    "options, choose another --out, or start again with --overwrite"
+                    "--resume",
+                    f"{str(checkpoint)!r} was written by another run: {named}; resume with the same "
+                    "options, choose another --out, or start again with --overwrite",
                 )
     elif previous and not args.overwrite:
         raise UsageError(
-            "--out", f"{str(out)!r} already holds a run ({', '.join(previous[:2])}"
+            "--out",
+            f"{str(out)!r} already holds a run ({', '.join(previous[:2])}"
             f"{', ...' if len(previous) > 2 else ''}); pass --resume to continue it "
-            "or --overwrite to start it again"
+            "or --overwrite to start it again",
         )
 
 
@@ -311,8 +396,10 @@ def _diverged_error(err, checkpoint: Path) -> UsageError:
         detail += f"; last finite objective {loss:.6g} at iteration {iteration}"
     detail += "; try a smaller --lr"
     if err.checkpoint is not None:
-        detail += (f" ({str(checkpoint)!r} holds iteration {err.last_finite[0]}: rerun with --resume and a "
-                   "smaller --lr to continue from it)")
+        detail += (
+            f" ({str(checkpoint)!r} holds iteration {err.last_finite[0]}: rerun with --resume and a "
+            "smaller --lr to continue from it)"
+        )
     return UsageError("--lr", detail + "; no result files were written")
 
 
@@ -358,8 +445,9 @@ def run(args: argparse.Namespace) -> int:
     family_name = args.family.replace("-", "_")
     if not workload and family_name == "cosine_offset" and args.init not in (None, "cosine"):
         raise UsageError(
-            "--init", f"the cosine-offset family is cosine(T, s) from s = 0.008 and ignores --init (got "
-            f"{args.init!r}); --init starts the spline, network and logsnr-shift families"
+            "--init",
+            f"the cosine-offset family is cosine(T, s) from s = 0.008 and ignores --init (got "
+            f"{args.init!r}); --init starts the spline, network and logsnr-shift families",
         )
     args.init = args.init or "cosine"
     if args.init == "karras" and args.T < 2:
@@ -379,8 +467,14 @@ def run(args: argparse.Namespace) -> int:
     precision = jax.enable_x64(True) if args.x64 else contextlib.nullcontext()
     with precision:
         start = named_schedule(args.init, args.T)
-        config = {"command": command_line(args.argv), "argv": args.argv, **run_config,
-                  "iterations": iterations, "lr": lr, "dtype": str(start.dtype)}
+        config = {
+            "command": command_line(args.argv),
+            "argv": args.argv,
+            **run_config,
+            "iterations": iterations,
+            "lr": lr,
+            "dtype": str(start.dtype),
+        }
         results: dict[str, Callable[[Path], Any]] = {}
         warnings: list[str] = []
         labels = ("uniform grid", "optimised grid") if workload else None
@@ -388,15 +482,27 @@ def run(args: argparse.Namespace) -> int:
             if workload:
                 num_steps = args.steps or 10
                 result = optimize.optimize_grid(
-                    start, num_steps, kind=args.work, iterations=iterations, learning_rate=lr,
-                    checkpoint_dir=checkpoint_dir, checkpoint_every=args.checkpoint_every,
-                    resume=args.resume, progress=progress, run_config=run_config,
+                    start,
+                    num_steps,
+                    kind=args.work,
+                    iterations=iterations,
+                    learning_rate=lr,
+                    checkpoint_dir=checkpoint_dir,
+                    checkpoint_every=args.checkpoint_every,
+                    resume=args.resume,
+                    progress=progress,
+                    run_config=run_config,
                 )
             else:
                 try:
                     family, params = optimize.schedule_family(
-                        family_name, args.T, start=start, alpha_bar_T=args.alpha_bar_T,
-                        logsnr_max=args.logsnr_max, n_knots=args.knots, hidden=args.hidden,
+                        family_name,
+                        args.T,
+                        start=start,
+                        alpha_bar_T=args.alpha_bar_T,
+                        logsnr_max=args.logsnr_max,
+                        n_knots=args.knots,
+                        hidden=args.hidden,
                     )
                 except ValueError as exc:
                     error = usage_error_for(exc, _FAMILY_OPTIONS)
@@ -405,13 +511,24 @@ def run(args: argparse.Namespace) -> int:
                     raise error from None
                 grid = None if args.steps is None else uniform_grid(args.T, args.steps)
                 objective = optimize.schedule_objective(
-                    {criterion: 1.0}, grid=grid, variances=args.variances, sizes=sizes,
-                    temperature=args.temperature, growth_measure=args.measure,
+                    {criterion: 1.0},
+                    grid=grid,
+                    variances=args.variances,
+                    sizes=sizes,
+                    temperature=args.temperature,
+                    growth_measure=args.measure,
                 )
                 result = optimize.optimize_schedule(
-                    family, params, objective, iterations=iterations, learning_rate=lr,
-                    checkpoint_dir=checkpoint_dir, checkpoint_every=args.checkpoint_every,
-                    resume=args.resume, progress=progress, run_config=run_config,
+                    family,
+                    params,
+                    objective,
+                    iterations=iterations,
+                    learning_rate=lr,
+                    checkpoint_dir=checkpoint_dir,
+                    checkpoint_every=args.checkpoint_every,
+                    resume=args.resume,
+                    progress=progress,
+                    run_config=run_config,
                 )
         except optimize.Diverged as err:
             raise _diverged_error(err, out / CHECKPOINT_PATH) from None
@@ -425,8 +542,14 @@ def run(args: argparse.Namespace) -> int:
             uniform = uniform_grid(args.T, num_steps)
             before_grid, after_grid = uniform, result.grid
             before_sched = after_sched = start
-            summary = {"criterion": criterion, "num_steps": num_steps, "cv_uniform": result.initial_cv,
-                       "cv_relaxed": result.relaxed_cv, "cv": result.cv, "learning_rate": lr}
+            summary = {
+                "criterion": criterion,
+                "num_steps": num_steps,
+                "cv_uniform": result.initial_cv,
+                "cv_relaxed": result.relaxed_cv,
+                "cv": result.cv,
+                "learning_rate": lr,
+            }
             grid_doc = {
                 "grid": result.grid,
                 "diffusers_timesteps": result.diffusers_timesteps,
@@ -437,11 +560,15 @@ def run(args: argparse.Namespace) -> int:
                 "uniform_grid": uniform,
                 "uniform_cv": result.initial_cv,
                 "indexing": "grid: this package's (tau_0 = 0 is clean data); diffusers_timesteps: diffusers' "
-                            "descending list, timestep k = our k + 1",
+                "descending list, timestep k = our k + 1",
             }
             results["timesteps.json"] = lambda path: write_result_json(path, grid_doc, config=config)
-            doc = {"summary": summary, "warnings": warnings, "history": _history_summary(result.history),
-                   "schedule": _schedule_arrays(start)}
+            doc = {
+                "summary": summary,
+                "warnings": warnings,
+                "history": _history_summary(result.history),
+                "schedule": _schedule_arrays(start),
+            }
             history, key, label = result.history, "workload", "CV(W)"
             report = [
                 f"workload ({args.work}) on {args.init}, {num_steps} steps: CV(W) {result.initial_cv:.4g} (uniform) "
@@ -458,10 +585,16 @@ def run(args: argparse.Namespace) -> int:
             key = "weakest_link" if criterion == "weakest_link" else "balanced_growth"
             measure = "Delta d" if args.measure == "growth" else "IG"
             label = "soft-min L*" if criterion == "weakest_link" else f"CV({measure})"
-            summary = {"criterion": criterion, "before": result.initial, "after": result.final,
-                       "start_schedule": "cosine" if family_name == "cosine_offset" else args.init,
-                       "start_label": start_label, "family": family_name, "resumed_from": result.resumed_from,
-                       "learning_rate": lr}
+            summary = {
+                "criterion": criterion,
+                "before": result.initial,
+                "after": result.final,
+                "start_schedule": "cosine" if family_name == "cosine_offset" else args.init,
+                "start_label": start_label,
+                "family": family_name,
+                "resumed_from": result.resumed_from,
+                "learning_rate": lr,
+            }
             doc = {
                 "summary": summary,
                 "warnings": warnings,
@@ -474,9 +607,11 @@ def run(args: argparse.Namespace) -> int:
             report = []
             if result.resumed_from:
                 report.append(f"resumed from step {result.resumed_from}")
-            report.append(f"{criterion.replace('_', '-')} ({family_name} family from {start_label}, T = {args.T}): "
-                          f"{label} {result.initial[key]:.6g} -> {result.final[key]:.6g}; loss "
-                          f"{result.initial['loss']:.6g} -> {result.final['loss']:.6g}")
+            report.append(
+                f"{criterion.replace('_', '-')} ({family_name} family from {start_label}, T = {args.T}): "
+                f"{label} {result.initial[key]:.6g} -> {result.final[key]:.6g}; loss "
+                f"{result.initial['loss']:.6g} -> {result.final['loss']:.6g}"
+            )
             if "min_lstar" in result.final:
                 report.append(f"min L*: {result.initial['min_lstar']:.6g} -> {result.final['min_lstar']:.6g}")
         results["schedule.json"] = lambda path: write_result_json(path, doc, config=config)
@@ -489,10 +624,12 @@ def run(args: argparse.Namespace) -> int:
                 {labels[0]: (before_sched, before_grid), labels[1]: (after_sched, after_grid)},
                 title="$L^*_t$ before and after",
             ),
-            "expansion_before.png": plotting.plot_expansion_heatmap(before_sched, before_grid, num_lambdas=61,
-                                                                    title=f"$f_t(\\lambda)$: {labels[0]}"),
-            "expansion_after.png": plotting.plot_expansion_heatmap(after_sched, after_grid, num_lambdas=61,
-                                                                   title=f"$f_t(\\lambda)$: {labels[1]}"),
+            "expansion_before.png": plotting.plot_expansion_heatmap(
+                before_sched, before_grid, num_lambdas=61, title=f"$f_t(\\lambda)$: {labels[0]}"
+            ),
+            "expansion_after.png": plotting.plot_expansion_heatmap(
+                after_sched, after_grid, num_lambdas=61, title=f"$f_t(\\lambda)$: {labels[1]}"
+            ),
             "history.png": _history_figure(history, key, label),
         }
         for name, fig in figures.items():

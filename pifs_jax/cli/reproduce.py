@@ -41,19 +41,36 @@ without INCOMPLETE.md means a finished run."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=output_dir, default="results", metavar="DIR",  # argparse types the default too
-                        help="report folder, created if missing (default: results)")
-    parser.add_argument("--only", nargs="+", action="extend", default=None, metavar="NAME",
-                        help="run only these experiments (file stems in experiments/, e.g. schedule_geometry); "
-                        "repeatable (default: all)")
+    parser.add_argument(
+        "--out",
+        type=output_dir,
+        default="results",
+        metavar="DIR",  # argparse types the default too
+        help="report folder, created if missing (default: results)",
+    )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        action="extend",
+        default=None,
+        metavar="NAME",
+        help="run only these experiments (file stems in experiments/, e.g. schedule_geometry); "
+        "repeatable (default: all)",
+    )
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="reduced runs that exercise every code path")
-    size.add_argument("--full", action="store_true",
-                      help="the long runs of the experiments that have one (longer training, more trajectories; "
-                      "meant for a GPU)")
-    parser.add_argument("--experiments-dir", default=None, metavar="DIR",
-                        help="folder of experiment scripts (default: the bundled experiments, installed as "
-                        "pifs_jax.experiments from the repository's experiments/)")
+    size.add_argument(
+        "--full",
+        action="store_true",
+        help="the long runs of the experiments that have one (longer training, more trajectories; meant for a GPU)",
+    )
+    parser.add_argument(
+        "--experiments-dir",
+        default=None,
+        metavar="DIR",
+        help="folder of experiment scripts (default: the bundled experiments, installed as "
+        "pifs_jax.experiments from the repository's experiments/)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -78,7 +95,7 @@ def _exit_at_once_on_interrupt(*, progress: bool):
     is restored afterwards, so ``pifs_jax.cli.main`` called in-process leaves no trace.
     """
 
-    def on_sigint(signum, frame):  # noqa: ARG001 - signal handler signature
+    def on_sigint(signum, frame):
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the exit
         with contextlib.suppress(Exception):
             sys.stdout.flush()
@@ -114,8 +131,13 @@ def run(args: argparse.Namespace) -> int:
             )
     with _exit_at_once_on_interrupt(progress=not args.no_progress):
         report = reproduce.run_reproduction(
-            args.out, args.only, args.quick, full=args.full,
-            experiments_dir=args.experiments_dir, progress=not args.no_progress, command=command_line(args.argv),
+            args.out,
+            args.only,
+            args.quick,
+            full=args.full,
+            experiments_dir=args.experiments_dir,
+            progress=not args.no_progress,
+            command=command_line(args.argv),
         )
     for outcome in report.outcomes:
         print(f"{'ok    ' if outcome.ok else 'FAILED'} {outcome.name} ({outcome.seconds:.1f} s)")
@@ -124,7 +146,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"{len(report.failed)} experiment(s) failed: {', '.join(report.failed)}", file=sys.stderr)
         return 1
     return 0
-
 
 
 SUBCOMMAND = Subcommand(

@@ -11,7 +11,15 @@ import argparse
 import time
 from pathlib import Path
 
-from pifs_jax.cli.common import Subcommand, UsageError, command_line, non_negative_int, output_dir, positive_int, usage_error_for
+from pifs_jax.cli.common import (
+    Subcommand,
+    UsageError,
+    command_line,
+    non_negative_int,
+    output_dir,
+    positive_int,
+    usage_error_for,
+)
 
 DESCRIPTION = """\
 Draw samples from a pretrained diffusers UNet2DModel (a google/ddpm-* pipeline folder or a bare
@@ -42,15 +50,25 @@ notes:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--diffusers", required=True, metavar="PATH",
-                        help="a diffusers pipeline folder (model_index.json, unet/, scheduler/) or a UNet2DModel folder")
+    parser.add_argument(
+        "--diffusers",
+        required=True,
+        metavar="PATH",
+        help="a diffusers pipeline folder (model_index.json, unet/, scheduler/) or a UNet2DModel folder",
+    )
     parser.add_argument("--steps", type=positive_int, default=50, metavar="N", help="DDIM steps (default: 50)")
     parser.add_argument("--num", type=positive_int, default=16, metavar="N", help="samples to draw (default: 16)")
     parser.add_argument("--seed", type=non_negative_int, default=0, metavar="S", help="seed of x_T (default: 0)")
-    parser.add_argument("--batch-size", type=positive_int, default=16, metavar="B",
-                        help="samples per compiled chain call (default: 16)")
-    parser.add_argument("--out", required=True, type=output_dir, metavar="DIR",
-                        help="output folder (created if missing; checked before any work)")
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=16, metavar="B", help="samples per compiled chain call (default: 16)"
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        type=output_dir,
+        metavar="DIR",
+        help="output folder (created if missing; checked before any work)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -68,8 +86,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         loaded = load_diffusers_unet(path)
         if loaded.schedule is None:
-            raise UsageError("--diffusers", f"{str(path)!r} holds no scheduler config (scheduler/scheduler_config.json "
-                             "or scheduler_config.json), so its schedule and sampling grid are unknown")
+            raise UsageError(
+                "--diffusers",
+                f"{str(path)!r} holds no scheduler config (scheduler/scheduler_config.json "
+                "or scheduler_config.json), so its schedule and sampling grid are unknown",
+            )
         grid = loaded.sampling_grid(args.steps)
     except UsageError:
         raise
@@ -83,27 +104,50 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     x_T = jax.random.normal(jax.random.PRNGKey(args.seed), (args.num,) + tuple(loaded.image_shape))
     start = time.perf_counter()
-    samples = sample_in_chunks(jax.tree_util.Partial(as_eps_fn, loaded.module), loaded.params, loaded.schedule, x_T,
-                               grid=grid, chunk=args.batch_size)
+    samples = sample_in_chunks(
+        jax.tree_util.Partial(as_eps_fn, loaded.module),
+        loaded.params,
+        loaded.schedule,
+        x_T,
+        grid=grid,
+        chunk=args.batch_size,
+    )
     seconds = time.perf_counter() - start
     buffer = io.BytesIO()
-    np.savez(buffer, samples=samples.astype(np.float32), x_T=np.asarray(x_T, np.float32), grid=np.asarray(grid),
-             seed=np.int64(args.seed))
+    np.savez(
+        buffer,
+        samples=samples.astype(np.float32),
+        x_T=np.asarray(x_T, np.float32),
+        grid=np.asarray(grid),
+        seed=np.int64(args.seed),
+    )
     atomic_write_bytes(out / "samples.npz", buffer.getvalue())
     save_image_grid(out / "samples.png", samples, scale=4 if max(loaded.image_shape[:2]) <= 64 else 1)
     write_result_json(
         out / "sample.json",
-        {"model": str(path.resolve()), "weights_file": str(loaded.weights_file), "image_shape": list(loaded.image_shape),
-         "grid": [int(t) for t in grid], "diffusers_timesteps": [int(t) - 1 for t in grid[1:]][::-1],
-         "num": args.num, "sampling_seconds": seconds,
-         "value_range": [float(v) if np.isfinite(v) else None for v in (samples.min(), samples.max())]},
-        config={"command": command_line(getattr(args, "argv", []) or []), "steps": args.steps, "num": args.num,
-                "batch_size": args.batch_size},
+        {
+            "model": str(path.resolve()),
+            "weights_file": str(loaded.weights_file),
+            "image_shape": list(loaded.image_shape),
+            "grid": [int(t) for t in grid],
+            "diffusers_timesteps": [int(t) - 1 for t in grid[1:]][::-1],
+            "num": args.num,
+            "sampling_seconds": seconds,
+            "value_range": [float(v) if np.isfinite(v) else None for v in (samples.min(), samples.max())],
+        },
+        config={
+            "command": command_line(getattr(args, "argv", []) or []),
+            "steps": args.steps,
+            "num": args.num,
+            "batch_size": args.batch_size,
+        },
         seed=args.seed,
     )
-    print(f"{args.num} samples of {path} ({loaded.image_shape[0]}x{loaded.image_shape[1]}x{loaded.image_shape[2]}), "
-          f"{args.steps} DDIM steps, in {seconds:.1f} s -> {out}/samples.png, samples.npz "
-          f"(values in [{samples.min():.3g}, {samples.max():.3g}])")
+    print(
+        f"{args.num} samples of {path} ({loaded.image_shape[0]}x{loaded.image_shape[1]}x{loaded.image_shape[2]}), "
+        f"{args.steps} DDIM steps, in {seconds:.1f} s -> {out}/samples.png, samples.npz "
+        f"(values in [{samples.min():.3g}, {samples.max():.3g}])"
+    )
     return 0
 
 

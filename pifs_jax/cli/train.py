@@ -113,80 +113,186 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from pifs_jax.schedules import SCHEDULE_NAMES
 
     what = parser.add_argument_group("model and data")
-    what.add_argument("--model", choices=MODEL_NAMES, default="dit",
-                      help="unet (DDPM-style, attention at the middle) or dit (tokens = PIFS patches) (default: dit)")
-    what.add_argument("--preset", choices=tuple(PRESETS), default=None,
-                      help="quick (16x16, small model, CPU minutes) or full (32x32, 8x8 patches, GPU) "
-                      "(default: quick)")
-    what.add_argument("--config", dest="deprecated_config", choices=tuple(PRESETS), default=None,
-                      help="deprecated alias of --preset")
-    what.add_argument("--data", choices=tuple(DATASETS), default=None,
-                      help="data set (default: photos16 for quick, photos32 for full)")
-    what.add_argument("--num-train", type=positive_int, default=None, metavar="N", help="training crops (default: preset)")
-    what.add_argument("--patch-size", type=positive_int, default=None, metavar="P",
-                      help="PIFS patch side (DiT token size, regulariser blocks, quality features) (default: side / 4)")
+    what.add_argument(
+        "--model",
+        choices=MODEL_NAMES,
+        default="dit",
+        help="unet (DDPM-style, attention at the middle) or dit (tokens = PIFS patches) (default: dit)",
+    )
+    what.add_argument(
+        "--preset",
+        choices=tuple(PRESETS),
+        default=None,
+        help="quick (16x16, small model, CPU minutes) or full (32x32, 8x8 patches, GPU) (default: quick)",
+    )
+    what.add_argument(
+        "--config", dest="deprecated_config", choices=tuple(PRESETS), default=None, help="deprecated alias of --preset"
+    )
+    what.add_argument(
+        "--data",
+        choices=tuple(DATASETS),
+        default=None,
+        help="data set (default: photos16 for quick, photos32 for full)",
+    )
+    what.add_argument(
+        "--num-train", type=positive_int, default=None, metavar="N", help="training crops (default: preset)"
+    )
+    what.add_argument(
+        "--patch-size",
+        type=positive_int,
+        default=None,
+        metavar="P",
+        help="PIFS patch side (DiT token size, regulariser blocks, quality features) (default: side / 4)",
+    )
 
     opt = parser.add_argument_group("optimisation")
-    opt.add_argument("--steps", type=positive_int, default=None, metavar="N",
-                     help="training steps in all; with --resume a larger N extends the run (default: preset)")
-    opt.add_argument("--batch-size", type=positive_int, default=None, metavar="B", help="images per step (default: preset)")
-    opt.add_argument("--lr", type=finite_float, default=None, metavar="LR", help="peak AdamW learning rate (default: preset)")
-    opt.add_argument("--weighting", choices=WEIGHTINGS, default=None,
-                     help="loss weighting (default: uniform)")
-    opt.add_argument("--min-snr-gamma", type=finite_float, default=None, metavar="G", help="Min-SNR clip gamma (default: 5)")
-    opt.add_argument("--mu", type=finite_float, default=None, metavar="MU",
-                     help="weight of the PIFS cross-block regulariser (default: 0 = off)")
-    opt.add_argument("--probes", type=positive_int, default=None, metavar="P",
-                     help="patches probed per sample and step by the regulariser (default: 1)")
+    opt.add_argument(
+        "--steps",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="training steps in all; with --resume a larger N extends the run (default: preset)",
+    )
+    opt.add_argument(
+        "--batch-size", type=positive_int, default=None, metavar="B", help="images per step (default: preset)"
+    )
+    opt.add_argument(
+        "--lr", type=finite_float, default=None, metavar="LR", help="peak AdamW learning rate (default: preset)"
+    )
+    opt.add_argument("--weighting", choices=WEIGHTINGS, default=None, help="loss weighting (default: uniform)")
+    opt.add_argument(
+        "--min-snr-gamma", type=finite_float, default=None, metavar="G", help="Min-SNR clip gamma (default: 5)"
+    )
+    opt.add_argument(
+        "--mu",
+        type=finite_float,
+        default=None,
+        metavar="MU",
+        help="weight of the PIFS cross-block regulariser (default: 0 = off)",
+    )
+    opt.add_argument(
+        "--probes",
+        type=positive_int,
+        default=None,
+        metavar="P",
+        help="patches probed per sample and step by the regulariser (default: 1)",
+    )
     opt.add_argument("--ema-decay", type=finite_float, default=None, metavar="D", help="EMA decay (default: preset)")
-    opt.add_argument("--schedule", choices=SCHEDULE_NAMES, default=None, metavar="NAME",
-                     help=f"noise schedule: {', '.join(SCHEDULE_NAMES)} (default: linear, DDPM's)")
-    opt.add_argument("--T", type=positive_int, default=None, metavar="T", help="training steps of the schedule (default: 1000)")
+    opt.add_argument(
+        "--schedule",
+        choices=SCHEDULE_NAMES,
+        default=None,
+        metavar="NAME",
+        help=f"noise schedule: {', '.join(SCHEDULE_NAMES)} (default: linear, DDPM's)",
+    )
+    opt.add_argument(
+        "--T", type=positive_int, default=None, metavar="T", help="training steps of the schedule (default: 1000)"
+    )
     opt.add_argument("--seed", type=non_negative_int, default=None, metavar="S", help="random seed (default: 0)")
-    opt.add_argument("--set", dest="assignments", action="append", default=[], metavar="FIELD=VALUE",
-                     help="any TrainConfig field, parsed with the field's type (repeatable; e.g. "
-                     "warmup_steps=10, lr_decay=constant, patch_size=none); a field also given by its "
-                     "own option is an error")
+    opt.add_argument(
+        "--set",
+        dest="assignments",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="any TrainConfig field, parsed with the field's type (repeatable; e.g. "
+        "warmup_steps=10, lr_decay=constant, patch_size=none); a field also given by its "
+        "own option is an error",
+    )
 
     run = parser.add_argument_group("run")
-    run.add_argument("--out", required=True, type=output_dir, metavar="DIR",
-                     help="output folder (created if missing; checked before any work)")
+    run.add_argument(
+        "--out",
+        required=True,
+        type=output_dir,
+        metavar="DIR",
+        help="output folder (created if missing; checked before any work)",
+    )
     again = run.add_mutually_exclusive_group()
-    again.add_argument("--resume", action="store_true",
-                       help="continue the run in --out from its checkpoint (a larger --steps extends it)")
-    again.add_argument("--overwrite", action="store_true",
-                       help="start afresh over the run in --out (deletes its checkpoint, log, samples and scores)")
-    run.add_argument("--checkpoint-every", type=positive_int, default=None, metavar="K",
-                     help="steps between checkpoints (default: preset)")
-    run.add_argument("--log-every", type=positive_int, default=None, metavar="K", help="steps between log lines (default: 10)")
-    run.add_argument("--sample-steps", type=positive_int, default=None, metavar="N",
-                     help="DDIM steps of the final samples and of the collage weighting's grid (default: 50)")
-    run.add_argument("--num-samples", type=non_negative_int, default=None, metavar="N",
-                     help="samples drawn and scored at the end; 0 = none (default: preset)")
+    again.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its checkpoint (a larger --steps extends it)",
+    )
+    again.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh over the run in --out (deletes its checkpoint, log, samples and scores)",
+    )
+    run.add_argument(
+        "--checkpoint-every",
+        type=positive_int,
+        default=None,
+        metavar="K",
+        help="steps between checkpoints (default: preset)",
+    )
+    run.add_argument(
+        "--log-every", type=positive_int, default=None, metavar="K", help="steps between log lines (default: 10)"
+    )
+    run.add_argument(
+        "--sample-steps",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="DDIM steps of the final samples and of the collage weighting's grid (default: 50)",
+    )
+    run.add_argument(
+        "--num-samples",
+        type=non_negative_int,
+        default=None,
+        metavar="N",
+        help="samples drawn and scored at the end; 0 = none (default: preset)",
+    )
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     par = parser.add_argument_group("parallel")
-    par.add_argument("--devices", type=positive_int, default=None, metavar="N",
-                     help="split each batch over N devices (a 'data' mesh axis; parameters and optimiser state "
-                     "replicated); --batch-size must be a multiple of N. More CPU devices: "
-                     "XLA_FLAGS=--xla_force_host_platform_device_count=N (default: 1; with --coordinator: "
-                     "every device of every process)")
-    par.add_argument("--coordinator", default=None, metavar="HOST:PORT",
-                     help="multi-process run: address of process 0 (jax.distributed.initialize); needs "
-                     "--num-processes and --process-id; only process 0 writes to --out")
-    par.add_argument("--num-processes", type=positive_int, default=None, metavar="P",
-                     help="processes in the multi-process run")
-    par.add_argument("--process-id", type=non_negative_int, default=None, metavar="I",
-                     help="this process's index, 0 .. P-1")
+    par.add_argument(
+        "--devices",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="split each batch over N devices (a 'data' mesh axis; parameters and optimiser state "
+        "replicated); --batch-size must be a multiple of N. More CPU devices: "
+        "XLA_FLAGS=--xla_force_host_platform_device_count=N (default: 1; with --coordinator: "
+        "every device of every process)",
+    )
+    par.add_argument(
+        "--coordinator",
+        default=None,
+        metavar="HOST:PORT",
+        help="multi-process run: address of process 0 (jax.distributed.initialize); needs "
+        "--num-processes and --process-id; only process 0 writes to --out",
+    )
+    par.add_argument(
+        "--num-processes", type=positive_int, default=None, metavar="P", help="processes in the multi-process run"
+    )
+    par.add_argument(
+        "--process-id", type=non_negative_int, default=None, metavar="I", help="this process's index, 0 .. P-1"
+    )
 
 
 #: TrainConfig fields (the arguments of :func:`pifs_jax.models.training.train_config`) -> options.
 _OPTIONS = {
-    "model": "--model", "data": "--data", "num_train": "--num-train", "patch_size": "--patch-size",
-    "steps": "--steps", "batch_size": "--batch-size", "lr": "--lr", "weighting": "--weighting",
-    "min_snr_gamma": "--min-snr-gamma", "mu": "--mu", "probes": "--probes", "ema_decay": "--ema-decay",
-    "seed": "--seed", "schedule": "--schedule", "T": "--T", "checkpoint_every": "--checkpoint-every", "log_every": "--log-every",
-    "sample_steps": "--sample-steps", "num_samples": "--num-samples", "devices": "--devices",
+    "model": "--model",
+    "data": "--data",
+    "num_train": "--num-train",
+    "patch_size": "--patch-size",
+    "steps": "--steps",
+    "batch_size": "--batch-size",
+    "lr": "--lr",
+    "weighting": "--weighting",
+    "min_snr_gamma": "--min-snr-gamma",
+    "mu": "--mu",
+    "probes": "--probes",
+    "ema_decay": "--ema-decay",
+    "seed": "--seed",
+    "schedule": "--schedule",
+    "T": "--T",
+    "checkpoint_every": "--checkpoint-every",
+    "log_every": "--log-every",
+    "sample_steps": "--sample-steps",
+    "num_samples": "--num-samples",
+    "devices": "--devices",
 }
 
 
@@ -223,11 +329,17 @@ def parse_assignments(assignments: list[str], given: dict[str, Any]) -> dict[str
 def _preset(args: argparse.Namespace) -> str:
     """--preset, or the deprecated --config (with a note on stderr), or ``quick``."""
     if args.deprecated_config is not None:
-        print(f"{PROG} train: note: --config is deprecated, use --preset {args.deprecated_config} "
-              "(in 'pifs-jax geometry' --config is a file)", file=sys.stderr)
+        print(
+            f"{PROG} train: note: --config is deprecated, use --preset {args.deprecated_config} "
+            "(in 'pifs-jax geometry' --config is a file)",
+            file=sys.stderr,
+        )
         if args.preset is not None and args.preset != args.deprecated_config:
-            raise UsageError("--preset", f"{args.preset!r} contradicts --config {args.deprecated_config!r} "
-                             "(its deprecated alias); give --preset only")
+            raise UsageError(
+                "--preset",
+                f"{args.preset!r} contradicts --config {args.deprecated_config!r} "
+                "(its deprecated alias); give --preset only",
+            )
     return args.preset or args.deprecated_config or "quick"
 
 
@@ -237,11 +349,17 @@ def _check_out(args: argparse.Namespace) -> None:
 
     checkpoint = Path(args.out) / CHECKPOINT_NAME
     if args.resume and not checkpoint.exists():
-        raise UsageError("--out", f"--resume given, but {str(args.out)!r} holds no checkpoint ({CHECKPOINT_NAME}) "
-                         "to resume; drop --resume to start a new run")
+        raise UsageError(
+            "--out",
+            f"--resume given, but {str(args.out)!r} holds no checkpoint ({CHECKPOINT_NAME}) "
+            "to resume; drop --resume to start a new run",
+        )
     if checkpoint.exists() and not (args.resume or args.overwrite):
-        raise UsageError("--out", f"{str(args.out)!r} already holds a checkpoint ({CHECKPOINT_NAME}); add --resume "
-                         "to continue it, --overwrite to start afresh (deleting it), or choose another --out")
+        raise UsageError(
+            "--out",
+            f"{str(args.out)!r} already holds a checkpoint ({CHECKPOINT_NAME}); add --resume "
+            "to continue it, --overwrite to start afresh (deleting it), or choose another --out",
+        )
 
 
 def _start_processes(args: argparse.Namespace) -> None:
@@ -251,14 +369,17 @@ def _start_processes(args: argparse.Namespace) -> None:
         return
     missing = [option for option, value in given.items() if value is None]
     if missing:
-        raise UsageError(missing[0], f"a multi-process run needs {', '.join(given)} together; missing {', '.join(missing)}")
+        raise UsageError(
+            missing[0], f"a multi-process run needs {', '.join(given)} together; missing {', '.join(missing)}"
+        )
     from pifs_jax.sharding import initialize_processes
 
     try:
         initialize_processes(args.coordinator, args.num_processes, args.process_id)
     except ValueError as exc:
-        error = usage_error_for(exc, {"coordinator": "--coordinator", "num_processes": "--num-processes",
-                                      "process_id": "--process-id"})
+        error = usage_error_for(
+            exc, {"coordinator": "--coordinator", "num_processes": "--num-processes", "process_id": "--process-id"}
+        )
         if error is None:
             raise
         raise error from None
@@ -291,24 +412,34 @@ def run(args: argparse.Namespace) -> int:
         raise usage_error_for(exc, _OPTIONS, default="--devices") from None
     _check_out(args)
     result = train(config, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
-    print(f"trained {config.model} ({config.size}) on {config.data} for {int(result.state.step)} steps "
-          f"in {result.seconds:.1f} s -> {result.out_dir}")
+    print(
+        f"trained {config.model} ({config.size}) on {config.data} for {int(result.state.step)} steps "
+        f"in {result.seconds:.1f} s -> {result.out_dir}"
+    )
     if result.quality is not None:
         q = result.quality
         ref = q.get("empirical") or {}
         for key, what in (("fd_patches", "aligned"), ("fd_patches_straddling", "straddling")):
-            print(f"  Frechet distance to test crops, {what} patches: model {q['model'][key]:.4g}, "
-                  f"empirical denoiser {ref.get(key, float('nan')):.4g}, training crops "
-                  f"{q['train_crops'][key]:.4g}, noise {q['noise'][key]:.4g}")
-        print(f"  sample values in [{q['sample_range'][0]:.3g}, {q['sample_range'][1]:.3g}], "
-              f"{100 * q['fraction_outside_data_range']:.3g}% outside the data range "
-              f"[{q['data_range'][0]:.3g}, {q['data_range'][1]:.3g}] (scored as drawn; clipped only in samples.png)")
-        print(f"  nearest-training-crop RMS distance: model {q['model']['nn_distance_mean']:.4g}, "
-              f"empirical denoiser {ref.get('nn_distance_mean', float('nan')):.4g}, test crops "
-              f"{q['test_crops']['nn_distance_mean']:.4g} (memorisation ratio {q['memorisation_ratio']:.3g})")
+            print(
+                f"  Frechet distance to test crops, {what} patches: model {q['model'][key]:.4g}, "
+                f"empirical denoiser {ref.get(key, float('nan')):.4g}, training crops "
+                f"{q['train_crops'][key]:.4g}, noise {q['noise'][key]:.4g}"
+            )
+        print(
+            f"  sample values in [{q['sample_range'][0]:.3g}, {q['sample_range'][1]:.3g}], "
+            f"{100 * q['fraction_outside_data_range']:.3g}% outside the data range "
+            f"[{q['data_range'][0]:.3g}, {q['data_range'][1]:.3g}] (scored as drawn; clipped only in samples.png)"
+        )
+        print(
+            f"  nearest-training-crop RMS distance: model {q['model']['nn_distance_mean']:.4g}, "
+            f"empirical denoiser {ref.get('nn_distance_mean', float('nan')):.4g}, test crops "
+            f"{q['test_crops']['nn_distance_mean']:.4g} (memorisation ratio {q['memorisation_ratio']:.3g})"
+        )
         useful = q["useful"]
-        print(f"  useful ({useful['criterion']}): {'yes' if useful['passes'] else 'no'} "
-              f"(gap closed: aligned {useful['fd_gap_closed_aligned']:.4f}, straddling {useful['fd_gap_closed_straddling']:.4f})")
+        print(
+            f"  useful ({useful['criterion']}): {'yes' if useful['passes'] else 'no'} "
+            f"(gap closed: aligned {useful['fd_gap_closed_aligned']:.4f}, straddling {useful['fd_gap_closed_straddling']:.4f})"
+        )
     return 0
 
 

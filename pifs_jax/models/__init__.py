@@ -36,6 +36,7 @@ from typing import Any
 
 import flax.linen as nn
 
+from pifs_jax.errors import ArgumentError
 from pifs_jax.models.common import (
     SelfAttention,
     TimeEmbedding,
@@ -45,7 +46,6 @@ from pifs_jax.models.common import (
     init_params,
     sinusoidal_embedding,
 )
-from pifs_jax.models.dit import PatchTransformer
 from pifs_jax.models.diffusers_unet import (
     DiffusersUNet2D,
     LoadedDiffusersUNet,
@@ -53,28 +53,28 @@ from pifs_jax.models.diffusers_unet import (
     seeded_diffusers_weights,
     write_random_diffusers_unet,
 )
+from pifs_jax.models.dit import PatchTransformer
 from pifs_jax.models.unet import UNet
 from pifs_jax.patches import patch_layout
-from pifs_jax.errors import ArgumentError
 
 __all__ = [
-    "UNet",
-    "PatchTransformer",
     "MODEL_NAMES",
     "MODEL_SIZES",
-    "make_model",
-    "model_from_config",
-    "init_params",
+    "DiffusersUNet2D",
+    "LoadedDiffusersUNet",
+    "PatchTransformer",
+    "SelfAttention",
+    "TimeEmbedding",
+    "UNet",
     "as_eps_fn",
     "attention_entropy",
     "count_params",
-    "sinusoidal_embedding",
-    "SelfAttention",
-    "TimeEmbedding",
+    "init_params",
     "load_diffusers_unet",
-    "LoadedDiffusersUNet",
-    "DiffusersUNet2D",
+    "make_model",
+    "model_from_config",
     "seeded_diffusers_weights",
+    "sinusoidal_embedding",
     "write_random_diffusers_unet",
 ]
 
@@ -84,8 +84,12 @@ MODEL_SIZES = ("quick", "full")
 _DEFAULT_IMAGE_SHAPE = {"quick": (16, 16, 3), "full": (32, 32, 3)}
 _DEFAULT_PATCH_SIZE = {"quick": 4, "full": 8}
 _HYPER = {
-    ("unet", "quick"): dict(channels=16, channel_mults=(1, 2), num_res_blocks=1, attention_resolutions=(), num_heads=1, groups=4),
-    ("unet", "full"): dict(channels=64, channel_mults=(1, 2, 2), num_res_blocks=2, attention_resolutions=(16,), num_heads=1, groups=32),
+    ("unet", "quick"): dict(
+        channels=16, channel_mults=(1, 2), num_res_blocks=1, attention_resolutions=(), num_heads=1, groups=4
+    ),
+    ("unet", "full"): dict(
+        channels=64, channel_mults=(1, 2, 2), num_res_blocks=2, attention_resolutions=(16,), num_heads=1, groups=32
+    ),
     ("dit", "quick"): dict(hidden=64, depth=3, num_heads=4, mlp_ratio=4, pos_embedding="learned", decoder_features=16),
     ("dit", "full"): dict(hidden=256, depth=6, num_heads=8, mlp_ratio=4, pos_embedding="learned", decoder_features=16),
 }
@@ -102,25 +106,33 @@ def _check_config(name: str, config: dict) -> None:
     if len(shape) != 3 or any(int(s) < 1 for s in shape):
         raise ArgumentError("image_shape", f"expected (H, W, C) with positive sizes, got {shape}")
     height, width, _ = shape
-    for field in ("num_heads",) + (("channels", "num_res_blocks", "groups") if name == "unet" else ("hidden", "depth", "mlp_ratio")):
+    for field in ("num_heads",) + (
+        ("channels", "num_res_blocks", "groups") if name == "unet" else ("hidden", "depth", "mlp_ratio")
+    ):
         value = config[field]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ArgumentError(field, f"expected a positive integer, got {value!r}")
     if name == "dit":
         value = config["decoder_features"]
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ArgumentError("decoder_features", f"expected a non-negative integer (0 = linear per-patch decoder), got {value!r}")
+            raise ArgumentError(
+                "decoder_features", f"expected a non-negative integer (0 = linear per-patch decoder), got {value!r}"
+            )
     if name == "unet":
         mults = tuple(config["channel_mults"])
         if not mults or any(int(m) < 1 for m in mults):
             raise ArgumentError("channel_mults", f"expected a non-empty tuple of positive integers, got {mults}")
         factor = 2 ** (len(mults) - 1)
         if height % factor or width % factor:
-            raise ArgumentError("image_shape", f"a UNet with {len(mults)} levels downsamples by {factor}, so H and W must be "
-                f"multiples of {factor}; got {shape} (e.g. {(factor * max(1, height // factor), factor * max(1, width // factor), shape[2])})"
+            raise ArgumentError(
+                "image_shape",
+                f"a UNet with {len(mults)} levels downsamples by {factor}, so H and W must be "
+                f"multiples of {factor}; got {shape} (e.g. {(factor * max(1, height // factor), factor * max(1, width // factor), shape[2])})",
             )
         if config["channels"] % config["groups"]:
-            raise ArgumentError("groups", f"{config['groups']} GroupNorm groups must divide channels = {config['channels']}")
+            raise ArgumentError(
+                "groups", f"{config['groups']} GroupNorm groups must divide channels = {config['channels']}"
+            )
         widths = {config["channels"] * m for m in mults}
         if any(w % config["num_heads"] for w in widths):
             raise ArgumentError("num_heads", f"{config['num_heads']} heads must divide every width {sorted(widths)}")
@@ -149,7 +161,11 @@ def model_from_config(config: dict) -> nn.Module:
         missing, unknown = sorted(fields - set(config)), sorted(set(config) - fields)
         raise ArgumentError("config", f"fields do not match a {name!r} model (missing {missing}, unknown {unknown})")
     _check_config(name, config)
-    kwargs = {k: (tuple(int(v) for v in config[k]) if k in _TUPLE_FIELDS else config[k]) for k in config if k not in ("name", "size")}
+    kwargs = {
+        k: (tuple(int(v) for v in config[k]) if k in _TUPLE_FIELDS else config[k])
+        for k in config
+        if k not in ("name", "size")
+    }
     if name == "unet":
         kwargs.pop("patch_size")  # the analysis partition; not part of the UNet's architecture
         return UNet(**kwargs)
@@ -197,7 +213,9 @@ def make_model(
     hyper = dict(_HYPER[(name, size)])
     unknown = sorted(set(overrides) - set(hyper))
     if unknown:
-        raise ArgumentError("overrides", f"unknown hyper-parameter(s) {unknown} for {name!r}; expected some of {sorted(hyper)}")
+        raise ArgumentError(
+            "overrides", f"unknown hyper-parameter(s) {unknown} for {name!r}; expected some of {sorted(hyper)}"
+        )
     hyper.update(overrides)
     if image_shape is None:
         image_shape = _DEFAULT_IMAGE_SHAPE[size]

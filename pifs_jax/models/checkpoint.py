@@ -12,10 +12,10 @@ from pifs_jax.checkpoint import (
 
 __all__ = [
     "CHECKPOINT_NAME",
-    "save_checkpoint",
+    "config_differences",
     "load_checkpoint",
     "read_checkpoint",
     "read_checkpoint_header",
-    "config_differences",
     "remove_partial_writes",
+    "save_checkpoint",
 ]

@@ -23,24 +23,26 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
 from pifs_jax.errors import ArgumentError
 
 __all__ = [
-    "sinusoidal_embedding",
-    "TimeEmbedding",
-    "SelfAttention",
-    "attention_entropy",
-    "init_params",
-    "as_eps_fn",
     "ModuleDenoiser",
-    "count_params",
+    "SelfAttention",
+    "TimeEmbedding",
+    "as_eps_fn",
+    "attention_entropy",
     "check_model_input",
+    "count_params",
+    "init_params",
+    "sinusoidal_embedding",
 ]
 
 

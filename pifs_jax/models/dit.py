@@ -47,11 +47,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pifs_jax.errors import ArgumentError
 from pifs_jax.models.common import SelfAttention, TimeEmbedding, check_model_input
 from pifs_jax.patches import patch_layout, patchify, unpatchify
-from pifs_jax.errors import ArgumentError
 
-__all__ = ["PatchTransformer", "DiTBlock", "sincos_position_embedding"]
+__all__ = ["DiTBlock", "PatchTransformer", "sincos_position_embedding"]
 
 _zeros = nn.initializers.zeros
 
@@ -135,7 +135,8 @@ class PatchTransformer(nn.Module):
         layout = patch_layout(tuple(self.image_shape), self.patch_size)
         shape = layout.image_shape
         t = check_model_input(
-            x, t,
+            x,
+            t,
             f"(B,) + image_shape = (B, {shape[0]}, {shape[1]}, {shape[2]}) (tiled by patch_size = {layout.patch_size})",
             x.ndim == 4 and tuple(x.shape[1:]) == tuple(shape),
         )

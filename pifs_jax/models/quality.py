@@ -49,23 +49,23 @@ from typing import Any
 
 import numpy as np
 
-from pifs_jax.patches import patch_layout
 from pifs_jax.errors import ArgumentError
+from pifs_jax.patches import patch_layout
 
 __all__ = [
-    "nearest_neighbour_distances",
-    "patch_features",
-    "straddling_patch_features",
-    "frechet_distance",
-    "frechet_patch_distance",
-    "value_range",
-    "sample_quality",
-    "quality_report",
-    "image_grid",
-    "save_image_grid",
-    "sample_figure",
     "USEFUL_FD_GAP",
     "USEFUL_MEMORISATION_RATIO",
+    "frechet_distance",
+    "frechet_patch_distance",
+    "image_grid",
+    "nearest_neighbour_distances",
+    "patch_features",
+    "quality_report",
+    "sample_figure",
+    "sample_quality",
+    "save_image_grid",
+    "straddling_patch_features",
+    "value_range",
 ]
 
 #: A useful model closes this fraction of the Frechet patch gap between noise and memorisation.
@@ -81,7 +81,7 @@ def _images(x: Any, name: str) -> np.ndarray:
     if x.ndim != 4 or x.shape[0] < 1:
         raise ArgumentError(name, f"expected images of shape (N, H, W, C) with N >= 1, got {x.shape}")
     if not np.all(np.isfinite(x)):
-        raise ArgumentError(name, f"contains non-finite values")
+        raise ArgumentError(name, "contains non-finite values")
     return x
 
 
@@ -106,11 +106,11 @@ def nearest_neighbour_distances(samples: Any, reference: Any, *, chunk: int = 25
     b2 = np.sum(b * b, axis=1)
     dists, index = np.empty(len(a)), np.empty(len(a), np.int64)
     for start in range(0, len(a), chunk):
-        block = a[start:start + chunk]
+        block = a[start : start + chunk]
         d2 = np.sum(block * block, axis=1)[:, None] - 2 * block @ b.T + b2[None, :]
         idx = np.argmin(d2, axis=1)
-        index[start:start + chunk] = idx
-        dists[start:start + chunk] = np.sqrt(np.maximum(d2[np.arange(len(block)), idx], 0.0) / n)
+        index[start : start + chunk] = idx
+        dists[start : start + chunk] = np.sqrt(np.maximum(d2[np.arange(len(block)), idx], 0.0) / n)
     return dists, index
 
 
@@ -134,8 +134,10 @@ def straddling_patch_features(images: Any, *, patch_size: int) -> np.ndarray:
     layout = patch_layout(x.shape[1:], patch_size)
     p, o = layout.patch_size, layout.patch_size // 2
     if layout.rows < 2 or layout.cols < 2:
-        raise ArgumentError("patch_size", f"straddling patches need at least 2 x 2 patches, got {layout.rows} x {layout.cols}")
-    return patch_features(x[:, o:o + x.shape[1] - p, o:o + x.shape[2] - p], patch_size=p)
+        raise ArgumentError(
+            "patch_size", f"straddling patches need at least 2 x 2 patches, got {layout.rows} x {layout.cols}"
+        )
+    return patch_features(x[:, o : o + x.shape[1] - p, o : o + x.shape[2] - p], patch_size=p)
 
 
 def _sqrtm_psd(s: np.ndarray) -> np.ndarray:
@@ -152,7 +154,9 @@ def frechet_distance(features_a: Any, features_b: Any) -> float:
     a = np.asarray(features_a, np.float64)
     b = np.asarray(features_b, np.float64)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
-        raise ArgumentError("features", f"expected two (N, d) arrays with the same d and N >= 2, got {a.shape}, {b.shape}")
+        raise ArgumentError(
+            "features", f"expected two (N, d) arrays with the same d and N >= 2, got {a.shape}, {b.shape}"
+        )
     mu_a, mu_b = a.mean(0), b.mean(0)
     s_a, s_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
     root_a = _sqrtm_psd(s_a)
@@ -252,17 +256,21 @@ def quality_report(
     train_subset = train[rng.choice(len(train), size=min(count, len(train)), replace=False)]
     test_subset = test[: min(len(test), max(count, 256))]
     test_nn, _ = nearest_neighbour_distances(test_subset, train)
-    real = {"nn_distance_mean": float(np.mean(test_nn)), "nn_distance_median": float(np.median(test_nn)),
-            "nn_distance_min": float(np.min(test_nn))}
+    real = {
+        "nn_distance_mean": float(np.mean(test_nn)),
+        "nn_distance_median": float(np.median(test_nn)),
+        "nn_distance_min": float(np.min(test_nn)),
+    }
     report: dict[str, Any] = {
         "model": sample_quality(x, train=train, test=test, patch_size=patch_size),
         "empirical": None,
         "train_crops": _fd_pair(train_subset, test, patch_size),
         "test_crops": real,
-        "noise": sample_quality(np.clip(rng.standard_normal(x.shape), -1.0, 1.0), train=train, test=test,
-                                patch_size=patch_size),
+        "noise": sample_quality(
+            np.clip(rng.standard_normal(x.shape), -1.0, 1.0), train=train, test=test, patch_size=patch_size
+        ),
         "features": f"raw {patch_size}x{patch_size}x{x.shape[-1]} patch vectors (non-overlapping) of the samples "
-                    "as drawn (not clipped); noise reference N(0, I) clipped to [-1, 1]",
+        "as drawn (not clipped); noise reference N(0, I) clipped to [-1, 1]",
         "num_samples": count,
     }
     report["sample_range"] = [report["model"]["min"], report["model"]["max"]]
@@ -304,7 +312,7 @@ def image_grid(images: Any, *, columns: int | None = None, pad: int = 1) -> np.n
     for i in range(count):
         r, col = divmod(i, columns)
         top, left = pad + r * (h + pad), pad + col * (w + pad)
-        canvas[top:top + h, left:left + w] = (x[i] + 1) / 2
+        canvas[top : top + h, left : left + w] = (x[i] + 1) / 2
     picture = np.round(canvas * 255).astype(np.uint8)
     return picture[..., 0] if c == 1 else picture
 
@@ -341,9 +349,11 @@ def sample_figure(samples: Any, *, title: str, data: Any | None = None, max_imag
     note = f"{len(shown)} of {len(x)} samples, clipped to [-1, 1] for display only"
     if data is not None:
         stats = value_range(x, data)
-        note += (f"\nvalues in [{stats['min']:.3g}, {stats['max']:.3g}], "
-                 f"{100 * stats['fraction_outside_data_range']:.3g}% outside the data range "
-                 f"[{stats['data_min']:.3g}, {stats['data_max']:.3g}]")
+        note += (
+            f"\nvalues in [{stats['min']:.3g}, {stats['max']:.3g}], "
+            f"{100 * stats['fraction_outside_data_range']:.3g}% outside the data range "
+            f"[{stats['data_min']:.3g}, {stats['data_max']:.3g}]"
+        )
     picture = image_grid(shown)
     side = max(5.0, min(8.0, picture.shape[1] / 40))
     fig, ax = new_figure(figsize=(side, side + 0.8), dpi=150)

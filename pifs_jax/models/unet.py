@@ -39,7 +39,7 @@ import jax.numpy as jnp
 
 from pifs_jax.models.common import SelfAttention, TimeEmbedding, check_model_input
 
-__all__ = ["UNet", "ResBlock", "AttentionBlock"]
+__all__ = ["AttentionBlock", "ResBlock", "UNet"]
 
 _zeros = nn.initializers.zeros
 
@@ -117,7 +117,8 @@ class UNet(nn.Module):
         fits = x.ndim == 4 and x.shape[1] % factor == 0 and x.shape[2] % factor == 0 and x.shape[3] == c_in
         h_, w_ = int(self.image_shape[0]), int(self.image_shape[1])
         t = check_model_input(
-            x, t,
+            x,
+            t,
             f"(B, {h_}, {w_}, {c_in}) (or any H, W that are multiples of {factor}, the UNet's downsampling "
             f"factor for {len(self.channel_mults)} levels, with C = {c_in})",
             fits,
@@ -133,10 +134,13 @@ class UNet(nn.Module):
                 h = ResBlock(self.channels * mult, self.groups, name=f"down{level}_res{i}")(h, temb)
                 if h.shape[1] in self.attention_resolutions:
                     h, attention[f"down{level}_attn{i}"] = AttentionBlock(
-                        self.num_heads, self.groups, name=f"down{level}_attn{i}")(h)
+                        self.num_heads, self.groups, name=f"down{level}_attn{i}"
+                    )(h)
                 skips.append(h)
             if level != levels - 1:
-                h = nn.Conv(h.shape[-1], (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), name=f"down{level}_downsample")(h)
+                h = nn.Conv(
+                    h.shape[-1], (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), name=f"down{level}_downsample"
+                )(h)
                 skips.append(h)
 
         mid = self.channels * self.channel_mults[-1]
@@ -147,10 +151,13 @@ class UNet(nn.Module):
         for level in reversed(range(levels)):
             width = self.channels * self.channel_mults[level]
             for i in range(self.num_res_blocks + 1):
-                h = ResBlock(width, self.groups, name=f"up{level}_res{i}")(jnp.concatenate([h, skips.pop()], axis=-1), temb)
+                h = ResBlock(width, self.groups, name=f"up{level}_res{i}")(
+                    jnp.concatenate([h, skips.pop()], axis=-1), temb
+                )
                 if h.shape[1] in self.attention_resolutions:
                     h, attention[f"up{level}_attn{i}"] = AttentionBlock(
-                        self.num_heads, self.groups, name=f"up{level}_attn{i}")(h)
+                        self.num_heads, self.groups, name=f"up{level}_attn{i}"
+                    )(h)
             if level != 0:
                 h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)  # nearest-neighbour x2
                 h = nn.Conv(width, (3, 3), name=f"up{level}_upsample")(h)

@@ -24,6 +24,13 @@ Example:
 """
 
 from pifs_jax.grids import grid_to_diffusers_timesteps, round_grid
+from pifs_jax.optimize.diagnostics import (
+    MAX_STALLED_FRACTION,
+    STALL_TOLERANCE,
+    fit_error,
+    schedule_warnings,
+    stalled_fraction,
+)
 from pifs_jax.optimize.engine import (
     CHECKPOINT_FILE,
     Diverged,
@@ -32,13 +39,6 @@ from pifs_jax.optimize.engine import (
     compiled_update_count,
     load_checkpoint,
     save_checkpoint,
-)
-from pifs_jax.optimize.diagnostics import (
-    MAX_STALLED_FRACTION,
-    STALL_TOLERANCE,
-    fit_error,
-    schedule_warnings,
-    stalled_fraction,
 )
 from pifs_jax.optimize.families import FAMILIES, fit_to_schedule, schedule_family
 from pifs_jax.optimize.grid_optimizer import GridResult, optimize_grid
@@ -54,32 +54,32 @@ from pifs_jax.optimize.objective import (
 from pifs_jax.optimize.schedule_optimizer import OptimizeResult, optimize_schedule
 
 __all__ = [
+    "CHECKPOINT_FILE",
     "CRITERIA",
+    "DEFAULT_SIZES",
+    "DEFAULT_VARIANCES",
     "FAMILIES",
     "GROWTH_MEASURES",
-    "DEFAULT_VARIANCES",
-    "DEFAULT_SIZES",
-    "criterion_name",
-    "schedule_family",
-    "fit_to_schedule",
-    "schedule_objective",
-    "ScheduleObjective",
-    "OptimizerState",
-    "OptimizeResult",
-    "optimize_schedule",
-    "GridResult",
-    "optimize_grid",
-    "round_grid",
-    "grid_to_diffusers_timesteps",
-    "CHECKPOINT_FILE",
-    "save_checkpoint",
-    "load_checkpoint",
-    "compiled_update_count",
-    "Diverged",
-    "check_checkpoint_dir",
-    "STALL_TOLERANCE",
     "MAX_STALLED_FRACTION",
-    "stalled_fraction",
-    "schedule_warnings",
+    "STALL_TOLERANCE",
+    "Diverged",
+    "GridResult",
+    "OptimizeResult",
+    "OptimizerState",
+    "ScheduleObjective",
+    "check_checkpoint_dir",
+    "compiled_update_count",
+    "criterion_name",
     "fit_error",
+    "fit_to_schedule",
+    "grid_to_diffusers_timesteps",
+    "load_checkpoint",
+    "optimize_grid",
+    "optimize_schedule",
+    "round_grid",
+    "save_checkpoint",
+    "schedule_family",
+    "schedule_objective",
+    "schedule_warnings",
+    "stalled_fraction",
 ]

@@ -21,7 +21,7 @@ import numpy as np
 from pifs_jax.errors import ArgumentError
 from pifs_jax.schedules import Schedule
 
-__all__ = ["STALL_TOLERANCE", "MAX_STALLED_FRACTION", "stalled_fraction", "schedule_warnings", "fit_error"]
+__all__ = ["MAX_STALLED_FRACTION", "STALL_TOLERANCE", "fit_error", "schedule_warnings", "stalled_fraction"]
 
 #: Fraction of the logSNR range within which a step counts as stalled at an end value.
 STALL_TOLERANCE = 0.05

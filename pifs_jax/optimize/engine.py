@@ -27,16 +27,16 @@ from pifs_jax.loop import Checkpointing, run_loop
 
 __all__ = [
     "CHECKPOINT_FILE",
+    "Diverged",
     "OptimizerState",
     "Outcome",
-    "save_checkpoint",
-    "load_checkpoint",
-    "update_step",
+    "check_checkpoint_dir",
     "compiled_update_count",
     "default_optimizer",
-    "check_checkpoint_dir",
-    "Diverged",
+    "load_checkpoint",
     "run_optimization",
+    "save_checkpoint",
+    "update_step",
 ]
 
 #: File name of the checkpoint inside ``checkpoint_dir`` (:data:`pifs_jax.checkpoint.CHECKPOINT_NAME`).
@@ -84,7 +84,8 @@ def load_checkpoint(
         for key, values in stored.items():
             if np.shape(values) != (step,):
                 raise ArgumentError(
-                    "checkpoint", f"{str(path)!r} is corrupted: history {key!r} has shape {np.shape(values)}, not ({step},)"
+                    "checkpoint",
+                    f"{str(path)!r} is corrupted: history {key!r} has shape {np.shape(values)}, not ({step},)",
                 )
         target_history = {k: np.zeros((step,), np.asarray(v).dtype) for k, v in stored.items()}
         loaded = ckpt.load_checkpoint(
@@ -145,7 +146,9 @@ def _check_finite_params(params: Any) -> None:
             continue
         arr = np.asarray(leaf)
         if not np.issubdtype(arr.dtype, np.floating):
-            raise ArgumentError("params", f"leaf {jax.tree_util.keystr(path)} must be a float array, got dtype {arr.dtype}")
+            raise ArgumentError(
+                "params", f"leaf {jax.tree_util.keystr(path)} must be a float array, got dtype {arr.dtype}"
+            )
         if not np.all(np.isfinite(arr)):
             raise ArgumentError("params", f"leaf {jax.tree_util.keystr(path)} has non-finite values: {describe(arr)}")
 
@@ -258,7 +261,9 @@ def run_optimization(
         state, history = load_checkpoint(path, state, config=config)
         start = int(state.step)
         if start > iterations:
-            raise ArgumentError("iterations", f"the checkpoint is already at step {start}, beyond iterations = {iterations}")
+            raise ArgumentError(
+                "iterations", f"the checkpoint is already at step {start}, beyond iterations = {iterations}"
+            )
     if not np.isfinite(initial[0]["loss"]):
         raise ArgumentError(
             "params", f"the objective is not finite at the initial parameters (loss = {initial[0]['loss']!r})"

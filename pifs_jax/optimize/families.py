@@ -24,7 +24,7 @@ from pifs_jax.errors import ArgumentError
 from pifs_jax.learnable import LearnableSchedule, logsnr_spline, monotone_network
 from pifs_jax.schedules import Schedule, cosine, shift_log_snr
 
-__all__ = ["FAMILIES", "schedule_family", "fit_to_schedule"]
+__all__ = ["FAMILIES", "fit_to_schedule", "schedule_family"]
 
 #: Learnable families of :func:`schedule_family`.
 FAMILIES = ("spline", "network", "cosine_offset", "logsnr_shift")
@@ -129,8 +129,9 @@ def schedule_family(
     if alpha_bar_T is not None:
         if name in ("cosine_offset", "logsnr_shift"):
             raise ArgumentError(
-                "alpha_bar_T", f"cannot be fixed in the {name!r} family (its terminal value moves with the "
-                "parameter); use family 'spline' or 'network'"
+                "alpha_bar_T",
+                f"cannot be fixed in the {name!r} family (its terminal value moves with the "
+                "parameter); use family 'spline' or 'network'",
             )
         if not (np.isfinite(alpha_bar_T) and 0 < alpha_bar_T < 1):
             raise ArgumentError("alpha_bar_T", f"must lie in (0, 1), got {alpha_bar_T!r}")
@@ -172,7 +173,7 @@ def schedule_family(
         raise ArgumentError(
             culprit,
             f"the family needs logSNR_T = {lo:.6g} below logsnr_max = {hi:.6g} "
-            f"(alpha_bar_T = {1 / (1 + math.exp(-lo)):.6g} is outside the family's range)"
+            f"(alpha_bar_T = {1 / (1 + math.exp(-lo)):.6g} is outside the family's range)",
         )
     if name == "spline":
         family = _cached_spline(T, n_knots, lo, hi)
@@ -183,5 +184,3 @@ def schedule_family(
         if start is not None:
             params = fit_to_schedule(family, params, start)
     return family, jax.tree_util.tree_map(lambda v: jnp.asarray(v, dtype), params)
-
-

@@ -145,12 +145,18 @@ def optimize_grid(
     if last > sched.T:
         raise ArgumentError("last", f"must not exceed the schedule's T = {sched.T}, got {last}")
     if num_steps > last:
-        raise ArgumentError("num_steps", f"cannot exceed the {last} training steps up to last = {last}, got {num_steps}")
+        raise ArgumentError(
+            "num_steps", f"cannot exceed the {last} training steps up to last = {last}, got {num_steps}"
+        )
     if kind not in WORK_KINDS:
         raise ArgumentError("kind", f"unknown work definition {kind!r}; expected one of {', '.join(WORK_KINDS)}")
     optimizer, optimizer_config = default_optimizer(optimizer, learning_rate)
     config = {
-        "num_steps": num_steps, "last": last, "kind": kind, "T": sched.T, "schedule": _digest(sched),
+        "num_steps": num_steps,
+        "last": last,
+        "kind": kind,
+        "T": sched.T,
+        "schedule": _digest(sched),
         "optimizer": optimizer_config,
     }
     if run_config is not None:

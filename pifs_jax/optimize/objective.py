@@ -23,12 +23,12 @@ from pifs_jax.schedules import Schedule
 
 __all__ = [
     "CRITERIA",
-    "GROWTH_MEASURES",
-    "DEFAULT_VARIANCES",
     "DEFAULT_SIZES",
+    "DEFAULT_VARIANCES",
+    "GROWTH_MEASURES",
+    "ScheduleObjective",
     "criterion_name",
     "schedule_objective",
-    "ScheduleObjective",
 ]
 
 #: The three design criteria (docs/theory.md section 8), as accepted by :func:`schedule_objective`.
@@ -46,7 +46,8 @@ def criterion_name(name: str) -> str:
     canonical = str(name).strip().lower().replace("-", "_")
     if canonical not in CRITERIA:
         raise ArgumentError(
-            "criterion", f"unknown criterion {name!r}; expected one of {', '.join(c.replace('_', '-') for c in CRITERIA)}"
+            "criterion",
+            f"unknown criterion {name!r}; expected one of {', '.join(c.replace('_', '-') for c in CRITERIA)}",
         )
     return canonical
 
@@ -61,7 +62,7 @@ def schedule_objective(
     growth_measure: str = "growth",
     num_steps: int = 10,
     work_kind: str = "inverse_threshold",
-) -> "ScheduleObjective":
+) -> ScheduleObjective:
     """A weighted combination of the criteria as a loss to minimise: ``objective(sched) -> (loss, metrics)``.
 
     ``loss = w_1 (-log softmin_t L*_t) + w_2 CV(Delta d)^2 + w_3 CV(W)^2`` for the criteria named in
@@ -114,8 +115,14 @@ def schedule_objective(
     if grid is not None:
         grid = tuple(int(v) for v in np.asarray(grid).tolist())
     return ScheduleObjective(
-        tuple(canonical.items()), grid, tuple(float(v) for v in np.ravel(variances)),
-        tuple(float(v) for v in np.ravel(sizes)), float(temperature), growth_measure, num_steps, work_kind,
+        tuple(canonical.items()),
+        grid,
+        tuple(float(v) for v in np.ravel(variances)),
+        tuple(float(v) for v in np.ravel(sizes)),
+        float(temperature),
+        growth_measure,
+        num_steps,
+        work_kind,
     )
 
 
@@ -157,5 +164,3 @@ class ScheduleObjective(NamedTuple):
             metrics["workload"] = wk.cv
         metrics["loss"] = loss
         return loss, metrics
-
-

@@ -39,9 +39,7 @@ class _ScheduleLoss(NamedTuple):
         del data
         sched = self.apply(params)
         loss, metrics = self.objective(sched)
-        valid = (
-            jnp.all(jnp.isfinite(sched.log_alpha_bar)) & jnp.all(jnp.isfinite(sched.gaps)) & jnp.all(sched.gaps > 0)
-        )
+        valid = jnp.all(jnp.isfinite(sched.log_alpha_bar)) & jnp.all(jnp.isfinite(sched.gaps)) & jnp.all(sched.gaps > 0)
         loss = jnp.where(valid, loss, jnp.nan)
         return loss, ({**metrics, "loss": loss}, sched)
 
@@ -117,7 +115,9 @@ def optimize_schedule(
         with a smaller ``learning_rate`` continues from it).
     """
     if not isinstance(family, LearnableSchedule):
-        raise ArgumentError("family", f"expected a LearnableSchedule (see schedule_family), got {type(family).__name__}")
+        raise ArgumentError(
+            "family", f"expected a LearnableSchedule (see schedule_family), got {type(family).__name__}"
+        )
     optimizer, optimizer_config = default_optimizer(optimizer, learning_rate)
     outcome = run_optimization(
         _ScheduleLoss(family.apply, objective),
@@ -148,5 +148,3 @@ def optimize_schedule(
         outcome.state,
         outcome.start,
     )
-
-

@@ -22,15 +22,15 @@ from pifs_jax.models.diffusers_unet.modules import DiffusersUNet2D, diffusers_ti
 from pifs_jax.models.diffusers_unet.seeded import seeded_diffusers_weights, write_random_diffusers_unet
 
 __all__ = [
-    "load_diffusers_unet",
-    "LoadedDiffusersUNet",
     "DiffusersUNet2D",
+    "LoadedDiffusersUNet",
     "UNet2DConfig",
-    "read_unet_config",
-    "diffusers_weight_shapes",
-    "diffusers_to_flax",
-    "flax_to_diffusers",
     "diffusers_timestep_embedding",
+    "diffusers_to_flax",
+    "diffusers_weight_shapes",
+    "flax_to_diffusers",
+    "load_diffusers_unet",
+    "read_unet_config",
     "seeded_diffusers_weights",
     "write_random_diffusers_unet",
 ]

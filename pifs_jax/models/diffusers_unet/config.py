@@ -40,13 +40,13 @@ from pifs_jax._validation import read_json_object
 from pifs_jax.errors import ArgumentError
 
 __all__ = [
+    "CONFIG_FILE_NAME",
+    "DOWN_BLOCK_TYPES",
+    "UNET2D_DEFAULTS",
+    "UNET_CLASS_NAME",
+    "UP_BLOCK_TYPES",
     "UNet2DConfig",
     "read_unet_config",
-    "CONFIG_FILE_NAME",
-    "UNET_CLASS_NAME",
-    "DOWN_BLOCK_TYPES",
-    "UP_BLOCK_TYPES",
-    "UNET2D_DEFAULTS",
 ]
 
 CONFIG_FILE_NAME = "config.json"
@@ -195,15 +195,15 @@ def _positive_int(raw: Mapping[str, Any], key: str, where: str) -> int:
 def _load(source: Mapping[str, Any] | str | os.PathLike) -> tuple[dict[str, Any], str]:
     """The raw config and `` (in 'file')`` for messages."""
     loaded, path = read_json_object(
-        source, file_name=CONFIG_FILE_NAME, what="a model config",
+        source,
+        file_name=CONFIG_FILE_NAME,
+        what="a model config",
         missing_hint=f" (a diffusers model folder holds {CONFIG_FILE_NAME} beside its weights)",
     )
     return loaded, "" if path is None else f" (in {str(path)!r})"
 
 
-def read_unet_config(
-    config: Mapping[str, Any] | str | os.PathLike, *, ignore: Iterable[str] = ()
-) -> UNet2DConfig:
+def read_unet_config(config: Mapping[str, Any] | str | os.PathLike, *, ignore: Iterable[str] = ()) -> UNet2DConfig:
     """Check a diffusers ``UNet2DModel`` config and fill in diffusers' defaults.
 
     Args:
@@ -223,13 +223,19 @@ def read_unet_config(
     class_name = raw.get("_class_name")
     if class_name != UNET_CLASS_NAME:
         what = "has no _class_name" if class_name is None else f"is a {class_name!r}"
-        raise ArgumentError("_class_name", f"expected a diffusers {UNET_CLASS_NAME} config; this config {what}{where}. "
-                            f"Only {UNET_CLASS_NAME} (the google/ddpm-* networks) is read")
+        raise ArgumentError(
+            "_class_name",
+            f"expected a diffusers {UNET_CLASS_NAME} config; this config {what}{where}. "
+            f"Only {UNET_CLASS_NAME} (the google/ddpm-* networks) is read",
+        )
     ignored = set(ignore)
     unknown = sorted(k for k in raw if not k.startswith("_") and k not in UNET2D_DEFAULTS and k not in ignored)
     if unknown:
-        raise ArgumentError(unknown[0], f"unknown {UNET_CLASS_NAME} config key(s) {unknown}{where}; pass "
-                            "ignore=(...) to accept a key that does not change the network")
+        raise ArgumentError(
+            unknown[0],
+            f"unknown {UNET_CLASS_NAME} config key(s) {unknown}{where}; pass "
+            "ignore=(...) to accept a key that does not change the network",
+        )
     merged = {**UNET2D_DEFAULTS, **{k: v for k, v in raw.items() if k in UNET2D_DEFAULTS}}
     for key, allowed in _ONLY.items():
         if merged[key] not in allowed:
@@ -237,13 +243,16 @@ def read_unet_config(
 
     blocks = merged["block_out_channels"]
     if not isinstance(blocks, (list, tuple)) or not blocks or not all(_is_int(c) and c >= 1 for c in blocks):
-        raise ArgumentError("block_out_channels", f"expected a non-empty list of positive integers, got {blocks!r}{where}")
+        raise ArgumentError(
+            "block_out_channels", f"expected a non-empty list of positive integers, got {blocks!r}{where}"
+        )
     blocks = tuple(int(c) for c in blocks)
     for key, supported in (("down_block_types", DOWN_BLOCK_TYPES), ("up_block_types", UP_BLOCK_TYPES)):
         types = merged[key]
         if not isinstance(types, (list, tuple)) or len(types) != len(blocks):
-            raise ArgumentError(key, f"expected a list of {len(blocks)} block types (one per block_out_channels), "
-                                f"got {types!r}{where}")
+            raise ArgumentError(
+                key, f"expected a list of {len(blocks)} block types (one per block_out_channels), got {types!r}{where}"
+            )
         for name in types:
             if name not in supported:
                 raise ArgumentError(key, f"block type {name!r} is not supported{where}; supported: {list(supported)}")
@@ -251,9 +260,12 @@ def read_unet_config(
     in_channels = _positive_int(merged, "in_channels", where)
     out_channels = _positive_int(merged, "out_channels", where)
     if out_channels != in_channels:
-        raise ArgumentError("out_channels", f"expected out_channels = in_channels = {in_channels} (a noise "
-                            f"predictor of the image's shape), got {out_channels}{where}; learned-variance "
-                            "outputs are not read")
+        raise ArgumentError(
+            "out_channels",
+            f"expected out_channels = in_channels = {in_channels} (a noise "
+            f"predictor of the image's shape), got {out_channels}{where}; learned-variance "
+            "outputs are not read",
+        )
     size = merged["sample_size"]
     if _is_int(size) and size >= 1:
         height = width = int(size)
@@ -263,21 +275,26 @@ def read_unet_config(
         raise ArgumentError("sample_size", f"expected a positive integer or [height, width], got {size!r}{where}")
     factor = 2 ** (len(blocks) - 1)
     if height % factor or width % factor:
-        raise ArgumentError("sample_size", f"{len(blocks)} blocks downsample by {factor}, so the sample size must be "
-                            f"a multiple of {factor}; got {size!r}{where}")
+        raise ArgumentError(
+            "sample_size",
+            f"{len(blocks)} blocks downsample by {factor}, so the sample size must be "
+            f"a multiple of {factor}; got {size!r}{where}",
+        )
 
     layers = _positive_int(merged, "layers_per_block", where)
     groups = _positive_int(merged, "norm_num_groups", where)
     bad = [c for c in blocks if c % groups]
     if bad:
-        raise ArgumentError("norm_num_groups", f"{groups} groups must divide every width in block_out_channels, "
-                            f"not {bad}{where}")
+        raise ArgumentError(
+            "norm_num_groups", f"{groups} groups must divide every width in block_out_channels, not {bad}{where}"
+        )
     attn_groups = merged["attn_norm_num_groups"]
     if attn_groups is not None:
         attn_groups = _positive_int(merged, "attn_norm_num_groups", where)
         if blocks[-1] % attn_groups:
-            raise ArgumentError("attn_norm_num_groups", f"{attn_groups} groups must divide the middle width "
-                                f"{blocks[-1]}{where}")
+            raise ArgumentError(
+                "attn_norm_num_groups", f"{attn_groups} groups must divide the middle width {blocks[-1]}{where}"
+            )
     head_dim = merged["attention_head_dim"]
     if head_dim is not None:
         head_dim = _positive_int(merged, "attention_head_dim", where)
@@ -286,8 +303,11 @@ def read_unet_config(
         widths += [blocks[-1]] if merged["add_attention"] else []
         narrow = sorted({w for w in widths if w < head_dim})
         if narrow:
-            raise ArgumentError("attention_head_dim", f"{head_dim} is wider than the attention layer(s) over "
-                                f"{narrow} channels (no head would be left){where}")
+            raise ArgumentError(
+                "attention_head_dim",
+                f"{head_dim} is wider than the attention layer(s) over "
+                f"{narrow} channels (no head would be left){where}",
+            )
     padding = merged["downsample_padding"]
     if padding not in (0, 1) or isinstance(padding, bool):
         raise ArgumentError("downsample_padding", f"expected 0 or 1, got {padding!r}{where}")
@@ -297,16 +317,26 @@ def read_unet_config(
     for key in ("center_input_sample", "flip_sin_to_cos", "add_attention"):
         if not isinstance(merged[key], bool):
             raise ArgumentError(key, f"expected true or false, got {merged[key]!r}{where}")
-    for key, positive in (("freq_shift", False), ("norm_eps", True), ("mid_block_scale_factor", True), ("dropout", False)):
+    for key, positive in (
+        ("freq_shift", False),
+        ("norm_eps", True),
+        ("mid_block_scale_factor", True),
+        ("dropout", False),
+    ):
         value = merged[key]
         if not _is_real(value) or (positive and value <= 0):
             raise ArgumentError(key, f"expected a finite{' positive' if positive else ''} number, got {value!r}{where}")
     half = blocks[0] // 2
     if half - merged["freq_shift"] == 0:
-        raise ArgumentError("freq_shift", f"{merged['freq_shift']!r} equals half the embedding width "
-                            f"block_out_channels[0] / 2 = {half}: the sinusoid's frequencies divide by zero{where}")
+        raise ArgumentError(
+            "freq_shift",
+            f"{merged['freq_shift']!r} equals half the embedding width "
+            f"block_out_channels[0] / 2 = {half}: the sinusoid's frequencies divide by zero{where}",
+        )
     if merged["num_train_timesteps"] is not None and not _is_int(merged["num_train_timesteps"]):
-        raise ArgumentError("num_train_timesteps", f"expected an integer or null, got {merged['num_train_timesteps']!r}{where}")
+        raise ArgumentError(
+            "num_train_timesteps", f"expected an integer or null, got {merged['num_train_timesteps']!r}{where}"
+        )
     return UNet2DConfig(
         image_shape=(height, width, in_channels),
         block_out_channels=blocks,

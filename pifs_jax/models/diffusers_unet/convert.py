@@ -33,10 +33,10 @@ from pifs_jax.models.diffusers_unet.modules import DiffusersUNet2D
 
 __all__ = [
     "LEGACY_ATTENTION_NAMES",
-    "rename_legacy_keys",
-    "diffusers_weight_shapes",
     "diffusers_to_flax",
+    "diffusers_weight_shapes",
     "flax_to_diffusers",
+    "rename_legacy_keys",
 ]
 
 #: Early diffusers' attention parameter names -> today's (inside ``attentions.N``).
@@ -52,7 +52,11 @@ def rename_legacy_keys(keys: list[str] | Any) -> dict[str, str]:
     renamed = {}
     for key in keys:
         match = _LEGACY.search(key)
-        new = key[: match.start()] + match.group(1) + LEGACY_ATTENTION_NAMES[match.group(2)] + match.group(3) if match else key
+        new = (
+            key[: match.start()] + match.group(1) + LEGACY_ATTENTION_NAMES[match.group(2)] + match.group(3)
+            if match
+            else key
+        )
         renamed[new] = key
     return renamed
 

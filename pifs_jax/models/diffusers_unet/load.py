@@ -84,8 +84,11 @@ class LoadedDiffusersUNet:
         from pifs_jax.interop import diffusers_config_grid
 
         if self.scheduler_config is None:
-            raise ArgumentError("steps", "this model folder has no scheduler config, so no sampling grid; use "
-                                "pifs_jax.uniform_grid(T, steps) with the schedule it was trained with")
+            raise ArgumentError(
+                "steps",
+                "this model folder has no scheduler config, so no sampling grid; use "
+                "pifs_jax.uniform_grid(T, steps) with the schedule it was trained with",
+            )
         return diffusers_config_grid({**self.scheduler_config, "set_alpha_to_one": True}, steps)
 
 
@@ -102,25 +105,37 @@ def _read_json(path: Path) -> dict:
 def _model_and_scheduler_folders(path: Path) -> tuple[Path, Path | None]:
     """``(folder holding config.json and the weights, folder holding scheduler_config.json or None)``."""
     if not path.is_dir():
-        raise ArgumentError("path", f"expected a diffusers model or pipeline folder, got {str(path)!r} "
-                            f"({'a file' if path.exists() else 'not found'})")
+        raise ArgumentError(
+            "path",
+            f"expected a diffusers model or pipeline folder, got {str(path)!r} "
+            f"({'a file' if path.exists() else 'not found'})",
+        )
     index_file = path / "model_index.json"
     if index_file.is_file():
         index = _read_json(index_file)
         entry = index.get("unet")
         if entry is None:
-            raise ArgumentError("path", f"{str(index_file)!r} names no 'unet' component (components: "
-                                f"{sorted(k for k in index if not k.startswith('_'))}); expected a {UNET_CLASS_NAME} "
-                                "pipeline such as DDPMPipeline")
+            raise ArgumentError(
+                "path",
+                f"{str(index_file)!r} names no 'unet' component (components: "
+                f"{sorted(k for k in index if not k.startswith('_'))}); expected a {UNET_CLASS_NAME} "
+                "pipeline such as DDPMPipeline",
+            )
         if not (isinstance(entry, list) and len(entry) == 2 and entry[1] == UNET_CLASS_NAME):
-            raise ArgumentError("_class_name", f"the pipeline's unet is {entry!r} in {str(index_file)!r}; only "
-                                f"{UNET_CLASS_NAME} (the google/ddpm-* networks) is read")
+            raise ArgumentError(
+                "_class_name",
+                f"the pipeline's unet is {entry!r} in {str(index_file)!r}; only "
+                f"{UNET_CLASS_NAME} (the google/ddpm-* networks) is read",
+            )
         scheduler = path / "scheduler"
         return path / "unet", (scheduler if (scheduler / _SCHEDULER_FILE).is_file() else None)
     if not (path / CONFIG_FILE_NAME).is_file():
-        raise ArgumentError("path", f"{str(path)!r} is neither a diffusers pipeline folder (model_index.json, "
-                            f"unet/, scheduler/) nor a model folder ({CONFIG_FILE_NAME} and "
-                            "diffusion_pytorch_model.safetensors)")
+        raise ArgumentError(
+            "path",
+            f"{str(path)!r} is neither a diffusers pipeline folder (model_index.json, "
+            f"unet/, scheduler/) nor a model folder ({CONFIG_FILE_NAME} and "
+            "diffusion_pytorch_model.safetensors)",
+        )
     return path, (path if (path / _SCHEDULER_FILE).is_file() else None)
 
 
@@ -162,16 +177,22 @@ def load_diffusers_unet(path: str | os.PathLike, *, dtype: Any = np.float32, ign
     path = Path(path)
     model_folder, scheduler_folder = _model_and_scheduler_folders(path)
     if not (model_folder / CONFIG_FILE_NAME).is_file():
-        raise ArgumentError("path", f"{str(model_folder / CONFIG_FILE_NAME)!r} not found: the pipeline's unet/ "
-                            "folder holds the model's config beside its weights")
+        raise ArgumentError(
+            "path",
+            f"{str(model_folder / CONFIG_FILE_NAME)!r} not found: the pipeline's unet/ "
+            "folder holds the model's config beside its weights",
+        )
     config = read_unet_config(model_folder, ignore=ignore)
     schedule = scheduler_config = None
     if scheduler_folder is not None:
         scheduler_config = load_config(scheduler_folder)
         prediction = scheduler_config.get("prediction_type") or "epsilon"
         if prediction != "epsilon":
-            raise ArgumentError("prediction_type", f"{prediction!r} in {str(scheduler_folder / _SCHEDULER_FILE)!r}: "
-                                "only eps-predicting networks are read (their output is the package's eps_fn)")
+            raise ArgumentError(
+                "prediction_type",
+                f"{prediction!r} in {str(scheduler_folder / _SCHEDULER_FILE)!r}: "
+                "only eps-predicting networks are read (their output is the package's eps_fn)",
+            )
         schedule = from_diffusers_config(scheduler_folder / _SCHEDULER_FILE)
     weights_file = find_weight_file(model_folder)
     state = read_weights(weights_file, diffusers_weight_shapes(config))

@@ -49,10 +49,10 @@ from pifs_jax.models.common import check_model_input
 from pifs_jax.models.diffusers_unet.config import UNet2DConfig
 
 __all__ = [
-    "DiffusersUNet2D",
-    "ResnetBlock2D",
     "AttentionBlock2D",
+    "DiffusersUNet2D",
     "Downsample2D",
+    "ResnetBlock2D",
     "Upsample2D",
     "diffusers_timestep_embedding",
 ]
@@ -122,8 +122,10 @@ class AttentionBlock2D(nn.Module):
         b, height, width, c = x.shape
         length, inner = height * width, self.heads * self.head_dim
         tokens = _group_norm(self.groups, self.eps, "group_norm")(x).reshape(b, length, c)
-        q, k, v = (nn.Dense(inner, name=name)(tokens).reshape(b, length, self.heads, self.head_dim)
-                   for name in ("to_q", "to_k", "to_v"))
+        q, k, v = (
+            nn.Dense(inner, name=name)(tokens).reshape(b, length, self.heads, self.head_dim)
+            for name in ("to_q", "to_k", "to_v")
+        )
         logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(jnp.asarray(self.head_dim, q.dtype))
         weights = jax.nn.softmax(logits, axis=-1)
         out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, length, inner)
@@ -171,7 +173,8 @@ class _DownBlock(nn.Module):
             if with_attention:
                 heads, head_dim = cfg.heads(width)
                 h, attention[f"down_blocks.{i}.attentions.{j}"] = AttentionBlock2D(
-                    heads, head_dim, cfg.norm_num_groups, cfg.norm_eps, name=f"attentions_{j}")(h)
+                    heads, head_dim, cfg.norm_num_groups, cfg.norm_eps, name=f"attentions_{j}"
+                )(h)
             outputs.append(h)
         if i != len(cfg.block_out_channels) - 1:
             h = Downsample2D(width, cfg.downsample_padding, name="downsamplers_0")(h)
@@ -193,7 +196,8 @@ class _MidBlock(nn.Module):
             heads, head_dim = cfg.heads(width)
             groups = cfg.attn_norm_num_groups or cfg.norm_num_groups
             h, attention["mid_block.attentions.0"] = AttentionBlock2D(
-                heads, head_dim, groups, cfg.norm_eps, scale, name="attentions_0")(h)
+                heads, head_dim, groups, cfg.norm_eps, scale, name="attentions_0"
+            )(h)
         return ResnetBlock2D(width, cfg.norm_num_groups, cfg.norm_eps, scale, name="resnets_1")(h, temb)
 
 
@@ -214,7 +218,8 @@ class _UpBlock(nn.Module):
             if with_attention:
                 heads, head_dim = cfg.heads(width)
                 h, attention[f"up_blocks.{i}.attentions.{j}"] = AttentionBlock2D(
-                    heads, head_dim, cfg.norm_num_groups, cfg.norm_eps, name=f"attentions_{j}")(h)
+                    heads, head_dim, cfg.norm_num_groups, cfg.norm_eps, name=f"attentions_{j}"
+                )(h)
         if i != len(cfg.block_out_channels) - 1:
             h = Upsample2D(width, name="upsamplers_0")(h)
         return h
@@ -244,15 +249,17 @@ class DiffusersUNet2D(nn.Module):
         fits = x.ndim == 4 and x.shape[1] % factor == 0 and x.shape[2] % factor == 0 and x.shape[3] == c_in
         height, width = cfg.image_shape[:2]
         t = check_model_input(
-            x, t,
+            x,
+            t,
             f"(B, {height}, {width}, {c_in}) (or any H, W that are multiples of {factor}, the downsampling "
             f"factor of {len(cfg.block_out_channels)} blocks, with C = {c_in})",
             fits,
         )
         if cfg.center_input_sample:
             x = 2 * x - 1
-        emb = diffusers_timestep_embedding(t - 1, cfg.block_out_channels[0], flip_sin_to_cos=cfg.flip_sin_to_cos,
-                                           freq_shift=cfg.freq_shift).astype(x.dtype)
+        emb = diffusers_timestep_embedding(
+            t - 1, cfg.block_out_channels[0], flip_sin_to_cos=cfg.flip_sin_to_cos, freq_shift=cfg.freq_shift
+        ).astype(x.dtype)
         temb = _TimestepEmbedding(cfg.time_embed_dim, name="time_embedding")(emb)
         attention: dict = {}
 

@@ -22,7 +22,7 @@ from pifs_jax.models.diffusers_unet.convert import diffusers_weight_shapes
 from pifs_jax.models.diffusers_unet.weights import SAFETENSORS_NAME
 from pifs_jax.results import atomic_write_text
 
-__all__ = ["seeded_diffusers_weights", "write_random_diffusers_unet", "DDPM_SCHEDULER_CONFIG"]
+__all__ = ["DDPM_SCHEDULER_CONFIG", "seeded_diffusers_weights", "write_random_diffusers_unet"]
 
 #: The scheduler config of the ``google/ddpm-*`` pipelines (DDPM's linear betas, 1000 steps).
 DDPM_SCHEDULER_CONFIG: dict[str, Any] = {
@@ -104,7 +104,9 @@ def write_random_diffusers_unet(
     save_file(seeded_diffusers_weights(config, seed), str(folder / "unet" / SAFETENSORS_NAME))
     if scheduler_config is not None:
         (folder / "scheduler").mkdir(exist_ok=True)
-        atomic_write_text(folder / "scheduler" / "scheduler_config.json", json.dumps(dict(scheduler_config), indent=2) + "\n")
+        atomic_write_text(
+            folder / "scheduler" / "scheduler_config.json", json.dumps(dict(scheduler_config), indent=2) + "\n"
+        )
         index["scheduler"] = ["diffusers", str(scheduler_config.get("_class_name", "DDPMScheduler"))]
     atomic_write_text(folder / "model_index.json", json.dumps(index, indent=2) + "\n")
     return folder

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+
 import numpy as np
 
 from pifs_jax.errors import ArgumentError
 from pifs_jax.models.diffusers_unet.convert import rename_legacy_keys
 
-__all__ = ["SAFETENSORS_NAME", "PICKLE_NAME", "find_weight_file", "read_weights", "check_weight_layout"]
+__all__ = ["PICKLE_NAME", "SAFETENSORS_NAME", "check_weight_layout", "find_weight_file", "read_weights"]
 
 SAFETENSORS_NAME = "diffusion_pytorch_model.safetensors"
 PICKLE_NAME = "diffusion_pytorch_model.bin"
@@ -37,11 +38,14 @@ def find_weight_file(folder: str | os.PathLike) -> Path:
             return folder / name
     shards = sorted(p.name for p in folder.glob("diffusion_pytorch_model*.index.json"))
     if shards:
-        raise ArgumentError("path", f"{str(folder / shards[0])!r}: sharded weights are not read; merge the shards "
-                            f"into one {SAFETENSORS_NAME}")
+        raise ArgumentError(
+            "path",
+            f"{str(folder / shards[0])!r}: sharded weights are not read; merge the shards into one {SAFETENSORS_NAME}",
+        )
     present = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
-    raise ArgumentError("path", f"no weight file in {str(folder)!r}: expected {SAFETENSORS_NAME} (or {PICKLE_NAME}), "
-                        f"found {present}")
+    raise ArgumentError(
+        "path", f"no weight file in {str(folder)!r}: expected {SAFETENSORS_NAME} (or {PICKLE_NAME}), found {present}"
+    )
 
 
 def _listed(keys: list[str]) -> str:
@@ -63,12 +67,20 @@ def check_weight_layout(path: Path, stored: dict[str, tuple[int, ...]], expected
     if extra:
         problems.append(f"{len(extra)} key(s) the config does not imply: {_listed(extra)}")
     if wrong:
-        problems.append("wrong shape for " + ", ".join(
-            f"{k!r} (stored {tuple(stored[k])}, the config implies {tuple(expected[k])})" for k in wrong[:_SHOWN]
-        ) + (f" and {len(wrong) - _SHOWN} more" if len(wrong) > _SHOWN else ""))
+        problems.append(
+            "wrong shape for "
+            + ", ".join(
+                f"{k!r} (stored {tuple(stored[k])}, the config implies {tuple(expected[k])})" for k in wrong[:_SHOWN]
+            )
+            + (f" and {len(wrong) - _SHOWN} more" if len(wrong) > _SHOWN else "")
+        )
     if problems:
-        raise ArgumentError("path", f"{str(path)!r} does not match its config: " + "; ".join(problems)
-                            + ". Is the config.json beside it the one it was saved with?")
+        raise ArgumentError(
+            "path",
+            f"{str(path)!r} does not match its config: "
+            + "; ".join(problems)
+            + ". Is the config.json beside it the one it was saved with?",
+        )
 
 
 def _read_safetensors(path: Path, expected: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
@@ -82,29 +94,39 @@ def _read_safetensors(path: Path, expected: dict[str, tuple[int, ...]]) -> dict[
             check_weight_layout(path, {new: tuple(s.get_shape()) for new, s in slices.items()}, expected)
             unread = sorted(k for k, d in dtypes.items() if d not in _FLOAT_DTYPES)
             if unread:
-                raise ArgumentError("path", f"{str(path)!r}: weights {_listed(unread)} have dtype(s) "
-                                    f"{sorted({dtypes[k] for k in unread})}; expected float16, float32 or float64 "
-                                    "(NumPy, which reads the file without torch, has no bfloat16)")
+                raise ArgumentError(
+                    "path",
+                    f"{str(path)!r}: weights {_listed(unread)} have dtype(s) "
+                    f"{sorted({dtypes[k] for k in unread})}; expected float16, float32 or float64 "
+                    "(NumPy, which reads the file without torch, has no bfloat16)",
+                )
             return {new: handle.get_tensor(old) for new, old in names.items()}
     except (SafetensorError, OSError, ValueError, TypeError) as err:
         if isinstance(err, ArgumentError):
             raise
-        raise ArgumentError("path", f"cannot read {str(path)!r} as safetensors (truncated or corrupt?): {err}") from None
+        raise ArgumentError(
+            "path", f"cannot read {str(path)!r} as safetensors (truncated or corrupt?): {err}"
+        ) from None
 
 
 def _read_pickle(path: Path, expected: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
     try:
         import torch
     except ImportError:
-        raise ArgumentError("path", f"{str(path)!r} is a PyTorch pickle, which needs PyTorch to read, and torch is "
-                            f"not installed. Either install it (pip install 'pifs_jax[diffusers]'), or convert the "
-                            f"file once where torch is installed to {SAFETENSORS_NAME} beside it, e.g. "
-                            "safetensors.torch.save_file(torch.load(path, weights_only=True), "
-                            f"'{SAFETENSORS_NAME}'); that file is read without torch") from None
+        raise ArgumentError(
+            "path",
+            f"{str(path)!r} is a PyTorch pickle, which needs PyTorch to read, and torch is "
+            f"not installed. Either install it (pip install 'pifs_jax[diffusers]'), or convert the "
+            f"file once where torch is installed to {SAFETENSORS_NAME} beside it, e.g. "
+            "safetensors.torch.save_file(torch.load(path, weights_only=True), "
+            f"'{SAFETENSORS_NAME}'); that file is read without torch",
+        ) from None
     try:
         loaded = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - torch raises many types for corrupt pickles
-        raise ArgumentError("path", f"cannot read {str(path)!r} with torch.load (truncated or corrupt?): {err}") from None
+    except Exception as err:
+        raise ArgumentError(
+            "path", f"cannot read {str(path)!r} with torch.load (truncated or corrupt?): {err}"
+        ) from None
     if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
         raise ArgumentError("path", f"{str(path)!r} does not hold a state dict of tensors")
     names = rename_legacy_keys(list(loaded))

@@ -18,7 +18,7 @@ from pifs_jax.errors import ArgumentError
 from pifs_jax.models import MODEL_NAMES, MODEL_SIZES
 from pifs_jax.models.training.losses import WEIGHTINGS
 
-__all__ = ["LR_DECAYS", "TrainConfig", "PRESETS", "train_config", "parse_field_value"]
+__all__ = ["LR_DECAYS", "PRESETS", "TrainConfig", "parse_field_value", "train_config"]
 
 #: Learning-rate decays of :func:`~pifs_jax.models.training.trainer.make_optimizer`.
 LR_DECAYS = ("cosine", "constant")
@@ -97,12 +97,26 @@ class TrainConfig:
         def bad(name, expected):
             raise ArgumentError(name, f"expected {expected}, got {getattr(self, name)!r}")
 
-        for name, allowed in (("model", MODEL_NAMES), ("size", MODEL_SIZES), ("weighting", WEIGHTINGS),
-                              ("lr_decay", LR_DECAYS)):
+        for name, allowed in (
+            ("model", MODEL_NAMES),
+            ("size", MODEL_SIZES),
+            ("weighting", WEIGHTINGS),
+            ("lr_decay", LR_DECAYS),
+        ):
             if getattr(self, name) not in allowed:
                 bad(name, f"one of {', '.join(allowed)}")
-        for name in ("num_train", "num_test", "steps", "batch_size", "T", "sample_steps",
-                     "checkpoint_every", "log_every", "probes", "devices"):
+        for name in (
+            "num_train",
+            "num_test",
+            "steps",
+            "batch_size",
+            "T",
+            "sample_steps",
+            "checkpoint_every",
+            "log_every",
+            "probes",
+            "devices",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 bad(name, "a positive integer")
@@ -125,8 +139,11 @@ class TrainConfig:
         if self.sample_steps > self.T:
             bad("sample_steps", f"at most T = {self.T}")
         if self.batch_size % self.devices:
-            bad("devices", f"a divisor of batch_size = {self.batch_size} (each device takes batch_size / devices "
-                "images; change --batch-size or --devices)")
+            bad(
+                "devices",
+                f"a divisor of batch_size = {self.batch_size} (each device takes batch_size / devices "
+                "images; change --batch-size or --devices)",
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """All fields as a JSON-able dict."""
@@ -142,7 +159,7 @@ class TrainConfig:
         shape = DATASETS.get(self.data)
         return None if shape is None else tuple(shape)
 
-    def resolved(self) -> "TrainConfig":
+    def resolved(self) -> TrainConfig:
         """The config with ``patch_size`` filled in (image side / 4: 16 patches)."""
         if self.patch_size is not None:
             return self
@@ -154,10 +171,32 @@ class TrainConfig:
 #: Presets. ``quick``: a useful 16x16 model on a 2-core CPU in under 10 minutes (see the training guide).
 #: ``full``: 32x32 crops, 8x8 patches (16 patches of 192 coordinates), DiT-sized for a GPU.
 PRESETS: dict[str, dict[str, Any]] = {
-    "quick": dict(size="quick", data="photos16", num_train=4096, num_test=1024, steps=4000, batch_size=64,
-                  lr=2e-3, warmup_steps=100, ema_decay=0.999, checkpoint_every=500, num_samples=256),
-    "full": dict(size="full", data="photos32", num_train=16384, num_test=2048, steps=100_000, batch_size=128,
-                 lr=3e-4, warmup_steps=1000, ema_decay=0.9999, checkpoint_every=2000, num_samples=1024),
+    "quick": dict(
+        size="quick",
+        data="photos16",
+        num_train=4096,
+        num_test=1024,
+        steps=4000,
+        batch_size=64,
+        lr=2e-3,
+        warmup_steps=100,
+        ema_decay=0.999,
+        checkpoint_every=500,
+        num_samples=256,
+    ),
+    "full": dict(
+        size="full",
+        data="photos32",
+        num_train=16384,
+        num_test=2048,
+        steps=100_000,
+        batch_size=128,
+        lr=3e-4,
+        warmup_steps=1000,
+        ema_decay=0.9999,
+        checkpoint_every=2000,
+        num_samples=1024,
+    ),
 }
 
 
@@ -165,8 +204,14 @@ def _named_values() -> dict[str, tuple[str, ...]]:
     """TrainConfig string fields -> their allowed names (defined once in the library)."""
     from pifs_jax.schedules import SCHEDULE_NAMES
 
-    return {"model": tuple(MODEL_NAMES), "size": tuple(MODEL_SIZES), "data": tuple(DATASETS),
-            "weighting": tuple(WEIGHTINGS), "lr_decay": LR_DECAYS, "schedule": tuple(SCHEDULE_NAMES)}
+    return {
+        "model": tuple(MODEL_NAMES),
+        "size": tuple(MODEL_SIZES),
+        "data": tuple(DATASETS),
+        "weighting": tuple(WEIGHTINGS),
+        "lr_decay": LR_DECAYS,
+        "schedule": tuple(SCHEDULE_NAMES),
+    }
 
 
 def parse_field_value(name: str, text: str) -> Any:

@@ -22,7 +22,7 @@ from pifs_jax.models.training.config import TrainConfig
 from pifs_jax.models.training.trainer import TrainState, initial_train_state, model_for_config, resume_identity
 from pifs_jax.schedules import Schedule
 
-__all__ = ["LoadedRun", "load_run", "evaluate_run", "sample_in_chunks", "plot_metrics_log"]
+__all__ = ["LoadedRun", "evaluate_run", "load_run", "plot_metrics_log", "sample_in_chunks"]
 
 
 class LoadedRun(NamedTuple):
@@ -106,12 +106,19 @@ def evaluate_run(
         bar.set_postfix_str("model samples", refresh=False)
         t0 = time.perf_counter()
         # Partials of module-level functions: equal for equal modules (one compilation per architecture)
-        samples = sample_in_chunks(jax.tree_util.Partial(as_eps_fn, module), params, sched, x_T, grid=grid,
-                                   on_chunk=lambda: bar.update(1))
+        samples = sample_in_chunks(
+            jax.tree_util.Partial(as_eps_fn, module), params, sched, x_T, grid=grid, on_chunk=lambda: bar.update(1)
+        )
         sample_seconds = time.perf_counter() - t0
         bar.set_postfix_str("empirical denoiser samples", refresh=False)
-        reference = sample_in_chunks(jax.tree_util.Partial(empirical_denoiser, sched), jnp.asarray(train_images), sched,
-                                     x_T, grid=grid, on_chunk=lambda: bar.update(1))
+        reference = sample_in_chunks(
+            jax.tree_util.Partial(empirical_denoiser, sched),
+            jnp.asarray(train_images),
+            sched,
+            x_T,
+            grid=grid,
+            on_chunk=lambda: bar.update(1),
+        )
         bar.set_postfix_str("scores", refresh=True)
         report = q.quality_report(
             samples, train=train_images, test=test_images, patch_size=config.patch_size, reference_samples=reference
@@ -123,11 +130,14 @@ def evaluate_run(
         np.savez(buffer, samples=samples.astype(np.float32), samples_empirical=reference.astype(np.float32))
         atomic_write_bytes(out / "samples.npz", buffer.getvalue())
         what = f"{config.sample_steps}-step DDIM from the same x_T"
-        save_figure(q.sample_figure(samples, data=train_images, title=f"{config.model} EMA samples, {what}"),
-                    out / "samples.png")
-        save_figure(q.sample_figure(reference, data=train_images,
-                                    title=f"empirical-optimal denoiser (memorisation), {what}"),
-                    out / "samples_empirical.png")
+        save_figure(
+            q.sample_figure(samples, data=train_images, title=f"{config.model} EMA samples, {what}"),
+            out / "samples.png",
+        )
+        save_figure(
+            q.sample_figure(reference, data=train_images, title=f"empirical-optimal denoiser (memorisation), {what}"),
+            out / "samples_empirical.png",
+        )
         write_result_json(out / "quality.json", report, config=config.to_dict(), seed=config.seed)
         bar.update(1)
     return report
@@ -138,8 +148,14 @@ SAMPLE_CHUNK = 128
 
 
 def sample_in_chunks(
-    make_eps_fn: Callable[[Any], Callable], args: Any, sched: Schedule, x_T: jax.Array, *, grid: Any,
-    chunk: int = SAMPLE_CHUNK, on_chunk: Callable[[], Any] | None = None,
+    make_eps_fn: Callable[[Any], Callable],
+    args: Any,
+    sched: Schedule,
+    x_T: jax.Array,
+    *,
+    grid: Any,
+    chunk: int = SAMPLE_CHUNK,
+    on_chunk: Callable[[], Any] | None = None,
 ) -> np.ndarray:
     """:func:`pifs_jax.ddim.ddim_sample` of ``make_eps_fn(args)``, ``chunk`` samples at a time.
 
@@ -152,6 +168,7 @@ def sample_in_chunks(
     ``jax.tree_util.Partial(as_eps_fn, module)``) reuses the compilation for new parameters.
     ``on_chunk()`` is called after every chunk (e.g. a progress bar's update).
     """
+
     def sample(a, x):
         return _sample_chunk(make_eps_fn, a, sched, x, grid)
 
@@ -159,7 +176,7 @@ def sample_in_chunks(
     size = min(chunk, count)
     out = []
     for start in range(0, count, size):
-        block = x_T[start:start + size]
+        block = x_T[start : start + size]
         pad = size - block.shape[0]
         if pad:
             block = jnp.concatenate([block, jnp.zeros((pad,) + block.shape[1:], block.dtype)])
@@ -170,8 +187,9 @@ def sample_in_chunks(
 
 
 @eqx.filter_jit
-def _sample_chunk(make_eps_fn: Callable[[Any], Callable], args: Any, sched: Schedule, x_T: jax.Array,
-                  grid: Any) -> jax.Array:
+def _sample_chunk(
+    make_eps_fn: Callable[[Any], Callable], args: Any, sched: Schedule, x_T: jax.Array, grid: Any
+) -> jax.Array:
     """:func:`pifs_jax.ddim.ddim_sample` of ``make_eps_fn(args)`` from ``x_T`` (compiled; nothing checked)."""
     from pifs_jax.ddim import ddim_sample
 
@@ -195,14 +213,18 @@ def plot_metrics_log(records: Sequence[Mapping[str, Any]], *, title: str = ""):
         raise ArgumentError("records", "expected at least one metrics record, got none")
     steps = np.array([int(r["step"]) for r in records])
     fig, ax = new_figure()
+
     def series(name):
         return np.array([float(r.get(name, np.nan)) for r in records])
 
     same_as_loss = np.array_equal(series("loss"), series("mse"), equal_nan=True)
     regularised = any(float(r.get("reg", 0.0)) for r in records)
     positive = True
-    for name, label in (("loss", "loss (= eps-MSE)" if same_as_loss else "loss (weighted)"), ("mse", "eps-MSE"),
-                        ("objective", "objective (loss + mu reg)")):
+    for name, label in (
+        ("loss", "loss (= eps-MSE)" if same_as_loss else "loss (weighted)"),
+        ("mse", "eps-MSE"),
+        ("objective", "objective (loss + mu reg)"),
+    ):
         values = series(name)
         skip = (name == "mse" and same_as_loss) or (name == "objective" and not regularised)
         if skip or np.all(np.isnan(values)):

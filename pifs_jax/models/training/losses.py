@@ -55,12 +55,12 @@ from pifs_jax.schedules import Schedule
 __all__ = [
     "WEIGHTINGS",
     "ApplyFn",
-    "weight_table",
-    "loss_weights",
     "LossTables",
-    "loss_tables",
-    "module_apply_fn",
     "denoising_loss",
+    "loss_tables",
+    "loss_weights",
+    "module_apply_fn",
+    "weight_table",
 ]
 
 #: Loss weightings of :func:`weight_table`.
@@ -118,14 +118,15 @@ def loss_weights(sched: Schedule, t: Any, *, weighting: str, gamma: float = 5.0,
     t = jnp.asarray(t)
     if is_concrete(t):
         values = np.asarray(t)
-        if not np.issubdtype(values.dtype, np.integer) or values.size and (values.min() < 1 or values.max() > sched.T):
+        if not np.issubdtype(values.dtype, np.integer) or (values.size and (values.min() < 1 or values.max() > sched.T)):
             raise ArgumentError("t", f"expected integer timesteps in 1..{sched.T}, got {values!r}")
         if weighting == "collage":
             points = np.asarray(as_grid(grid, sched.T))[1:]
             off = np.setdiff1d(values, points)
             if off.size:
                 raise ArgumentError(
-                    "t", f"the collage weighting is defined on the sampling grid's points only; {off[:5].tolist()} are not on it"
+                    "t",
+                    f"the collage weighting is defined on the sampling grid's points only; {off[:5].tolist()} are not on it",
                 )
     return weight_table(sched, weighting=weighting, gamma=gamma, grid=grid)[t]
 
@@ -153,7 +154,9 @@ def loss_tables(
     if not float(gamma) > 0:
         raise ArgumentError("gamma", f"the Min-SNR clip must be > 0, got {gamma!r}")
     grid = np.asarray(as_grid(grid, sched.T))
-    return _loss_tables(sched, jnp.asarray(gamma, sched.dtype), jnp.asarray(grid), weighting=weighting, dtype=jnp.dtype(dtype))
+    return _loss_tables(
+        sched, jnp.asarray(gamma, sched.dtype), jnp.asarray(grid), weighting=weighting, dtype=jnp.dtype(dtype)
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("weighting", "dtype"))
@@ -220,9 +223,14 @@ def denoising_loss(
     per_sample = jnp.sum((eps_hat - eps).reshape(batch, -1) ** 2, axis=1) / n
     loss = jnp.mean(tables.weights[t] * per_sample)
     if mu > 0:
-        reg = jnp.mean(
-            cross_block_penalty(lambda x: apply_fn(params, x, t), x_t, key_probe, patch_size=patch_size, probes=probes)
-        ) / n
+        reg = (
+            jnp.mean(
+                cross_block_penalty(
+                    lambda x: apply_fn(params, x, t), x_t, key_probe, patch_size=patch_size, probes=probes
+                )
+            )
+            / n
+        )
     else:
         reg = jnp.zeros((), loss.dtype)
     objective = loss + mu * reg

@@ -25,7 +25,7 @@ from pifs_jax.errors import ArgumentError
 from pifs_jax.jacobians import patch_blocks
 from pifs_jax.patches import patch_layout
 
-__all__ = ["cross_block_penalty", "cross_block_frobenius"]
+__all__ = ["cross_block_frobenius", "cross_block_penalty"]
 
 
 def _patch_index(layout) -> np.ndarray:

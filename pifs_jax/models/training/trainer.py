@@ -55,30 +55,41 @@ from pifs_jax.results import atomic_write_text, to_jsonable
 from pifs_jax.schedules import named_schedule
 
 __all__ = [
-    "make_optimizer",
-    "TrainState",
-    "init_train_state",
-    "batch_indices",
-    "make_train_step",
-    "read_metrics_log",
-    "TrainResult",
-    "load_train_test",
-    "model_for_config",
-    "initial_train_state",
     "RUN_FILES",
+    "TrainResult",
+    "TrainState",
+    "batch_indices",
+    "init_train_state",
+    "initial_train_state",
+    "load_train_test",
+    "make_optimizer",
+    "make_train_step",
+    "model_for_config",
+    "read_metrics_log",
     "resume_identity",
     "train",
 ]
 
 #: What :func:`train` writes into its output folder (a fresh run removes the old ones first).
 RUN_FILES = (
-    "config.json", "metrics.jsonl", CHECKPOINT_NAME, "loss.png", "samples.png", "samples_empirical.png",
-    "samples.npz", "quality.json",
+    "config.json",
+    "metrics.jsonl",
+    CHECKPOINT_NAME,
+    "loss.png",
+    "samples.png",
+    "samples_empirical.png",
+    "samples.npz",
+    "quality.json",
 )
 
 
 def make_optimizer(
-    *, lr: float, steps: int, warmup_steps: int = 0, lr_decay: str = "cosine", weight_decay: float = 0.0,
+    *,
+    lr: float,
+    steps: int,
+    warmup_steps: int = 0,
+    lr_decay: str = "cosine",
+    weight_decay: float = 0.0,
     grad_clip: float | None = 1.0,
 ) -> optax.GradientTransformation:
     """Global-norm clipping then AdamW with warm-up + cosine (or constant) learning rate.
@@ -166,7 +177,9 @@ def make_train_step(
         params = optax.apply_updates(state.params, updates)
         k = state.step.astype(jnp.float32)
         decay = jnp.minimum(ema_decay, (1 + k) / (10 + k))
-        ema = jax.tree_util.tree_map(lambda e, p: (decay * e + (1 - decay) * p).astype(p.dtype), state.ema_params, params)
+        ema = jax.tree_util.tree_map(
+            lambda e, p: (decay * e + (1 - decay) * p).astype(p.dtype), state.ema_params, params
+        )
         metrics = {**metrics, "grad_norm": optax.tree.norm(grads)}
         return TrainState(state.step + 1, params, ema, opt_state, state.key), metrics
 
@@ -257,8 +270,12 @@ def initial_train_state(
 ) -> tuple[optax.GradientTransformation, TrainState]:
     """The optimiser and step-0 state of ``config`` (initialisation key and run key from the seed)."""
     optimizer = make_optimizer(
-        lr=config.lr, steps=config.steps, warmup_steps=config.warmup_steps, lr_decay=config.lr_decay,
-        weight_decay=config.weight_decay, grad_clip=config.grad_clip,
+        lr=config.lr,
+        steps=config.steps,
+        warmup_steps=config.warmup_steps,
+        lr_decay=config.lr_decay,
+        weight_decay=config.weight_decay,
+        grad_clip=config.grad_clip,
     )
 
     @jax.jit
@@ -372,7 +389,9 @@ def train(
     if resume and ckpt_path.exists():  # a foreign, truncated or corrupted checkpoint is refused before any work
         identity, extended = resume_identity(config, ckpt_path)
         read_checkpoint(ckpt_path, config=identity)
-    train_images, test_images = load_train_test(config) if dataset is None else (np.asarray(dataset[0]), np.asarray(dataset[1]))
+    train_images, test_images = (
+        load_train_test(config) if dataset is None else (np.asarray(dataset[0]), np.asarray(dataset[1]))
+    )
     train_images = np.asarray(train_images, np.float32)
     test_images = np.asarray(test_images, np.float32)
     if train_images.ndim != 4:
@@ -399,8 +418,10 @@ def train(
         if progress and writer:
             print(f"resuming from step {int(state.step)} of {config.steps} ({ckpt_path})")
             if extended:
-                print(f"extending the run from {extended['steps']} to {config.steps} steps: the learning-rate "
-                      "schedule is recomputed for the new length")
+                print(
+                    f"extending the run from {extended['steps']} to {config.steps} steps: the learning-rate "
+                    "schedule is recomputed for the new length"
+                )
     elif writer:  # a fresh run: nothing of an earlier run in this folder survives
         for name in RUN_FILES:
             (out / name).unlink(missing_ok=True)
@@ -409,8 +430,15 @@ def train(
 
     mesh = data_mesh(config.devices) if parallel else None
     step_fn = make_train_step(
-        module_apply_fn(module), optimizer, tables, batch_size=config.batch_size, ema_decay=config.ema_decay,
-        mu=config.mu, patch_size=layout.patch_size, probes=config.probes, mesh=mesh,
+        module_apply_fn(module),
+        optimizer,
+        tables,
+        batch_size=config.batch_size,
+        ema_decay=config.ema_decay,
+        mu=config.mu,
+        patch_size=layout.patch_size,
+        probes=config.probes,
+        mesh=mesh,
     )
     if mesh is None:
         data = jnp.asarray(train_images)
@@ -454,14 +482,22 @@ def train(
         return TrainResult(state, config, out, seconds, None)
     records = read_metrics_log(metrics_path)
     if records:
-        save_figure(plot_metrics_log(records, title=f"{config.model}/{config.data}, {config.weighting} weighting"),
-                    out / "loss.png")
+        save_figure(
+            plot_metrics_log(records, title=f"{config.model}/{config.data}, {config.weighting} weighting"),
+            out / "loss.png",
+        )
     quality = None
     if evaluate and config.num_samples > 0:
         # sampled on this process's default device (a replicated state is fetched to the host first)
         ema_params = state.ema_params if mesh is None else jax.device_get(state.ema_params)
         quality = evaluate_run(
-            module, ema_params, sched, config=config, train_images=train_images, test_images=test_images,
-            out_dir=out, progress=progress,
+            module,
+            ema_params,
+            sched,
+            config=config,
+            train_images=train_images,
+            test_images=test_images,
+            out_dir=out,
+            progress=progress,
         )
     return TrainResult(state, config, out, seconds, quality)
