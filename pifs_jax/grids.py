@@ -15,10 +15,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
 import numpy as np
 
 from pifs_jax._validation import check_grid, check_positive_int, describe, is_concrete
 from pifs_jax.errors import ArgumentError
+from pifs_jax.typing import GridLike
 
 __all__ = [
     "AYS_SD15",
@@ -57,7 +59,7 @@ def uniform_grid(T: int, num_steps: int) -> np.ndarray:
     T = check_positive_int(T, name="T")
     num_steps = check_positive_int(num_steps, name="num_steps")
     if num_steps > T:
-        raise ValueError(f"num_steps: cannot exceed T = {T}, got {num_steps}")
+        raise ArgumentError("num_steps", f"cannot exceed T = {T}, got {num_steps}")
     return np.round(np.arange(num_steps + 1) * (T / num_steps)).astype(np.int64)
 
 
@@ -71,7 +73,7 @@ def diffusers_timesteps(T: int, num_steps: int, *, spacing: str = "leading", ste
     T = check_positive_int(T, name="T")
     num_steps = check_positive_int(num_steps, name="num_steps")
     if num_steps > T:
-        raise ValueError(f"num_steps: cannot exceed num_train_timesteps = {T}, got {num_steps}")
+        raise ArgumentError("num_steps", f"cannot exceed num_train_timesteps = {T}, got {num_steps}")
     if spacing == "linspace":
         steps = np.linspace(0, T - 1, num_steps).round()[::-1].astype(np.int64)
     elif spacing == "leading":
@@ -125,7 +127,7 @@ def round_grid(times: Any, *, last: int | None = None) -> np.ndarray:
     if t.ndim != 1 or t.shape[0] < 2 or not np.all(np.isfinite(t)):
         raise ArgumentError("times", f"expected finite times of shape (N+1,) with N >= 1, got {describe(t)}")
     n = t.shape[0] - 1
-    last = int(round(t[-1])) if last is None else int(last)
+    last = round(float(t[-1])) if last is None else int(last)
     if n > last:
         raise ArgumentError("num_steps", f"{n} steps cannot fit strictly increasing integers in 0..{last}")
     tau = np.rint(t).astype(np.int64)
@@ -137,7 +139,7 @@ def round_grid(times: Any, *, last: int | None = None) -> np.ndarray:
     return tau
 
 
-def grid_to_diffusers_timesteps(grid: Any) -> np.ndarray:
+def grid_to_diffusers_timesteps(grid: GridLike) -> np.ndarray:
     """This package's grid ``0 = tau_0 < ... < tau_N`` as diffusers' descending timestep list.
 
     diffusers' timestep ``k`` is this package's ``k + 1`` (and its final step lands on
@@ -165,11 +167,11 @@ def align_your_steps_grid(model: str = "sd15") -> np.ndarray:
     return grid_from_diffusers_timesteps(table[model], T=1000)
 
 
-def as_grid(grid: Any, T: int):
+def as_grid(grid: GridLike, T: int) -> np.ndarray | jax.Array:
     """``None`` -> every step ``0..T``; otherwise validated and returned with an integer dtype.
 
-    Every function that takes a grid passes it through here. A concrete grid of integer dtype
-    is returned as is; a real-valued one whose entries are all integers (``np.linspace(0, 1000,
+    Every function that takes a grid passes it through here. A concrete array of integer dtype
+    is returned as is (an integer sequence as a NumPy array); a real-valued one whose entries are all integers (``np.linspace(0, 1000,
     51)``) is converted exactly to ``int64``; fractional values are refused
     (:func:`pifs_jax._validation.check_grid`). A traced grid (a jit argument) passes through,
     its dtype checked to be integer.
@@ -179,4 +181,4 @@ def as_grid(grid: Any, T: int):
     check_grid(grid, T)
     if is_concrete(grid) and not np.issubdtype(np.asarray(grid).dtype, np.integer):
         return np.asarray(grid).astype(np.int64)  # integer-valued floats (checked above): exact
-    return grid
+    return grid if isinstance(grid, np.ndarray | jax.Array) else np.asarray(grid)  # a sequence: as an array

@@ -10,8 +10,9 @@ adding it to the registration below; :func:`build_parser` and :func:`main` need 
 
 Error handling: bad input exits with status 2 and one line ``pifs-jax CMD: error: argument
 --OPTION: ...`` on stderr, never a traceback. Run functions report such input by raising
-:class:`UsageError` (naming the option); a ``ValueError`` from the library is printed the same
-way. Set ``PIFS_JAX_TRACEBACK=1`` to see the traceback instead.
+:class:`UsageError` (naming the option); an :class:`~pifs_jax.errors.ArgumentError` from the
+library is printed the same way, its ``argument`` mapped to the option once, here
+(:func:`~pifs_jax.cli.common.option_for`), and any other ``ValueError`` as its message. Set ``PIFS_JAX_TRACEBACK=1`` to see the traceback instead.
 
 Examples::
 
@@ -28,7 +29,7 @@ import sys
 import textwrap
 
 from pifs_jax.cli import analyze, geometry, optimize, reproduce, sample, train
-from pifs_jax.cli.common import PROG, SUBCOMMANDS, Subcommand, UsageError, register_subcommand
+from pifs_jax.cli.common import PROG, SUBCOMMANDS, Subcommand, UsageError, option_for, register_subcommand
 from pifs_jax.geometry import geometry_arrays  # its home before it moved to the library
 
 __all__ = ["SUBCOMMANDS", "Subcommand", "UsageError", "build_parser", "geometry_arrays", "main", "register_subcommand"]
@@ -99,21 +100,21 @@ def main(argv: list[str] | None = None) -> int:
         return _exit_status(exc)
     args.argv = argv
     command = SUBCOMMANDS[args.command]
+    options = {"--" + name.replace("_", "-") for name in vars(args)}
     try:
         return int(command.run(args) or 0)
-    except UsageError as exc:
-        if os.environ.get("PIFS_JAX_TRACEBACK"):
-            raise
-        print(
-            f"{PROG} {command.name}: error: argument {exc.option}: {exc.detail} (see '{PROG} {command.name} --help')",
-            file=sys.stderr,
-        )
-        return 2
     except ValueError as exc:
         if os.environ.get("PIFS_JAX_TRACEBACK"):
             raise
-        message = " ".join(str(exc).split())
-        print(f"{PROG} {command.name}: error: {message}", file=sys.stderr)
+        option = option_for(getattr(exc, "argument", None), options)
+        if option is not None:  # an ArgumentError: the option the user typed, and the library's detail
+            print(
+                f"{PROG} {command.name}: error: argument {option}: {getattr(exc, 'detail', exc)} (see '{PROG} {command.name} --help')",
+                file=sys.stderr,
+            )
+        else:
+            message = " ".join(str(exc).split())
+            print(f"{PROG} {command.name}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{PROG} {command.name}: interrupted", file=sys.stderr)

@@ -11,13 +11,14 @@ import argparse
 import math
 import os
 import shlex
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import NamedTuple
 
 from pifs_jax.errors import ArgumentError
 
 __all__ = [
+    "ARGUMENT_OPTIONS",
     "PROG",
     "SUBCOMMANDS",
     "Subcommand",
@@ -25,6 +26,7 @@ __all__ = [
     "command_line",
     "finite_float",
     "non_negative_int",
+    "option_for",
     "output_dir",
     "positive_int",
     "register_subcommand",
@@ -81,6 +83,42 @@ def register_subcommand(subcommand: Subcommand) -> Subcommand:
     return subcommand
 
 
+#: The library arguments whose option is not ``--`` + the argument with dashes (``alpha_bar_T`` ->
+#: ``--alpha-bar-T`` needs no entry). :func:`pifs_jax.cli.main` maps every
+#: :class:`~pifs_jax.errors.ArgumentError` through :func:`option_for`, once, for every command.
+ARGUMENT_OPTIONS = {
+    "num_steps": "--steps",
+    "num_inference_steps": "--steps",
+    "grid": "--steps",
+    "learning_rate": "--lr",
+    "n_knots": "--knots",
+    "s": "--offset",
+    "name": "--schedule",
+    "out": "--out",
+    "out_dir": "--out",
+    "checkpoint_dir": "--out",
+}
+
+
+def option_for(argument: str | None, options: Collection[str]) -> str | None:
+    """The command-line option of a library argument, if the command has it.
+
+    Args:
+      argument: :attr:`pifs_jax.errors.ArgumentError.argument` (``"num_steps"``), or ``None``.
+      options: the options of the command that ran (``{"--steps", "--out", ...}``).
+
+    Returns:
+      :data:`ARGUMENT_OPTIONS`'s entry, or ``--`` + the argument with dashes for underscores,
+      when that option is in ``options``; otherwise ``None`` (the message is shown as it is).
+    """
+    if argument is None:
+        return None
+    if argument.startswith("--"):
+        return argument
+    option = ARGUMENT_OPTIONS.get(argument, "--" + argument.replace("_", "-"))
+    return option if option in options else None
+
+
 def usage_error_for(exc: ValueError, options: Mapping[str, str], default: str | None = None) -> UsageError | None:
     """The :class:`UsageError` for a library error, naming the option the user typed.
 
@@ -98,9 +136,10 @@ def usage_error_for(exc: ValueError, options: Mapping[str, str], default: str | 
     Returns:
       The error to raise, or ``None`` (re-raise ``exc`` unchanged).
     """
-    option = options.get(getattr(exc, "argument", None))
+    argument = getattr(exc, "argument", None)
+    option = None if argument is None else options.get(argument)
     if option is not None:
-        return UsageError(option, exc.detail)
+        return UsageError(option, getattr(exc, "detail", str(exc)))
     if default is not None:
         return UsageError(default, str(exc))
     return None

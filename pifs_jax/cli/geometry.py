@@ -10,17 +10,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from pifs_jax.cli.common import (
-    Subcommand,
-    UsageError,
-    command_line,
-    finite_float,
-    output_dir,
-    positive_int,
-    usage_error_for,
-)
+from pifs_jax.cli.common import Subcommand, UsageError, command_line, finite_float, output_dir, positive_int
 
 DESCRIPTION = """\
 Model-free geometry of a noise schedule's DDIM chain (no model evaluated).
@@ -116,7 +108,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     chain.add_argument(
         "--spacing",
-        choices=("uniform",) + TIMESTEP_SPACINGS,
+        choices=("uniform", *TIMESTEP_SPACINGS),
         default=None,
         help="how --steps are placed: uniform (tau_i = round(i T / N)) or diffusers' "
         "linspace / leading / trailing (default: uniform; with --config its timestep_spacing)",
@@ -161,111 +153,120 @@ def _resolve_config_path(text: str) -> Path:
     raise UsageError("--config", f"no such file: {text!r}")
 
 
-#: Arguments of :func:`pifs_jax.schedules.named_schedule` -> the option that sets them.
-_SCHEDULE_OPTIONS = {"name": "--schedule", "T": "--T", "s": "--offset"}
+#: The files ``pifs-jax geometry`` writes into --out (together, at the end).
+RESULT_FILES = ("geometry.json", "lstar.png", "expansion_heatmap.png", "lambda_star.png", "log_snr.png")
 
 
-def _geometry_inputs(args: argparse.Namespace):
-    """Validate the options and build ``(schedule, grid, description, details)``."""
-    import numpy as np
+class Source(NamedTuple):
+    """The schedule the options name, before any logSNR shift."""
 
-    import pifs_jax.grids as grids
-    import pifs_jax.schedules as schedules
+    sched: Any
+    description: str
+    config: dict[str, Any] | None
+    """The diffusers config (``--config``), else ``None``."""
+    details: dict[str, Any]
 
+
+class GeometryInputs(NamedTuple):
+    """What the geometry is computed on: the (shifted) schedule, the grid, and their description."""
+
+    sched: Any
+    grid: Any
+    """The sampling grid, or ``None`` for every training step."""
+    description: str
+    details: dict[str, Any]
+    """Recorded in ``geometry.json``'s config (config file, shift, spacing)."""
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """The option combinations only the command line can get wrong (the library checks the values)."""
     lo, hi = args.lambda_range
     if not 0 < lo < hi:
         raise UsageError("--lambda-range", f"expected 0 < MIN < MAX, got {lo:g} {hi:g}")
     if args.num_lambdas < 2:
         raise UsageError("--num-lambdas", f"expected at least 2, got {args.num_lambdas}")
-    if args.resolution is not None and not args.resolution > 0:
-        raise UsageError("--resolution", f"expected a side length > 0, got {args.resolution:g}")
-    if args.offset is not None and args.offset < 0:
-        raise UsageError("--offset", f"the cosine offset must be >= 0, got {args.offset:g}")
     if args.spacing is not None and args.steps is None:
         raise UsageError("--spacing", "needs --steps (without --steps the chain takes every training step)")
+    if args.config is not None and args.T is not None:
+        raise UsageError("--T", "not allowed with --config (num_train_timesteps comes from the config)")
+    if args.offset is not None and args.schedule != "cosine":
+        where = "--config" if args.config is not None else f"--schedule {args.schedule}"
+        raise UsageError("--offset", f"only applies to --schedule cosine, not to {where}")
 
-    details: dict[str, Any] = {}
-    config = None
-    if args.config is not None:
-        if args.T is not None:
-            raise UsageError("--T", "not allowed with --config (num_train_timesteps comes from the config)")
-        if args.offset is not None:
-            raise UsageError("--offset", "only applies to --schedule cosine, not to --config")
-        path = _resolve_config_path(args.config)
-        try:
-            from pifs_jax import interop
-        except ImportError as exc:
-            raise UsageError("--config", f"diffusers config support is not available ({exc})") from None
-        try:
-            config = interop.load_config(path)
-            sched = interop.from_diffusers_config(config)
-        except (ValueError, KeyError, TypeError) as exc:
-            raise UsageError("--config", f"cannot use {str(path)!r}: {exc}") from None
-        T = sched.T
-        description = f"{path.name}"
-        details.update(config_file=str(path), diffusers_config=config)
-    else:
-        T = 1000 if args.T is None else args.T
-        kwargs = {}
-        if args.offset is not None:
-            if args.schedule != "cosine":
-                raise UsageError("--offset", f"only applies to --schedule cosine, got --schedule {args.schedule}")
-            kwargs["s"] = args.offset
-        if args.schedule == "karras" and T < 2:
-            raise UsageError("--T", "the karras schedule needs T >= 2")
-        if args.steps is not None and args.steps > T:  # checked before the schedule is built
-            raise UsageError("--steps", f"{args.steps} exceeds the number of training steps T = {T}")
-        try:
-            sched = schedules.named_schedule(args.schedule, T, **kwargs)
-        except ValueError as exc:
-            raise usage_error_for(exc, _SCHEDULE_OPTIONS, default="--schedule") from None
-        description = args.schedule
-        if args.schedule == "cosine":
-            description += f" (s = {kwargs.get('s', 0.008):g})"
 
-    total_shift = 0.0
-    if args.shift is not None:
-        total_shift += args.shift
-    if args.resolution is not None:
-        total_shift += schedules.resolution_shift(args.resolution)
-    if args.shift is not None or args.resolution is not None:
-        sched = schedules.shift_log_snr(sched, total_shift)
-        description += f", logSNR shift {total_shift:+.4g}"
-    details["total_log_snr_shift"] = total_shift
-
-    if args.steps is not None and args.steps > T:
-        raise UsageError("--steps", f"{args.steps} exceeds the number of training steps T = {T}")
-    spacing = args.spacing
+def _config_source(text: str) -> Source:
+    """``--config``: a diffusers scheduler_config.json (a path or a bundled example's name)."""
+    path = _resolve_config_path(text)
     try:
-        if args.steps is None:
-            grid = None
-            spacing = "all"
-        elif spacing is None and config is not None:
-            from pifs_jax import interop
+        from pifs_jax import interop
+    except ImportError as exc:
+        raise UsageError("--config", f"diffusers config support is not available ({exc})") from None
+    try:
+        config = interop.load_config(path)
+        sched = interop.from_diffusers_config(config)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UsageError("--config", f"cannot use {str(path)!r}: {exc}") from None
+    return Source(sched, path.name, config, {"config_file": str(path), "diffusers_config": config})
 
-            if config.get("set_alpha_to_one") is False:
-                # Chains here always end on clean data (tau_0 = 0); the training schedule is unaffected.
-                print("note: the config's set_alpha_to_one = false is overridden; the chain ends on alpha_bar = 1")
-                details["set_alpha_to_one_overridden"] = True
-            try:
-                grid = np.asarray(interop.diffusers_config_grid({**config, "set_alpha_to_one": True}, args.steps))
-            except ValueError as exc:
-                raise UsageError("--config", f"no sampling grid with --steps {args.steps}: {exc}") from None
-            spacing = str(config.get("timestep_spacing", "leading"))
-        elif spacing in (None, "uniform"):
-            spacing = "uniform"
-            grid = grids.uniform_grid(T, args.steps)
-        else:
-            offset = int(config.get("steps_offset", 0)) if config is not None else 0
-            grid = grids.diffusers_grid(T, args.steps, spacing=spacing, steps_offset=offset)
-    except UsageError:
-        raise
-    except ValueError as exc:
-        raise UsageError("--steps", str(exc)) from None
-    num_steps = T if grid is None else len(grid) - 1
-    description += f", T = {T}, " + (f"all {T} steps" if grid is None else f"{num_steps} steps ({spacing})")
-    details["spacing"] = spacing
-    return sched, grid, description, details
+
+def _named_source(args: argparse.Namespace) -> Source:
+    """``--schedule`` (with ``--T`` and ``--offset``); the library checks the values."""
+    import pifs_jax.schedules as schedules
+
+    kwargs = {} if args.offset is None else {"s": args.offset}
+    sched = schedules.named_schedule(args.schedule, 1000 if args.T is None else args.T, **kwargs)
+    description = args.schedule
+    if args.schedule == "cosine":
+        description += f" (s = {kwargs.get('s', 0.008):g})"
+    return Source(sched, description, None, {})
+
+
+def _shifted(source: Source, args: argparse.Namespace) -> Source:
+    """``--shift`` and ``--resolution`` added to every logSNR_t, t >= 1."""
+    import pifs_jax.schedules as schedules
+
+    total = (args.shift or 0.0) + (0.0 if args.resolution is None else schedules.resolution_shift(args.resolution))
+    details = {**source.details, "total_log_snr_shift": total}
+    if args.shift is None and args.resolution is None:
+        return source._replace(details=details)
+    sched = schedules.shift_log_snr(source.sched, total)
+    return Source(sched, f"{source.description}, logSNR shift {total:+.4g}", source.config, details)
+
+
+def _sampling_grid(args: argparse.Namespace, source: Source) -> tuple[Any, str, dict[str, Any]]:
+    """``(grid, spacing, details)`` of ``--steps`` and ``--spacing`` (a config's own spacing by default)."""
+    import numpy as np
+
+    import pifs_jax.grids as grids
+
+    T, config, spacing = source.sched.T, source.config, args.spacing
+    if args.steps is None:
+        return None, "all", {}
+    if spacing is None and config is not None:
+        from pifs_jax import interop
+
+        details = {}
+        if config.get("set_alpha_to_one") is False:
+            # Chains here always end on clean data (tau_0 = 0); the training schedule is unaffected.
+            print("note: the config's set_alpha_to_one = false is overridden; the chain ends on alpha_bar = 1")
+            details["set_alpha_to_one_overridden"] = True
+        grid = np.asarray(interop.diffusers_config_grid({**config, "set_alpha_to_one": True}, args.steps))
+        return grid, str(config.get("timestep_spacing", "leading")), details
+    if spacing in (None, "uniform"):
+        return grids.uniform_grid(T, args.steps), "uniform", {}
+    offset = int(config.get("steps_offset", 0)) if config is not None else 0
+    return grids.diffusers_grid(T, args.steps, spacing=spacing, steps_offset=offset), spacing, {}
+
+
+def _geometry_inputs(args: argparse.Namespace) -> GeometryInputs:
+    """Check the options and build the schedule, the grid and their description."""
+    _check_options(args)
+    source = _shifted(_config_source(args.config) if args.config is not None else _named_source(args), args)
+    grid, spacing, grid_details = _sampling_grid(args, source)
+    T = source.sched.T
+    steps = f"all {T} steps" if grid is None else f"{len(grid) - 1} steps ({spacing})"
+    details = {**source.details, **grid_details, "spacing": spacing}
+    return GeometryInputs(source.sched, grid, f"{source.description}, T = {T}, {steps}", details)
 
 
 def _geometry_table(data: dict[str, Any], description: str) -> str:
@@ -299,55 +300,64 @@ def _geometry_table(data: dict[str, Any], description: str) -> str:
     return "\n".join(lines)
 
 
+def _figures(inputs: GeometryInputs, args: argparse.Namespace) -> dict[str, Any]:
+    from pifs_jax import plotting
+
+    sched, grid, description = inputs.sched, inputs.grid, inputs.description
+    figures = {
+        "lstar.png": plotting.plot_contraction_threshold(sched, grid, title=f"$L^*_t$: {description}"),
+        "expansion_heatmap.png": plotting.plot_expansion_heatmap(
+            sched,
+            grid,
+            lambda_range=tuple(args.lambda_range),
+            num_lambdas=args.num_lambdas,
+            title=f"$f_t(\\lambda)$: {description}",
+        ),
+        "lambda_star.png": plotting.plot_expansion_threshold(sched, grid, title=f"$\\lambda^*(t)$: {description}"),
+        "log_snr.png": plotting.plot_log_snr(sched, grid, title=f"logSNR: {description}"),
+    }
+    for fig in figures.values():
+        fig.axes[0].title.set_fontsize("small")
+    return figures
+
+
 def run(args: argparse.Namespace) -> int:
     import jax
 
     from pifs_jax import plotting
     from pifs_jax.geometry import geometry_arrays
     from pifs_jax.results import write_result_json
+    from pifs_jax.run_folder import RunFolder
 
     precision = jax.enable_x64(True) if args.x64 else contextlib.nullcontext()
     with precision:
-        sched, grid, description, details = _geometry_inputs(args)
-        lambdas = plotting.lambda_grid(tuple(args.lambda_range), args.num_lambdas)
-        data = geometry_arrays(sched, grid, lambdas=lambdas)
-        print(_geometry_table(data, description))
-
-        out = Path(args.out)
-        config = {
-            "command": command_line(args.argv),
-            "argv": args.argv,
-            "description": description,
-            "schedule": args.schedule,
-            "config": args.config,
-            "T": data["summary"]["T"],
-            "offset": args.offset,
-            "shift": args.shift,
-            "resolution": args.resolution,
-            "steps": args.steps,
-            "lambda_range": list(args.lambda_range),
-            "num_lambdas": args.num_lambdas,
-            "x64": bool(args.x64),
-            "dtype": data["summary"]["dtype"],
-            **details,
-        }
-        written = [write_result_json(out / "geometry.json", data, config=config)]
-        figures = {
-            "lstar.png": plotting.plot_contraction_threshold(sched, grid, title=f"$L^*_t$: {description}"),
-            "expansion_heatmap.png": plotting.plot_expansion_heatmap(
-                sched,
-                grid,
-                lambda_range=tuple(args.lambda_range),
-                num_lambdas=args.num_lambdas,
-                title=f"$f_t(\\lambda)$: {description}",
-            ),
-            "lambda_star.png": plotting.plot_expansion_threshold(sched, grid, title=f"$\\lambda^*(t)$: {description}"),
-            "log_snr.png": plotting.plot_log_snr(sched, grid, title=f"logSNR: {description}"),
-        }
-        for name, fig in figures.items():
-            fig.axes[0].title.set_fontsize("small")
-            written.append(plotting.save_figure(fig, out / name))
-    print("\nwrote " + ", ".join(str(p) for p in written))
+        inputs = _geometry_inputs(args)
+        with RunFolder(args.out, "overwrite", results=RESULT_FILES, command=command_line(args.argv)) as folder:
+            lambdas = plotting.lambda_grid(tuple(args.lambda_range), args.num_lambdas)
+            data = geometry_arrays(inputs.sched, inputs.grid, lambdas=lambdas)
+            print(_geometry_table(data, inputs.description))
+            config = {
+                "command": command_line(args.argv),
+                "argv": args.argv,
+                "description": inputs.description,
+                "schedule": args.schedule,
+                "config": args.config,
+                "T": data["summary"]["T"],
+                "offset": args.offset,
+                "shift": args.shift,
+                "resolution": args.resolution,
+                "steps": args.steps,
+                "lambda_range": list(args.lambda_range),
+                "num_lambdas": args.num_lambdas,
+                "x64": bool(args.x64),
+                "dtype": data["summary"]["dtype"],
+                **inputs.details,
+            }
+            with folder.staged() as stage:
+                write_result_json(stage / "geometry.json", data, config=config)
+                for name, fig in _figures(inputs, args).items():
+                    plotting.save_figure(fig, stage / name)
+    print("\nwrote " + ", ".join(str(p) for p in folder.written))
     return 0
 
 

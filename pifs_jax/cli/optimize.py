@@ -8,16 +8,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import io
 import json
-import os
-import shutil
 import sys
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -29,7 +24,6 @@ from pifs_jax.cli.common import (
     finite_float,
     output_dir,
     positive_int,
-    usage_error_for,
 )
 
 DESCRIPTION = """\
@@ -98,14 +92,6 @@ notes:
   naming the iteration and the last finite objective; no result files are written and the
   checkpoint holds the last finite iterate, so --resume with a smaller --lr continues from it."""
 
-#: Arguments of :func:`pifs_jax.optimize.schedule_family` -> the option that sets them.
-_FAMILY_OPTIONS = {
-    "alpha_bar_T": "--alpha-bar-T",
-    "logsnr_max": "--logsnr-max",
-    "n_knots": "--knots",
-    "hidden": "--hidden",
-    "T": "--T",
-}
 #: Options that do not identify the run (left out of the checkpoint's fingerprint): a resume may
 #: change them. The learning rate is among them, so a diverged run can continue with a smaller one.
 _NOT_FINGERPRINTED = (
@@ -298,7 +284,8 @@ def _history_figure(history: dict[str, np.ndarray], key: str, label: str):
 def _history_file(history: dict[str, np.ndarray]) -> bytes:
     """``history.npz`` as bytes: one array per metric, index = iteration (the iterate after that many updates)."""
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, **{key: np.asarray(values) for key, values in history.items()})
+    arrays: dict[str, Any] = {key: np.asarray(values) for key, values in history.items()}
+    np.savez_compressed(buffer, **arrays)
     return buffer.getvalue()
 
 
@@ -314,78 +301,38 @@ def _history_summary(history: dict[str, np.ndarray]) -> dict[str, Any]:
     }
 
 
-def _stage_results(out: Path, writers: dict[str, Callable[[Path], Any]]) -> list[Path]:
-    """Write every result file or none: all into a temporary folder inside ``out``, then move them.
-
-    ``writers[name](path)`` writes the file ``name`` at ``path``. Every result is computed before
-    this is called, so only a failing disk can stop it; the files then stay as they were.
-    """
-    out.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out, prefix=".results-"))
-    try:
-        for name, write in writers.items():
-            write(staging / name)
-        for name in writers:
-            os.replace(staging / name, out / name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return [out / name for name in writers]
-
-
-def _remove_previous_run(out: Path) -> None:
-    """``--overwrite``: delete the checkpoint and the result files of the run in ``out``."""
-    for name in (CHECKPOINT_PATH, *RESULT_FILES):
-        path = out / name
-        if path.is_file():
-            path.unlink()
-
-
 def _in_option_names(difference: str) -> str:
     """``"alpha_bar_T = 1e-05 in the checkpoint, ..."`` -> ``"--alpha-bar-T = 1e-05 in the checkpoint, ..."``."""
     field, rest = difference.split(" = ", 1)
     return f"--{field.replace('_', '-')} = {rest}"
 
 
-def _check_run_folder(args: argparse.Namespace, run_config: dict[str, Any]) -> None:
-    """The resume rule (see the epilog), and the checkpoint's identity against ``run_config``."""
+def _check_resume(out: Path, run_config: dict[str, Any]) -> None:
+    """``--resume``: the checkpoint's options against these, named as options, before any work.
+
+    The library compares the same fingerprint when it loads the checkpoint; this reads only the
+    header, first, so that the differences are named by the options the user typed.
+    """
     from pifs_jax.checkpoint import config_differences, read_checkpoint_header
     from pifs_jax.errors import ArgumentError
     from pifs_jax.results import to_jsonable
 
-    out: Path = args.out
     checkpoint = out / CHECKPOINT_PATH
-    if args.resume and args.overwrite:
-        raise UsageError("--overwrite", "cannot be combined with --resume (continue the run, or start it again)")
-    if (out / "checkpoint").exists() and not (out / "checkpoint").is_dir():
-        raise UsageError("--out", f"{str(out / 'checkpoint')!r} is a file; the checkpoint folder cannot be created")
-    previous = [name for name in (CHECKPOINT_PATH, *RESULT_FILES) if (out / name).exists()]
-    if args.resume:
-        if not checkpoint.exists():
+    try:
+        header = read_checkpoint_header(checkpoint)
+    except ArgumentError as err:
+        raise UsageError("--resume", f"{err.detail}; rerun with --overwrite to start again") from None
+    saved = header.get("config", {}).get("run_config")
+    if isinstance(saved, dict):
+        wanted = json.loads(json.dumps(to_jsonable(run_config), sort_keys=True))
+        differences = config_differences(saved, wanted)
+        if differences:
+            named = "; ".join(_in_option_names(text) for text in differences)
             raise UsageError(
-                "--resume", f"nothing to resume: {str(checkpoint)!r} does not exist (run without --resume to start)"
+                "--resume",
+                f"{str(checkpoint)!r} was written by another run: {named}; resume with the same "
+                "options, choose another --out, or start again with --overwrite",
             )
-        try:
-            header = read_checkpoint_header(checkpoint)
-        except ArgumentError as err:
-            raise UsageError("--resume", f"{err.detail}; rerun with --overwrite to start again") from None
-        saved = header.get("config", {}).get("run_config")
-        if isinstance(saved, dict):
-            wanted = json.loads(json.dumps(to_jsonable(run_config), sort_keys=True))
-            differences = config_differences(saved, wanted)
-            if differences:
-                named = "; ".join(_in_option_names(text) for text in differences)
-                raise UsageError(
-                    "--resume",
-                    f"{str(checkpoint)!r} was written by another run: {named}; resume with the same "
-                    "options, choose another --out, or start again with --overwrite",
-                )
-    elif previous and not args.overwrite:
-        raise UsageError(
-            "--out",
-            f"{str(out)!r} already holds a run ({', '.join(previous[:2])}"
-            f"{', ...' if len(previous) > 2 else ''}); pass --resume to continue it "
-            "or --overwrite to start it again",
-        )
 
 
 def _diverged_error(err, checkpoint: Path) -> UsageError:
@@ -395,7 +342,7 @@ def _diverged_error(err, checkpoint: Path) -> UsageError:
         iteration, loss = err.last_finite
         detail += f"; last finite objective {loss:.6g} at iteration {iteration}"
     detail += "; try a smaller --lr"
-    if err.checkpoint is not None:
+    if err.checkpoint is not None and err.last_finite is not None:
         detail += (
             f" ({str(checkpoint)!r} holds iteration {err.last_finite[0]}: rerun with --resume and a "
             "smaller --lr to continue from it)"
@@ -414,18 +361,58 @@ def _start_label(family_name: str, init: str, args: argparse.Namespace, fit_erro
     return init
 
 
-def run(args: argparse.Namespace) -> int:
-    import jax
+class Settings(NamedTuple):
+    """The options of one run, defaults filled in and combinations checked."""
 
-    from pifs_jax import optimize, plotting
-    from pifs_jax.grids import uniform_grid
-    from pifs_jax.interop import save_diffusers_config
-    from pifs_jax.results import atomic_write_bytes, write_result_json
-    from pifs_jax.schedules import named_schedule
+    criterion: str
+    """The library's spelling (``"weakest_link"``, ``"balanced_growth"``, ``"workload"``)."""
+    family: str
+    """The library's spelling (``"cosine_offset"``); not used by ``workload``."""
+    init: str
+    num_steps: int | None
+    """Sampling steps: workload's grid (default 10), else the evaluation grid (``None``: every step)."""
+    sizes: list[float]
+    iterations: int
+    lr: float
+    run_config: dict[str, Any]
+    """The options that identify the run (the checkpoint's fingerprint)."""
+
+    @property
+    def workload(self) -> bool:
+        return self.criterion == "workload"
+
+
+class Curve(NamedTuple):
+    """A schedule and grid to draw, with its label."""
+
+    sched: Any
+    grid: Any
+    label: str
+
+
+class Outcome(NamedTuple):
+    """What one optimisation produced, ready to be written and printed."""
+
+    results: dict[str, Any]
+    """``schedule.json``'s results."""
+    history: dict[str, np.ndarray]
+    metric: str
+    """The history metric drawn beside the loss, and its label."""
+    metric_label: str
+    before: Curve
+    after: Curve
+    report: list[str]
+    warnings: list[str]
+    extra: dict[str, Any]
+    """Further JSON result files: name -> results (workload's ``timesteps.json``)."""
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    """Check what only the option combinations can get wrong (the library checks the values)."""
+    from pifs_jax import optimize
 
     criterion = optimize.criterion_name(args.criterion)
-    if args.steps is not None and args.steps > args.T:
-        raise UsageError("--steps", f"{args.steps} exceeds the number of training steps T = {args.T}")
+    workload = criterion == "workload"
     sizes = args.sizes if args.sizes is not None else [192.0] * len(args.variances)
     if len(sizes) != len(args.variances):
         raise UsageError("--sizes", f"expected {len(args.variances)} values (one per --variances), got {len(sizes)}")
@@ -433,212 +420,244 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--variances", f"variances must be >= 0, got {args.variances}")
     if any(n <= 0 for n in sizes):
         raise UsageError("--sizes", f"sizes must be > 0, got {sizes}")
-    if args.temperature <= 0:
-        raise UsageError("--temperature", f"must be > 0, got {args.temperature:g}")
-    if args.lr is not None and args.lr <= 0:
-        raise UsageError("--lr", f"must be > 0, got {args.lr:g}")
-    workload = criterion == "workload"
     if workload and args.family != "spline":
         raise UsageError("--family", "workload keeps the --init schedule and optimises the grid; no family is used")
     if workload and args.alpha_bar_T is not None:
         raise UsageError("--alpha-bar-T", "workload keeps the --init schedule; no constraint applies")
-    family_name = args.family.replace("-", "_")
-    if not workload and family_name == "cosine_offset" and args.init not in (None, "cosine"):
+    family = args.family.replace("-", "_")
+    if not workload and family == "cosine_offset" and args.init not in (None, "cosine"):
         raise UsageError(
             "--init",
             f"the cosine-offset family is cosine(T, s) from s = 0.008 and ignores --init (got "
             f"{args.init!r}); --init starts the spline, network and logsnr-shift families",
         )
-    args.init = args.init or "cosine"
-    if args.init == "karras" and args.T < 2:
-        raise UsageError("--T", "the karras schedule needs T >= 2")
-    if workload and (args.steps or 10) > args.T:
-        raise UsageError("--steps", f"{args.steps or 10} exceeds the number of training steps T = {args.T}")
-    iterations = args.iterations if args.iterations is not None else (300 if workload else 500)
-    lr = args.lr if args.lr is not None else (0.1 if workload else 1e-2)
-    out: Path = args.out
-    checkpoint_dir = out / "checkpoint"
-    progress = not args.no_progress
+    init = args.init or "cosine"
     run_config = {k: v for k, v in vars(args).items() if k not in _NOT_FINGERPRINTED}
-    _check_run_folder(args, run_config)
-    if args.overwrite:
-        _remove_previous_run(out)
+    return Settings(
+        criterion=criterion,
+        family=family,
+        init=init,
+        num_steps=(args.steps or 10) if workload else args.steps,
+        sizes=sizes,
+        iterations=args.iterations if args.iterations is not None else (300 if workload else 500),
+        lr=args.lr if args.lr is not None else (0.1 if workload else 1e-2),
+        run_config={**run_config, "init": init},
+    )
 
+
+def _optimize_grid(settings: Settings, args: argparse.Namespace, start: Any, resume: bool) -> Outcome:
+    """Workload: the ``--steps`` grid of the ``--init`` schedule with balanced contraction work."""
+    from pifs_jax import optimize
+    from pifs_jax.grids import uniform_grid
+
+    num_steps = settings.num_steps or 10
+    result = optimize.optimize_grid(
+        start,
+        num_steps,
+        kind=args.work,
+        iterations=settings.iterations,
+        learning_rate=settings.lr,
+        checkpoint_dir=Path(args.out) / "checkpoint",
+        checkpoint_every=args.checkpoint_every,
+        resume=resume,
+        progress=not args.no_progress,
+        run_config=settings.run_config,
+    )
+    uniform = uniform_grid(args.T, num_steps)
+    timesteps = {
+        "grid": result.grid,
+        "diffusers_timesteps": result.diffusers_timesteps,
+        "times": result.times,
+        "work": result.work,
+        "cv": result.cv,
+        "relaxed_cv": result.relaxed_cv,
+        "uniform_grid": uniform,
+        "uniform_cv": result.initial_cv,
+        "indexing": "grid: this package's (tau_0 = 0 is clean data); diffusers_timesteps: diffusers' "
+        "descending list, timestep k = our k + 1",
+    }
+    summary = {
+        "criterion": settings.criterion,
+        "num_steps": num_steps,
+        "cv_uniform": result.initial_cv,
+        "cv_relaxed": result.relaxed_cv,
+        "cv": result.cv,
+        "learning_rate": settings.lr,
+    }
+    return Outcome(
+        results={
+            "summary": summary,
+            "warnings": [],
+            "history": _history_summary(result.history),
+            "schedule": _schedule_arrays(start),
+        },
+        history=result.history,
+        metric="workload",
+        metric_label="CV(W)",
+        before=Curve(start, uniform, "uniform grid"),
+        after=Curve(start, result.grid, "optimised grid"),
+        report=[
+            f"workload ({args.work}) on {settings.init}, {num_steps} steps: CV(W) {result.initial_cv:.4g} (uniform) "
+            f"-> {result.cv:.4g} (optimised; relaxed {result.relaxed_cv:.3g})",
+            f"grid (this package): {result.grid.tolist()}",
+            f"diffusers timesteps: {result.diffusers_timesteps.tolist()}",
+        ],
+        warnings=[],
+        extra={"timesteps.json": timesteps},
+    )
+
+
+def _optimize_schedule(settings: Settings, args: argparse.Namespace, start: Any, resume: bool) -> Outcome:
+    """Weakest-link or balanced-growth: the learnable family's parameters, started from ``--init``."""
+    import jax
+
+    from pifs_jax import optimize
+    from pifs_jax.grids import uniform_grid
+
+    family, params = optimize.schedule_family(
+        settings.family,
+        args.T,
+        start=start,
+        alpha_bar_T=args.alpha_bar_T,
+        logsnr_max=args.logsnr_max,
+        n_knots=args.knots,
+        hidden=args.hidden,
+    )
+    grid = None if settings.num_steps is None else uniform_grid(args.T, settings.num_steps)
+    objective = optimize.schedule_objective(
+        {settings.criterion: 1.0},
+        grid=grid,
+        variances=args.variances,
+        sizes=settings.sizes,
+        temperature=args.temperature,
+        growth_measure=args.measure,
+    )
+    result = optimize.optimize_schedule(
+        family,
+        params,
+        objective,
+        iterations=settings.iterations,
+        learning_rate=settings.lr,
+        checkpoint_dir=Path(args.out) / "checkpoint",
+        checkpoint_every=args.checkpoint_every,
+        resume=resume,
+        progress=not args.no_progress,
+        run_config=settings.run_config,
+    )
+    start_label = _start_label(settings.family, settings.init, args, optimize.fit_error(result.initial_schedule, start))
+    key = "weakest_link" if settings.criterion == "weakest_link" else "balanced_growth"
+    measure = "Delta d" if args.measure == "growth" else "IG"
+    label = "soft-min L*" if settings.criterion == "weakest_link" else f"CV({measure})"
+    warnings = optimize.schedule_warnings(result.schedule)
+    summary = {
+        "criterion": settings.criterion,
+        "before": result.initial,
+        "after": result.final,
+        "start_schedule": "cosine" if settings.family == "cosine_offset" else settings.init,
+        "start_label": start_label,
+        "family": settings.family,
+        "resumed_from": result.resumed_from,
+        "learning_rate": settings.lr,
+    }
+    report = [f"resumed from step {result.resumed_from}"] if result.resumed_from else []
+    report.append(
+        f"{settings.criterion.replace('_', '-')} ({settings.family} family from {start_label}, T = {args.T}): "
+        f"{label} {result.initial[key]:.6g} -> {result.final[key]:.6g}; loss "
+        f"{result.initial['loss']:.6g} -> {result.final['loss']:.6g}"
+    )
+    if "min_lstar" in result.final:
+        report.append(f"min L*: {result.initial['min_lstar']:.6g} -> {result.final['min_lstar']:.6g}")
+    return Outcome(
+        results={
+            "summary": summary,
+            "warnings": warnings,
+            "schedule": _schedule_arrays(result.schedule),
+            "initial_schedule": _schedule_arrays(result.initial_schedule),
+            "params": jax.device_get(result.params),
+            "history": _history_summary(result.history),
+        },
+        history=result.history,
+        metric=key,
+        metric_label=label,
+        before=Curve(result.initial_schedule, grid, start_label),
+        after=Curve(result.schedule, grid, "optimised"),
+        report=report,
+        warnings=warnings,
+        extra={},
+    )
+
+
+def _write_results(stage: Path, outcome: Outcome, config: dict[str, Any]) -> None:
+    """Every result file of ``outcome`` into ``stage`` (moved into --out together)."""
+    from pifs_jax import plotting
+    from pifs_jax.interop import save_diffusers_config
+    from pifs_jax.results import atomic_write_bytes, write_result_json
+
+    before, after = outcome.before, outcome.after
+    for name, results in outcome.extra.items():
+        write_result_json(stage / name, results, config=config)
+    write_result_json(stage / "schedule.json", outcome.results, config=config)
+    atomic_write_bytes(stage / HISTORY_FILE, _history_file(outcome.history))
+    save_diffusers_config(after.sched, stage / "scheduler_config.json")
+    figures = {
+        "lstar.png": plotting.plot_contraction_threshold(
+            {before.label: (before.sched, before.grid), after.label: (after.sched, after.grid)},
+            title="$L^*_t$ before and after",
+        ),
+        "expansion_before.png": plotting.plot_expansion_heatmap(
+            before.sched, before.grid, num_lambdas=61, title=f"$f_t(\\lambda)$: {before.label}"
+        ),
+        "expansion_after.png": plotting.plot_expansion_heatmap(
+            after.sched, after.grid, num_lambdas=61, title=f"$f_t(\\lambda)$: {after.label}"
+        ),
+        "history.png": _history_figure(outcome.history, outcome.metric, outcome.metric_label),
+    }
+    for name, fig in figures.items():
+        plotting.save_figure(fig, stage / name)
+
+
+def run(args: argparse.Namespace) -> int:
+    import jax
+
+    from pifs_jax import optimize
+    from pifs_jax.run_folder import RunFolder, policy_for
+    from pifs_jax.schedules import named_schedule
+
+    settings = _settings(args)
+    policy = policy_for(resume=args.resume, overwrite=args.overwrite)
     precision = jax.enable_x64(True) if args.x64 else contextlib.nullcontext()
     with precision:
-        start = named_schedule(args.init, args.T)
+        start = named_schedule(settings.init, args.T)
         config = {
             "command": command_line(args.argv),
             "argv": args.argv,
-            **run_config,
-            "iterations": iterations,
-            "lr": lr,
+            **settings.run_config,
+            "iterations": settings.iterations,
+            "lr": settings.lr,
             "dtype": str(start.dtype),
         }
-        results: dict[str, Callable[[Path], Any]] = {}
-        warnings: list[str] = []
-        labels = ("uniform grid", "optimised grid") if workload else None
-        try:
-            if workload:
-                num_steps = args.steps or 10
-                result = optimize.optimize_grid(
-                    start,
-                    num_steps,
-                    kind=args.work,
-                    iterations=iterations,
-                    learning_rate=lr,
-                    checkpoint_dir=checkpoint_dir,
-                    checkpoint_every=args.checkpoint_every,
-                    resume=args.resume,
-                    progress=progress,
-                    run_config=run_config,
-                )
-            else:
-                try:
-                    family, params = optimize.schedule_family(
-                        family_name,
-                        args.T,
-                        start=start,
-                        alpha_bar_T=args.alpha_bar_T,
-                        logsnr_max=args.logsnr_max,
-                        n_knots=args.knots,
-                        hidden=args.hidden,
-                    )
-                except ValueError as exc:
-                    error = usage_error_for(exc, _FAMILY_OPTIONS)
-                    if error is None:
-                        raise
-                    raise error from None
-                grid = None if args.steps is None else uniform_grid(args.T, args.steps)
-                objective = optimize.schedule_objective(
-                    {criterion: 1.0},
-                    grid=grid,
-                    variances=args.variances,
-                    sizes=sizes,
-                    temperature=args.temperature,
-                    growth_measure=args.measure,
-                )
-                result = optimize.optimize_schedule(
-                    family,
-                    params,
-                    objective,
-                    iterations=iterations,
-                    learning_rate=lr,
-                    checkpoint_dir=checkpoint_dir,
-                    checkpoint_every=args.checkpoint_every,
-                    resume=args.resume,
-                    progress=progress,
-                    run_config=run_config,
-                )
-        except optimize.Diverged as err:
-            raise _diverged_error(err, out / CHECKPOINT_PATH) from None
-        except ValueError as exc:
-            error = usage_error_for(exc, {"resume": "--resume", "checkpoint_dir": "--out", "learning_rate": "--lr"})
-            if error is None:
-                raise
-            raise error from None
-
-        if workload:
-            uniform = uniform_grid(args.T, num_steps)
-            before_grid, after_grid = uniform, result.grid
-            before_sched = after_sched = start
-            summary = {
-                "criterion": criterion,
-                "num_steps": num_steps,
-                "cv_uniform": result.initial_cv,
-                "cv_relaxed": result.relaxed_cv,
-                "cv": result.cv,
-                "learning_rate": lr,
-            }
-            grid_doc = {
-                "grid": result.grid,
-                "diffusers_timesteps": result.diffusers_timesteps,
-                "times": result.times,
-                "work": result.work,
-                "cv": result.cv,
-                "relaxed_cv": result.relaxed_cv,
-                "uniform_grid": uniform,
-                "uniform_cv": result.initial_cv,
-                "indexing": "grid: this package's (tau_0 = 0 is clean data); diffusers_timesteps: diffusers' "
-                "descending list, timestep k = our k + 1",
-            }
-            results["timesteps.json"] = lambda path: write_result_json(path, grid_doc, config=config)
-            doc = {
-                "summary": summary,
-                "warnings": warnings,
-                "history": _history_summary(result.history),
-                "schedule": _schedule_arrays(start),
-            }
-            history, key, label = result.history, "workload", "CV(W)"
-            report = [
-                f"workload ({args.work}) on {args.init}, {num_steps} steps: CV(W) {result.initial_cv:.4g} (uniform) "
-                f"-> {result.cv:.4g} (optimised; relaxed {result.relaxed_cv:.3g})",
-                f"grid (this package): {result.grid.tolist()}",
-                f"diffusers timesteps: {result.diffusers_timesteps.tolist()}",
-            ]
-        else:
-            before_sched, after_sched = result.initial_schedule, result.schedule
-            before_grid = after_grid = grid
-            start_label = _start_label(family_name, args.init, args, optimize.fit_error(before_sched, start))
-            labels = (start_label, "optimised")
-            warnings += optimize.schedule_warnings(after_sched)
-            key = "weakest_link" if criterion == "weakest_link" else "balanced_growth"
-            measure = "Delta d" if args.measure == "growth" else "IG"
-            label = "soft-min L*" if criterion == "weakest_link" else f"CV({measure})"
-            summary = {
-                "criterion": criterion,
-                "before": result.initial,
-                "after": result.final,
-                "start_schedule": "cosine" if family_name == "cosine_offset" else args.init,
-                "start_label": start_label,
-                "family": family_name,
-                "resumed_from": result.resumed_from,
-                "learning_rate": lr,
-            }
-            doc = {
-                "summary": summary,
-                "warnings": warnings,
-                "schedule": _schedule_arrays(result.schedule),
-                "initial_schedule": _schedule_arrays(result.initial_schedule),
-                "params": jax.device_get(result.params),
-                "history": _history_summary(result.history),
-            }
-            history = result.history
-            report = []
-            if result.resumed_from:
-                report.append(f"resumed from step {result.resumed_from}")
-            report.append(
-                f"{criterion.replace('_', '-')} ({family_name} family from {start_label}, T = {args.T}): "
-                f"{label} {result.initial[key]:.6g} -> {result.final[key]:.6g}; loss "
-                f"{result.initial['loss']:.6g} -> {result.final['loss']:.6g}"
-            )
-            if "min_lstar" in result.final:
-                report.append(f"min L*: {result.initial['min_lstar']:.6g} -> {result.final['min_lstar']:.6g}")
-        results["schedule.json"] = lambda path: write_result_json(path, doc, config=config)
-        history_bytes = _history_file(history)
-        results[HISTORY_FILE] = lambda path: atomic_write_bytes(path, history_bytes)
-        results["scheduler_config.json"] = lambda path: save_diffusers_config(after_sched, path)
-
-        figures = {
-            "lstar.png": plotting.plot_contraction_threshold(
-                {labels[0]: (before_sched, before_grid), labels[1]: (after_sched, after_grid)},
-                title="$L^*_t$ before and after",
-            ),
-            "expansion_before.png": plotting.plot_expansion_heatmap(
-                before_sched, before_grid, num_lambdas=61, title=f"$f_t(\\lambda)$: {labels[0]}"
-            ),
-            "expansion_after.png": plotting.plot_expansion_heatmap(
-                after_sched, after_grid, num_lambdas=61, title=f"$f_t(\\lambda)$: {labels[1]}"
-            ),
-            "history.png": _history_figure(history, key, label),
-        }
-        for name, fig in figures.items():
-            results[name] = functools.partial(plotting.save_figure, fig)
-        written = _stage_results(out, results)
-    print("\n".join(report))
-    for warning in warnings:
+        folder = RunFolder(
+            args.out,
+            policy,
+            results=RESULT_FILES,
+            progress=(CHECKPOINT_PATH,),
+            checkpoint=CHECKPOINT_PATH,
+            command=config["command"],
+        )
+        with folder:
+            if policy == "resume":
+                _check_resume(Path(args.out), settings.run_config)
+            optimise = _optimize_grid if settings.workload else _optimize_schedule
+            try:
+                outcome = optimise(settings, args, start, policy == "resume")
+            except optimize.Diverged as err:
+                raise _diverged_error(err, Path(args.out) / CHECKPOINT_PATH) from None
+            with folder.staged() as stage:
+                _write_results(stage, outcome, config)
+    print("\n".join(outcome.report))
+    for warning in outcome.warnings:
         print(f"{PROG} optimize: warning: {warning}", file=sys.stderr)
-    print("\nwrote " + ", ".join(str(p) for p in written))
+    print("\nwrote " + ", ".join(str(p) for p in folder.written))
     return 0
 
 
