@@ -90,11 +90,11 @@ def _run(describe: dict, make, *, image_shape, patch_size, trajectories, grid, m
          baseline: bool, attention: bool) -> dict:  # fmt: skip
     models = [make(seed) for seed in (0, 1)]
     sched = pj.cosine(T)
-    shape = (trajectories,) + tuple(image_shape) if trajectories > 1 else tuple(image_shape)
+    shape = (trajectories, *image_shape) if trajectories > 1 else tuple(image_shape)
     x_T = jax.random.normal(jax.random.PRNGKey(2), shape, jnp.float32)
     stats = None
     if baseline:
-        data = jax.random.uniform(jax.random.PRNGKey(3), (256,) + tuple(image_shape), minval=-1, maxval=1)
+        data = jax.random.uniform(jax.random.PRNGKey(3), (256, *image_shape), minval=-1, maxval=1)
         stats = pj.patch_stats(data, patch_size=patch_size)
 
     def analysis(which):

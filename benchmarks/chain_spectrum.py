@@ -118,7 +118,7 @@ def init_mlp(key: jax.Array, n: int, *, width: int, embed_dim: int = EMBED_DIM, 
     sizes = [(n + embed_dim, width), (width, width), (width, n)]
     keys = jax.random.split(key, len(sizes))
     params = {}
-    for i, ((fan_in, fan_out), k) in enumerate(zip(sizes, keys), start=1):
+    for i, ((fan_in, fan_out), k) in enumerate(zip(sizes, keys, strict=True), start=1):
         params[f"w{i}"] = jax.random.normal(k, (fan_in, fan_out), dtype) / np.sqrt(fan_in)
         params[f"b{i}"] = jnp.zeros((fan_out,), dtype)
     return params
@@ -331,7 +331,7 @@ def case_leading(
     )
     compiled = lowered.compile()
     compile_s = time.perf_counter() - start
-    (exponents, dimension, (iterations, change)), total_s = timed(compiled, params, sched, x_T, grid)
+    (exponents, _dimension, (iterations, change)), total_s = timed(compiled, params, sched, x_T, grid)
     out = {
         "n": n,
         "steps": steps,

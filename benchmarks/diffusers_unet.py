@@ -90,8 +90,11 @@ def jax_half(loaded, batch: int, repeats: int, chunk: int, jac_chunks: int) -> d
 
     @jax.jit
     def columns(eps_fn, image, start):
-        basis = jax.nn.one_hot(start + jnp.arange(chunk), n, dtype=image.dtype).reshape((chunk,) + image.shape)
-        flat = lambda y: eps_fn(y, 500)
+        basis = jax.nn.one_hot(start + jnp.arange(chunk), n, dtype=image.dtype).reshape((chunk, *image.shape))
+
+        def flat(y):
+            return eps_fn(y, 500)
+
         return jax.vmap(lambda v: jax.jvp(flat, (image,), (v,))[1].reshape(-1))(basis)
 
     compiled = columns.lower(eps_fn, image, 0).compile()

@@ -94,11 +94,11 @@ def torch_spectrum(params: dict, x_T: np.ndarray, coefficients: tuple, *, embed_
         n = x.shape[0]
         q = torch.eye(n)
         product = torch.eye(n)
-        for t, a, b in zip(ts, a_s, b_s):
+        for t, a, b in zip(ts, a_s, b_s, strict=True):
             t_ = torch.tensor(float(t))
             a_, b_ = float(a), float(b)
 
-            def step(v):
+            def step(v, a_=a_, b_=b_, t_=t_):
                 return a_ * v + b_ * eps(v, t_)
 
             jac = jacfwd(step)(x)
@@ -171,7 +171,7 @@ def compare(*, n: int, steps: int, width: int, repeats: int) -> dict[str, Any]:
         "call": "torch.func.jacfwd per step, torch.linalg.qr per step, svdvals of R_N...R_1",
     }
     out["speedup"] = min(torch_times) / min(jax_times)
-    out["speedup_per_round"] = [t / j for t, j in zip(torch_times, jax_times)]
+    out["speedup_per_round"] = [t / j for t, j in zip(torch_times, jax_times, strict=True)]
     out["speedup_first_call_with_compilation"] = torch_first_s / jax_first_s
     out["max_abs_difference_exponents"] = float(np.max(np.abs(np.sort(torch_exponents)[::-1] - jax_exponents)))
     out["meets_target"] = bool(out["speedup"] >= TARGET_SPEEDUP)

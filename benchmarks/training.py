@@ -48,7 +48,7 @@ def throughput(model: str, size: str, *, repeats: int, mu: float = 0.0, batch_si
     """Images/s of the jitted train step of ``model`` at ``size`` (preset batch size unless given)."""
     config = tr.train_config(size, model=model, mu=mu, batch_size=batch_size)
     image_shape = SIZES[size]
-    module, model_config = make_model(model, image_shape=image_shape, patch_size=config.patch_size, size=size)
+    module, _model_config = make_model(model, image_shape=image_shape, patch_size=config.patch_size, size=size)
     params = init_params(module, jax.random.PRNGKey(0), image_shape)
     sched = pj.named_schedule(config.schedule, config.T)
     tables = tr.loss_tables(sched, weighting=config.weighting)
@@ -64,7 +64,7 @@ def throughput(model: str, size: str, *, repeats: int, mu: float = 0.0, batch_si
         patch_size=config.patch_size,
         probes=1,
     )
-    data = jax.random.uniform(jax.random.PRNGKey(2), (1024,) + image_shape, minval=-1, maxval=1)
+    data = jax.random.uniform(jax.random.PRNGKey(2), (1024, *image_shape), minval=-1, maxval=1)
     start = time.perf_counter()
     state, _ = step(state, data)
     jax.block_until_ready(state)
@@ -72,7 +72,7 @@ def throughput(model: str, size: str, *, repeats: int, mu: float = 0.0, batch_si
     holder = {"state": state}
 
     def one():
-        holder["state"], metrics = step(holder["state"], data)
+        holder["state"], _metrics = step(holder["state"], data)
         return holder["state"].params
 
     median, best = _median_seconds(one, repeats)
@@ -105,7 +105,7 @@ def jacobian_time(model: str, size: str, *, repeats: int, chunk: int = 0) -> dic
     leaves, tree = jax.tree_util.tree_flatten(params)
     noise = jax.random.split(jax.random.PRNGKey(4), len(leaves))
     params = jax.tree_util.tree_unflatten(
-        tree, [p + 0.02 * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, noise)]
+        tree, [p + 0.02 * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, noise, strict=True)]
     )
     n = int(np.prod(image_shape))
 
@@ -114,7 +114,9 @@ def jacobian_time(model: str, size: str, *, repeats: int, chunk: int = 0) -> dic
     # tangents produced garbage (~1e30) where J = 0, and constant folding would also flatter the time.
     @jax.jit
     def jac(params, x, t):
-        flat = lambda v: module.apply({"params": params}, v.reshape((1,) + image_shape), t[None])[0].reshape(-1)
+        def flat(v):
+            return module.apply({"params": params}, v.reshape((1, *image_shape)), t[None])[0].reshape(-1)
+
         if not chunk:
             return jax.jacfwd(flat)(x.reshape(-1))
         basis = jnp.eye(n, dtype=x.dtype)
@@ -130,7 +132,9 @@ def jacobian_time(model: str, size: str, *, repeats: int, chunk: int = 0) -> dic
 
     @jax.jit
     def column(params, x, t, j):  # one forward-mode column, to check the big program's answer
-        flat = lambda v: module.apply({"params": params}, v.reshape((1,) + image_shape), t[None])[0].reshape(-1)
+        def flat(v):
+            return module.apply({"params": params}, v.reshape((1, *image_shape)), t[None])[0].reshape(-1)
+
         return jax.jvp(flat, (x.reshape(-1),), (jax.nn.one_hot(j, n, dtype=x.dtype),))[1]
 
     for j in (0, n // 2, n - 1):

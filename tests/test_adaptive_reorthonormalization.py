@@ -203,23 +203,23 @@ def test_cholesky_qr2_falls_back_to_householder_when_ill_conditioned(x64):
     """``kappa = 1e12 > eps^(-1/2)``: the Gram matrix loses the small directions, Householder is used."""
     y = _graded_matrix(jnp.float64, condition=1e12)
     q, r = cholesky_qr2(y)
-    q_h, r_h = householder_qr(y)
+    _q_h, r_h = householder_qr(y)
     np.testing.assert_array_equal(np.asarray(r), np.asarray(r_h))
     np.testing.assert_allclose(q.T @ q, np.eye(64), rtol=0, atol=1e-13)
 
 
 def test_preferred_method_on_cpu_is_householder():
     assert preferred_qr_method("cpu") == "householder"
-    with pytest.raises(ValueError, match="^method:"):
+    with pytest.raises(ValueError, match=r"^method:"):
         positive_qr(jnp.eye(3), method="gram-schmidt")
 
 
 def test_qr_every_accepts_auto_and_names_bad_values(x64, hard_chain64):
-    with pytest.raises(ValueError, match="^qr_every:"):
+    with pytest.raises(ValueError, match=r"^qr_every:"):
         chain_lyapunov_spectrum(
             hard_chain64["eps_fn"], hard_chain64["sched"], hard_chain64["x_T"], grid=GRID, qr_every="often"
         )
-    with pytest.raises(ValueError, match="^qr_every:"):
+    with pytest.raises(ValueError, match=r"^qr_every:"):
         chain_lyapunov_spectrum(
             hard_chain64["eps_fn"], hard_chain64["sched"], hard_chain64["x_T"], grid=GRID, qr_every=0
         )
@@ -331,7 +331,7 @@ def test_probes_keep_a_coupled_block_within_budget(x64):
     def carry_on(state, y):
         return y, state.postponed(), jnp.zeros((), y.dtype)
 
-    for step in range(40):
+    for _step in range(40):
         y = jac @ y
         due, (y, blocks, loss) = blocks.decide(
             jnp.log(jnp.linalg.norm(y, axis=0)), budget, jnp.asarray(False), factor, carry_on, y

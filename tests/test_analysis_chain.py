@@ -45,7 +45,7 @@ def mlp_eps(seed=0, dtype=np.float64):
 
 
 def noise(seed, batch=None, dtype=np.float64):
-    shape = SHAPE if batch is None else (batch,) + SHAPE
+    shape = SHAPE if batch is None else (batch, *SHAPE)
     return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype)
 
 
@@ -56,7 +56,7 @@ def training_data(seed=0, dtype=np.float64, n=512):
     for k, variance in enumerate((0.02, 0.1, 1.0, 4.0)):
         row, col = divmod(k, SHAPE[1] // P)
         scale[row * P : (row + 1) * P, col * P : (col + 1) * P] = np.sqrt(variance)
-    return jnp.asarray(rng.standard_normal((n,) + SHAPE) * scale, dtype)
+    return jnp.asarray(rng.standard_normal((n, *SHAPE)) * scale, dtype)
 
 
 def patches_numpy(x):
@@ -117,11 +117,13 @@ def test_mlp_blocks_equal_a_direct_jacobian(x64):
     assert analysis.method == "exact"
     _, trajectory = pj.ddim_chain(eps_fn, sched, x_T, grid=GRID, return_trajectory=True)
     ab = cosine_alpha_bar(T)
-    for i, (t, s) in enumerate(zip(GRID[1:][::-1], GRID[:-1][::-1])):
+    for i, (t, s) in enumerate(zip(GRID[1:][::-1], GRID[:-1][::-1], strict=True)):
         a = np.sqrt(ab[s] / ab[t])
         b = np.sqrt(1 - ab[s]) - a * np.sqrt(1 - ab[t])
         x = trajectory[i]
-        J = jax.jacfwd(lambda y: a * y + b * tanh_mlp(eps_fn.args[0], y.reshape(SHAPE), t).reshape(-1))(x.reshape(-1))
+        J = jax.jacfwd(lambda y, a=a, b=b, t=t: a * y + b * tanh_mlp(eps_fn.args[0], y.reshape(SHAPE), t).reshape(-1))(
+            x.reshape(-1)
+        )
         norms = block_norms_numpy(J)
         kappa = np.diagonal(norms)
         delta = norms.sum(axis=1) - kappa
@@ -177,11 +179,14 @@ def test_suppression_and_deviation_match_direct_jvps(x64):
     _, trajectory = pj.ddim_chain(eps_fn, sched, x_T, grid=GRID, return_trajectory=True)
     ab = cosine_alpha_bar(T)
     v = np.asarray(stats.leading_eigenvector)
-    for i, (t, s) in enumerate(zip(GRID[1:][::-1], GRID[:-1][::-1])):
+    for i, (t, s) in enumerate(zip(GRID[1:][::-1], GRID[:-1][::-1], strict=True)):
         a = np.sqrt(ab[s] / ab[t])
         b = np.sqrt(1 - ab[s]) - a * np.sqrt(1 - ab[t])
         x = trajectory[i]
-        delta = lambda y: (eps_fn(y.reshape(SHAPE), t) - gaussian(y.reshape(SHAPE), t)).reshape(-1)  # noqa: E731
+
+        def delta(y, t=t):
+            return (eps_fn(y.reshape(SHAPE), t) - gaussian(y.reshape(SHAPE), t)).reshape(-1)
+
         J = np.asarray(jax.jacfwd(delta)(x.reshape(-1)))
         order = patches_numpy(np.arange(J.shape[0]).reshape(SHAPE))
         expected = [abs(b) * v[k] @ J[np.ix_(order[k], order[k])] @ v[k] for k in range(M)]
@@ -267,7 +272,7 @@ def test_nonfinite_chain_is_located(x64):
         (dict(attention_fn=lambda x, t: {}), "attention_fn"),
         (dict(attention_fn=lambda x, t: {"layer": jnp.ones(3)}), "attention_fn"),
         (dict(x_T=jnp.zeros((8, 24))), "x_T"),
-        (dict(x_T=jnp.zeros((1, 1) + SHAPE)), "x_T"),
+        (dict(x_T=jnp.zeros((1, 1, *SHAPE))), "x_T"),
         (dict(x_T=jnp.zeros(SHAPE, jnp.int32)), "x_T"),
         (dict(method="svd"), "method"),
         (dict(krylov_iters=0), "krylov_iters"),

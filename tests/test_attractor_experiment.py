@@ -119,7 +119,7 @@ def test_gaussian_claims(experiment):
 
 
 def test_digits_attractor(experiment):
-    module, section, _ = experiment
+    _module, section, _ = experiment
     import jax.numpy as jnp
 
     from pifs_jax import kaplan_yorke_dimension

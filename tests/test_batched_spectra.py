@@ -21,7 +21,7 @@ def mlp_eps(seed):
 
 
 def starts(count, seed=1):
-    return jnp.asarray(np.random.default_rng(seed).standard_normal((count,) + SHAPE))
+    return jnp.asarray(np.random.default_rng(seed).standard_normal((count, *SHAPE)))
 
 
 @pytest.mark.parametrize("k", [None, 3])

@@ -88,9 +88,9 @@ def test_the_reported_integer_chain_is_refused_and_its_float_twin_runs():
 
 def test_integer_states_are_refused_under_jit_too():
     """The dtype is static: a traced integer state is refused while tracing."""
-    with pytest.raises(ArgumentError, match="^x:"):
+    with pytest.raises(ArgumentError, match=r"^x:"):
         jax.jit(lambda x: ddim_step(shrink, x, 30, 1.0, -0.5))(jnp.ones(3, jnp.int32))
-    with pytest.raises(ArgumentError, match="^x_T:"):
+    with pytest.raises(ArgumentError, match=r"^x_T:"):
         jax.jit(lambda x: pj.ddim_chain(shrink, SCHED, x, grid=GRID))(jnp.ones(3, jnp.int32))
 
 
@@ -148,7 +148,7 @@ def test_fractional_and_non_real_grids_are_refused_by_name(grid, match):
 
 def test_traced_grids_need_an_integer_dtype():
     run = jax.jit(lambda g: pj.ddim_chain(shrink, SCHED, jnp.ones(3), grid=g))
-    with pytest.raises(ArgumentError, match="^grid: a traced grid must have an integer dtype, got float32"):
+    with pytest.raises(ArgumentError, match=r"^grid: a traced grid must have an integer dtype, got float32"):
         run(jnp.asarray(GRID, jnp.float32))
     np.testing.assert_allclose(run(jnp.asarray(GRID)), pj.ddim_chain(shrink, SCHED, jnp.ones(3), grid=GRID), rtol=1e-6)
 

@@ -184,7 +184,8 @@ def test_gradient_through_the_partial_matches_finite_differences(x64):
         minus = jax.tree_util.tree_map(lambda p, d: p - h * d, params, direction)
         central = (float(loss(plus)) - float(loss(minus))) / (2 * h)
         analytic = sum(
-            float(jnp.vdot(g, d)) for g, d in zip(jax.tree_util.tree_leaves(grad), jax.tree_util.tree_leaves(direction))
+            float(jnp.vdot(g, d))
+            for g, d in zip(jax.tree_util.tree_leaves(grad), jax.tree_util.tree_leaves(direction), strict=True)
         )
         np.testing.assert_allclose(analytic, central, rtol=1e-7)
 

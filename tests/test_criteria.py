@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import jax
@@ -110,7 +111,7 @@ def test_workload_on_integer_grids_is_the_sum_of_inverse_thresholds(x64):
     density = 1 / lstar_numpy(ab, np.arange(T + 1))
     grid = np.array([0, 3, 17, 60, 121, 200])
     wk = criteria.workload(sched, grid)
-    expected = np.array([density[s:t].sum() for s, t in zip(grid[:-1], grid[1:])])
+    expected = np.array([density[s:t].sum() for s, t in itertools.pairwise(grid)])
     np.testing.assert_allclose(wk.work, expected, rtol=1e-11)
     assert float(wk.cv) == pytest.approx(cv(expected), rel=1e-10)
     assert float(wk.max_ratio) == pytest.approx(expected.max() / expected.min(), rel=1e-10)

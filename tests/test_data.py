@@ -57,12 +57,12 @@ def test_train_and_test_regions_are_disjoint_exhaustively():
     train, tp = photo_crops(jax.random.key(0), size=size, n=n_train, return_positions=True)
     test, sp = photo_crops(jax.random.key(1), size=size, n=n_test, split="test", return_positions=True)
     # without replacement: every position exactly once
-    assert len(set(zip(tp.photo, tp.top, tp.left))) == n_train
+    assert len(set(zip(tp.photo, tp.top, tp.left, strict=True))) == n_train
     for k, name in enumerate(PHOTO_NAMES):
         covered = np.zeros(load_photo(name, 4).shape[:2], bool)
-        for top, left in zip(tp.top[tp.photo == k], tp.left[tp.photo == k]):
+        for top, left in zip(tp.top[tp.photo == k], tp.left[tp.photo == k], strict=True):
             covered[top : top + size, left : left + size] = True
-        for top, left in zip(sp.top[sp.photo == k], sp.left[sp.photo == k]):
+        for top, left in zip(sp.top[sp.photo == k], sp.left[sp.photo == k], strict=True):
             assert not covered[top : top + size, left : left + size].any()
     # each crop inside one checkerboard cell of side 2*size, of the split's parity
     for pos, parity in ((tp, 0), (sp, 1)):
@@ -75,30 +75,30 @@ def test_train_and_test_regions_are_disjoint_exhaustively():
 
 
 def test_load_photo_bad_inputs():
-    with pytest.raises(ValueError, match="^name: expected one of astronaut"):
+    with pytest.raises(ValueError, match=r"^name: expected one of astronaut"):
         load_photo("lena")
-    with pytest.raises(ValueError, match="^factor:"):
+    with pytest.raises(ValueError, match=r"^factor:"):
         load_photo("coffee", 0)
     assert not load_photo("coffee", 8).flags.writeable  # the cached array cannot be changed by a caller
 
 
 def test_photo_crops_bad_inputs():
     key = jax.random.key(0)
-    with pytest.raises(ValueError, match="^n: .*9537"):
+    with pytest.raises(ValueError, match=r"^n: .*9537"):
         photo_crops(key, size=16, n=9538)
-    with pytest.raises(ValueError, match="^n:"):
+    with pytest.raises(ValueError, match=r"^n:"):
         photo_crops(key, size=16, n=0)
-    with pytest.raises(ValueError, match="^split:"):
+    with pytest.raises(ValueError, match=r"^split:"):
         photo_crops(key, size=16, n=4, split="val")
-    with pytest.raises(ValueError, match="^size:"):
+    with pytest.raises(ValueError, match=r"^size:"):
         photo_crops(key, size=0, n=4)
-    with pytest.raises(ValueError, match="^size:"):
+    with pytest.raises(ValueError, match=r"^size:"):
         photo_crops(key, size=300, n=4)
-    with pytest.raises(ValueError, match="^downsample:"):
+    with pytest.raises(ValueError, match=r"^downsample:"):
         photo_crops(key, size=16, n=4, downsample=0)
-    with pytest.raises(ValueError, match="^photos:"):
+    with pytest.raises(ValueError, match=r"^photos:"):
         photo_crops(key, size=16, n=4, photos=("lena",))
-    with pytest.raises(ValueError, match="^key:"):
+    with pytest.raises(ValueError, match=r"^key:"):
         photo_crops(np.float32(0.5), size=16, n=4)
 
 
@@ -131,9 +131,9 @@ def test_load_dataset_shapes_and_digits_split():
     test_rows = {r.tobytes() for r in everything[DIGITS_TRAIN:].reshape(len(everything) - DIGITS_TRAIN, -1)}
     assert all(r.tobytes() in train_rows for r in train.reshape(200, -1))
     assert {r.tobytes() for r in test.reshape(360, -1)} == test_rows  # n = all: the whole test split
-    with pytest.raises(ValueError, match="^n: .*360"):
+    with pytest.raises(ValueError, match=r"^n: .*360"):
         load_dataset("digits", key, 361, split="test")
-    with pytest.raises(ValueError, match="^name:"):
+    with pytest.raises(ValueError, match=r"^name:"):
         load_dataset("cifar10", key, 5)
 
 
@@ -195,9 +195,9 @@ def test_gaussian_mixture_data(x64):
         se = np.sqrt(np.diag(covs[k]) / len(sel))
         assert np.all(np.abs(sel.mean(axis=0) - means[k].reshape(-1)) <= 6 * se + 1e-12)
     np.testing.assert_allclose(samples[labels == 1][:, 2], 1.0)  # zero variance coordinate
-    with pytest.raises(ValueError, match="^covs:"):
+    with pytest.raises(ValueError, match=r"^covs:"):
         gaussian_mixture_data(jax.random.key(0), n=4, weights=weights, means=means, covs=covs[:, :3, :3])
-    with pytest.raises(ValueError, match="^weights:"):
+    with pytest.raises(ValueError, match=r"^weights:"):
         gaussian_mixture_data(jax.random.key(0), n=4, weights=[-1.0, 1.0], means=means, covs=covs)
 
 
@@ -237,23 +237,23 @@ def test_patch_stats_of_photos_and_digits():
 
 def test_data_bad_inputs():
     key = jax.random.key(0)
-    with pytest.raises(ValueError, match="^patch_size:"):
+    with pytest.raises(ValueError, match=r"^patch_size:"):
         patch_stats(np.zeros((5, 8, 8, 3)), patch_size=3)
-    with pytest.raises(ValueError, match="^data:"):
+    with pytest.raises(ValueError, match=r"^data:"):
         patch_stats(np.zeros((8, 8, 3)).reshape(1, 8, 8, 3, 1), patch_size=4)
-    with pytest.raises(ValueError, match="^data:"):
+    with pytest.raises(ValueError, match=r"^data:"):
         patch_stats(np.zeros((1, 8, 8, 3)), patch_size=4)
-    with pytest.raises(ValueError, match="^data:"):
+    with pytest.raises(ValueError, match=r"^data:"):
         patch_stats(np.full((3, 8, 8, 3), np.nan), patch_size=4)
-    with pytest.raises(ValueError, match="^patch_size:"):
+    with pytest.raises(ValueError, match=r"^patch_size:"):
         gaussian_patch_data(key, n=4, image_shape=(8, 8, 3), patch_size=3, patch_variances=np.ones(4))
     with pytest.raises(ValueError, match=r"^patch_variances: expected shape \(M,\) = \(4,\)"):
         gaussian_patch_data(key, n=4, image_shape=(8, 8, 3), patch_size=4, patch_variances=np.ones(5))
-    with pytest.raises(ValueError, match="^patch_variances:"):
+    with pytest.raises(ValueError, match=r"^patch_variances:"):
         gaussian_patch_data(key, n=4, image_shape=(8, 8, 3), patch_size=4, patch_variances=-np.ones(4))
-    with pytest.raises(ValueError, match="^mean:"):
+    with pytest.raises(ValueError, match=r"^mean:"):
         gaussian_patch_data(
             key, n=4, image_shape=(8, 8, 3), patch_size=4, patch_variances=np.ones(4), mean=np.zeros((8, 8))
         )
-    with pytest.raises(ValueError, match="^n:"):
+    with pytest.raises(ValueError, match=r"^n:"):
         gaussian_patch_data(key, n=0, image_shape=(8, 8, 3), patch_size=4, patch_variances=np.ones(4))

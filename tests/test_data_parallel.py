@@ -64,13 +64,15 @@ RUN = textwrap.dedent(
         return result, losses
     """
 )
-exec(RUN)
+_namespace: dict = {"tr": tr}
+exec(RUN, _namespace)
+run_config, run = _namespace["run_config"], _namespace["run"]
 
 
 def subprocess_env(devices: int) -> dict[str, str]:
     env = dict(os.environ)
     flags = [f for f in env.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
-    env["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={devices}"])
+    env["XLA_FLAGS"] = " ".join([*flags, f"--xla_force_host_platform_device_count={devices}"])
     env["JAX_PLATFORMS"] = "cpu"
     return env
 
@@ -97,11 +99,11 @@ def test_batch_size_must_split_over_the_devices():
 
 def test_more_devices_than_jax_sees_says_how_to_get_them(tmp_path, capsys):
     too_many = jax.device_count() + 1
-    with pytest.raises(ArgumentError, match="^devices:") as error:
+    with pytest.raises(ArgumentError, match=r"^devices:") as error:
         tr.check_devices(too_many)
     assert f"XLA_FLAGS=--xla_force_host_platform_device_count={too_many}" in str(error.value)
     assert "--devices" in str(error.value)
-    with pytest.raises(ArgumentError, match="^devices:"):
+    with pytest.raises(ArgumentError, match=r"^devices:"):
         tr.train(tr.train_config("quick", data="digits", batch_size=8 * too_many, devices=too_many), tmp_path / "run")
     assert not (tmp_path / "run").exists()
     assert (
@@ -151,11 +153,11 @@ def test_multi_process_options(tmp_path, capsys):
         == 2
     )
     assert "argument --num-processes:" in capsys.readouterr().err
-    with pytest.raises(ArgumentError, match="^coordinator:"):
+    with pytest.raises(ArgumentError, match=r"^coordinator:"):
         initialize_processes("localhost", 2, 0)
-    with pytest.raises(ArgumentError, match="^process_id:"):
+    with pytest.raises(ArgumentError, match=r"^process_id:"):
         initialize_processes("localhost:12355", 2, 2)
-    with pytest.raises(ArgumentError, match="^num_processes:"):
+    with pytest.raises(ArgumentError, match=r"^num_processes:"):
         initialize_processes("localhost:12355", 0, 0)
 
 
@@ -241,7 +243,7 @@ def test_four_devices_follow_the_single_device_trajectory(tmp_path, reference):
     resumed, losses = run(1, copy, resume=True)
     assert sorted(losses) == [5, 6]
     np.testing.assert_allclose([losses[5], losses[6]], [one_losses[5], one_losses[6]], rtol=RTOL)
-    for a, b in zip(leaves(resumed.state.params), leaves(one_result.state.params)):
+    for a, b in zip(leaves(resumed.state.params), leaves(one_result.state.params), strict=True):
         np.testing.assert_allclose(a, b, rtol=RTOL, atol=1e-5)  # atol: parameters near 0 (lr 3e-3 steps)
 
 
@@ -292,7 +294,7 @@ def test_two_processes_agree_and_only_process_zero_writes(tmp_path, reference):
         for p in processes:
             stdout, stderr = p.communicate(timeout=400)
             assert p.returncode == 0, stdout[-3000:] + stderr[-3000:]
-            outputs.append(json.loads(next(l for l in stdout.splitlines() if l.startswith("RESULT "))[7:]))
+            outputs.append(json.loads(next(line for line in stdout.splitlines() if line.startswith("RESULT "))[7:]))
     finally:
         for p in processes:
             if p.poll() is None:

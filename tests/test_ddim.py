@@ -126,11 +126,14 @@ def test_gradient_through_the_chain(x64):
         return jnp.sum(jnp.exp(2 * pj.moran_function(sched, lam, grid)))
 
     grad = float(jax.grad(loss)(0.008))
+
     # The chain forms f_t - 1 ~ 1e-3 as a_t + b_t eps - 1, so its value carries ~1e-13 relative
     # rounding that varies with s, which a tiny h would amplify; the cosine's steep s-dependence
     # makes the plain central difference's h^2 truncation 3e-5 at h = 1e-4. Richardson
     # extrapolation of two central differences removes the h^2 term (residual ~h^4).
-    central = lambda h: (loss(0.008 + h) - loss(0.008 - h)) / (2 * h)
+    def central(h):
+        return (loss(0.008 + h) - loss(0.008 - h)) / (2 * h)
+
     fd = (4 * central(1e-4) - central(2e-4)) / 3
     assert grad == pytest.approx(float(fd), rel=1e-6)
     # and it is exactly the derivative of the closed form (same function, cancellation-free)

@@ -35,7 +35,7 @@ def numpy_mixture_eps(sched, t, weights, means, covs, x):
     sigma2 = 1 - ab
     n = covs.shape[1]
     logits, eps = [], []
-    for w, mu, cov in zip(weights, means.reshape(len(weights), -1), covs):
+    for w, mu, cov in zip(weights, means.reshape(len(weights), -1), covs, strict=True):
         c = ab * cov + sigma2 * np.eye(n)
         d = x.reshape(-1) - np.sqrt(ab) * mu
         sol = np.linalg.solve(c, d)
@@ -106,7 +106,7 @@ def test_gaussian_eig_and_patches_match_full(x64):
     shape, p = (4, 4, 2), 2
     m, nk = 4, 8
     lam = rng.uniform(0.01, 5.0, (m, nk))
-    blocks, vecs = zip(*(random_covariance(rng, lam_k) for lam_k in lam))
+    blocks, _vecs = zip(*(random_covariance(rng, lam_k) for lam_k in lam), strict=True)
     patch_covs = np.stack(blocks)
     # block-diagonal covariance in patch order, brought back to the row-major image order
     inv = np.argsort(patch_permutation(shape, p))
@@ -271,7 +271,7 @@ def test_jit_and_vmap_agree_with_plain(x64):
     xs = rng.standard_normal((5, 4, 4, 1))
     ts = np.array([1, 20, 200, 600, 1000])
     for eps_fn in (empirical_denoiser(sched, data), gaussian_denoiser(sched, np.zeros((4, 4, 1)), cov)):
-        plain = np.stack([eps_fn(x, t) for x, t in zip(xs, ts)])
+        plain = np.stack([eps_fn(x, t) for x, t in zip(xs, ts, strict=True)])
         np.testing.assert_allclose(jax.vmap(eps_fn)(xs, ts), plain, rtol=1e-12, atol=1e-13)
         np.testing.assert_allclose(jax.jit(jax.vmap(eps_fn))(xs, ts), plain, rtol=1e-12, atol=1e-13)
 
@@ -298,11 +298,11 @@ def test_bad_covariances():
     good = np.eye(3)
     with pytest.raises(ValueError, match=r"cov.*\(3, 3\)"):
         gaussian_denoiser(sched, np.zeros(3), np.eye(4))
-    with pytest.raises(ValueError, match="cov.*symmetric"):
+    with pytest.raises(ValueError, match=r"cov.*symmetric"):
         gaussian_denoiser(sched, np.zeros(3), good + np.triu(np.ones((3, 3)), 1))
-    with pytest.raises(ValueError, match="cov.*positive semi-definite"):
+    with pytest.raises(ValueError, match=r"cov.*positive semi-definite"):
         gaussian_denoiser(sched, np.zeros(3), np.diag([1.0, -0.5, 1.0]))
-    with pytest.raises(ValueError, match="cov.*finite"):
+    with pytest.raises(ValueError, match=r"cov.*finite"):
         gaussian_denoiser(sched, np.zeros(3), np.diag([1.0, np.nan, 1.0]))
     with pytest.raises(ValueError, match="sched"):
         gaussian_denoiser(np.ones(10), np.zeros(3), good)
@@ -310,7 +310,7 @@ def test_bad_covariances():
         gaussian_denoiser_eig(sched, np.zeros(3), np.array([1.0, -1.0, 1.0]), good)
     with pytest.raises(ValueError, match="eigvals"):
         gaussian_denoiser_eig(sched, np.zeros(3), np.ones(2), good)
-    with pytest.raises(ValueError, match="eigvecs.*orthogonal"):
+    with pytest.raises(ValueError, match=r"eigvecs.*orthogonal"):
         gaussian_denoiser_eig(sched, np.zeros(3), np.ones(3), good + 0.1)
     with pytest.raises(ValueError, match="x"):
         gaussian_denoiser(sched, np.zeros(3), good)(jnp.zeros(4), 3)

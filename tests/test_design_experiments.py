@@ -79,7 +79,7 @@ def test_target_dimension_measured_route_approaches_the_target_and_equals_analyt
             progress=False,
         )
         for sched, measured in ((result.initial_schedule, result.initial), (result.schedule, result.final)):
-            analytic_loss, analytic = objectives["gaussian_analytic"](sched)
+            _analytic_loss, analytic = objectives["gaussian_analytic"](sched)
             assert float(analytic["dimension"]) == pytest.approx(measured["dimension"], abs=1e-10)
     start_error = abs(result.initial["dimension"] - 4.75)
     assert start_error > 0.3

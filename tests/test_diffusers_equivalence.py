@@ -188,7 +188,7 @@ def test_attention_weights_match_diffusers(name, tmp_path):
 @pytest.mark.slow
 def test_return_attention_keeps_eps_and_heads(tmp_path):
     """Every attention layer's weights, heads kept, rows summing to 1; eps bitwise unchanged."""
-    meta, ref = read_fixture("small_a")
+    _meta, ref = read_fixture("small_a")
     loaded = load_fixture_model("small_a", tmp_path)
     x, t = jnp.asarray(ref["x"]), jnp.array([5, 900], jnp.int32)
     eps = jitted_apply(loaded.module, loaded.params, x, t)

@@ -147,7 +147,7 @@ def test_legacy_attention_names_load_the_same_network(tmp_path):
     assert any(".query.weight" in k for k in legacy) and any(".proj_attn.bias" in k for k in legacy)
     save_safetensors(legacy, weights)
     old = load_diffusers_unet(folder)
-    for a, b in zip(jax_leaves(new.params), jax_leaves(old.params)):
+    for a, b in zip(jax_leaves(new.params), jax_leaves(old.params), strict=True):
         np.testing.assert_array_equal(a, b)
     # a key named "key" outside an attention layer is not renamed
     assert rename_legacy_keys(["mid_block.resnets.0.key.weight"]) == {
@@ -185,7 +185,7 @@ def test_pickle_weights_read_with_torch(tmp_path):
     weights.unlink()
     loaded = load_diffusers_unet(folder)
     assert loaded.weights_file.name == "diffusion_pytorch_model.bin"
-    for a, b in zip(jax_leaves(reference.params), jax_leaves(loaded.params)):
+    for a, b in zip(jax_leaves(reference.params), jax_leaves(loaded.params), strict=True):
         np.testing.assert_array_equal(a, b)
 
 

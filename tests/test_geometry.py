@@ -32,7 +32,7 @@ def _naive_f(sched, grid, lam):
 def test_step_coefficients_and_both_forms_of_lstar(x64, grid):
     sched = pj.cosine(1000)
     g = np.arange(1001) if grid is None else grid
-    _, _, sig_t, sig_s, a, b = _naive(sched, g)
+    _, _, _sig_t, _sig_s, a, b = _naive(sched, g)
     c = pj.step_coefficients(sched, grid)
     np.testing.assert_allclose(c.a, a, rtol=1e-13)
     np.testing.assert_allclose(c.b, b, rtol=1e-8)  # the naive b loses ~8 digits at t = 1
@@ -235,7 +235,10 @@ def test_gradients_match_finite_differences(x64, grid):
     }
     for cname, crit in criteria.items():
         for fname, (family, p0) in families.items():
-            fn = lambda p: crit(family(p))
+
+            def fn(p, crit=crit, family=family):
+                return crit(family(p))
+
             grad = float(jax.jit(jax.grad(fn))(p0))
             fd = float(_fd(fn, p0))
             assert grad == pytest.approx(fd, rel=1e-5, abs=1e-10), (cname, fname, grad, fd)
@@ -247,10 +250,13 @@ def test_gradients_of_learnable_parameters(x64):
     params = {"logits": jnp.array([0.3, -0.2, 0.1, 0.0, 0.5, -0.4])}
     direction = {"logits": jnp.array([1.0, -0.5, 0.25, 0.0, -1.0, 0.5])}
     for crit in (lambda s: pj.moran_threshold(s, GRID50), lambda s: jnp.min(pj.contraction_threshold(s))):
-        fn = jax.jit(lambda p: crit(fam.apply(p)))  # compiled once for the gradient and both shifts
+        fn = jax.jit(lambda p, crit=crit: crit(fam.apply(p)))  # compiled once for the gradient and both shifts
         g = jax.jit(jax.grad(fn))(params)
         directional = float(jnp.vdot(g["logits"], direction["logits"]))
-        shift = lambda h: fn({"logits": params["logits"] + h * direction["logits"]})
+
+        def shift(h, fn=fn):
+            return fn({"logits": params["logits"] + h * direction["logits"]})
+
         assert directional == pytest.approx(float(_fd(shift, 0.0)), rel=1e-5)
 
 

@@ -154,7 +154,7 @@ def test_marginal_entropy_gain_formula_telescoping_and_cauchy_schwarz(x64):
     # the steps telescope: sum_t H_t = 1/2 sum_k n_k log(lambda_k / v_T(lambda_k))
     assert H.sum() == pytest.approx(0.5 * np.sum(sizes * np.log(lam / v[-1])), rel=1e-12)
     # Cauchy-Schwarz: log f_t(lambda) <= 1/2 log(v_s / v_t), per direction
-    for k, lam_k in enumerate(lam):
+    for k, _lam_k in enumerate(lam):
         bound = np.asarray(h.marginal_entropy_gain(sched, lam[k : k + 1]))
         assert np.all(np.asarray(pj.log_expansion_factor(sched, lam[k : k + 1]))[:, 0] <= bound + 1e-15)
 

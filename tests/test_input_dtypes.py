@@ -87,13 +87,13 @@ def test_load_dataset_refuses_non_floating_dtype(dtype):
 
 def test_dtype_argument_is_refused_everywhere_before_any_work():
     key = jax.random.key(0)
-    with pytest.raises(ArgumentError, match="^dtype: .*got int32"):
+    with pytest.raises(ArgumentError, match=r"^dtype: .*got int32"):
         photo_crops(key, size=16, n=4, dtype=jnp.int32)
-    with pytest.raises(ArgumentError, match="^dtype: .*got 'bogus'"):
+    with pytest.raises(ArgumentError, match=r"^dtype: .*got 'bogus'"):
         load_dataset("photos16", key, 4, dtype="bogus")
-    with pytest.raises(ArgumentError, match="^dtype: .*got int8"):
+    with pytest.raises(ArgumentError, match=r"^dtype: .*got int8"):
         gaussian_patch_data(key, n=2, image_shape=(4, 4, 1), patch_size=2, patch_variances=np.ones(4), dtype="int8")
-    with pytest.raises(ArgumentError, match="^dtype: .*got uint8"):
+    with pytest.raises(ArgumentError, match=r"^dtype: .*got uint8"):
         gaussian_mixture_data(
             key, n=2, weights=np.ones(1), means=np.zeros((1, 2)), covs=np.eye(2)[None], dtype=np.uint8
         )
@@ -228,7 +228,7 @@ def test_eps_fns_refuse_integer_samples():
         "attention": empirical_attention(sched, data),
     }
     x_int = jnp.ones((2, 2, 1), jnp.int32)
-    for name, eps_fn in eps_fns.items():
+    for _name, eps_fn in eps_fns.items():
         with _refused("x", "int32"):
             eps_fn(x_int, 50)
         with _refused("x", "int32"):  # dtypes are static: refused under jit as well

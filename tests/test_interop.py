@@ -306,19 +306,19 @@ def test_export_bad_inputs():
 
 
 def test_unknown_beta_schedule():
-    with pytest.raises(ValueError, match="beta_schedule.*'quadratic'"):
+    with pytest.raises(ValueError, match=r"beta_schedule.*'quadratic'"):
         interop.from_diffusers_config({"beta_schedule": "quadratic"})
 
 
 def test_unknown_timestep_spacing():
-    with pytest.raises(ValueError, match="timestep_spacing.*'uniform'"):
+    with pytest.raises(ValueError, match=r"timestep_spacing.*'uniform'"):
         interop.from_diffusers_config({"timestep_spacing": "uniform"})
 
 
 def test_malformed_json_file(tmp_path):
     path = tmp_path / "scheduler_config.json"
     path.write_text('{"beta_schedule": "linear",')
-    with pytest.raises(ValueError, match="scheduler_config.json.*not valid JSON"):
+    with pytest.raises(ValueError, match=r"scheduler_config\.json.*not valid JSON"):
         interop.from_diffusers_config(path)
     path.write_text("[1, 2, 3]")
     with pytest.raises(ValueError, match="JSON object"):
@@ -327,16 +327,16 @@ def test_malformed_json_file(tmp_path):
 
 def test_missing_file(tmp_path):
     missing = tmp_path / "nowhere" / "scheduler_config.json"
-    with pytest.raises(ValueError, match="config: file not found.*nowhere"):
+    with pytest.raises(ValueError, match=r"config: file not found.*nowhere"):
         interop.from_diffusers_config(missing)
     with pytest.raises(ValueError, match="config"):
         interop.load_config(42)
 
 
 def test_trained_betas_wrong_length():
-    with pytest.raises(ValueError, match="trained_betas.*num_train_timesteps = 1000"):
+    with pytest.raises(ValueError, match=r"trained_betas.*num_train_timesteps = 1000"):
         interop.from_diffusers_config({"trained_betas": [0.01] * 999})
-    with pytest.raises(ValueError, match="trained_betas.*num_train_timesteps = 10"):
+    with pytest.raises(ValueError, match=r"trained_betas.*num_train_timesteps = 10"):
         interop.from_diffusers_config({"num_train_timesteps": 10, "trained_betas": [0.01] * 11})
 
 

@@ -75,7 +75,7 @@ def test_flow_matching_configs_are_refused_by_class_name(config, read, tmp_path)
     # also from a file, whose name the message gives
     path = tmp_path / "scheduler_config.json"
     path.write_text(json.dumps(config))
-    with pytest.raises(ArgumentError, match="flow-matching.*scheduler_config.json"):
+    with pytest.raises(ArgumentError, match=r"flow-matching.*scheduler_config\.json"):
         interop.from_diffusers_config(path)
 
 
@@ -111,7 +111,7 @@ def test_other_family_keys_are_refused_without_an_ignore_hint(key):
 
 def test_sd3_config_without_class_name_is_refused_by_shift():
     config = {k: v for k, v in SD3_CONFIG.items() if k != "_class_name"}
-    with pytest.raises(ArgumentError, match="^shift: is a key of flow-matching scheduler configs"):
+    with pytest.raises(ArgumentError, match=r"^shift: is a key of flow-matching scheduler configs"):
         interop.from_diffusers_config(config)
 
 
@@ -125,9 +125,9 @@ def test_flow_prediction_is_refused():
     }
     with pytest.raises(ArgumentError, match=f"^prediction_type: 'flow_prediction'.*{FLOW_REASON}"):
         interop.from_diffusers_config(config)
-    with pytest.raises(ArgumentError, match="^use_flow_sigmas: "):
+    with pytest.raises(ArgumentError, match=r"^use_flow_sigmas: "):
         interop.from_diffusers_config({"_class_name": "UniPCMultistepScheduler", "use_flow_sigmas": True})
-    with pytest.raises(ArgumentError, match="^flow_shift: "):
+    with pytest.raises(ArgumentError, match=r"^flow_shift: "):
         interop.from_diffusers_config({"_class_name": "UniPCMultistepScheduler", "flow_shift": 3.0})
 
 
@@ -146,7 +146,7 @@ def test_unsupported_classes_are_refused_by_name(name):
 
 
 def test_class_name_must_be_a_string():
-    with pytest.raises(ArgumentError, match="^_class_name: expected the name of a diffusers scheduler class, got 3"):
+    with pytest.raises(ArgumentError, match=r"^_class_name: expected the name of a diffusers scheduler class, got 3"):
         interop.from_diffusers_config({"_class_name": 3, "beta_schedule": "linear"})
 
 
@@ -174,7 +174,7 @@ def test_classes_with_other_defaults_must_spell_the_schedule_out(x64):
         "beta_schedule, beta_start, beta_end",
     ):
         interop.from_diffusers_config({"_class_name": "LCMScheduler"})
-    with pytest.raises(ArgumentError, match="^beta_start: missing .* HeunDiscreteScheduler"):
+    with pytest.raises(ArgumentError, match=r"^beta_start: missing .* HeunDiscreteScheduler"):
         interop.from_diffusers_config(
             {
                 "_class_name": "HeunDiscreteScheduler",
@@ -218,7 +218,7 @@ def test_real_sdxl_euler_config_is_read(x64):
 
 
 def test_export_refuses_a_flow_matching_class_name():
-    with pytest.raises(ArgumentError, match="^_class_name: 'FlowMatchEulerDiscreteScheduler'"):
+    with pytest.raises(ArgumentError, match=r"^_class_name: 'FlowMatchEulerDiscreteScheduler'"):
         interop.to_diffusers_config(schedules.linear(10), _class_name="FlowMatchEulerDiscreteScheduler")
     assert (
         interop.to_diffusers_config(schedules.linear(10), _class_name="DDPMScheduler")["_class_name"] == "DDPMScheduler"
@@ -238,21 +238,21 @@ def test_export_refuses_a_flow_matching_class_name():
     ],
 )
 def test_config_that_identifies_no_schedule_is_refused(config):
-    with pytest.raises(ArgumentError, match="^config: names no scheduler class .*DDIMScheduler's defaults") as info:
+    with pytest.raises(ArgumentError, match=r"^config: names no scheduler class .*DDIMScheduler's defaults") as info:
         interop.from_diffusers_config(config)
     assert info.value.argument == "config"
 
 
 def test_grid_key_is_not_a_schedule_key():
     # set_alpha_to_one says nothing about alpha_bar: the schedule would be all defaults
-    with pytest.raises(ArgumentError, match="^config: names no scheduler class"):
+    with pytest.raises(ArgumentError, match=r"^config: names no scheduler class"):
         interop.from_diffusers_config({"set_alpha_to_one": False})
     # ... but it is what the grid reads
     np.testing.assert_array_equal(
         interop.diffusers_config_grid({"timestep_spacing": "trailing"}, 10),
         [0, 100, 200, 300, 400, 500, 600, 700, 800, 900, 1000],
     )
-    with pytest.raises(ArgumentError, match="^config: names no scheduler class"):
+    with pytest.raises(ArgumentError, match=r"^config: names no scheduler class"):
         interop.diffusers_config_grid({}, 10)
 
 
@@ -303,7 +303,7 @@ def test_null_values_mean_default(x64):
 
 
 def test_unknown_key_hint_is_conditional():
-    with pytest.raises(ArgumentError, match="^brand_new_option: unknown scheduler config key") as info:
+    with pytest.raises(ArgumentError, match=r"^brand_new_option: unknown scheduler config key") as info:
         interop.from_diffusers_config({"_class_name": "DDIMScheduler", "brand_new_option": 1})
     assert "if it changes neither alpha_bar nor the DDIM grid, pass ignore=('brand_new_option',)" in info.value.detail
     interop.from_diffusers_config({"_class_name": "DDIMScheduler", "brand_new_option": 1}, ignore=("brand_new_option",))

@@ -44,7 +44,10 @@ def test_forward_jacobian_equals_jacfwd_for_any_tangent_batch(x64, chunk):
     expected = jax.vmap(jax.jacfwd(fn))(xs)
     got = jax.vmap(lambda x: forward_jacobian(fn, x, chunk=chunk))(xs)
     np.testing.assert_allclose(got, expected, rtol=1e-14, atol=1e-14)
-    loss = lambda x, jac: jnp.sum(jnp.sin(jac(fn, x)))
+
+    def loss(x, jac):
+        return jnp.sum(jnp.sin(jac(fn, x)))
+
     np.testing.assert_allclose(
         jax.grad(loss)(xs[0], lambda f, x: forward_jacobian(f, x, chunk=chunk)),
         jax.grad(loss)(xs[0], lambda f, x: jax.jacfwd(f)(x)),
@@ -64,12 +67,12 @@ def patch_model(rng, image_shape, p):
     h, w, ch = image_shape
     m, nk = (h // p) * (w // p), p * p * ch
     lam = np.exp(rng.uniform(np.log(0.02), np.log(20.0), (m, nk)))
-    covs, vecs = zip(*(random_covariance(rng, lam_k) for lam_k in lam))
+    covs, vecs = zip(*(random_covariance(rng, lam_k) for lam_k in lam), strict=True)
     return np.stack(covs), np.stack(vecs), lam
 
 
 def empirical_setup(rng, image_shape, sched, t, n_data=12):
-    data = 0.5 * rng.standard_normal((n_data,) + image_shape)
+    data = 0.5 * rng.standard_normal((n_data, *image_shape))
     x = np.sqrt(float(sched.alpha_bar[t])) * data.mean(0) + float(sched.sigma[t]) * rng.standard_normal(image_shape)
     return data, x
 
@@ -138,7 +141,7 @@ def test_jit_and_vmap_agree_with_plain(x64):
     sched = pj.cosine(1000)
     data, _ = empirical_setup(rng, shape, sched, 500)
     eps_fn = empirical_denoiser(sched, data)
-    xs = rng.standard_normal((3,) + shape)
+    xs = rng.standard_normal((3, *shape))
     t, a, b = coefficients(sched, 25)
     plain = np.stack([step_jacobian(eps_fn, x, t=t, a=a, b=b) for x in xs])
     jac_fn = lambda x: step_jacobian(eps_fn, x, t=t, a=a, b=b)  # noqa: E731

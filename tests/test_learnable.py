@@ -15,7 +15,9 @@ def test_any_parameters_give_a_valid_schedule(x64, family):
     for seed in range(5):
         leaves, treedef = jax.tree_util.tree_flatten(params)
         keys = jax.random.split(jax.random.key(seed), len(leaves))
-        noisy = treedef.unflatten([3 * jax.random.normal(k, l.shape, l.dtype) for k, l in zip(keys, leaves)])
+        noisy = treedef.unflatten(
+            [3 * jax.random.normal(k, leaf.shape, leaf.dtype) for k, leaf in zip(keys, leaves, strict=True)]
+        )
         sched = family.apply(noisy)
         check_log_alpha_bar(sched.log_alpha_bar)  # raises if not monotone / out of range
         check_gaps(sched.log_alpha_bar, sched.gaps)

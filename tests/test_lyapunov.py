@@ -336,23 +336,23 @@ def test_fewer_qrs_give_the_same_spectrum(x64, gaussian64, qr_every):
 def test_bad_input_names_the_argument(x64, gaussian64):
     eps_fn, sched, x_T = gaussian64["eps_fn"], gaussian64["sched"], gaussian64["x_T"]
     for k in (0, N_DIM + 1, 2.5, True):
-        with pytest.raises(ValueError, match="^k:"):
+        with pytest.raises(ValueError, match=r"^k:"):
             chain_lyapunov_spectrum(eps_fn, sched, x_T, grid=GRID, k=k)
-    with pytest.raises(ValueError, match="^method:"):
+    with pytest.raises(ValueError, match=r"^method:"):
         chain_lyapunov_spectrum(eps_fn, sched, x_T, grid=GRID, method="qr")
-    with pytest.raises(ValueError, match="^eps_fn:.*shape"):
+    with pytest.raises(ValueError, match=r"^eps_fn:.*shape"):
         chain_lyapunov_spectrum(lambda x, t: x[:-1], sched, x_T, grid=GRID)
-    with pytest.raises(ValueError, match="^x_T:.*non-finite"):
+    with pytest.raises(ValueError, match=r"^x_T:.*non-finite"):
         chain_lyapunov_spectrum(eps_fn, sched, x_T.at[2].set(jnp.nan), grid=GRID)
-    with pytest.raises(ValueError, match="^grid:"):
+    with pytest.raises(ValueError, match=r"^grid:"):
         chain_lyapunov_spectrum(eps_fn, sched, x_T, grid=np.array([0, 500, 2000]))
-    with pytest.raises(ValueError, match="^sched:"):
+    with pytest.raises(ValueError, match=r"^sched:"):
         chain_lyapunov_spectrum(eps_fn, np.ones(10), x_T, grid=GRID)
-    with pytest.raises(ValueError, match="^mesh:"):
+    with pytest.raises(ValueError, match=r"^mesh:"):
         chain_lyapunov_spectrum(eps_fn, sched, x_T, grid=GRID, mesh=object())
-    with pytest.raises(ValueError, match="^iters:"):
+    with pytest.raises(ValueError, match=r"^iters:"):
         chain_lyapunov_spectrum(eps_fn, sched, x_T, grid=GRID, k=2, iters=0)
-    with pytest.raises(ValueError, match="^qr_every:"):
+    with pytest.raises(ValueError, match=r"^qr_every:"):
         chain_lyapunov_spectrum(eps_fn, sched, x_T, grid=GRID, qr_every=0)
 
     def blows_up(x, t):  # non-finite from t = 400 down
@@ -364,11 +364,11 @@ def test_bad_input_names_the_argument(x64, gaussian64):
         ):
             chain_lyapunov_spectrum(blows_up, sched, x_T, grid=GRID, k=k)
 
-    with pytest.raises(ValueError, match="^n_steps:"):
+    with pytest.raises(ValueError, match=r"^n_steps:"):
         lyapunov_spectrum(henon, jnp.zeros(2), n_steps=0)
-    with pytest.raises(ValueError, match="^k:"):
+    with pytest.raises(ValueError, match=r"^k:"):
         lyapunov_spectrum(henon, jnp.zeros(2), n_steps=10, k=3)
-    with pytest.raises(ValueError, match="^map_fn:.*shape"):
+    with pytest.raises(ValueError, match=r"^map_fn:.*shape"):
         lyapunov_spectrum(lambda v: v[:1], jnp.zeros(2), n_steps=10)
-    with pytest.raises(ValueError, match="^map_fn: a non-finite state first appears at measured iterate 2 "):
+    with pytest.raises(ValueError, match=r"^map_fn: a non-finite state first appears at measured iterate 2 "):
         lyapunov_spectrum(lambda v: v * 1e200, jnp.ones(2), n_steps=10)

@@ -56,7 +56,7 @@ def tiny(request):
     name = request.param
     module, config = make_model(name, image_shape=SHAPE, patch_size=2, **TINY[name])
     params = _perturbed(init_params(module, jax.random.key(0)), 1)
-    x = jnp.asarray(np.random.default_rng(2).standard_normal((3,) + SHAPE), jnp.float32)
+    x = jnp.asarray(np.random.default_rng(2).standard_normal((3, *SHAPE)), jnp.float32)
     t = jnp.array([1, 400, 999], jnp.int32)
     apply = jax.jit(
         lambda p, x, t, attention=False: module.apply({"params": p}, x, t, return_attention=attention),
@@ -113,20 +113,20 @@ def test_unet_attention_layers():
         shapes,
     )
     tokens = {0: 256, 1: 64}
-    expected = {f"down{l}_attn{i}": (2, 2, tokens[l], tokens[l]) for l in (0, 1) for i in range(2)}
+    expected = {f"down{level}_attn{i}": (2, 2, tokens[level], tokens[level]) for level in (0, 1) for i in range(2)}
     expected["mid_attn"] = (2, 2, 16, 16)  # 4x4 middle
-    expected.update({f"up{l}_attn{i}": (2, 2, tokens[l], tokens[l]) for l in (1, 0) for i in range(3)})
+    expected.update({f"up{level}_attn{i}": (2, 2, tokens[level], tokens[level]) for level in (1, 0) for i in range(3)})
     assert {k: v.shape for k, v in attention.items()} == expected
 
 
 @pytest.mark.slow
 def test_plugs_into_ddim_chain(tiny):
-    name, module, _, params, x, _, apply = tiny
+    _name, module, _, params, x, _, apply = tiny
     eps_fn = as_eps_fn(module, params)
     check_denoiser(eps_fn, x[0])
     sched = cosine(1000)
     x0, trajectory = ddim_chain(eps_fn, sched, x[0], grid=uniform_grid(1000, 5), return_trajectory=True)
-    assert x0.shape == SHAPE and trajectory.shape == (6,) + SHAPE
+    assert x0.shape == SHAPE and trajectory.shape == (6, *SHAPE)
     assert bool(jnp.all(jnp.isfinite(trajectory)))
     # first step by hand: x_{800} = a x_{1000} + b eps(x_{1000}, 1000), eps from the batched apply
     eps = apply(params, x, jnp.full(3, 1000, jnp.int32))[0]
@@ -217,47 +217,47 @@ def test_configs(name):
 
 @pytest.mark.slow
 def test_bad_inputs(tiny):
-    name, module, config, params, x, t, _ = tiny
+    name, module, _config, params, x, t, _ = tiny
     with pytest.raises(ValueError, match=r"^x: expected images of shape .*\(B, 8, 8, 3\)"):
         module.apply({"params": params}, jnp.zeros((2, 6, 6, 3) if name == "dit" else (2, 9, 9, 3)), t[:2])
-    with pytest.raises(ValueError, match="^x:"):
+    with pytest.raises(ValueError, match=r"^x:"):
         module.apply({"params": params}, jnp.zeros((2, 8, 8, 1)), t[:2])
-    with pytest.raises(ValueError, match="^x:"):
+    with pytest.raises(ValueError, match=r"^x:"):
         module.apply({"params": params}, x[0], t[0])  # no batch axis
-    with pytest.raises(ValueError, match="^x:"):
-        module.apply({"params": params}, jnp.zeros((2,) + SHAPE, jnp.int32), t[:2])
+    with pytest.raises(ValueError, match=r"^x:"):
+        module.apply({"params": params}, jnp.zeros((2, *SHAPE), jnp.int32), t[:2])
     with pytest.raises(ValueError, match=r"^t: .*\(3,\)"):
         module.apply({"params": params}, x, t[:2])
     # raised while tracing, before anything runs, also under jit
-    with pytest.raises(ValueError, match="^x:"):
+    with pytest.raises(ValueError, match=r"^x:"):
         jax.jit(lambda p, x: module.apply({"params": p}, x, jnp.ones(2, jnp.int32)))(params, jnp.zeros((2, 5, 5, 3)))
-    with pytest.raises(ValueError, match="^eps_fn:.*x: expected"):
+    with pytest.raises(ValueError, match=r"^eps_fn:.*x: expected"):
         ddim_chain(as_eps_fn(module, params), cosine(100), jnp.zeros((5, 5, 3)), grid=uniform_grid(100, 2))
 
 
 def test_make_model_bad_arguments():
     with pytest.raises(ValueError, match=r"^image_shape: .*multiples of 4.*\(12, 12, 3\)"):
         make_model("unet", image_shape=(14, 14, 3), channel_mults=(1, 2, 2))
-    with pytest.raises(ValueError, match="^patch_size: .*do not tile"):
+    with pytest.raises(ValueError, match=r"^patch_size: .*do not tile"):
         make_model("dit", image_shape=(16, 16, 3), patch_size=3)
-    with pytest.raises(ValueError, match="^image_shape:"):
+    with pytest.raises(ValueError, match=r"^image_shape:"):
         make_model("dit", image_shape=(16, 16))
-    with pytest.raises(ValueError, match="^name:"):
+    with pytest.raises(ValueError, match=r"^name:"):
         make_model("vit")
-    with pytest.raises(ValueError, match="^size:"):
+    with pytest.raises(ValueError, match=r"^size:"):
         make_model("unet", size="huge")
     with pytest.raises(ValueError, match=r"^overrides: .*\['hidden'\]"):
         make_model("unet", hidden=3)
-    with pytest.raises(ValueError, match="^groups:"):
+    with pytest.raises(ValueError, match=r"^groups:"):
         make_model("unet", channels=12, groups=8)
-    with pytest.raises(ValueError, match="^num_heads:"):
+    with pytest.raises(ValueError, match=r"^num_heads:"):
         make_model("dit", hidden=30, num_heads=4)
-    with pytest.raises(ValueError, match="^pos_embedding:"):
+    with pytest.raises(ValueError, match=r"^pos_embedding:"):
         make_model("dit", pos_embedding="rope")
     _, config = make_model("dit")
-    with pytest.raises(ValueError, match="^config: .*missing \\['depth'\\]"):
+    with pytest.raises(ValueError, match=r"^config: .*missing \['depth'\]"):
         model_from_config({k: v for k, v in config.items() if k != "depth"})
-    with pytest.raises(ValueError, match="^decoder_features:"):
+    with pytest.raises(ValueError, match=r"^decoder_features:"):
         make_model("dit", decoder_features=-1)
 
 
@@ -269,7 +269,7 @@ def test_dit_decoders_start_at_zero(features):
     module, config = make_model("dit", image_shape=SHAPE, patch_size=2, decoder_features=features, **TINY["dit"])
     assert config["decoder_features"] == features
     params = init_params(module, jax.random.key(0))
-    x = jnp.asarray(np.random.default_rng(3).standard_normal((2,) + SHAPE), jnp.float32)
+    x = jnp.asarray(np.random.default_rng(3).standard_normal((2, *SHAPE)), jnp.float32)
     eps = module.apply({"params": params}, x, jnp.array([10, 900], jnp.int32))
     np.testing.assert_array_equal(eps, 0.0)
     if features:

@@ -107,7 +107,7 @@ def test_committed_outputs_not_stale(committed_and_fresh):
     assert len(committed_cells) == len(fresh_cells)
     differing = [
         (number, {"committed": output_signature(old), "fresh": output_signature(new)})
-        for number, (old, new) in enumerate(zip(committed_cells, fresh_cells), start=1)
+        for number, (old, new) in enumerate(zip(committed_cells, fresh_cells, strict=True), start=1)
         if output_signature(old) != output_signature(new)
     ]
     assert not differing, f"(shows output, shows image) differ in code cells {differing}; run {REFRESH}"

@@ -209,7 +209,7 @@ def test_damaged_optimizer_checkpoint_is_refused_naming_file_and_problem(x32, tm
 
 
 def test_optimizer_checkpoint_of_another_run_names_the_option(x32, tmp_path):
-    (family, params, _), kwargs, path = _optimizer_checkpoint(tmp_path)
+    (family, params, _), kwargs, _path = _optimizer_checkpoint(tmp_path)
     other = optimize.schedule_objective({"weakest_link": 1.0}, temperature=0.1)
     with pytest.raises(ArgumentError, match=r"objective\.temperature = 0\.05 in the checkpoint, 0\.1 requested"):
         optimize.optimize_schedule(family, params, other, resume=True, **kwargs)

@@ -12,7 +12,9 @@ from reference import cosine_alpha_bar, lin_zero_snr_alphas_cumprod
 
 
 def _sigmoid_reference(T, start=-3.0, end=3.0, tau=1.0, clip_min=1e-9):
-    sig = lambda x: 1 / (1 + np.exp(-x))
+    def sig(x):
+        return 1 / (1 + np.exp(-x))
+
     u = np.arange(1, T + 1) / T
     v_start, v_end = sig(start / tau), sig(end / tau)
     out = (v_end - sig((u * (end - start) + start) / tau)) / (v_end - v_start)
@@ -117,7 +119,7 @@ def test_constructors_round_trip(x64):
 
 def test_schedule_is_a_pytree_that_jit_accepts():
     sched = pj.cosine(100)
-    leaves, treedef = jax.tree_util.tree_flatten(sched)
+    leaves, _treedef = jax.tree_util.tree_flatten(sched)
     assert len(leaves) == 2  # log_alpha_bar and gaps
     out = jax.jit(lambda s: s.sigma)(sched)
     np.testing.assert_allclose(out, sched.sigma, rtol=1e-6)

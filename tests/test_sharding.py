@@ -40,7 +40,9 @@ GAUSSIAN = textwrap.dedent(
         return eps_fn
     """
 )
-exec(GAUSSIAN)
+_namespace: dict = {"np": np, "jnp": jnp}
+exec(GAUSSIAN, _namespace)
+gaussian_eps = _namespace["gaussian_eps"]
 
 SCRIPT = (
     """
@@ -175,17 +177,17 @@ def test_one_device_sharding_equals_plain(x64):
 def test_bad_input_names_the_argument(x64):
     sched = pj.cosine(1000)
     eps_fn = gaussian_eps(sched, np.logspace(-2, 1, 6))
-    with pytest.raises(ValueError, match="^x:"):
+    with pytest.raises(ValueError, match=r"^x:"):
         shard_batch(jnp.ones(()))
-    with pytest.raises(ValueError, match="^axis:"):
+    with pytest.raises(ValueError, match=r"^axis:"):
         shard_batch(jnp.ones((2, 6)), batch_mesh("data"), axis="batch")
-    with pytest.raises(ValueError, match="^mesh:"):
+    with pytest.raises(ValueError, match=r"^mesh:"):
         shard_batch(jnp.ones((2, 6)), mesh="cpu")
-    with pytest.raises(ValueError, match="^x_T_batch:"):
+    with pytest.raises(ValueError, match=r"^x_T_batch:"):
         sharded_ddim_sample(eps_fn, sched, jnp.ones(()), grid=GRID)
-    with pytest.raises(ValueError, match="^eps_fn:"):
+    with pytest.raises(ValueError, match=r"^eps_fn:"):
         sharded_ddim_sample(lambda x, t: x[:2], sched, jnp.ones((2, 6)), grid=GRID)
-    with pytest.raises(ValueError, match="^grid:"):
+    with pytest.raises(ValueError, match=r"^grid:"):
         sharded_ddim_sample(eps_fn, sched, jnp.ones((2, 6)), grid=np.array([0, 10, 5]))
-    with pytest.raises(ValueError, match="^sched:"):
+    with pytest.raises(ValueError, match=r"^sched:"):
         sharded_ddim_sample(eps_fn, "cosine", jnp.ones((2, 6)), grid=GRID)

@@ -107,20 +107,20 @@ def test_overwrite_starts_afresh_and_removes_the_old_files(tmp_path):
     for name in ("config.json", "loss.png", "samples.png", "samples_empirical.png", "samples.npz", "quality.json"):
         (out / name).write_bytes(b"first run")
     second = tiny_config(steps=4, lr=0.01, checkpoint_every=2, log_every=2, num_samples=8)
-    with pytest.raises(ValueError, match="already holds a checkpoint.*overwrite=True"):
+    with pytest.raises(ValueError, match=r"already holds a checkpoint.*overwrite=True"):
         _tiny_train(second, out)
     with pytest.raises(ValueError, match="overwrite: cannot be combined with resume"):
         _tiny_train(second, out, resume=True, overwrite=True)
     result = _tiny_train(second, out, overwrite=True, evaluate=False)
     assert int(result.state.step) == 4
-    assert read_checkpoint_header(out / CHECKPOINT_NAME)["config"] == json.loads(
-        json.dumps(second.resolved().identity())
-    )
+    recorded = tr.recorded_config(second.resolved(), _model_and_data(second)[0])  # a (module, init) pair: model None
+    assert recorded.model is None
+    assert read_checkpoint_header(out / CHECKPOINT_NAME)["config"] == json.loads(json.dumps(recorded.identity()))
     assert [r["step"] for r in tr.read_metrics_log(out / "metrics.jsonl")] == [2, 4]  # nothing of the first run
     # the first run's samples and scores are gone: they would describe another model
     assert {p.name for p in out.iterdir()} == {"config.json", "metrics.jsonl", CHECKPOINT_NAME, "loss.png"}
     assert (out / "loss.png").read_bytes().startswith(PNG_MAGIC)
-    assert json.loads((out / "config.json").read_text()) == second.resolved().to_dict()
+    assert json.loads((out / "config.json").read_text()) == recorded.to_dict()
 
 
 # ----------------------------------------------------------------------------- --out checked before any work
@@ -249,9 +249,9 @@ def _field_text(value) -> str:
 
 
 def test_every_train_config_field_parses_from_text():
-    """Each of the 27 fields round-trips through parse_field_value (the values of both presets)."""
+    """Each of the 28 fields round-trips through parse_field_value (the values of both presets)."""
     fields = dataclasses.fields(tr.TrainConfig)
-    assert len(fields) == 27
+    assert len(fields) == 28
     for preset in tr.PRESETS:
         config = tr.train_config(preset)
         for field in fields:
@@ -372,7 +372,7 @@ def test_extending_a_finished_run(tmp_path, capsys):
     files = {p.name: p.read_bytes() for p in out.iterdir()}
     with pytest.raises(ValueError, match="another configuration: steps = 6 in the checkpoint, 4 requested"):
         _tiny_train(dataclasses.replace(cfg, steps=4), out, resume=True)  # shortening is refused
-    with pytest.raises(ValueError, match="another configuration: lr = 0.003 in the checkpoint, 0.01 requested"):
+    with pytest.raises(ValueError, match=r"another configuration: lr = 0\.003 in the checkpoint, 0\.01 requested"):
         _tiny_train(dataclasses.replace(cfg, steps=10, lr=0.01), out, resume=True)  # steps only
     assert {p.name: p.read_bytes() for p in out.iterdir()} == files  # the run is left alone
 
@@ -420,14 +420,16 @@ def test_extension_recomputes_the_learning_rate_schedule(tmp_path):
     data = jnp.asarray(dataset[0])
     for _ in range(4):
         state, _ = step(state, data)
-    for got, want in zip(jax.tree_util.tree_leaves(extended.state), jax.tree_util.tree_leaves(state)):
+    for got, want in zip(jax.tree_util.tree_leaves(extended.state), jax.tree_util.tree_leaves(state), strict=True):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
     # documented: not the run started with 10 steps (the short run's learning rate decayed to 0 at step 6)
     fresh = _tiny_train(longer, tmp_path / "fresh")
     assert not all(
         np.array_equal(a, b)
-        for a, b in zip(jax.tree_util.tree_leaves(fresh.state.params), jax.tree_util.tree_leaves(extended.state.params))
+        for a, b in zip(
+            jax.tree_util.tree_leaves(fresh.state.params), jax.tree_util.tree_leaves(extended.state.params), strict=True
+        )
     )
 
 

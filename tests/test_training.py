@@ -40,7 +40,7 @@ class TinyEps(nn.Module):
 
 def tiny_init(module, image_shape):
     def init(key):
-        return module.init(key, jnp.zeros((1,) + tuple(image_shape)), jnp.ones((1,), jnp.int32))["params"]
+        return module.init(key, jnp.zeros((1, *image_shape)), jnp.ones((1,), jnp.int32))["params"]
 
     return init
 
@@ -115,7 +115,9 @@ def test_collage_weighting_is_the_collage_error(x64):
         x0, eps, eps_hat = rng.standard_normal((3, 48))
         x_t = np.sqrt(ab[t]) * x0 + np.sqrt(1 - ab[t]) * eps
         x_s = np.sqrt(ab[s]) * x0 + np.sqrt(1 - ab[s]) * eps
-        phi = pj.ddim_step(lambda x, _: jnp.asarray(eps_hat), jnp.asarray(x_t), t, coeffs.a[i], coeffs.b[i])
+        phi = pj.ddim_step(
+            lambda x, _, eps_hat=eps_hat: jnp.asarray(eps_hat), jnp.asarray(x_t), t, coeffs.a[i], coeffs.b[i]
+        )
         collage = np.sum((np.asarray(phi) - x_s) ** 2)
         np.testing.assert_allclose(float(weights[i]) * np.sum((eps_hat - eps) ** 2), collage, rtol=1e-9)
     # off the grid the collage weight is undefined
@@ -170,7 +172,9 @@ def test_regulariser_estimator_unbiased(x64):
 
     @jax.jit
     def exact_and_blocks(xb, tb):
-        single = lambda z: module.apply({"params": params}, z[None], tb[None])[0]
+        def single(z):
+            return module.apply({"params": params}, z[None], tb[None])[0]
+
         J = jax.jacfwd(lambda f: single(f.reshape(4, 4, 2)).reshape(-1))(xb.reshape(-1))
         return tr.cross_block_frobenius(single, xb, patch_size=p), patch_blocks(J, (4, 4, 2), p)
 
@@ -191,7 +195,9 @@ def test_regulariser_estimator_unbiased(x64):
             variance = rad_vars.sum(axis=1)
         else:  # j uniform, estimate M q_j: Var = M^2 E_j[Var_j + mean_j^2] - exact^2
             variance = m**2 * np.mean(rad_vars + means**2, axis=1) - exact**2
-        draws = jax.jit(jax.vmap(lambda k: tr.cross_block_penalty(batched, x, k, patch_size=p, probes=probes)))(keys)
+        draws = jax.jit(
+            jax.vmap(lambda k, probes=probes: tr.cross_block_penalty(batched, x, k, patch_size=p, probes=probes))
+        )(keys)
         mean = np.asarray(jnp.mean(draws, axis=0))
         tolerance = 5 * np.sqrt(variance / n_draws)
         assert np.all(np.abs(mean - exact) < tolerance), (probes, mean, exact, tolerance)
@@ -199,7 +205,9 @@ def test_regulariser_estimator_unbiased(x64):
 
 
 def test_regulariser_bad_input():
-    fn = lambda z: z
+    def fn(z):
+        return z
+
     with pytest.raises(ValueError, match="patch_size"):
         tr.cross_block_penalty(fn, jnp.zeros((1, 6, 6, 1)), jax.random.PRNGKey(0), patch_size=4)
     with pytest.raises(ValueError, match="probes"):
@@ -245,7 +253,7 @@ def test_training_reduces_loss_and_compiles_once(x32):
     before = evaluate(state.params)
     jdata = jnp.asarray(data)
     for _ in range(300):
-        state, metrics = step(state, jdata)
+        state, _metrics = step(state, jdata)
     after = evaluate(state.params)
     after_ema = evaluate(state.ema_params)
     assert int(state.step) == 300
@@ -257,14 +265,15 @@ def test_training_reduces_loss_and_compiles_once(x32):
 def test_regularised_step_runs_and_lowers_the_cross_blocks(x32):
     """With a large mu the cross-block Frobenius sum (exact, jacfwd) falls during training."""
     data = jnp.asarray(tiny_data(64))
-    apply_fn, tables, state, step = _tiny_step(weighting="min_snr", mu=10.0, steps=40, probes=2)
+    apply_fn, _tables, state, step = _tiny_step(weighting="min_snr", mu=10.0, steps=40, probes=2)
     x, t = data[:1] * 0.5, jnp.array([50], jnp.int32)
 
     @jax.jit
     def exact_cross(params):
         return tr.cross_block_frobenius(lambda z: apply_fn(params, z[None], t)[0], x[0], patch_size=4)
 
-    cross = lambda params: float(exact_cross(params))
+    def cross(params):
+        return float(exact_cross(params))
 
     before = cross(state.params)
     for _ in range(40):
@@ -310,7 +319,7 @@ def test_train_run_writes_everything(tmp_path, x32):
     model = (module, tiny_init(module, (8, 8, 1)))
     with pytest.raises(ValueError, match="already holds a checkpoint"):
         tr.train(cfg, out, progress=False, model=model, dataset=(data[:64], data[64:]))
-    with pytest.raises(ValueError, match="another configuration: lr = 0.003 in the checkpoint, 0.01 requested"):
+    with pytest.raises(ValueError, match=r"another configuration: lr = 0\.003 in the checkpoint, 0\.01 requested"):
         tr.train(
             tiny_config(steps=30, lr=0.01),
             out,
@@ -461,5 +470,5 @@ def test_cli_train_bad_input(tmp_path, capsys):
     assert "invalid choice" in capsys.readouterr().err
     assert cli.main(["train", "--out", str(tmp_path), "--data", "digits", "--patch-size", "3"]) == 2
     assert "patch_size: 3 x 3 patches do not tile" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="holds no config.json"):
+    with pytest.raises(ValueError, match=r"holds no config\.json"):
         tr.load_run(tmp_path / "nothing")
