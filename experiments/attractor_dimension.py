@@ -216,7 +216,9 @@ def gaussian_part(
         grid = pj.uniform_grid(T, n_steps)
         with_leading = n_steps in leading_step_counts
         fn = _compile(
-            lambda s, v: _gaussian_chains(s, v, basis=basis, x_T=x_T, grid=grid, with_leading=with_leading),
+            lambda s, v, grid=grid, with_leading=with_leading: _gaussian_chains(
+                s, v, basis=basis, x_T=x_T, grid=grid, with_leading=with_leading
+            ),
             schedules, variances,
         )  # fmt: skip
         full, lead = jax.tree_util.tree_map(np.asarray, fn(schedules, variances))
@@ -336,7 +338,7 @@ def digits_part(
         raise ValueError(f"stops: every stop must be a grid point of the {DIGITS_STEPS}-step grid, got {stops}")
     data = load_dataset("digits", jax.random.PRNGKey(0), n_train, dtype=jnp.float64)
     test = load_dataset("digits", jax.random.PRNGKey(1), n_test, split="test", dtype=jnp.float64)
-    x_Ts = np.random.default_rng(STATE_SEED).standard_normal((trajectories,) + DIGITS_SHAPE)
+    x_Ts = np.random.default_rng(STATE_SEED).standard_normal((trajectories, *DIGITS_SHAPE))
     stops_arr = np.asarray(stops)
     cov = np.cov(np.asarray(data).reshape(n_train, -1), rowvar=False)
     # zero-variance pixels (always-blank borders) have lambda = 0, exponent -inf: floor them
@@ -396,13 +398,13 @@ def _subplots(ncols: int, *, width: float = 4.2, height: float = 3.6):
 
 def _figures(out: Path, gaussian: dict, gaussian_plot: dict, digits: dict, digits_plot: dict, step_counts) -> list[str]:
     chains = gaussian["chains"]
-    colours = dict(zip(SCHEDULES, ("C0", "C1", "C2", "C3")))
+    colours = dict(zip(SCHEDULES, ("C0", "C1", "C2", "C3"), strict=True))
     mid = 50 if 50 in step_counts else step_counts[-1]
     paths = []
 
     # spectra: analytic (lines) vs measured (markers), both spectra, at N = mid
     fig, axes = _subplots(2)
-    for ax, spectrum_key in zip(axes, VARIANCES):
+    for ax, spectrum_key in zip(axes, VARIANCES, strict=True):
         lam = VARIANCES[spectrum_key]
         for c in chains:
             if c["spectrum"] != spectrum_key or c["num_steps"] != mid:
@@ -438,7 +440,7 @@ def _figures(out: Path, gaussian: dict, gaussian_plot: dict, digits: dict, digit
     history = gaussian_plot[key]["benettin_history"]  # (N, n), columns in the order of the identity basis
     order = np.argsort(-history[-1])
     steps = np.arange(1, n_max + 1)
-    for rank, col in zip((0, GAUSSIAN_N // 2, GAUSSIAN_N - 1), ("C0", "C1", "C2")):
+    for rank, col in zip((0, GAUSSIAN_N // 2, GAUSSIAN_N - 1), ("C0", "C1", "C2"), strict=True):
         axes[0].plot(steps, history[:, order[rank]], color=col, lw=1.0, label=f"running Benettin, #{rank + 1}")
         axes[0].axhline(exact["measured_exponents"][rank], color=col, ls="--", lw=0.8)
     axes[0].set_xlabel("steps taken $i$")
@@ -620,7 +622,7 @@ def _markdown(results: dict[str, Any]) -> str:
              f"straddling spectrum: d_KY from {lo:.2f} to {hi:.2f} across schedules and N",
              "yes" if hi - lo > 0.5 else "NO"),
             ("Benettin's sum is off for short chains", PAPER["benettin"],
-             ", ".join(f"N = {n}: {b:.1e}" for n, b in zip(ns, bias))
+             ", ".join(f"N = {n}: {b:.1e}" for n, b in zip(ns, bias, strict=True))
              + " per step (max error, cosine); N × error ≈ const",
              "yes" if bias[0] > 1e-3 and all(b > 1e3 * g["max_error_full"] for b in bias) else "NO"),
             ("memorising (empirical-optimal) denoiser", PAPER["low_diversity"],
@@ -705,7 +707,7 @@ def run(out_dir: Path, *, quick: bool = False) -> dict[str, Any]:
     figures = _figures(
         out, results["gaussian"], plot["gaussian"], results["digits"], plot["digits"], plot["step_counts"]
     )
-    g, d = results["gaussian"], results["digits"]
+    g = results["gaussian"]
     return {
         "markdown": _markdown(results),
         "figures": figures,

@@ -46,6 +46,7 @@ from pifs_jax import plotting
 from pifs_jax.heuristics import photo_patch_spectrum, scaling_exponent_offset
 from pifs_jax.reproduce import experiment_main, format_value, markdown_table
 from pifs_jax.results import write_result_json
+from pifs_jax.typing import GridLike
 
 NAME = "resolution_shift"
 TITLE = "Resolution logSNR shift: invariance of the Moran equation and patch variances of real photographs"
@@ -69,7 +70,7 @@ def _chains() -> dict[str, tuple[str, pj.Schedule, Any]]:
     }
 
 
-def offset_root_error(sched: pj.Schedule, lam: Any, offset: Any, grid: Any = None) -> jax.Array:
+def offset_root_error(sched: pj.Schedule, lam: Any, offset: Any, grid: GridLike = None) -> jax.Array:
     """Relative distance of ``lam`` from the root of ``Lambda(lambda) = -offset`` (per-step exponents).
 
     One Newton step in ``log lambda``: ``|Lambda(lam) + offset| / |d Lambda / d log lambda|``. With
@@ -85,7 +86,7 @@ def offset_root_error(sched: pj.Schedule, lam: Any, offset: Any, grid: Any = Non
 
 
 @jax.jit
-def _invariance_numbers(sched: pj.Schedule, c: jax.Array, grid: Any) -> dict[str, jax.Array]:
+def _invariance_numbers(sched: pj.Schedule, c: jax.Array, grid: GridLike) -> dict[str, jax.Array]:
     """Every number of part (a) for one chain and one scale ``c`` (one compilation per grid shape)."""
     lam = jnp.asarray(VARIANCES, sched.dtype)
     shifted = pj.shift_log_snr(sched, -jnp.log(c))
@@ -150,7 +151,7 @@ def photographs(*, quick: bool) -> dict[str, Any]:
             "num_windows": [s.num_windows for s in specs],
         }
     fraction_p = [int(BASE_SIZE // f // FRACTION) for f in factors]
-    specs = [spectrum(f, p) for f, p in zip(factors, fraction_p)]
+    specs = [spectrum(f, p) for f, p in zip(factors, fraction_p, strict=True)]
     fraction = {
         "patch_size": fraction_p,
         "leading": np.array([s.leading for s in specs]),
@@ -159,7 +160,7 @@ def photographs(*, quick: bool) -> dict[str, Any]:
     }
     ref = list(d).index(REFERENCE_RESOLUTION)
     rule = np.array([pj.resolution_shift(x, base_resolution=REFERENCE_RESOLUTION) for x in d])
-    for series in list(fixed.values()) + [fraction]:
+    for series in [*fixed.values(), fraction]:
         series["slope_leading"] = _slope(d, series["leading"])
         series["slope_mean_variance"] = _slope(d, series["mean_variance"])
         series["implied_shift"] = -np.log(series["leading"] / series["leading"][ref])
@@ -253,7 +254,7 @@ def _markdown(results: dict[str, Any]) -> str:
     inv = results["invariance"]
     worst = results["invariance_worst"]
     rows = []
-    for key, chain in inv.items():
+    for chain in inv.values():
         for r in chain["rows"]:
             rows.append(
                 (
@@ -312,7 +313,7 @@ def _markdown(results: dict[str, Any]) -> str:
     shift_rows = [
         (int(x), f"{r:+.3f}", f"{fi:+.3f}", f"{f8:+.3f}")
         for x, r, fi, f8 in zip(
-            d, photos["rule_shift"], frac["implied_shift"], photos["fixed_patch"]["8"]["implied_shift"]
+            d, photos["rule_shift"], frac["implied_shift"], photos["fixed_patch"]["8"]["implied_shift"], strict=True
         )
     ]
     shift_table = markdown_table(

@@ -31,6 +31,7 @@ import pifs_jax as pj
 from pifs_jax import plotting
 from pifs_jax.reproduce import experiment_main, format_value, markdown_table
 from pifs_jax.results import write_result_json
+from pifs_jax.typing import GridLike
 
 NAME = "schedule_geometry"
 TITLE = "Schedule geometry: contraction thresholds L*_t, Moran threshold lambda** and the cosine offset"
@@ -57,7 +58,7 @@ CHAINS: dict[str, tuple[str, Any, Any]] = {
 }
 
 
-def chain_geometry(sched: pj.Schedule, grid: Any = None) -> dict[str, Any]:
+def chain_geometry(sched: pj.Schedule, grid: GridLike = None) -> dict[str, Any]:
     """Summaries of one chain: ``L*_t`` statistics, ``lambda*`` at the ends, ``lambda**``.
 
     Returns:

@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 
 from pifs_jax.errors import ArgumentError
+from pifs_jax.typing import GridLike
 
 
 def check_instance(value: Any, expected: type, *, name: str, what: str | None = None) -> None:
@@ -109,7 +111,7 @@ def check_gaps(log_alpha_bar: Any, gaps: Any, *, name: str = "sched") -> None:
         )
 
 
-def check_grid(grid: Any, T: int, *, name: str = "grid") -> None:
+def check_grid(grid: GridLike, T: int, *, name: str = "grid") -> None:
     """Validate a sampling grid ``0 = tau_0 < tau_1 < ... < tau_N <= T`` of integers.
 
     Integer dtypes and real floats with integer values (``np.linspace(0, 1000, 51)``) pass; a
@@ -179,7 +181,7 @@ def check_covariances(cov: Any, n: int, *, name: str, batch_shape: tuple = ()) -
     of the input's (canonical floating) dtype: ``max |cov - cov^T| <= sqrt(eps) s`` and smallest
     eigenvalue ``>= -n sqrt(eps) s``. The shape is checked under tracing too (it is static).
     """
-    expected = tuple(batch_shape) + (n, n)
+    expected = (*batch_shape, n, n)
     shape = tuple(np.shape(cov))
     if shape != expected:
         raise ArgumentError(name, f"expected a covariance of shape {expected}, got shape {shape}")

@@ -201,7 +201,7 @@ def load_checkpoint(path: str | os.PathLike, target: Any, *, config: Mapping[str
     got_leaves, got_tree = jax.tree_util.tree_flatten_with_path(restored)
     if want_tree != got_tree:
         raise _fail(f"{str(path)!r} holds a state of another structure ({got_tree} vs {want_tree})")
-    for (key_path, want), (_, got) in zip(want_leaves, got_leaves):
+    for (key_path, want), (_, got) in zip(want_leaves, got_leaves, strict=True):
         want, got = np.asarray(want), np.asarray(got)
         if want.shape != got.shape or want.dtype != got.dtype:
             raise _fail(

@@ -70,6 +70,7 @@ from pifs_jax.errors import ArgumentError
 from pifs_jax.geometry import contraction_threshold, dimension_growth, information_gain, step_coefficients
 from pifs_jax.grids import as_grid
 from pifs_jax.schedules import Schedule
+from pifs_jax.typing import GridLike
 
 __all__ = [
     "WORK_KINDS",
@@ -124,7 +125,7 @@ class WeakestLink(NamedTuple):
 
 
 def weakest_link(
-    sched: Schedule, grid: Any = None, *, temperature: float = 0.05, log_domain: bool = True
+    sched: Schedule, grid: GridLike = None, *, temperature: float = 0.05, log_domain: bool = True
 ) -> WeakestLink:
     """Criterion 1, weakest link: a smooth maximin objective over ``L*_t``.
 
@@ -183,7 +184,7 @@ class GrowthBalance(NamedTuple):
     information: jax.Array
 
 
-def _information_gain_after_finest(sched: Schedule, variances: Any, sizes: Any | None, grid: Any) -> jax.Array:
+def _information_gain_after_finest(sched: Schedule, variances: Any, sizes: Any | None, grid: GridLike) -> jax.Array:
     """``IG_t`` of steps ``2..N``, shape ``(N-1,)``: :func:`pifs_jax.geometry.information_gain` without entry 0.
 
     Only entry 0 can land on ``alpha_bar = 1`` (infinite gain); it is dropped here. The geometry
@@ -196,7 +197,7 @@ def _information_gain_after_finest(sched: Schedule, variances: Any, sizes: Any |
     return information_gain(sched, variances, sizes, grid)[1:]
 
 
-def growth_balance(sched: Schedule, variances: Any, sizes: Any | None = None, grid: Any = None) -> GrowthBalance:
+def growth_balance(sched: Schedule, variances: Any, sizes: Any | None = None, grid: GridLike = None) -> GrowthBalance:
     """Criterion 2, balanced dimension growth: how unevenly the steps add dimension / information.
 
     With ``Delta d_t`` (:func:`~pifs_jax.geometry.dimension_growth`, the step's share of the

@@ -56,7 +56,8 @@ every new shape).
 from __future__ import annotations
 
 import functools
-from typing import Any, NamedTuple
+from collections.abc import Sequence
+from typing import Any, Literal, NamedTuple, overload
 
 import jax
 import jax.numpy as jnp
@@ -222,6 +223,7 @@ def photo_crop_count(*, size: int, split: str = "train", downsample: int | None 
     return sum(len(_split_cells(load_photo(p, factor).shape, size, split)) * offsets for p in photos)
 
 
+@overload
 def photo_crops(
     key: jax.Array,
     *,
@@ -229,10 +231,37 @@ def photo_crops(
     n: int,
     split: str = "train",
     downsample: int | None = None,
-    photos=PHOTO_NAMES,
+    photos: Sequence[str] = PHOTO_NAMES,
+    return_positions: Literal[False] = False,
+    dtype: Any = None,
+) -> jax.Array: ...
+
+
+@overload
+def photo_crops(
+    key: jax.Array,
+    *,
+    size: int,
+    n: int,
+    split: str = "train",
+    downsample: int | None = None,
+    photos: Sequence[str] = PHOTO_NAMES,
+    return_positions: Literal[True],
+    dtype: Any = None,
+) -> tuple[jax.Array, CropPositions]: ...
+
+
+def photo_crops(
+    key: jax.Array,
+    *,
+    size: int,
+    n: int,
+    split: str = "train",
+    downsample: int | None = None,
+    photos: Sequence[str] = PHOTO_NAMES,
     return_positions: bool = False,
     dtype: Any = None,
-):
+) -> jax.Array | tuple[jax.Array, CropPositions]:
     """Random ``size x size`` RGB crops of the scikit-image photographs, in ``[-1, 1]``.
 
     The photographs are box-averaged by ``downsample`` and scaled by ``x / 127.5 - 1``; crops are
@@ -318,7 +347,8 @@ def photo_crops(
 def _digits_scaled() -> np.ndarray:
     from sklearn.datasets import load_digits
 
-    images = load_digits().images.astype(np.float64)  # (1797, 8, 8), values 0..16
+    bunch: Any = load_digits()  # a Bunch (scikit-learn types the result as a union over return_X_y)
+    images = bunch.images.astype(np.float64)  # (1797, 8, 8), values 0..16
     out = (images / 8.0 - 1.0)[..., None]
     out.setflags(write=False)
     return out
@@ -454,7 +484,7 @@ def gaussian_patch_data(
     z = rng.standard_normal((n, m, nk))
     noise = np.einsum("mij,bmj->bmi", u, np.sqrt(lam) * z).reshape(n, layout.size)  # patch order
     to_image = np.argsort(patch_permutation(layout.image_shape, layout.patch_size))
-    samples = mean[None] + noise[:, to_image].reshape((n,) + layout.image_shape)
+    samples = mean[None] + noise[:, to_image].reshape((n, *layout.image_shape))
     covs = np.einsum("mij,mj,mkj->mik", u, lam, u)
     return GaussianPatchData(jnp.asarray(samples, dtype), jnp.asarray(mean, dtype), jnp.asarray(covs, dtype))
 
@@ -515,7 +545,7 @@ def gaussian_mixture_data(
     labels = rng.choice(k, size=n, p=w / w.sum())
     z = rng.standard_normal((n, dim))
     samples = mu[labels] + np.einsum("bij,bj->bi", u[labels], np.sqrt(lam[labels]) * z)
-    return MixtureData(jnp.asarray(samples.reshape((n,) + sample_shape), dtype), jnp.asarray(labels, jnp.int32))
+    return MixtureData(jnp.asarray(samples.reshape((n, *sample_shape)), dtype), jnp.asarray(labels, jnp.int32))
 
 
 # ----------------------------------------------------------------------------- patch statistics

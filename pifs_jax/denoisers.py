@@ -52,6 +52,7 @@ from pifs_jax._validation import (
 from pifs_jax.errors import ArgumentError
 from pifs_jax.patches import patch_layout, patchify, unpatchify
 from pifs_jax.schedules import Schedule, safe_sqrt
+from pifs_jax.typing import EpsFn
 
 __all__ = [
     "Attention",
@@ -63,8 +64,6 @@ __all__ = [
     "gaussian_denoiser_patches",
     "gaussian_mixture_denoiser",
 ]
-
-EpsFn = Callable[[jax.Array, Any], jax.Array]
 
 
 # ----------------------------------------------------------------------------- shared helpers

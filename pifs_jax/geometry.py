@@ -37,6 +37,7 @@ from pifs_jax.errors import ArgumentError
 from pifs_jax.grids import as_grid
 from pifs_jax.kaplan_yorke import kaplan_yorke_dimension
 from pifs_jax.schedules import Schedule, safe_sqrt
+from pifs_jax.typing import GridLike
 
 __all__ = [
     "ContractionSummary",
@@ -79,7 +80,7 @@ class StepCoefficients(NamedTuple):
         return jnp.exp(self.log_alpha_bar_t)
 
 
-def step_gaps(sched: Schedule, grid: Any) -> jax.Array:
+def step_gaps(sched: Schedule, grid: GridLike) -> jax.Array:
     """``log alpha_bar_s - log alpha_bar_t`` for each grid step, shape ``(N,)``.
 
     The sum of the training-step gaps ``g_u`` with ``s < u <= t`` (``jax.ops.segment_sum``): a
@@ -91,7 +92,7 @@ def step_gaps(sched: Schedule, grid: Any) -> jax.Array:
     return jax.ops.segment_sum(sched.gaps, step_index, num_segments=grid.shape[0] - 1)
 
 
-def step_coefficients(sched: Schedule, grid: Any = None) -> StepCoefficients:
+def step_coefficients(sched: Schedule, grid: GridLike = None) -> StepCoefficients:
     """DDIM step coefficients ``a_t``, ``b_t`` (and the sigmas) for every step of ``grid``.
 
     Args:
@@ -124,7 +125,7 @@ def _step_coefficients(sched: Schedule, grid: jax.Array, *, full: bool) -> StepC
     return StepCoefficients(log_t, log_s, sigma_t, sigma_s, log_ratio, a, a_minus_1, b)
 
 
-def contraction_threshold(sched: Schedule, grid: Any = None) -> jax.Array:
+def contraction_threshold(sched: Schedule, grid: GridLike = None) -> jax.Array:
     """Per-step contraction threshold ``L*_t = (sigma_s + a_t sigma_t) / (1 + a_t)``, shape ``(N,)``.
 
     Equal to ``(a_t - 1)/|b_t|``: if ``epshat(., t)`` is ``L``-Lipschitz with ``L < L*_t`` the step
@@ -150,14 +151,14 @@ class ContractionSummary(NamedTuple):
     """``L*`` at the finest step (the one landing on ``alpha_bar = 1``)."""
 
 
-def contraction_summary(sched: Schedule, grid: Any = None) -> ContractionSummary:
+def contraction_summary(sched: Schedule, grid: GridLike = None) -> ContractionSummary:
     """Mean, coefficient of variation (population std / mean), minimum of ``L*_t`` over the chain."""
     lstar = contraction_threshold(sched, grid)
     mean = jnp.mean(lstar)
     return ContractionSummary(mean, jnp.std(lstar) / mean, jnp.min(lstar), jnp.argmin(lstar), lstar[0])
 
 
-def expansion_threshold(sched: Schedule, grid: Any = None) -> jax.Array:
+def expansion_threshold(sched: Schedule, grid: GridLike = None) -> jax.Array:
     """Per-step threshold ``lambda*_t`` with ``f_t(lambda*_t) = 1``, shape ``(N,)``.
 
     ``lambda*_t = sigma_t (sigma_t - sigma_s) / (sqrt(ab_t)(sqrt(ab_s) - sqrt(ab_t)))``, evaluated in
@@ -168,7 +169,7 @@ def expansion_threshold(sched: Schedule, grid: Any = None) -> jax.Array:
     return c.sigma_t * (1 + c.a) / (c.sigma_t + c.sigma_s)
 
 
-def log_expansion_factor(sched: Schedule, variances: Any, grid: Any = None) -> jax.Array:
+def log_expansion_factor(sched: Schedule, variances: Any, grid: GridLike = None) -> jax.Array:
     """``log f_t(lambda)`` for every step and variance, shape ``(N,) + variances.shape``.
 
     ``log f_t = log1p(ab_t (a_t - 1)(lambda - lambda*_t) / (ab_t lambda + sigma_t^2))``: exact for the
@@ -187,7 +188,7 @@ def log_expansion_factor(sched: Schedule, variances: Any, grid: Any = None) -> j
     return jnp.log1p(jnp.maximum(numerator / denominator, -1.0))
 
 
-def expansion_factor(sched: Schedule, variances: Any, grid: Any = None) -> jax.Array:
+def expansion_factor(sched: Schedule, variances: Any, grid: GridLike = None) -> jax.Array:
     """Diagonal expansion function ``f_t(lambda)``, shape ``(N,) + variances.shape``.
 
     ``f_t(lambda) = (sqrt(ab_s ab_t) lambda + sigma_s sigma_t) / (ab_t lambda + sigma_t^2)``: the DDIM
@@ -197,7 +198,7 @@ def expansion_factor(sched: Schedule, variances: Any, grid: Any = None) -> jax.A
     return jnp.exp(log_expansion_factor(sched, variances, grid))
 
 
-def moran_function(sched: Schedule, variances: Any, grid: Any = None) -> jax.Array:
+def moran_function(sched: Schedule, variances: Any, grid: GridLike = None) -> jax.Array:
     """``sum_t log f_t(lambda)`` over the chain (log of the chain's factor), shape ``variances.shape``."""
     return jnp.sum(log_expansion_factor(sched, variances, grid), axis=0)
 
@@ -208,7 +209,7 @@ def _moran_residual(log_lam, coeffs):
     return jnp.sum(jnp.log1p(ab_t * a_minus_1 * (lam - lam_star) / (ab_t * lam + sigma2_t)))
 
 
-def moran_threshold(sched: Schedule, grid: Any = None) -> jax.Array:
+def moran_threshold(sched: Schedule, grid: GridLike = None) -> jax.Array:
     """Global expansion threshold ``lambda**``: the root of ``sum_t log f_t(lambda) = 0``.
 
     ``f_t`` increases in ``lambda``, so the root is unique and lies between ``min_t lambda*_t``
@@ -242,7 +243,7 @@ def moran_threshold(sched: Schedule, grid: Any = None) -> jax.Array:
     return jnp.exp(solution.value)
 
 
-def lyapunov_exponents(sched: Schedule, variances: Any, grid: Any = None) -> jax.Array:
+def lyapunov_exponents(sched: Schedule, variances: Any, grid: GridLike = None) -> jax.Array:
     """Analytic Lyapunov exponents of the chain under Gaussian data, **per step**.
 
     ``Lambda(lambda) = (1/N) sum_t log f_t(lambda)`` for each covariance eigenvalue ``lambda``
@@ -253,7 +254,7 @@ def lyapunov_exponents(sched: Schedule, variances: Any, grid: Any = None) -> jax
     return jnp.mean(log_f, axis=0)
 
 
-def analytic_kaplan_yorke(sched: Schedule, variances: Any, sizes: Any | None = None, grid: Any = None):
+def analytic_kaplan_yorke(sched: Schedule, variances: Any, sizes: Any | None = None, grid: GridLike = None):
     """Kaplan-Yorke dimension of the Gaussian chain's attractor (general rule).
 
     Args:
@@ -267,7 +268,7 @@ def analytic_kaplan_yorke(sched: Schedule, variances: Any, sizes: Any | None = N
     return kaplan_yorke_dimension(lyapunov_exponents(sched, variances, grid), sizes)
 
 
-def information_gain(sched: Schedule, variances: Any, sizes: Any | None = None, grid: Any = None) -> jax.Array:
+def information_gain(sched: Schedule, variances: Any, sizes: Any | None = None, grid: GridLike = None) -> jax.Array:
     """Per-step Gaussian information gain ``IG_t`` in nats, shape ``(N,)``.
 
     ``IG_t = 1/2 sum_k n_k log((1 + SNR_s lambda_k) / (1 + SNR_t lambda_k))``: the increase of the
@@ -295,7 +296,7 @@ def information_gain(sched: Schedule, variances: Any, sizes: Any | None = None, 
     return 0.5 * jnp.sum(n * per_patch, axis=1)
 
 
-def dimension_growth(sched: Schedule, variances: Any, sizes: Any | None = None, grid: Any = None) -> jax.Array:
+def dimension_growth(sched: Schedule, variances: Any, sizes: Any | None = None, grid: GridLike = None) -> jax.Array:
     """Per-step growth ``Delta d_t`` of the Kaplan-Yorke dimension, shape ``(N,)``.
 
     Definition (docs/theory.md section 8 leaves it open): the step's share of the Kaplan-Yorke numerator,
@@ -307,7 +308,7 @@ def dimension_growth(sched: Schedule, variances: Any, sizes: Any | None = None, 
     """
     check_variances(variances)
     log_f = log_expansion_factor(sched, variances, grid)
-    lam, n = patch_variance_arrays(variances, sizes, log_f.dtype)
+    _lam, n = patch_variance_arrays(variances, sizes, log_f.dtype)
     exponents = jnp.mean(log_f, axis=0)
     expanding = exponents > 0
     least_contracting = jnp.max(jnp.where(expanding, -jnp.inf, exponents))
@@ -316,7 +317,7 @@ def dimension_growth(sched: Schedule, variances: Any, sizes: Any | None = None, 
     return numerator / (log_f.shape[0] * denominator)
 
 
-def _geometry_values(sched: Schedule, grid: jax.Array, lambdas: Any) -> dict[str, jax.Array]:
+def _geometry_values(sched: Schedule, grid: np.ndarray | jax.Array, lambdas: Any) -> dict[str, jax.Array]:
     """The JAX part of :func:`geometry_arrays` (jittable; ``grid`` may be traced)."""
     coeffs = step_coefficients(sched, grid)
     summary = contraction_summary(sched, grid)
@@ -338,7 +339,7 @@ def _geometry_values(sched: Schedule, grid: jax.Array, lambdas: Any) -> dict[str
     }
 
 
-def geometry_arrays(sched: Schedule, grid: Any = None, *, lambdas: Any) -> dict[str, Any]:
+def geometry_arrays(sched: Schedule, grid: GridLike = None, *, lambdas: Any) -> dict[str, Any]:
     """Every per-step quantity of the chain, plus the summaries, as NumPy arrays / Python numbers.
 
     Collects :func:`step_coefficients` (``a_t``, ``b_t``), :func:`contraction_threshold`

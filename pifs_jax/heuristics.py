@@ -60,6 +60,7 @@ from pifs_jax.errors import ArgumentError
 from pifs_jax.geometry import step_coefficients
 from pifs_jax.grids import as_grid
 from pifs_jax.schedules import Schedule, cosine
+from pifs_jax.typing import GridLike
 
 __all__ = [
     "PIXEL_BIN",
@@ -82,7 +83,7 @@ PIXEL_BIN = 1.0 / 127.5
 # ----------------------------------------------------------------------------- Min-SNR-gamma
 
 
-def min_snr_weights(sched: Schedule, *, gamma: Any = 5.0, grid: Any = None) -> jax.Array:
+def min_snr_weights(sched: Schedule, *, gamma: Any = 5.0, grid: GridLike = None) -> jax.Array:
     """Min-SNR-gamma loss weights (Hang et al. 2023) for the eps-prediction loss, shape ``(N,)``.
 
     ``w_t = min(SNR_t, gamma) / SNR_t = min(1, gamma / SNR_t)``, evaluated as
@@ -197,7 +198,7 @@ def cosine_offset_limit(T: int = 1000, *, bin_width: float = PIXEL_BIN, max_beta
 # ----------------------------------------------------------------------------- resolution shift
 
 
-def scaling_exponent_offset(sched: Schedule, scale: Any, *, grid: Any = None) -> jax.Array:
+def scaling_exponent_offset(sched: Schedule, scale: Any, *, grid: GridLike = None) -> jax.Array:
     """Exact change of the per-step Lyapunov exponents under ``lambda -> c lambda``, ``logSNR -> logSNR - log c``.
 
     ``Lambda_shifted(c lambda) - Lambda(lambda) = log(alpha_bar_{tau_N} + c sigma_{tau_N}^2) / (2N)``
@@ -230,7 +231,9 @@ def scaling_exponent_offset(sched: Schedule, scale: Any, *, grid: Any = None) ->
 # ----------------------------------------------------------------------------- Gaussian per-step quantities
 
 
-def marginal_entropy_gain(sched: Schedule, variances: Any, sizes: Any | None = None, grid: Any = None) -> jax.Array:
+def marginal_entropy_gain(
+    sched: Schedule, variances: Any, sizes: Any | None = None, grid: GridLike = None
+) -> jax.Array:
     """Per-step change of the Gaussian marginal's differential entropy, in nats, shape ``(N,)``.
 
     ``H_t = 1/2 sum_k n_k log(v_s(lambda_k) / v_t(lambda_k))`` with ``v_t(lambda) = alpha_bar_t lambda +
@@ -263,7 +266,7 @@ def marginal_entropy_gain(sched: Schedule, variances: Any, sizes: Any | None = N
     return 0.5 * jnp.sum(n * jnp.log1p(jnp.maximum(ratio_minus_1, -1.0)), axis=1)
 
 
-def optimal_eps_loss(sched: Schedule, variances: Any, sizes: Any | None = None, grid: Any = None) -> jax.Array:
+def optimal_eps_loss(sched: Schedule, variances: Any, sizes: Any | None = None, grid: GridLike = None) -> jax.Array:
     """The eps-prediction loss floor of Gaussian data at each step's start ``t = tau_i``, shape ``(N,)``.
 
     ``mmse_eps(t) = sum_k n_k SNR_t lambda_k / (1 + SNR_t lambda_k) = sum_k n_k ab_t lambda_k / (ab_t lambda_k + sigma_t^2)``:

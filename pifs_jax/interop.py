@@ -89,7 +89,7 @@ import warnings
 from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 
@@ -301,7 +301,7 @@ def example_config_path(name: str) -> Path:
     if name not in EXAMPLE_CONFIGS:
         raise ArgumentError("name", f"expected one of {sorted(EXAMPLE_CONFIGS)}, got {name!r}")
     resource = resources.files("pifs_jax.data_files").joinpath(EXAMPLE_CONFIGS[name])
-    return Path(os.fspath(resource))
+    return Path(os.fspath(cast("os.PathLike[str]", resource)))  # installed as files, not in a zip
 
 
 def load_config(config: Mapping[str, Any] | str | os.PathLike) -> dict[str, Any]:

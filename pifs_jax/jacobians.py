@@ -39,12 +39,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from pifs_jax._validation import check_floating, is_concrete
-from pifs_jax.ddim import EpsFn, check_denoiser, ddim_chain, ddim_step
+from pifs_jax.ddim import check_denoiser, ddim_chain, ddim_step
 from pifs_jax.errors import ArgumentError
 from pifs_jax.geometry import step_coefficients
 from pifs_jax.grids import as_grid
 from pifs_jax.patches import PatchLayout, patch_layout, patch_permutation, patchify, unpatchify
 from pifs_jax.schedules import Schedule
+from pifs_jax.typing import EpsFn
 
 __all__ = [
     "TANGENT_CHUNK",

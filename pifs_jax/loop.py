@@ -128,7 +128,7 @@ def run_loop(
                 at_checkpoint = checkpoint is not None and (completed % checkpoint.every == 0 or completed == stop)
                 if callback is not None or at_checkpoint or completed % report_every == 0 or completed == stop:
                     report(bar)
-                if at_checkpoint:
+                if checkpoint is not None and at_checkpoint:
                     checkpoint.save(state)
         except KeyboardInterrupt:
             pending[:] = [(done, metrics) for done, metrics in pending if done <= completed]  # state not updated yet

@@ -49,6 +49,7 @@ from pifs_jax.geometry import (
 from pifs_jax.grids import as_grid
 from pifs_jax.results import atomic_write_bytes
 from pifs_jax.schedules import Schedule
+from pifs_jax.typing import GridLike
 
 __all__ = [
     "lambda_grid",
@@ -117,7 +118,7 @@ def lambda_grid(lambda_range: tuple[float, float] = (1e-2, 1e2), num: int = 121)
 # ----------------------------------------------------------------------------- helpers
 
 
-def _chains(schedules: Any, grid: Any) -> list[tuple[str | None, Schedule, np.ndarray]]:
+def _chains(schedules: Any, grid: GridLike) -> list[tuple[str | None, Schedule, np.ndarray]]:
     """Normalise the ``schedules`` argument to ``[(label, schedule, grid)]``."""
     if isinstance(schedules, Schedule):
         return [(None, schedules, np.asarray(as_grid(grid, schedules.T)))]
@@ -144,7 +145,7 @@ def _chains(schedules: Any, grid: Any) -> list[tuple[str | None, Schedule, np.nd
 def _target(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes]:
     if ax is None:
         return new_figure(figsize=figsize)
-    return ax.figure, ax
+    return ax.figure, ax  # pyright: ignore[reportReturnType]  # a SubFigure's Axes gives the SubFigure
 
 
 def _finish(ax: Axes, labelled: bool, title: str | None) -> None:
@@ -160,7 +161,7 @@ def _finish(ax: Axes, labelled: bool, title: str | None) -> None:
 
 def plot_contraction_threshold(
     schedules: Any,
-    grid: Any = None,
+    grid: GridLike = None,
     *,
     ax: Axes | None = None,
     log_scale: bool = True,
@@ -196,7 +197,7 @@ def plot_contraction_threshold(
 
 def plot_expansion_heatmap(
     sched: Schedule,
-    grid: Any = None,
+    grid: GridLike = None,
     *,
     lambda_range: tuple[float, float] = (1e-2, 1e2),
     num_lambdas: int = 121,
@@ -257,7 +258,7 @@ def plot_expansion_heatmap(
 
 def plot_expansion_threshold(
     schedules: Any,
-    grid: Any = None,
+    grid: GridLike = None,
     *,
     ax: Axes | None = None,
     show_moran: bool = True,
@@ -299,7 +300,7 @@ def plot_expansion_threshold(
 
 def plot_log_snr(
     schedules: Any,
-    grid: Any = None,
+    grid: GridLike = None,
     *,
     ax: Axes | None = None,
     title: str | None = "$\\log \\mathrm{SNR}_t$",

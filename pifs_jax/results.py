@@ -24,7 +24,7 @@ def environment_metadata() -> dict[str, Any]:
     import jax
 
     versions = {}
-    for name in ("pifs_jax",) + _PACKAGES:
+    for name in ("pifs_jax", *_PACKAGES):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -36,7 +36,7 @@ def environment_metadata() -> dict[str, Any]:
         "machine": platform.machine(),
         "jax_backend": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()],
-        "x64": bool(jax.config.jax_enable_x64),
+        "x64": bool(jax.config.jax_enable_x64),  # pyright: ignore[reportAttributeAccessIssue]  # config flags are not in the stub
         "created_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
 

@@ -57,10 +57,11 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from pifs_jax._validation import check_floating, check_positive_int, is_concrete
-from pifs_jax.ddim import EpsFn, check_denoiser, ddim_sample, locate_nonfinite
+from pifs_jax.ddim import check_denoiser, ddim_sample, locate_nonfinite
 from pifs_jax.errors import ArgumentError, NonFiniteError
 from pifs_jax.grids import as_grid
 from pifs_jax.schedules import Schedule
+from pifs_jax.typing import EpsFn
 
 __all__ = ["batch_mesh", "initialize_processes", "shard_batch", "sharded_ddim_sample", "tangent_block_constraint"]
 

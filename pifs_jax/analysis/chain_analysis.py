@@ -42,7 +42,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from pifs_jax._validation import check_floating, check_instance, check_positive_int
 from pifs_jax.data import PatchStats
-from pifs_jax.ddim import EpsFn, chain_steps, check_denoiser, ddim_step, locate_nonfinite
+from pifs_jax.ddim import chain_steps, check_denoiser, ddim_step, locate_nonfinite
 from pifs_jax.denoisers import Attention, gaussian_denoiser_patches
 from pifs_jax.errors import ArgumentError, NonFiniteError
 from pifs_jax.geometry import expansion_factor
@@ -51,6 +51,7 @@ from pifs_jax.jacobians import block_norms, block_norms_matrix_free, step_jacobi
 from pifs_jax.patches import PatchLayout, patch_layout, unpatchify
 from pifs_jax.schedules import Schedule
 from pifs_jax.sharding import shard_batch
+from pifs_jax.typing import EpsFn
 
 __all__ = [
     "METHODS",

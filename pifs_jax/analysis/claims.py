@@ -115,7 +115,10 @@ def _regime_I(a: ChainAnalysis, kappa: np.ndarray, delta: np.ndarray, num_timest
     )
     high = a.t > 0.6 * num_timesteps
     if not high.any():
-        return [_not_tested(n, p, f"no step with t > 0.6 T = {0.6 * num_timesteps:g}") for n, p in zip(names, papers)]
+        return [
+            _not_tested(n, p, f"no step with t > 0.6 T = {0.6 * num_timesteps:g}")
+            for n, p in zip(names, papers, strict=True)
+        ]
     k = kappa[high]
     lo, hi = float(k.min()), float(k.max())
     if lo >= 0.99 and hi <= 1.01:

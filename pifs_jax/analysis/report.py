@@ -225,7 +225,7 @@ def analyze_model(
         raise ArgumentError("train_images", "expected the training images (for the Gaussian baseline and lambda_k)")
     stats = patch_stats(np.asarray(train_images, np.float32), patch_size=patch_size)
     image_shape = tuple(np.shape(train_images)[1:])
-    x_T = jax.random.normal(jax.random.PRNGKey(seed), (samples,) + image_shape)
+    x_T = jax.random.normal(jax.random.PRNGKey(seed), (samples, *image_shape))
     grid = uniform_grid(sched.T, steps)
     analysis = analyze_chain(
         eps_fn,

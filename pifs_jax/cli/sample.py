@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         raise error from None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    x_T = jax.random.normal(jax.random.PRNGKey(args.seed), (args.num,) + tuple(loaded.image_shape))
+    x_T = jax.random.normal(jax.random.PRNGKey(args.seed), (args.num, *loaded.image_shape))
     start = time.perf_counter()
     samples = sample_in_chunks(
         jax.tree_util.Partial(as_eps_fn, loaded.module),

@@ -326,7 +326,7 @@ def save_image_grid(path: str | os.PathLike, images: Any, *, columns: int | None
     picture = image_grid(images, columns=columns)
     image = Image.fromarray(picture)
     if scale > 1:
-        image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+        image = image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return atomic_write_bytes(path, buffer.getvalue())

@@ -115,7 +115,7 @@ def update_step(state: OptimizerState, data: Any, *, loss_fn: Callable, optimize
 
 def compiled_update_count() -> int:
     """Number of programs :func:`update_step` has compiled in this process (one per problem)."""
-    return update_step._cache_size()
+    return update_step._cache_size()  # pyright: ignore[reportAttributeAccessIssue]  # jit's private cache counter, not in its stub
 
 
 @functools.lru_cache(maxsize=64)
@@ -257,7 +257,7 @@ def run_optimization(
     initial = ({k: float(v) for k, v in initial_metrics.items()}, initial_extra)
     history = {k: np.zeros((0,), dtype) for k, dtype in dtypes.items()}
     start = 0
-    if resume and path.exists():
+    if resume and path is not None and path.exists():
         state, history = load_checkpoint(path, state, config=config)
         start = int(state.step)
         if start > iterations:
@@ -288,7 +288,7 @@ def run_optimization(
     def record(records: list[tuple[int, dict[str, float]]]) -> None:
         # record (k, metrics): the objective at iteration k - 1 (the iterate after k - 1 updates)
         finite = []
-        for done, values in records:
+        for _done, values in records:
             if not np.isfinite(values["loss"]):
                 break
             finite.append(values)

@@ -20,6 +20,7 @@ from pifs_jax.criteria import WORK_KINDS, growth_balance, weakest_link, workload
 from pifs_jax.errors import ArgumentError
 from pifs_jax.grids import uniform_grid
 from pifs_jax.schedules import Schedule
+from pifs_jax.typing import GridLike
 
 __all__ = [
     "CRITERIA",
@@ -55,7 +56,7 @@ def criterion_name(name: str) -> str:
 def schedule_objective(
     weights: Mapping[str, float],
     *,
-    grid: Any = None,
+    grid: GridLike = None,
     variances: Any = DEFAULT_VARIANCES,
     sizes: Any = DEFAULT_SIZES,
     temperature: float = 0.05,

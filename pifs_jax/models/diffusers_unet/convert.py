@@ -99,7 +99,7 @@ def _to_torch(leaf: str, value: np.ndarray) -> np.ndarray:
 def _flax_layout(config: UNet2DConfig) -> tuple[tuple[tuple[str, ...], tuple[int, ...]], ...]:
     """``((flax path, flax shape), ...)`` of the module's parameters, from ``jax.eval_shape`` of its init."""
     module = DiffusersUNet2D(config)
-    x = jax.ShapeDtypeStruct((1,) + tuple(config.image_shape), jnp.float32)
+    x = jax.ShapeDtypeStruct((1, *config.image_shape), jnp.float32)
     t = jax.ShapeDtypeStruct((1,), jnp.int32)
     shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), x, t)["params"]
     flat = jax.tree_util.tree_flatten_with_path(shapes)[0]

@@ -111,7 +111,7 @@ def _read_safetensors(path: Path, expected: dict[str, tuple[int, ...]]) -> dict[
 
 def _read_pickle(path: Path, expected: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
     try:
-        import torch
+        import torch  # pyright: ignore[reportMissingImports]  # optional: the diffusers extra
     except ImportError:
         raise ArgumentError(
             "path",

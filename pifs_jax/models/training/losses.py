@@ -118,7 +118,9 @@ def loss_weights(sched: Schedule, t: Any, *, weighting: str, gamma: float = 5.0,
     t = jnp.asarray(t)
     if is_concrete(t):
         values = np.asarray(t)
-        if not np.issubdtype(values.dtype, np.integer) or (values.size and (values.min() < 1 or values.max() > sched.T)):
+        if not np.issubdtype(values.dtype, np.integer) or (
+            values.size and (values.min() < 1 or values.max() > sched.T)
+        ):
             raise ArgumentError("t", f"expected integer timesteps in 1..{sched.T}, got {values!r}")
         if weighting == "collage":
             points = np.asarray(as_grid(grid, sched.T))[1:]

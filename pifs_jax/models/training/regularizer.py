@@ -74,7 +74,7 @@ def cross_block_penalty(
     chosen = jax.vmap(lambda k: jax.random.permutation(k, m)[:probes])(jax.random.split(key_patch, batch))  # (B, P)
     pid = jnp.asarray(_patch_index(layout))
     inside = (pid[None, None] == chosen.T[:, :, None, None])[..., None].astype(x.dtype)  # (P, B, H, W, 1)
-    signs = jax.random.rademacher(key_sign, (probes,) + x.shape, dtype=x.dtype)
+    signs = jax.random.rademacher(key_sign, (probes, *x.shape), dtype=x.dtype)
     tangents = signs * inside
 
     def outside_norm2(v, mask):
