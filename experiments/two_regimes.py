@@ -184,7 +184,8 @@ def trained_run(name: str, config: TrainConfig, runs_dir: Path) -> dict[str, Any
     if cached:
         run = load_run(folder)
     else:
-        result = train(config, folder, resume=same, overwrite=not same, progress=False)
+        resume = same and (folder / CHECKPOINT_NAME).is_file()  # resuming needs a checkpoint
+        result = train(config, folder, resume=resume, overwrite=not resume, progress=False)
         run = LoadedRun(model_for_config(result.config, result.config.image_shape)[0], result.state, result.config)
     records = read_metrics_log(folder / "metrics.jsonl")
     quality = json.loads((folder / "quality.json").read_text())["results"]

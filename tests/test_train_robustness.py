@@ -72,26 +72,36 @@ def recorded_train(monkeypatch):
 # ----------------------------------------------------------------------------- --resume / --overwrite
 
 
-def test_resume_with_nothing_to_resume_stops(tmp_path, capsys, recorded_train):
-    """--resume on a missing or checkpoint-less folder: exit 2 naming --out, nothing trained or created."""
+def test_resume_with_nothing_to_resume_stops(tmp_path, capsys):
+    """--resume on a missing or checkpoint-less folder: exit 2 naming --resume, nothing trained or created.
+
+    The refusal is the library's (the folder policy of :class:`pifs_jax.run_folder.RunFolder`, inside
+    ``train``), so the real ``train`` runs here: it stops before loading any data.
+    """
     for out in (tmp_path / "missing", tmp_path):
         assert cli.main(["train", "--data", "digits", "--out", str(out), "--resume", "--no-progress"]) == 2
         line = _error_line(capsys)
-        assert "argument --out:" in line and "no checkpoint" in line and CHECKPOINT_NAME in line, line
-        assert "drop --resume" in line
-    assert recorded_train == [] and not (tmp_path / "missing").exists()
+        assert "argument --resume: nothing to resume" in line and "no checkpoint" in line, line
+        assert CHECKPOINT_NAME in line and "drop --resume" in line
+    assert not (tmp_path / "missing").exists() and list(tmp_path.iterdir()) == []
 
 
-def test_existing_checkpoint_needs_resume_or_overwrite(tmp_path, capsys, recorded_train):
+def test_existing_checkpoint_is_refused_without_resume_or_overwrite(tmp_path, capsys):
+    """The library's refusal (RunFolder's "refuse" policy), shown with the options the user typed."""
     save_checkpoint(tmp_path / CHECKPOINT_NAME, {"step": np.int32(3)}, config={})
     base = ["train", "--data", "digits", "--out", str(tmp_path), "--no-progress"]
     assert cli.main(base) == 2
     line = _error_line(capsys)
-    assert "argument --out:" in line and "already holds a checkpoint" in line
+    assert "argument --out:" in line and f"already holds a run ({CHECKPOINT_NAME})" in line
     assert "--resume" in line and "--overwrite" in line
     assert cli.main([*base, "--resume", "--overwrite"]) == 2
     assert "argument --overwrite: not allowed with argument --resume" in _error_line(capsys)
-    assert recorded_train == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT_NAME]
+
+
+def test_resume_and_overwrite_reach_the_library(tmp_path, recorded_train):
+    save_checkpoint(tmp_path / CHECKPOINT_NAME, {"step": np.int32(3)}, config={})
+    base = ["train", "--data", "digits", "--out", str(tmp_path), "--no-progress"]
     assert cli.main([*base, "--overwrite"]) == 0
     assert recorded_train[-1][2]["overwrite"] is True and recorded_train[-1][2]["resume"] is False
     assert cli.main([*base, "--resume"]) == 0
@@ -107,7 +117,7 @@ def test_overwrite_starts_afresh_and_removes_the_old_files(tmp_path):
     for name in ("config.json", "loss.png", "samples.png", "samples_empirical.png", "samples.npz", "quality.json"):
         (out / name).write_bytes(b"first run")
     second = tiny_config(steps=4, lr=0.01, checkpoint_every=2, log_every=2, num_samples=8)
-    with pytest.raises(ValueError, match=r"already holds a checkpoint.*overwrite=True"):
+    with pytest.raises(ValueError, match=r"already holds a run \(checkpoint\.msgpack.*overwrite=True"):
         _tiny_train(second, out)
     with pytest.raises(ValueError, match="overwrite: cannot be combined with resume"):
         _tiny_train(second, out, resume=True, overwrite=True)

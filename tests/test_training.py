@@ -317,7 +317,7 @@ def test_train_run_writes_everything(tmp_path, x32):
     # an existing checkpoint is not overwritten without resume, nor resumed with another configuration
     files = {p.name: p.read_bytes() for p in out.iterdir()}
     model = (module, tiny_init(module, (8, 8, 1)))
-    with pytest.raises(ValueError, match="already holds a checkpoint"):
+    with pytest.raises(ValueError, match="already holds a run"):
         tr.train(cfg, out, progress=False, model=model, dataset=(data[:64], data[64:]))
     with pytest.raises(ValueError, match=r"another configuration: lr = 0\.003 in the checkpoint, 0\.01 requested"):
         tr.train(
@@ -458,7 +458,8 @@ def test_cli_train_real_model_smoke(tmp_path, capsys):
     assert int(run.state.step) == 3 and run.config.patch_size == 2 and run.config.data == "digits"
     # the same command again without --resume is refused (another configuration: test_train_run_writes_everything)
     assert cli.main(argv) == 2
-    assert "already holds a checkpoint" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "argument --out:" in err and "already holds a run" in err
 
 
 def test_cli_train_bad_input(tmp_path, capsys):
@@ -469,6 +470,6 @@ def test_cli_train_bad_input(tmp_path, capsys):
     assert cli.main(["train", "--out", str(tmp_path), "--model", "vit"]) == 2
     assert "invalid choice" in capsys.readouterr().err
     assert cli.main(["train", "--out", str(tmp_path), "--data", "digits", "--patch-size", "3"]) == 2
-    assert "patch_size: 3 x 3 patches do not tile" in capsys.readouterr().err
+    assert "argument --patch-size: 3 x 3 patches do not tile" in capsys.readouterr().err  # the option typed
     with pytest.raises(ValueError, match=r"holds no config\.json"):
         tr.load_run(tmp_path / "nothing")

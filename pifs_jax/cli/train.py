@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
 from pifs_jax.cli.common import (
@@ -19,7 +18,6 @@ from pifs_jax.cli.common import (
     non_negative_int,
     output_dir,
     positive_int,
-    usage_error_for,
 )
 
 DESCRIPTION = """\
@@ -89,9 +87,10 @@ notes:
   come from (seed, k), so --resume continues bit for bit. A checkpoint written with other
   options is refused (the differing options are named); --checkpoint-every, --log-every and
   --num-samples may change. --out is checked before any work: an existing file or a folder
-  that cannot be written is refused. Without --resume an existing checkpoint in --out is an
-  error; --overwrite deletes the run's files and starts afresh. --resume with no checkpoint
-  in --out is an error too (nothing to resume: drop --resume).
+  that cannot be written is refused. Without --resume an existing run in --out is an error;
+  --overwrite deletes the run's files and starts afresh. --resume with no checkpoint in --out
+  is an error too (nothing to resume: drop --resume). A folder in use by another command is
+  refused (docs/guides/command-line.md, "Output folders").
   Extending: --resume with a larger --steps continues a finished run to the new length. It is
   bit-exact only for the steps already run: the learning-rate schedule (warm-up, cosine decay
   to 0 at --steps) is recomputed for the new length, so the learning rate rises again after
@@ -343,25 +342,6 @@ def _preset(args: argparse.Namespace) -> str:
     return args.preset or args.deprecated_config or "quick"
 
 
-def _check_out(args: argparse.Namespace) -> None:
-    """Refuse, before any work, --resume with nothing to resume and a run in --out without --resume/--overwrite."""
-    from pifs_jax.checkpoint import CHECKPOINT_NAME
-
-    checkpoint = Path(args.out) / CHECKPOINT_NAME
-    if args.resume and not checkpoint.exists():
-        raise UsageError(
-            "--out",
-            f"--resume given, but {str(args.out)!r} holds no checkpoint ({CHECKPOINT_NAME}) "
-            "to resume; drop --resume to start a new run",
-        )
-    if checkpoint.exists() and not (args.resume or args.overwrite):
-        raise UsageError(
-            "--out",
-            f"{str(args.out)!r} already holds a checkpoint ({CHECKPOINT_NAME}); add --resume "
-            "to continue it, --overwrite to start afresh (deleting it), or choose another --out",
-        )
-
-
 def _start_processes(args: argparse.Namespace) -> None:
     """--coordinator/--num-processes/--process-id: join the multi-process run (before any JAX work)."""
     given = {"--coordinator": args.coordinator, "--num-processes": args.num_processes, "--process-id": args.process_id}
@@ -374,19 +354,11 @@ def _start_processes(args: argparse.Namespace) -> None:
         )
     from pifs_jax.sharding import initialize_processes
 
-    try:
-        initialize_processes(args.coordinator, args.num_processes, args.process_id)
-    except ValueError as exc:
-        error = usage_error_for(
-            exc, {"coordinator": "--coordinator", "num_processes": "--num-processes", "process_id": "--process-id"}
-        )
-        if error is None:
-            raise
-        raise error from None
+    initialize_processes(args.coordinator, args.num_processes, args.process_id)  # errors name the options
 
 
 def run(args: argparse.Namespace) -> int:
-    from pifs_jax.models.training import check_devices, train, train_config
+    from pifs_jax.models.training import train, train_config
 
     preset = _preset(args)
     _start_processes(args)
@@ -401,16 +373,9 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         name = getattr(exc, "argument", None)
         if name in assigned:
-            raise UsageError("--set", f"{assigned[name][1]}: {exc.detail}") from None
-        error = usage_error_for(exc, {**_OPTIONS, "preset": "--preset"})
-        if error is None:
-            raise
-        raise error from None
-    try:
-        check_devices(config.devices)
-    except ValueError as exc:
-        raise usage_error_for(exc, _OPTIONS, default="--devices") from None
-    _check_out(args)
+            raise UsageError("--set", f"{assigned[name][1]}: {getattr(exc, 'detail', exc)}") from None
+        raise  # pifs_jax.cli.main names the option
+    # the folder policy (--resume, --overwrite), its lock and staging are the library's (RunFolder)
     result = train(config, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     print(
         f"trained {config.model} ({config.size}) on {config.data} for {int(result.state.step)} steps "

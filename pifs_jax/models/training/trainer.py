@@ -312,7 +312,7 @@ def resume_identity(config: TrainConfig, ckpt_path: str | os.PathLike) -> tuple[
     return {**identity, **extended}, extended
 
 
-def train(
+def _train(
     config: TrainConfig,
     out_dir: str | os.PathLike,
     *,
@@ -323,6 +323,7 @@ def train(
     callback: Callable[[int, dict[str, float]], None] | None = None,
     model: tuple[Any, Callable[[jax.Array], Any]] | None = None,
     dataset: tuple[Any, Any] | None = None,
+    folder: Any = None,
 ) -> TrainResult:
     """Train, checkpoint, log, and (optionally) sample and score the EMA model.
 
@@ -339,8 +340,10 @@ def train(
     Args:
       config: the run (resolved with :meth:`TrainConfig.resolved`).
       out_dir: output folder.
-      resume: continue from ``out_dir``'s checkpoint (bit-exact); without it an existing
-        checkpoint is an error (nothing is overwritten). With no checkpoint yet, starts afresh.
+      resume: continue from ``out_dir``'s checkpoint (bit-exact); without it an existing run is
+        an error (nothing is overwritten), and so is ``resume`` without a checkpoint. The folder
+        follows the output-folder policy of :class:`pifs_jax.run_folder.RunFolder` (a lock, an
+        in-progress marker; the samples, scores and ``loss.png`` staged and moved in together).
         A checkpoint written with a smaller ``steps`` is extended to ``config.steps`` (module
         notes: bit-exact for the steps already taken, the learning-rate schedule recomputed).
       overwrite: start afresh over an existing run in ``out_dir`` (its :data:`RUN_FILES` are
@@ -375,17 +378,9 @@ def train(
     config = config.resolved()
     out = Path(out_dir)
     ckpt_path = out / CHECKPOINT_NAME
-    if resume and overwrite:
-        raise ArgumentError("overwrite", "cannot be combined with resume (continue the run, or start afresh)")
     check_devices(config.devices)
     parallel = config.devices > 1 or jax.process_count() > 1
     writer = jax.process_index() == 0  # only process 0 writes files
-    if ckpt_path.exists() and not (resume or overwrite):
-        raise ArgumentError(
-            "out_dir",
-            f"{str(out)!r} already holds a checkpoint ({ckpt_path.name}); pass resume=True (--resume) "
-            "to continue it, overwrite=True (--overwrite) to start afresh, or choose another output folder",
-        )
     if resume and ckpt_path.exists():  # a foreign, truncated or corrupted checkpoint is refused before any work
         identity, extended = resume_identity(config, ckpt_path)
         read_checkpoint(ckpt_path, config=identity)
@@ -422,9 +417,6 @@ def train(
                     f"extending the run from {extended['steps']} to {config.steps} steps: the learning-rate "
                     "schedule is recomputed for the new length"
                 )
-    elif writer:  # a fresh run: nothing of an earlier run in this folder survives
-        for name in RUN_FILES:
-            (out / name).unlink(missing_ok=True)
     if writer:
         atomic_write_text(out / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
 
@@ -475,16 +467,26 @@ def train(
     )
     seconds = time.perf_counter() - t0
 
+    if not writer:
+        return TrainResult(state, config, out, seconds, None)
+    assert folder is not None  # the writer holds the folder
+    with folder.staged() as stage:  # the figure, samples and scores move in together
+        quality = _write_results(
+            stage, state, config, module, sched, mesh, train_images, test_images, evaluate, progress
+        )
+    return TrainResult(state, config, out, seconds, quality)
+
+
+def _write_results(stage, state, config, module, sched, mesh, train_images, test_images, evaluate, progress):
+    """``loss.png`` and (with ``evaluate``) the samples and their scores into ``stage``; the scores."""
     from pifs_jax.models.training.evaluation import evaluate_run, plot_metrics_log
     from pifs_jax.plotting import save_figure
 
-    if not writer:
-        return TrainResult(state, config, out, seconds, None)
-    records = read_metrics_log(metrics_path)
+    records = read_metrics_log(Path(stage).parent / "metrics.jsonl")
     if records:
         save_figure(
             plot_metrics_log(records, title=f"{config.model}/{config.data}, {config.weighting} weighting"),
-            out / "loss.png",
+            Path(stage) / "loss.png",
         )
     quality = None
     if evaluate and config.num_samples > 0:
@@ -497,7 +499,41 @@ def train(
             config=config,
             train_images=train_images,
             test_images=test_images,
-            out_dir=out,
+            out_dir=stage,
             progress=progress,
         )
-    return TrainResult(state, config, out, seconds, quality)
+    return quality
+
+
+#: Results :func:`train` stages and moves in at the end; the others of :data:`RUN_FILES` are
+#: written in place while it runs (what a resume needs).
+RESULT_FILES = ("loss.png", "samples.png", "samples_empirical.png", "samples.npz", "quality.json")
+
+
+def train(
+    config: TrainConfig,
+    out_dir: str | os.PathLike,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    **kwargs: Any,
+) -> TrainResult:
+    # the folder (lock, marker, policy) is held for the whole run by the process that writes
+    from pifs_jax.run_folder import RunFolder, policy_for
+
+    policy = policy_for(resume=resume, overwrite=overwrite)
+    if jax.process_index() != 0:
+        return _train(config, out_dir, resume=resume, overwrite=overwrite, folder=None, **kwargs)
+    progress_files = tuple(name for name in RUN_FILES if name not in RESULT_FILES)
+    with RunFolder(
+        out_dir,
+        policy,
+        results=RESULT_FILES,
+        progress=progress_files,
+        checkpoint=CHECKPOINT_NAME,
+        argument="out_dir",
+    ) as folder:
+        return _train(config, out_dir, resume=resume, overwrite=overwrite, folder=folder, **kwargs)
+
+
+train.__doc__ = _train.__doc__  # one contract, stated once
