@@ -24,7 +24,7 @@ import dataclasses
 import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import flax.linen as nn
 import jax
@@ -34,6 +34,7 @@ import numpy as np
 from pifs_jax.errors import ArgumentError
 
 __all__ = [
+    "EpsModule",
     "ModuleDenoiser",
     "SelfAttention",
     "TimeEmbedding",
@@ -44,6 +45,27 @@ __all__ = [
     "init_params",
     "sinusoidal_embedding",
 ]
+
+
+@runtime_checkable
+class EpsModule(Protocol):
+    """The model interface every architecture implements (what a spec's ``build`` returns).
+
+    ``apply(variables, x, t, return_attention=False)`` with ``variables = {"params": params}``,
+    ``x`` float ``(B, H, W, C)`` and ``t`` integer timesteps ``(B,)`` (or a scalar) in ``1..T``:
+
+    - ``return_attention=False``: ``eps``, the predicted noise, ``(B, H, W, C)``;
+    - ``return_attention=True``: ``(eps, {layer name: weights (B, heads, queries, keys)})`` with
+      bitwise the same ``eps`` (rows of the weights sum to 1; an architecture without attention
+      returns ``{}``).
+
+    ``init(key, x, t)`` returns ``{"params": params}``. Every flax linen module whose
+    ``__call__`` is ``(x, t, return_attention=False)`` satisfies it.
+    """
+
+    def init(self, rngs: Any, *args: Any, **kwargs: Any) -> Any: ...
+
+    def apply(self, variables: Any, *args: Any, **kwargs: Any) -> Any: ...
 
 
 def sinusoidal_embedding(t: jax.Array, dim: int, *, max_period: float = 10000.0) -> jax.Array:
@@ -150,15 +172,19 @@ def check_model_input(x: Any, t: Any, expected: str, fits: bool) -> jax.Array:
     return jnp.broadcast_to(t, (x.shape[0],))
 
 
-def init_params(module: nn.Module, key: jax.Array, image_shape: Sequence[int] | None = None) -> Any:
+def init_params(module: EpsModule, key: jax.Array, image_shape: Sequence[int] | None = None) -> Any:
     """Initial parameters of ``module`` (a plain pytree: the ``"params"`` collection).
 
     Traced with one image of ``image_shape`` (default: the module's own ``image_shape``) at
     ``t = 1``, jitted, under ``jax.threefry_partitionable(False)`` (compiles several times faster
     on a CPU; the parameters depend only on ``key``, not on that global flag).
     """
-    shape = tuple(module.image_shape if image_shape is None else image_shape)
-    x = jnp.zeros((1,) + shape, jnp.float32)
+    if image_shape is None:
+        image_shape = getattr(module, "image_shape", None)
+        if image_shape is None:
+            raise ArgumentError("image_shape", f"{type(module).__name__} has no image_shape attribute; pass one")
+    shape = tuple(image_shape)
+    x = jnp.zeros((1, *shape), jnp.float32)
     t = jnp.ones((1,), jnp.int32)
     # Draws with the classic (non-partitionable) threefry: with JAX's default partitionable
     # threefry, XLA:CPU takes minutes to compile the ~50 differently shaped draws of an init
@@ -169,7 +195,7 @@ def init_params(module: nn.Module, key: jax.Array, image_shape: Sequence[int] | 
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _batched_apply(module: nn.Module, params: Any, x: jax.Array, t: jax.Array) -> jax.Array:
+def _batched_apply(module: EpsModule, params: Any, x: jax.Array, t: jax.Array) -> jax.Array:
     """``module.apply({"params": params}, x, t)`` jitted once per module (parameters are arguments)."""
     return module.apply({"params": params}, x, t)
 
@@ -184,7 +210,7 @@ class ModuleDenoiser:
     argument are reused, with the parameters traced.
     """
 
-    module: nn.Module
+    module: EpsModule
 
     def __call__(self, params: Any, x: Any, t: Any) -> jax.Array:
         x = jnp.asarray(x)
@@ -192,7 +218,7 @@ class ModuleDenoiser:
         return _batched_apply(self.module, params, x[None], t)[0].astype(x.dtype)
 
 
-def as_eps_fn(module: nn.Module, params: Any) -> jax.tree_util.Partial:
+def as_eps_fn(module: EpsModule, params: Any) -> jax.tree_util.Partial:
     """Turn a network into a denoiser ``eps_fn(x, t)`` for ONE sample, as :mod:`pifs_jax.ddim` wants.
 
     ``eps_fn(x, t) = module.apply({"params": params}, x[None], [t])[0]`` with ``x`` of shape

@@ -40,7 +40,9 @@ The network is built for one ``image_shape``: the input must have exactly that s
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -49,9 +51,10 @@ import numpy as np
 
 from pifs_jax.errors import ArgumentError
 from pifs_jax.models.common import SelfAttention, TimeEmbedding, check_model_input
+from pifs_jax.models.specs import ModelSpec, check_field_int, check_image_shape, register_spec
 from pifs_jax.patches import patch_layout, patchify, unpatchify
 
-__all__ = ["DiTBlock", "PatchTransformer", "sincos_position_embedding"]
+__all__ = ["DiTBlock", "DiTSpec", "PatchTransformer", "sincos_position_embedding"]
 
 _zeros = nn.initializers.zeros
 
@@ -167,7 +170,55 @@ class PatchTransformer(nn.Module):
             eps = jax.vmap(lambda q: unpatchify(q, shape, p))(out)
         else:
             out = nn.Dense(p * p * features, name="final")(h)
-            pixels = jax.vmap(lambda q: unpatchify(q, shape[:2] + (features,), p))(out)
+            pixels = jax.vmap(lambda q: unpatchify(q, (*shape[:2], features), p))(out)
             pixels = pixels + nn.Conv(features, (3, 3), padding="SAME", name="final_conv_0")(nn.silu(pixels))
             eps = nn.Conv(shape[2], (3, 3), padding="SAME", kernel_init=_zeros, name="final_conv")(nn.silu(pixels))
         return (eps, attention) if return_attention else eps
+
+
+@register_spec
+@dataclasses.dataclass(frozen=True)
+class DiTSpec(ModelSpec):
+    """The :class:`PatchTransformer` architecture (registered as ``"dit"``); fields as its attributes.
+
+    Presets (module docstring of :mod:`pifs_jax.models`): ``"quick"`` (``p = 4``, ``D = 64``,
+    depth 3, 4 heads) and ``"full"`` (``p = 8``, ``D = 256``, depth 6, 8 heads); both
+    ``mlp_ratio = 4``, learned positions, ``decoder_features = 16``.
+    """
+
+    NAME: ClassVar[str] = "dit"
+    PRESETS: ClassVar[Mapping[str, Mapping[str, Any]]] = {
+        "quick": dict(
+            patch_size=4, hidden=64, depth=3, num_heads=4, mlp_ratio=4, pos_embedding="learned", decoder_features=16
+        ),
+        "full": dict(
+            patch_size=8, hidden=256, depth=6, num_heads=8, mlp_ratio=4, pos_embedding="learned", decoder_features=16
+        ),
+    }
+
+    patch_size: int = 4
+    hidden: int = 64
+    depth: int = 3
+    num_heads: int = 4
+    mlp_ratio: int = 4
+    pos_embedding: str = "learned"
+    decoder_features: int = 16
+
+    def validate(self, image_shape: Sequence[int] | None = None) -> None:
+        """Fields: positive ints, ``num_heads | hidden``, known positions; ``patch_size`` must tile the image."""
+        for field in ("patch_size", "hidden", "depth", "num_heads", "mlp_ratio"):
+            check_field_int(getattr(self, field), field)
+        check_field_int(self.decoder_features, "decoder_features", minimum=0, note=" (0 = linear per-patch decoder)")
+        if self.hidden % self.num_heads:
+            raise ArgumentError("num_heads", f"{self.num_heads} heads must divide hidden = {self.hidden}")
+        if self.pos_embedding not in ("learned", "sincos"):
+            raise ArgumentError("pos_embedding", f"expected 'learned' or 'sincos', got {self.pos_embedding!r}")
+        if self.pos_embedding == "sincos" and self.hidden % 4:
+            raise ArgumentError("hidden", f"sin-cos positions need a multiple of 4, got {self.hidden}")
+        if image_shape is not None:
+            patch_layout(check_image_shape(image_shape), self.patch_size)  # raises naming patch_size
+
+    def build(self, image_shape: Sequence[int]) -> PatchTransformer:
+        """``PatchTransformer(image_shape, **fields)`` after :meth:`validate`."""
+        self.validate(image_shape)
+        return PatchTransformer(image_shape=check_image_shape(image_shape), **dataclasses.asdict(self))

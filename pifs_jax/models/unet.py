@@ -31,15 +31,19 @@ channel count must be ``image_shape[2]``.
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from pifs_jax.errors import ArgumentError
 from pifs_jax.models.common import SelfAttention, TimeEmbedding, check_model_input
+from pifs_jax.models.specs import ModelSpec, check_field_int, check_image_shape, register_spec
 
-__all__ = ["AttentionBlock", "ResBlock", "UNet"]
+__all__ = ["AttentionBlock", "ResBlock", "UNet", "UNetSpec"]
 
 _zeros = nn.initializers.zeros
 
@@ -165,3 +169,70 @@ class UNet(nn.Module):
         h = nn.swish(_group_norm(self.groups, "norm_out")(h))
         eps = nn.Conv(c_in, (3, 3), kernel_init=_zeros, name="conv_out")(h)
         return (eps, attention) if return_attention else eps
+
+
+@register_spec
+@dataclasses.dataclass(frozen=True)
+class UNetSpec(ModelSpec):
+    """The :class:`UNet` architecture (registered as ``"unet"``); fields as its attributes.
+
+    Presets (module docstring of :mod:`pifs_jax.models`): ``"quick"`` (``c = 16``, mults
+    ``(1, 2)``, one ResBlock per level, 4 groups, attention at the middle only) and ``"full"``
+    (``c = 64``, mults ``(1, 2, 2)``, two ResBlocks, 32 groups, attention at 16x16 and the middle).
+    """
+
+    NAME: ClassVar[str] = "unet"
+    PRESETS: ClassVar[Mapping[str, Mapping[str, Any]]] = {
+        "quick": dict(
+            channels=16, channel_mults=(1, 2), num_res_blocks=1, attention_resolutions=(), num_heads=1, groups=4
+        ),
+        "full": dict(
+            channels=64, channel_mults=(1, 2, 2), num_res_blocks=2, attention_resolutions=(16,), num_heads=1, groups=32
+        ),
+    }
+
+    channels: int = 16
+    channel_mults: tuple[int, ...] = (1, 2)
+    num_res_blocks: int = 1
+    attention_resolutions: tuple[int, ...] = ()
+    num_heads: int = 1
+    groups: int = 4
+
+    def validate(self, image_shape: Sequence[int] | None = None) -> None:
+        """Fields: positive ints, ``groups | channels``, ``num_heads`` divides every width; H, W multiples of ``2^(L-1)``."""
+        for field in ("channels", "num_res_blocks", "num_heads", "groups"):
+            check_field_int(getattr(self, field), field)
+        mults = self.channel_mults
+        if (
+            not isinstance(mults, tuple)
+            or not mults
+            or any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in mults)
+        ):
+            raise ArgumentError("channel_mults", f"expected a non-empty tuple of positive integers, got {mults!r}")
+        resolutions = self.attention_resolutions
+        if not isinstance(resolutions, tuple) or any(
+            isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in resolutions
+        ):
+            raise ArgumentError(
+                "attention_resolutions", f"expected a tuple of positive feature-map heights, got {resolutions!r}"
+            )
+        if self.channels % self.groups:
+            raise ArgumentError("groups", f"{self.groups} GroupNorm groups must divide channels = {self.channels}")
+        widths = {self.channels * m for m in mults}
+        if any(w % self.num_heads for w in widths):
+            raise ArgumentError("num_heads", f"{self.num_heads} heads must divide every width {sorted(widths)}")
+        if image_shape is not None:
+            height, width, channels = check_image_shape(image_shape)
+            factor = 2 ** (len(mults) - 1)
+            if height % factor or width % factor:
+                fitting = (factor * max(1, height // factor), factor * max(1, width // factor), channels)
+                raise ArgumentError(
+                    "image_shape",
+                    f"a UNet with {len(mults)} levels downsamples by {factor}, so H and W must be "
+                    f"multiples of {factor}; got {(height, width, channels)} (e.g. {fitting})",
+                )
+
+    def build(self, image_shape: Sequence[int]) -> UNet:
+        """``UNet(image_shape, **fields)`` after :meth:`validate`."""
+        self.validate(image_shape)
+        return UNet(image_shape=check_image_shape(image_shape), **dataclasses.asdict(self))

@@ -10,7 +10,8 @@ One concept per module: :mod:`~pifs_jax.models.diffusers_unet.config` (the check
 ``config.json``), :mod:`~pifs_jax.models.diffusers_unet.modules` (the flax network),
 :mod:`~pifs_jax.models.diffusers_unet.convert` (state-dict names and layouts),
 :mod:`~pifs_jax.models.diffusers_unet.weights` (the weight file, read and checked),
-:mod:`~pifs_jax.models.diffusers_unet.load` (the folder) and
+:mod:`~pifs_jax.models.diffusers_unet.load` (the folder),
+:mod:`~pifs_jax.models.diffusers_unet.spec` (the registered architecture spec) and
 :mod:`~pifs_jax.models.diffusers_unet.seeded` (seeded random weights and folders, for tests and
 examples). docs/guides/diffusers-models.md walks through loading, sampling and analysis.
 """
@@ -20,9 +21,11 @@ from pifs_jax.models.diffusers_unet.convert import diffusers_to_flax, diffusers_
 from pifs_jax.models.diffusers_unet.load import LoadedDiffusersUNet, load_diffusers_unet
 from pifs_jax.models.diffusers_unet.modules import DiffusersUNet2D, diffusers_timestep_embedding
 from pifs_jax.models.diffusers_unet.seeded import seeded_diffusers_weights, write_random_diffusers_unet
+from pifs_jax.models.diffusers_unet.spec import DiffusersUNetSpec
 
 __all__ = [
     "DiffusersUNet2D",
+    "DiffusersUNetSpec",
     "LoadedDiffusersUNet",
     "UNet2DConfig",
     "diffusers_timestep_embedding",

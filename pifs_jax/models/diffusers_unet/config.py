@@ -33,11 +33,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from pifs_jax._validation import read_json_object
 from pifs_jax.errors import ArgumentError
+from pifs_jax.models.specs import ModelSpec, check_image_shape
 
 __all__ = [
     "CONFIG_FILE_NAME",
@@ -103,12 +104,17 @@ _ONLY = {
 
 
 @dataclasses.dataclass(frozen=True)
-class UNet2DConfig:
+class UNet2DConfig(ModelSpec):
     """A checked ``UNet2DModel`` architecture (hashable: it is the flax module's only attribute).
 
     Attributes mirror the diffusers keys; ``image_shape = (H, W, in_channels)`` comes from
     ``sample_size``; ``attention_head_dim`` ``None`` means one head per attention layer;
     ``time_embed_dim = time_embedding_dim or 4 block_out_channels[0]``.
+
+    A :class:`~pifs_jax.models.specs.ModelSpec`: :meth:`validate` re-reads :meth:`to_diffusers`
+    with :func:`read_unet_config` (every check of a diffusers config, naming the key); the
+    registered, buildable spec is its subclass
+    :class:`~pifs_jax.models.diffusers_unet.spec.DiffusersUNetSpec`.
     """
 
     image_shape: tuple[int, int, int]
@@ -149,6 +155,27 @@ class UNet2DConfig:
         """
         head_dim = channels if self.attention_head_dim is None else int(self.attention_head_dim)
         return channels // head_dim, head_dim
+
+    def validate(self, image_shape: Sequence[int] | None = None) -> None:
+        """Every check of :func:`read_unet_config` on :meth:`to_diffusers`; the network runs on
+        images whose ``H``, ``W`` are multiples of :attr:`downsampling_factor` with ``C = in_channels``."""
+        try:
+            checked = read_unet_config(self.to_diffusers())
+        except TypeError:
+            raise ArgumentError("spec", f"a {UNET_CLASS_NAME} field has the wrong type: {self!r}") from None
+        differ = [f.name for f in dataclasses.fields(self) if getattr(checked, f.name) != getattr(self, f.name)]
+        if differ:
+            raise ArgumentError(
+                differ[0], f"expected {getattr(checked, differ[0])!r}, got {getattr(self, differ[0])!r}"
+            )
+        if image_shape is not None:
+            height, width, channels = check_image_shape(image_shape)
+            factor = self.downsampling_factor
+            if height % factor or width % factor or channels != self.in_channels:
+                raise ArgumentError(
+                    "image_shape",
+                    f"expected (H, W, {self.in_channels}) with H, W multiples of {factor}, got {(height, width, channels)}",
+                )
 
     def to_diffusers(self) -> dict[str, Any]:
         """The full diffusers config (every ``UNet2DModel`` key, JSON types) that describes this architecture."""

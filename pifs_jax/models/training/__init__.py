@@ -11,11 +11,13 @@ Theory: docs/theory.md section 7. Modules:
   the metrics log and :func:`train` (checkpoints and exact resume).
 - :mod:`~pifs_jax.models.training.parallel`: data parallelism (:func:`data_mesh`, :func:`replicate`,
   :func:`split_batch`, :func:`check_devices`): the batch split over a ``data`` mesh axis.
-- :mod:`~pifs_jax.models.training.evaluation`: sampling, the quality report, the loss curve, :func:`load_run`.
+- :mod:`~pifs_jax.models.training.evaluation`: sampling, the quality report, the loss curve.
+- :mod:`~pifs_jax.models.training.loading`: :func:`load_run` (the recorded architecture and the checked checkpoint).
 """
 
 from pifs_jax.models.training.config import LR_DECAYS, PRESETS, TrainConfig, parse_field_value, train_config
-from pifs_jax.models.training.evaluation import LoadedRun, evaluate_run, load_run, plot_metrics_log, sample_in_chunks
+from pifs_jax.models.training.evaluation import evaluate_run, plot_metrics_log, sample_in_chunks
+from pifs_jax.models.training.loading import LoadedRun, load_run
 from pifs_jax.models.training.losses import (
     WEIGHTINGS,
     ApplyFn,
@@ -40,6 +42,7 @@ from pifs_jax.models.training.trainer import (
     make_train_step,
     model_for_config,
     read_metrics_log,
+    recorded_config,
     resume_identity,
     train,
 )
@@ -76,6 +79,7 @@ __all__ = [
     "parse_field_value",
     "plot_metrics_log",
     "read_metrics_log",
+    "recorded_config",
     "replicate",
     "resume_identity",
     "sample_in_chunks",

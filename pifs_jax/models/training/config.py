@@ -1,13 +1,15 @@
 """What determines a training run: :class:`TrainConfig`, the :data:`PRESETS` and :func:`train_config`.
 
-Names are defined once in the library: models :data:`pifs_jax.models.MODEL_NAMES` and
-:data:`pifs_jax.models.MODEL_SIZES`, data sets :data:`pifs_jax.data.DATASETS` (name -> image
+Names are defined once in the library: architectures by their registered specs
+(:func:`pifs_jax.models.registered_specs`; the presets of :data:`pifs_jax.models.MODEL_NAMES`
+are :data:`pifs_jax.models.MODEL_SIZES`), data sets :data:`pifs_jax.data.DATASETS` (name -> image
 shape), loss weightings :data:`~pifs_jax.models.training.losses.WEIGHTINGS`, presets :data:`PRESETS`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import types
 import typing
@@ -15,7 +17,7 @@ from typing import Any
 
 from pifs_jax.data import DATASETS, DIGITS_TEST, DIGITS_TRAIN
 from pifs_jax.errors import ArgumentError
-from pifs_jax.models import MODEL_NAMES, MODEL_SIZES
+from pifs_jax.models import MODEL_SIZES, ModelSpec, registered_specs, spec_class, spec_from_dict
 from pifs_jax.models.training.losses import WEIGHTINGS
 
 __all__ = ["LR_DECAYS", "PRESETS", "TrainConfig", "parse_field_value", "train_config"]
@@ -29,8 +31,15 @@ class TrainConfig:
     """Everything that determines a training run (a checkpoint records it and refuses another).
 
     Attributes:
-      model: one of :data:`pifs_jax.models.MODEL_NAMES` (:func:`pifs_jax.models.make_model`).
-      size: model size, one of :data:`pifs_jax.models.MODEL_SIZES`.
+      model: the registered name of the architecture's spec (:func:`pifs_jax.models.registered_specs`:
+        ``"dit"``, ``"unet"``, ``"diffusers_unet2d"`` or a user spec); ``None`` for a module passed
+        to :func:`~pifs_jax.models.training.trainer.train` as ``(module, init_fn)``, which is not
+        recorded (such a run cannot be reloaded).
+      size: the spec's preset (:meth:`pifs_jax.models.ModelSpec.preset`, e.g. ``"quick"``), or
+        ``None`` when ``architecture`` gives every field.
+      architecture: every field of the spec (``spec.fields()``, JSON types), or ``None`` for the
+        preset ``size``. Old run folders (written before architectures were recorded) have no
+        such key and load as their preset. :meth:`model_spec` is the spec either way.
       data: one of :data:`pifs_jax.data.DATASETS` (:func:`pifs_jax.data.load_dataset`).
       num_train, num_test: crops in the training and test sets.
       data_seed: seed of the data set (kept apart from ``seed`` so every run sees the same crops).
@@ -58,8 +67,9 @@ class TrainConfig:
         batch reductions (float32 rounding), not bit for bit.
     """
 
-    model: str = "dit"
-    size: str = "quick"
+    model: str | None = "dit"
+    size: str | None = "quick"
+    architecture: dict[str, Any] | None = None
     data: str = "photos16"
     num_train: int = 4096
     num_test: int = 1024
@@ -97,9 +107,18 @@ class TrainConfig:
         def bad(name, expected):
             raise ArgumentError(name, f"expected {expected}, got {getattr(self, name)!r}")
 
+        if self.model is not None:
+            cls = spec_class(self.model)  # raises naming model and the registered names
+            if self.architecture is None:
+                if self.size not in cls.PRESETS:
+                    bad("size", f"one of {', '.join(cls.PRESETS) or 'no presets'} (the presets of {self.model!r})")
+            elif self.size is not None:
+                bad("size", "None when architecture gives every field")
+            else:
+                self.model_spec()  # raises naming the invalid field
+        elif self.architecture is not None:
+            bad("architecture", "None for an unrecorded module (model = None)")
         for name, allowed in (
-            ("model", MODEL_NAMES),
-            ("size", MODEL_SIZES),
             ("weighting", WEIGHTINGS),
             ("lr_decay", LR_DECAYS),
         ):
@@ -150,14 +169,49 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def identity(self) -> dict[str, Any]:
-        """The fields that determine the trajectory (all but :attr:`RUN_CONTROL`)."""
-        return {k: v for k, v in self.to_dict().items() if k not in self.RUN_CONTROL}
+        """The fields that determine the trajectory (all but :attr:`RUN_CONTROL`).
+
+        ``architecture`` is left out when it is ``None`` (a preset): the identity of a preset
+        run is then the one written before architectures were recorded, so old checkpoints load.
+        """
+        return {
+            k: v
+            for k, v in self.to_dict().items()
+            if k not in self.RUN_CONTROL and not (k == "architecture" and v is None)
+        }
+
+    def model_spec(self) -> ModelSpec:
+        """The architecture: ``spec_from_dict({"name": model, **architecture})``, or the preset ``size``.
+
+        The preset takes ``patch_size`` when the architecture has such a field (the DiT's tokens).
+
+        Raises:
+          ArgumentError: ``model`` is ``None`` (an unrecorded module) or not registered (naming the
+            registered ones); an invalid field.
+        """
+        if self.model is None:
+            raise ArgumentError(
+                "model",
+                "this run's architecture was not recorded (it was trained with train(model=(module, init_fn))); "
+                "train with a registered ModelSpec, train(model=spec), to make a run that can be reloaded",
+            )
+        if self.architecture is None:
+            return spec_class(self.model).preset(str(self.size), patch_size=self.patch_size)
+        return spec_from_dict({**self.architecture, "name": self.model})
+
+    def with_spec(self, spec: ModelSpec) -> TrainConfig:
+        """This config recording ``spec``: ``model = spec.NAME``, ``size = None``, ``architecture = spec.fields()``."""
+        if not isinstance(spec, ModelSpec):
+            raise ArgumentError("model", f"expected a ModelSpec, got {type(spec).__name__}")
+        spec_class(spec.NAME)  # a spec must be registered to be reloaded
+        spec.validate()
+        return dataclasses.replace(self, model=spec.NAME, size=None, architecture=spec.fields())
 
     @property
     def image_shape(self) -> tuple[int, int, int] | None:
         """``(H, W, C)`` of the named data set (``None`` for an unknown name)."""
         shape = DATASETS.get(self.data)
-        return None if shape is None else tuple(shape)
+        return None if shape is None else (int(shape[0]), int(shape[1]), int(shape[2]))
 
     def resolved(self) -> TrainConfig:
         """The config with ``patch_size`` filled in (image side / 4: 16 patches)."""
@@ -205,7 +259,7 @@ def _named_values() -> dict[str, tuple[str, ...]]:
     from pifs_jax.schedules import SCHEDULE_NAMES
 
     return {
-        "model": tuple(MODEL_NAMES),
+        "model": registered_specs(),
         "size": tuple(MODEL_SIZES),
         "data": tuple(DATASETS),
         "weighting": tuple(WEIGHTINGS),
@@ -218,6 +272,7 @@ def parse_field_value(name: str, text: str) -> Any:
     """The value of the :class:`TrainConfig` field ``name`` written as ``text``, parsed with the field's type.
 
     ``int`` fields take an integer (``"4000"``), ``float`` fields a finite number (``"3e-4"``),
+    ``architecture`` a JSON object (``'{"channels": 32, ...}'``) or ``"none"``,
     string fields one of their names (``model``, ``size``, ``data``, ``weighting``, ``lr_decay``,
     ``schedule``), and ``patch_size`` (``int | None``) also ``"none"``. Ranges (``steps >= 1``,
     ...) are checked by :class:`TrainConfig` itself.
@@ -257,6 +312,14 @@ def parse_field_value(name: str, text: str) -> Any:
             value = math.nan
         if not math.isfinite(value):
             raise ArgumentError(name, f"expected a finite number, got {text!r}")
+        return value
+    if typing.get_origin(annotation) is dict:
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = None
+        if not isinstance(value, dict):
+            raise ArgumentError(name, f"expected a JSON object{' or none' if optional else ''}, got {text!r}")
         return value
     allowed = _named_values().get(name)
     if allowed is not None and text not in allowed:

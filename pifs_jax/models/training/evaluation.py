@@ -1,64 +1,25 @@
-"""Evaluating a trained model: sampling in chunks, the quality report, the loss curve, reloading a finished run."""
+"""Evaluating a trained model: sampling in chunks, the quality report, the loss curve."""
 
 from __future__ import annotations
 
 import io
-import json
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pifs_jax.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from pifs_jax.errors import ArgumentError
 from pifs_jax.grids import uniform_grid
 from pifs_jax.models.training.config import TrainConfig
-from pifs_jax.models.training.trainer import TrainState, initial_train_state, model_for_config, resume_identity
 from pifs_jax.schedules import Schedule
 
-__all__ = ["LoadedRun", "evaluate_run", "load_run", "plot_metrics_log", "sample_in_chunks"]
-
-
-class LoadedRun(NamedTuple):
-    """A finished (or checkpointed) run, from :func:`load_run`."""
-
-    module: Any
-    state: TrainState
-    config: TrainConfig
-
-    @property
-    def eps_fn(self) -> Callable[[jax.Array, Any], jax.Array]:
-        """``eps_fn(x, t)`` of the EMA parameters, for :func:`pifs_jax.ddim.ddim_chain`."""
-        from pifs_jax.models import as_eps_fn
-
-        return as_eps_fn(self.module, self.state.ema_params)
-
-
-def load_run(out_dir: str | os.PathLike) -> LoadedRun:
-    """Rebuild the model of a ``pifs-jax train`` output folder and load its checkpoint (validated).
-
-    Reads ``config.json``, builds the named model, and loads ``checkpoint.msgpack`` with every
-    check of :func:`pifs_jax.checkpoint.load_checkpoint`. A run being extended (``config.json``
-    has a larger ``steps`` than the checkpoint: :func:`resume_identity`) loads like a killed one.
-
-    Raises:
-      ArgumentError: no ``config.json`` / checkpoint, or a checkpoint that fails its checks.
-    """
-    out = Path(out_dir)
-    if not (out / "config.json").is_file():
-        raise ArgumentError("out_dir", f"{str(out)!r} holds no config.json (not a pifs-jax train folder)")
-    config = TrainConfig(**json.loads((out / "config.json").read_text())).resolved()
-    module, init_fn = model_for_config(config, config.image_shape)
-    _, target = initial_train_state(config, init_fn)
-    identity, _ = resume_identity(config, out / CHECKPOINT_NAME)
-    state = load_checkpoint(out / CHECKPOINT_NAME, target, config=identity)
-    return LoadedRun(module, state, config)
+__all__ = ["evaluate_run", "plot_metrics_log", "sample_in_chunks"]
 
 
 def evaluate_run(
@@ -97,7 +58,7 @@ def evaluate_run(
 
     out = Path(out_dir)
     grid = uniform_grid(config.T, config.sample_steps)
-    shape = (config.num_samples,) + tuple(train_images.shape[1:])
+    shape = (config.num_samples, *train_images.shape[1:])
     x_T = jax.jit(lambda seed: jax.random.normal(jax.random.fold_in(jax.random.PRNGKey(seed), 2**31 - 1), shape))(
         np.uint32(config.seed)
     )
@@ -179,7 +140,7 @@ def sample_in_chunks(
         block = x_T[start : start + size]
         pad = size - block.shape[0]
         if pad:
-            block = jnp.concatenate([block, jnp.zeros((pad,) + block.shape[1:], block.dtype)])
+            block = jnp.concatenate([block, jnp.zeros((pad, *block.shape[1:]), block.dtype)])
         out.append(np.asarray(sample(args, block))[: size - pad])
         if on_chunk is not None:
             on_chunk()

@@ -24,10 +24,11 @@ summation order of the batch reductions, with the same checkpoint file.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -47,7 +48,10 @@ from pifs_jax.checkpoint import (
 from pifs_jax.errors import ArgumentError
 from pifs_jax.grids import uniform_grid
 from pifs_jax.loop import Checkpointing, run_loop
+from pifs_jax.models.common import EpsModule, init_params
+from pifs_jax.models.specs import ModelSpec
 from pifs_jax.models.training.config import LR_DECAYS, TrainConfig
+from pifs_jax.models.training.evaluation import evaluate_run, plot_metrics_log
 from pifs_jax.models.training.losses import ApplyFn, LossTables, denoising_loss, loss_tables, module_apply_fn
 from pifs_jax.models.training.parallel import check_devices, data_mesh, replicate, split_batch
 from pifs_jax.patches import patch_layout
@@ -66,6 +70,7 @@ __all__ = [
     "make_train_step",
     "model_for_config",
     "read_metrics_log",
+    "recorded_config",
     "resume_identity",
     "train",
 ]
@@ -253,16 +258,39 @@ def load_train_test(config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(train_images, np.float32), np.asarray(test_images, np.float32)
 
 
-def model_for_config(config: TrainConfig, image_shape: tuple[int, ...]) -> tuple[Any, Callable[[jax.Array], Any]]:
-    """``(module, init_fn(key) -> params)`` of ``config``'s named model (:func:`pifs_jax.models.make_model`)."""
-    from pifs_jax import models
+def model_for_config(config: TrainConfig, image_shape: Sequence[int]) -> tuple[EpsModule, Callable[[jax.Array], Any]]:
+    """``(module, init_fn(key) -> params)`` of ``config``'s architecture (:meth:`TrainConfig.model_spec`).
 
-    module, _ = models.make_model(config.model, image_shape=image_shape, patch_size=config.patch_size, size=config.size)
+    ``module = config.model_spec().build(image_shape)``, ``init_fn = init_params(module, key, image_shape)``.
+
+    Raises:
+      ArgumentError: an unrecorded (``model = None``) or unregistered architecture, or one that
+        does not fit ``image_shape``.
+    """
+    module = config.model_spec().build(image_shape)
 
     def init(key):
-        return models.init_params(module, key, image_shape)
+        return init_params(module, key, image_shape)
 
     return module, init
+
+
+def recorded_config(config: TrainConfig, model: ModelSpec | tuple[Any, Any] | None) -> TrainConfig:
+    """The config a run records for ``model`` (:func:`train`'s argument).
+
+    - ``None``: ``config`` as it is (its own architecture, :meth:`TrainConfig.model_spec`).
+    - a :class:`~pifs_jax.models.ModelSpec`: recorded field by field (:meth:`TrainConfig.with_spec`),
+      so :func:`~pifs_jax.models.training.load_run` rebuilds it.
+    - ``(module, init_fn)``: not recorded (``model = None`` in ``config.json``): such a run trains
+      but cannot be reloaded.
+    """
+    if model is None:
+        return config
+    if isinstance(model, ModelSpec):
+        return config.with_spec(model)
+    if not (isinstance(model, tuple) and len(model) == 2):
+        raise ArgumentError("model", f"expected a ModelSpec or a (module, init_fn) pair, got {type(model).__name__}")
+    return dataclasses.replace(config, model=None, size=None, architecture=None)
 
 
 def initial_train_state(
@@ -321,7 +349,7 @@ def _train(
     progress: bool = True,
     evaluate: bool = True,
     callback: Callable[[int, dict[str, float]], None] | None = None,
-    model: tuple[Any, Callable[[jax.Array], Any]] | None = None,
+    model: ModelSpec | tuple[Any, Callable[[jax.Array], Any]] | None = None,
     dataset: tuple[Any, Any] | None = None,
     folder: Any = None,
 ) -> TrainResult:
@@ -351,7 +379,10 @@ def _train(
       progress: tqdm progress bars (training, then sampling and scoring).
       evaluate: sample and score at the end.
       callback: ``callback(step, metrics)`` after every step (host side; e.g. plotting, tests).
-      model: ``(module, init_fn(key) -> params)`` instead of :func:`pifs_jax.models.make_model`.
+      model: the architecture instead of ``config``'s (:func:`recorded_config`): a registered
+        :class:`~pifs_jax.models.ModelSpec`, recorded in ``config.json`` so that
+        :func:`~pifs_jax.models.training.load_run` rebuilds it, or ``(module, init_fn(key) ->
+        params)``, trained but not recorded (``"model": null``; the run cannot be reloaded).
       dataset: ``(train, test)`` image arrays instead of :func:`pifs_jax.data.load_dataset`.
 
     The steps run in :func:`pifs_jax.loop.run_loop`: a ``KeyboardInterrupt`` saves the last
@@ -376,6 +407,7 @@ def _train(
       FloatingPointError: a non-finite metric (the training diverged).
     """
     config = config.resolved()
+    config = recorded_config(config, model)
     out = Path(out_dir)
     ckpt_path = out / CHECKPOINT_NAME
     check_devices(config.devices)
@@ -395,7 +427,7 @@ def _train(
     layout = patch_layout(image_shape, config.patch_size)  # raises naming patch_size if it does not tile
     if config.mu > 0 and config.probes > layout.num_patches:
         raise ArgumentError("probes", f"at most the number of patches, {layout.num_patches}, got {config.probes}")
-    module, init_fn = model_for_config(config, image_shape) if model is None else model
+    module, init_fn = model if isinstance(model, tuple) else model_for_config(config, image_shape)
 
     sched = named_schedule(config.schedule, config.T)
     grid = uniform_grid(config.T, config.sample_steps)
@@ -462,7 +494,7 @@ def _train(
         callback=callback,
         diverged=diverged,
         progress=progress and writer,
-        description=f"train {config.model}/{config.data}",
+        description=f"train {config.model or 'module'}/{config.data}",
         show=("loss", "mse"),
     )
     seconds = time.perf_counter() - t0
@@ -479,7 +511,6 @@ def _train(
 
 def _write_results(stage, state, config, module, sched, mesh, train_images, test_images, evaluate, progress):
     """``loss.png`` and (with ``evaluate``) the samples and their scores into ``stage``; the scores."""
-    from pifs_jax.models.training.evaluation import evaluate_run, plot_metrics_log
     from pifs_jax.plotting import save_figure
 
     records = read_metrics_log(Path(stage).parent / "metrics.jsonl")
