@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -24,16 +24,98 @@ import jax.numpy as jnp
 import numpy as np
 
 from pifs_jax._validation import check_floating, check_positive_int, is_concrete
-from pifs_jax.ddim import EpsFn, chain_steps, check_denoiser, ddim_step
 from pifs_jax.errors import ArgumentError, NonFiniteError
 from pifs_jax.grids import as_grid
 from pifs_jax.kaplan_yorke import kaplan_yorke_dimension
-from pifs_jax.orthogonalization import AdaptiveBlocks, column_log_norms, digit_loss_budget, positive_qr
+from pifs_jax.samplers.base import Sampler, check_denoiser, check_sampler
+from pifs_jax.samplers.chain import FlatChain, flat_chain
+from pifs_jax.samplers.ddim import DDIM
 from pifs_jax.schedules import Schedule
+from pifs_jax.tangent_qr import (
+    graded_log_singular_values,
+    graded_update,
+    identity_constraint,
+    orthonormal_block,
+    qr_pass,
+    qr_positive,
+    safe_diagonal,
+    transposed_qr_pass,
+)
+from pifs_jax.typing import EpsFn
 
-__all__ = ["CHAIN_METHODS", "Spectrum", "chain_lyapunov_spectra", "chain_lyapunov_spectrum", "lyapunov_spectrum"]
+__all__ = [
+    "CHAIN_METHODS",
+    "Spectrum",
+    "SpectrumOptions",
+    "chain_lyapunov_spectra",
+    "chain_lyapunov_spectrum",
+    "lyapunov_spectrum",
+]
 
 CHAIN_METHODS = ("exact", "benettin")
+
+
+@dataclasses.dataclass(frozen=True)
+class SpectrumOptions:
+    """How a chain spectrum is computed (the options :func:`chain_lyapunov_spectrum` and
+    :func:`chain_lyapunov_spectra` share, grouped as diffrax groups ``SaveAt``).
+
+    Attributes:
+      k: ``None`` = full spectrum (``n`` exponents); an integer ``1 <= k <= n`` = the leading ``k``
+        (matrix-free).
+      method: ``"exact"`` (singular values of the chain Jacobian) or ``"benettin"`` (Benettin's QR
+        sum, the asymptotic estimator, for comparison).
+      iters: leading-``k`` exact: maximum subspace iterations.
+      tol: leading-``k`` exact: stop when no exponent changes by more than ``tol`` per step
+        between iterations; ``None`` = ``10 eps`` of the state's dtype.
+      oversample: leading-``k`` exact: extra subspace vectors.
+      sweeps: exact: graded QR sweeps of the triangular product before its singular values are read.
+      qr_every: ``"auto"`` (adaptive re-orthonormalisation) or a positive integer ``m``.
+
+    Each field is documented in full at :func:`chain_lyapunov_spectrum`; the object is hashable
+    (static under ``jax.jit``), and :meth:`checked` validates it.
+    """
+
+    k: int | None = None
+    method: str = "exact"
+    iters: int = 200
+    tol: float | None = None
+    oversample: int = 0
+    sweeps: int = 8
+    qr_every: int | str = "auto"
+
+    def checked(self, n: int | None = None) -> SpectrumOptions:
+        """The options validated (``k`` against the state dimension ``n`` when given).
+
+        Raises:
+          ArgumentError: naming ``k``, ``method``, ``iters``, ``oversample``, ``sweeps`` or ``qr_every``.
+        """
+        if self.method not in CHAIN_METHODS:
+            raise ArgumentError("method", f"expected one of {CHAIN_METHODS}, got {self.method!r}")
+        k = self.k
+        if k is not None:
+            k = check_positive_int(k, name="k")
+            if n is not None and k > n:
+                raise ArgumentError("k", f"cannot exceed the state dimension n = {n}, got k = {k}")
+        return dataclasses.replace(
+            self,
+            k=k,
+            iters=check_positive_int(self.iters, name="iters"),
+            oversample=check_positive_int(self.oversample, name="oversample", minimum=0),
+            sweeps=check_positive_int(self.sweeps, name="sweeps", minimum=0),
+            qr_every=_check_qr_every(self.qr_every),
+        )
+
+    @classmethod
+    def build(cls, options: SpectrumOptions | None, fields: dict[str, Any]) -> SpectrumOptions:
+        """``options`` (default: the defaults) with ``fields`` replaced; unknown names are refused."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(fields) - known)
+        if unknown:
+            raise ArgumentError(unknown[0], f"not a spectrum option; expected one of {sorted(known)}")
+        if options is not None and not isinstance(options, SpectrumOptions):
+            raise ArgumentError("options", f"expected a SpectrumOptions, got {type(options).__name__}")
+        return dataclasses.replace(options or cls(), **fields)
 
 
 @jax.tree_util.register_dataclass
@@ -66,260 +148,6 @@ class Spectrum:
     def _asdict(self) -> dict:
         """Field dictionary (used by :func:`pifs_jax.results.to_jsonable`)."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-
-
-# ----------------------------------------------------------------------------- linear algebra
-
-
-def _qr_positive(y: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Reduced QR with ``diag(R) >= 0`` (signs moved into ``Q``), so ``log diag R`` is real.
-
-    The factorisation is the backend's preferred one (:func:`pifs_jax.orthogonalization.preferred_qr_method`).
-    """
-    return positive_qr(y)
-
-
-def _safe_diagonal(r: jax.Array) -> jax.Array:
-    """``diag(R)`` clamped at the smallest normal number: a singular step gives ``log(tiny)``, not ``-inf``."""
-    return jnp.maximum(jnp.diagonal(r), jnp.finfo(r.dtype).tiny)
-
-
-def _graded_update(log_diag: jax.Array, w: jax.Array, r: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """``R diag(e^l) W = diag(r e^l) (I + E) W`` with ``E_jk = (R_jk / r_j) exp(l_k - l_j)``, ``j < k``.
-
-    Returns the new ``(l, W)`` (``W`` stays unit upper triangular). ``exp`` is only evaluated where
-    ``R_jk != 0``, so exactly decoupled directions never produce ``0 * inf``.
-    """
-    d = _safe_diagonal(r)
-    unit = r / d[:, None]
-    upper = jnp.triu(jnp.ones(r.shape, bool), 1) & (unit != 0)
-    gap = log_diag[None, :] - log_diag[:, None]
-    e = jnp.where(upper, unit * jnp.exp(jnp.where(upper, gap, 0.0)), 0.0)
-    return log_diag + jnp.log(d), w + e @ w
-
-
-def _graded_log_singular_values(log_diag: jax.Array, w: jax.Array, *, sweeps: int, window: int = 32) -> jax.Array:
-    """``log sigma(diag(exp(l)) W)``, descending, for a unit upper triangular ``W``; no overflow.
-
-    Where the ``l`` span at most ``log(1/eps)/4`` nats (a crowded spectrum, as for the MLP chains
-    of BENCHMARKS.md), the singular values are those of the whole rescaled product
-    ``diag(exp(l - max l)) W``, taken at once: relative accuracy ``eps exp(span) <= eps^(3/4)``,
-    and none of the windowed reading below, which is approximate inside a cluster longer than
-    ``window``. Otherwise :func:`_graded_cluster_log_singular_values`.
-    """
-    span = jnp.max(log_diag) - jnp.min(log_diag)
-    crowded = span <= -float(np.log(np.finfo(w.dtype).eps)) / 4
-
-    def whole(log_diag, w):
-        ref = jnp.max(log_diag)
-        sv = jnp.linalg.svd(jnp.exp(log_diag - ref)[:, None] * w, compute_uv=False)
-        positive = sv > 0
-        return jnp.where(positive, jnp.log(jnp.where(positive, sv, 1.0)) + ref, -jnp.inf)
-
-    def graded(log_diag, w):
-        return _graded_cluster_log_singular_values(log_diag, w, sweeps=sweeps, window=window)
-
-    return -jnp.sort(-jax.lax.cond(crowded, whole, graded, log_diag, w))
-
-
-def _graded_cluster_log_singular_values(
-    log_diag: jax.Array, w: jax.Array, *, sweeps: int, window: int = 32
-) -> jax.Array:
-    """``log sigma(diag(exp(l)) W)``, descending, for a unit upper triangular ``W``, by graded sweeps.
-
-    1. ``sweeps`` graded zero-shift QR steps (``P^T = Q R``, ``P <- R``, kept as ``(l, W)``). Each
-       multiplies the coupling ``W_jk`` of two directions by about ``exp(-2 |l_j - l_k|)`` and
-       orders ``l``, so directions whose ``l`` differ by more than
-       ``g = log(1/eps) / (2 sweeps)`` end up decoupled to rounding.
-    2. Splitting the (ordered) ``l`` at gaps larger than ``g`` leaves clusters whose singular
-       values are those of their diagonal blocks of ``P``. Each block is rescaled by its own
-       largest ``exp(l)`` (no over- or underflow across the clusters) and its singular values
-       taken explicitly. Clusters longer than ``window`` are read through a window of that size
-       centred on each index (``n`` SVDs of ``window x window``, cost ``O(n window^3)``).
-
-    A singleton cluster gives back ``l_j`` itself; one cluster (a spectrum spanning less than a
-    few nats per gap, as for the Gaussian chain) gives the SVD of the whole rescaled product.
-    """
-    n = w.shape[0]
-    dtype = w.dtype
-    eye = jnp.eye(n, dtype=dtype)
-
-    def sweep(carry, _):
-        log_d, w_ = carry
-        _, r = _qr_positive(w_.T)
-        return _graded_update(log_d, eye, r), None
-
-    if sweeps > 0:
-        (log_diag, w), _ = jax.lax.scan(sweep, (log_diag, w), None, length=sweeps)
-        split_gap = -jnp.log(jnp.finfo(dtype).eps) / (2 * sweeps)
-        cluster = jnp.concatenate([jnp.zeros((1,), int), jnp.cumsum(jnp.abs(jnp.diff(log_diag)) > split_gap)])
-    else:
-        cluster = jnp.zeros((n,), int)
-    size = min(n, window)
-    index = jnp.arange(n)
-    starts = jnp.clip(index - size // 2, 0, n - size)
-
-    def one(j, start):
-        rows = start + jnp.arange(size)
-        inside = cluster[rows] == cluster[j]
-        l_block = log_diag[rows]
-        ref = jnp.max(jnp.where(inside, l_block, -jnp.inf))
-        scale = jnp.where(inside, jnp.exp(jnp.where(inside, l_block - ref, 0.0)), 0.0)
-        block = scale[:, None] * jax.lax.dynamic_slice(w, (start, start), (size, size)) * inside[None, :]
-        sv = jnp.linalg.svd(block, compute_uv=False)[jnp.sum(inside & (rows < j))]
-        positive = sv > 0  # underflow inside a cluster spanning > 700 (float32: 87) nats
-        return jnp.where(positive, jnp.log(jnp.where(positive, sv, 1.0)) + ref, log_diag[j])
-
-    return -jnp.sort(-jax.vmap(one)(index, starts))
-
-
-def _orthonormal_block(key: jax.Array, n: int, p: int, dtype) -> jax.Array:
-    """A random ``n x p`` matrix with orthonormal columns (Haar-distributed span)."""
-    q, _ = _qr_positive(jax.random.normal(key, (n, p), dtype))
-    return q
-
-
-# ----------------------------------------------------------------------------- the QR pass
-
-
-class _Pass(NamedTuple):
-    q: jax.Array
-    """Final orthonormal basis ``Q_N``, shape ``(n, p)``."""
-    log_diag: jax.Array
-    """``l = sum_i log diag R_i``, shape ``(p,)`` (Benettin's sums)."""
-    w: jax.Array
-    """Unit upper triangular factor of ``R_N ... R_1 = diag(exp(l)) W`` (empty if not graded)."""
-    log_r: jax.Array
-    """Per-step ``log diag R_i``, shape ``(length, p)``."""
-    finite: tuple
-    """Per-step counts of non-finite values ``(in the next state, in the pushed tangent block)``,
-    each shape ``(length,)``: zero where the step is finite."""
-    states: jax.Array
-    """The state before each step, shape ``(length, n)``."""
-    due: jax.Array
-    """Per-step flags, shape ``(length,)``: ``True`` where the block was factored after the step."""
-
-
-def _identity(block: jax.Array, rows: bool = False) -> jax.Array:
-    return block
-
-
-def _qr_pass(
-    step: Callable,
-    x0: jax.Array,
-    q0: jax.Array,
-    inputs: Any,
-    *,
-    length: int,
-    full: bool,
-    graded: bool,
-    constrain: Callable = _identity,
-    qr_every: int | str = 1,
-) -> _Pass:
-    """Push the basis ``q0`` along the orbit of ``step`` with QR re-orthonormalisation.
-
-    ``step(x, inputs_i) -> x_next`` on flat states; ``Q_i R_i = J_i Q_{i-1}`` with ``diag R_i >= 0``.
-    Full without ``constrain``: the step Jacobian by ``jax.jacfwd``, then ``J Q``; otherwise
-    (leading-``k``, or a full spectrum given ``constrain``) ``J Q`` by ``jax.linearize`` + ``vmap``
-    over the columns of ``Q`` (JVPs; ``constrain`` may shard them, the QR then gathers the block).
-    With ``graded``, the product ``R_N ... R_1`` is accumulated as ``(l, W)``
-    (:func:`_graded_update`).
-
-    ``qr_every = m > 1``: the block is multiplied by ``m`` step Jacobians before one QR (and one
-    graded update), ``Q' R = J_{i+m} ... J_{i+1} Q``, and after the last step. By uniqueness of
-    the QR factorisation with positive diagonal, ``R`` is the product of the ``m`` per-step
-    factors, so the result is the same in exact arithmetic; ``log_r`` is zero on the steps
-    without a QR (their log-diagonal is carried into the next QR's row). ``qr_every = "auto"``:
-    the block is factored when :meth:`pifs_jax.orthogonalization.AdaptiveBlocks.decide` says so
-    (at most a quarter of the dtype's digits lost per block; where its model is unsure, a Gram
-    probe of the block decides), and after the last step.
-    """
-    p = q0.shape[1]
-    dtype = q0.dtype
-    adaptive = qr_every == "auto"
-    budget = digit_loss_budget(dtype)
-
-    def reorthonormalise(blocks, y, log_diag, w):
-        q_next, r = _qr_positive(y)
-        log_r = jnp.log(_safe_diagonal(r))
-        if graded:
-            log_diag, w = _graded_update(log_diag, w, r)
-        else:
-            log_diag = log_diag + log_r
-        if adaptive:
-            blocks = blocks.after_qr(r, budget)
-        return q_next, log_diag, w, log_r, blocks
-
-    def postpone(blocks, y, log_diag, w):
-        if adaptive:
-            blocks = blocks.postponed()
-        return y, log_diag, w, jnp.zeros((p,), dtype), blocks
-
-    def body(carry, inp):
-        x, q, log_diag, w, blocks = carry
-        i, inp = inp
-        if full and constrain is _identity:
-            jac, x_next = jax.jacfwd(lambda v: (lambda y: (y, y))(step(v, inp)), has_aux=True)(x)
-            y = jac @ q
-        else:
-            x_next, tangent = jax.linearize(lambda v: step(v, inp), x)
-            y = jax.vmap(tangent, in_axes=1, out_axes=1)(constrain(q))
-        if qr_every == 1:
-            due = jnp.asarray(True)
-            q_next, log_diag, w, log_r, blocks = reorthonormalise(blocks, y, log_diag, w)
-        elif adaptive:
-            due, (q_next, log_diag, w, log_r, blocks) = blocks.decide(
-                column_log_norms(y), budget, i == length - 1, reorthonormalise, postpone, y, log_diag, w
-            )
-        else:
-            due = ((i + 1) % qr_every == 0) | (i == length - 1)
-            q_next, log_diag, w, log_r, blocks = jax.lax.cond(due, reorthonormalise, postpone, blocks, y, log_diag, w)
-        flags = (jnp.sum(~jnp.isfinite(x_next)), jnp.sum(~jnp.isfinite(y)))
-        return (x_next, q_next, log_diag, w, blocks), (log_r, flags, x, due)
-
-    w0 = jnp.eye(p, dtype=dtype) if graded else jnp.zeros((0, 0), dtype)
-    blocks0 = AdaptiveBlocks.start(p, dtype) if adaptive else None
-    init = (x0, q0, jnp.zeros((p,), dtype), w0, blocks0)
-    scanned = (jnp.arange(length), inputs)
-    (_, q, log_diag, w, _), (log_r, finite, states, due) = jax.lax.scan(body, init, scanned, length=length)
-    return _Pass(q, log_diag, w, log_r, finite, states, due)
-
-
-def _transposed_qr_pass(
-    step: Callable, states: jax.Array, inputs: Any, q: jax.Array, *, constrain: Callable, qr_every: int | str = 1
-) -> jax.Array:
-    """Pull the basis ``q`` back through the steps with transposed Jacobians (VJPs) and QR.
-
-    ``Q'_{i-1} R'_i = J_i^T Q'_i`` from ``i = N`` down to 1; returns ``Q'_0``. With ``qr_every = m``
-    the QR is taken on steps ``i - 1 = 0 (mod m)`` only (always on the last, ``i = 1``); with
-    ``"auto"`` where :class:`pifs_jax.orthogonalization.AdaptiveBlocks` says so (and on the last).
-    """
-    adaptive = qr_every == "auto"
-    budget = digit_loss_budget(q.dtype)
-
-    def factor(blocks, z):
-        q_next, r = _qr_positive(z)
-        if adaptive:
-            blocks = blocks.after_qr(r, budget)
-        return q_next, blocks
-
-    def postpone(blocks, z):
-        return z, (blocks.postponed() if adaptive else blocks)
-
-    def body(carry, inp):
-        q_, blocks = carry
-        i, x, s = inp
-        _, pullback = jax.vjp(lambda v: step(v, s), x)
-        z = jax.vmap(lambda c: pullback(c)[0], in_axes=1, out_axes=1)(constrain(q_))
-        if qr_every == 1:
-            return (_qr_positive(z)[0], blocks), None
-        if adaptive:
-            return blocks.decide(column_log_norms(z), budget, i == 0, factor, postpone, z)[1], None
-        return jax.lax.cond(i % qr_every == 0, factor, postpone, blocks, z), None
-
-    blocks0 = AdaptiveBlocks.start(q.shape[1], q.dtype) if adaptive else None
-    (q0, _), _ = jax.lax.scan(body, (q, blocks0), (jnp.arange(states.shape[0]), states, inputs), reverse=True)
-    return q0
 
 
 def _first_nonzero(counts: Any) -> int | None:
@@ -383,8 +211,8 @@ def _autonomous_core(map_fn, x0, key, *, n_steps, n_transient, k, return_history
     x = x0.reshape(-1)
     if n_transient:
         x, _ = jax.lax.scan(lambda v, _: (step(v, None), None), x, None, length=n_transient)
-    q0 = jnp.eye(n, dtype=x.dtype) if k is None else _orthonormal_block(key, n, k, x.dtype)
-    run = _qr_pass(step, x, q0, None, length=n_steps, full=k is None, graded=False)
+    q0 = jnp.eye(n, dtype=x.dtype) if k is None else orthonormal_block(key, n, k, x.dtype)
+    run = qr_pass(step, x, q0, None, length=n_steps, full=k is None, graded=False)
     order = jnp.argsort(-run.log_diag)
     exponents = run.log_diag[order] / n_steps
     history = _running_mean(run.log_r)[:, order] if return_history else None
@@ -466,7 +294,7 @@ def lyapunov_spectrum(
     )
     if check_finite and is_concrete(finite):
         blocks = (f"of the state's {n} values", f"of the {n} x {n if k is None else k} tangent block's values")
-        for counts, what, block in zip(finite, ("a non-finite state", "a non-finite Jacobian"), blocks):
+        for counts, what, block in zip(finite, ("a non-finite state", "a non-finite Jacobian"), blocks, strict=True):
             bad = _first_nonzero(counts)
             if bad is not None:
                 raise NonFiniteError(
@@ -486,23 +314,23 @@ def chain_lyapunov_spectrum(
     x_T: Any,
     *,
     grid: Any = None,
-    k: int | None = None,
-    method: str = "exact",
-    iters: int = 200,
-    tol: float | None = None,
-    oversample: int = 0,
-    sweeps: int = 8,
+    sampler: Sampler | None = None,
+    options: SpectrumOptions | None = None,
     key: jax.Array | None = None,
     return_history: bool = False,
     check_finite: bool = True,
     mesh: Any = None,
-    qr_every: int | str = "auto",
+    **option_fields: Any,
 ) -> Spectrum:
-    """Finite-time Lyapunov spectrum of the deterministic DDIM chain from ``x_T``, **per step**.
+    """Finite-time Lyapunov spectrum of a sampler's chain from ``x_T``, **per step**.
 
-    ``Lambda_j = (1/N) log sigma_j(J_N ... J_1)`` with ``J_i = a_t I + b_t d epshat/dx`` evaluated
-    along the trajectory ``x_T -> x_0`` (``N`` = number of steps of ``grid``). Under Gaussian data
-    this equals :func:`pifs_jax.geometry.lyapunov_exponents` ``(1/N) sum_t log f_t(lambda_i)``.
+    ``Lambda_j = (1/N) log sigma_j(P J_N ... J_1 E)``: the singular values of the chain's total
+    derivative ``d x_0 / d x_T`` (``N`` = number of steps of ``grid``), with ``J_i`` the Jacobian
+    of step ``i`` on the sampler's state along the trajectory, ``E = d init / d x_T`` and
+    ``P = d output / d state`` (both the identity when the state is the image, as for DDIM and
+    Heun; a multistep sampler's history enters through its dependence on ``x_T``). For DDIM
+    (the default), ``J_i = a_t I + b_t d epshat/dx``, and under Gaussian data the spectrum equals
+    :func:`pifs_jax.geometry.lyapunov_exponents` ``(1/N) sum_t log f_t(lambda_i)``.
     The computation is one ``equinox.filter_jit`` compilation per (static part of ``eps_fn``,
     shapes, options): another schedule, grid of the same length, or parameter set of a pytree
     denoiser (:func:`pifs_jax.models.as_eps_fn`, ``jax.tree_util.Partial``) does not recompile;
@@ -515,6 +343,10 @@ def chain_lyapunov_spectrum(
       sched: the schedule.
       x_T: initial state, any shape with ``n`` entries, floating dtype (integers are refused).
       grid: sampling grid ``0 = tau_0 < ... < tau_N <= T``; ``None`` = every training step.
+      sampler: a :class:`pifs_jax.samplers.Sampler` (default ``DDIM()``). A stochastic one
+        (``DDIM(eta > 0)``) is analysed at fixed noise, drawn from ``key``.
+      options: a :class:`SpectrumOptions`; its fields may also be passed as keywords
+        (``k=8, qr_every=4``), which replace those of ``options``. They are:
       k: ``None`` = full spectrum (``n`` exponents; step Jacobians by ``jax.jacfwd``, ``O(n^3)``
         per step); an integer ``1 <= k <= n`` = the leading ``k`` (matrix-free).
       method: ``"exact"`` (default): the singular values of the chain Jacobian (full: QR-factored
@@ -578,21 +410,15 @@ def chain_lyapunov_spectrum(
       >>> spec = chain_lyapunov_spectrum(eps_fn, cosine(1000), x_T, grid=uniform_grid(1000, 50))
       >>> spec.exponents, spec.dimension
     """
-    if method not in CHAIN_METHODS:
-        raise ArgumentError("method", f"expected one of {CHAIN_METHODS}, got {method!r}")
-    iters = check_positive_int(iters, name="iters")
-    oversample = check_positive_int(oversample, name="oversample", minimum=0)
-    sweeps = check_positive_int(sweeps, name="sweeps", minimum=0)
+    sampler = check_sampler(DDIM() if sampler is None else sampler)
     if not isinstance(sched, Schedule):
         raise ArgumentError("sched", f"expected a pifs_jax Schedule, got {type(sched).__name__}")
     check_floating(jnp.asarray(x_T), name="x_T")
     x_T = _float_state(x_T, "x_T")
-    shape, n = x_T.shape, x_T.size
-    full = k is None
-    if not full:
-        k = _check_k(k, n)
-    qr_every = _check_qr_every(qr_every)
-    if mesh is not None and not full and method != "exact":
+    n = x_T.size
+    opts = SpectrumOptions.build(options, option_fields).checked(n)
+    k, full = opts.k, opts.k is None
+    if mesh is not None and not full and opts.method != "exact":
         raise ArgumentError(
             "mesh", "sharded tangent vectors are supported for the full spectrum and the leading-k exact method"
         )
@@ -602,9 +428,8 @@ def chain_lyapunov_spectrum(
             "mesh", f"the full spectrum's {n} tangent vectors must divide evenly over the mesh's {devices} devices"
         )
     grid = jnp.asarray(as_grid(grid, sched.T))
-    n_steps = grid.shape[0] - 1
     if is_concrete(sched, grid):
-        chain_steps(sched, grid)  # validates the schedule (and the grid against it) eagerly
+        sampler.tables(sched, grid)  # validates the schedule (and the grid against it) eagerly
     concrete = is_concrete(x_T, sched, grid)
     if concrete:
         check_denoiser(eps_fn, x_T)
@@ -612,26 +437,27 @@ def chain_lyapunov_spectrum(
     return_history = bool(return_history)
 
     columns = n if full else k  # of the tangent block pushed along the chain
-    if full or method == "benettin":
+    if full or opts.method == "benettin":
         spectrum, finite = _compiled_chain_qr_core(
-            eps_fn, sched, x_T, grid, key,
-            k=k, graded=method == "exact", sweeps=sweeps, return_history=return_history, qr_every=qr_every,
-            mesh=mesh,
+            sampler, eps_fn, sched, x_T, grid, key,
+            k=k, graded=opts.method == "exact", sweeps=opts.sweeps, return_history=return_history,
+            qr_every=opts.qr_every, mesh=mesh,
         )  # fmt: skip
     else:
-        p = min(n, -(-(k + oversample) // devices) * devices)
+        assert k is not None
+        p = min(n, -(-(k + opts.oversample) // devices) * devices)
         if p % devices:
             raise ArgumentError(
                 "mesh",
                 f"the tangent block (k + oversample rounded up to {p}, capped at n = {n}) must divide "
                 f"evenly over the mesh's {devices} devices",
             )
-        tol = 10 * float(jnp.finfo(x_T.dtype).eps) if tol is None else float(tol)
+        tol = 10 * float(jnp.finfo(x_T.dtype).eps) if opts.tol is None else float(opts.tol)
         columns = p
         spectrum, finite = _compiled_leading_core(
-            eps_fn, sched, x_T, grid, key,
-            k=k, p=p, iters=iters, tol=tol, sweeps=sweeps, mesh=mesh, return_history=return_history,
-            qr_every=qr_every,
+            sampler, eps_fn, sched, x_T, grid, key,
+            k=k, p=p, iters=opts.iters, tol=tol, sweeps=opts.sweeps, mesh=mesh, return_history=return_history,
+            qr_every=opts.qr_every,
         )  # fmt: skip
     if check_finite and is_concrete(finite):
         _raise_nonfinite(finite, sched, grid, n=n, p=columns)
@@ -644,16 +470,12 @@ def chain_lyapunov_spectra(
     x_T: Any,
     *,
     grid: Any = None,
-    k: int | None = None,
-    method: str = "exact",
-    iters: int = 200,
-    tol: float | None = None,
-    oversample: int = 0,
-    sweeps: int = 8,
+    sampler: Sampler | None = None,
+    options: SpectrumOptions | None = None,
     key: jax.Array | None = None,
-    qr_every: int | str = "auto",
     mesh: Any = None,
     check_finite: bool = True,
+    **option_fields: Any,
 ) -> Spectrum:
     """The spectra of ``S`` trajectories in one compiled call: :func:`chain_lyapunov_spectrum` vmapped over ``x_T``.
 
@@ -692,18 +514,19 @@ def chain_lyapunov_spectra(
     if not isinstance(sched, Schedule):
         raise ArgumentError("sched", f"expected a pifs_jax Schedule, got {type(sched).__name__}")
     grid = jnp.asarray(as_grid(grid, sched.T))
-    options = dict(k=k, method=method, iters=iters, tol=tol, oversample=oversample, sweeps=sweeps, qr_every=qr_every)
+    sampler = check_sampler(DDIM() if sampler is None else sampler)
+    opts = SpectrumOptions.build(options, option_fields).checked(int(np.prod(x_T.shape[1:])))
     if is_concrete(sched, grid):
-        chain_steps(sched, grid)  # validates the schedule (and the grid against it) eagerly
+        sampler.tables(sched, grid)  # validates the schedule (and the grid against it) eagerly
     if is_concrete(x_T):
         check_denoiser(eps_fn, x_T[0])
     # the option checks of the single-trajectory call, on shapes only (nothing computed)
-    eqx.filter_eval_shape(_one_spectrum, eps_fn, sched, x_T[0], grid, key, options)
+    eqx.filter_eval_shape(_one_spectrum, sampler, eps_fn, sched, x_T[0], grid, key, opts)
     if mesh is not None:
         from pifs_jax.sharding import shard_batch  # lazy: pifs_jax.sharding documents this module
 
         x_T = shard_batch(x_T, mesh)
-    spectra = _compiled_spectra(eps_fn, sched, x_T, grid, key, options, mesh)
+    spectra = _compiled_spectra(sampler, eps_fn, sched, x_T, grid, key, opts, mesh)
     if check_finite and is_concrete(spectra.exponents):
         bad = np.flatnonzero(~np.all(np.isfinite(np.asarray(spectra.exponents)), axis=-1))
         if bad.size:
@@ -716,22 +539,24 @@ def chain_lyapunov_spectra(
     return spectra
 
 
-def _one_spectrum(eps_fn, sched, x, grid, key, options) -> Spectrum:
-    return chain_lyapunov_spectrum(eps_fn, sched, x, grid=grid, key=key, check_finite=False, **options)
+def _one_spectrum(sampler, eps_fn, sched, x, grid, key, options) -> Spectrum:
+    return chain_lyapunov_spectrum(
+        eps_fn, sched, x, grid=grid, sampler=sampler, options=options, key=key, check_finite=False
+    )
 
 
 @eqx.filter_jit
-def _compiled_spectra(eps_fn, sched, x_T, grid, key, options, mesh) -> Spectrum:
+def _compiled_spectra(sampler, eps_fn, sched, x_T, grid, key, options, mesh) -> Spectrum:
     """:func:`chain_lyapunov_spectra`'s program (``eps_fn``'s array leaves traced: one compilation per architecture).
 
     With ``mesh``, the trajectories and every per-trajectory output stay split over its ``"batch"``
     axis (sharding constraints), so each device runs its own chains.
     """
     if mesh is None:
-        return jax.vmap(lambda x: _one_spectrum(eps_fn, sched, x, grid, key, options))(x_T)
+        return jax.vmap(lambda x: _one_spectrum(sampler, eps_fn, sched, x, grid, key, options))(x_T)
     split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
     x_T = jax.lax.with_sharding_constraint(x_T, split)
-    spectra = jax.vmap(lambda x: _one_spectrum(eps_fn, sched, x, grid, key, options))(x_T)
+    spectra = jax.vmap(lambda x: _one_spectrum(sampler, eps_fn, sched, x, grid, key, options))(x_T)
     return jax.tree_util.tree_map(lambda leaf: jax.lax.with_sharding_constraint(leaf, split), spectra)
 
 
@@ -744,33 +569,65 @@ def _check_qr_every(qr_every: Any) -> int | str:
     return check_positive_int(qr_every, name="qr_every")
 
 
-def _chain_step(eps_fn: EpsFn, shape: tuple) -> Callable:
-    """One DDIM step on flat states: ``step(v, s) = Phi_t(v)`` for ``s`` a row of :class:`ChainSteps`."""
-
-    def step(v, s):
-        x = v.reshape(shape)
-        return ddim_step(eps_fn, x, s.t, s.a.astype(x.dtype), s.b.astype(x.dtype)).reshape(-1)
-
-    return step
+def _columns_jvp(fn: Callable, x: jax.Array, q: jax.Array) -> jax.Array:
+    """``(d fn / dx) Q`` for the columns of ``Q`` (one linearisation, the columns as JVPs)."""
+    return jax.vmap(jax.linearize(fn, x)[1], in_axes=1, out_axes=1)(q)
 
 
-def _chain_qr_core(eps_fn, sched, x_T, grid, key, *, k, graded, sweeps, return_history, qr_every=1, mesh=None):
+def _columns_vjp(fn: Callable, x: jax.Array, u: jax.Array) -> jax.Array:
+    """``(d fn / dx)^T U`` for the columns of ``U``."""
+    pullback = jax.vjp(fn, x)[1]
+    return jax.vmap(lambda c: pullback(c)[0], in_axes=1, out_axes=1)(u)
+
+
+def _fold(r: jax.Array, log_diag: jax.Array, w: jax.Array, *, graded: bool) -> tuple[jax.Array, jax.Array]:
+    """Multiply the accumulated product by one more triangular factor ``R`` (on the left)."""
+    if graded:
+        return graded_update(log_diag, w, r)
+    return log_diag + jnp.log(safe_diagonal(r)), w
+
+
+def _embedded_pass(chain: FlatChain, x: jax.Array, q: jax.Array, *, graded: bool, **pass_options: Any):
+    """``(run, Q', l, W)``: the QR pass of ``P J_N ... J_1 E Q`` from the flat image ``x``.
+
+    Without an embedding (the state is the image) this is :func:`pifs_jax.tangent_qr.qr_pass`
+    itself. Otherwise ``E Q = Q_0 R_0`` before the pass and ``P Q_N = Q' R'`` after it, both
+    folded into the accumulated product, so its singular values are those of ``d x_0 / d x_T``
+    restricted to ``span Q``.
+    """
+    p = q.shape[1]
+    start = None
+    z0 = chain.z0 if chain.embed is None else chain.embed(x)
+    if chain.embed is not None:
+        q, r0 = qr_positive(_columns_jvp(chain.embed, x, q))
+        w0 = jnp.eye(p, dtype=q.dtype) if graded else jnp.zeros((0, 0), q.dtype)
+        start = _fold(r0, jnp.zeros((p,), q.dtype), w0, graded=graded)
+    run = qr_pass(chain.step, z0, q, chain.inputs, graded=graded, start=start, **pass_options)
+    q_out, log_diag, w = run.q, run.log_diag, run.w
+    if chain.project is not None:
+        q_out, r = qr_positive(_columns_jvp(chain.project, run.final, run.q))
+        log_diag, w = _fold(r, log_diag, w, graded=graded)
+    return run, q_out, log_diag, w
+
+
+def _chain_qr_core(sampler, eps_fn, sched, x_T, grid, key, *, k, graded, sweeps, return_history, qr_every=1, mesh=None):
     """QR pass along the chain from ``Q_0 = I`` (full) or a random ``n x k`` block: exact or Benettin.
 
     With ``mesh`` (full spectrum), the ``n`` columns of ``Q`` are sharded over its devices and
     ``J Q`` is taken as their JVPs there; the QR and graded product run on the gathered block.
     """
-    steps = chain_steps(sched, grid)
-    n_steps, n = steps.t.shape[0], x_T.size
-    q0 = jnp.eye(n, dtype=x_T.dtype) if k is None else _orthonormal_block(key, n, k, x_T.dtype)
-    run = _qr_pass(
-        _chain_step(eps_fn, x_T.shape), x_T.reshape(-1), q0, steps,
-        length=n_steps, full=k is None, graded=graded, qr_every=qr_every, constrain=_tangent_constraint(mesh)[0],
+    chain = flat_chain(sampler, eps_fn, sched, grid, x_T, jax.random.fold_in(key, 1))
+    n_steps, n = grid.shape[0] - 1, x_T.size
+    q0 = jnp.eye(n, dtype=x_T.dtype) if k is None else orthonormal_block(key, n, k, x_T.dtype)
+    run, _, log_diag, w = _embedded_pass(
+        chain, x_T.reshape(-1), q0, graded=graded,
+        length=n_steps, full=k is None and chain.embed is None, qr_every=qr_every,
+        constrain=_tangent_constraint(mesh)[0],
     )  # fmt: skip
     if graded:
-        exponents = _graded_log_singular_values(run.log_diag, run.w, sweeps=sweeps) / n_steps
+        exponents = graded_log_singular_values(log_diag, w, sweeps=sweeps) / n_steps
     else:
-        exponents = -jnp.sort(-run.log_diag) / n_steps
+        exponents = -jnp.sort(-log_diag) / n_steps
     history = None
     if return_history:
         history = _running_mean(run.log_r)
@@ -793,7 +650,7 @@ def _raise_nonfinite(finite: Any, sched: Schedule, grid: Any, *, n: int, p: int)
     g = np.asarray(grid)
     n_steps = g.shape[0] - 1
     blocks = (f"of the state's {n} values", f"of the {n} x {p} tangent block's values")
-    for counts, what, block in zip(finite, ("state", "step Jacobian"), blocks):
+    for counts, what, block in zip(finite, ("state", "step Jacobian"), blocks, strict=True):
         bad = _first_nonzero(counts)
         if bad is not None:
             t, s = int(g[n_steps - bad]), int(g[n_steps - bad - 1])
@@ -808,13 +665,15 @@ def _raise_nonfinite(finite: Any, sched: Schedule, grid: Any, *, n: int, p: int)
 def _tangent_constraint(mesh: Any):
     """``(constrain, multiple)``: shard a tangent block over ``mesh`` (identity without a mesh)."""
     if mesh is None:
-        return _identity, 1
+        return identity_constraint, 1
     from pifs_jax.sharding import tangent_block_constraint
 
     return tangent_block_constraint(mesh)
 
 
-def _leading_core(eps_fn, sched, x_T, grid, key, *, k, p, iters, tol, sweeps, mesh, return_history, qr_every=1):
+def _leading_core(
+    sampler, eps_fn, sched, x_T, grid, key, *, k, p, iters, tol, sweeps, mesh, return_history, qr_every=1
+):
     """Subspace iteration on ``M^T M`` by step-wise QR passes, then a live graded forward pass.
 
     One iteration: forward, ``M V = Q_N (R_N ... R_1)`` (JVPs, QR per step); backward,
@@ -828,24 +687,27 @@ def _leading_core(eps_fn, sched, x_T, grid, key, *, k, p, iters, tol, sweeps, me
     Returns ``(Spectrum, finite flags of the live pass)``.
     """
     shape = x_T.shape
-    steps = chain_steps(sched, grid)
-    n_steps = steps.t.shape[0]
-    step = _chain_step(eps_fn, shape)
+    n_steps = grid.shape[0] - 1
+    noise_key = jax.random.fold_in(key, 1)
     constrain, multiple = _tangent_constraint(mesh)
+    pass_options = dict(length=n_steps, full=False, constrain=constrain, qr_every=qr_every)
 
-    def ritz(x0, v, inputs):
-        run = _qr_pass(
-            step, x0, v, inputs, length=n_steps, full=False, graded=True, constrain=constrain, qr_every=qr_every
-        )
-        return _graded_log_singular_values(run.log_diag, run.w, sweeps=sweeps)[:k] / n_steps, run
+    def ritz(chain, x, v):
+        run, q_out, log_diag, w = _embedded_pass(chain, x, v, graded=True, **pass_options)
+        return graded_log_singular_values(log_diag, w, sweeps=sweeps)[:k] / n_steps, run, q_out, log_diag, w
 
     # The iteration sees no tangents: gradients come from the final, live pass.
-    frozen_x, frozen_steps = jax.lax.stop_gradient((x_T.reshape(-1), steps))
+    frozen_x, frozen_sched = jax.lax.stop_gradient((x_T, sched))
+    frozen = flat_chain(sampler, eps_fn, frozen_sched, grid, frozen_x, noise_key)
+    frozen_flat = frozen_x.reshape(-1)
 
     def body(state):
         i, v, previous, _, history = state
-        exponents, run = ritz(frozen_x, v, frozen_steps)
-        v_next = _transposed_qr_pass(step, run.states, frozen_steps, run.q, constrain=constrain, qr_every=qr_every)
+        exponents, run, q_out, _, _ = ritz(frozen, frozen_flat, v)
+        u = q_out if frozen.project is None else _columns_vjp(frozen.project, run.final, q_out)
+        v_next = transposed_qr_pass(frozen.step, run.states, frozen.inputs, u, constrain=constrain, qr_every=qr_every)
+        if frozen.embed is not None:
+            v_next = qr_positive(_columns_vjp(frozen.embed, frozen_flat, v_next))[0]
         same = exponents == previous  # also equal infinities (exactly singular directions)
         change = jnp.max(jnp.where(same, 0.0, jnp.abs(exponents - previous)))
         return i + 1, v_next, exponents, change, history.at[i].set(exponents)
@@ -857,7 +719,7 @@ def _leading_core(eps_fn, sched, x_T, grid, key, *, k, p, iters, tol, sweeps, me
     dtype = x_T.dtype
     state = (
         jnp.asarray(0),
-        _orthonormal_block(key, x_T.size, p, dtype),
+        orthonormal_block(key, x_T.size, p, dtype),
         jnp.full((k,), jnp.inf, dtype),
         jnp.asarray(jnp.inf, dtype),
         jnp.full((iters, k), jnp.nan, dtype),
@@ -866,12 +728,13 @@ def _leading_core(eps_fn, sched, x_T, grid, key, *, k, p, iters, tol, sweeps, me
     v = jax.lax.stop_gradient(v)
     # Live Rayleigh-Ritz pass from the converged (frozen) subspace: the Ritz values are stationary
     # in the subspace, so their derivative is u_j^T dM v_j (Hellmann-Feynman).
-    exponents, run = ritz(x_T.reshape(-1), v, steps)
+    live = flat_chain(sampler, eps_fn, sched, grid, x_T, noise_key)
+    exponents, run, _, log_diag, w = ritz(live, x_T.reshape(-1), v)
     # Ritz vectors (reporting only): rotate V by the right singular vectors of the rescaled
     # p x p factor; exact within a few nats of the top, where the rescaling resolves the factor.
-    product = jax.lax.stop_gradient(jnp.exp(run.log_diag - jnp.max(run.log_diag))[:, None] * run.w)
+    product = jax.lax.stop_gradient(jnp.exp(log_diag - jnp.max(log_diag))[:, None] * w)
     rotation = jnp.linalg.svd(product)[2][:k].T
-    vectors = (v @ rotation).T.reshape((k,) + shape)
+    vectors = (v @ rotation).T.reshape((k, *shape))
     if k % multiple == 0:
         vectors = constrain(vectors, rows=True)
     history = history if return_history else None

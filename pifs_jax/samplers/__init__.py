@@ -1,0 +1,35 @@
+"""Samplers: one protocol, several solvers, one chain (docs/guides/samplers.md).
+
+- :class:`Sampler`: the protocol (``tables``, ``init``, ``step``, ``output``, ``embed``, ``nfe``).
+- :class:`DDIM` (``eta`` in ``[0, 1]``), :class:`DPMSolverPP2M`, :class:`Heun`.
+- :func:`sample_chain` (one sample), :func:`sample_batch` (``vmap``), :func:`flat_chain` (the chain on
+  flat vectors, for the Jacobians and Lyapunov spectra).
+"""
+
+from pifs_jax.samplers.base import Sampler, StepTables, check_denoiser, check_sampler, step_tables, table_row
+from pifs_jax.samplers.chain import FlatChain, flat_chain, locate_nonfinite, sample_batch, sample_chain
+from pifs_jax.samplers.ddim import DDIM, ChainSteps, chain_steps, ddim_step, ddim_tables
+from pifs_jax.samplers.dpm_solver import DPMSolverPP2M, DPMState
+from pifs_jax.samplers.heun import Heun
+
+__all__ = [
+    "DDIM",
+    "ChainSteps",
+    "DPMSolverPP2M",
+    "DPMState",
+    "FlatChain",
+    "Heun",
+    "Sampler",
+    "StepTables",
+    "chain_steps",
+    "check_denoiser",
+    "check_sampler",
+    "ddim_step",
+    "ddim_tables",
+    "flat_chain",
+    "locate_nonfinite",
+    "sample_batch",
+    "sample_chain",
+    "step_tables",
+    "table_row",
+]

@@ -1,0 +1,168 @@
+"""The sampler protocol: what every reverse-time solver of the package provides.
+
+A sampler is a frozen pytree (an :class:`equinox.Module`; its hyperparameters are fields) with
+
+- ``tables(sched, grid) -> tables``: the chain's constants, computed once outside the loop from
+  the schedule and the grid ``0 = tau_0 < ... < tau_N``: a pytree of arrays whose leading axis
+  has length ``N``, entry ``i - 1`` belonging to the step ``tau_i -> tau_{i-1}`` (the package's
+  per-step convention). :func:`step_tables` gives the common ones.
+- ``init(eps_fn, tables, x_T) -> state``: the state at ``tau_N``. For a one-step solver the state
+  is the image ``x`` itself; a multistep solver adds its history (DPM-Solver++(2M): the previous
+  data prediction).
+- ``step(eps_fn, tables, state, i, key) -> state``: step ``i`` of the grid, from ``tau_i`` to
+  ``tau_{i-1}``; the chain runs ``i = N, N-1, ..., 1``. ``key`` is a PRNG key for stochastic
+  samplers (``needs_key``), else ``None``.
+- ``output(state) -> x`` (the projection onto the image) and ``embed(state, x) -> state`` (the
+  state with its image replaced, the history kept): together they say which part of the state is
+  the image, so that a per-step Jacobian can be read on the image (``analyze_chain``) while the
+  chain's Jacobian is the total derivative ``d x_0 / d x_T = P J_N ... J_1 E`` with ``E = d
+  init / d x_T`` and ``P = d output / d state`` (history included through its dependence on
+  ``x_T``).
+- ``nfe(num_steps) -> int``: the number of denoiser evaluations a chain of ``num_steps`` steps
+  costs, so that grids are compared at equal cost.
+
+The design follows optax's ``GradientTransformation`` and diffrax's ``AbstractSolver``: a
+sampler holds no arrays of its own beyond its hyperparameters, every method is pure and
+jittable, and the chain (:func:`pifs_jax.samplers.sample_chain`), the Jacobians, the Lyapunov
+spectra and ``analyze_chain`` are written once against this protocol.
+docs/guides/samplers.md shows a sampler written in one file.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from pifs_jax.errors import ArgumentError
+from pifs_jax.geometry import step_coefficients
+from pifs_jax.grids import as_grid
+from pifs_jax.schedules import Schedule
+from pifs_jax.typing import EpsFn
+
+__all__ = ["Sampler", "StepTables", "check_denoiser", "check_sampler", "step_tables", "table_row"]
+
+
+class StepTables(NamedTuple):
+    """Per-step schedule quantities, each shape ``(N,)``, entry ``i - 1`` for the step ``tau_i -> tau_{i-1}``.
+
+    All in the cancellation-free forms of :func:`pifs_jax.geometry.step_coefficients`
+    (docs/numerics.md): ``log_ratio = log alpha_bar_s - log alpha_bar_t`` is summed from the
+    schedule's gaps, and ``h = lambda_s - lambda_t`` (``lambda = log(alpha / sigma)``, half the
+    logSNR) is ``(G - log1p(-q)) / 2`` with ``q = alpha_bar_t expm1(G) / sigma_t^2 = 1 - sigma_s^2 /
+    sigma_t^2``, so neither has a difference of nearly equal numbers; ``h = inf`` on the step that
+    lands on ``alpha_bar = 1``.
+    """
+
+    t: jax.Array
+    """Integer timestep the step starts from (``tau_i``), int32."""
+    s: jax.Array
+    """Integer timestep the step lands on (``tau_{i-1}``), int32."""
+    log_alpha_bar_t: jax.Array
+    log_alpha_bar_s: jax.Array
+    sigma_t: jax.Array
+    """``sqrt(1 - alpha_bar_t)``."""
+    sigma_s: jax.Array
+    log_ratio: jax.Array
+    """``G = log alpha_bar_s - log alpha_bar_t > 0``."""
+    a: jax.Array
+    """DDIM's ``a_t = sqrt(alpha_bar_s / alpha_bar_t)``."""
+    b: jax.Array
+    """DDIM's ``b_t = sigma_s - a_t sigma_t = (1 - a_t^2) / (sigma_s + a_t sigma_t)`` (negative)."""
+    h: jax.Array
+    """``lambda_s - lambda_t > 0`` (``inf`` when ``alpha_bar_s = 1``)."""
+    sigma_ratio: jax.Array
+    """``sigma_s / sigma_t = sqrt(1 - q) = exp(-h) a_t``, in ``[0, 1)``."""
+
+
+def step_tables(sched: Schedule, grid: Any = None) -> StepTables:
+    """The common per-step quantities of ``grid`` (``None`` = every training step), see :class:`StepTables`."""
+    grid = jnp.asarray(as_grid(grid, sched.T))
+    c = step_coefficients(sched, grid)
+    # q = 1 - sigma_s^2 / sigma_t^2 = alpha_bar_t expm1(G) / sigma_t^2, in (0, 1]
+    q = jnp.exp(c.log_alpha_bar_t) * jnp.expm1(c.log_ratio) / c.sigma_t**2
+    lands = q >= 1.0  # the step onto alpha_bar_s = 1 (sigma_s = 0): lambda_s = inf
+    q = jnp.where(lands, 0.5, q)  # a finite stand-in, so that no derivative is inf * 0
+    h = jnp.where(lands, jnp.inf, (c.log_ratio - jnp.log1p(-q)) / 2)
+    sigma_ratio = jnp.where(lands, 0.0, jnp.sqrt(1.0 - q))
+    t = grid[1:].astype(jnp.int32)
+    s = grid[:-1].astype(jnp.int32)
+    return StepTables(
+        t, s, c.log_alpha_bar_t, c.log_alpha_bar_s, c.sigma_t, c.sigma_s, c.log_ratio, c.a, c.b, h, sigma_ratio
+    )
+
+
+def table_row(tables: Any, i: Any) -> Any:
+    """Entry ``i - 1`` of every array of ``tables`` (the quantities of the step ``tau_i -> tau_{i-1}``)."""
+    return jax.tree_util.tree_map(lambda leaf: leaf[i - 1], tables)
+
+
+class Sampler(eqx.Module):
+    """A reverse-time solver of the diffusion ODE (or SDE): the protocol of the module docstring.
+
+    Subclasses implement :meth:`step` and :meth:`nfe`, and :meth:`tables`, :meth:`init`,
+    :meth:`output`, :meth:`embed` where the defaults (the :class:`StepTables`; a state that is the
+    image itself) do not fit. Fields are the hyperparameters; keep them Python scalars (static:
+    one compilation per value) or arrays (traced).
+    """
+
+    @property
+    def needs_key(self) -> bool:
+        """Whether :meth:`step` draws noise (a PRNG key is then required)."""
+        return False
+
+    def tables(self, sched: Schedule, grid: jax.Array) -> Any:
+        """The chain's per-step constants (default: :func:`step_tables`)."""
+        return step_tables(sched, grid)
+
+    def init(self, eps_fn: EpsFn, tables: Any, x_T: jax.Array) -> Any:
+        """The state at ``tau_N`` (default: the image ``x_T`` itself)."""
+        return x_T
+
+    @abc.abstractmethod
+    def step(self, eps_fn: EpsFn, tables: Any, state: Any, i: jax.Array, key: jax.Array | None) -> Any:
+        """Step ``i`` of the grid, ``tau_i -> tau_{i-1}`` (``i = N, ..., 1``)."""
+
+    def output(self, state: Any) -> jax.Array:
+        """The image of a state (default: the state is the image)."""
+        return state
+
+    def embed(self, state: Any, x: jax.Array) -> Any:
+        """``state`` with its image replaced by ``x`` (default: the state is the image)."""
+        return x
+
+    @abc.abstractmethod
+    def nfe(self, num_steps: int) -> int:
+        """Denoiser evaluations of a chain of ``num_steps`` steps."""
+
+    def check(self) -> None:
+        """Raise :class:`pifs_jax.errors.ArgumentError` for invalid hyperparameters (default: none)."""
+
+
+def check_sampler(sampler: Any, *, name: str = "sampler") -> Sampler:
+    """Require a :class:`Sampler` instance with valid hyperparameters."""
+    if not isinstance(sampler, Sampler):
+        hint = " (pass an instance, e.g. DDIM())" if isinstance(sampler, type) else ""
+        raise ArgumentError(
+            name, f"expected a pifs_jax Sampler (DDIM, DPMSolverPP2M, Heun, ...){hint}, got {sampler!r}"
+        )
+    sampler.check()
+    return sampler
+
+
+def check_denoiser(eps_fn: EpsFn, x: Any, t: int = 1, *, name: str = "eps_fn") -> None:
+    """Raise ``ArgumentError`` if ``eps_fn(x, t)`` does not return an array of ``x``'s shape.
+
+    Uses ``equinox.filter_eval_shape``: nothing is computed.
+    """
+    x = jnp.asarray(x)
+    try:  # the denoiser's own array leaves (parameters) are abstract too
+        out = eqx.filter_eval_shape(eps_fn, jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct((), jnp.int32))
+    except Exception as err:  # surface the model's own error with context
+        raise ArgumentError(name, f"calling eps_fn(x, t) with x of shape {x.shape} failed: {err}") from err
+    if not hasattr(out, "shape") or out.shape != x.shape:
+        got = getattr(out, "shape", type(out).__name__)
+        raise ArgumentError(name, f"the denoiser must return an array of the input's shape {x.shape}, got {got}")
