@@ -15,6 +15,7 @@ The one workflow behind ``pifs-jax analyze`` and the ``two_regimes`` experiment:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -38,9 +39,11 @@ from pifs_jax.errors import ArgumentError
 from pifs_jax.grids import uniform_grid
 from pifs_jax.plotting import save_figure
 from pifs_jax.results import atomic_write_text, write_result_json
+from pifs_jax.run_folder import RunFolder
 from pifs_jax.schedules import Schedule
 
 __all__ = [
+    "ANALYSIS_FILES",
     "FIGURES",
     "ModelAnalysis",
     "analysis_markdown",
@@ -297,20 +300,35 @@ def analysis_markdown(result: ModelAnalysis, *, title: str, heading: str = "#") 
 
 
 def write_analysis(
-    out_dir: str | Path, result: ModelAnalysis, *, title: str, config: Mapping[str, Any], seed: int
+    out_dir: str | Path | RunFolder, result: ModelAnalysis, *, title: str, config: Mapping[str, Any], seed: int
 ) -> list[Path]:
-    """Write ``analysis.json``, the figures of :data:`FIGURES` and ``analysis.md`` to ``out_dir`` (atomically).
+    """Write ``analysis.json``, the figures of :data:`FIGURES` and ``analysis.md`` to ``out_dir``, all or none.
 
-    Returns the paths written (``analysis.md`` last: its presence means the folder is complete).
+    The files are staged and moved in together (:class:`pifs_jax.run_folder.RunFolder`, policy
+    ``"overwrite"``): a kill, a full disk or an error leaves the previous analysis whole, never
+    a new ``analysis.json`` beside old figures. A folder in use by another process is refused.
+
+    ``out_dir`` may be a :class:`~pifs_jax.run_folder.RunFolder` the caller holds open (the
+    command line holds it for the whole analysis); a path is opened here for the writing only.
+
+    Returns the paths written (``analysis.md`` last).
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     results = {**result.summary, "claims": [c._asdict() for c in result.claims]}
-    paths = [write_result_json(out / "analysis.json", results, config=dict(config), seed=seed)]
-    for name, plot in FIGURES.items():
-        paths.append(save_figure(plot(result.summary, title=f"{title}: " + name[:-4].replace("_", " ")), out / name))
-    paths.append(atomic_write_text(out / "analysis.md", analysis_markdown(result, title=title)))
-    return paths
+    if isinstance(out_dir, RunFolder):
+        folder, owned = out_dir, contextlib.nullcontext()
+    else:
+        folder = RunFolder(out_dir, "overwrite", results=ANALYSIS_FILES, command=config.get("command"))
+        owned = folder
+    with owned, folder.staged() as stage:
+        write_result_json(stage / "analysis.json", results, config=dict(config), seed=seed)
+        for name, plot in FIGURES.items():
+            save_figure(plot(result.summary, title=f"{title}: " + name[:-4].replace("_", " ")), stage / name)
+        atomic_write_text(stage / "analysis.md", analysis_markdown(result, title=title))
+    return [folder.out / name for name in ANALYSIS_FILES]
+
+
+#: Every file :func:`write_analysis` writes, ``analysis.md`` last.
+ANALYSIS_FILES = ("analysis.json", *FIGURES, "analysis.md")
 
 
 def claims_table_rows(results: Mapping[str, ModelAnalysis]) -> list[list[str]]:

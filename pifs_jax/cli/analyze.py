@@ -161,15 +161,13 @@ def _from_diffusers(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pifs_jax.analysis.report import analyze_model, write_analysis
+    from pifs_jax.analysis.report import ANALYSIS_FILES, analyze_model, write_analysis
+    from pifs_jax.run_folder import RunFolder
 
     model = _from_run(args) if args.run is not None else _from_diffusers(args)
-    if args.samples < 2:
-        raise UsageError(
-            "--samples", f"expected at least 2 trajectories (intervals over trajectories), got {args.samples}"
-        )
-    try:
-        result = analyze_model(
+    # held for the whole analysis: a second command on --out is refused at once, not at the end
+    with RunFolder(args.out, "overwrite", results=ANALYSIS_FILES, command=command_line(args.argv)) as folder:
+        result = analyze_model(  # the library checks --samples, --steps, --patch-size (main names them)
             model["eps_fn"],
             model["sched"],
             model["images"],
@@ -180,24 +178,16 @@ def run(args: argparse.Namespace) -> int:
             attention_fn=model["attention_fn"],
             method=args.method,
         )
-    except ValueError as exc:
-        name = getattr(exc, "argument", None)
-        option = {"patch_size": "--patch-size", "samples": "--samples", "grid": "--steps", "num_steps": "--steps"}.get(
-            name
-        )
-        if option is None:
-            raise
-        raise UsageError(option, getattr(exc, "detail", str(exc))) from None
-    config = {
-        "command": command_line(args.argv),
-        **model["source"],
-        "samples": args.samples,
-        "steps": args.steps,
-        "patch_size": model["patch_size"],
-        "method": args.method,
-        "data": args.data,
-    }
-    write_analysis(args.out, result, title=model["title"], config=config, seed=args.seed)
+        config = {
+            "command": command_line(args.argv),
+            **model["source"],
+            "samples": args.samples,
+            "steps": args.steps,
+            "patch_size": model["patch_size"],
+            "method": args.method,
+            "data": args.data,
+        }
+        write_analysis(folder, result, title=model["title"], config=config, seed=args.seed)
     for claim in result.claims:
         print(f"{claim.verdict:>14}  {claim.name}: {claim.ours}")
     print(f"wrote {Path(args.out) / 'analysis.md'}")

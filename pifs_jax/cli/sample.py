@@ -49,6 +49,10 @@ notes:
   --batch-size at a time with one compiled chain."""
 
 
+#: The files ``pifs-jax sample`` writes into --out (together, at the end).
+RESULT_FILES = ("samples.png", "samples.npz", "sample.json")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--diffusers",
@@ -81,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
     from pifs_jax.models.quality import save_image_grid
     from pifs_jax.models.training import sample_in_chunks
     from pifs_jax.results import atomic_write_bytes, write_result_json
+    from pifs_jax.run_folder import RunFolder
 
     path = Path(args.diffusers).expanduser()
     try:
@@ -98,51 +103,54 @@ def run(args: argparse.Namespace) -> int:
         error = usage_error_for(exc, {"steps": "--steps", "num_inference_steps": "--steps"})
         if error is None:  # about the folder: its files, or a config key (kept in the message)
             argument = getattr(exc, "argument", None)
-            error = UsageError("--diffusers", exc.detail if argument == "path" else str(exc))
+            error = UsageError("--diffusers", getattr(exc, "detail", str(exc)) if argument == "path" else str(exc))
         raise error from None
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    x_T = jax.random.normal(jax.random.PRNGKey(args.seed), (args.num, *loaded.image_shape))
-    start = time.perf_counter()
-    samples = sample_in_chunks(
-        jax.tree_util.Partial(as_eps_fn, loaded.module),
-        loaded.params,
-        loaded.schedule,
-        x_T,
-        grid=grid,
-        chunk=args.batch_size,
-    )
-    seconds = time.perf_counter() - start
-    buffer = io.BytesIO()
-    np.savez(
-        buffer,
-        samples=samples.astype(np.float32),
-        x_T=np.asarray(x_T, np.float32),
-        grid=np.asarray(grid),
-        seed=np.int64(args.seed),
-    )
-    atomic_write_bytes(out / "samples.npz", buffer.getvalue())
-    save_image_grid(out / "samples.png", samples, scale=4 if max(loaded.image_shape[:2]) <= 64 else 1)
-    write_result_json(
-        out / "sample.json",
-        {
-            "model": str(path.resolve()),
-            "weights_file": str(loaded.weights_file),
-            "image_shape": list(loaded.image_shape),
-            "grid": [int(t) for t in grid],
-            "diffusers_timesteps": [int(t) - 1 for t in grid[1:]][::-1],
-            "num": args.num,
-            "sampling_seconds": seconds,
-            "value_range": [float(v) if np.isfinite(v) else None for v in (samples.min(), samples.max())],
-        },
-        config={
-            "command": command_line(getattr(args, "argv", []) or []),
-            "steps": args.steps,
-            "num": args.num,
-            "batch_size": args.batch_size,
-        },
-        seed=args.seed,
-    )
+    with RunFolder(
+        out, "overwrite", results=RESULT_FILES, command=command_line(getattr(args, "argv", []) or [])
+    ) as folder:
+        x_T = jax.random.normal(jax.random.PRNGKey(args.seed), (args.num, *loaded.image_shape))
+        start = time.perf_counter()
+        samples = sample_in_chunks(
+            jax.tree_util.Partial(as_eps_fn, loaded.module),
+            loaded.params,
+            loaded.schedule,
+            x_T,
+            grid=grid,
+            chunk=args.batch_size,
+        )
+        seconds = time.perf_counter() - start
+        buffer = io.BytesIO()
+        np.savez(
+            buffer,
+            samples=samples.astype(np.float32),
+            x_T=np.asarray(x_T, np.float32),
+            grid=np.asarray(grid),
+            seed=np.int64(args.seed),
+        )
+        with folder.staged() as stage:
+            atomic_write_bytes(stage / "samples.npz", buffer.getvalue())
+            save_image_grid(stage / "samples.png", samples, scale=4 if max(loaded.image_shape[:2]) <= 64 else 1)
+            write_result_json(
+                stage / "sample.json",
+                {
+                    "model": str(path.resolve()),
+                    "weights_file": str(loaded.weights_file),
+                    "image_shape": list(loaded.image_shape),
+                    "grid": [int(t) for t in grid],
+                    "diffusers_timesteps": [int(t) - 1 for t in grid[1:]][::-1],
+                    "num": args.num,
+                    "sampling_seconds": seconds,
+                    "value_range": [float(v) if np.isfinite(v) else None for v in (samples.min(), samples.max())],
+                },
+                config={
+                    "command": command_line(getattr(args, "argv", []) or []),
+                    "steps": args.steps,
+                    "num": args.num,
+                    "batch_size": args.batch_size,
+                },
+                seed=args.seed,
+            )
     print(
         f"{args.num} samples of {path} ({loaded.image_shape[0]}x{loaded.image_shape[1]}x{loaded.image_shape[2]}), "
         f"{args.steps} DDIM steps, in {seconds:.1f} s -> {out}/samples.png, samples.npz "
