@@ -34,7 +34,9 @@ writes anything, a previous ``REPORT.md`` (and ``reproduction.json``) is renamed
 rewritten before each experiment. Only after ``REPORT.md`` is written are the marker, then the
 stale files removed. So ``REPORT.md`` without ``INCOMPLETE.md`` means a finished run; an interrupted
 or killed run leaves ``INCOMPLETE.md`` (and the old report as ``REPORT.stale.md``), never a
-``REPORT.md`` beside data it does not describe.
+``REPORT.md`` beside data it does not describe. The folder is held with
+:class:`pifs_jax.run_folder.RunFolder` (policy ``"overwrite"``) for the whole run: a second
+reproduction into the same folder is refused at once.
 
 Example:
   >>> from pifs_jax.reproduce import run_reproduction
@@ -63,6 +65,7 @@ import numpy as np
 
 from pifs_jax.errors import ArgumentError
 from pifs_jax.results import atomic_write_text, environment_metadata, write_result_json
+from pifs_jax.run_folder import RunFolder
 
 __all__ = [
     "EXPERIMENTS_PACKAGE",
@@ -529,59 +532,60 @@ def run_reproduction(
     else:
         selected = available
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    started = _dt.datetime.now(_dt.UTC)
-    start = time.perf_counter()
-    names = list(selected)
-    marker = out_dir / INCOMPLETE_MARKER
-    # the marker first, then the old report out of the way: at no instant does a REPORT.md sit
-    # beside experiment folders it does not describe
-    atomic_write_text(marker, _incomplete_marker_text(started, command, [], None, names))
-    _retire_previous_report(out_dir)
-    outcomes = []
-    bar = tqdm(selected.items(), total=len(selected), desc="experiments", unit="exp", disable=not progress)
-    try:
-        for i, (name, path) in enumerate(bar):
-            bar.set_postfix_str(name)
-            atomic_write_text(marker, _incomplete_marker_text(started, command, names[:i], name, names[i + 1 :]))
-            outcome = run_experiment(path, out_dir, quick=quick, full=full)
-            if not outcome.ok:
-                bar.write(f"FAILED: {name}\n{outcome.error}")
-            outcomes.append(outcome)
-    finally:  # KeyboardInterrupt passes through; the marker names the experiment that was running
-        bar.close()
-    seconds = time.perf_counter() - start
-    env = environment_metadata()
-    text = _render_report(
-        outcomes, env=env, started=started, seconds=seconds, quick=quick, full=full, only=only, command=command
-    )
-    json_path = write_result_json(
-        out_dir / _JSON_NAME,
-        {
-            "experiments": [
-                {
-                    "name": o.name,
-                    "title": o.title,
-                    "ok": o.ok,
-                    "seconds": o.seconds,
-                    "figures": list(o.figures),
-                    "summary": o.summary,
-                    "error": o.error,
-                }
-                for o in outcomes
-            ],
-            "seconds": seconds,
-            "ok": all(o.ok for o in outcomes),
-        },
-        config={
-            "out_dir": str(out_dir),
-            "only": list(only) if only else None,
-            "quick": quick,
-            "full": full,
-            "experiments_dir": str(experiments_dir) if experiments_dir else str(default_experiments_dir()),
-            "command": command,
-        },
-    )
-    report_path = atomic_write_text(out_dir / REPORT_NAME, text)  # last: its presence means "finished"
-    _remove_run_markers(out_dir)
-    return ReproductionReport(report_path, json_path, tuple(outcomes), seconds)
+    # the lock and in-progress marker of every output folder; the report's own protocol below
+    with RunFolder(out_dir, "overwrite", results=(_JSON_NAME, REPORT_NAME), command=command):
+        started = _dt.datetime.now(_dt.UTC)
+        start = time.perf_counter()
+        names = list(selected)
+        marker = out_dir / INCOMPLETE_MARKER
+        # the marker first, then the old report out of the way: at no instant does a REPORT.md sit
+        # beside experiment folders it does not describe
+        atomic_write_text(marker, _incomplete_marker_text(started, command, [], None, names))
+        _retire_previous_report(out_dir)
+        outcomes = []
+        bar = tqdm(selected.items(), total=len(selected), desc="experiments", unit="exp", disable=not progress)
+        try:
+            for i, (name, path) in enumerate(bar):
+                bar.set_postfix_str(name)
+                atomic_write_text(marker, _incomplete_marker_text(started, command, names[:i], name, names[i + 1 :]))
+                outcome = run_experiment(path, out_dir, quick=quick, full=full)
+                if not outcome.ok:
+                    bar.write(f"FAILED: {name}\n{outcome.error}")
+                outcomes.append(outcome)
+        finally:  # KeyboardInterrupt passes through; the marker names the experiment that was running
+            bar.close()
+        seconds = time.perf_counter() - start
+        env = environment_metadata()
+        text = _render_report(
+            outcomes, env=env, started=started, seconds=seconds, quick=quick, full=full, only=only, command=command
+        )
+        json_path = write_result_json(
+            out_dir / _JSON_NAME,
+            {
+                "experiments": [
+                    {
+                        "name": o.name,
+                        "title": o.title,
+                        "ok": o.ok,
+                        "seconds": o.seconds,
+                        "figures": list(o.figures),
+                        "summary": o.summary,
+                        "error": o.error,
+                    }
+                    for o in outcomes
+                ],
+                "seconds": seconds,
+                "ok": all(o.ok for o in outcomes),
+            },
+            config={
+                "out_dir": str(out_dir),
+                "only": list(only) if only else None,
+                "quick": quick,
+                "full": full,
+                "experiments_dir": str(experiments_dir) if experiments_dir else str(default_experiments_dir()),
+                "command": command,
+            },
+        )
+        report_path = atomic_write_text(out_dir / REPORT_NAME, text)  # last: its presence means "finished"
+        _remove_run_markers(out_dir)
+        return ReproductionReport(report_path, json_path, tuple(outcomes), seconds)

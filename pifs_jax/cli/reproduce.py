@@ -12,7 +12,7 @@ import signal
 import sys
 import threading
 
-from pifs_jax.cli.common import PROG, Subcommand, UsageError, command_line, output_dir, usage_error_for
+from pifs_jax.cli.common import PROG, Subcommand, command_line, output_dir
 
 DESCRIPTION = """\
 Run the experiment scripts in the repository's experiments/ folder and write the
@@ -118,17 +118,7 @@ def _exit_at_once_on_interrupt(*, progress: bool):
 def run(args: argparse.Namespace) -> int:
     from pifs_jax import reproduce
 
-    try:
-        available = reproduce.discover_experiments(args.experiments_dir)
-    except ValueError as exc:
-        raise usage_error_for(exc, {"experiments_dir": "--experiments-dir"}, default="--experiments-dir") from None
-    if args.only:
-        unknown = [name for name in args.only if name not in available]
-        if unknown:
-            raise UsageError(
-                "--only",
-                f"unknown experiment(s) {', '.join(unknown)}; available: {', '.join(available) or '(none)'}",
-            )
+    # --only and --experiments-dir are checked by the library, before any experiment runs
     with _exit_at_once_on_interrupt(progress=not args.no_progress):
         report = reproduce.run_reproduction(
             args.out,
