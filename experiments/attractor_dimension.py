@@ -137,7 +137,8 @@ def _compile(fn: Callable, *args: Any) -> Callable:
     """
     lowered = jax.jit(fn).lower(*args)
     try:
-        return lowered.compile(compiler_options={"xla_backend_optimization_level": 0})
+        # XLA takes integer options; jax's CompilerOptions annotation lists only str and bool values
+        return lowered.compile(compiler_options={"xla_backend_optimization_level": 0})  # pyright: ignore[reportArgumentType]
     except Exception:  # pragma: no cover - backend-specific
         return lowered.compile()
 
@@ -314,6 +315,7 @@ def _digits_chains(sched, data, x_Ts, stops, gaussian_variances, *, grid):
     exponents, dimension = jax.vmap(jax.vmap(partial_spectrum, (None, 0)), (0, None))(x_Ts, stops)
     gaussian_exponents = pj.lyapunov_exponents(sched, gaussian_variances, grid)
     x_0, trajectory = jax.vmap(lambda x: pj.ddim_chain(eps_fn, sched, x, grid=grid, return_trajectory=True))(x_Ts)
+    assert trajectory is not None  # return_trajectory=True
     t_states = jnp.asarray(grid[1:][::-1])  # the timestep of each state x_{tau_N}, ..., x_{tau_1}
     entropy_along = jax.vmap(lambda x, t: attention(x, t).entropy, (0, 0))
     entropy = jax.vmap(entropy_along, (0, None))(trajectory[:, :-1], t_states)

@@ -60,6 +60,7 @@ from pifs_jax.models.training import (
 from pifs_jax.reproduce import experiment_main, format_value, markdown_table
 from pifs_jax.results import write_result_json
 from pifs_jax.schedules import named_schedule
+from pifs_jax.typing import EpsFn
 
 NAME = "two_regimes"
 TITLE = "Two regimes of a trained denoiser's chain: the paper's trained-model claims, tested"
@@ -186,7 +187,9 @@ def trained_run(name: str, config: TrainConfig, runs_dir: Path) -> dict[str, Any
     else:
         resume = same and (folder / CHECKPOINT_NAME).is_file()  # resuming needs a checkpoint
         result = train(config, folder, resume=resume, overwrite=not resume, progress=False)
-        run = LoadedRun(model_for_config(result.config, result.config.image_shape)[0], result.state, result.config)
+        image_shape = result.config.image_shape
+        assert image_shape is not None  # the experiment trains on named data sets
+        run = LoadedRun(model_for_config(result.config, image_shape)[0], result.state, result.config)
     records = read_metrics_log(folder / "metrics.jsonl")
     quality = json.loads((folder / "quality.json").read_text())["results"]
     rates = [r["images_per_s"] for r in records[1:]]
@@ -228,19 +231,28 @@ def compute(out: Path, *, quick: bool, full: bool) -> tuple[dict[str, Any], dict
     sched = named_schedule(dit_config.schedule, dit_config.T)
     train_images, _ = load_train_test(dit_config)
     patch_size = dit_config.patch_size
+    assert patch_size is not None  # the configs are resolved (patch_size filled in)
     image_shape = tuple(train_images.shape[1:])
     analyses: dict[str, ModelAnalysis] = {}
-    common = dict(patch_size=patch_size, steps=cfg["chain_steps"], samples=cfg["trajectories"], seed=SEED)
+
+    def analyze(eps_fn: EpsFn, attention_fn: Any) -> ModelAnalysis:
+        return analyze_model(
+            eps_fn,
+            sched,
+            train_images,
+            patch_size=patch_size,
+            steps=cfg["chain_steps"],
+            samples=cfg["trajectories"],
+            seed=SEED,
+            attention_fn=attention_fn,
+        )
+
     for name, entry in runs.items():
         run = entry["run"]
         params = run.state.ema_params
-        analyses[name] = analyze_model(
-            run.eps_fn, sched, train_images, **common, attention_fn=attention_fn_if_any(run.module, params, image_shape)
-        )
+        analyses[name] = analyze(run.eps_fn, attention_fn_if_any(run.module, params, image_shape))
     data = np.asarray(train_images, np.float32)
-    analyses["empirical"] = analyze_model(
-        empirical_denoiser(sched, data), sched, train_images, **common, attention_fn=empirical_attention(sched, data)
-    )
+    analyses["empirical"] = analyze(empirical_denoiser(sched, data), empirical_attention(sched, data))
     results = {
         "mode": mode,
         "settings": cfg,

@@ -76,8 +76,13 @@ def regularized_incomplete_beta(a: float, b: float, x: float) -> float:
     return 1.0 - math.exp(log_front) * _beta_continued_fraction(b, a, 1.0 - x) / b
 
 
+def _is_real_scalar(value: Any) -> bool:
+    """A scalar (``np.isscalar``) and not a bool; a plain bool, so ``value`` keeps its type for ``float()``."""
+    return not isinstance(value, bool) and bool(np.isscalar(value))
+
+
 def _check_dof(dof: Any) -> float:
-    if isinstance(dof, bool) or not np.isscalar(dof) or not float(dof) > 0:
+    if not _is_real_scalar(dof) or not float(dof) > 0:
         raise ArgumentError("dof", f"expected degrees of freedom > 0, got {dof!r}")
     return float(dof)
 
@@ -121,7 +126,7 @@ def student_t_quantile(q: float, dof: float) -> float:
 
 
 def _check_level(level: Any) -> float:
-    if isinstance(level, bool) or not np.isscalar(level) or not 0.0 < float(level) < 1.0:
+    if not _is_real_scalar(level) or not 0.0 < float(level) < 1.0:
         raise ArgumentError("level", f"expected a confidence level in (0, 1), got {level!r}")
     return float(level)
 
