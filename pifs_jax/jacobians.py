@@ -37,13 +37,16 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.flatten_util import ravel_pytree
 
 from pifs_jax._validation import check_floating, is_concrete
-from pifs_jax.ddim import check_denoiser, ddim_chain, ddim_step
 from pifs_jax.errors import ArgumentError
 from pifs_jax.geometry import step_coefficients
 from pifs_jax.grids import as_grid
 from pifs_jax.patches import PatchLayout, patch_layout, patch_permutation, patchify, unpatchify
+from pifs_jax.samplers.base import Sampler, check_denoiser, check_sampler
+from pifs_jax.samplers.chain import sample_chain, step_keys
+from pifs_jax.samplers.ddim import DDIM, ddim_step
 from pifs_jax.schedules import Schedule
 from pifs_jax.typing import EpsFn
 
@@ -57,6 +60,7 @@ __all__ = [
     "forward_jacobian",
     "leading_eigenvectors",
     "patch_blocks",
+    "sampler_step_jacobian",
     "step_jacobian",
     "step_jvp",
     "step_vjp",
@@ -154,30 +158,93 @@ def ddim_step_jacobian(eps_fn: EpsFn, sched: Schedule, x: Any, *, grid: Any = No
     return step_jacobian(eps_fn, x, t=t, a=a, b=b)
 
 
-def chain_jacobian(eps_fn: EpsFn, sched: Schedule, x_T: Any, *, grid: Any = None) -> jax.Array:
-    """Dense Jacobian of the whole chain ``x_T -> x_0``: ``J_1 J_2 ... J_N`` along the trajectory.
+def sampler_step_jacobian(
+    eps_fn: EpsFn,
+    sched: Schedule,
+    state: Any,
+    *,
+    grid: Any = None,
+    step: Any,
+    sampler: Sampler | None = None,
+    key: jax.Array | None = None,
+) -> jax.Array:
+    """Dense Jacobian of step ``step`` (``tau_step -> tau_{step-1}``) of ``sampler`` on its whole state.
 
-    ``jax.jacfwd`` through :func:`pifs_jax.ddim.ddim_chain`: ``n`` tangents pushed through all
-    ``N`` steps, i.e. the product of the step Jacobians evaluated on the trajectory from ``x_T``
-    (``J_N`` is the first step, at ``tau_N``). For small ``n``; entries can over/underflow for long
-    chains with widely spread exponents (use the QR-stabilised spectra of :mod:`pifs_jax.lyapunov`).
+    ``J[i, j] = d step_i / d z_j`` in the flattening ``z = ravel(state)`` of the sampler's state
+    (:func:`jax.flatten_util.ravel_pytree`): for DDIM and Heun the state is the image, shape
+    ``(n, n)`` (for DDIM equal to :func:`ddim_step_jacobian`); for DPM-Solver++(2M) the state is
+    ``(x, d_prev)`` and the Jacobian ``(2n, 2n)``, its top-left ``n x n`` block the image map with
+    the history held fixed. A stochastic sampler's step is taken at the fixed noise of ``key``
+    (that step's key of :func:`pifs_jax.samplers.sample_chain` with the same ``key``).
+
+    Args:
+      state: a state of ``sampler`` (e.g. ``sampler.init(eps_fn, sampler.tables(sched, grid), x)``
+        or the image for DDIM and Heun).
+      step: ``1..N``.
+    """
+    sampler = check_sampler(DDIM() if sampler is None else sampler)
+    _step_of_grid(sched, grid, step)  # validates step against the grid
+    grid = jnp.asarray(as_grid(grid, sched.T))
+    leaves = jax.tree_util.tree_leaves(state)
+    for leaf in leaves:
+        check_floating(jnp.asarray(leaf), name="state")
+    keys = step_keys(sampler, key, grid.shape[0] - 1)
+    return _compiled_sampler_step_jacobian(sampler, eps_fn, sched, state, grid, jnp.asarray(step), keys)
+
+
+@eqx.filter_jit
+def _compiled_sampler_step_jacobian(sampler, eps_fn, sched, state, grid, step, keys) -> jax.Array:
+    tables = sampler.tables(sched, grid)
+    flat, unravel = ravel_pytree(state)
+    key = keys[grid.shape[0] - 1 - step] if sampler.needs_key else None
+
+    def flat_step(z):
+        return ravel_pytree(sampler.step(eps_fn, tables, unravel(z), step, key))[0]
+
+    return forward_jacobian(flat_step, flat)
+
+
+def chain_jacobian(
+    eps_fn: EpsFn,
+    sched: Schedule,
+    x_T: Any,
+    *,
+    grid: Any = None,
+    sampler: Sampler | None = None,
+    key: jax.Array | None = None,
+) -> jax.Array:
+    """Dense Jacobian of the whole chain ``x_T -> x_0``, ``d x_0 / d x_T``, for any sampler.
+
+    Forward mode through :func:`pifs_jax.samplers.sample_chain`: ``n`` tangents pushed through
+    all ``N`` steps. For DDIM it is the product of the step Jacobians on the trajectory,
+    ``J_1 J_2 ... J_N`` (``J_N`` is the first step, at ``tau_N``); for a multistep sampler it is
+    ``P J_1 ... J_N E`` on its state, the history included through its dependence on ``x_T``. A
+    stochastic sampler is differentiated at the fixed noise of ``key``. For small ``n``; entries can
+    over/underflow for long chains with widely spread exponents (use the QR-stabilised spectra of
+    :mod:`pifs_jax.lyapunov`).
 
     Returns:
       shape ``(n, n)``; ``d x_0 / d x_T`` in the flattening of ``x_T``.
     """
+    sampler = check_sampler(DDIM() if sampler is None else sampler)
     x_T = jnp.asarray(x_T)
     check_floating(x_T, name="x_T")
     if is_concrete(x_T):
         check_denoiser(eps_fn, x_T)
-    return _compiled_chain_jacobian(eps_fn, sched, x_T, jnp.asarray(as_grid(grid, sched.T)))
+    if sampler.needs_key and key is None:
+        raise ArgumentError("key", f"a PRNG key is required by the stochastic sampler {sampler!r}")
+    return _compiled_chain_jacobian(sampler, eps_fn, sched, x_T, jnp.asarray(as_grid(grid, sched.T)), key)
 
 
 @eqx.filter_jit
-def _compiled_chain_jacobian(eps_fn: EpsFn, sched: Schedule, x_T: jax.Array, grid: jax.Array) -> jax.Array:
+def _compiled_chain_jacobian(
+    sampler, eps_fn: EpsFn, sched: Schedule, x_T: jax.Array, grid: jax.Array, key
+) -> jax.Array:
     shape = x_T.shape
 
     def flat_chain(flat):
-        return ddim_chain(eps_fn, sched, flat.reshape(shape), grid=grid).reshape(-1)
+        x_0 = sample_chain(eps_fn, sched, flat.reshape(shape), grid=grid, sampler=sampler, key=key, check_finite=False)
+        return x_0.reshape(-1)
 
     return forward_jacobian(flat_chain, x_T.reshape(-1))
 
