@@ -67,7 +67,7 @@ __all__ = [
 WEIGHTINGS = ("uniform", "snr", "min_snr", "collage")
 
 
-def weight_table(sched: Schedule, *, weighting: str, gamma: float = 5.0, grid: Any = None) -> jax.Array:
+def weight_table(sched: Schedule, *, weighting: str, gamma: float | jax.Array = 5.0, grid: Any = None) -> jax.Array:
     """Loss weight ``w_t`` for every training timestep, shape ``(T+1,)`` (entry ``t``).
 
     - ``"uniform"``: ``1``;
