@@ -32,6 +32,7 @@ def test_spline_knots_and_fit(x64):
     np.testing.assert_allclose(sched.log_snr[1:], 10 - 20 * u, atol=1e-9)
     target = pj.cosine(1000)
     fam = pj.logsnr_spline(1000, n_knots=32, logsnr_min=float(target.log_snr[-1]), logsnr_max=12.0)
+    assert fam.fit is not None
     fitted = fam.apply(fam.fit(target))
     # a 32-knot linear spline reproduces the cosine logSNR to within 0.15 in the interior
     mid = slice(50, 950)
@@ -58,5 +59,27 @@ def test_bad_hyper_parameters():
         pj.logsnr_spline(100, logsnr_min=5.0, logsnr_max=1.0)
     with pytest.raises(ValueError, match="n_knots"):
         pj.logsnr_spline(100, n_knots=0)
+    fit = pj.logsnr_spline(100).fit
+    assert fit is not None
     with pytest.raises(ValueError, match="sched"):
-        pj.logsnr_spline(100).fit(pj.cosine(50))
+        fit(pj.cosine(50))
+
+
+def test_families_are_registered_frozen_objects():
+    """One object per family: its settings are fields, schedule(params) its map, initial_params its start."""
+    import dataclasses
+
+    from pifs_jax.optimize import families
+
+    assert pj.FAMILIES == ("spline", "network", "cosine_offset", "logsnr_shift")
+    cosine_family = families.CosineOffsetFamily(100, s=0.02)
+    assert cosine_family == families.CosineOffsetFamily(100, s=0.02) and hash(cosine_family)
+    sched = cosine_family.schedule(cosine_family.initial_params())
+    np.testing.assert_allclose(sched.log_alpha_bar, pj.cosine(100, s=0.02).log_alpha_bar, rtol=1e-6)
+    assert cosine_family.build() is families.CosineOffsetFamily(100, s=0.02).build()  # compiled updates reused
+    spline = families.SplineFamily(100, n_knots=4)
+    assert spline.build() is families.SplineFamily(100, n_knots=4).build()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spline.n_knots = 5  # type: ignore[misc]
+    with pytest.raises(ValueError, match=r"^family: expected a new, non-empty NAME"):
+        families.register_family(type("Again", (families.SplineFamily,), {}))

@@ -1,5 +1,10 @@
 """Learnable schedule families with their constraints, started from an existing schedule.
 
+Each family is one frozen object whose fields are its settings (:class:`ScheduleFamily`:
+``schedule(params)``, ``initial_params(start)``, ``build()``), registered once by name
+(:func:`register_family`; :data:`FAMILIES` lists them). :func:`schedule_family` chooses the
+settings that start a family at a given schedule.
+
 ``"spline"`` (:func:`~pifs_jax.learnable.logsnr_spline`) and ``"network"``
 (:func:`~pifs_jax.learnable.monotone_network`) hold both logSNR end points fixed and are monotone
 for any parameters (so ``alpha_bar_T`` can be fixed exactly through ``logsnr_min``);
@@ -10,9 +15,10 @@ number of training steps is always kept.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -24,10 +30,17 @@ from pifs_jax.errors import ArgumentError
 from pifs_jax.learnable import LearnableSchedule, logsnr_spline, monotone_network
 from pifs_jax.schedules import Schedule, cosine, shift_log_snr
 
-__all__ = ["FAMILIES", "fit_to_schedule", "schedule_family"]
-
-#: Learnable families of :func:`schedule_family`.
-FAMILIES = ("spline", "network", "cosine_offset", "logsnr_shift")
+__all__ = [
+    "FAMILIES",
+    "CosineOffsetFamily",
+    "LogSNRShiftFamily",
+    "NetworkFamily",
+    "ScheduleFamily",
+    "SplineFamily",
+    "fit_to_schedule",
+    "register_family",
+    "schedule_family",
+]
 
 
 def _logit(p: float) -> float:
@@ -70,6 +83,163 @@ def fit_to_schedule(
 def _cached_spline(T: int, n_knots: int, lo: float, hi: float) -> LearnableSchedule:
     """One spline family object per setting, so the optimiser's compiled update is reused."""
     return logsnr_spline(T, n_knots=n_knots, logsnr_min=lo, logsnr_max=hi)
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduleFamily:
+    """A learnable schedule family: one frozen object whose fields are the family's settings.
+
+    Contract of a subclass (registered once with :func:`register_family` under ``NAME``):
+
+    - :meth:`schedule` ``(params) -> Schedule``: pure, jittable and differentiable in ``params``;
+    - :meth:`initial_params` ``(start, dtype)``: the parameters that start the family at the
+      schedule ``start`` (or at its own default without one);
+    - :meth:`build`: the optax-style :class:`~pifs_jax.learnable.LearnableSchedule` the
+      optimiser takes, one object per family value (cached), so its compiled update is reused.
+
+    ``ALPHA_BAR_T_FIXED``: whether the family can hold ``alpha_bar_T`` fixed.
+    """
+
+    NAME: ClassVar[str] = ""
+    ALPHA_BAR_T_FIXED: ClassVar[bool] = False
+
+    T: int = 1000
+
+    def schedule(self, params: Any) -> Schedule:
+        """The schedule of ``params``."""
+        raise NotImplementedError
+
+    def initial_params(self, start: Schedule | None = None, dtype: Any = None) -> Any:
+        """Parameters that start the family at ``start`` (its own default without one)."""
+        raise NotImplementedError
+
+    def build(self) -> LearnableSchedule:
+        """``LearnableSchedule(init, schedule)`` (cached per family value)."""
+        return _learnable(self)
+
+
+@functools.lru_cache(maxsize=32)
+def _learnable(family: ScheduleFamily) -> LearnableSchedule:
+    return LearnableSchedule(lambda key=None, **kwargs: family.initial_params(**kwargs), family.schedule)
+
+
+_REGISTRY: dict[str, type[ScheduleFamily]] = {}
+
+
+_Family = TypeVar("_Family", bound=ScheduleFamily)
+
+
+def register_family(cls: type[_Family]) -> type[_Family]:
+    """Register a family class under ``cls.NAME`` (a class decorator); a taken name is refused."""
+    old = _REGISTRY.get(cls.NAME)
+    if not cls.NAME or (old is not None and old is not cls):
+        raise ArgumentError("family", f"expected a new, non-empty NAME for {cls.__name__}, got {cls.NAME!r}")
+    _REGISTRY[cls.NAME] = cls
+    return cls
+
+
+@register_family
+@dataclasses.dataclass(frozen=True)
+class SplineFamily(ScheduleFamily):
+    """:func:`~pifs_jax.learnable.logsnr_spline` with its fixed end points as fields; starts at a knot fit of ``start``."""
+
+    NAME: ClassVar[str] = "spline"
+    ALPHA_BAR_T_FIXED: ClassVar[bool] = True
+
+    n_knots: int = 16
+    logsnr_min: float = -20.0
+    logsnr_max: float = 10.0
+
+    def _spline(self) -> LearnableSchedule:
+        return _cached_spline(self.T, self.n_knots, self.logsnr_min, self.logsnr_max)
+
+    def schedule(self, params: Any) -> Schedule:
+        return self._spline().apply(params)
+
+    def initial_params(self, start: Schedule | None = None, dtype: Any = None) -> Any:
+        spline = self._spline()
+        return spline.init(dtype=dtype) if start is None or spline.fit is None else spline.fit(start)
+
+    def build(self) -> LearnableSchedule:
+        return self._spline()
+
+
+@register_family
+@dataclasses.dataclass(frozen=True)
+class NetworkFamily(ScheduleFamily):
+    """:func:`~pifs_jax.learnable.monotone_network` (fixed end points); starts at a least-squares fit of ``start``."""
+
+    NAME: ClassVar[str] = "network"
+    ALPHA_BAR_T_FIXED: ClassVar[bool] = True
+
+    hidden: int = 16
+    logsnr_min: float = -20.0
+    logsnr_max: float = 10.0
+    seed: int = 0
+
+    def _network(self) -> LearnableSchedule:
+        return monotone_network(self.T, hidden=self.hidden, logsnr_min=self.logsnr_min, logsnr_max=self.logsnr_max)
+
+    def schedule(self, params: Any) -> Schedule:
+        return self.build().apply(params)
+
+    def initial_params(self, start: Schedule | None = None, dtype: Any = None) -> Any:
+        network = self.build()
+        params = network.init(jax.random.key(self.seed), dtype=dtype)
+        return params if start is None else fit_to_schedule(network, params, start)
+
+    def build(self) -> LearnableSchedule:
+        return _cached_network(self)
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_network(family: NetworkFamily) -> LearnableSchedule:
+    return family._network()
+
+
+@register_family
+@dataclasses.dataclass(frozen=True)
+class CosineOffsetFamily(ScheduleFamily):
+    """``cosine(T, s, max_beta)`` (:func:`pifs_jax.schedules.cosine`) with the offset learnable.
+
+    ``params = {"log_s": log s}`` (so ``s = exp(log_s) > 0``); starts at the field ``s``
+    (0.008, Nichol & Dhariwal). The named schedule ``cosine(T, s)`` is this family at its start.
+    """
+
+    NAME: ClassVar[str] = "cosine_offset"
+
+    s: float = 0.008
+    max_beta: float = 0.999
+
+    def schedule(self, params: Any) -> Schedule:
+        return cosine(self.T, s=jnp.exp(params["log_s"]), max_beta=self.max_beta)
+
+    def initial_params(self, start: Schedule | None = None, dtype: Any = None) -> Any:
+        return {"log_s": jnp.asarray(math.log(self.s), dtype or jnp.result_type(float))}
+
+
+@register_family
+@dataclasses.dataclass(frozen=True, eq=False)
+class LogSNRShiftFamily(ScheduleFamily):
+    """``shift_log_snr(base, params["shift"])`` (:func:`pifs_jax.schedules.shift_log_snr`); starts at 0.
+
+    ``base`` defaults to ``cosine(T)``. Compared by identity (the base is an array pytree).
+    """
+
+    NAME: ClassVar[str] = "logsnr_shift"
+
+    base: Schedule | None = None
+
+    def schedule(self, params: Any) -> Schedule:
+        base = self.base if self.base is not None else cosine(self.T, dtype=params["shift"].dtype)
+        return shift_log_snr(base, params["shift"])
+
+    def initial_params(self, start: Schedule | None = None, dtype: Any = None) -> Any:
+        return {"shift": jnp.zeros((), dtype or jnp.result_type(float))}
+
+
+#: Learnable families of :func:`schedule_family` (the registered names).
+FAMILIES = tuple(_REGISTRY)
 
 
 def schedule_family(
@@ -127,7 +297,7 @@ def schedule_family(
             raise ArgumentError("start", f"has T = {start.T}, but the family has T = {T}")
     dtype = dtype or (start.dtype if start is not None else jnp.result_type(float))
     if alpha_bar_T is not None:
-        if name in ("cosine_offset", "logsnr_shift"):
+        if not _REGISTRY[name].ALPHA_BAR_T_FIXED:
             raise ArgumentError(
                 "alpha_bar_T",
                 f"cannot be fixed in the {name!r} family (its terminal value moves with the "
@@ -136,18 +306,13 @@ def schedule_family(
         if not (np.isfinite(alpha_bar_T) and 0 < alpha_bar_T < 1):
             raise ArgumentError("alpha_bar_T", f"must lie in (0, 1), got {alpha_bar_T!r}")
 
+    family: ScheduleFamily
     if name == "cosine_offset":
-        family = LearnableSchedule(
-            lambda key=None: {"log_s": jnp.asarray(math.log(0.008), dtype)},
-            lambda p: cosine(T, s=jnp.exp(p["log_s"])),
-        )
-        return family, family.init()
+        family = CosineOffsetFamily(T)
+        return family.build(), family.initial_params(dtype=dtype)
     if name == "logsnr_shift":
-        base = start if start is not None else cosine(T, dtype=dtype)
-        family = LearnableSchedule(
-            lambda key=None: {"shift": jnp.zeros((), dtype)}, lambda p: shift_log_snr(base, p["shift"])
-        )
-        return family, family.init()
+        family = LogSNRShiftFamily(T, base=start)
+        return family.build(), family.initial_params(dtype=dtype)
 
     start_log_snr = None if start is None else np.asarray(start.log_snr, dtype=np.float64)
     if alpha_bar_T is not None:
@@ -176,11 +341,8 @@ def schedule_family(
             f"(alpha_bar_T = {1 / (1 + math.exp(-lo)):.6g} is outside the family's range)",
         )
     if name == "spline":
-        family = _cached_spline(T, n_knots, lo, hi)
-        params = family.init(dtype=dtype) if start is None else family.fit(start)
+        family = SplineFamily(T, n_knots=n_knots, logsnr_min=lo, logsnr_max=hi)
     else:
-        family = monotone_network(T, hidden=hidden, logsnr_min=lo, logsnr_max=hi)
-        params = family.init(jax.random.key(seed), dtype=dtype)
-        if start is not None:
-            params = fit_to_schedule(family, params, start)
-    return family, jax.tree_util.tree_map(lambda v: jnp.asarray(v, dtype), params)
+        family = NetworkFamily(T, hidden=hidden, logsnr_min=lo, logsnr_max=hi, seed=seed)
+    params = family.initial_params(start, dtype=dtype)
+    return family.build(), jax.tree_util.tree_map(lambda v: jnp.asarray(v, dtype), params)
