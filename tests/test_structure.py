@@ -56,6 +56,7 @@ LAZY_IMPORTS: dict[tuple[str, str], str] = {
     ("pifs_jax.models.training.config", "pifs_jax.schedules"): "the schedule names, only to validate a config",
     ("pifs_jax.models.training.evaluation", "tqdm"): _BAR,
     ("pifs_jax.models.training.evaluation", "pifs_jax.ddim"): "the sampler, only when samples are drawn",
+    ("pifs_jax.models.training.evaluation", "pifs_jax.samplers"): "the sampler, only when samples are drawn",
     ("pifs_jax.models.training.evaluation", "pifs_jax.denoisers"): "the empirical baseline, only when evaluating",
     ("pifs_jax.models.training.evaluation", "pifs_jax.models"): "the model registry, which imports training",
     ("pifs_jax.models.training.evaluation", "pifs_jax.models.quality"): "the quality metrics, only when evaluating",
