@@ -147,6 +147,7 @@ class RunFolder:
         """The result files moved into place by :meth:`staged`, in order."""
         self._fd: int | None = None
         self._started = ""
+        self._created: list[Path] = []
 
     # ------------------------------------------------------------------ opening and closing
 
@@ -160,7 +161,7 @@ class RunFolder:
         """Create the folder, lock it, handle a stale marker and apply the policy (see the class)."""
         if self.out.exists() and not self.out.is_dir():
             raise ArgumentError(self.argument, f"expected a folder, got the existing file {str(self.out)!r}")
-        created = self._create()
+        created = self._created = self._create()
         try:
             self._lock()
             self.stale = self._recover()
@@ -176,13 +177,17 @@ class RunFolder:
         return self
 
     def close(self) -> None:
-        """Remove the marker and any staging folder, then release the lock (idempotent)."""
+        """Remove the marker and any staging folder, release the lock, and remove the folders
+        :meth:`open` created if they stayed empty (idempotent)."""
         if self._fd is None:
             return
         for stage in self.out.glob(STAGING_PREFIX + "*"):
             shutil.rmtree(stage, ignore_errors=True)
         (self.out / MARKER_NAME).unlink(missing_ok=True)
         self._unlock()
+        for folder in self._created:  # a run that wrote nothing leaves no folder it created
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
     def _create(self) -> list[Path]:
         """``mkdir -p`` the folder; the folders created, innermost first."""
