@@ -178,7 +178,6 @@ OTHER_FAMILY_KEYS = {
     "max_image_seq_len": "flow-matching",
     "invert_sigmas": "flow-matching",
     "shift_terminal": "flow-matching",
-    "time_shift_type": "flow-matching",
     "stochastic_sampling": "flow-matching",
     "sigma_data": "EDM",
     "sigma_schedule": "EDM",
@@ -256,6 +255,8 @@ DEFAULT_ONLY_KEYS = {
     "flow_shift": "1.0",
     "sigma_min": "null",
     "sigma_max": "null",
+    # DPMSolverMultistepScheduler saves it at its default; it acts only with use_dynamic_shifting
+    "time_shift_type": '"exponential"',
 }
 
 #: Bundled example configs: name -> file in ``pifs_jax/data_files``.
@@ -347,6 +348,8 @@ def _is_real(value: Any) -> bool:
 def _check_default_only(key: str, value: Any, where: str) -> None:
     if key == "final_sigmas_type":
         ok = value is None or value == "zero"
+    elif key == "time_shift_type":
+        ok = value is None or value == "exponential"
     elif key == "lambda_min_clipped":
         ok = value is None or (_is_real(value) and float(value) == -math.inf)
     elif key == "flow_shift":

@@ -56,17 +56,6 @@ def read_fixture() -> tuple[dict, dict]:
     return meta, arrays
 
 
-def schedule_config(config: dict) -> dict:
-    """``config`` without ``time_shift_type``, which the package's reader refuses at any value.
-
-    diffusers 0.42's ``DPMSolverMultistepScheduler`` saves ``time_shift_type: "exponential"`` (its
-    default, used only with ``use_dynamic_shifting``) and :func:`from_diffusers_config` classes
-    the key as a flow-matching one (see :func:`test_reader_accepts_the_saved_dpm_solver_config`).
-    """
-    assert config.get("time_shift_type", "exponential") == "exponential" and not config.get("use_dynamic_shifting")
-    return {k: v for k, v in config.items() if k != "time_shift_type"}
-
-
 def relative_error(ours, ref) -> float:
     ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
     assert ours.shape == ref.shape
@@ -85,7 +74,7 @@ def assert_trajectory(ours, ref, tol, what):
 def test_fixture_timesteps_follow_the_package_convention():
     """diffusers walked ``[tau_N - 1, ..., tau_1 - 1]``, and its sigmas are ours at ``tau_N, ..., tau_1``, then 0."""
     meta, ref = read_fixture()
-    sched = from_diffusers_config(schedule_config(meta["scheduler_config"]), dtype=np.float64)
+    sched = from_diffusers_config(meta["scheduler_config"], dtype=np.float64)
     assert sched.T == 1000
     np.testing.assert_array_equal(ref["unet_timesteps"], np.asarray(meta["unet"]["grid"])[:0:-1] - 1)
     for name, grid in meta["gaussian"]["grids"].items():
@@ -102,7 +91,7 @@ def test_fixture_timesteps_follow_the_package_convention():
 def test_dpm_solver_matches_diffusers_on_gaussian_data(dtype, x64):
     """Our DPM-Solver++(2M) with the exact Gaussian denoiser equals diffusers' on a uniform and a quadratic grid."""
     meta, ref = read_fixture()
-    sched = from_diffusers_config(schedule_config(meta["scheduler_config"]), dtype=dtype)
+    sched = from_diffusers_config(meta["scheduler_config"], dtype=dtype)
     mean = np.asarray(meta["gaussian"]["mean"], dtype)
     variances = np.asarray(meta["gaussian"]["variances"], dtype)
     eps_fn = pj.gaussian_denoiser_eig(sched, mean, variances, np.eye(mean.size, dtype=dtype))
@@ -119,7 +108,7 @@ def test_dpm_solver_matches_diffusers_on_gaussian_data(dtype, x64):
 def test_dpm_solver_with_the_full_covariance_denoiser(x64):
     """The same chain through :func:`pifs_jax.gaussian_denoiser` (covariance ``diag(v)``, eigendecomposed), 1e-5."""
     meta, ref = read_fixture()
-    sched = from_diffusers_config(schedule_config(meta["scheduler_config"]), dtype=np.float64)
+    sched = from_diffusers_config(meta["scheduler_config"], dtype=np.float64)
     eps_fn = pj.gaussian_denoiser(sched, np.asarray(meta["gaussian"]["mean"]), np.diag(meta["gaussian"]["variances"]))
     grid = np.asarray(meta["gaussian"]["grids"]["quadratic"])
     x0 = sample_batch(eps_fn, sched, jnp.asarray(ref["gaussian_quadratic_x_T"]), grid=grid, sampler=DPMSolverPP2M())
@@ -144,9 +133,9 @@ def test_ddim_matches_diffusers_ddim_scheduler_on_gaussian_data(x64):
     assert relative_error(trajectory[:, -1], dpm) > 1e-3
 
 
-@pytest.mark.xfail(reason="from_diffusers_config refuses time_shift_type at its default 'exponential'", strict=False)
 def test_reader_accepts_the_saved_dpm_solver_config():
-    """The config diffusers saves for ``DPMSolverMultistepScheduler()`` describes the linear schedule."""
+    """The config diffusers saves for ``DPMSolverMultistepScheduler()`` (with ``time_shift_type`` at its
+    default ``"exponential"``, which acts only with ``use_dynamic_shifting``) reads as the linear schedule."""
     meta, _ = read_fixture()
     sched = from_diffusers_config(meta["scheduler_config"], dtype=np.float64)
     np.testing.assert_allclose(sched.log_alpha_bar, pj.linear(1000, dtype=np.float64).log_alpha_bar, rtol=1e-14)
@@ -160,7 +149,7 @@ def unet_chain(tmp_path: Path, dtype):
         tmp_path / np.dtype(dtype).name,
         unet["config"],
         seed=unet["weight_seed"],
-        scheduler_config=schedule_config(meta["scheduler_config"]),
+        scheduler_config=meta["scheduler_config"],
     )
     loaded = load_diffusers_unet(folder, dtype=dtype)
     assert loaded.schedule.T == 1000

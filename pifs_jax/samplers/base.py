@@ -84,7 +84,9 @@ def step_tables(sched: Schedule, grid: Any = None) -> StepTables:
     c = step_coefficients(sched, grid)
     # q = 1 - sigma_s^2 / sigma_t^2 = alpha_bar_t expm1(G) / sigma_t^2, in (0, 1]
     q = jnp.exp(c.log_alpha_bar_t) * jnp.expm1(c.log_ratio) / c.sigma_t**2
-    lands = q >= 1.0  # the step onto alpha_bar_s = 1 (sigma_s = 0): lambda_s = inf
+    # the step onto alpha_bar_s = 1 (sigma_s = 0, lambda_s = inf): decided on sigma_s itself, since q
+    # computed in float32 can round a few ulps below 1 there
+    lands = (c.sigma_s == 0) | (q >= 1.0)
     q = jnp.where(lands, 0.5, q)  # a finite stand-in, so that no derivative is inf * 0
     h = jnp.where(lands, jnp.inf, (c.log_ratio - jnp.log1p(-q)) / 2)
     sigma_ratio = jnp.where(lands, 0.0, jnp.sqrt(1.0 - q))
