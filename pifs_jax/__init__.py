@@ -178,7 +178,7 @@ from pifs_jax.schedules import (
     sigmoid,
     zero_terminal_snr,
 )
-from pifs_jax.sharding import batch_mesh, initialize_processes, shard_batch, sharded_ddim_sample
+from pifs_jax.sharding import batch_mesh, initialize_processes, shard_batch, sharded_ddim_sample, sharded_sample
 
 try:  # one source for the version: pyproject.toml, through the installed metadata
     __version__ = _distribution_version("pifs_jax")
@@ -330,6 +330,7 @@ __all__ = [
     "schedule_objective",
     "shard_batch",
     "sharded_ddim_sample",
+    "sharded_sample",
     "shift_log_snr",
     "sigmoid",
     "spearman_correlation",

@@ -554,10 +554,11 @@ def _compiled_spectra(sampler, eps_fn, sched, x_T, grid, key, options, mesh) -> 
     """
     if mesh is None:
         return jax.vmap(lambda x: _one_spectrum(sampler, eps_fn, sched, x, grid, key, options))(x_T)
-    split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
-    x_T = jax.lax.with_sharding_constraint(x_T, split)
+    from pifs_jax.sharding import BATCH_AXIS, sharding_constraint
+
+    x_T = sharding_constraint(x_T, mesh, BATCH_AXIS)
     spectra = jax.vmap(lambda x: _one_spectrum(sampler, eps_fn, sched, x, grid, key, options))(x_T)
-    return jax.tree_util.tree_map(lambda leaf: jax.lax.with_sharding_constraint(leaf, split), spectra)
+    return sharding_constraint(spectra, mesh, BATCH_AXIS)
 
 
 def _check_qr_every(qr_every: Any) -> int | str:

@@ -3,9 +3,10 @@
 Two kinds of parallel work, both with :mod:`jax.sharding` (``Mesh``, ``NamedSharding``,
 ``PartitionSpec``) and the XLA SPMD partitioner, so each device runs the same program on its slice:
 
-- **A batch of trajectories** (:func:`shard_batch`, :func:`sharded_ddim_sample`): the batch axis
-  is split over a 1-D device mesh; every sample's chain is independent, so there is no
-  communication except for the (replicated) schedule and grid.
+- **A batch of trajectories** (:func:`shard_batch`, :func:`sharded_sample` for any
+  :class:`pifs_jax.samplers.Sampler`, :func:`sharded_ddim_sample` for DDIM): the batch axis
+  (:data:`BATCH_AXIS`) is split over a 1-D device mesh; every sample's chain is independent, so
+  there is no communication except for the (replicated) denoiser, schedule and grid.
 - **Leading-k chain spectra** (``pifs_jax.chain_lyapunov_spectrum(..., k=k, mesh=mesh)``): the
   ``n x p`` tangent block of the subspace iteration is split along its ``p`` columns, so the ``p``
   chain-length JVPs and VJPs (the expensive part) run in parallel; the thin QR of the block
@@ -20,9 +21,14 @@ Two kinds of parallel work, both with :mod:`jax.sharding` (``Mesh``, ``NamedShar
 The numbers equal the single-device ones (up to the summation order of reductions).
 
 Batch sizes that do not divide the device count: :func:`shard_batch` raises ``ValueError``
-(placement must not invent data); :func:`sharded_ddim_sample` pads the batch with copies of its
+(placement must not invent data); :func:`sharded_sample` pads the batch with copies of its
 last sample, runs, and drops the padding (a valid input for any denoiser, and at most
 ``devices - 1`` extra chains).
+
+Inside a compiled program, :func:`sharding_constraint` is the one spelling of the pattern:
+``sharding_constraint(tree, mesh)`` replicates every array leaf (the denoiser's parameters, the
+schedule, the grid), ``sharding_constraint(tree, mesh, BATCH_AXIS)`` splits every array leaf
+along its leading axis (the batch in, every per-trajectory output out).
 
 Testing on one CPU: ``XLA_FLAGS=--xla_force_host_platform_device_count=4`` must be set before
 JAX initialises (a fresh process) to get 4 host devices.
@@ -39,11 +45,11 @@ Multi-host use (several processes, one per host, e.g. a GPU cluster or a TPU pod
 3. Make global arrays from per-host data: each process holds its part of the batch and calls
    ``jax.make_array_from_process_local_data(NamedSharding(mesh, P("batch")), local_batch)``
    (``jax.device_put`` of a host array only works when every process passes the same full
-   array). Pass the global array to :func:`sharded_ddim_sample`; its output is a global array
+   array). Pass the global array to :func:`sharded_sample`; its output is a global array
    whose ``addressable_shards`` are this host's samples (gather with
    ``jax.experimental.multihost_utils.process_allgather`` if one host needs everything).
 4. Eager validation (``check_denoiser``, finite checks) reads concrete values; with arrays that
-   span hosts, pass ``check_finite=False`` (to :func:`sharded_ddim_sample` and to spectra) and
+   span hosts, pass ``check_finite=False`` (to :func:`sharded_sample` and to spectra) and
    validate the per-host data instead.
 """
 
@@ -57,16 +63,44 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from pifs_jax._validation import check_floating, check_positive_int, is_concrete
-from pifs_jax.ddim import check_denoiser, ddim_sample, locate_nonfinite
 from pifs_jax.errors import ArgumentError, NonFiniteError
 from pifs_jax.grids import as_grid
+from pifs_jax.samplers import DDIM, Sampler, check_denoiser, check_sampler, locate_nonfinite, sample_chain
 from pifs_jax.schedules import Schedule
 from pifs_jax.typing import EpsFn
 
-__all__ = ["batch_mesh", "initialize_processes", "shard_batch", "sharded_ddim_sample", "tangent_block_constraint"]
+__all__ = [
+    "BATCH_AXIS",
+    "batch_mesh",
+    "initialize_processes",
+    "shard_batch",
+    "sharded_ddim_sample",
+    "sharded_sample",
+    "sharding_constraint",
+    "tangent_block_constraint",
+]
+
+#: The mesh axis batches of trajectories are split over (:func:`batch_mesh`'s axis, ``"batch"``).
+BATCH_AXIS = "batch"
 
 
-def batch_mesh(axis: str = "batch", *, devices: Any = None) -> Mesh:
+def sharding_constraint(tree: Any, mesh: Mesh, *spec: Any) -> Any:
+    """``tree`` with every array leaf constrained to ``NamedSharding(mesh, PartitionSpec(*spec))``.
+
+    ``jax.lax.with_sharding_constraint`` leaf by leaf; leaves that are not arrays (a denoiser's
+    static parts, a sampler's Python hyperparameters) pass through. ``sharding_constraint(tree,
+    mesh)`` replicates; ``sharding_constraint(tree, mesh, BATCH_AXIS)`` splits the leading axis of
+    every leaf over the batch axis; ``sharding_constraint(block, mesh, None, names)`` splits the
+    columns of an ``n x p`` block. Meant for traced code (inside ``jit``), where the SPMD
+    partitioner then runs each device's part of the program on its slice.
+    """
+    sharding = NamedSharding(mesh, PartitionSpec(*spec))
+    return jax.tree_util.tree_map(
+        lambda leaf: jax.lax.with_sharding_constraint(leaf, sharding) if eqx.is_array(leaf) else leaf, tree
+    )
+
+
+def batch_mesh(axis: str = BATCH_AXIS, *, devices: Any = None) -> Mesh:
     """A 1-D mesh over ``devices`` (default: all devices, of all hosts) with one axis ``axis``.
 
     The axis is of type ``Auto`` (the SPMD partitioner propagates shardings), which is what the
@@ -85,7 +119,7 @@ def _mesh_and_size(mesh: Mesh | None, axis: str) -> tuple[Mesh, int]:
     return mesh, mesh.shape[axis]
 
 
-def shard_batch(x: Any, mesh: Mesh | None = None, axis: str = "batch") -> jax.Array:
+def shard_batch(x: Any, mesh: Mesh | None = None, axis: str = BATCH_AXIS) -> jax.Array:
     """Place a batch ``x`` (leading axis = samples) split over the mesh axis ``axis``.
 
     ``NamedSharding(mesh, PartitionSpec(axis))``: device ``d`` holds samples
@@ -110,60 +144,72 @@ def shard_batch(x: Any, mesh: Mesh | None = None, axis: str = "batch") -> jax.Ar
         raise ArgumentError(
             "x",
             f"the batch size {x.shape[0]} must be a multiple of the {size} devices on mesh axis {axis!r} "
-            "(pad it, or use sharded_ddim_sample, which pads)",
+            "(pad it, or use sharded_sample, which pads)",
         )
     return jax.device_put(x, NamedSharding(mesh, PartitionSpec(axis)))
 
 
+def _sample_one(sampler, eps_fn, sched, grid, x_T, key, *, return_trajectory: bool):
+    """One sample's chain, :func:`pifs_jax.samplers.sample_chain` (nothing checked: traced)."""
+    return sample_chain(
+        eps_fn, sched, x_T, grid=grid, sampler=sampler, key=key, return_trajectory=return_trajectory, check_finite=False
+    )
+
+
 @eqx.filter_jit
-def _sharded_sampler(
-    eps_fn: EpsFn, sched: Schedule, x_T: jax.Array, grid: jax.Array, *, mesh: Mesh, axis: str, return_trajectory: bool
-):
+def _sharded_chains(sampler, eps_fn, sched, x_T, grid, keys, *, mesh: Mesh, axis: str, return_trajectory: bool):
     """The batch's chains in one program: the denoiser's arrays, schedule and grid replicated, the batch split.
 
-    ``equinox.filter_jit``: one compilation per (static part of the denoiser, mesh, axis, output
-    kind, shapes); the denoiser's array leaves, schedule and grid are traced arguments.
+    ``equinox.filter_jit``: one compilation per (static part of the denoiser and the sampler,
+    mesh, axis, output kind, shapes); the denoiser's array leaves, schedule and grid are traced
+    arguments. ``keys``: one PRNG key per sample (``None`` for a deterministic sampler).
     """
-    replicated = NamedSharding(mesh, PartitionSpec())
-    split = NamedSharding(mesh, PartitionSpec(axis))
-    eps_fn, sched, grid = jax.tree_util.tree_map(
-        lambda leaf: jax.lax.with_sharding_constraint(leaf, replicated) if eqx.is_array(leaf) else leaf,
-        (eps_fn, sched, grid),
-    )
-    x_T = jax.lax.with_sharding_constraint(x_T, split)
-    out = ddim_sample(eps_fn, sched, x_T, grid=grid, return_trajectory=return_trajectory, check_finite=False)
-    return jax.tree_util.tree_map(lambda y: jax.lax.with_sharding_constraint(y, split), out)
+    eps_fn, sched, grid = sharding_constraint((eps_fn, sched, grid), mesh)
+    x_T, keys = sharding_constraint((x_T, keys), mesh, axis)
+
+    def one(x, key):
+        return _sample_one(sampler, eps_fn, sched, grid, x, key, return_trajectory=return_trajectory)
+
+    out = jax.vmap(one)(x_T, keys) if keys is not None else jax.vmap(lambda x: one(x, None))(x_T)
+    return sharding_constraint(out, mesh, axis)
 
 
-def sharded_ddim_sample(
+def sharded_sample(
     eps_fn: EpsFn,
     sched: Schedule,
-    x_T_batch: Any,
+    x_T: Any,
     *,
     grid: Any = None,
+    sampler: Sampler | None = None,
     mesh: Mesh | None = None,
-    axis: str = "batch",
+    axis: str = BATCH_AXIS,
+    key: jax.Array | None = None,
     return_trajectory: bool = False,
     check_finite: bool = True,
 ):
-    """Deterministic DDIM chains for a batch, the batch split over devices.
+    """:func:`pifs_jax.samplers.sample_batch` with the batch split over devices, for any sampler.
 
-    ``equinox.filter_jit`` of :func:`pifs_jax.ddim.ddim_sample` with sharding constraints on its
-    inputs (the denoiser's arrays, schedule and grid replicated, batch split over ``axis``) and on
-    its outputs (split the same way). A batch
-    size that is not a multiple of the device count ``D`` is padded with copies of the last
-    sample and the padding dropped from the result (then the result's layout is whatever the
-    slice gives). One compilation per (static part of ``eps_fn``, mesh, grid length, shapes):
-    another schedule, grid of the same length, or parameter set of a pytree denoiser
+    Sample ``i`` runs :func:`pifs_jax.samplers.sample_chain` from ``x_T[i]`` (with the key
+    ``jax.random.split(key, B)[i]`` for a stochastic sampler, as :func:`sample_batch` gives it), so
+    the result equals ``sample_batch(eps_fn, sched, x_T, grid=grid, sampler=sampler, key=key)``
+    up to the summation order of reductions. One ``equinox.filter_jit`` program with sharding
+    constraints (:func:`sharding_constraint`): the denoiser's arrays, schedule and grid replicated,
+    the batch (and its keys) split over ``axis``, the outputs split the same way. A batch size that
+    is not a multiple of the device count ``D`` is padded with copies of the last sample (and its
+    key) and the padding dropped from the result (then the result's layout is whatever the slice
+    gives). One compilation per (static part of ``eps_fn`` and ``sampler``, mesh, grid length,
+    shapes): another schedule, grid of the same length, or parameter set of a pytree denoiser
     (:func:`pifs_jax.models.as_eps_fn`) reuses it; a plain closure compiles once per closure object.
 
     Args:
       eps_fn: ``eps_fn(x, t)`` for one sample.
       sched: the schedule.
-      x_T_batch: shape ``(B,) + sample_shape``.
+      x_T: shape ``(B,) + sample_shape``, floating.
       grid: sampling grid; ``None`` = every training step.
+      sampler: a :class:`pifs_jax.samplers.Sampler`; default ``DDIM()``.
       mesh: default :func:`batch_mesh` over all devices.
       axis: the mesh axis the batch is split over.
+      key: PRNG key of a stochastic sampler (``DDIM(eta > 0)``).
       return_trajectory: also return the trajectories, shape ``(B, N+1) + sample_shape``.
       check_finite: when called eagerly, one reduction over the result (outside the compiled
         program, whose cache is unaffected); a non-finite result raises
@@ -175,24 +221,65 @@ def sharded_ddim_sample(
       ``x_0`` of shape ``(B,) + sample_shape`` (and the trajectories), sharded over ``axis``.
 
     Raises:
-      ValueError: naming ``x_T_batch`` (no batch axis, or not floating), ``eps_fn`` (output
-        shape), ``grid``, ``sched``, ``mesh`` or ``axis``; ``NonFiniteError`` (see above).
+      ArgumentError: naming ``sampler``, ``x_T`` (no batch axis, or not floating), ``key``,
+        ``eps_fn`` (output shape), ``grid``, ``sched``, ``mesh`` or ``axis``; ``NonFiniteError``.
     """
+    return _sample_sharded(
+        eps_fn, sched, x_T, grid=grid, sampler=sampler, mesh=mesh, axis=axis, key=key,
+        return_trajectory=return_trajectory, check_finite=check_finite, batch_name="x_T",
+    )  # fmt: skip
+
+
+def sharded_ddim_sample(
+    eps_fn: EpsFn,
+    sched: Schedule,
+    x_T_batch: Any,
+    *,
+    grid: Any = None,
+    mesh: Mesh | None = None,
+    axis: str = BATCH_AXIS,
+    eta: Any = 0.0,
+    key: jax.Array | None = None,
+    return_trajectory: bool = False,
+    check_finite: bool = True,
+):
+    """:func:`sharded_sample` with ``sampler=DDIM(eta)`` (deterministic DDIM by default).
+
+    Arguments, results and errors as :func:`sharded_sample` (the batch is named ``x_T_batch``).
+    """
+    return _sample_sharded(
+        eps_fn, sched, x_T_batch, grid=grid, sampler=DDIM(eta), mesh=mesh, axis=axis, key=key,
+        return_trajectory=return_trajectory, check_finite=check_finite, batch_name="x_T_batch",
+    )  # fmt: skip
+
+
+def _sample_sharded(eps_fn, sched, x_T, *, grid, sampler, mesh, axis, key, return_trajectory, check_finite, batch_name):
+    """:func:`sharded_sample`, its batch named ``batch_name`` in errors."""
+    sampler = check_sampler(DDIM() if sampler is None else sampler)
     if not isinstance(sched, Schedule):
         raise ArgumentError("sched", f"expected a pifs_jax Schedule, got {type(sched).__name__}")
     mesh, size = _mesh_and_size(mesh, axis)
-    x = jnp.asarray(x_T_batch)
+    x = jnp.asarray(x_T)
     if x.ndim < 1 or x.shape[0] == 0:
-        raise ArgumentError("x_T_batch", f"expected a non-empty batch with a leading axis, got shape {x.shape}")
-    check_floating(x, name="x_T_batch")
+        raise ArgumentError(batch_name, f"expected a non-empty batch with a leading axis, got shape {x.shape}")
+    check_floating(x, name=batch_name)
     if is_concrete(x):
         check_denoiser(eps_fn, x[0])
     grid = jnp.asarray(as_grid(grid, sched.T))
     batch = x.shape[0]
+    keys = None
+    if sampler.needs_key:
+        if key is None:
+            raise ArgumentError("key", f"a PRNG key is required by the stochastic sampler {sampler!r}")
+        keys = jax.random.split(key, batch)
     pad = -batch % size
     if pad:
         x = jnp.concatenate([x, jnp.repeat(x[-1:], pad, axis=0)], axis=0)
-    out = _sharded_sampler(eps_fn, sched, x, grid, mesh=mesh, axis=axis, return_trajectory=bool(return_trajectory))
+        if keys is not None:
+            keys = jnp.concatenate([keys, jnp.repeat(keys[-1:], pad, axis=0)], axis=0)
+    out = _sharded_chains(
+        sampler, eps_fn, sched, x, grid, keys, mesh=mesh, axis=axis, return_trajectory=bool(return_trajectory)
+    )
     if pad:
         out = jax.tree_util.tree_map(lambda y: y[:batch], out)
     x_0 = out[0] if return_trajectory else out
@@ -201,13 +288,9 @@ def sharded_ddim_sample(
         if not bool(jnp.all(finite)):
             i = int(jnp.argmin(finite))  # the first non-finite sample
             error = locate_nonfinite(
-                eps_fn,
-                sched,
-                x[i],
-                grid=grid,
-                trajectory=out[1][i] if return_trajectory else None,
-                context=f"sample {i} of {batch}: ",
-            )
+                eps_fn, sched, x[i], grid=grid, sampler=sampler, key=None if keys is None else keys[i],
+                trajectory=out[1][i] if return_trajectory else None, context=f"sample {i} of {batch}: ",
+            )  # fmt: skip
             raise error or NonFiniteError("eps_fn", f"sample {i} of {batch}: the chain's result is not finite")
     return out
 
@@ -226,8 +309,7 @@ def tangent_block_constraint(mesh: Mesh):
     names = tuple(mesh.axis_names)
 
     def constrain(block: jax.Array, rows: bool = False) -> jax.Array:
-        spec = PartitionSpec(names) if rows else PartitionSpec(None, names)
-        return jax.lax.with_sharding_constraint(block, NamedSharding(mesh, spec))
+        return sharding_constraint(block, mesh, names) if rows else sharding_constraint(block, mesh, None, names)
 
     return constrain, int(mesh.size)
 

@@ -151,16 +151,21 @@ print("SHARDING-OK")
 )
 
 
-@pytest.mark.slow
-def test_four_host_devices_match_one_device():
+def run_on_four_host_devices(script: str, marker: str) -> None:
+    """Run ``script`` in a fresh Python with 4 forced CPU devices; it must succeed and print ``marker``."""
     env = dict(os.environ)
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip()
     env["JAX_PLATFORMS"] = "cpu"
     result = subprocess.run(
-        [sys.executable, "-c", SCRIPT], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SHARDING-OK" in result.stdout
+    assert marker in result.stdout
+
+
+@pytest.mark.slow
+def test_four_host_devices_match_one_device():
+    run_on_four_host_devices(SCRIPT, "SHARDING-OK")
 
 
 def test_one_device_sharding_equals_plain(x64):

@@ -1,8 +1,17 @@
-"""Every per-step quantity of the two-regime picture along DDIM trajectories (docs/theory.md section 11).
+"""Every per-step quantity of the two-regime picture along sampler trajectories (docs/theory.md section 11).
 
-A chain runs the DDIM map ``x_{t_{i-1}} = a_t x_{t_i} + b_t epshat(x_{t_i}, t_i)`` on a grid
-``t_N > ... > t_1`` from ``x_T``. At every sampling step, at the step's input ``x = x_{t_i}`` and
-in the order the chain runs (decreasing ``t``), :func:`analyze_chain` evaluates
+A chain runs a sampler (:class:`pifs_jax.samplers.Sampler`; default DDIM, the map
+``x_{t_{i-1}} = a_t x_{t_i} + b_t epshat(x_{t_i}, t_i)``) on a grid ``t_N > ... > t_1`` from
+``x_T``, through :func:`pifs_jax.samplers.flat_chain`. The per-step map ``Phi_t`` is the step's
+map on the image with the sampler's history held fixed at its value along the trajectory
+(``FlatChain.image_step``): its Jacobian is the ``x -> x`` block of the step's Jacobian. For a
+one-step sampler (DDIM, Heun) the state is the image and ``Phi_t`` is the whole step; for
+DPM-Solver++(2M) (state ``(x, D_prev)``) it is ``x -> (sigma_s / sigma_t) x + alpha_s (1 - e^{-h})
+((1 + kappa) D_t(x) - kappa D_prev)`` with ``D_prev`` fixed (``kappa = h / (2 h_prev)`` on
+second-order steps, 0 on the first and the last); the history's own block enters only the
+chain's total derivative (:mod:`pifs_jax.lyapunov`). At every sampling step, at the step's input
+``x = x_{t_i}`` and in the order the chain runs (decreasing ``t``), :func:`analyze_chain`
+evaluates
 
 - the block norms ``N_kj = ||[J Phi_t(x)]_kj||_2`` of the step Jacobian (docs/theory.md section 6):
   ``kappa_k = N_kk``, ``delta_k = sum_{j != k} N_kj``, ``m_k = 1 - (kappa_k + delta_k)``, their
@@ -13,10 +22,12 @@ in the order the chain runs (decreasing ``t``), :func:`analyze_chain` evaluates
 - with a ``baseline`` (:class:`pifs_jax.data.PatchStats` of the training data): the deviation
   ``Delta_t(x) = epshat(x, t) - eps^G_t(x)`` from the patch Gaussian
   (:func:`pifs_jax.denoisers.gaussian_denoiser_patches` with the data's patch means and
-  covariances) and its norm ``||Delta_t(x)||_2``, the suppression field
-  ``S_{k,t}(x) = |b_t| <v_k, [J_x Delta_t(x)]_kk v_k>`` (:func:`pifs_jax.jacobians.suppression_field`)
-  and the Gaussian expansion ``f_t(lambda_k)`` along the leading eigenvectors
-  (:func:`pifs_jax.geometry.expansion_factor`);
+  covariances) and its norm ``||Delta_t(x)||_2`` (any sampler: a property of the denoiser along
+  the trajectory), and, for deterministic DDIM only, the model-free predictions of its step map:
+  the suppression field ``S_{k,t}(x) = |b_t| <v_k, [J_x Delta_t(x)]_kk v_k>``
+  (:func:`pifs_jax.jacobians.suppression_field`) and the Gaussian expansion ``f_t(lambda_k)``
+  along the leading eigenvectors (:func:`pifs_jax.geometry.expansion_factor`); for another sampler
+  they are NaN and named in :attr:`ChainAnalysis.not_applicable` (:data:`DDIM_PREDICTIONS`);
 - with an ``attention_fn``: the mean row entropy of each attention layer
   (:func:`pifs_jax.models.attention_entropy`, nats).
 
@@ -32,28 +43,29 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 from pifs_jax._validation import check_floating, check_instance, check_positive_int
 from pifs_jax.data import PatchStats
-from pifs_jax.ddim import chain_steps, check_denoiser, ddim_step, locate_nonfinite
 from pifs_jax.denoisers import Attention, gaussian_denoiser_patches
 from pifs_jax.errors import ArgumentError, NonFiniteError
 from pifs_jax.geometry import expansion_factor
 from pifs_jax.grids import as_grid
-from pifs_jax.jacobians import block_norms, block_norms_matrix_free, step_jacobian, suppression_field
+from pifs_jax.jacobians import block_norms, block_norms_matrix_free, forward_jacobian, suppression_field
 from pifs_jax.patches import PatchLayout, patch_layout, unpatchify
+from pifs_jax.samplers import DDIM, Sampler, check_denoiser, check_sampler, flat_chain, locate_nonfinite, table_row
 from pifs_jax.schedules import Schedule
-from pifs_jax.sharding import shard_batch
+from pifs_jax.sharding import BATCH_AXIS, shard_batch, sharding_constraint
 from pifs_jax.typing import EpsFn
 
 __all__ = [
+    "DDIM_PREDICTIONS",
     "METHODS",
     "ChainAnalysis",
     "ModuleAttention",
@@ -64,7 +76,9 @@ __all__ = [
 
 #: Block-norm estimators: ``"auto"`` (exact up to ``exact_max_n``), ``"exact"``, ``"matrix_free"``.
 METHODS = ("auto", "exact", "matrix_free")
-BATCH_AXIS = "batch"
+#: The model-free predictions of the deterministic DDIM step map (``|b_t|``, ``a_t``, ``f_t``): NaN
+#: and listed in :attr:`ChainAnalysis.not_applicable` for any other sampler.
+DDIM_PREDICTIONS = ("suppression", "expansion_along_leading", "predicted_exponents")
 
 
 class ChainAnalysis(NamedTuple):
@@ -72,7 +86,8 @@ class ChainAnalysis(NamedTuple):
 
     Trajectory-dependent fields have a leading axis ``S`` when :func:`analyze_chain` got a batch
     ``x_T`` of shape ``(S, H, W, C)``; ``t``, ``logsnr`` and ``expansion_along_leading`` depend on
-    the schedule only and never have it. Quantities not requested are ``None``.
+    the schedule only and never have it. Quantities not requested are ``None``; DDIM's model-free
+    predictions requested of another sampler are NaN and named in :attr:`not_applicable`.
     """
 
     t: np.ndarray
@@ -98,11 +113,11 @@ class ChainAnalysis(NamedTuple):
     violations: jax.Array
     """Number of patches violating (PC), ``#{k: m_k < 0}``, int, shape ``([S,] N)``."""
     suppression: jax.Array | None
-    """``S_{k,t}(x) = |b_t| <v_k, [J_x Delta_t(x)]_kk v_k>``, shape ``([S,] N, M)``."""
+    """``S_{k,t}(x) = |b_t| <v_k, [J_x Delta_t(x)]_kk v_k>``, shape ``([S,] N, M)`` (deterministic DDIM; else NaN)."""
     deviation_norm: jax.Array | None
     """``||Delta_t(x)||_2 = ||epshat(x, t) - eps^G_t(x)||_2``, shape ``([S,] N)``."""
     expansion_along_leading: np.ndarray | None
-    """``f_t(lambda_k)`` of each patch's leading covariance eigenvalue, shape ``(N, M)``."""
+    """``f_t(lambda_k)`` of each patch's leading covariance eigenvalue, shape ``(N, M)`` (DDIM; else NaN)."""
     attention_entropy: dict | None
     """``{layer: H(A_t)}``, mean row entropy in nats, each of shape ``([S,] N)``."""
     attention_keys: dict | None
@@ -111,6 +126,16 @@ class ChainAnalysis(NamedTuple):
     image_shape: tuple
     method: str
     """The block-norm estimator used: ``"exact"`` or ``"matrix_free"``."""
+    sampler: str = "DDIM(eta=0.0)"
+    """The sampler whose chain was analysed (its ``repr``)."""
+    not_applicable: tuple[str, ...] = ()
+    """The model-free predictions of :data:`DDIM_PREDICTIONS` that do not apply to :attr:`sampler`
+    (all of them unless it is deterministic DDIM; their fields are then NaN)."""
+
+    @property
+    def model_free(self) -> bool:
+        """Whether DDIM's model-free predictions (suppression, ``f_t``, predicted exponents) apply."""
+        return not self.not_applicable
 
     @property
     def num_patches(self) -> int:
@@ -207,28 +232,42 @@ def _check_attention_fn(attention_fn: Callable, x: jax.Array) -> dict:
 # ----------------------------------------------------------------------------- the compiled program
 
 
-def step_map(eps_fn: EpsFn, t: Any, a: Any, b: Any, x: jax.Array) -> jax.Array:
-    """One DDIM step ``Phi_t(x) = a x + b epshat(x, t)`` as a map of ``x`` alone (wrapped in a ``Partial``)."""
-    return ddim_step(eps_fn, x, t, a, b)
+def image_map(image_step: Callable, inputs: Any, state: jax.Array, shape: tuple, x: jax.Array) -> jax.Array:
+    """``Phi_t(x)``: the step's map on the image ``x`` (shape ``shape``), the flat ``state``'s history fixed.
+
+    ``image_step`` is :attr:`pifs_jax.samplers.FlatChain.image_step`; wrapped in a ``Partial`` for
+    :func:`pifs_jax.jacobians.block_norms_matrix_free`.
+    """
+    return image_step(x.reshape(-1), inputs, state).reshape(shape)
 
 
-def _one_trajectory(eps_fn, steps, x_T, key, baseline, attention_fn, *, layout: PatchLayout, exact: bool, iters: int):
-    """``(x_0, per-step dict)`` of one trajectory: a ``lax.scan`` over the steps in chain order."""
+def _one_trajectory(
+    eps_fn, sampler, sched, grid, x_T, key, noise_key, baseline, attention_fn, *, layout: PatchLayout, exact: bool,
+    iters: int, model_free: bool,
+):  # fmt: skip
+    """``(x_0, per-step dict)`` of one trajectory: a ``lax.scan`` of the flat chain, in chain order."""
     from pifs_jax.models.common import attention_entropy  # lazy: importing pifs_jax must not load the networks
 
     dtype = x_T.dtype
     image_shape, p = layout.image_shape, layout.patch_size
+    chain = flat_chain(sampler, eps_fn, sched, grid, x_T, noise_key)
+    tables = sampler.tables(sched, grid)
     if baseline is not None:
-        sched, mean_image, covariances, vectors = baseline
-        gaussian = gaussian_denoiser_patches(sched, mean_image, covariances, p)
+        gauss_sched, mean_image, covariances, vectors = baseline
+        gaussian = gaussian_denoiser_patches(gauss_sched, mean_image, covariances, p)
 
-    def body(x, inputs):
-        index, t, a, b = inputs
-        a, b = a.astype(dtype), b.astype(dtype)
+    def image_of(z):
+        return (z if chain.project is None else chain.project(z)).reshape(image_shape)
+
+    def body(z, inputs):
+        index, inp = inputs
+        x = image_of(z)
+        row = table_row(tables, inp[0])
+        t = row.t
         if exact:
-            norms = block_norms(step_jacobian(eps_fn, x, t=t, a=a, b=b), image_shape, p)
+            norms = block_norms(forward_jacobian(lambda v: chain.image_step(v, inp, z), x.reshape(-1)), image_shape, p)
         else:
-            step_fn = jax.tree_util.Partial(step_map, eps_fn, t, a, b)
+            step_fn = jax.tree_util.Partial(image_map, chain.image_step, inp, z, image_shape)
             norms = block_norms_matrix_free(step_fn, x, image_shape, p, key=jax.random.fold_in(key, index), iters=iters)
         out = {
             "kappa_diag": norms.kappa_diag,
@@ -243,38 +282,51 @@ def _one_trajectory(eps_fn, steps, x_T, key, baseline, attention_fn, *, layout: 
         }
         if baseline is not None:
             out["deviation_norm"] = jnp.linalg.norm((eps_fn(x, t) - gaussian(x, t)).reshape(-1))
-            out["suppression"] = suppression_field(
-                eps_fn, gaussian, x, t=t, b=b, image_shape=image_shape, patch_size=p, leading_vectors=vectors
-            )
+            if model_free:  # the |b_t|-weighted field of the DDIM step (row: DDIM's tables)
+                out["ddim_suppression"] = suppression_field(
+                    eps_fn, gaussian, x, t=t, b=row.b.astype(dtype), image_shape=image_shape, patch_size=p,
+                    leading_vectors=vectors,
+                )  # fmt: skip
+            else:
+                out["ddim_suppression"] = jnp.full((layout.num_patches,), jnp.nan, dtype)
         if attention_fn is not None:
             out["attention_entropy"] = attention_entropy(_attention_layers(attention_fn(x, t)))
-        return ddim_step(eps_fn, x, t, a, b), out
+        return chain.step(z, inp), out
 
-    indices = jnp.arange(steps.t.shape[0])
-    return jax.lax.scan(body, x_T, (indices, steps.t, steps.a, steps.b))
+    indices = jnp.arange(chain.inputs[0].shape[0])
+    z_0, per_step = jax.lax.scan(body, chain.z0, (indices, chain.inputs))
+    return image_of(z_0), per_step
 
 
 @eqx.filter_jit
-def _compiled_analysis(eps_fn, steps, x_T, key, baseline, attention_fn, *, layout, exact, iters, batched, mesh):
-    """:func:`_one_trajectory` over a batch: mapped (CPU) or vmapped, split over ``mesh``'s batch axis when given."""
+def _compiled_analysis(
+    eps_fn, sampler, sched, grid, x_T, key, noise_keys, baseline, attention_fn, *, layout, exact, iters, batched,
+    mesh, model_free,
+):  # fmt: skip
+    """:func:`_one_trajectory` over a batch: mapped (CPU) or vmapped, split over ``mesh``'s batch axis when given.
 
-    def run(x):
-        return _one_trajectory(eps_fn, steps, x, key, baseline, attention_fn, layout=layout, exact=exact, iters=iters)
+    ``noise_keys``: the PRNG key of each trajectory's stochastic sampler (``None`` when deterministic).
+    """
+
+    def run(x, noise_key):
+        return _one_trajectory(
+            eps_fn, sampler, sched, grid, x, key, noise_key, baseline, attention_fn,
+            layout=layout, exact=exact, iters=iters, model_free=model_free,
+        )  # fmt: skip
 
     if not batched:
-        return run(x_T)
+        return run(x_T, noise_keys)
     if mesh is None:
         # On a CPU one trajectory at a time (its batches of tangents stay in cache; measured in
         # docs/guides/trained-models.md); vmapped on an accelerator.
-        return jax.lax.map(run, x_T) if jax.default_backend() == "cpu" else jax.vmap(run)(x_T)
-    replicated, split = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec(BATCH_AXIS))
-    eps_fn, steps, baseline, attention_fn = jax.tree_util.tree_map(
-        lambda leaf: jax.lax.with_sharding_constraint(leaf, replicated) if eqx.is_array(leaf) else leaf,
-        (eps_fn, steps, baseline, attention_fn),
+        if jax.default_backend() == "cpu":
+            return jax.lax.map(lambda args: run(*args), (x_T, noise_keys))
+        return jax.vmap(run)(x_T, noise_keys)
+    eps_fn, sampler, sched, grid, baseline, attention_fn = sharding_constraint(
+        (eps_fn, sampler, sched, grid, baseline, attention_fn), mesh
     )
-    x_T = jax.lax.with_sharding_constraint(x_T, split)
-    out = jax.vmap(run)(x_T)
-    return jax.tree_util.tree_map(lambda y: jax.lax.with_sharding_constraint(y, split), out)
+    x_T, noise_keys = sharding_constraint((x_T, noise_keys), mesh, BATCH_AXIS)
+    return sharding_constraint(jax.vmap(run)(x_T, noise_keys), mesh, BATCH_AXIS)
 
 
 # ----------------------------------------------------------------------------- public entry points
@@ -319,6 +371,7 @@ def analyze_chain(
     *,
     grid: Any,
     patch_size: int,
+    sampler: Sampler | None = None,
     baseline: PatchStats | None = None,
     attention_fn: Callable | None = None,
     method: str = "auto",
@@ -328,12 +381,19 @@ def analyze_chain(
     mesh: Mesh | None = None,
     check_finite: bool = True,
 ) -> ChainAnalysis:
-    """Block norms, suppression, deviation and attention entropy at every step of DDIM chains.
+    """Block norms, suppression, deviation and attention entropy at every step of a sampler's chains.
 
     For each sampling step ``i = N, ..., 1`` (chain order, ``t = t_i`` decreasing) at the step's
-    input ``x = x_{t_i}``: ``N_kj = ||[J Phi_t(x)]_kj||_2`` with ``J Phi_t = a_t I + b_t J_x epshat``,
-    ``kappa_k = N_kk``, ``delta_k = sum_{j != k} N_kj``, ``m_k = 1 - (kappa_k + delta_k)``
-    (docs/theory.md sections 6 and 11). See :class:`ChainAnalysis` for every field.
+    input ``x = x_{t_i}``: ``N_kj = ||[J Phi_t(x)]_kj||_2``, ``kappa_k = N_kk``, ``delta_k = sum_{j !=
+    k} N_kj``, ``m_k = 1 - (kappa_k + delta_k)`` (docs/theory.md sections 6 and 11), where ``Phi_t``
+    is the step's map on the image with the sampler's history held at its value along the
+    trajectory (:attr:`pifs_jax.samplers.FlatChain.image_step`, the ``x -> x`` block of the step's
+    Jacobian): DDIM ``J Phi_t = a_t I + b_t J_x epshat``; Heun ``a I + (b/2)(J_t + J_s (a I + b
+    J_t))`` (``J_t = J_x epshat(x, t)``, ``J_s`` at the Euler point; the last step is DDIM's);
+    DPM-Solver++(2M) ``(sigma_s / sigma_t) I + alpha_s (1 - e^{-h}) (1 + kappa) J_x D_t`` (module
+    docstring). The suppression field and ``f_t(lambda_k)`` are the model-free predictions of the
+    deterministic DDIM step: for any other sampler they are NaN and named in
+    ``not_applicable``. See :class:`ChainAnalysis` for every field.
 
     Args:
       eps_fn: the denoiser ``eps_fn(x, t)`` of one image (a pytree such as
@@ -343,6 +403,10 @@ def analyze_chain(
         trajectories, vmapped), floating.
       grid: sampling grid ``0 = tau_0 < ... < tau_N <= T`` (``None``: every training step).
       patch_size: ``p``, tiling ``H x W``; ``M = (H/p)(W/p)`` patches of ``n_k = p^2 C``.
+      sampler: a :class:`pifs_jax.samplers.Sampler` (``DDIM()``, ``DPMSolverPP2M()``, ``Heun()``,
+        ...); default ``DDIM()``. A stochastic one (``DDIM(eta > 0)``) draws its noise (the same for
+        the chain and the blocks, which are then read at fixed noise) from
+        ``fold_in(key, 2**31 - 1)``, split over the trajectories.
       baseline: :class:`pifs_jax.data.PatchStats` of the training data (same image shape and
         ``patch_size``): enables ``suppression``, ``deviation_norm`` and
         ``expansion_along_leading``.
@@ -355,7 +419,7 @@ def analyze_chain(
       exact_max_n: the largest ``n`` for which ``"auto"`` forms the Jacobian.
       krylov_iters: Krylov steps per block of the matrix-free estimate (exact once ``>= n_k``).
       key: PRNG key of the matrix-free starting vectors (default ``PRNGKey(0)``; step ``i``
-        uses ``fold_in(key, i)``).
+        uses ``fold_in(key, i)``) and of a stochastic sampler's noise.
       mesh: a :class:`jax.sharding.Mesh` with a ``"batch"`` axis (:func:`pifs_jax.batch_mesh`):
         the trajectories are split over it (``S`` a multiple of its size).
       check_finite: raise :class:`pifs_jax.errors.NonFiniteError` naming the first non-finite step
@@ -365,13 +429,16 @@ def analyze_chain(
       :class:`ChainAnalysis`.
 
     Raises:
-      ArgumentError: naming ``sched``, ``x_T`` (not floating, wrong rank), ``patch_size`` (does
+      ArgumentError: naming ``sched``, ``sampler``, ``x_T`` (not floating, wrong rank), ``patch_size`` (does
         not tile the image), ``eps_fn`` (output shape), ``baseline`` (not a PatchStats, or of
         another image shape or patch size), ``attention_fn`` (fails, or returns no attention
         layer), ``method``, ``exact_max_n``, ``krylov_iters``, ``mesh``, ``grid``;
         :class:`pifs_jax.errors.NonFiniteError`.
     """
     check_instance(sched, Schedule, name="sched", what="pifs_jax Schedule")
+    sampler = check_sampler(DDIM() if sampler is None else sampler)
+    # the model-free predictions are those of the deterministic DDIM map
+    model_free = isinstance(sampler, DDIM) and not sampler.stochastic
     x_T = jnp.asarray(x_T)
     check_floating(x_T, name="x_T")
     if x_T.ndim not in (3, 4):
@@ -395,9 +462,12 @@ def analyze_chain(
         _check_mesh(mesh, x_T.shape[0] if batched else None)
         x_T = shard_batch(x_T, mesh, BATCH_AXIS)
     grid = np.asarray(as_grid(grid, sched.T))
-    steps = chain_steps(sched, grid)  # chain order: t_N first
     exact = method == "exact" or (method == "auto" and layout.size <= exact_max_n)
     key = jax.random.PRNGKey(0) if key is None else key
+    noise_keys = None
+    if sampler.needs_key:
+        noise_keys = jax.random.fold_in(key, 2**31 - 1)
+        noise_keys = jax.random.split(noise_keys, x_T.shape[0]) if batched else noise_keys
 
     packed = None
     lam = None
@@ -413,16 +483,18 @@ def analyze_chain(
         lam = jnp.asarray(baseline.leading_eigenvalue, dtype)
 
     x_0, per_step = _compiled_analysis(
-        eps_fn, steps, x_T, key, packed, attention_fn,
-        layout=layout, exact=exact, iters=krylov_iters, batched=batched, mesh=mesh,
+        eps_fn, sampler, sched, jnp.asarray(grid), x_T, key, noise_keys, packed, attention_fn,
+        layout=layout, exact=exact, iters=krylov_iters, batched=batched, mesh=mesh, model_free=model_free,
     )  # fmt: skip
     if check_finite:
-        _raise_if_nonfinite(eps_fn, sched, x_T, x_0, grid, batched)
+        _raise_if_nonfinite(eps_fn, sched, x_T, x_0, grid, batched, sampler, noise_keys)
 
-    t = np.asarray(steps.t)
+    t = grid[1:][::-1]  # each step's input timestep, chain order: t_N first
     expansion = None
     if lam is not None:
         expansion = np.asarray(expansion_factor(sched, lam, grid))[::-1]  # grid order -> chain order
+        if not model_free:  # f_t is the DDIM step's expansion
+            expansion = np.full_like(expansion, np.nan)
     return ChainAnalysis(
         t=t,
         logsnr=np.asarray(sched.log_snr)[t],
@@ -435,18 +507,20 @@ def analyze_chain(
         delta_cross_per_patch=per_step["delta_cross_per_patch"],
         margin_per_patch=per_step["margin_per_patch"],
         violations=per_step["violations"],
-        suppression=per_step.get("suppression"),
+        suppression=per_step.get("ddim_suppression"),
         deviation_norm=per_step.get("deviation_norm"),
         expansion_along_leading=expansion,
-        attention_entropy=per_step.get("attention_entropy"),
+        attention_entropy=cast("dict | None", per_step.get("attention_entropy")),
         attention_keys=attention_keys,
         patch_size=layout.patch_size,
         image_shape=tuple(layout.image_shape),
         method="exact" if exact else "matrix_free",
+        sampler=repr(sampler),
+        not_applicable=() if model_free else DDIM_PREDICTIONS,
     )
 
 
-def _raise_if_nonfinite(eps_fn, sched, x_T, x_0, grid, batched) -> None:
+def _raise_if_nonfinite(eps_fn, sched, x_T, x_0, grid, batched, sampler, noise_keys) -> None:
     """Raise the :class:`NonFiniteError` of the first trajectory whose ``x_0`` is not finite."""
     finite = np.asarray(jnp.all(jnp.isfinite(x_0.reshape((x_0.shape[0], -1) if batched else (1, -1))), axis=1))
     if finite.all():
@@ -454,7 +528,8 @@ def _raise_if_nonfinite(eps_fn, sched, x_T, x_0, grid, batched) -> None:
     i = int(np.flatnonzero(~finite)[0])
     start = x_T[i] if batched else x_T
     context = f"trajectory {i} of {x_T.shape[0]}: " if batched else ""
-    error = locate_nonfinite(eps_fn, sched, start, grid=grid, context=context)
+    key = None if noise_keys is None else noise_keys[i] if batched else noise_keys
+    error = locate_nonfinite(eps_fn, sched, start, grid=grid, sampler=sampler, key=key, context=context)
     raise error or NonFiniteError("eps_fn", f"{context}the chain's result is not finite")
 
 
@@ -463,7 +538,9 @@ def per_patch_exponents(analysis: ChainAnalysis) -> tuple[np.ndarray, np.ndarray
 
     ``predicted_k = (1/N) sum_i log(f_{t_i}(lambda_k) - S_{k,t_i})`` (``-inf`` when a factor is
     not positive: the direction is annihilated in that step), ``measured_k = (1/N) sum_i
-    log kappa_k(t_i)`` (docs/theory.md section 11), float64.
+    log kappa_k(t_i)`` (docs/theory.md section 11), float64. ``predicted`` is NaN when the
+    analysed sampler is not deterministic DDIM (``"predicted_exponents"`` in
+    ``analysis.not_applicable``): ``f_t`` and the suppression field are that map's.
 
     Raises:
       ArgumentError: naming ``analysis`` when it has no suppression field (run
@@ -478,5 +555,7 @@ def per_patch_exponents(analysis: ChainAnalysis) -> tuple[np.ndarray, np.ndarray
     with np.errstate(divide="ignore", invalid="ignore"):
         log_factor = np.where(factor > 0, np.log(np.where(factor > 0, factor, 1.0)), -np.inf)
         predicted = np.mean(log_factor, axis=-2)
+        if "predicted_exponents" in analysis.not_applicable:
+            predicted = np.full_like(predicted, np.nan)
         measured = np.mean(np.log(np.asarray(analysis.kappa_diag_per_patch, np.float64)), axis=-2)
     return predicted, measured

@@ -138,12 +138,19 @@ def _regime_I(a: ChainAnalysis, kappa: np.ndarray, delta: np.ndarray, num_timest
     return [pinned, coupling]
 
 
+def _ddim_only(analysis: ChainAnalysis) -> str:
+    """Why a model-free prediction is not tested on a chain of another sampler than deterministic DDIM."""
+    return f"a model-free prediction of the deterministic DDIM step (|b_t|, f_t); not applicable to {analysis.sampler}"
+
+
 def evaluate_claims(analysis: ChainAnalysis, *, patch_eigenvalues: Any, num_timesteps: int) -> list[ClaimResult]:
     """The verdicts of docs/theory.md section 11 on ``analysis``, one :class:`ClaimResult` per claim.
 
     Per-step values are averaged over the trajectories first (``kappa_diag_mean``,
     ``delta_cross_mean``, per-patch ``kappa_k`` and ``S_{k,t}``, ``V_t``, ``||Delta_t||``, the
     layer-averaged attention entropy); the exponent signs are compared per (patch, trajectory).
+    The claims on the suppression field and the predicted exponents are *not tested* when they
+    are in ``analysis.not_applicable`` (a chain of another sampler than deterministic DDIM).
 
     Args:
       analysis: from :func:`pifs_jax.analysis.analyze_chain`.
@@ -222,6 +229,8 @@ def evaluate_claims(analysis: ChainAnalysis, *, patch_eigenvalues: Any, num_time
         results += [_not_tested(CLAIM_NAMES[i], PAPER_RANK_CLAIMS[i], why) for i in (5, 6, 7)]
     elif analysis.suppression is None:
         results.append(_not_tested(CLAIM_NAMES[5], paper, "no Gaussian baseline (baseline not given)"))
+    elif "suppression" in analysis.not_applicable:
+        results.append(_not_tested(CLAIM_NAMES[5], paper, _ddim_only(analysis)))
     else:
         corr = _rank_correlations(lam, avg(analysis.suppression))
         rho_s = np.where(np.isnan(corr[:, 0]), -np.inf, corr[:, 0])
@@ -305,6 +314,8 @@ def evaluate_claims(analysis: ChainAnalysis, *, patch_eigenvalues: Any, num_time
     paper = "predicted exponent signs agree for 16 of 16 patches"
     if analysis.suppression is None:
         results.append(_not_tested(CLAIM_NAMES[9], paper, "no Gaussian baseline (baseline not given)"))
+    elif "predicted_exponents" in analysis.not_applicable:
+        results.append(_not_tested(CLAIM_NAMES[9], paper, _ddim_only(analysis)))
     else:
         predicted, measured = per_patch_exponents(analysis)
         agree = np.sign(predicted) == np.sign(measured)

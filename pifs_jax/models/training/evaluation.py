@@ -117,8 +117,12 @@ def sample_in_chunks(
     grid: Any,
     chunk: int = SAMPLE_CHUNK,
     on_chunk: Callable[[], Any] | None = None,
+    sampler: Any = None,
 ) -> np.ndarray:
-    """:func:`pifs_jax.ddim.ddim_sample` of ``make_eps_fn(args)``, ``chunk`` samples at a time.
+    """:func:`pifs_jax.samplers.sample_batch` of ``make_eps_fn(args)``, ``chunk`` samples at a time.
+
+    ``sampler``: a deterministic :class:`pifs_jax.samplers.Sampler` (default ``DDIM()``, the
+    training evaluation's chain); a stochastic one raises ``ArgumentError`` naming ``sampler``.
 
     One compilation (the last chunk is padded); bounded memory (the empirical denoiser compares
     every sample with every training crop at every step). ``args`` (parameters, data), the
@@ -130,8 +134,14 @@ def sample_in_chunks(
     ``on_chunk()`` is called after every chunk (e.g. a progress bar's update).
     """
 
+    from pifs_jax.samplers import DDIM, check_sampler
+
+    sampler = check_sampler(DDIM() if sampler is None else sampler)
+    if sampler.needs_key:
+        raise ArgumentError("sampler", f"expected a deterministic sampler (chunks draw no noise), got {sampler!r}")
+
     def sample(a, x):
-        return _sample_chunk(make_eps_fn, a, sched, x, grid)
+        return _sample_chunk(make_eps_fn, a, sched, x, grid, sampler)
 
     count = x_T.shape[0]
     size = min(chunk, count)
@@ -149,12 +159,14 @@ def sample_in_chunks(
 
 @eqx.filter_jit
 def _sample_chunk(
-    make_eps_fn: Callable[[Any], Callable], args: Any, sched: Schedule, x_T: jax.Array, grid: Any
+    make_eps_fn: Callable[[Any], Callable], args: Any, sched: Schedule, x_T: jax.Array, grid: Any, sampler: Any
 ) -> jax.Array:
-    """:func:`pifs_jax.ddim.ddim_sample` of ``make_eps_fn(args)`` from ``x_T`` (compiled; nothing checked)."""
-    from pifs_jax.ddim import ddim_sample
+    """:func:`pifs_jax.samplers.sample_batch` of ``make_eps_fn(args)`` from ``x_T`` (compiled; nothing checked)."""
+    from pifs_jax.samplers import sample_batch
 
-    return ddim_sample(make_eps_fn(args), sched, x_T, grid=grid, check_finite=False)
+    x_0 = sample_batch(make_eps_fn(args), sched, x_T, grid=grid, sampler=sampler, check_finite=False)
+    assert isinstance(x_0, jax.Array)  # no trajectory asked for
+    return x_0
 
 
 def plot_metrics_log(records: Sequence[Mapping[str, Any]], *, title: str = ""):
