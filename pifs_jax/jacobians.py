@@ -244,6 +244,7 @@ def _compiled_chain_jacobian(
 
     def flat_chain(flat):
         x_0 = sample_chain(eps_fn, sched, flat.reshape(shape), grid=grid, sampler=sampler, key=key, check_finite=False)
+        assert not isinstance(x_0, tuple)  # no trajectory was asked for
         return x_0.reshape(-1)
 
     return forward_jacobian(flat_chain, x_T.reshape(-1))

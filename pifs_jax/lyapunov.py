@@ -436,7 +436,7 @@ def chain_lyapunov_spectrum(
     key = jax.random.PRNGKey(0) if key is None else key
     return_history = bool(return_history)
 
-    columns = n if full else k  # of the tangent block pushed along the chain
+    columns = n if k is None else k  # of the tangent block pushed along the chain
     if full or opts.method == "benettin":
         spectrum, finite = _compiled_chain_qr_core(
             sampler, eps_fn, sched, x_T, grid, key,
@@ -611,7 +611,9 @@ def _embedded_pass(chain: FlatChain, x: jax.Array, q: jax.Array, *, graded: bool
     return run, q_out, log_diag, w
 
 
-def _chain_qr_core(sampler, eps_fn, sched, x_T, grid, key, *, k, graded, sweeps, return_history, qr_every=1, mesh=None):
+def _chain_qr_core(
+    sampler, eps_fn, sched, x_T, grid, key, *, k, graded, sweeps, return_history, qr_every: int | str = 1, mesh=None
+):
     """QR pass along the chain from ``Q_0 = I`` (full) or a random ``n x k`` block: exact or Benettin.
 
     With ``mesh`` (full spectrum), the ``n`` columns of ``Q`` are sharded over its devices and
@@ -673,7 +675,7 @@ def _tangent_constraint(mesh: Any):
 
 
 def _leading_core(
-    sampler, eps_fn, sched, x_T, grid, key, *, k, p, iters, tol, sweeps, mesh, return_history, qr_every=1
+    sampler, eps_fn, sched, x_T, grid, key, *, k, p, iters, tol, sweeps, mesh, return_history, qr_every: int | str = 1
 ):
     """Subspace iteration on ``M^T M`` by step-wise QR passes, then a live graded forward pass.
 

@@ -15,6 +15,8 @@ Heun is also compared with a transcription of EDM's algorithm 1 in sigma space (
 
 from __future__ import annotations
 
+import itertools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -177,7 +179,7 @@ def edm_heun_reference(ab: np.ndarray, grid: np.ndarray, x_T: np.ndarray, u: np.
     sigmas = np.sqrt((1 - ab[grid[::-1]]) / ab[grid[::-1]])  # sigma_N > ... > sigma_0 = 0
     denoise = lambda x, s: u @ ((LAMBDAS / (LAMBDAS + s**2)) * (u.T @ x))  # noqa: E731
     x = x_T.reshape(-1) / np.sqrt(ab[grid[-1]])
-    for sig, sig_next in zip(sigmas[:-1], sigmas[1:], strict=True):
+    for sig, sig_next in itertools.pairwise(sigmas):
         d = (x - denoise(x, sig)) / sig
         x_next = x + (sig_next - sig) * d
         if sig_next != 0:
@@ -217,7 +219,7 @@ def test_second_order_samplers_converge_faster_than_ddim(x64, gaussian_setup):
     DPM-Solver++(2M) 2.36 (the integer grid and the step onto sigma = 0 keep them off exactly 1
     and 2); the bounds separate first from second order with that margin.
     """
-    sched, u, eps_fn, x_T = gaussian_setup
+    _, u, _, x_T = gaussian_setup
     sched_lin = pj.linear(T)
     eps_lin = pj.gaussian_denoiser(sched_lin, jnp.zeros((2, 3)), jnp.asarray(u @ np.diag(LAMBDAS) @ u.T))
     ab = _alpha_bar(sched_lin)

@@ -40,6 +40,7 @@ from pifs_jax.grids import uniform_grid
 from pifs_jax.plotting import save_figure
 from pifs_jax.results import atomic_write_text, write_result_json
 from pifs_jax.run_folder import RunFolder
+from pifs_jax.samplers import DDIM, Sampler, sampler_label
 from pifs_jax.schedules import Schedule
 
 __all__ = [
@@ -206,6 +207,7 @@ def analyze_model(
     attention_fn: Callable | None = None,
     method: str = "auto",
     mesh: Any = None,
+    sampler: Sampler | None = None,
 ) -> ModelAnalysis:
     """Analyse ``samples`` chains of ``eps_fn`` and judge the paper's claims on them.
 
@@ -220,7 +222,8 @@ def analyze_model(
       train_images: ``(N, H, W, C)`` in the model's input scale, or ``None``.
       patch_size: ``p``; ``samples``: ``S >= 2`` (intervals need more than one); ``steps``: ``N``.
       attention_fn: e.g. :func:`pifs_jax.analysis.module_attention_fn` (``None``: entropy not tested).
-      method, mesh: passed to :func:`~pifs_jax.analysis.analyze_chain`.
+      method, mesh, sampler: passed to :func:`~pifs_jax.analysis.analyze_chain` (``sampler``
+        default ``DDIM()``; for other samplers the DDIM-only predictions are not tested).
     """
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 2:
         raise ArgumentError("samples", f"expected an integer >= 2 (intervals over trajectories), got {samples!r}")
@@ -240,9 +243,11 @@ def analyze_model(
         attention_fn=attention_fn,
         method=method,
         mesh=mesh,
+        sampler=sampler,
     )
     lam = np.asarray(stats.leading_eigenvalue, np.float64)
     summary = summarize_analysis(analysis, patch_eigenvalues=lam, sched=sched, seed=seed)
+    summary["sampler"] = sampler_label(DDIM() if sampler is None else sampler)
     claims = evaluate_claims(analysis, patch_eigenvalues=lam, num_timesteps=sched.T)
     return ModelAnalysis(analysis, summary, claims)
 
@@ -262,7 +267,7 @@ def analysis_markdown(result: ModelAnalysis, *, title: str, heading: str = "#") 
     lines = [
         f"{heading} {title}",
         "",
-        f"{s['trajectories']} trajectories, {len(s['t'])} DDIM steps, {s['num_patches']} patches of "
+        f"{s['trajectories']} trajectories, {len(s['t'])} {s.get('sampler', 'DDIM')} steps, {s['num_patches']} patches of "
         f"{s['patch_size']}x{s['patch_size']}, block norms {s['method']}; intervals: bootstrap 95 % over "
         "trajectories (definitions and verdict rules: docs/theory.md section 11).",
         "",

@@ -46,6 +46,7 @@ notes:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from pifs_jax.analysis.chain_analysis import METHODS
     from pifs_jax.data import DATASETS
+    from pifs_jax.samplers import SAMPLER_NAMES
 
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--run", type=Path, default=None, metavar="DIR", help="a 'pifs-jax train' output folder")
@@ -71,7 +72,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="images of --data for the baseline (default: 4096)",
     )
     parser.add_argument("--samples", type=positive_int, default=16, metavar="S", help="trajectories (default: 16)")
-    parser.add_argument("--steps", type=positive_int, default=50, metavar="N", help="DDIM steps (default: 50)")
+    parser.add_argument("--steps", type=positive_int, default=50, metavar="N", help="sampler steps (default: 50)")
+    parser.add_argument(
+        "--sampler",
+        choices=SAMPLER_NAMES,
+        default="ddim",
+        help="the chain analysed (default: ddim, the map the theory is about; for the others the "
+        "DDIM-only predictions are reported as not tested)",
+    )
     parser.add_argument(
         "--patch-size",
         type=positive_int,
@@ -163,6 +171,7 @@ def _from_diffusers(args: argparse.Namespace) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     from pifs_jax.analysis.report import ANALYSIS_FILES, analyze_model, write_analysis
     from pifs_jax.run_folder import RunFolder
+    from pifs_jax.samplers import named_sampler
 
     model = _from_run(args) if args.run is not None else _from_diffusers(args)
     # held for the whole analysis: a second command on --out is refused at once, not at the end
@@ -177,6 +186,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             attention_fn=model["attention_fn"],
             method=args.method,
+            sampler=named_sampler(args.sampler),
         )
         config = {
             "command": command_line(args.argv),
@@ -185,6 +195,7 @@ def run(args: argparse.Namespace) -> int:
             "steps": args.steps,
             "patch_size": model["patch_size"],
             "method": args.method,
+            "sampler": args.sampler,
             "data": args.data,
         }
         write_analysis(folder, result, title=model["title"], config=config, seed=args.seed)

@@ -23,10 +23,12 @@ from pifs_jax.cli.common import (
 
 DESCRIPTION = """\
 Draw samples from a pretrained diffusers UNet2DModel (a google/ddpm-* pipeline folder or a bare
-model folder, read without PyTorch) with the deterministic DDIM chain (eta = 0) of this package:
+model folder, read without PyTorch) with a deterministic sampler of this package (--sampler; default
+the DDIM chain, eta = 0):
 
   x_s = a_t x_t + b_t epshat(x_t, t),  a_t = sqrt(alpha_bar_s / alpha_bar_t),  b_t = sigma_s - a_t sigma_t
 
+or DPM-Solver++(2M) (dpmpp2m) or EDM's Heun sampler (heun)
 on the grid diffusers' DDIMScheduler walks for the folder's scheduler config (timestep_spacing,
 steps_offset), ending on clean data. x_T ~ N(0, I) from --seed. Writes to --out:
   samples.png   the samples as one grid (clipped to [-1, 1] for display only)
@@ -54,13 +56,21 @@ RESULT_FILES = ("samples.png", "samples.npz", "sample.json")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from pifs_jax.samplers import SAMPLER_NAMES
+
     parser.add_argument(
         "--diffusers",
         required=True,
         metavar="PATH",
         help="a diffusers pipeline folder (model_index.json, unet/, scheduler/) or a UNet2DModel folder",
     )
-    parser.add_argument("--steps", type=positive_int, default=50, metavar="N", help="DDIM steps (default: 50)")
+    parser.add_argument("--steps", type=positive_int, default=50, metavar="N", help="sampler steps (default: 50)")
+    parser.add_argument(
+        "--sampler",
+        choices=SAMPLER_NAMES,
+        default="ddim",
+        help="deterministic sampler (default: ddim; heun costs 2 evaluations per step but the last)",
+    )
     parser.add_argument("--num", type=positive_int, default=16, metavar="N", help="samples to draw (default: 16)")
     parser.add_argument("--seed", type=non_negative_int, default=0, metavar="S", help="seed of x_T (default: 0)")
     parser.add_argument(
@@ -86,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
     from pifs_jax.models.training import sample_in_chunks
     from pifs_jax.results import atomic_write_bytes, write_result_json
     from pifs_jax.run_folder import RunFolder
+    from pifs_jax.samplers import named_sampler
 
     path = Path(args.diffusers).expanduser()
     try:
@@ -118,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
             x_T,
             grid=grid,
             chunk=args.batch_size,
+            sampler=named_sampler(args.sampler),
         )
         seconds = time.perf_counter() - start
         buffer = io.BytesIO()
@@ -146,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
                 config={
                     "command": command_line(getattr(args, "argv", []) or []),
                     "steps": args.steps,
+                    "sampler": args.sampler,
                     "num": args.num,
                     "batch_size": args.batch_size,
                 },

@@ -11,9 +11,11 @@ from pifs_jax.samplers.chain import FlatChain, flat_chain, locate_nonfinite, sam
 from pifs_jax.samplers.ddim import DDIM, ChainSteps, chain_steps, ddim_step, ddim_tables
 from pifs_jax.samplers.dpm_solver import DPMSolverPP2M, DPMState
 from pifs_jax.samplers.heun import Heun
+from pifs_jax.samplers.names import SAMPLER_NAMES, named_sampler, sampler_label, sampler_name
 
 __all__ = [
     "DDIM",
+    "SAMPLER_NAMES",
     "ChainSteps",
     "DPMSolverPP2M",
     "DPMState",
@@ -28,8 +30,11 @@ __all__ = [
     "ddim_tables",
     "flat_chain",
     "locate_nonfinite",
+    "named_sampler",
     "sample_batch",
     "sample_chain",
+    "sampler_label",
+    "sampler_name",
     "step_tables",
     "table_row",
 ]

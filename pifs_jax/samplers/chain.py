@@ -140,7 +140,7 @@ def sample_chain(
         check_denoiser(eps_fn, x_T)
     keys = step_keys(sampler, key, grid.shape[0] - 1)
     x_0, states = _compiled_chain(sampler, eps_fn, tables, x_T, keys, keep_states=bool(return_trajectory))
-    trajectory = jnp.concatenate([x_T[None], states], axis=0) if return_trajectory else None
+    trajectory = jnp.concatenate([x_T[None], states], axis=0) if states is not None else None
     if check_finite and is_concrete(x_0) and not bool(jnp.all(jnp.isfinite(x_0))):
         error = locate_nonfinite(eps_fn, sched, x_T, grid=grid, sampler=sampler, key=key, trajectory=trajectory)
         raise error or NonFiniteError("eps_fn", "the chain's result is not finite")
@@ -182,7 +182,7 @@ def sample_batch(
         sample_keys = None
         keys = jnp.zeros((x_T.shape[0], num_steps), jnp.uint32)
     x_0, states = _compiled_batch(sampler, eps_fn, tables, x_T, keys, keep_states=bool(return_trajectory))
-    out = (x_0, jnp.concatenate([x_T[:, None], states], axis=1)) if return_trajectory else x_0
+    out = (x_0, jnp.concatenate([x_T[:, None], states], axis=1)) if states is not None else x_0
     if check_finite and is_concrete(x_0):
         finite = np.asarray(jnp.all(jnp.isfinite(x_0.reshape(x_0.shape[0], -1)), axis=1))
         if not finite.all():
@@ -312,14 +312,14 @@ def flat_chain(
 
     if state_is_image(sampler, eps_fn, tables, x_T):
 
-        def step(v, inp):
+        def image_map(v, inp):
             i, k = inp
             return sampler.step(eps_fn, tables, v.reshape(shape), i, key_of(k)).reshape(-1)
 
-        def image_step(v, inp, z):
-            return step(v, inp)
+        def image_map_at(v, inp, z):
+            return image_map(v, inp)
 
-        return FlatChain(step, inputs, x_T.reshape(-1), None, None, image_step)
+        return FlatChain(image_map, inputs, x_T.reshape(-1), None, None, image_map_at)
 
     state0 = sampler.init(eps_fn, tables, x_T)
     _, unravel = ravel_pytree(state0)

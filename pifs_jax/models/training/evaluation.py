@@ -81,8 +81,10 @@ def evaluate_run(
             on_chunk=lambda: bar.update(1),
         )
         bar.set_postfix_str("scores", refresh=True)
+        patch_size = config.resolved().patch_size
+        assert patch_size is not None  # resolved() fills it in
         report = q.quality_report(
-            samples, train=train_images, test=test_images, patch_size=config.patch_size, reference_samples=reference
+            samples, train=train_images, test=test_images, patch_size=patch_size, reference_samples=reference
         )
         report["sampling_seconds"] = sample_seconds
         bar.update(1)

@@ -225,6 +225,8 @@ def denoising_loss(
     per_sample = jnp.sum((eps_hat - eps).reshape(batch, -1) ** 2, axis=1) / n
     loss = jnp.mean(tables.weights[t] * per_sample)
     if mu > 0:
+        if patch_size is None:
+            raise ArgumentError("patch_size", "required when mu > 0 (the regulariser's patch blocks)")
         reg = (
             jnp.mean(
                 cross_block_penalty(
