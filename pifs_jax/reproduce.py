@@ -124,9 +124,7 @@ def default_experiments_dir() -> Path:
         spec = None
     if spec is not None and spec.submodule_search_locations:
         return Path(next(iter(spec.submodule_search_locations))).resolve()
-    import pifs_jax
-
-    return Path(pifs_jax.__file__).resolve().parents[1] / "experiments"
+    return Path(__file__).resolve().parents[1] / "experiments"  # this module is pifs_jax/reproduce.py
 
 
 # ----------------------------------------------------------------------------- markdown helpers

@@ -55,8 +55,6 @@ LAZY_IMPORTS: dict[tuple[str, str], str] = {
     ("pifs_jax.models.quality", "pifs_jax.results"): _FILES,
     ("pifs_jax.models.training.config", "pifs_jax.schedules"): "the schedule names, only to validate a config",
     ("pifs_jax.models.training.evaluation", "tqdm"): _BAR,
-    ("pifs_jax.models.training.evaluation", "pifs_jax.ddim"): "the sampler, only when samples are drawn",
-    ("pifs_jax.models.training.evaluation", "pifs_jax.samplers"): "the sampler, only when samples are drawn",
     ("pifs_jax.models.training.evaluation", "pifs_jax.denoisers"): "the empirical baseline, only when evaluating",
     ("pifs_jax.models.training.evaluation", "pifs_jax.models"): "the model registry, which imports training",
     ("pifs_jax.models.training.evaluation", "pifs_jax.models.quality"): "the quality metrics, only when evaluating",
@@ -66,7 +64,6 @@ LAZY_IMPORTS: dict[tuple[str, str], str] = {
     ("pifs_jax.models.training.trainer", "pifs_jax.plotting"): _PLOTS,
     ("pifs_jax.models.training.trainer", "pifs_jax.run_folder"): "the output-folder policy, only when a run starts",
     ("pifs_jax.reproduce", "argparse"): "only an experiment's own command line parses arguments",
-    ("pifs_jax.reproduce", "pifs_jax"): "the installed package's location, at run time (the package imports reproduce)",
     ("pifs_jax.reproduce", "tqdm"): _BAR,
     ("pifs_jax.results", "importlib"): "package versions, only when a result's metadata is written",
     ("pifs_jax.results", "jax"): "the backend and devices, only when a result's metadata is written",
@@ -76,9 +73,7 @@ LAZY_IMPORTS: dict[tuple[str, str], str] = {
 LAZY_IMPORT_PACKAGES = {"pifs_jax.cli": "the command line loads a subcommand's dependencies when it runs"}
 # Lazy edges that close a cycle of the import graph, allowed because the cycle is only taken at
 # run time, after both modules are fully imported.
-LAZY_CYCLES: dict[tuple[str, str], str] = {
-    ("pifs_jax.reproduce", "pifs_jax"): "the package is fully imported before an experiment runs",
-}
+LAZY_CYCLES: dict[tuple[str, str], str] = {}
 
 
 def _package_modules() -> dict[str, tuple[Path, bool]]:

@@ -17,6 +17,7 @@ import numpy as np
 from pifs_jax.errors import ArgumentError
 from pifs_jax.grids import uniform_grid
 from pifs_jax.models.training.config import TrainConfig
+from pifs_jax.samplers import DDIM, Sampler, check_sampler, sample_batch
 from pifs_jax.schedules import Schedule
 
 __all__ = ["evaluate_run", "plot_metrics_log", "sample_in_chunks"]
@@ -119,7 +120,7 @@ def sample_in_chunks(
     grid: Any,
     chunk: int = SAMPLE_CHUNK,
     on_chunk: Callable[[], Any] | None = None,
-    sampler: Any = None,
+    sampler: Sampler | None = None,
 ) -> np.ndarray:
     """:func:`pifs_jax.samplers.sample_batch` of ``make_eps_fn(args)``, ``chunk`` samples at a time.
 
@@ -135,8 +136,6 @@ def sample_in_chunks(
     ``jax.tree_util.Partial(as_eps_fn, module)``) reuses the compilation for new parameters.
     ``on_chunk()`` is called after every chunk (e.g. a progress bar's update).
     """
-
-    from pifs_jax.samplers import DDIM, check_sampler
 
     sampler = check_sampler(DDIM() if sampler is None else sampler)
     if sampler.needs_key:
@@ -164,8 +163,6 @@ def _sample_chunk(
     make_eps_fn: Callable[[Any], Callable], args: Any, sched: Schedule, x_T: jax.Array, grid: Any, sampler: Any
 ) -> jax.Array:
     """:func:`pifs_jax.samplers.sample_batch` of ``make_eps_fn(args)`` from ``x_T`` (compiled; nothing checked)."""
-    from pifs_jax.samplers import sample_batch
-
     x_0 = sample_batch(make_eps_fn(args), sched, x_T, grid=grid, sampler=sampler, check_finite=False)
     assert isinstance(x_0, jax.Array)  # no trajectory asked for
     return x_0
