@@ -410,7 +410,9 @@ def test_extension_recomputes_the_learning_rate_schedule(tmp_path):
 
     module, init_fn = model
     optimizer, target = tr.initial_train_state(longer, init_fn)
-    state = load_checkpoint(tmp_path / "six.msgpack", target, config=short.resolved().identity())
+    # a (module, init_fn) pair is trained unrecorded: the checkpoint's identity has model = None
+    recorded = tr.recorded_config(short.resolved(), model)
+    state = load_checkpoint(tmp_path / "six.msgpack", target, config=recorded.identity())
     tables = tr.loss_tables(
         named_schedule(longer.schedule, longer.T),
         weighting=longer.weighting,
