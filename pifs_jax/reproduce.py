@@ -335,7 +335,9 @@ def experiment_main(name: str, doc: str | None, run: Any, *, quick_help: str, ar
     """Command line of one experiment script: ``python experiments/<name>.py [--out DIR] [--quick] [--full]``.
 
     Parses ``argv``, calls ``run(Path(out), quick=quick)`` (with ``full=True`` for ``--full``, offered
-    when ``run`` takes it: :func:`accepts_full`) and prints the section's markdown.
+    when ``run`` takes it: :func:`accepts_full`) while holding ``OUT/<name>`` as a
+    :class:`~pifs_jax.run_folder.RunFolder` (its lock and in-progress marker; a second run on the same
+    folder is refused by name), and prints the section's markdown.
     Every experiment's ``main`` is this call, so the scripts share one interface with
     ``pifs-jax reproduce --only <name>``.
     """
@@ -350,7 +352,13 @@ def experiment_main(name: str, doc: str | None, run: Any, *, quick_help: str, ar
     extra = {"full": True} if getattr(args, "full", False) else {}
     if extra and args.quick:
         parser.error("--quick and --full exclude each other")
-    section = run(Path(args.out), quick=args.quick, **extra)
+    # the experiment's folder is held as reproduce holds the report's: a second run on it is refused
+    with RunFolder(
+        Path(args.out) / name,
+        "overwrite",
+        command=" ".join(["python", f"experiments/{name}.py", *(argv or sys.argv[1:])]),
+    ):
+        section = run(Path(args.out), quick=args.quick, **extra)
     print(section["markdown"])
     print(f"\nwrote {Path(args.out) / name}")
     return 0

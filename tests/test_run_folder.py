@@ -191,3 +191,21 @@ def test_the_command_line_names_the_folder_in_use(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "argument --out:" in err[0] and "in use by another process" in err[0], err
     assert not out.exists()  # nothing written: the folder the first holder created is gone again
+
+
+def test_experiment_script_holds_its_folder(tmp_path):
+    """``python experiments/NAME.py`` holds OUT/NAME like a command: a second run on it is refused."""
+    from pifs_jax.reproduce import experiment_main
+
+    calls = []
+
+    def run(out, quick=False):
+        calls.append(out)
+        return {"markdown": "done"}
+
+    argv = ["--out", str(tmp_path)]
+    with RunFolder(tmp_path / "demo", "overwrite"), pytest.raises(ArgumentError, match="in use"):
+        experiment_main("demo", None, run, quick_help="", argv=argv)
+    assert calls == []
+    assert experiment_main("demo", None, run, quick_help="", argv=argv) == 0
+    assert calls == [tmp_path]
