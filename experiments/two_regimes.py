@@ -18,7 +18,14 @@ only UNets): (a) the DiT trained with the regulariser at two strengths ``mu`` (s
 steps as ``mu = 0``): coupling over ``t``, crossover window, (PC) violations, sample quality and
 training cost; (b) DiT against UNet on the same data.
 
-Training is short by default so that ``pifs-jax reproduce`` stays within minutes on a CPU: the
+**Shipped models first**: when the package ships the mode's trained models
+(:data:`SHIPPED`: ``dit-photos16`` and ``unet-photos16`` by default, ``dit-digits`` in the quick
+mode; :mod:`pifs_jax.models.pretrained`), they are analysed and nothing is trained; the report
+names the weights (name and sha256) and takes their training cost and quality from their cards.
+No regularised model is shipped, so the regulariser comparison (a) then needs ``--retrain``.
+
+Otherwise, and with ``retrain=True`` (``pifs-jax reproduce --retrain``) or ``--full``, the models
+are trained. Training is short by default so that ``pifs-jax reproduce`` stays within minutes on a CPU: the
 runs are cached in ``<out>/two_regimes/runs/`` (a finished run with the same configuration is
 loaded, an interrupted one resumes), so a second reproduction trains nothing. ``--full`` trains
 each model for the quick preset's 4000 steps and analyses 64 trajectories of 50 steps; on a GPU
@@ -29,7 +36,7 @@ from converged, and the report says so.
 Writes ``<out>/two_regimes/two_regimes.json``, one folder per model with ``analysis.json``,
 ``analysis.md`` and five figures (:func:`pifs_jax.analysis.report.write_analysis`), and the
 comparison figures ``models.png`` and ``regulariser.png``.
-Run alone with ``python experiments/two_regimes.py --out results [--quick | --full]``.
+Run alone with ``python experiments/two_regimes.py --out results [--quick | --full] [--retrain]``.
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ from pifs_jax.analysis.report import ModelAnalysis, analyze_model, attention_fn_
 from pifs_jax.checkpoint import CHECKPOINT_NAME, read_checkpoint_header
 from pifs_jax.denoisers import empirical_attention, empirical_denoiser
 from pifs_jax.errors import ArgumentError
+from pifs_jax.models.pretrained import PretrainedModel, list_pretrained, pretrained
 from pifs_jax.models.training import (
     LoadedRun,
     TrainConfig,
@@ -123,6 +131,43 @@ CONFIG: dict[str, dict[str, Any]] = {
 }
 
 
+#: Per mode: the shipped model analysed in place of each trained run, used when all of them are
+#: shipped (and neither retrain nor full is asked for). The full modes always train.
+SHIPPED: dict[str, dict[str, str]] = {
+    "quick": {"dit": "dit-digits"},
+    "default": {"dit": "dit-photos16", "unet": "unet-photos16"},
+}
+
+
+def shipped_models(mode: str, *, retrain: bool = False) -> dict[str, str] | None:
+    """``{run name: shipped model}`` the mode analyses instead of training, or ``None`` (train).
+
+    ``None`` when ``retrain`` is asked for, when the mode has no shipped models (the full modes),
+    or when one of them is not shipped (:func:`pifs_jax.models.pretrained.list_pretrained`).
+    """
+    names = SHIPPED.get(mode)
+    if retrain or not names:
+        return None
+    available = list_pretrained()
+    return dict(names) if all(name in available for name in names.values()) else None
+
+
+def shipped_run(loaded: PretrainedModel) -> dict[str, Any]:
+    """A shipped model as :func:`trained_run` describes a run: the network, its cost and quality from its card."""
+    training = loaded.card["training"]
+    return {
+        "module": loaded.module,
+        "params": loaded.params,
+        "eps_fn": loaded.eps_fn,
+        "config": loaded.config,
+        "cached": True,
+        "train_seconds": float(training.get("wall_seconds") or float("nan")),
+        "images_per_s": float(training.get("images_per_s_median") or float("nan")),
+        "quality": loaded.card["quality"] or {},
+        "weights": {"name": loaded.name, "sha256": loaded.sha256},
+    }
+
+
 def mode_config(*, quick: bool, full: bool) -> tuple[str, dict[str, Any]]:
     """The mode's name and settings (``full`` on a GPU/TPU: the 32x32 models with 8x8 patches)."""
     if quick:
@@ -195,6 +240,11 @@ def trained_run(name: str, config: TrainConfig, runs_dir: Path) -> dict[str, Any
     rates = [r["images_per_s"] for r in records[1:]]
     return {
         "run": run,
+        "module": run.module,
+        "params": run.state.ema_params,
+        "eps_fn": run.eps_fn,
+        "config": config,
+        "weights": None,
         "cached": cached,
         "train_seconds": float(records[-1]["time_s"]) if records else float("nan"),
         "images_per_s": float(np.median(rates)) if rates else float("nan"),
@@ -223,10 +273,24 @@ def _model_summary(result: ModelAnalysis) -> dict[str, Any]:
     }
 
 
-def compute(out: Path, *, quick: bool, full: bool) -> tuple[dict[str, Any], dict[str, ModelAnalysis]]:
+def _quality_value(quality: dict[str, Any], *keys: str) -> float:
+    """``quality[keys[0]][keys[1]]...`` as a float, NaN where a card or run lacks it."""
+    value: Any = quality
+    for key in keys:
+        value = value.get(key) if isinstance(value, dict) else None
+    return float(value) if isinstance(value, (int, float)) else float("nan")
+
+
+def compute(
+    out: Path, *, quick: bool, full: bool, retrain: bool = False
+) -> tuple[dict[str, Any], dict[str, ModelAnalysis]]:
     mode, cfg = mode_config(quick=quick, full=full)
-    configs = run_configs(cfg)
-    runs = {name: trained_run(name, config, out / "runs") for name, config in configs.items()}
+    shipped = shipped_models(mode, retrain=retrain)
+    if shipped is None:
+        runs = {name: trained_run(name, config, out / "runs") for name, config in run_configs(cfg).items()}
+    else:
+        runs = {name: shipped_run(pretrained(model)) for name, model in shipped.items()}
+    configs: dict[str, TrainConfig] = {name: entry["config"] for name, entry in runs.items()}
     dit_config = configs["dit"]
     sched = named_schedule(dit_config.schedule, dit_config.T)
     train_images, _ = load_train_test(dit_config)
@@ -248,13 +312,13 @@ def compute(out: Path, *, quick: bool, full: bool) -> tuple[dict[str, Any], dict
         )
 
     for name, entry in runs.items():
-        run = entry["run"]
-        params = run.state.ema_params
-        analyses[name] = analyze(run.eps_fn, attention_fn_if_any(run.module, params, image_shape))
+        analyses[name] = analyze(entry["eps_fn"], attention_fn_if_any(entry["module"], entry["params"], image_shape))
     data = np.asarray(train_images, np.float32)
     analyses["empirical"] = analyze(empirical_denoiser(sched, data), empirical_attention(sched, data))
     results = {
         "mode": mode,
+        "source": "trained" if shipped is None else "shipped",
+        "weights": [e["weights"] for e in runs.values() if e["weights"] is not None],
         "settings": cfg,
         "mu_values": list(mu_values(cfg)),
         "image_shape": list(image_shape),
@@ -269,11 +333,12 @@ def compute(out: Path, *, quick: bool, full: bool) -> tuple[dict[str, Any], dict
                 "train_seconds": e["train_seconds"],
                 "images_per_s": e["images_per_s"],
                 "cached": e["cached"],
-                "fd_patches": e["quality"]["model"]["fd_patches"],
-                "fd_patches_train_crops": e["quality"]["train_crops"]["fd_patches"],
-                "fd_patches_noise": e["quality"]["noise"]["fd_patches"],
-                "memorisation_ratio": e["quality"]["memorisation_ratio"],
-                "fraction_outside_data_range": e["quality"]["fraction_outside_data_range"],
+                "weights": e["weights"],
+                "fd_patches": _quality_value(e["quality"], "model", "fd_patches"),
+                "fd_patches_train_crops": _quality_value(e["quality"], "train_crops", "fd_patches"),
+                "fd_patches_noise": _quality_value(e["quality"], "noise", "fd_patches"),
+                "memorisation_ratio": _quality_value(e["quality"], "memorisation_ratio"),
+                "fraction_outside_data_range": _quality_value(e["quality"], "fraction_outside_data_range"),
             }
             for name, e in runs.items()
         },
@@ -323,15 +388,13 @@ def _figures(out: Path, analyses: dict[str, ModelAnalysis]) -> list[str]:
     )
     reference = "dit_mu0" if "dit_mu0" in analyses else "dit"
     regularised = [reference] + [n for n in analyses if n.startswith("dit_mu") and n != "dit_mu0"]
-    plotting.save_figure(
-        _overlay_figure(analyses, regularised, "DiT trained with the PIFS regulariser"), out / "regulariser.png"
-    )
-    return [
-        f"{NAME}/models.png",
-        f"{NAME}/regulariser.png",
-        f"{NAME}/dit/release_map.png",
-        f"{NAME}/dit/entropy_coupling.png",
-    ]
+    figures = [f"{NAME}/models.png"]
+    if len(regularised) > 1:  # no regularised model is shipped: the comparison needs training
+        plotting.save_figure(
+            _overlay_figure(analyses, regularised, "DiT trained with the PIFS regulariser"), out / "regulariser.png"
+        )
+        figures.append(f"{NAME}/regulariser.png")
+    return [*figures, f"{NAME}/dit/release_map.png", f"{NAME}/dit/entropy_coupling.png"]
 
 
 def _window(window: dict[str, float] | None) -> str:
@@ -342,12 +405,29 @@ def _markdown(results: dict[str, Any], analyses: dict[str, ModelAnalysis]) -> st
     cfg = results["settings"]
     models = [n for n in ("dit", "unet", "empirical") if n in analyses]
     training = results["training"]
+    if results["source"] == "shipped":
+        models_line = (
+            "the models shipped with the package, nothing trained: "
+            + "; ".join(
+                f"{_label(n)} `{training[n]['weights']['name']}` (sha256 `{training[n]['weights']['sha256']}`, "
+                f"trained {training[n]['steps']} steps)"
+                for n in ("dit", "unet")
+                if n in training
+            )
+            + " (their cards: pifs_jax.models.pretrained.read_card). "
+        )
+    else:
+        models_line = (
+            f"DiT trained {training['dit']['steps']} steps, UNet "
+            f"{training['unet']['steps'] if 'unet' in training else 0} steps (the quick preset trains 4000: these models are far from converged "
+            "unless the mode is full). "
+        )
     lines = [
         f"Mode **{results['mode']}**: {cfg['trajectories']} trajectories of {cfg['chain_steps']} DDIM steps per model, "
         f"{results['image_shape'][0]}x{results['image_shape'][1]} crops, {results['num_patches']} patches of "
-        f"{results['patch_size']}x{results['patch_size']}; DiT trained {training['dit']['steps']} steps, UNet "
-        f"{training['unet']['steps'] if 'unet' in training else 0} steps (the quick preset trains 4000: these models are far from converged "
-        "unless the mode is full). Fraction of sample values outside the data range [-1, 1]: "
+        f"{results['patch_size']}x{results['patch_size']}; "
+        + models_line
+        + "Fraction of sample values outside the data range [-1, 1]: "
         + ", ".join(
             f"{_label(n)} {training[n]['fraction_outside_data_range']:.2f}" for n in ("dit", "unet") if n in training
         )
@@ -378,7 +458,14 @@ def _markdown(results: dict[str, Any], analyses: dict[str, ModelAnalysis]) -> st
     ]
     reference = "dit_mu0" if "dit_mu0" in analyses else "dit"
     rows = []
-    for name in [reference] + [n for n in analyses if n.startswith("dit_mu") and n != "dit_mu0"]:
+    regularised = [n for n in analyses if n.startswith("dit_mu") and n != "dit_mu0"]
+    if not regularised:
+        lines[-2] = (
+            "**Beyond the paper (a): the PIFS regulariser**: not run. No model trained with the regulariser is "
+            "shipped; `pifs-jax reproduce --only two_regimes --retrain` trains the DiT with mu in "
+            f"{{{', '.join(f'{mu:g}' for mu in MU_VALUES)}}} beside mu = 0 and compares them. The shipped DiT:"
+        )
+    for name in [reference, *regularised]:
         m, tr = results["models"][name], training[name]
         rows.append(
             [
@@ -426,14 +513,23 @@ def _markdown(results: dict[str, Any], analyses: dict[str, ModelAnalysis]) -> st
         + ". Per-model tables, figures and intervals: "
         f"`{NAME}/<model>/analysis.md`.",
         "",
-        "Runs cached in `two_regimes/runs/` (a second reproduction loads them); training seconds are those "
-        "of the run as trained (compilation included; the machine may have been loaded).",
+        (
+            "Runs cached in `two_regimes/runs/` (a second reproduction loads them); training seconds are those "
+            "of the run as trained (compilation included; the machine may have been loaded)."
+            if results["source"] == "trained"
+            else "Training seconds and sample quality are those on the shipped models' cards (measured when they "
+            "were trained)."
+        ),
     ]
     return "\n".join(lines)
 
 
-def run(out_dir: Path, *, quick: bool = False, full: bool = False) -> dict[str, Any]:
-    """Train (or load the cached runs), analyse, write the results and figures, and return the report section.
+def run(out_dir: Path, *, quick: bool = False, full: bool = False, retrain: bool = False) -> dict[str, Any]:
+    """Analyse the shipped models (or train / load the cached runs), write the results and figures, return the report section.
+
+    The shipped models of the mode (:data:`SHIPPED`) are analysed when they all exist, unless
+    ``retrain`` (train from scratch, the runs cached under ``<out>/two_regimes/runs/``) or
+    ``full`` (always trains). The section's ``"weights"`` lists the shipped weights used.
 
     ``quick``: a few training steps on 8x8 digits (2x2 patches), no UNet, 2 trajectories of 3 steps (the
     experiment's code path, for the tests; the numbers mean nothing).
@@ -441,7 +537,7 @@ def run(out_dir: Path, *, quick: bool = False, full: bool = False) -> dict[str, 
     32x32 models, 8x8 patches, 20000 steps).
     """
     out = Path(out_dir) / NAME
-    results, analyses = compute(out, quick=quick, full=full)
+    results, analyses = compute(out, quick=quick, full=full, retrain=retrain)
     figures = _figures(out, analyses)
     write_result_json(
         out / f"{NAME}.json",
@@ -450,6 +546,9 @@ def run(out_dir: Path, *, quick: bool = False, full: bool = False) -> dict[str, 
             "experiment": NAME,
             "quick": quick,
             "full": full,
+            "retrain": retrain,
+            "source": results["source"],
+            "weights": results["weights"],
             "mu_values": results["mu_values"],
             **results["settings"],
         },
@@ -464,6 +563,7 @@ def run(out_dir: Path, *, quick: bool = False, full: bool = False) -> dict[str, 
         "figures": figures,
         "summary": "claims holding: " + ", ".join(f"{_label(n)} {k}/{total}" for n, k in holds.items()),
         "results": results,
+        "weights": results["weights"],
     }
 
 

@@ -15,11 +15,15 @@ is installed as the package ``pifs_jax.experiments`` (see :func:`default_experim
     beside ours (:func:`markdown_table` helps);
   - ``"figures"`` (optional): image paths relative to ``out_dir`` (``"schedule_geometry/lstar.png"``),
     embedded by the runner below the section;
-  - ``"summary"`` (optional): one line for the report's overview table.
+  - ``"summary"`` (optional): one line for the report's overview table;
+  - ``"weights"`` (optional): the shipped trained models the experiment analysed, a list of
+    ``{"name", "sha256"}`` (:mod:`pifs_jax.models.pretrained`), listed in the report's header.
 
   ``quick=True`` asks for a reduced run (smaller grids, fewer seeds) that still exercises every
   code path; it is what the test suite uses. An experiment with a long form (longer training,
   more trajectories) also takes ``full=False``; ``pifs-jax reproduce --full`` passes ``full=True``.
+  An experiment that analyses the shipped trained models when they exist also takes
+  ``retrain=False``; ``pifs-jax reproduce --retrain`` passes ``retrain=True`` (train from scratch).
 
 :func:`run_reproduction` imports and runs each experiment in turn (sorted by file name; an
 experiment that raises, or fails to import, is recorded as FAILED with its traceback and the
@@ -260,6 +264,8 @@ class ExperimentOutcome(NamedTuple):
     summary: str
     error: str | None
     """The formatted traceback when the experiment failed."""
+    weights: tuple[dict[str, str], ...] = ()
+    """The shipped models it analysed (``{"name", "sha256"}``), from its ``"weights"``."""
 
 
 class ReproductionReport(NamedTuple):
@@ -282,7 +288,12 @@ class ReproductionReport(NamedTuple):
 
 
 def run_experiment(
-    path: str | os.PathLike, out_dir: str | os.PathLike, *, quick: bool = False, full: bool = False
+    path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    quick: bool = False,
+    full: bool = False,
+    retrain: bool = False,
 ) -> ExperimentOutcome:
     """Import and run one experiment; never raises for an experiment's own failure.
 
@@ -293,6 +304,8 @@ def run_experiment(
       full: the long run, passed as ``run(out_dir, quick=..., full=True)`` to the experiments whose
         ``run`` takes a ``full`` argument (those with a longer form, e.g. training); the others run
         as usual.
+      retrain: passed as ``retrain=True`` to the experiments whose ``run`` takes it (those that
+        analyse the shipped trained models by default): train from scratch instead.
 
     Returns:
       :class:`ExperimentOutcome` (``ok=False`` and the traceback in ``error`` if it raised).
@@ -305,13 +318,16 @@ def run_experiment(
         module = load_experiment(path)
         title = str(module.TITLE)
         with _on_sys_path(path.parent):
-            result = module.run(out_dir, quick=quick, **({"full": True} if full and accepts_full(module.run) else {}))
+            options = {"full": full, "retrain": retrain}
+            extra = {name: True for name, on in options.items() if on and accepts_option(module.run, name)}
+            result = module.run(out_dir, quick=quick, **extra)
         if not isinstance(result, dict) or not isinstance(result.get("markdown"), str):
             raise TypeError(
                 f"run() of {name!r} must return a dict with a 'markdown' string, got {type(result).__name__}"
                 + (f" with keys {sorted(result)}" if isinstance(result, dict) else "")
             )
         figures = tuple(str(f) for f in result.get("figures", ()))
+        weights = tuple({"name": str(w["name"]), "sha256": str(w["sha256"])} for w in result.get("weights", ()))
         return ExperimentOutcome(
             name,
             title,
@@ -321,6 +337,7 @@ def run_experiment(
             figures,
             str(result.get("summary", "")),
             None,
+            weights,
         )
     except Exception:
         return ExperimentOutcome(name, title, False, time.perf_counter() - start, "", (), "", traceback.format_exc())
@@ -328,14 +345,19 @@ def run_experiment(
 
 def accepts_full(run: Callable[..., Any]) -> bool:
     """Whether an experiment's ``run`` has a long form (a ``full`` keyword argument)."""
-    return "full" in inspect.signature(run).parameters
+    return accepts_option(run, "full")
+
+
+def accepts_option(run: Callable[..., Any], name: str) -> bool:
+    """Whether an experiment's ``run`` takes the keyword argument ``name`` (``"full"``, ``"retrain"``)."""
+    return name in inspect.signature(run).parameters
 
 
 def experiment_main(name: str, doc: str | None, run: Any, *, quick_help: str, argv: list[str] | None = None) -> int:
-    """Command line of one experiment script: ``python experiments/<name>.py [--out DIR] [--quick] [--full]``.
+    """Command line of one experiment script: ``python experiments/<name>.py [--out DIR] [--quick] [--full] [--retrain]``.
 
-    Parses ``argv``, calls ``run(Path(out), quick=quick)`` (with ``full=True`` for ``--full``, offered
-    when ``run`` takes it: :func:`accepts_full`) while holding ``OUT/<name>`` as a
+    Parses ``argv``, calls ``run(Path(out), quick=quick)`` (with ``full=True`` for ``--full`` and
+    ``retrain=True`` for ``--retrain``, each offered when ``run`` takes it: :func:`accepts_option`) while holding ``OUT/<name>`` as a
     :class:`~pifs_jax.run_folder.RunFolder` (its lock and in-progress marker; a second run on the same
     folder is refused by name), and prints the section's markdown.
     Every experiment's ``main`` is this call, so the scripts share one interface with
@@ -348,10 +370,16 @@ def experiment_main(name: str, doc: str | None, run: Any, *, quick_help: str, ar
     parser.add_argument("--quick", action="store_true", help=quick_help)
     if accepts_full(run):
         parser.add_argument("--full", action="store_true", help="the long run (longer training, more trajectories)")
+    if accepts_option(run, "retrain"):
+        parser.add_argument(
+            "--retrain", action="store_true", help="train the models from scratch instead of using the shipped ones"
+        )
     args = parser.parse_args(argv)
     extra = {"full": True} if getattr(args, "full", False) else {}
     if extra and args.quick:
         parser.error("--quick and --full exclude each other")
+    if getattr(args, "retrain", False):
+        extra["retrain"] = True
     # the experiment's folder is held as reproduce holds the report's: a second run on it is refused
     with RunFolder(
         Path(args.out) / name,
@@ -394,10 +422,12 @@ def _render_report(
     seconds: float,
     quick: bool,
     full: bool = False,
+    retrain: bool = False,
     only: Sequence[str] | None,
     command: str | None,
 ) -> str:
     failed = [o for o in outcomes if not o.ok]
+    weights = {w["name"]: w["sha256"] for o in outcomes for w in o.weights}
     lines = [
         "# pifs_jax reproduction report",
         "",
@@ -409,6 +439,14 @@ def _render_report(
         + (f" (selected with --only: {', '.join(only)})" if only else "")
         + f", {len(outcomes) - len(failed)} succeeded, {len(failed)} FAILED",
     ]
+    lines.append(
+        "- Trained models: "
+        + (
+            "shipped weights " + ", ".join(f"`{name}` (sha256 `{digest}`)" for name, digest in weights.items())
+            if weights
+            else ("trained from scratch (--retrain)" if retrain else "no shipped weights used")
+        )
+    )
     if command:
         lines.append(f"- Command: `{command}`")
     lines += ["", "## Environment", "", _environment_markdown(env), ""]
@@ -495,6 +533,7 @@ def run_reproduction(
     quick: bool = False,
     *,
     full: bool = False,
+    retrain: bool = False,
     experiments_dir: str | os.PathLike | None = None,
     progress: bool = True,
     command: str | None = None,
@@ -507,6 +546,8 @@ def run_reproduction(
       quick: reduced runs (what the tests use).
       full: the long runs of the experiments that have one (:func:`run_experiment`); not with
         ``quick``.
+      retrain: train from scratch in the experiments that analyse the shipped trained models by
+        default (:func:`run_experiment`); the report names the shipped weights used otherwise.
       experiments_dir: where the experiment scripts live (default: :func:`default_experiments_dir`,
         the bundled ``pifs_jax.experiments``, i.e. the repository's ``experiments/``).
       progress: show a tqdm progress bar on stderr.
@@ -554,7 +595,7 @@ def run_reproduction(
             for i, (name, path) in enumerate(bar):
                 bar.set_postfix_str(name)
                 atomic_write_text(marker, _incomplete_marker_text(started, command, names[:i], name, names[i + 1 :]))
-                outcome = run_experiment(path, out_dir, quick=quick, full=full)
+                outcome = run_experiment(path, out_dir, quick=quick, full=full, retrain=retrain)
                 if not outcome.ok:
                     bar.write(f"FAILED: {name}\n{outcome.error}")
                 outcomes.append(outcome)
@@ -563,7 +604,15 @@ def run_reproduction(
         seconds = time.perf_counter() - start
         env = environment_metadata()
         text = _render_report(
-            outcomes, env=env, started=started, seconds=seconds, quick=quick, full=full, only=only, command=command
+            outcomes,
+            env=env,
+            started=started,
+            seconds=seconds,
+            quick=quick,
+            full=full,
+            retrain=retrain,
+            only=only,
+            command=command,
         )
         json_path = write_result_json(
             out_dir / _JSON_NAME,
@@ -577,6 +626,7 @@ def run_reproduction(
                         "figures": list(o.figures),
                         "summary": o.summary,
                         "error": o.error,
+                        "weights": list(o.weights),
                     }
                     for o in outcomes
                 ],
@@ -588,6 +638,7 @@ def run_reproduction(
                 "only": list(only) if only else None,
                 "quick": quick,
                 "full": full,
+                "retrain": retrain,
                 "experiments_dir": str(experiments_dir) if experiments_dir else str(default_experiments_dir()),
                 "command": command,
             },

@@ -107,7 +107,7 @@ def test_bad_inputs_are_named(tiny_run, tmp_path, capsys):
 
 def test_run_or_diffusers_exactly_one(tmp_path, capsys):
     assert cli.main(["analyze", "--out", str(tmp_path / "x")]) == 2
-    assert "one of the arguments --run --diffusers is required" in _error(capsys)
+    assert "one of the arguments --run --pretrained --diffusers is required" in _error(capsys)
     assert cli.main(["analyze", "--run", "a", "--diffusers", "b", "--out", str(tmp_path / "x")]) == 2
     assert "not allowed with" in _error(capsys)
 

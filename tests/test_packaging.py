@@ -1,8 +1,8 @@
 """Packaging: what a non-editable install ships and whether it runs on its own.
 
 The wheel must hold every package under ``pifs_jax/``, the experiment scripts (the repository's
-top-level ``experiments/`` folder, installed as ``pifs_jax.experiments``), the bundled data files
-and the ``py.typed`` marker; an installed copy, run from an unrelated folder, must find every
+top-level ``experiments/`` folder, installed as ``pifs_jax.experiments``), the bundled data files,
+the shipped trained models (``pifs_jax/pretrained/``: weights and cards) and the ``py.typed`` marker; an installed copy, run from an unrelated folder, must find every
 experiment without being told where they are.
 """
 
@@ -26,6 +26,10 @@ ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
 EXPERIMENT_NAMES = sorted(p.stem for p in (ROOT / "experiments").glob("*.py") if not p.name.startswith("_"))
 DATA_FILES = sorted(p.name for p in (ROOT / "pifs_jax" / "data_files").glob("*.json"))
+#: The shipped trained models (weights and cards, pifs_jax.models.pretrained).
+SHIPPED_FILES = sorted(
+    p.name for p in (ROOT / "pifs_jax" / "pretrained").glob("*") if p.suffix in (".safetensors", ".json")
+)
 #: What setuptools needs to build the wheel (pyproject's readme and license-files included).
 BUILD_INPUTS = ("pyproject.toml", "README.md", "LICENSE", "pifs_jax", "experiments")
 
@@ -112,6 +116,7 @@ def test_wheel_ships_experiments_data_and_marker(wheel):
     missing = [f"pifs_jax/experiments/{name}.py" for name in EXPERIMENT_NAMES]
     missing += ["pifs_jax/experiments/__init__.py", "pifs_jax/py.typed"]
     missing += [f"pifs_jax/data_files/{name}" for name in DATA_FILES]
+    missing += [f"pifs_jax/pretrained/{name}" for name in SHIPPED_FILES]
     missing += [f"{package.replace('.', '/')}/__init__.py" for package in source_packages()]
     assert [name for name in missing if name not in names] == []
     assert any(name.endswith(".dist-info/licenses/LICENSE") for name in names)

@@ -1,4 +1,4 @@
-"""The two_regimes experiment (quick mode: 8x8 digits, a few training steps): its contract, its
+"""The two_regimes experiment (quick mode, retrain: 8x8 digits, a few training steps): its contract, its
 files, and its run cache (a finished run of the same configuration is loaded, another retrained)."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 def experiment(tmp_path_factory):
     module = reproduce.load_experiment(reproduce.discover_experiments()["two_regimes"])
     out = tmp_path_factory.mktemp("results")
-    return module, module.run(out, quick=True), out
+    return module, module.run(out, quick=True, retrain=True), out  # the training path (not the shipped model)
 
 
 def test_every_model_is_analysed_and_judged(experiment):

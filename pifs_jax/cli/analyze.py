@@ -1,4 +1,4 @@
-"""``pifs-jax analyze``: the paper's trained-model claims, tested on a trained run or a diffusers UNet.
+"""``pifs-jax analyze``: the paper's trained-model claims, tested on a trained run, a shipped model or a diffusers UNet.
 
 The work is :func:`pifs_jax.analysis.report.analyze_model` and
 :func:`~pifs_jax.analysis.report.write_analysis`; this module declares the options, loads the
@@ -29,6 +29,9 @@ docs/theory.md section 11. Writes to --out:
 
 EPILOG = """\
 examples:
+  # a model shipped with the package (its own training crops give the baseline)
+  pifs-jax analyze --pretrained dit-digits --samples 8 --out out/digits_analysis
+
   # a run of 'pifs-jax train' (its own training crops give the Gaussian baseline)
   pifs-jax analyze --run out/dit16 --samples 16 --steps 50 --out out/dit16_analysis
 
@@ -51,6 +54,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--run", type=Path, default=None, metavar="DIR", help="a 'pifs-jax train' output folder")
     source.add_argument(
+        "--pretrained",
+        default=None,
+        metavar="NAME",
+        help="a model shipped with the package (pifs_jax.models.pretrained.list_pretrained())",
+    )
+    source.add_argument(
         "--diffusers",
         type=Path,
         default=None,
@@ -61,8 +70,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--data",
         choices=tuple(DATASETS),
         default=None,
-        help="images for the Gaussian baseline and the patch variances (default: the run's own "
-        "training data; for --diffusers the bundled data set of the model's image shape)",
+        help="images for the Gaussian baseline and the patch variances (default: the run's or the "
+        "shipped model's own training data; for --diffusers the bundled data set of the model's image shape)",
     )
     parser.add_argument(
         "--num-data",
@@ -85,7 +94,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=positive_int,
         default=None,
         metavar="P",
-        help="PIFS patch side (default: the run's; image side / 4 for --diffusers)",
+        help="PIFS patch side (default: the run's or shipped model's; image side / 4 for --diffusers)",
     )
     parser.add_argument("--method", choices=METHODS, default="auto", help="block-norm estimator (default: auto)")
     parser.add_argument(
@@ -97,10 +106,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _from_run(args: argparse.Namespace) -> dict[str, Any]:
-    from pifs_jax.analysis.report import attention_fn_if_any
-    from pifs_jax.data import load_dataset
-    from pifs_jax.models.training import load_run, load_train_test
-    from pifs_jax.schedules import named_schedule
+    from pifs_jax.models.training import load_run
 
     if not args.run.is_dir():
         raise UsageError("--run", f"{str(args.run)!r} is not a folder")
@@ -109,21 +115,54 @@ def _from_run(args: argparse.Namespace) -> dict[str, Any]:
     except ValueError as exc:
         raise UsageError("--run", getattr(exc, "detail", str(exc))) from None
     config = run.config
+    return {
+        **_trained_model(args, config, run.module, run.state.ema_params),
+        "title": f"{config.model} ({config.size}) trained on {config.data}, {config.steps} steps, mu = {config.mu}",
+        "source": {"run": str(args.run), "train_config": config.to_dict()},
+    }
+
+
+def _trained_model(args: argparse.Namespace, config: Any, module: Any, params: Any) -> dict[str, Any]:
+    """eps_fn, schedule, baseline images, patch size and attention of a model trained with ``config``."""
+    from pifs_jax.analysis.report import attention_fn_if_any
+    from pifs_jax.data import load_dataset
+    from pifs_jax.models import as_eps_fn
+    from pifs_jax.models.training import load_train_test
+    from pifs_jax.schedules import named_schedule
+
     if args.data in (None, config.data):
         images = load_train_test(config)[0]
     else:
         import jax
 
         images = load_dataset(args.data, jax.random.PRNGKey(config.data_seed), args.num_data)
-    params = run.state.ema_params
     return {
-        "eps_fn": run.eps_fn,
+        "eps_fn": as_eps_fn(module, params),
         "sched": named_schedule(config.schedule, config.T),
         "images": images,
         "patch_size": args.patch_size or config.patch_size,
-        "attention_fn": attention_fn_if_any(run.module, params, tuple(images.shape[1:])),
-        "title": f"{config.model} ({config.size}) trained on {config.data}, {config.steps} steps, mu = {config.mu}",
-        "source": {"run": str(args.run), "train_config": config.to_dict()},
+        "attention_fn": attention_fn_if_any(module, params, tuple(images.shape[1:])),
+    }
+
+
+def _from_pretrained(args: argparse.Namespace) -> dict[str, Any]:
+    from pifs_jax.models.pretrained import pretrained
+
+    try:
+        loaded = pretrained(args.pretrained)
+    except ValueError as exc:
+        raise UsageError("--pretrained", getattr(exc, "detail", str(exc))) from None
+    config = loaded.config
+    return {
+        **_trained_model(args, config, loaded.module, loaded.params),
+        "title": f"shipped model {loaded.name}: {config.model} trained on {config.data}, {config.steps} steps",
+        "source": {
+            "pretrained": loaded.name,
+            "weights_file": str(loaded.weights_file),
+            "weights_sha256": loaded.sha256,
+            "fingerprint": loaded.fingerprint,
+            "train_config": config.to_dict(),
+        },
     }
 
 
@@ -173,7 +212,12 @@ def run(args: argparse.Namespace) -> int:
     from pifs_jax.run_folder import RunFolder
     from pifs_jax.samplers import named_sampler
 
-    model = _from_run(args) if args.run is not None else _from_diffusers(args)
+    if args.run is not None:
+        model = _from_run(args)
+    elif args.pretrained is not None:
+        model = _from_pretrained(args)
+    else:
+        model = _from_diffusers(args)
     # held for the whole analysis: a second command on --out is refused at once, not at the end
     with RunFolder(args.out, "overwrite", results=ANALYSIS_FILES, command=command_line(args.argv)) as folder:
         result = analyze_model(  # the library checks --samples, --steps, --patch-size (main names them)
@@ -207,7 +251,7 @@ def run(args: argparse.Namespace) -> int:
 
 SUBCOMMAND = Subcommand(
     name="analyze",
-    help="test the paper's trained-model claims on a trained run or a diffusers UNet",
+    help="test the paper's trained-model claims on a trained run, a shipped model or a diffusers UNet",
     description=DESCRIPTION,
     epilog=EPILOG,
     add_arguments=add_arguments,

@@ -19,7 +19,9 @@ Run the experiment scripts in the repository's experiments/ folder and write the
 reproduction report OUT/REPORT.md (paper values beside ours, figures, environment, timing)
 plus OUT/reproduction.json. Each experiment writes its JSON and figures to OUT/NAME/.
 An experiment that fails is reported as FAILED; the others still run, and the command
-exits with status 1."""
+exits with status 1. Experiments about trained models analyse the models shipped with the
+package when they exist (training nothing; the report names the weights and their sha256);
+--retrain trains them from scratch instead (runs cached in OUT/NAME/runs/)."""
 
 EPILOG = """\
 examples:
@@ -28,6 +30,9 @@ examples:
 
   # one experiment, reduced grids (what the test suite runs)
   pifs-jax reproduce --only schedule_geometry --quick --out /tmp/results
+
+  # train the models from scratch instead of analysing the shipped ones
+  pifs-jax reproduce --only two_regimes --retrain
 
   # experiments from another folder
   pifs-jax reproduce --experiments-dir my_experiments --out my_results
@@ -63,6 +68,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--full",
         action="store_true",
         help="the long runs of the experiments that have one (longer training, more trajectories; meant for a GPU)",
+    )
+    parser.add_argument(
+        "--retrain",
+        action="store_true",
+        help="train the models of the trained-model experiments from scratch (cached in OUT/NAME/runs/) "
+        "instead of analysing the shipped ones (--full always trains)",
     )
     parser.add_argument(
         "--experiments-dir",
@@ -125,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
             args.only,
             args.quick,
             full=args.full,
+            retrain=args.retrain,
             experiments_dir=args.experiments_dir,
             progress=not args.no_progress,
             command=command_line(args.argv),

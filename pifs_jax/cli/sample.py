@@ -1,6 +1,6 @@
-"""``pifs-jax sample``: DDIM samples of a pretrained diffusers ``UNet2DModel`` (e.g. google/ddpm-cifar10-32).
+"""``pifs-jax sample``: DDIM samples of a shipped model or a pretrained diffusers ``UNet2DModel``.
 
-The work is :func:`pifs_jax.models.load_diffusers_unet` and
+The work is :func:`pifs_jax.models.pretrained.pretrained` or :func:`pifs_jax.models.load_diffusers_unet` and
 :func:`pifs_jax.models.training.sample_in_chunks`; this module declares the options, writes the
 files and prints the summary. Nothing heavy is imported at module level.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Any
 
 from pifs_jax.cli.common import (
     Subcommand,
@@ -22,22 +23,29 @@ from pifs_jax.cli.common import (
 )
 
 DESCRIPTION = """\
-Draw samples from a pretrained diffusers UNet2DModel (a google/ddpm-* pipeline folder or a bare
-model folder, read without PyTorch) with a deterministic sampler of this package (--sampler; default
-the DDIM chain, eta = 0):
+Draw samples from a model shipped with the package (--pretrained NAME; 'python -c "from
+pifs_jax.models.pretrained import list_pretrained; print(list_pretrained())"' lists them) or a
+pretrained diffusers UNet2DModel (--diffusers: a google/ddpm-* pipeline folder or a bare model
+folder, read without PyTorch) with a deterministic sampler of this package (--sampler; default the
+DDIM chain, eta = 0):
 
   x_s = a_t x_t + b_t epshat(x_t, t),  a_t = sqrt(alpha_bar_s / alpha_bar_t),  b_t = sigma_s - a_t sigma_t
 
 or DPM-Solver++(2M) (dpmpp2m) or EDM's Heun sampler (heun)
 on the grid diffusers' DDIMScheduler walks for the folder's scheduler config (timestep_spacing,
-steps_offset), ending on clean data. x_T ~ N(0, I) from --seed. Writes to --out:
+steps_offset), ending on clean data; for a shipped model the uniform grid of its training schedule
+(the one its own samples were drawn on). x_T ~ N(0, I) from --seed. Writes to --out:
   samples.png   the samples as one grid (clipped to [-1, 1] for display only)
   samples.npz   samples (N, H, W, C) float32 as drawn (not clipped), x_T, grid (this package's
                 timesteps; diffusers' are grid - 1), seed
-  sample.json   the command line, the model folder, the grid, the sampling time"""
+  sample.json   the command line, the model (folder, or shipped name and weights sha256), the
+                grid, the sampling time"""
 
 EPILOG = """\
 examples:
+  # 16 samples of the shipped DiT on 8x8 digits
+  pifs-jax sample --pretrained dit-digits --steps 50 --num 16 --out out/digits_samples
+
   # 16 samples of google/ddpm-cifar10-32 (a downloaded pipeline folder) in 50 DDIM steps
   pifs-jax sample --diffusers ddpm-cifar10-32 --steps 50 --num 16 --out out/cifar_samples
 
@@ -45,7 +53,8 @@ examples:
   pifs-jax sample --diffusers ddpm-cifar10-32/unet --steps 20 --num 64 --seed 3 --out out/s3
 
 notes:
-  The folder must hold a scheduler config (pipeline: scheduler/scheduler_config.json; model
+  A shipped model's weight file is checked against the sha256 on its card before use. With
+  --diffusers, the folder must hold a scheduler config (pipeline: scheduler/scheduler_config.json; model
   folder: scheduler_config.json beside config.json) of the DDPM family with prediction_type
   epsilon. A .bin weight file needs PyTorch; a .safetensors file does not. Samples are drawn
   --batch-size at a time with one compiled chain."""
@@ -58,9 +67,16 @@ RESULT_FILES = ("samples.png", "samples.npz", "sample.json")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from pifs_jax.samplers import SAMPLER_NAMES
 
-    parser.add_argument(
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--pretrained",
+        default=None,
+        metavar="NAME",
+        help="a model shipped with the package (pifs_jax.models.pretrained.list_pretrained())",
+    )
+    source.add_argument(
         "--diffusers",
-        required=True,
+        default=None,
         metavar="PATH",
         help="a diffusers pipeline folder (model_index.json, unet/, scheduler/) or a UNet2DModel folder",
     )
@@ -86,18 +102,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import io
+    from pifs_jax.models import load_diffusers_unet
 
-    import jax
-    import numpy as np
-
-    from pifs_jax.models import as_eps_fn, load_diffusers_unet
-    from pifs_jax.models.quality import save_image_grid
-    from pifs_jax.models.training import sample_in_chunks
-    from pifs_jax.results import atomic_write_bytes, write_result_json
-    from pifs_jax.run_folder import RunFolder
-    from pifs_jax.samplers import named_sampler
-
+    if args.pretrained is not None:
+        return _run(args, *_shipped(args))
     path = Path(args.diffusers).expanduser()
     try:
         loaded = load_diffusers_unet(path)
@@ -116,6 +124,50 @@ def run(args: argparse.Namespace) -> int:
             argument = getattr(exc, "argument", None)
             error = UsageError("--diffusers", getattr(exc, "detail", str(exc)) if argument == "path" else str(exc))
         raise error from None
+    source = {"model": str(path.resolve()), "weights_file": str(loaded.weights_file)}
+    return _run(
+        args, loaded, grid, source, str(path), extra={"diffusers_timesteps": [int(t) - 1 for t in grid[1:]][::-1]}
+    )
+
+
+def _shipped(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any], str]:
+    """--pretrained NAME: the loaded model, its grid, what sample.json records, the name shown."""
+    from pifs_jax.models.pretrained import pretrained
+
+    try:
+        loaded = pretrained(args.pretrained)
+        grid = loaded.sampling_grid(args.steps)
+    except ValueError as exc:
+        error = usage_error_for(exc, {"steps": "--steps", "num_steps": "--steps"}, default="--pretrained")
+        assert error is not None  # a default is given
+        if getattr(exc, "argument", None) == "name":
+            error = UsageError("--pretrained", getattr(exc, "detail", str(exc)))
+        raise error from None
+    source = {
+        "pretrained": loaded.name,
+        "weights_file": str(loaded.weights_file),
+        "weights_sha256": loaded.sha256,
+        "fingerprint": loaded.fingerprint,
+    }
+    return loaded, grid, source, f"shipped model {loaded.name}"
+
+
+def _run(
+    args: argparse.Namespace, loaded: Any, grid: Any, source: dict[str, Any], shown: str, extra: dict | None = None
+) -> int:
+    """Draw the samples of ``loaded`` on ``grid`` and write the result files into --out."""
+    import io
+
+    import jax
+    import numpy as np
+
+    from pifs_jax.models import as_eps_fn
+    from pifs_jax.models.quality import save_image_grid
+    from pifs_jax.models.training import sample_in_chunks
+    from pifs_jax.results import atomic_write_bytes, write_result_json
+    from pifs_jax.run_folder import RunFolder
+    from pifs_jax.samplers import named_sampler
+
     out = Path(args.out)
     with RunFolder(
         out, "overwrite", results=RESULT_FILES, command=command_line(getattr(args, "argv", []) or [])
@@ -146,11 +198,10 @@ def run(args: argparse.Namespace) -> int:
             write_result_json(
                 stage / "sample.json",
                 {
-                    "model": str(path.resolve()),
-                    "weights_file": str(loaded.weights_file),
+                    **source,
                     "image_shape": list(loaded.image_shape),
                     "grid": [int(t) for t in grid],
-                    "diffusers_timesteps": [int(t) - 1 for t in grid[1:]][::-1],
+                    **(extra or {}),
                     "num": args.num,
                     "sampling_seconds": seconds,
                     "value_range": [float(v) if np.isfinite(v) else None for v in (samples.min(), samples.max())],
@@ -165,8 +216,8 @@ def run(args: argparse.Namespace) -> int:
                 seed=args.seed,
             )
     print(
-        f"{args.num} samples of {path} ({loaded.image_shape[0]}x{loaded.image_shape[1]}x{loaded.image_shape[2]}), "
-        f"{args.steps} DDIM steps, in {seconds:.1f} s -> {out}/samples.png, samples.npz "
+        f"{args.num} samples of {shown} ({loaded.image_shape[0]}x{loaded.image_shape[1]}x{loaded.image_shape[2]}), "
+        f"{args.steps} {args.sampler} steps, in {seconds:.1f} s -> {out}/samples.png, samples.npz "
         f"(values in [{samples.min():.3g}, {samples.max():.3g}])"
     )
     return 0
@@ -174,7 +225,7 @@ def run(args: argparse.Namespace) -> int:
 
 SUBCOMMAND = Subcommand(
     name="sample",
-    help="DDIM samples of a pretrained diffusers UNet2DModel (google/ddpm-*), read without PyTorch",
+    help="DDIM samples of a shipped model or a pretrained diffusers UNet2DModel (google/ddpm-*, read without PyTorch)",
     description=DESCRIPTION,
     epilog=EPILOG,
     add_arguments=add_arguments,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from pifs_jax.cli.common import (
@@ -63,6 +64,9 @@ examples:
   # the collage weighting with the PIFS regulariser on cross-patch Jacobian blocks
   pifs-jax train --model dit --weighting collage --mu 0.01 --out out/dit16_pifs
 
+  # a named recipe, exactly (what the shipped models were trained with; --out defaults to out/NAME)
+  pifs-jax train --recipe dit-digits
+
   # any TrainConfig field: a tiny run on 8x8 digits
   pifs-jax train --data digits --set steps=20 --set num_train=64 --set num_samples=16 --out out/tiny
 
@@ -100,6 +104,9 @@ notes:
   summation order of the batch reductions (float32 rounding); the checkpoint is the same file,
   and a run may be resumed on another number of devices. With --coordinator every process
   runs the same command (same --out, on a shared file system) and only process 0 writes.
+  --recipe NAME trains the recipe of pifs_jax.models.training.recipes exactly: options that
+  would change it (model, data, optimisation, --preset, --set of such a field) are refused,
+  so its fingerprint is the recipe's and 'export_pretrained(run_dir, NAME)' accepts the run.
   --preset replaces --config (in 'pifs-jax geometry' --config is a file); --config still
   works, with a note on stderr."""
 
@@ -109,13 +116,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from pifs_jax.data import DATASETS
     from pifs_jax.models import MODEL_NAMES
     from pifs_jax.models.training import PRESETS, WEIGHTINGS
+    from pifs_jax.models.training.recipes import RECIPES
     from pifs_jax.schedules import SCHEDULE_NAMES
 
     what = parser.add_argument_group("model and data")
     what.add_argument(
+        "--recipe",
+        choices=tuple(RECIPES),
+        default=None,
+        help="train exactly this named recipe (pifs_jax.models.training.recipes: data, architecture, "
+        "optimiser, steps, seed); the model, data and optimisation options are then refused, the run "
+        "options (--checkpoint-every, --log-every, --num-samples, --devices) allowed (default: none)",
+    )
+    what.add_argument(
         "--model",
         choices=MODEL_NAMES,
-        default="dit",
+        default=None,
         help="unet (DDPM-style, attention at the middle) or dit (tokens = PIFS patches) (default: dit)",
     )
     what.add_argument(
@@ -202,10 +218,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run = parser.add_argument_group("run")
     run.add_argument(
         "--out",
-        required=True,
         type=output_dir,
+        default=None,
         metavar="DIR",
-        help="output folder (created if missing; checked before any work)",
+        help="output folder (created if missing; checked before any work); required unless --recipe "
+        "(default with --recipe NAME: out/NAME)",
     )
     again = run.add_mutually_exclusive_group()
     again.add_argument(
@@ -342,6 +359,49 @@ def _preset(args: argparse.Namespace) -> str:
     return args.preset or args.deprecated_config or "quick"
 
 
+def _recipe_config(args: argparse.Namespace, assigned: dict[str, tuple[Any, str]]) -> Any:
+    """--recipe NAME: the recipe's TrainConfig with the run-control options given (others refused).
+
+    Raises:
+      UsageError: naming an option that would change the recipe's identity (model, data,
+        optimisation, --preset, a --set of such a field).
+    """
+    import dataclasses
+
+    from pifs_jax.models.training import TrainConfig
+    from pifs_jax.models.training.recipes import recipe
+
+    control = set(TrainConfig.RUN_CONTROL)
+    for option, value in (("--preset", args.preset), ("--config", args.deprecated_config)):
+        if value is not None:
+            raise UsageError(option, f"not with --recipe {args.recipe} (the recipe is the whole configuration)")
+    for field, option in _OPTIONS.items():
+        if field not in control and getattr(args, field) is not None:
+            raise UsageError(
+                option,
+                f"not with --recipe {args.recipe}: it would change the recipe (only "
+                f"{', '.join(_OPTIONS[f] for f in TrainConfig.RUN_CONTROL)} may be given)",
+            )
+    for name, (_, item) in assigned.items():
+        if name not in control:
+            raise UsageError("--set", f"{item}: not with --recipe {args.recipe} (only {', '.join(sorted(control))})")
+    overrides = {field: getattr(args, field) for field in control if getattr(args, field) is not None}
+    overrides.update({name: value for name, (value, _) in assigned.items()})
+    return dataclasses.replace(recipe(args.recipe), **overrides)
+
+
+def _out_folder(args: argparse.Namespace) -> Path:
+    """--out, or out/RECIPE with --recipe (checked like --out); UsageError without either."""
+    if args.out is not None:
+        return args.out
+    if args.recipe is None:
+        raise UsageError("--out", "required (the output folder; optional only with --recipe)")
+    try:
+        return output_dir(f"out/{args.recipe}")
+    except argparse.ArgumentTypeError as exc:
+        raise UsageError("--out", f"the default out/{args.recipe}: {exc}") from None
+
+
 def _start_processes(args: argparse.Namespace) -> None:
     """--coordinator/--num-processes/--process-id: join the multi-process run (before any JAX work)."""
     given = {"--coordinator": args.coordinator, "--num-processes": args.num_processes, "--process-id": args.process_id}
@@ -360,25 +420,35 @@ def _start_processes(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     from pifs_jax.models.training import train, train_config
 
-    preset = _preset(args)
+    out = _out_folder(args)
+    preset = None if args.recipe is not None else _preset(args)
+    overrides = {field: getattr(args, field) for field in _OPTIONS}
+    assigned = parse_assignments(args.assignments, overrides)
+    if args.recipe is not None:
+        _recipe_config(args, assigned)  # refuses identity options before any process starts
     _start_processes(args)
     if args.coordinator is not None and args.devices is None:
         import jax
 
         args.devices = jax.device_count()  # every device of every process
-    overrides = {field: getattr(args, field) for field in _OPTIONS}
-    assigned = parse_assignments(args.assignments, overrides)
+        overrides["devices"] = args.devices
     try:
-        config = train_config(preset, **{**overrides, **{name: value for name, (value, _) in assigned.items()}})
+        if args.recipe is not None:
+            config = _recipe_config(args, assigned)
+        else:
+            config = train_config(
+                preset or "quick", **{**overrides, **{name: value for name, (value, _) in assigned.items()}}
+            )
     except ValueError as exc:
         name = getattr(exc, "argument", None)
         if name in assigned:
             raise UsageError("--set", f"{assigned[name][1]}: {getattr(exc, 'detail', exc)}") from None
         raise  # pifs_jax.cli.main names the option
     # the folder policy (--resume, --overwrite), its lock and staging are the library's (RunFolder)
-    result = train(config, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+    result = train(config, out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+    what = f"recipe {args.recipe}" if args.recipe is not None else str(config.size)
     print(
-        f"trained {config.model} ({config.size}) on {config.data} for {int(result.state.step)} steps "
+        f"trained {config.model} ({what}) on {config.data} for {int(result.state.step)} steps "
         f"in {result.seconds:.1f} s -> {result.out_dir}"
     )
     if result.quality is not None:
