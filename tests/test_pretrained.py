@@ -271,3 +271,22 @@ def test_reproduce_quick_analyses_the_shipped_model_and_names_its_weights(tmp_pa
     assert digest in section["markdown"] and "--retrain" in section["markdown"]
     saved = json.loads((tmp_path / "two_regimes" / "two_regimes.json").read_text())
     assert saved["config"]["weights"] == [{"name": SHIPPED, "sha256": digest}]
+
+
+def test_the_report_names_the_shipped_weights_and_passes_retrain(tmp_path):
+    experiments = tmp_path / "experiments"
+    experiments.mkdir()
+    (experiments / "fake.py").write_text(
+        "NAME = 'fake'\nTITLE = 'a fake'\n"
+        "def run(out_dir, *, quick=False, retrain=False):\n"
+        "    used = [] if retrain else [{'name': 'dit-digits', 'sha256': 'abc123'}]\n"
+        "    return {'markdown': f'retrain={retrain}', 'weights': used}\n"
+    )
+    report = reproduce.run_reproduction(tmp_path / "out", experiments_dir=experiments, progress=False)
+    text = report.report_path.read_text()
+    assert "shipped weights `dit-digits` (sha256 `abc123`)" in text and "retrain=False" in text
+    saved = json.loads(report.json_path.read_text())
+    assert saved["results"]["experiments"][0]["weights"] == [{"name": "dit-digits", "sha256": "abc123"}]
+    report = reproduce.run_reproduction(tmp_path / "out", experiments_dir=experiments, progress=False, retrain=True)
+    text = report.report_path.read_text()
+    assert "trained from scratch (--retrain)" in text and "retrain=True" in text
