@@ -1,0 +1,76 @@
+"""Quality against training steps (pifs_jax.models.training.curve).
+
+A tiny digits DiT trained to 3 then 6 steps in two pieces with a constant learning rate equals,
+parameter for parameter, one 6-step run (nothing in the optimiser depends on the total length);
+the curve is written after every piece and a second call resumes it without retraining.
+"""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from pifs_jax.errors import ArgumentError
+from pifs_jax.models import training as tr
+from pifs_jax.models.training.curve import CURVE_NAME, TARGETS, held_out_noise, training_curve
+
+
+def tiny(**overrides):
+    values = dict(
+        model="dit",
+        size="quick",
+        data="digits",
+        num_train=64,
+        num_test=64,
+        patch_size=2,
+        steps=6,
+        batch_size=8,
+        lr=3e-3,
+        lr_decay="constant",
+        warmup_steps=2,
+        T=100,
+        sample_steps=5,
+        checkpoint_every=3,
+        log_every=3,
+        num_samples=0,
+    )
+    values.update(overrides)
+    return tr.TrainConfig(**values)
+
+
+@pytest.mark.slow
+def test_pieces_equal_one_run_and_the_curve_resumes(tmp_path):
+    points = training_curve(tiny(), tmp_path / "pieces", milestones=[3, 6], num_samples=16)
+    assert [p["step"] for p in points] == [3, 6]
+    for p in points:
+        assert 0.0 <= p["fraction_outside"] <= 1.0 and p["memorisation_ratio"] > 0
+        assert p["fd_ratio"] == pytest.approx(p["fd_patches"] / p["fd_train_crops"])
+        assert p["targets_met"]["fraction_outside"] == (p["fraction_outside"] <= TARGETS["max_fraction_outside"])
+    whole = tr.train(tiny(), tmp_path / "whole", progress=False, evaluate=False)
+    pieces = tr.load_run(tmp_path / "pieces")
+    for a, b in zip(
+        jax.tree_util.tree_leaves(pieces.state.ema_params),
+        jax.tree_util.tree_leaves(whole.state.ema_params),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    document = json.loads((tmp_path / "pieces" / CURVE_NAME).read_text())
+    assert document["config"]["milestones"] == [3, 6] and "environment" in document
+    again = training_curve(tiny(), tmp_path / "pieces", milestones=[3, 6], num_samples=16)  # nothing retrained
+    assert again == document["results"]["points"]
+
+
+def test_milestones_must_increase(tmp_path):
+    for bad in ([], [0, 3], [4, 2], [3, 3]):
+        with pytest.raises(ArgumentError, match="milestones"):
+            training_curve(tiny(), tmp_path, milestones=bad)
+
+
+def test_held_out_noise_differs_from_the_training_evaluation():
+    """The training evaluation draws its x_T from fold_in(PRNGKey(seed), 2**31 - 1); the curve's differ."""
+    ours = held_out_noise(0, 4, (8, 8, 1))
+    training_eval = jax.random.normal(jax.random.fold_in(jax.random.PRNGKey(0), 2**31 - 1), (4, 8, 8, 1))
+    assert ours.shape == (4, 8, 8, 1) and not np.allclose(ours, training_eval)
