@@ -1,8 +1,8 @@
 """Quality against training steps (pifs_jax.models.training.curve).
 
-A tiny digits DiT trained to 3 then 6 steps in two pieces with a constant learning rate equals,
-parameter for parameter, one 6-step run (nothing in the optimiser depends on the total length);
-the curve is written after every piece and a second call resumes it without retraining.
+A tiny digits DiT trained to 3 then 6 steps in two pieces (``stop_at``) equals, parameter for
+parameter, one 6-step run, its cosine learning-rate schedule included; the curve is written after
+every piece and a second call resumes it without retraining.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ def tiny(**overrides):
         steps=6,
         batch_size=8,
         lr=3e-3,
-        lr_decay="constant",
         warmup_steps=2,
         T=100,
         sample_steps=5,
@@ -64,7 +63,7 @@ def test_pieces_equal_one_run_and_the_curve_resumes(tmp_path):
 
 
 def test_milestones_must_increase(tmp_path):
-    for bad in ([], [0, 3], [4, 2], [3, 3]):
+    for bad in ([], [0, 3], [4, 2], [3, 3], [3, 5]):
         with pytest.raises(ArgumentError, match="milestones"):
             training_curve(tiny(), tmp_path, milestones=bad)
 
@@ -74,3 +73,9 @@ def test_held_out_noise_differs_from_the_training_evaluation():
     ours = held_out_noise(0, 4, (8, 8, 1))
     training_eval = jax.random.normal(jax.random.fold_in(jax.random.PRNGKey(0), 2**31 - 1), (4, 8, 8, 1))
     assert ours.shape == (4, 8, 8, 1) and not np.allclose(ours, training_eval)
+
+
+def test_stop_at_is_checked(tmp_path):
+    for bad in (0, 7, 2.5, True):
+        with pytest.raises(ArgumentError, match="stop_at"):
+            tr.train(tiny(), tmp_path / "run", progress=False, evaluate=False, stop_at=bad)

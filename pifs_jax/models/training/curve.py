@@ -1,13 +1,11 @@
 """Quality against training steps: one run trained in resumable pieces and scored after each piece.
 
-:func:`training_curve` trains ``config`` to each of ``milestones`` in turn (the run resumes from
-its checkpoint: a piece is one more call of :func:`~pifs_jax.models.training.trainer.train` with a
-larger ``steps``) and after each piece scores the EMA model with :func:`score_model`. With
-``lr_decay = "constant"`` the pieces are exactly one uninterrupted run (nothing in the optimiser
-depends on the total length), so the curve is the quality of one run along its training. With
-the cosine decay each piece re-plans the learning rate to its own end (docs/guides/training.md),
-which is why the recipes that are measured this way use a constant rate after warm-up and EMA
-weights, as EDM does.
+:func:`training_curve` trains ``config`` (planned for its own ``steps``, the last milestone) up to
+each of ``milestones`` in turn: a piece is one call of
+:func:`~pifs_jax.models.training.trainer.train` with ``stop_at=milestone`` that resumes the
+checkpoint of the previous piece, so the pieces are exactly one uninterrupted run, learning-rate
+schedule included (tested parameter for parameter). After each piece the EMA model is scored with
+:func:`score_model`. A long run can so be trained across sessions, a piece at a time.
 
 :func:`score_model` draws ``num_samples`` samples with the ``sample_steps``-step deterministic
 DDIM chain from **held-out noise seeds** (``x_T`` from ``fold_in(PRNGKey(seed), 2**31 - 2)``,
@@ -141,7 +139,7 @@ def training_curve(
     """Train ``config`` to each milestone in turn and score it there (module docstring).
 
     Args:
-      config: the run's configuration; its ``steps`` is replaced by each milestone.
+      config: the run's configuration; its ``steps`` must be the last milestone.
       out_dir: the run folder (created; resumed when it already holds part of the curve).
       milestones: increasing step counts, the last the run's length.
       num_samples: held-out samples scored at each milestone.
@@ -158,6 +156,10 @@ def training_curve(
     steps = [int(m) for m in milestones]
     if not steps or steps[0] < 1 or any(b <= a for a, b in itertools.pairwise(steps)):
         raise ArgumentError("milestones", f"expected positive, strictly increasing step counts, got {list(milestones)}")
+    if steps[-1] != config.steps:
+        raise ArgumentError(
+            "milestones", f"the last milestone must be the run's steps = {config.steps}, got {steps[-1]}"
+        )
     out = Path(out_dir)
     curve_path = out / CURVE_NAME
     points = _read_curve(curve_path)
@@ -166,10 +168,9 @@ def training_curve(
     for milestone in steps:
         if milestone in done:
             continue
-        piece = dataclasses.replace(config, steps=milestone)
         start = time.perf_counter()
         resume = (out / "checkpoint.msgpack").exists()
-        train(piece, out, resume=resume, model=model, progress=progress, evaluate=False)
+        train(config, out, resume=resume, model=model, progress=progress, evaluate=False, stop_at=milestone)
         seconds = time.perf_counter() - start
         run = load_run(out)
         point = {
@@ -189,7 +190,7 @@ def training_curve(
         write_result_json(
             curve_path,
             {"points": points, "targets": TARGETS},
-            config={"train": dataclasses.asdict(piece), "milestones": steps, "num_samples": num_samples},
+            config={"train": dataclasses.asdict(config), "milestones": steps, "num_samples": num_samples},
             seed=config.seed,
         )
         if on_point is not None:

@@ -351,6 +351,7 @@ def _train(
     callback: Callable[[int, dict[str, float]], None] | None = None,
     model: ModelSpec | tuple[Any, Callable[[jax.Array], Any]] | None = None,
     dataset: tuple[Any, Any] | None = None,
+    stop_at: int | None = None,
     folder: Any = None,
 ) -> TrainResult:
     """Train, checkpoint, log, and (optionally) sample and score the EMA model.
@@ -384,6 +385,10 @@ def _train(
         :func:`~pifs_jax.models.training.load_run` rebuilds it, or ``(module, init_fn(key) ->
         params)``, trained but not recorded (``"model": null``; the run cannot be reloaded).
       dataset: ``(train, test)`` image arrays instead of :func:`pifs_jax.data.load_dataset`.
+      stop_at: train only up to this step (``1 <= stop_at <= steps``) and checkpoint there: one
+        piece of the run, which ``resume=True`` continues exactly (the learning-rate schedule is
+        the run's own, planned for ``steps``). A stopped run is not sampled or scored; its
+        ``loss.png`` is written and :func:`~pifs_jax.models.training.load_run` loads it.
 
     The steps run in :func:`pifs_jax.loop.run_loop`: a ``KeyboardInterrupt`` saves the last
     completed step before it propagates.
@@ -408,6 +413,11 @@ def _train(
     """
     config = config.resolved()
     config = recorded_config(config, model)
+    if stop_at is not None and (
+        isinstance(stop_at, bool) or not isinstance(stop_at, int) or not 1 <= stop_at <= config.steps
+    ):
+        raise ArgumentError("stop_at", f"expected an integer in 1..steps = {config.steps}, got {stop_at!r}")
+    stop = config.steps if stop_at is None else stop_at
     out = Path(out_dir)
     ckpt_path = out / CHECKPOINT_NAME
     check_devices(config.devices)
@@ -474,7 +484,7 @@ def _train(
 
     def log(records: list[tuple[int, dict[str, float]]]) -> None:
         for done, values in records:
-            if done % config.log_every == 0 or done == config.steps:
+            if done % config.log_every == 0 or done in (config.steps, stop):
                 now = time.perf_counter()
                 rate = (done - last["step"]) * config.batch_size / max(now - last["time"], 1e-9)
                 last.update(time=now, step=done)
@@ -487,7 +497,7 @@ def _train(
         lambda s: step_fn(s, data),
         state,
         start=start,
-        stop=config.steps,
+        stop=max(stop, start),
         checkpoint=Checkpointing(ckpt_path, config.checkpoint_every, config.identity()) if writer else None,
         report_every=config.log_every,
         on_report=log if writer else None,
@@ -503,8 +513,9 @@ def _train(
         return TrainResult(state, config, out, seconds, None)
     assert folder is not None  # the writer holds the folder
     with folder.staged() as stage:  # the figure, samples and scores move in together
+        finished = int(state.step) >= config.steps
         quality = _write_results(
-            stage, state, config, module, sched, mesh, train_images, test_images, evaluate, progress
+            stage, state, config, module, sched, mesh, train_images, test_images, evaluate and finished, progress
         )
     return TrainResult(state, config, out, seconds, quality)
 
