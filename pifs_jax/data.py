@@ -87,6 +87,7 @@ __all__ = [
     "GaussianPatchData",
     "MixtureData",
     "PatchStats",
+    "digits_split",
     "gaussian_mixture_data",
     "gaussian_patch_data",
     "load_dataset",
@@ -352,6 +353,27 @@ def _digits_scaled() -> np.ndarray:
     out = (images / 8.0 - 1.0)[..., None]
     out.setflags(write=False)
     return out
+
+
+@functools.cache
+def _digit_targets() -> np.ndarray:
+    from sklearn.datasets import load_digits
+
+    bunch: Any = load_digits()
+    out = np.asarray(bunch.target, np.int64)
+    out.setflags(write=False)
+    return out
+
+
+def digits_split(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+    """A whole digits split in file order, with its labels: ``(images (n, 8, 8, 1) float64, labels (n,) int64)``.
+
+    Train: index ``< DIGITS_TRAIN`` (1437 images); test: the other 360. The images are those of
+    :func:`load_dataset` (``x / 8 - 1``), read-only; the labels are the digits ``0..9``.
+    """
+    split = _check_split(split)
+    part = slice(0, DIGITS_TRAIN) if split == "train" else slice(DIGITS_TRAIN, None)
+    return _digits_scaled()[part], _digit_targets()[part]
 
 
 def load_dataset(name: str, key: jax.Array, n: int, *, split: str = "train", dtype: Any = None) -> jax.Array:

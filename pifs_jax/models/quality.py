@@ -1,6 +1,6 @@
-"""Sample quality for small images: memorisation and a Frechet distance on PIFS patches.
+"""Sample quality for small images: memorisation, a Frechet distance on PIFS patches, in-domain FD and KID.
 
-Two numbers a user can trust at 16x16 and 32x32, where Inception features mean nothing:
+Numbers a user can trust at 16x16 and 32x32, where Inception features mean nothing:
 
 - **Nearest-neighbour distance** (memorisation): for each sample ``x`` the RMS distance to its
   closest training crop, ``d(x) = min_m ||x - x0_m||_2 / sqrt(n)`` (pixels in ``[-1, 1]``).
@@ -19,6 +19,17 @@ Two numbers a user can trust at 16x16 and 32x32, where Inception features mean n
   image cropped by ``p // 2`` on every side, each centred on a corner where four aligned
   patches meet (:func:`straddling_patch_features`). Higher-order structure is left to the
   nearest-neighbour distance and the samples grid.
+
+- **In-domain FD and KID** (:func:`in_domain_scores`): the same Frechet distance, and the
+  kernel inception distance of Binkowski et al. (2018), ``KID = mean over subsets of MMD^2_u``
+  with ``k(x, y) = (x . y / d + 1)^3`` (:func:`kernel_distance_subsets`), taken on the 128
+  features of a small encoder trained on the data set itself (:mod:`pifs_jax.models.encoders`:
+  a digit classifier for ``digits``, a source-photograph classifier for ``photos16`` and
+  ``photos32``; weights shipped and sha256-checked), each with a bootstrap 95 % interval
+  (:func:`bootstrap_feature_distances`). Unlike the patch features they see shapes, edges
+  across patches and texture: they grow with noise, blur and shuffled patches, which leaves the
+  aligned patch distance unchanged (docs/guides/trained-models.md, "In-domain quality").
+  :func:`quality_report` adds them (``"in_domain"``) when the images have a shipped encoder's shape.
 
 Reference points (:func:`quality_report`): the training crops themselves (FD floor of real
 images against the test crops, finite-sample and train/test-region shift included), the
@@ -48,18 +59,29 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from pifs_jax.errors import ArgumentError
+from pifs_jax.models.encoders import encode, encoder_for_shape, load_encoder
 from pifs_jax.patches import patch_layout
 
 __all__ = [
+    "KID_SUBSET_SIZE",
+    "MIN_IN_DOMAIN_SAMPLES",
+    "REPORT_RESAMPLES",
     "USEFUL_FD_GAP",
     "USEFUL_MEMORISATION_RATIO",
+    "bootstrap_feature_distances",
+    "feature_scores",
     "frechet_distance",
     "frechet_patch_distance",
     "image_grid",
+    "in_domain_scores",
+    "kernel_distance",
+    "kernel_distance_subsets",
     "nearest_neighbour_distances",
     "patch_features",
+    "polynomial_kernel",
     "quality_report",
     "sample_figure",
     "sample_quality",
@@ -68,6 +90,13 @@ __all__ = [
     "value_range",
 ]
 
+#: KID's subset size in Binkowski et al. (2018), the default of :func:`kernel_distance_subsets` (capped at the set sizes).
+KID_SUBSET_SIZE = 1000
+_KERNEL_ROWS = 4096  # sets up to this size have their whole kernel matrices formed once (KID subsets, bootstrap)
+#: The fewest samples (and reference images) :func:`in_domain_scores` scores.
+MIN_IN_DOMAIN_SAMPLES = 32
+#: Bootstrap resamples of the model's in-domain scores in :func:`quality_report` (the references get none).
+REPORT_RESAMPLES = 100
 #: A useful model closes this fraction of the Frechet patch gap between noise and memorisation.
 USEFUL_FD_GAP = 0.99
 #: ... and its samples sit at least this fraction of a test crop's distance from the training set.
@@ -145,24 +174,31 @@ def _sqrtm_psd(s: np.ndarray) -> np.ndarray:
     return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
 
 
-def frechet_distance(features_a: Any, features_b: Any) -> float:
-    """Frechet distance between Gaussians fitted to two feature sets ``(N_a, d)``, ``(N_b, d)``.
+def _frechet_from_moments(mu_a: np.ndarray, s_a: np.ndarray, mu_b: np.ndarray, s_b: np.ndarray) -> float:
+    root_a = _sqrtm_psd(s_a)
+    cross = np.linalg.eigvalsh(root_a @ s_b @ root_a)
+    value = np.sum((mu_a - mu_b) ** 2) + np.trace(s_a) + np.trace(s_b) - 2 * np.sum(np.sqrt(np.clip(cross, 0, None)))
+    return float(max(value, 0.0))
 
-    ``||mu_a - mu_b||^2 + tr S_a + tr S_b - 2 tr (S_a^{1/2} S_b S_a^{1/2})^{1/2}`` (symmetric
-    eigen-decompositions; exact for PSD covariances, no complex ``sqrtm`` round-off).
-    """
+
+def _feature_pair(features_a: Any, features_b: Any) -> tuple[np.ndarray, np.ndarray]:
     a = np.asarray(features_a, np.float64)
     b = np.asarray(features_b, np.float64)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
         raise ArgumentError(
             "features", f"expected two (N, d) arrays with the same d and N >= 2, got {a.shape}, {b.shape}"
         )
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    s_a, s_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
-    root_a = _sqrtm_psd(s_a)
-    cross = np.linalg.eigvalsh(root_a @ s_b @ root_a)
-    value = np.sum((mu_a - mu_b) ** 2) + np.trace(s_a) + np.trace(s_b) - 2 * np.sum(np.sqrt(np.clip(cross, 0, None)))
-    return float(max(value, 0.0))
+    return a, b
+
+
+def frechet_distance(features_a: Any, features_b: Any) -> float:
+    """Frechet distance between Gaussians fitted to two feature sets ``(N_a, d)``, ``(N_b, d)``.
+
+    ``||mu_a - mu_b||^2 + tr S_a + tr S_b - 2 tr (S_a^{1/2} S_b S_a^{1/2})^{1/2}`` (symmetric
+    eigen-decompositions; exact for PSD covariances, no complex ``sqrtm`` round-off).
+    """
+    a, b = _feature_pair(features_a, features_b)
+    return _frechet_from_moments(*_moments(a), *_moments(b))
 
 
 def frechet_patch_distance(images_a: Any, images_b: Any, *, patch_size: int, straddling: bool = False) -> float:
@@ -180,6 +216,277 @@ def _fd_pair(images: np.ndarray, test: np.ndarray, patch_size: int) -> dict[str,
         "fd_patches": frechet_patch_distance(images, test, patch_size=patch_size),
         "fd_patches_straddling": frechet_patch_distance(images, test, patch_size=patch_size, straddling=True),
     }
+
+
+# ----------------------------------------------------------------------------- in-domain features
+
+
+def polynomial_kernel(features_a: Any, features_b: Any) -> np.ndarray:
+    """KID's kernel ``k(x, y) = (x . y / d + 1)^3`` between ``(N_a, d)`` and ``(N_b, d)``: ``(N_a, N_b)``."""
+    a, b = _feature_pair(features_a, features_b)
+    return (a @ b.T / a.shape[1] + 1.0) ** 3
+
+
+def _mmd2_unbiased(kxx: np.ndarray, kyy: np.ndarray, kxy: np.ndarray) -> float:
+    m, n = len(kxx), len(kyy)
+    within_x = (np.sum(kxx) - np.trace(kxx)) / (m * (m - 1))
+    within_y = (np.sum(kyy) - np.trace(kyy)) / (n * (n - 1))
+    return float(within_x + within_y - 2.0 * np.mean(kxy))
+
+
+def _check_subsets(subsets: Any, subset_size: Any, count: int) -> tuple[int, int]:
+    if isinstance(subsets, bool) or not isinstance(subsets, (int, np.integer)) or subsets < 1:
+        raise ArgumentError("subsets", f"expected a positive integer, got {subsets!r}")
+    size = min(KID_SUBSET_SIZE, count) if subset_size is None else subset_size
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 2 <= size <= count:
+        raise ArgumentError(
+            "subset_size",
+            f"expected an integer from 2 to the smaller set's size {count}, got {subset_size!r}"
+            + (" (each KID subset needs two samples of each set)" if count < 2 else ""),
+        )
+    return int(subsets), int(size)
+
+
+def kernel_distance_subsets(
+    features_a: Any, features_b: Any, *, subsets: int = 100, subset_size: int | None = None, seed: int = 0
+) -> np.ndarray:
+    """The unbiased ``MMD^2`` of every KID subset (Binkowski et al. 2018): ``(subsets,)``.
+
+    For each subset, ``m`` rows of each set are drawn without replacement
+    (``numpy.random.default_rng(seed)``) and
+
+    ``MMD^2_u = sum_{i != j} k(x_i, x_j) / (m (m - 1)) + sum_{i != j} k(y_i, y_j) / (m (m - 1))
+    - 2 sum_{i, j} k(x_i, y_j) / m^2``
+
+    with :func:`polynomial_kernel`; each value is an unbiased estimate of ``MMD^2`` (it can be
+    negative when the two distributions are equal). ``subset_size`` ``m`` defaults to
+    ``min(1000, N_a, N_b)`` (:data:`KID_SUBSET_SIZE`, the paper's); the paper uses 100 subsets.
+
+    Raises:
+      ArgumentError: naming ``features`` (shapes, fewer than 2 rows), ``subsets`` or
+        ``subset_size`` (below 2 or above the smaller set).
+    """
+    a, b = _feature_pair(features_a, features_b)
+    subsets, m = _check_subsets(subsets, subset_size, min(len(a), len(b)))
+    rng = np.random.default_rng(seed)
+    draws = [(rng.choice(len(a), m, replace=False), rng.choice(len(b), m, replace=False)) for _ in range(subsets)]
+    if max(len(a), len(b)) > _KERNEL_ROWS:
+        values = np.empty(subsets)
+        for i, (ia, ib) in enumerate(draws):
+            x, y = a[ia], b[ib]
+            values[i] = _mmd2_unbiased(polynomial_kernel(x, x), polynomial_kernel(y, y), polynomial_kernel(x, y))
+        return values
+    # every kernel value once; a subset is a 0/1 row of weights (the same sums, as matrix products)
+    ca, cb = np.zeros((subsets, len(a))), np.zeros((subsets, len(b)))
+    for i, (ia, ib) in enumerate(draws):
+        ca[i, ia], cb[i, ib] = 1.0, 1.0
+    kxx, kyy, kxy = polynomial_kernel(a, a), polynomial_kernel(b, b), polynomial_kernel(a, b)
+    cross = np.einsum("si,si->s", ca @ kxy, cb) / (m * m)
+    return _weighted_within(kxx, ca) + _weighted_within(kyy, cb) - 2.0 * cross
+
+
+def kernel_distance(
+    features_a: Any, features_b: Any, *, subsets: int = 100, subset_size: int | None = None, seed: int = 0
+) -> float:
+    """KID: the mean of :func:`kernel_distance_subsets` (``MMD^2_u`` over ``subsets`` random subsets)."""
+    return float(
+        np.mean(kernel_distance_subsets(features_a, features_b, subsets=subsets, subset_size=subset_size, seed=seed))
+    )
+
+
+def _moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return x.mean(0), np.atleast_2d(np.cov(x, rowvar=False))
+
+
+def _weighted_moments(x: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    n = counts.sum()
+    mu = counts @ x / n
+    centred = x - mu
+    return mu, (centred.T * counts) @ centred / (n - 1)
+
+
+def _weighted_within(k: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """``sum_{i != j} c_i c_j K_ij / (n^2 - sum c_i^2)`` for each row of ``counts`` ``(B, N)``."""
+    n = counts.sum(axis=1)
+    same = np.sum(counts**2, axis=1)
+    total = np.einsum("bi,bi->b", counts @ k, counts) - (counts**2) @ np.diag(k)
+    return total / np.maximum(n**2 - same, 1.0)
+
+
+def bootstrap_feature_distances(
+    features_a: Any,
+    features_b: Any,
+    *,
+    resamples: int = 200,
+    level: float = 0.95,
+    seed: int = 0,
+    max_kernel_rows: int = _KERNEL_ROWS,
+) -> dict[str, tuple[float, float]]:
+    """Percentile-bootstrap intervals of the Frechet distance and of ``MMD^2_u``, over the samples.
+
+    ``resamples`` times both sets are resampled with replacement (counts ``c ~ Multinomial(N,
+    1/N)``, ``numpy.random.default_rng(seed)``) and the estimators recomputed on the resample:
+
+    - FD of the weighted moments ``mu = sum_i c_i x_i / N``,
+      ``S = sum_i c_i (x_i - mu)(x_i - mu)^T / (N - 1)``;
+    - ``MMD^2_u`` on the whole (resampled) sets, its within-set sums over pairs of *different*
+      original rows: ``sum_{i != j} c_i c_j k(x_i, x_j) / (N^2 - sum_i c_i^2)`` (a row drawn twice
+      is not paired with itself, which would bias the estimate up), the cross term
+      ``c_a^T K_ab c_b / (N_a N_b)``. Kernel matrices are formed once, on at most
+      ``max_kernel_rows`` rows of each set (a random subset; memory ``O(rows^2)``).
+
+    The KID interval is the ``(1 - level) / 2`` and ``(1 + level) / 2`` percentiles of the
+    resampled values (linear interpolation). The FD is biased upward at finite ``N`` (by about
+    ``tr S_a / N_a + tr S_b / N_b`` and more), and a resample, which holds fewer distinct rows,
+    more so: its percentiles can lie wholly above the estimate. The FD interval is therefore
+    the percentiles of ``FD* - (mean FD* - FD)``, the resampled values shifted so that their
+    mean is the estimate: the estimator's spread, centred on it (its lower end clipped at 0).
+    Neither interval removes the FD's own bias; compare FDs only at equal ``N``.
+
+    Returns:
+      ``{"fd": (lo, hi), "kid": (lo, hi)}``.
+    """
+    a, b = _feature_pair(features_a, features_b)
+    if isinstance(resamples, bool) or not isinstance(resamples, (int, np.integer)) or resamples < 1:
+        raise ArgumentError("resamples", f"expected a positive integer, got {resamples!r}")
+    if not 0.0 < level < 1.0:
+        raise ArgumentError("level", f"expected a confidence level in (0, 1), got {level!r}")
+    rng = np.random.default_rng(seed)
+    fd = np.empty(resamples)
+    # one BLAS thread for the many small (d x d) eigen-decompositions: threads gain nothing at this
+    # size and, on a machine whose cores are busy, made each one a hundred times slower (measured)
+    with threadpool_limits(limits=1, user_api="blas"):
+        for r in range(resamples):
+            ca = rng.multinomial(len(a), np.full(len(a), 1.0 / len(a))).astype(np.float64)
+            cb = rng.multinomial(len(b), np.full(len(b), 1.0 / len(b))).astype(np.float64)
+            fd[r] = _frechet_from_moments(*_weighted_moments(a, ca), *_weighted_moments(b, cb))
+    ka = a[rng.choice(len(a), max_kernel_rows, replace=False)] if len(a) > max_kernel_rows else a
+    kb = b[rng.choice(len(b), max_kernel_rows, replace=False)] if len(b) > max_kernel_rows else b
+    kxx, kyy, kxy = polynomial_kernel(ka, ka), polynomial_kernel(kb, kb), polynomial_kernel(ka, kb)
+    ca = rng.multinomial(len(ka), np.full(len(ka), 1.0 / len(ka)), size=resamples).astype(np.float64)
+    cb = rng.multinomial(len(kb), np.full(len(kb), 1.0 / len(kb)), size=resamples).astype(np.float64)
+    cross = np.einsum("bi,bi->b", ca @ kxy, cb) / (len(ka) * len(kb))
+    kid = _weighted_within(kxx, ca) + _weighted_within(kyy, cb) - 2.0 * cross
+    q = [(1.0 - level) / 2.0 * 100, (1.0 + level) / 2.0 * 100]
+    fd_lo, fd_hi = np.percentile(fd - (np.mean(fd) - _frechet_from_moments(*_moments(a), *_moments(b))), q)
+    fd_lo = max(fd_lo, 0.0)  # the FD is not negative
+    kid_lo, kid_hi = np.percentile(kid, q)
+    return {"fd": (float(fd_lo), float(fd_hi)), "kid": (float(kid_lo), float(kid_hi))}
+
+
+def feature_scores(
+    features_a: Any,
+    features_b: Any,
+    *,
+    subsets: int = 100,
+    subset_size: int | None = None,
+    resamples: int = 200,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """FD and KID of two feature sets, each with its bootstrap interval.
+
+    Returns:
+      ``{"fd", "fd_lo", "fd_hi", "kid", "kid_std", "kid_lo", "kid_hi", "kid_subsets",
+      "kid_subset_size", "level", "resamples", "num_a", "num_b", "dim"}``: ``fd`` is
+      :func:`frechet_distance`; ``kid`` the mean and ``kid_std`` the standard deviation of
+      :func:`kernel_distance_subsets`; the intervals :func:`bootstrap_feature_distances`
+      (``None`` with ``resamples = 0``: no bootstrap).
+    """
+    a, b = _feature_pair(features_a, features_b)
+    values = kernel_distance_subsets(a, b, subsets=subsets, subset_size=subset_size, seed=seed)
+    if resamples == 0:
+        intervals = {"fd": (None, None), "kid": (None, None)}
+    else:
+        intervals = bootstrap_feature_distances(a, b, resamples=resamples, level=level, seed=seed + 1)
+    return {
+        "fd": frechet_distance(a, b),
+        "fd_lo": intervals["fd"][0],
+        "fd_hi": intervals["fd"][1],
+        "kid": float(np.mean(values)),
+        "kid_std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+        "kid_lo": intervals["kid"][0],
+        "kid_hi": intervals["kid"][1],
+        "kid_subsets": len(values),
+        "kid_subset_size": int(subset_size or min(KID_SUBSET_SIZE, len(a), len(b))),
+        "level": level,
+        "resamples": resamples,
+        "num_a": len(a),
+        "num_b": len(b),
+        "dim": a.shape[1],
+    }
+
+
+def _finite_images(x: Any, name: str) -> np.ndarray:
+    """``x`` as float64 images, refused by name (with the offending indices) when any is non-finite."""
+    x = np.asarray(x, np.float64)
+    if x.ndim >= 2:
+        bad = np.flatnonzero(~np.all(np.isfinite(x.reshape(len(x), -1)), axis=1))
+        if len(bad):
+            shown = ", ".join(str(i) for i in bad[:8]) + (", ..." if len(bad) > 8 else "")
+            raise ArgumentError(
+                name,
+                f"{len(bad)} of {len(x)} images hold non-finite values (indices [{shown}]); they are not "
+                "dropped silently: remove or fix them (a diverged sampler is itself a result)",
+            )
+    return x
+
+
+def in_domain_scores(
+    samples: Any,
+    *,
+    data: str,
+    reference: Any,
+    subsets: int = 100,
+    subset_size: int | None = None,
+    resamples: int = 200,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """FD and KID of ``samples`` against ``reference`` in the ``data`` set's encoder features.
+
+    The features are the shipped encoder's 128 penultimate units
+    (:func:`pifs_jax.models.encoders.encode`, weights sha256-checked); on them
+    :func:`feature_scores`: ``FD = ||mu_a - mu_b||^2 + tr(S_a + S_b - 2 (S_a^{1/2} S_b S_a^{1/2})^{1/2})``
+    and ``KID = mean over subsets of MMD^2_u`` with ``k(x, y) = (x . y / d + 1)^3``, each with a
+    bootstrap ``level`` interval. The samples are scored as given (not clipped).
+
+    Args:
+      samples: ``(S, H, W, C)`` images in the data's units; ``(H, W, C)`` must be the encoder's
+        (``digits`` ``(8, 8, 1)``, ``photos16`` ``(16, 16, 3)``, ``photos32`` ``(32, 32, 3)``).
+      data: the data set whose encoder is used.
+      reference: real images of the same shape, e.g. held-out test crops.
+      subsets, subset_size: KID's subsets (:func:`kernel_distance_subsets`).
+      resamples, level, seed: the bootstrap (:func:`bootstrap_feature_distances`) and the subsets' draws.
+
+    Returns:
+      :func:`feature_scores`' dict plus ``"encoder"`` (the data set) and ``"encoder_sha256"``.
+
+    Raises:
+      ArgumentError: naming ``samples`` or ``reference`` (wrong image shape for the encoder, fewer
+        than :data:`MIN_IN_DOMAIN_SAMPLES` images, non-finite images: their count and indices),
+        ``data`` (no encoder), ``subset_size``, ``subsets``, ``resamples`` or ``level``.
+    """
+    encoder = load_encoder(data)
+    features = []
+    for value, name in ((samples, "samples"), (reference, "reference")):
+        x = _finite_images(value, name)
+        if x.ndim < 1 or len(x) < MIN_IN_DOMAIN_SAMPLES:
+            raise ArgumentError(
+                name,
+                f"expected at least {MIN_IN_DOMAIN_SAMPLES} images for FD and KID subsets, got shape {x.shape}",
+            )
+        features.append(encode(x, data=data, name=name))
+    scores = feature_scores(
+        features[0],
+        features[1],
+        subsets=subsets,
+        subset_size=subset_size,
+        resamples=resamples,
+        level=level,
+        seed=seed,
+    )
+    return {"encoder": data, "encoder_sha256": encoder.sha256, **scores}
 
 
 def value_range(samples: Any, data: Any) -> dict[str, float]:
@@ -228,7 +535,14 @@ def sample_quality(samples: Any, *, train: Any, test: Any, patch_size: int) -> d
 
 
 def quality_report(
-    samples: Any, *, train: Any, test: Any, patch_size: int, reference_samples: Any | None = None, seed: int = 0
+    samples: Any,
+    *,
+    train: Any,
+    test: Any,
+    patch_size: int,
+    reference_samples: Any | None = None,
+    seed: int = 0,
+    data: str | None = "auto",
 ) -> dict[str, Any]:
     """Scores of ``samples`` beside the reference points (module notes).
 
@@ -238,6 +552,8 @@ def quality_report(
       patch_size: ``p`` of the patch features.
       reference_samples: the empirical-optimal denoiser's samples (memorisation reference), optional.
       seed: of the noise reference.
+      data: the data set whose encoder gives the in-domain scores (:func:`in_domain_scores`);
+        ``"auto"``: the shipped encoder whose image shape the samples have, if any; ``None``: none.
 
     Returns:
       ``{"model": scores, "empirical": scores | None, "train_crops": scores of S training crops,
@@ -246,7 +562,10 @@ def quality_report(
       "sample_range": [min, max] of the model's samples, "fraction_outside_data_range": of the
       model's sample values (:func:`value_range`; the same per score set),
       "memorisation_ratio_empirical", "useful": {"fd_gap_closed", "passes", "criterion"},
-      "features": description, "num_samples": S}``.
+      "features": description, "num_samples": S, "in_domain": None or {"encoder", "encoder_sha256",
+      "reference", "model", "empirical", "train_crops", "noise"} (each :func:`in_domain_scores`
+      against the test crops, bootstrap intervals (:data:`REPORT_RESAMPLES`) for the model only; ``{"encoder", "skipped": why}`` when a set has fewer than
+      :data:`MIN_IN_DOMAIN_SAMPLES` images)}``.
     """
     x = _images(samples, "samples")
     train = _images(train, "train")
@@ -255,6 +574,7 @@ def quality_report(
     rng = np.random.default_rng(seed)
     train_subset = train[rng.choice(len(train), size=min(count, len(train)), replace=False)]
     test_subset = test[: min(len(test), max(count, 256))]
+    noise = np.clip(rng.standard_normal(x.shape), -1.0, 1.0)
     test_nn, _ = nearest_neighbour_distances(test_subset, train)
     real = {
         "nn_distance_mean": float(np.mean(test_nn)),
@@ -266,9 +586,7 @@ def quality_report(
         "empirical": None,
         "train_crops": _fd_pair(train_subset, test, patch_size),
         "test_crops": real,
-        "noise": sample_quality(
-            np.clip(rng.standard_normal(x.shape), -1.0, 1.0), train=train, test=test, patch_size=patch_size
-        ),
+        "noise": sample_quality(noise, train=train, test=test, patch_size=patch_size),
         "features": f"raw {patch_size}x{patch_size}x{x.shape[-1]} patch vectors (non-overlapping) of the samples "
         "as drawn (not clipped); noise reference N(0, I) clipped to [-1, 1]",
         "num_samples": count,
@@ -299,7 +617,35 @@ def quality_report(
         "fd_gap_closed_straddling": straddling,
         "passes": bool(closed >= USEFUL_FD_GAP and report["memorisation_ratio"] >= USEFUL_MEMORISATION_RATIO),
     }
+    sets = {"model": x, "empirical": reference_samples, "train_crops": train_subset, "noise": noise}
+    report["in_domain"] = _in_domain_section(sets, test, data, seed)
     return report
+
+
+def _in_domain_section(sets: dict[str, Any], test: np.ndarray, data: str | None, seed: int) -> dict[str, Any] | None:
+    """:func:`in_domain_scores` of each set of ``sets`` (``None`` values skipped) against ``test``."""
+    if data == "auto":
+        data = encoder_for_shape(test.shape[1:])
+        if data is None:
+            return None
+    elif data is None:
+        return None
+    encoder = load_encoder(data)
+    section: dict[str, Any] = {"encoder": data, "encoder_sha256": encoder.sha256}
+    counts = {name: len(value) for name, value in sets.items() if value is not None} | {"test": len(test)}
+    few = {name: count for name, count in counts.items() if count < MIN_IN_DOMAIN_SAMPLES}
+    if few:
+        section["skipped"] = f"fewer than {MIN_IN_DOMAIN_SAMPLES} images in {few}"
+        return section
+    section["reference"] = f"{len(test)} test crops"
+    for name, value in sets.items():
+        resamples = REPORT_RESAMPLES if name == "model" else 0  # intervals for the model's scores only
+        section[name] = (
+            None
+            if value is None
+            else in_domain_scores(value, data=data, reference=test, seed=seed, resamples=resamples)
+        )
+    return section
 
 
 def image_grid(images: Any, *, columns: int | None = None, pad: int = 1) -> np.ndarray:
