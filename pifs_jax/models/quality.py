@@ -24,8 +24,8 @@ Numbers a user can trust at 16x16 and 32x32, where Inception features mean nothi
   kernel inception distance of Binkowski et al. (2018), ``KID = mean over subsets of MMD^2_u``
   with ``k(x, y) = (x . y / d + 1)^3`` (:func:`kernel_distance_subsets`), taken on the 128
   features of a small encoder trained on the data set itself (:mod:`pifs_jax.models.encoders`:
-  a digit classifier for ``digits``, a source-photograph classifier for ``photos16`` and
-  ``photos32``; weights shipped and sha256-checked), each with a bootstrap 95 % interval
+  a digit classifier for ``digits``, a source-photograph classifier with a linear
+  reconstruction term for ``photos16`` and ``photos32``; weights shipped and sha256-checked), each with a bootstrap 95 % interval
   (:func:`bootstrap_feature_distances`). Unlike the patch features they see shapes, edges
   across patches and texture: they grow with noise, blur and shuffled patches, which leaves the
   aligned patch distance unchanged (docs/guides/trained-models.md, "In-domain quality").

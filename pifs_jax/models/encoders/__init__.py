@@ -6,7 +6,8 @@ LPIPS weights ship with the package, so the Frechet distance and KID of
 trained on the data set itself (the train split only):
 
 - ``digits``: a digit classifier (scikit-learn's labels).
-- ``photos16``, ``photos32``: a classifier of the source photograph.
+- ``photos16``, ``photos32``: a classifier of the source photograph whose features must also
+  reconstruct the crop linearly (so they keep its layout).
 
 The features are the 128 ReLU units before the classifier head
 (:mod:`pifs_jax.models.encoders.network`); the weights files and their sha256 are checked on

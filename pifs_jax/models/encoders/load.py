@@ -30,8 +30,8 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 #: sha256 of each shipped weights file (``python -m pifs_jax.models.encoders.train_encoders`` prints them).
 ENCODER_SHA256: dict[str, str] = {
     "digits": "e5d968f75026a430834d5e33caba74e6f376cc06306fbf1e591f1714a2d76088",
-    "photos16": "ed39286327e7d2ba2e1d5787eb48d966024c27fd80e4eb72fcf65ed26d34035b",
-    "photos32": "603c513acb5f185b4ae1174173f69133e227b6ffc4772cdceff17b4a26a88782",
+    "photos16": "2c796477bcdd2dbd4b2e852c216fd11cb42f6cdc4393c08306f904dab452b5a4",
+    "photos32": "47e1f562bf880da0149a7a1d604ae134f6cf6a6fb485fe9ec86bcfb7ead5d65e",
 }
 
 

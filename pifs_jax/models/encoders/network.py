@@ -59,9 +59,10 @@ class EncoderSpec:
         return out
 
 
-#: What the photograph encoders classify: which of the five photographs a crop comes from
-#: (:data:`pifs_jax.data.PHOTO_NAMES` order), trained with random horizontal flips.
-PHOTO_OBJECTIVE = "source photograph (5 classes; random horizontal flips)"
+#: What the photograph encoders learn: which of the five photographs a crop comes from
+#: (:data:`pifs_jax.data.PHOTO_NAMES` order; random horizontal flips), and a linear reconstruction
+#: of the crop from the features (the decoder is not shipped).
+PHOTO_OBJECTIVE = "source photograph (5 classes; random horizontal flips) + 10 x linear reconstruction MSE"
 
 #: The shipped encoders (data set name -> spec); every trunk ends on a 4 x 4 grid.
 ENCODER_SPECS: dict[str, EncoderSpec] = {
