@@ -13,9 +13,10 @@ disjoint from the training evaluation's ``2**31 - 1`` and from every training dr
 on the samples as drawn (never clipped):
 
 - ``fraction_outside``: the fraction of values outside ``[-1.05, 1.05]`` (:data:`TARGETS`);
-- the Frechet patch distances (aligned and straddling patches) to the test crops, and their
-  ratio to the same distance between as many training crops and the test crops (the floor of
-  real images: finite-sample noise and the train/test region shift);
+- the Frechet patch distances (aligned and straddling patches) and the in-domain Frechet distance
+  and KID (the data set's encoder, :func:`pifs_jax.models.quality.in_domain_scores`) to the test
+  crops, and each distance's ratio to the same distance between as many training crops and the
+  test crops (the floor of real images: finite-sample noise and the train/test region shift);
 - the memorisation ratio (nearest-training-crop distance over a test crop's);
 - whether each target of :data:`TARGETS` is met.
 
@@ -97,6 +98,9 @@ def score_model(
     outside = float(np.mean(np.abs(samples) > bound))
     model, floor = report["model"], report["train_crops"]
     ratios = {key: model[key] / floor[key] for key in ("fd_patches", "fd_patches_straddling")}
+    in_domain = report.get("in_domain") or {}
+    if in_domain.get("model") and in_domain.get("train_crops"):  # the data set has an encoder
+        ratios["fd_in_domain"] = in_domain["model"]["fd"] / in_domain["train_crops"]["fd"]
     met = {
         "fraction_outside": outside <= TARGETS["max_fraction_outside"],
         "fd_ratio": max(ratios.values()) <= TARGETS["max_fd_ratio"],
@@ -114,6 +118,10 @@ def score_model(
         "fd_ratio": ratios["fd_patches"],
         "fd_ratio_straddling": ratios["fd_patches_straddling"],
         "memorisation_ratio": report["memorisation_ratio"],
+        "fd_in_domain": (in_domain.get("model") or {}).get("fd"),
+        "kid_in_domain": (in_domain.get("model") or {}).get("kid"),
+        "fd_in_domain_train_crops": (in_domain.get("train_crops") or {}).get("fd"),
+        "fd_ratio_in_domain": ratios.get("fd_in_domain"),
         "targets_met": met,
         "all_targets_met": all(met.values()),
         "sampling_seconds": seconds,
