@@ -15,7 +15,7 @@ import pytest
 
 from pifs_jax.errors import ArgumentError
 from pifs_jax.models import training as tr
-from pifs_jax.models.training.curve import CURVE_NAME, TARGETS, held_out_noise, training_curve
+from pifs_jax.models.training.curve import CURVE_NAME, TARGETS, curve_figure, held_out_noise, training_curve
 
 
 def tiny(**overrides):
@@ -79,3 +79,14 @@ def test_stop_at_is_checked(tmp_path):
     for bad in (0, 7, 2.5, True):
         with pytest.raises(ArgumentError, match="stop_at"):
             tr.train(tiny(), tmp_path / "run", progress=False, evaluate=False, stop_at=bad)
+
+
+def test_curve_figure_draws_every_measured_series():
+    points = [
+        {"step": s, "fraction_outside": f, "fd_ratio": 3.0 / s, "fd_ratio_straddling": 4.0 / s,
+         "fd_ratio_in_domain": None, "memorisation_ratio": 1.2}
+        for s, f in ((1, 0.1), (2, 0.0))
+    ]  # fmt: skip
+    fig = curve_figure(points, title="t")
+    left, right = fig.axes
+    assert len(left.lines) == 2 and len(right.lines) == 5  # fraction + target; 2 FD ratios, memorisation, 2 targets

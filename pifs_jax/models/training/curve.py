@@ -37,6 +37,8 @@ from typing import Any
 
 import jax
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 from pifs_jax.errors import ArgumentError
 from pifs_jax.grids import uniform_grid
@@ -49,7 +51,7 @@ from pifs_jax.models.training.trainer import load_train_test, train
 from pifs_jax.results import write_result_json
 from pifs_jax.schedules import named_schedule
 
-__all__ = ["CURVE_NAME", "TARGETS", "score_model", "training_curve"]
+__all__ = ["CURVE_NAME", "TARGETS", "curve_figure", "held_out_noise", "score_model", "training_curve"]
 
 #: The file :func:`training_curve` writes in the run folder.
 CURVE_NAME = "curve.json"
@@ -204,3 +206,37 @@ def training_curve(
         if on_point is not None:
             on_point(point)
     return points
+
+
+def curve_figure(points: Sequence[dict[str, Any]], *, title: str) -> Figure:
+    """Quality against training steps: the fraction outside ``[-1.05, 1.05]`` and the distance ratios.
+
+    Left: ``fraction_outside`` (log scale) with its target; right: the Frechet-distance ratios to
+    the train-versus-test floor (patch aligned, patch straddling, in-domain when measured) and the
+    memorisation ratio, with the targets as dotted lines.
+    """
+    steps = [p["step"] for p in points]
+    fig = Figure(figsize=(10, 3.8), dpi=120)
+    FigureCanvasAgg(fig)
+    left, right = fig.subplots(1, 2)
+    left.semilogy(steps, [max(p["fraction_outside"], 1e-6) for p in points], "o-", label="fraction outside")
+    left.axhline(TARGETS["max_fraction_outside"], ls=":", color="k", label="target")
+    left.set(xlabel="training step", ylabel=f"fraction of values outside ±{TARGETS['outside_bound']}")
+    left.legend()
+    series = (
+        ("fd_ratio", "FD patches"),
+        ("fd_ratio_straddling", "FD straddling"),
+        ("fd_ratio_in_domain", "FD in-domain"),
+    )
+    for key, label in series:
+        values = [p.get(key) for p in points]
+        if any(v is not None for v in values):
+            right.semilogy(steps, [np.nan if v is None else v for v in values], "o-", label=label)
+    right.semilogy(steps, [p["memorisation_ratio"] for p in points], "s--", label="memorisation ratio")
+    right.axhline(TARGETS["max_fd_ratio"], ls=":", color="k")
+    right.axhline(TARGETS["min_memorisation_ratio"], ls=":", color="grey")
+    right.set(xlabel="training step", ylabel="ratio (FD: to train vs test crops)")
+    right.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
