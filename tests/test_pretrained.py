@@ -32,6 +32,7 @@ from pifs_jax.models.pretrained import (
     read_card,
 )
 from pifs_jax.models.training import TrainConfig, initial_train_state, load_run, model_for_config
+from pifs_jax.models.training.curve import score_model
 from pifs_jax.models.training.recipes import RECIPES, Recipe, recipe, recipe_fingerprint
 
 SHIPPED = "dit-digits"
@@ -90,7 +91,8 @@ def test_recipes_are_complete_frozen_configs():
     assert {"dit-photos16", "unet-photos16", "dit-digits", "dit-photos32"} <= set(RECIPES)
     assert recipe("dit-photos32").patch_size == 8 and recipe("dit-photos32").data == "photos32"
     for name, entry in RECIPES.items():
-        assert entry.name == name and entry.description and entry.config.architecture is not None
+        assert entry.name == name and entry.description
+        assert entry.config.model_spec() is not None  # field by field, or a preset (fingerprinted resolved)
         assert entry.config == entry.config.resolved()
     with pytest.raises(TypeError):
         RECIPES["new"] = RECIPES["dit-digits"]  # type: ignore[index]
@@ -106,6 +108,18 @@ def test_fingerprint_is_the_identity_and_ignores_run_control():
     assert recipe_fingerprint(dataclasses.replace(config, lr=config.lr * 2)) != recipe_fingerprint(config)
     reread = TrainConfig(**json.loads(json.dumps(config.to_dict())))  # tuples -> lists, as config.json
     assert recipe_fingerprint(reread) == recipe_fingerprint(config)
+
+
+def test_fingerprint_sees_an_edited_preset(monkeypatch):
+    """A recipe naming a preset (dit-photos16: size="quick") changes its fingerprint with the preset."""
+    from pifs_jax.models.dit import DiTSpec
+
+    config = recipe("dit-photos16")
+    assert config.size == "quick"
+    before = recipe_fingerprint(config)
+    edited = {**DiTSpec.PRESETS["quick"], "hidden": 32}
+    monkeypatch.setattr(DiTSpec, "PRESETS", {**DiTSpec.PRESETS, "quick": edited})
+    assert recipe_fingerprint(config) != before
 
 
 # ----------------------------------------------------------------------------- the shipped models
@@ -134,6 +148,34 @@ def test_every_shipped_model_matches_its_recipe_and_fits_the_budget():
         assert card["environment"]["versions"]["jax"]
         total += weights.stat().st_size
     assert total <= SIZE_BUDGET_BYTES
+
+
+@pytest.mark.slow
+def test_every_shipped_model_still_meets_its_recorded_quality():
+    """The card's ``check`` score (held-out noise seeds, ``num_samples`` samples of 50-step DDIM) recomputed.
+
+    Sampling is float32 on the CPU; the same program on another machine may differ in the last
+    bits, which moves a sample value across the 1.05 bound rarely: the fraction outside is
+    compared to 2e-4 absolute (a few of its ``num_samples * n`` values), the distances to 1e-3
+    relative. A model without a check score (none recorded) is skipped.
+    """
+    checked = 0
+    for name in list_pretrained():
+        card = read_card(name)
+        check = card.get("check")
+        if not check:
+            continue
+        model = pretrained(name)
+        train, test = model.load_data()
+        again = score_model(
+            model.module, model.params, model.config, train_images=train, test_images=test,
+            num_samples=check["num_samples"],
+        )  # fmt: skip
+        assert again["fraction_outside"] == pytest.approx(check["fraction_outside"], abs=2e-4), name
+        for key in ("fd_patches", "fd_patches_straddling", "memorisation_ratio"):
+            assert again[key] == pytest.approx(check[key], rel=1e-3), (name, key)
+        checked += 1
+    assert checked >= 1
 
 
 def test_loading_is_fast_and_complete():
