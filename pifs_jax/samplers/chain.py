@@ -173,14 +173,12 @@ def sample_batch(
     if is_concrete(x_T):
         check_denoiser(eps_fn, x_T[0])
     num_steps = grid.shape[0] - 1
-    if sampler.needs_key:
-        if key is None:
-            raise ArgumentError("key", f"a PRNG key is required by the stochastic sampler {sampler!r}")
-        sample_keys = jax.random.split(key, x_T.shape[0])
-        keys = jax.vmap(lambda k: jax.random.split(k, num_steps))(sample_keys)
-    else:
-        sample_keys = None
+    step_keys(sampler, key, num_steps)  # refuses a missing key of a stochastic sampler
+    sample_keys = jax.random.split(key, x_T.shape[0]) if sampler.needs_key and key is not None else None
+    if sample_keys is None:
         keys = jnp.zeros((x_T.shape[0], num_steps), jnp.uint32)
+    else:
+        keys = jax.vmap(lambda k: step_keys(sampler, k, num_steps))(sample_keys)
     x_0, states = _compiled_batch(sampler, eps_fn, tables, x_T, keys, keep_states=bool(return_trajectory))
     out = (x_0, jnp.concatenate([x_T[:, None], states], axis=1)) if states is not None else x_0
     if check_finite and is_concrete(x_0):

@@ -38,6 +38,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from pifs_jax._validation import check_positive_int
 from pifs_jax.checkpoint import (
     CHECKPOINT_NAME,
     load_checkpoint,
@@ -413,9 +414,7 @@ def _train(
     """
     config = config.resolved()
     config = recorded_config(config, model)
-    if stop_at is not None and (
-        isinstance(stop_at, bool) or not isinstance(stop_at, int) or not 1 <= stop_at <= config.steps
-    ):
+    if stop_at is not None and check_positive_int(stop_at, name="stop_at") > config.steps:
         raise ArgumentError("stop_at", f"expected an integer in 1..steps = {config.steps}, got {stop_at!r}")
     stop = config.steps if stop_at is None else stop_at
     out = Path(out_dir)
