@@ -43,6 +43,7 @@ __all__ = [
     "ContractionSummary",
     "StepCoefficients",
     "analytic_kaplan_yorke",
+    "coefficients_from_log_alpha_bar",
     "contraction_summary",
     "contraction_threshold",
     "dimension_growth",
@@ -113,12 +114,22 @@ def step_coefficients(sched: Schedule, grid: GridLike = None) -> StepCoefficient
 @functools.partial(jax.jit, static_argnames=("full",))
 def _step_coefficients(sched: Schedule, grid: jax.Array, *, full: bool) -> StepCoefficients:
     log_ab = sched.log_alpha_bar
-    log_t = log_ab[grid[1:]]
-    log_s = log_ab[grid[:-1]]
     sigma2 = sched.sigma2
-    sigma_t = safe_sqrt(sigma2[grid[1:]])
-    sigma_s = safe_sqrt(sigma2[grid[:-1]])
     log_ratio = sched.gaps if full else step_gaps(sched, grid)
+    return coefficients_from_log_alpha_bar(
+        log_ab[grid[1:]], log_ab[grid[:-1]], safe_sqrt(sigma2[grid[1:]]), safe_sqrt(sigma2[grid[:-1]]), log_ratio
+    )
+
+
+def coefficients_from_log_alpha_bar(
+    log_t: jax.Array, log_s: jax.Array, sigma_t: jax.Array, sigma_s: jax.Array, log_ratio: jax.Array
+) -> StepCoefficients:
+    """:class:`StepCoefficients` from ``log alpha_bar`` at both ends of each step, the sigmas and ``G = log_s - log_t``.
+
+    ``a = exp(G/2)``, ``a - 1 = expm1(G/2)``, ``b = -expm1(G) / (sigma_s + a sigma_t)``. The caller
+    supplies ``G`` in its most accurate form (summed gaps on an integer grid, the difference of
+    interpolated values at real times: :func:`pifs_jax.samplers.continuous_step_tables`).
+    """
     a = jnp.exp(log_ratio / 2)
     a_minus_1 = jnp.expm1(log_ratio / 2)
     b = -jnp.expm1(log_ratio) / (sigma_s + a * sigma_t)

@@ -6,9 +6,25 @@
   flat vectors, for the Jacobians and Lyapunov spectra).
 """
 
-from pifs_jax.samplers.base import Sampler, StepTables, check_denoiser, check_sampler, step_tables, table_row
-from pifs_jax.samplers.chain import FlatChain, flat_chain, locate_nonfinite, sample_batch, sample_chain
-from pifs_jax.samplers.ddim import DDIM, ChainSteps, chain_steps, ddim_step, ddim_tables
+from pifs_jax.samplers.base import (
+    Sampler,
+    StepTables,
+    check_denoiser,
+    check_sampler,
+    continuous_step_tables,
+    step_tables,
+    table_row,
+    tables_from_coefficients,
+)
+from pifs_jax.samplers.chain import (
+    FlatChain,
+    chain_from_tables,
+    flat_chain,
+    locate_nonfinite,
+    sample_batch,
+    sample_chain,
+)
+from pifs_jax.samplers.ddim import DDIM, ChainSteps, chain_steps, ddim_step, ddim_tables, ddim_tables_from
 from pifs_jax.samplers.dpm_solver import DPMSolverPP2M, DPMState
 from pifs_jax.samplers.heun import Heun
 from pifs_jax.samplers.names import SAMPLER_NAMES, named_sampler, sampler_label, sampler_name
@@ -23,11 +39,14 @@ __all__ = [
     "Heun",
     "Sampler",
     "StepTables",
+    "chain_from_tables",
     "chain_steps",
     "check_denoiser",
     "check_sampler",
+    "continuous_step_tables",
     "ddim_step",
     "ddim_tables",
+    "ddim_tables_from",
     "flat_chain",
     "locate_nonfinite",
     "named_sampler",
@@ -37,4 +56,5 @@ __all__ = [
     "sampler_name",
     "step_tables",
     "table_row",
+    "tables_from_coefficients",
 ]

@@ -38,12 +38,21 @@ import jax
 import jax.numpy as jnp
 
 from pifs_jax.errors import ArgumentError
-from pifs_jax.geometry import step_coefficients
+from pifs_jax.geometry import StepCoefficients, coefficients_from_log_alpha_bar, step_coefficients
 from pifs_jax.grids import as_grid
-from pifs_jax.schedules import Schedule
+from pifs_jax.schedules import Schedule, safe_sqrt
 from pifs_jax.typing import EpsFn
 
-__all__ = ["Sampler", "StepTables", "check_denoiser", "check_sampler", "step_tables", "table_row"]
+__all__ = [
+    "Sampler",
+    "StepTables",
+    "check_denoiser",
+    "check_sampler",
+    "continuous_step_tables",
+    "step_tables",
+    "table_row",
+    "tables_from_coefficients",
+]
 
 
 class StepTables(NamedTuple):
@@ -81,7 +90,16 @@ class StepTables(NamedTuple):
 def step_tables(sched: Schedule, grid: Any = None) -> StepTables:
     """The common per-step quantities of ``grid`` (``None`` = every training step), see :class:`StepTables`."""
     grid = jnp.asarray(as_grid(grid, sched.T))
-    c = step_coefficients(sched, grid)
+    return tables_from_coefficients(grid[1:], grid[:-1], step_coefficients(sched, grid))
+
+
+def tables_from_coefficients(t: jax.Array, s: jax.Array, c: StepCoefficients) -> StepTables:
+    """:class:`StepTables` of steps ``t -> s`` from their :class:`~pifs_jax.geometry.StepCoefficients`.
+
+    ``q = alpha_bar_t expm1(G) / sigma_t^2 = 1 - sigma_s^2 / sigma_t^2``, ``h = (G - log1p(-q)) / 2``,
+    ``sigma_s / sigma_t = sqrt(1 - q)``; the step onto ``sigma_s = 0`` gets ``h = inf`` and ratio 0.
+    ``t`` is what the denoiser is called with (cast to int32).
+    """
     # q = 1 - sigma_s^2 / sigma_t^2 = alpha_bar_t expm1(G) / sigma_t^2, in (0, 1]
     q = jnp.exp(c.log_alpha_bar_t) * jnp.expm1(c.log_ratio) / c.sigma_t**2
     # the step onto alpha_bar_s = 1 (sigma_s = 0, lambda_s = inf): decided on sigma_s itself, since q
@@ -90,11 +108,34 @@ def step_tables(sched: Schedule, grid: Any = None) -> StepTables:
     q = jnp.where(lands, 0.5, q)  # a finite stand-in, so that no derivative is inf * 0
     h = jnp.where(lands, jnp.inf, (c.log_ratio - jnp.log1p(-q)) / 2)
     sigma_ratio = jnp.where(lands, 0.0, jnp.sqrt(1.0 - q))
-    t = grid[1:].astype(jnp.int32)
-    s = grid[:-1].astype(jnp.int32)
     return StepTables(
-        t, s, c.log_alpha_bar_t, c.log_alpha_bar_s, c.sigma_t, c.sigma_s, c.log_ratio, c.a, c.b, h, sigma_ratio
-    )
+        jnp.asarray(t).astype(jnp.int32), jnp.asarray(s).astype(jnp.int32),
+        c.log_alpha_bar_t, c.log_alpha_bar_s, c.sigma_t, c.sigma_s, c.log_ratio, c.a, c.b, h, sigma_ratio,
+    )  # fmt: skip
+
+
+def continuous_step_tables(sched: Schedule, times: Any) -> StepTables:
+    """:class:`StepTables` of a grid of REAL times ``0 = t_0 < t_1 < ... < t_N <= T`` (differentiable in them).
+
+    ``log alpha_bar`` is interpolated linearly between the schedule's integer timesteps (the
+    schedule's own piecewise-constant-``beta`` reading of a discrete chain: ``log alpha_bar`` is a sum
+    of per-step gaps), ``G = log_s - log_t`` is the difference of the interpolated values and
+    ``sigma = sqrt(-expm1(log alpha_bar))``. The denoiser is called at the NEAREST INTEGER time
+    (``StepTables.t = round(t_i)``): the network sees the timesteps it was trained on while the
+    coefficients move continuously, so ``jax.grad`` with respect to the times flows through the
+    solver's coefficients only (a straight-through reading of the network's time input). At
+    integer times the tables equal :func:`step_tables`' up to the rounding of ``G`` (a difference
+    instead of a sum of gaps).
+    """
+    times = jnp.asarray(times)
+    if times.ndim != 1 or times.shape[0] < 2:
+        raise ArgumentError("times", f"expected real times of shape (N+1,) with N >= 1, got shape {times.shape}")
+    dtype = sched.log_alpha_bar.dtype
+    times = times.astype(dtype)
+    log_ab = jnp.interp(times, jnp.arange(sched.T + 1, dtype=dtype), sched.log_alpha_bar)
+    sigma = safe_sqrt(-jnp.expm1(log_ab))
+    c = coefficients_from_log_alpha_bar(log_ab[1:], log_ab[:-1], sigma[1:], sigma[:-1], log_ab[:-1] - log_ab[1:])
+    return tables_from_coefficients(jnp.round(times[1:]), jnp.round(times[:-1]), c)
 
 
 def table_row(tables: Any, i: Any) -> Any:
@@ -117,8 +158,15 @@ class Sampler(eqx.Module):
         return False
 
     def tables(self, sched: Schedule, grid: jax.Array) -> Any:
-        """The chain's per-step constants (default: :func:`step_tables`)."""
-        return step_tables(sched, grid)
+        """The chain's per-step constants: :meth:`tables_from` of :func:`step_tables`."""
+        return self.tables_from(step_tables(sched, grid))
+
+    def tables_from(self, steps: StepTables) -> Any:
+        """The chain's per-step constants from the common :class:`StepTables` (default: those themselves).
+
+        Also how a chain on real times is built (:func:`continuous_step_tables`).
+        """
+        return steps
 
     def init(self, eps_fn: EpsFn, tables: Any, x_T: jax.Array) -> Any:
         """The state at ``tau_N`` (default: the image ``x_T`` itself)."""

@@ -44,6 +44,7 @@ UNBOUNDED_TABLES = ("h",)
 __all__ = [
     "UNBOUNDED_TABLES",
     "FlatChain",
+    "chain_from_tables",
     "flat_chain",
     "locate_nonfinite",
     "sample_batch",
@@ -65,7 +66,10 @@ def step_keys(sampler: Sampler, key: jax.Array | None, num_steps: int) -> jax.Ar
     return jax.random.split(key, num_steps)
 
 
-def _scan(sampler: Sampler, eps_fn: EpsFn, tables: Any, x_T: jax.Array, keys: jax.Array, *, keep_states: bool):
+def _scan(
+    sampler: Sampler, eps_fn: EpsFn, tables: Any, x_T: jax.Array, keys: jax.Array, *, keep_states: bool,
+    remat: bool = False,
+):  # fmt: skip
     """``(x_0, images after each step or None)``: the ``lax.scan`` of one chain."""
     num_steps = keys.shape[0]
     stochastic = sampler.needs_key
@@ -75,9 +79,28 @@ def _scan(sampler: Sampler, eps_fn: EpsFn, tables: Any, x_T: jax.Array, keys: ja
         state = sampler.step(eps_fn, tables, state, i, key if stochastic else None)
         return state, sampler.output(state) if keep_states else None
 
+    if remat:
+        body = jax.checkpoint(body)
+
     order = jnp.arange(num_steps, 0, -1)  # i = N, ..., 1
     state, images = jax.lax.scan(body, sampler.init(eps_fn, tables, x_T), (order, keys))
     return sampler.output(state), images
+
+
+def chain_from_tables(
+    eps_fn: EpsFn, tables: Any, x_T: jax.Array, *, sampler: Sampler, key: jax.Array | None = None, remat: bool = False
+) -> jax.Array:
+    """``x_0`` of one chain given its tables (``sampler.tables(...)`` or ``sampler.tables_from(...)``), untraced.
+
+    The building block for code that differentiates through a sampler with respect to its grid
+    (e.g. tables of real times, :func:`pifs_jax.samplers.continuous_step_tables`): call it inside
+    your own ``jax.jit`` / ``jax.grad`` / ``jax.vmap``. ``remat=True`` wraps each step in
+    ``jax.checkpoint`` (memory of one step instead of ``N`` under reverse-mode differentiation).
+    No input checks: those belong to :func:`sample_chain`.
+    """
+    num_steps = jax.tree_util.tree_leaves(tables)[0].shape[0]
+    x_0, _ = _scan(sampler, eps_fn, tables, x_T, step_keys(sampler, key, num_steps), keep_states=False, remat=remat)
+    return x_0
 
 
 @eqx.filter_jit

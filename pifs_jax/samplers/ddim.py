@@ -24,13 +24,13 @@ import numpy as np
 
 from pifs_jax._validation import check_floating, is_concrete
 from pifs_jax.errors import ArgumentError
-from pifs_jax.geometry import step_coefficients
+from pifs_jax.geometry import StepCoefficients, step_coefficients
 from pifs_jax.grids import as_grid
-from pifs_jax.samplers.base import Sampler, table_row
+from pifs_jax.samplers.base import Sampler, StepTables, table_row
 from pifs_jax.schedules import Schedule, safe_sqrt
 from pifs_jax.typing import EpsFn
 
-__all__ = ["DDIM", "ChainSteps", "chain_steps", "check_eta", "ddim_step", "ddim_tables"]
+__all__ = ["DDIM", "ChainSteps", "chain_steps", "check_eta", "ddim_step", "ddim_tables", "ddim_tables_from"]
 
 
 class ChainSteps(NamedTuple):
@@ -64,14 +64,22 @@ def ddim_tables(sched: Schedule, grid: Any = None, *, eta: Any = 0.0) -> ChainSt
     """
     check_eta(eta)
     grid = jnp.asarray(as_grid(grid, sched.T))
-    c = step_coefficients(sched, grid)
+    return ddim_tables_from(grid[1:], step_coefficients(sched, grid), eta=eta)
+
+
+def ddim_tables_from(t: jax.Array, c: StepCoefficients | StepTables, *, eta: Any = 0.0) -> ChainSteps:
+    """:class:`ChainSteps` of the steps from ``t`` with coefficients ``c`` (fields ``sigma_t``, ``sigma_s``, ``log_ratio``, ``a``).
+
+    ``c_t^2 = eta^2 sigma_s^2 / sigma_t^2 (1 - alpha_bar_t / alpha_bar_s)`` (capped at ``sigma_s^2``),
+    ``b_t^eta = (1 - a_t^2 - c_t^2) / (sqrt(sigma_s^2 - c_t^2) + a_t sigma_t)``.
+    """
     eta = jnp.asarray(eta, c.a.dtype)
     sigma2_t, sigma2_s = c.sigma_t**2, c.sigma_s**2
     # c_t^2 = eta^2 sigma_s^2 / sigma_t^2 * (1 - ab_t / ab_s)
     noise2 = eta**2 * sigma2_s / sigma2_t * -jnp.expm1(-c.log_ratio)
     noise2 = jnp.minimum(noise2, sigma2_s)
     b = (-jnp.expm1(c.log_ratio) - noise2) / (safe_sqrt(sigma2_s - noise2) + c.a * c.sigma_t)
-    return ChainSteps(grid[1:], c.a, b, safe_sqrt(noise2))
+    return ChainSteps(t, c.a, b, safe_sqrt(noise2))
 
 
 def chain_steps(sched: Schedule, grid: Any = None, *, eta: Any = 0.0) -> ChainSteps:
@@ -113,6 +121,9 @@ class DDIM(Sampler):
 
     def tables(self, sched: Schedule, grid: jax.Array) -> ChainSteps:
         return ddim_tables(sched, grid, eta=self.eta)
+
+    def tables_from(self, steps: StepTables) -> ChainSteps:
+        return ddim_tables_from(steps.t, steps, eta=self.eta)
 
     def step(
         self, eps_fn: EpsFn, tables: ChainSteps, state: jax.Array, i: jax.Array, key: jax.Array | None
