@@ -69,6 +69,7 @@ from pifs_jax.geometry import (
     step_coefficients,
     step_gaps,
 )
+from pifs_jax.grid_design import DESIGN_METHODS, FIXED_GRIDS, DesignedGrid, design_grid, fixed_grid
 from pifs_jax.grids import (
     AYS_SD15,
     AYS_SDXL,
@@ -193,9 +194,11 @@ __all__ = [
     "CRITERIA",
     "DATASET_NAMES",
     "DDIM",
+    "DESIGN_METHODS",
     "DIFFUSERS_BETA_SCHEDULES",
     "EXAMPLE_CONFIGS",
     "FAMILIES",
+    "FIXED_GRIDS",
     "PHOTO_NAMES",
     "PIXEL_BIN",
     "SCHEDULE_NAMES",
@@ -209,6 +212,7 @@ __all__ = [
     "ClaimResult",
     "ContractionSummary",
     "DPMSolverPP2M",
+    "DesignedGrid",
     "EmpiricalEps",
     "GaussianPatchData",
     "GridResult",
@@ -252,6 +256,7 @@ __all__ = [
     "ddim_sample",
     "ddim_step",
     "ddim_step_jacobian",
+    "design_grid",
     "diffusers_config_grid",
     "diffusers_grid",
     "diffusers_timesteps",
@@ -264,6 +269,7 @@ __all__ = [
     "expansion_factor",
     "expansion_threshold",
     "fit_to_schedule",
+    "fixed_grid",
     "forward_jacobian",
     "from_alpha_bar",
     "from_alphas_cumprod",

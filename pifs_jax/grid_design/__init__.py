@@ -1,5 +1,42 @@
-"""Sampling grids designed for a model, and the grids the field uses."""
+"""Sampling grids designed for a model, and the grids the field uses (docs/guides/sampling-grids.md)."""
 
+from pifs_jax.grid_design.ays import AYSResult, align_your_steps
+from pifs_jax.grid_design.design import DESIGN_METHODS, DesignedGrid, design_grid
+from pifs_jax.grid_design.evaluation import (
+    PairedGain,
+    grid_errors,
+    mean_grid_error,
+    paired_gain,
+    reference_solution,
+    run_grid,
+    self_convergence,
+)
 from pifs_jax.grid_design.fixed import FIXED_GRIDS, fixed_grid
+from pifs_jax.grid_design.geometric import GeometryMeasurement, geometric_grid, measure_geometry
+from pifs_jax.grid_design.gradient import GradientResult, gradient_grid
+from pifs_jax.grid_design.search import SearchResult, coordinate_search, gits_grid
 
-__all__ = ["FIXED_GRIDS", "fixed_grid"]
+__all__ = [
+    "DESIGN_METHODS",
+    "FIXED_GRIDS",
+    "AYSResult",
+    "DesignedGrid",
+    "GeometryMeasurement",
+    "GradientResult",
+    "PairedGain",
+    "SearchResult",
+    "align_your_steps",
+    "coordinate_search",
+    "design_grid",
+    "fixed_grid",
+    "geometric_grid",
+    "gits_grid",
+    "gradient_grid",
+    "grid_errors",
+    "mean_grid_error",
+    "measure_geometry",
+    "paired_gain",
+    "reference_solution",
+    "run_grid",
+    "self_convergence",
+]

@@ -43,7 +43,17 @@ __all__ = [
 ]
 
 #: The kinds :func:`fixed_grid` builds.
-FIXED_GRIDS = ("time_uniform", "leading", "trailing", "linspace", "quadratic", "logsnr_uniform", "edm", "kl_optimal")
+FIXED_GRIDS = (
+    "time_uniform",
+    "leading",
+    "trailing",
+    "linspace",
+    "quadratic",
+    "quadratic_to_T",
+    "logsnr_uniform",
+    "edm",
+    "kl_optimal",
+)
 #: The kinds designed on the schedule's noise levels (endpoints ``tau_1 = t_min``, ``tau_N = T``).
 SCHEDULE_GRIDS = ("logsnr_uniform", "edm", "kl_optimal")
 #: Karras et al. 2022's default ``rho`` for the ``"edm"`` grid.
@@ -228,6 +238,9 @@ def fixed_grid(sched: Schedule, num_steps: int, kind: str, *, t_min: int = 1, rh
       It ends at ``tau_N = floor(0.8 T) + 1`` (801 for ``T = 1000``), not ``T``, and is ``[0, 1]`` for
       ``N = 1``, as DDIM's. Where the truncation makes two points equal (many steps) they are pushed apart
       by :func:`pifs_jax.grids.round_grid`; when ``N > floor(0.8 T) + 1``, ``tau_N`` is raised to ``N``.
+    - ``"quadratic_to_T"``: the same quadratic spacing with the endpoints every other kind shares,
+      ``tau_i = round(T (i / N)^2)``, ``i = 0..N`` (collisions pushed apart by ``round_grid``): the form
+      in which comparisons at equal endpoints use it.
     - ``"logsnr_uniform"`` (DPM-Solver's "logSNR" spacing): ``lambda = logSNR / 2`` uniform,
       ``lambda_j = lambda(t_min) + (j-1)/(N-1) (lambda(T) - lambda(t_min))``, ``j = 1..N``.
     - ``"edm"`` (Karras et al. 2022): EDM sigmas ``s = sqrt((1 - alpha_bar) / alpha_bar) = exp(-logSNR/2)``,
@@ -267,6 +280,8 @@ def fixed_grid(sched: Schedule, num_steps: int, kind: str, *, t_min: int = 1, rh
         )
     if kind == "time_uniform":
         return uniform_grid(T, N).astype(np.int64)
+    if kind == "quadratic_to_T":
+        return round_grid(T * (np.arange(N + 1) / N) ** 2, last=T)
     if kind == "quadratic":
         seq = np.floor(np.linspace(0.0, np.sqrt(T * 0.8), N) ** 2)  # DDIM's int(): truncation of values >= 0
         return round_grid(np.concatenate([[0.0], seq + 1.0]), last=max(int(seq[-1]) + 1, N))

@@ -1,0 +1,172 @@
+"""``design_grid``: one entry point for every way of choosing a sampler's timesteps.
+
+- ``"geometric"`` (default): equal measured work per step (:mod:`pifs_jax.grid_design.geometric`),
+  no search on any evaluation metric; ``"geometric_local"`` the same without the chain's measured
+  expansion (the ablation that shows what the geometry adds).
+- ``"gradient"``: gradient descent through the solver from the geometric grid
+  (:mod:`pifs_jax.grid_design.gradient`); needs the reference solutions of the design seeds.
+- ``"gits"``: GITS's dynamic programme (:func:`pifs_jax.grid_design.search.gits_grid`).
+- ``"ays"``: Align Your Steps (:mod:`pifs_jax.grid_design.ays`); needs training images ``data``.
+- ``"oracle"``: coordinate search on the evaluation metric itself, from the best fixed grid on the
+  design seeds (the upper bound of a grid, expensive).
+- any fixed grid of :data:`pifs_jax.grid_design.FIXED_GRIDS` (``"time_uniform"``, ``"edm"``, ...).
+
+Every method returns an explicit integer grid (the package's convention) and a record of how it
+was made: the method, its options, the seeds, the network evaluations it cost and the seconds.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pifs_jax._validation import check_positive_int
+from pifs_jax.errors import ArgumentError
+from pifs_jax.grid_design.ays import align_your_steps
+from pifs_jax.grid_design.evaluation import mean_grid_error, reference_solution
+from pifs_jax.grid_design.fixed import FIXED_GRIDS, fixed_grid
+from pifs_jax.grid_design.geometric import geometric_grid, measure_geometry
+from pifs_jax.grid_design.gradient import gradient_grid
+from pifs_jax.grid_design.search import coordinate_search, gits_grid
+from pifs_jax.samplers import DDIM, Sampler, check_sampler, sampler_name
+from pifs_jax.schedules import Schedule
+from pifs_jax.typing import EpsFn
+
+__all__ = ["DESIGN_METHODS", "DesignedGrid", "design_grid"]
+
+#: The model-based methods (the fixed grids of FIXED_GRIDS are accepted too).
+DESIGN_METHODS = ("geometric", "geometric_local", "gradient", "gits", "ays", "oracle")
+#: The fixed grids the oracle starts from (the best on the design seeds): those that end at ``T``.
+ORACLE_STARTS = ("time_uniform", "quadratic_to_T", "logsnr_uniform", "edm", "kl_optimal")
+
+
+class DesignedGrid(NamedTuple):
+    """A designed grid and how it was made."""
+
+    grid: np.ndarray
+    """int64 ``0 = tau_0 < ... < tau_N`` (diffusers ``timesteps=``: :func:`pifs_jax.grid_to_diffusers_timesteps`)."""
+    method: str
+    sampler: str
+    nfe: int
+    """Network evaluations of one sample with this grid."""
+    network_evaluations: int
+    """Network evaluations the design itself cost (forward-equivalents; reverse passes counted as 2)."""
+    seconds: float
+    record: dict[str, Any]
+
+
+def _noises(x_T: Any, key: Any, num_design: int, sample_shape: Any) -> jax.Array:
+    if x_T is not None:
+        x_T = jnp.asarray(x_T)
+        if x_T.ndim < 2 or not jnp.issubdtype(x_T.dtype, jnp.floating):
+            raise ArgumentError("x_T", f"expected floating design noises of shape (R, ...), got {x_T.dtype}{x_T.shape}")
+        return x_T
+    if sample_shape is None:
+        raise ArgumentError("x_T", "give the design noises x_T (R, ...) or sample_shape to draw them")
+    key = jax.random.PRNGKey(0) if key is None else key
+    return jax.random.normal(key, (num_design, *tuple(sample_shape)))
+
+
+def design_grid(
+    eps_fn: EpsFn,
+    sched: Schedule,
+    steps: int,
+    *,
+    sampler: Sampler | None = None,
+    method: str = "geometric",
+    x_T: Any = None,
+    key: jax.Array | None = None,
+    sample_shape: Any = None,
+    num_design: int = 64,
+    data: Any = None,
+    options: dict[str, Any] | None = None,
+) -> DesignedGrid:
+    """Choose the ``steps`` timesteps of ``sampler`` for the model ``eps_fn`` by ``method``.
+
+    Args:
+      eps_fn: the denoiser of one sample, ``eps_fn(x, t)``.
+      sched: its schedule.
+      steps: ``N``, the number of steps (NFE = ``sampler.nfe(N)``).
+      sampler: default ``DDIM()``.
+      method: one of :data:`DESIGN_METHODS` or :data:`~pifs_jax.grid_design.FIXED_GRIDS`.
+      x_T: design noises ``(R,) + sample_shape``; default ``num_design`` normals from ``key`` of ``sample_shape``.
+      data: training images ``(B,) + sample_shape`` (``"ays"`` only).
+      options: the method's own keywords (e.g. ``{"fine_steps": 100}`` for ``"geometric"``,
+        ``{"iterations": 60}`` for ``"gradient"``, ``{"coeff": 1.0}`` for ``"gits"``).
+
+    Raises:
+      ArgumentError: naming ``method``, ``steps``, ``sampler``, ``x_T``, ``data`` or an option.
+    """
+    if not isinstance(sched, Schedule):
+        raise ArgumentError("sched", f"expected a pifs_jax Schedule, got {type(sched).__name__}")
+    sampler = check_sampler(DDIM() if sampler is None else sampler)
+    steps = check_positive_int(steps, name="steps")
+    if steps > sched.T:
+        raise ArgumentError("steps", f"cannot exceed T = {sched.T}, got {steps}")
+    if method not in DESIGN_METHODS and method not in FIXED_GRIDS:
+        raise ArgumentError("method", f"unknown method {method!r}; expected one of {DESIGN_METHODS + FIXED_GRIDS}")
+    options = dict(options or {})
+    record: dict[str, Any] = {"method": method, "options": dict(options), "steps": steps, "T": sched.T}
+    start = time.perf_counter()
+    if method in FIXED_GRIDS:
+        grid = fixed_grid(sched, steps, method, **options)
+        return DesignedGrid(grid, method, sampler_name(sampler), sampler.nfe(steps), 0, 0.0, record)
+    num_design = check_positive_int(num_design, name="num_design")
+    noises = _noises(x_T, key, num_design, sample_shape)
+    record["design_samples"] = int(noises.shape[0])
+    evaluations = 0
+    if method in ("geometric", "geometric_local"):
+        amplification = method == "geometric"
+        measure_options = {k: v for k, v in options.items() if k in ("fine_steps", "probes", "key")}
+        unknown = set(options) - set(measure_options) - {"first_step"}
+        if unknown:
+            raise ArgumentError("options", f"unknown options {sorted(unknown)} for {method!r}")
+        m = measure_geometry(eps_fn, sched, noises, sampler=sampler, **measure_options)
+        # the local-error ablation needs no reverse pass: count only the forward chain for it
+        evaluations = m.network_evaluations if amplification else int(noises.shape[0] * (len(m.times) - 1))
+        grid = geometric_grid(
+            m, steps, amplification=amplification, first_step=options.get("first_step", "equal_share")
+        )
+    elif method == "gits":
+        result = gits_grid(eps_fn, sched, steps, noises, **options)
+        grid, evaluations = result.grid, result.network_evaluations
+        record["coeff"] = options.get("coeff", 1.0)
+    elif method == "ays":
+        if data is None:
+            raise ArgumentError("data", "Align Your Steps needs training images: pass data=(B, ...) images")
+        result = align_your_steps(
+            eps_fn, sched, steps, data, key=jax.random.PRNGKey(0) if key is None else key, **options
+        )
+        grid, evaluations = result.grid, result.network_evaluations
+    else:  # gradient, oracle: both judge grids against the design seeds' reference solutions
+        reference_grid = options.pop("reference_grid", None)
+        reference = reference_solution(eps_fn, sched, noises, grid=reference_grid)
+        evaluations = int(noises.shape[0]) * (sched.T if reference_grid is None else len(reference_grid) - 1)
+        if method == "gradient":
+            geo = measure_geometry(eps_fn, sched, noises[: min(16, noises.shape[0])], sampler=sampler)
+            init = geometric_grid(geo, steps)
+            evaluations += geo.network_evaluations
+            result = gradient_grid(eps_fn, sched, noises, reference, init, sampler=sampler, **options)
+            record["init"] = init.tolist()
+            record["rounded_losses"] = result.rounded_losses
+        else:
+            init = options.pop("init", None)
+            if init is None:  # the best of the fixed grids that end at T, judged on the design seeds
+                candidates = [fixed_grid(sched, steps, kind) for kind in ORACLE_STARTS]
+                scores = [mean_grid_error(eps_fn, sched, g, noises, reference, sampler=sampler) for g in candidates]
+                evaluations += len(candidates) * sampler.nfe(steps) * int(noises.shape[0])
+                init = candidates[int(np.argmin(scores))]
+            init = np.asarray(init, np.int64)
+            result = coordinate_search(eps_fn, sched, noises, reference, init, sampler=sampler, **options)
+            record["init"] = init.tolist()
+            record["history"] = result.history
+        grid = result.grid
+        evaluations += result.network_evaluations
+    seconds = time.perf_counter() - start
+    return DesignedGrid(
+        np.asarray(grid, np.int64), method, sampler_name(sampler), sampler.nfe(steps), int(evaluations), seconds, record
+    )

@@ -1,0 +1,194 @@
+"""Grids by search: GITS's dynamic programme and the oracle coordinate search on the final error.
+
+**GITS** (Chen et al. 2024, "On the Trajectory Regularity of ODE-based Diffusion Sampling"): a
+fine teacher grid of ``M`` steps (here time-uniform, as the authors' diffusers path sets it with
+``set_timesteps``), teacher trajectories of the first-order solver on it from ``R`` noises, and the
+cost of one coarse step from teacher point ``i`` to teacher point ``j``,
+``C[i, j] = mean_r ||Phi_{t_i -> t_j}(x_i^r) - x_j^r||_2`` (one denoiser call at ``x_i`` serves every
+``j``: the DDIM step is affine in the prediction). A dynamic programme picks the ``N - 1`` coarse
+steps from ``t_M = T`` down to the teacher's smallest non-zero time minimising
+``C[i_1, i_2] + c C[i_2, i_3] + c^2 ...`` (the authors' recursion
+``V[j][k] = min_i C[j, i] + c V[i][k - 1]``, ``V[i][1] = C[i, last]``); the final step onto
+``sigma = 0`` is not costed. ``c`` is the authors' ``coeff`` (their code writes grids for
+``0.8 .. 1.2``); the package's default is ``1.0`` (plain sum of one-step errors) and the record
+states it. For a second-order solver the same (first-order) grid is used, as the authors do.
+
+**Oracle** (:func:`coordinate_search`): the upper bound of what a grid can do on the evaluation
+metric itself: starting from a grid, each interior point in turn is moved to the best of a set of
+candidate integers between its neighbours (evenly spaced ones and local moves ``+-1, 2, 4, ...``),
+judged by the mean RMSE to the reference on the design seeds; sweeps repeat until none improves.
+Every candidate costs ``NFE x R`` network evaluations, all counted.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pifs_jax._validation import check_positive_int
+from pifs_jax.errors import ArgumentError
+from pifs_jax.grid_design.evaluation import DEFAULT_CHUNK, mean_grid_error
+from pifs_jax.grid_design.fixed import fixed_grid
+from pifs_jax.samplers import DDIM, Sampler, step_tables
+from pifs_jax.schedules import Schedule
+from pifs_jax.typing import EpsFn
+
+__all__ = ["SearchResult", "coordinate_search", "gits_grid"]
+
+
+class SearchResult(NamedTuple):
+    """A searched grid and what it cost."""
+
+    grid: np.ndarray
+    history: list[float]
+    """The objective after each sweep (oracle) or the DP's optimal cost (GITS)."""
+    network_evaluations: int
+    seconds: float
+
+
+@eqx.filter_jit
+def _teacher(eps_fn: EpsFn, a: jax.Array, b: jax.Array, t: jax.Array, x_T: jax.Array):
+    """Teacher states and predictions at fine points ``M, ..., 1`` (and ``x_0``), batched."""
+
+    def one(x0):
+        def body(x, inputs):
+            a_k, b_k, t_k = inputs
+            eps = eps_fn(x, t_k)
+            return a_k * x + b_k * eps, (x, eps)
+
+        return jax.lax.scan(body, x0, (a, b, t))
+
+    return jax.vmap(one)(x_T)
+
+
+def gits_grid(
+    eps_fn: EpsFn,
+    sched: Schedule,
+    num_steps: int,
+    x_T: Any,
+    *,
+    teacher_steps: int = 100,
+    coeff: float = 1.0,
+) -> SearchResult:
+    """GITS's grid (module docstring) from teacher trajectories started at the noises ``x_T`` ``(R,) + shape``."""
+    num_steps = check_positive_int(num_steps, name="num_steps")
+    teacher_steps = check_positive_int(teacher_steps, name="teacher_steps")
+    if not num_steps <= teacher_steps <= sched.T:
+        raise ArgumentError(
+            "teacher_steps", f"expected num_steps = {num_steps} <= teacher_steps <= T = {sched.T}, got {teacher_steps}"
+        )
+    if not (isinstance(coeff, int | float) and np.isfinite(coeff) and coeff > 0):
+        raise ArgumentError("coeff", f"expected a positive number, got {coeff!r}")
+    x_T = jnp.asarray(x_T)
+    if x_T.ndim < 2:
+        raise ArgumentError("x_T", f"expected a batch of noises (R, ...), got shape {x_T.shape}")
+    start = time.perf_counter()
+    teacher = fixed_grid(sched, teacher_steps, "time_uniform")
+    tab = step_tables(sched, teacher)
+    a, b, t = (jnp.asarray(v[::-1]) for v in (tab.a, tab.b, tab.t))
+    _, (states, eps) = _teacher(eps_fn, a.astype(x_T.dtype), b.astype(x_T.dtype), t.astype(jnp.int32), x_T)
+    # order points from t_M = T (index 0) down to t_1 (index M - 1), as the authors do
+    states = np.asarray(states, np.float64).reshape(x_T.shape[0], teacher_steps, -1)
+    eps = np.asarray(eps, np.float64).reshape(x_T.shape[0], teacher_steps, -1)
+    times = teacher[1:][::-1]
+    log_ab = np.asarray(sched.log_alpha_bar, np.float64)
+    m = teacher_steps
+    cost = np.full((m, m), np.inf)
+    for i in range(m - 1):
+        t_i = times[i]
+        for j in range(i + 1, m):
+            s = times[j]
+            ratio = np.exp((log_ab[s] - log_ab[t_i]) / 2)  # a = sqrt(ab_s / ab_t)
+            sig_t, sig_s = np.sqrt(-np.expm1(log_ab[t_i])), np.sqrt(-np.expm1(log_ab[s]))
+            x_next = ratio * states[:, i] + (sig_s - ratio * sig_t) * eps[:, i]
+            cost[i, j] = float(np.mean(np.linalg.norm(x_next - states[:, j], axis=1)))
+    path, best = _dynamic_programme(cost, num_steps, float(coeff))
+    grid = np.concatenate([[0], np.sort(times[path])]).astype(np.int64)
+    return SearchResult(grid, [best], int(x_T.shape[0] * m), time.perf_counter() - start)
+
+
+def _dynamic_programme(cost: np.ndarray, num_steps: int, coeff: float) -> tuple[list[int], float]:
+    """The authors' recursion: ``num_steps`` points from index 0 to the last index (``num_steps - 1`` costed steps)."""
+    m = cost.shape[0]
+    last = m - 1
+    if num_steps == 1:
+        return [0], 0.0
+    k_max = num_steps - 1
+    value = np.full((m, k_max + 1), np.inf)
+    value[:, 1] = cost[:, last]
+    value[last, 1] = np.inf
+    for k in range(2, k_max + 1):
+        for j in range(m - 1):
+            candidates = cost[j, j + 1 : last] + coeff * value[j + 1 : last, k - 1]
+            if candidates.size:
+                value[j, k] = np.min(candidates)
+    path, w = [0], 0
+    for k in range(k_max, 1, -1):
+        nxt = w + 1 + int(np.argmin(cost[w, w + 1 : last] + coeff * value[w + 1 : last, k - 1]))
+        path.append(nxt)
+        w = nxt
+    path.append(last)
+    return path, float(value[0, k_max])
+
+
+def coordinate_search(
+    eps_fn: EpsFn,
+    sched: Schedule,
+    x_T: Any,
+    reference: Any,
+    init: Any,
+    *,
+    sampler: Sampler | None = None,
+    max_sweeps: int = 4,
+    spread: int = 8,
+    chunk: int = DEFAULT_CHUNK,
+    progress: Callable[[str], Any] | None = None,
+) -> SearchResult:
+    """The oracle (module docstring): coordinate search of the integer grid on the mean RMSE to ``reference``."""
+    sampler = DDIM() if sampler is None else sampler
+    max_sweeps = check_positive_int(max_sweeps, name="max_sweeps")
+    spread = check_positive_int(spread, name="spread")
+    grid = np.asarray(init, np.int64).copy()
+    reference = np.asarray(reference, np.float64)
+    start = time.perf_counter()
+    evaluations = 0
+    nfe = sampler.nfe(grid.shape[0] - 1)
+    cache: dict[tuple[int, ...], float] = {}
+
+    def objective(g: np.ndarray) -> float:
+        nonlocal evaluations
+        key = tuple(int(v) for v in g)
+        if key not in cache:
+            cache[key] = mean_grid_error(eps_fn, sched, g, x_T, reference, sampler=sampler, chunk=chunk)
+            evaluations += nfe * int(np.shape(x_T)[0])
+        return cache[key]
+
+    best = objective(grid)
+    history = [best]
+    for sweep in range(max_sweeps):
+        improved = False
+        for i in range(1, grid.shape[0] - 1):
+            lo, hi = int(grid[i - 1]) + 1, int(grid[i + 1]) - 1
+            if hi <= lo:
+                continue
+            here = int(grid[i])
+            local = {here + d for r in (1, 2, 4, 8, 16) for d in (-r, r)}
+            spaced = set(np.unique(np.round(np.linspace(lo, hi, spread)).astype(int)).tolist())
+            for c in sorted(v for v in local | spaced if lo <= v <= hi and v != here):
+                trial = grid.copy()
+                trial[i] = c
+                value = objective(trial)
+                if value < best - 1e-12:
+                    best, grid, improved = value, trial, True
+        history.append(best)
+        if progress is not None:
+            progress(f"oracle sweep {sweep + 1}: mean RMSE {best:.5f}")
+        if not improved:
+            break
+    return SearchResult(grid, history, evaluations, time.perf_counter() - start)

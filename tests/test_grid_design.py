@@ -1,0 +1,243 @@
+"""Grid design: the evaluation metric, GITS's programme, the geometric measurement and placement, the gradient.
+
+Each against an independent value: NumPy formulas, brute-force enumeration, closed forms of a
+scalar Gaussian chain, finite differences. Float64 where a tolerance below 1e-6 is claimed.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import pifs_jax as pj
+from pifs_jax.errors import ArgumentError
+from pifs_jax.grid_design import (
+    GeometryMeasurement,
+    design_grid,
+    geometric_grid,
+    grid_errors,
+    measure_geometry,
+    paired_gain,
+)
+from pifs_jax.grid_design.gradient import grid_times_from_logits, logits_from_grid
+from pifs_jax.grid_design.search import gits_grid
+from pifs_jax.samplers import DDIM, chain_from_tables, continuous_step_tables, step_tables
+
+C = 0.3  # variance of the scalar Gaussian data N(0, C)
+
+
+def scalar_gaussian_eps(sched):
+    """Exact eps of N(0, C) data: ``eps(x, t) = sigma_t x / (ab_t C + sigma_t^2)``."""
+    ab = sched.alpha_bar
+    sig2 = sched.sigma2
+
+    def eps_fn(x, t):
+        return jnp.sqrt(sig2[t]) * x / (ab[t] * C + sig2[t])
+
+    return eps_fn
+
+
+def test_grid_errors_and_paired_gain_against_numpy():
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(50, 3, 4))
+    a = ref + 0.2 * rng.normal(size=ref.shape)
+    b = ref + 0.1 * rng.normal(size=ref.shape)
+    ea, eb = grid_errors(a, ref), grid_errors(b, ref)
+    np.testing.assert_allclose(ea, [np.sqrt(np.mean((a[i] - ref[i]) ** 2)) for i in range(50)], rtol=1e-12)
+    g = paired_gain(ea, eb, resamples=500)
+    assert g.gain == pytest.approx(1 - eb.mean() / ea.mean(), rel=1e-12)
+    assert g.lo < g.gain < g.hi and g.gain > 0.3  # b has half the noise: gain about 0.5
+    with pytest.raises(ArgumentError, match="reference"):
+        grid_errors(a, ref[:10])
+    with pytest.raises(ArgumentError, match="errors_b"):
+        paired_gain(ea, eb[:5])
+
+
+def test_gits_programme_is_the_brute_force_optimum():
+    # the dynamic programme with coeff = 1 is the exact shortest path with N - 1 costed steps:
+    # enumerate every path on a small random upper-triangular cost matrix
+    from pifs_jax.grid_design import search  # the programme itself is module-level
+
+    rng = np.random.default_rng(3)
+    m = 9
+    cost = np.triu(rng.uniform(0.1, 1.0, size=(m, m)), 1)
+    cost[np.tril_indices(m)] = np.inf
+    for num_steps in (2, 3, 4, 5):
+        path, value = search.__dict__["_dynamic_programme"](cost, num_steps, 1.0)
+        best = min(
+            sum(cost[p, q] for p, q in itertools.pairwise((0, *inner, m - 1)))
+            for inner in itertools.combinations(range(1, m - 1), num_steps - 2)
+        )
+        assert value == pytest.approx(best, rel=1e-12)
+        assert sum(cost[p, q] for p, q in itertools.pairwise(path)) == pytest.approx(best, rel=1e-12)
+        assert len(path) == num_steps and path[0] == 0 and path[-1] == m - 1
+
+
+def test_gits_grid_shape_and_cost():
+    sched = pj.linear(1000)
+    x_T = jax.random.normal(jax.random.PRNGKey(0), (8, 1))
+    res = gits_grid(scalar_gaussian_eps(sched), sched, 5, x_T, teacher_steps=50)
+    assert res.grid[0] == 0 and res.grid[-1] == 1000 and len(res.grid) == 6
+    assert np.all(np.diff(res.grid) > 0) and res.grid[1] == 20  # the teacher's smallest non-zero time
+    assert res.network_evaluations == 8 * 50
+    with pytest.raises(ArgumentError, match="teacher_steps"):
+        gits_grid(scalar_gaussian_eps(sched), sched, 5, x_T, teacher_steps=3)
+
+
+def test_geometric_placement_is_uniform_in_lambda_for_constant_work():
+    # constant g and a last-step error that only allows the smallest tau_1: equal work = uniform lambda
+    times = np.arange(0, 1001, 10)
+    lam = np.linspace(5.0, -5.0, 100)  # decreasing in t, k = 1..M
+    last = np.where(np.arange(100) == 0, 0.0, 1e6)
+    m = GeometryMeasurement(times, lam, np.ones(100), np.ones(100), last, 1, 0.5, 0, 0.0)
+    grid = geometric_grid(m, 5)
+    assert grid[0] == 0 and grid[1] == 10 and grid[-1] == 1000
+    # the interior times are uniform in lambda between t_1 (lambda 5) and T (lambda -5), linear in t
+    expected = np.interp(np.linspace(5.0, -5.0, 5)[1:-1], lam[::-1], times[1:][::-1].astype(float))
+    np.testing.assert_allclose(grid[2:-1], np.rint(expected), atol=1)
+    assert geometric_grid(m, 1).tolist() == [0, 1000]
+
+
+def test_first_step_rules():
+    # W(t_k) = (M - k) * 0.1 for k = 1..M (g = 1 on a uniform lambda grid of spacing 0.1); e_last grows with k.
+    # equal_share: the largest k with e_last(k) <= (W(k) / (N - 1))^2; min_sum: argmin e_last + W^2 / (N - 1)
+    times = np.arange(0, 1001, 10)
+    lam = 0.1 * np.arange(100)[::-1]
+    last = 1e-4 * np.arange(100) ** 2
+    m = GeometryMeasurement(times, lam, np.ones(100), np.ones(100), last, 1, 0.5, 0, 0.0)
+    work = 0.1 * (99 - np.arange(100))
+    k_share = np.flatnonzero(last <= (work / 4) ** 2)[-1]
+    k_sum = np.argmin(last + work**2 / 4)
+    assert geometric_grid(m, 5)[1] == times[1:][k_share]
+    assert geometric_grid(m, 5, first_step="min_sum")[1] == times[1:][k_sum]
+    assert k_sum > k_share  # the sum weights the other steps N - 1 times more: the first rule jumps from higher up
+    with pytest.raises(ArgumentError, match="first_step"):
+        geometric_grid(m, 5, first_step="nope")
+
+
+def test_measurement_on_the_scalar_gaussian_chain_against_closed_forms():
+    # data N(0, C): the DDIM chain is linear, x_{k-1} = f_k x_k; D_k = alpha_k C x_k / (ab_k C + sigma_k^2);
+    # J_{k->0} = prod_{j <= k} f_j. local_error and propagated are compared with the same quantities
+    # from the closed forms on the same fine grid (finite differences in lambda as the method
+    # does); propagated uses random probes: 256 probes x 64 trajectories give a chi-square
+    # mean with relative standard deviation sqrt(2 / 16384) ~ 1 %, so 6 % is five sigmas.
+    with jax.enable_x64(True):
+        sched = pj.linear(1000, dtype=jnp.float64)
+        x_T = jax.random.normal(jax.random.PRNGKey(1), (64, 1), jnp.float64)
+        m = measure_geometry(scalar_gaussian_eps(sched), sched, x_T, fine_steps=60, probes=256)
+        times = m.times
+        tab = step_tables(sched, times)
+        log_ab = np.asarray(sched.log_alpha_bar, np.float64)[times[1:]]
+        ab, sig2 = np.exp(log_ab), -np.expm1(log_ab)
+        f = np.asarray(tab.a) + np.asarray(tab.b) * np.sqrt(sig2) / (ab * C + sig2)  # step k -> k-1, k = 1..M
+        x = np.asarray(x_T)[:, 0]
+        states = np.zeros((64, 60))
+        states[:, -1] = x
+        for k in range(59, 0, -1):
+            states[:, k - 1] = f[k] * states[:, k]
+        d = np.sqrt(ab) * C * states / (ab * C + sig2)
+        lam = np.log(np.sqrt(ab / sig2))
+        np.testing.assert_allclose(m.half_log_snr, lam, rtol=1e-12)
+        e = 0.5 * np.sqrt(ab) * np.gradient(d, lam, axis=1)
+        np.testing.assert_allclose(m.local_error, np.sqrt(np.mean(e**2, axis=0)), rtol=1e-8)
+        jac = np.cumprod(f)  # J_{k->0} = f_1 ... f_k
+        expected = np.sqrt(np.mean((jac[:-1] * e[:, :-1]) ** 2, axis=0))
+        np.testing.assert_allclose(m.propagated[:-1], expected, rtol=0.06)
+        x0 = f[0] * states[:, 0]
+        np.testing.assert_allclose(
+            m.last_step_error, np.sqrt(np.mean((d - x0[:, None]) ** 2, axis=0)), rtol=1e-8, atol=1e-14
+        )
+
+
+def test_continuous_tables_equal_the_integer_tables_at_integer_times():
+    with jax.enable_x64(True):
+        sched = pj.linear(1000, dtype=jnp.float64)
+        grid = np.array([0, 1, 37, 200, 650, 1000])
+        a, b = step_tables(sched, grid), continuous_step_tables(sched, grid.astype(np.float64))
+        for field in a._fields:
+            x, y = np.asarray(getattr(a, field)), np.asarray(getattr(b, field))
+            finite = np.isfinite(x)
+            np.testing.assert_array_equal(finite, np.isfinite(y))
+            np.testing.assert_allclose(y[finite], x[finite], rtol=1e-12, atol=1e-13)  # G: a difference, not a sum
+
+
+def test_gradient_through_the_chain_matches_finite_differences():
+    with jax.enable_x64(True):
+        sched = pj.linear(1000, dtype=jnp.float64)
+        eps_fn = scalar_gaussian_eps(sched)
+        x_T = jnp.array([[0.7], [-1.3]], jnp.float64)
+        # times between integers: log alpha_bar is piecewise linear in t, with kinks at the integers
+        logits = jnp.asarray(logits_from_grid([0, 20.3, 150.4, 500.2, 1000], 1000))
+
+        def loss(z):
+            tables = DDIM().tables_from(continuous_step_tables(sched, grid_times_from_logits(z, 1000)))
+            out = jax.vmap(lambda x: chain_from_tables(eps_fn, tables, x, sampler=DDIM(), remat=True))(x_T)
+            return jnp.sum(out**2)
+
+        grad = np.asarray(jax.grad(loss)(logits))
+        h = 1e-6  # moves the times by far less than the distance to a rounding boundary of the network's t
+        fd = [(loss(logits.at[i].add(h)) - loss(logits.at[i].add(-h))) / (2 * h) for i in range(4)]
+        np.testing.assert_allclose(grad, np.asarray(fd), rtol=1e-5, atol=1e-10)
+        times = np.asarray(grid_times_from_logits(logits, 1000))
+        np.testing.assert_allclose(times, [0, 20.3, 150.4, 500.2, 1000], rtol=1e-9)
+
+
+def test_design_grid_methods_and_bad_input():
+    sched = pj.linear(1000)
+    eps_fn = scalar_gaussian_eps(sched)
+    x_T = jax.random.normal(jax.random.PRNGKey(2), (8, 1))
+    for method in ("time_uniform", "edm", "geometric", "geometric_local", "gits"):
+        d = design_grid(eps_fn, sched, 4, method=method, x_T=x_T, options={"fine_steps": 40} if "geo" in method else {})
+        assert d.grid[0] == 0 and d.grid[-1] == 1000 and len(d.grid) == 5 and np.all(np.diff(d.grid) > 0)
+        assert d.nfe == 4 and d.method == method
+    oracle = design_grid(eps_fn, sched, 3, method="oracle", x_T=x_T, options={"max_sweeps": 1})
+    assert oracle.record["history"][-1] <= oracle.record["history"][0]
+    assert oracle.network_evaluations > 8 * 1000  # the reference's T evaluations per seed are counted
+    with pytest.raises(ArgumentError, match="method"):
+        design_grid(eps_fn, sched, 4, method="nope", x_T=x_T)
+    with pytest.raises(ArgumentError, match="steps"):
+        design_grid(eps_fn, sched, 1001, x_T=x_T)
+    with pytest.raises(ArgumentError, match="x_T"):
+        design_grid(eps_fn, sched, 4)
+    with pytest.raises(ArgumentError, match="sampler"):
+        design_grid(eps_fn, sched, 4, x_T=x_T, sampler="ddim")
+
+
+def test_design_grid_command_writes_the_grid_and_the_diffusers_list(tmp_path, capsys):
+    import json
+
+    from pifs_jax import cli
+
+    out = tmp_path / "g"
+    argv = ["design-grid", "--pretrained", "dit-digits", "--steps", "7", "--method", "edm", "--out", str(out)]
+    assert cli.main(argv) == 0
+    record = json.loads((out / "grid.json").read_text())["results"]
+    assert record["grid"] == pj.fixed_grid(pj.linear(1000), 7, "edm").tolist()
+    assert record["diffusers_timesteps"] == [t - 1 for t in record["grid"][1:]][::-1]  # ours t = diffusers' t + 1
+    assert (out / "grid.png").is_file() and "NFE 7" in capsys.readouterr().out
+    assert cli.main(["design-grid", "--pretrained", "dit-digits", "--steps", "1001", "--out", str(tmp_path / "h")]) == 2
+    assert "--steps" in capsys.readouterr().err
+    assert cli.main(["design-grid", "--pretrained", "nope", "--steps", "5", "--out", str(tmp_path / "i")]) == 2
+    assert "--pretrained" in capsys.readouterr().err
+
+
+def test_grid_design_experiment_tables_are_consistent(tmp_path):
+    """The experiment's computation on a tiny configuration: every method judged on the same seeds, gains paired."""
+    from pifs_jax import reproduce
+
+    module = reproduce.load_experiment(reproduce.discover_experiments()["grid_design"])
+    cfg = dict(models=["mixture"], steps=[3], samplers=["ddim"], design=8, evaluate=16, oracle_sweeps=1,
+               gradient_iterations=2, methods=("geometric", "oracle"))  # fmt: skip
+    results = module.compute(cfg, progress=False)
+    run = results["models"]["mixture"]["runs"][0]
+    rows = run["methods"]
+    assert set(rows) == {*module.FIXED, "geometric", "oracle"} and run["nfe"] == 3
+    best = run["best_fixed"]
+    assert rows[best]["rmse"] == min(rows[m]["rmse"] for m in module.FIXED)
+    for row in rows.values():
+        assert row["gain_vs_best_fixed"]["gain"] == pytest.approx(1 - row["rmse"] / rows[best]["rmse"], rel=1e-9)
+    assert "| geometric |" in module.render_markdown(results)
