@@ -234,7 +234,7 @@ def test_public_names_and_old_import_paths():
 
     assert cli.geometry_arrays is geometry.geometry_arrays  # moved to the library, old path kept
     assert cli.UsageError is common.UsageError and cli.SUBCOMMANDS is common.SUBCOMMANDS
-    assert list(cli.SUBCOMMANDS) == ["geometry", "reproduce", "optimize", "train", "sample", "analyze"]
+    assert list(cli.SUBCOMMANDS) == ["geometry", "reproduce", "optimize", "train", "sample", "analyze", "design-grid"]
     error = cli.UsageError("--steps", "expected a positive integer, got 0")
     assert isinstance(error, ArgumentError) and isinstance(error, ValueError)
     assert (error.option, error.argument, error.detail) == ("--steps", "--steps", "expected a positive integer, got 0")

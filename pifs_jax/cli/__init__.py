@@ -28,13 +28,13 @@ import os
 import sys
 import textwrap
 
-from pifs_jax.cli import analyze, geometry, optimize, reproduce, sample, train
+from pifs_jax.cli import analyze, design_grid, geometry, optimize, reproduce, sample, train
 from pifs_jax.cli.common import PROG, SUBCOMMANDS, Subcommand, UsageError, option_for, register_subcommand
 from pifs_jax.geometry import geometry_arrays  # its home before it moved to the library
 
 __all__ = ["SUBCOMMANDS", "Subcommand", "UsageError", "build_parser", "geometry_arrays", "main", "register_subcommand"]
 
-for _command in (geometry, reproduce, optimize, train, sample, analyze):  # --help order
+for _command in (geometry, reproduce, optimize, train, sample, analyze, design_grid):  # --help order
     register_subcommand(_command.SUBCOMMAND)
 del _command
 
