@@ -198,3 +198,21 @@ def test_regenerated_fixture_equals_the_committed_one(tmp_path):
         assert sorted(new.files) == sorted(old)
         for key, value in old.items():
             np.testing.assert_allclose(new[key], value, rtol=1e-5, atol=1e-6 * np.max(np.abs(value)), err_msg=key)
+
+
+def test_a_designed_grid_runs_in_diffusers_and_gives_the_same_samples(x64):
+    """``pj.design_grid``'s DPM-Solver++(2M) grid, exported as diffusers ``timesteps=``, is the fixture's "designed"
+    grid: diffusers walked it (its timesteps are ours minus 1), and the samples equal ours (the Gaussian tests above
+    compare every step at 1e-5)."""
+    meta, ref = read_fixture()
+    sched = from_diffusers_config(meta["scheduler_config"], dtype=np.float64)
+    mean = np.asarray(meta["gaussian"]["mean"], np.float64)
+    eps_fn = pj.gaussian_denoiser_eig(sched, mean, np.asarray(meta["gaussian"]["variances"]), np.eye(mean.size))
+    noises = jax.random.normal(jax.random.PRNGKey(0), (16, mean.size), jnp.float64)
+    designed = pj.design_grid(eps_fn, sched, 8, sampler=DPMSolverPP2M(), method="geometric", x_T=noises)
+    assert designed.grid.tolist() == meta["gaussian"]["grids"]["designed"]
+    np.testing.assert_array_equal(ref["gaussian_designed_timesteps"], pj.grid_to_diffusers_timesteps(designed.grid))
+    x0 = sample_batch(
+        eps_fn, sched, jnp.asarray(ref["gaussian_designed_x_T"]), grid=designed.grid, sampler=DPMSolverPP2M()
+    )
+    assert relative_error(x0, ref["gaussian_designed_trajectory"][-1]) <= 1e-5
