@@ -1,0 +1,250 @@
+"""Sampling grids designed from a model's measured geometry, against the grids the field uses.
+
+The method and the protocol are fixed in docs/theory.md section 12. For each model, solver and
+number of steps ``N``, every method designs a grid on the DESIGN noises, and every grid is judged
+on disjoint EVALUATION noises (the same for every method: paired) by the per-sample RMSE to the
+reference solution (DDIM on all ``T`` steps from the same noise); the table gives the mean RMSE,
+the paired gain over the best fixed grid with its bootstrap interval, the fraction of values
+outside ``[-1, 1]``, the design cost in network evaluations and seconds, and the share of the
+oracle's gain each method reaches ("gap to oracle closed").
+
+Models: the shipped ``dit-photos16`` (every shipped model with ``--full``) and the ground-truth
+tier, a Gaussian mixture "image" (8x8, three components) with its exact denoiser. Methods: the
+fixed grids (time-uniform, logSNR-uniform, EDM rho = 7, AYS's KL-optimal closed form, DDIM's
+quadratic stretched to end at ``T``: endpoints held equal), GITS, Align Your Steps (KLUB on the
+training images, 256 samples, 4 sweeps), the geometric grid (and its first rule for the last step,
+``geometric_v1``), its local-error ablation, the gradient descent from the geometric grid and the
+oracle coordinate search (from the best fixed grid on the design seeds).
+
+Modes: ``quick`` (tests: the mixture only, ``N = 5``, DDIM, few seeds), default (a few minutes:
+``N`` in 5 and 10, both solvers, 64 design and 256 evaluation seeds), ``full`` (every shipped
+model, ``N`` in 4, 5, 6, 8, 10, 15, 20, 2000 evaluation seeds).
+
+Writes ``<out>/grid_design/grid_design.json`` and ``error_vs_nfe.png``.
+Run alone with ``python experiments/grid_design.py --out results [--quick | --full]``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pifs_jax import plotting
+from pifs_jax.data import gaussian_mixture_data
+from pifs_jax.denoisers import gaussian_mixture_denoiser
+from pifs_jax.grid_design import design_grid, grid_errors, paired_gain, reference_solution, run_grid, self_convergence
+from pifs_jax.models.pretrained import list_pretrained, pretrained
+from pifs_jax.reproduce import experiment_main, markdown_table
+from pifs_jax.results import write_result_json
+from pifs_jax.samplers import DDIM, DPMSolverPP2M, sampler_name
+from pifs_jax.schedules import linear
+
+NAME = "grid_design"
+TITLE = "Sampling grids designed from the model's measured geometry"
+
+FIXED = ("time_uniform", "logsnr_uniform", "edm", "kl_optimal", "quadratic_to_T")
+MODEL_METHODS = ("gits", "ays", "geometric_local", "geometric_v1", "geometric", "gradient", "oracle")
+#: Design seeds, and the evaluation seeds: 2 judged the rule first fixed (docs/guides/sampling-grids.md
+#: keeps that table); 3 are fresh seeds for the revised rule (theory section 12), never used before.
+SEED_DESIGN, SEED_EVAL = 1, 3
+#: Align Your Steps' settings here: KLUB samples and sweeps bounded for CPU time (the paper: 8192
+#: samples, early stopping on its own metrics).
+AYS_OPTIONS = {"num_samples": 256, "max_sweeps": 4}
+
+
+def mode_config(*, quick: bool, full: bool) -> dict[str, Any]:
+    """The mode's sizes (module docstring)."""
+    if quick:
+        return dict(models=["mixture"], steps=[5], samplers=["ddim"], design=16, evaluate=32, oracle_sweeps=1,
+                    gradient_iterations=10, methods=MODEL_METHODS)  # fmt: skip
+    if full:
+        return dict(models=["mixture", *list_pretrained()], steps=[4, 5, 6, 8, 10, 15, 20], samplers=["ddim", "dpm"],
+                    design=128, evaluate=2000, oracle_sweeps=4, gradient_iterations=60, methods=MODEL_METHODS)  # fmt: skip
+    return dict(models=["mixture", "dit-photos16"], steps=[5, 10], samplers=["ddim", "dpm"], design=64, evaluate=256,
+                oracle_sweeps=2, gradient_iterations=30, methods=MODEL_METHODS)  # fmt: skip
+
+
+def mixture_model() -> tuple[Any, Any, tuple[int, ...], Any]:
+    """The ground-truth tier: three Gaussian components on 8x8 "images" (flattened), exact denoiser and data."""
+    sched = linear(1000)
+    n = 64
+    key = jax.random.PRNGKey(7)
+    means = 0.6 * jax.random.normal(key, (3, n))
+    scales = jnp.array([0.05, 0.1, 0.2])
+    covs = jax.vmap(lambda s: s**2 * jnp.eye(n))(scales)
+    weights = jnp.ones(3) / 3
+    eps_fn = gaussian_mixture_denoiser(sched, weights, means, covs)
+    data = gaussian_mixture_data(jax.random.PRNGKey(8), n=2048, weights=weights, means=means, covs=covs).samples
+    return eps_fn, sched, (n,), data
+
+
+def _model(name: str) -> tuple[Any, Any, tuple[int, ...], Any]:
+    """``(eps_fn, schedule, sample shape, training images)``."""
+    if name == "mixture":
+        return mixture_model()
+    loaded = pretrained(name)
+    return loaded.eps_fn, loaded.schedule, tuple(loaded.image_shape), loaded.load_data()[0]
+
+
+def _solver(name: str):
+    return DDIM() if name == "ddim" else DPMSolverPP2M()
+
+
+def compute(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
+    """Every model x solver x N x method (module docstring)."""
+    results: dict[str, Any] = {"models": {}}
+    for model_name in cfg["models"]:
+        eps_fn, sched, shape, data = _model(model_name)
+        design = jax.random.normal(jax.random.PRNGKey(SEED_DESIGN), (cfg["design"], *shape))
+        evaluate = jax.random.normal(jax.random.PRNGKey(SEED_EVAL), (cfg["evaluate"], *shape))
+        start = time.perf_counter()
+        reference = reference_solution(eps_fn, sched, evaluate)
+        model_out: dict[str, Any] = {
+            "reference_seconds": time.perf_counter() - start,
+            "reference_self_convergence": self_convergence(eps_fn, sched, evaluate[: min(64, cfg["evaluate"])]),
+            "runs": [],
+        }
+        for solver_name in cfg["samplers"]:
+            sampler = _solver(solver_name)
+            for steps in cfg["steps"]:
+                rows: dict[str, Any] = {}
+                errors: dict[str, np.ndarray] = {}
+                for method in (*FIXED, *cfg["methods"]):
+                    options: dict[str, Any] = {}
+                    name = method
+                    if method == "oracle":
+                        options = {"max_sweeps": cfg["oracle_sweeps"]}
+                    elif method == "gradient":
+                        options = {"iterations": cfg["gradient_iterations"]}
+                    elif method == "ays":
+                        options = dict(AYS_OPTIONS)
+                    elif method == "geometric_v1":  # the first-step rule first fixed (theory section 12)
+                        name, options = "geometric", {"first_step": "min_sum"}
+                    noises = design[:16] if method.startswith("geometric") else design
+                    d = design_grid(eps_fn, sched, steps, sampler=sampler, method=name, x_T=noises, data=data,
+                                    options=options)  # fmt: skip
+                    samples = run_grid(eps_fn, sched, d.grid, evaluate, sampler=sampler)
+                    errors[method] = grid_errors(samples, reference)
+                    rows[method] = {
+                        "grid": d.grid.tolist(),
+                        "rmse": float(errors[method].mean()),
+                        "fraction_outside": float(np.mean(np.abs(samples) > 1.0)),
+                        "design_evaluations": d.network_evaluations,
+                        "design_seconds": d.seconds,
+                    }
+                    if progress:
+                        print(
+                            f"{model_name} {solver_name} N={steps} {method}: RMSE {rows[method]['rmse']:.4f}",
+                            flush=True,
+                        )
+                best_fixed = min(FIXED, key=lambda m: rows[m]["rmse"])
+                oracle_gain = 1.0 - rows["oracle"]["rmse"] / rows[best_fixed]["rmse"] if "oracle" in rows else None
+                for method, row in rows.items():
+                    gain = paired_gain(errors[best_fixed], errors[method])
+                    row["gain_vs_best_fixed"] = gain._asdict()
+                    row["share_of_oracle_gain"] = gain.gain / oracle_gain if oracle_gain and oracle_gain > 0 else None
+                    if "oracle" in rows and rows["oracle"]["design_evaluations"]:
+                        row["cost_vs_oracle"] = row["design_evaluations"] / rows["oracle"]["design_evaluations"]
+                model_out["runs"].append({
+                    "solver": sampler_name(sampler), "steps": steps, "nfe": sampler.nfe(steps),
+                    "best_fixed": best_fixed, "methods": rows,
+                })  # fmt: skip
+        results["models"][model_name] = model_out
+    return results
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    lines = []
+    for model_name, model in results["models"].items():
+        conv = model["reference_self_convergence"]
+        lines.append(
+            f"**{model_name}** (reference: DDIM on all steps; every other step differs from it by RMSE "
+            f"{conv['rmse_half_vs_full']:.2e}, {100 * conv['relative']:.2f} % of the samples' RMS)\n"
+        )
+        for run in model["runs"]:
+            rows = []
+            for method, row in run["methods"].items():
+                g = row["gain_vs_best_fixed"]
+                share = row.get("share_of_oracle_gain")
+                rows.append([
+                    method, row["rmse"], f"{100 * g['gain']:+.1f} % [{100 * g['lo']:+.1f}, {100 * g['hi']:+.1f}]",
+                    "" if share is None else f"{100 * share:.0f} %", row["design_evaluations"],
+                    f"{row['design_seconds']:.1f}", row["fraction_outside"],
+                ])  # fmt: skip
+            lines.append(
+                f"{run['solver']}, N = {run['steps']} (NFE {run['nfe']}); best fixed grid: {run['best_fixed']}\n"
+            )
+            lines.append(
+                markdown_table(
+                    [
+                        "method",
+                        "RMSE",
+                        "gain vs best fixed [95 %]",
+                        "share of oracle gain",
+                        "design NFE",
+                        "design s",
+                        "outside [-1, 1]",
+                    ],
+                    rows,
+                    digits=4,
+                )
+            )
+    return "\n".join(lines)
+
+
+def _figure(results: dict[str, Any], out: Path) -> list[str]:
+    import matplotlib.pyplot as plt
+
+    files = []
+    for model_name, model in results["models"].items():
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), sharey=False)
+        for ax, solver in zip(axes, ("DDIM", "DPMSolverPP2M"), strict=True):
+            runs = [r for r in model["runs"] if r["solver"] == solver]
+            if not runs:
+                ax.set_visible(False)
+                continue
+            for method in runs[0]["methods"]:
+                ax.plot(
+                    [r["nfe"] for r in runs], [r["methods"][method]["rmse"] for r in runs], marker="o", label=method
+                )
+            ax.set(
+                xscale="log", yscale="log", xlabel="NFE", ylabel="RMSE to reference", title=f"{model_name}, {solver}"
+            )
+        axes[0].legend(fontsize=6)
+        fig.tight_layout()
+        path = out / f"error_vs_nfe_{model_name}.png"
+        plotting.save_figure(fig, path)
+        files.append(path.name)
+    return files
+
+
+def run(out_dir: Path, *, quick: bool = False, full: bool = False) -> dict[str, Any]:
+    """Compute, write ``grid_design.json`` and the figures, return the report section."""
+    out = Path(out_dir) / NAME
+    cfg = mode_config(quick=quick, full=full)
+    results = compute(cfg)
+    write_result_json(
+        out / "grid_design.json", results, config={"experiment": NAME, "mode": cfg, "quick": quick, "full": full},
+        seed=SEED_EVAL,
+    )  # fmt: skip
+    figures = _figure(results, out)
+    summary = []
+    for model_name, model in results["models"].items():
+        for r in model["runs"]:
+            geo = r["methods"]["geometric"]["gain_vs_best_fixed"]["gain"]
+            summary.append(f"{model_name} {r['solver']} N={r['steps']}: geometric {100 * geo:+.1f} %")
+    return {"markdown": render_markdown(results), "figures": figures, "summary": "; ".join(summary), "results": results}
+
+
+def main(argv: list[str] | None = None) -> int:
+    return experiment_main(NAME, __doc__, run, quick_help="the mixture only, N = 5, DDIM, few seeds", argv=argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
