@@ -40,6 +40,7 @@ from pifs_jax.data import gaussian_mixture_data
 from pifs_jax.denoisers import gaussian_mixture_denoiser
 from pifs_jax.grid_design import design_grid, grid_errors, paired_gain, reference_solution, run_grid, self_convergence
 from pifs_jax.models.pretrained import list_pretrained, pretrained
+from pifs_jax.models.quality import in_domain_scores
 from pifs_jax.reproduce import experiment_main, markdown_table
 from pifs_jax.results import write_result_json
 from pifs_jax.samplers import DDIM, DPMSolverPP2M, sampler_name
@@ -84,12 +85,20 @@ def mixture_model() -> tuple[Any, Any, tuple[int, ...], Any]:
     return eps_fn, sched, (n,), data
 
 
-def _model(name: str) -> tuple[Any, Any, tuple[int, ...], Any]:
-    """``(eps_fn, schedule, sample shape, training images)``."""
+def _model(name: str) -> tuple[Any, Any, tuple[int, ...], Any, Any]:
+    """``(eps_fn, schedule, sample shape, training images, in-domain scorer or None)``."""
     if name == "mixture":
-        return mixture_model()
+        return (*mixture_model(), None)
     loaded = pretrained(name)
-    return loaded.eps_fn, loaded.schedule, tuple(loaded.image_shape), loaded.load_data()[0]
+    train, test = loaded.load_data()
+    data_name = loaded.data["name"]
+
+    def in_domain(samples: np.ndarray) -> dict[str, Any]:
+        """FD and KID of the shipped encoder against the held-out test crops (never optimised on)."""
+        scores = in_domain_scores(samples, data=data_name, reference=test, subsets=20, resamples=100)
+        return {k: scores[k] for k in ("fd", "fd_lo", "fd_hi", "kid", "kid_lo", "kid_hi")}
+
+    return loaded.eps_fn, loaded.schedule, tuple(loaded.image_shape), train, in_domain
 
 
 def _solver(name: str):
@@ -100,7 +109,7 @@ def compute(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
     """Every model x solver x N x method (module docstring)."""
     results: dict[str, Any] = {"models": {}}
     for model_name in cfg["models"]:
-        eps_fn, sched, shape, data = _model(model_name)
+        eps_fn, sched, shape, data, in_domain = _model(model_name)
         design = jax.random.normal(jax.random.PRNGKey(SEED_DESIGN), (cfg["design"], *shape))
         evaluate = jax.random.normal(jax.random.PRNGKey(SEED_EVAL), (cfg["evaluate"], *shape))
         start = time.perf_counter()
@@ -137,6 +146,7 @@ def compute(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
                         "fraction_outside": float(np.mean(np.abs(samples) > 1.0)),
                         "design_evaluations": d.network_evaluations,
                         "design_seconds": d.seconds,
+                        "in_domain": None if in_domain is None else in_domain(samples),
                     }
                     if progress:
                         print(
@@ -172,10 +182,12 @@ def render_markdown(results: dict[str, Any]) -> str:
             for method, row in run["methods"].items():
                 g = row["gain_vs_best_fixed"]
                 share = row.get("share_of_oracle_gain")
+                fd = row.get("in_domain")
                 rows.append([
                     method, row["rmse"], f"{100 * g['gain']:+.1f} % [{100 * g['lo']:+.1f}, {100 * g['hi']:+.1f}]",
                     "" if share is None else f"{100 * share:.0f} %", row["design_evaluations"],
                     f"{row['design_seconds']:.1f}", row["fraction_outside"],
+                    "" if fd is None else f"{fd['fd']:.3g} [{fd['fd_lo']:.3g}, {fd['fd_hi']:.3g}]",
                 ])  # fmt: skip
             lines.append(
                 f"{run['solver']}, N = {run['steps']} (NFE {run['nfe']}); best fixed grid: {run['best_fixed']}\n"
@@ -190,6 +202,7 @@ def render_markdown(results: dict[str, Any]) -> str:
                         "design NFE",
                         "design s",
                         "outside [-1, 1]",
+                        "in-domain FD [95 %]",
                     ],
                     rows,
                     digits=4,
