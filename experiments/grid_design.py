@@ -119,6 +119,7 @@ def compute(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
             "reference_self_convergence": self_convergence(eps_fn, sched, evaluate[: min(64, cfg["evaluate"])]),
             "runs": [],
         }
+        ays_grids: dict[int, Any] = {}
         for solver_name in cfg["samplers"]:
             sampler = _solver(solver_name)
             for steps in cfg["steps"]:
@@ -136,8 +137,13 @@ def compute(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
                     elif method == "geometric_v1":  # the first-step rule first fixed (theory section 12)
                         name, options = "geometric", {"first_step": "min_sum"}
                     noises = design[:16] if method.startswith("geometric") else design
-                    d = design_grid(eps_fn, sched, steps, sampler=sampler, method=name, x_T=noises, data=data,
-                                    options=options)  # fmt: skip
+                    if method == "ays" and steps in ays_grids:  # AYS's KLUB does not depend on the solver
+                        d = ays_grids[steps]
+                    else:
+                        d = design_grid(eps_fn, sched, steps, sampler=sampler, method=name, x_T=noises, data=data,
+                                        options=options)  # fmt: skip
+                    if method == "ays":
+                        ays_grids[steps] = d
                     samples = run_grid(eps_fn, sched, d.grid, evaluate, sampler=sampler)
                     errors[method] = grid_errors(samples, reference)
                     rows[method] = {
