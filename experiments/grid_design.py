@@ -217,13 +217,13 @@ def render_markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _figure(results: dict[str, Any], out: Path) -> list[str]:
+def draw_figures(results: dict[str, Any], out: Path) -> list[str]:
     import matplotlib.pyplot as plt
 
     files = []
     for model_name, model in results["models"].items():
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), sharey=False)
-        for ax, solver in zip(axes, ("DDIM", "DPMSolverPP2M"), strict=True):
+        for ax, solver in zip(axes, ("ddim", "dpmpp2m"), strict=True):  # sampler_name's names
             runs = [r for r in model["runs"] if r["solver"] == solver]
             if not runs:
                 ax.set_visible(False)
@@ -235,7 +235,10 @@ def _figure(results: dict[str, Any], out: Path) -> list[str]:
             ax.set(
                 xscale="log", yscale="log", xlabel="NFE", ylabel="RMSE to reference", title=f"{model_name}, {solver}"
             )
-        axes[0].legend(fontsize=6)
+        for ax in axes:
+            if ax.get_visible():
+                ax.legend(fontsize=6)
+                break
         fig.tight_layout()
         path = out / f"error_vs_nfe_{model_name}.png"
         plotting.save_figure(fig, path)
@@ -252,7 +255,7 @@ def run(out_dir: Path, *, quick: bool = False, full: bool = False) -> dict[str, 
         out / "grid_design.json", results, config={"experiment": NAME, "mode": cfg, "quick": quick, "full": full},
         seed=SEED_EVAL,
     )  # fmt: skip
-    figures = _figure(results, out)
+    figures = draw_figures(results, out)
     summary = []
     for model_name, model in results["models"].items():
         for r in model["runs"]:

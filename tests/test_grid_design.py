@@ -7,6 +7,7 @@ scalar Gaussian chain, finite differences. Float64 where a tolerance below 1e-6 
 from __future__ import annotations
 
 import itertools
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -241,3 +242,7 @@ def test_grid_design_experiment_tables_are_consistent(tmp_path):
     for row in rows.values():
         assert row["gain_vs_best_fixed"]["gain"] == pytest.approx(1 - row["rmse"] / rows[best]["rmse"], rel=1e-9)
     assert "| geometric |" in module.render_markdown(results)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an empty panel warns "No artists with labels found to put in legend"
+        files = module.draw_figures(results, tmp_path)
+    assert files == ["error_vs_nfe_mixture.png"] and (tmp_path / files[0]).is_file()
