@@ -82,3 +82,18 @@ def test_a_finished_run_is_loaded_and_a_changed_one_retrained(experiment, monkey
     with pytest.raises(Trained):
         module.trained_run("new", configs["dit"], runs)  # nothing there yet
     assert calls == [(longer.steps, False, True), (configs["dit"].steps, False, True)]
+
+
+def test_a_shipped_models_card_quality_is_read_not_lost():
+    """The shipped path takes fd, memorisation and the fraction outside [-1.05, 1.05] from the card (no NaN)."""
+    from pifs_jax import reproduce
+    from pifs_jax.models.pretrained import pretrained
+
+    module = reproduce.load_experiment(reproduce.discover_experiments()["two_regimes"])
+    loaded = pretrained("dit-digits")
+    held = loaded.card["quality"]["held_out"]
+    quality = module.shipped_run(loaded)["quality"]
+    assert quality["model"]["fd_patches"] == held["fd_patches"]
+    assert quality["train_crops"]["fd_patches"] == held["fd_train_crops"]
+    assert quality["memorisation_ratio"] == held["memorisation_ratio"]
+    assert quality["fraction_outside_1.05"] == held["fraction_outside"]
