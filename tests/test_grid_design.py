@@ -206,6 +206,12 @@ def test_design_grid_methods_and_bad_input():
         design_grid(eps_fn, sched, 4)
     with pytest.raises(ArgumentError, match="sampler"):
         design_grid(eps_fn, sched, 4, x_T=x_T, sampler="ddim")
+    with pytest.raises(ArgumentError, match="data"):
+        design_grid(eps_fn, sched, 4, x_T=x_T, method="ays")  # Align Your Steps needs training images
+    with pytest.raises(ArgumentError, match="options"):
+        design_grid(eps_fn, sched, 4, x_T=x_T, options={"fine_step": 40})  # a misspelt option is named
+    with pytest.raises(ArgumentError, match="x_T"):
+        design_grid(eps_fn, sched, 4, x_T=jnp.zeros((8, 1), jnp.int32))
 
 
 def test_design_grid_command_writes_the_grid_and_the_diffusers_list(tmp_path, capsys):

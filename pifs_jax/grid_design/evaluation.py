@@ -123,15 +123,18 @@ def paired_gain(
 
 
 def self_convergence(
-    eps_fn: EpsFn, sched: Schedule, x_T: Any, *, sampler: Sampler | None = None, chunk: int = DEFAULT_CHUNK
-) -> dict[str, float]:
+    eps_fn: EpsFn, sched: Schedule, x_T: Any, *, reference: Any = None, sampler: Sampler | None = None,
+    chunk: int = DEFAULT_CHUNK,
+) -> dict[str, float]:  # fmt: skip
     """How converged the default reference is: RMSE of DDIM on every other step against every step.
 
     For a first-order solver the error of the full chain is about that of the half chain divided by
-    two, so ``rmse_half_vs_full`` bounds the reference's own error by about itself.
+    two, so ``rmse_half_vs_full`` bounds the reference's own error by about itself. ``reference``:
+    the full chain's results from ``x_T`` when already computed (:func:`reference_solution`).
     """
     T = sched.T
-    full = reference_solution(eps_fn, sched, x_T, sampler=sampler, chunk=chunk)
+    full = reference_solution(eps_fn, sched, x_T, sampler=sampler, chunk=chunk) if reference is None else reference
+    full = np.asarray(full, np.float64)
     half = run_grid(
         eps_fn, sched, np.unique(np.concatenate([[0], np.arange(T, 0, -2)[::-1]])), x_T, sampler=sampler, chunk=chunk
     )

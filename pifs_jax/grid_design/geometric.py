@@ -49,6 +49,7 @@ __all__ = [
     "GeometryMeasurement",
     "geometric_grid",
     "measure_geometry",
+    "recorded_ddim_chain",
     "solver_order",
 ]
 
@@ -88,11 +89,13 @@ class GeometryMeasurement(NamedTuple):
     seconds: float
 
 
-@eqx.filter_jit
-def _fine_chain(eps_fn: EpsFn, a: jax.Array, b: jax.Array, t: jax.Array, x_T: jax.Array, deltas: jax.Array):
-    """DDIM down the fine grid with ``deltas[k]`` added to the state landing at fine point ``k``.
+def recorded_ddim_chain(eps_fn: EpsFn, a: jax.Array, b: jax.Array, t: jax.Array, x_T: jax.Array, deltas: jax.Array):
+    """DDIM from ``x_T`` over the steps ``(a, b, t)`` (execution order), ``deltas[k]`` added after step ``k``.
 
-    Returns ``(x_0, states, eps)`` with ``states[k]``, ``eps[k]`` at fine points ``k = M, ..., 1``.
+    Returns ``(x_0, (states, eps))``: the state each step starts from and the noise predicted there,
+    in execution order (the shape ``jax.vjp(..., has_aux=True)`` takes). Untraced: call it inside
+    ``jit``/``vmap``. With zero ``deltas`` it is the plain chain; the cotangent of ``deltas[k]`` is
+    ``J_{k->0}^T u``, the expansion of a perturbation after step ``k`` to the final sample.
     """
 
     def body(x, inputs):
@@ -100,19 +103,13 @@ def _fine_chain(eps_fn: EpsFn, a: jax.Array, b: jax.Array, t: jax.Array, x_T: ja
         eps = eps_fn(x, t_k)
         return a_k * x + b_k * eps + delta, (x, eps)
 
-    x_0, (states, eps) = jax.lax.scan(body, x_T, (a, b, t, deltas))
-    return x_0, states, eps
+    return jax.lax.scan(body, x_T, (a, b, t, deltas))
 
 
 def _fine_pass(eps_fn, a, b, t, x_T, probes):
-    """Per sample: the fine chain, and for each probe ``u`` the products ``J_{k->0}^T u`` at every fine point."""
+    """Per sample: the fine chain (run once), and for each probe ``u`` the products ``J_{k->0}^T u`` at every point."""
     deltas = jnp.zeros((a.shape[0], *x_T.shape), x_T.dtype)
-
-    def x0_of(d):
-        return _fine_chain(eps_fn, a, b, t, x_T, d)[0]
-
-    (x_0, states, eps) = _fine_chain(eps_fn, a, b, t, x_T, deltas)
-    _, vjp = jax.vjp(x0_of, deltas)
+    x_0, vjp, (states, eps) = jax.vjp(lambda d: recorded_ddim_chain(eps_fn, a, b, t, x_T, d), deltas, has_aux=True)
     pulled = jax.vmap(lambda u: vjp(u)[0])(probes)  # (P, M) + shape: J_{landing point -> 0}^T u
     return x_0, states, eps, pulled
 

@@ -35,6 +35,7 @@ from pifs_jax._validation import check_positive_int
 from pifs_jax.errors import ArgumentError
 from pifs_jax.grid_design.evaluation import DEFAULT_CHUNK, mean_grid_error
 from pifs_jax.grid_design.fixed import fixed_grid
+from pifs_jax.grid_design.geometric import recorded_ddim_chain
 from pifs_jax.samplers import DDIM, Sampler, step_tables
 from pifs_jax.schedules import Schedule
 from pifs_jax.typing import EpsFn
@@ -54,17 +55,9 @@ class SearchResult(NamedTuple):
 
 @eqx.filter_jit
 def _teacher(eps_fn: EpsFn, a: jax.Array, b: jax.Array, t: jax.Array, x_T: jax.Array):
-    """Teacher states and predictions at fine points ``M, ..., 1`` (and ``x_0``), batched."""
-
-    def one(x0):
-        def body(x, inputs):
-            a_k, b_k, t_k = inputs
-            eps = eps_fn(x, t_k)
-            return a_k * x + b_k * eps, (x, eps)
-
-        return jax.lax.scan(body, x0, (a, b, t))
-
-    return jax.vmap(one)(x_T)
+    """Teacher states and predictions at fine points ``M, ..., 1``, batched over ``x_T``."""
+    deltas = jnp.zeros((a.shape[0], *x_T.shape[1:]), x_T.dtype)
+    return jax.vmap(lambda x: recorded_ddim_chain(eps_fn, a, b, t, x, deltas))(x_T)
 
 
 def gits_grid(
@@ -99,15 +92,14 @@ def gits_grid(
     times = teacher[1:][::-1]
     log_ab = np.asarray(sched.log_alpha_bar, np.float64)
     m = teacher_steps
+    sigma = np.sqrt(-np.expm1(log_ab[times]))
     cost = np.full((m, m), np.inf)
-    for i in range(m - 1):
-        t_i = times[i]
-        for j in range(i + 1, m):
-            s = times[j]
-            ratio = np.exp((log_ab[s] - log_ab[t_i]) / 2)  # a = sqrt(ab_s / ab_t)
-            sig_t, sig_s = np.sqrt(-np.expm1(log_ab[t_i])), np.sqrt(-np.expm1(log_ab[s]))
-            x_next = ratio * states[:, i] + (sig_s - ratio * sig_t) * eps[:, i]
-            cost[i, j] = float(np.mean(np.linalg.norm(x_next - states[:, j], axis=1)))
+    for i in range(m - 1):  # one row: the DDIM step from teacher point i to every later point j at once
+        j = np.arange(i + 1, m)
+        ratio = np.exp((log_ab[times[j]] - log_ab[times[i]]) / 2)[None, :, None]  # a = sqrt(ab_s / ab_t)
+        coeff_b = (sigma[j] - np.exp((log_ab[times[j]] - log_ab[times[i]]) / 2) * sigma[i])[None, :, None]
+        x_next = ratio * states[:, i : i + 1] + coeff_b * eps[:, i : i + 1]
+        cost[i, j] = np.mean(np.linalg.norm(x_next - states[:, j], axis=2), axis=0)
     path, best = _dynamic_programme(cost, num_steps, float(coeff))
     grid = np.concatenate([[0], np.sort(times[path])]).astype(np.int64)
     return SearchResult(grid, [best], int(x_T.shape[0] * m), time.perf_counter() - start)
