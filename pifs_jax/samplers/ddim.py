@@ -119,9 +119,6 @@ class DDIM(Sampler):
     def check(self) -> None:
         check_eta(self.eta)
 
-    def tables(self, sched: Schedule, grid: jax.Array) -> ChainSteps:
-        return ddim_tables(sched, grid, eta=self.eta)
-
     def tables_from(self, steps: StepTables) -> ChainSteps:
         return ddim_tables_from(steps.t, steps, eta=self.eta)
 
