@@ -155,9 +155,10 @@ def test_every_shipped_model_still_meets_its_recorded_quality():
     """The card's ``check`` score (held-out noise seeds, ``num_samples`` samples of 50-step DDIM) recomputed.
 
     Sampling is float32 on the CPU; the same program on another machine may differ in the last
-    bits, which moves a sample value across the 1.05 bound rarely: the fraction outside is
-    compared to 2e-4 absolute (a few of its ``num_samples * n`` values), the distances to 1e-3
-    relative. A model without a check score (none recorded) is skipped.
+    bits, which moves a sample value across the 1.05 bound rarely: the fraction outside may differ
+    by two of its ``num_samples * n`` values, the distances by 1e-3 relative. The check uses 64
+    samples (the held-out quality on the card uses 1024): it guards the weights and the sampling
+    path, at a few seconds per model. A model without a check score (none recorded) is skipped.
     """
     checked = 0
     for name in list_pretrained():
@@ -171,7 +172,8 @@ def test_every_shipped_model_still_meets_its_recorded_quality():
             model.module, model.params, model.config, train_images=train, test_images=test,
             num_samples=check["num_samples"],
         )  # fmt: skip
-        assert again["fraction_outside"] == pytest.approx(check["fraction_outside"], abs=2e-4), name
+        two_values = 2.5 / (check["num_samples"] * int(np.prod(model.image_shape)))
+        assert again["fraction_outside"] == pytest.approx(check["fraction_outside"], abs=two_values), name
         for key in ("fd_patches", "fd_patches_straddling", "memorisation_ratio"):
             assert again[key] == pytest.approx(check[key], rel=1e-3), (name, key)
         checked += 1
