@@ -14,7 +14,9 @@ fixed grids (time-uniform, logSNR-uniform, EDM rho = 7, AYS's KL-optimal closed 
 quadratic stretched to end at ``T``: endpoints held equal), GITS, Align Your Steps (KLUB on the
 training images, 256 samples, 4 sweeps), the geometric grid (and its first rule for the last step,
 ``geometric_v1``), its local-error ablation, the gradient descent from the geometric grid and the
-oracle coordinate search (from the best fixed grid on the design seeds).
+oracle coordinate search (from the best fixed grid on the design seeds), and beyond the grid the
+per-step corrections of the network's output fitted through the solver (``corrected``, theory
+section 12).
 
 Modes: ``quick`` (tests: the mixture only, ``N = 5``, DDIM, few seeds), default (a few minutes:
 ``N`` in 5 and 10, both solvers, 64 design and 256 evaluation seeds), ``full`` (every shipped
@@ -38,7 +40,15 @@ import numpy as np
 from pifs_jax import plotting
 from pifs_jax.data import gaussian_mixture_data
 from pifs_jax.denoisers import gaussian_mixture_denoiser
-from pifs_jax.grid_design import design_grid, grid_errors, paired_gain, reference_solution, run_grid, self_convergence
+from pifs_jax.grid_design import (
+    corrected_denoiser,
+    design_grid,
+    grid_errors,
+    paired_gain,
+    reference_solution,
+    run_grid,
+    self_convergence,
+)
 from pifs_jax.models.pretrained import list_pretrained, pretrained
 from pifs_jax.models.quality import in_domain_scores
 from pifs_jax.reproduce import experiment_main, markdown_table
@@ -50,10 +60,11 @@ NAME = "grid_design"
 TITLE = "Sampling grids designed from the model's measured geometry"
 
 FIXED = ("time_uniform", "logsnr_uniform", "edm", "kl_optimal", "quadratic_to_T")
-MODEL_METHODS = ("gits", "ays", "geometric_local", "geometric_v1", "geometric", "gradient", "oracle")
+MODEL_METHODS = ("gits", "ays", "geometric_local", "geometric_v1", "geometric", "gradient", "oracle", "corrected")
 #: Design seeds, and the evaluation seeds: 2 judged the rule first fixed (docs/guides/sampling-grids.md
-#: keeps that table); 3 are fresh seeds for the revised rule (theory section 12), never used before.
-SEED_DESIGN, SEED_EVAL = 1, 3
+#: keeps that table); 3 judged the revised rule (theory section 12) and a prototype of the per-step
+#: corrections; 4 are fresh seeds for the corrections as settled, and for every other method beside them.
+SEED_DESIGN, SEED_EVAL = 1, 4
 #: Align Your Steps' settings here: KLUB samples and sweeps bounded for CPU time (the paper: 8192
 #: samples, early stopping on its own metrics).
 AYS_OPTIONS = {"num_samples": 256, "max_sweeps": 4}
@@ -63,12 +74,12 @@ def mode_config(*, quick: bool, full: bool) -> dict[str, Any]:
     """The mode's sizes (module docstring)."""
     if quick:
         return dict(models=["mixture"], steps=[5], samplers=["ddim"], design=16, evaluate=32, oracle_sweeps=1,
-                    gradient_iterations=10, methods=MODEL_METHODS)  # fmt: skip
+                    gradient_iterations=10, correction_iterations=20, methods=MODEL_METHODS)  # fmt: skip
     if full:
         return dict(models=["mixture", *list_pretrained()], steps=[4, 5, 6, 8, 10, 15, 20], samplers=["ddim", "dpm"],
-                    design=128, evaluate=2000, oracle_sweeps=4, gradient_iterations=60, methods=MODEL_METHODS)  # fmt: skip
+                    design=128, evaluate=2000, oracle_sweeps=4, gradient_iterations=60, correction_iterations=200, methods=MODEL_METHODS)  # fmt: skip
     return dict(models=["mixture", "dit-photos16"], steps=[5, 10], samplers=["ddim", "dpm"], design=64, evaluate=256,
-                oracle_sweeps=2, gradient_iterations=30, methods=MODEL_METHODS)  # fmt: skip
+                oracle_sweeps=2, gradient_iterations=30, correction_iterations=200, methods=MODEL_METHODS)  # fmt: skip
 
 
 def mixture_model() -> tuple[Any, Any, tuple[int, ...], Any]:
@@ -135,6 +146,8 @@ def compute(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
                         options = {"max_sweeps": cfg["oracle_sweeps"]}
                     elif method == "gradient":
                         options = {"iterations": cfg["gradient_iterations"]}
+                    elif method == "corrected":
+                        options = {"iterations": cfg["correction_iterations"]}
                     elif method == "ays":
                         options = dict(AYS_OPTIONS)
                     elif method == "geometric_v1":  # the first-step rule first fixed (theory section 12)
@@ -147,7 +160,8 @@ def compute(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
                                         options=options)  # fmt: skip
                     if method == "ays":
                         ays_grids[steps] = d
-                    samples = run_grid(eps_fn, sched, d.grid, evaluate, sampler=sampler)
+                    model = eps_fn if d.corrections is None else corrected_denoiser(eps_fn, d.corrections)
+                    samples = run_grid(model, sched, d.grid, evaluate, sampler=sampler)
                     errors[method] = grid_errors(samples, reference)
                     rows[method] = {
                         "grid": d.grid.tolist(),

@@ -29,7 +29,8 @@ measured work (docs/theory.md section 12); the other methods are the baselines a
 docs/guides/sampling-grids.md. Design noises x_T ~ N(0, I) from --seed. Writes to --out:
   grid.json     the grid (this package's timesteps), diffusers' timesteps= list (ours minus 1,
                 descending; for DPMSolverMultistepScheduler.set_timesteps), NFE, design cost,
-                the method's record, the command line
+                the method's record, the command line; method "corrected": the per-step
+                corrections (the network's output replaced by g[k] * eps(s[k] * x, t) + c[k] * x)
   grid.png      the grid against the time-uniform one"""
 
 EPILOG = """\
@@ -48,7 +49,7 @@ notes:
 #: The files ``pifs-jax design-grid`` writes into --out (together, at the end).
 RESULT_FILES = ("grid.json", "grid.png")
 #: Methods offered on the command line (``ays`` needs training images: Python only).
-CLI_METHODS = ("geometric", "geometric_local", "gradient", "gits", "oracle")
+CLI_METHODS = ("geometric", "geometric_local", "gradient", "gits", "oracle", "corrected")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -135,6 +136,8 @@ def run(args: argparse.Namespace) -> int:
                     "design_network_evaluations": designed.network_evaluations,
                     "design_seconds": designed.seconds,
                     "record": designed.record,
+                    # method "corrected": per step k, the network's output g[k] * eps(s[k] * x, t) + c[k] * x
+                    "corrections": designed.record.get("corrections"),
                 },
                 config={"command": command, "steps": args.steps, "sampler": args.sampler, "method": args.method,
                         "design_seeds": args.design_seeds},

@@ -1,6 +1,13 @@
 """Sampling grids designed for a model, and the grids the field uses (docs/guides/sampling-grids.md)."""
 
 from pifs_jax.grid_design.ays import AYSResult, align_your_steps
+from pifs_jax.grid_design.correction import (
+    CorrectedDenoiser,
+    CorrectionResult,
+    StepCorrections,
+    corrected_denoiser,
+    fit_step_corrections,
+)
 from pifs_jax.grid_design.design import DESIGN_METHODS, DesignedGrid, design_grid
 from pifs_jax.grid_design.evaluation import (
     PairedGain,
@@ -20,14 +27,19 @@ __all__ = [
     "DESIGN_METHODS",
     "FIXED_GRIDS",
     "AYSResult",
+    "CorrectedDenoiser",
+    "CorrectionResult",
     "DesignedGrid",
     "GeometryMeasurement",
     "GradientResult",
     "PairedGain",
     "SearchResult",
+    "StepCorrections",
     "align_your_steps",
     "coordinate_search",
+    "corrected_denoiser",
     "design_grid",
+    "fit_step_corrections",
     "fixed_grid",
     "geometric_grid",
     "gits_grid",

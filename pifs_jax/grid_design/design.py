@@ -9,6 +9,10 @@
 - ``"ays"``: Align Your Steps (:mod:`pifs_jax.grid_design.ays`); needs training images ``data``.
 - ``"oracle"``: coordinate search on the evaluation metric itself, from the best fixed grid on the
   design seeds (the upper bound of a grid, expensive).
+- ``"corrected"``: beyond the grid: a grid plus three fitted scalars per step that correct the
+  network's output (:mod:`pifs_jax.grid_design.correction`), fitted from the geometric grid and
+  from the best fixed grid on the design seeds, the lower design loss kept; ``designed.corrections``
+  holds them and :func:`~pifs_jax.grid_design.corrected_denoiser` applies them.
 - any fixed grid of :data:`pifs_jax.grid_design.FIXED_GRIDS` (``"time_uniform"``, ``"edm"``, ...).
 
 Every method returns an explicit integer grid (the package's convention) and a record of how it
@@ -27,6 +31,7 @@ import numpy as np
 from pifs_jax._validation import check_positive_int
 from pifs_jax.errors import ArgumentError
 from pifs_jax.grid_design.ays import align_your_steps
+from pifs_jax.grid_design.correction import StepCorrections, fit_step_corrections
 from pifs_jax.grid_design.evaluation import mean_grid_error, reference_solution
 from pifs_jax.grid_design.fixed import FIXED_GRIDS, fixed_grid
 from pifs_jax.grid_design.geometric import geometric_grid, measure_geometry
@@ -39,7 +44,7 @@ from pifs_jax.typing import EpsFn
 __all__ = ["DESIGN_METHODS", "DesignedGrid", "design_grid"]
 
 #: The model-based methods (the fixed grids of FIXED_GRIDS are accepted too).
-DESIGN_METHODS = ("geometric", "geometric_local", "gradient", "gits", "ays", "oracle")
+DESIGN_METHODS = ("geometric", "geometric_local", "gradient", "gits", "ays", "oracle", "corrected")
 #: The fixed grids the oracle starts from (the best on the design seeds): those that end at ``T``.
 ORACLE_STARTS = ("time_uniform", "quadratic_to_T", "logsnr_uniform", "edm", "kl_optimal")
 
@@ -57,6 +62,8 @@ class DesignedGrid(NamedTuple):
     """Network evaluations the design itself cost (forward-equivalents; reverse passes counted as 2)."""
     seconds: float
     record: dict[str, Any]
+    corrections: StepCorrections | None = None
+    """``"corrected"`` only: the per-step scalars; sample with ``corrected_denoiser(eps_fn, corrections)``."""
 
 
 def _noises(x_T: Any, key: Any, num_design: int, sample_shape: Any) -> jax.Array:
@@ -112,6 +119,7 @@ def design_grid(
     options = dict(options or {})
     record: dict[str, Any] = {"method": method, "options": dict(options), "steps": steps, "T": sched.T}
     start = time.perf_counter()
+    corrections = None
     if method in FIXED_GRIDS:
         grid = fixed_grid(sched, steps, method, **options)
         return DesignedGrid(grid, method, sampler_name(sampler), sampler.nfe(steps), 0, 0.0, record)
@@ -142,7 +150,7 @@ def design_grid(
             eps_fn, sched, steps, data, key=jax.random.PRNGKey(0) if key is None else key, **options
         )
         grid, evaluations = result.grid, result.network_evaluations
-    else:  # gradient, oracle: both judge grids against the design seeds' reference solutions
+    else:  # gradient, oracle, corrected: they judge against the design seeds' reference solutions
         reference_grid = options.pop("reference_grid", None)
         reference = reference_solution(eps_fn, sched, noises, grid=reference_grid)
         evaluations = int(noises.shape[0]) * (sched.T if reference_grid is None else len(reference_grid) - 1)
@@ -153,20 +161,45 @@ def design_grid(
             result = gradient_grid(eps_fn, sched, noises, reference, init, sampler=sampler, **options)
             record["init"] = init.tolist()
             record["rounded_losses"] = result.rounded_losses
+            grid, evaluations = result.grid, evaluations + result.network_evaluations
+        elif method == "corrected":
+            geo = measure_geometry(eps_fn, sched, noises[: min(16, noises.shape[0])], sampler=sampler)
+            fixed, cost = _best_fixed_grid(eps_fn, sched, steps, noises, reference, sampler)
+            evaluations += geo.network_evaluations + cost
+            fits = {}
+            for start_name, init in (("geometric", geometric_grid(geo, steps)), ("best_fixed", fixed)):
+                fits[start_name] = (init, fit_step_corrections(eps_fn, sched, init, noises, reference, sampler=sampler,
+                                                               **options))  # fmt: skip
+                evaluations += fits[start_name][1].network_evaluations
+            kept = min(fits, key=lambda k: min(fits[k][1].losses))
+            grid, fit = fits[kept]
+            corrections = fit.corrections
+            record["starts"] = {k: {"grid": g.tolist(), "design_loss": min(f.losses), "plain_loss": f.losses[0]}
+                                for k, (g, f) in fits.items()}  # fmt: skip
+            record["kept"] = kept
+            record["corrections"] = {k: np.asarray(v).tolist() for k, v in corrections._asdict().items()}
         else:
             init = options.pop("init", None)
             if init is None:  # the best of the fixed grids that end at T, judged on the design seeds
-                candidates = [fixed_grid(sched, steps, kind) for kind in ORACLE_STARTS]
-                scores = [mean_grid_error(eps_fn, sched, g, noises, reference, sampler=sampler) for g in candidates]
-                evaluations += len(candidates) * sampler.nfe(steps) * int(noises.shape[0])
-                init = candidates[int(np.argmin(scores))]
+                init, cost = _best_fixed_grid(eps_fn, sched, steps, noises, reference, sampler)
+                evaluations += cost
             init = np.asarray(init, np.int64)
             result = coordinate_search(eps_fn, sched, noises, reference, init, sampler=sampler, **options)
             record["init"] = init.tolist()
             record["history"] = result.history
-        grid = result.grid
-        evaluations += result.network_evaluations
+            grid, evaluations = result.grid, evaluations + result.network_evaluations
     seconds = time.perf_counter() - start
     return DesignedGrid(
-        np.asarray(grid, np.int64), method, sampler_name(sampler), sampler.nfe(steps), int(evaluations), seconds, record
-    )
+        np.asarray(grid, np.int64), method, sampler_name(sampler), sampler.nfe(steps), int(evaluations), seconds, record,
+        corrections,
+    )  # fmt: skip
+
+
+def _best_fixed_grid(
+    eps_fn: EpsFn, sched: Schedule, steps: int, noises: jax.Array, reference: Any, sampler: Sampler
+) -> tuple[np.ndarray, int]:
+    """The best of the fixed grids of :data:`ORACLE_STARTS` on the design seeds, and the evaluations it cost."""
+    candidates = [fixed_grid(sched, steps, kind) for kind in ORACLE_STARTS]
+    scores = [mean_grid_error(eps_fn, sched, g, noises, reference, sampler=sampler) for g in candidates]
+    cost = len(candidates) * sampler.nfe(steps) * int(noises.shape[0])
+    return np.asarray(candidates[int(np.argmin(scores))], np.int64), cost
