@@ -18,7 +18,7 @@ oracle coordinate search (from the best fixed grid on the design seeds), and bey
 per-step corrections of the network's output fitted through the solver (``corrected``, theory
 section 12).
 
-Modes: ``quick`` (tests: the mixture only, ``N = 5``, DDIM, few seeds), default (a few minutes:
+Modes: ``quick`` (tests: the mixture only, ``N = 5``, DDIM, few seeds), default (16 minutes on 2 cores:
 ``N`` in 5 and 10, both solvers, 64 design and 256 evaluation seeds), ``full`` (every shipped
 model, ``N`` in 4, 5, 6, 8, 10, 15, 20, 2000 evaluation seeds).
 
