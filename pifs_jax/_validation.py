@@ -216,6 +216,13 @@ def check_positive_int(value: Any, *, name: str, minimum: int = 1) -> int:
     return int(value)
 
 
+def check_positive_float(value: Any, *, name: str) -> float:
+    """``value`` as a float, or an :class:`ArgumentError` naming ``name`` unless it is a finite positive number."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value) or value <= 0:
+        raise ArgumentError(name, f"expected a positive number, got {value!r}")
+    return float(value)
+
+
 def patch_variance_arrays(variances: Any, sizes: Any | None, dtype) -> tuple[jax.Array, jax.Array]:
     """``(lambda, n)`` as arrays of ``dtype``: patch variances ``(m,)`` and their multiplicities (default 1)."""
     lam = jnp.asarray(variances, dtype=dtype)

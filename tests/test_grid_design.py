@@ -266,6 +266,9 @@ def test_fitted_corrections_recover_the_exact_flow_of_a_gaussian(x64, sampler):
     assert fit.network_evaluations == 3 * 300 * 3 * 32
     with pytest.raises(ArgumentError, match="reference"):
         fit_step_corrections(eps_fn, sched, grid, x_T, exact[:5])
+    for bad in (0.0, float("nan"), True):
+        with pytest.raises(ArgumentError, match="learning_rate"):
+            fit_step_corrections(eps_fn, sched, grid, x_T, exact, learning_rate=bad)
 
 
 def test_design_grid_corrected_keeps_the_better_start():

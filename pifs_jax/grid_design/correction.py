@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from pifs_jax._validation import check_positive_int
+from pifs_jax._validation import check_positive_float, check_positive_int
 from pifs_jax.errors import ArgumentError
 from pifs_jax.grids import as_grid
 from pifs_jax.samplers import DDIM, Sampler, chain_from_tables
@@ -140,8 +140,7 @@ def fit_step_corrections(
     """
     sampler = DDIM() if sampler is None else sampler
     iterations = check_positive_int(iterations, name="iterations")
-    if not (isinstance(learning_rate, int | float) and np.isfinite(learning_rate) and learning_rate > 0):
-        raise ArgumentError("learning_rate", f"expected a positive number, got {learning_rate!r}")
+    learning_rate = check_positive_float(learning_rate, name="learning_rate")
     grid = np.asarray(as_grid(grid, sched.T))
     x_T = jnp.asarray(x_T)
     reference = jnp.asarray(reference, x_T.dtype)

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from pifs_jax._validation import check_positive_int
+from pifs_jax._validation import check_positive_float, check_positive_int
 from pifs_jax.errors import ArgumentError
 from pifs_jax.grid_design.evaluation import DEFAULT_CHUNK, mean_grid_error
 from pifs_jax.grids import round_grid
@@ -98,8 +98,7 @@ def gradient_grid(
     sampler = DDIM() if sampler is None else sampler
     iterations = check_positive_int(iterations, name="iterations")
     check_every = check_positive_int(check_every, name="check_every")
-    if not (isinstance(learning_rate, int | float) and np.isfinite(learning_rate) and learning_rate > 0):
-        raise ArgumentError("learning_rate", f"expected a positive number, got {learning_rate!r}")
+    learning_rate = check_positive_float(learning_rate, name="learning_rate")
     init = np.asarray(init, np.int64)
     T = int(init[-1])
     if T != sched.T:
