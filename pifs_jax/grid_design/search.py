@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pifs_jax._validation import check_positive_int
+from pifs_jax._validation import check_positive_float, check_positive_int
 from pifs_jax.errors import ArgumentError
 from pifs_jax.grid_design.evaluation import DEFAULT_CHUNK, mean_grid_error
 from pifs_jax.grid_design.fixed import fixed_grid
@@ -76,8 +76,7 @@ def gits_grid(
         raise ArgumentError(
             "teacher_steps", f"expected num_steps = {num_steps} <= teacher_steps <= T = {sched.T}, got {teacher_steps}"
         )
-    if not (isinstance(coeff, int | float) and np.isfinite(coeff) and coeff > 0):
-        raise ArgumentError("coeff", f"expected a positive number, got {coeff!r}")
+    coeff = check_positive_float(coeff, name="coeff")
     x_T = jnp.asarray(x_T)
     if x_T.ndim < 2:
         raise ArgumentError("x_T", f"expected a batch of noises (R, ...), got shape {x_T.shape}")
