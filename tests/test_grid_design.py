@@ -90,6 +90,9 @@ def test_gits_grid_shape_and_cost():
     assert res.network_evaluations == 8 * 50
     with pytest.raises(ArgumentError, match="teacher_steps"):
         gits_grid(scalar_gaussian_eps(sched), sched, 5, x_T, teacher_steps=3)
+    for bad in (0, -1.0, float("inf"), True):
+        with pytest.raises(ArgumentError, match="coeff"):
+            gits_grid(scalar_gaussian_eps(sched), sched, 5, x_T, teacher_steps=50, coeff=bad)
 
 
 def test_geometric_placement_is_uniform_in_lambda_for_constant_work():
