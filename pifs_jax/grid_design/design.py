@@ -155,19 +155,18 @@ def design_grid(
         reference = reference_solution(eps_fn, sched, noises, grid=reference_grid)
         evaluations = int(noises.shape[0]) * (sched.T if reference_grid is None else len(reference_grid) - 1)
         if method == "gradient":
-            geo = measure_geometry(eps_fn, sched, noises[: min(16, noises.shape[0])], sampler=sampler)
-            init = geometric_grid(geo, steps)
-            evaluations += geo.network_evaluations
+            init, cost = _geometric_start(eps_fn, sched, steps, noises, sampler)
+            evaluations += cost
             result = gradient_grid(eps_fn, sched, noises, reference, init, sampler=sampler, **options)
             record["init"] = init.tolist()
             record["rounded_losses"] = result.rounded_losses
             grid, evaluations = result.grid, evaluations + result.network_evaluations
         elif method == "corrected":
-            geo = measure_geometry(eps_fn, sched, noises[: min(16, noises.shape[0])], sampler=sampler)
-            fixed, cost = _best_fixed_grid(eps_fn, sched, steps, noises, reference, sampler)
-            evaluations += geo.network_evaluations + cost
+            geometric, geometric_cost = _geometric_start(eps_fn, sched, steps, noises, sampler)
+            fixed, fixed_cost = _best_fixed_grid(eps_fn, sched, steps, noises, reference, sampler)
+            evaluations += geometric_cost + fixed_cost
             fits = {}
-            for start_name, init in (("geometric", geometric_grid(geo, steps)), ("best_fixed", fixed)):
+            for start_name, init in (("geometric", geometric), ("best_fixed", fixed)):
                 fits[start_name] = (init, fit_step_corrections(eps_fn, sched, init, noises, reference, sampler=sampler,
                                                                **options))  # fmt: skip
                 evaluations += fits[start_name][1].network_evaluations
@@ -193,6 +192,14 @@ def design_grid(
         np.asarray(grid, np.int64), method, sampler_name(sampler), sampler.nfe(steps), int(evaluations), seconds, record,
         corrections,
     )  # fmt: skip
+
+
+def _geometric_start(
+    eps_fn: EpsFn, sched: Schedule, steps: int, noises: jax.Array, sampler: Sampler
+) -> tuple[np.ndarray, int]:
+    """The default geometric grid from the first 16 design seeds (the start of the searches), and its cost."""
+    geo = measure_geometry(eps_fn, sched, noises[: min(16, noises.shape[0])], sampler=sampler)
+    return geometric_grid(geo, steps), geo.network_evaluations
 
 
 def _best_fixed_grid(
