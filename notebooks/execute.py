@@ -23,6 +23,7 @@ import hashlib
 import os
 import sys
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import nbclient
@@ -119,7 +120,13 @@ def strip_volatile_metadata(notebook: nbformat.NotebookNode) -> nbformat.Noteboo
     return notebook
 
 
-def execute_notebook(path: Path, *, allow_errors: bool = False, timeout: int = CELL_TIMEOUT_S) -> nbformat.NotebookNode:
+def execute_notebook(
+    path: Path,
+    *,
+    allow_errors: bool = False,
+    timeout: int = CELL_TIMEOUT_S,
+    env: Mapping[str, str] | None = None,
+) -> nbformat.NotebookNode:
     """Execute the notebook at ``path`` and return the executed copy; the file is not touched.
 
     The kernel runs in a temporary directory (its working directory and ``TMPDIR``), removed afterwards.
@@ -129,6 +136,7 @@ def execute_notebook(path: Path, *, allow_errors: bool = False, timeout: int = C
       allow_errors: if True, a failing cell leaves its error output and execution continues;
         otherwise the first failing cell raises.
       timeout: seconds allowed per cell.
+      env: environment variables for the kernel, on top of this process's (default: none).
 
     Returns:
       The executed notebook, with volatile metadata stripped and each code cell's source digest
@@ -153,7 +161,7 @@ def execute_notebook(path: Path, *, allow_errors: bool = False, timeout: int = C
             resources={"metadata": {"path": workdir}},
         )
         warning_filters = ",".join(filter(None, (os.environ.get("PYTHONWARNINGS"), QUIET_WARNINGS)))
-        client.execute(env={**os.environ, "TMPDIR": workdir, "PYTHONWARNINGS": warning_filters})
+        client.execute(env={**os.environ, **(env or {}), "TMPDIR": workdir, "PYTHONWARNINGS": warning_filters})
     for cell in notebook.cells:
         if cell.cell_type == "code":
             cell.metadata[SOURCE_DIGEST_KEY] = source_digest(cell)
