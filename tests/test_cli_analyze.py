@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import pifs_jax as pj
 from pifs_jax import cli
 from pifs_jax.analysis import VERDICTS
 from pifs_jax.analysis.report import FIGURES
@@ -156,3 +157,29 @@ def test_analyze_a_diffusers_folder(tmp_path, capsys):
     assert "--data" in _error(capsys)
     assert cli.main(["analyze", "--diffusers", str(tmp_path / "nothing"), "--out", str(out)]) == 2
     assert "--diffusers" in _error(capsys)
+
+
+def test_design_grid_reads_a_run_folder_and_a_diffusers_folder(tiny_run, tmp_path, capsys):
+    """``pifs-jax design-grid --run`` and ``--diffusers`` load their model (a fixed grid: no design cost);
+    a folder without a scheduler config and a missing run folder are refused by option name."""
+    from pifs_jax.models import write_random_diffusers_unet
+
+    edm = pj.fixed_grid(pj.linear(1000), 6, "edm").tolist()
+    out = tmp_path / "from_run"
+    assert cli.main(["design-grid", "--run", str(tiny_run), "--steps", "6", "--method", "edm", "--out", str(out)]) == 0
+    record = json.loads((out / "grid.json").read_text())["results"]
+    assert record["grid"] == edm and record["run"] == str(tiny_run) and record["corrections"] is None
+    config = {"sample_size": 8, "in_channels": 1, "out_channels": 1, "block_out_channels": [8, 16],
+              "down_block_types": ["DownBlock2D", "DownBlock2D"], "up_block_types": ["UpBlock2D", "UpBlock2D"],
+              "layers_per_block": 1, "norm_num_groups": 4}  # fmt: skip
+    folder = write_random_diffusers_unet(tmp_path / "unet", config, seed=0)
+    out = tmp_path / "from_diffusers"
+    argv = ["design-grid", "--diffusers", str(folder), "--steps", "6", "--method", "edm", "--out", str(out)]
+    assert cli.main(argv) == 0
+    assert json.loads((out / "grid.json").read_text())["results"]["grid"] == edm
+    capsys.readouterr()
+    bare = write_random_diffusers_unet(tmp_path / "bare", config, seed=0, scheduler_config=None)
+    argv = ["design-grid", "--diffusers", str(bare), "--steps", "6", "--out", str(tmp_path / "x")]
+    assert cli.main(argv) == 2 and "--diffusers" in capsys.readouterr().err
+    argv = ["design-grid", "--run", str(tmp_path / "missing"), "--steps", "6", "--out", str(tmp_path / "y")]
+    assert cli.main(argv) == 2 and "--run" in capsys.readouterr().err
