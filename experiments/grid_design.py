@@ -6,7 +6,8 @@ on disjoint EVALUATION noises (the same for every method: paired) by the per-sam
 reference solution (DDIM on all ``T`` steps from the same noise); the table gives the mean RMSE,
 the paired gain over the best fixed grid with its bootstrap interval, the fraction of values
 outside ``[-1, 1]``, the design cost in network evaluations and seconds, and the share of the
-oracle's gain each method reaches ("gap to oracle closed").
+oracle's gain each method reaches ("gap to oracle closed"); each designed grid is also run by the
+other solver (the transfer table).
 
 Models: the shipped ``dit-photos16`` (every shipped model with ``--full``) and the ground-truth
 tier, a Gaussian mixture "image" (8x8, three components) with its exact denoiser. Methods: the
@@ -53,7 +54,7 @@ from pifs_jax.models.pretrained import list_pretrained, pretrained
 from pifs_jax.models.quality import in_domain_scores
 from pifs_jax.reproduce import experiment_main, markdown_table
 from pifs_jax.results import write_result_json
-from pifs_jax.samplers import DDIM, DPMSolverPP2M, sampler_name
+from pifs_jax.samplers import DDIM, DPMSolverPP2M, named_sampler, sampler_name
 from pifs_jax.schedules import linear
 
 NAME = "grid_design"
@@ -114,6 +115,40 @@ def _model(name: str) -> tuple[Any, Any, tuple[int, ...], Any, Any]:
 
 def _solver(name: str):
     return DDIM() if name == "ddim" else DPMSolverPP2M()
+
+
+#: Designed grids whose transfer to the other solver is reported.
+TRANSFER_METHODS = ("gits", "geometric", "gradient", "oracle")
+
+
+def solver_transfer(
+    runs: list[dict[str, Any]], eps_fn: Any, sched: Any, evaluate: Any, reference: np.ndarray
+) -> list[dict[str, Any]]:
+    """Each grid designed for one solver, run by the other solver at the same ``N``.
+
+    Judged on the evaluation seeds against the reference, with the paired gain over the OTHER
+    solver's best fixed grid and, beside it, the other solver's own grid of the same method
+    (``native_rmse``): how much of a design is specific to the solver it was made for.
+    """
+    rows = []
+    for run in runs:
+        for other in runs:
+            if other["solver"] == run["solver"] or other["steps"] != run["steps"]:
+                continue
+            sampler = named_sampler(other["solver"])
+            best = other["methods"][other["best_fixed"]]["grid"]
+            base = grid_errors(run_grid(eps_fn, sched, best, evaluate, sampler=sampler), reference)
+            for method in TRANSFER_METHODS:
+                if method not in run["methods"]:
+                    continue
+                samples = run_grid(eps_fn, sched, run["methods"][method]["grid"], evaluate, sampler=sampler)
+                errors = grid_errors(samples, reference)
+                rows.append({
+                    "method": method, "designed_for": run["solver"], "run_by": other["solver"], "steps": run["steps"],
+                    "rmse": float(errors.mean()), "native_rmse": other["methods"][method]["rmse"],
+                    "gain_vs_best_fixed": paired_gain(base, errors)._asdict(),
+                })  # fmt: skip
+    return rows
 
 
 def compute(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
@@ -188,6 +223,7 @@ def compute(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
                     "solver": sampler_name(sampler), "steps": steps, "nfe": sampler.nfe(steps),
                     "best_fixed": best_fixed, "methods": rows,
                 })  # fmt: skip
+        model_out["transfer"] = solver_transfer(model_out["runs"], eps_fn, sched, evaluate, reference)
         results["models"][model_name] = model_out
     return results
 
@@ -231,6 +267,23 @@ def render_markdown(results: dict[str, Any]) -> str:
                     digits=4,
                 )
             )
+        if model.get("transfer"):
+            lines.append("Grids run by the other solver (gain over that solver's best fixed grid)\n")
+            transfer_rows = [
+                [t["method"], f"{t['designed_for']} -> {t['run_by']}", t["steps"], t["rmse"], t["native_rmse"],
+                 f"{100 * t['gain_vs_best_fixed']['gain']:+.1f} % [{100 * t['gain_vs_best_fixed']['lo']:+.1f}, "
+                 f"{100 * t['gain_vs_best_fixed']['hi']:+.1f}]"]
+                for t in model["transfer"]
+            ]  # fmt: skip
+            header = [
+                "method",
+                "designed for -> run by",
+                "N",
+                "RMSE",
+                "its own grid's RMSE",
+                "gain vs best fixed [95 %]",
+            ]
+            lines.append(markdown_table(header, transfer_rows, digits=4))
     return "\n".join(lines)
 
 

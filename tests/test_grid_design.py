@@ -312,10 +312,25 @@ def test_grid_design_experiment_tables_are_consistent(tmp_path):
     from pifs_jax import reproduce
 
     module = reproduce.load_experiment(reproduce.discover_experiments()["grid_design"])
-    cfg = dict(models=["mixture"], steps=[3], samplers=["ddim"], design=8, evaluate=16, oracle_sweeps=1,
+    cfg = dict(models=["mixture"], steps=[3], samplers=["ddim", "dpm"], design=8, evaluate=16, oracle_sweeps=1,
                gradient_iterations=2, methods=("geometric", "oracle"))  # fmt: skip
     results = module.compute(cfg, progress=False)
     run = results["models"]["mixture"]["runs"][0]
+    # the transfer: each designed grid run by the other solver, against a direct run of that grid
+    transfer = results["models"]["mixture"]["transfer"]
+    assert {(t["method"], t["designed_for"], t["run_by"]) for t in transfer} == {
+        (m, a, b) for m in ("geometric", "oracle") for a, b in (("ddim", "dpmpp2m"), ("dpmpp2m", "ddim"))
+    }
+    eps_fn, sched, shape, _ = module.mixture_model()
+    evaluate = jax.random.normal(jax.random.PRNGKey(module.SEED_EVAL), (16, *shape))
+    reference = pj.grid_design.reference_solution(eps_fn, sched, evaluate)
+    ddim_run, dpm_run = results["models"]["mixture"]["runs"]
+    row = next(t for t in transfer if t["method"] == "geometric" and t["designed_for"] == "ddim")
+    direct = pj.grid_design.run_grid(eps_fn, sched, ddim_run["methods"]["geometric"]["grid"], evaluate,
+                                     sampler=DPMSolverPP2M())  # fmt: skip
+    assert row["rmse"] == pytest.approx(grid_errors(direct, reference).mean(), rel=1e-6)
+    assert row["native_rmse"] == dpm_run["methods"]["geometric"]["rmse"]
+    assert "designed for -> run by" in module.render_markdown(results)
     rows = run["methods"]
     assert set(rows) == {*module.FIXED, "geometric", "oracle"} and run["nfe"] == 3
     best = run["best_fixed"]
