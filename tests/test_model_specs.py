@@ -80,6 +80,7 @@ def _every_spec() -> list[ModelSpec]:
     return [
         *presets,
         UNetSpec(channels=8, channel_mults=(1, 2, 2), attention_resolutions=(4,)),
+        DiTSpec(patch_size=8, hidden=192, input_skip=True),
         diffusers,
         TinyConvSpec(3),
     ]
@@ -121,6 +122,7 @@ def test_the_builtin_specs_build_the_documented_networks():
         (DiTSpec(depth=True), None, "depth"),
         (DiTSpec(pos_embedding="rope"), None, "pos_embedding"),
         (DiTSpec(decoder_features=-1), None, "decoder_features"),
+        (DiTSpec(input_skip=1), None, "input_skip"),  # type: ignore[arg-type]
         (DiTSpec(patch_size=3), (16, 16, 3), "patch_size"),
         (DiTSpec(), (16, 16), "image_shape"),
         (TinyConvSpec(features=0), None, "features"),
@@ -130,6 +132,21 @@ def test_validate_names_the_bad_field(spec, shape, field):
     with pytest.raises(ArgumentError, match=rf"^{field}: ") as err:
         spec.validate(shape)
     assert err.value.argument == field
+
+
+def test_an_optional_field_at_its_default_keeps_older_specs_identity():
+    """input_skip was added to DiTSpec later: a spec without it reads as the default (the earlier
+    network), and the default is left out of fields(), so configs, checkpoints and model cards
+    written before it keep their JSON and their recipe fingerprint; off its default it is written."""
+    assert DiTSpec.OPTIONAL_FIELDS == {"input_skip": False}
+    plain, skip = DiTSpec(), DiTSpec(input_skip=True)
+    assert "input_skip" not in plain.fields() and skip.fields()["input_skip"] is True
+    older = {k: v for k, v in plain.to_dict().items()}
+    assert spec_from_dict(older) == plain
+    with pytest.raises(ArgumentError, match=r"^spec: .*missing \['hidden'\]"):
+        spec_from_dict({k: v for k, v in older.items() if k != "hidden"})  # a required field is still required
+    module, config = models.make_model("dit", image_shape=(8, 8, 1), patch_size=2, hidden=16, input_skip=True)
+    assert config["input_skip"] is True and module.input_skip is True
 
 
 def test_bad_dicts_and_registrations_are_refused():

@@ -277,3 +277,28 @@ def test_dit_decoders_start_at_zero(features):
         assert params["final_conv"]["kernel"].shape == (3, 3, features, 3)
     else:
         assert params["final"]["kernel"].shape == (16, 2 * 2 * 3) and "final_conv" not in params
+
+
+@pytest.mark.slow
+def test_dit_input_skip_adds_gamma_of_t_times_x():
+    """input_skip: eps = network + gamma(t) x with gamma = Dense(1)(silu(c)) starting at zero. With
+    every other output layer at zero the network is exactly gamma(t) x: a constant bias b gives b x
+    (exact in float32, one multiply), and a kernel makes gamma depend on t but not on x (eps is
+    linear in x: eps(2x) = 2 eps(x) to float32 rounding, 1e-6)."""
+    module, config = make_model("dit", image_shape=SHAPE, patch_size=2, input_skip=True, **TINY["dit"])
+    assert config["input_skip"] is True
+    params = init_params(module, jax.random.key(0))
+    x = jnp.asarray(np.random.default_rng(4).standard_normal((2, *SHAPE)), jnp.float32)
+    t = jnp.array([10, 900], jnp.int32)
+    np.testing.assert_array_equal(module.apply({"params": params}, x, t), 0.0)
+    skip = params["input_skip"]
+    assert skip["kernel"].shape == (TINY["dit"]["hidden"], 1) and skip["bias"].shape == (1,)
+    biased = {**params, "input_skip": {"kernel": skip["kernel"], "bias": jnp.array([0.5])}}
+    np.testing.assert_array_equal(module.apply({"params": biased}, x, t), 0.5 * x)
+    kernel = jnp.asarray(np.random.default_rng(5).standard_normal(skip["kernel"].shape), jnp.float32)
+    timed = {**params, "input_skip": {"kernel": kernel, "bias": jnp.zeros(1)}}
+    eps = module.apply({"params": timed}, x, t)
+    gamma = eps / x
+    np.testing.assert_allclose(gamma, gamma[:, :1, :1, :1] * jnp.ones_like(x), rtol=1e-5)
+    assert abs(float(gamma[0, 0, 0, 0] - gamma[1, 0, 0, 0])) > 1e-3  # depends on t
+    np.testing.assert_allclose(module.apply({"params": timed}, 2 * x, t), 2 * eps, rtol=1e-6, atol=1e-6)

@@ -128,8 +128,8 @@ def model_from_config(config: dict) -> EpsModule:
     cls = spec_class(config["name"])
     spec_fields = {f.name for f in dataclasses.fields(cls)}
     fields = spec_fields | set(_CONFIG_KEYS)
-    if set(config) != fields:
-        missing, unknown = sorted(fields - set(config)), sorted(set(config) - fields)
+    missing, unknown = sorted(fields - set(config) - set(cls.OPTIONAL_FIELDS)), sorted(set(config) - fields)
+    if missing or unknown:
         raise ArgumentError(
             "config", f"fields do not match a {config['name']!r} model (missing {missing}, unknown {unknown})"
         )
@@ -157,11 +157,12 @@ def make_model(
       size: ``"quick"`` or ``"full"`` (see the module docstring).
       **overrides: spec fields replacing the preset's (UNet: ``channels``, ``channel_mults``,
         ``num_res_blocks``, ``attention_resolutions``, ``num_heads``, ``groups``; DiT:
-        ``hidden``, ``depth``, ``num_heads``, ``mlp_ratio``, ``pos_embedding``, ``decoder_features``).
+        ``hidden``, ``depth``, ``num_heads``, ``mlp_ratio``, ``pos_embedding``, ``decoder_features``,
+        ``input_skip``).
 
     Returns:
       ``(module, config)``; ``config`` holds ``name``, ``size``, ``image_shape``, ``patch_size`` and
-      every field of the spec as JSON types (``json.loads(json.dumps(config)) == config``), and
+      the spec's fields (:meth:`ModelSpec.fields`) as JSON types (``json.loads(json.dumps(config)) == config``), and
       ``model_from_config(config)`` rebuilds an equal module.
 
     Raises:
@@ -180,10 +181,11 @@ def make_model(
         raise ArgumentError("size", f"expected one of {MODEL_SIZES}, got {size!r}")
     cls = spec_class(name)
     preset = dict(cls.PRESETS[size])
-    unknown = sorted(set(overrides) - set(preset))
+    known = set(preset) | set(cls.OPTIONAL_FIELDS)
+    unknown = sorted(set(overrides) - known)
     if unknown:
         raise ArgumentError(
-            "overrides", f"unknown hyper-parameter(s) {unknown} for {name!r}; expected some of {sorted(preset)}"
+            "overrides", f"unknown hyper-parameter(s) {unknown} for {name!r}; expected some of {sorted(known)}"
         )
     shape = check_image_shape(_DEFAULT_IMAGE_SHAPE[size] if image_shape is None else image_shape)
     default_patch = 4 if size == "quick" else 8

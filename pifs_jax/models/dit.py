@@ -16,6 +16,7 @@ patches ``k`` and ``j`` (docs/theory.md section 6) and line up with the Jacobian
     (s, g) = Dense(2D)(silu(c));  out = Dense(p^2 F)(LN(h) (1 + g) + s)   (B, M, p^2 F)
     u = unpatchify(out)                           (B, H, W, F)
     u = u + Conv3x3(F)(silu(u));  eps = Conv3x3(C)(silu(u))                (B, H, W, C)
+    eps = eps + gamma(t) x,  gamma = Dense(1)(silu(c))                   only with input_skip
 
 The decoder (``decoder_features = F > 0``, default 16) unpatchifies ``F`` features per pixel
 and mixes them with two ``3 x 3`` convolutions (a residual one, then the output one), in the
@@ -119,6 +120,8 @@ class PatchTransformer(nn.Module):
       pos_embedding: ``"learned"`` (``(M, D)`` parameter, N(0, 0.02^2) init) or ``"sincos"`` (fixed 2-D).
       decoder_features: ``F``: features per pixel mixed by the two final ``3 x 3`` convolutions;
         0 = the plain linear per-patch decoder of DiT.
+      input_skip: add ``gamma(t) x`` to the output, ``gamma = Dense(1)(silu(c))`` (zero at
+        initialisation): the identity path a token as wide as the model needs at high noise.
 
     Call: ``apply({"params": p}, x (B, H, W, C), t (B,) int, return_attention=False)`` ->
     ``eps (B, H, W, C)`` or ``(eps, {"block{i}": weights (B, heads, M, M)})``.
@@ -132,6 +135,7 @@ class PatchTransformer(nn.Module):
     mlp_ratio: int = 4
     pos_embedding: str = "learned"
     decoder_features: int = 16
+    input_skip: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, t: jax.Array, return_attention: bool = False) -> Any:
@@ -173,6 +177,9 @@ class PatchTransformer(nn.Module):
             pixels = jax.vmap(lambda q: unpatchify(q, (*shape[:2], features), p))(out)
             pixels = pixels + nn.Conv(features, (3, 3), padding="SAME", name="final_conv_0")(nn.silu(pixels))
             eps = nn.Conv(shape[2], (3, 3), padding="SAME", kernel_init=_zeros, name="final_conv")(nn.silu(pixels))
+        if self.input_skip:
+            gamma = nn.Dense(1, kernel_init=_zeros, name="input_skip")(nn.silu(c))  # (B, 1)
+            eps = eps + gamma[:, :, None, None] * x
         return (eps, attention) if return_attention else eps
 
 
@@ -203,12 +210,17 @@ class DiTSpec(ModelSpec):
     mlp_ratio: int = 4
     pos_embedding: str = "learned"
     decoder_features: int = 16
+    input_skip: bool = False
+
+    OPTIONAL_FIELDS: ClassVar[Mapping[str, Any]] = {"input_skip": False}
 
     def validate(self, image_shape: Sequence[int] | None = None) -> None:
         """Fields: positive ints, ``num_heads | hidden``, known positions; ``patch_size`` must tile the image."""
         for field in ("patch_size", "hidden", "depth", "num_heads", "mlp_ratio"):
             check_field_int(getattr(self, field), field)
         check_field_int(self.decoder_features, "decoder_features", minimum=0, note=" (0 = linear per-patch decoder)")
+        if not isinstance(self.input_skip, bool):
+            raise ArgumentError("input_skip", f"expected True or False, got {self.input_skip!r}")
         if self.hidden % self.num_heads:
             raise ArgumentError("num_heads", f"{self.num_heads} heads must divide hidden = {self.hidden}")
         if self.pos_embedding not in ("learned", "sincos"):

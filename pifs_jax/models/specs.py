@@ -88,6 +88,11 @@ class ModelSpec:
 
     NAME: ClassVar[str] = ""
     PRESETS: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+    # Fields added after specs of this architecture were first written, with the default that
+    # reproduces the earlier network: a spec read without them takes the default, and a spec
+    # holding the default leaves them out of fields(), so older configs, checkpoints and model
+    # cards keep their identity (and their recipe fingerprint).
+    OPTIONAL_FIELDS: ClassVar[Mapping[str, Any]] = {}
 
     def validate(self, image_shape: Sequence[int] | None = None) -> None:
         """Check every field (and, with ``image_shape``, that the architecture fits it)."""
@@ -99,8 +104,14 @@ class ModelSpec:
         raise NotImplementedError(f"{type(self).__name__} does not define build(image_shape)")
 
     def fields(self) -> dict[str, Any]:
-        """The fields as JSON types (tuples as lists), without the name."""
-        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        """The fields as JSON types (tuples as lists), without the name; an ``OPTIONAL_FIELDS`` entry only off its default."""
+        optional = self.OPTIONAL_FIELDS
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {
+            name: _jsonable(value)
+            for name, value in values.items()
+            if not (name in optional and value == optional[name] and type(value) is type(optional[name]))
+        }
 
     def to_dict(self) -> dict[str, Any]:
         """``{"name": NAME, **fields}``, JSON types: ``spec_from_dict(spec.to_dict()) == spec``."""
@@ -116,7 +127,7 @@ class ModelSpec:
         if not isinstance(fields, Mapping):
             raise ArgumentError("spec", f"expected a mapping of {cls.NAME!r} fields, got {fields!r}")
         names = {f.name for f in dataclasses.fields(cls)}
-        missing, unknown = sorted(names - set(fields)), sorted(set(fields) - names)
+        missing, unknown = sorted(names - set(fields) - set(cls.OPTIONAL_FIELDS)), sorted(set(fields) - names)
         if missing or unknown:
             raise ArgumentError(
                 "spec", f"fields do not match a {cls.NAME!r} architecture (missing {missing}, unknown {unknown})"
