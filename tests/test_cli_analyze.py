@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -183,3 +184,34 @@ def test_design_grid_reads_a_run_folder_and_a_diffusers_folder(tiny_run, tmp_pat
     assert cli.main(argv) == 2 and "--diffusers" in capsys.readouterr().err
     argv = ["design-grid", "--run", str(tmp_path / "missing"), "--steps", "6", "--out", str(tmp_path / "y")]
     assert cli.main(argv) == 2 and "--run" in capsys.readouterr().err
+
+
+def test_design_grid_corrected_writes_corrections_that_reproduce_its_record(tiny_run, tmp_path, capsys):
+    """``--method corrected`` writes per-step corrections for the designed grid's steps; rebuilt from
+    grid.json they give the held-out RMSE the record states for the kept candidate (the last of the
+    4 design seeds, regenerated from --seed; float32 chains, 1e-5). ``--iterations`` is refused for
+    a method without Adam steps."""
+    from pifs_jax.grid_design import StepCorrections, corrected_denoiser, mean_grid_error, reference_solution
+    from pifs_jax.models.training import load_run
+
+    out = tmp_path / "corrected"
+    argv = ["design-grid", "--run", str(tiny_run), "--steps", "3", "--method", "corrected", "--design-seeds", "4",
+            "--iterations", "3", "--out", str(out)]  # fmt: skip
+    assert cli.main(argv) == 0
+    document = json.loads((out / "grid.json").read_text())
+    record, grid = document["results"], np.asarray(document["results"]["grid"])
+    assert document["config"]["iterations"] == 3 and len(record["record"]["starts"]["geometric"]["grid"]) == 4
+    corrections = StepCorrections(**{k: np.asarray(v) for k, v in record["corrections"].items()})
+    assert corrections.times.tolist() == grid[1:].tolist()
+    run = load_run(tiny_run)
+    sched = pj.named_schedule(run.config.schedule, run.config.T)
+    noises = jax.random.normal(jax.random.PRNGKey(0), (4, *run.config.image_shape))
+    held = noises[3:]
+    rmse = mean_grid_error(corrected_denoiser(run.eps_fn, corrections), sched, grid, held,
+                           reference_solution(run.eps_fn, sched, held))  # fmt: skip
+    kept = record["record"]["kept"]
+    assert rmse == pytest.approx(record["record"]["held_out_rmse"][kept], rel=1e-5)
+    capsys.readouterr()
+    argv = ["design-grid", "--run", str(tiny_run), "--steps", "3", "--method", "edm", "--iterations", "3",
+            "--out", str(tmp_path / "z")]  # fmt: skip
+    assert cli.main(argv) == 2 and "--iterations" in capsys.readouterr().err

@@ -6,6 +6,7 @@ scalar Gaussian chain, finite differences. Float64 where a tolerance below 1e-6 
 
 from __future__ import annotations
 
+import functools
 import itertools
 import warnings
 
@@ -24,8 +25,10 @@ from pifs_jax.grid_design import (
     fit_step_corrections,
     geometric_grid,
     grid_errors,
+    mean_grid_error,
     measure_geometry,
     paired_gain,
+    reference_solution,
 )
 from pifs_jax.grid_design.gradient import grid_times_from_logits, logits_from_grid
 from pifs_jax.grid_design.search import gits_grid
@@ -214,8 +217,14 @@ def test_design_grid_methods_and_bad_input():
         design_grid(eps_fn, sched, 4, x_T=x_T, sampler="ddim")
     with pytest.raises(ArgumentError, match="data"):
         design_grid(eps_fn, sched, 4, x_T=x_T, method="ays")  # Align Your Steps needs training images
-    with pytest.raises(ArgumentError, match="options"):
-        design_grid(eps_fn, sched, 4, x_T=x_T, options={"fine_step": 40})  # a misspelt option is named
+    # a misspelt or foreign option is refused by name before any work, for every method
+    for method, bad in (("geometric", "fine_step"), ("gradient", "iteration"), ("corrected", "lr"),
+                        ("oracle", "sweeps"), ("gits", "teacher"), ("ays", "samples"), ("edm", "rh0"),
+                        ("corrected", "sampler")):  # fmt: skip
+        with pytest.raises(ArgumentError, match=rf"^options: unknown options \['{bad}'\] for '{method}'"):
+            design_grid(eps_fn, sched, 4, x_T=x_T, method=method, options={bad: 1})
+    with pytest.raises(ArgumentError, match=r"^options: expected a dict"):
+        design_grid(eps_fn, sched, 4, x_T=x_T, options=[("fine_steps", 40)])  # type: ignore[arg-type]
     with pytest.raises(ArgumentError, match="x_T"):
         design_grid(eps_fn, sched, 4, x_T=jnp.zeros((8, 1), jnp.int32))
 
@@ -274,19 +283,45 @@ def test_fitted_corrections_recover_the_exact_flow_of_a_gaussian(x64, sampler):
             fit_step_corrections(eps_fn, sched, grid, x_T, exact, learning_rate=bad)
 
 
-def test_design_grid_corrected_keeps_the_better_start():
+def test_design_grid_corrected_keeps_the_best_candidate_on_held_out_design_seeds(monkeypatch):
+    """Of 8 design seeds the last 2 are held out; the fits see the first 6. The kept candidate is the
+    one with the lowest held-out RMSE, recomputed here from the returned grid and corrections (the
+    exactly correctable scalar Gaussian: a fit wins). With fits made bad on purpose (gains tripled),
+    the uncorrected best fixed grid is kept, with corrections that change nothing."""
+    import pifs_jax.grid_design.design as design_module
+
     sched = pj.linear(1000)
     eps_fn = scalar_gaussian_eps(sched)
     x_T = jax.random.normal(jax.random.PRNGKey(2), (8, 1))
     d = design_grid(eps_fn, sched, 3, method="corrected", x_T=x_T, options={"iterations": 20})
-    starts = d.record["starts"]
-    assert set(starts) == {"geometric", "best_fixed"} and d.record["kept"] in starts
-    kept = starts[d.record["kept"]]
-    assert d.grid.tolist() == kept["grid"] and d.corrections is not None
-    assert kept["design_loss"] <= min(s["design_loss"] for s in starts.values())
-    assert all(s["design_loss"] <= s["plain_loss"] for s in starts.values())  # never worse than the plain solver
-    assert d.corrections.times.tolist() == d.grid[1:].tolist()
-    assert d.network_evaluations > 8 * 1000 + 2 * 3 * 20 * 3 * 8  # the reference and both fits are counted
+    record = d.record
+    assert set(record["starts"]) == {"geometric", "best_fixed"} and record["held_out_seeds"] == 2
+    assert set(record["held_out_rmse"]) == {"geometric", "best_fixed", "best_fixed_plain"}
+    assert record["kept"] == min(record["held_out_rmse"], key=record["held_out_rmse"].__getitem__)
+    assert record["kept"] != "best_fixed_plain"  # the Gaussian is exactly correctable
+    held_reference = reference_solution(eps_fn, sched, x_T[6:])
+    rmse = mean_grid_error(corrected_denoiser(eps_fn, d.corrections), sched, d.grid, x_T[6:], held_reference)
+    assert rmse == pytest.approx(record["held_out_rmse"][record["kept"]], rel=1e-6)
+    assert all(s["design_loss"] <= s["plain_loss"] for s in record["starts"].values())
+    assert d.corrections is not None and d.corrections.times.tolist() == d.grid[1:].tolist()
+    # the reference (8 x 1000), both fits on 6 seeds (3 per call, 20 iterations, 3 calls) and the
+    # held-out scoring (3 candidates x 3 calls x 2 seeds) are counted, and the starts on top of them
+    assert d.network_evaluations > 8 * 1000 + 2 * 3 * 20 * 3 * 6 + 3 * 3 * 2
+
+    real_fit = design_module.fit_step_corrections
+
+    @functools.wraps(real_fit)  # keeps its signature: design_grid reads the allowed options from it
+    def bad_fit(*args, **kwargs):
+        result = real_fit(*args, **kwargs)
+        return result._replace(corrections=result.corrections._replace(gain=3.0 * result.corrections.gain))
+
+    monkeypatch.setattr(design_module, "fit_step_corrections", bad_fit)
+    worse = design_grid(eps_fn, sched, 3, method="corrected", x_T=x_T, options={"iterations": 20})
+    assert worse.record["kept"] == "best_fixed_plain"
+    assert worse.grid.tolist() == worse.record["starts"]["best_fixed"]["grid"]
+    np.testing.assert_array_equal(worse.corrections.gain, 1.0)
+    np.testing.assert_array_equal(worse.corrections.scale, 1.0)
+    np.testing.assert_array_equal(worse.corrections.shift, 0.0)
 
 
 def test_design_grid_command_writes_the_grid_and_the_diffusers_list(tmp_path, capsys):

@@ -41,6 +41,9 @@ examples:
   # DPM-Solver++(2M), 5 steps, GITS's dynamic programme
   pifs-jax design-grid --pretrained dit-photos16 --steps 5 --sampler dpmpp2m --method gits --out out/gits5
 
+  # beyond the grid: 10 DDIM steps with fitted per-step corrections of the network's output
+  pifs-jax design-grid --pretrained dit-photos16 --steps 10 --method corrected --out out/corrected10
+
 notes:
   diffusers' DDIMScheduler accepts no custom timesteps; DPMSolverMultistepScheduler does
   (set_timesteps(timesteps=...)). Method "ays" needs training images and is available from Python
@@ -67,6 +70,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--design-seeds", type=positive_int, default=16, metavar="R", help="design noises (default: 16)"
+    )
+    parser.add_argument(
+        "--iterations",
+        type=positive_int,
+        default=None,
+        metavar="K",
+        help="Adam steps of the gradient and corrected methods (default: theirs, 60 and 200)",
     )
     parser.add_argument("--seed", type=non_negative_int, default=0, metavar="S", help="seed of the design noises")
     parser.add_argument("--out", required=True, type=output_dir, metavar="DIR", help="output folder")
@@ -118,12 +128,15 @@ def run(args: argparse.Namespace) -> int:
     eps_fn, sched, shape, source = _model(args)
     if args.steps > sched.T:
         raise UsageError("--steps", f"cannot exceed the schedule's T = {sched.T}, got {args.steps}")
+    if args.iterations is not None and args.method not in ("gradient", "corrected"):
+        raise UsageError("--iterations", f"applies to --method gradient or corrected, not {args.method!r}")
+    options = {} if args.iterations is None else {"iterations": args.iterations}
     out = Path(args.out)
     command = command_line(getattr(args, "argv", []) or [])
     with RunFolder(out, "overwrite", results=RESULT_FILES, command=command) as folder:
         noises = jax.random.normal(jax.random.PRNGKey(args.seed), (args.design_seeds, *shape))
         designed = design_grid(eps_fn, sched, args.steps, sampler=named_sampler(args.sampler), method=args.method,
-                               x_T=noises)  # fmt: skip
+                               x_T=noises, options=options)  # fmt: skip
         uniform = fixed_grid(sched, args.steps, "time_uniform")
         with folder.staged() as stage:
             write_result_json(
@@ -140,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
                     "corrections": designed.record.get("corrections"),
                 },
                 config={"command": command, "steps": args.steps, "sampler": args.sampler, "method": args.method,
-                        "design_seeds": args.design_seeds},
+                        "design_seeds": args.design_seeds, "iterations": args.iterations},
                 seed=args.seed,
             )  # fmt: skip
             fig, ax = plotting.new_figure(figsize=(6.4, 2.4))

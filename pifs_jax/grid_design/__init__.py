@@ -7,6 +7,7 @@ from pifs_jax.grid_design.correction import (
     StepCorrections,
     corrected_denoiser,
     fit_step_corrections,
+    plain_corrections,
 )
 from pifs_jax.grid_design.design import DESIGN_METHODS, DesignedGrid, design_grid
 from pifs_jax.grid_design.evaluation import (
@@ -48,6 +49,7 @@ __all__ = [
     "mean_grid_error",
     "measure_geometry",
     "paired_gain",
+    "plain_corrections",
     "reference_solution",
     "run_grid",
     "self_convergence",

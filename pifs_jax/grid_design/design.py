@@ -21,6 +21,7 @@ was made: the method, its options, the seeds, the network evaluations it cost an
 
 from __future__ import annotations
 
+import inspect
 import time
 from typing import Any, NamedTuple
 
@@ -31,7 +32,12 @@ import numpy as np
 from pifs_jax._validation import check_positive_int
 from pifs_jax.errors import ArgumentError
 from pifs_jax.grid_design.ays import align_your_steps
-from pifs_jax.grid_design.correction import StepCorrections, fit_step_corrections
+from pifs_jax.grid_design.correction import (
+    StepCorrections,
+    corrected_denoiser,
+    fit_step_corrections,
+    plain_corrections,
+)
 from pifs_jax.grid_design.evaluation import mean_grid_error, reference_solution
 from pifs_jax.grid_design.fixed import FIXED_GRIDS, fixed_grid
 from pifs_jax.grid_design.geometric import geometric_grid, measure_geometry
@@ -116,7 +122,13 @@ def design_grid(
         raise ArgumentError("steps", f"cannot exceed T = {sched.T}, got {steps}")
     if method not in DESIGN_METHODS and method not in FIXED_GRIDS:
         raise ArgumentError("method", f"unknown method {method!r}; expected one of {DESIGN_METHODS + FIXED_GRIDS}")
+    if options is not None and not isinstance(options, dict):
+        raise ArgumentError("options", f"expected a dict of the method's keywords, got {type(options).__name__}")
     options = dict(options or {})
+    allowed = _method_options(method)
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise ArgumentError("options", f"unknown options {unknown} for {method!r}; expected some of {sorted(allowed)}")
     record: dict[str, Any] = {"method": method, "options": dict(options), "steps": steps, "T": sched.T}
     start = time.perf_counter()
     corrections = None
@@ -130,9 +142,6 @@ def design_grid(
     if method in ("geometric", "geometric_local"):
         amplification = method == "geometric"
         measure_options = {k: v for k, v in options.items() if k in ("fine_steps", "probes", "key")}
-        unknown = set(options) - set(measure_options) - {"first_step"}
-        if unknown:
-            raise ArgumentError("options", f"unknown options {sorted(unknown)} for {method!r}")
         m = measure_geometry(eps_fn, sched, noises, sampler=sampler, **measure_options)
         # the local-error ablation needs no reverse pass: count only the forward chain for it
         evaluations = m.network_evaluations if amplification else int(noises.shape[0] * (len(m.times) - 1))
@@ -162,21 +171,11 @@ def design_grid(
             record["rounded_losses"] = result.rounded_losses
             grid, evaluations = result.grid, evaluations + result.network_evaluations
         elif method == "corrected":
-            geometric, geometric_cost = _geometric_start(eps_fn, sched, steps, noises, sampler)
-            fixed, fixed_cost = _best_fixed_grid(eps_fn, sched, steps, noises, reference, sampler)
-            evaluations += geometric_cost + fixed_cost
-            fits = {}
-            for start_name, init in (("geometric", geometric), ("best_fixed", fixed)):
-                fits[start_name] = (init, fit_step_corrections(eps_fn, sched, init, noises, reference, sampler=sampler,
-                                                               **options))  # fmt: skip
-                evaluations += fits[start_name][1].network_evaluations
-            kept = min(fits, key=lambda k: min(fits[k][1].losses))
-            grid, fit = fits[kept]
-            corrections = fit.corrections
-            record["starts"] = {k: {"grid": g.tolist(), "design_loss": min(f.losses), "plain_loss": f.losses[0]}
-                                for k, (g, f) in fits.items()}  # fmt: skip
-            record["kept"] = kept
-            record["corrections"] = {k: np.asarray(v).tolist() for k, v in corrections._asdict().items()}
+            grid, corrections, cost, chosen = _corrected_design(
+                eps_fn, sched, steps, noises, reference, sampler, options
+            )
+            evaluations += cost
+            record.update(chosen)
         else:
             init = options.pop("init", None)
             if init is None:  # the best of the fixed grids that end at T, judged on the design seeds
@@ -192,6 +191,79 @@ def design_grid(
         np.asarray(grid, np.int64), method, sampler_name(sampler), sampler.nfe(steps), int(evaluations), seconds, record,
         corrections,
     )  # fmt: skip
+
+
+def _keyword_options(function: Any, *passed: str) -> set[str]:
+    """The keyword-only parameters of ``function`` less those design_grid passes itself."""
+    parameters = inspect.signature(function).parameters.values()
+    return {p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY} - set(passed)
+
+
+def _method_options(method: str) -> set[str]:
+    """The names ``options`` may hold for ``method`` (design_grid refuses any other by name)."""
+    if method in FIXED_GRIDS:
+        return _keyword_options(fixed_grid)
+    searched = {
+        "gradient": _keyword_options(gradient_grid, "sampler"),
+        "corrected": _keyword_options(fit_step_corrections, "sampler"),
+        "oracle": _keyword_options(coordinate_search, "sampler") | {"init"},
+    }
+    if method in searched:
+        return searched[method] | {"reference_grid"}
+    return {
+        "geometric": {"fine_steps", "probes", "key", "first_step"},
+        "geometric_local": {"fine_steps", "probes", "key", "first_step"},
+        "gits": _keyword_options(gits_grid),
+        "ays": _keyword_options(align_your_steps, "key"),
+    }[method]
+
+
+def _corrected_design(
+    eps_fn: EpsFn, sched: Schedule, steps: int, noises: jax.Array, reference: Any, sampler: Sampler,
+    options: dict[str, Any],
+) -> tuple[np.ndarray, StepCorrections, int, dict[str, Any]]:  # fmt: skip
+    """``method="corrected"``: corrections fitted from two starts, the candidate kept by held-out design seeds.
+
+    The design seeds are split: the last quarter (``R // 4`` of ``R``; all of them when ``R < 4``) is
+    held out, the rest fit :func:`fit_step_corrections` from the geometric grid and from the best
+    fixed grid. Three candidates, the two fits and the best fixed grid uncorrected, are scored by
+    the mean RMSE on the held-out seeds, and the lowest is kept: corrections that only fit the fit
+    seeds lose to the plain grid there. Returns the grid, its corrections, the network evaluations
+    (starts, fits and scoring) and the record's entries.
+    """
+    count = int(noises.shape[0])
+    held = count // 4 if count >= 4 else 0
+    fit_noises, fit_reference = noises[: count - held], reference[: count - held]
+    held_noises, held_reference = (noises[count - held :], reference[count - held :]) if held else (noises, reference)
+    geometric, evaluations = _geometric_start(eps_fn, sched, steps, noises, sampler)
+    fixed, fixed_cost = _best_fixed_grid(eps_fn, sched, steps, noises, reference, sampler)
+    evaluations += fixed_cost
+    candidates: dict[str, tuple[np.ndarray, StepCorrections]] = {
+        "best_fixed_plain": (fixed, plain_corrections(fixed, sched.T))
+    }
+    starts: dict[str, dict[str, Any]] = {}
+    for name, init in (("geometric", geometric), ("best_fixed", fixed)):
+        fit = fit_step_corrections(eps_fn, sched, init, fit_noises, fit_reference, sampler=sampler, **options)
+        evaluations += fit.network_evaluations
+        candidates[name] = (init, fit.corrections)
+        starts[name] = {"grid": init.tolist(), "design_loss": min(fit.losses), "plain_loss": fit.losses[0]}
+    scores = {
+        name: mean_grid_error(
+            corrected_denoiser(eps_fn, corr), sched, grid, held_noises, held_reference, sampler=sampler
+        )
+        for name, (grid, corr) in candidates.items()
+    }
+    evaluations += len(candidates) * sampler.nfe(steps) * int(held_noises.shape[0])
+    kept = min(scores, key=scores.__getitem__)
+    grid, corrections = candidates[kept]
+    record = {
+        "starts": starts,
+        "held_out_seeds": held,
+        "held_out_rmse": scores,
+        "kept": kept,
+        "corrections": {k: np.asarray(v).tolist() for k, v in corrections._asdict().items()},
+    }
+    return grid, corrections, evaluations, record
 
 
 def _geometric_start(
