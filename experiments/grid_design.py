@@ -14,7 +14,8 @@ tier, a Gaussian mixture "image" (8x8, three components) with its exact denoiser
 fixed grids (time-uniform, logSNR-uniform, EDM rho = 7, AYS's KL-optimal closed form, DDIM's
 quadratic stretched to end at ``T``: endpoints held equal), GITS, Align Your Steps (KLUB on the
 training images, 256 samples, 4 sweeps), the geometric grid (and its first rule for the last step,
-``geometric_v1``), its local-error ablation, the gradient descent from the geometric grid and the
+``geometric_v1``, and its placement by the solver's own order, ``geometric_solver_order``: the same
+grid for DDIM), its local-error ablation, the gradient descent from the geometric grid and the
 oracle coordinate search (from the best fixed grid on the design seeds), and beyond the grid the
 per-step corrections of the network's output fitted through the solver (``corrected``, theory
 section 12).
@@ -61,11 +62,23 @@ NAME = "grid_design"
 TITLE = "Sampling grids designed from the model's measured geometry"
 
 FIXED = ("time_uniform", "logsnr_uniform", "edm", "kl_optimal", "quadratic_to_T")
-MODEL_METHODS = ("gits", "ays", "geometric_local", "geometric_v1", "geometric", "gradient", "oracle", "corrected")
+MODEL_METHODS = (
+    "gits",
+    "ays",
+    "geometric_local",
+    "geometric_v1",
+    "geometric_solver_order",
+    "geometric",
+    "gradient",
+    "oracle",
+    "corrected",
+)
 #: Design seeds, and the evaluation seeds: 2 judged the rule first fixed (docs/guides/sampling-grids.md
 #: keeps that table); 3 judged the revised rule (theory section 12) and a prototype of the per-step
-#: corrections; 4 are fresh seeds for the corrections as settled, and for every other method beside them.
-SEED_DESIGN, SEED_EVAL = 1, 4
+#: corrections; 4 judged the corrections as settled, and every other method beside them; 5 are fresh
+#: seeds for the first-order error model of every solver and the held-out choice of the corrected
+#: candidate (theory section 12), and for every method beside them.
+SEED_DESIGN, SEED_EVAL = 1, 5
 #: Align Your Steps' settings here: KLUB samples and sweeps bounded for CPU time (the paper: 8192
 #: samples, early stopping on its own metrics).
 AYS_OPTIONS = {"num_samples": 256, "max_sweeps": 4}
@@ -187,6 +200,8 @@ def compute(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
                         options = dict(AYS_OPTIONS)
                     elif method == "geometric_v1":  # the first-step rule first fixed (theory section 12)
                         name, options = "geometric", {"first_step": "min_sum"}
+                    elif method == "geometric_solver_order":  # the solver's own error model (as first fixed)
+                        name, options = "geometric", {"error_model": "solver"}
                     noises = design[:16] if method.startswith("geometric") else design
                     if method == "ays" and steps in ays_grids:  # AYS's KLUB does not depend on the solver
                         d = ays_grids[steps]

@@ -229,6 +229,24 @@ def test_design_grid_methods_and_bad_input():
         design_grid(eps_fn, sched, 4, x_T=jnp.zeros((8, 1), jnp.int32))
 
 
+def test_geometric_error_model_is_first_order_for_every_solver_unless_asked():
+    """By default the geometric grid of DPM-Solver++(2M) is placed by DDIM's first-order local error
+    (the same grid as DDIM's, from the same measurement); ``error_model="solver"`` uses the solver's
+    own order, the grid of ``measure_geometry(..., sampler=DPMSolverPP2M())``."""
+    sched = pj.linear(1000)
+    eps_fn = scalar_gaussian_eps(sched)
+    x_T = jax.random.normal(jax.random.PRNGKey(3), (4, 1))
+    options = {"fine_steps": 40}
+    ddim = design_grid(eps_fn, sched, 5, x_T=x_T, options=options)
+    dpm = design_grid(eps_fn, sched, 5, sampler=DPMSolverPP2M(), x_T=x_T, options=options)
+    assert dpm.grid.tolist() == ddim.grid.tolist() and dpm.nfe == 5
+    own = design_grid(eps_fn, sched, 5, sampler=DPMSolverPP2M(), x_T=x_T, options={**options, "error_model": "solver"})
+    expected = geometric_grid(measure_geometry(eps_fn, sched, x_T, sampler=DPMSolverPP2M(), fine_steps=40), 5)
+    assert own.grid.tolist() == expected.tolist() and own.grid.tolist() != ddim.grid.tolist()
+    with pytest.raises(ArgumentError, match=r"^options: error_model"):
+        design_grid(eps_fn, sched, 5, x_T=x_T, options={"error_model": "second"})
+
+
 def test_corrected_denoiser_is_the_stated_formula_and_plain_off_its_grid():
     """``g_i eps(s_i x, t) + c_i x`` at the steps of its grid (checked against the formula), ``eps`` elsewhere."""
     sched = pj.linear(1000)

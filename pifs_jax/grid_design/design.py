@@ -11,8 +11,8 @@
   design seeds (the upper bound of a grid, expensive).
 - ``"corrected"``: beyond the grid: a grid plus three fitted scalars per step that correct the
   network's output (:mod:`pifs_jax.grid_design.correction`), fitted from the geometric grid and
-  from the best fixed grid on the design seeds, the lower design loss kept; ``designed.corrections``
-  holds them and :func:`~pifs_jax.grid_design.corrected_denoiser` applies them.
+  from the best fixed grid on 3/4 of the design seeds, the candidate (either fit, or the best fixed
+  grid uncorrected) kept by the last quarter; ``designed.corrections`` holds them and :func:`~pifs_jax.grid_design.corrected_denoiser` applies them.
 - any fixed grid of :data:`pifs_jax.grid_design.FIXED_GRIDS` (``"time_uniform"``, ``"edm"``, ...).
 
 Every method returns an explicit integer grid (the package's convention) and a record of how it
@@ -108,8 +108,10 @@ def design_grid(
       method: one of :data:`DESIGN_METHODS` or :data:`~pifs_jax.grid_design.FIXED_GRIDS`.
       x_T: design noises ``(R,) + sample_shape``; default ``num_design`` normals from ``key`` of ``sample_shape``.
       data: training images ``(B,) + sample_shape`` (``"ays"`` only).
-      options: the method's own keywords (e.g. ``{"fine_steps": 100}`` for ``"geometric"``,
-        ``{"iterations": 60}`` for ``"gradient"``, ``{"coeff": 1.0}`` for ``"gits"``).
+      options: the method's own keywords (e.g. ``{"fine_steps": 100}`` or ``{"error_model":
+        "solver"}`` for ``"geometric"`` (:data:`ERROR_MODELS`: whose local error places the steps,
+        default DDIM's for every solver), ``{"iterations": 60}`` for ``"gradient"``,
+        ``{"coeff": 1.0}`` for ``"gits"``).
 
     Raises:
       ArgumentError: naming ``method``, ``steps``, ``sampler``, ``x_T``, ``data`` or an option.
@@ -142,7 +144,7 @@ def design_grid(
     if method in ("geometric", "geometric_local"):
         amplification = method == "geometric"
         measure_options = {k: v for k, v in options.items() if k in ("fine_steps", "probes", "key")}
-        m = measure_geometry(eps_fn, sched, noises, sampler=sampler, **measure_options)
+        m = measure_geometry(eps_fn, sched, noises, sampler=_error_model_sampler(options, sampler), **measure_options)
         # the local-error ablation needs no reverse pass: count only the forward chain for it
         evaluations = m.network_evaluations if amplification else int(noises.shape[0] * (len(m.times) - 1))
         grid = geometric_grid(
@@ -211,8 +213,8 @@ def _method_options(method: str) -> set[str]:
     if method in searched:
         return searched[method] | {"reference_grid"}
     return {
-        "geometric": {"fine_steps", "probes", "key", "first_step"},
-        "geometric_local": {"fine_steps", "probes", "key", "first_step"},
+        "geometric": {"fine_steps", "probes", "key", "first_step", "error_model"},
+        "geometric_local": {"fine_steps", "probes", "key", "first_step", "error_model"},
         "gits": _keyword_options(gits_grid),
         "ays": _keyword_options(align_your_steps, "key"),
     }[method]
@@ -266,11 +268,28 @@ def _corrected_design(
     return grid, corrections, evaluations, record
 
 
+#: ``options["error_model"]`` of the geometric methods: whose local error places the steps.
+ERROR_MODELS = ("first_order", "solver")
+
+
+def _error_model_sampler(options: dict[str, Any], sampler: Sampler) -> Sampler:
+    """The sampler whose local-error model :func:`measure_geometry` uses (docs/theory.md section 12).
+
+    ``"first_order"`` (default): DDIM's (``p = 1``) for every solver: the first derivative of the
+    data prediction along the trajectory, the flow's own geometry. ``"solver"``: the solver's own
+    order and constant (``p = 2`` for DPM-Solver++(2M) and Heun: finite second derivatives).
+    """
+    model = options.get("error_model", "first_order")
+    if model not in ERROR_MODELS:
+        raise ArgumentError("options", f"error_model must be one of {ERROR_MODELS}, got {model!r}")
+    return DDIM() if model == "first_order" else sampler
+
+
 def _geometric_start(
     eps_fn: EpsFn, sched: Schedule, steps: int, noises: jax.Array, sampler: Sampler
 ) -> tuple[np.ndarray, int]:
     """The default geometric grid from the first 16 design seeds (the start of the searches), and its cost."""
-    geo = measure_geometry(eps_fn, sched, noises[: min(16, noises.shape[0])], sampler=sampler)
+    geo = measure_geometry(eps_fn, sched, noises[: min(16, noises.shape[0])], sampler=_error_model_sampler({}, sampler))
     return geometric_grid(geo, steps), geo.network_evaluations
 
 
