@@ -254,19 +254,25 @@ def check_floating(x: Any, *, name: str) -> None:
 
 
 def read_json_object(
-    source: Mapping[str, Any] | str | os.PathLike, *, file_name: str, what: str, missing_hint: str = ""
+    source: Mapping[str, Any] | str | os.PathLike,
+    *,
+    file_name: str,
+    what: str,
+    missing_hint: str = "",
+    argument: str = "config",
 ) -> tuple[dict[str, Any], Path | None]:
     """A JSON object from a mapping (copied), a file, or a folder holding ``file_name``; and the file read.
 
-    Every failure is an :class:`ArgumentError` naming ``config`` and the file: not a mapping or a
-    path, file missing (``missing_hint`` appended), unreadable, not valid JSON, not a JSON object
+    Every failure is an :class:`ArgumentError` naming ``argument`` (default ``config``) and the
+    file: not a mapping or a path, file missing (``missing_hint`` appended), unreadable, not valid
+    JSON, nested too deeply for the parser (a hostile file of ``[[[...]]]``), not a JSON object
     (``what`` names the object expected, e.g. "a scheduler config").
     """
     if isinstance(source, Mapping):
         return dict(source), None
     if not isinstance(source, (str, os.PathLike)):
         raise ArgumentError(
-            "config", f"expected a dict or a path (str / os.PathLike) to a {file_name}, got {type(source).__name__}"
+            argument, f"expected a dict or a path (str / os.PathLike) to a {file_name}, got {type(source).__name__}"
         )
     path = Path(source)
     if path.is_dir():
@@ -274,15 +280,17 @@ def read_json_object(
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ArgumentError("config", f"file not found: {str(path)!r}{missing_hint}") from None
+        raise ArgumentError(argument, f"file not found: {str(path)!r}{missing_hint}") from None
     except (OSError, UnicodeDecodeError) as err:
-        raise ArgumentError("config", f"cannot read {str(path)!r}: {err}") from None
+        raise ArgumentError(argument, f"cannot read {str(path)!r}: {err}") from None
     try:
         loaded = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ArgumentError("config", f"{str(path)!r} is not valid JSON: {err}") from None
+        raise ArgumentError(argument, f"{str(path)!r} is not valid JSON: {err}") from None
+    except RecursionError:
+        raise ArgumentError(argument, f"{str(path)!r} is nested too deeply to be {what}") from None
     if not isinstance(loaded, dict):
         raise ArgumentError(
-            "config", f"{str(path)!r} must hold a JSON object ({what}), got a JSON {type(loaded).__name__}"
+            argument, f"{str(path)!r} must hold a JSON object ({what}), got a JSON {type(loaded).__name__}"
         )
     return loaded, path

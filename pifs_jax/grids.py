@@ -55,6 +55,10 @@ def uniform_grid(T: int, num_steps: int) -> np.ndarray:
     """``N`` evenly spaced steps ending at ``T``: ``tau_i = round(i T / N)``, ``i = 0..N``.
 
     ``uniform_grid(1000, 50)`` is ``tau_i = 20 i``.
+
+    Raises:
+      ArgumentError: (``T``) not an integer >= 1; (``num_steps``) not an integer in ``1..T``
+        (the command line's ``--steps``).
     """
     T = check_positive_int(T, name="T")
     num_steps = check_positive_int(num_steps, name="num_steps")
@@ -69,6 +73,10 @@ def diffusers_timesteps(T: int, num_steps: int, *, spacing: str = "leading", ste
     - ``linspace``: ``round(linspace(0, T-1, N))``
     - ``leading``: ``arange(N) * (T // N) + steps_offset``
     - ``trailing``: ``round(arange(T, 0, -T/N)) - 1``
+
+    Raises:
+      ArgumentError: (``T``) not an integer >= 1; (``num_steps``) not an integer in ``1..T``;
+        (``spacing``) not one of :data:`TIMESTEP_SPACINGS`.
     """
     T = check_positive_int(T, name="T")
     num_steps = check_positive_int(num_steps, name="num_steps")
@@ -83,7 +91,7 @@ def diffusers_timesteps(T: int, num_steps: int, *, spacing: str = "leading", ste
         ratio = T / num_steps
         steps = np.round(np.arange(T, 0, -ratio)).astype(np.int64) - 1
     else:
-        raise ValueError(f"spacing: unknown timestep_spacing {spacing!r}; expected one of {TIMESTEP_SPACINGS}")
+        raise ArgumentError("spacing", f"unknown timestep_spacing {spacing!r}; expected one of {TIMESTEP_SPACINGS}")
     return steps
 
 

@@ -316,8 +316,8 @@ def load_config(config: Mapping[str, Any] | str | os.PathLike) -> dict[str, Any]
       A new ``dict``. ``NaN``/``Infinity`` literals that diffusers may write are accepted.
 
     Raises:
-      ValueError: the file is missing or unreadable, is not valid JSON, or does not hold a JSON
-        object; the message names the file.
+      ValueError: the file is missing or unreadable, is not valid JSON, is nested too deeply to
+        parse, or does not hold a JSON object; the message names the file.
     """
     return read_json_object(config, file_name=_CONFIG_FILE_NAME, what="a scheduler config")[0]
 

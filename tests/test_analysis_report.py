@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 
 import pifs_jax as pj
-from pifs_jax.analysis.report import FIGURES, analyze_model, write_analysis
+from pifs_jax.analysis.report import (
+    FIGURES,
+    ModelAnalysis,
+    analysis_markdown,
+    analyze_model,
+    summarize_analysis,
+    write_analysis,
+)
 from pifs_jax.errors import ArgumentError
 
 
@@ -97,3 +104,34 @@ def test_bad_input():
         analyze_model(eps, sched, None, patch_size=2, steps=2, samples=2)
     with pytest.raises(ArgumentError, match="patch_size"):
         analyze_model(eps, sched, data, patch_size=3, steps=2, samples=2)
+
+
+def test_one_trajectory_gives_undefined_intervals_not_zero_width_ones(tmp_path):
+    """With S = 1 the bootstrap 'interval' was [mean, mean]; now NaN, written n/a (1 trajectory)."""
+    sched = pj.linear(1000)
+    data = np.asarray(pj.load_dataset("digits", jax.random.PRNGKey(0), 32))
+    stats = pj.patch_stats(data, patch_size=2)
+    x_T = jax.random.normal(jax.random.PRNGKey(3), (1, *data.shape[1:]))
+    analysis = pj.analyze_chain(
+        pj.empirical_denoiser(sched, data),
+        sched,
+        x_T,
+        grid=pj.uniform_grid(1000, 3),
+        patch_size=2,
+        baseline=stats,
+        attention_fn=pj.empirical_attention(sched, data),
+    )
+    lam = np.asarray(stats.leading_eigenvalue, np.float64)
+    summary = summarize_analysis(analysis, patch_eigenvalues=lam, sched=sched)
+    assert summary["trajectories"] == 1
+    intervals = [*summary["steps"].values(), *summary["attention_entropy_per_layer"].values()]
+    for stats_ in intervals:
+        assert np.all(np.isfinite(stats_["mean"]))
+        assert np.all(np.isnan(stats_["lo"])) and np.all(np.isnan(stats_["hi"]))
+    result = ModelAnalysis(analysis, summary, pj.evaluate_claims(analysis, patch_eigenvalues=lam, num_timesteps=1000))
+    text = analysis_markdown(result, title="one trajectory")
+    assert "1 trajectory, 3 DDIM steps" in text and "intervals: n/a (1 trajectory)" in text
+    assert "[n/a (1 trajectory)]" in text and "nan" not in text.lower()
+    write_analysis(tmp_path, result, title="one trajectory", config={}, seed=0)  # figures draw no band
+    document = json.loads((tmp_path / "analysis.json").read_text())
+    assert document["results"]["steps"]["kappa_diag_mean"]["lo"] == ["nan"] * 3

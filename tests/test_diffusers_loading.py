@@ -360,6 +360,77 @@ def test_no_weight_file_or_shards(tmp_path):
         load_diffusers_unet(folder)
 
 
+def test_non_finite_weights_are_refused_naming_the_tensor(tmp_path):
+    """One NaN in conv_out.bias, one inf in conv_in.weight, or a float16 file whose 1e6 became inf: refused."""
+    from safetensors.numpy import load_file
+
+    folder = tiny_folder(tmp_path)
+    state = load_file(str(weights_file(folder)))
+    nan_bias = dict(state)
+    nan_bias["conv_out.bias"] = state["conv_out.bias"].copy()
+    nan_bias["conv_out.bias"][1] = np.nan
+    save_safetensors(nan_bias, weights_file(folder))
+    with pytest.raises(
+        ArgumentError,
+        match=r"^path: tensor 'conv_out\.bias' of '.*diffusion_pytorch_model\.safetensors' holds 1 NaN / inf value\(s\)",
+    ) as info:
+        load_diffusers_unet(folder)
+    assert info.value.argument == "path"
+    inf_kernel = dict(state)
+    inf_kernel["conv_in.weight"] = state["conv_in.weight"].copy()
+    inf_kernel["conv_in.weight"][0, 0, 0, 0] = np.inf
+    save_safetensors(inf_kernel, weights_file(folder))
+    with pytest.raises(ArgumentError, match=r"tensor 'conv_in\.weight' of .* holds 1 NaN / inf value\(s\)"):
+        load_diffusers_unet(folder)
+    with np.errstate(over="ignore"):
+        half = {k: v.astype(np.float16) for k, v in state.items()}
+        half["conv_in.bias"] = np.full_like(half["conv_in.bias"], 1e6)  # float16 holds at most 65504: inf
+    save_safetensors(half, weights_file(folder))
+    with pytest.raises(ArgumentError, match=r"tensor 'conv_in\.bias' of .* holds 8 NaN / inf value\(s\)"):
+        load_diffusers_unet(folder)
+    # finite stored weights that overflow in the requested dtype: refused naming dtype
+    big = dict(state)
+    big["conv_in.bias"] = np.full_like(state["conv_in.bias"], 1e6)
+    save_safetensors(big, weights_file(folder))
+    assert np.isfinite(load_diffusers_unet(folder).params["conv_in"]["bias"]).all()
+    with pytest.raises(
+        ArgumentError, match=r"^dtype: float16 cannot hold the weights of .*parameter 'conv_in/bias' has 8 value"
+    ):
+        load_diffusers_unet(folder, dtype=np.float16)
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.uint8, bool, np.complex64, None, "no such dtype"])
+def test_non_floating_dtype_is_refused(tmp_path, dtype):
+    folder = tiny_folder(tmp_path)
+    with pytest.raises(ArgumentError, match=r"^dtype: expected a floating dtype \(float16, bfloat16, float32"):
+        load_diffusers_unet(folder, dtype=dtype)
+    assert load_diffusers_unet(folder, dtype=np.float16).params["conv_in"]["bias"].dtype == np.float16
+
+
+@pytest.mark.parametrize("path", [None, 3, b"bytes"])
+def test_a_path_that_is_not_a_path_is_refused(path):
+    with pytest.raises(ArgumentError, match=r"^path: expected a folder path \(str or os\.PathLike\)"):
+        load_diffusers_unet(path)
+
+
+@pytest.mark.parametrize("relative", ["unet/config.json", "model_index.json", "scheduler/scheduler_config.json"])
+def test_json_files_that_are_lists_or_nested_too_deeply_are_refused(tmp_path, relative):
+    folder = tiny_folder(tmp_path)
+    target = folder / relative
+    target.write_text("[1, 2]")
+    with pytest.raises(ArgumentError, match=rf"^path: '.*{relative}' must hold a JSON object .*got a JSON list"):
+        load_diffusers_unet(folder)
+    target.write_text("[" * 200_000 + "]" * 200_000)
+    with pytest.raises(ArgumentError, match=rf"^path: '.*{relative}' is nested too deeply to be a"):
+        load_diffusers_unet(folder)
+    if relative == "unet/config.json":  # read_unet_config names its own argument
+        with pytest.raises(ArgumentError, match=r"^config: '.*config\.json' is nested too deeply to be a model config"):
+            read_unet_config(target)
+        target.write_text("[1, 2]")
+        with pytest.raises(ArgumentError, match=r"^config: '.*config\.json' must hold a JSON object"):
+            read_unet_config(target)
+
+
 def test_google_ddpm_cifar10_configs_as_published_are_read(tmp_path):
     """The configs of the google/ddpm-cifar10-32 pipeline as published (diffusers 0.0.4 / 0.1.1 key sets)."""
     unet = {

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import pifs_jax as pj
+from pifs_jax.errors import ArgumentError
 
 
 def test_uniform_and_full_grids():
@@ -110,5 +111,13 @@ def test_bad_spacing_and_steps():
         pj.diffusers_timesteps(1000, 10, spacing="karras")
     with pytest.raises(ValueError, match="num_steps"):
         pj.uniform_grid(10, 11)
+    # ArgumentErrors naming the parameter (the command line maps num_steps to --steps); spacing was a plain ValueError
+    with pytest.raises(ArgumentError, match=r"^spacing: unknown timestep_spacing 'karras'") as info:
+        pj.diffusers_timesteps(1000, 10, spacing="karras")
+    assert info.value.argument == "spacing"
+    for steps in (0, -3, 11, 2.5, None, "5"):
+        with pytest.raises(ArgumentError, match=r"^num_steps: ") as info:
+            pj.uniform_grid(10, steps)  # pyright: ignore[reportArgumentType]
+        assert info.value.argument == "num_steps"
     with pytest.raises(ValueError, match="duplicates"):
         pj.grid_from_diffusers_timesteps([5, 5, 3])

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from pifs_jax import grids, interop, schedules
+from pifs_jax.errors import ArgumentError
 from reference import cosine_betas, lin_zero_snr_alphas_cumprod
 
 # Round-trip tolerance (float64): relative error on alpha_bar_t and sigma_t^2 = 1 - alpha_bar_t.
@@ -323,6 +324,13 @@ def test_malformed_json_file(tmp_path):
     path.write_text("[1, 2, 3]")
     with pytest.raises(ValueError, match="JSON object"):
         interop.load_config(path)
+    path.write_text("[" * 200_000 + "]" * 200_000)  # was a RecursionError traceback
+    with pytest.raises(
+        ArgumentError, match=r"^config: '.*scheduler_config\.json' is nested too deeply to be a scheduler"
+    ):
+        interop.load_config(path)
+    with pytest.raises(ArgumentError, match="nested too deeply"):
+        interop.from_diffusers_config(path)
 
 
 def test_missing_file(tmp_path):

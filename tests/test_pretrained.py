@@ -233,6 +233,43 @@ def test_a_missing_weight_file_or_model_is_refused_by_name(exported, tmp_path):
         pretrained("other", folder=copy)
 
 
+def test_non_finite_weights_are_refused_even_with_a_matching_sha256(exported, tmp_path):
+    """A card re-exported over NaN weights (its sha256 matches) is refused naming the tensor."""
+    from safetensors.numpy import load_file, save_file
+
+    _, folder = exported
+    copy = tmp_path / "shipped"
+    shutil.copytree(folder, copy)
+    weights = copy / "tiny.safetensors"
+    tensors = load_file(str(weights))
+    key = sorted(tensors)[0]
+    tensors[key] = tensors[key].copy()
+    tensors[key].reshape(-1)[0] = np.nan
+    save_file(tensors, str(weights))
+    card_file = copy / "tiny.json"
+    card = json.loads(card_file.read_text())
+    card["weights"]["sha256"] = file_sha256(weights)
+    card_file.write_text(json.dumps(card))
+    with pytest.raises(
+        ArgumentError, match=rf"^name: tensor '{key}' of '.*tiny\.safetensors' holds 1 NaN / inf value\(s\)"
+    ):
+        pretrained("tiny", folder=copy)
+
+
+def test_a_card_that_is_a_list_or_nested_too_deeply_is_refused(exported, tmp_path):
+    _, folder = exported
+    copy = tmp_path / "shipped"
+    shutil.copytree(folder, copy)
+    card_file = copy / "tiny.json"
+    card_file.write_text("[" * 200_000 + "]" * 200_000)  # was a RecursionError traceback
+    assert list_pretrained(copy) == {}  # not a card: skipped
+    with pytest.raises(ArgumentError, match=r"^name: '.*tiny\.json' is nested too deeply to be a model card"):
+        read_card("tiny", copy)
+    card_file.write_text("[1, 2]")
+    with pytest.raises(ArgumentError, match=r"^name: '.*tiny\.json' must hold a JSON object \(a model card\)"):
+        pretrained("tiny", folder=copy)
+
+
 def test_export_refuses_other_configs_unfinished_runs_and_protected_keys(exported, tiny_recipe, tmp_path):
     run_dir, _ = exported
     other = Recipe("tiny", "", dataclasses.replace(tiny_recipe.config, lr=0.5))

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import pifs_jax as pj
+from pifs_jax.errors import ArgumentError
 from pifs_jax.jacobians import patch_blocks
 from pifs_jax.models import training as tr
 
@@ -473,3 +474,23 @@ def test_cli_train_bad_input(tmp_path, capsys):
     assert "argument --patch-size: 3 x 3 patches do not tile" in capsys.readouterr().err  # the option typed
     with pytest.raises(ValueError, match=r"holds no config\.json"):
         tr.load_run(tmp_path / "nothing")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        # was a TypeError traceback
+        ("[1, 2]", r"config\.json' must hold a JSON object \(a training config\), got a JSON list"),
+        # was a RecursionError traceback
+        ("[" * 200_000 + "]" * 200_000, r"config\.json' is nested too deeply to be a training config"),
+        ("{not json", r"config\.json' is not valid JSON"),
+        (json.dumps({**tr.TrainConfig().to_dict(), "no_such_field": 1}), r"invalid training config: .*no_such_field"),
+    ],
+)
+def test_load_run_refuses_a_config_json_that_is_not_a_training_config(tmp_path, text, message):
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(ArgumentError, match=r"^out_dir: '.*" + message) as info:
+        tr.load_run(tmp_path)
+    assert info.value.argument == "out_dir"
+    with pytest.raises(ArgumentError, match=r"^out_dir: expected a run folder path"):
+        tr.load_run(None)  # pyright: ignore[reportArgumentType]

@@ -77,8 +77,16 @@ class ModelAnalysis(NamedTuple):
 
 
 def _interval(values: Any, seed: int) -> dict[str, list[float]]:
+    """Trajectory mean and bootstrap 95 % interval; the interval is NaN (undefined) below 2 trajectories."""
     mean, lo, hi = bootstrap_mean_interval(values, axis=0, seed=seed)
+    if np.shape(values)[0] < 2:  # one trajectory: the bootstrap would give a zero-width interval
+        lo = hi = np.full(np.shape(mean), np.nan)
     return {"mean": np.asarray(mean).tolist(), "lo": np.asarray(lo).tolist(), "hi": np.asarray(hi).tolist()}
+
+
+def _no_interval(trajectories: int) -> str:
+    """How an undefined interval (fewer than 2 trajectories) is written."""
+    return f"n/a ({trajectories} trajectory)" if trajectories == 1 else f"n/a ({trajectories} trajectories)"
 
 
 def _ranked_per_step(lam: np.ndarray, per_patch: np.ndarray) -> dict[str, list[float]]:
@@ -90,6 +98,11 @@ def summarize_analysis(
     analysis: ChainAnalysis, *, patch_eigenvalues: Any, sched: Schedule, seed: int = 0
 ) -> dict[str, Any]:
     """Trajectory means with percentile-bootstrap 95 % intervals, and the derived statistics.
+
+    An interval needs at least 2 trajectories: from a single one (``x_T`` of shape
+    ``(1, H, W, C)``) every ``"lo"`` and ``"hi"`` is NaN (undefined, written ``"nan"`` in
+    ``analysis.json`` and "n/a (1 trajectory)" in :func:`analysis_markdown`), not the zero-width
+    interval the bootstrap of one value would give.
 
     Returns a JSON-able dict (the ``results`` of ``analysis.json``):
 
@@ -256,20 +269,25 @@ def _nearest_steps(t: np.ndarray, targets: Any) -> list[tuple[int, int]]:
     return [(int(target), int(np.argmin(np.abs(t - target)))) for target in targets]
 
 
-def _fmt(stats: Mapping[str, Any], i: int, digits: int = 4) -> str:
-    return f"{stats['mean'][i]:.{digits}f} [{stats['lo'][i]:.{digits}f}, {stats['hi'][i]:.{digits}f}]"
+def _fmt(stats: Mapping[str, Any], i: int, trajectories: int, digits: int = 4) -> str:
+    lo, hi = stats["lo"][i], stats["hi"][i]
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return f"{stats['mean'][i]:.{digits}f} [{_no_interval(trajectories)}]"
+    return f"{stats['mean'][i]:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
 def analysis_markdown(result: ModelAnalysis, *, title: str, heading: str = "#") -> str:
     """The claims table (claim, paper, ours with interval, verdict) and the block decomposition
     at the timesteps the paper tabulates (nearest step of our grid)."""
     s = result.summary
+    n = int(s["trajectories"])
+    intervals = "bootstrap 95 % over trajectories" if n >= 2 else _no_interval(n)
     lines = [
         f"{heading} {title}",
         "",
-        f"{s['trajectories']} trajectories, {len(s['t'])} {s.get('sampler', 'DDIM')} steps, {s['num_patches']} patches of "
-        f"{s['patch_size']}x{s['patch_size']}, block norms {s['method']}; intervals: bootstrap 95 % over "
-        "trajectories (definitions and verdict rules: docs/theory.md section 11).",
+        f"{n} {'trajectory' if n == 1 else 'trajectories'}, {len(s['t'])} {s.get('sampler', 'DDIM')} steps, "
+        f"{s['num_patches']} patches of {s['patch_size']}x{s['patch_size']}, block norms {s['method']}; "
+        f"intervals: {intervals} (definitions and verdict rules: docs/theory.md section 11).",
         "",
         "| claim | paper | ours | verdict |",
         "|---|---|---|---|",
@@ -287,8 +305,8 @@ def analysis_markdown(result: ModelAnalysis, *, title: str, heading: str = "#") 
     for target, i in _nearest_steps(t, PAPER_VALUES["block_decomposition"]):
         kappa, delta, _ = PAPER_VALUES["block_decomposition"][target]
         lines.append(
-            f"| {target} | {t[i]:g} | {kappa} | {_fmt(steps['kappa_diag_mean'], i)} | {delta} | "
-            f"{_fmt(steps['delta_cross_mean'], i)} | {steps['violations']['mean'][i]:.1f} of {s['num_patches']} |"
+            f"| {target} | {t[i]:g} | {kappa} | {_fmt(steps['kappa_diag_mean'], i, n)} | {delta} | "
+            f"{_fmt(steps['delta_cross_mean'], i, n)} | {steps['violations']['mean'][i]:.1f} of {s['num_patches']} |"
         )
     window = s["crossover_window"]
     lines += [

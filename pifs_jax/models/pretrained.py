@@ -44,11 +44,12 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save as save_safetensors
 
+from pifs_jax._validation import read_json_object
 from pifs_jax.checkpoint import CHECKPOINT_NAME, read_checkpoint_header
 from pifs_jax.errors import ArgumentError
 from pifs_jax.grids import uniform_grid
 from pifs_jax.models.common import EpsModule, as_eps_fn, count_params
-from pifs_jax.models.diffusers_unet.weights import check_weight_layout
+from pifs_jax.models.diffusers_unet.weights import check_finite_weights, check_weight_layout
 from pifs_jax.models.specs import ModelSpec
 from pifs_jax.models.training.config import TrainConfig
 from pifs_jax.models.training.loading import load_run
@@ -153,7 +154,7 @@ def list_pretrained(folder: str | os.PathLike | None = None) -> dict[str, str]:
     for card_file in sorted(root.glob("*.json")):
         try:
             card = json.loads(card_file.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             continue  # not a card; pretrained(name) names the problem
         if isinstance(card, dict) and card.get("name") == card_file.stem:
             names[card_file.stem] = str(card.get("description", ""))
@@ -165,7 +166,7 @@ def read_card(name: str, folder: str | os.PathLike | None = None) -> dict[str, A
 
     Raises:
       ArgumentError: (``name``) no such model (listing the shipped ones), or a card that cannot be
-        read or lacks keys (naming the file).
+        read, is nested too deeply to parse, is not a JSON object or lacks keys (naming the file).
     """
     root = _folder(folder)
     if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
@@ -174,11 +175,8 @@ def read_card(name: str, folder: str | os.PathLike | None = None) -> dict[str, A
     if not card_file.is_file():
         shipped = ", ".join(list_pretrained(root)) or "none"
         raise ArgumentError("name", f"no shipped model {name!r} (no {str(card_file)!r}); shipped: {shipped}")
-    try:
-        card = json.loads(card_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ArgumentError("name", f"cannot read the model card {str(card_file)!r}: {err}") from None
-    missing = [key for key in CARD_FIELDS if not isinstance(card, dict) or key not in card]
+    card = read_json_object(card_file, file_name=card_file.name, what="a model card", argument="name")[0]
+    missing = [key for key in CARD_FIELDS if key not in card]
     if missing:
         raise ArgumentError("name", f"the model card {str(card_file)!r} lacks {', '.join(missing)}")
     if card["name"] != name or card["format"] != CARD_FORMAT:
@@ -258,7 +256,7 @@ def _load_tensors(weights_file: Path, expected: dict[str, tuple[int, ...]]) -> d
         with safe_open(str(weights_file), framework="numpy") as handle:
             keys = list(handle.keys())
             check_weight_layout(weights_file, {key: tuple(handle.get_slice(key).get_shape()) for key in keys}, expected)
-            return {key: handle.get_tensor(key) for key in keys}
+            tensors = {key: handle.get_tensor(key) for key in keys}
     except (SafetensorError, OSError, ValueError, TypeError) as err:
         if isinstance(err, ArgumentError):
             raise ArgumentError(
@@ -267,6 +265,8 @@ def _load_tensors(weights_file: Path, expected: dict[str, tuple[int, ...]]) -> d
         raise ArgumentError(
             "name", f"cannot read {str(weights_file)!r} as safetensors (truncated or corrupt?): {err}"
         ) from None
+    check_finite_weights(weights_file, tensors, argument="name")
+    return tensors
 
 
 def pretrained(name: str, *, folder: str | os.PathLike | None = None) -> PretrainedModel:
@@ -287,7 +287,8 @@ def pretrained(name: str, *, folder: str | os.PathLike | None = None) -> Pretrai
     Raises:
       ArgumentError: (``name``) an unknown model (listing the shipped ones); a card that cannot be
         read; a weight file that is missing, or whose sha256 differs from the card's (changed or
-        corrupted), naming the file; tensors that do not match the recorded architecture.
+        corrupted), naming the file; tensors that do not match the recorded architecture, or
+        that hold NaN or inf (naming the tensor: a card re-exported from a diverged run).
     """
     root = _folder(folder)
     card = read_card(name, root)

@@ -244,7 +244,8 @@ def read_unet_config(config: Mapping[str, Any] | str | os.PathLike, *, ignore: I
       ArgumentError: naming the key (and the file) for a ``_class_name`` other than
         ``UNet2DModel`` or a missing one, an unsupported block type or option (the module
         docstring lists them), an unknown key, or a value of the wrong type; naming ``config``
-        for a missing or unreadable file.
+        for a missing or unreadable file, one that is not a JSON object or is nested too deeply
+        to parse.
     """
     raw, where = _load(config)
     class_name = raw.get("_class_name")

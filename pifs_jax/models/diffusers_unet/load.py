@@ -16,9 +16,10 @@ work, so that nothing is half-loaded and an unsupported network costs no weight 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pifs_jax._validation import read_json_object
 from pifs_jax.errors import ArgumentError
 from pifs_jax.models.common import as_eps_fn
 from pifs_jax.models.diffusers_unet.config import CONFIG_FILE_NAME, UNET_CLASS_NAME, UNet2DConfig, read_unet_config
@@ -92,16 +94,6 @@ class LoadedDiffusersUNet:
         return diffusers_config_grid({**self.scheduler_config, "set_alpha_to_one": True}, steps)
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        loaded = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ArgumentError("path", f"cannot read {str(path)!r}: {err}") from None
-    if not isinstance(loaded, dict):
-        raise ArgumentError("path", f"{str(path)!r} must hold a JSON object, got a JSON {type(loaded).__name__}")
-    return loaded
-
-
 def _model_and_scheduler_folders(path: Path) -> tuple[Path, Path | None]:
     """``(folder holding config.json and the weights, folder holding scheduler_config.json or None)``."""
     if not path.is_dir():
@@ -112,7 +104,9 @@ def _model_and_scheduler_folders(path: Path) -> tuple[Path, Path | None]:
         )
     index_file = path / "model_index.json"
     if index_file.is_file():
-        index = _read_json(index_file)
+        index = read_json_object(
+            index_file, file_name=index_file.name, what="a diffusers pipeline index", argument="path"
+        )[0]
         entry = index.get("unet")
         if entry is None:
             raise ArgumentError(
@@ -156,8 +150,8 @@ def load_diffusers_unet(path: str | os.PathLike, *, dtype: Any = np.float32, ign
       path: a pipeline folder (``model_index.json``, ``unet/``, ``scheduler/``) or a model
         folder (``config.json`` and ``diffusion_pytorch_model.safetensors`` or ``.bin``; a
         ``scheduler_config.json`` beside them is read too).
-      dtype: dtype of the parameters (default float32, the checkpoints' own; float64 needs
-        ``jax.enable_x64``).
+      dtype: a floating dtype for the parameters (default float32, the checkpoints' own;
+        float64 needs ``jax.enable_x64``).
       ignore: config keys to accept and ignore (see
         :func:`~pifs_jax.models.diffusers_unet.config.read_unet_config`).
 
@@ -170,10 +164,20 @@ def load_diffusers_unet(path: str | os.PathLike, *, dtype: Any = np.float32, ign
         another class (``UNet2DConditionModel``, ``AutoencoderKL``, ...) or with an unsupported
         block or option (refused before any weight is read), a scheduler that is not of the DDPM
         family or does not predict ``epsilon``, weights with missing or unexpected keys or wrong
-        shapes, a truncated or corrupt weight file, a ``.bin`` file without torch installed.
+        shapes, a truncated or corrupt weight file, a ``.bin`` file without torch installed;
+        (``path``) a ``path`` that is not a str / ``os.PathLike``, a ``config.json``,
+        ``model_index.json`` or ``scheduler_config.json`` that is not a JSON object or is nested
+        too deeply to parse, a weight tensor holding NaN or inf (naming the tensor); (``dtype``)
+        a ``dtype`` that is not floating (float16, bfloat16, float32, float64), or one in which
+        finite stored weights overflow to inf (naming the parameter).
     """
     from pifs_jax.interop import from_diffusers_config, load_config
 
+    if not isinstance(path, (str, os.PathLike)):
+        raise ArgumentError(
+            "path", f"expected a folder path (str or os.PathLike) of a diffusers model, got {type(path).__name__}"
+        )
+    dtype = _parameter_dtype(dtype)
     path = Path(path)
     model_folder, scheduler_folder = _model_and_scheduler_folders(path)
     if not (model_folder / CONFIG_FILE_NAME).is_file():
@@ -182,10 +186,12 @@ def load_diffusers_unet(path: str | os.PathLike, *, dtype: Any = np.float32, ign
             f"{str(model_folder / CONFIG_FILE_NAME)!r} not found: the pipeline's unet/ "
             "folder holds the model's config beside its weights",
         )
-    config = read_unet_config(model_folder, ignore=ignore)
+    with _file_errors_name_path():
+        config = read_unet_config(model_folder, ignore=ignore)
     schedule = scheduler_config = None
     if scheduler_folder is not None:
-        scheduler_config = load_config(scheduler_folder)
+        with _file_errors_name_path():
+            scheduler_config = load_config(scheduler_folder)
         prediction = scheduler_config.get("prediction_type") or "epsilon"
         if prediction != "epsilon":
             raise ArgumentError(
@@ -196,5 +202,46 @@ def load_diffusers_unet(path: str | os.PathLike, *, dtype: Any = np.float32, ign
         schedule = from_diffusers_config(scheduler_folder / _SCHEDULER_FILE)
     weights_file = find_weight_file(model_folder)
     state = read_weights(weights_file, diffusers_weight_shapes(config))
-    params = jax.tree_util.tree_map(jnp.asarray, diffusers_to_flax(state, config, dtype=dtype))
+    with np.errstate(over="ignore"):  # an overflow to inf is refused just below, naming the parameter
+        flax_params = diffusers_to_flax(state, config, dtype=dtype)
+    _check_conversion_finite(flax_params, weights_file, dtype)
+    params = jax.tree_util.tree_map(jnp.asarray, flax_params)
     return LoadedDiffusersUNet(DiffusersUNet2D(config), params, config, schedule, scheduler_config, weights_file)
+
+
+def _parameter_dtype(dtype: Any) -> np.dtype:
+    """``dtype`` as a NumPy dtype, refused (naming ``dtype``) unless it is a floating one."""
+    try:
+        resolved = None if dtype is None else np.dtype(dtype)
+    except TypeError:
+        resolved = None
+    if resolved is None or not jnp.issubdtype(resolved, jnp.floating):
+        raise ArgumentError(
+            "dtype", f"expected a floating dtype (float16, bfloat16, float32 or float64), got {dtype!r}"
+        )
+    return resolved
+
+
+@contextlib.contextmanager
+def _file_errors_name_path() -> Iterator[None]:
+    """Re-raise a config reader's file errors (named ``config``: missing, unreadable, not a JSON
+    object, nested too deeply) as errors of :func:`load_diffusers_unet`'s ``path``."""
+    try:
+        yield
+    except ArgumentError as err:
+        if err.argument != "config":
+            raise
+        raise ArgumentError("path", err.detail) from None
+
+
+def _check_conversion_finite(params: Any, weights_file: Path, dtype: np.dtype) -> None:
+    """Refuse (naming ``dtype``) parameters that the stored, finite weights overflow in ``dtype``."""
+    for key_path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        if not np.isfinite(leaf).all():
+            name = "/".join(str(getattr(k, "key", k)) for k in key_path)
+            raise ArgumentError(
+                "dtype",
+                f"{dtype} cannot hold the weights of {str(weights_file)!r}: parameter {name!r} has "
+                f"{int(np.size(leaf) - np.count_nonzero(np.isfinite(leaf)))} value(s) that overflow to inf; "
+                "load them in a wider dtype (float32)",
+            )

@@ -8,8 +8,9 @@ weights_only=True)`` when PyTorch is installed, and refused with the way out oth
 weights (``*.safetensors.index.json``) are refused.
 
 Every problem raises :class:`~pifs_jax.errors.ArgumentError` naming the file and the keys:
-missing or unexpected keys, a wrong shape, a non-float dtype, a truncated or corrupt file. The
-result is returned whole or not at all.
+missing or unexpected keys, a wrong shape, a non-float dtype, a truncated or corrupt file, a
+tensor holding NaN or inf (:func:`check_finite_weights`). The result is returned whole or not at
+all.
 """
 
 from __future__ import annotations
@@ -22,7 +23,14 @@ import numpy as np
 from pifs_jax.errors import ArgumentError
 from pifs_jax.models.diffusers_unet.convert import rename_legacy_keys
 
-__all__ = ["PICKLE_NAME", "SAFETENSORS_NAME", "check_weight_layout", "find_weight_file", "read_weights"]
+__all__ = [
+    "PICKLE_NAME",
+    "SAFETENSORS_NAME",
+    "check_finite_weights",
+    "check_weight_layout",
+    "find_weight_file",
+    "read_weights",
+]
 
 SAFETENSORS_NAME = "diffusion_pytorch_model.safetensors"
 PICKLE_NAME = "diffusion_pytorch_model.bin"
@@ -80,6 +88,26 @@ def check_weight_layout(path: Path, stored: dict[str, tuple[int, ...]], expected
             f"{str(path)!r} does not match its config: "
             + "; ".join(problems)
             + ". Is the config.json beside it the one it was saved with?",
+        )
+
+
+def check_finite_weights(path: Path, tensors: dict[str, np.ndarray], *, argument: str = "path") -> None:
+    """Refuse tensors holding NaN or inf, naming ``argument``, the file and the tensors.
+
+    A network with one non-finite weight computes NaN (or inf) for every input that reaches it,
+    so such a file (corrupt, saved after a diverged training step, or a float16 file whose values
+    overflowed when it was written) is refused at load rather than sampled from.
+    """
+    bad = {key: int(value.size - np.count_nonzero(np.isfinite(value))) for key, value in tensors.items()}
+    bad = {key: count for key, count in bad.items() if count}
+    if bad:
+        first, *rest = sorted(bad)
+        more = f"; so do {len(rest)} more tensor(s): {_listed(rest)}" if rest else ""
+        raise ArgumentError(
+            argument,
+            f"tensor {first!r} of {str(path)!r} holds {bad[first]} NaN / inf value(s){more}. "
+            "A network with non-finite weights computes NaN; the file is corrupt or was saved "
+            "from a diverged (or overflowed float16) model",
         )
 
 
@@ -146,9 +174,10 @@ def read_weights(path: str | os.PathLike, expected: dict[str, tuple[int, ...]]) 
         (:func:`~pifs_jax.models.diffusers_unet.convert.diffusers_weight_shapes`).
 
     Raises:
-      ArgumentError: (``path``) naming the file and the keys, see the module docstring.
+      ArgumentError: (``path``) naming the file and the keys, see the module docstring; a tensor
+        holding NaN or inf (:func:`check_finite_weights`).
     """
     path = Path(path)
-    if path.suffix == ".bin":
-        return _read_pickle(path, expected)
-    return _read_safetensors(path, expected)
+    state = _read_pickle(path, expected) if path.suffix == ".bin" else _read_safetensors(path, expected)
+    check_finite_weights(path, state)
+    return state

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import Any, NamedTuple
 
 import jax
 
+from pifs_jax._validation import read_json_object
 from pifs_jax.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from pifs_jax.errors import ArgumentError
 from pifs_jax.models.common import EpsModule, as_eps_fn
@@ -46,13 +46,21 @@ def load_run(out_dir: str | os.PathLike) -> LoadedRun:
     imported) before its run is loaded.
 
     Raises:
-      ArgumentError: no ``config.json`` / checkpoint, an unregistered architecture (naming it and
-        the registered ones) or one that was not recorded, or a checkpoint that fails its checks.
+      ArgumentError: (``out_dir``) not a str / ``os.PathLike``; no ``config.json`` / checkpoint, a ``config.json`` that is not
+        valid JSON, not a JSON object, nested too deeply to be a training config, or has unknown
+        fields or values of the wrong type; an unregistered architecture (naming it and the
+        registered ones) or one that was not recorded, or a checkpoint that fails its checks.
     """
+    if not isinstance(out_dir, (str, os.PathLike)):
+        raise ArgumentError("out_dir", f"expected a run folder path (str or os.PathLike), got {type(out_dir).__name__}")
     out = Path(out_dir)
     if not (out / "config.json").is_file():
         raise ArgumentError("out_dir", f"{str(out)!r} holds no config.json (not a pifs-jax train folder)")
-    config = TrainConfig(**json.loads((out / "config.json").read_text())).resolved()
+    fields, config_file = read_json_object(out, file_name="config.json", what="a training config", argument="out_dir")
+    try:
+        config = TrainConfig(**fields).resolved()
+    except TypeError as err:  # unknown fields, or values of the wrong JSON type
+        raise ArgumentError("out_dir", f"{str(config_file)!r} holds an invalid training config: {err}") from None
     image_shape = config.image_shape
     if image_shape is None:
         raise ArgumentError(
