@@ -84,6 +84,14 @@ def exported(tmp_path_factory, tiny_recipe) -> tuple[Path, Path]:
     return run, folder
 
 
+@pytest.fixture
+def shipped_copy(exported, tmp_path) -> Path:
+    """A copy of the tiny export folder that a test may damage."""
+    copy = tmp_path / "shipped"
+    shutil.copytree(exported[1], copy)
+    return copy
+
+
 # ----------------------------------------------------------------------------- recipes
 
 
@@ -209,10 +217,8 @@ def test_exported_eps_fn_equals_the_runs(exported):
     assert list_pretrained(folder) == {"tiny": "a test recipe"}
 
 
-def test_a_changed_weight_file_is_refused_by_name(exported, tmp_path):
-    _, folder = exported
-    copy = tmp_path / "shipped"
-    shutil.copytree(folder, copy)
+def test_a_changed_weight_file_is_refused_by_name(shipped_copy):
+    copy = shipped_copy
     weights = copy / "tiny.safetensors"
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF
@@ -222,10 +228,8 @@ def test_a_changed_weight_file_is_refused_by_name(exported, tmp_path):
     assert info.value.argument == "name"
 
 
-def test_a_missing_weight_file_or_model_is_refused_by_name(exported, tmp_path):
-    _, folder = exported
-    copy = tmp_path / "shipped"
-    shutil.copytree(folder, copy)
+def test_a_missing_weight_file_or_model_is_refused_by_name(shipped_copy):
+    copy = shipped_copy
     (copy / "tiny.safetensors").unlink()
     with pytest.raises(ArgumentError, match=r"tiny\.safetensors.*missing"):
         pretrained("tiny", folder=copy)
@@ -233,13 +237,11 @@ def test_a_missing_weight_file_or_model_is_refused_by_name(exported, tmp_path):
         pretrained("other", folder=copy)
 
 
-def test_non_finite_weights_are_refused_even_with_a_matching_sha256(exported, tmp_path):
+def test_non_finite_weights_are_refused_even_with_a_matching_sha256(shipped_copy):
     """A card re-exported over NaN weights (its sha256 matches) is refused naming the tensor."""
     from safetensors.numpy import load_file, save_file
 
-    _, folder = exported
-    copy = tmp_path / "shipped"
-    shutil.copytree(folder, copy)
+    copy = shipped_copy
     weights = copy / "tiny.safetensors"
     tensors = load_file(str(weights))
     key = sorted(tensors)[0]
@@ -256,10 +258,8 @@ def test_non_finite_weights_are_refused_even_with_a_matching_sha256(exported, tm
         pretrained("tiny", folder=copy)
 
 
-def test_a_card_that_is_a_list_or_nested_too_deeply_is_refused(exported, tmp_path):
-    _, folder = exported
-    copy = tmp_path / "shipped"
-    shutil.copytree(folder, copy)
+def test_a_card_that_is_a_list_or_nested_too_deeply_is_refused(shipped_copy):
+    copy = shipped_copy
     card_file = copy / "tiny.json"
     card_file.write_text("[" * 200_000 + "]" * 200_000)  # was a RecursionError traceback
     assert list_pretrained(copy) == {}  # not a card: skipped
