@@ -438,7 +438,8 @@ def block_norms_matrix_free(
     estimate is the largest singular value of the ``m x m`` bidiagonal matrix: a Ritz value that
     increases towards ``||B||_2``, exactly equal (to round-off) once ``m = n_k``, and converging far
     faster than plain power iteration when the leading singular values are close (as they are for
-    diagonal blocks near ``a_t I``). Blocks that are exactly zero give 0.
+    diagonal blocks near ``a_t I``). Blocks that are exactly zero give 0; a block whose products
+    are not finite (NaN or infinite entries of the Jacobian) gives NaN.
 
     Cost: ``M^2 m`` JVP/VJP pairs of ``step_fn`` after one linearisation (``jax.linearize`` and
     ``jax.linear_transpose``). Source patches ``j`` are processed one after another
@@ -537,7 +538,9 @@ def _orthonormalize(w: jax.Array, basis: jax.Array) -> tuple[jax.Array, jax.Arra
 
     Returns the unit vectors and the norms after orthogonalisation (the Lanczos coefficients). A
     remainder below ``d eps`` times the norm before orthogonalisation is round-off (the Krylov
-    space is invariant): it is set to exactly zero, and zero vectors stay zero from then on.
+    space is invariant): it is set to exactly zero, and zero vectors stay zero from then on. A
+    non-finite ``w`` (a Jacobian with NaN or infinite entries) gives the coefficient NaN, so the
+    block norm is NaN (as the exact one), never a silent 0.
     """
     before = _scaled_norm(w)
     for _ in range(2):  # classical Gram-Schmidt twice: orthogonal to working precision
@@ -545,7 +548,8 @@ def _orthonormalize(w: jax.Array, basis: jax.Array) -> tuple[jax.Array, jax.Arra
     norm = _scaled_norm(w)
     keep = norm > w.shape[-1] * jnp.finfo(w.dtype).eps * before
     unit = jnp.where(keep[:, None], w / jnp.where(keep, norm, 1.0)[:, None], 0.0)
-    return unit, jnp.where(keep, norm, 0.0)
+    finite = jnp.isfinite(before) & jnp.isfinite(norm)
+    return unit, jnp.where(keep, norm, jnp.where(finite, 0.0, jnp.nan))
 
 
 # ----------------------------------------------------------------------------- suppression field

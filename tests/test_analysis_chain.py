@@ -265,6 +265,19 @@ def test_nonfinite_chain_is_located(x64):
     assert info.value.argument in ("eps_fn", "sched")
 
 
+@pytest.mark.parametrize("method", ["exact", "matrix_free"])
+def test_nonfinite_jacobian_of_a_finite_chain_is_named(x64, method):
+    """eps = 0.3 x + sqrt(|x - x|) is finite, its Jacobian NaN (sqrt' = inf at 0, times 0): once gave NaN norms."""
+    eps = jax.tree_util.Partial(lambda scale, x, t: scale * x + jnp.sqrt(jnp.abs(x - x)), jnp.asarray(0.3))
+    x_T = noise(11, batch=2)
+    with pytest.raises(NonFiniteError, match=r"^eps_fn: trajectory 0 of 2: .*Jacobian of step 1 of 4 \(t = 800"):
+        analyze_chain(eps, pj.cosine(T), x_T, grid=GRID, patch_size=P, method=method)
+    unchecked = analyze_chain(eps, pj.cosine(T), x_T, grid=GRID, patch_size=P, method=method, check_finite=False)
+    assert np.isnan(np.asarray(unchecked.kappa_diag_per_patch)).any()
+    assert np.all(np.isfinite(np.asarray(analyze_chain(mlp_eps(), pj.cosine(T), x_T, grid=GRID, patch_size=P,
+                                                        method=method).kappa_diag_per_patch)))  # fmt: skip
+
+
 @pytest.mark.parametrize(
     "change, argument",
     [

@@ -159,6 +159,19 @@ def test_suppression_order_boundaries(swaps, verdict):
         assert result.value == pytest.approx(1 - 2 * sum((b - a) ** 2 for a, b in swaps) / 680, abs=1e-12)
 
 
+def test_a_perfect_order_of_four_patches_is_not_significant():
+    """With M = 4 patches a perfect order has the exact p = 2/24, not the t formula's p = 0 (which gave "holds")."""
+    base = constructed()
+    few = {name: np.asarray(getattr(base, name))[..., :4] for name in
+           ("kappa_diag_per_patch", "delta_cross_per_patch", "margin_per_patch", "expansion_along_leading")}  # fmt: skip
+    ordered = np.broadcast_to(np.where((TIMES == 600)[:, None], np.arange(4.0), -np.arange(4.0)), (S, N, 4))
+    analysis = constructed(**few, suppression=ordered, violations=np.minimum(base.violations, 4))
+    results = {r.name: r for r in evaluate_claims(analysis, patch_eigenvalues=LAMBDA[:4], num_timesteps=T)}
+    result = results["suppression_ordered_by_variance"]
+    assert result.value == 1.0 and "p = 0.083" in result.ours
+    assert result.verdict == "does not hold"  # positive, but p = 0.083 >= 0.05 at every step
+
+
 def kappa_with(step_mask: np.ndarray, pattern: np.ndarray) -> np.ndarray:
     """The constructed per-patch kappa with ``pattern`` (M,) over the patches at the masked steps."""
     kappa = np.array(constructed().kappa_diag_per_patch)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import jax
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 from pifs_jax.analysis.statistics import (
+    SPEARMAN_EXACT_MAX_N,
     average_ranks,
     bootstrap_mean_interval,
     crossover_window,
@@ -71,9 +73,56 @@ def test_small_p_values_keep_their_accuracy():
 
 
 def test_spearman_monotone_and_reversed():
+    """A perfect ranking of 6 pairs: exact p = 2/6! (identity and reversal), not 0 as the t formula says."""
     x = np.array([0.3, 1.0, 2.5, 7.0, 7.5, 20.0])
-    assert spearman(x, np.exp(x)) == (1.0, 0.0)
-    assert spearman(x, -(x**3)) == (-1.0, 0.0)
+    assert spearman(x, np.exp(x)) == (1.0, pytest.approx(2 / 720, rel=1e-15))
+    assert spearman(x, -(x**3)) == (-1.0, pytest.approx(2 / 720, rel=1e-15))
+
+
+def test_spearman_four_pairs_perfect_ranking_is_not_significant():
+    """The old p = 0 at |rho| = 1 whatever n: with 4 pairs only 2 of the 24 orderings reach |rho| = 1."""
+    rho, p = spearman([0.1, 0.5, 0.7, 3.0], [1.0, 2.0, 5.0, 9.0])
+    assert rho == 1.0 and p == pytest.approx(2 / 24, rel=1e-15)
+    # by hand, n = 4: sum d^2 takes 0 (1 ordering), 2 (3), 4 (1), 6 (4), 8 (2), 10 (2), 12 (2), 14 (4),
+    # 16 (1), 18 (3), 20 (1); rho = 1 - sum d^2 / 10; |rho| >= 0.8 for sum d^2 in {0, 2, 18, 20}: 8 / 24
+    assert spearman([1.0, 2.0, 3.0, 4.0], [2.0, 1.0, 3.0, 4.0]) == (pytest.approx(0.8), pytest.approx(8 / 24))
+
+
+def _brute_force_p(x, y):
+    """Two-sided permutation p-value by enumerating every ordering of y's average ranks (Pearson of ranks)."""
+    rx, ry = average_ranks(x), average_ranks(y)
+    observed = abs(np.corrcoef(rx, ry)[0, 1])
+    hits = [
+        abs(np.corrcoef(rx, ry[list(order)])[0, 1]) >= observed - 1e-12
+        for order in itertools.permutations(range(len(y)))
+    ]
+    return sum(hits) / len(hits)
+
+
+@pytest.mark.parametrize(
+    "x, y",
+    [
+        ([0.2, 1.5, 0.9, 3.1, 2.2], [1.0, 0.4, 2.0, 5.0, 3.0]),  # no ties
+        ([1.0, 2.0, 2.0, 3.0, 5.0], [4.0, 1.0, 3.0, 3.0, 9.0]),  # ties in both
+        ([0.0, 1.0, 2.0, 3.0, 4.0], [4.0, 3.0, 2.0, 1.0, 0.0]),  # rho = -1: 2 / 120
+    ],
+)
+def test_spearman_exact_p_matches_enumeration_at_five_pairs(x, y):
+    assert spearman(x, y)[1] == pytest.approx(_brute_force_p(x, y), abs=1e-15)
+
+
+def test_spearman_above_the_exact_range_keeps_the_t_approximation():
+    """n = SPEARMAN_EXACT_MAX_N + 2: the p-value is P(|T| >= |t|), T ~ t_{n-2}, from an independent betainc."""
+    n = SPEARMAN_EXACT_MAX_N + 2
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(n)
+    y = x + rng.standard_normal(n)
+    rho, p = spearman(x, y)
+    t = rho * math.sqrt((n - 2) / (1 - rho**2))
+    with jax.enable_x64(True):
+        assert p == pytest.approx(
+            float(jax.scipy.special.betainc((n - 2) / 2, 0.5, (n - 2) / (n - 2 + t * t))), rel=1e-10
+        )
 
 
 def test_spearman_without_ties_is_the_rank_difference_formula():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import types
 from pathlib import Path
 
 import jax
@@ -105,6 +106,36 @@ def test_bad_inputs_are_named(tiny_run, tmp_path, capsys):
     assert "--patch-size" in _error(capsys)
     assert cli.main(["analyze", "--run", str(tiny_run), "--samples", "1", "--out", str(tmp_path / "c")]) == 2
     assert "--samples" in _error(capsys)
+
+
+def test_num_data_without_data_takes_the_first_training_images(tiny_run, tmp_path, monkeypatch, capsys):
+    """--num-data without --data was ignored (the whole training set was used) and not recorded: now the
+    baseline is the first N of the run's training images and analysis.json's config records N. The
+    analysis itself is replaced by a recorder (only the images and config handed to it are checked)."""
+    from pifs_jax.analysis import report
+    from pifs_jax.models.training import load_run, load_train_test
+
+    seen = {}
+
+    def analyze_model(eps_fn, sched, images, **kwargs):
+        seen["images"] = np.asarray(images)
+        return types.SimpleNamespace(claims=[])
+
+    def write_analysis(folder, result, *, title, config, seed):
+        seen["config"] = config
+
+    monkeypatch.setattr(report, "analyze_model", analyze_model)
+    monkeypatch.setattr(report, "write_analysis", write_analysis)
+    train_images = load_train_test(load_run(tiny_run).config)[0]  # 64 digits
+    argv = ["analyze", "--run", str(tiny_run), "--out", str(tmp_path / "a")]
+    assert cli.main([*argv, "--num-data", "2"]) == 0
+    np.testing.assert_array_equal(seen["images"], train_images[:2])
+    assert seen["config"]["num_data"] == 2 and seen["config"]["data"] is None
+    assert cli.main(argv) == 0  # default: every training image
+    assert seen["images"].shape[0] == 64 and seen["config"]["num_data"] == 64
+    capsys.readouterr()
+    assert cli.main([*argv, "--num-data", "65"]) == 2
+    assert "argument --num-data: the model was trained on 64 digits images" in _error(capsys)
 
 
 def test_run_or_diffusers_exactly_one(tmp_path, capsys):

@@ -161,6 +161,22 @@ def test_multi_process_options(tmp_path, capsys):
         initialize_processes("localhost:12355", 0, 0)
 
 
+def test_only_process_zero_reports_writing_the_run(tmp_path):
+    """Process 1 of a two-process run once printed "trained ... -> OUT" though only process 0 writes OUT."""
+    from pifs_jax.cli.train import result_lines
+
+    config = tr.train_config("quick", data="digits", steps=3)
+    result = tr.TrainResult(tr.TrainState(step=np.int32(3), params=None, ema_params=None, opt_state=None, key=None),
+                            config, tmp_path / "mp", 1.25, None)  # fmt: skip
+    first = result_lines(config, result, recipe=None, process_index=0)
+    assert first == [f"trained {config.model} ({config.size}) on digits for 3 steps in 1.2 s -> {tmp_path / 'mp'}"]
+    other = result_lines(config, result, recipe=None, process_index=1)
+    assert len(other) == 1 and "->" not in other[0]
+    assert other[0].startswith("process 1: trained ") and other[0].endswith(
+        f"process 0 writes the run to {tmp_path / 'mp'}"
+    )
+
+
 # ----------------------------------------------------------------------------- four devices, one process
 
 FOUR_DEVICES = (

@@ -148,3 +148,21 @@ def test_no_private_references(path: Path):
     text = path.read_text(encoding="utf-8")
     hits = re.findall(r"shared/|[Ii]ssue [0-9]+", text)
     assert not hits, f"{_relative(path)}: refers to {hits}"
+
+
+def test_command_line_guide_lists_every_subcommand():
+    """docs/guides/command-line.md once said "four subcommands" and omitted sample and analyze: it lists
+    each of ``pifs-jax --help``'s subcommands, and its sample and analyze examples are those of their --help."""
+    from pifs_jax import cli
+
+    text = (ROOT / "docs" / "guides" / "command-line.md").read_text(encoding="utf-8")
+    intro = text.split("\n## ", 1)[0]
+    assert [name for name in cli.SUBCOMMANDS if f"- `{name}`: " not in intro] == []
+    words = {5: "five", 6: "six", 7: "seven", 8: "eight", 9: "nine"}
+    assert f"has {words[len(cli.SUBCOMMANDS)]} subcommands" in intro
+    for name in ("sample", "analyze"):
+        section = text.split(f"\n## `pifs-jax {name}`\n", 1)[1].split("\n## ", 1)[0]
+        examples = [line.split("  #")[0].strip() for line in section.splitlines() if line.startswith("pifs-jax ")]
+        assert examples, name
+        for example in examples:
+            assert example in cli.SUBCOMMANDS[name].epilog, f"{name}: {example!r} is not an example of its --help"

@@ -246,6 +246,19 @@ def test_block_norms_matrix_free_jitted_float32():
         assert exact.min() > 1e-4 * exact.max()  # genuine cross-patch blocks
 
 
+def test_block_norms_matrix_free_of_a_nonfinite_jacobian_are_nan():
+    """d/dx sqrt(|x - x|) = inf * 0 = NaN: the exact norms are NaN, and so are the Krylov ones (once a silent 0)."""
+    shape, p = (4, 4, 1), 2
+    step_fn = lambda y: 0.3 * y + jnp.sqrt(jnp.abs(y - y))  # noqa: E731
+    x = jnp.asarray(np.random.default_rng(0).standard_normal(shape), jnp.float32)
+    dense = jax.jacfwd(lambda v: step_fn(v.reshape(shape)).reshape(-1))(x.reshape(-1))
+    assert np.all(np.isnan(block_norms(dense, shape, p).norms))
+    estimate = block_norms_matrix_free(step_fn, x, shape, p, key=jax.random.key(0), iters=4)
+    assert np.all(np.isnan(estimate.norms))
+    finite = block_norms_matrix_free(lambda y: 0.3 * y, x, shape, p, key=jax.random.key(0), iters=4)
+    np.testing.assert_allclose(finite.norms, 0.3 * np.eye(4), atol=1e-6)  # and a finite one is unchanged
+
+
 # ----------------------------------------------------------------------------- suppression field
 
 

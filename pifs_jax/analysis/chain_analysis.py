@@ -423,7 +423,10 @@ def analyze_chain(
       mesh: a :class:`jax.sharding.Mesh` with a ``"batch"`` axis (:func:`pifs_jax.batch_mesh`):
         the trajectories are split over it (``S`` a multiple of its size).
       check_finite: raise :class:`pifs_jax.errors.NonFiniteError` naming the first non-finite step
-        when a chain's result is not finite.
+        when a chain's result is not finite, or naming ``eps_fn`` and the first step whose
+        Jacobian-derived values (block norms ``kappa_k``, ``delta_k``; DDIM's suppression field)
+        are not finite although the chain is (a denoiser whose derivative is infinite or NaN,
+        e.g. ``sqrt`` at 0). One check on the results, after the compiled program.
 
     Returns:
       :class:`ChainAnalysis`.
@@ -433,7 +436,8 @@ def analyze_chain(
         not tile the image), ``eps_fn`` (output shape), ``baseline`` (not a PatchStats, or of
         another image shape or patch size), ``attention_fn`` (fails, or returns no attention
         layer), ``method``, ``exact_max_n``, ``krylov_iters``, ``mesh``, ``grid``;
-        :class:`pifs_jax.errors.NonFiniteError`.
+        :class:`pifs_jax.errors.NonFiniteError` (with ``check_finite``): a chain that is not
+        finite, or a step whose Jacobian is not finite (naming ``eps_fn`` and the step).
     """
     check_instance(sched, Schedule, name="sched", what="pifs_jax Schedule")
     sampler = check_sampler(DDIM() if sampler is None else sampler)
@@ -486,10 +490,10 @@ def analyze_chain(
         eps_fn, sampler, sched, jnp.asarray(grid), x_T, key, noise_keys, packed, attention_fn,
         layout=layout, exact=exact, iters=krylov_iters, batched=batched, mesh=mesh, model_free=model_free,
     )  # fmt: skip
+    t = grid[1:][::-1]  # each step's input timestep, chain order: t_N first
     if check_finite:
         _raise_if_nonfinite(eps_fn, sched, x_T, x_0, grid, batched, sampler, noise_keys)
-
-    t = grid[1:][::-1]  # each step's input timestep, chain order: t_N first
+        _raise_if_jacobian_nonfinite(per_step, t, batched, model_free)
     expansion = None
     if lam is not None:
         expansion = np.asarray(expansion_factor(sched, lam, grid))[::-1]  # grid order -> chain order
@@ -531,6 +535,32 @@ def _raise_if_nonfinite(eps_fn, sched, x_T, x_0, grid, batched, sampler, noise_k
     key = None if noise_keys is None else noise_keys[i] if batched else noise_keys
     error = locate_nonfinite(eps_fn, sched, start, grid=grid, sampler=sampler, key=key, context=context)
     raise error or NonFiniteError("eps_fn", f"{context}the chain's result is not finite")
+
+
+#: The per-step values computed from the step Jacobian (DDIM's suppression field only where it applies).
+_JACOBIAN_FIELDS = ("kappa_diag_per_patch", "delta_cross_per_patch")
+
+
+def _raise_if_jacobian_nonfinite(per_step: dict, t: np.ndarray, batched: bool, model_free: bool) -> None:
+    """Raise a :class:`NonFiniteError` naming ``eps_fn`` and the first step whose Jacobian-derived values are not finite.
+
+    One reduction over the per-step fields (one transfer to the host), made once on the results.
+    """
+    names = [*_JACOBIAN_FIELDS, *(("ddim_suppression",) if model_free and "ddim_suppression" in per_step else ())]
+    finite = jnp.stack([jnp.all(jnp.isfinite(per_step[name]), axis=-1) for name in names])  # (fields, [S,] N)
+    finite = np.asarray(finite).reshape(len(names), -1, len(t))  # (fields, S, N)
+    if finite.all():
+        return
+    trajectory, step = (int(i[0]) for i in np.nonzero(~finite.all(axis=0)))
+    fields = [name for name, ok in zip(names, finite[:, trajectory, step], strict=True) if not ok]
+    what = ", ".join("the suppression field" if name == "ddim_suppression" else name for name in fields)
+    context = f"trajectory {trajectory} of {finite.shape[1]}: " if batched else ""
+    raise NonFiniteError(
+        "eps_fn",
+        f"{context}the chain is finite but the Jacobian of step {step + 1} of {len(t)} (t = {int(t[step])}, chain "
+        f"order) is not ({what} NaN or infinite); eps_fn's derivative with respect to x is not finite at the "
+        "step's input (e.g. sqrt or log at 0, or a function not differentiable there)",
+    )
 
 
 def per_patch_exponents(analysis: ChainAnalysis) -> tuple[np.ndarray, np.ndarray]:

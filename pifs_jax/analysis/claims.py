@@ -15,6 +15,14 @@ baseline). Readings of the table that it leaves to the implementation:
   zero-width interval);
 - a claim whose step set is empty (no step with ``t > 0.6 T``; fewer than 3 steps with
   ``logSNR < 0``) is not tested; one whose window or crossover steps do not exist does not hold.
+
+The p-values of the three claims that rank patches are **per step**: each is the Spearman
+p-value (:func:`pifs_jax.analysis.statistics.spearman`) of one step's ranking, not corrected for
+the best being taken over several steps (the maximum of ``rho(lambda, S)`` over all ``N`` steps;
+*some* crossover step; *some* of the last 10 % of steps). With ``K`` steps searched, the chance
+that some step reaches ``p < alpha`` under the null hypothesis is up to ``K alpha`` (Bonferroni);
+the rules of docs/theory.md section 11 are stated with the per-step p-value and are applied as
+stated.
 """
 
 from __future__ import annotations
@@ -151,6 +159,11 @@ def evaluate_claims(analysis: ChainAnalysis, *, patch_eigenvalues: Any, num_time
     layer-averaged attention entropy); the exponent signs are compared per (patch, trajectory).
     The claims on the suppression field and the predicted exponents are *not tested* when they
     are in ``analysis.not_applicable`` (a chain of another sampler than deterministic DDIM).
+
+    The p-values of the rank claims ("suppression ordered by variance", "low-variance patches
+    released first", "Regime II order") are per step: that of the step picked (the maximum of
+    ``rho(lambda, S)`` over all steps, or a significant step of the crossover or last-10 % set),
+    without a correction for the number of steps the best is taken over (module docstring).
 
     Args:
       analysis: from :func:`pifs_jax.analysis.analyze_chain`.

@@ -2,7 +2,8 @@
 
 - :func:`bootstrap_mean_interval`: percentile bootstrap interval of a mean over trajectories.
 - :func:`spearman`: Spearman's rank correlation (average ranks for ties) and its two-sided
-  p-value from the ``t`` distribution with ``n - 2`` degrees of freedom.
+  p-value: exact (the permutation distribution) for ``n <= SPEARMAN_EXACT_MAX_N`` pairs, from
+  the ``t`` distribution with ``n - 2`` degrees of freedom above.
 - :func:`ols_fit`: ordinary least squares of ``y`` on ``x`` with a ``t``-interval of the slope and ``R^2``.
 - :func:`crossover_window`: the (PC) crossover window of the trajectory-averaged violation counts.
 - :func:`student_t_cdf`, :func:`student_t_quantile`: the Student-``t`` distribution through the
@@ -11,6 +12,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, NamedTuple
 
@@ -20,6 +22,7 @@ from pifs_jax._validation import check_positive_int
 from pifs_jax.errors import ArgumentError
 
 __all__ = [
+    "SPEARMAN_EXACT_MAX_N",
     "OLSFit",
     "average_ranks",
     "bootstrap_mean_interval",
@@ -32,6 +35,10 @@ __all__ = [
     "student_t_two_sided_p",
 ]
 
+
+#: The largest number of pairs for which :func:`spearman` gives the exact permutation p-value
+#: (above, the ``t`` approximation).
+SPEARMAN_EXACT_MAX_N = 10
 
 # ----------------------------------------------------------------------------- Student t
 
@@ -190,23 +197,80 @@ def average_ranks(values: Any) -> np.ndarray:
     return ranks
 
 
+@functools.lru_cache(maxsize=64)
+def _rank_product_counts(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, np.ndarray]:
+    """Permutation distribution of ``C = sum_i a_i b_pi(i)`` over all ``n!`` permutations ``pi``.
+
+    ``a``, ``b``: integer scores (sorted: the distribution does not depend on their order).
+    Dynamic programming over the set of ``b``'s indices used so far (``2^n`` subsets, the
+    ``i``-th ``a`` paired with one unused ``b``). Returns ``(offset, counts)`` with
+    ``counts[offset + c]`` the number of permutations giving ``C = c`` (they sum to ``n!``);
+    ``|C| <= offset = floor(sqrt(sum a^2 sum b^2))`` (Cauchy-Schwarz, also for every partial sum).
+    """
+    n = len(a)
+    offset = math.isqrt(sum(v * v for v in a) * sum(v * v for v in b))
+    counts = np.zeros((1 << n, 2 * offset + 1), np.int64)
+    counts[0, offset] = 1
+    masks = np.arange(1 << n)
+    size = np.zeros(1 << n, np.int64)
+    for j in range(n):
+        size += (masks >> j) & 1
+    for i in range(n):  # pair a[i] with each unused b[j]
+        for j in range(n):
+            source = masks[(size == i) & ((masks >> j) & 1 == 0)]
+            shift = a[i] * b[j]
+            target = counts[source | (1 << j)]
+            if shift >= 0:
+                target[:, shift:] += counts[source, : counts.shape[1] - shift]
+            else:
+                target[:, :shift] += counts[source, -shift:]
+            counts[source | (1 << j)] = target
+    final = counts[-1].copy()  # not a view: the 2^n table is freed
+    final.flags.writeable = False  # cached
+    return offset, final
+
+
+def _exact_spearman_p(rx: np.ndarray, ry: np.ndarray) -> float:
+    """Two-sided permutation p-value ``#{pi: |C_pi| >= |C|} / n!`` of centred average ranks ``rx``, ``ry``.
+
+    ``2 r - (n + 1)`` of an average rank ``r`` is an integer, so ``C = sum_i a_i b_i`` of those
+    scores is compared exactly; ``rho`` is ``C / sqrt(sum a^2 sum b^2)`` for every permutation.
+    """
+    a, b = np.rint(2 * rx).astype(np.int64), np.rint(2 * ry).astype(np.int64)
+    observed = abs(int(np.sum(a * b)))
+    offset, counts = _rank_product_counts(tuple(sorted(a.tolist())), tuple(sorted(b.tolist())))
+    c = np.arange(-offset, offset + 1)
+    return float(counts[np.abs(c) >= observed].sum()) / math.factorial(a.shape[0])
+
+
 def spearman(x: Any, y: Any) -> tuple[float, float]:
     """Spearman's ``rho`` and its two-sided p-value.
 
-    ``rho`` is Pearson's correlation of the average ranks of ``x`` and ``y``;
-    ``p = P(|T| >= |t|)`` with ``t = rho sqrt((n - 2) / (1 - rho^2))`` and ``T ~ t_{n-2}``
-    (``p = 0`` when ``|rho| = 1``). A constant input has no ranking: ``(nan, nan)``.
+    ``rho`` is Pearson's correlation of the average ranks of ``x`` and ``y``. The p-value is
+    ``P(|rho_pi| >= |rho|)`` under the null hypothesis of independence:
+
+    - ``n <= SPEARMAN_EXACT_MAX_N`` pairs: exact, over all ``n!`` permutations ``pi`` of ``y``'s
+      average ranks against ``x``'s (ties keep their average ranks), e.g. ``p = 2 / n!`` for
+      ``|rho| = 1`` without ties (``2/24`` for ``n = 4``);
+    - larger ``n``: ``p = P(|T| >= |t|)`` with ``t = rho sqrt((n - 2) / (1 - rho^2))`` and
+      ``T ~ t_{n-2}`` (``p = 0`` when ``|rho| = 1``; the exact value there is ``2 / n! < 1e-7``
+      without ties).
+
+    A constant input has no ranking: ``(nan, nan)``.
 
     Raises:
       ArgumentError: naming ``x`` / ``y`` for fewer than 3 pairs, unequal shapes or non-finite values.
     """
     x, y = _paired(x, y, 3)
-    rx, ry = average_ranks(x) - (x.shape[0] + 1) / 2.0, average_ranks(y) - (x.shape[0] + 1) / 2.0
+    n = x.shape[0]
+    rx, ry = average_ranks(x) - (n + 1) / 2.0, average_ranks(y) - (n + 1) / 2.0
     denominator = math.sqrt(float(np.sum(rx * rx)) * float(np.sum(ry * ry)))
     if denominator == 0.0:
         return math.nan, math.nan
     rho = max(-1.0, min(1.0, float(np.sum(rx * ry)) / denominator))
-    dof = x.shape[0] - 2
+    if n <= SPEARMAN_EXACT_MAX_N:
+        return rho, _exact_spearman_p(rx, ry)
+    dof = n - 2
     if abs(rho) >= 1.0 - 1e-15:
         return rho, 0.0
     t = rho * math.sqrt(dof / ((1.0 - rho) * (1.0 + rho)))

@@ -46,6 +46,10 @@ notes:
   own data (say CIFAR-10) that the report names."""
 
 
+#: Images of a named data set (--data, or the bundled one of a --diffusers model) without --num-data.
+DEFAULT_NUM_DATA = 4096
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from pifs_jax.analysis.chain_analysis import METHODS
     from pifs_jax.data import DATASETS
@@ -76,9 +80,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--num-data",
         type=positive_int,
-        default=4096,
+        default=None,
         metavar="N",
-        help="images of --data for the baseline (default: 4096)",
+        help="images for the baseline: the first N of the run's or shipped model's own training images "
+        "(default: all of them; also when --data names their data set), or N images of another --data or of "
+        f"the --diffusers data set (default: {DEFAULT_NUM_DATA})",
     )
     parser.add_argument("--samples", type=positive_int, default=16, metavar="S", help="trajectories (default: 16)")
     parser.add_argument("--steps", type=positive_int, default=50, metavar="N", help="sampler steps (default: 50)")
@@ -132,10 +138,18 @@ def _trained_model(args: argparse.Namespace, config: Any, module: Any, params: A
 
     if args.data in (None, config.data):
         images = load_train_test(config)[0]
+        if args.num_data is not None:
+            if args.num_data > images.shape[0]:
+                raise UsageError(
+                    "--num-data",
+                    f"the model was trained on {images.shape[0]} {config.data} images; expected at most "
+                    f"{images.shape[0]}, got {args.num_data}",
+                )
+            images = images[: args.num_data]
     else:
         import jax
 
-        images = load_dataset(args.data, jax.random.PRNGKey(config.data_seed), args.num_data)
+        images = load_dataset(args.data, jax.random.PRNGKey(config.data_seed), args.num_data or DEFAULT_NUM_DATA)
     return {
         "eps_fn": as_eps_fn(module, params),
         "sched": named_schedule(config.schedule, config.T),
@@ -195,7 +209,7 @@ def _from_diffusers(args: argparse.Namespace) -> dict[str, Any]:
         )
     if tuple(DATASETS[data]) != shape:
         raise UsageError("--data", f"{data} images are {tuple(DATASETS[data])}, the model's are {shape}")
-    images = load_dataset(data, jax.random.PRNGKey(0), args.num_data)
+    images = load_dataset(data, jax.random.PRNGKey(0), args.num_data or DEFAULT_NUM_DATA)
     return {
         "eps_fn": loaded.eps_fn,
         "sched": loaded.schedule,
@@ -241,6 +255,7 @@ def run(args: argparse.Namespace) -> int:
             "method": args.method,
             "sampler": args.sampler,
             "data": args.data,
+            "num_data": int(model["images"].shape[0]),  # the baseline's images (--num-data, or its default)
         }
         write_analysis(folder, result, title=model["title"], config=config, seed=args.seed)
     for claim in result.claims:

@@ -417,6 +417,55 @@ def _start_processes(args: argparse.Namespace) -> None:
     initialize_processes(args.coordinator, args.num_processes, args.process_id)  # errors name the options
 
 
+def result_lines(config: Any, result: Any, *, recipe: str | None, process_index: int) -> list[str]:
+    """The lines ``pifs-jax train`` prints when the run is done, in process ``process_index``.
+
+    Process 0 (the only one of a single-process run) writes the run folder: ``trained MODEL (SIZE,
+    or recipe NAME) on DATA for K steps in S s -> OUT``, then, when samples were scored, their
+    Frechet distances, range, nearest-training-crop distances and the usefulness test. Another
+    process of a multi-process run writes nothing, and says so in one line: ``process I: trained
+    ... in S s; process 0 writes the run to OUT``.
+
+    Args:
+      config: the run's :class:`~pifs_jax.models.training.TrainConfig`.
+      result: the :class:`~pifs_jax.models.training.TrainResult` of this process.
+      recipe: ``--recipe``'s name, or ``None``.
+      process_index: ``jax.process_index()``.
+    """
+    what = f"recipe {recipe}" if recipe is not None else str(config.size)
+    done = (
+        f"trained {config.model} ({what}) on {config.data} for {int(result.state.step)} steps in {result.seconds:.1f} s"
+    )
+    if process_index != 0:
+        return [f"process {process_index}: {done}; process 0 writes the run to {result.out_dir}"]
+    lines = [f"{done} -> {result.out_dir}"]
+    if result.quality is not None:
+        q = result.quality
+        ref = q.get("empirical") or {}
+        for key, kind in (("fd_patches", "aligned"), ("fd_patches_straddling", "straddling")):
+            lines.append(
+                f"  Frechet distance to test crops, {kind} patches: model {q['model'][key]:.4g}, "
+                f"empirical denoiser {ref.get(key, float('nan')):.4g}, training crops "
+                f"{q['train_crops'][key]:.4g}, noise {q['noise'][key]:.4g}"
+            )
+        lines.append(
+            f"  sample values in [{q['sample_range'][0]:.3g}, {q['sample_range'][1]:.3g}], "
+            f"{100 * q['fraction_outside_data_range']:.3g}% outside the data range "
+            f"[{q['data_range'][0]:.3g}, {q['data_range'][1]:.3g}] (scored as drawn; clipped only in samples.png)"
+        )
+        lines.append(
+            f"  nearest-training-crop RMS distance: model {q['model']['nn_distance_mean']:.4g}, "
+            f"empirical denoiser {ref.get('nn_distance_mean', float('nan')):.4g}, test crops "
+            f"{q['test_crops']['nn_distance_mean']:.4g} (memorisation ratio {q['memorisation_ratio']:.3g})"
+        )
+        useful = q["useful"]
+        lines.append(
+            f"  useful ({useful['criterion']}): {'yes' if useful['passes'] else 'no'} "
+            f"(gap closed: aligned {useful['fd_gap_closed_aligned']:.4f}, straddling {useful['fd_gap_closed_straddling']:.4f})"
+        )
+    return lines
+
+
 def run(args: argparse.Namespace) -> int:
     from pifs_jax.models.training import train, train_config
 
@@ -446,35 +495,10 @@ def run(args: argparse.Namespace) -> int:
         raise  # pifs_jax.cli.main names the option
     # the folder policy (--resume, --overwrite), its lock and staging are the library's (RunFolder)
     result = train(config, out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
-    what = f"recipe {args.recipe}" if args.recipe is not None else str(config.size)
-    print(
-        f"trained {config.model} ({what}) on {config.data} for {int(result.state.step)} steps "
-        f"in {result.seconds:.1f} s -> {result.out_dir}"
-    )
-    if result.quality is not None:
-        q = result.quality
-        ref = q.get("empirical") or {}
-        for key, what in (("fd_patches", "aligned"), ("fd_patches_straddling", "straddling")):
-            print(
-                f"  Frechet distance to test crops, {what} patches: model {q['model'][key]:.4g}, "
-                f"empirical denoiser {ref.get(key, float('nan')):.4g}, training crops "
-                f"{q['train_crops'][key]:.4g}, noise {q['noise'][key]:.4g}"
-            )
-        print(
-            f"  sample values in [{q['sample_range'][0]:.3g}, {q['sample_range'][1]:.3g}], "
-            f"{100 * q['fraction_outside_data_range']:.3g}% outside the data range "
-            f"[{q['data_range'][0]:.3g}, {q['data_range'][1]:.3g}] (scored as drawn; clipped only in samples.png)"
-        )
-        print(
-            f"  nearest-training-crop RMS distance: model {q['model']['nn_distance_mean']:.4g}, "
-            f"empirical denoiser {ref.get('nn_distance_mean', float('nan')):.4g}, test crops "
-            f"{q['test_crops']['nn_distance_mean']:.4g} (memorisation ratio {q['memorisation_ratio']:.3g})"
-        )
-        useful = q["useful"]
-        print(
-            f"  useful ({useful['criterion']}): {'yes' if useful['passes'] else 'no'} "
-            f"(gap closed: aligned {useful['fd_gap_closed_aligned']:.4f}, straddling {useful['fd_gap_closed_straddling']:.4f})"
-        )
+    import jax
+
+    for line in result_lines(config, result, recipe=args.recipe, process_index=jax.process_index()):
+        print(line)
     return 0
 
 
