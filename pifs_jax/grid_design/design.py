@@ -12,7 +12,8 @@
 - ``"corrected"``: beyond the grid: a grid plus three fitted scalars per step that correct the
   network's output (:mod:`pifs_jax.grid_design.correction`), fitted from the geometric grid and
   from the best fixed grid on 3/4 of the design seeds, the candidate (either fit, or the best fixed
-  grid uncorrected) kept by the last quarter; ``designed.corrections`` holds them and :func:`~pifs_jax.grid_design.corrected_denoiser` applies them.
+  grid uncorrected) kept by the last quarter; ``designed.corrections`` holds them and
+  :func:`~pifs_jax.grid_design.corrected_denoiser` applies them.
 - any fixed grid of :data:`pifs_jax.grid_design.FIXED_GRIDS` (``"time_uniform"``, ``"edm"``, ...).
 
 Every method returns an explicit integer grid (the package's convention) and a record of how it
