@@ -31,7 +31,9 @@ loaded, an interrupted one resumes), so a second reproduction trains nothing. ``
 each model for the quick preset's 4000 steps and analyses 64 trajectories of 50 steps; on a GPU
 it uses the ``photos32`` models with 8x8 patches (``M = 16``, ``n_k = 192``: the paper's block
 geometry). Every claim's verdict is reported as measured; on short training the models are far
-from converged, and the report says so.
+from converged, and the report says so: each model's verdicts (rows, counts, its ``analysis.md``)
+carry its sample-quality caveat (:func:`pifs_jax.analysis.report.marked_verdict`; the recorded
+quality of the run or the card, docs/theory.md section 11).
 
 Writes ``<out>/two_regimes/two_regimes.json``, one folder per model with ``analysis.json``,
 ``analysis.md`` and five figures (:func:`pifs_jax.analysis.report.write_analysis`), and the
@@ -50,7 +52,17 @@ import jax
 import numpy as np
 
 from pifs_jax import plotting
-from pifs_jax.analysis.report import ModelAnalysis, analyze_model, attention_fn_if_any, write_analysis
+from pifs_jax.analysis.report import (
+    ModelAnalysis,
+    analyze_model,
+    attention_fn_if_any,
+    card_sample_quality,
+    marked_verdict,
+    reference_sample_quality,
+    run_sample_quality,
+    verdict_caveat,
+    write_analysis,
+)
 from pifs_jax.checkpoint import CHECKPOINT_NAME, read_checkpoint_header
 from pifs_jax.denoisers import empirical_attention, empirical_denoiser
 from pifs_jax.errors import ArgumentError
@@ -164,6 +176,7 @@ def shipped_run(loaded: PretrainedModel) -> dict[str, Any]:
         "train_seconds": float(training.get("wall_seconds") or float("nan")),
         "images_per_s": float(training.get("images_per_s_median") or float("nan")),
         "quality": card_quality(loaded.card.get("quality") or {}),
+        "sample_quality": card_sample_quality(loaded.card),
         "weights": {"name": loaded.name, "sha256": loaded.sha256},
     }
 
@@ -264,6 +277,7 @@ def trained_run(name: str, config: TrainConfig, runs_dir: Path) -> dict[str, Any
         "train_seconds": float(records[-1]["time_s"]) if records else float("nan"),
         "images_per_s": float(np.median(rates)) if rates else float("nan"),
         "quality": quality,
+        "sample_quality": run_sample_quality(folder, step=int(run.state.step)),
     }
 
 
@@ -314,7 +328,7 @@ def compute(
     image_shape = tuple(train_images.shape[1:])
     analyses: dict[str, ModelAnalysis] = {}
 
-    def analyze(eps_fn: EpsFn, attention_fn: Any) -> ModelAnalysis:
+    def analyze(eps_fn: EpsFn, attention_fn: Any, sample_quality: dict[str, Any]) -> ModelAnalysis:
         return analyze_model(
             eps_fn,
             sched,
@@ -324,12 +338,18 @@ def compute(
             samples=cfg["trajectories"],
             seed=SEED,
             attention_fn=attention_fn,
+            sample_quality=sample_quality,
         )
 
     for name, entry in runs.items():
-        analyses[name] = analyze(entry["eps_fn"], attention_fn_if_any(entry["module"], entry["params"], image_shape))
+        attention_fn = attention_fn_if_any(entry["module"], entry["params"], image_shape)
+        analyses[name] = analyze(entry["eps_fn"], attention_fn, entry["sample_quality"])
     data = np.asarray(train_images, np.float32)
-    analyses["empirical"] = analyze(empirical_denoiser(sched, data), empirical_attention(sched, data))
+    analyses["empirical"] = analyze(
+        empirical_denoiser(sched, data),
+        empirical_attention(sched, data),
+        reference_sample_quality("the empirical-optimal denoiser of the training crops (no weights)"),
+    )
     results = {
         "mode": mode,
         "source": "trained" if shipped is None else "shipped",
@@ -339,7 +359,10 @@ def compute(
         "image_shape": list(image_shape),
         "patch_size": patch_size,
         "num_patches": analyses["dit"].summary["num_patches"],
-        "models": {name: {**_model_summary(a), "claims": _claims(a)} for name, a in analyses.items()},
+        "models": {
+            name: {**_model_summary(a), "claims": _claims(a), "sample_quality": a.sample_quality}
+            for name, a in analyses.items()
+        },
         "training": {
             name: {
                 "steps": configs[name].steps,
@@ -417,7 +440,9 @@ def _window(window: dict[str, float] | None) -> str:
     return "none" if window is None else f"[{window['t_lower']:g}, {window['t_upper']:g}]"
 
 
-def _markdown(results: dict[str, Any], analyses: dict[str, ModelAnalysis]) -> str:
+def render_markdown(results: dict[str, Any], analyses: dict[str, ModelAnalysis]) -> str:
+    """The report section: the per-model claims table (every judged verdict with its model's
+    sample-quality caveat, :func:`pifs_jax.analysis.report.marked_verdict`) and the comparisons."""
     cfg = results["settings"]
     models = [n for n in ("dit", "unet", "empirical") if n in analyses]
     training = results["training"]
@@ -459,19 +484,30 @@ def _markdown(results: dict[str, Any], analyses: dict[str, ModelAnalysis]) -> st
         "**Claims, per model** (verdict: what we measured):",
         "",
     ]
+    caveats = {n: verdict_caveat(analyses[n]) for n in models}
+    lines[-2:-2] = [  # before the claims table, each its own paragraph
+        line
+        for n in models
+        if caveats[n]
+        for line in (f"**Caveat, {_label(n)}: {caveats[n]}**; its verdicts carry it (docs/theory.md section 11).", "")
+    ]
     headers = ["claim", "paper"] + [_label(n) for n in models]
     rows = []
     first = analyses[models[0]].claims
     for i, claim in enumerate(first):
         rows.append(
             [claim.name.replace("_", " "), claim.paper]
-            + [f"**{analyses[n].claims[i].verdict}**: {analyses[n].claims[i].ours}" for n in models]
+            + [
+                f"**{marked_verdict(analyses[n].claims[i].verdict, caveats[n])}**: {analyses[n].claims[i].ours}"
+                for n in models
+            ]
         )
     lines.append(markdown_table(headers, rows))
     counts = {n: sum(c.verdict == "holds" for c in analyses[n].claims) for n in models}
+    marks = {n: f" [{caveats[n]}]" if caveats[n] else "" for n in models}
     lines += [
         "",
-        "Claims that hold: " + ", ".join(f"{_label(n)} {counts[n]} of {len(first)}" for n in models) + ".",
+        "Claims that hold: " + ", ".join(f"{_label(n)} {counts[n]} of {len(first)}{marks[n]}" for n in models) + ".",
         "",
         "**Beyond the paper (a): the PIFS regulariser** (DiT, same seed, data and steps):",
         "",
@@ -527,7 +563,7 @@ def _markdown(results: dict[str, Any], analyses: dict[str, ModelAnalysis]) -> st
         "**Beyond the paper (b): DiT against UNet** on the same data: "
         + "; ".join(
             f"{_label(n)}: crossover window {_window(results['models'][n]['crossover_window'])}, "
-            f"{counts[n]} claims hold"
+            f"{counts[n]} claims hold{marks[n]}"
             for n in models
         )
         + ". Per-model tables, figures and intervals: "
@@ -578,10 +614,11 @@ def run(out_dir: Path, *, quick: bool = False, full: bool = False, retrain: bool
         n: sum(c.verdict == "holds" for c in analyses[n].claims) for n in ("dit", "unet", "empirical") if n in analyses
     }
     total = len(analyses["dit"].claims)
+    marks = {n: f" [{caveat}]" if (caveat := verdict_caveat(analyses[n])) else "" for n in holds}
     return {
-        "markdown": _markdown(results, analyses),
+        "markdown": render_markdown(results, analyses),
         "figures": figures,
-        "summary": "claims holding: " + ", ".join(f"{_label(n)} {k}/{total}" for n, k in holds.items()),
+        "summary": "claims holding: " + ", ".join(f"{_label(n)} {k}/{total}{marks[n]}" for n, k in holds.items()),
         "results": results,
         "weights": results["weights"],
     }

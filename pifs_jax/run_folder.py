@@ -19,9 +19,12 @@ Every command that writes a folder (``pifs-jax geometry``, ``optimize``, ``train
   move is finished by the next opener, so the folder never mixes old and new results.
 - **Policy.** ``"refuse"``: a folder holding any file of the run (``progress`` or ``results``) or
   a stale marker is refused. ``"resume"``: the folder must hold ``checkpoint``; the run continues
-  it. ``"overwrite"``: the run starts afresh; with ``progress`` files (a checkpoint, a log: written
-  in place while the run goes) the old run's files are deleted at once, since new progress beside
-  old results would mix two runs; without, the old results stay until the new ones replace them.
+  it, and before it changes the checkpoint it moves the results that describe the state it
+  continues from into a subfolder (:meth:`RunFolder.set_aside`), so they never sit unmarked beside
+  a checkpoint they do not describe. ``"overwrite"``: the run starts afresh; with ``progress`` files
+  (a checkpoint, a log: written in place while the run goes) the old run's files are deleted at
+  once, since new progress beside old results would mix two runs; without, the old results stay
+  until the new ones replace them.
 
 Example:
   >>> with RunFolder("out/geometry", "overwrite", results=("geometry.json",)) as folder:
@@ -306,6 +309,35 @@ class RunFolder:
                     shutil.rmtree(path)
                 else:
                     path.unlink()
+
+    # ------------------------------------------------------------------ results set aside
+
+    def set_aside(self, names: Sequence[str], into: str) -> list[Path]:
+        """Move the files among ``names`` that the folder holds into its subfolder ``into``; the paths moved to.
+
+        For results that describe an earlier state of a run that continues (the samples and
+        scores of the step a resumed run starts from): they are kept, but no longer where the
+        continuing run's results go, so no reader takes them for that run's. Each file is moved
+        with one ``os.replace`` (atomic), in the order of ``names``, replacing a namesake already
+        in ``into``; a kill part-way leaves every file whole, either still in place or moved.
+
+        Raises:
+          ArgumentError: ``"folder"``: the folder is not open; ``"into"``: not a relative path
+            inside the folder.
+        """
+        if self._fd is None:
+            raise ArgumentError("folder", f"{str(self.out)!r} is not open (use RunFolder as a context manager)")
+        target = self.out / into
+        if Path(into).is_absolute() or ".." in Path(into).parts or target.resolve() == self.out.resolve():
+            raise ArgumentError("into", f"expected a subfolder of {str(self.out)!r}, got {into!r}")
+        moved = []
+        for name in names:
+            source = self.out / name
+            if source.is_file():
+                (target / name).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(source, target / name)
+                moved.append(target / name)
+        return moved
 
     # ------------------------------------------------------------------ staged results
 

@@ -11,13 +11,18 @@ import pytest
 import pifs_jax as pj
 from pifs_jax.analysis.report import (
     FIGURES,
+    UNKNOWN_QUALITY,
     ModelAnalysis,
     analysis_markdown,
     analyze_model,
+    card_sample_quality,
+    claims_table_rows,
+    run_sample_quality,
     summarize_analysis,
     write_analysis,
 )
 from pifs_jax.errors import ArgumentError
+from pifs_jax.results import write_result_json
 
 
 def _ranks(values: np.ndarray) -> np.ndarray:
@@ -135,3 +140,85 @@ def test_one_trajectory_gives_undefined_intervals_not_zero_width_ones(tmp_path):
     write_analysis(tmp_path, result, title="one trajectory", config={}, seed=0)  # figures draw no band
     document = json.loads((tmp_path / "analysis.json").read_text())
     assert document["results"]["steps"]["kappa_diag_mean"]["lo"] == ["nan"] * 3
+
+
+# ----------------------------------------------------------------------------- sample-quality caveat
+
+
+def _fake_run(folder, *, steps: int, samples: np.ndarray | None, sample_range=None):
+    """A run folder as far as its recorded quality goes: quality.json (scored at ``steps``) and samples.npz."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if sample_range is None and samples is not None:
+        sample_range = [float(samples.min()), float(samples.max())]
+    write_result_json(folder / "quality.json", {"sample_range": sample_range}, config={"steps": steps}, seed=0)
+    if samples is not None:
+        np.savez(folder / "samples.npz", samples=samples.astype(np.float32), samples_empirical=samples)
+
+
+def _samples(outside: int, total: int = 400) -> np.ndarray:
+    values = np.full(total, 0.5, np.float32)
+    values[:outside] = 3.0  # a diverged chain's values, far outside [-1.05, 1.05]
+    return values.reshape(-1, 2, 2, 1)
+
+
+def test_recorded_sample_quality_is_read_not_computed(tmp_path):
+    """The rule of docs/theory.md section 11, on records only: above 5 % outside [-1.05, 1.05] the
+    caveat names the fraction; at 5 % or below none; no record (or one of another step) is unknown."""
+    _fake_run(tmp_path / "bad", steps=7, samples=_samples(100))
+    bad = run_sample_quality(tmp_path / "bad", step=7)
+    assert bad["fraction_outside"] == 0.25 and bad["bound"] == 1.05
+    assert bad["caveat"] == "model does not sample its data (25.0 % of values outside the data range)"
+    _fake_run(tmp_path / "edge", steps=7, samples=_samples(20))  # exactly 5 %: not above
+    assert run_sample_quality(tmp_path / "edge", step=7)["caveat"] is None
+    _fake_run(tmp_path / "above", steps=7, samples=_samples(21))
+    assert "5.2 % of values" in run_sample_quality(tmp_path / "above", step=7)["caveat"]
+    # quality.json of step 7 beside a checkpoint of step 9 (an interrupted extension): not this model's
+    other = run_sample_quality(tmp_path / "bad", step=9)
+    assert other["caveat"] == UNKNOWN_QUALITY and "step 7" in other["note"] and "step 9" in other["note"]
+    assert run_sample_quality(tmp_path / "missing")["caveat"] == UNKNOWN_QUALITY  # none drawn, or set aside
+    _fake_run(tmp_path / "range_only", steps=7, samples=None, sample_range=[-1.0, 1.02])
+    assert run_sample_quality(tmp_path / "range_only")["fraction_outside"] == 0.0
+    _fake_run(tmp_path / "wide_range", steps=7, samples=None, sample_range=[-4.0, 1.0])
+    assert run_sample_quality(tmp_path / "wide_range")["caveat"] == UNKNOWN_QUALITY
+
+    from pifs_jax.models.pretrained import read_card
+
+    card = read_card("dit-digits")  # a shipped model: its held-out fraction, well inside 5 %
+    shipped = card_sample_quality(card)
+    assert shipped["fraction_outside"] == card["quality"]["held_out"]["fraction_outside"] and shipped["caveat"] is None
+    assert "quality.held_out" in shipped["source"]
+    diverged = {"name": "x", "quality": {"held_out": {"fraction_outside": 0.4}, "targets": {"outside_bound": 1.05}}}
+    assert "40.0 % of values" in card_sample_quality(diverged)["caveat"]
+    assert card_sample_quality({"name": "x", "check": {"fraction_outside": 0.0}})["caveat"] is None
+    assert card_sample_quality({"name": "x", "quality": None})["caveat"] == UNKNOWN_QUALITY
+    other_bound = {"name": "x", "quality": {"held_out": {"fraction_outside": 0.0}, "targets": {"outside_bound": 1.5}}}
+    assert card_sample_quality(other_bound)["caveat"] == UNKNOWN_QUALITY
+
+
+def test_verdicts_of_a_model_that_does_not_sample_carry_the_caveat(analysed, tmp_path):
+    """Verdicts of a model whose samples leave the data range were printed like a trained model's:
+    now analysis.md (a caveat line and every judged verdict), analysis.json ("sample_quality") and
+    the comparison rows carry the caveat; the verdicts themselves are unchanged."""
+    result, _ = analysed
+    assert result.sample_quality is not None and result.sample_quality["caveat"] == UNKNOWN_QUALITY  # none given
+    _fake_run(tmp_path / "run", steps=3, samples=_samples(120))
+    record = run_sample_quality(tmp_path / "run", step=3)
+    caveat = "model does not sample its data (30.0 % of values outside the data range)"
+    marked = result._replace(sample_quality=record)
+    assert [c.verdict for c in marked.claims] == [c.verdict for c in result.claims]
+    text = analysis_markdown(marked, title="diverged")
+    assert f"**Caveat: {caveat}.**" in text
+    rows = [line for line in text.splitlines() if line.startswith("| ") and line.endswith("** |")]
+    judged = [c for c in result.claims if c.verdict != "not tested"]
+    assert judged and len(rows) == len(result.claims)
+    assert sum(f"**{c.verdict} [{caveat}]** |" in text for c in judged) == len(judged)
+    write_analysis(tmp_path / "out", marked, title="diverged", config={}, seed=0)
+    document = json.loads((tmp_path / "out" / "analysis.json").read_text())["results"]
+    assert document["sample_quality"]["caveat"] == caveat and document["sample_quality"]["fraction_outside"] == 0.3
+    assert [c["verdict"] for c in document["claims"]] == [c.verdict for c in result.claims]
+    assert f"[{caveat}]" in (tmp_path / "out" / "analysis.md").read_text()
+    clean = result._replace(sample_quality=run_sample_quality(tmp_path / "run_ok", step=None) | {"caveat": None})
+    table = claims_table_rows({"diverged": marked, "clean": clean})
+    assert all(f"[{caveat}]" in row[1] or row[1].startswith("not tested") for row in table)
+    assert all("[" not in row[2].split(":")[0] for row in table)
+    assert "Caveat" not in analysis_markdown(clean, title="clean")

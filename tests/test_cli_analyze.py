@@ -119,7 +119,7 @@ def test_num_data_without_data_takes_the_first_training_images(tiny_run, tmp_pat
 
     def analyze_model(eps_fn, sched, images, **kwargs):
         seen["images"] = np.asarray(images)
-        return types.SimpleNamespace(claims=[])
+        return types.SimpleNamespace(claims=[], sample_quality=kwargs["sample_quality"])
 
     def write_analysis(folder, result, *, title, config, seed):
         seen["config"] = config
@@ -136,6 +136,46 @@ def test_num_data_without_data_takes_the_first_training_images(tiny_run, tmp_pat
     capsys.readouterr()
     assert cli.main([*argv, "--num-data", "65"]) == 2
     assert "argument --num-data: the model was trained on 64 digits images" in _error(capsys)
+
+
+def test_verdicts_are_printed_with_the_runs_recorded_sample_quality(tiny_run, tmp_path, monkeypatch, capsys):
+    """`analyze` never read the run's quality, so an unconverged model's verdicts looked like a trained
+    one's. Now the recorded quality (quality.json of the checkpoint's step, samples.npz) reaches the
+    analysis and every judged verdict is printed with its caveat. The analysis is a recorder here."""
+    import shutil
+
+    from pifs_jax.analysis import report
+    from pifs_jax.analysis.claims import CLAIM_NAMES, ClaimResult
+    from pifs_jax.results import write_result_json
+
+    seen = {}
+
+    def analyze_model(eps_fn, sched, images, *, sample_quality, **kwargs):
+        seen["sample_quality"] = sample_quality
+        claims = [
+            ClaimResult(CLAIM_NAMES[0], "paper", "ours", 1.0, None, "holds"),
+            ClaimResult(CLAIM_NAMES[1], "paper", "ours", float("nan"), None, "not tested"),
+        ]
+        return report.ModelAnalysis(None, {}, claims, sample_quality)
+
+    monkeypatch.setattr(report, "analyze_model", analyze_model)
+    monkeypatch.setattr(report, "write_analysis", lambda folder, result, **kwargs: seen.update(written=result))
+    assert cli.main(["analyze", "--run", str(tiny_run), "--out", str(tmp_path / "a")]) == 0
+    printed = capsys.readouterr().out
+    assert seen["sample_quality"]["caveat"] == "sample quality unknown"  # the run drew no samples
+    assert f"holds [sample quality unknown]  {CLAIM_NAMES[0]}: ours" in printed
+    assert f"    not tested  {CLAIM_NAMES[1]}: ours" in printed  # no verdict, no caveat
+    assert seen["written"].sample_quality is seen["sample_quality"]  # what analysis.md/json are written from
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    samples = np.where(np.arange(4 * 8 * 8).reshape(4, 8, 8, 1) % 2 == 0, 5.0, 0.0).astype(np.float32)
+    np.savez(run / "samples.npz", samples=samples, samples_empirical=samples)
+    write_result_json(run / "quality.json", {"sample_range": [0.0, 5.0]}, config={"steps": 3}, seed=0)
+    assert cli.main(["analyze", "--run", str(run), "--out", str(tmp_path / "b")]) == 0
+    printed = capsys.readouterr().out
+    caveat = "model does not sample its data (50.0 % of values outside the data range)"
+    assert f"caveat: {caveat}" in printed and f"holds [{caveat}]  {CLAIM_NAMES[0]}" in printed
 
 
 def test_run_or_diffusers_exactly_one(tmp_path, capsys):

@@ -140,6 +140,29 @@ def test_overwrite_without_progress_files_replaces_the_results_at_the_commit(tmp
     assert folder.written == [out / "a.txt"]
 
 
+def test_results_of_an_earlier_state_are_set_aside_not_left_beside_the_resumed_run(tmp_path):
+    """A resumed run's old results used to stay where the continuing run's go: set_aside moves them
+    (atomically, file by file, replacing namesakes) into a subfolder; a bad subfolder is refused."""
+    files = {"results": ("a.txt", "b.txt"), "progress": ("ckpt",), "checkpoint": "ckpt"}
+    out = tmp_path / "run"
+    _results(out, "old")
+    (out / "ckpt").write_text("1")
+    with RunFolder(out, "resume", **files) as folder:
+        (out / "stale" / "step-1").mkdir(parents=True)
+        (out / "stale" / "step-1" / "a.txt").write_text("older")
+        moved = folder.set_aside(("a.txt", "b.txt", "missing.txt"), "stale/step-1")
+        assert moved == [out / "stale" / "step-1" / "a.txt", out / "stale" / "step-1" / "b.txt"]
+        assert not (out / "a.txt").exists() and not (out / "b.txt").exists()
+        assert [p.read_text() for p in moved] == ["old", "old"]
+        for into in ("..", "/tmp/elsewhere", ".", "../x"):
+            with pytest.raises(ArgumentError, match="expected a subfolder") as info:
+                folder.set_aside(("ckpt",), into)
+            assert info.value.argument == "into"
+        assert (out / "ckpt").read_text() == "1"
+    with pytest.raises(ArgumentError, match="is not open"):
+        folder.set_aside(("ckpt",), "stale")
+
+
 def test_a_stale_marker_under_each_policy(tmp_path):
     files = {"results": ("result.json",), "progress": ("ckpt",), "checkpoint": "ckpt"}
     out = tmp_path / "run"

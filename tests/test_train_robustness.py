@@ -396,6 +396,43 @@ def test_extending_a_finished_run(tmp_path, capsys):
     assert records[:6] == kept  # the steps already run, bit for bit (their log lines untouched)
 
 
+def test_a_killed_extension_leaves_no_old_samples_beside_the_new_checkpoint(tmp_path, capsys):
+    """A finished 4-step run with samples and scores, extended to 6 steps and killed at step 5
+    (Ctrl-C from the callback: the checkpoint of step 5 is saved): its quality.json and samples.*
+    used to stay beside that checkpoint, unmarked. Now they are in stale/step-4/, unchanged, before
+    training continues; the completed extension writes fresh ones (scored at step 6)."""
+    cfg = tiny_config(steps=4, checkpoint_every=2, log_every=1, num_samples=8, sample_steps=3)
+    out = tmp_path / "run"
+    _tiny_train(cfg, out)
+    described = ("samples.png", "samples_empirical.png", "samples.npz", "quality.json")
+    before = {name: (out / name).read_bytes() for name in (*described, "loss.png")}
+    longer = dataclasses.replace(cfg, steps=6)
+
+    def kill(step, metrics):
+        if step == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _tiny_train(longer, out, resume=True, callback=kill)
+    assert read_checkpoint_header(out / CHECKPOINT_NAME)["step"] == 5
+    assert [name for name in described if (out / name).exists()] == []  # nothing unmarked beside step 5
+    stale = out / tr.STALE_DIR / "step-4"
+    assert {name: (stale / name).read_bytes() for name in before} == before  # kept, whole
+    assert json.loads((stale / "quality.json").read_text())["config"]["steps"] == 4
+    assert "moved to stale/step-4/" in capsys.readouterr().err
+
+    result = _tiny_train(longer, out, resume=True)  # completed: fresh results, the old ones stay set aside
+    assert int(result.state.step) == 6
+    assert json.loads((out / "quality.json").read_text())["config"]["steps"] == 6
+    assert all((out / name).is_file() for name in described)
+    assert {name: (stale / name).read_bytes() for name in before} == before
+    assert sorted(p.name for p in (out / tr.STALE_DIR).iterdir()) == ["step-4"]
+
+    fresh = tiny_config(steps=2, checkpoint_every=2, log_every=1, num_samples=0)
+    _tiny_train(fresh, out, overwrite=True)  # a fresh run deletes the old run's set-aside results too
+    assert not (out / tr.STALE_DIR).exists()
+
+
 @pytest.mark.slow
 def test_extension_recomputes_the_learning_rate_schedule(tmp_path):
     """6 steps extended to 10 equal the 6-step state stepped 4 times with the optimiser rebuilt for

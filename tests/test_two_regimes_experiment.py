@@ -97,3 +97,60 @@ def test_a_shipped_models_card_quality_is_read_not_lost():
     assert quality["train_crops"]["fd_patches"] == held["fd_train_crops"]
     assert quality["memorisation_ratio"] == held["memorisation_ratio"]
     assert quality["fraction_outside_1.05"] == held["fraction_outside"]
+
+
+def test_the_report_rows_carry_each_models_sample_quality_caveat():
+    """The report's per-model rows printed a diverged model's verdicts like a trained one's: now each
+    judged verdict, the "claims that hold" counts and the DiT/UNet line carry the model's caveat, and a
+    shipped model's card gives its record. Stand-in analyses: nothing is trained or analysed."""
+    from pifs_jax import reproduce
+    from pifs_jax.analysis.claims import ClaimResult
+    from pifs_jax.analysis.report import ModelAnalysis, card_sample_quality, reference_sample_quality
+    from pifs_jax.analysis.report import sample_quality_record as record
+    from pifs_jax.models.pretrained import read_card
+
+    module = reproduce.load_experiment(reproduce.discover_experiments()["two_regimes"])
+    card = read_card("dit-digits")
+    assert card_sample_quality(card)["caveat"] is None  # the shipped model samples its data
+
+    def analysis(sample_quality):
+        claims = [ClaimResult(name, "p", "o", 1.0, None, "holds") for name in CLAIM_NAMES]
+        return ModelAnalysis(None, {}, claims, sample_quality)
+
+    caveat = "model does not sample its data (62.5 % of values outside the data range)"
+    analyses = {
+        "dit": analysis(record(0.625, source="test")),
+        "unet": analysis(record(None, source="test")),
+        "empirical": analysis(reference_sample_quality("test")),
+    }
+    nan = float("nan")
+    training = {
+        name: {"steps": 5, "weights": None, "fraction_outside_data_range": 0.6, "fraction_outside_1.05": nan}
+        | dict.fromkeys(("fd_patches", "fd_patches_train_crops", "fd_patches_noise", "memorisation_ratio"), nan)
+        | {"train_seconds": 1.0, "images_per_s": 1.0}
+        for name in ("dit", "unet")
+    }
+    models = {name: {"delta_cross_mean": [1.0], "crossover_window": None, "mean_violations": 0.0} for name in analyses}
+    results = {
+        "settings": {"trajectories": 2, "chain_steps": 3},
+        "mode": "quick",
+        "source": "trained",
+        "image_shape": [8, 8, 1],
+        "num_patches": 16,
+        "patch_size": 2,
+        "training": training,
+        "models": models,
+    }
+    text = module.render_markdown(results, analyses)
+    assert f"**Caveat, DiT: {caveat}**" in text and "**Caveat, UNet: sample quality unknown**" in text
+    assert "Caveat, empirical" not in text
+    rows = [line for line in text.splitlines() if line.startswith("| regime")]
+    assert rows and all(
+        f"**holds [{caveat}]**" in row and "**holds [sample quality unknown]**" in row and row.count("[") == 2
+        for row in rows
+    )
+    assert (
+        f"DiT 10 of 10 [{caveat}], UNet 10 of 10 [sample quality unknown]" in text
+        and "empirical-optimal 10 of 10" in text
+    )
+    assert "UNet: crossover window none, 10 claims hold [sample quality unknown]" in text

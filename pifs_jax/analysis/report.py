@@ -9,13 +9,23 @@ The one workflow behind ``pifs-jax analyze`` and the ``two_regimes`` experiment:
    section 11 (:func:`~pifs_jax.analysis.evaluate_claims`);
 2. :func:`write_analysis` writes, atomically, ``analysis.json`` (``{"config", "seed",
    "environment", "results"}``; the ``results`` schema is :func:`summarize_analysis`'s plus
-   ``"claims"``), the five figures of :mod:`pifs_jax.analysis.figures` and ``analysis.md`` (the
-   claims table and the block decomposition at the paper's timesteps).
+   ``"claims"`` and ``"sample_quality"``), the five figures of :mod:`pifs_jax.analysis.figures`
+   and ``analysis.md`` (the claims table and the block decomposition at the paper's timesteps).
+
+**Sample-quality caveat** (docs/theory.md section 11): a verdict describes the analysed model's
+chain, which tests the paper's claims only if the model samples its data. The model's *recorded*
+quality is read, nothing is sampled (:func:`run_sample_quality`, :func:`card_sample_quality`):
+when more than :data:`MAX_FRACTION_OUTSIDE` of its sample values lie outside
+``[-SAMPLE_BOUND, SAMPLE_BOUND]``, or no quality is recorded, every verdict is printed with the
+record's ``"caveat"`` (:func:`marked_verdict`) and the record is written as ``"sample_quality"``.
+The verdicts themselves are computed without it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -46,14 +56,31 @@ from pifs_jax.schedules import Schedule
 __all__ = [
     "ANALYSIS_FILES",
     "FIGURES",
+    "MAX_FRACTION_OUTSIDE",
+    "SAMPLE_BOUND",
+    "UNKNOWN_QUALITY",
     "ModelAnalysis",
     "analysis_markdown",
     "analyze_model",
     "attention_fn_if_any",
+    "card_sample_quality",
     "claims_table_rows",
+    "marked_verdict",
+    "reference_sample_quality",
+    "run_sample_quality",
+    "sample_quality_record",
     "summarize_analysis",
+    "verdict_caveat",
     "write_analysis",
 ]
+
+#: The bound of the sample-quality caveat: sample values outside ``[-SAMPLE_BOUND, SAMPLE_BOUND]``
+#: count as outside the data range (the shipped models' target, ``curve.TARGETS["outside_bound"]``).
+SAMPLE_BOUND = 1.05
+#: Above this fraction of values outside the bound, a model's verdicts carry the caveat.
+MAX_FRACTION_OUTSIDE = 0.05
+#: The caveat of a model whose sample quality is not recorded.
+UNKNOWN_QUALITY = "sample quality unknown"
 
 #: The figures :func:`write_analysis` writes: file name -> plotting function.
 FIGURES: dict[str, Callable[..., Any]] = {
@@ -74,6 +101,142 @@ class ModelAnalysis(NamedTuple):
     """Trajectory means with intervals (:func:`summarize_analysis`), JSON-able."""
     claims: list[ClaimResult]
     """One verdict per claim of docs/theory.md section 11."""
+    sample_quality: dict[str, Any] | None = None
+    """The model's recorded sample quality (:func:`sample_quality_record`; ``None``: none recorded,
+    printed as :data:`UNKNOWN_QUALITY`)."""
+
+
+def sample_quality_record(fraction_outside: float | None, *, source: str, note: str | None = None) -> dict[str, Any]:
+    """The sample-quality record of a model, with its caveat (docs/theory.md section 11).
+
+    Args:
+      fraction_outside: the recorded fraction of sample values outside ``[-SAMPLE_BOUND,
+        SAMPLE_BOUND]``; ``None`` (or not a finite number in ``[0, 1]``): none recorded.
+      source: where it was read (a file, a card's field), or why there is none.
+      note: why the recorded quality was not used, if it was not.
+
+    Returns:
+      ``{"fraction_outside", "bound", "max_fraction_outside", "source", "caveat"}`` (plus
+      ``"note"``): ``caveat`` is ``"model does not sample its data (x % of values outside the data
+      range)"`` above :data:`MAX_FRACTION_OUTSIDE`, :data:`UNKNOWN_QUALITY` without a fraction,
+      else ``None``.
+    """
+    fraction = None
+    if isinstance(fraction_outside, (int, float)) and not isinstance(fraction_outside, bool):
+        if math.isfinite(fraction_outside) and 0.0 <= fraction_outside <= 1.0:
+            fraction = float(fraction_outside)
+    if fraction is None:
+        caveat = UNKNOWN_QUALITY
+    elif fraction > MAX_FRACTION_OUTSIDE:
+        caveat = f"model does not sample its data ({100 * fraction:.1f} % of values outside the data range)"
+    else:
+        caveat = None
+    record = {
+        "fraction_outside": fraction,
+        "bound": SAMPLE_BOUND,
+        "max_fraction_outside": MAX_FRACTION_OUTSIDE,
+        "source": source,
+        "caveat": caveat,
+    }
+    return {**record, "note": note} if note else record
+
+
+def reference_sample_quality(source: str) -> dict[str, Any]:
+    """The record of a training-free reference (the empirical-optimal denoiser: no weights, its data
+    prediction a weighted average of training images): nothing to converge, no caveat."""
+    return {
+        "fraction_outside": None,
+        "bound": SAMPLE_BOUND,
+        "max_fraction_outside": MAX_FRACTION_OUTSIDE,
+        "source": source,
+        "caveat": None,
+    }
+
+
+def _inside_bound(sample_range: Any) -> bool:
+    """Whether a recorded ``[min, max]`` lies inside ``[-SAMPLE_BOUND, SAMPLE_BOUND]`` (then no value is outside)."""
+    return (
+        isinstance(sample_range, (list, tuple))
+        and len(sample_range) == 2
+        and all(isinstance(v, (int, float)) and math.isfinite(v) for v in sample_range)
+        and -SAMPLE_BOUND <= sample_range[0] <= sample_range[1] <= SAMPLE_BOUND
+    )
+
+
+def run_sample_quality(run_dir: str | Path, *, step: int | None = None) -> dict[str, Any]:
+    """The recorded sample quality of a ``pifs-jax train`` run (:func:`sample_quality_record`); nothing sampled.
+
+    Reads ``quality.json`` (written when a finished run is scored) and counts the values of
+    ``samples.npz``'s ``samples`` (drawn with it) outside ``[-SAMPLE_BOUND, SAMPLE_BOUND]``;
+    without ``samples.npz``, a recorded ``sample_range`` inside the bound gives 0. Unknown (the
+    caveat :data:`UNKNOWN_QUALITY`) when there is no ``quality.json`` (no samples drawn, or set
+    aside in ``stale/`` by a resumed run), it cannot be read, its recorded ``steps`` is not
+    ``step`` (the step of the checkpoint analysed: the scores describe another model), or neither
+    the samples nor a range inside the bound are recorded.
+    """
+    folder = Path(run_dir)
+    path = folder / "quality.json"
+    if not path.is_file():
+        return sample_quality_record(None, source=f"no quality.json in {str(folder)!r} (no samples recorded)")
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+        recorded_steps = (document.get("config") or {}).get("steps")
+        results = document.get("results") or {}
+    except (OSError, ValueError, AttributeError) as exc:
+        return sample_quality_record(None, source=str(path), note=f"unreadable: {exc}")
+    if step is not None and recorded_steps != step:
+        return sample_quality_record(
+            None,
+            source=str(path),
+            note=f"it scores the model at step {recorded_steps}, the checkpoint analysed is at step {step}",
+        )
+    samples_path = folder / "samples.npz"
+    if samples_path.is_file():
+        try:
+            with np.load(samples_path) as recorded:
+                samples = np.asarray(recorded["samples"])
+        except (OSError, ValueError, KeyError) as exc:
+            return sample_quality_record(None, source=str(samples_path), note=f"unreadable: {exc}")
+        if samples.size:
+            fraction = float(np.mean(~(np.abs(samples) <= SAMPLE_BOUND)))  # NaN counts as outside
+            return sample_quality_record(fraction, source=f"{samples_path} (with {path})")
+    if _inside_bound(results.get("sample_range")):
+        return sample_quality_record(0.0, source=f"{path} (sample_range inside the bound)")
+    return sample_quality_record(None, source=str(path), note="no samples.npz, and the recorded range leaves the bound")
+
+
+def card_sample_quality(card: Mapping[str, Any]) -> dict[str, Any]:
+    """The recorded sample quality of a shipped model (:func:`sample_quality_record`) from its card.
+
+    The card's ``quality.held_out.fraction_outside`` (held-out noise seeds), else its
+    ``check.fraction_outside`` (both counted outside ``quality.targets.outside_bound``, which must
+    be :data:`SAMPLE_BOUND` when given), else a ``quality.sample_range`` inside the bound (0);
+    otherwise unknown.
+    """
+    name = card.get("name", "?")
+    quality = card.get("quality") or {}
+    bound = (quality.get("targets") or {}).get("outside_bound", SAMPLE_BOUND)
+    if bound != SAMPLE_BOUND:
+        return sample_quality_record(
+            None, source=f"card of {name}", note=f"its fractions count values outside {bound}, not {SAMPLE_BOUND}"
+        )
+    for field, entry in (("quality.held_out", quality.get("held_out")), ("check", card.get("check"))):
+        if isinstance(entry, Mapping) and entry.get("fraction_outside") is not None:
+            return sample_quality_record(entry["fraction_outside"], source=f"card of {name}: {field}.fraction_outside")
+    if _inside_bound(quality.get("sample_range")):
+        return sample_quality_record(0.0, source=f"card of {name}: quality.sample_range inside the bound")
+    return sample_quality_record(None, source=f"card of {name} (no fraction outside the bound recorded)")
+
+
+def verdict_caveat(result: ModelAnalysis) -> str | None:
+    """The caveat every verdict of ``result`` is printed with (:data:`UNKNOWN_QUALITY` without a record), or ``None``."""
+    record = result.sample_quality
+    return UNKNOWN_QUALITY if record is None else record.get("caveat")
+
+
+def marked_verdict(verdict: str, caveat: str | None) -> str:
+    """``"holds [caveat]"``: a judged verdict (not *not tested*) with the model's caveat, if any."""
+    return f"{verdict} [{caveat}]" if caveat and verdict != "not tested" else verdict
 
 
 def _interval(values: Any, seed: int) -> dict[str, list[float]]:
@@ -221,6 +384,7 @@ def analyze_model(
     method: str = "auto",
     mesh: Any = None,
     sampler: Sampler | None = None,
+    sample_quality: Mapping[str, Any] | None = None,
 ) -> ModelAnalysis:
     """Analyse ``samples`` chains of ``eps_fn`` and judge the paper's claims on them.
 
@@ -237,6 +401,9 @@ def analyze_model(
       attention_fn: e.g. :func:`pifs_jax.analysis.module_attention_fn` (``None``: entropy not tested).
       method, mesh, sampler: passed to :func:`~pifs_jax.analysis.analyze_chain` (``sampler``
         default ``DDIM()``; for other samplers the DDIM-only predictions are not tested).
+      sample_quality: the model's recorded sample quality (:func:`run_sample_quality`,
+        :func:`card_sample_quality`), kept in the result and printed with every verdict; ``None``:
+        none recorded (:data:`UNKNOWN_QUALITY`). It does not change the verdicts.
     """
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 2:
         raise ArgumentError("samples", f"expected an integer >= 2 (intervals over trajectories), got {samples!r}")
@@ -262,7 +429,8 @@ def analyze_model(
     summary = summarize_analysis(analysis, patch_eigenvalues=lam, sched=sched, seed=seed)
     summary["sampler"] = sampler_label(DDIM() if sampler is None else sampler)
     claims = evaluate_claims(analysis, patch_eigenvalues=lam, num_timesteps=sched.T)
-    return ModelAnalysis(analysis, summary, claims)
+    record = dict(sample_quality) if sample_quality is not None else sample_quality_record(None, source="none given")
+    return ModelAnalysis(analysis, summary, claims, record)
 
 
 def _nearest_steps(t: np.ndarray, targets: Any) -> list[tuple[int, int]]:
@@ -278,10 +446,14 @@ def _fmt(stats: Mapping[str, Any], i: int, trajectories: int, digits: int = 4) -
 
 def analysis_markdown(result: ModelAnalysis, *, title: str, heading: str = "#") -> str:
     """The claims table (claim, paper, ours with interval, verdict) and the block decomposition
-    at the timesteps the paper tabulates (nearest step of our grid)."""
+    at the timesteps the paper tabulates (nearest step of our grid).
+
+    With a sample-quality caveat (:func:`verdict_caveat`) a line above the table states it and
+    every judged verdict carries it (:func:`marked_verdict`)."""
     s = result.summary
     n = int(s["trajectories"])
     intervals = "bootstrap 95 % over trajectories" if n >= 2 else _no_interval(n)
+    caveat = verdict_caveat(result)
     lines = [
         f"{heading} {title}",
         "",
@@ -289,10 +461,18 @@ def analysis_markdown(result: ModelAnalysis, *, title: str, heading: str = "#") 
         f"{s['num_patches']} patches of {s['patch_size']}x{s['patch_size']}, block norms {s['method']}; "
         f"intervals: {intervals} (definitions and verdict rules: docs/theory.md section 11).",
         "",
-        "| claim | paper | ours | verdict |",
-        "|---|---|---|---|",
     ]
-    lines += [f"| {c.name.replace('_', ' ')} | {c.paper} | {c.ours} | **{c.verdict}** |" for c in result.claims]
+    if caveat:
+        lines += [
+            f"**Caveat: {caveat}.** The verdicts describe this model's chains, which test the paper's claims "
+            "only for a model that samples its data; each carries the caveat.",
+            "",
+        ]
+    lines += ["| claim | paper | ours | verdict |", "|---|---|---|---|"]
+    lines += [
+        f"| {c.name.replace('_', ' ')} | {c.paper} | {c.ours} | **{marked_verdict(c.verdict, caveat)}** |"
+        for c in result.claims
+    ]
     t = np.asarray(s["t"], np.float64)
     steps = s["steps"]
     lines += [
@@ -334,9 +514,15 @@ def write_analysis(
     ``out_dir`` may be a :class:`~pifs_jax.run_folder.RunFolder` the caller holds open (the
     command line holds it for the whole analysis); a path is opened here for the writing only.
 
+    ``analysis.json``'s results carry ``"sample_quality"``: the result's record, or the unknown
+    one (:data:`UNKNOWN_QUALITY`) without it.
+
     Returns the paths written (``analysis.md`` last).
     """
-    results = {**result.summary, "claims": [c._asdict() for c in result.claims]}
+    record = result.sample_quality
+    if record is None:
+        record = sample_quality_record(None, source="none given")
+    results = {**result.summary, "claims": [c._asdict() for c in result.claims], "sample_quality": record}
     if isinstance(out_dir, RunFolder):
         folder, owned = out_dir, contextlib.nullcontext()
     else:
@@ -355,9 +541,17 @@ ANALYSIS_FILES = ("analysis.json", *FIGURES, "analysis.md")
 
 
 def claims_table_rows(results: Mapping[str, ModelAnalysis]) -> list[list[str]]:
-    """Rows ``claim | verdict per model`` for several analysed models (same claims, same order)."""
+    """Rows ``claim | verdict per model`` for several analysed models (same claims, same order);
+    each verdict with its model's caveat (:func:`marked_verdict`)."""
     names = [c.name for c in next(iter(results.values())).claims]
+    caveats = [verdict_caveat(r) for r in results.values()]
     rows = []
     for i, name in enumerate(names):
-        rows.append([name.replace("_", " ")] + [f"{r.claims[i].verdict}: {r.claims[i].ours}" for r in results.values()])
+        rows.append(
+            [name.replace("_", " ")]
+            + [
+                f"{marked_verdict(r.claims[i].verdict, caveat)}: {r.claims[i].ours}"
+                for r, caveat in zip(results.values(), caveats, strict=True)
+            ]
+        )
     return rows

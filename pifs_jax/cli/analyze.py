@@ -25,7 +25,12 @@ docs/theory.md section 11. Writes to --out:
                   exponents and the verdicts, with the config, seed and package versions
   *.png           block norms over t, entropy against coupling, the release map, the ||Delta_t||
                   fit, measured against predicted exponents
-  analysis.md     the claims table (paper, ours with interval, verdict), written last"""
+  analysis.md     the claims table (paper, ours with interval, verdict), written last
+The verdicts describe the model's chains: they test the paper's claims only if the model samples
+its data. Its recorded quality is read (a run's quality.json and samples.npz, a shipped model's
+card; nothing is sampled): with more than 5 % of sample values outside [-1.05, 1.05], or none
+recorded, every verdict is printed with the caveat "model does not sample its data (x % of
+values outside the data range)" or "sample quality unknown" (analysis.json: "sample_quality")."""
 
 EPILOG = """\
 examples:
@@ -112,6 +117,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _from_run(args: argparse.Namespace) -> dict[str, Any]:
+    from pifs_jax.analysis.report import run_sample_quality
     from pifs_jax.models.training import load_run
 
     if not args.run.is_dir():
@@ -125,6 +131,7 @@ def _from_run(args: argparse.Namespace) -> dict[str, Any]:
         **_trained_model(args, config, run.module, run.state.ema_params),
         "title": f"{config.model} ({config.size}) trained on {config.data}, {config.steps} steps, mu = {config.mu}",
         "source": {"run": str(args.run), "train_config": config.to_dict()},
+        "sample_quality": run_sample_quality(args.run, step=int(run.state.step)),
     }
 
 
@@ -160,6 +167,7 @@ def _trained_model(args: argparse.Namespace, config: Any, module: Any, params: A
 
 
 def _from_pretrained(args: argparse.Namespace) -> dict[str, Any]:
+    from pifs_jax.analysis.report import card_sample_quality
     from pifs_jax.models.pretrained import pretrained
 
     try:
@@ -177,13 +185,14 @@ def _from_pretrained(args: argparse.Namespace) -> dict[str, Any]:
             "fingerprint": loaded.fingerprint,
             "train_config": config.to_dict(),
         },
+        "sample_quality": card_sample_quality(loaded.card),
     }
 
 
 def _from_diffusers(args: argparse.Namespace) -> dict[str, Any]:
     import jax
 
-    from pifs_jax.analysis.report import attention_fn_if_any
+    from pifs_jax.analysis.report import attention_fn_if_any, sample_quality_record
     from pifs_jax.data import DATASETS, load_dataset
     from pifs_jax.models import load_diffusers_unet
 
@@ -218,11 +227,12 @@ def _from_diffusers(args: argparse.Namespace) -> dict[str, Any]:
         "attention_fn": attention_fn_if_any(loaded.module, loaded.params, shape),
         "title": f"diffusers UNet2DModel {args.diffusers.name} ({shape[0]}x{shape[1]}), baseline from {data}",
         "source": {"diffusers": str(args.diffusers), "weights_file": str(loaded.weights_file), "baseline_data": data},
+        "sample_quality": sample_quality_record(None, source="a diffusers folder records no sample quality"),
     }
 
 
 def run(args: argparse.Namespace) -> int:
-    from pifs_jax.analysis.report import ANALYSIS_FILES, analyze_model, write_analysis
+    from pifs_jax.analysis.report import ANALYSIS_FILES, analyze_model, marked_verdict, verdict_caveat, write_analysis
     from pifs_jax.run_folder import RunFolder
     from pifs_jax.samplers import named_sampler
 
@@ -245,6 +255,7 @@ def run(args: argparse.Namespace) -> int:
             attention_fn=model["attention_fn"],
             method=args.method,
             sampler=named_sampler(args.sampler),
+            sample_quality=model["sample_quality"],
         )
         config = {
             "command": command_line(args.argv),
@@ -258,8 +269,11 @@ def run(args: argparse.Namespace) -> int:
             "num_data": int(model["images"].shape[0]),  # the baseline's images (--num-data, or its default)
         }
         write_analysis(folder, result, title=model["title"], config=config, seed=args.seed)
+    caveat = verdict_caveat(result)
+    if caveat:
+        print(f"caveat: {caveat}; every verdict below carries it")
     for claim in result.claims:
-        print(f"{claim.verdict:>14}  {claim.name}: {claim.ours}")
+        print(f"{marked_verdict(claim.verdict, caveat):>14}  {claim.name}: {claim.ours}")
     print(f"wrote {Path(args.out) / 'analysis.md'}")
     return 0
 

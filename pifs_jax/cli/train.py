@@ -51,7 +51,9 @@ Writes to --out:
                        the test crops, for the model, the empirical denoiser (pure
                        memorisation), the training crops and noise; the samples' value
                        range and the fraction of values outside the data range (the scores
-                       see the samples as drawn, not clipped)"""
+                       see the samples as drawn, not clipped)
+  stale/step-S/        with --resume, before training continues: the samples and scores of
+                       step S that the folder held (they describe the model before it)"""
 
 EPILOG = """\
 examples:

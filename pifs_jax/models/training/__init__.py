@@ -32,6 +32,7 @@ from pifs_jax.models.training.parallel import DATA_AXIS, check_devices, data_mes
 from pifs_jax.models.training.regularizer import cross_block_frobenius, cross_block_penalty
 from pifs_jax.models.training.trainer import (
     RUN_FILES,
+    STALE_DIR,
     TrainResult,
     TrainState,
     batch_indices,
@@ -52,6 +53,7 @@ __all__ = [
     "LR_DECAYS",
     "PRESETS",
     "RUN_FILES",
+    "STALE_DIR",
     "WEIGHTINGS",
     "ApplyFn",
     "LoadedRun",

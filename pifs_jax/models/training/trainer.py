@@ -61,6 +61,7 @@ from pifs_jax.schedules import named_schedule
 
 __all__ = [
     "RUN_FILES",
+    "STALE_DIR",
     "TrainResult",
     "TrainState",
     "batch_indices",
@@ -76,6 +77,10 @@ __all__ = [
     "train",
 ]
 
+#: The subfolder of a run where a resumed run moves the samples and scores of the step it
+#: continues from, as ``stale/step-<step>/`` (:func:`train`).
+STALE_DIR = "stale"
+
 #: What :func:`train` writes into its output folder (a fresh run removes the old ones first).
 RUN_FILES = (
     "config.json",
@@ -86,6 +91,7 @@ RUN_FILES = (
     "samples_empirical.png",
     "samples.npz",
     "quality.json",
+    STALE_DIR,
 )
 
 
@@ -367,6 +373,13 @@ def _train(
     the empirical-optimal denoiser's samples from the same ``x_T`` as the memorisation reference;
     :func:`~pifs_jax.models.training.evaluation.evaluate_run`).
 
+    A resumed run that will take steps first moves the samples and scores of the step it
+    continues from (with the ``loss.png`` drawn with them) into ``stale/step-<S>/``
+    (:data:`STALE_DIR`; ``S`` the step they describe: the ``steps`` recorded in their
+    ``quality.json``, else the checkpoint's), before the checkpoint changes: a run killed later
+    never leaves them beside a checkpoint of another step, and they are kept. A run that completes
+    writes fresh ones; ``overwrite`` deletes ``stale/`` with the rest of the old run.
+
     Args:
       config: the run (resolved with :meth:`TrainConfig.resolved`).
       out_dir: output folder.
@@ -451,6 +464,9 @@ def _train(
         state = load_checkpoint(ckpt_path, state, config=identity)
         if writer:
             _trim_metrics_log(metrics_path, int(state.step))
+            if int(state.step) < stop:  # the model changes: its old samples and scores go first
+                assert folder is not None  # the writer holds the folder
+                _set_aside_results(folder, int(state.step))
         if progress and writer:
             print(f"resuming from step {int(state.step)} of {config.steps} ({ckpt_path})")
             if extended:
@@ -517,6 +533,31 @@ def _train(
             stage, state, config, module, sched, mesh, train_images, test_images, evaluate and finished, progress
         )
     return TrainResult(state, config, out, seconds, quality)
+
+
+def _results_step(quality_path: Path, default: int) -> int:
+    """The step a run's ``quality.json`` describes (the ``steps`` it records: only a finished run is
+    scored), or ``default`` when it is missing or records none."""
+    try:
+        steps = json.loads(quality_path.read_text(encoding="utf-8"))["config"]["steps"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return default
+    return steps if isinstance(steps, int) and not isinstance(steps, bool) else default
+
+
+def _set_aside_results(folder: Any, step: int) -> None:
+    """Move the samples and scores in ``folder`` (and the ``loss.png`` drawn with them) into
+    ``stale/step-<S>/`` before a resumed run changes the checkpoint at ``step`` (see :func:`train`)."""
+    described = [name for name in RESULT_FILES if name != "loss.png" and (folder.out / name).is_file()]
+    if not described:  # a loss curve alone describes the log, which the run continues in place
+        return
+    into = f"{STALE_DIR}/step-{_results_step(folder.out / 'quality.json', step)}"
+    # quality.json last (RESULT_FILES' order): a kill part-way leaves the step to name readable
+    folder.set_aside(RESULT_FILES, into)
+    folder.report(
+        f"{str(folder.out)!r}: the samples and scores of step {into.rsplit('-', 1)[1]} ({', '.join(described)}) "
+        f"were moved to {into}/: they describe the model before this run continues"
+    )
 
 
 def _write_results(stage, state, config, module, sched, mesh, train_images, test_images, evaluate, progress):
