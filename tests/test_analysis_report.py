@@ -22,6 +22,7 @@ from pifs_jax.analysis.report import (
     write_analysis,
 )
 from pifs_jax.errors import ArgumentError
+from pifs_jax.patches import unpatchify
 from pifs_jax.results import write_result_json
 
 
@@ -64,6 +65,49 @@ def test_summary_means_and_intervals_are_those_of_the_trajectories(analysed):
     np.testing.assert_allclose(
         s["per_patch"]["kappa_diag"], np.asarray(a.kappa_diag_per_patch, np.float64).mean(axis=0), rtol=1e-12
     )
+
+
+def test_pc_readings_are_their_stated_margins(analysed):
+    """Reading A is the analysis' own margin 1 - (kappa_k + delta_k); reading D is 1 minus the diagonal
+    block's quotient along v_k, <v_k, [J]_kk v_k>, recomputed here from the step Jacobian itself
+    (jacfwd of the DDIM map at the trajectory's states, a second method to the suppression field's
+    f_t(lambda_k) - S_{k,t}; 1e-5: float32 network, float64 algebra); windows by crossover_window."""
+    from pifs_jax.analysis.statistics import crossover_window
+
+    result, sched = analysed
+    a, s = result.analysis, result.summary
+    readings = s["pc_readings"]
+    margin_a = np.asarray(a.margin_per_patch, np.float64)
+    np.testing.assert_allclose(readings["A"]["margin_mean"], margin_a.mean(axis=(0, 2)), rtol=1e-12)
+    np.testing.assert_allclose(readings["A"]["violations_mean"], np.asarray(a.violations).mean(axis=0))
+    window = crossover_window(a.t, a.violations, a.num_patches)
+    assert readings["A"]["crossover_window"] == s["crossover_window"]
+    assert (window is None) == (readings["A"]["crossover_window"] is None)
+    quotient = np.asarray(a.expansion_along_leading, np.float64)[None] - np.asarray(a.suppression, np.float64)
+    # the second method, on the first trajectory: u_k^T J u_k with u_k = v_k placed in patch k
+    data = np.asarray(pj.load_dataset("digits", jax.random.PRNGKey(0), 96))  # the fixture's data and seed
+    eps_fn = pj.empirical_denoiser(sched, data)
+    stats = pj.patch_stats(data, patch_size=2)
+    grid = pj.uniform_grid(sched.T, 6)
+    x_T = jax.random.normal(jax.random.PRNGKey(1), (3, *data.shape[1:]))[0]
+    _, states = pj.ddim_chain(eps_fn, sched, x_T, grid=grid, return_trajectory=True)
+    steps = pj.chain_steps(sched, grid)
+    vectors = np.asarray(stats.leading_eigenvector, np.float64)
+    embedded = []
+    for k in range(a.num_patches):
+        one = np.zeros_like(vectors)
+        one[k] = vectors[k]
+        embedded.append(np.asarray(unpatchify(one, data.shape[1:], 2), np.float64).reshape(-1))
+    u = np.stack(embedded)  # (M, n)
+    for i, (x, t, a_t, b_t) in enumerate(zip(states, steps.t, steps.a, steps.b, strict=False)):
+        J = np.asarray(pj.step_jacobian(eps_fn, x, t=t, a=a_t, b=b_t), np.float64)
+        np.testing.assert_allclose(np.einsum("kn,nm,km->k", u, J, u), quotient[0, i], rtol=1e-5, atol=1e-5)
+    margin_d = 1.0 - quotient
+    np.testing.assert_allclose(readings["D"]["margin_mean"], margin_d.mean(axis=(0, 2)), rtol=1e-12)
+    np.testing.assert_allclose(readings["D"]["violations_mean"], (margin_d < 0).sum(-1).mean(axis=0))
+    window_d = crossover_window(a.t, (margin_d < 0).sum(-1), a.num_patches)
+    got = readings["D"]["crossover_window"]
+    assert (got is None) if window_d is None else (got["t_upper"], got["t_lower"]) == window_d
 
 
 def test_release_order_is_the_rank_correlation_over_patches(analysed):

@@ -282,6 +282,12 @@ def summarize_analysis(
     - ``release_order``: per step, Spearman ``rho`` and ``p`` of ``(lambda_k, kappa_k)`` and of
       ``(lambda_k, S_{k,t})`` over the patches;
     - ``crossover_window``: ``{"t_upper", "t_lower", "width"}`` or ``None``;
+    - ``pc_readings``: the candidate (PC) readings of docs/theory.md section 11, each
+      ``{"margin_mean", "violations_mean"}`` per step (``(N,)``, means over trajectories and
+      patches) and its ``"crossover_window"``: ``"A"``, ``m_k = 1 - (kappa_k + delta_k)`` (the
+      default above), and for deterministic DDIM with a baseline ``"D"``,
+      ``m_k = 1 - (f_t(lambda_k) - S_{k,t})``, the suppression-corrected factor along the patch's
+      leading direction (``None`` otherwise);
     - ``deviation_fit``: OLS of ``log ||Delta_t||`` on ``log sqrt(ab_t)`` over the steps with
       ``logSNR < 0``: ``{"slope", "intercept", "slope_lo", "slope_hi", "r2", "steps",
       "x_range"}`` or ``None`` (fewer than 3 such steps, or no baseline);
@@ -353,11 +359,38 @@ def summarize_analysis(
             "lambda_kappa": _ranked_per_step(lam, kappa_k),
             "lambda_suppression": None if suppression is None else _ranked_per_step(lam, suppression),
         },
-        "crossover_window": None
-        if window is None
-        else {"t_upper": window[0], "t_lower": window[1], "width": window[0] - window[1]},
+        "crossover_window": _window_record(window),
+        "pc_readings": {
+            "A": _pc_reading(t, np.asarray(analysis.margin_per_patch, np.float64)),
+            "D": None
+            if analysis.suppression is None or not analysis.model_free
+            else _pc_reading(
+                t,
+                1.0
+                - (
+                    np.asarray(analysis.expansion_along_leading, np.float64)[None]
+                    - np.asarray(analysis.suppression, np.float64)
+                ),
+            ),
+        },
         "deviation_fit": fit,
         "exponents": exponents,
+    }
+
+
+def _window_record(window: tuple[float, float] | None) -> dict[str, float] | None:
+    return None if window is None else {"t_upper": window[0], "t_lower": window[1], "width": window[0] - window[1]}
+
+
+def _pc_reading(t: np.ndarray, margins: np.ndarray) -> dict[str, Any]:
+    """One (PC) reading from its per-patch margins ``(S, N, M)``: means per step and its crossover window
+    (a patch violates where its margin is negative; :func:`crossover_window` on the counts)."""
+    violations = (margins < 0).sum(axis=-1)
+    window = crossover_window(t, violations, margins.shape[-1])
+    return {
+        "margin_mean": margins.mean(axis=(0, 2)).tolist(),
+        "violations_mean": violations.mean(axis=0).tolist(),
+        "crossover_window": _window_record(window),
     }
 
 
@@ -488,17 +521,19 @@ def analysis_markdown(result: ModelAnalysis, *, title: str, heading: str = "#") 
             f"| {target} | {t[i]:g} | {kappa} | {_fmt(steps['kappa_diag_mean'], i, n)} | {delta} | "
             f"{_fmt(steps['delta_cross_mean'], i, n)} | {steps['violations']['mean'][i]:.1f} of {s['num_patches']} |"
         )
-    window = s["crossover_window"]
-    lines += [
-        "",
-        "Crossover window: "
-        + (
-            "none"
-            if window is None
-            else f"t in [{window['t_lower']:g}, {window['t_upper']:g}] (width {window['width']:g})"
+
+    def described(window: Mapping[str, float] | None) -> str:
+        if window is None:
+            return "none"
+        return f"t in [{window['t_lower']:g}, {window['t_upper']:g}] (width {window['width']:g})"
+
+    lines += ["", f"Crossover window: {described(s['crossover_window'])}."]
+    reading_d = (s.get("pc_readings") or {}).get("D")
+    if reading_d is not None:
+        lines.append(
+            "Under the suppression-corrected reading (D) of docs/theory.md section 11, "
+            f"m_k = 1 - (f_t(lambda_k) - S_k,t): {described(reading_d['crossover_window'])}."
         )
-        + ".",
-    ]
     return "\n".join(lines) + "\n"
 
 
