@@ -20,9 +20,11 @@ oracle coordinate search (from the best fixed grid on the design seeds), and bey
 per-step corrections of the network's output fitted through the solver (``corrected``, theory
 section 12).
 
-Modes: ``quick`` (tests: the mixture only, ``N = 5``, DDIM, few seeds), default (16 minutes on 2 cores:
-``N`` in 5 and 10, both solvers, 64 design and 256 evaluation seeds), ``full`` (every shipped
-model, ``N`` in 4, 5, 6, 8, 10, 15, 20, 2000 evaluation seeds).
+Modes: ``quick`` (tests: the mixture only, ``N = 5``, DDIM, few seeds), default (a few minutes on
+2 cores: ``N`` in 5 and 10, both solvers, 32 design and 128 evaluation seeds, shortened searches
+and fits), ``full`` (every shipped model, ``N`` in 4, 5, 6, 8, 10, 15, 20, 2000 evaluation seeds),
+and the configuration of docs/guides/sampling-grids.md's tables (64 design and 256 evaluation
+seeds, the methods' own settings; 16 minutes on 2 cores): ``run(Path("results"), tables=True)``.
 
 Writes ``<out>/grid_design/grid_design.json`` and ``error_vs_nfe.png``.
 Run alone with ``python experiments/grid_design.py --out results [--quick | --full]``.
@@ -84,16 +86,23 @@ SEED_DESIGN, SEED_EVAL = 1, 5
 AYS_OPTIONS = {"num_samples": 256, "max_sweeps": 4}
 
 
-def mode_config(*, quick: bool, full: bool) -> dict[str, Any]:
+def mode_config(*, quick: bool, full: bool, tables: bool = False) -> dict[str, Any]:
     """The mode's sizes (module docstring)."""
     if quick:
         return dict(models=["mixture"], steps=[5], samplers=["ddim"], design=16, evaluate=32, oracle_sweeps=1,
-                    gradient_iterations=10, correction_iterations=20, methods=MODEL_METHODS)  # fmt: skip
+                    gradient_iterations=10, correction_iterations=20, ays_options={"num_samples": 64, "max_sweeps": 1},
+                    methods=MODEL_METHODS)  # fmt: skip
     if full:
         return dict(models=["mixture", *list_pretrained()], steps=[4, 5, 6, 8, 10, 15, 20], samplers=["ddim", "dpm"],
-                    design=128, evaluate=2000, oracle_sweeps=4, gradient_iterations=60, correction_iterations=200, methods=MODEL_METHODS)  # fmt: skip
-    return dict(models=["mixture", "dit-photos16"], steps=[5, 10], samplers=["ddim", "dpm"], design=64, evaluate=256,
-                oracle_sweeps=2, gradient_iterations=30, correction_iterations=200, methods=MODEL_METHODS)  # fmt: skip
+                    design=128, evaluate=2000, oracle_sweeps=4, gradient_iterations=60, correction_iterations=200,
+                    ays_options=AYS_OPTIONS, methods=MODEL_METHODS)  # fmt: skip
+    if tables:  # the configuration of docs/guides/sampling-grids.md's tables
+        return dict(models=["mixture", "dit-photos16"], steps=[5, 10], samplers=["ddim", "dpm"], design=64,
+                    evaluate=256, oracle_sweeps=2, gradient_iterations=30, correction_iterations=200,
+                    ays_options=AYS_OPTIONS, methods=MODEL_METHODS)  # fmt: skip
+    return dict(models=["mixture", "dit-photos16"], steps=[5, 10], samplers=["ddim", "dpm"], design=32, evaluate=128,
+                oracle_sweeps=1, gradient_iterations=15, correction_iterations=50,
+                ays_options={"num_samples": 128, "max_sweeps": 2}, methods=MODEL_METHODS)  # fmt: skip
 
 
 def mixture_model() -> tuple[Any, Any, tuple[int, ...], Any]:
@@ -197,7 +206,7 @@ def compute(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
                     elif method == "corrected":
                         options = {"iterations": cfg["correction_iterations"]}
                     elif method == "ays":
-                        options = dict(AYS_OPTIONS)
+                        options = dict(cfg["ays_options"])
                     elif method == "geometric_v1":  # the first-step rule first fixed (theory section 12)
                         name, options = "geometric", {"first_step": "min_sum"}
                     elif method == "geometric_solver_order":  # the solver's own error model (as first fixed)
@@ -331,14 +340,14 @@ def draw_figures(results: dict[str, Any], out: Path) -> list[str]:
     return files
 
 
-def run(out_dir: Path, *, quick: bool = False, full: bool = False) -> dict[str, Any]:
-    """Compute, write ``grid_design.json`` and the figures, return the report section."""
+def run(out_dir: Path, *, quick: bool = False, full: bool = False, tables: bool = False) -> dict[str, Any]:
+    """Compute, write ``grid_design.json`` and the figures, return the report section (``tables``: the guide's configuration)."""
     out = Path(out_dir) / NAME
-    cfg = mode_config(quick=quick, full=full)
+    cfg = mode_config(quick=quick, full=full, tables=tables)
     results = compute(cfg)
     write_result_json(
-        out / "grid_design.json", results, config={"experiment": NAME, "mode": cfg, "quick": quick, "full": full},
-        seed=SEED_EVAL,
+        out / "grid_design.json", results,
+        config={"experiment": NAME, "mode": cfg, "quick": quick, "full": full, "tables": tables}, seed=SEED_EVAL,
     )  # fmt: skip
     figures = draw_figures(results, out)
     summary = []
