@@ -21,8 +21,8 @@ per-step corrections of the network's output fitted through the solver (``correc
 section 12).
 
 Modes: ``quick`` (tests: the mixture only, ``N = 5``, DDIM, few seeds), default (a few minutes on
-2 cores: ``N`` in 5 and 10, both solvers, 32 design and 128 evaluation seeds, shortened searches
-and fits), ``full`` (every shipped model, ``N`` in 4, 5, 6, 8, 10, 15, 20, 2000 evaluation seeds),
+2 cores: ``N = 10``, both solvers, 32 design and 128 evaluation seeds, shortened searches and
+fits), ``full`` (every shipped model, ``N`` in 4, 5, 6, 8, 10, 15, 20, 2000 evaluation seeds),
 and the configuration of docs/guides/sampling-grids.md's tables (64 design and 256 evaluation
 seeds, the methods' own settings; 16 minutes on 2 cores): ``run(Path("results"), tables=True)``.
 
@@ -100,8 +100,8 @@ def mode_config(*, quick: bool, full: bool, tables: bool = False) -> dict[str, A
         return dict(models=["mixture", "dit-photos16"], steps=[5, 10], samplers=["ddim", "dpm"], design=64,
                     evaluate=256, oracle_sweeps=2, gradient_iterations=30, correction_iterations=200,
                     ays_options=AYS_OPTIONS, methods=MODEL_METHODS)  # fmt: skip
-    return dict(models=["mixture", "dit-photos16"], steps=[5, 10], samplers=["ddim", "dpm"], design=32, evaluate=128,
-                oracle_sweeps=1, gradient_iterations=15, correction_iterations=50,
+    return dict(models=["mixture", "dit-photos16"], steps=[10], samplers=["ddim", "dpm"], design=32, evaluate=128,
+                oracle_sweeps=1, gradient_iterations=10, correction_iterations=40,
                 ays_options={"num_samples": 128, "max_sweeps": 2}, methods=MODEL_METHODS)  # fmt: skip
 
 
