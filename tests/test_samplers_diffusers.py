@@ -201,15 +201,16 @@ def test_regenerated_fixture_equals_the_committed_one(tmp_path):
 
 
 def test_a_designed_grid_runs_in_diffusers_and_gives_the_same_samples(x64):
-    """``pj.design_grid``'s DPM-Solver++(2M) grid, exported as diffusers ``timesteps=``, is the fixture's "designed"
-    grid: diffusers walked it (its timesteps are ours minus 1), and the samples equal ours (the Gaussian tests above
+    """``pj.design_grid``'s DPM-Solver++(2M) grid (placed by the solver's own error model, as when the fixture was
+    made), exported as diffusers ``timesteps=``, is the fixture's "designed" grid: diffusers walked it (its timesteps are ours minus 1), and the samples equal ours (the Gaussian tests above
     compare every step at 1e-5)."""
     meta, ref = read_fixture()
     sched = from_diffusers_config(meta["scheduler_config"], dtype=np.float64)
     mean = np.asarray(meta["gaussian"]["mean"], np.float64)
     eps_fn = pj.gaussian_denoiser_eig(sched, mean, np.asarray(meta["gaussian"]["variances"]), np.eye(mean.size))
     noises = jax.random.normal(jax.random.PRNGKey(0), (16, mean.size), jnp.float64)
-    designed = pj.design_grid(eps_fn, sched, 8, sampler=DPMSolverPP2M(), method="geometric", x_T=noises)
+    designed = pj.design_grid(eps_fn, sched, 8, sampler=DPMSolverPP2M(), method="geometric", x_T=noises,
+                              options={"error_model": "solver"})  # fmt: skip
     assert designed.grid.tolist() == meta["gaussian"]["grids"]["designed"]
     np.testing.assert_array_equal(ref["gaussian_designed_timesteps"], pj.grid_to_diffusers_timesteps(designed.grid))
     x0 = sample_batch(
