@@ -144,13 +144,7 @@ def sample_quality_record(fraction_outside: float | None, *, source: str, note: 
 def reference_sample_quality(source: str) -> dict[str, Any]:
     """The record of a training-free reference (the empirical-optimal denoiser: no weights, its data
     prediction a weighted average of training images): nothing to converge, no caveat."""
-    return {
-        "fraction_outside": None,
-        "bound": SAMPLE_BOUND,
-        "max_fraction_outside": MAX_FRACTION_OUTSIDE,
-        "source": source,
-        "caveat": None,
-    }
+    return {**sample_quality_record(None, source=source), "caveat": None}
 
 
 def _inside_bound(sample_range: Any) -> bool:
