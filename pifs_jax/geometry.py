@@ -86,6 +86,13 @@ def step_gaps(sched: Schedule, grid: GridLike) -> jax.Array:
 
     The sum of the training-step gaps ``g_u`` with ``s < u <= t`` (``jax.ops.segment_sum``): a
     sum of positive terms, exact where the difference of two stored logarithms would cancel.
+
+    Args:
+      sched: the schedule.
+      grid: increasing integer timesteps ``0 = tau_0 < ... < tau_N <= T``; ``None`` = all ``T`` steps.
+
+    Returns:
+      The positive gaps, entry ``i - 1`` for the step ``tau_i -> tau_{i-1}``.
     """
     grid = jnp.asarray(grid)
     u = jnp.arange(1, sched.T + 1)
@@ -142,6 +149,13 @@ def contraction_threshold(sched: Schedule, grid: GridLike = None) -> jax.Array:
     Equal to ``(a_t - 1)/|b_t|``: if ``epshat(., t)`` is ``L``-Lipschitz with ``L < L*_t`` the step
     is a contraction. At the finest step (``sigma_s = 0``) ``L* = a sigma_1/(1 + a) ~ sigma_1/2``.
 
+    Args:
+      sched: the schedule.
+      grid: increasing integer timesteps ``0 = tau_0 < ... < tau_N <= T``; ``None`` = all ``T`` steps.
+
+    Returns:
+      ``L*_t``, entry ``i - 1`` for the step ``tau_i -> tau_{i-1}``.
+
     Example:
       >>> lstar = contraction_threshold(cosine(1000), grid=jnp.arange(0, 1001, 20))  # (50,)
     """
@@ -154,7 +168,7 @@ class ContractionSummary(NamedTuple):
 
     mean: jax.Array
     cv: jax.Array
-    """Coefficient of variation: population standard deviation / mean."""
+    """Coefficient of variation, population standard deviation / mean."""
     min: jax.Array
     argmin: jax.Array
     """Index into the per-step array (0 = finest step)."""
@@ -163,7 +177,15 @@ class ContractionSummary(NamedTuple):
 
 
 def contraction_summary(sched: Schedule, grid: GridLike = None) -> ContractionSummary:
-    """Mean, coefficient of variation (population std / mean), minimum of ``L*_t`` over the chain."""
+    """Mean, coefficient of variation (population std / mean), minimum of ``L*_t`` over the chain.
+
+    Args:
+      sched: the schedule.
+      grid: increasing integer timesteps ``0 = tau_0 < ... < tau_N <= T``; ``None`` = all ``T`` steps.
+
+    Returns:
+      :class:`ContractionSummary` of :func:`contraction_threshold`'s ``(N,)`` values.
+    """
     lstar = contraction_threshold(sched, grid)
     mean = jnp.mean(lstar)
     return ContractionSummary(mean, jnp.std(lstar) / mean, jnp.min(lstar), jnp.argmin(lstar), lstar[0])
@@ -175,6 +197,13 @@ def expansion_threshold(sched: Schedule, grid: GridLike = None) -> jax.Array:
     ``lambda*_t = sigma_t (sigma_t - sigma_s) / (sqrt(ab_t)(sqrt(ab_s) - sqrt(ab_t)))``, evaluated in
     the equivalent cancellation-free form ``sigma_t (1 + a_t) / (sigma_t + sigma_s)``: about 1
     mid-chain, ``1 + a_1 ~ 2`` at the finest step. Variances above it expand in that step.
+
+    Args:
+      sched: the schedule.
+      grid: increasing integer timesteps ``0 = tau_0 < ... < tau_N <= T``; ``None`` = all ``T`` steps.
+
+    Returns:
+      ``lambda*_t``, entry ``i - 1`` for the step ``tau_i -> tau_{i-1}``.
     """
     c = step_coefficients(sched, grid)
     return c.sigma_t * (1 + c.a) / (c.sigma_t + c.sigma_s)
@@ -186,6 +215,14 @@ def log_expansion_factor(sched: Schedule, variances: Any, grid: GridLike = None)
     ``log f_t = log1p(ab_t (a_t - 1)(lambda - lambda*_t) / (ab_t lambda + sigma_t^2))``: exact for the
     tiny per-step factors of 1000-step chains, and ``-inf`` only for ``lambda = 0`` at the finest
     step (where ``f_t(0) = sigma_s / sigma_t = 0``).
+
+    Args:
+      sched: the schedule.
+      variances: data variances ``lambda >= 0``, any shape.
+      grid: increasing integer timesteps ``0 = tau_0 < ... < tau_N <= T``; ``None`` = all ``T`` steps.
+
+    Returns:
+      ``log f_t(lambda)``, shape ``(N,) + variances.shape``.
     """
     check_variances(variances)
     c = step_coefficients(sched, grid)
@@ -205,12 +242,29 @@ def expansion_factor(sched: Schedule, variances: Any, grid: GridLike = None) -> 
     ``f_t(lambda) = (sqrt(ab_s ab_t) lambda + sigma_s sigma_t) / (ab_t lambda + sigma_t^2)``: the DDIM
     step's factor along a data-covariance eigendirection of variance ``lambda`` under the optimal
     Gaussian denoiser. Increasing in ``lambda``, ``f_t(0) = sigma_s/sigma_t``, ``f_t(inf) = a_t``.
+
+    Args:
+      sched: the schedule.
+      variances: data variances ``lambda >= 0``, any shape.
+      grid: increasing integer timesteps ``0 = tau_0 < ... < tau_N <= T``; ``None`` = all ``T`` steps.
+
+    Returns:
+      ``f_t(lambda)``, shape ``(N,) + variances.shape``.
     """
     return jnp.exp(log_expansion_factor(sched, variances, grid))
 
 
 def moran_function(sched: Schedule, variances: Any, grid: GridLike = None) -> jax.Array:
-    """``sum_t log f_t(lambda)`` over the chain (log of the chain's factor), shape ``variances.shape``."""
+    """``sum_t log f_t(lambda)`` over the chain (log of the chain's factor), shape ``variances.shape``.
+
+    Args:
+      sched: the schedule.
+      variances: data variances ``lambda >= 0``, any shape.
+      grid: increasing integer timesteps ``0 = tau_0 < ... < tau_N <= T``; ``None`` = all ``T`` steps.
+
+    Returns:
+      The Moran function at each variance; its root in ``lambda`` is :func:`moran_threshold`.
+    """
     return jnp.sum(log_expansion_factor(sched, variances, grid), axis=0)
 
 
@@ -230,6 +284,13 @@ def moran_threshold(sched: Schedule, grid: GridLike = None) -> jax.Array:
     function theorem (``optimistix.ImplicitAdjoint``), not from unrolling the iterations.
 
     Directions whose data variance exceeds ``lambda**`` have a positive Lyapunov exponent.
+
+    Args:
+      sched: the schedule (its continuous parameters may be traced: ``jax.grad`` goes through).
+      grid: increasing integer timesteps ``0 = tau_0 < ... < tau_N <= T``; ``None`` = all ``T`` steps.
+
+    Returns:
+      Scalar ``lambda**``.
     """
     c = step_coefficients(sched, grid)
     lam_star = c.sigma_t * (1 + c.a) / (c.sigma_t + c.sigma_s)
@@ -260,6 +321,14 @@ def lyapunov_exponents(sched: Schedule, variances: Any, grid: GridLike = None) -
     ``Lambda(lambda) = (1/N) sum_t log f_t(lambda)`` for each covariance eigenvalue ``lambda``
     (the chain Jacobian is ``U diag(prod_t f_t(lambda_i)) U^T``). Per chain = ``N`` times this;
     signs and the Kaplan-Yorke ratio do not depend on the choice. Shape ``variances.shape``.
+
+    Args:
+      sched: the schedule.
+      variances: covariance eigenvalues ``lambda >= 0``, any shape.
+      grid: increasing integer timesteps ``0 = tau_0 < ... < tau_N <= T``; ``None`` = all ``T`` steps.
+
+    Returns:
+      The per-step exponent ``Lambda(lambda)`` of each variance, shape ``variances.shape``.
     """
     log_f = log_expansion_factor(sched, variances, grid)
     return jnp.mean(log_f, axis=0)
@@ -288,6 +357,15 @@ def information_gain(sched: Schedule, variances: Any, sizes: Any | None = None, 
     ``SNR_s/SNR_t - 1`` from an ``expm1`` of the logSNR step (no difference of nearby logs). The step landing on ``alpha_bar = 1`` has ``SNR_s = inf``, so
     its information gain is ``+inf`` for continuous data (it recovers ``x_0`` exactly); summaries
     over steps should exclude that step (see ``grid``'s entry 0).
+
+    Args:
+      sched: the schedule.
+      variances: covariance eigenvalues (or patch variances) ``lambda_k``, shape ``(m,)``.
+      sizes: how many coordinates share each variance (``n_k``), shape ``(m,)``; default 1 each.
+      grid: increasing integer timesteps ``0 = tau_0 < ... < tau_N <= T``; ``None`` = all ``T`` steps.
+
+    Returns:
+      ``IG_t`` in nats, entry ``i - 1`` for the step ``tau_i -> tau_{i-1}``.
     """
     check_variances(variances)
     c = step_coefficients(sched, grid)
@@ -316,6 +394,15 @@ def dimension_growth(sched: Schedule, variances: Any, sizes: Any | None = None, 
     the fractional part of the paper's patch form ``d_KY - N+``, and ``Delta d_t`` is linear in
     ``log f_t``. If no patch contracts the denominator is taken as 1 (the fraction is then
     undefined, and the growth is the raw numerator per step).
+
+    Args:
+      sched: the schedule.
+      variances: patch variances ``lambda_k``, shape ``(m,)``.
+      sizes: patch sizes ``n_k``, shape ``(m,)``; default 1 each.
+      grid: increasing integer timesteps ``0 = tau_0 < ... < tau_N <= T``; ``None`` = all ``T`` steps.
+
+    Returns:
+      ``Delta d_t``, entry ``i - 1`` for the step ``tau_i -> tau_{i-1}``.
     """
     check_variances(variances)
     log_f = log_expansion_factor(sched, variances, grid)

@@ -42,6 +42,7 @@ AYS_SD15 = (999, 850, 736, 645, 545, 455, 343, 233, 124, 24)
 #: Align Your Steps (Sabour et al. 2024), 10 steps, diffusers indexing, SDXL.
 AYS_SDXL = (999, 845, 730, 587, 443, 310, 193, 116, 53, 13)
 
+#: diffusers' ``timestep_spacing`` values (:func:`diffusers_timesteps`).
 TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
 
 

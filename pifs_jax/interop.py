@@ -129,7 +129,7 @@ class DiffusersConversionWarning(UserWarning):
     """
 
 
-#: diffusers scheduler classes whose configs this package reads: each builds its betas from
+#: The diffusers scheduler classes whose configs this package reads. Each builds its betas from
 #: ``beta_schedule`` / ``beta_start`` / ``beta_end`` / ``trained_betas`` (and
 #: ``rescale_betas_zero_snr`` where it has it) and ``alphas_cumprod = cumprod(1 - betas)``, the
 #: DDPM-family schedule every eps-, v- or x0-predicting network of the class is trained on.
@@ -169,7 +169,7 @@ _OWN_DEFAULT_CLASSES = (
 )
 _DDIM_DEFAULT_CLASSES = tuple(c for c in DDPM_FAMILY_SCHEDULERS if c not in _OWN_DEFAULT_CLASSES)
 
-#: Keys of other model families: name -> family. Refused with a non-null value, even in ``ignore``.
+#: Keys of other model families, name -> family. Refused with a non-null value, even in ``ignore``.
 OTHER_FAMILY_KEYS = {
     "shift": "flow-matching",
     "base_shift": "flow-matching",
@@ -207,7 +207,7 @@ SCHEDULE_KEYS = (
 #: Keys that define the DDIM sampling grid.
 GRID_KEYS = ("timestep_spacing", "steps_offset", "set_alpha_to_one")
 
-#: Keys accepted and ignored: they change neither ``alpha_bar`` nor the DDIM sampling grid.
+#: Keys accepted and ignored, since they change neither ``alpha_bar`` nor the DDIM sampling grid.
 IGNORED_KEYS = (
     # bookkeeping written by diffusers (_class_name is read: it selects the model family)
     "_diffusers_version",
@@ -259,7 +259,7 @@ DEFAULT_ONLY_KEYS = {
     "time_shift_type": '"exponential"',
 }
 
-#: Bundled example configs: name -> file in ``pifs_jax/data_files``.
+#: Bundled example configs, name -> file in ``pifs_jax/data_files``.
 EXAMPLE_CONFIGS = {
     "ddpm_cifar10": "ddpm_cifar10_scheduler_config.json",
     "stable_diffusion_v1_5": "stable_diffusion_v1_5_scheduler_config.json",

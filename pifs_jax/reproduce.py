@@ -89,6 +89,7 @@ __all__ = [
     "run_reproduction",
 ]
 
+#: The paper the report compares with.
 PAPER_REFERENCE = (
     "Dooms, *Fractals made Practical: Denoising Diffusion as Partitioned Iterated Function "
     "Systems*, arXiv 2603.13069 (2026)"
@@ -98,7 +99,7 @@ PAPER_REFERENCE = (
 #: The package the repository's ``experiments/`` folder is installed as (``pyproject.toml`` maps it).
 EXPERIMENTS_PACKAGE = "pifs_jax.experiments"
 
-#: The report, written last: present without :data:`INCOMPLETE_MARKER` means a finished run.
+#: The report, written last. Present without :data:`INCOMPLETE_MARKER`, it means a finished run.
 REPORT_NAME = "REPORT.md"
 
 #: Present while a run rewrites the folder, and left behind by a run that was interrupted.
@@ -357,7 +358,7 @@ def experiment_main(name: str, doc: str | None, run: Any, *, quick_help: str, ar
     """Command line of one experiment script: ``python experiments/<name>.py [--out DIR] [--quick] [--full] [--retrain]``.
 
     Parses ``argv``, calls ``run(Path(out), quick=quick)`` (with ``full=True`` for ``--full`` and
-    ``retrain=True`` for ``--retrain``, each offered when ``run`` takes it: :func:`accepts_option`) while holding ``OUT/<name>`` as a
+    ``retrain=True`` for ``--retrain``, each offered when ``run`` takes it: ``accepts_option``) while holding ``OUT/<name>`` as a
     :class:`~pifs_jax.run_folder.RunFolder` (its lock and in-progress marker; a second run on the same
     folder is refused by name), and prints the section's markdown.
     Every experiment's ``main`` is this call, so the scripts share one interface with

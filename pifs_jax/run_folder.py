@@ -53,7 +53,7 @@ __all__ = ["LOCK_NAME", "MARKER_NAME", "POLICIES", "STAGING_PREFIX", "RunFolder"
 
 #: The lock file (held with ``flock`` while a process uses the folder; removed on close).
 LOCK_NAME = ".pifs-jax.lock"
-#: The in-progress marker (JSON: pid, command, start time, state; removed on close).
+#: The in-progress marker (JSON with pid, command, start time and state; removed on close).
 MARKER_NAME = ".pifs-jax-in-progress.json"
 #: Prefix of the staging folders inside the folder.
 STAGING_PREFIX = ".pifs-jax-staging-"

@@ -80,7 +80,8 @@ class Schedule:
         strictly decrease.
       gaps: ``g_t = log alpha_bar_{t-1} - log alpha_bar_t = -log(1 - beta_t) > 0`` for ``t = 1..T``,
         shape ``(T,)``, computed without cancellation by the constructor (see the module notes).
-      Both are pytree leaves, so a Schedule passes through ``jax.jit``/``jax.grad``/``jax.vmap``.
+
+    Both are pytree leaves, so a Schedule passes through ``jax.jit``/``jax.grad``/``jax.vmap``.
 
     Derived (all shape ``(T+1,)``): ``alpha_bar``, ``sigma2 = 1 - alpha_bar``, ``sigma``,
     ``log_snr = log(alpha_bar / sigma^2)`` (``+inf`` at ``t = 0``), ``betas`` (shape ``(T,)``,
@@ -95,7 +96,7 @@ class Schedule:
 
     @property
     def T(self) -> int:
-        """Number of training steps (static: it is the array length minus one)."""
+        """Number of training steps (static, the array length minus one)."""
         return self.log_alpha_bar.shape[0] - 1
 
     @property
@@ -170,6 +171,19 @@ def from_log_alpha_bar(log_alpha_bar: Any, *, validate: bool = True, dtype=None)
 
     The gaps are the differences of the input (taken in float64 when the input is concrete), so
     they are as accurate as the input allows.
+
+    Args:
+      log_alpha_bar: ``log alpha_bar_t`` for ``t = 0..T``, shape ``(T+1,)``, strictly decreasing.
+      validate: check the input (skip only for values already checked, or traced ones).
+      dtype: the float dtype of the schedule; default: the input's (float64 only when x64 is
+        enabled).
+
+    Returns:
+      The :class:`Schedule`.
+
+    Raises:
+      ArgumentError: naming ``log_alpha_bar``, for a wrong shape, a first entry other than 0 or
+        entries that do not strictly decrease (``validate=True``).
     """
     if validate:
         check_log_alpha_bar(log_alpha_bar, name="log_alpha_bar")
@@ -185,8 +199,19 @@ def from_alpha_bar(alpha_bar: Any, *, dtype=None) -> Schedule:
     """Schedule from ``alpha_bar`` over ``t = 0..T``, ``alpha_bar[0] == 1``.
 
     The logarithm is taken in float64 when the input is concrete, so a float64 input loses
-    nothing. Raises ``ValueError`` for a wrong shape, ``alpha_bar[0] != 1``, values outside
-    ``(0, 1)`` or a schedule that does not strictly decrease.
+    nothing.
+
+    Args:
+      alpha_bar: ``alpha_bar_t`` for ``t = 0..T``, shape ``(T+1,)``.
+      dtype: the float dtype of the schedule; default: float64 when x64 is enabled, else float32.
+
+    Returns:
+      The :class:`Schedule`.
+
+    Raises:
+      ArgumentError: (a ``ValueError``) naming ``alpha_bar``, for a wrong shape,
+        ``alpha_bar[0] != 1``, values outside ``(0, 1)`` or a schedule that does not strictly
+        decrease.
     """
     if is_concrete(alpha_bar):
         arr = np.asarray(alpha_bar, dtype=np.float64)
@@ -208,6 +233,16 @@ def from_betas(betas: Any, *, dtype=None) -> Schedule:
     Betas must lie in ``(0, 1)``; a terminal beta of exactly 1 (zero terminal SNR) is rejected
     because the eps-parameterised DDIM step cannot start from ``alpha_bar_T = 0``; use
     :func:`zero_terminal_snr`, which keeps a finite terminal logSNR.
+
+    Args:
+      betas: ``beta_1..beta_T``, shape ``(T,)``, each in ``(0, 1)``.
+      dtype: the float dtype of the schedule; default: float64 when x64 is enabled, else float32.
+
+    Returns:
+      The :class:`Schedule`, its gaps ``-log1p(-beta_t)`` exact.
+
+    Raises:
+      ArgumentError: naming ``betas``, for a wrong shape or a beta outside ``(0, 1)``.
     """
     if is_concrete(betas):
         arr = np.asarray(betas, dtype=np.float64)
@@ -232,6 +267,16 @@ def from_alphas_cumprod(alphas_cumprod: Any, *, dtype=None) -> Schedule:
 
     diffusers' ``alphas_cumprod[i]`` is this package's ``alpha_bar[i+1]``; the clean-data entry
     ``alpha_bar[0] = 1`` is prepended.
+
+    Args:
+      alphas_cumprod: diffusers' cumulative products, shape ``(T,)``, each in ``(0, 1)``.
+      dtype: the float dtype of the schedule; default: float64 when x64 is enabled, else float32.
+
+    Returns:
+      The :class:`Schedule` over ``t = 0..T``.
+
+    Raises:
+      ArgumentError: naming ``alphas_cumprod``, for a wrong shape or values outside ``(0, 1)``.
     """
     if is_concrete(alphas_cumprod):
         arr = np.asarray(alphas_cumprod, dtype=np.float64)
@@ -269,6 +314,12 @@ def log_snr_decrements(sched: Schedule) -> jax.Array:
 
     ``d_t = g_t + log1p(alpha_bar_{t-1} (-expm1(-g_t)) / sigma_{t-1}^2)``: no difference of two
     large logSNR values is formed, so a shift of all logSNRs leaves ``d`` exact.
+
+    Args:
+      sched: the schedule.
+
+    Returns:
+      The positive decrements ``d_t``, shape ``(T-1,)``.
     """
     g = sched.gaps[1:]
     ab_prev = jnp.exp(sched.log_alpha_bar[1:-1])
@@ -318,6 +369,17 @@ def from_edm_sigmas(sigmas: Any) -> Schedule:
 
     ``sigma_EDM = sqrt((1 - alpha_bar) / alpha_bar)`` so ``alpha_bar = 1 / (1 + sigma_EDM^2)``,
     i.e. ``log alpha_bar = -log1p(sigma_EDM^2)`` and ``logSNR = -2 log sigma_EDM``.
+
+    Args:
+      sigmas: EDM noise levels for ``t = 1..T``, shape ``(T,)``, finite, positive and strictly
+        increasing.
+
+    Returns:
+      The :class:`Schedule` over ``t = 0..T``.
+
+    Raises:
+      ArgumentError: naming ``sigmas``, for a wrong shape, a level that is not finite and
+        positive, or levels that do not strictly increase.
     """
     if is_concrete(sigmas):
         arr = np.asarray(sigmas, dtype=np.float64)
@@ -347,13 +409,32 @@ def linear(T: int = 1000, *, beta_start: float = 1e-4, beta_end: float = 0.02, d
     """DDPM linear schedule: ``beta = linspace(beta_start, beta_end, T)`` (Ho et al. 2020).
 
     Built in float64 and cast, so float32 schedules are correctly rounded.
+
+    Args:
+      T: number of training steps.
+      beta_start: ``beta_1``.
+      beta_end: ``beta_T``.
+      dtype: the float dtype of the schedule; default: float64 when x64 is enabled, else float32.
+
+    Returns:
+      The :class:`Schedule` over ``t = 0..T``.
     """
     T = check_positive_int(T, name="T")
     return from_betas(np.linspace(beta_start, beta_end, T, dtype=np.float64), dtype=dtype)
 
 
 def scaled_linear(T: int = 1000, *, beta_start: float = 0.00085, beta_end: float = 0.012, dtype=None) -> Schedule:
-    """Stable Diffusion schedule: ``beta = linspace(sqrt(beta_start), sqrt(beta_end), T)^2``."""
+    """Stable Diffusion schedule: ``beta = linspace(sqrt(beta_start), sqrt(beta_end), T)^2``.
+
+    Args:
+      T: number of training steps.
+      beta_start: ``beta_1``.
+      beta_end: ``beta_T``.
+      dtype: the float dtype of the schedule; default: float64 when x64 is enabled, else float32.
+
+    Returns:
+      The :class:`Schedule` over ``t = 0..T``.
+    """
     T = check_positive_int(T, name="T")
     betas = np.linspace(math.sqrt(beta_start), math.sqrt(beta_end), T, dtype=np.float64) ** 2
     return from_betas(betas, dtype=dtype)
@@ -610,6 +691,7 @@ def zero_terminal_snr(sched: Schedule, *, terminal_log_snr: float = -20.0) -> Sc
     return _assemble(jnp.concatenate([log_ab_new, terminal[None]]), gaps)
 
 
+#: The named schedule families (:func:`named_schedule`).
 SCHEDULE_NAMES = ("linear", "scaled_linear", "cosine", "sigmoid", "logsnr_cosine", "karras")
 
 

@@ -20,6 +20,9 @@ import jax.typing
 
 __all__ = ["ArrayLike", "EpsFn", "GridLike"]
 
+#: A denoiser, ``eps_fn(x, t) -> array of x's shape``.
 EpsFn: TypeAlias = Callable[[jax.Array, jax.Array], jax.Array]
+#: What ``jnp.asarray`` accepts (``jax.typing.ArrayLike``).
 ArrayLike: TypeAlias = jax.typing.ArrayLike
+#: A timestep grid, ``None`` (every step) or increasing integer timesteps.
 GridLike: TypeAlias = jax.typing.ArrayLike | Sequence[float] | None

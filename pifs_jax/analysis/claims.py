@@ -39,6 +39,7 @@ from pifs_jax.errors import ArgumentError
 
 __all__ = ["CLAIM_NAMES", "PAPER_VALUES", "VERDICTS", "ClaimResult", "evaluate_claims"]
 
+#: The verdicts a claim can receive, from best to untested.
 VERDICTS = ("holds", "partly", "does not hold", "not tested")
 
 #: The paper's values (CIFAR-10 DDPM, 50 DDIM steps, 8x8 patches, ``M = 16``; docs/theory.md sections 6 and 11).
@@ -70,6 +71,7 @@ PAPER_RANK_CLAIMS = {
     7: "rho(lambda, kappa) = +0.771 (p = 0.001) at t = 40",
 }
 
+#: The names of the paper's trained-model claims, in the order :func:`evaluate_claims` returns them.
 CLAIM_NAMES = (
     "regime_I_diagonal_pinned",
     "regime_I_coupling_carries_expansion",

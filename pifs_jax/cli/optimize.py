@@ -370,7 +370,7 @@ class Settings(NamedTuple):
     """The library's spelling (``"cosine_offset"``); not used by ``workload``."""
     init: str
     num_steps: int | None
-    """Sampling steps: workload's grid (default 10), else the evaluation grid (``None``: every step)."""
+    """Sampling steps of workload's grid (default 10), else of the evaluation grid (``None`` for every step)."""
     sizes: list[float]
     iterations: int
     lr: float
@@ -404,7 +404,7 @@ class Outcome(NamedTuple):
     report: list[str]
     warnings: list[str]
     extra: dict[str, Any]
-    """Further JSON result files: name -> results (workload's ``timesteps.json``)."""
+    """Further JSON result files, name -> results (workload's ``timesteps.json``)."""
 
 
 def _settings(args: argparse.Namespace) -> Settings:

@@ -142,7 +142,7 @@ class AYSResult(NamedTuple):
     """float64, shape ``(N,)``: entry ``i - 1`` is the estimated KLUB of step ``tau_i -> tau_{i-1}`` (nats);
     entry 0 (the final step onto sigma = 0, outside the bound) is NaN. Same draws as the search."""
     history: np.ndarray
-    """float64: the total KLUB of the grid being optimised, first for the initial grid, then after each
+    """The total KLUB (float64) of the grid being optimised, first for the initial grid, then after each
     sweep; the stages after a subdivision append their own initial entry and sweeps."""
     network_evaluations: int
     """``eps_fn`` calls made (two per Monte Carlo term, padding of the last chunk included)."""

@@ -110,7 +110,7 @@ def design_grid(
       x_T: design noises ``(R,) + sample_shape``; default ``num_design`` normals from ``key`` of ``sample_shape``.
       data: training images ``(B,) + sample_shape`` (``"ays"`` only).
       options: the method's own keywords (e.g. ``{"fine_steps": 100}`` or ``{"error_model":
-        "solver"}`` for ``"geometric"`` (:data:`ERROR_MODELS`: whose local error places the steps,
+        "solver"}`` for ``"geometric"`` (``ERROR_MODELS``: whose local error places the steps,
         default DDIM's for every solver), ``{"iterations": 60}`` for ``"gradient"``,
         ``{"coeff": 1.0}`` for ``"gits"``).
 

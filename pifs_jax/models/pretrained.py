@@ -239,7 +239,7 @@ class PretrainedModel:
 
     @property
     def data(self) -> dict[str, Any]:
-        """The data set and split it was trained on: ``name``, ``image_shape``, ``num_train``, ``num_test``, ``data_seed``, ``split``."""
+        """The data set and split it was trained on (``name``, ``image_shape``, ``num_train``, ``num_test``, ``data_seed``, ``split``)."""
         return dict(self.card["data"])
 
     def load_data(self) -> tuple[np.ndarray, np.ndarray]:

@@ -21,7 +21,7 @@ fields (:class:`~pifs_jax.models.training.config.TrainConfig`), and
 (docs/guides/training.md).
 
 Field values must be JSON scalars, tuples of them (stored as lists in ``to_dict``; turned back
-into tuples by :meth:`ModelSpec.from_dict`) or ``None``.
+into tuples by :func:`spec_from_dict`) or ``None``.
 """
 
 from __future__ import annotations

@@ -132,8 +132,14 @@ def optimize_grid(
       num_steps: ``N``, at most ``last``.
       last: ``tau_N`` (default ``T``; diffusers' 999 is our 1000).
       kind: work definition, one of :data:`~pifs_jax.criteria.WORK_KINDS`.
-      iterations, learning_rate, optimizer, checkpoint_dir, checkpoint_every, resume, progress,
-      run_config: as in :func:`optimize_schedule` (``run_config`` is stored only when given).
+      iterations: optimisation steps, as in :func:`optimize_schedule`.
+      learning_rate: as in :func:`optimize_schedule`.
+      optimizer: as in :func:`optimize_schedule`.
+      checkpoint_dir: as in :func:`optimize_schedule`.
+      checkpoint_every: as in :func:`optimize_schedule`.
+      resume: as in :func:`optimize_schedule`.
+      progress: as in :func:`optimize_schedule`.
+      run_config: as in :func:`optimize_schedule` (stored only when given).
 
     Returns:
       :class:`GridResult` with ``grid`` strictly increasing ``int64`` in ``[0, last]``.

@@ -34,7 +34,7 @@ __all__ = [
 
 #: The three design criteria (docs/theory.md section 8), as accepted by :func:`schedule_objective`.
 CRITERIA = ("weakest_link", "balanced_growth", "workload")
-#: What criterion 2 balances: ``Delta d_t`` (``"growth"``) or ``IG_t`` (``"information"``).
+#: What criterion 2 balances, ``Delta d_t`` (``"growth"``) or ``IG_t`` (``"information"``).
 GROWTH_MEASURES = ("growth", "information")
 
 #: Default patch variances and sizes for criterion 2 (one contracting, one expanding 8x8x3 patch).

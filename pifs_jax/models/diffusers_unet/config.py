@@ -50,7 +50,9 @@ __all__ = [
     "read_unet_config",
 ]
 
+#: The model folder's configuration file.
 CONFIG_FILE_NAME = "config.json"
+#: The diffusers class whose configs are read (``_class_name``).
 UNET_CLASS_NAME = "UNet2DModel"
 
 #: Down blocks reproduced here; ``Attn*`` adds one attention layer after every resnet.
@@ -140,7 +142,7 @@ class UNet2DConfig(ModelSpec):
 
     @property
     def time_embed_dim(self) -> int:
-        """Width of the time embedding MLP: ``time_embedding_dim`` or ``4 block_out_channels[0]``."""
+        """Width of the time embedding MLP, ``time_embedding_dim`` or ``4 block_out_channels[0]``."""
         return int(self.time_embedding_dim or 4 * self.block_out_channels[0])
 
     @property

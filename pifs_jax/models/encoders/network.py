@@ -59,7 +59,7 @@ class EncoderSpec:
         return out
 
 
-#: What the photograph encoders learn: which of the five photographs a crop comes from
+#: What the photograph encoders learn, which of the five photographs a crop comes from
 #: (:data:`pifs_jax.data.PHOTO_NAMES` order; random horizontal flips), and a linear reconstruction
 #: of the crop from the features (the decoder is not shipped).
 PHOTO_OBJECTIVE = "source photograph (5 classes; random horizontal flips) + 10 x linear reconstruction MSE"

@@ -41,24 +41,34 @@ class TrainConfig:
         preset ``size``. Old run folders (written before architectures were recorded) have no
         such key and load as their preset. :meth:`model_spec` is the spec either way.
       data: one of :data:`pifs_jax.data.DATASETS` (:func:`pifs_jax.data.load_dataset`).
-      num_train, num_test: crops in the training and test sets.
+      num_train: crops in the training set.
+      num_test: crops in the test set.
       data_seed: seed of the data set (kept apart from ``seed`` so every run sees the same crops).
       patch_size: PIFS patch ``p`` (the DiT's token size, the regulariser's blocks, the quality
         features); ``None`` = image side / 4, i.e. 16 patches.
-      steps: optimisation steps; batch_size: images per step.
-      lr, warmup_steps, lr_decay (:data:`LR_DECAYS`: ``"cosine"`` to 0 at ``steps`` or ``"constant"``),
-      weight_decay, grad_clip (global norm): the AdamW optimiser.
-      weighting: one of :data:`WEIGHTINGS`; min_snr_gamma: ``gamma`` of ``"min_snr"``.
-      mu: weight of the PIFS regulariser (0 = off); probes: patches probed per sample and step.
+      steps: optimisation steps.
+      batch_size: images per step.
+      lr: the AdamW optimiser's peak learning rate.
+      warmup_steps: steps of linear warm-up to ``lr``.
+      lr_decay: one of :data:`LR_DECAYS`, ``"cosine"`` (to 0 at ``steps``) or ``"constant"``.
+      weight_decay: the AdamW optimiser's weight decay.
+      grad_clip: the AdamW optimiser's gradient clipping (global norm).
+      weighting: one of :data:`WEIGHTINGS`.
+      min_snr_gamma: ``gamma`` of ``"min_snr"``.
+      mu: weight of the PIFS regulariser (0 = off).
+      probes: patches probed per sample and step.
       ema_decay: EMA decay ``d``.
       seed: seed of initialisation, batches, timesteps, noise and probes.
-      schedule, T: the noise schedule (:func:`pifs_jax.schedules.named_schedule`). Default: DDPM's
+      schedule: the noise schedule's name (:func:`pifs_jax.schedules.named_schedule`). Default: DDPM's
         ``linear`` (``beta`` from 1e-4 to 0.02). Not ``cosine``: its betas are clipped at 0.999 near
         ``T`` (``alpha_bar_T = 2.4e-9``), so the first step ``1000 -> 980`` of a 50-step DDIM grid has
         ``a_t = 632``, ``b_t = -631`` and multiplies any eps error by 631; the linear schedule's is
         ``b_t = -0.22``.
+      T: the noise schedule's number of training steps.
       sample_steps: ``N`` of the uniform sampling grid (samples and the collage weighting).
-      checkpoint_every, log_every, num_samples: run control, not part of the identity.
+      checkpoint_every: steps between checkpoints (run control, not part of the identity).
+      log_every: steps between the lines of ``metrics.jsonl`` (run control).
+      num_samples: samples drawn and scored after training (run control).
       devices: data parallelism (run control too): the batch is split over this many devices
         (a ``data`` mesh axis, :mod:`~pifs_jax.models.training.parallel`), parameters and
         optimiser state replicated; ``batch_size`` must be a multiple of it. ``1`` (default) runs

@@ -197,7 +197,7 @@ def _build(name: str, values: Mapping[str, Any]) -> Recipe:
     return Recipe(name, description, TrainConfig(**fields).resolved())
 
 
-#: The recipes by name (read-only): ``RECIPES[name].config`` is the :class:`TrainConfig`.
+#: The recipes by name (read-only). ``RECIPES[name].config`` is the :class:`TrainConfig`.
 RECIPES: Mapping[str, Recipe] = MappingProxyType({name: _build(name, values) for name, values in _VALUES.items()})
 
 
