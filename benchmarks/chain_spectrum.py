@@ -20,9 +20,10 @@ runs them in this process instead):
   fixed ``qr_every`` in 1, 5, 10, 25, 50 (``sweep``: all six compiled, then timed round-robin,
   best of three each; ``fewer_qrs``: the number of QRs the default took, its time against the
   best fixed one -- target within 10 % -- and the largest exponent difference from a QR at every
-  step). For the default alone, wall time is split into the step Jacobians (a
-  separate jitted scan that forms each ``jax.jacfwd`` Jacobian along the same trajectory) and the
-  rest ("orthogonalisation": ``J Q``, the QRs, the graded product update and the final singular
+  step). For the default alone, wall time is split into the tangent work (a
+  separate jitted scan that pushes ``n`` tangents through each step along the same trajectory by
+  :func:`pifs_jax.forward_products`, as the spectrum's ``J Q`` does) and the rest
+  ("orthogonalisation": the QRs and probes, the graded product update and the final singular
   values); peak memory; the fraction of the matmul rate reached by the useful floating-point work
   ``FLOPs = N (n * F_tangent + 2 n^3)``, with ``F_tangent = 2 ((n + E) w + w^2 + w n)`` the
   multiply-adds of one forward-mode tangent through the MLP (``E`` embedding features, ``w``
@@ -36,6 +37,10 @@ runs them in this process instead):
   leading exponents (target 1e-3 per step); with ``--huge``, at ``n = 12288`` (64x64x3) on the
   50-step chain, the compiled program's buffers are checked for any ``n x n`` array (none may
   exist) and peak memory is compared with ``n^2 * 4`` bytes.
+- ``batch``: ``B = 8`` full spectra at ``n_small`` on the same chain from 8 starting points, by
+  :func:`pifs_jax.chain_lyapunov_spectra` (one call) against 8 single-trajectory calls and against
+  ``jax.vmap`` of the single call (the adaptive ``cond`` a select at every step); interleaved
+  rounds, best each; target: the batched call at most the 8 single ones.
 - compile once: after the first 50-step call, a second chain with the same shapes but another
   schedule (linear) and another grid (trailing spacing) is run; the jitted function's cache size
   and the number of XLA backend compilations during that call (``jax.monitoring``) must stay 1
@@ -48,8 +53,9 @@ BLAS threads: jaxlib's CPU LAPACK kernels (QR, SVD) run on OpenBLAS, whose own w
 compete with XLA's thread pool; on a busy 2-core machine a ``3072 x 32`` QR then took 0.6 s
 instead of 1.3 ms and a ``3072 x 3072`` QR 57 s instead of 2.5 s. ``--blas-threads 1`` (the
 default; ``0`` leaves the library's own setting) limits OpenBLAS with ``threadpoolctl`` in every
-process, after importing ``scipy.linalg`` so that the OpenBLAS jaxlib's LAPACK kernels use is loaded
-and limited too (:func:`limit_blas_threads`); it has no effect on GPU.
+process through :func:`pifs_jax.limit_host_threads`, which imports ``scipy.linalg`` first so that the
+OpenBLAS jaxlib's LAPACK kernels use is loaded and limited too (:func:`limit_blas_threads`); it has no
+effect on GPU.
 
 Peak memory: ``jax.devices()[0].memory_stats()["peak_bytes_in_use"]`` where the backend reports it
 (GPU), else the process's peak resident set size (``resource.getrusage``), reported with the
@@ -92,10 +98,10 @@ SIZES = {
     "full": {"n_small": 768, "n_large": 3072, "n_huge": 12288, "steps": 50, "large_steps": 10, "k": 32,
              "width": 512, "matmul_n": 3072, "matmul_repeats": 5, "huge_iters": 20,
              "qr_sweep": [1, 5, 10, 25, 50], "qr_every": 10, "rounds": 3, "qr_sizes": [768, 3072], "qr_repeats": 2,
-             "oversample": 16, "tol": 5e-4},
+             "oversample": 16, "tol": 5e-4, "batch": 8},
     "quick": {"n_small": 48, "n_large": 48, "n_huge": 48, "steps": 10, "large_steps": 10, "k": 8, "width": 64,
               "matmul_n": 256, "matmul_repeats": 3, "huge_iters": 200, "qr_sweep": [1, 4, 10], "qr_every": 4, "rounds": 2,
-              "qr_sizes": [48], "qr_repeats": 3, "oversample": 8, "tol": 1e-5},
+              "qr_sizes": [48], "qr_repeats": 3, "oversample": 8, "tol": 1e-5, "batch": 8},
 }  # fmt: skip
 """``qr_sweep``: the fixed ``qr_every`` values the default is compared with at ``n_small`` (each timed
 ``rounds`` times, round-robin, best kept; it must contain 1 and ``qr_every``, the block length whose
@@ -166,15 +172,33 @@ def chain_spectrum(params, sched, x_T, grid, *, k=None, iters=200, tol=None, qr_
 
 @jax.jit
 def step_jacobians(params, sched, x_T, grid):
-    """The step Jacobians along the chain (``jax.jacfwd``), each reduced to its sum so it is formed."""
+    """The tangent work of the full spectrum along the chain: ``n`` tangents pushed through each step.
+
+    :func:`pifs_jax.forward_products` of each step with ``V = I`` and the spectrum's batch sizing
+    (``chunk=None``), the cost of its ``J Q``; each result reduced to its sum so it is formed.
+    """
     eps_fn = functools.partial(mlp_eps, params)
     steps = pj.chain_steps(sched, grid)
+    eye = jnp.eye(x_T.size, dtype=x_T.dtype)
 
     def body(x, s):
-        jac = pj.step_jacobian(eps_fn, x, t=s.t, a=s.a, b=s.b)
-        return pj.ddim_step(eps_fn, x, s.t, s.a, s.b), jnp.sum(jac)
+        x_next, jac = pj.forward_products(lambda v: pj.ddim_step(eps_fn, v, s.t, s.a, s.b), x, eye, chunk=None)
+        return x_next, jnp.sum(jac)
 
     return jax.lax.scan(body, x_T, steps)
+
+
+@functools.partial(jax.jit, static_argnames=("plain_vmap",))
+def chain_spectra(params, sched, x_T, grid, *, plain_vmap=False):
+    """Full spectra (default options) of a batch of starting points ``x_T`` (shape ``(B, n)``).
+
+    :func:`pifs_jax.chain_lyapunov_spectra`, or with ``plain_vmap`` ``jax.vmap`` of the
+    single-trajectory call (no batch-wide decisions: every adaptive ``cond`` becomes a select).
+    """
+    eps_fn = functools.partial(mlp_eps, params)
+    if plain_vmap:
+        return jax.vmap(lambda x: pj.chain_lyapunov_spectrum(eps_fn, sched, x, grid=grid).exponents)(x_T)
+    return pj.chain_lyapunov_spectra(eps_fn, sched, x_T, grid=grid, check_finite=False).exponents
 
 
 # ----------------------------------------------------------------------------- measurement helpers
@@ -415,6 +439,43 @@ def case_sweep(*, n: int, steps: int, width: int, variants: list, rounds: int = 
     }  # fmt: skip
 
 
+def case_batch(*, n: int, steps: int, width: int, batch: int, rounds: int = 2) -> dict[str, Any]:
+    """``batch`` full spectra by :func:`pifs_jax.chain_lyapunov_spectra` against ``batch`` single calls.
+
+    All compiled first; then ``rounds`` rounds, each timing the batched call, the ``batch``
+    single-trajectory calls one after another, and ``jax.vmap`` of the single call (every adaptive
+    ``cond`` a select: the behaviour before batch-wide decisions); best of the rounds each.
+    Target: the batched call at most the ``batch`` single ones.
+    """
+    params, _, sched, grid = setup(n, steps, width=width)
+    x_T = jax.random.normal(jax.random.PRNGKey(7), (batch, n), jnp.float32)
+    batched = chain_spectra.lower(params, sched, x_T, grid).compile()
+    plain = chain_spectra.lower(params, sched, x_T, grid, plain_vmap=True).compile()
+    single = chain_spectrum.lower(params, sched, x_T[0], grid).compile()
+
+    def singles():
+        return [single(params, sched, x, grid)[0] for x in x_T]
+
+    programs = {"batched": lambda: batched(params, sched, x_T, grid), "singles": singles,
+                "plain_vmap": lambda: plain(params, sched, x_T, grid)}  # fmt: skip
+    results = {key: _block(program()) for key, program in programs.items()}
+    times: dict[str, list[float]] = {key: [] for key in programs}
+    for _ in range(rounds):
+        for key, program in programs.items():
+            times[key].append(timed(program)[1])
+    best = {key: min(value) for key, value in times.items()}
+    single_rows = np.stack(results["singles"])
+    return {
+        "n": n, "steps": steps, "batch": batch, "rounds": rounds,
+        "batched_s": best["batched"], "singles_s": best["singles"], "plain_vmap_s": best["plain_vmap"],
+        "times_s": times,
+        "batched_over_singles": best["batched"] / best["singles"],
+        "plain_vmap_over_singles": best["plain_vmap"] / best["singles"],
+        "meets_target": bool(best["batched"] <= best["singles"]),
+        "max_abs_difference_batched_vs_single": float(np.max(np.abs(results["batched"] - single_rows))),
+    }  # fmt: skip
+
+
 def case_qr(*, sizes: list[int], repeats: int) -> dict[str, Any]:
     """A square float32 QR with positive diagonal: Householder against CholeskyQR2, best of ``repeats``."""
     from pifs_jax.orthogonalization import QR_METHODS, positive_qr, preferred_qr_method
@@ -437,22 +498,22 @@ def case_qr(*, sizes: list[int], repeats: int) -> dict[str, Any]:
     return out
 
 
-CASES = {"matmul": case_matmul, "qr": case_qr, "sweep": case_sweep, "full": case_full, "leading": case_leading}
+CASES = {
+    "matmul": case_matmul, "qr": case_qr, "sweep": case_sweep, "full": case_full, "leading": case_leading,
+    "batch": case_batch,
+}  # fmt: skip
 
 
 def limit_blas_threads(threads: int) -> None:
     """Limit OpenBLAS (jaxlib's CPU LAPACK) to ``threads`` threads for the rest of the process; 0: leave it.
 
-    jaxlib's LAPACK kernels call SciPy's OpenBLAS, which is loaded at the first QR or SVD, and
-    ``threadpoolctl`` only limits libraries already loaded: ``scipy.linalg`` is imported first.
-    (Without it the limit missed that library: on the loaded 2-core machine an ``n = 768`` QR then
-    took 95 ms best and about a second typically, against 23 ms with the limit in effect.)
+    :func:`pifs_jax.limit_host_threads` (``user_api="blas"``), which loads SciPy's OpenBLAS, the one
+    jaxlib's LAPACK kernels call, before limiting: ``threadpoolctl`` only limits libraries already
+    loaded. (Without it the limit missed that library: on the loaded 2-core machine an ``n = 768``
+    QR then took 95 ms best and about a second typically, against 23 ms with the limit in effect.)
     """
     if threads > 0:
-        import scipy.linalg  # noqa: F401  (loads the OpenBLAS that jaxlib's LAPACK kernels use)
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(limits=threads, user_api="blas")
+        pj.limit_host_threads(threads, user_api="blas")
 
 
 def run_case(name: str, kwargs: dict[str, Any], *, isolate: bool, blas_threads: int = 1) -> dict[str, Any]:
@@ -536,6 +597,11 @@ def benchmark(
             key: float(np.max(np.abs(np.asarray(run["exponents"]) - reference))) for key, run in runs.items()
         },
     }  # fmt: skip
+
+    results["batch"] = case(
+        f"{size['batch']} full spectra batched vs one by one, n = {n_small}, {steps} steps", "batch",
+        n=n_small, steps=steps, width=width, batch=size["batch"], rounds=size["rounds"],
+    )  # fmt: skip
 
     full_large = case(
         f"full n = {n_large}, {large_steps} steps, default", "full", n=n_large, steps=large_steps, width=width
@@ -635,6 +701,7 @@ def main(argv: list[str] | None = None) -> int:
         "QR s (n, method)": [(r["n"], r["method"], r["best_s"]) for r in results["qr"]["runs"]],
         "default / best fixed (m)": (fewer["default_over_best_fixed"], fewer["best_fixed_qr_every"], fewer["default_qrs"]),
         "fixed s": fewer["fixed_s"],
+        "batch / singles": (results["batch"]["batched_over_singles"], results["batch"]["plain_vmap_over_singles"]),
         "full n_large s": results["full_large"]["total_s"],
         "leading speedup, max diff": (
             results["leading_vs_full"]["speedup"], results["leading_vs_full"]["max_abs_difference_leading_exponents"]

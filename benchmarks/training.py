@@ -177,8 +177,13 @@ def main(argv=None):
         help="tangents per forward-mode batch for the Jacobian; 0 = plain jax.jacfwd "
         "(default: 0 on GPU and for n = 768, 512 on CPU for n = 3072 to bound memory)",
     )
+    parser.add_argument(
+        "--blas-threads", type=int, default=1, help="BLAS/LAPACK threads (pifs_jax.limit_host_threads; 0 = leave)"
+    )
     parser.add_argument("--out", default="benchmarks/out/training.json")
     args = parser.parse_args(argv)
+    if args.blas_threads > 0:
+        pj.limit_host_threads(args.blas_threads, user_api="blas")
 
     results = {
         "backend": jax.default_backend(),

@@ -4,7 +4,7 @@
   re-orthonormalisation (exponents **per iterate**).
 - :func:`chain_lyapunov_spectrum`: the finite, non-autonomous DDIM chain's exact finite-time
   spectrum ``Lambda_j = (1/N) log sigma_j(J_N ... J_1)`` (exponents **per step**): full via
-  ``jax.jacfwd`` and graded QR products, or the leading ``k`` matrix-free by subspace iteration
+  ``J Q`` pushed as JVPs and graded QR products, or the leading ``k`` matrix-free by subspace iteration
   (JVPs forward, VJPs backward); ``method="benettin"`` for comparison.
 
 The definitions are in docs/theory.md section 5. Why Benettin's sum is not the finite-time
@@ -45,6 +45,8 @@ from pifs_jax.typing import EpsFn
 
 __all__ = [
     "CHAIN_METHODS",
+    "SEQUENTIAL_FULL_MIN_N",
+    "TRAJECTORY_AXIS",
     "Spectrum",
     "SpectrumOptions",
     "chain_lyapunov_spectra",
@@ -52,6 +54,7 @@ __all__ = [
     "lyapunov_spectrum",
 ]
 
+#: Spectrum methods of a chain (:class:`SpectrumOptions` ``method``): exact singular values or Benettin's QR sum.
 CHAIN_METHODS = ("exact", "benettin")
 
 
@@ -245,7 +248,8 @@ def lyapunov_spectrum(
       x0: initial state, any shape with ``n`` entries; an integer array is converted to the
         default floating dtype (a point of an arbitrary map, unlike a diffusion state).
       n_steps: ``N``, iterates averaged over (``>= 1``).
-      k: ``None`` = full spectrum (``jax.jacfwd`` of ``F``, ``Q_0 = I``); an integer ``1 <= k <= n``
+      k: ``None`` = full spectrum (``DF Q`` by :func:`pifs_jax.jacobians.forward_products`, ``Q_0 = I``; a
+        planar map's ``2 x 2`` block is factored in closed form); an integer ``1 <= k <= n``
         = the leading ``k`` exponents, ``k`` tangent vectors pushed by JVPs (``jax.linearize`` +
         ``vmap``) from a random orthonormal basis; cost ``O(k)`` map evaluations per iterate.
       n_transient: iterates discarded before measuring.
@@ -347,7 +351,8 @@ def chain_lyapunov_spectrum(
         (``DDIM(eta > 0)``) is analysed at fixed noise, drawn from ``key``.
       options: a :class:`SpectrumOptions`; its fields may also be passed as keywords
         (``k=8, qr_every=4``), which replace those of ``options``. They are:
-      k: ``None`` = full spectrum (``n`` exponents; step Jacobians by ``jax.jacfwd``, ``O(n^3)``
+      k: ``None`` = full spectrum (``n`` exponents; ``J_i Q`` as ``n`` JVPs of the step after one
+        linearisation, :func:`pifs_jax.jacobians.forward_products`, ``J_i`` never formed; ``O(n^3)``
         per step); an integer ``1 <= k <= n`` = the leading ``k`` (matrix-free).
       method: ``"exact"`` (default): the singular values of the chain Jacobian (full: QR-factored
         graded product; leading-``k``: subspace iteration on ``M^T M`` by step-wise QR passes). ``"benettin"``:
@@ -390,7 +395,7 @@ def chain_lyapunov_spectrum(
       mesh: full spectrum or leading-``k`` exact: a :class:`jax.sharding.Mesh`; the tangent block
         is sharded over all of its axes (see :mod:`pifs_jax.sharding`). Full: the ``n`` columns of
         ``Q`` (``n`` must be a multiple of the mesh size) are pushed as JVPs on their devices,
-        ``J_i Q_{i-1}``, instead of forming ``J_i`` by ``jax.jacfwd``; the ``n x n`` QR and the
+        ``J_i Q_{i-1}``, instead of in cache-sized batches on one device; the ``n x n`` QR and the
         graded product run on the gathered block (replicated). Leading-``k``: the block size is
         rounded up to a multiple of the mesh size with extra (oversampling) vectors.
 
@@ -410,6 +415,30 @@ def chain_lyapunov_spectrum(
       >>> spec = chain_lyapunov_spectrum(eps_fn, cosine(1000), x_T, grid=uniform_grid(1000, 50))
       >>> spec.exponents, spec.dimension
     """
+    return _chain_spectrum(
+        eps_fn, sched, x_T, grid=grid, sampler=sampler, options=options, key=key, return_history=return_history,
+        check_finite=check_finite, mesh=mesh, axis_name=None, **option_fields,
+    )  # fmt: skip
+
+
+def _chain_spectrum(
+    eps_fn: EpsFn,
+    sched: Schedule,
+    x_T: Any,
+    *,
+    grid: Any,
+    sampler: Sampler | None,
+    options: SpectrumOptions | None,
+    key: jax.Array | None,
+    return_history: bool,
+    check_finite: bool,
+    mesh: Any,
+    axis_name: str | None,
+    **option_fields: Any,
+) -> Spectrum:
+    """:func:`chain_lyapunov_spectrum`; ``axis_name``: the name of an enclosing ``vmap`` over trajectories
+    (:func:`chain_lyapunov_spectra`), whose adaptive QRs and final readings are then decided once for
+    the batch (:func:`pifs_jax.orthogonalization.batch_cond`)."""
     sampler = check_sampler(DDIM() if sampler is None else sampler)
     if not isinstance(sched, Schedule):
         raise ArgumentError("sched", f"expected a pifs_jax Schedule, got {type(sched).__name__}")
@@ -441,7 +470,7 @@ def chain_lyapunov_spectrum(
         spectrum, finite = _compiled_chain_qr_core(
             sampler, eps_fn, sched, x_T, grid, key,
             k=k, graded=opts.method == "exact", sweeps=opts.sweeps, return_history=return_history,
-            qr_every=opts.qr_every, mesh=mesh,
+            qr_every=opts.qr_every, mesh=mesh, axis_name=axis_name,
         )  # fmt: skip
     else:
         assert k is not None
@@ -457,7 +486,7 @@ def chain_lyapunov_spectrum(
         spectrum, finite = _compiled_leading_core(
             sampler, eps_fn, sched, x_T, grid, key,
             k=k, p=p, iters=opts.iters, tol=tol, sweeps=opts.sweeps, mesh=mesh, return_history=return_history,
-            qr_every=opts.qr_every,
+            qr_every=opts.qr_every, axis_name=axis_name,
         )  # fmt: skip
     if check_finite and is_concrete(finite):
         _raise_nonfinite(finite, sched, grid, n=n, p=columns)
@@ -484,10 +513,15 @@ def chain_lyapunov_spectra(
     trajectory). With ``mesh`` (e.g. :func:`pifs_jax.sharding.batch_mesh`), the ``S`` starting
     points are split over the mesh's ``"batch"`` axis (:func:`pifs_jax.sharding.shard_batch`, ``S``
     a multiple of the device count): each device runs the chains of its trajectories, no
-    communication. Under ``vmap`` the adaptive re-orthonormalisation (``qr_every="auto"``) takes the
-    QR branch's decision per trajectory but evaluates both branches (a ``select``), so a fixed
-    ``qr_every`` can be faster for large batches. No ``return_history``: use the single-trajectory
-    call for convergence plots.
+    communication. The adaptive re-orthonormalisation (``qr_every="auto"``) and the choice of the
+    final reading are decided once for the whole batch (:func:`pifs_jax.orthogonalization.batch_cond`
+    over the ``vmap`` axis ``TRAJECTORY_AXIS``): a Gram probe or a QR runs, batched, only at the
+    steps where some trajectory needs one, and each trajectory keeps its own decisions (a select),
+    so every row equals its single-trajectory spectrum; ``S`` trajectories cost about ``S`` single
+    ones, not the probe and the QR at every step. On CPU, without ``mesh``, full spectra of states
+    of at least :data:`SEQUENTIAL_FULL_MIN_N` entries run one trajectory after another in the same
+    compiled program (``lax.map``; batching their ``n x n`` products gains nothing there). No
+    ``return_history``: use the single-trajectory call for convergence plots.
 
     Args:
       x_T: starting points, shape ``(S,) + sample_shape``, floating.
@@ -539,10 +573,22 @@ def chain_lyapunov_spectra(
     return spectra
 
 
-def _one_spectrum(sampler, eps_fn, sched, x, grid, key, options) -> Spectrum:
-    return chain_lyapunov_spectrum(
-        eps_fn, sched, x, grid=grid, sampler=sampler, options=options, key=key, check_finite=False
-    )
+#: The name of the ``vmap`` axis over the trajectories of :func:`chain_lyapunov_spectra`.
+TRAJECTORY_AXIS = "trajectories"
+
+#: On CPU, without a mesh, :func:`chain_lyapunov_spectra` runs full spectra of states with at least
+#: this many entries one trajectory after another (``lax.map``) instead of batched (``vmap``): their
+#: ``n x n`` products already occupy the cores, and the batched ones were slower. Measured
+#: (2-core CPU, MLP denoiser of ``benchmarks/chain_spectrum.py``, ``n = 768``, 20 steps, 8
+#: trajectories): batched 4.53 s, one after another 4.20 s, 8 separate calls 4.20 s.
+SEQUENTIAL_FULL_MIN_N = 256
+
+
+def _one_spectrum(sampler, eps_fn, sched, x, grid, key, options, axis_name=None) -> Spectrum:
+    return _chain_spectrum(
+        eps_fn, sched, x, grid=grid, sampler=sampler, options=options, key=key, return_history=False,
+        check_finite=False, mesh=None, axis_name=axis_name,
+    )  # fmt: skip
 
 
 @eqx.filter_jit
@@ -552,12 +598,18 @@ def _compiled_spectra(sampler, eps_fn, sched, x_T, grid, key, options, mesh) -> 
     With ``mesh``, the trajectories and every per-trajectory output stay split over its ``"batch"``
     axis (sharding constraints), so each device runs its own chains.
     """
+    batched = jax.vmap(
+        lambda x: _one_spectrum(sampler, eps_fn, sched, x, grid, key, options, TRAJECTORY_AXIS),
+        axis_name=TRAJECTORY_AXIS,
+    )
+    if mesh is None and options.k is None and x_T[0].size >= SEQUENTIAL_FULL_MIN_N and jax.default_backend() == "cpu":
+        return jax.lax.map(lambda x: _one_spectrum(sampler, eps_fn, sched, x, grid, key, options), x_T)
     if mesh is None:
-        return jax.vmap(lambda x: _one_spectrum(sampler, eps_fn, sched, x, grid, key, options))(x_T)
+        return batched(x_T)
     from pifs_jax.sharding import BATCH_AXIS, sharding_constraint
 
     x_T = sharding_constraint(x_T, mesh, BATCH_AXIS)
-    spectra = jax.vmap(lambda x: _one_spectrum(sampler, eps_fn, sched, x, grid, key, options))(x_T)
+    spectra = batched(x_T)
     return sharding_constraint(spectra, mesh, BATCH_AXIS)
 
 
@@ -612,8 +664,9 @@ def _embedded_pass(chain: FlatChain, x: jax.Array, q: jax.Array, *, graded: bool
 
 
 def _chain_qr_core(
-    sampler, eps_fn, sched, x_T, grid, key, *, k, graded, sweeps, return_history, qr_every: int | str = 1, mesh=None
-):
+    sampler, eps_fn, sched, x_T, grid, key, *, k, graded, sweeps, return_history, qr_every: int | str = 1, mesh=None,
+    axis_name=None,
+):  # fmt: skip
     """QR pass along the chain from ``Q_0 = I`` (full) or a random ``n x k`` block: exact or Benettin.
 
     With ``mesh`` (full spectrum), the ``n`` columns of ``Q`` are sharded over its devices and
@@ -625,10 +678,10 @@ def _chain_qr_core(
     run, _, log_diag, w = _embedded_pass(
         chain, x_T.reshape(-1), q0, graded=graded,
         length=n_steps, full=k is None and chain.embed is None, qr_every=qr_every,
-        constrain=_tangent_constraint(mesh)[0],
+        constrain=_tangent_constraint(mesh)[0], axis_name=axis_name,
     )  # fmt: skip
     if graded:
-        exponents = graded_log_singular_values(log_diag, w, sweeps=sweeps) / n_steps
+        exponents = graded_log_singular_values(log_diag, w, sweeps=sweeps, axis_name=axis_name) / n_steps
     else:
         exponents = -jnp.sort(-log_diag) / n_steps
     history = None
@@ -675,8 +728,9 @@ def _tangent_constraint(mesh: Any):
 
 
 def _leading_core(
-    sampler, eps_fn, sched, x_T, grid, key, *, k, p, iters, tol, sweeps, mesh, return_history, qr_every: int | str = 1
-):
+    sampler, eps_fn, sched, x_T, grid, key, *, k, p, iters, tol, sweeps, mesh, return_history, qr_every: int | str = 1,
+    axis_name=None,
+):  # fmt: skip
     """Subspace iteration on ``M^T M`` by step-wise QR passes, then a live graded forward pass.
 
     One iteration: forward, ``M V = Q_N (R_N ... R_1)`` (JVPs, QR per step); backward,
@@ -693,11 +747,12 @@ def _leading_core(
     n_steps = grid.shape[0] - 1
     noise_key = jax.random.fold_in(key, 1)
     constrain, multiple = _tangent_constraint(mesh)
-    pass_options = dict(length=n_steps, full=False, constrain=constrain, qr_every=qr_every)
+    pass_options = dict(length=n_steps, full=False, constrain=constrain, qr_every=qr_every, axis_name=axis_name)
 
     def ritz(chain, x, v):
         run, q_out, log_diag, w = _embedded_pass(chain, x, v, graded=True, **pass_options)
-        return graded_log_singular_values(log_diag, w, sweeps=sweeps)[:k] / n_steps, run, q_out, log_diag, w
+        sv = graded_log_singular_values(log_diag, w, sweeps=sweeps, axis_name=axis_name)
+        return sv[:k] / n_steps, run, q_out, log_diag, w
 
     # The iteration sees no tangents: gradients come from the final, live pass.
     frozen_x, frozen_sched = jax.lax.stop_gradient((x_T, sched))
@@ -708,7 +763,9 @@ def _leading_core(
         i, v, previous, _, history = state
         exponents, run, q_out, _, _ = ritz(frozen, frozen_flat, v)
         u = q_out if frozen.project is None else _columns_vjp(frozen.project, run.final, q_out)
-        v_next = transposed_qr_pass(frozen.step, run.states, frozen.inputs, u, constrain=constrain, qr_every=qr_every)
+        v_next = transposed_qr_pass(
+            frozen.step, run.states, frozen.inputs, u, constrain=constrain, qr_every=qr_every, axis_name=axis_name
+        )
         if frozen.embed is not None:
             v_next = qr_positive(_columns_vjp(frozen.embed, frozen_flat, v_next))[0]
         same = exponents == previous  # also equal infinities (exactly singular directions)

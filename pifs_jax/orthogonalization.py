@@ -33,6 +33,7 @@ __all__ = [
     "QR_METHODS",
     "AdaptiveBlocks",
     "GramProbe",
+    "batch_cond",
     "cholesky_qr2",
     "column_log_norms",
     "digit_loss_budget",
@@ -40,8 +41,10 @@ __all__ = [
     "householder_qr",
     "positive_qr",
     "preferred_qr_method",
+    "qr_2x2",
 ]
 
+#: The QR factorisations the spectra can use.
 QR_METHODS = ("householder", "cholesky_qr2")
 
 PREFERRED_QR_METHOD = {"cpu": "householder"}
@@ -61,6 +64,30 @@ def _positive_diagonal(q: jax.Array, r: jax.Array) -> tuple[jax.Array, jax.Array
 def householder_qr(y: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Reduced QR of ``y`` (``n x p``, ``n >= p``) by LAPACK Householder reflections, ``diag(R) >= 0``."""
     return _positive_diagonal(*jnp.linalg.qr(y))
+
+
+def qr_2x2(y: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``Y = Q R`` of a ``2 x 2`` block in closed form (Gram-Schmidt of its two columns), ``diag(R) >= 0``.
+
+    ``R_11 = |y_1|`` (``hypot``: no overflow), ``q_1 = y_1 / R_11``, ``R_12 = q_1 . y_2``; in the plane
+    the second direction is ``q_1`` turned by a right angle, ``q_2 = s (-q_12, q_11)``, and
+    ``R_22 = |det Y| / R_11`` with ``s = sign(det Y)``: ``R_22 = |q_11 y_22 - q_12 y_21|`` is read
+    from the cross product, without the cancellation of ``y_2 - R_12 q_1``. A zero first column
+    gives ``q_1 = e_1``. The same factors as :func:`householder_qr` (QR with a positive diagonal is
+    unique), to rounding; no LAPACK call, so a long scan of a planar map stays in fused code.
+    """
+    r11 = jnp.hypot(y[0, 0], y[1, 0])
+    nonzero = r11 > 0
+    safe = jnp.where(nonzero, r11, 1.0)
+    q11 = jnp.where(nonzero, y[0, 0] / safe, 1.0)
+    q21 = jnp.where(nonzero, y[1, 0] / safe, 0.0)
+    r12 = q11 * y[0, 1] + q21 * y[1, 1]
+    cross = q11 * y[1, 1] - q21 * y[0, 1]
+    sign = jnp.where(cross < 0, -1.0, 1.0).astype(y.dtype)
+    q = jnp.stack([jnp.stack([q11, -sign * q21]), jnp.stack([q21, sign * q11])])
+    zero = jnp.zeros((), y.dtype)
+    r = jnp.stack([jnp.stack([r11, r12]), jnp.stack([zero, jnp.abs(cross)])])
+    return q.astype(y.dtype), r.astype(y.dtype)
 
 
 def _scaled_cholesky_qr(y: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -96,6 +123,32 @@ def cholesky_qr2(y: jax.Array) -> tuple[jax.Array, jax.Array]:
         return q2, r2 @ r1
 
     return jax.lax.cond(well_conditioned, second_pass, lambda _: householder_qr(y), None)
+
+
+def batch_cond(
+    pred: jax.Array, true_fn: Callable, false_fn: Callable, *operands: Any, axis_name: str | None = None
+) -> Any:
+    """``jax.lax.cond(pred, true_fn, false_fn, *operands)``, decided once for a named ``vmap`` batch.
+
+    Under ``jax.vmap`` a predicate that differs between the batch's members turns ``lax.cond``
+    into a select that evaluates both branches for every member, at every call. Given the name
+    of the enclosing ``vmap`` axis (``jax.vmap(..., axis_name=axis_name)``), the members are
+    counted instead, ``c = psum(pred, axis_name)`` (the same for the whole batch of ``B``), and
+    ``lax.switch`` runs: ``false_fn`` alone where ``c = 0``, ``true_fn`` alone where ``c = B``, and
+    otherwise both, each member taking ``where(pred, true_fn(...), false_fn(...))``. Every
+    member's result is the one its own predicate selects, exactly as without ``vmap``; a branch
+    is paid only where some member takes it. ``axis_name=None``: plain ``lax.cond``.
+    """
+    if axis_name is None:
+        return jax.lax.cond(pred, true_fn, false_fn, *operands)
+    count = jax.lax.psum(jnp.asarray(pred, jnp.int32), axis_name)
+    size = jax.lax.psum(1, axis_name)
+
+    def both(*args):
+        return jax.tree_util.tree_map(lambda a, b: jnp.where(pred, a, b), true_fn(*args), false_fn(*args))
+
+    branch = jnp.where(count == 0, 0, jnp.where(count == size, 2, 1))
+    return jax.lax.switch(branch, (false_fn, both, true_fn), *operands)
 
 
 class GramProbe(NamedTuple):
@@ -166,7 +219,7 @@ def gram_probe(y: jax.Array) -> GramProbe:
 
 
 def preferred_qr_method(backend: str | None = None) -> str:
-    """The QR used on ``backend`` (default ``jax.default_backend()``): see :data:`PREFERRED_QR_METHOD`."""
+    """The QR used on ``backend`` (default ``jax.default_backend()``): see ``PREFERRED_QR_METHOD``."""
     return PREFERRED_QR_METHOD.get(backend or jax.default_backend(), "householder")
 
 
@@ -320,6 +373,7 @@ class AdaptiveBlocks(NamedTuple):
         carry_on: Callable,
         y: jax.Array,
         *rest: Any,
+        axis_name: str | None = None,
     ) -> tuple[jax.Array, Any]:
         """``(qr_due, factor(state, y, *rest))`` or ``(False, carry_on(state, y, *rest))`` after a step.
 
@@ -334,15 +388,20 @@ class AdaptiveBlocks(NamedTuple):
         both sides, and two batched LAPACK calls left independent may run at once; jaxlib's CPU
         kernels (0.10) split their batch over the same small thread pool and were seen to deadlock
         on a 2-core machine that way (a Cholesky beside a QR).
+
+        ``axis_name``: the name of an enclosing ``vmap`` over trajectories; both ``cond`` then decide
+        once for the batch (:func:`batch_cond`): the probe, or the factorisation, runs (batched) where
+        some trajectory needs it, and each trajectory keeps its own decision (a select), so the
+        results are those of the trajectories run one by one.
         """
         check, state = self.observe(log_norms, budget)
         probing = check & state.probing & ~last
         factoring = last | (check & ~state.probing)
-        probe = jax.lax.cond(probing, gram_probe, _unmeasured_probe, y)
+        probe = batch_cond(probing, gram_probe, _unmeasured_probe, y, axis_name=axis_name)
         probe_due, probed_state = state.probed(probe, budget)
         state = jax.tree_util.tree_map(lambda a, b: jnp.where(probing, a, b), probed_state, state)
         due = factoring | (probing & probe_due)
-        return due, jax.lax.cond(due, factor, carry_on, state, _after(y, probe), *rest)
+        return due, batch_cond(due, factor, carry_on, state, _after(y, probe), *rest, axis_name=axis_name)
 
     def postponed(self) -> AdaptiveBlocks:
         """State after a step without a QR."""

@@ -21,7 +21,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pifs_jax.orthogonalization import AdaptiveBlocks, column_log_norms, digit_loss_budget, positive_qr
+from pifs_jax.jacobians import forward_products
+from pifs_jax.orthogonalization import (
+    AdaptiveBlocks,
+    batch_cond,
+    column_log_norms,
+    digit_loss_budget,
+    positive_qr,
+    qr_2x2,
+)
 
 __all__ = [
     "QRPass",
@@ -42,8 +50,12 @@ __all__ = [
 def qr_positive(y: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Reduced QR with ``diag(R) >= 0`` (signs moved into ``Q``), so ``log diag R`` is real.
 
-    The factorisation is the backend's preferred one (:func:`pifs_jax.orthogonalization.preferred_qr_method`).
+    The factorisation is the backend's preferred one (:func:`pifs_jax.orthogonalization.preferred_qr_method`);
+    a ``2 x 2`` block (a planar map's full tangent block) is factored in closed form
+    (:func:`pifs_jax.orthogonalization.qr_2x2`).
     """
+    if y.shape == (2, 2):
+        return qr_2x2(y)
     return positive_qr(y)
 
 
@@ -66,14 +78,19 @@ def graded_update(log_diag: jax.Array, w: jax.Array, r: jax.Array) -> tuple[jax.
     return log_diag + jnp.log(d), w + e @ w
 
 
-def graded_log_singular_values(log_diag: jax.Array, w: jax.Array, *, sweeps: int, window: int = 32) -> jax.Array:
+def graded_log_singular_values(
+    log_diag: jax.Array, w: jax.Array, *, sweeps: int, window: int = 32, axis_name: str | None = None
+) -> jax.Array:
     """``log sigma(diag(exp(l)) W)``, descending, for a unit upper triangular ``W``; no overflow.
 
     Where the ``l`` span at most ``log(1/eps)/4`` nats (a crowded spectrum, as for the MLP chains
     of BENCHMARKS.md), the singular values are those of the whole rescaled product
     ``diag(exp(l - max l)) W``, taken at once: relative accuracy ``eps exp(span) <= eps^(3/4)``,
     and none of the windowed reading below, which is approximate inside a cluster longer than
-    ``window``. Otherwise :func:`_graded_cluster_log_singular_values`.
+    ``window``. Otherwise :func:`_graded_cluster_log_singular_values`. ``axis_name``: an enclosing
+    ``vmap``'s axis name; the choice is then made once for the batch
+    (:func:`pifs_jax.orthogonalization.batch_cond`: a reading is computed only where some member
+    needs it, each member keeping its own).
     """
     span = jnp.max(log_diag) - jnp.min(log_diag)
     crowded = span <= -float(np.log(np.finfo(w.dtype).eps)) / 4
@@ -87,7 +104,7 @@ def graded_log_singular_values(log_diag: jax.Array, w: jax.Array, *, sweeps: int
     def graded(log_diag, w):
         return _graded_cluster_log_singular_values(log_diag, w, sweeps=sweeps, window=window)
 
-    return -jnp.sort(-jax.lax.cond(crowded, whole, graded, log_diag, w))
+    return -jnp.sort(-batch_cond(crowded, whole, graded, log_diag, w, axis_name=axis_name))
 
 
 def _graded_cluster_log_singular_values(
@@ -186,13 +203,17 @@ def qr_pass(
     constrain: Callable = identity_constraint,
     qr_every: int | str = 1,
     start: tuple[jax.Array, jax.Array] | None = None,
+    axis_name: str | None = None,
 ) -> QRPass:
     """Push the basis ``q0`` along the orbit of ``step`` with QR re-orthonormalisation.
 
     ``step(x, inputs_i) -> x_next`` on flat states; ``Q_i R_i = J_i Q_{i-1}`` with ``diag R_i >= 0``.
-    Full without ``constrain``: the step Jacobian by ``jax.jacfwd``, then ``J Q``; otherwise
-    (leading-``k``, or a full spectrum given ``constrain``) ``J Q`` by ``jax.linearize`` + ``vmap``
-    over the columns of ``Q`` (JVPs; ``constrain`` may shard them, the QR then gathers the block).
+    Full without ``constrain``: ``J Q`` by :func:`pifs_jax.jacobians.forward_products` (one
+    ``jax.linearize``, which also gives ``x_next``, and the ``n`` columns of ``Q`` pushed as JVPs in
+    cache-sized batches; ``J`` is never formed, which saves the ``2 n^3`` product ``J Q`` of forming
+    it first); otherwise (leading-``k``, or a full spectrum given ``constrain``) ``J Q`` by
+    ``jax.linearize`` + ``vmap`` over the columns of ``Q`` (JVPs; ``constrain`` may shard them, the
+    QR then gathers the block).
     With ``graded``, the product ``R_N ... R_1`` is accumulated as ``(l, W)``
     (:func:`graded_update`).
 
@@ -207,6 +228,10 @@ def qr_pass(
 
     ``start = (l_0, W_0)`` continues an accumulated product (e.g. the ``R_0`` of an embedding
     ``E = Q_0 R_0`` taken before the pass); default ``l = 0``, ``W = I``.
+
+    ``axis_name``: the name of an enclosing ``vmap`` over trajectories (``"auto"`` only): the probes
+    and QRs are then decided once for the batch and paid only at steps where some trajectory needs
+    them, each trajectory keeping its own decisions (:meth:`AdaptiveBlocks.decide`).
     """
     p = q0.shape[1]
     dtype = q0.dtype
@@ -233,8 +258,7 @@ def qr_pass(
         x, q, log_diag, w, blocks = carry
         i, inp = inp
         if full and constrain is identity_constraint:
-            jac, x_next = jax.jacfwd(lambda v: (lambda y: (y, y))(step(v, inp)), has_aux=True)(x)
-            y = jac @ q
+            x_next, y = forward_products(lambda v: step(v, inp), x, q, chunk=None)
         else:
             x_next, tangent = jax.linearize(lambda v: step(v, inp), x)
             y = jax.vmap(tangent, in_axes=1, out_axes=1)(constrain(q))
@@ -243,8 +267,9 @@ def qr_pass(
             q_next, log_diag, w, log_r, blocks = reorthonormalise(blocks, y, log_diag, w)
         elif adaptive:
             due, (q_next, log_diag, w, log_r, blocks) = blocks.decide(
-                column_log_norms(y), budget, i == length - 1, reorthonormalise, postpone, y, log_diag, w
-            )
+                column_log_norms(y), budget, i == length - 1, reorthonormalise, postpone, y, log_diag, w,
+                axis_name=axis_name,
+            )  # fmt: skip
         else:
             due = ((i + 1) % qr_every == 0) | (i == length - 1)
             q_next, log_diag, w, log_r, blocks = jax.lax.cond(due, reorthonormalise, postpone, blocks, y, log_diag, w)
@@ -261,13 +286,21 @@ def qr_pass(
 
 
 def transposed_qr_pass(
-    step: Callable, states: jax.Array, inputs: Any, q: jax.Array, *, constrain: Callable, qr_every: int | str = 1
+    step: Callable,
+    states: jax.Array,
+    inputs: Any,
+    q: jax.Array,
+    *,
+    constrain: Callable,
+    qr_every: int | str = 1,
+    axis_name: str | None = None,
 ) -> jax.Array:
     """Pull the basis ``q`` back through the steps with transposed Jacobians (VJPs) and QR.
 
     ``Q'_{i-1} R'_i = J_i^T Q'_i`` from ``i = N`` down to 1; returns ``Q'_0``. With ``qr_every = m``
     the QR is taken on steps ``i - 1 = 0 (mod m)`` only (always on the last, ``i = 1``); with
-    ``"auto"`` where :class:`pifs_jax.orthogonalization.AdaptiveBlocks` says so (and on the last).
+    ``"auto"`` where :class:`pifs_jax.orthogonalization.AdaptiveBlocks` says so (and on the last);
+    ``axis_name`` as in :func:`qr_pass`.
     """
     adaptive = qr_every == "auto"
     budget = digit_loss_budget(q.dtype)
@@ -289,7 +322,7 @@ def transposed_qr_pass(
         if qr_every == 1:
             return (qr_positive(z)[0], blocks), None
         if adaptive:
-            return blocks.decide(column_log_norms(z), budget, i == 0, factor, postpone, z)[1], None
+            return blocks.decide(column_log_norms(z), budget, i == 0, factor, postpone, z, axis_name=axis_name)[1], None
         return jax.lax.cond(i % qr_every == 0, factor, postpone, blocks, z), None
 
     blocks0 = AdaptiveBlocks.start(q.shape[1], q.dtype) if adaptive else None

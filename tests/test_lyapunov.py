@@ -15,6 +15,7 @@ import pytest
 
 import pifs_jax as pj
 from pifs_jax.lyapunov import Spectrum, chain_lyapunov_spectrum, lyapunov_spectrum
+from pifs_jax.orthogonalization import householder_qr, qr_2x2
 from reference import random_orthogonal
 
 N_DIM = 16
@@ -231,6 +232,36 @@ def test_henon_map(x64):
     # one tangent vector (JVPs) finds the same leading exponent
     leading = lyapunov_spectrum(henon, x0[0], n_steps=100_000, n_transient=1000, k=1)
     assert float(leading.exponents[0]) == pytest.approx(float(plain.exponents[0]), abs=1e-4)
+
+
+def generic_henon_sums(x0, n_steps):
+    """Benettin's sums ``sum_i log diag R_i`` for the Henon map by the generic path: a ``jax.jacfwd``
+    Jacobian and a LAPACK Householder QR at every step (one ``lax.scan``)."""
+
+    def body(carry, _):
+        x, q, sums = carry
+        q, r = householder_qr(jax.jacfwd(henon)(x) @ q)
+        return (henon(x), q, sums + jnp.log(jnp.diagonal(r))), None
+
+    (_, _, sums), _ = jax.lax.scan(body, (x0, jnp.eye(2, dtype=x0.dtype), jnp.zeros(2, x0.dtype)), None, length=n_steps)
+    return sums
+
+
+def test_planar_maps_use_the_closed_form_qr_and_match_the_generic_path(x64):
+    """The 2-D map's tangent block is factored by ``qr_2x2`` (Gram-Schmidt of two 2-vectors): the
+    factors equal Householder's to rounding, and the Henon spectrum the generic path's to 1e-12."""
+    ys = jax.random.normal(jax.random.PRNGKey(0), (500, 2, 2))
+    q, r = jax.vmap(qr_2x2)(ys)
+    q_ref, r_ref = jax.vmap(householder_qr)(ys)
+    np.testing.assert_allclose(q, q_ref, rtol=0, atol=1e-14)
+    np.testing.assert_allclose(r, r_ref, rtol=0, atol=1e-14)
+    assert np.all(np.asarray(r[:, [0, 1], [0, 1]]) >= 0) and np.all(np.asarray(r[:, 1, 0]) == 0)
+    q0, r0 = qr_2x2(jnp.array([[0.0, 1.0], [0.0, 2.0]]))  # a zero first column: q_1 = e_1
+    np.testing.assert_allclose(q0 @ r0, [[0.0, 1.0], [0.0, 2.0]], atol=1e-15)
+    x0, n_steps = jnp.array([0.05, -0.02]), 20_000
+    spec = lyapunov_spectrum(henon, x0, n_steps=n_steps)
+    expected = np.sort(np.asarray(jax.jit(generic_henon_sums, static_argnums=1)(x0, n_steps)))[::-1] / n_steps
+    np.testing.assert_allclose(spec.exponents, expected, rtol=0, atol=1e-12)
 
 
 # ----------------------------------------------------------------------------- transforms

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_compile_once import counted_compilations
 
 import pifs_jax as pj
 from pifs_jax.errors import ArgumentError
@@ -330,6 +331,26 @@ def test_train_run_writes_everything(tmp_path, x32):
             dataset=(data[:64], data[64:]),
         )
     assert {p.name: p.read_bytes() for p in out.iterdir()} == files  # the run is left alone
+
+
+@pytest.mark.slow
+def test_a_second_train_of_the_same_model_compiles_nothing(tmp_path, x32):
+    """Same module (an equal one), optimiser settings and loss tables: the second ``train()`` reuses the
+    cached training step and step-0 state builder (``train_step_for``, ``initial_train_state``), and
+    the evaluation's programs: no lowering, no backend compilation."""
+    cfg = tiny_config(steps=2, checkpoint_every=2, num_samples=16)
+    data = tiny_data(96)
+    module = TinyEps(features=8, T=cfg.T)
+    init = tiny_init(module, (8, 8, 1))
+    tr.train(cfg, tmp_path / "a", progress=False, model=(module, init), dataset=(data[:64], data[64:]))
+    step = tr.train_step_for(module, cfg, patch_size=cfg.patch_size)
+    assert tr.train_step_for(TinyEps(features=8, T=cfg.T), cfg, patch_size=cfg.patch_size) is step
+    assert tr.train_step_for(module, tiny_config(steps=2, lr=0.01), patch_size=cfg.patch_size) is not step
+    with counted_compilations() as compiled:
+        again = TinyEps(features=8, T=cfg.T)
+        tr.train(cfg, tmp_path / "b", progress=False, model=(again, init), dataset=(data[:64], data[64:]))
+    assert compiled == [], compiled
+    assert step._cache_size() == 1
 
 
 def test_images_that_do_not_fit_the_patch_size(tmp_path):

@@ -16,7 +16,7 @@ Theory: docs/theory.md section 7. Modules:
 """
 
 from pifs_jax.models.training.config import LR_DECAYS, PRESETS, TrainConfig, parse_field_value, train_config
-from pifs_jax.models.training.evaluation import evaluate_run, plot_metrics_log, sample_in_chunks
+from pifs_jax.models.training.evaluation import evaluate_run, held_out_noise, plot_metrics_log, sample_in_chunks
 from pifs_jax.models.training.loading import LoadedRun, load_run
 from pifs_jax.models.training.losses import (
     WEIGHTINGS,
@@ -33,6 +33,7 @@ from pifs_jax.models.training.regularizer import cross_block_frobenius, cross_bl
 from pifs_jax.models.training.trainer import (
     RUN_FILES,
     STALE_DIR,
+    TRAIN_STEP_CACHE_SIZE,
     TrainResult,
     TrainState,
     batch_indices,
@@ -42,10 +43,12 @@ from pifs_jax.models.training.trainer import (
     make_optimizer,
     make_train_step,
     model_for_config,
+    optimizer_settings,
     read_metrics_log,
     recorded_config,
     resume_identity,
     train,
+    train_step_for,
 )
 
 __all__ = [
@@ -54,6 +57,7 @@ __all__ = [
     "PRESETS",
     "RUN_FILES",
     "STALE_DIR",
+    "TRAIN_STEP_CACHE_SIZE",
     "WEIGHTINGS",
     "ApplyFn",
     "LoadedRun",
@@ -68,6 +72,7 @@ __all__ = [
     "data_mesh",
     "denoising_loss",
     "evaluate_run",
+    "held_out_noise",
     "init_train_state",
     "initial_train_state",
     "load_run",
@@ -78,6 +83,7 @@ __all__ = [
     "make_train_step",
     "model_for_config",
     "module_apply_fn",
+    "optimizer_settings",
     "parse_field_value",
     "plot_metrics_log",
     "read_metrics_log",
@@ -88,5 +94,6 @@ __all__ = [
     "split_batch",
     "train",
     "train_config",
+    "train_step_for",
     "weight_table",
 ]

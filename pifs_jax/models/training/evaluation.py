@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import time
@@ -20,7 +21,14 @@ from pifs_jax.models.training.config import TrainConfig
 from pifs_jax.samplers import DDIM, Sampler, check_sampler, sample_batch
 from pifs_jax.schedules import Schedule
 
-__all__ = ["evaluate_run", "plot_metrics_log", "sample_in_chunks"]
+__all__ = ["evaluate_run", "held_out_noise", "plot_metrics_log", "sample_in_chunks"]
+
+
+@functools.partial(jax.jit, static_argnames=("shape",))
+def held_out_noise(seed: Any, shape: tuple[int, ...]) -> jax.Array:
+    """The evaluation's starting noise ``x_T ~ N(0, I)`` of ``shape``, from
+    ``fold_in(PRNGKey(seed), 2**31 - 1)`` (a stream no training step uses); compiled once per shape."""
+    return jax.random.normal(jax.random.fold_in(jax.random.PRNGKey(seed), 2**31 - 1), shape)
 
 
 def evaluate_run(
@@ -60,9 +68,7 @@ def evaluate_run(
     out = Path(out_dir)
     grid = uniform_grid(config.T, config.sample_steps)
     shape = (config.num_samples, *train_images.shape[1:])
-    x_T = jax.jit(lambda seed: jax.random.normal(jax.random.fold_in(jax.random.PRNGKey(seed), 2**31 - 1), shape))(
-        np.uint32(config.seed)
-    )
+    x_T = held_out_noise(np.uint32(config.seed), shape)
     chunks = -(-config.num_samples // min(SAMPLE_CHUNK, config.num_samples))
     with tqdm(total=2 * chunks + 2, disable=not progress, desc="sample and score", unit="phase", leave=False) as bar:
         bar.set_postfix_str("model samples", refresh=False)

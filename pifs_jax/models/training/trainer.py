@@ -24,7 +24,9 @@ summation order of the batch reductions, with the same checkpoint file.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -45,6 +47,7 @@ from pifs_jax.checkpoint import (
     read_checkpoint,
     read_checkpoint_header,
     remove_partial_writes,
+    write_error,
 )
 from pifs_jax.errors import ArgumentError
 from pifs_jax.grids import uniform_grid
@@ -62,6 +65,7 @@ from pifs_jax.schedules import named_schedule
 __all__ = [
     "RUN_FILES",
     "STALE_DIR",
+    "TRAIN_STEP_CACHE_SIZE",
     "TrainResult",
     "TrainState",
     "batch_indices",
@@ -71,10 +75,12 @@ __all__ = [
     "make_optimizer",
     "make_train_step",
     "model_for_config",
+    "optimizer_settings",
     "read_metrics_log",
     "recorded_config",
     "resume_identity",
     "train",
+    "train_step_for",
 ]
 
 #: The subfolder of a run where a resumed run moves the samples and scores of the step it
@@ -200,7 +206,63 @@ def make_train_step(
     return jax.jit(step, out_shardings=NamedSharding(mesh, PartitionSpec()))
 
 
+def train_step_for(
+    module: Any, config: TrainConfig, *, patch_size: int, mesh: Mesh | None = None
+) -> Callable[[TrainState, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
+    """:func:`make_train_step` for ``module`` under ``config``, built once per key and then reused.
+
+    The key: the module (linen modules are hashable dataclasses, equal when their fields are), the
+    optimiser's settings (``lr``, ``steps``, ``warmup_steps``, ``lr_decay``, ``weight_decay``,
+    ``grad_clip``: :func:`make_optimizer`), the loss tables' (``schedule``, ``T``, ``weighting``,
+    ``min_snr_gamma``, ``sample_steps``: :func:`~pifs_jax.models.training.losses.loss_tables`),
+    ``batch_size``, ``ema_decay``, ``mu``, ``patch_size``, ``probes`` and the mesh. ``jax.jit``
+    caches its compilations on the step function, so a second :func:`train` with the same key
+    compiles no new step. The :data:`TRAIN_STEP_CACHE_SIZE` most recent keys are kept; a module that
+    cannot be hashed gets a new step each time.
+    """
+    key = (
+        module,
+        optimizer_settings(config),
+        (config.schedule, config.T, config.weighting, config.min_snr_gamma, config.sample_steps),
+        (config.batch_size, config.ema_decay, config.mu, patch_size, config.probes, mesh),
+    )
+    try:
+        hash(key)
+    except TypeError:
+        return _build_train_step(*key)
+    return _cached_train_step(*key)
+
+
+#: How many training steps :func:`train_step_for` keeps (with their compiled programs).
+TRAIN_STEP_CACHE_SIZE = 8
+
+
+def _build_train_step(module: Any, optimizer_key: tuple, table_settings: tuple, step_settings: tuple):
+    optimizer = _optimizer(optimizer_key)
+    schedule, T, weighting, gamma, sample_steps = table_settings
+    tables = loss_tables(
+        named_schedule(schedule, T), weighting=weighting, gamma=gamma, grid=uniform_grid(T, sample_steps)
+    )
+    batch_size, ema_decay, mu, patch_size, probes, mesh = step_settings
+    return make_train_step(
+        module_apply_fn(module), optimizer, tables, batch_size=batch_size, ema_decay=ema_decay, mu=mu,
+        patch_size=patch_size, probes=probes, mesh=mesh,
+    )  # fmt: skip
+
+
+_cached_train_step = functools.lru_cache(maxsize=TRAIN_STEP_CACHE_SIZE)(_build_train_step)
+
+
 # ============================================================================ metrics log
+
+
+@contextlib.contextmanager
+def _writing(path: Path, checkpoint: Path):
+    """Turn an ``OSError`` of the writes inside into a :class:`~pifs_jax.errors.WriteError` (checkpoint state named)."""
+    try:
+        yield
+    except OSError as exc:
+        raise write_error(exc, exc.filename or path, checkpoint) from exc
 
 
 def _append_line(path: Path, record: Mapping[str, Any]) -> None:
@@ -275,11 +337,22 @@ def model_for_config(config: TrainConfig, image_shape: Sequence[int]) -> tuple[E
         does not fit ``image_shape``.
     """
     module = config.model_spec().build(image_shape)
+    try:
+        return module, _cached_module_init(module, tuple(image_shape))
+    except TypeError:  # an unhashable module
+        return module, _module_init(module, tuple(image_shape))
+
+
+def _module_init(module: EpsModule, image_shape: tuple[int, ...]) -> Callable[[jax.Array], Any]:
+    """``init_fn(key) = init_params(module, key, image_shape)`` (cached: one function per (module, shape))."""
 
     def init(key):
         return init_params(module, key, image_shape)
 
-    return module, init
+    return init
+
+
+_cached_module_init = functools.lru_cache(maxsize=TRAIN_STEP_CACHE_SIZE)(_module_init)
 
 
 def recorded_config(config: TrainConfig, model: ModelSpec | tuple[Any, Any] | None) -> TrainConfig:
@@ -303,22 +376,46 @@ def recorded_config(config: TrainConfig, model: ModelSpec | tuple[Any, Any] | No
 def initial_train_state(
     config: TrainConfig, init_fn: Callable[[jax.Array], Any]
 ) -> tuple[optax.GradientTransformation, TrainState]:
-    """The optimiser and step-0 state of ``config`` (initialisation key and run key from the seed)."""
-    optimizer = make_optimizer(
-        lr=config.lr,
-        steps=config.steps,
-        warmup_steps=config.warmup_steps,
-        lr_decay=config.lr_decay,
-        weight_decay=config.weight_decay,
-        grad_clip=config.grad_clip,
+    """The optimiser and step-0 state of ``config`` (initialisation key and run key from the seed).
+
+    The state is built by one jitted program per ``(init_fn, optimiser settings)`` (kept for the
+    :data:`TRAIN_STEP_CACHE_SIZE` most recent; ``init_fn`` compared by identity, and
+    :func:`model_for_config` returns the same ``init_fn`` for equal modules and shapes), so another
+    seed, or a second :func:`train` of the same model, compiles nothing new.
+    """
+    settings = optimizer_settings(config)
+    try:
+        hash(init_fn)
+    except TypeError:
+        return _state_builder(init_fn, settings)(np.uint32(config.seed))
+    return _cached_state_builder(init_fn, settings)(np.uint32(config.seed))
+
+
+def optimizer_settings(config: TrainConfig) -> tuple:
+    """``(lr, steps, warmup_steps, lr_decay, weight_decay, grad_clip)``: what :func:`make_optimizer` takes from ``config``."""
+    return (config.lr, config.steps, config.warmup_steps, config.lr_decay, config.weight_decay, config.grad_clip)
+
+
+def _optimizer(settings: tuple) -> optax.GradientTransformation:
+    lr, steps, warmup_steps, lr_decay, weight_decay, grad_clip = settings
+    return make_optimizer(
+        lr=lr, steps=steps, warmup_steps=warmup_steps, lr_decay=lr_decay, weight_decay=weight_decay, grad_clip=grad_clip
     )
 
+
+def _state_builder(init_fn: Callable[[jax.Array], Any], settings: tuple):
+    """``build(seed) -> (optimizer, state)``: one compilation instead of one per eager operation."""
+    optimizer = _optimizer(settings)
+
     @jax.jit
-    def build(seed):  # one compilation instead of one per eager operation
+    def build(seed):
         init_key, run_key = jax.random.split(jax.random.PRNGKey(seed))
         return init_train_state(init_fn(init_key), optimizer, run_key)
 
-    return optimizer, build(np.uint32(config.seed))
+    return lambda seed: (optimizer, build(seed))
+
+
+_cached_state_builder = functools.lru_cache(maxsize=TRAIN_STEP_CACHE_SIZE)(_state_builder)
 
 
 def resume_identity(config: TrainConfig, ckpt_path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -424,6 +521,10 @@ def _train(
         of another configuration (a larger ``steps`` included), truncated or corrupted (:func:`pifs_jax.checkpoint.load_checkpoint`); images
         whose shape does not fit the patch size.
       FloatingPointError: a non-finite metric (the training diverged).
+      WriteError: writing a checkpoint, the log, ``config.json`` or the results failed (an
+        ``OSError``: a full disk, ...); the message names the file, the reason and the state of
+        the checkpoint (:func:`pifs_jax.checkpoint.write_error`: the previous one is intact, so
+        the run can be resumed from its step).
     """
     config = config.resolved()
     config = recorded_config(config, model)
@@ -453,8 +554,8 @@ def _train(
 
     sched = named_schedule(config.schedule, config.T)
     grid = uniform_grid(config.T, config.sample_steps)
-    tables = loss_tables(sched, weighting=config.weighting, gamma=config.min_snr_gamma, grid=grid)
-    optimizer, state = initial_train_state(config, init_fn)
+    loss_tables(sched, weighting=config.weighting, gamma=config.min_snr_gamma, grid=grid)  # checked before any write
+    _, state = initial_train_state(config, init_fn)
 
     metrics_path = out / "metrics.jsonl"
     if writer:
@@ -463,7 +564,8 @@ def _train(
     if resume and ckpt_path.exists():
         state = load_checkpoint(ckpt_path, state, config=identity)
         if writer:
-            _trim_metrics_log(metrics_path, int(state.step))
+            with _writing(metrics_path, ckpt_path):
+                _trim_metrics_log(metrics_path, int(state.step))
             if int(state.step) < stop:  # the model changes: its old samples and scores go first
                 assert folder is not None  # the writer holds the folder
                 _set_aside_results(folder, int(state.step))
@@ -475,20 +577,11 @@ def _train(
                     "schedule is recomputed for the new length"
                 )
     if writer:
-        atomic_write_text(out / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
+        with _writing(out / "config.json", ckpt_path):
+            atomic_write_text(out / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
 
     mesh = data_mesh(config.devices) if parallel else None
-    step_fn = make_train_step(
-        module_apply_fn(module),
-        optimizer,
-        tables,
-        batch_size=config.batch_size,
-        ema_decay=config.ema_decay,
-        mu=config.mu,
-        patch_size=layout.patch_size,
-        probes=config.probes,
-        mesh=mesh,
-    )
+    step_fn = train_step_for(module, config, patch_size=layout.patch_size, mesh=mesh)
     if mesh is None:
         data = jnp.asarray(train_images)
     else:  # the training set and the state on every device; the step splits the batch
@@ -503,7 +596,8 @@ def _train(
                 now = time.perf_counter()
                 rate = (done - last["step"]) * config.batch_size / max(now - last["time"], 1e-9)
                 last.update(time=now, step=done)
-                _append_line(metrics_path, {"step": done, **values, "images_per_s": rate, "time_s": now - t0})
+                with _writing(metrics_path, ckpt_path):
+                    _append_line(metrics_path, {"step": done, **values, "images_per_s": rate, "time_s": now - t0})
 
     def diverged(step: int, values: dict[str, float]) -> FloatingPointError:
         return FloatingPointError(f"training diverged at step {step}: {values}")
@@ -527,7 +621,8 @@ def _train(
     if not writer:
         return TrainResult(state, config, out, seconds, None)
     assert folder is not None  # the writer holds the folder
-    with folder.staged() as stage:  # the figure, samples and scores move in together
+    # the figure, samples and scores move in together (a failed write leaves the old ones and the checkpoint)
+    with _writing(out, ckpt_path), folder.staged() as stage:
         finished = int(state.step) >= config.steps
         quality = _write_results(
             stage, state, config, module, sched, mesh, train_images, test_images, evaluate and finished, progress
