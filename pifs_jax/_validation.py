@@ -8,6 +8,7 @@ argument's name and whose message is ``"name: what was expected, what was receiv
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from collections.abc import Mapping
@@ -253,6 +254,21 @@ def check_floating(x: Any, *, name: str) -> None:
         )
 
 
+def refuse_symlink_loop(path: str | os.PathLike, *, argument: str) -> None:
+    """ArgumentError naming ``argument`` when ``path`` is, or passes through, a symlink loop.
+
+    ``Path.is_file()`` and ``is_dir()`` answer ``False`` for a link that resolves to itself, which
+    would otherwise be reported as "not found".
+    """
+    try:
+        os.stat(path)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise ArgumentError(
+                argument, f"{str(path)!r} is a symlink loop: the link resolves to itself, never to a file or folder"
+            ) from None
+
+
 def read_json_object(
     source: Mapping[str, Any] | str | os.PathLike,
     *,
@@ -264,8 +280,8 @@ def read_json_object(
     """A JSON object from a mapping (copied), a file, or a folder holding ``file_name``; and the file read.
 
     Every failure is an :class:`ArgumentError` naming ``argument`` (default ``config``) and the
-    file: not a mapping or a path, file missing (``missing_hint`` appended), unreadable, not valid
-    JSON, nested too deeply for the parser (a hostile file of ``[[[...]]]``), not a JSON object
+    file: not a mapping or a path, file missing (``missing_hint`` appended), a symlink loop,
+    unreadable, not UTF-8 text, not valid JSON, nested too deeply for the parser (a hostile file of ``[[[...]]]``), not a JSON object
     (``what`` names the object expected, e.g. "a scheduler config").
     """
     if isinstance(source, Mapping):
@@ -275,13 +291,21 @@ def read_json_object(
             argument, f"expected a dict or a path (str / os.PathLike) to a {file_name}, got {type(source).__name__}"
         )
     path = Path(source)
+    refuse_symlink_loop(path, argument=argument)
     if path.is_dir():
         path = path / file_name
+        refuse_symlink_loop(path, argument=argument)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ArgumentError(argument, f"file not found: {str(path)!r}{missing_hint}") from None
-    except (OSError, UnicodeDecodeError) as err:
+    except UnicodeDecodeError as err:
+        raise ArgumentError(
+            argument,
+            f"{str(path)!r} is not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start}); "
+            f"expected {what} as JSON",
+        ) from None
+    except OSError as err:
         raise ArgumentError(argument, f"cannot read {str(path)!r}: {err}") from None
     try:
         loaded = json.loads(text)

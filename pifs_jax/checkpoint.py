@@ -21,6 +21,7 @@ naming the file and the problem; nothing is loaded partially.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -33,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pifs_jax.errors import ArgumentError
+from pifs_jax.errors import ArgumentError, WriteError
 from pifs_jax.results import atomic_write_bytes, to_jsonable
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "read_checkpoint_header",
     "remove_partial_writes",
     "save_checkpoint",
+    "write_error",
 ]
 
 #: File name of a checkpoint inside a run's folder.
@@ -209,6 +211,41 @@ def load_checkpoint(path: str | os.PathLike, target: Any, *, config: Mapping[str
                 f"and dtype {got.dtype}, expected {want.shape} and {want.dtype}"
             )
     return jax.tree_util.tree_map(jnp.asarray, restored)
+
+
+def write_error(
+    exc: OSError, written: str | os.PathLike, checkpoint: str | os.PathLike, *, argument: str = "out_dir"
+) -> WriteError:
+    """The :class:`~pifs_jax.errors.WriteError` for a failed write of ``written``, ``checkpoint`` the run's checkpoint.
+
+    The message names the file, the reason (``exc``'s, e.g. ``No space left on device
+    (ENOSPC)``) and the checkpoint's state: every write is atomic (:func:`save_checkpoint`), so
+    the previous checkpoint is intact and the run can be resumed from its step; or none was
+    written yet. Raise it ``from exc``.
+
+    Args:
+      exc: the error the write raised.
+      written: the file being written (the checkpoint itself, a log, a result).
+      checkpoint: the run's checkpoint file.
+      argument: the argument naming the run's folder (``out_dir``: ``--out`` on the command line).
+    """
+    code = errno.errorcode.get(exc.errno or -1)
+    reason = (exc.strerror or str(exc) or type(exc).__name__) + (f" ({code})" if code else "")
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        state = "no checkpoint was written yet: once the cause is fixed, the run starts again from step 0"
+    else:
+        try:
+            step = read_checkpoint_header(checkpoint)["step"]
+        except ArgumentError as problem:
+            state = f"the checkpoint {str(checkpoint)!r} cannot be read either ({problem.detail})"
+        else:
+            state = (
+                f"the previous checkpoint {str(checkpoint)!r} (step {step}) is intact: once the cause is fixed "
+                "(a full disk: free some space), resume the run from it (resume=True; on the command line the "
+                "same command with --resume)"
+            )
+    return WriteError(argument, f"writing {str(written)!r} failed: {reason}; {state}")
 
 
 def remove_partial_writes(path: str | os.PathLike) -> None:

@@ -87,6 +87,7 @@ __all__ = [
     "GaussianPatchData",
     "MixtureData",
     "PatchStats",
+    "dataset_size",
     "digits_split",
     "gaussian_mixture_data",
     "gaussian_patch_data",
@@ -408,6 +409,16 @@ def load_dataset(name: str, key: jax.Array, n: int, *, split: str = "train", dty
         raise ArgumentError("n", f"the digits {split} split holds {pool.shape[0]} images, got n = {n}")
     index = _host_rng(key).choice(pool.shape[0], size=n, replace=False)
     return jnp.asarray(pool[index], dtype)
+
+
+def dataset_size(name: str, *, split: str = "train") -> int:
+    """The most images :func:`load_dataset` draws from ``name``'s ``split`` (its largest ``n``)."""
+    if name not in DATASET_NAMES:
+        raise ArgumentError("name", f"expected one of {DATASET_NAMES}, got {name!r}")
+    split = _check_split(split)
+    if name == "digits":
+        return DIGITS_TRAIN if split == "train" else DIGITS_TEST
+    return photo_crop_count(size=DATASETS[name][0], split=split)
 
 
 # ----------------------------------------------------------------------------- synthetic Gaussians

@@ -11,17 +11,21 @@ checkpoints reproduces the uninterrupted one bit for bit when ``step`` is determ
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Mapping, Sequence
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
 
 from pifs_jax._validation import check_positive_int
-from pifs_jax.checkpoint import remove_partial_writes, save_checkpoint
+from pifs_jax.checkpoint import remove_partial_writes, save_checkpoint, write_error
 
-__all__ = ["Checkpointing", "run_loop"]
+__all__ = ["Checkpointing", "deferred_interrupt", "run_loop"]
 
 #: One fetched step: ``(step number after the update, {metric: float})``.
 Record = tuple[int, dict[str, float]]
@@ -47,8 +51,50 @@ class Checkpointing(NamedTuple):
     contents: Callable[[Any], Any] = _identity
 
     def save(self, state: Any) -> Path:
-        """Write ``contents(state)`` with ``config`` to ``path`` (atomic)."""
-        return save_checkpoint(self.path, self.contents(state), config=self.config)
+        """Write ``contents(state)`` with ``config`` to ``path`` (atomic).
+
+        Raises:
+          WriteError: the write failed (an ``OSError``: a full disk, ...); the message says why
+            and that the previous checkpoint is intact (:func:`pifs_jax.checkpoint.write_error`).
+        """
+        contents = self.contents(state)
+        try:
+            return save_checkpoint(self.path, contents, config=self.config)
+        except OSError as exc:
+            raise write_error(exc, self.path, self.path) from exc
+
+
+@contextlib.contextmanager
+def deferred_interrupt(notice: str = "") -> Iterator[Callable[[], bool]]:
+    """While active, Ctrl-C (SIGINT) asks the work to stop at its next safe point instead of interrupting it.
+
+    Yields ``requested()``: whether Ctrl-C was pressed. The work checks it between its pieces
+    (e.g. chunks of trajectories, each one compiled call) and stops there, so no computation is
+    left running while Python unwinds, and a ``KeyboardInterrupt`` raised inside JAX (where it
+    may be swallowed) is avoided. The first Ctrl-C prints ``notice`` on stderr (if given) and
+    restores the previous handler: a second Ctrl-C interrupts at once.
+
+    Only in the main thread with Python's own handler installed (``signal.default_int_handler``);
+    otherwise nothing changes and ``requested()`` stays ``False``.
+    """
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or previous is not signal.default_int_handler:
+        yield lambda: False
+        return
+    pressed: list[bool] = []
+
+    def on_sigint(signum, frame):
+        pressed.append(True)
+        signal.signal(signal.SIGINT, previous)
+        if notice:
+            sys.stderr.write(f"\n{notice}\n")
+            sys.stderr.flush()
+
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield lambda: bool(pressed)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _default_divergence(step: int, values: dict[str, float]) -> BaseException:

@@ -39,7 +39,9 @@ Multi-host use (several processes, one per host, e.g. a GPU cluster or a TPU pod
    the coordinator itself; otherwise pass ``coordinator_address``, ``num_processes``,
    ``process_id``). ``jax.devices()`` then lists the devices of **all** hosts and
    ``jax.local_devices()`` this host's. :func:`initialize_processes` does this with explicit arguments and
-   sets the CPU collectives to gloo, so it also works between processes on one machine.
+   sets the CPU collectives to gloo, so it also works between processes on one machine; a process
+   that does not join within its ``init_timeout`` (or a duplicate ``process_id``) is reported as a
+   :class:`~pifs_jax.errors.ProcessGroupError` instead of JAX's silent wait and abort.
 2. Build a global mesh over all devices: :func:`batch_mesh` (``jax.make_mesh`` over
    ``jax.devices()``). Every process must run the same program with the same mesh.
 3. Make global arrays from per-host data: each process holds its part of the batch and calls
@@ -55,6 +57,7 @@ Multi-host use (several processes, one per host, e.g. a GPU cluster or a TPU pod
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import equinox as eqx
@@ -62,15 +65,17 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from pifs_jax._validation import check_floating, check_positive_int, is_concrete
+from pifs_jax._validation import check_floating, check_positive_float, check_positive_int, is_concrete
 from pifs_jax.errors import ArgumentError, NonFiniteError
 from pifs_jax.grids import as_grid
+from pifs_jax.rendezvous import rendezvous
 from pifs_jax.samplers import DDIM, Sampler, check_denoiser, check_sampler, locate_nonfinite, sample_chain
 from pifs_jax.schedules import Schedule
 from pifs_jax.typing import EpsFn
 
 __all__ = [
     "BATCH_AXIS",
+    "DEFAULT_INIT_TIMEOUT",
     "batch_mesh",
     "initialize_processes",
     "shard_batch",
@@ -79,6 +84,9 @@ __all__ = [
     "sharding_constraint",
     "tangent_block_constraint",
 ]
+
+#: Seconds :func:`initialize_processes` waits for every process of a run to join (``init_timeout``).
+DEFAULT_INIT_TIMEOUT = 60.0
 
 #: The mesh axis batches of trajectories are split over (:func:`batch_mesh`'s axis, ``"batch"``).
 BATCH_AXIS = "batch"
@@ -314,7 +322,9 @@ def tangent_block_constraint(mesh: Mesh):
     return constrain, int(mesh.size)
 
 
-def initialize_processes(coordinator: str, num_processes: int, process_id: int) -> None:
+def initialize_processes(
+    coordinator: str, num_processes: int, process_id: int, *, init_timeout: float = DEFAULT_INIT_TIMEOUT
+) -> None:
     """Join a multi-process JAX run: ``jax.distributed.initialize`` with CPU collectives over gloo.
 
     Call it first in every process (before any JAX computation), with the same ``coordinator``
@@ -323,12 +333,22 @@ def initialize_processes(coordinator: str, num_processes: int, process_id: int) 
     the devices of every process. On CPUs the cross-process collectives need an implementation:
     ``jax_cpu_collectives_implementation = "gloo"`` is set first (it does not affect GPUs or TPUs).
 
+    Before JAX connects the processes, they check in with process 0
+    (:func:`pifs_jax.rendezvous.rendezvous`): a process that does not come within
+    ``init_timeout`` seconds, a duplicate ``process_id`` and a mismatched ``num_processes`` are
+    reported in every process that is waiting, as a :class:`~pifs_jax.errors.ProcessGroupError`,
+    instead of JAX's silent wait and abort (a C++ stack trace). ``init_timeout`` is also JAX's
+    ``initialization_timeout`` (rounded up to whole seconds).
+
     Raises:
       ArgumentError: naming ``coordinator`` (not ``HOST:PORT``), ``num_processes`` (not a
-        positive integer) or ``process_id`` (outside ``0 .. num_processes - 1``).
+        positive integer), ``process_id`` (outside ``0 .. num_processes - 1``) or
+        ``init_timeout`` (not a positive number).
+      ProcessGroupError: the processes did not all join (see above; the message names the
+        missing process ids, or the duplicate, or the coordinator that did not answer).
     """
     host, sep, port = str(coordinator).rpartition(":")
-    if not sep or not host or not port.isdigit():
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ArgumentError("coordinator", f"expected HOST:PORT (e.g. localhost:12355), got {coordinator!r}")
     num_processes = check_positive_int(num_processes, name="num_processes")
     process_id = check_positive_int(process_id, name="process_id", minimum=0)
@@ -336,5 +356,12 @@ def initialize_processes(coordinator: str, num_processes: int, process_id: int) 
         raise ArgumentError(
             "process_id", f"expected 0 .. {num_processes - 1} (num_processes = {num_processes}), got {process_id}"
         )
+    init_timeout = check_positive_float(init_timeout, name="init_timeout")
+    rendezvous(host.strip("[]"), int(port), num_processes, process_id, timeout=init_timeout)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
+    jax.distributed.initialize(
+        coordinator_address=coordinator,
+        num_processes=num_processes,
+        process_id=process_id,
+        initialization_timeout=math.ceil(init_timeout),
+    )

@@ -321,3 +321,45 @@ def test_exponents_need_a_baseline():
     with pytest.raises(ArgumentError) as info:
         per_patch_exponents(analysis)
     assert info.value.argument == "analysis"
+
+
+@pytest.mark.slow
+def test_chunks_are_bit_identical_to_one_call(capsys):
+    """``chunk`` trajectories per compiled call (a smaller last chunk included) give the one-call
+    results bit for bit on a CPU, where the trajectories run one at a time in any case; the
+    progress display (stderr) states the cost first and extrapolates the first chunk's time."""
+    sched = pj.cosine(T)
+    eps_fn, x_T = mlp_eps(dtype=np.float32), noise(9, batch=3, dtype=np.float32)
+    whole = analyze_chain(eps_fn, sched, x_T, grid=GRID, patch_size=P)
+    chunked = analyze_chain(eps_fn, sched, x_T, grid=GRID, patch_size=P, chunk=2, progress=True)  # 2, then 1
+    for field, value in whole._asdict().items():
+        if isinstance(value, jax.Array | np.ndarray):
+            np.testing.assert_array_equal(np.asarray(getattr(chunked, field)), np.asarray(value), err_msg=field)
+    err = capsys.readouterr().err
+    assert "analyze: 3 trajectories, 4 DDIM" in err
+    assert "exact Jacobians (192 JVP columns per step); 2 chunks of 2" in err
+    assert "analyze: the first 2 of 3 trajectories took " in err and "s for the other 1" in err
+    with pytest.raises(ArgumentError, match=r"^chunk: expected an integer >= 1"):
+        analyze_chain(eps_fn, sched, x_T, grid=GRID, patch_size=P, chunk=0)
+
+
+def test_ctrl_c_stops_between_chunks(capsys):
+    """Ctrl-C was ignored until the whole compiled analysis ended. Now the trajectories run in chunks and
+    Ctrl-C (SIGINT, here sent during the first chunk) stops the analysis after the running chunk."""
+    import os
+    import signal
+
+    sched = pj.cosine(T)
+    eps_fn, x_T = mlp_eps(dtype=np.float32), noise(10, batch=3, dtype=np.float32)
+    done = []
+
+    def press_ctrl_c(finished, total):
+        done.append(finished)
+        if len(done) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt, match=r"^after 1 of 3 trajectories$"):
+        analyze_chain(eps_fn, sched, x_T, grid=GRID, patch_size=P, chunk=1, on_chunk=press_ctrl_c)
+    assert done == [1]  # no second chunk was started
+    assert "stopping after the running chunk" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is restored

@@ -286,3 +286,146 @@ def test_design_grid_corrected_writes_corrections_that_reproduce_its_record(tiny
     argv = ["design-grid", "--run", str(tiny_run), "--steps", "3", "--method", "edm", "--iterations", "3",
             "--out", str(tmp_path / "z")]  # fmt: skip
     assert cli.main(argv) == 2 and "--iterations" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_ctrl_c_between_chunks_writes_nothing(tiny_run, tmp_path, monkeypatch, capsys):
+    """`analyze` ignored Ctrl-C until the whole compiled analysis ended and printed no progress. Now the
+    trajectories run in chunks (--chunk; 1 on a CPU) with a progress display, and an interrupt between
+    chunks exits with 130 and one line saying how far it got; the earlier analysis in --out is kept.
+    The analysis is a stand-in here (its chunks and interrupt: tests/test_analysis_chain.py)."""
+    from pifs_jax.analysis import report
+
+    seen = []
+
+    def interrupted_analysis(eps_fn, sched, images, **kwargs):
+        seen.append({k: kwargs[k] for k in ("chunk", "progress")})
+        raise KeyboardInterrupt("after 1 of 2 trajectories")
+
+    monkeypatch.setattr(report, "analyze_model", interrupted_analysis)
+    out = tmp_path / "a"
+    out.mkdir()
+    (out / "analysis.md").write_text("an earlier analysis\n")
+    argv = ["analyze", "--run", str(tiny_run), "--samples", "2", "--steps", "2", "--out", str(out)]
+    assert cli.main(argv) == 130
+    assert seen == [{"chunk": 1 if jax.default_backend() == "cpu" else 8, "progress": True}]
+    assert _error(capsys).strip().splitlines()[-1] == (
+        f"pifs-jax analyze: interrupted after 1 of 2 trajectories; nothing written to {out} "
+        "(an earlier analysis there is kept)"
+    )
+    assert (out / "analysis.md").read_text() == "an earlier analysis\n" and not (out / "analysis.json").exists()
+    assert cli.main([*argv, "--chunk", "4", "--no-progress"]) == 130
+    assert seen[-1] == {"chunk": 4, "progress": False}
+
+
+def _unet_folder(tmp_path: Path, sample_size=8) -> Path:
+    """A random UNet2DModel folder of 1-channel images (attention at half resolution)."""
+    from pifs_jax.models import write_random_diffusers_unet
+
+    config = {
+        "sample_size": sample_size,
+        "in_channels": 1,
+        "out_channels": 1,
+        "block_out_channels": [8, 16],
+        "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
+        "up_block_types": ["AttnUpBlock2D", "UpBlock2D"],
+        "layers_per_block": 1,
+        "attention_head_dim": 8,
+        "norm_num_groups": 4,
+    }
+    return write_random_diffusers_unet(tmp_path / "unet", config, seed=0)
+
+
+@pytest.fixture
+def recorded_analysis(monkeypatch):
+    """The analysis replaced by a recorder of the baseline images and the config it is given."""
+    from pifs_jax.analysis import report
+
+    seen = {}
+
+    def analyze_model(eps_fn, sched, images, **kwargs):
+        seen["images"] = np.asarray(images)
+        return types.SimpleNamespace(claims=[], sample_quality=kwargs["sample_quality"])
+
+    monkeypatch.setattr(report, "analyze_model", analyze_model)
+    monkeypatch.setattr(report, "write_analysis", lambda folder, result, **kwargs: seen.update(kwargs))
+    return seen
+
+
+def test_out_that_cannot_be_created_is_refused_before_the_work(tmp_path, capsys):
+    """--out /proc/x passed the permission check, the analysis ran, then writing failed: now the folder and a
+    file in it are really created (and removed) when the options are read."""
+    from pifs_jax.cli.common import output_dir
+
+    if not Path("/proc/self").is_dir():
+        pytest.skip("needs /proc")
+    assert cli.main(["analyze", "--diffusers", str(tmp_path / "nothing"), "--out", "/proc/x"]) == 2
+    assert "argument --out: cannot create '/proc/x' or a file in it:" in _error(capsys)
+    assert output_dir(str(tmp_path / "a" / "b")) == tmp_path / "a" / "b"
+    assert not (tmp_path / "a").exists()  # the folders the check created are gone again
+
+
+def test_own_images_with_data_file(tmp_path, recorded_analysis, capsys):
+    """A model whose image shape no bundled data set has could not be analysed: --data-file gives the
+    baseline images, (N, H, W, C) or (N, C, H, W), checked against the model's shape and [-1, 1]."""
+    folder = _unet_folder(tmp_path, [8, 16])
+    out = str(tmp_path / "a")
+    assert cli.main(["analyze", "--diffusers", str(folder), "--out", out]) == 2
+    err = _error(capsys)
+    assert "argument --data: no bundled data set has the model's image shape (8, 16, 1)" in err
+    assert "--data-file images.npy, an array (N, 8, 16, 1) or (N, 1, 8, 16) with values in [-1, 1]" in err
+    images = np.linspace(-1, 1, 5 * 8 * 16).reshape(5, 1, 8, 16).astype(np.float32)  # PyTorch's layout
+    np.save(tmp_path / "images.npy", images)
+    argv = ["analyze", "--diffusers", str(folder), "--data-file", str(tmp_path / "images.npy"), "--out", out]
+    assert cli.main(argv) == 0
+    np.testing.assert_array_equal(recorded_analysis["images"], images.transpose(0, 2, 3, 1))
+    assert recorded_analysis["config"]["data_file"] == str(tmp_path / "images.npy")
+    assert cli.main([*argv, "--num-data", "2"]) == 0 and recorded_analysis["images"].shape == (2, 8, 16, 1)
+    assert cli.main([*argv, "--num-data", "6"]) == 2
+    assert "argument --num-data: " in _error(capsys)
+    for bad, message in (
+        (images * 2, "expected values in [-1, 1] (the models' input scale)"),
+        (images[:, :, :4], "expected images of the model's shape, (N, H, W, C) = (N, 8, 16, 1) or"),
+        (images[:1], "expected at least 2 images"),
+    ):
+        np.save(tmp_path / "bad.npy", bad)
+        argv = ["analyze", "--diffusers", str(folder), "--data-file", str(tmp_path / "bad.npy"), "--out", out]
+        assert cli.main(argv) == 2
+        err = _error(capsys)
+        assert "argument --data-file: " in err and message in err and "bad.npy" in err
+
+
+def test_baseline_data_sets_are_checked_against_the_model(tmp_path, recorded_analysis, capsys):
+    """--data photos32 on a smaller model gave a bare shape message; --data digits named n = 4096, a
+    default the user never typed (digits hold 1437 training images): now the default takes what there is."""
+    folder = str(_unet_folder(tmp_path))
+    out = str(tmp_path / "a")
+    assert cli.main(["analyze", "--diffusers", folder, "--data", "photos32", "--out", out]) == 2
+    assert (
+        "argument --data: the photos32 data set does not fit the model: its images are (32, 32, 3), the "
+        "model's are (8, 8, 1); name one of the model's shape (digits) or give your own images with --data-file"
+    ) in _error(capsys)
+    assert cli.main(["analyze", "--diffusers", folder, "--data", "digits", "--out", out]) == 0
+    assert recorded_analysis["images"].shape == (1437, 8, 8, 1)
+    assert cli.main(["analyze", "--diffusers", folder, "--num-data", "5000", "--out", out]) == 2
+    err = _error(capsys)
+    assert "argument --num-data: the digits data set holds 1437 training images; expected at most 1437, got 5000" in err
+    assert "4096" not in err
+
+
+def test_one_patch_is_refused_before_the_work(tmp_path, capsys):
+    """--patch-size equal to the image side computed the chains for a minute, then failed."""
+    folder = str(_unet_folder(tmp_path))
+    argv = ["analyze", "--diffusers", folder, "--num-data", "16", "--patch-size", "8", "--out", str(tmp_path / "a")]
+    assert cli.main(argv) == 2
+    assert "argument --patch-size: expected a patch size that cuts the 8x8 images into at least 2 patches" in _error(
+        capsys
+    )
+
+
+def test_a_run_config_that_is_not_utf8_is_named(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_bytes(b'{"model": "\xff"}')
+    assert cli.main(["analyze", "--run", str(run), "--out", str(tmp_path / "a")]) == 2
+    assert f"argument --run: {str(run / 'config.json')!r} is not UTF-8 text (byte 0xff at offset 11)" in _error(capsys)

@@ -25,6 +25,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import jax
@@ -323,3 +324,78 @@ def test_two_processes_agree_and_only_process_zero_writes(tmp_path, reference):
     assert (tmp_path / "process0" / CHECKPOINT_NAME).exists() and (tmp_path / "process0" / "metrics.jsonl").exists()
     assert read_checkpoint_header(tmp_path / "process0" / CHECKPOINT_NAME)["step"] == 6
     assert not (tmp_path / "process1").exists()  # process 1 writes nothing
+
+
+# ----------------------------------------------------------------------------- processes that do not join
+
+
+@pytest.mark.slow
+def test_a_missing_process_is_named_in_bounded_time(tmp_path):
+    """Process 0 of a two-process run started alone once waited 307 s in silence and aborted with a
+    C++ stack trace. Now it stops after --init-timeout seconds with one line naming process 1."""
+    port = free_port()
+    argv = ["--coordinator", f"localhost:{port}", "--num-processes", "2", "--process-id", "0", "--init-timeout", "2"]
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "pifs_jax.cli", "train", *argv, "--out", str(tmp_path / "mp"), "--no-progress"],
+        cwd=REPO,
+        env=subprocess_env(1),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert time.monotonic() - started < 60  # the import, and 2 s of waiting
+    assert result.returncode == 2, result.stderr[-3000:]
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"pifs-jax train: error: argument --num-processes: waited 2 s at localhost:{port} for ")
+    assert "for process 1 of the 2; joined: 0 (this one)" in line
+    assert "Check failure" not in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "mp").exists()
+
+
+def test_process_group_refusals(tmp_path, capsys):
+    """A process with no process 0 to join, a duplicate process id, a mismatched process count: each
+    waiting process gets a ProcessGroupError naming the argument, within its timeout (the pre-flight
+    runs before JAX is touched, so these run in this process, in threads)."""
+    import threading
+
+    from pifs_jax.errors import ProcessGroupError
+    from pifs_jax.rendezvous import rendezvous
+
+    port = free_port()
+    started = time.monotonic()
+    with pytest.raises(ProcessGroupError, match=rf"^coordinator: no process 0 answered at localhost:{port} within 1 s"):
+        initialize_processes(f"localhost:{port}", 2, 1, init_timeout=1)
+    assert time.monotonic() - started < 10
+    with pytest.raises(ArgumentError, match=r"^init_timeout: expected a positive number"):
+        initialize_processes(f"localhost:{port}", 2, 1, init_timeout=0)
+
+    errors: dict[str, ProcessGroupError] = {}
+
+    def process(name: str, process_id: int, num_processes: int) -> None:
+        try:
+            rendezvous("localhost", port, num_processes, process_id, timeout=2)
+        except ProcessGroupError as exc:
+            errors[name] = exc
+
+    threads = [threading.Thread(target=process, args=("zero", 0, 3))]
+    threads[0].start()
+    time.sleep(0.3)  # process 0 listens
+    for name, process_id, num_processes in (("one", 1, 3), ("one again", 1, 3), ("two of four", 2, 4)):
+        threads.append(threading.Thread(target=process, args=(name, process_id, num_processes)))
+        threads[-1].start()
+        time.sleep(0.2)
+    for thread in threads:
+        thread.join(timeout=30)
+    assert errors["one again"].argument == "process_id"
+    assert "process 1 has already joined the run" in errors["one again"].detail
+    assert errors["two of four"].argument == "num_processes"
+    assert "runs 3 processes, this one was started with num_processes = 4" in errors["two of four"].detail
+    assert errors["zero"].argument == "num_processes"
+    assert errors["zero"].detail.startswith(f"waited 2 s at localhost:{port} for process 2 of the 3")
+    assert "refused: a second process 1" in errors["zero"].detail
+    assert errors["one"].detail.startswith("process 0 gave up: waited 2 s")  # told by process 0
+
+    # the command line: --init-timeout only with --coordinator
+    assert cli.main(["train", "--init-timeout", "5", "--out", str(tmp_path / "x"), "--no-progress"]) == 2
+    assert "argument --init-timeout: only for a multi-process run" in capsys.readouterr().err

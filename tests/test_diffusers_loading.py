@@ -482,3 +482,36 @@ def test_google_ddpm_cifar10_configs_as_published_are_read(tmp_path):
     )
     loaded = load_diffusers_unet(folder)
     np.testing.assert_array_equal(loaded.sampling_grid(50)[:4], [0, 1, 21, 41])
+
+
+@pytest.mark.parametrize(
+    "relative", ["", "unet", "unet/config.json", "unet/diffusion_pytorch_model.safetensors", "scheduler"]
+)
+def test_symlink_loops_are_named_not_reported_missing(tmp_path, relative):
+    """A folder or file that is a link to itself was reported as "not found"; now as a symlink loop, by path."""
+    folder = tiny_folder(tmp_path)
+    target = folder / relative if relative else tmp_path / "loop"
+    if target.is_dir():
+        shutil.rmtree(target)
+    elif relative:
+        target.unlink()
+    target.symlink_to(target.name)
+    with pytest.raises(ArgumentError, match=rf"^path: '.*{relative or 'loop'}[^']*' is a symlink loop"):
+        load_diffusers_unet(target if not relative else folder)
+
+
+def test_a_pipeline_unet_entry_that_is_not_a_pair_is_described_as_found(tmp_path):
+    """{"unet": "UNet2DModel"} was refused with "the unet is 'UNet2DModel'; only UNet2DModel is read"."""
+    folder = tiny_folder(tmp_path)
+    index = folder / "model_index.json"
+    index.write_text(json.dumps({"_class_name": "DDPMPipeline", "unet": "UNet2DModel"}))
+    with pytest.raises(ArgumentError) as caught:
+        load_diffusers_unet(folder)
+    assert caught.value.argument == "path"
+    assert caught.value.detail == (
+        f"the 'unet' entry of {str(index)!r} is 'UNet2DModel' (str); expected a [library, class] pair such as "
+        '["diffusers", "UNet2DModel"]'
+    )
+    index.write_text(json.dumps({"unet": ["diffusers", "UNet2DConditionModel"]}))
+    with pytest.raises(ArgumentError, match=r"^_class_name: the pipeline's unet is a 'UNet2DConditionModel' in"):
+        load_diffusers_unet(folder)

@@ -315,6 +315,40 @@ def test_sample_pretrained(tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_sample_shows_progress_and_stops_between_batches(tmp_path, monkeypatch, capsys):
+    """`sample` printed nothing until it was done and ignored Ctrl-C until the compiled chain ended. Now
+    stderr states the denoiser evaluations first, then extrapolates the first batch's time beside a
+    progress bar; Ctrl-C (SIGINT, sent here during the first batch) stops before the next batch, and
+    nothing is written."""
+    import os
+    import signal
+
+    from pifs_jax.models import training
+
+    argv = ["sample", "--pretrained", SHIPPED, "--num", "3", "--steps", "2", "--batch-size", "2"]
+    assert cli.main([*argv, "--out", str(tmp_path / "done")]) == 0
+    err = capsys.readouterr().err
+    assert "pifs-jax sample: 3 samples x 2 denoiser evaluations (2 ddim steps), 2 batches of 2" in err
+    assert "pifs-jax sample: the first 2 samples took " in err and "s for the other 1" in err
+
+    draw = training.sample_in_chunks
+
+    def ctrl_c_during_the_first_batch(*args, on_chunk, **kwargs):
+        def pressed():
+            os.kill(os.getpid(), signal.SIGINT)
+            on_chunk()
+
+        return draw(*args, on_chunk=pressed, **kwargs)
+
+    monkeypatch.setattr(training, "sample_in_chunks", ctrl_c_during_the_first_batch)
+    out = tmp_path / "stopped"
+    assert cli.main([*argv, "--no-progress", "--out", str(out)]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"pifs-jax sample: interrupted after 2 of 3 samples; nothing written to {out}"
+    assert not (out / "samples.npz").exists()
+
+
+@pytest.mark.slow
 def test_analyze_pretrained(tmp_path, capsys):
     out = tmp_path / "analysis"
     assert cli.main(["analyze", "--pretrained", SHIPPED, "--samples", "2", "--steps", "3", "--out", str(out)]) == 0

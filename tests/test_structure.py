@@ -29,6 +29,7 @@ _FILES = "writes files: the model code stays importable without the output helpe
 # (importing module, imported module or top-level distribution) -> why it is imported in a function
 LAZY_IMPORTS: dict[tuple[str, str], str] = {
     ("pifs_jax.analysis.chain_analysis", "pifs_jax.models.common"): "importing pifs_jax must not load the networks",
+    ("pifs_jax.analysis.chain_analysis", "tqdm"): _BAR,
     ("pifs_jax.data", "skimage"): _HEAVY + " (the photographs)",
     ("pifs_jax.data", "sklearn"): _HEAVY + " (the digits)",
     ("pifs_jax.heuristics", "pifs_jax.data"): "the photographs' patch spectra only: data loads scikit-image on use",
@@ -67,6 +68,7 @@ LAZY_IMPORTS: dict[tuple[str, str], str] = {
     ("pifs_jax.reproduce", "tqdm"): _BAR,
     ("pifs_jax.results", "importlib"): "package versions, only when a result's metadata is written",
     ("pifs_jax.results", "jax"): "the backend and devices, only when a result's metadata is written",
+    ("pifs_jax.threads", "scipy"): "loads SciPy's OpenBLAS (jaxlib's LAPACK) so that the limit reaches it",
 }
 # Packages whose modules may import anything lazily: the command line imports a subcommand's
 # dependencies only when that subcommand runs, so `pifs-jax --help` starts without loading JAX.

@@ -29,6 +29,7 @@ from pifs_jax import cli
 from pifs_jax.checkpoint import CHECKPOINT_NAME, load_checkpoint, read_checkpoint_header, save_checkpoint
 from pifs_jax.cli import train as train_cli
 from pifs_jax.grids import uniform_grid
+from pifs_jax.loop import Checkpointing
 from pifs_jax.models import quality
 from pifs_jax.models import training as tr
 from pifs_jax.schedules import named_schedule
@@ -516,3 +517,72 @@ def test_cli_extends_a_finished_run(tmp_path, capsys):
     assert int(run.state.step) == 5 and run.config.steps == 5 and run.config.warmup_steps == 1
     assert cli.main([*argv, "--steps", "4", "--resume"]) == 2
     assert "steps = 5 in the checkpoint, 4 requested" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- a full disk
+
+
+@pytest.mark.slow
+def test_a_full_disk_names_the_failed_write_and_the_intact_checkpoint(tmp_path, monkeypatch, capsys):
+    """A checkpoint write that fails with ENOSPC once showed a raw OSError traceback. Now the library
+    raises a WriteError (a ValueError naming out_dir) that names the file, the reason and the intact
+    previous checkpoint; the command prints one line under --out; and the run resumes from that step."""
+    import errno
+
+    from pifs_jax import checkpoint as ckpt
+    from pifs_jax.errors import WriteError
+
+    cfg = tiny_config(steps=2, checkpoint_every=1, log_every=1, num_samples=0)
+    out = tmp_path / "run"
+    write = ckpt.atomic_write_bytes
+    saved = []
+
+    def disk_full_after_the_first_checkpoint(path, data):
+        if saved:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        saved.append(path)
+        return write(path, data)
+
+    monkeypatch.setattr(ckpt, "atomic_write_bytes", disk_full_after_the_first_checkpoint)
+    with pytest.raises(WriteError, match=r"^out_dir: writing .*checkpoint\.msgpack' failed") as error:
+        _tiny_train(cfg, out)
+    message = str(error.value)
+    assert "No space left on device (ENOSPC)" in message
+    assert f"the previous checkpoint {str(out / CHECKPOINT_NAME)!r} (step 1) is intact" in message
+    assert "--resume" in message and isinstance(error.value.__cause__, OSError)
+    assert read_checkpoint_header(out / CHECKPOINT_NAME)["step"] == 1  # the earlier checkpoint survives
+    assert not list(out.glob(".*.tmp"))  # no partial file left behind
+
+    # the command line: one line naming --out, no traceback (the run is a stand-in: two checkpoints)
+    def two_checkpoints(config, out_dir, **kwargs):
+        checkpointing = Checkpointing(Path(out_dir) / CHECKPOINT_NAME, 1, {"run": "stand-in"})
+        for step in (1, 2):
+            checkpointing.save({"step": np.int32(step)})
+
+    saved.clear()
+    with monkeypatch.context() as patch:
+        patch.setattr(tr, "train", two_checkpoints)
+        assert cli.main(["train", "--data", "digits", "--out", str(tmp_path / "cli"), "--no-progress"]) == 2
+    line = _error_line(capsys)
+    assert line.startswith("pifs-jax train: error: argument --out: writing ") and "(ENOSPC)" in line
+    assert "(step 1) is intact" in line
+
+    # once there is room again, the run resumes from the intact checkpoint and finishes
+    monkeypatch.setattr(ckpt, "atomic_write_bytes", write)
+    result = _tiny_train(cfg, out, resume=True)
+    assert int(result.state.step) == 2 and read_checkpoint_header(out / CHECKPOINT_NAME)["step"] == 2
+
+
+def test_a_failed_log_write_names_the_log(tmp_path, monkeypatch):
+    """The metrics log's append fails (EDQUOT) before any checkpoint: the error says no checkpoint exists yet."""
+    import errno
+
+    from pifs_jax.errors import WriteError
+    from pifs_jax.models.training import trainer
+
+    def quota_exceeded(path, record):
+        raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))
+
+    monkeypatch.setattr(trainer, "_append_line", quota_exceeded)
+    with pytest.raises(WriteError, match=r"metrics\.jsonl' failed: .*\(EDQUOT\); no checkpoint was written yet"):
+        _tiny_train(tiny_config(steps=2, checkpoint_every=2, log_every=1, num_samples=0), tmp_path / "run")

@@ -8,9 +8,11 @@ builds the parser from them. Nothing heavy is imported here, so ``pifs-jax --hel
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import shlex
+import tempfile
 from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import NamedTuple
@@ -33,6 +35,7 @@ __all__ = [
     "usage_error_for",
 ]
 
+#: The program name in usage lines and messages.
 PROG = "pifs-jax"
 
 
@@ -104,7 +107,7 @@ def option_for(argument: str | None, options: Collection[str]) -> str | None:
     """The command-line option of a library argument, if the command has it.
 
     Args:
-      argument: :attr:`pifs_jax.errors.ArgumentError.argument` (``"num_steps"``), or ``None``.
+      argument: the ``argument`` of a :class:`~pifs_jax.errors.ArgumentError` (``"num_steps"``), or ``None``.
       options: the options of the command that ran (``{"--steps", "--out", ...}``).
 
     Returns:
@@ -181,7 +184,10 @@ def output_dir(text: str) -> Path:
 
     Accepts an existing folder or a path whose nearest existing ancestor is a writable folder
     (the command creates the rest). Refuses an existing file, an ancestor that is a file, and a
-    folder that cannot be written (no permission, or a read-only file system).
+    folder that cannot be written (no permission, or a read-only file system). The check is real:
+    the folder is created and a temporary file written into it and removed (folders it had to
+    create are removed again), so a path no permission bit reveals (``/proc/x``, a full disk) is
+    refused before any work.
     """
     path = Path(text).expanduser()
     if path.exists() and not path.is_dir():
@@ -195,7 +201,24 @@ def output_dir(text: str) -> Path:
         raise argparse.ArgumentTypeError(
             f"cannot write into {str(ancestor)!r} (no permission, or a read-only file system)"
         )
+    _try_writing_into(path, text)
     return path
+
+
+def _try_writing_into(path: Path, text: str) -> None:
+    """Create ``path`` and a temporary file in it, then remove both (only what was created here)."""
+    created = [folder for folder in (path, *path.parents) if not folder.exists()]
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(dir=path, prefix=".write-check-")
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as err:
+        raise argparse.ArgumentTypeError(f"cannot create {text!r} or a file in it: {err.strerror or err}") from None
+    finally:
+        for folder in created:  # deepest first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 def command_line(argv: list[str]) -> str:

@@ -8,11 +8,15 @@ files and prints the summary. Nothing heavy is imported at module level.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from pifs_jax.cli.common import (
+    PROG,
     Subcommand,
     UsageError,
     command_line,
@@ -57,7 +61,9 @@ notes:
   --diffusers, the folder must hold a scheduler config (pipeline: scheduler/scheduler_config.json; model
   folder: scheduler_config.json beside config.json) of the DDPM family with prediction_type
   epsilon. A .bin weight file needs PyTorch; a .safetensors file does not. Samples are drawn
-  --batch-size at a time with one compiled chain."""
+  --batch-size at a time with one compiled chain; a progress bar on stderr counts them, the
+  denoiser evaluations are stated first and the first batch's time is extrapolated to the rest.
+  Ctrl-C stops between batches (nothing is written)."""
 
 
 #: The files ``pifs-jax sample`` writes into --out (together, at the end).
@@ -99,6 +105,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="output folder (created if missing; checked before any work)",
     )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar or time estimate (stderr)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -152,6 +159,64 @@ def _shipped(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any], str]:
     return loaded, grid, source, f"shipped model {loaded.name}"
 
 
+@contextlib.contextmanager
+def _progress(args: argparse.Namespace, evaluations: int) -> Iterator[Callable[[], None]]:
+    """``on_chunk`` for :func:`~pifs_jax.models.training.sample_in_chunks`: a tqdm bar over the
+    samples (stderr), the cost first, the first batch's time extrapolated, Ctrl-C between batches."""
+    from tqdm import tqdm
+
+    from pifs_jax.loop import deferred_interrupt
+
+    size = min(args.batch_size, args.num)
+    batches = -(-args.num // size)
+    progress = not args.no_progress
+    notice = f"{PROG} sample: stopping after the running batch (Ctrl-C again to stop at once)"
+    with (
+        deferred_interrupt(notice if batches > 1 else "") as requested,
+        tqdm(total=args.num, disable=not progress, desc="sample", unit="sample", leave=False) as bar,
+    ):
+        if progress:
+            bar.write(
+                f"{PROG} sample: {args.num} samples x {evaluations} denoiser evaluations ({args.steps} "
+                f"{args.sampler} steps), {batches} batch{'es' if batches > 1 else ''} of {size}",
+                file=sys.stderr,
+            )
+        began = time.perf_counter()
+        drawn = [0]  # samples drawn so far (a disabled bar counts nothing)
+
+        def on_chunk() -> None:
+            done = min(drawn[0] + size, args.num)
+            if progress and drawn[0] == 0 and done < args.num:
+                seconds = time.perf_counter() - began
+                bar.write(
+                    f"{PROG} sample: the first {done} samples took {seconds:.1f} s (compilation included): "
+                    f"about {seconds * (args.num - done) / done:.0f} s for the other {args.num - done}",
+                    file=sys.stderr,
+                )
+            bar.update(done - drawn[0])
+            drawn[0] = done
+            if requested() and done < args.num:
+                raise KeyboardInterrupt(f"after {done} of {args.num} samples")
+
+        yield on_chunk
+
+
+def _check_memory(args: argparse.Namespace, loaded: Any) -> None:
+    """Refuse samples that cannot fit (:func:`pifs_jax.memory.sampling_bytes`), naming --num or --batch-size."""
+    from pifs_jax.memory import check_memory, forward_bytes, sampling_bytes
+    from pifs_jax.models import as_eps_fn
+
+    shape = tuple(loaded.image_shape)
+    forward = forward_bytes(as_eps_fn(loaded.module, loaded.params), shape)
+    arrays = sampling_bytes(num=args.num, batch_size=args.batch_size, image_shape=shape, forward=0)
+    needed = sampling_bytes(num=args.num, batch_size=args.batch_size, image_shape=shape, forward=forward)
+    check_memory(
+        needed,
+        argument="--num" if arrays >= needed - arrays else "--batch-size",
+        what=f"{args.num} samples of {'x'.join(map(str, shape))} images, {args.batch_size} at a time,",
+    )
+
+
 def _run(
     args: argparse.Namespace, loaded: Any, grid: Any, source: dict[str, Any], shown: str, extra: dict | None = None
 ) -> int:
@@ -169,20 +234,29 @@ def _run(
     from pifs_jax.samplers import named_sampler
 
     out = Path(args.out)
+    _check_memory(args, loaded)
     with RunFolder(
         out, "overwrite", results=RESULT_FILES, command=command_line(getattr(args, "argv", []) or [])
     ) as folder:
         x_T = jax.random.normal(jax.random.PRNGKey(args.seed), (args.num, *loaded.image_shape))
+        sampler = named_sampler(args.sampler)
         start = time.perf_counter()
-        samples = sample_in_chunks(
-            jax.tree_util.Partial(as_eps_fn, loaded.module),
-            loaded.params,
-            loaded.schedule,
-            x_T,
-            grid=grid,
-            chunk=args.batch_size,
-            sampler=named_sampler(args.sampler),
-        )
+        try:
+            with _progress(args, sampler.nfe(len(grid) - 1)) as on_chunk:
+                samples = sample_in_chunks(
+                    jax.tree_util.Partial(as_eps_fn, loaded.module),
+                    loaded.params,
+                    loaded.schedule,
+                    x_T,
+                    grid=grid,
+                    chunk=args.batch_size,
+                    sampler=sampler,
+                    on_chunk=on_chunk,
+                )
+        except KeyboardInterrupt as exc:
+            after = f" {exc}" if str(exc) else ""
+            print(f"{PROG} sample: interrupted{after}; nothing written to {out}", file=sys.stderr)
+            return 130
         seconds = time.perf_counter() - start
         buffer = io.BytesIO()
         np.savez(

@@ -106,6 +106,10 @@ notes:
   summation order of the batch reductions (float32 rounding); the checkpoint is the same file,
   and a run may be resumed on another number of devices. With --coordinator every process
   runs the same command (same --out, on a shared file system) and only process 0 writes.
+  The processes check in with process 0 first: one that has not joined within --init-timeout
+  seconds (default 60) stops every waiting process with an error naming it; two processes
+  with the same --process-id are refused (the second one to arrive; one that arrives after
+  the run has started finds no process 0 and says so).
   --recipe NAME trains the recipe of pifs_jax.models.training.recipes exactly: options that
   would change it (model, data, optimisation, --preset, --set of such a field) are refused,
   so its fingerprint is the recipe's and 'export_pretrained(run_dir, NAME)' accepts the run.
@@ -120,6 +124,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from pifs_jax.models.training import PRESETS, WEIGHTINGS
     from pifs_jax.models.training.recipes import RECIPES
     from pifs_jax.schedules import SCHEDULE_NAMES
+    from pifs_jax.sharding import DEFAULT_INIT_TIMEOUT
 
     what = parser.add_argument_group("model and data")
     what.add_argument(
@@ -287,6 +292,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     par.add_argument(
         "--process-id", type=non_negative_int, default=None, metavar="I", help="this process's index, 0 .. P-1"
     )
+    par.add_argument(
+        "--init-timeout",
+        type=positive_int,
+        default=None,
+        metavar="S",
+        help="multi-process run: seconds every process waits for the others to join before it stops with "
+        f"an error naming the missing ones (default: {DEFAULT_INIT_TIMEOUT:g})",
+    )
 
 
 #: TrainConfig fields (the arguments of :func:`pifs_jax.models.training.train_config`) -> options.
@@ -408,15 +421,23 @@ def _start_processes(args: argparse.Namespace) -> None:
     """--coordinator/--num-processes/--process-id: join the multi-process run (before any JAX work)."""
     given = {"--coordinator": args.coordinator, "--num-processes": args.num_processes, "--process-id": args.process_id}
     if all(value is None for value in given.values()):
+        if args.init_timeout is not None:
+            raise UsageError("--init-timeout", "only for a multi-process run (with --coordinator)")
         return
     missing = [option for option, value in given.items() if value is None]
     if missing:
         raise UsageError(
             missing[0], f"a multi-process run needs {', '.join(given)} together; missing {', '.join(missing)}"
         )
-    from pifs_jax.sharding import initialize_processes
+    from pifs_jax.sharding import DEFAULT_INIT_TIMEOUT, initialize_processes
 
-    initialize_processes(args.coordinator, args.num_processes, args.process_id)  # errors name the options
+    # errors name the options; a process that does not join within --init-timeout is named
+    initialize_processes(
+        args.coordinator,
+        args.num_processes,
+        args.process_id,
+        init_timeout=DEFAULT_INIT_TIMEOUT if args.init_timeout is None else args.init_timeout,
+    )
 
 
 def result_lines(config: Any, result: Any, *, recipe: str | None, process_index: int) -> list[str]:
@@ -468,6 +489,31 @@ def result_lines(config: Any, result: Any, *, recipe: str | None, process_index:
     return lines
 
 
+def _check_memory(config: Any) -> None:
+    """Refuse (naming ``batch_size``) a run whose steps cannot fit (:func:`pifs_jax.memory.training_bytes`)."""
+    import jax
+
+    from pifs_jax.data import DATASETS
+    from pifs_jax.memory import check_memory, forward_bytes, training_bytes
+    from pifs_jax.models import as_eps_fn, count_params
+    from pifs_jax.models.training import model_for_config
+
+    config = config.resolved()
+    shape = tuple(DATASETS[config.data])
+    module, init = model_for_config(config, shape)
+    params = jax.eval_shape(init, jax.random.PRNGKey(0))  # shapes only
+    # an accelerator holds its share of the batch; CPU devices share the host's memory
+    per_device = config.batch_size if jax.default_backend() == "cpu" else -(-config.batch_size // config.devices)
+    needed = training_bytes(
+        batch_size=per_device,
+        forward=forward_bytes(as_eps_fn(module, params), shape),
+        num_params=count_params(params),
+        probes=config.probes if config.mu > 0 else 0,
+    )
+    what = f"a training step on {config.batch_size} {config.data} images ({config.model}, {config.size})"
+    check_memory(needed, argument="batch_size", what=what)
+
+
 def run(args: argparse.Namespace) -> int:
     from pifs_jax.models.training import train, train_config
 
@@ -490,6 +536,7 @@ def run(args: argparse.Namespace) -> int:
             config = train_config(
                 preset or "quick", **{**overrides, **{name: value for name, (value, _) in assigned.items()}}
             )
+        _check_memory(config)
     except ValueError as exc:
         name = getattr(exc, "argument", None)
         if name in assigned:

@@ -27,8 +27,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pifs_jax._validation import read_json_object
+from pifs_jax._validation import read_json_object, refuse_symlink_loop
 from pifs_jax.errors import ArgumentError
+from pifs_jax.memory import check_memory, forward_bytes
 from pifs_jax.models.common import as_eps_fn
 from pifs_jax.models.diffusers_unet.config import CONFIG_FILE_NAME, UNET_CLASS_NAME, UNet2DConfig, read_unet_config
 from pifs_jax.models.diffusers_unet.convert import diffusers_to_flax, diffusers_weight_shapes
@@ -96,6 +97,7 @@ class LoadedDiffusersUNet:
 
 def _model_and_scheduler_folders(path: Path) -> tuple[Path, Path | None]:
     """``(folder holding config.json and the weights, folder holding scheduler_config.json or None)``."""
+    refuse_symlink_loop(path, argument="path")
     if not path.is_dir():
         raise ArgumentError(
             "path",
@@ -103,6 +105,7 @@ def _model_and_scheduler_folders(path: Path) -> tuple[Path, Path | None]:
             f"({'a file' if path.exists() else 'not found'})",
         )
     index_file = path / "model_index.json"
+    refuse_symlink_loop(index_file, argument="path")
     if index_file.is_file():
         index = read_json_object(
             index_file, file_name=index_file.name, what="a diffusers pipeline index", argument="path"
@@ -115,14 +118,24 @@ def _model_and_scheduler_folders(path: Path) -> tuple[Path, Path | None]:
                 f"{sorted(k for k in index if not k.startswith('_'))}); expected a {UNET_CLASS_NAME} "
                 "pipeline such as DDPMPipeline",
             )
-        if not (isinstance(entry, list) and len(entry) == 2 and entry[1] == UNET_CLASS_NAME):
+        if not (isinstance(entry, list) and len(entry) == 2 and all(isinstance(part, str) for part in entry)):
+            raise ArgumentError(
+                "path",
+                f"the 'unet' entry of {str(index_file)!r} is {entry!r} ({type(entry).__name__}); expected "
+                f'a [library, class] pair such as ["diffusers", "{UNET_CLASS_NAME}"]',
+            )
+        if entry[1] != UNET_CLASS_NAME:
             raise ArgumentError(
                 "_class_name",
-                f"the pipeline's unet is {entry!r} in {str(index_file)!r}; only "
+                f"the pipeline's unet is a {entry[1]!r} in {str(index_file)!r}; only "
                 f"{UNET_CLASS_NAME} (the google/ddpm-* networks) is read",
             )
+        refuse_symlink_loop(path / "unet", argument="path")
         scheduler = path / "scheduler"
+        refuse_symlink_loop(scheduler / _SCHEDULER_FILE, argument="path")
         return path / "unet", (scheduler if (scheduler / _SCHEDULER_FILE).is_file() else None)
+    refuse_symlink_loop(path / CONFIG_FILE_NAME, argument="path")
+    refuse_symlink_loop(path / _SCHEDULER_FILE, argument="path")
     if not (path / CONFIG_FILE_NAME).is_file():
         raise ArgumentError(
             "path",
@@ -169,7 +182,9 @@ def load_diffusers_unet(path: str | os.PathLike, *, dtype: Any = np.float32, ign
         ``model_index.json`` or ``scheduler_config.json`` that is not a JSON object or is nested
         too deeply to parse, a weight tensor holding NaN or inf (naming the tensor); (``dtype``)
         a ``dtype`` that is not floating (float16, bfloat16, float32, float64), or one in which
-        finite stored weights overflow to inf (naming the parameter).
+        finite stored weights overflow to inf (naming the parameter); (``sample_size``) a sample
+        size whose one-image forward pass is estimated to need more memory than is available
+        (:mod:`pifs_jax.memory`).
     """
     from pifs_jax.interop import from_diffusers_config, load_config
 
@@ -180,6 +195,7 @@ def load_diffusers_unet(path: str | os.PathLike, *, dtype: Any = np.float32, ign
     dtype = _parameter_dtype(dtype)
     path = Path(path)
     model_folder, scheduler_folder = _model_and_scheduler_folders(path)
+    refuse_symlink_loop(model_folder / CONFIG_FILE_NAME, argument="path")
     if not (model_folder / CONFIG_FILE_NAME).is_file():
         raise ArgumentError(
             "path",
@@ -205,6 +221,7 @@ def load_diffusers_unet(path: str | os.PathLike, *, dtype: Any = np.float32, ign
     with np.errstate(over="ignore"):  # an overflow to inf is refused just below, naming the parameter
         flax_params = diffusers_to_flax(state, config, dtype=dtype)
     _check_conversion_finite(flax_params, weights_file, dtype)
+    _check_forward_fits(config, flax_params, model_folder / CONFIG_FILE_NAME)
     params = jax.tree_util.tree_map(jnp.asarray, flax_params)
     return LoadedDiffusersUNet(DiffusersUNet2D(config), params, config, schedule, scheduler_config, weights_file)
 
@@ -232,6 +249,23 @@ def _file_errors_name_path() -> Iterator[None]:
         if err.argument != "config":
             raise
         raise ArgumentError("path", err.detail) from None
+
+
+def _check_forward_fits(config: UNet2DConfig, params: Any, config_file: Path) -> None:
+    """Refuse (naming ``sample_size``) a network whose one-image forward pass cannot fit in memory.
+
+    The estimate is :func:`pifs_jax.memory.forward_bytes` (traced, nothing computed) plus the
+    parameters: the attention layers' score matrices grow with ``sample_size`` to the fourth power.
+    """
+    height, width, _ = config.image_shape
+    needed = forward_bytes(as_eps_fn(DiffusersUNet2D(config), params), config.image_shape) + sum(
+        int(np.asarray(leaf).nbytes) for leaf in jax.tree_util.tree_leaves(params)
+    )
+    check_memory(
+        needed,
+        argument="sample_size",
+        what=f"{height}x{width} images (sample_size in {str(config_file)!r}): one image through the network",
+    )
 
 
 def _check_conversion_finite(params: Any, weights_file: Path, dtype: np.dtype) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pifs_jax._validation import refuse_symlink_loop
 from pifs_jax.errors import ArgumentError
 from pifs_jax.models.diffusers_unet.convert import rename_legacy_keys
 
@@ -32,7 +33,9 @@ __all__ = [
     "read_weights",
 ]
 
+#: The weights file name of a diffusers model folder, safetensors format.
 SAFETENSORS_NAME = "diffusion_pytorch_model.safetensors"
+#: ... and the pickled torch format (read with the ``diffusers`` extra).
 PICKLE_NAME = "diffusion_pytorch_model.bin"
 _FLOAT_DTYPES = ("F16", "F32", "F64")
 _SHOWN = 8
@@ -42,6 +45,7 @@ def find_weight_file(folder: str | os.PathLike) -> Path:
     """``folder / diffusion_pytorch_model.safetensors``, else ``.bin``; refused when neither (or only shards) exist."""
     folder = Path(folder)
     for name in (SAFETENSORS_NAME, PICKLE_NAME):
+        refuse_symlink_loop(folder / name, argument="path")
         if (folder / name).is_file():
             return folder / name
     shards = sorted(p.name for p in folder.glob("diffusion_pytorch_model*.index.json"))
