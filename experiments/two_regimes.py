@@ -298,6 +298,7 @@ def _model_summary(result: ModelAnalysis) -> dict[str, Any]:
         "violations": steps["violations"]["mean"],
         "mean_violations": float(np.mean(steps["violations"]["mean"])),
         "crossover_window": s["crossover_window"],
+        "pc_windows": {name: (r or {}).get("crossover_window") for name, r in s["pc_readings"].items() if r},
         "verdicts": {c.name: c.verdict for c in result.claims},
     }
 
@@ -508,6 +509,19 @@ def render_markdown(results: dict[str, Any], analyses: dict[str, ModelAnalysis])
     lines += [
         "",
         "Claims that hold: " + ", ".join(f"{_label(n)} {counts[n]} of {len(first)}{marks[n]}" for n in models) + ".",
+        "",
+        "(PC) crossover window under each reading of docs/theory.md section 11 (A: block norms, the verdict's; "
+        "D: suppression-corrected factor along v_k; I: projected coupling): "
+        + "; ".join(
+            f"{_label(n)} "
+            + ", ".join(
+                f"{name} {_window(r['crossover_window'])}"
+                for name, r in analyses[n].summary["pc_readings"].items()
+                if r is not None
+            )
+            for n in models
+        )
+        + ".",
         "",
         "**Beyond the paper (a): the PIFS regulariser** (DiT, same seed, data and steps):",
         "",

@@ -111,8 +111,10 @@ from pifs_jax.jacobians import (
     chain_jacobian,
     ddim_step_jacobian,
     forward_jacobian,
+    forward_products,
     leading_eigenvectors,
     patch_blocks,
+    projected_coupling,
     sampler_step_jacobian,
     step_jacobian,
     step_jvp,
@@ -180,6 +182,7 @@ from pifs_jax.schedules import (
     zero_terminal_snr,
 )
 from pifs_jax.sharding import batch_mesh, initialize_processes, shard_batch, sharded_ddim_sample, sharded_sample
+from pifs_jax.threads import limit_host_threads
 
 try:  # one source for the version: pyproject.toml, through the installed metadata
     __version__ = _distribution_version("pifs_jax")
@@ -271,6 +274,7 @@ __all__ = [
     "fit_to_schedule",
     "fixed_grid",
     "forward_jacobian",
+    "forward_products",
     "from_alpha_bar",
     "from_alphas_cumprod",
     "from_betas",
@@ -294,6 +298,7 @@ __all__ = [
     "kaplan_yorke_patch_form",
     "karras",
     "leading_eigenvectors",
+    "limit_host_threads",
     "linear",
     "load_config",
     "load_dataset",
@@ -323,6 +328,7 @@ __all__ = [
     "photo_crops",
     "photo_patch_spectrum",
     "power_law_variances",
+    "projected_coupling",
     "resolution_shift",
     "round_grid",
     "run_reproduction",

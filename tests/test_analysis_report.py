@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import pifs_jax as pj
+from pifs_jax.analysis import corrected_attractor
 from pifs_jax.analysis.report import (
     FIGURES,
     UNKNOWN_QUALITY,
@@ -71,7 +72,9 @@ def test_pc_readings_are_their_stated_margins(analysed):
     """Reading A is the analysis' own margin 1 - (kappa_k + delta_k); reading D is 1 minus the diagonal
     block's quotient along v_k, <v_k, [J]_kk v_k>, recomputed here from the step Jacobian itself
     (jacfwd of the DDIM map at the trajectory's states, a second method to the suppression field's
-    f_t(lambda_k) - S_{k,t}; 1e-5: float32 network, float64 algebra); windows by crossover_window."""
+    f_t(lambda_k) - S_{k,t}; 1e-5: float32 network, float64 algebra); reading I is 1 minus the row sums
+    of |u_k^T J u_j|, the same Jacobian projected on every pair of leading directions, whose diagonal
+    is D's quotient; windows by crossover_window."""
     from pifs_jax.analysis.statistics import crossover_window
 
     result, sched = analysed
@@ -99,9 +102,17 @@ def test_pc_readings_are_their_stated_margins(analysed):
         one[k] = vectors[k]
         embedded.append(np.asarray(unpatchify(one, data.shape[1:], 2), np.float64).reshape(-1))
     u = np.stack(embedded)  # (M, n)
+    projected = np.asarray(a.projected_coupling, np.float64)
     for i, (x, t, a_t, b_t) in enumerate(zip(states, steps.t, steps.a, steps.b, strict=False)):
         J = np.asarray(pj.step_jacobian(eps_fn, x, t=t, a=a_t, b=b_t), np.float64)
         np.testing.assert_allclose(np.einsum("kn,nm,km->k", u, J, u), quotient[0, i], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(u @ J @ u.T, projected[0, i], rtol=1e-5, atol=1e-5)  # P_kj = u_k^T J u_j
+    np.testing.assert_allclose(np.diagonal(projected, axis1=-2, axis2=-1), quotient, rtol=1e-5, atol=1e-5)
+    margin_i = 1.0 - np.abs(projected).sum(-1)
+    np.testing.assert_allclose(readings["I"]["margin_mean"], margin_i.mean(axis=(0, 2)), rtol=1e-12)
+    window_i = crossover_window(a.t, (margin_i < 0).sum(-1), a.num_patches)
+    got = readings["I"]["crossover_window"]
+    assert (got is None) if window_i is None else (got["t_upper"], got["t_lower"]) == window_i
     margin_d = 1.0 - quotient
     np.testing.assert_allclose(readings["D"]["margin_mean"], margin_d.mean(axis=(0, 2)), rtol=1e-12)
     np.testing.assert_allclose(readings["D"]["violations_mean"], (margin_d < 0).sum(-1).mean(axis=0))
@@ -266,3 +277,49 @@ def test_verdicts_of_a_model_that_does_not_sample_carry_the_caveat(analysed, tmp
     assert all(f"[{caveat}]" in row[1] or row[1].startswith("not tested") for row in table)
     assert all("[" not in row[2].split(":")[0] for row in table)
     assert "Caveat" not in analysis_markdown(clean, title="clean")
+
+
+def _kaplan_yorke_per_coordinate(exponents, multiplicity):
+    """The Kaplan-Yorke rule on every coordinate's exponent (a second method to the package's block form)."""
+    lam = np.sort(np.repeat(exponents, multiplicity))[::-1]
+    sums = np.cumsum(lam)
+    j = int(np.flatnonzero(sums >= 0)[-1]) + 1  # coordinates whose partial sum stays >= 0
+    return float(j) if j == lam.size else j + sums[j - 1] / abs(lam[j])
+
+
+def test_corrected_attractor_closed_form(analysed):
+    """lambda*** and d_KY^eff of exponents set by hand: f_t(lambda_k) = e^{c_k} at every step and no
+    suppression make Lambda_eff,k = c_k exactly. With c ascending in lambda, -1.13 + 0.1 i over the
+    16 patches, the first crossing lies between c = -0.03 and +0.07, 30 % of the way in log lambda;
+    d_KY^eff against the rule applied coordinate by coordinate (n_k = 4; 1e-5: float32 sums)."""
+    result, _ = analysed
+    a = result.analysis
+    m, n_steps = a.num_patches, len(a.t)
+    lam = np.geomspace(0.01, 1.0, m)[np.random.default_rng(0).permutation(m)]  # patches in any order
+    c = -1.13 + 0.1 * np.argsort(np.argsort(lam))  # ascending in lambda
+    fake = a._replace(
+        expansion_along_leading=np.tile(np.exp(c), (n_steps, 1)),
+        suppression=np.zeros_like(np.asarray(a.suppression)),
+    )
+    got = corrected_attractor(fake, lam)
+    order = np.sort(lam)
+    expected = np.exp(np.log(order[11]) + 0.3 * (np.log(order[12]) - np.log(order[11])))
+    np.testing.assert_allclose(got.moran_threshold, np.full(3, expected), rtol=1e-9)
+    np.testing.assert_allclose(got.dimension, np.full(3, _kaplan_yorke_per_coordinate(c, 4)), rtol=1e-5)
+    assert 16 < got.dimension[0] < 64  # the crossing falls among the contracting patches, not saturated
+    np.testing.assert_array_equal(got.expanding_patches, np.full(3, 4))
+    # an annihilated patch (f - S <= 0 once) just below the crossing: the threshold moves to the next patch
+    annihilated = np.tile(np.exp(c), (n_steps, 1))
+    annihilated[0, np.argsort(lam)[11]] = 0.0
+    got = corrected_attractor(fake._replace(expansion_along_leading=annihilated), lam)
+    np.testing.assert_allclose(got.moran_threshold, np.full(3, order[12]), rtol=1e-12)
+    # no patch expands: no crossing
+    none = corrected_attractor(fake._replace(expansion_along_leading=np.full((n_steps, m), 0.5)), lam)
+    assert np.all(np.isnan(none.moran_threshold)) and np.all(none.expanding_patches == 0)
+    with pytest.raises(ValueError, match="patch_eigenvalues"):
+        corrected_attractor(fake, lam[:-1])
+    # the summary records the real analysis' values
+    record = result.summary["corrected_attractor"]
+    real = corrected_attractor(a, np.asarray(result.summary["patch_eigenvalues"]))
+    np.testing.assert_allclose(record["dimension"]["mean"], np.mean(real.dimension), rtol=1e-12)
+    assert record["trajectories_with_crossing"] == int(np.isfinite(real.moran_threshold).sum())

@@ -15,8 +15,10 @@ from pifs_jax.jacobians import (
     chain_jacobian,
     ddim_step_jacobian,
     forward_jacobian,
+    forward_products,
     leading_eigenvectors,
     patch_blocks,
+    projected_coupling,
     step_jacobian,
     step_jvp,
     step_vjp,
@@ -54,6 +56,24 @@ def test_forward_jacobian_equals_jacfwd_for_any_tangent_batch(x64, chunk):
         rtol=1e-12,
         atol=1e-12,
     )
+
+
+@pytest.mark.parametrize("chunk", [None, 1, 7, 64])
+def test_forward_products_return_value_and_pushed_block(x64, chunk):
+    """``forward_products(fn, x, V) = (fn(x), J V)``: ``jax.jacfwd(fn)(x) @ V`` to rounding, under vmap too.
+
+    ``chunk=None`` (batches sized from the linear map) included; ``p = 11`` leaves a partial batch.
+    """
+    w = jax.random.normal(jax.random.PRNGKey(0), (30, 30))
+
+    def fn(x):
+        return jnp.tanh(w @ x) * x[::-1]
+
+    xs = jax.random.normal(jax.random.PRNGKey(1), (3, 30))
+    v = jax.random.normal(jax.random.PRNGKey(2), (30, 11))
+    value, pushed = jax.vmap(lambda x: forward_products(fn, x, v, chunk=chunk))(xs)
+    np.testing.assert_allclose(value, jax.vmap(fn)(xs), rtol=1e-15, atol=1e-15)
+    np.testing.assert_allclose(pushed, jax.vmap(jax.jacfwd(fn))(xs) @ v, rtol=1e-13, atol=1e-13)
 
 
 def coefficients(sched, step):
@@ -291,6 +311,15 @@ def test_suppression_field(x64):
     lam_top = np.linalg.eigvalsh(covs)[:, -1]
     f_top = np.asarray(pj.expansion_factor(sched, lam_top, GRID))[29]
     np.testing.assert_allclose(diagonal, f_top - np.asarray(s), rtol=1e-10, atol=1e-12)
+    # the step on the leading directions, P_kj = <v_k, [J Phi]_kj v_j>: every block of the dense
+    # Jacobian against the M JVPs (jitted); its diagonal is the quotient above
+    step = lambda y: ddim_step(eps_fn, y, t, a, b)  # noqa: E731
+    projected = jax.jit(lambda y: projected_coupling(step, y, image_shape=shape, patch_size=p, leading_vectors=v))(x)
+    chex.assert_shape(projected, (4, 4))
+    np.testing.assert_allclose(projected, np.einsum("ki,kjil,jl->kj", v, jac_blocks, v), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(np.diagonal(projected), f_top - np.asarray(s), rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match=r"leading_vectors.*\(4, 16\)"):
+        projected_coupling(step, x, image_shape=shape, patch_size=p, leading_vectors=v[:, :-1])
     # the baseline suppresses nothing relative to itself (jitted)
     zero = jax.jit(
         lambda y: suppression_field(baseline, baseline, y, t=t, b=b, image_shape=shape, patch_size=p, leading_vectors=v)

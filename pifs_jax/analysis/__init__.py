@@ -3,7 +3,8 @@
 - :mod:`pifs_jax.analysis.chain_analysis`: :func:`analyze_chain`, every per-step quantity of the
   two-regime picture (block norms of the step Jacobian, suppression field, deviation from the
   Gaussian baseline, attention entropy) along one or several DDIM trajectories, and
-  :func:`per_patch_exponents`.
+  :func:`per_patch_exponents` with what follows from them, the suppression-corrected Moran
+  threshold and Kaplan-Yorke dimension (:func:`corrected_attractor`).
 - :mod:`pifs_jax.analysis.statistics`: bootstrap intervals, Spearman correlation with its
   ``t``-distribution p-value, ordinary least squares with a ``t``-interval, the (PC) crossover
   window.
@@ -18,8 +19,10 @@ from __future__ import annotations
 
 from pifs_jax.analysis.chain_analysis import (
     ChainAnalysis,
+    CorrectedAttractor,
     ModuleAttention,
     analyze_chain,
+    corrected_attractor,
     module_attention_fn,
     per_patch_exponents,
 )
@@ -39,10 +42,12 @@ __all__ = [
     "VERDICTS",
     "ChainAnalysis",
     "ClaimResult",
+    "CorrectedAttractor",
     "ModuleAttention",
     "OLSFit",
     "analyze_chain",
     "bootstrap_mean_interval",
+    "corrected_attractor",
     "crossover_window",
     "evaluate_claims",
     "module_attention_fn",

@@ -26,7 +26,9 @@ evaluates
   the trajectory), and, for deterministic DDIM only, the model-free predictions of its step map:
   the suppression field ``S_{k,t}(x) = |b_t| <v_k, [J_x Delta_t(x)]_kk v_k>``
   (:func:`pifs_jax.jacobians.suppression_field`) and the Gaussian expansion ``f_t(lambda_k)``
-  along the leading eigenvectors (:func:`pifs_jax.geometry.expansion_factor`); for another sampler
+  along the leading eigenvectors (:func:`pifs_jax.geometry.expansion_factor`), and the step projected
+  on those directions, ``P_kj = <v_k, [J]_kj v_j>`` (:func:`pifs_jax.jacobians.projected_coupling`,
+  reading (I) of docs/theory.md section 11); for another sampler
   they are NaN and named in :attr:`ChainAnalysis.not_applicable` (:data:`DDIM_PREDICTIONS`);
 - with an ``attention_fn``: the mean row entropy of each attention layer
   (:func:`pifs_jax.models.attention_entropy`, nats).
@@ -35,13 +37,18 @@ The whole analysis of one architecture is one ``equinox.filter_jit`` program tak
 denoiser (and ``attention_fn``) as arguments: the array leaves of a pytree denoiser
 (:func:`pifs_jax.models.as_eps_fn`, :func:`module_attention_fn`, ``jax.tree_util.Partial``) are
 traced, so a second parameter set of the same architecture compiles nothing new. Several
-trajectories (``x_T`` of shape ``(S, H, W, C)``) run under ``jax.vmap`` in the same program,
-optionally split over the ``batch`` axis of a device mesh (:mod:`pifs_jax.sharding`).
+trajectories (``x_T`` of shape ``(S, H, W, C)``) run under ``jax.vmap`` in the same program (one
+at a time under ``lax.map`` on a CPU), optionally split over the ``batch`` axis of a device mesh
+(:mod:`pifs_jax.sharding`), and ``chunk`` trajectories per call of it: Ctrl-C stops the analysis
+between chunks, and a progress bar with a time estimate follows them (:func:`analyze_chain`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import sys
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple, cast
 
@@ -57,28 +64,50 @@ from pifs_jax.denoisers import Attention, gaussian_denoiser_patches
 from pifs_jax.errors import ArgumentError, NonFiniteError
 from pifs_jax.geometry import expansion_factor
 from pifs_jax.grids import as_grid
-from pifs_jax.jacobians import block_norms, block_norms_matrix_free, forward_jacobian, suppression_field
+from pifs_jax.jacobians import (
+    block_norms,
+    block_norms_matrix_free,
+    forward_jacobian,
+    projected_coupling,
+    suppression_field,
+)
+from pifs_jax.kaplan_yorke import kaplan_yorke_dimension
+from pifs_jax.loop import deferred_interrupt
 from pifs_jax.patches import PatchLayout, patch_layout, unpatchify
-from pifs_jax.samplers import DDIM, Sampler, check_denoiser, check_sampler, flat_chain, locate_nonfinite, table_row
+from pifs_jax.samplers import (
+    DDIM,
+    Sampler,
+    check_denoiser,
+    check_sampler,
+    flat_chain,
+    locate_nonfinite,
+    sampler_label,
+    table_row,
+)
 from pifs_jax.schedules import Schedule
 from pifs_jax.sharding import BATCH_AXIS, shard_batch, sharding_constraint
 from pifs_jax.typing import EpsFn
 
 __all__ = [
     "DDIM_PREDICTIONS",
+    "EXACT_MAX_N",
     "METHODS",
     "ChainAnalysis",
+    "CorrectedAttractor",
     "ModuleAttention",
     "analyze_chain",
+    "corrected_attractor",
     "module_attention_fn",
     "per_patch_exponents",
 ]
 
-#: Block-norm estimators: ``"auto"`` (exact up to ``exact_max_n``), ``"exact"``, ``"matrix_free"``.
+#: The block-norm estimators, ``"auto"`` (exact up to ``exact_max_n``), ``"exact"`` and ``"matrix_free"``.
 METHODS = ("auto", "exact", "matrix_free")
+#: The largest ``n = H W C`` for which ``"auto"`` forms the Jacobian (:func:`analyze_chain`'s default).
+EXACT_MAX_N = 3072
 #: The model-free predictions of the deterministic DDIM step map (``|b_t|``, ``a_t``, ``f_t``): NaN
 #: and listed in :attr:`ChainAnalysis.not_applicable` for any other sampler.
-DDIM_PREDICTIONS = ("suppression", "expansion_along_leading", "predicted_exponents")
+DDIM_PREDICTIONS = ("suppression", "expansion_along_leading", "predicted_exponents", "projected_coupling")
 
 
 class ChainAnalysis(NamedTuple):
@@ -125,12 +154,15 @@ class ChainAnalysis(NamedTuple):
     patch_size: int
     image_shape: tuple
     method: str
-    """The block-norm estimator used: ``"exact"`` or ``"matrix_free"``."""
+    """The block-norm estimator used, ``"exact"`` or ``"matrix_free"``."""
     sampler: str = "DDIM(eta=0.0)"
     """The sampler whose chain was analysed (its ``repr``)."""
     not_applicable: tuple[str, ...] = ()
     """The model-free predictions of :data:`DDIM_PREDICTIONS` that do not apply to :attr:`sampler`
     (all of them unless it is deterministic DDIM; their fields are then NaN)."""
+    projected_coupling: jax.Array | None = None
+    """``P_kj = <v_k, [J]_kj v_j>``, the step on the patches' leading directions, shape ``([S,] N, M, M)``
+    (deterministic DDIM with a baseline; else NaN; :func:`pifs_jax.jacobians.projected_coupling`)."""
 
     @property
     def model_free(self) -> bool:
@@ -287,8 +319,13 @@ def _one_trajectory(
                     eps_fn, gaussian, x, t=t, b=row.b.astype(dtype), image_shape=image_shape, patch_size=p,
                     leading_vectors=vectors,
                 )  # fmt: skip
+                out["ddim_projected_coupling"] = projected_coupling(
+                    lambda v: chain.image_step(v.reshape(-1), inp, z).reshape(image_shape), x,
+                    image_shape=image_shape, patch_size=p, leading_vectors=vectors,
+                )  # fmt: skip
             else:
                 out["ddim_suppression"] = jnp.full((layout.num_patches,), jnp.nan, dtype)
+                out["ddim_projected_coupling"] = jnp.full((layout.num_patches,) * 2, jnp.nan, dtype)
         if attention_fn is not None:
             out["attention_entropy"] = attention_entropy(_attention_layers(attention_fn(x, t)))
         return chain.step(z, inp), out
@@ -375,11 +412,14 @@ def analyze_chain(
     baseline: PatchStats | None = None,
     attention_fn: Callable | None = None,
     method: str = "auto",
-    exact_max_n: int = 3072,
+    exact_max_n: int = EXACT_MAX_N,
     krylov_iters: int = 32,
     key: jax.Array | None = None,
     mesh: Mesh | None = None,
     check_finite: bool = True,
+    chunk: int | None = None,
+    progress: bool = False,
+    on_chunk: Callable[[int, int], Any] | None = None,
 ) -> ChainAnalysis:
     """Block norms, suppression, deviation and attention entropy at every step of a sampler's chains.
 
@@ -427,6 +467,17 @@ def analyze_chain(
         Jacobian-derived values (block norms ``kappa_k``, ``delta_k``; DDIM's suppression field)
         are not finite although the chain is (a denoiser whose derivative is infinite or NaN,
         e.g. ``sqrt`` at 0). One check on the results, after the compiled program.
+      chunk: trajectories per compiled call (``None``: all ``S`` in one). The chunks run one
+        after the other (one compilation per chunk shape: the chunk and a smaller last one);
+        between chunks Ctrl-C stops the analysis (:func:`pifs_jax.loop.deferred_interrupt`),
+        which raises ``KeyboardInterrupt("after k of S trajectories")``. On a CPU (one
+        trajectory at a time in any case) the results are bit-identical for every ``chunk``; on
+        an accelerator (vmapped) the batch size may change the float32 rounding. With a
+        ``mesh``: a multiple of its batch axis.
+      progress: a tqdm bar over the trajectories (stderr), the cost beforehand (steps,
+        Jacobian columns or Krylov steps) and, after the first of several chunks, the time it
+        took (compilation included) extrapolated to the others.
+      on_chunk: ``on_chunk(done, S)`` after every chunk (e.g. a progress display).
 
     Returns:
       :class:`ChainAnalysis`.
@@ -486,10 +537,30 @@ def analyze_chain(
         )
         lam = jnp.asarray(baseline.leading_eigenvalue, dtype)
 
-    x_0, per_step = _compiled_analysis(
-        eps_fn, sampler, sched, jnp.asarray(grid), x_T, key, noise_keys, packed, attention_fn,
-        layout=layout, exact=exact, iters=krylov_iters, batched=batched, mesh=mesh, model_free=model_free,
-    )  # fmt: skip
+    def compiled(x, keys):
+        return _compiled_analysis(
+            eps_fn, sampler, sched, jnp.asarray(grid), x, key, keys, packed, attention_fn,
+            layout=layout, exact=exact, iters=krylov_iters, batched=batched, mesh=mesh, model_free=model_free,
+        )  # fmt: skip
+
+    if not batched:
+        x_0, per_step = compiled(x_T, noise_keys)
+    else:
+        total = x_T.shape[0]
+        size = total if chunk is None else min(check_positive_int(chunk, name="chunk"), total)
+        if mesh is not None and size % mesh.shape[BATCH_AXIS]:
+            raise ArgumentError(
+                "chunk", f"expected a multiple of the {mesh.shape[BATCH_AXIS]} devices of the mesh, got {chunk}"
+            )
+        cost = (
+            f"exact Jacobians ({layout.size} JVP columns per step)"
+            if exact
+            else f"matrix-free block norms ({krylov_iters} Krylov steps per block)"
+        )
+        x_0, per_step = _in_chunks(
+            compiled, x_T, noise_keys, size, progress=progress, on_chunk=on_chunk,
+            what=f"{len(grid) - 1} {sampler_label(sampler)} steps each, {cost}",
+        )  # fmt: skip
     t = grid[1:][::-1]  # each step's input timestep, chain order: t_N first
     if check_finite:
         _raise_if_nonfinite(eps_fn, sched, x_T, x_0, grid, batched, sampler, noise_keys)
@@ -521,7 +592,48 @@ def analyze_chain(
         method="exact" if exact else "matrix_free",
         sampler=repr(sampler),
         not_applicable=() if model_free else DDIM_PREDICTIONS,
+        projected_coupling=per_step.get("ddim_projected_coupling"),
     )
+
+
+def _in_chunks(compiled, x_T, noise_keys, size, *, progress, on_chunk, what):
+    """``compiled(x, keys)`` over the trajectories ``size`` at a time, concatenated (see :func:`analyze_chain`)."""
+    total = int(x_T.shape[0])
+    chunks = -(-total // size)
+    parts = []
+    notice = "analyze: stopping after the running chunk of trajectories (Ctrl-C again to stop at once)"
+    with contextlib.ExitStack() as stack:
+        requested = stack.enter_context(deferred_interrupt(notice if chunks > 1 else ""))
+        bar = None
+        if progress:
+            from tqdm import tqdm  # text bar: works in terminals and notebooks without ipywidgets
+
+            bar = stack.enter_context(tqdm(total=total, desc="analyze", unit="trajectory", leave=False))
+            bar.write(
+                f"analyze: {total} trajectories, {what}; {chunks} chunk{'s' if chunks > 1 else ''} of {size}",
+                file=sys.stderr,
+            )
+        for start in range(0, total, size):
+            stop = min(start + size, total)
+            began = time.perf_counter()
+            part = compiled(x_T[start:stop], None if noise_keys is None else noise_keys[start:stop])
+            parts.append(jax.block_until_ready(part))
+            if bar is not None:
+                bar.update(stop - start)
+                if start == 0 and stop < total:
+                    seconds = time.perf_counter() - began
+                    bar.write(
+                        f"analyze: the first {stop} of {total} trajectories took {seconds:.1f} s (compilation "
+                        f"included): about {seconds * (total - stop) / stop:.0f} s for the other {total - stop}",
+                        file=sys.stderr,
+                    )
+            if on_chunk is not None:
+                on_chunk(stop, total)
+            if requested() and stop < total:
+                raise KeyboardInterrupt(f"after {stop} of {total} trajectories")
+    if len(parts) == 1:
+        return parts[0]
+    return jax.tree_util.tree_map(lambda *leaves: jnp.concatenate(leaves), *parts)
 
 
 def _raise_if_nonfinite(eps_fn, sched, x_T, x_0, grid, batched, sampler, noise_keys) -> None:
@@ -589,3 +701,77 @@ def per_patch_exponents(analysis: ChainAnalysis) -> tuple[np.ndarray, np.ndarray
             predicted = np.full_like(predicted, np.nan)
         measured = np.mean(np.log(np.asarray(analysis.kappa_diag_per_patch, np.float64)), axis=-2)
     return predicted, measured
+
+
+class CorrectedAttractor(NamedTuple):
+    """The suppression-corrected Moran threshold and Kaplan-Yorke dimension (docs/theory.md section 6).
+
+    Each of shape ``([S,])``, one value per trajectory of the analysis.
+    """
+
+    moran_threshold: np.ndarray
+    """``lambda***``: the patch variance at which ``Lambda_eff`` first turns positive (NaN: no crossing)."""
+    dimension: np.ndarray
+    """``d_KY^eff``: the Kaplan-Yorke rule on ``Lambda_eff,k`` with multiplicities ``n_k``."""
+    expanding_patches: np.ndarray
+    """``#{k: Lambda_eff,k > 0}``, int."""
+
+
+#: Stands in for an annihilated direction's ``-inf`` exponent in the Kaplan-Yorke rule: finite in
+#: float32, so its fraction ``S_j / |Lambda|`` is zero to float32 precision, as the limit is.
+_ANNIHILATED = -1e30
+
+
+def corrected_attractor(analysis: ChainAnalysis, patch_eigenvalues: Any) -> CorrectedAttractor:
+    """``lambda***`` and ``d_KY^eff`` of each trajectory, from :func:`per_patch_exponents`' predictions.
+
+    With ``Lambda_eff,k = (1/N) sum_i log(f_{t_i}(lambda_k) - S_{k,t_i})`` and the patches sorted by
+    their leading variance ``lambda_k``: ``lambda***`` is the first zero crossing of ``Lambda_eff``
+    from below, interpolated linearly in ``log lambda`` between the two patches around it,
+    ``log lambda*** = log lambda_k + (0 - Lambda_k) / (Lambda_{k+1} - Lambda_k) (log lambda_{k+1} -
+    log lambda_k)`` for the smallest ``k`` with ``Lambda_k <= 0 < Lambda_{k+1}`` (``lambda_{k+1}``
+    when ``Lambda_k = -inf``); NaN when no patch expands or every patch does (the crossing is
+    outside the patches' range). ``d_KY^eff`` is :func:`pifs_jax.kaplan_yorke_dimension` of the
+    ``Lambda_eff,k`` with multiplicities ``n_k`` (an annihilated direction, ``-inf``, contributes
+    no fraction). Definitions fixed in docs/theory.md section 6 before any model was measured.
+
+    Args:
+      analysis: a :class:`ChainAnalysis` of deterministic DDIM with a baseline.
+      patch_eigenvalues: ``lambda_k``, shape ``(M,)`` (:attr:`pifs_jax.PatchStats.leading_eigenvalue`).
+
+    Returns:
+      :class:`CorrectedAttractor`.
+
+    Raises:
+      ArgumentError: naming ``analysis`` (no suppression field, or another sampler than
+        deterministic DDIM) or ``patch_eigenvalues`` (not ``M`` positive values).
+    """
+    predicted, _ = per_patch_exponents(analysis)
+    if "predicted_exponents" in analysis.not_applicable:
+        raise ArgumentError("analysis", f"the corrected exponents are deterministic DDIM's, not {analysis.sampler}'s")
+    lam = np.asarray(patch_eigenvalues, np.float64)
+    m = analysis.num_patches
+    if lam.shape != (m,) or not np.all(np.isfinite(lam) & (lam > 0)):
+        raise ArgumentError("patch_eigenvalues", f"expected {m} positive finite variances, got shape {lam.shape}")
+    order = np.argsort(lam, kind="stable")
+    log_lam = np.log(lam[order])
+    exponents = np.atleast_2d(predicted)[:, order]  # (S, M), ascending lambda
+    sizes = np.full(m, patch_layout(analysis.image_shape, analysis.patch_size).patch_dim, np.float64)
+    thresholds, dimensions = [], []
+    for row in exponents:
+        threshold = np.nan
+        for k in range(m - 1):
+            low, high = row[k], row[k + 1]
+            if low <= 0 < high:
+                fraction = 1.0 if np.isneginf(low) else -low / (high - low)
+                threshold = float(np.exp(log_lam[k] + fraction * (log_lam[k + 1] - log_lam[k])))
+                break
+        thresholds.append(threshold)
+        finite = np.where(np.isneginf(row), _ANNIHILATED, row)
+        dimensions.append(float(kaplan_yorke_dimension(finite, sizes)))
+    shape = np.shape(predicted)[:-1]
+    return CorrectedAttractor(
+        moran_threshold=np.asarray(thresholds).reshape(shape),
+        dimension=np.asarray(dimensions).reshape(shape),
+        expanding_patches=np.sum(exponents > 0, axis=-1).reshape(shape),
+    )

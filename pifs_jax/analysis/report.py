@@ -34,7 +34,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pifs_jax.analysis.chain_analysis import ChainAnalysis, analyze_chain, module_attention_fn, per_patch_exponents
+from pifs_jax.analysis.chain_analysis import (
+    ChainAnalysis,
+    CorrectedAttractor,
+    analyze_chain,
+    corrected_attractor,
+    module_attention_fn,
+    per_patch_exponents,
+)
 from pifs_jax.analysis.claims import PAPER_VALUES, ClaimResult, evaluate_claims
 from pifs_jax.analysis.figures import (
     plot_block_norms,
@@ -47,6 +54,7 @@ from pifs_jax.analysis.statistics import bootstrap_mean_interval, crossover_wind
 from pifs_jax.data import patch_stats
 from pifs_jax.errors import ArgumentError
 from pifs_jax.grids import uniform_grid
+from pifs_jax.patches import patch_layout
 from pifs_jax.plotting import save_figure
 from pifs_jax.results import atomic_write_text, write_result_json
 from pifs_jax.run_folder import RunFolder
@@ -57,6 +65,7 @@ __all__ = [
     "ANALYSIS_FILES",
     "FIGURES",
     "MAX_FRACTION_OUTSIDE",
+    "MIN_PATCHES",
     "SAMPLE_BOUND",
     "UNKNOWN_QUALITY",
     "ModelAnalysis",
@@ -74,13 +83,15 @@ __all__ = [
     "write_analysis",
 ]
 
-#: The bound of the sample-quality caveat: sample values outside ``[-SAMPLE_BOUND, SAMPLE_BOUND]``
+#: The bound of the sample-quality caveat. Sample values outside ``[-SAMPLE_BOUND, SAMPLE_BOUND]``
 #: count as outside the data range (the shipped models' target, ``curve.TARGETS["outside_bound"]``).
 SAMPLE_BOUND = 1.05
 #: Above this fraction of values outside the bound, a model's verdicts carry the caveat.
 MAX_FRACTION_OUTSIDE = 0.05
 #: The caveat of a model whose sample quality is not recorded.
 UNKNOWN_QUALITY = "sample quality unknown"
+#: Fewest PIFS patches :func:`analyze_model` accepts: the claims compare each patch with the others.
+MIN_PATCHES = 2
 
 #: The figures :func:`write_analysis` writes: file name -> plotting function.
 FIGURES: dict[str, Callable[..., Any]] = {
@@ -281,12 +292,17 @@ def summarize_analysis(
       patches) and its ``"crossover_window"``: ``"A"``, ``m_k = 1 - (kappa_k + delta_k)`` (the
       default above), and for deterministic DDIM with a baseline ``"D"``,
       ``m_k = 1 - (f_t(lambda_k) - S_{k,t})``, the suppression-corrected factor along the patch's
-      leading direction (``None`` otherwise);
+      leading direction (``None`` otherwise), and likewise ``"I"``, ``m_k = 1 - sum_j |P_kj|`` with
+      ``P_kj = <v_k, [J]_kj v_j>`` the step projected on the patches' leading directions;
     - ``deviation_fit``: OLS of ``log ||Delta_t||`` on ``log sqrt(ab_t)`` over the steps with
       ``logSNR < 0``: ``{"slope", "intercept", "slope_lo", "slope_hi", "r2", "steps",
       "x_range"}`` or ``None`` (fewer than 3 such steps, or no baseline);
     - ``exponents``: ``{"predicted", "measured"}`` ``(S, M)`` and ``"agreement"`` (fraction of
-      (patch, trajectory) pairs with equal signs), or ``None`` without a baseline.
+      (patch, trajectory) pairs with equal signs), or ``None`` without a baseline;
+    - ``corrected_attractor``: the suppression-corrected Moran threshold ``lambda***`` (over the
+      trajectories that have one; ``None`` if none) and Kaplan-Yorke dimension ``d_KY^eff`` (also
+      divided by ``n``) of :func:`~pifs_jax.analysis.corrected_attractor`, with intervals, or
+      ``None`` (no baseline, or another sampler than deterministic DDIM).
     """
     if not analysis.batched:
         raise ArgumentError("analysis", "expected an analysis of several trajectories (x_T of shape (S, H, W, C))")
@@ -324,6 +340,7 @@ def summarize_analysis(
                 "steps": int(high.sum()),
                 "x_range": [float(np.exp(x.min())), float(np.exp(x.max()))],
             }
+    attractor = None
     if analysis.suppression is not None:
         predicted, measured = per_patch_exponents(analysis)
         exponents = {
@@ -331,6 +348,8 @@ def summarize_analysis(
             "measured": measured.tolist(),
             "agreement": float(np.mean(np.sign(predicted) == np.sign(measured))),
         }
+        if analysis.model_free:
+            attractor = _attractor_record(corrected_attractor(analysis, lam), analysis, seed)
     return {
         "t": t.tolist(),
         "alpha_bar": alpha_bar.tolist(),
@@ -366,9 +385,29 @@ def summarize_analysis(
                     - np.asarray(analysis.suppression, np.float64)
                 ),
             ),
+            "I": None
+            if analysis.projected_coupling is None or not analysis.model_free
+            else _pc_reading(t, 1.0 - np.abs(np.asarray(analysis.projected_coupling, np.float64)).sum(axis=-1)),
         },
         "deviation_fit": fit,
         "exponents": exponents,
+        "corrected_attractor": attractor,
+    }
+
+
+def _attractor_record(attractor: CorrectedAttractor, analysis: ChainAnalysis, seed: int) -> dict[str, Any]:
+    """``lambda***`` over the trajectories where it exists, and ``d_KY^eff`` (also as a fraction of ``n``)."""
+    thresholds = np.atleast_1d(attractor.moran_threshold)
+    found = thresholds[np.isfinite(thresholds)]
+    dimension = np.atleast_1d(attractor.dimension)
+    n = int(np.prod(analysis.image_shape))
+    return {
+        "moran_threshold": _interval(found, seed) if found.size else None,
+        "trajectories_with_crossing": int(found.size),
+        "expanding_patches_mean": float(np.mean(attractor.expanding_patches)),
+        "dimension": _interval(dimension, seed),
+        "dimension_fraction": _interval(dimension / n, seed),
+        "n": n,
     }
 
 
@@ -412,6 +451,8 @@ def analyze_model(
     mesh: Any = None,
     sampler: Sampler | None = None,
     sample_quality: Mapping[str, Any] | None = None,
+    chunk: int | None = None,
+    progress: bool = False,
 ) -> ModelAnalysis:
     """Analyse ``samples`` chains of ``eps_fn`` and judge the paper's claims on them.
 
@@ -424,10 +465,12 @@ def analyze_model(
       eps_fn: the denoiser (a pytree such as ``load_run(...).eps_fn`` compiles once per architecture).
       sched: the schedule the model was trained with.
       train_images: ``(N, H, W, C)`` in the model's input scale, or ``None``.
-      patch_size: ``p``; ``samples``: ``S >= 2`` (intervals need more than one); ``steps``: ``N``.
+      patch_size: ``p``, cutting the images into at least :data:`MIN_PATCHES` patches; ``samples``:
+        ``S >= 2`` (intervals need more than one); ``steps``: ``N``.
       attention_fn: e.g. :func:`pifs_jax.analysis.module_attention_fn` (``None``: entropy not tested).
-      method, mesh, sampler: passed to :func:`~pifs_jax.analysis.analyze_chain` (``sampler``
-        default ``DDIM()``; for other samplers the DDIM-only predictions are not tested).
+      method, mesh, sampler, chunk, progress: passed to :func:`~pifs_jax.analysis.analyze_chain`
+        (``sampler`` default ``DDIM()``; for other samplers the DDIM-only predictions are not
+        tested; ``chunk`` trajectories per compiled call, Ctrl-C stopping between chunks).
       sample_quality: the model's recorded sample quality (:func:`run_sample_quality`,
         :func:`card_sample_quality`), kept in the result and printed with every verdict; ``None``:
         none recorded (:data:`UNKNOWN_QUALITY`). It does not change the verdicts.
@@ -436,8 +479,14 @@ def analyze_model(
         raise ArgumentError("samples", f"expected an integer >= 2 (intervals over trajectories), got {samples!r}")
     if train_images is None:
         raise ArgumentError("train_images", "expected the training images (for the Gaussian baseline and lambda_k)")
-    stats = patch_stats(np.asarray(train_images, np.float32), patch_size=patch_size)
     image_shape = tuple(np.shape(train_images)[1:])
+    if patch_layout(image_shape, patch_size).num_patches < MIN_PATCHES:
+        raise ArgumentError(
+            "patch_size",
+            f"expected a patch size that cuts the {image_shape[0]}x{image_shape[1]} images into at least "
+            f"{MIN_PATCHES} patches (the claims compare each patch with the others), got {patch_size}: one patch",
+        )
+    stats = patch_stats(np.asarray(train_images, np.float32), patch_size=patch_size)
     x_T = jax.random.normal(jax.random.PRNGKey(seed), (samples, *image_shape))
     grid = uniform_grid(sched.T, steps)
     analysis = analyze_chain(
@@ -451,6 +500,8 @@ def analyze_model(
         method=method,
         mesh=mesh,
         sampler=sampler,
+        chunk=chunk,
+        progress=progress,
     )
     lam = np.asarray(stats.leading_eigenvalue, np.float64)
     summary = summarize_analysis(analysis, patch_eigenvalues=lam, sched=sched, seed=seed)
@@ -527,6 +578,22 @@ def analysis_markdown(result: ModelAnalysis, *, title: str, heading: str = "#") 
         lines.append(
             "Under the suppression-corrected reading (D) of docs/theory.md section 11, "
             f"m_k = 1 - (f_t(lambda_k) - S_k,t): {described(reading_d['crossover_window'])}."
+        )
+    attractor = s.get("corrected_attractor")
+    if attractor is not None:
+        dim = attractor["dimension"]
+        threshold = attractor["moran_threshold"]
+        lines.append(
+            "Suppression-corrected attractor (docs/theory.md section 6): d_KY^eff = "
+            f"{dim['mean']:.1f} of n = {attractor['n']}; lambda*** = "
+            + ("none (no crossing on any trajectory)" if threshold is None else f"{threshold['mean']:.4g}")
+            + f" ({attractor['trajectories_with_crossing']} of {s['trajectories']} trajectories cross)."
+        )
+    reading_i = (s.get("pc_readings") or {}).get("I")
+    if reading_i is not None:
+        lines.append(
+            "Under the projected-coupling reading (I), m_k = 1 - sum_j |<v_k, [J]_kj v_j>|: "
+            f"{described(reading_i['crossover_window'])}."
         )
     return "\n".join(lines) + "\n"
 
