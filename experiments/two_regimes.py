@@ -510,8 +510,8 @@ def render_markdown(results: dict[str, Any], analyses: dict[str, ModelAnalysis])
         "",
         "Claims that hold: " + ", ".join(f"{_label(n)} {counts[n]} of {len(first)}{marks[n]}" for n in models) + ".",
         "",
-        "(PC) crossover window under each reading of docs/theory.md section 11 (A: block norms, the verdict's; "
-        "D: suppression-corrected factor along v_k; I: projected coupling): "
+        "(PC) crossover window under each reading of docs/theory.md section 11 (A: block norms; "
+        "D: suppression-corrected factor along v_k, the verdict's where it applies; I: projected coupling): "
         + "; ".join(
             f"{_label(n)} "
             + ", ".join(

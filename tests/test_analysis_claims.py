@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import pifs_jax as pj
-from pifs_jax.analysis import ChainAnalysis, evaluate_claims
+from pifs_jax.analysis import ChainAnalysis, evaluate_claims, suppression_corrected_margins
+from pifs_jax.analysis.chain_analysis import DDIM_PREDICTIONS
 from pifs_jax.analysis.claims import CLAIM_NAMES, PAPER_VALUES, VERDICTS
 from pifs_jax.errors import ArgumentError
 
@@ -32,11 +33,16 @@ def constructed(**fields) -> ChainAnalysis:
     kappa = level[None, :, None] + patch_term[None] + trajectory_term[:, None, None]  # (S, N, M)
     delta = np.broadcast_to((0.01 + 0.001 * i)[None, :, None], (S, N, M)).copy()
     violations = np.where(TIMES >= 300, M, np.interp(TIMES, [240, 300], [0, M])).round()
-    violations = np.broadcast_to(violations, (S, N)).copy()
-    # suppression: its trajectory mean is 0.01 rank(lambda) at t = 600, 0.001 elsewhere; f - S = kappa
+    violations = np.asarray(fields.pop("violations", np.broadcast_to(violations, (S, N))), np.float64).copy()
+    # suppression: the diagonal quotient along v_k, f - S, is 1.01 on the first V_t patches and 0.99
+    # on the others, so reading (D), which judges the crossover, counts V_t violations at every step
+    # (as reading (A) counts `violations`); the trajectory mean of S is then 0.01 rank(lambda) - 0.01
+    # at t = 600 (every patch violates there) and the signs of the corrected exponents are those of
+    # the measured ones (mean log kappa > 0)
+    quotient = np.where(np.arange(M)[None, None, :] < violations[..., None], 1.01, 0.99)
     mean_suppression = np.where((TIMES == 600)[:, None], 0.01 * np.arange(M), 0.001)
     expansion = kappa.mean(axis=0) + mean_suppression
-    suppression = expansion[None] - kappa
+    suppression = expansion[None] - quotient
     logsnr = np.asarray(pj.cosine(T).log_snr, np.float64)[TIMES]
     sqrt_ab = np.sqrt(1 / (1 + np.exp(-logsnr)))
     deviation = 2 * sqrt_ab[None] * np.exp(0.01 * np.random.default_rng(0).standard_normal((S, N)))
@@ -269,7 +275,6 @@ def test_single_trajectory_analysis():
     one = {f: (v[0] if f not in ("t", "logsnr", "expansion_along_leading") and isinstance(v, np.ndarray) else v)
            for f, v in base._asdict().items()}  # fmt: skip
     one["attention_entropy"] = {k: v[0] for k, v in base.attention_entropy.items()}
-    one["suppression"] = one["expansion_along_leading"] - one["kappa_diag_per_patch"]  # f - S = kappa
     result = verdicts(ChainAnalysis(**one))
     assert result["regime_II_diagonal_expands"].interval[0] == result["regime_II_diagonal_expands"].interval[1]
     assert all(r.verdict == "holds" for r in result.values())
@@ -297,3 +302,19 @@ def test_two_patches_leave_the_rank_claims_untested():
     assert list(results) == list(CLAIM_NAMES)
     for name in ("suppression_ordered_by_variance", "low_variance_released_first", "regime_II_order"):
         assert results[name].verdict == "not tested" and "3" in results[name].ours
+
+
+def test_crossover_is_judged_under_reading_d_where_it_applies():
+    """The window comes from reading (D)'s violations, 1 - (f - S) < 0, not from the block norms'
+    `violations` (reading A), whenever the suppression field of deterministic DDIM is there."""
+    base = constructed()
+    every_patch = base.expansion_along_leading[None] - 1.01  # f - S = 1.01 everywhere: V_t = M under (D)
+    result = verdicts(base._replace(suppression=np.broadcast_to(every_patch, (S, N, M))))["narrow_crossover_window"]
+    assert result.verdict == "does not hold" and "reading D" in result.ours  # (A) alone would give the window
+    assert verdicts(base)["narrow_crossover_window"].verdict == "holds"
+    bare = verdicts(base._replace(suppression=None))["narrow_crossover_window"]  # no baseline: (A)
+    assert bare.verdict == "holds" and "reading A" in bare.ours
+    np.testing.assert_allclose(
+        suppression_corrected_margins(base), 1 - (base.expansion_along_leading[None] - base.suppression), rtol=0
+    )
+    assert suppression_corrected_margins(base._replace(sampler="Heun()", not_applicable=DDIM_PREDICTIONS)) is None

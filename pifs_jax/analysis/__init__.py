@@ -25,6 +25,7 @@ from pifs_jax.analysis.chain_analysis import (
     corrected_attractor,
     module_attention_fn,
     per_patch_exponents,
+    suppression_corrected_margins,
 )
 from pifs_jax.analysis.claims import PAPER_VALUES, VERDICTS, ClaimResult, evaluate_claims
 from pifs_jax.analysis.statistics import (
@@ -56,4 +57,5 @@ __all__ = [
     "spearman",
     "student_t_cdf",
     "student_t_quantile",
+    "suppression_corrected_margins",
 ]

@@ -99,6 +99,7 @@ __all__ = [
     "corrected_attractor",
     "module_attention_fn",
     "per_patch_exponents",
+    "suppression_corrected_margins",
 ]
 
 #: The block-norm estimators, ``"auto"`` (exact up to ``exact_max_n``), ``"exact"`` and ``"matrix_free"``.
@@ -701,6 +702,21 @@ def per_patch_exponents(analysis: ChainAnalysis) -> tuple[np.ndarray, np.ndarray
             predicted = np.full_like(predicted, np.nan)
         measured = np.mean(np.log(np.asarray(analysis.kappa_diag_per_patch, np.float64)), axis=-2)
     return predicted, measured
+
+
+def suppression_corrected_margins(analysis: ChainAnalysis) -> np.ndarray | None:
+    """Reading (D) of docs/theory.md section 11: ``m_k = 1 - (f_t(lambda_k) - S_{k,t})``, shape ``([S,] N, M)``.
+
+    One minus the diagonal block's quotient along the patch's leading direction,
+    ``<v_k, [J]_kk v_k>``; float64. ``None`` where it does not apply: no baseline (no suppression
+    field), or a chain of another sampler than deterministic DDIM. The crossover claim is judged
+    under this reading where it applies (:func:`pifs_jax.analysis.evaluate_claims`).
+    """
+    check_instance(analysis, ChainAnalysis, name="analysis", what="ChainAnalysis (pifs_jax.analyze_chain)")
+    if analysis.suppression is None or analysis.expansion_along_leading is None or not analysis.model_free:
+        return None
+    expansion = np.asarray(analysis.expansion_along_leading, np.float64)
+    return 1.0 - (expansion - np.asarray(analysis.suppression, np.float64))
 
 
 class CorrectedAttractor(NamedTuple):

@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from pifs_jax._validation import check_instance, check_positive_int
-from pifs_jax.analysis.chain_analysis import ChainAnalysis, per_patch_exponents
+from pifs_jax.analysis.chain_analysis import ChainAnalysis, per_patch_exponents, suppression_corrected_margins
 from pifs_jax.analysis.statistics import bootstrap_mean_interval, crossover_window, ols_fit, spearman
 from pifs_jax.errors import ArgumentError
 
@@ -159,6 +159,10 @@ def evaluate_claims(analysis: ChainAnalysis, *, patch_eigenvalues: Any, num_time
     Per-step values are averaged over the trajectories first (``kappa_diag_mean``,
     ``delta_cross_mean``, per-patch ``kappa_k`` and ``S_{k,t}``, ``V_t``, ``||Delta_t||``, the
     layer-averaged attention entropy); the exponent signs are compared per (patch, trajectory).
+    ``V_t`` counts the patches violating (PC) under reading (D),
+    :func:`~pifs_jax.analysis.chain_analysis.suppression_corrected_margins`, where it applies
+    (deterministic DDIM with a baseline), else under reading (A), ``analysis.violations``; the
+    crossover claim names the reading.
     The claims on the suppression field and the predicted exponents are *not tested* when they
     are in ``analysis.not_applicable`` (a chain of another sampler than deterministic DDIM).
 
@@ -194,7 +198,10 @@ def evaluate_claims(analysis: ChainAnalysis, *, patch_eigenvalues: Any, num_time
     n_steps = t.shape[0]
     kappa, delta = avg(analysis.kappa_diag_mean), avg(analysis.delta_cross_mean)
     kappa_k = avg(analysis.kappa_diag_per_patch)  # (N, M)
-    violations = avg(analysis.violations)
+    # (PC) violations under reading (D) where it applies, else (A) (docs/theory.md section 11)
+    margins_d = suppression_corrected_margins(analysis)
+    reading = "A" if margins_d is None else "D"
+    violations = avg(analysis.violations if margins_d is None else np.sum(margins_d < 0, axis=-1))
     results = _regime_I(analysis, kappa, delta, num_timesteps)
 
     # Regime II: diagonal blocks expand at the last step
@@ -225,7 +232,7 @@ def evaluate_claims(analysis: ChainAnalysis, *, patch_eigenvalues: Any, num_time
             ClaimResult(
                 CLAIM_NAMES[4],
                 paper,
-                "no window (V_t never reaches M, or never 0 below it)",
+                f"no window (V_t never reaches M, or never 0 below it; reading {reading})",
                 math.nan,
                 None,
                 "does not hold",
@@ -234,7 +241,7 @@ def evaluate_claims(analysis: ChainAnalysis, *, patch_eigenvalues: Any, num_time
     else:
         width = window[0] - window[1]
         verdict = "holds" if width <= 0.1 * num_timesteps else "partly"
-        results.append(ClaimResult(CLAIM_NAMES[4], paper, f"window t in [{window[1]:g}, {window[0]:g}], width {width:g} of T = {num_timesteps}",
+        results.append(ClaimResult(CLAIM_NAMES[4], paper, f"window t in [{window[1]:g}, {window[0]:g}], width {width:g} of T = {num_timesteps} (reading {reading})",
                                    width, (window[1], window[0]), verdict))  # fmt: skip
 
     # suppression ordered by variance

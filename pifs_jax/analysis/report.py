@@ -41,6 +41,7 @@ from pifs_jax.analysis.chain_analysis import (
     corrected_attractor,
     module_attention_fn,
     per_patch_exponents,
+    suppression_corrected_margins,
 )
 from pifs_jax.analysis.claims import PAPER_VALUES, ClaimResult, evaluate_claims
 from pifs_jax.analysis.figures import (
@@ -328,6 +329,7 @@ def summarize_analysis(
     kappa_k = np.asarray(analysis.kappa_diag_per_patch, np.float64).mean(axis=0)
     suppression = None if analysis.suppression is None else np.asarray(analysis.suppression, np.float64).mean(axis=0)
     window = crossover_window(t, analysis.violations, analysis.num_patches)
+    margins_d = suppression_corrected_margins(analysis)
     fit = exponents = None
     if analysis.deviation_norm is not None:
         high = np.asarray(analysis.logsnr) < 0
@@ -375,16 +377,7 @@ def summarize_analysis(
         "crossover_window": _window_record(window),
         "pc_readings": {
             "A": _pc_reading(t, np.asarray(analysis.margin_per_patch, np.float64)),
-            "D": None
-            if analysis.suppression is None or not analysis.model_free
-            else _pc_reading(
-                t,
-                1.0
-                - (
-                    np.asarray(analysis.expansion_along_leading, np.float64)[None]
-                    - np.asarray(analysis.suppression, np.float64)
-                ),
-            ),
+            "D": None if margins_d is None else _pc_reading(t, margins_d),
             "I": None
             if analysis.projected_coupling is None or not analysis.model_free
             else _pc_reading(t, 1.0 - np.abs(np.asarray(analysis.projected_coupling, np.float64)).sum(axis=-1)),
@@ -572,7 +565,10 @@ def analysis_markdown(result: ModelAnalysis, *, title: str, heading: str = "#") 
             return "none"
         return f"t in [{window['t_lower']:g}, {window['t_upper']:g}] (width {window['width']:g})"
 
-    lines += ["", f"Crossover window: {described(s['crossover_window'])}."]
+    lines += [
+        "",
+        f"Crossover window under the block-norm reading (A), m_k = 1 - (kappa_k + delta_k): {described(s['crossover_window'])}.",
+    ]
     reading_d = (s.get("pc_readings") or {}).get("D")
     if reading_d is not None:
         lines.append(
