@@ -94,8 +94,14 @@ WORK_KINDS = ("inverse_threshold", "score_coefficient")
 def coefficient_of_variation(x: Any, axis: int = -1) -> jax.Array:
     """Population coefficient of variation ``std(x) / |mean(x)|`` along ``axis``.
 
-    Returns 0 (not NaN) when every entry is 0, so that a degenerate series cannot poison a
-    gradient; the derivative is that of ``std/|mean|`` elsewhere.
+    Args:
+      x: the values.
+      axis: the axis to reduce.
+
+    Returns:
+      ``std(x) / |mean(x)|``, ``x``'s shape without ``axis``; 0 (not NaN) where every entry is 0,
+      so that a degenerate series cannot poison a gradient (the derivative is that of
+      ``std/|mean|`` elsewhere).
     """
     x = jnp.asarray(x)
     mean = jnp.mean(x, axis=axis)
@@ -144,6 +150,10 @@ def weakest_link(
 
     Returns:
       :class:`WeakestLink`.
+
+    Raises:
+      ArgumentError: naming ``sched`` (not a :class:`~pifs_jax.schedules.Schedule`),
+        ``temperature`` (a concrete value that is not finite and ``> 0``) or ``grid``.
 
     Example:
       >>> wl = weakest_link(cosine(1000))
@@ -215,6 +225,11 @@ def growth_balance(sched: Schedule, variances: Any, sizes: Any | None = None, gr
     Returns:
       :class:`GrowthBalance`. If no patch expands (every ``lambda_k <= lambda**``) ``Delta d = 0``
       and its CV is reported as 0.
+
+    Raises:
+      ArgumentError: naming ``sched`` (not a :class:`~pifs_jax.schedules.Schedule`), ``grid``
+        (invalid, or fewer than 3 sampling steps) or ``variances, sizes`` (not two arrays of
+        shape ``(m,)``).
     """
     check_instance(sched, Schedule, name="sched", what="pifs_jax Schedule")
     g = as_grid(grid, sched.T)
@@ -251,6 +266,17 @@ def work_density(sched: Schedule, *, kind: str = "inverse_threshold") -> jax.Arr
     - ``"score_coefficient"``: ``w_u = |b_u| = (a_u - 1)/L*_u``.
 
     See the module notes for why (docs/theory.md leaves the workload objective open).
+
+    Args:
+      sched: the schedule.
+      kind: one of :data:`WORK_KINDS`.
+
+    Returns:
+      ``w_u`` for ``u = 1..T``, shape ``(T,)``.
+
+    Raises:
+      ArgumentError: naming ``sched`` (not a :class:`~pifs_jax.schedules.Schedule`) or ``kind``
+        (not one of :data:`WORK_KINDS`).
     """
     check_instance(sched, Schedule, name="sched", what="pifs_jax Schedule")
     _check_kind(kind)
@@ -261,7 +287,18 @@ def work_density(sched: Schedule, *, kind: str = "inverse_threshold") -> jax.Arr
 
 
 def cumulative_work(sched: Schedule, *, kind: str = "inverse_threshold") -> jax.Array:
-    """``W(t) = sum_{u <= t} w_u`` at ``t = 0..T``, shape ``(T+1,)``, ``W(0) = 0``, increasing."""
+    """``W(t) = sum_{u <= t} w_u`` at ``t = 0..T``, shape ``(T+1,)``, ``W(0) = 0``, increasing.
+
+    Args:
+      sched: the schedule.
+      kind: one of :data:`WORK_KINDS` (the definition of ``w_u``, :func:`work_density`).
+
+    Returns:
+      ``W(0..T)``, shape ``(T+1,)``.
+
+    Raises:
+      ArgumentError: naming ``sched`` or ``kind``, as :func:`work_density`.
+    """
     w = work_density(sched, kind=kind)
     return jnp.concatenate([jnp.zeros((1,), w.dtype), jnp.cumsum(w)])
 
@@ -293,6 +330,19 @@ def step_work(sched: Schedule, times: Any, *, kind: str = "inverse_threshold") -
     interpolated linearly between integer times. ``times`` may be an integer grid (then ``W_i`` is
     the exact sum of ``w_u`` over the training steps the sampling step replaces) or real times.
     Differentiable in the schedule and in ``times``.
+
+    Args:
+      sched: the schedule.
+      times: grid ``0 = t_0 < ... < t_N <= T``, integers or reals.
+      kind: one of :data:`WORK_KINDS`.
+
+    Returns:
+      ``W_i`` for ``i = 1..N``, shape ``(N,)`` (entry 0: the finest step).
+
+    Raises:
+      ArgumentError: naming ``sched`` (not a :class:`~pifs_jax.schedules.Schedule`), ``times``
+        (concrete times that are not a finite 1-D array ``0 = t_0 < ... < t_N <= T`` with
+        ``N >= 1``) or ``kind``.
     """
     check_instance(sched, Schedule, name="sched", what="pifs_jax Schedule")
     _check_times(times, sched.T)
@@ -331,6 +381,9 @@ def workload(sched: Schedule, times: Any, *, kind: str = "inverse_threshold") ->
 
     Returns:
       :class:`Workload`.
+
+    Raises:
+      ArgumentError: naming ``sched``, ``times`` or ``kind``, as :func:`step_work`.
     """
     work = step_work(sched, times, kind=kind)
     return Workload(coefficient_of_variation(work), jnp.max(work) / jnp.min(work), work)
@@ -350,6 +403,13 @@ def equal_work_times(
       num_steps: ``N``.
       last: ``t_N`` (default ``T``).
       kind: one of :data:`WORK_KINDS`.
+
+    Returns:
+      The real times ``0 = t_0 < ... < t_N = last``, shape ``(N+1,)``.
+
+    Raises:
+      ArgumentError: naming ``sched`` (not a :class:`~pifs_jax.schedules.Schedule`),
+        ``num_steps`` (not an integer >= 1), ``last`` (not an integer in ``1..T``) or ``kind``.
     """
     check_instance(sched, Schedule, name="sched", what="pifs_jax Schedule")
     num_steps = check_positive_int(num_steps, name="num_steps")

@@ -287,7 +287,7 @@ def photo_crops(
       crops of shape ``(n, size, size, 3)``, or ``(crops, CropPositions)``.
 
     Raises:
-      ValueError: naming ``size``, ``n``, ``split``, ``downsample``, ``photos`` or ``dtype``;
+      ArgumentError: naming ``size``, ``n``, ``split``, ``downsample``, ``photos`` or ``dtype``;
         ``n`` when it exceeds the number of distinct positions of the split.
 
     Example::
@@ -393,8 +393,11 @@ def load_dataset(name: str, key: jax.Array, n: int, *, split: str = "train", dty
       dtype: floating dtype of the images, one of :data:`FLOAT_DTYPES` (default: JAX's default
         float); an integer dtype is refused (it would truncate the pixels to ``{-1, 0, 1}``).
 
+    Returns:
+      The images, shape ``(n, H, W, C)`` as listed above, of ``dtype``.
+
     Raises:
-      ValueError: naming ``name``, ``n`` (more than the split holds), ``split`` or ``dtype``.
+      ArgumentError: naming ``name``, ``n`` (more than the split holds), ``split`` or ``dtype``.
     """
     dtype = _float_dtype(dtype)
     if name not in DATASET_NAMES:
@@ -481,7 +484,7 @@ def gaussian_patch_data(
       :class:`GaussianPatchData` ``(samples (n,) + image_shape, mean, patch_covs (M, n_k, n_k))``.
 
     Raises:
-      ValueError: naming ``n``, ``image_shape``, ``patch_size``, ``patch_variances``, ``mean``,
+      ArgumentError: naming ``n``, ``image_shape``, ``patch_size``, ``patch_variances``, ``mean``,
         ``basis`` or ``dtype`` (also for integer ``patch_variances`` or ``mean``).
     """
     dtype = _float_dtype(dtype)
@@ -552,7 +555,7 @@ def gaussian_mixture_data(
       :class:`MixtureData` ``(samples (n,) + sample_shape, labels (n,))``.
 
     Raises:
-      ValueError: naming ``n``, ``weights``, ``means``, ``covs`` (also integer ``means`` or
+      ArgumentError: naming ``n``, ``weights``, ``means``, ``covs`` (also integer ``means`` or
         ``covs``) or ``dtype``.
     """
     dtype = _float_dtype(dtype)
@@ -644,7 +647,7 @@ def patch_stats(data: Any, *, patch_size: int, ddof: int = 1) -> PatchStats:
       :class:`PatchStats`.
 
     Raises:
-      ValueError: naming ``data`` (not floating, wrong rank, too few samples, non-finite) or
+      ArgumentError: naming ``data`` (not floating, wrong rank, too few samples, non-finite) or
         ``patch_size``.
     """
     check_floating(data, name="data")

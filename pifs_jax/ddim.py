@@ -61,6 +61,26 @@ def ddim_chain(
 
     ``eta`` in ``[0, 1]``: 0 = deterministic DDIM, 1 = DDPM posterior; ``key`` required if > 0.
     Other arguments and errors as :func:`pifs_jax.samplers.sample_chain`.
+
+    Args:
+      eps_fn: ``eps_fn(x, t) -> array of x's shape``; ``t`` is an int32 scalar (traced).
+      sched: the schedule.
+      x_T: one sample, any shape, floating dtype.
+      grid: sampling grid ``0 = tau_0 < ... < tau_N <= T``; ``None`` = every training step.
+      return_trajectory: also return the images after each step, shape ``(N+1,) + x.shape``,
+        ordered ``x_{tau_N}, ..., x_{tau_0}``.
+      eta: a real scalar in ``[0, 1]``.
+      key: PRNG key, required when ``eta > 0``.
+      check_finite: on an eager call, raise :class:`pifs_jax.errors.NonFiniteError` naming the
+        first step that produced a non-finite value.
+
+    Returns:
+      ``x_0``, or ``(x_0, trajectory)`` with ``return_trajectory=True``.
+
+    Raises:
+      ArgumentError: naming ``eta`` (not a real scalar in ``[0, 1]``), ``x_T`` (not floating),
+        ``key``, ``grid``, ``sched`` or ``eps_fn`` (output shape);
+        :class:`~pifs_jax.errors.NonFiniteError` for a non-finite result.
     """
     return sample_chain(
         eps_fn, sched, x_T, grid=grid, sampler=_ddim(eta), return_trajectory=return_trajectory, key=key,
@@ -79,7 +99,28 @@ def ddim_sample(
     key: jax.Array | None = None,
     check_finite: bool = True,
 ):
-    """:func:`pifs_jax.samplers.sample_batch` with ``sampler=DDIM(eta)`` (a batch ``(B,) + sample_shape``)."""
+    """:func:`pifs_jax.samplers.sample_batch` with ``sampler=DDIM(eta)`` (a batch ``(B,) + sample_shape``).
+
+    Args:
+      eps_fn: ``eps_fn(x, t)`` for one sample.
+      sched: the schedule.
+      x_T: the batch, shape ``(B,) + sample_shape``, floating dtype.
+      grid: sampling grid ``0 = tau_0 < ... < tau_N <= T``; ``None`` = every training step.
+      return_trajectory: also return the trajectories, shape ``(B, N+1) + sample_shape``.
+      eta: a real scalar in ``[0, 1]`` (0 = deterministic DDIM, 1 = DDPM posterior).
+      key: PRNG key, required when ``eta > 0`` (split into one key per sample).
+      check_finite: on an eager call, raise :class:`pifs_jax.errors.NonFiniteError` naming the
+        first non-finite sample and its first non-finite step.
+
+    Returns:
+      ``x_0`` of shape ``(B,) + sample_shape``, or ``(x_0, trajectories)`` with
+      ``return_trajectory=True``.
+
+    Raises:
+      ArgumentError: naming ``eta``, ``x_T`` (no batch axis, or not floating), ``key``, ``grid``,
+        ``sched`` or ``eps_fn`` (output shape); :class:`~pifs_jax.errors.NonFiniteError` for a
+        non-finite result.
+    """
     return sample_batch(
         eps_fn, sched, x_T, grid=grid, sampler=_ddim(eta), return_trajectory=return_trajectory, key=key,
         check_finite=check_finite,

@@ -162,7 +162,7 @@ def gaussian_denoiser_eig(sched: Schedule, mean: Any, eigvals: Any, eigvecs: Any
       ``x``'s shape and dtype. O(n^2) per call; exactly 0 at ``t = 0``.
 
     Raises:
-      ValueError: naming ``mean``/``eigvals`` when not floating, ``eigvals``/``eigvecs`` for
+      ArgumentError: naming ``mean``/``eigvals`` when not floating, ``eigvals``/``eigvecs`` for
         wrong shapes, negative variances or a non-orthogonal ``U``; ``eps_fn`` names ``x``.
     """
     check_instance(sched, Schedule, name="sched", what="pifs_jax Schedule")
@@ -219,7 +219,7 @@ def gaussian_denoiser(sched: Schedule, mean: Any, cov: Any) -> EpsFn:
       ``eps_fn(x, t)`` for floating ``x`` (output of ``x``'s shape and dtype).
 
     Raises:
-      ValueError: naming ``mean`` or ``cov`` when not floating, ``cov`` if it has the wrong
+      ArgumentError: naming ``mean`` or ``cov`` when not floating, ``cov`` if it has the wrong
         shape, is not finite, not symmetric or not positive semi-definite.
 
     Example:
@@ -256,7 +256,7 @@ def gaussian_denoiser_patches(sched: Schedule, mean: Any, patch_covs: Any, patch
       ``eps_fn(x, t)`` for floating images ``x`` of ``mean``'s shape (output of ``x``'s dtype).
 
     Raises:
-      ValueError: naming ``mean`` or ``patch_covs`` when not floating, ``patch_size`` (does not
+      ArgumentError: naming ``mean`` or ``patch_covs`` when not floating, ``patch_size`` (does not
         tile the image) or ``patch_covs``; ``eps_fn`` names ``x``.
     """
     check_instance(sched, Schedule, name="sched", what="pifs_jax Schedule")
@@ -318,7 +318,7 @@ def gaussian_mixture_denoiser(sched: Schedule, weights: Any, means: Any, covs: A
       ``eps_fn(x, t)`` for floating ``x`` (output of ``x``'s shape and dtype), O(K n^2) per call.
 
     Raises:
-      ValueError: naming ``weights``, ``means`` or ``covs`` (also integer ``means`` or ``covs``);
+      ArgumentError: naming ``weights``, ``means`` or ``covs`` (also integer ``means`` or ``covs``);
         ``eps_fn`` names ``x``.
     """
     check_instance(sched, Schedule, name="sched", what="pifs_jax Schedule")
@@ -453,7 +453,7 @@ def empirical_denoiser(sched: Schedule, data: Any, *, return_weights: bool = Fal
       ``eps_fn(x, t)`` with floating ``x`` of ``sample_shape`` (or any shape with the same size).
 
     Raises:
-      ValueError: naming ``data`` for a non-floating dtype, a wrong shape or non-finite values;
+      ArgumentError: naming ``data`` for a non-floating dtype, a wrong shape or non-finite values;
         ``eps_fn`` names ``x``.
     """
     check_instance(sched, Schedule, name="sched", what="pifs_jax Schedule")
@@ -482,6 +482,11 @@ def empirical_attention(sched: Schedule, data: Any) -> Callable[[jax.Array, Any]
 
     Returns:
       ``attention(x, t) -> Attention(weights (M,), entropy ())`` for floating ``x``.
+
+    Raises:
+      ArgumentError: naming ``sched`` (not a :class:`~pifs_jax.schedules.Schedule`) or ``data``
+        (not floating, not of shape ``(M,) + sample_shape``, or non-finite values);
+        ``attention`` names ``x``.
     """
     check_instance(sched, Schedule, name="sched", what="pifs_jax Schedule")
     data = _check_data(data)

@@ -64,9 +64,13 @@ class StepCoefficients(NamedTuple):
     """Per-step DDIM coefficients, each of shape ``(N,)`` (entry ``i-1``: step ``tau_i -> tau_{i-1}``)."""
 
     log_alpha_bar_t: jax.Array
+    """``log alpha_bar`` at the step's start ``t = tau_i``."""
     log_alpha_bar_s: jax.Array
+    """``log alpha_bar`` at the step's end ``s = tau_{i-1}``."""
     sigma_t: jax.Array
+    """``sigma_t = sqrt(1 - alpha_bar_t)``."""
     sigma_s: jax.Array
+    """``sigma_s = sqrt(1 - alpha_bar_s)`` (0 on the step landing on ``alpha_bar = 1``)."""
     log_ratio: jax.Array
     """``G_t = log alpha_bar_s - log alpha_bar_t > 0``, summed from the schedule's gaps (exact)."""
     a: jax.Array
@@ -167,9 +171,11 @@ class ContractionSummary(NamedTuple):
     """Summary of ``L*_t`` over a chain."""
 
     mean: jax.Array
+    """The mean of ``L*_t`` over the steps."""
     cv: jax.Array
     """Coefficient of variation, population standard deviation / mean."""
     min: jax.Array
+    """The smallest ``L*_t``."""
     argmin: jax.Array
     """Index into the per-step array (0 = finest step)."""
     finest: jax.Array

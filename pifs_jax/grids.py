@@ -47,7 +47,17 @@ TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
 
 
 def full_grid(T: int) -> np.ndarray:
-    """Every training step: ``tau_i = i`` for ``i = 0..T``."""
+    """Every training step: ``tau_i = i`` for ``i = 0..T``.
+
+    Args:
+      T: number of training steps.
+
+    Returns:
+      The grid ``0, 1, ..., T``, shape ``(T+1,)``.
+
+    Raises:
+      ArgumentError: naming ``T``, not an integer >= 1.
+    """
     T = check_positive_int(T, name="T")
     return np.arange(T + 1)
 
@@ -56,6 +66,13 @@ def uniform_grid(T: int, num_steps: int) -> np.ndarray:
     """``N`` evenly spaced steps ending at ``T``: ``tau_i = round(i T / N)``, ``i = 0..N``.
 
     ``uniform_grid(1000, 50)`` is ``tau_i = 20 i``.
+
+    Args:
+      T: number of training steps.
+      num_steps: the number of sampling steps ``N``.
+
+    Returns:
+      The ``int64`` grid, shape ``(N+1,)``.
 
     Raises:
       ArgumentError: (``T``) not an integer >= 1; (``num_steps``) not an integer in ``1..T``
@@ -74,6 +91,15 @@ def diffusers_timesteps(T: int, num_steps: int, *, spacing: str = "leading", ste
     - ``linspace``: ``round(linspace(0, T-1, N))``
     - ``leading``: ``arange(N) * (T // N) + steps_offset``
     - ``trailing``: ``round(arange(T, 0, -T/N)) - 1``
+
+    Args:
+      T: diffusers' ``num_train_timesteps``.
+      num_steps: the number of inference steps ``N``.
+      spacing: diffusers' ``timestep_spacing``, one of :data:`TIMESTEP_SPACINGS`.
+      steps_offset: diffusers' ``steps_offset``, added to the ``leading`` timesteps only.
+
+    Returns:
+      The ``N`` timesteps, descending, in diffusers indexing (``0..T-1``).
 
     Raises:
       ArgumentError: (``T``) not an integer >= 1; (``num_steps``) not an integer in ``1..T``;
@@ -99,7 +125,17 @@ def diffusers_timesteps(T: int, num_steps: int, *, spacing: str = "leading", ste
 def grid_from_diffusers_timesteps(timesteps: Any, *, T: int | None = None) -> np.ndarray:
     """Convert a diffusers timestep list (any order, values ``0..T-1``) to this package's grid.
 
-    Result: ``[0] + sorted(k + 1)``; the chain ends on ``alpha_bar = 1``.
+    Args:
+      timesteps: diffusers timesteps, integers ``0..T-1``, in any order.
+      T: the number of training steps; when given, the grid is checked against it.
+
+    Returns:
+      The grid ``[0] + sorted(k + 1)`` (the chain ends on ``alpha_bar = 1``).
+
+    Raises:
+      ValueError: naming ``timesteps`` (message ``"timesteps: ..."``), for an empty or not 1-D
+        list, non-integer values, a negative value or duplicates.
+      ArgumentError: naming ``timesteps``, for a grid that does not fit ``T`` (``T`` given).
     """
     ts = np.asarray(timesteps)
     if ts.ndim != 1 or ts.size == 0:
@@ -131,6 +167,10 @@ def round_grid(times: Any, *, last: int | None = None) -> np.ndarray:
 
     Returns:
       ``int64`` array of shape ``(N+1,)``.
+
+    Raises:
+      ArgumentError: naming ``times`` (not finite, or not of shape ``(N+1,)`` with ``N >= 1``) or
+        ``num_steps`` (``N > last``: the steps cannot fit).
     """
     t = np.asarray(times, dtype=np.float64)
     if t.ndim != 1 or t.shape[0] < 2 or not np.all(np.isfinite(t)):
@@ -154,6 +194,15 @@ def grid_to_diffusers_timesteps(grid: GridLike) -> np.ndarray:
     diffusers' timestep ``k`` is this package's ``k + 1`` (and its final step lands on
     ``alpha_bar = 1``, our ``tau_0``): the list is ``tau_N - 1, ..., tau_1 - 1``. The inverse of
     :func:`pifs_jax.grids.grid_from_diffusers_timesteps`.
+
+    Args:
+      grid: increasing integer timesteps ``0 = tau_0 < ... < tau_N``.
+
+    Returns:
+      The ``int64`` timesteps ``tau_N - 1, ..., tau_1 - 1``, shape ``(N,)``.
+
+    Raises:
+      ArgumentError: naming ``grid``, unless it is 1-D, starts at 0 and strictly increases.
     """
     g = np.asarray(grid)
     if g.ndim != 1 or g.shape[0] < 2 or g[0] != 0 or np.any(np.diff(g) <= 0):
@@ -162,14 +211,40 @@ def grid_to_diffusers_timesteps(grid: GridLike) -> np.ndarray:
 
 
 def diffusers_grid(T: int, num_steps: int, *, spacing: str = "leading", steps_offset: int = 0) -> np.ndarray:
-    """:func:`diffusers_timesteps` converted with :func:`grid_from_diffusers_timesteps`."""
+    """:func:`diffusers_timesteps` converted with :func:`grid_from_diffusers_timesteps`.
+
+    Args:
+      T: diffusers' ``num_train_timesteps`` (this package's ``T``).
+      num_steps: the number of inference steps ``N``.
+      spacing: diffusers' ``timestep_spacing``, one of :data:`TIMESTEP_SPACINGS`.
+      steps_offset: diffusers' ``steps_offset`` (``leading`` spacing only).
+
+    Returns:
+      The grid ``0 = tau_0 < ... < tau_N <= T``, shape ``(N+1,)``.
+
+    Raises:
+      ArgumentError: as :func:`diffusers_timesteps` (naming ``T``, ``num_steps`` or ``spacing``),
+        or naming ``timesteps`` for timesteps beyond ``T``.
+      ValueError: naming ``timesteps``, for duplicate or negative timesteps (as
+        :func:`grid_from_diffusers_timesteps`).
+    """
     return grid_from_diffusers_timesteps(
         diffusers_timesteps(T, num_steps, spacing=spacing, steps_offset=steps_offset), T=T
     )
 
 
 def align_your_steps_grid(model: str = "sd15") -> np.ndarray:
-    """The published 10-step Align Your Steps timesteps (``"sd15"`` or ``"sdxl"``) as a grid on T = 1000."""
+    """The published 10-step Align Your Steps timesteps (``"sd15"`` or ``"sdxl"``) as a grid on T = 1000.
+
+    Args:
+      model: ``"sd15"`` (:data:`AYS_SD15`) or ``"sdxl"`` (:data:`AYS_SDXL`).
+
+    Returns:
+      The grid, shape ``(11,)``.
+
+    Raises:
+      ValueError: naming ``model`` (message ``"model: ..."``), for another value.
+    """
     table = {"sd15": AYS_SD15, "sdxl": AYS_SDXL}
     if model not in table:
         raise ValueError(f"model: expected 'sd15' or 'sdxl', got {model!r}")

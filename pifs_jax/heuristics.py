@@ -100,6 +100,10 @@ def min_snr_weights(sched: Schedule, *, gamma: Any = 5.0, grid: GridLike = None)
     Returns:
       weights in ``(0, 1]``, shape ``(N,)``.
 
+    Raises:
+      ArgumentError: naming ``sched`` (not a :class:`~pifs_jax.schedules.Schedule`), ``gamma`` (a
+        concrete value that is not finite and ``> 0``) or ``grid``.
+
     Example:
       >>> w = min_snr_weights(cosine(1000), gamma=5.0)   # (1000,), w = 1 where SNR_t <= 5
     """
@@ -153,7 +157,7 @@ def cosine_offset_limit(T: int = 1000, *, bin_width: float = PIXEL_BIN, max_beta
       ``s_max`` as a Python float.
 
     Raises:
-      ValueError: naming ``bin_width`` if it is outside ``(0, 1)`` or already ``s = 0`` violates it
+      ArgumentError: naming ``bin_width`` if it is outside ``(0, 1)`` or already ``s = 0`` violates it
         (``T`` too small), or if no offset up to ``1e3`` reaches it.
     """
     T = check_positive_int(T, name="T")
@@ -215,6 +219,10 @@ def scaling_exponent_offset(sched: Schedule, scale: Any, *, grid: GridLike = Non
 
     Returns:
       scalar.
+
+    Raises:
+      ArgumentError: naming ``sched`` (not a :class:`~pifs_jax.schedules.Schedule`), ``scale`` (a
+        concrete value that is not finite and ``> 0``) or ``grid``.
     """
     check_instance(sched, Schedule, name="sched", what="pifs_jax Schedule")
     if is_concrete(scale) and not (np.isfinite(float(scale)) and float(scale) > 0):
@@ -256,6 +264,10 @@ def marginal_entropy_gain(
 
     Returns:
       shape ``(N,)`` (entry 0 is the finest step; ``-inf`` there only for ``lambda = 0``).
+
+    Raises:
+      ArgumentError: naming ``variances`` (concrete values that are not finite and ``>= 0``, or
+        not of shape ``(m,)``), ``sizes`` (another shape), ``sched`` or ``grid``.
     """
     check_variances(variances)
     c = step_coefficients(sched, grid)
@@ -283,6 +295,10 @@ def optimal_eps_loss(sched: Schedule, variances: Any, sizes: Any | None = None, 
 
     Returns:
       shape ``(N,)``, entry ``i-1`` at ``t = tau_i``.
+
+    Raises:
+      ArgumentError: naming ``variances`` (concrete values that are not finite and ``>= 0``, or
+        not of shape ``(m,)``), ``sizes`` (another shape), ``sched`` or ``grid``.
     """
     check_variances(variances)
     c = step_coefficients(sched, grid)
@@ -354,7 +370,7 @@ def measured_patch_variances(images: Any, patch_size: int, *, stride: int | None
       :class:`PatchSpectrum`.
 
     Raises:
-      ValueError: naming ``images`` (shape, non-finite, mixed channels), ``patch_size`` (too large)
+      ArgumentError: naming ``images`` (shape, non-finite, mixed channels), ``patch_size`` (too large)
         or ``stride``; or ``images`` when fewer than two windows fit.
 
     Example:
@@ -401,6 +417,11 @@ def photo_patch_spectrum(
 
     Returns:
       :class:`PatchSpectrum`.
+
+    Raises:
+      ArgumentError: naming ``downsample`` (not an integer >= 1), ``photos`` (not a non-empty
+        subset of :data:`pifs_jax.data.PHOTO_NAMES`), or as :func:`measured_patch_variances`
+        (``images``, ``patch_size``, ``stride``).
     """
     from pifs_jax import data
 
@@ -412,11 +433,19 @@ def photo_patch_spectrum(
 def power_law_variances(n: int, *, exponent: float, mean_variance: float = 0.25) -> np.ndarray:
     """A power-law spectrum ``lambda_i = C i^(-exponent)``, ``i = 1..n``, with ``mean(lambda) = mean_variance``.
 
-    A stand-in for natural-image patch spectra (which decay roughly as ``i^-1`` to ``i^-2``);
-    ``mean_variance`` is the average pixel variance (about 0.2-0.25 for photographs on ``[-1, 1]``).
+    A stand-in for natural-image patch spectra (which decay roughly as ``i^-1`` to ``i^-2``).
+
+    Args:
+      n: the number of variances.
+      exponent: the decay exponent, finite and ``>= 0``.
+      mean_variance: ``mean(lambda)``, the average pixel variance (about 0.2-0.25 for photographs
+        on ``[-1, 1]``), finite and ``> 0``.
 
     Returns:
       NumPy float64 array of shape ``(n,)``, decreasing.
+
+    Raises:
+      ArgumentError: naming ``n`` (not an integer >= 1), ``exponent`` or ``mean_variance``.
     """
     n = check_positive_int(n, name="n")
     if not (np.isfinite(exponent) and exponent >= 0):
@@ -451,10 +480,15 @@ def spearman_correlation(x: Any, y: Any) -> float:
     the ranks they span). Computed in NumPy float64.
 
     Args:
-      x, y: 1-D arrays of the same length ``n >= 2``, finite, neither constant.
+      x: 1-D array of length ``n >= 2``, finite, not constant.
+      y: 1-D array of the same length, finite, not constant.
 
     Returns:
       ``rho`` in ``[-1, 1]`` as a Python float.
+
+    Raises:
+      ArgumentError: naming ``x`` or ``y`` (not 1-D with at least 2 entries, not finite, or
+        constant), or ``y`` (not of ``x``'s shape).
     """
     xs = np.asarray(x, dtype=np.float64)
     ys = np.asarray(y, dtype=np.float64)

@@ -88,6 +88,15 @@ def forward_jacobian(fn: Callable[[jax.Array], jax.Array], x: jax.Array, *, chun
     The same matrix as ``jax.jacfwd(fn)(x)``: :func:`forward_products` with ``V = I``, i.e. ``fn``
     linearised once and the linear map applied to the unit vectors ``e_j`` in batches of ``chunk``.
     Traceable (jit, vmap, grad).
+
+    Args:
+      fn: the map, a vector of shape ``(n,)`` to an array of shape ``(m,)``.
+      x: the point, shape ``(n,)``.
+      chunk: unit vectors per batch (:data:`TANGENT_CHUNK`); ``None`` sizes the batches as
+        :func:`forward_products` does.
+
+    Returns:
+      ``J``, shape ``(m, n)``.
     """
     return forward_products(fn, x, jnp.eye(x.shape[0], dtype=x.dtype), chunk=chunk)[1]
 
@@ -116,6 +125,15 @@ def forward_products(
     ``benchmarks/chain_spectrum.py`` at ``n = 768``, ``b = 40 KB``: 384-tangent batches, CPU time
     per step 19 ms against 23 ms with 64 and 27 ms for ``jax.jacfwd`` then ``J Q``.)
     Traceable (jit, vmap, grad).
+
+    Args:
+      fn: the map, a vector of shape ``(n,)`` to an array of shape ``(m,)``.
+      x: the point, shape ``(n,)``.
+      tangents: ``V``, shape ``(n, p)``; its columns are the tangents.
+      chunk: tangents per batch; ``None`` chooses it from the linear map's memory, as above.
+
+    Returns:
+      ``(fn(x), J V)``, the second of shape ``(m, p)``.
     """
     value, linear = jax.linearize(fn, x)
     p = tangents.shape[1]
@@ -157,10 +175,15 @@ def step_jacobian(eps_fn: EpsFn, x: Any, *, t: Any, a: Any, b: Any) -> jax.Array
       eps_fn: ``eps_fn(x, t)`` returning an array of ``x``'s shape.
       x: the point (one sample, any shape, ``n`` entries).
       t: integer timestep passed to ``eps_fn``.
-      a: ``a_t``; b: ``b_t`` (e.g. from :func:`pifs_jax.geometry.step_coefficients`).
+      a: ``a_t`` (e.g. from :func:`pifs_jax.geometry.step_coefficients`).
+      b: ``b_t`` (likewise).
 
     Returns:
       ``J[i, j] = d Phi_i / d x_j`` in the row-major flattening of ``x``.
+
+    Raises:
+      ArgumentError: naming ``x`` (not a floating array) or ``eps_fn`` (a concrete call that fails
+        or does not return an array of ``x``'s shape).
     """
     x = jnp.asarray(x)
     check_floating(x, name="x")
@@ -203,6 +226,10 @@ def ddim_step_jacobian(eps_fn: EpsFn, sched: Schedule, x: Any, *, grid: Any = No
 
     Returns:
       shape ``(n, n)``.
+
+    Raises:
+      ArgumentError: naming ``grid`` (not a valid grid for ``sched``), ``step`` (a concrete value
+        that is not an integer in ``1..N``), ``x`` or ``eps_fn`` (as :func:`step_jacobian`).
     """
     t, a, b = _step_of_grid(sched, grid, step)
     return step_jacobian(eps_fn, x, t=t, a=a, b=b)
@@ -228,9 +255,22 @@ def sampler_step_jacobian(
     (that step's key of :func:`pifs_jax.samplers.sample_chain` with the same ``key``).
 
     Args:
+      eps_fn: the denoiser.
+      sched: the schedule.
       state: a state of ``sampler`` (e.g. ``sampler.init(eps_fn, sampler.tables(sched, grid), x)``
         or the image for DDIM and Heun).
+      grid: sampling grid ``0 = tau_0 < ... < tau_N <= T`` (``None`` = every training step).
       step: ``1..N``.
+      sampler: the sampler (default :class:`pifs_jax.samplers.DDIM`).
+      key: PRNG key of the chain, required by a stochastic sampler.
+
+    Returns:
+      ``J``, shape ``(d, d)`` with ``d`` the number of entries of ``state``.
+
+    Raises:
+      ArgumentError: naming ``sampler`` (not a sampler), ``grid``, ``step`` (not an integer in
+        ``1..N``), ``state`` (a leaf that is not a floating array) or ``key`` (missing for a
+        stochastic sampler).
     """
     sampler = check_sampler(DDIM() if sampler is None else sampler)
     _step_of_grid(sched, grid, step)  # validates step against the grid
@@ -273,8 +313,21 @@ def chain_jacobian(
     over/underflow for long chains with widely spread exponents (use the QR-stabilised spectra of
     :mod:`pifs_jax.lyapunov`).
 
+    Args:
+      eps_fn: the denoiser.
+      sched: the schedule.
+      x_T: the starting point (one sample, any shape, ``n`` entries).
+      grid: sampling grid ``0 = tau_0 < ... < tau_N <= T`` (``None`` = every training step).
+      sampler: the sampler (default :class:`pifs_jax.samplers.DDIM`).
+      key: PRNG key of the chain, required by a stochastic sampler.
+
     Returns:
       shape ``(n, n)``; ``d x_0 / d x_T`` in the flattening of ``x_T``.
+
+    Raises:
+      ArgumentError: naming ``sampler`` (not a sampler), ``x_T`` (not a floating array),
+        ``eps_fn`` (a concrete call that fails or returns another shape), ``key`` (missing for a
+        stochastic sampler) or ``grid``.
     """
     sampler = check_sampler(DDIM() if sampler is None else sampler)
     x_T = jnp.asarray(x_T)
@@ -312,6 +365,21 @@ def step_jvp(eps_fn: EpsFn, x: Any, v: Any, *, t: Any, a: Any, b: Any) -> tuple[
     """``(Phi_t(x), J Phi_t(x) v)`` without forming ``J`` (``jax.jvp``), both of ``x``'s shape.
 
     ``J v = a v + b J_x epshat(x, t) v``; cost about one ``eps_fn`` evaluation and one JVP.
+
+    Args:
+      eps_fn: ``eps_fn(x, t)`` returning an array of ``x``'s shape.
+      x: the point (one sample, any shape).
+      v: the tangent, of ``x``'s shape.
+      t: integer timestep passed to ``eps_fn``.
+      a: ``a_t`` of the step.
+      b: ``b_t`` of the step.
+
+    Returns:
+      ``(Phi_t(x), J Phi_t(x) v)``.
+
+    Raises:
+      ArgumentError: naming ``x`` (not a floating array), ``v`` (not of ``x``'s shape) or
+        ``eps_fn`` (a concrete call that fails or returns another shape).
     """
     x = jnp.asarray(x)
     check_floating(x, name="x")
@@ -327,6 +395,21 @@ def step_vjp(eps_fn: EpsFn, x: Any, u: Any, *, t: Any, a: Any, b: Any) -> tuple[
     """``(Phi_t(x), J Phi_t(x)^T u)`` without forming ``J`` (``jax.vjp``), both of ``x``'s shape.
 
     ``J^T u = a u + b J_x epshat(x, t)^T u``.
+
+    Args:
+      eps_fn: ``eps_fn(x, t)`` returning an array of ``x``'s shape.
+      x: the point (one sample, any shape).
+      u: the cotangent, of ``x``'s shape.
+      t: integer timestep passed to ``eps_fn``.
+      a: ``a_t`` of the step.
+      b: ``b_t`` of the step.
+
+    Returns:
+      ``(Phi_t(x), J Phi_t(x)^T u)``.
+
+    Raises:
+      ArgumentError: naming ``x`` (not a floating array), ``u`` (not of ``x``'s shape) or
+        ``eps_fn`` (a concrete call that fails or returns another shape).
     """
     x = jnp.asarray(x)
     check_floating(x, name="x")
@@ -349,9 +432,18 @@ def patch_blocks(J: Any, image_shape: Any, patch_size: int) -> jax.Array:
     ``blocks[k, j] = [J]_{kj}``: rows are output patch ``k``'s coordinates, columns input patch
     ``j``'s, both in :func:`pifs_jax.patches.patchify` order.
 
+    Args:
+      J: Jacobian of the flattened image map, shape ``(n, n)``, ``n = prod(image_shape)``.
+      image_shape: ``(H, W, C)`` or ``(H, W)``.
+      patch_size: ``p``, tiling the image.
+
+    Returns:
+      ``blocks``, shape ``(M, M, n_k, n_k)``.
+
     Raises:
-      ValueError: naming ``patch_size`` if it does not tile ``image_shape``, or ``J`` if it is not
-        ``(n, n)`` with ``n = prod(image_shape)``.
+      ArgumentError: naming ``image_shape`` (not ``(H, W, C)`` or ``(H, W)`` with positive sizes),
+        ``patch_size`` if it does not tile ``image_shape``, or ``J`` if it is not ``(n, n)`` with
+        ``n = prod(image_shape)``.
     """
     layout = patch_layout(image_shape, patch_size)
     J = jnp.asarray(J)
@@ -402,7 +494,17 @@ class BlockNorms(NamedTuple):
 
 
 def summarize_block_norms(norms: Any) -> BlockNorms:
-    """:class:`BlockNorms` from a matrix of block norms ``N_kj`` (shape ``(M, M)``)."""
+    """:class:`BlockNorms` from a matrix of block norms ``N_kj`` (shape ``(M, M)``).
+
+    Args:
+      norms: ``N_kj``, shape ``(M, M)`` (row = output patch ``k``, column = input patch ``j``).
+
+    Returns:
+      :class:`BlockNorms` with the per-patch values, their maxima and means.
+
+    Raises:
+      ArgumentError: naming ``norms``, for a matrix that is not square.
+    """
     norms = jnp.asarray(norms)
     if norms.ndim != 2 or norms.shape[0] != norms.shape[1]:
         raise ArgumentError("norms", f"expected a square (M, M) matrix of block norms, got shape {norms.shape}")
@@ -435,6 +537,12 @@ def block_norms(J: Any, image_shape: Any, patch_size: int) -> BlockNorms:
       J: Jacobian of the flattened image map, shape ``(n, n)`` (e.g. :func:`ddim_step_jacobian`).
       image_shape: ``(H, W, C)`` or ``(H, W)``.
       patch_size: ``p``.
+
+    Returns:
+      :class:`BlockNorms` of the ``M x M`` blocks.
+
+    Raises:
+      ArgumentError: as :func:`patch_blocks` (naming ``image_shape``, ``patch_size`` or ``J``).
     """
     blocks = patch_blocks(J, image_shape, patch_size)  # validates
     return _block_norms(blocks)
@@ -509,8 +617,8 @@ def block_norms_matrix_free(
       :class:`BlockNorms` (same fields as :func:`block_norms`).
 
     Raises:
-      ValueError: naming ``patch_size``, ``x``, ``step_fn`` (output shape differs from its
-        input) or ``iters``.
+      ArgumentError: naming ``image_shape``, ``patch_size``, ``x``, ``step_fn`` (output shape
+        differs from its input) or ``iters``.
     """
     layout = patch_layout(image_shape, patch_size)
     x = _as_image(x, layout)
@@ -610,6 +718,12 @@ def leading_eigenvectors(patch_covs: Any) -> jax.Array:
 
     Args:
       patch_covs: shape ``(M, n_k, n_k)``, symmetric (patchify coordinate order).
+
+    Returns:
+      ``v_k`` (``eigh`` of the symmetrised covariances, sign as returned), shape ``(M, n_k)``.
+
+    Raises:
+      ArgumentError: naming ``patch_covs``, for a shape other than ``(M, n_k, n_k)``.
     """
     patch_covs = jnp.asarray(patch_covs)
     if patch_covs.ndim != 3 or patch_covs.shape[1] != patch_covs.shape[2]:
@@ -652,8 +766,12 @@ def suppression_field(
       patch_size: ``p``.
       leading_vectors: ``v_k``, shape ``(M, n_k)``.
 
+    Returns:
+      ``S_{k,t}(x)``, shape ``(M,)``.
+
     Raises:
-      ValueError: naming ``patch_size``, ``x``, ``leading_vectors``, ``eps_fn`` or ``baseline_eps_fn``.
+      ArgumentError: naming ``image_shape``, ``patch_size``, ``x``, ``leading_vectors``,
+        ``eps_fn`` or ``baseline_eps_fn``.
     """
     layout = patch_layout(image_shape, patch_size)
     x = _as_image(x, layout)
@@ -702,7 +820,7 @@ def projected_coupling(
       ``P``, shape ``(M, M)``: row ``k`` is the output patch, column ``j`` the input patch.
 
     Raises:
-      ValueError: naming ``patch_size``, ``x`` or ``leading_vectors``.
+      ArgumentError: naming ``image_shape``, ``patch_size``, ``x`` or ``leading_vectors``.
     """
     layout = patch_layout(image_shape, patch_size)
     x = _as_image(x, layout)

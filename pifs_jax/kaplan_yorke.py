@@ -62,6 +62,10 @@ def kaplan_yorke_dimension(exponents: Any, multiplicities: Any | None = None) ->
     Returns:
       Scalar dimension. Jittable and differentiable (piecewise).
 
+    Raises:
+      ArgumentError: naming ``exponents`` (not a non-empty 1-D array, or concrete values that
+        are not finite) or ``multiplicities`` (another shape, or a concrete value ``<= 0``).
+
     Example:
       >>> float(kaplan_yorke_dimension(jnp.array([1.0, -3.0])))
       1.3333333...
@@ -82,6 +86,17 @@ def kaplan_yorke_patch_form(exponents: Any, multiplicities: Any) -> jax.Array:
     ``N+`` counts the coordinates of expanding patches, ``k*`` is the least-contracting patch.
     Equal to :func:`kaplan_yorke_dimension` when the fraction is below ``n_{k*}`` (the crossing
     falls inside the least-contracting patch); kept as a cross-check, not as the definition.
+
+    Args:
+      exponents: ``Lambda_k``, shape ``(m,)``, any order.
+      multiplicities: ``n_k``, shape ``(m,)``, the coordinates of each patch.
+
+    Returns:
+      Scalar ``d_KY``.
+
+    Raises:
+      ArgumentError: naming ``exponents`` (not a non-empty 1-D array, or concrete values that
+        are not finite) or ``multiplicities`` (another shape, or a concrete value ``<= 0``).
     """
     lam, sizes = _sorted_blocks(exponents, multiplicities)
     expanding = lam > 0

@@ -26,15 +26,15 @@ __all__ = ["LearnableSchedule", "logsnr_spline", "monotone_network"]
 
 
 class LearnableSchedule(NamedTuple):
-    """A learnable schedule family: ``init(key) -> params``, ``apply(params) -> Schedule``.
-
-    ``fit(sched) -> params`` (where provided) returns parameters that reproduce an existing
-    schedule as closely as the family allows, for optimisation started from, e.g., cosine.
-    """
+    """A learnable schedule family: ``init(key) -> params``, ``apply(params) -> Schedule``."""
 
     init: Callable[..., Any]
+    """``init(key, *, dtype=None) -> params``: initial parameters (a pytree of arrays)."""
     apply: Callable[[Any], Schedule]
+    """``apply(params) -> Schedule``: pure, jittable, differentiable, monotone for any ``params``."""
     fit: Callable[[Schedule], Any] | None = None
+    """``fit(sched) -> params`` (``None`` where not provided): parameters that reproduce an existing
+    schedule as closely as the family allows, for optimisation started from, e.g., cosine."""
 
 
 def _check_range(logsnr_min: float, logsnr_max: float) -> None:
@@ -54,6 +54,20 @@ def logsnr_spline(
     the softmax makes every decrement positive, so ``logSNR`` strictly decreases for any
     ``logits``. Between knots ``logSNR`` is linear in ``u``. ``params = {"logits": (K,)}``;
     zero logits give logSNR linear in ``u``.
+
+    Args:
+      T: number of training steps.
+      n_knots: ``K``, the number of spline segments.
+      logsnr_min: ``logSNR(1)``, held fixed.
+      logsnr_max: ``logSNR(0)``, held fixed; must exceed ``logsnr_min``.
+
+    Returns:
+      :class:`LearnableSchedule` with ``init`` (zero logits), ``apply`` and ``fit`` (which raises
+      :class:`~pifs_jax.errors.ArgumentError` naming ``sched`` for a schedule of another ``T``).
+
+    Raises:
+      ArgumentError: naming ``T`` or ``n_knots`` (not an integer >= 1), or
+        ``logsnr_min, logsnr_max`` (not finite with ``logsnr_max > logsnr_min``).
 
     Example:
       >>> fam = logsnr_spline(1000, n_knots=8)
@@ -100,6 +114,20 @@ def monotone_network(
     (``l1: 1 -> 1``, ``l2: 1 -> hidden``, ``l3: hidden -> 1``), so ``g`` strictly increases;
     then ``gamma(u) = -logsnr_max + (logsnr_max - logsnr_min) (g(u) - g(0)) / (g(1) - g(0))``.
     ``params`` is a dict of arrays (``w1, b1, w2, b2, w3``).
+
+    Args:
+      T: number of training steps.
+      hidden: the width of ``l2``.
+      logsnr_min: ``logSNR(1)``, held fixed.
+      logsnr_max: ``logSNR(0)``, held fixed; must exceed ``logsnr_min``.
+
+    Returns:
+      :class:`LearnableSchedule` with ``init`` (random ``w2``, ``w3`` from the key) and ``apply``;
+      ``fit`` is ``None``.
+
+    Raises:
+      ArgumentError: naming ``T`` or ``hidden`` (not an integer >= 1), or
+        ``logsnr_min, logsnr_max`` (not finite with ``logsnr_max > logsnr_min``).
     """
     T = check_positive_int(T, name="T")
     hidden = check_positive_int(hidden, name="hidden")

@@ -265,7 +265,7 @@ def lyapunov_spectrum(
       ``per="iterate"``, ``n_steps=N`` and the Kaplan-Yorke dimension.
 
     Raises:
-      ValueError: naming ``k``, ``n_steps``, ``n_transient``, ``x0`` or ``map_fn`` (output shape
+      ArgumentError: naming ``k``, ``n_steps``, ``n_transient``, ``x0`` or ``map_fn`` (output shape
         differs from input); ``NonFiniteError`` (a ``ValueError`` and a ``FloatingPointError``)
         naming ``map_fn`` for non-finite states, with the iterate where they first appear.
 
@@ -406,7 +406,7 @@ def chain_lyapunov_spectrum(
       leading-``k`` exact, the right singular ``vectors`` of shape ``(k,) + x_T.shape``.
 
     Raises:
-      ValueError: naming ``k``, ``method``, ``iters``, ``oversample``, ``sweeps``, ``qr_every``, ``sched``,
+      ArgumentError: naming ``k``, ``method``, ``iters``, ``oversample``, ``sweeps``, ``qr_every``, ``sched``,
         ``grid``, ``mesh``, ``x_T`` (not floating, or non-finite) or ``eps_fn`` (wrong output
         shape); ``NonFiniteError`` (a ``ValueError`` and a ``FloatingPointError``) naming
         ``eps_fn`` for non-finite values, with the step.
@@ -535,7 +535,7 @@ def chain_lyapunov_spectra(
       ``(S,)`` and, for leading-``k``, ``vectors`` ``(S, k) + sample_shape``.
 
     Raises:
-      ValueError: naming ``x_T`` (no batch axis; a batch that does not divide over the mesh) or any
+      ArgumentError: naming ``x_T`` (no batch axis; a batch that does not divide over the mesh) or any
         argument :func:`chain_lyapunov_spectrum` names.
     """
     x_T = _float_state(x_T, "x_T")

@@ -73,8 +73,9 @@ def patch_layout(image_shape: Any, patch_size: Any) -> PatchLayout:
       :class:`PatchLayout`.
 
     Raises:
-      ValueError: naming ``image_shape`` if it is not 2-D/3-D positive integers, or ``patch_size``
-        (with the image shape) if ``p`` is not a positive integer that tiles the image.
+      ArgumentError: naming ``image_shape`` if it is not 2-D/3-D positive integers, or
+        ``patch_size`` (with the image shape) if ``p`` is not a positive integer that tiles the
+        image.
     """
     try:
         shape = tuple(int(s) for s in image_shape)
@@ -109,6 +110,10 @@ def patchify(x: jax.Array, patch_size: int) -> jax.Array:
     Returns:
       array of shape ``(M, n_k)``, ``M = HW/p^2``, ``n_k = p^2 C``, of ``x``'s dtype (any dtype:
       a pure reshape).
+
+    Raises:
+      ArgumentError: naming ``image_shape`` (``x`` is not 2-D or 3-D) or ``patch_size`` (not a
+        positive integer that tiles the image), as :func:`patch_layout`.
     """
     x = jnp.asarray(x)
     layout = patch_layout(x.shape, patch_size)
@@ -120,7 +125,17 @@ def patchify(x: jax.Array, patch_size: int) -> jax.Array:
 def unpatchify(patches: jax.Array, image_shape: Any, patch_size: int) -> jax.Array:
     """Inverse of :func:`patchify`: ``(M, p*p*C) -> image_shape``, keeping ``patches``' dtype (any).
 
-    Raises ``ValueError`` naming ``patches`` if its shape is not ``(M, n_k)`` for this layout.
+    Args:
+      patches: shape ``(M, n_k)``, rows in :func:`patchify` order.
+      image_shape: ``(H, W, C)`` or ``(H, W)``.
+      patch_size: ``p``, dividing ``H`` and ``W``.
+
+    Returns:
+      The image, shape ``image_shape``.
+
+    Raises:
+      ArgumentError: naming ``patches`` if its shape is not ``(M, n_k)`` for this layout, or
+        ``image_shape`` / ``patch_size`` as :func:`patch_layout`.
     """
     patches = jnp.asarray(patches)
     layout = patch_layout(image_shape, patch_size)
@@ -144,8 +159,15 @@ def patch_permutation(image_shape: Any, patch_size: int) -> np.ndarray:
     ``J[perm][:, perm]`` has the patch blocks ``[J]_{kj}`` as contiguous ``n_k x n_k`` tiles.
     The inverse permutation is ``np.argsort(perm)``.
 
+    Args:
+      image_shape: ``(H, W, C)`` or ``(H, W)``.
+      patch_size: ``p``, dividing ``H`` and ``W``.
+
     Returns:
       ``numpy`` int array of shape ``(n,)`` (static, usable inside ``jit``).
+
+    Raises:
+      ArgumentError: naming ``image_shape`` or ``patch_size``, as :func:`patch_layout`.
     """
     layout = patch_layout(image_shape, patch_size)
     index = np.arange(layout.size).reshape(layout.image_shape)

@@ -101,7 +101,17 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 def write_result_json(
     path: str | os.PathLike, results: Any, *, config: dict[str, Any], seed: int | None = None
 ) -> Path:
-    """Write ``{"config", "seed", "environment", "results"}`` as JSON, atomically."""
+    """Write ``{"config", "seed", "environment", "results"}`` as JSON, atomically.
+
+    Args:
+      path: the file to write (its folder is created).
+      results: the results, converted by :func:`to_jsonable`.
+      config: the run's configuration, converted likewise.
+      seed: the run's seed.
+
+    Returns:
+      ``path`` as a :class:`~pathlib.Path`.
+    """
     document = {
         "config": to_jsonable(config),
         "seed": seed,

@@ -339,6 +339,14 @@ def from_log_snr(log_snr: Any, *, decrements: Any | None = None, validate: bool 
       decrements: optional ``d_t = logSNR_{t-1} - logSNR_t`` for ``t = 2..T`` (shape ``(T-1,)``)
         when the family knows them in closed form; otherwise they are differences of ``log_snr``
         (taken in float64 when concrete), as accurate as the input.
+      validate: check a concrete ``log_snr`` (skip only for values already checked).
+
+    Returns:
+      The :class:`Schedule` over ``t = 0..T``.
+
+    Raises:
+      ArgumentError: naming ``log_snr`` (``validate=True``, concrete input), for a wrong shape,
+        a value that is not finite or values that do not strictly decrease.
     """
     dtype = _default_float(log_snr)
     if validate and is_concrete(log_snr):
@@ -470,6 +478,20 @@ def cosine(T: int = 1000, *, s: Any = 0.008, max_beta: float = 0.999, dtype=None
     with ``t_c`` the first clipped step, ``log alpha_bar_t = log alpha_bar_{t_c-1} - (t - t_c + 1) g_max``,
     ``g_max = -log(1 - max_beta)`` (exact, no cumulative sum). ``s`` may be a JAX tracer.
 
+    Args:
+      T: number of training steps.
+      s: the offset ``s >= 0``; may be a JAX tracer (differentiable).
+      max_beta: the clipping value of ``beta_t``, in ``(0, 1)``.
+      dtype: the float dtype of the schedule; default: that of ``s`` (float64 only when x64 is
+        enabled).
+
+    Returns:
+      The :class:`Schedule` over ``t = 0..T``.
+
+    Raises:
+      ArgumentError: naming ``T`` (not an integer >= 1), ``s`` (a concrete offset that is not
+        finite and >= 0) or ``max_beta`` (outside ``(0, 1)``).
+
     Example:
       >>> sched = cosine(1000, s=0.008)   # diffusers' squaredcos_cap_v2
     """
@@ -534,6 +556,21 @@ def sigmoid(
     ``x_u = (u (end - start) + start)/tau``, ``u = t/T``, clipped below at ``clip_min``.
     ``1 - alpha_bar`` and the gaps ``-log(alpha_bar_t / alpha_bar_{t-1})`` are formed from
     log-differences of sigmoids, so they are exact near ``t = 0`` and for tiny steps.
+
+    Args:
+      T: number of training steps.
+      start: the sigmoid argument at ``u = 0`` (before division by ``tau``).
+      end: the sigmoid argument at ``u = 1``; must exceed ``start``.
+      tau: the temperature, ``> 0``.
+      clip_min: the floor of ``alpha_bar``, in ``(0, 1)``.
+      dtype: the float dtype of the schedule; default: float64 when x64 is enabled, else float32.
+
+    Returns:
+      The :class:`Schedule` over ``t = 0..T``.
+
+    Raises:
+      ArgumentError: naming ``T`` (not an integer >= 1), ``end`` (not above ``start``), ``tau``
+        (not ``> 0``) or ``clip_min`` (outside ``(0, 1)``).
     """
     T = check_positive_int(T, name="T")
     if not end > start:
@@ -585,6 +622,19 @@ def logsnr_cosine(T: int = 1000, *, logsnr_min: float = -15.0, logsnr_max: float
     ``d_t = 2 log1p(sin(a/T) / (sin(x_{t-1}) sin(c_t)))`` (``tan`` ratio identity), so the
     low-SNR end stays exact in float32. Combine with :func:`shift_log_snr` and
     :func:`resolution_shift` for the shifted variant.
+
+    Args:
+      T: number of training steps.
+      logsnr_min: ``logSNR`` at ``u = 1`` (the noisy end).
+      logsnr_max: ``logSNR`` at ``u = 0`` (the clean end); must exceed ``logsnr_min``.
+      dtype: the float dtype of the schedule; default: float64 when x64 is enabled, else float32.
+
+    Returns:
+      The :class:`Schedule` over ``t = 0..T``.
+
+    Raises:
+      ArgumentError: naming ``T`` (not an integer >= 1) or ``logsnr_max`` (not above
+        ``logsnr_min``).
     """
     T = check_positive_int(T, name="T")
     if not logsnr_max > logsnr_min:
@@ -609,6 +659,19 @@ def karras(T: int = 1000, *, sigma_min: float = 0.002, sigma_max: float = 80.0, 
 
     ``sigma_i = (sigma_min^(1/rho) + (i-1)/(T-1) (sigma_max^(1/rho) - sigma_min^(1/rho)))^rho``
     for ``i = 1..T`` (ascending), mapped by ``alpha_bar = 1 / (1 + sigma^2)``.
+
+    Args:
+      T: number of training steps (``>= 2``).
+      sigma_min: the smallest EDM noise level, ``sigma_1``.
+      sigma_max: the largest EDM noise level, ``sigma_T``.
+      rho: the exponent of the ramp.
+
+    Returns:
+      The :class:`Schedule` over ``t = 0..T`` (float64 when x64 is enabled, else float32).
+
+    Raises:
+      ArgumentError: naming ``T`` (not an integer >= 2) or ``sigma_min, sigma_max`` (unless
+        ``0 < sigma_min < sigma_max``).
     """
     T = check_positive_int(T, name="T", minimum=2)
     if not 0 < sigma_min < sigma_max:
@@ -628,6 +691,16 @@ def shift_log_snr(sched: Schedule, shift: Any) -> Schedule:
     under a shift (:func:`log_snr_decrements`), so the new gaps are as exact as the old. Scaling
     all data variances by ``c`` is compensated by ``shift = -log c`` (docs/theory.md section 9);
     simple diffusion's resolution rule is :func:`resolution_shift`.
+
+    Args:
+      sched: the schedule.
+      shift: the logSNR offset (a scalar, finite; may be a tracer).
+
+    Returns:
+      The shifted :class:`Schedule` over the same ``t = 0..T``.
+
+    Raises:
+      ArgumentError: naming ``shift``, for a concrete value that is not finite.
     """
     if is_concrete(shift) and not np.all(np.isfinite(np.asarray(shift))):
         raise ArgumentError("shift", f"must be finite, got {shift!r}")
@@ -639,6 +712,17 @@ def resolution_shift(resolution: float, *, base_resolution: float = 64.0) -> flo
 
     An image at ``d x d`` pixels relative to the ``64 x 64`` reference gets its logSNR shifted by
     this amount (negative for ``d > 64``: more noise at higher resolution).
+
+    Args:
+      resolution: the image side ``d`` in pixels, ``> 0``.
+      base_resolution: the reference side, ``> 0``.
+
+    Returns:
+      The shift, for :func:`shift_log_snr`.
+
+    Raises:
+      ArgumentError: naming ``resolution``, unless both ``resolution`` and ``base_resolution``
+        are ``> 0``.
     """
     if not (resolution > 0 and base_resolution > 0):
         raise ArgumentError(
@@ -654,14 +738,24 @@ def zero_terminal_snr(sched: Schedule, *, terminal_log_snr: float = -20.0) -> Sc
     unchanged, ``r_t = (sqrt(alpha_bar_t) - last) * first / (first - last)``. The exact rescale
     makes ``alpha_bar_T = 0``, from which the eps-parameterised DDIM step cannot start
     (``a_T = sqrt(alpha_bar_s / alpha_bar_T) = inf``), so the terminal value is set to
-    ``logSNR_T = terminal_log_snr`` (default -20, ``alpha_bar_T ~ 2.1e-9``) instead, and a
-    ``ValueError`` is raised if that would break monotonicity.
+    ``logSNR_T = terminal_log_snr`` (default -20, ``alpha_bar_T ~ 2.1e-9``) instead.
 
     Numerics: with ``R_t = log alpha_bar_t - log alpha_bar_T`` (a sum of gaps),
     ``r_t = sqrt(alpha_bar_t) expm1(-R_t/2) / expm1(-R_1/2)``, so
     ``log r_t^2 = log alpha_bar_t + 2 log(A_t / A_1)``, ``A_t = -expm1(-R_t/2)``, and the new gaps are
     ``g_t + 2 log1p(exp(-R_t/2) (-expm1(-g_t/2)) / A_t)``: every term is a sum of positive numbers or
     an ``expm1``/``log1p``, exact at both ends of the chain.
+
+    Args:
+      sched: the schedule to rescale (``T >= 3``).
+      terminal_log_snr: ``logSNR_T`` of the result, in place of the exact rescale's ``-inf``.
+
+    Returns:
+      The rescaled :class:`Schedule` over the same ``t = 0..T``.
+
+    Raises:
+      ArgumentError: naming ``sched`` (``T < 3``) or ``terminal_log_snr`` (a value that would not
+        put ``alpha_bar_T`` below the rescaled ``alpha_bar_{T-1}``, breaking monotonicity).
     """
     if sched.T < 3:
         raise ArgumentError("sched", f"zero_terminal_snr needs T >= 3, got T = {sched.T}")
@@ -696,7 +790,19 @@ SCHEDULE_NAMES = ("linear", "scaled_linear", "cosine", "sigmoid", "logsnr_cosine
 
 
 def named_schedule(name: str, T: int = 1000, **kwargs: Any) -> Schedule:
-    """Look up a named family (one of :data:`SCHEDULE_NAMES`) and build it with ``kwargs``."""
+    """Look up a named family (one of :data:`SCHEDULE_NAMES`) and build it with ``kwargs``.
+
+    Args:
+      name: the family, one of :data:`SCHEDULE_NAMES`.
+      T: number of training steps.
+      **kwargs: the family's keyword arguments (``s`` of :func:`cosine`, ...).
+
+    Returns:
+      The :class:`Schedule` over ``t = 0..T``.
+
+    Raises:
+      ArgumentError: naming ``name`` for an unknown family; the family's own errors otherwise.
+    """
     table = {
         "linear": linear,
         "scaled_linear": scaled_linear,

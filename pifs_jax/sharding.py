@@ -113,6 +113,13 @@ def batch_mesh(axis: str = BATCH_AXIS, *, devices: Any = None) -> Mesh:
 
     The axis is of type ``Auto`` (the SPMD partitioner propagates shardings), which is what the
     functions of this module expect.
+
+    Args:
+      axis: the name of the mesh axis.
+      devices: the devices, in order; default ``jax.devices()``.
+
+    Returns:
+      The ``jax.sharding.Mesh`` of shape ``(len(devices),)``.
     """
     devices = jax.devices() if devices is None else list(devices)
     return jax.make_mesh((len(devices),), (axis,), axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
@@ -142,7 +149,7 @@ def shard_batch(x: Any, mesh: Mesh | None = None, axis: str = BATCH_AXIS) -> jax
       The sharded array (``x.sharding.device_set`` = the mesh's devices).
 
     Raises:
-      ValueError: naming ``x`` if it has no batch axis or ``B`` is not a multiple of ``D``.
+      ArgumentError: naming ``x`` if it has no batch axis or ``B`` is not a multiple of ``D``.
     """
     mesh, size = _mesh_and_size(mesh, axis)
     x = jnp.asarray(x)
@@ -254,6 +261,26 @@ def sharded_ddim_sample(
     """:func:`sharded_sample` with ``sampler=DDIM(eta)`` (deterministic DDIM by default).
 
     Arguments, results and errors as :func:`sharded_sample` (the batch is named ``x_T_batch``).
+
+    Args:
+      eps_fn: ``eps_fn(x, t)`` for one sample.
+      sched: the schedule.
+      x_T_batch: shape ``(B,) + sample_shape``, floating.
+      grid: sampling grid; ``None`` = every training step.
+      mesh: default :func:`batch_mesh` over all devices.
+      axis: the mesh axis the batch is split over.
+      eta: DDIM's ``eta`` (0 = deterministic; ``eta > 0`` needs ``key``).
+      key: PRNG key, required when ``eta > 0``.
+      return_trajectory: also return the trajectories, shape ``(B, N+1) + sample_shape``.
+      check_finite: when called eagerly, check the result (see :func:`sharded_sample`).
+
+    Returns:
+      ``x_0`` of shape ``(B,) + sample_shape`` (and the trajectories), sharded over ``axis``.
+
+    Raises:
+      ArgumentError: naming ``x_T_batch`` (no batch axis, or not floating), ``key``, ``eps_fn``
+        (output shape), ``grid``, ``sched``, ``mesh`` or ``axis``; ``NonFiniteError`` (a
+        non-finite result, ``check_finite=True``).
     """
     return _sample_sharded(
         eps_fn, sched, x_T_batch, grid=grid, sampler=DDIM(eta), mesh=mesh, axis=axis, key=key,
@@ -339,6 +366,12 @@ def initialize_processes(
     reported in every process that is waiting, as a :class:`~pifs_jax.errors.ProcessGroupError`,
     instead of JAX's silent wait and abort (a C++ stack trace). ``init_timeout`` is also JAX's
     ``initialization_timeout`` (rounded up to whole seconds).
+
+    Args:
+      coordinator: ``"HOST:PORT"`` of process 0, the same in every process.
+      num_processes: the number of processes, the same in every process.
+      process_id: this process's id, ``0 .. num_processes - 1``.
+      init_timeout: seconds to wait for every process to join.
 
     Raises:
       ArgumentError: naming ``coordinator`` (not ``HOST:PORT``), ``num_processes`` (not a

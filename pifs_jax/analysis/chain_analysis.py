@@ -153,7 +153,9 @@ class ChainAnalysis(NamedTuple):
     attention_keys: dict | None
     """``{layer: L_keys}``: ``H / log L_keys`` is the entropy normalised to ``[0, 1]``."""
     patch_size: int
+    """``p``, the side of the patches the block norms were taken over."""
     image_shape: tuple
+    """The shape of one image, ``(H, W, C)``."""
     method: str
     """The block-norm estimator used, ``"exact"`` or ``"matrix_free"``."""
     sampler: str = "DDIM(eta=0.0)"
@@ -209,6 +211,13 @@ def module_attention_fn(module: Any, params: Any) -> jax.tree_util.Partial:
     a dict ``{layer: weights (1, heads, queries, keys)}`` for one image ``x`` of shape
     ``(H, W, C)``. Like :func:`pifs_jax.models.as_eps_fn`, the parameters are the pytree's leaves,
     so :func:`analyze_chain` compiles once per architecture.
+
+    Args:
+      module: a Flax module whose ``apply`` accepts ``return_attention=True``.
+      params: its parameters.
+
+    Returns:
+      ``attention_fn(x, t)``, a ``jax.tree_util.Partial`` for :func:`analyze_chain`.
     """
     return jax.tree_util.Partial(ModuleAttention(module), params)
 
@@ -684,6 +693,12 @@ def per_patch_exponents(analysis: ChainAnalysis) -> tuple[np.ndarray, np.ndarray
     log kappa_k(t_i)`` (docs/theory.md section 11), float64. ``predicted`` is NaN when the
     analysed sampler is not deterministic DDIM (``"predicted_exponents"`` in
     ``analysis.not_applicable``): ``f_t`` and the suppression field are that map's.
+
+    Args:
+      analysis: the result of :func:`analyze_chain`, run with a ``baseline``.
+
+    Returns:
+      ``(predicted, measured)``, float64 arrays of shape ``([S,] M)``.
 
     Raises:
       ArgumentError: naming ``analysis`` when it has no suppression field (run

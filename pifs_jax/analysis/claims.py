@@ -90,7 +90,9 @@ class ClaimResult(NamedTuple):
     """One claim, the paper's value, ours, and the verdict of docs/theory.md section 11."""
 
     name: str
+    """The claim, in words."""
     paper: str
+    """The paper's value, in words."""
     ours: str
     """Our value in words, with its interval or p-value."""
     value: float

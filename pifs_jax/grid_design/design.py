@@ -62,13 +62,17 @@ class DesignedGrid(NamedTuple):
     grid: np.ndarray
     """int64 ``0 = tau_0 < ... < tau_N`` (diffusers ``timesteps=``: :func:`pifs_jax.grid_to_diffusers_timesteps`)."""
     method: str
+    """The design method (one of :data:`DESIGN_METHODS` or :data:`~pifs_jax.grid_design.FIXED_GRIDS`)."""
     sampler: str
+    """The name of the sampler the grid was designed for."""
     nfe: int
     """Network evaluations of one sample with this grid."""
     network_evaluations: int
     """Network evaluations the design itself cost (forward-equivalents; reverse passes counted as 2)."""
     seconds: float
+    """Wall-clock seconds the design took (0 for a fixed grid)."""
     record: dict[str, Any]
+    """How the grid was made (method, options, steps, ``T`` and what the method adds), for a report."""
     corrections: StepCorrections | None = None
     """``"corrected"`` only: the per-step scalars; sample with ``corrected_denoiser(eps_fn, corrections)``."""
 
@@ -113,6 +117,9 @@ def design_grid(
         "solver"}`` for ``"geometric"`` (``ERROR_MODELS``: whose local error places the steps,
         default DDIM's for every solver), ``{"iterations": 60}`` for ``"gradient"``,
         ``{"coeff": 1.0}`` for ``"gits"``).
+
+    Returns:
+      :class:`DesignedGrid`, the grid with its cost and a record of how it was made.
 
     Raises:
       ArgumentError: naming ``method``, ``steps``, ``sampler``, ``x_T``, ``data`` or an option.

@@ -47,7 +47,9 @@ class OptimizerState(NamedTuple):
     """Everything an optimisation carries from one step to the next (and into a checkpoint)."""
 
     params: Any
+    """The parameters being optimised (a pytree)."""
     opt_state: Any
+    """The optax optimiser's state."""
     step: jax.Array
     """Number of updates applied so far (int32 scalar)."""
 

@@ -55,6 +55,20 @@ def fit_to_schedule(
     ``family.fit`` is used when the family has one; otherwise (the monotone network) ``params`` is
     the starting point of ``iterations`` Adam steps on ``mean_t (logSNR_t - logSNR*_t)^2``,
     ``t = 1..T`` (one jitted scan).
+
+    Args:
+      family: the :class:`~pifs_jax.learnable.LearnableSchedule`.
+      params: the starting parameters (unused when the family has ``fit``).
+      target: the schedule to reproduce.
+      iterations: the number of Adam steps.
+      learning_rate: Adam's learning rate.
+
+    Returns:
+      The fitted parameters (a pytree like ``params``).
+
+    Raises:
+      ArgumentError: naming ``iterations`` (not an integer >= 1, family without ``fit``), or the
+        family's ``fit`` errors (``sched``, for a target of another ``T``).
     """
     if family.fit is not None:
         return family.fit(target)

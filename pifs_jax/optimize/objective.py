@@ -135,13 +135,21 @@ class ScheduleObjective(NamedTuple):
     """
 
     weights: tuple[tuple[str, float], ...]
+    """``(criterion, weight)`` pairs."""
     grid: tuple[int, ...] | None
+    """Sampling grid for criteria 1 and 2 (``None`` = every training step)."""
     variances: tuple[float, ...]
+    """Patch variances for criterion 2."""
     sizes: tuple[float, ...]
+    """Patch sizes for criterion 2."""
     temperature: float
+    """Soft-min temperature of criterion 1 (nats of ``L*``)."""
     growth_measure: str
+    """``"growth"`` (``Delta d``) or ``"information"`` (``IG``) for criterion 2."""
     num_steps: int
+    """Criterion 3 is evaluated on ``uniform_grid(T, num_steps)``."""
     work_kind: str
+    """One of :data:`~pifs_jax.criteria.WORK_KINDS`."""
 
     def __call__(self, sched: Schedule) -> tuple[jax.Array, dict[str, jax.Array]]:
         weights = dict(self.weights)

@@ -71,10 +71,13 @@ class StepTables(NamedTuple):
     s: jax.Array
     """Integer timestep the step lands on (``tau_{i-1}``), int32."""
     log_alpha_bar_t: jax.Array
+    """``log alpha_bar`` at ``tau_i``."""
     log_alpha_bar_s: jax.Array
+    """``log alpha_bar`` at ``tau_{i-1}``."""
     sigma_t: jax.Array
     """``sqrt(1 - alpha_bar_t)``."""
     sigma_s: jax.Array
+    """``sqrt(1 - alpha_bar_s)`` (0 on the step landing on ``alpha_bar = 1``)."""
     log_ratio: jax.Array
     """``G = log alpha_bar_s - log alpha_bar_t > 0``."""
     a: jax.Array
@@ -88,7 +91,18 @@ class StepTables(NamedTuple):
 
 
 def step_tables(sched: Schedule, grid: Any = None) -> StepTables:
-    """The common per-step quantities of ``grid`` (``None`` = every training step), see :class:`StepTables`."""
+    """The common per-step quantities of ``grid`` (``None`` = every training step), see :class:`StepTables`.
+
+    Args:
+      sched: the schedule.
+      grid: sampling grid ``0 = tau_0 < ... < tau_N <= T``; ``None`` = every training step.
+
+    Returns:
+      :class:`StepTables` with arrays of shape ``(N,)``.
+
+    Raises:
+      ArgumentError: naming ``grid``, for a grid that is not valid for ``sched``.
+    """
     grid = jnp.asarray(as_grid(grid, sched.T))
     return tables_from_coefficients(grid[1:], grid[:-1], step_coefficients(sched, grid))
 
@@ -207,6 +221,16 @@ def check_denoiser(eps_fn: EpsFn, x: Any, t: int = 1, *, name: str = "eps_fn") -
     """Raise ``ArgumentError`` if ``eps_fn(x, t)`` does not return an array of ``x``'s shape.
 
     Uses ``equinox.filter_eval_shape``: nothing is computed.
+
+    Args:
+      eps_fn: the denoiser.
+      x: a sample (only its shape and dtype are used).
+      t: unused: the call is traced with an abstract int32 scalar timestep.
+      name: the argument named in the error.
+
+    Raises:
+      ArgumentError: naming ``name`` (default ``eps_fn``), when the call fails or does not return
+        an array of ``x``'s shape.
     """
     x = jnp.asarray(x)
     try:  # the denoiser's own array leaves (parameters) are abstract too

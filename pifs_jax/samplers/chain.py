@@ -186,6 +186,26 @@ def sample_batch(
     A stochastic sampler gives each sample its own key (``jax.random.split(key, B)``, then one
     per step). ``check_finite`` as for :func:`sample_chain` (one reduction over the batch's
     ``x_0``); the error names the first non-finite sample and its first non-finite step.
+
+    Args:
+      eps_fn: ``eps_fn(x, t)`` for one sample.
+      sched: the schedule.
+      x_T: the batch, shape ``(B,) + sample_shape``, floating dtype.
+      grid: sampling grid ``0 = tau_0 < ... < tau_N <= T``; ``None`` = every training step.
+      sampler: a :class:`pifs_jax.samplers.Sampler`; default ``DDIM()`` (deterministic).
+      return_trajectory: also return the trajectories, shape ``(B, N+1) + sample_shape``.
+      key: PRNG key for a stochastic sampler.
+      check_finite: on an eager call, raise :class:`pifs_jax.errors.NonFiniteError` for a
+        non-finite result.
+
+    Returns:
+      ``x_0`` of shape ``(B,) + sample_shape``, or ``(x_0, trajectories)`` with
+      ``return_trajectory=True``.
+
+    Raises:
+      ArgumentError: naming ``sampler``, ``x_T`` (no batch axis, or not floating), ``key``,
+        ``grid``, ``sched`` or ``eps_fn`` (output shape); :class:`~pifs_jax.errors.NonFiniteError`
+        for a non-finite result.
     """
     sampler = check_sampler(DDIM() if sampler is None else sampler)
     x_T = jnp.asarray(x_T)

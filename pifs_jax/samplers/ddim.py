@@ -39,7 +39,9 @@ class ChainSteps(NamedTuple):
     t: jax.Array
     """Integer timestep the step starts from (``tau_i``), passed to ``eps_fn``."""
     a: jax.Array
+    """``a_t = sqrt(alpha_bar_s / alpha_bar_t)``."""
     b: jax.Array
+    """``b_t^eta`` (``b_t`` of the deterministic step when ``eta = 0``; negative)."""
     noise_scale: jax.Array
     """``c_t`` of the stochastic step (zeros when ``eta = 0``)."""
 
@@ -58,6 +60,14 @@ def check_eta(eta: Any) -> None:
 
 def ddim_tables(sched: Schedule, grid: Any = None, *, eta: Any = 0.0) -> ChainSteps:
     """Per-step ``(t, a_t, b_t^eta, c_t)`` in grid order: entry ``i - 1`` is the step ``tau_i -> tau_{i-1}``.
+
+    Args:
+      sched: the schedule.
+      grid: sampling grid ``0 = tau_0 < ... < tau_N <= T``; ``None`` = every training step.
+      eta: a real scalar in ``[0, 1]``.
+
+    Returns:
+      :class:`ChainSteps`, each field of shape ``(N,)``.
 
     Raises:
       ArgumentError: naming ``grid`` or ``eta`` (outside ``[0, 1]``).
@@ -83,12 +93,35 @@ def ddim_tables_from(t: jax.Array, c: StepCoefficients | StepTables, *, eta: Any
 
 
 def chain_steps(sched: Schedule, grid: Any = None, *, eta: Any = 0.0) -> ChainSteps:
-    """:func:`ddim_tables` in execution order ``tau_N -> ... -> tau_0`` (coarsest step first)."""
+    """:func:`ddim_tables` in execution order ``tau_N -> ... -> tau_0`` (coarsest step first).
+
+    Args:
+      sched: the schedule.
+      grid: sampling grid ``0 = tau_0 < ... < tau_N <= T``; ``None`` = every training step.
+      eta: a real scalar in ``[0, 1]``.
+
+    Returns:
+      :class:`ChainSteps`, each field of shape ``(N,)``, entry 0 the coarsest step
+      ``tau_N -> tau_{N-1}``.
+
+    Raises:
+      ArgumentError: naming ``grid`` or ``eta`` (not a real scalar in ``[0, 1]``).
+    """
     return jax.tree_util.tree_map(lambda v: v[::-1], ddim_tables(sched, grid, eta=eta))
 
 
 def ddim_step(eps_fn: EpsFn, x: jax.Array, t: Any, a: Any, b: Any) -> jax.Array:
     """One deterministic DDIM step ``Phi_t(x) = a_t x + b_t epshat(x, t)``.
+
+    Args:
+      eps_fn: ``eps_fn(x, t)`` returning an array of ``x``'s shape.
+      x: the sample at ``t``, floating dtype.
+      t: integer timestep passed to ``eps_fn``.
+      a: ``a_t`` of the step.
+      b: ``b_t`` of the step.
+
+    Returns:
+      ``Phi_t(x)``, of ``x``'s shape.
 
     Raises:
       ArgumentError: naming ``x`` if its dtype is not floating (checked under ``jax.jit`` too).
@@ -100,9 +133,12 @@ def ddim_step(eps_fn: EpsFn, x: jax.Array, t: Any, a: Any, b: Any) -> jax.Array:
 class DDIM(Sampler):
     """DDIM with stochasticity ``eta`` in ``[0, 1]``: ``0`` (default) is the deterministic PIFS map, ``1`` DDPM.
 
-    The state is the image. One denoiser evaluation per step. ``eta`` is a static Python float
-    (one compilation per value) or a traced scalar; any ``eta`` other than a concrete ``0``
-    makes the chain stochastic (a PRNG key is required, one normal draw per step).
+    The state is the image. One denoiser evaluation per step.
+
+    Attributes:
+      eta: the stochasticity, a real scalar in ``[0, 1]``: a static Python float (one compilation
+        per value) or a traced scalar; any ``eta`` other than a concrete ``0`` makes the chain
+        stochastic (a PRNG key is required, one normal draw per step).
     """
 
     eta: Any = 0.0

@@ -36,7 +36,9 @@ class DPMState(NamedTuple):
     """The multistep state: the image ``x`` and the previous step's data prediction ``d_prev``."""
 
     x: jax.Array
+    """The image."""
     d_prev: jax.Array
+    """The previous step's data prediction ``D`` (zeros before the first step)."""
 
 
 class DPMSolverPP2M(Sampler):
