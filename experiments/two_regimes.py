@@ -298,7 +298,7 @@ def _model_summary(result: ModelAnalysis) -> dict[str, Any]:
         "violations": steps["violations"]["mean"],
         "mean_violations": float(np.mean(steps["violations"]["mean"])),
         "crossover_window": s["crossover_window"],
-        "pc_windows": {name: (r or {}).get("crossover_window") for name, r in s["pc_readings"].items() if r},
+        "pc_windows": {name: r["crossover_window"] for name, r in (s.get("pc_readings") or {}).items() if r},
         "verdicts": {c.name: c.verdict for c in result.claims},
     }
 
@@ -516,7 +516,7 @@ def render_markdown(results: dict[str, Any], analyses: dict[str, ModelAnalysis])
             f"{_label(n)} "
             + ", ".join(
                 f"{name} {_window(r['crossover_window'])}"
-                for name, r in analyses[n].summary["pc_readings"].items()
+                for name, r in (analyses[n].summary.get("pc_readings") or {}).items()
                 if r is not None
             )
             for n in models

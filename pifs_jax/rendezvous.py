@@ -66,13 +66,17 @@ def rendezvous(host: str, port: int, num_processes: int, process_id: int, *, tim
 
 
 def _line(conn: socket.socket) -> str:
-    """One ``\\n``-terminated line (at most 4 KiB) from ``conn``; ``""`` if it closed first."""
+    """One ``\\n``-terminated line (at most 4 KiB) from ``conn``; ``""`` if it closed first.
+
+    Read a byte at a time, so that nothing after the line is consumed: two lines sent one after the
+    other (``WAIT``, then ``GO``) may arrive in one segment, and each must be read on its own.
+    """
     data = b""
     while not data.endswith(b"\n") and len(data) < 4096:
-        chunk = conn.recv(4096 - len(data))
-        if not chunk:
+        byte = conn.recv(1)
+        if not byte:
             return ""
-        data += chunk
+        data += byte
     return data.decode("utf-8", "replace").strip()
 
 

@@ -76,6 +76,7 @@ from pifs_jax.typing import EpsFn
 __all__ = [
     "BATCH_AXIS",
     "DEFAULT_INIT_TIMEOUT",
+    "JAX_CONNECT_TIMEOUT",
     "batch_mesh",
     "initialize_processes",
     "shard_batch",
@@ -349,6 +350,11 @@ def tangent_block_constraint(mesh: Mesh):
     return constrain, int(mesh.size)
 
 
+#: Seconds JAX's own connection may take after every process has checked in (JAX's default
+#: ``initialization_timeout``): :func:`initialize_processes` never gives it less.
+JAX_CONNECT_TIMEOUT = 300
+
+
 def initialize_processes(
     coordinator: str, num_processes: int, process_id: int, *, init_timeout: float = DEFAULT_INIT_TIMEOUT
 ) -> None:
@@ -364,8 +370,10 @@ def initialize_processes(
     (:func:`pifs_jax.rendezvous.rendezvous`): a process that does not come within
     ``init_timeout`` seconds, a duplicate ``process_id`` and a mismatched ``num_processes`` are
     reported in every process that is waiting, as a :class:`~pifs_jax.errors.ProcessGroupError`,
-    instead of JAX's silent wait and abort (a C++ stack trace). ``init_timeout`` is also JAX's
-    ``initialization_timeout`` (rounded up to whole seconds).
+    instead of JAX's silent wait and abort (a C++ stack trace). Once every process has checked in,
+    JAX's own connection gets ``max(init_timeout, JAX_CONNECT_TIMEOUT)`` seconds (its
+    ``initialization_timeout``): the peers are known to be alive, and on a busy machine process 0
+    can take longer than a short ``init_timeout`` to start the coordination service.
 
     Args:
       coordinator: ``"HOST:PORT"`` of process 0, the same in every process.
@@ -396,5 +404,5 @@ def initialize_processes(
         coordinator_address=coordinator,
         num_processes=num_processes,
         process_id=process_id,
-        initialization_timeout=math.ceil(init_timeout),
+        initialization_timeout=math.ceil(max(init_timeout, JAX_CONNECT_TIMEOUT)),
     )

@@ -25,6 +25,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from pifs_jax import cli
 from pifs_jax.checkpoint import CHECKPOINT_NAME, read_checkpoint_header
 from pifs_jax.errors import ArgumentError
 from pifs_jax.models import training as tr
+from pifs_jax.rendezvous import JOIN_MAGIC, rendezvous
 from pifs_jax.sharding import initialize_processes
 
 REPO = Path(__file__).resolve().parents[1]
@@ -399,3 +401,29 @@ def test_process_group_refusals(tmp_path, capsys):
     # the command line: --init-timeout only with --coordinator
     assert cli.main(["train", "--init-timeout", "5", "--out", str(tmp_path / "x"), "--no-progress"]) == 2
     assert "argument --init-timeout: only for a multi-process run" in capsys.readouterr().err
+
+
+def test_a_joining_process_reads_wait_and_go_arriving_together():
+    """Process 0's two words to a joined process, WAIT and GO, may reach it in one TCP segment (it
+    joined last, so GO follows at once): each must be read as its own line. Before, the reader took
+    both as one reply, refused 'WAIT\\nGO' as "something else answers", and process 0 then hung in
+    JAX's connection until its timeout (a two-process run failing on a busy machine)."""
+    server = socket.create_server(("localhost", 0))
+    port = server.getsockname()[1]
+    heard = []
+
+    def process_zero():
+        conn, _ = server.accept()
+        with conn:
+            heard.append(conn.makefile("rb").readline().decode())
+            conn.sendall(b"WAIT\nGO\n")  # one segment
+            conn.recv(1)  # until the joined process closes
+
+    thread = threading.Thread(target=process_zero)
+    thread.start()
+    try:
+        rendezvous("localhost", port, 2, 1, timeout=10)  # returns: it heard GO
+    finally:
+        thread.join(timeout=10)
+        server.close()
+    assert heard == [f"{JOIN_MAGIC} 2 1\n"]
