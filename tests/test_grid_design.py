@@ -188,9 +188,11 @@ def test_gradient_through_the_chain_matches_finite_differences():
             out = jax.vmap(lambda x: chain_from_tables(eps_fn, tables, x, sampler=DDIM(), remat=True))(x_T)
             return jnp.sum(out**2)
 
-        grad = np.asarray(jax.grad(loss)(logits))
+        # compiled (eagerly, the gradient and the 8 evaluations took 10 s of dispatch on a 2-core CPU)
+        grad = np.asarray(jax.jit(jax.grad(loss))(logits))
         h = 1e-6  # moves the times by far less than the distance to a rounding boundary of the network's t
-        fd = [(loss(logits.at[i].add(h)) - loss(logits.at[i].add(-h))) / (2 * h) for i in range(4)]
+        compiled_loss = jax.jit(loss)
+        fd = [(compiled_loss(logits.at[i].add(h)) - compiled_loss(logits.at[i].add(-h))) / (2 * h) for i in range(4)]
         np.testing.assert_allclose(grad, np.asarray(fd), rtol=1e-5, atol=1e-10)
         times = np.asarray(grid_times_from_logits(logits, 1000))
         np.testing.assert_allclose(times, [0, 20.3, 150.4, 500.2, 1000], rtol=1e-9)

@@ -37,6 +37,18 @@ from pifs_jax.schedules import named_schedule
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
+def _config(**overrides):
+    """The file's tiny run: 6 steps with one warmup step (:func:`tiny_config` otherwise).
+
+    The tests below train this configuration (or its 8-step extension), whatever their run-control
+    fields (checkpoint, log, samples), so that they share two compiled training steps
+    (``train_step_for`` caches them per configuration): what they check does not depend on the
+    number of steps. One warmup step makes the 8-step run's learning rate differ from the 6-step
+    run's from step 2 on (:func:`test_extension_recomputes_the_learning_rate_schedule`).
+    """
+    return tiny_config(**{"steps": 6, "warmup_steps": 1, **overrides})
+
+
 def _model_and_data(cfg):
     module = TinyEps(features=8, T=cfg.T)
     data = tiny_data(96)
@@ -117,17 +129,17 @@ def test_overwrite_starts_afresh_and_removes_the_old_files(tmp_path):
     (out / "metrics.jsonl").write_text("".join(json.dumps({"step": k, "loss": 1.0}) + "\n" for k in (5, 10)))
     for name in ("config.json", "loss.png", "samples.png", "samples_empirical.png", "samples.npz", "quality.json"):
         (out / name).write_bytes(b"first run")
-    second = tiny_config(steps=4, lr=0.01, checkpoint_every=2, log_every=2, num_samples=8)
+    second = _config(checkpoint_every=2, log_every=2, num_samples=8)
     with pytest.raises(ValueError, match=r"already holds a run \(checkpoint\.msgpack.*overwrite=True"):
         _tiny_train(second, out)
     with pytest.raises(ValueError, match="overwrite: cannot be combined with resume"):
         _tiny_train(second, out, resume=True, overwrite=True)
     result = _tiny_train(second, out, overwrite=True, evaluate=False)
-    assert int(result.state.step) == 4
+    assert int(result.state.step) == 6
     recorded = tr.recorded_config(second.resolved(), _model_and_data(second)[0])  # a (module, init) pair: model None
     assert recorded.model is None
     assert read_checkpoint_header(out / CHECKPOINT_NAME)["config"] == json.loads(json.dumps(recorded.identity()))
-    assert [r["step"] for r in tr.read_metrics_log(out / "metrics.jsonl")] == [2, 4]  # nothing of the first run
+    assert [r["step"] for r in tr.read_metrics_log(out / "metrics.jsonl")] == [2, 4, 6]  # nothing of the first run
     # the first run's samples and scores are gone: they would describe another model
     assert {p.name for p in out.iterdir()} == {"config.json", "metrics.jsonl", CHECKPOINT_NAME, "loss.png"}
     assert (out / "loss.png").read_bytes().startswith(PNG_MAGIC)
@@ -218,7 +230,7 @@ def test_sample_figure_says_the_display_is_clipped():
 
 
 def test_train_writes_raw_samples_range_loss_curve_and_a_progress_bar(tmp_path, capsys):
-    cfg = tiny_config(steps=6, checkpoint_every=3, log_every=2, num_samples=16, sample_steps=5)
+    cfg = _config(checkpoint_every=3, log_every=2, num_samples=16)
     model, dataset = _model_and_data(cfg)
     result = tr.train(cfg, tmp_path, progress=True, model=model, dataset=dataset)
     err = capsys.readouterr().err
@@ -376,7 +388,7 @@ def test_preset_and_the_deprecated_config_alias(tmp_path, capsys, recorded_train
 
 def test_extending_a_finished_run(tmp_path, capsys):
     """6 steps, then resume with steps=8: the run continues; its first 6 steps are kept; 4 or 10 is refused."""
-    cfg = tiny_config(steps=6, checkpoint_every=3, log_every=1, num_samples=0)
+    cfg = _config(checkpoint_every=3, log_every=1, num_samples=0)
     out = tmp_path / "run"
     _tiny_train(cfg, out)
     kept = tr.read_metrics_log(out / "metrics.jsonl")
@@ -398,48 +410,49 @@ def test_extending_a_finished_run(tmp_path, capsys):
 
 
 def test_a_killed_extension_leaves_no_old_samples_beside_the_new_checkpoint(tmp_path, capsys):
-    """A finished 4-step run with samples and scores, extended to 6 steps and killed at step 5
-    (Ctrl-C from the callback: the checkpoint of step 5 is saved): its quality.json and samples.*
-    used to stay beside that checkpoint, unmarked. Now they are in stale/step-4/, unchanged, before
-    training continues; the completed extension writes fresh ones (scored at step 6)."""
-    cfg = tiny_config(steps=4, checkpoint_every=2, log_every=1, num_samples=8, sample_steps=3)
+    """A finished 6-step run with samples and scores, extended to 8 steps and killed at step 7
+    (Ctrl-C from the callback: the checkpoint of step 7 is saved): its quality.json and samples.*
+    used to stay beside that checkpoint, unmarked. Now they are in stale/step-6/, unchanged, before
+    training continues; the completed extension writes fresh ones (scored at step 8)."""
+    cfg = _config(checkpoint_every=2, log_every=1, num_samples=16)
     out = tmp_path / "run"
     _tiny_train(cfg, out)
     described = ("samples.png", "samples_empirical.png", "samples.npz", "quality.json")
     before = {name: (out / name).read_bytes() for name in (*described, "loss.png")}
-    longer = dataclasses.replace(cfg, steps=6)
+    longer = dataclasses.replace(cfg, steps=8)
 
     def kill(step, metrics):
-        if step == 5:
+        if step == 7:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         _tiny_train(longer, out, resume=True, callback=kill)
-    assert read_checkpoint_header(out / CHECKPOINT_NAME)["step"] == 5
-    assert [name for name in described if (out / name).exists()] == []  # nothing unmarked beside step 5
-    stale = out / tr.STALE_DIR / "step-4"
+    assert read_checkpoint_header(out / CHECKPOINT_NAME)["step"] == 7
+    assert [name for name in described if (out / name).exists()] == []  # nothing unmarked beside step 7
+    stale = out / tr.STALE_DIR / "step-6"
     assert {name: (stale / name).read_bytes() for name in before} == before  # kept, whole
-    assert json.loads((stale / "quality.json").read_text())["config"]["steps"] == 4
-    assert "moved to stale/step-4/" in capsys.readouterr().err
+    assert json.loads((stale / "quality.json").read_text())["config"]["steps"] == 6
+    assert "moved to stale/step-6/" in capsys.readouterr().err
 
     result = _tiny_train(longer, out, resume=True)  # completed: fresh results, the old ones stay set aside
-    assert int(result.state.step) == 6
-    assert json.loads((out / "quality.json").read_text())["config"]["steps"] == 6
+    assert int(result.state.step) == 8
+    assert json.loads((out / "quality.json").read_text())["config"]["steps"] == 8
     assert all((out / name).is_file() for name in described)
     assert {name: (stale / name).read_bytes() for name in before} == before
-    assert sorted(p.name for p in (out / tr.STALE_DIR).iterdir()) == ["step-4"]
+    assert sorted(p.name for p in (out / tr.STALE_DIR).iterdir()) == ["step-6"]
 
-    fresh = tiny_config(steps=2, checkpoint_every=2, log_every=1, num_samples=0)
+    fresh = dataclasses.replace(cfg, num_samples=0)
     _tiny_train(fresh, out, overwrite=True)  # a fresh run deletes the old run's set-aside results too
     assert not (out / tr.STALE_DIR).exists()
 
 
 @pytest.mark.slow
 def test_extension_recomputes_the_learning_rate_schedule(tmp_path):
-    """6 steps extended to 10 equal the 6-step state stepped 4 times with the optimiser rebuilt for
-    10 steps (bit for bit), and differ from a run started with 10 steps (about 60 s: three compilations)."""
-    short = tiny_config(steps=6, warmup_steps=1, checkpoint_every=3, log_every=3, num_samples=0)
-    longer = dataclasses.replace(short, steps=10).resolved()
+    """6 steps extended to 8 equal the 6-step state stepped 2 times with the optimiser rebuilt for
+    8 steps (bit for bit), and differ from a run started with 8 steps (three compilations: the 6- and
+    8-step training steps, shared with the other tests here, and the step built by hand)."""
+    short = _config(checkpoint_every=3, log_every=3, num_samples=0)
+    longer = dataclasses.replace(short, steps=8).resolved()
     out = tmp_path / "run"
     model, dataset = _model_and_data(short)
     _tiny_train(short, out)
@@ -468,12 +481,12 @@ def test_extension_recomputes_the_learning_rate_schedule(tmp_path):
         probes=longer.probes,
     )
     data = jnp.asarray(dataset[0])
-    for _ in range(4):
+    for _ in range(2):
         state, _ = step(state, data)
     for got, want in zip(jax.tree_util.tree_leaves(extended.state), jax.tree_util.tree_leaves(state), strict=True):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
-    # documented: not the run started with 10 steps (the short run's learning rate decayed to 0 at step 6)
+    # documented: not the run started with 8 steps (the short run's learning rate decayed to 0 at step 6)
     fresh = _tiny_train(longer, tmp_path / "fresh")
     assert not all(
         np.array_equal(a, b)
@@ -532,7 +545,7 @@ def test_a_full_disk_names_the_failed_write_and_the_intact_checkpoint(tmp_path, 
     from pifs_jax import checkpoint as ckpt
     from pifs_jax.errors import WriteError
 
-    cfg = tiny_config(steps=2, checkpoint_every=1, log_every=1, num_samples=0)
+    cfg = _config(checkpoint_every=1, log_every=1, num_samples=0)
     out = tmp_path / "run"
     write = ckpt.atomic_write_bytes
     saved = []
@@ -570,7 +583,7 @@ def test_a_full_disk_names_the_failed_write_and_the_intact_checkpoint(tmp_path, 
     # once there is room again, the run resumes from the intact checkpoint and finishes
     monkeypatch.setattr(ckpt, "atomic_write_bytes", write)
     result = _tiny_train(cfg, out, resume=True)
-    assert int(result.state.step) == 2 and read_checkpoint_header(out / CHECKPOINT_NAME)["step"] == 2
+    assert int(result.state.step) == 6 and read_checkpoint_header(out / CHECKPOINT_NAME)["step"] == 6
 
 
 def test_a_failed_log_write_names_the_log(tmp_path, monkeypatch):
@@ -585,4 +598,4 @@ def test_a_failed_log_write_names_the_log(tmp_path, monkeypatch):
 
     monkeypatch.setattr(trainer, "_append_line", quota_exceeded)
     with pytest.raises(WriteError, match=r"metrics\.jsonl' failed: .*\(EDQUOT\); no checkpoint was written yet"):
-        _tiny_train(tiny_config(steps=2, checkpoint_every=2, log_every=1, num_samples=0), tmp_path / "run")
+        _tiny_train(_config(checkpoint_every=2, log_every=1, num_samples=0), tmp_path / "run")

@@ -6,6 +6,7 @@ interface, so the tests stay fast; the real UNet/DiT are exercised by a CLI smok
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 
@@ -40,7 +41,12 @@ class TinyEps(nn.Module):
         return (out, {}) if return_attention else out
 
 
+@functools.lru_cache(maxsize=16)
 def tiny_init(module, image_shape):
+    """``init(key) -> params`` of ``module``: one function per (module, shape), so that the training
+    state builder (cached by ``init_fn`` identity, :func:`pifs_jax.models.training.initial_train_state`)
+    compiles once for all the runs of equal modules in a test process."""
+
     def init(key):
         return module.init(key, jnp.zeros((1, *image_shape)), jnp.ones((1,), jnp.int32))["params"]
 
@@ -337,15 +343,16 @@ def test_train_run_writes_everything(tmp_path, x32):
 def test_a_second_train_of_the_same_model_compiles_nothing(tmp_path, x32):
     """Same module (an equal one), optimiser settings and loss tables: the second ``train()`` reuses the
     cached training step and step-0 state builder (``train_step_for``, ``initial_train_state``), and
-    the evaluation's programs: no lowering, no backend compilation."""
-    cfg = tiny_config(steps=2, checkpoint_every=2, num_samples=16)
+    the evaluation's programs: no lowering, no backend compilation. (The configuration of
+    :func:`test_train_run_writes_everything`: run after it, the first ``train()`` compiles nothing either.)"""
+    cfg = tiny_config(steps=30, checkpoint_every=10, num_samples=16)
     data = tiny_data(96)
     module = TinyEps(features=8, T=cfg.T)
     init = tiny_init(module, (8, 8, 1))
     tr.train(cfg, tmp_path / "a", progress=False, model=(module, init), dataset=(data[:64], data[64:]))
     step = tr.train_step_for(module, cfg, patch_size=cfg.patch_size)
     assert tr.train_step_for(TinyEps(features=8, T=cfg.T), cfg, patch_size=cfg.patch_size) is step
-    assert tr.train_step_for(module, tiny_config(steps=2, lr=0.01), patch_size=cfg.patch_size) is not step
+    assert tr.train_step_for(module, tiny_config(steps=30, lr=0.01), patch_size=cfg.patch_size) is not step
     with counted_compilations() as compiled:
         again = TinyEps(features=8, T=cfg.T)
         tr.train(cfg, tmp_path / "b", progress=False, model=(again, init), dataset=(data[:64], data[64:]))
