@@ -296,7 +296,9 @@ def test_gradient_through_a_multistep_chain_matches_finite_differences(x64, gaus
     """``jax.grad`` of ``sum(x_0^2)`` through DPM-Solver++(2M) with respect to ``x_T`` and the cosine offset.
 
     Central differences with ``h = 1e-6`` (truncation ``O(h^2)``, round-off ``O(eps/h) ~ 1e-10``),
-    relative tolerance 1e-6.
+    relative tolerance 1e-6. The loss values come from the primal outputs of the same compiled
+    ``value_and_grad`` program as the gradient: one compilation, where each eager call of ``loss``
+    (a fresh ``gaussian_denoiser`` closure) compiled its chain again.
     """
     _, u, _, x_T = gaussian_setup
     cov = jnp.asarray(u @ np.diag(LAMBDAS) @ u.T)
@@ -307,11 +309,16 @@ def test_gradient_through_a_multistep_chain_matches_finite_differences(x64, gaus
         eps_fn = pj.gaussian_denoiser(sched, jnp.zeros((2, 3)), cov)
         return jnp.sum(sample_chain(eps_fn, sched, x, grid=grid, sampler=DPMSolverPP2M(), check_finite=False) ** 2)
 
+    value_and_grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+
+    def value(offset, x):
+        return float(value_and_grad(offset, x)[0])
+
     x = jnp.asarray(x_T)
-    g_offset, g_x = jax.grad(loss, argnums=(0, 1))(0.008, x)
+    g_offset, g_x = value_and_grad(0.008, x)[1]
     h = 1e-6
-    fd = (float(loss(0.008 + h, x)) - float(loss(0.008 - h, x))) / (2 * h)
+    fd = (value(0.008 + h, x) - value(0.008 - h, x)) / (2 * h)
     np.testing.assert_allclose(float(g_offset), fd, rtol=1e-6)
     d = jnp.asarray(np.random.default_rng(2).standard_normal(x.shape))
-    fd_x = (float(loss(0.008, x + h * d)) - float(loss(0.008, x - h * d))) / (2 * h)
+    fd_x = (value(0.008, x + h * d) - value(0.008, x - h * d)) / (2 * h)
     np.testing.assert_allclose(float(jnp.vdot(g_x, d)), fd_x, rtol=1e-6)
