@@ -3,7 +3,8 @@
 Each function is written straight from its textbook definition (docs/theory.md sections 2-5),
 without importing anything from ``pifs_jax``, so that the package is checked against an
 independent computation. Tests import them with ``from reference import ...`` (``tests`` is on
-``pythonpath``, see the ``[tool.pytest.ini_options]`` table of pyproject.toml).
+``pythonpath``, see the ``[tool.pytest.ini_options]`` table of pyproject.toml). At the end, the
+settings of small test models shared by several test files.
 """
 
 from __future__ import annotations
@@ -236,3 +237,18 @@ def tanh_mlp_params(seed, n, *, width=8, out_scale=0.5, dtype=np.float64):
         "c": jnp.asarray(rng.standard_normal(width), dtype),
         "w2": jnp.asarray(out_scale * rng.standard_normal((n, width)) / np.sqrt(width), dtype),
     }
+
+
+#: A tiny diffusers ``UNet2DModel`` config: 8x8x1 images, attention at 4x4 (random-weight folders of
+#: the loader and command-line tests; ``{**TINY_UNET_CONFIG, "sample_size": s}`` for other sizes).
+TINY_UNET_CONFIG = {
+    "sample_size": 8,
+    "in_channels": 1,
+    "out_channels": 1,
+    "block_out_channels": [8, 16],
+    "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
+    "up_block_types": ["AttnUpBlock2D", "UpBlock2D"],
+    "layers_per_block": 1,
+    "attention_head_dim": 8,
+    "norm_num_groups": 4,
+}

@@ -14,6 +14,7 @@ import pifs_jax as pj
 from pifs_jax import cli
 from pifs_jax.analysis import VERDICTS
 from pifs_jax.analysis.report import FIGURES
+from reference import TINY_UNET_CONFIG
 
 
 @pytest.fixture(scope="module")
@@ -190,17 +191,7 @@ def test_analyze_a_diffusers_folder(tmp_path, capsys):
     """A random 8x8x1 UNet2DModel folder (attention at 4x4): the digits serve as its baseline."""
     from pifs_jax.models import write_random_diffusers_unet
 
-    config = {
-        "sample_size": 8,
-        "in_channels": 1,
-        "out_channels": 1,
-        "block_out_channels": [8, 16],
-        "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
-        "up_block_types": ["AttnUpBlock2D", "UpBlock2D"],
-        "layers_per_block": 1,
-        "attention_head_dim": 8,
-        "norm_num_groups": 4,
-    }
+    config = dict(TINY_UNET_CONFIG)
     folder = write_random_diffusers_unet(tmp_path / "unet", config, seed=0)
     out = tmp_path / "analysis"
     assert (
@@ -322,17 +313,7 @@ def _unet_folder(tmp_path: Path, sample_size=8) -> Path:
     """A random UNet2DModel folder of 1-channel images (attention at half resolution)."""
     from pifs_jax.models import write_random_diffusers_unet
 
-    config = {
-        "sample_size": sample_size,
-        "in_channels": 1,
-        "out_channels": 1,
-        "block_out_channels": [8, 16],
-        "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
-        "up_block_types": ["AttnUpBlock2D", "UpBlock2D"],
-        "layers_per_block": 1,
-        "attention_head_dim": 8,
-        "norm_num_groups": 4,
-    }
+    config = {**TINY_UNET_CONFIG, "sample_size": sample_size}
     return write_random_diffusers_unet(tmp_path / "unet", config, seed=0)
 
 

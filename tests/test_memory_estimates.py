@@ -16,18 +16,9 @@ import pytest
 from pifs_jax import cli, memory
 from pifs_jax.errors import ArgumentError
 from pifs_jax.models import load_diffusers_unet, write_random_diffusers_unet
+from reference import TINY_UNET_CONFIG
 
-TINY_UNET = {
-    "sample_size": 8,
-    "in_channels": 1,
-    "out_channels": 1,
-    "block_out_channels": [8, 16],
-    "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
-    "up_block_types": ["AttnUpBlock2D", "UpBlock2D"],
-    "layers_per_block": 1,
-    "attention_head_dim": 8,
-    "norm_num_groups": 4,
-}
+TINY_UNET = TINY_UNET_CONFIG
 GB = 10**9
 
 
