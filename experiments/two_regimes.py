@@ -52,6 +52,7 @@ import jax
 import numpy as np
 
 from pifs_jax import plotting
+from pifs_jax.analysis.chain_analysis import default_chunk
 from pifs_jax.analysis.report import (
     ModelAnalysis,
     analyze_model,
@@ -340,6 +341,8 @@ def compute(
             seed=SEED,
             attention_fn=attention_fn,
             sample_quality=sample_quality,
+            chunk=default_chunk(),
+            progress=True,  # stderr: the cost, a bar over the trajectories and a time estimate
         )
 
     for name, entry in runs.items():

@@ -89,6 +89,7 @@ from pifs_jax.sharding import BATCH_AXIS, shard_batch, sharding_constraint
 from pifs_jax.typing import EpsFn
 
 __all__ = [
+    "ACCELERATOR_CHUNK",
     "DDIM_PREDICTIONS",
     "EXACT_MAX_N",
     "METHODS",
@@ -97,6 +98,7 @@ __all__ = [
     "ModuleAttention",
     "analyze_chain",
     "corrected_attractor",
+    "default_chunk",
     "module_attention_fn",
     "per_patch_exponents",
     "suppression_corrected_margins",
@@ -106,6 +108,20 @@ __all__ = [
 METHODS = ("auto", "exact", "matrix_free")
 #: The largest ``n = H W C`` for which ``"auto"`` forms the Jacobian (:func:`analyze_chain`'s default).
 EXACT_MAX_N = 3072
+#: Trajectories per compiled call on an accelerator (vmapped) by :func:`default_chunk`; 1 on a CPU.
+ACCELERATOR_CHUNK = 8
+
+
+def default_chunk() -> int:
+    """Trajectories per compiled call for :func:`analyze_chain`'s ``chunk`` when the caller has no preference.
+
+    1 on a CPU (the trajectories run one at a time there anyway, so the results do not depend on it
+    and Ctrl-C and the progress bar act after every trajectory), :data:`ACCELERATOR_CHUNK` on an
+    accelerator (vmapped).
+    """
+    return 1 if jax.default_backend() == "cpu" else ACCELERATOR_CHUNK
+
+
 #: The model-free predictions of the deterministic DDIM step map (``|b_t|``, ``a_t``, ``f_t``): NaN
 #: and listed in :attr:`ChainAnalysis.not_applicable` for any other sampler.
 DDIM_PREDICTIONS = ("suppression", "expansion_along_leading", "predicted_exponents", "projected_coupling")

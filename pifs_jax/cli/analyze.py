@@ -63,12 +63,10 @@ notes:
 
 #: Images of a named data set (--data, or the bundled one of a --diffusers model) without --num-data.
 DEFAULT_NUM_DATA = 4096
-#: Trajectories per compiled call on an accelerator without --chunk (vmapped; 1 on a CPU).
-ACCELERATOR_CHUNK = 8
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from pifs_jax.analysis.chain_analysis import METHODS
+    from pifs_jax.analysis.chain_analysis import ACCELERATOR_CHUNK, METHODS
     from pifs_jax.data import DATASETS
     from pifs_jax.samplers import SAMPLER_NAMES
 
@@ -363,9 +361,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         model = _from_diffusers(args)
     _check_memory(args, tuple(model["images"].shape[1:]), model["patch_size"])
-    import jax
+    from pifs_jax.analysis.chain_analysis import default_chunk
 
-    chunk = args.chunk or (1 if jax.default_backend() == "cpu" else ACCELERATOR_CHUNK)
+    chunk = args.chunk or default_chunk()
     try:
         # held for the whole analysis: a second command on --out is refused at once, not at the end
         with RunFolder(args.out, "overwrite", results=ANALYSIS_FILES, command=command_line(args.argv)) as folder:
