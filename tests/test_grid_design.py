@@ -220,7 +220,7 @@ def test_design_grid_methods_and_bad_input():
     with pytest.raises(ArgumentError, match="data"):
         design_grid(eps_fn, sched, 4, x_T=x_T, method="ays")  # Align Your Steps needs training images
     # a misspelt or foreign option is refused by name before any work, for every method
-    for method, bad in (("geometric", "fine_step"), ("gradient", "iteration"), ("corrected", "lr"),
+    for method, bad in (("refined", "sweep"), ("geometric", "fine_step"), ("gradient", "iteration"), ("corrected", "lr"),
                         ("oracle", "sweeps"), ("gits", "teacher"), ("ays", "samples"), ("edm", "rh0"),
                         ("corrected", "sampler")):  # fmt: skip
         with pytest.raises(ArgumentError, match=rf"^options: unknown options \['{bad}'\] for '{method}'"):
@@ -239,14 +239,15 @@ def test_geometric_error_model_is_first_order_for_every_solver_unless_asked():
     eps_fn = scalar_gaussian_eps(sched)
     x_T = jax.random.normal(jax.random.PRNGKey(3), (4, 1))
     options = {"fine_steps": 40}
-    ddim = design_grid(eps_fn, sched, 5, x_T=x_T, options=options)
-    dpm = design_grid(eps_fn, sched, 5, sampler=DPMSolverPP2M(), x_T=x_T, options=options)
+    ddim = design_grid(eps_fn, sched, 5, method="geometric", x_T=x_T, options=options)
+    dpm = design_grid(eps_fn, sched, 5, sampler=DPMSolverPP2M(), method="geometric", x_T=x_T, options=options)
     assert dpm.grid.tolist() == ddim.grid.tolist() and dpm.nfe == 5
-    own = design_grid(eps_fn, sched, 5, sampler=DPMSolverPP2M(), x_T=x_T, options={**options, "error_model": "solver"})
+    own = design_grid(eps_fn, sched, 5, sampler=DPMSolverPP2M(), method="geometric", x_T=x_T,
+                      options={**options, "error_model": "solver"})  # fmt: skip
     expected = geometric_grid(measure_geometry(eps_fn, sched, x_T, sampler=DPMSolverPP2M(), fine_steps=40), 5)
     assert own.grid.tolist() == expected.tolist() and own.grid.tolist() != ddim.grid.tolist()
     with pytest.raises(ArgumentError, match=r"^options: error_model"):
-        design_grid(eps_fn, sched, 5, x_T=x_T, options={"error_model": "second"})
+        design_grid(eps_fn, sched, 5, method="geometric", x_T=x_T, options={"error_model": "second"})
 
 
 def test_corrected_denoiser_is_the_stated_formula_and_plain_off_its_grid():

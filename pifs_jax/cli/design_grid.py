@@ -23,9 +23,11 @@ from pifs_jax.cli.common import (
 DESCRIPTION = """\
 Design the N timesteps of a sampler for a model: a shipped one (--pretrained NAME), a training
 run folder (--run DIR) or a pretrained diffusers UNet2DModel (--diffusers PATH). The default
-method, "geometric", measures along a few fine reference trajectories the local error of a step
-and how much the rest of the chain expands it, and gives every step an equal share of that
-measured work (docs/theory.md section 12); the other methods are the baselines and the searches of
+method, "refined", measures along a few fine reference trajectories the local error of a step
+and how much the rest of the chain expands it, places the steps so that each does an equal share
+of that measured work ("geometric", docs/theory.md section 12), then settles what the measurement
+cannot tell (the solver's effective order, small moves of each step) against the solver's own fine
+solution of the design seeds; the other methods are the baselines and the searches of
 docs/guides/sampling-grids.md. Design noises x_T ~ N(0, I) from --seed. Writes to --out:
   grid.json     the grid (this package's timesteps), diffusers' timesteps= list (ours minus 1,
                 descending; for DPMSolverMultistepScheduler.set_timesteps), NFE, design cost,
@@ -52,7 +54,7 @@ notes:
 #: The files ``pifs-jax design-grid`` writes into --out (together, at the end).
 RESULT_FILES = ("grid.json", "grid.png")
 #: Methods offered on the command line (``ays`` needs training images: Python only).
-CLI_METHODS = ("geometric", "geometric_local", "gradient", "gits", "oracle", "corrected")
+CLI_METHODS = ("refined", "geometric", "geometric_local", "gradient", "gits", "oracle", "corrected")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,7 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=positive_int, required=True, metavar="N", help="sampler steps")
     parser.add_argument("--sampler", choices=SAMPLER_NAMES, default="ddim", help="the solver (default: ddim)")
     parser.add_argument(
-        "--method", choices=CLI_METHODS + FIXED_GRIDS, default="geometric", help="design method (default: geometric)"
+        "--method", choices=CLI_METHODS + FIXED_GRIDS, default="refined", help="design method (default: refined)"
     )
     parser.add_argument(
         "--design-seeds", type=positive_int, default=16, metavar="R", help="design noises (default: 16)"

@@ -22,6 +22,7 @@ from pifs_jax.grid_design.evaluation import (
 from pifs_jax.grid_design.fixed import FIXED_GRIDS, fixed_grid
 from pifs_jax.grid_design.geometric import GeometryMeasurement, geometric_grid, measure_geometry
 from pifs_jax.grid_design.gradient import GradientResult, gradient_grid
+from pifs_jax.grid_design.refined import RefinedResult, refined_grid
 from pifs_jax.grid_design.search import SearchResult, coordinate_search, gits_grid
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "GeometryMeasurement",
     "GradientResult",
     "PairedGain",
+    "RefinedResult",
     "SearchResult",
     "StepCorrections",
     "align_your_steps",
@@ -51,6 +53,7 @@ __all__ = [
     "paired_gain",
     "plain_corrections",
     "reference_solution",
+    "refined_grid",
     "run_grid",
     "self_convergence",
 ]

@@ -1,8 +1,12 @@
 """``design_grid``: one entry point for every way of choosing a sampler's timesteps.
 
-- ``"geometric"`` (default): equal measured work per step (:mod:`pifs_jax.grid_design.geometric`),
-  no search on any evaluation metric; ``"geometric_local"`` the same without the chain's measured
-  expansion (the ablation that shows what the geometry adds).
+- ``"refined"`` (default): the geometric grid's measurement, the best of a few effective orders
+  and one sweep of local moves, all judged against the design solver's own fine solution of the
+  design seeds (:mod:`pifs_jax.grid_design.refined`): no reference solution beyond the
+  measurement's fine grid.
+- ``"geometric"``: equal measured work per step (:mod:`pifs_jax.grid_design.geometric`),
+  no search on any metric (the geometry's own say); ``"geometric_local"`` the same without the
+  chain's measured expansion (the ablation that shows what the geometry adds).
 - ``"gradient"``: gradient descent through the solver from the geometric grid
   (:mod:`pifs_jax.grid_design.gradient`); needs the reference solutions of the design seeds.
 - ``"gits"``: GITS's dynamic programme (:func:`pifs_jax.grid_design.search.gits_grid`).
@@ -43,6 +47,7 @@ from pifs_jax.grid_design.evaluation import mean_grid_error, reference_solution
 from pifs_jax.grid_design.fixed import FIXED_GRIDS, fixed_grid
 from pifs_jax.grid_design.geometric import geometric_grid, measure_geometry
 from pifs_jax.grid_design.gradient import gradient_grid
+from pifs_jax.grid_design.refined import refined_grid
 from pifs_jax.grid_design.search import coordinate_search, gits_grid
 from pifs_jax.samplers import DDIM, Sampler, check_sampler, sampler_name
 from pifs_jax.schedules import Schedule
@@ -51,7 +56,7 @@ from pifs_jax.typing import EpsFn
 __all__ = ["DESIGN_METHODS", "DesignedGrid", "design_grid"]
 
 #: The model-based methods (the fixed grids of FIXED_GRIDS are accepted too).
-DESIGN_METHODS = ("geometric", "geometric_local", "gradient", "gits", "ays", "oracle", "corrected")
+DESIGN_METHODS = ("refined", "geometric", "geometric_local", "gradient", "gits", "ays", "oracle", "corrected")
 #: The fixed grids the oracle starts from (the best on the design seeds): those that end at ``T``.
 ORACLE_STARTS = ("time_uniform", "quadratic_to_T", "logsnr_uniform", "edm", "kl_optimal")
 
@@ -95,7 +100,7 @@ def design_grid(
     steps: int,
     *,
     sampler: Sampler | None = None,
-    method: str = "geometric",
+    method: str = "refined",
     x_T: Any = None,
     key: jax.Array | None = None,
     sample_shape: Any = None,
@@ -113,10 +118,10 @@ def design_grid(
       method: one of :data:`DESIGN_METHODS` or :data:`~pifs_jax.grid_design.FIXED_GRIDS`.
       x_T: design noises ``(R,) + sample_shape``; default ``num_design`` normals from ``key`` of ``sample_shape``.
       data: training images ``(B,) + sample_shape`` (``"ays"`` only).
-      options: the method's own keywords (e.g. ``{"fine_steps": 100}`` or ``{"error_model":
-        "solver"}`` for ``"geometric"`` (``ERROR_MODELS``: whose local error places the steps,
-        default DDIM's for every solver), ``{"iterations": 60}`` for ``"gradient"``,
-        ``{"coeff": 1.0}`` for ``"gits"``).
+      options: the method's own keywords (e.g. ``{"sweeps": 2}`` or ``{"orders": (1.0,)}`` for
+        ``"refined"``, ``{"fine_steps": 100}`` or ``{"error_model": "solver"}`` for ``"geometric"``
+        (``ERROR_MODELS``: whose local error places the steps, default DDIM's for every solver),
+        ``{"iterations": 60}`` for ``"gradient"``, ``{"coeff": 1.0}`` for ``"gits"``).
 
     Returns:
       :class:`DesignedGrid`, the grid with its cost and a record of how it was made.
@@ -149,7 +154,12 @@ def design_grid(
     noises = _noises(x_T, key, num_design, sample_shape)
     record["design_samples"] = int(noises.shape[0])
     evaluations = 0
-    if method in ("geometric", "geometric_local"):
+    if method == "refined":
+        refined = refined_grid(eps_fn, sched, noises, steps, sampler=sampler, **options)
+        grid, evaluations = refined.grid, refined.network_evaluations
+        record.update(start=refined.start.tolist(), start_order=refined.start_order, history=refined.history,
+                      start_scores={str(k): v for k, v in refined.start_scores.items()})  # fmt: skip
+    elif method in ("geometric", "geometric_local"):
         amplification = method == "geometric"
         measure_options = {k: v for k, v in options.items() if k in ("fine_steps", "probes", "key")}
         m = measure_geometry(eps_fn, sched, noises, sampler=_error_model_sampler(options, sampler), **measure_options)
@@ -223,6 +233,7 @@ def _method_options(method: str) -> set[str]:
     return {
         "geometric": {"fine_steps", "probes", "key", "first_step", "error_model"},
         "geometric_local": {"fine_steps", "probes", "key", "first_step", "error_model"},
+        "refined": _keyword_options(refined_grid, "sampler"),
         "gits": _keyword_options(gits_grid),
         "ays": _keyword_options(align_your_steps, "key"),
     }[method]

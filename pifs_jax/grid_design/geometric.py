@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pifs_jax._validation import check_positive_int
+from pifs_jax._validation import check_positive_float, check_positive_int
 from pifs_jax.errors import ArgumentError
 from pifs_jax.grid_design.fixed import fixed_grid
 from pifs_jax.grids import round_grid
@@ -87,6 +87,8 @@ class GeometryMeasurement(NamedTuple):
     constant: float
     network_evaluations: int
     seconds: float
+    fine_solution: np.ndarray | None = None
+    """``x_0^fine`` of each trajectory, shape ``(R,) + sample_shape`` (the fine chain's own result)."""
 
 
 def recorded_ddim_chain(eps_fn: EpsFn, a: jax.Array, b: jax.Array, t: jax.Array, x_T: jax.Array, deltas: jax.Array):
@@ -186,7 +188,8 @@ def measure_geometry(
     prop = np.concatenate([prop, prop[-1:]])
     last = np.sqrt(np.mean(np.sum((d - x_0[:, None]).reshape(flat) ** 2, axis=2), axis=0) / n)
     evaluations = int(x_T.shape[0] * fine_steps * (1 + 2 * probes))
-    return GeometryMeasurement(times, lam, local, prop, last, order, constant, evaluations, time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    return GeometryMeasurement(times, lam, local, prop, last, order, constant, evaluations, seconds, x_0)
 
 
 #: Rules for the first step ``tau_1`` (the jump onto ``sigma = 0``), docs/theory.md section 12.
@@ -194,7 +197,12 @@ FIRST_STEP_RULES = ("equal_share", "min_sum")
 
 
 def geometric_grid(
-    measurement: GeometryMeasurement, num_steps: int, *, amplification: bool = True, first_step: str = "equal_share"
+    measurement: GeometryMeasurement,
+    num_steps: int,
+    *,
+    amplification: bool = True,
+    first_step: str = "equal_share",
+    order: float | None = None,
 ) -> np.ndarray:
     """The grid of ``num_steps`` steps with equal measured work per step (module docstring).
 
@@ -207,6 +215,10 @@ def geometric_grid(
         every other, ``e_last(tau_1) = (W(tau_1) / (N - 1))^(p+1)`` (the largest ``tau_1`` with
         ``e_last`` at most that share); ``"min_sum"``: ``tau_1`` minimises
         ``e_last(tau_1) + W(tau_1)^(p+1) / (N - 1)^p`` (the rule first fixed, kept for comparison).
+      order: the order ``p`` of the placement (density ``g^(1/(p+1))``, last-step share to the power
+        ``p + 1``); default the measurement's own. Any ``p > 0`` is accepted: the refined grid of
+        :mod:`pifs_jax.grid_design.refined` tries a few, since a solver's effective order along a
+        trained model's trajectory is not known beforehand.
 
     Returns:
       An int64 grid ``0 = tau_0 < tau_1 < ... < tau_N = T``.
@@ -219,7 +231,7 @@ def geometric_grid(
         raise ArgumentError("num_steps", f"cannot exceed T = {T}, got {num_steps}")
     if num_steps == 1:
         return np.array([0, T], np.int64)
-    p = m.order
+    p = m.order if order is None else check_positive_float(order, name="order")
     g = np.asarray(m.propagated if amplification else m.local_error, np.float64)
     density = np.maximum(g, np.finfo(np.float64).tiny) ** (1.0 / (p + 1))
     lam = np.asarray(m.half_log_snr)  # decreasing in k: lam[0] at t_1 (largest)

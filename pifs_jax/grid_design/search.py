@@ -17,13 +17,15 @@ states it. For a second-order solver the same (first-order) grid is used, as the
 metric itself: starting from a grid, each interior point in turn is moved to the best of a set of
 candidate integers between its neighbours (evenly spaced ones and local moves ``+-1, 2, 4, ...``),
 judged by the mean RMSE to the reference on the design seeds; sweeps repeat until none improves.
-Every candidate costs ``NFE x R`` network evaluations, all counted.
+Every candidate costs ``NFE x R`` network evaluations, all counted. With ``fractions`` the
+candidates are instead the moves of each point toward either neighbour by those fractions of the
+gap (scale-free local moves: the refinement of :mod:`pifs_jax.grid_design.refined`).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import equinox as eqx
@@ -138,19 +140,42 @@ def coordinate_search(
     sampler: Sampler | None = None,
     max_sweeps: int = 4,
     spread: int = 8,
+    fractions: Sequence[float] | None = None,
+    known_scores: dict[tuple[int, ...], float] | None = None,
     chunk: int = DEFAULT_CHUNK,
     progress: Callable[[str], Any] | None = None,
 ) -> SearchResult:
-    """The oracle (module docstring): coordinate search of the integer grid on the mean RMSE to ``reference``."""
+    """Coordinate search of the integer grid on the mean RMSE to ``reference`` (module docstring).
+
+    Args:
+      x_T: noises ``(R,) + shape``; ``reference``: their target solutions.
+      init: the starting integer grid (its length fixes ``N``).
+      max_sweeps: sweeps over the interior points (stops early when a sweep improves nothing).
+      spread: evenly spaced candidates between the neighbours (the oracle's set, with the local
+        moves ``+-1, 2, 4, 8, 16``).
+      fractions: instead of the oracle's set, move point ``i`` toward ``tau_{i-1}`` by
+        ``round(f (tau_i - tau_{i-1}))`` and toward ``tau_{i+1}`` by ``round(f (tau_{i+1} - tau_i))``
+        (at least 1) for each ``f`` in ``fractions`` (each in ``(0, 1)``).
+      known_scores: grid (tuple of ints) -> objective already computed on these noises and this
+        reference; read and extended in place, their evaluations not counted again.
+
+    Returns:
+      :class:`SearchResult`: the grid, the objective after each sweep, and the network evaluations
+      of the grids scored here.
+    """
     sampler = DDIM() if sampler is None else sampler
     max_sweeps = check_positive_int(max_sweeps, name="max_sweeps")
     spread = check_positive_int(spread, name="spread")
+    if fractions is not None:
+        fractions = tuple(float(f) for f in fractions)
+        if not fractions or not all(0.0 < f < 1.0 for f in fractions):
+            raise ArgumentError("fractions", f"expected fractions of a gap in (0, 1), got {fractions}")
     grid = np.asarray(init, np.int64).copy()
     reference = np.asarray(reference, np.float64)
     start = time.perf_counter()
     evaluations = 0
     nfe = sampler.nfe(grid.shape[0] - 1)
-    cache: dict[tuple[int, ...], float] = {}
+    cache: dict[tuple[int, ...], float] = {} if known_scores is None else known_scores
 
     def objective(g: np.ndarray) -> float:
         nonlocal evaluations
@@ -169,9 +194,14 @@ def coordinate_search(
             if hi <= lo:
                 continue
             here = int(grid[i])
-            local = {here + d for r in (1, 2, 4, 8, 16) for d in (-r, r)}
-            spaced = set(np.unique(np.round(np.linspace(lo, hi, spread)).astype(int)).tolist())
-            for c in sorted(v for v in local | spaced if lo <= v <= hi and v != here):
+            if fractions is None:
+                local = {here + d for r in (1, 2, 4, 8, 16) for d in (-r, r)}
+                moves = local | set(np.unique(np.round(np.linspace(lo, hi, spread)).astype(int)).tolist())
+            else:
+                below, above = here - int(grid[i - 1]), int(grid[i + 1]) - here
+                moves = {here - max(1, round(f * below)) for f in fractions}
+                moves |= {here + max(1, round(f * above)) for f in fractions}
+            for c in sorted(v for v in moves if lo <= v <= hi and v != here):
                 trial = grid.copy()
                 trial[i] = c
                 value = objective(trial)

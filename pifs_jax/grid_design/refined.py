@@ -1,0 +1,132 @@
+"""The default designed grid: the measured geometry's grid, refined at a small cost (docs/theory.md section 12).
+
+The geometric grid (:mod:`pifs_jax.grid_design.geometric`) places steps by a local-error model
+whose order is an assumption: along a trained model's trajectory the effective order of a solver is
+not known beforehand (DPM-Solver++(2M)'s second differences are too noisy to measure it). The
+refined grid keeps everything the measurement gives and settles the rest on the design seeds,
+with no reference solution beyond what the measurement already computed:
+
+1. measure the geometry along ``R`` fine DDIM trajectories (``R M (1 + 2P)`` network evaluations);
+2. the **target** of each design seed is the design solver's own solution on the same fine grid
+   (for DDIM that is the measured chain itself, at no cost; for another solver ``R x NFE(M)``
+   evaluations): a solution far more accurate than any ``N``-step one, made by the solver the grid
+   is for;
+3. the **start** is the best, by mean RMSE to the target, of the measured-density grids of
+   effective orders ``p`` in ``orders`` (``g^(1/(p+1))``; ``p = 1`` is the geometric grid);
+4. one sweep of scale-free local moves (each interior point toward either neighbour by ``1/8``,
+   ``1/4``, ``1/2`` of the gap, :func:`pifs_jax.grid_design.coordinate_search` with ``fractions``),
+   kept only where the mean RMSE to the target drops.
+
+Every scored grid costs ``NFE(N) x R`` evaluations, all counted (no grid is scored twice).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pifs_jax._validation import check_positive_float, check_positive_int
+from pifs_jax.errors import ArgumentError
+from pifs_jax.grid_design.evaluation import mean_grid_error, run_grid
+from pifs_jax.grid_design.geometric import GeometryMeasurement, geometric_grid, measure_geometry
+from pifs_jax.grid_design.search import coordinate_search
+from pifs_jax.samplers import DDIM, Sampler
+from pifs_jax.schedules import Schedule
+from pifs_jax.typing import EpsFn
+
+__all__ = ["DEFAULT_FRACTIONS", "DEFAULT_ORDERS", "RefinedResult", "refined_grid"]
+
+#: Effective orders whose measured-density grids compete for the start (``p = 1``: the geometric grid).
+DEFAULT_ORDERS = (0.5, 1.0, 1.5, 2.0, 3.0)
+#: Local moves of the refinement, as fractions of the gap to each neighbour.
+DEFAULT_FRACTIONS = (0.125, 0.25, 0.5)
+
+
+class RefinedResult(NamedTuple):
+    """The refined grid and how it was reached."""
+
+    grid: np.ndarray
+    start: np.ndarray
+    """The grid the refinement started from (the best measured-density grid)."""
+    start_order: float
+    """The effective order ``p`` of that start."""
+    start_scores: dict[float, float]
+    """Mean RMSE to the target of each order's grid on the design seeds."""
+    history: list[float]
+    """Mean RMSE to the target after each sweep (the first entry: the start)."""
+    measurement: GeometryMeasurement
+    network_evaluations: int
+    seconds: float
+
+
+def refined_grid(
+    eps_fn: EpsFn,
+    sched: Schedule,
+    x_T: Any,
+    num_steps: int,
+    *,
+    sampler: Sampler | None = None,
+    fine_steps: int = 100,
+    probes: int = 2,
+    key: jax.Array | None = None,
+    orders: Sequence[float] = DEFAULT_ORDERS,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    sweeps: int = 1,
+) -> RefinedResult:
+    """The refined grid of ``num_steps`` steps for ``sampler`` (module docstring).
+
+    Args:
+      eps_fn: the denoiser of one sample.
+      sched: its schedule.
+      x_T: design noises ``(R,) + sample_shape`` (16 is the package's choice: the measurement is a
+        mean, the refinement a comparison of grids on the same seeds).
+      num_steps: ``N``.
+      sampler: the solver the grid is for; default ``DDIM()``.
+      fine_steps, probes, key: of :func:`~pifs_jax.grid_design.measure_geometry`.
+      orders: effective orders of the competing starts (each > 0).
+      fractions: local moves of the refinement (each in ``(0, 1)``).
+      sweeps: sweeps of local moves (stops early when one improves nothing).
+
+    Returns:
+      :class:`RefinedResult`.
+    """
+    sampler = DDIM() if sampler is None else sampler
+    num_steps = check_positive_int(num_steps, name="num_steps")
+    sweeps = check_positive_int(sweeps, name="sweeps")
+    orders = tuple(check_positive_float(p, name="orders") for p in orders)
+    if not orders:
+        raise ArgumentError("orders", "expected at least one effective order")
+    start_time = time.perf_counter()
+    x_T = jnp.asarray(x_T)
+    measurement = measure_geometry(eps_fn, sched, x_T, fine_steps=fine_steps, probes=probes, key=key)
+    evaluations = measurement.network_evaluations
+    if isinstance(sampler, DDIM) and not sampler.stochastic and measurement.fine_solution is not None:
+        target = measurement.fine_solution
+    else:
+        target = run_grid(eps_fn, sched, measurement.times, x_T, sampler=sampler)
+        evaluations += int(x_T.shape[0]) * sampler.nfe(len(measurement.times) - 1)
+    scores: dict[tuple[int, ...], float] = {}
+    start_scores: dict[float, float] = {}
+    for p in orders:
+        candidate = geometric_grid(measurement, num_steps, order=p)
+        key_ = tuple(int(v) for v in candidate)
+        if key_ not in scores:
+            scores[key_] = mean_grid_error(eps_fn, sched, candidate, x_T, target, sampler=sampler)
+            evaluations += int(x_T.shape[0]) * sampler.nfe(num_steps)
+        start_scores[p] = scores[key_]
+    start_order = min(orders, key=start_scores.__getitem__)
+    start = geometric_grid(measurement, num_steps, order=start_order)
+    search = coordinate_search(
+        eps_fn, sched, x_T, target, start, sampler=sampler, max_sweeps=sweeps, fractions=fractions,
+        known_scores=scores,
+    )  # fmt: skip
+    evaluations += search.network_evaluations
+    return RefinedResult(
+        np.asarray(search.grid, np.int64), np.asarray(start, np.int64), start_order, start_scores, search.history,
+        measurement, int(evaluations), time.perf_counter() - start_time,
+    )  # fmt: skip

@@ -1,0 +1,112 @@
+"""The refined grid (the default of ``design_grid``) and the fractional moves it searches with.
+
+Against independent values: a grid one known move away from a target grid is recovered exactly
+(the target's samples are those of that grid, so its error is exactly zero); the network
+evaluations are counted by enumerating, independently of the search, the distinct grids it must
+score; the DDIM target is the measured fine chain, equal to running DDIM on the fine grid.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import pifs_jax as pj
+from pifs_jax.errors import ArgumentError
+from pifs_jax.grid_design import (
+    coordinate_search,
+    design_grid,
+    geometric_grid,
+    mean_grid_error,
+    measure_geometry,
+    refined_grid,
+    run_grid,
+)
+from pifs_jax.samplers import DDIM, DPMSolverPP2M
+
+C = 0.3  # variance of the scalar Gaussian data N(0, C)
+
+
+def gaussian_eps(sched):
+    """Exact eps of N(0, C I) data: ``eps(x, t) = sigma_t x / (ab_t C + sigma_t^2)``."""
+    ab, sig2 = sched.alpha_bar, sched.sigma2
+    return lambda x, t: jnp.sqrt(sig2[t]) * x / (ab[t] * C + sig2[t])
+
+
+def mixture_eps(sched):
+    """A two-component mixture: its flow is nonlinear, so grids differ in their errors."""
+    means = jnp.stack([jnp.full(4, 0.6), jnp.full(4, -0.4)])
+    return pj.gaussian_mixture_denoiser(sched, jnp.array([0.5, 0.5]), means, jnp.stack([0.02 * jnp.eye(4)] * 2))
+
+
+def test_fractional_moves_recover_a_grid_one_move_away():
+    sched = pj.linear(1000)
+    eps_fn = mixture_eps(sched)
+    x_T = jax.random.normal(jax.random.PRNGKey(0), (4, 4))
+    target_grid = np.array([0, 400, 600, 800, 1000])
+    target = run_grid(eps_fn, sched, target_grid, x_T)
+    init = np.array([0, 200, 600, 800, 1000])  # tau_1 + (600 - 200) / 2 = 400: one move with f = 1/2
+    res = coordinate_search(eps_fn, sched, x_T, target, init, max_sweeps=3, fractions=(0.25, 0.5))
+    assert res.grid.tolist() == target_grid.tolist() and res.history[-1] == pytest.approx(0.0, abs=1e-6)
+    # count the distinct grids scored: the start, point 1's four moves from 200 (gaps 200 and 400),
+    # then from 400 onward every point's moves (a second sweep finds nothing and stops)
+    seen = {tuple(init)}
+    grid = init.copy()
+    for i, moves in ((1, (150, 100, 300, 400)),):
+        for c in moves:
+            seen.add(tuple(np.where(np.arange(5) == i, c, grid)))
+    grid = target_grid.copy()
+    for _sweep in range(2):  # the rest of sweep 1 and all of sweep 2 from the target grid
+        for i in (1, 2, 3) if _sweep else (2, 3):
+            below, above = grid[i] - grid[i - 1], grid[i + 1] - grid[i]
+            for c in (grid[i] - round(0.25 * below), grid[i] - round(0.5 * below),
+                      grid[i] + round(0.25 * above), grid[i] + round(0.5 * above)):  # fmt: skip
+                seen.add(tuple(np.where(np.arange(5) == i, c, grid)))
+    assert res.network_evaluations == len(seen) * 4 * 4  # NFE 4 x 4 seeds per distinct grid
+    with pytest.raises(ArgumentError, match="fractions"):
+        coordinate_search(eps_fn, sched, x_T, target, init, fractions=(0.5, 1.0))
+
+
+def test_refined_grid_improves_on_its_start_and_counts_every_evaluation():
+    sched = pj.linear(1000)
+    eps_fn = mixture_eps(sched)
+    x_T = jax.random.normal(jax.random.PRNGKey(1), (6, 4))
+    res = refined_grid(eps_fn, sched, x_T, 5, fine_steps=40, orders=(0.5, 1.0, 2.0))
+    m = res.measurement
+    # DDIM's target is the measured fine chain: DDIM run on the fine grid (float32 chains: 1e-5)
+    np.testing.assert_allclose(m.fine_solution, run_grid(eps_fn, sched, m.times, x_T), atol=1e-5)
+    # the start is the best of the orders' grids, p = 1 being the geometric grid
+    assert res.start_scores[1.0] == pytest.approx(mean_grid_error(eps_fn, sched, geometric_grid(m, 5), x_T,
+                                                                  m.fine_solution), rel=1e-6)  # fmt: skip
+    assert res.start_scores[res.start_order] == min(res.start_scores.values())
+    assert res.start.tolist() == geometric_grid(m, 5, order=res.start_order).tolist()
+    assert res.history[0] == pytest.approx(min(res.start_scores.values())) and res.history[-1] <= res.history[0]
+    assert mean_grid_error(eps_fn, sched, res.grid, x_T, m.fine_solution) == pytest.approx(res.history[-1])
+    assert res.grid[0] == 0 and res.grid[-1] == 1000 and np.all(np.diff(res.grid) > 0)
+    distinct_starts = len({tuple(geometric_grid(m, 5, order=p)) for p in (0.5, 1.0, 2.0)})
+    search = coordinate_search(eps_fn, sched, x_T, m.fine_solution, res.start, max_sweeps=1,
+                               fractions=(0.125, 0.25, 0.5))  # fmt: skip
+    # the search re-scores its start here; refined_grid had it from the starts' scores
+    assert res.network_evaluations == m.network_evaluations + 6 * 5 * distinct_starts + search.network_evaluations - 30
+    # a second-order solver: its target is its own fine solution, whose evaluations are counted
+    dpm = refined_grid(eps_fn, sched, x_T, 5, sampler=DPMSolverPP2M(), fine_steps=40, orders=(1.0,))
+    assert dpm.start_order == 1.0 and dpm.start.tolist() == geometric_grid(m, 5).tolist()
+    assert dpm.network_evaluations >= m.network_evaluations + 6 * 40 + 6 * 5
+
+
+def test_design_grid_default_is_the_refined_grid_and_refuses_bad_orders():
+    sched = pj.linear(1000)
+    eps_fn = gaussian_eps(sched)
+    x_T = jax.random.normal(jax.random.PRNGKey(2), (4, 2))
+    d = design_grid(eps_fn, sched, 4, x_T=x_T, options={"fine_steps": 40, "orders": (1.0, 2.0)})
+    direct = refined_grid(eps_fn, sched, x_T, 4, sampler=DDIM(), fine_steps=40, orders=(1.0, 2.0))
+    assert d.method == "refined" and d.grid.tolist() == direct.grid.tolist()
+    assert d.network_evaluations == direct.network_evaluations and d.record["start_order"] == direct.start_order
+    with pytest.raises(ArgumentError, match="orders"):
+        refined_grid(eps_fn, sched, x_T, 4, fine_steps=40, orders=(1.0, -1.0))
+    with pytest.raises(ArgumentError, match="orders"):
+        refined_grid(eps_fn, sched, x_T, 4, fine_steps=40, orders=())
+    with pytest.raises(ArgumentError, match="order"):
+        geometric_grid(measure_geometry(eps_fn, sched, x_T, fine_steps=40), 4, order=0.0)
