@@ -179,7 +179,8 @@ def load_checkpoint(path: str | os.PathLike, target: Any, *, config: Mapping[str
     Args:
       path: the checkpoint file.
       target: a pytree of the expected structure, shapes and dtypes (e.g. the freshly
-        initialised training state); it is not modified.
+        initialised training state, or its ``jax.eval_shape``: ``jax.ShapeDtypeStruct`` leaves);
+        it is not modified.
       config: the configuration the checkpoint must have been written with (exact equality
         of the JSON-normalised mappings).
 
@@ -204,11 +205,13 @@ def load_checkpoint(path: str | os.PathLike, target: Any, *, config: Mapping[str
     if want_tree != got_tree:
         raise _fail(f"{str(path)!r} holds a state of another structure ({got_tree} vs {want_tree})")
     for (key_path, want), (_, got) in zip(want_leaves, got_leaves, strict=True):
-        want, got = np.asarray(want), np.asarray(got)
-        if want.shape != got.shape or want.dtype != got.dtype:
+        got = np.asarray(got)
+        if not isinstance(want, jax.ShapeDtypeStruct):
+            want = np.asarray(want)
+        if tuple(want.shape) != got.shape or np.dtype(want.dtype) != got.dtype:
             raise _fail(
                 f"{str(path)!r} leaf {jax.tree_util.keystr(key_path)} has shape {got.shape} "
-                f"and dtype {got.dtype}, expected {want.shape} and {want.dtype}"
+                f"and dtype {got.dtype}, expected {tuple(want.shape)} and {np.dtype(want.dtype)}"
             )
     return jax.tree_util.tree_map(jnp.asarray, restored)
 

@@ -34,11 +34,11 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from pifs_jax._validation import check_positive_float, check_positive_int
 from pifs_jax.errors import ArgumentError
 from pifs_jax.grids import as_grid
+from pifs_jax.optimize.engine import default_optimizer
 from pifs_jax.samplers import DDIM, Sampler, chain_from_tables
 from pifs_jax.schedules import Schedule
 from pifs_jax.typing import EpsFn
@@ -165,7 +165,7 @@ def fit_step_corrections(
     times = jnp.asarray(grid[1:], jnp.int32)
     tables = sampler.tables(sched, jnp.asarray(grid))
     params = tuple(jnp.zeros((num_steps,), x_T.dtype) for _ in range(3))
-    optimizer = optax.adam(learning_rate)
+    optimizer, _ = default_optimizer(None, learning_rate)  # one Adam per rate: a second fit compiles nothing
     opt_state = optimizer.init(params)
     best, best_params = np.inf, params
     losses: list[float] = []

@@ -25,6 +25,7 @@ from pifs_jax._validation import check_positive_float, check_positive_int
 from pifs_jax.errors import ArgumentError
 from pifs_jax.grid_design.evaluation import DEFAULT_CHUNK, mean_grid_error
 from pifs_jax.grids import round_grid
+from pifs_jax.optimize.engine import default_optimizer
 from pifs_jax.samplers import DDIM, Sampler, chain_from_tables, continuous_step_tables
 from pifs_jax.schedules import Schedule
 from pifs_jax.typing import EpsFn
@@ -109,7 +110,7 @@ def gradient_grid(
     n_samples = int(x_T.shape[0])
     nfe = sampler.nfe(init.shape[0] - 1)
     logits = jnp.asarray(logits_from_grid(init, T), x_T.dtype)
-    optimizer = optax.adam(learning_rate)
+    optimizer, _ = default_optimizer(None, learning_rate)  # one Adam per rate: a second fit compiles nothing
     opt_state = optimizer.init(logits)
     ref_host = np.asarray(reference, np.float64)
 

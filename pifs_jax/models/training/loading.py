@@ -14,7 +14,7 @@ from pifs_jax.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from pifs_jax.errors import ArgumentError
 from pifs_jax.models.common import EpsModule, as_eps_fn
 from pifs_jax.models.training.config import TrainConfig
-from pifs_jax.models.training.trainer import TrainState, initial_train_state, model_for_config, resume_identity
+from pifs_jax.models.training.trainer import TrainState, initial_train_state_shapes, model_for_config, resume_identity
 
 __all__ = ["LoadedRun", "load_run"]
 
@@ -67,7 +67,7 @@ def load_run(out_dir: str | os.PathLike) -> LoadedRun:
             "out_dir", f"the run in {str(out)!r} was trained on data {config.data!r}, not a known data set"
         )
     module, init_fn = model_for_config(config, image_shape)
-    _, target = initial_train_state(config, init_fn)
+    target = initial_train_state_shapes(config, init_fn)  # shapes only: nothing to compile
     identity, _ = resume_identity(config, out / CHECKPOINT_NAME)
     state = load_checkpoint(out / CHECKPOINT_NAME, target, config=identity)
     return LoadedRun(module, state, config)

@@ -71,6 +71,7 @@ __all__ = [
     "batch_indices",
     "init_train_state",
     "initial_train_state",
+    "initial_train_state_shapes",
     "load_train_test",
     "make_optimizer",
     "make_train_step",
@@ -403,16 +404,28 @@ def _optimizer(settings: tuple) -> optax.GradientTransformation:
     )
 
 
+def _build_state(init_fn: Callable[[jax.Array], Any], optimizer: optax.GradientTransformation, seed: Any) -> TrainState:
+    """The step-0 state: parameters from the initialisation key, the run key, both split from ``seed``."""
+    init_key, run_key = jax.random.split(jax.random.PRNGKey(seed))
+    return init_train_state(init_fn(init_key), optimizer, run_key)
+
+
 def _state_builder(init_fn: Callable[[jax.Array], Any], settings: tuple):
     """``build(seed) -> (optimizer, state)``: one compilation instead of one per eager operation."""
     optimizer = _optimizer(settings)
-
-    @jax.jit
-    def build(seed):
-        init_key, run_key = jax.random.split(jax.random.PRNGKey(seed))
-        return init_train_state(init_fn(init_key), optimizer, run_key)
-
+    build = jax.jit(functools.partial(_build_state, init_fn, optimizer))
     return lambda seed: (optimizer, build(seed))
+
+
+def initial_train_state_shapes(config: TrainConfig, init_fn: Callable[[jax.Array], Any]) -> TrainState:
+    """The structure, shapes and dtypes of :func:`initial_train_state`'s state, with nothing compiled or run.
+
+    ``jax.ShapeDtypeStruct`` leaves (``jax.eval_shape``): the target a checkpoint is checked
+    against and loaded into (:func:`pifs_jax.checkpoint.load_checkpoint`) when the values of the
+    step-0 state are not needed, as in :func:`~pifs_jax.models.training.load_run`.
+    """
+    optimizer = _optimizer(optimizer_settings(config))
+    return jax.eval_shape(functools.partial(_build_state, init_fn, optimizer), np.uint32(config.seed))
 
 
 _cached_state_builder = functools.lru_cache(maxsize=TRAIN_STEP_CACHE_SIZE)(_state_builder)
