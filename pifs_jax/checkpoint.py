@@ -128,8 +128,16 @@ def _parse(path: Path) -> tuple[dict[str, Any], bytes]:
 def read_checkpoint_header(path: str | os.PathLike) -> dict[str, Any]:
     """The validated header ``{"format", "step", "payload_bytes", "config"}`` of a checkpoint.
 
-    Raises the same :class:`~pifs_jax.errors.ArgumentError` as :func:`load_checkpoint` for a
-    missing, truncated or corrupted file.
+    Args:
+      path: the checkpoint file.
+
+    Returns:
+      the header as a dict with keys ``"format"``, ``"step"``, ``"payload_bytes"`` and ``"config"``
+      (the configuration is not checked against any other).
+
+    Raises:
+      ArgumentError: (``checkpoint``) the same as :func:`load_checkpoint` for a missing, truncated or
+        corrupted file (or one of another format version).
     """
     return _parse(Path(path))[0]
 
@@ -138,6 +146,15 @@ def config_differences(saved: Mapping[str, Any], wanted: Mapping[str, Any], *, p
     """``"key = saved in the checkpoint, wanted requested"`` for every field that differs.
 
     Nested mappings are compared field by field and named by dotted paths (``objective.temperature``).
+
+    Args:
+      saved: the configuration recorded in the checkpoint.
+      wanted: the configuration requested.
+      prefix: prepended to every key named (the dotted path of the enclosing mapping; default ``""``).
+
+    Returns:
+      one line per differing field, in sorted key order (a field present in only one mapping is shown
+      as ``<absent>`` in the other); empty if the configurations agree.
     """
     missing = object()
     out = []
@@ -163,6 +180,20 @@ def read_checkpoint(path: str | os.PathLike, *, config: Mapping[str, Any]) -> tu
     After every check of :func:`load_checkpoint` that does not need a target (file, length,
     digest, configuration). For states whose shape is only known from the file (e.g. a history
     whose length is the step); :func:`load_checkpoint` then restores them into a typed target.
+
+    Args:
+      path: the checkpoint file.
+      config: the configuration the checkpoint must have been written with (exact equality
+        of the JSON-normalised mappings).
+
+    Returns:
+      ``(header, state)``: the validated header (as :func:`read_checkpoint_header`) and the state
+      restored from the msgpack payload as nested dicts of NumPy arrays.
+
+    Raises:
+      ArgumentError: (``checkpoint``) the file is missing, not a checkpoint, truncated, corrupted,
+        written by another configuration (the differing fields are listed), or its payload is
+        unreadable.
     """
     path = Path(path)
     header, payload = _parse(path)
@@ -252,7 +283,12 @@ def write_error(
 
 
 def remove_partial_writes(path: str | os.PathLike) -> None:
-    """Delete the temporary files an interrupted :func:`save_checkpoint` of ``path`` left behind."""
+    """Delete the temporary files an interrupted :func:`save_checkpoint` of ``path`` left behind.
+
+    Args:
+      path: the checkpoint file; the files ``.<name>.*.tmp`` beside it are deleted (nothing
+        happens if its folder does not exist).
+    """
     path = Path(path)
     if path.parent.is_dir():
         for debris in path.parent.glob(f".{path.name}.*.tmp"):

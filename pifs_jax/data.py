@@ -174,6 +174,17 @@ def load_photo(name: str, factor: int = 1) -> np.ndarray:
     ``factor x factor`` pixels, then ``x / 127.5 - 1``: float64 ``(H, W, 3)`` in ``[-1, 1]``, read-only.
 
     The images every crop of :func:`photo_crops` comes from (cached).
+
+    Args:
+      name: one of :data:`PHOTO_NAMES`.
+      factor: integer box-averaging factor (default 1: the photograph as shipped); the rows and
+        columns past the last whole ``factor x factor`` block are dropped.
+
+    Returns:
+      the photograph, float64 ``(H // factor, W // factor, 3)`` in ``[-1, 1]``, read-only.
+
+    Raises:
+      ArgumentError: naming ``name`` or ``factor``.
     """
     if name not in PHOTO_NAMES:
         raise ArgumentError("name", f"expected one of {', '.join(PHOTO_NAMES)}, got {name!r}")
@@ -216,6 +227,18 @@ def photo_crop_count(*, size: int, split: str = "train", downsample: int | None 
     """Number of distinct crop positions in ``split``: the largest ``n`` :func:`photo_crops` accepts.
 
     ``sum over photos of (cells of the split) * (size + 1)^2``.
+
+    Args:
+      size: crop side in (downsampled) pixels.
+      split: ``"train"`` or ``"test"``.
+      downsample: integer box-averaging factor; ``None`` = ``max(1, 64 // size)``.
+      photos: which of :data:`PHOTO_NAMES` to count (default all).
+
+    Returns:
+      the number of distinct crop positions (0 when no cell fits).
+
+    Raises:
+      ArgumentError: naming ``size``, ``split``, ``downsample`` or ``photos``.
     """
     size = check_positive_int(size, name="size")
     split = _check_split(split)
@@ -371,6 +394,16 @@ def digits_split(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
 
     Train: index ``< DIGITS_TRAIN`` (1437 images); test: the other 360. The images are those of
     :func:`load_dataset` (``x / 8 - 1``), read-only; the labels are the digits ``0..9``.
+
+    Args:
+      split: ``"train"`` (default) or ``"test"``.
+
+    Returns:
+      ``(images, labels)``: float64 images ``(n, 8, 8, 1)`` in ``[-1, 1]`` and int64 labels ``(n,)``,
+      both read-only, ``n`` = 1437 (train) or 360 (test).
+
+    Raises:
+      ArgumentError: naming ``split``.
     """
     split = _check_split(split)
     part = slice(0, DIGITS_TRAIN) if split == "train" else slice(DIGITS_TRAIN, None)
@@ -415,7 +448,19 @@ def load_dataset(name: str, key: jax.Array, n: int, *, split: str = "train", dty
 
 
 def dataset_size(name: str, *, split: str = "train") -> int:
-    """The most images :func:`load_dataset` draws from ``name``'s ``split`` (its largest ``n``)."""
+    """The most images :func:`load_dataset` draws from ``name``'s ``split`` (its largest ``n``).
+
+    Args:
+      name: one of :data:`DATASET_NAMES`.
+      split: ``"train"`` (default) or ``"test"``.
+
+    Returns:
+      :data:`DIGITS_TRAIN` or :data:`DIGITS_TEST` for ``"digits"``; for the photographs,
+      :func:`photo_crop_count` at the data set's crop size (default downsampling, all photos).
+
+    Raises:
+      ArgumentError: naming ``name`` or ``split``.
+    """
     if name not in DATASET_NAMES:
         raise ArgumentError("name", f"expected one of {DATASET_NAMES}, got {name!r}")
     split = _check_split(split)

@@ -138,7 +138,25 @@ def locate_nonfinite(
     trajectory: Any = None,
     context: str = "",
 ) -> NonFiniteError | None:
-    """:func:`pifs_jax.samplers.locate_nonfinite` for ``DDIM(eta)``."""
+    """:func:`pifs_jax.samplers.locate_nonfinite` for ``DDIM(eta)``.
+
+    Args:
+      eps_fn: ``eps_fn(x, t)`` for one sample.
+      sched: the schedule.
+      x_T: one sample, the chain's initial state.
+      grid: sampling grid ``0 = tau_0 < ... < tau_N <= T``; ``None`` = every training step.
+      eta: a real scalar in ``[0, 1]``.
+      key: PRNG key, required when ``eta > 0`` (the one the chain ran with).
+      trajectory: the chain's images, shape ``(N+1,) + x_T.shape``; ``None`` = run the chain again.
+      context: prefixed to the error's message.
+
+    Returns:
+      a :class:`pifs_jax.errors.NonFiniteError` naming where the chain first turns non-finite, or
+      ``None`` if every state is finite.
+
+    Raises:
+      ArgumentError: naming ``eta`` (not a real scalar in ``[0, 1]``).
+    """
     return locate_sampler_nonfinite(
         eps_fn, sched, x_T, grid=grid, sampler=_ddim(eta), key=key, trajectory=trajectory, context=context
     )

@@ -140,6 +140,16 @@ def coefficients_from_log_alpha_bar(
     ``a = exp(G/2)``, ``a - 1 = expm1(G/2)``, ``b = -expm1(G) / (sigma_s + a sigma_t)``. The caller
     supplies ``G`` in its most accurate form (summed gaps on an integer grid, the difference of
     interpolated values at real times: :func:`pifs_jax.samplers.continuous_step_tables`).
+
+    Args:
+      log_t: ``log alpha_bar`` at each step's start ``t``, shape ``(N,)``.
+      log_s: ``log alpha_bar`` at each step's end ``s``, shape ``(N,)``.
+      sigma_t: ``sigma_t = sqrt(1 - alpha_bar_t)``, shape ``(N,)``.
+      sigma_s: ``sigma_s = sqrt(1 - alpha_bar_s)``, shape ``(N,)``.
+      log_ratio: ``G = log_s - log_t``, shape ``(N,)``.
+
+    Returns:
+      :class:`StepCoefficients`, each field of shape ``(N,)`` (the inputs stored as given).
     """
     a = jnp.exp(log_ratio / 2)
     a_minus_1 = jnp.expm1(log_ratio / 2)

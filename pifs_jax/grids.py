@@ -259,6 +259,19 @@ def as_grid(grid: GridLike, T: int) -> np.ndarray | jax.Array:
     51)``) is converted exactly to ``int64``; fractional values are refused
     (:func:`pifs_jax._validation.check_grid`). A traced grid (a jit argument) passes through,
     its dtype checked to be integer.
+
+    Args:
+      grid: the sampling grid ``0 = tau_0 < tau_1 < ... < tau_N <= T`` (an array or a sequence of
+        integers, possibly traced), or ``None``.
+      T: the schedule's number of training steps.
+
+    Returns:
+      the grid with an integer dtype: ``np.arange(T + 1)`` for ``None``, a NumPy or JAX array
+      otherwise.
+
+    Raises:
+      ArgumentError: naming ``grid`` for an invalid grid (not increasing integers from 0 to at most
+        ``T``, or fractional values).
     """
     if grid is None:
         return np.arange(T + 1)

@@ -76,6 +76,13 @@ def deferred_interrupt(notice: str = "") -> Iterator[Callable[[], bool]]:
 
     Only in the main thread with Python's own handler installed (``signal.default_int_handler``);
     otherwise nothing changes and ``requested()`` stays ``False``.
+
+    Args:
+      notice: the message printed on stderr at the first Ctrl-C (default ``""``: none).
+
+    Yields:
+      ``requested()``, a function of no arguments returning whether Ctrl-C was pressed. The
+      previous SIGINT handler is restored on exit.
     """
     previous = signal.getsignal(signal.SIGINT)
     if threading.current_thread() is not threading.main_thread() or previous is not signal.default_int_handler:

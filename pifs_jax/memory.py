@@ -60,7 +60,15 @@ _MEMINFO = Path("/proc/meminfo")
 
 
 def format_bytes(count: float) -> str:
-    """``count`` bytes in decimal units: ``"512 B"``, ``"3.1 MB"``, ``"30.7 GB"``, ``"52.8 TB"``."""
+    """``count`` bytes in decimal units: ``"512 B"``, ``"3.1 MB"``, ``"30.7 GB"``, ``"52.8 TB"``.
+
+    Args:
+      count: a number of bytes.
+
+    Returns:
+      the count with one decimal in the largest unit (``kB`` to ``PB``, powers of 1000) below
+      which it stays under 1000, or a whole number of ``B`` under 1000 bytes.
+    """
     for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
         if count < 1000 or unit == "PB":
             return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
@@ -133,17 +141,52 @@ def forward_bytes(eps_fn: Any, image_shape: Sequence[int], dtype: Any = jnp.floa
 
 
 def sampling_bytes(*, num: int, batch_size: int, image_shape: Sequence[int], forward: int) -> int:
-    """``pifs-jax sample``: 4 float32 arrays of ``num`` images and ``min(batch_size, num)`` forward passes."""
+    """``pifs-jax sample``: 4 float32 arrays of ``num`` images and ``min(batch_size, num)`` forward passes.
+
+    Args:
+      num: the number of images sampled.
+      batch_size: the images sampled at once.
+      image_shape: ``(H, W, C)`` of one image.
+      forward: the bytes of one image's forward pass (:func:`forward_bytes`).
+
+    Returns:
+      the estimate in bytes, ``4 num n FLOAT_BYTES + min(batch_size, num) forward`` with ``n`` the
+      number of values of one image.
+    """
     return 4 * num * math.prod(image_shape) * FLOAT_BYTES + min(batch_size, num) * forward
 
 
 def training_bytes(*, batch_size: int, forward: int, num_params: int, probes: int = 0) -> int:
-    """``pifs-jax train``: ``2 (1 + probes)`` forward passes per image of a batch and 5 copies of the parameters."""
+    """``pifs-jax train``: ``2 (1 + probes)`` forward passes per image of a batch and 5 copies of the parameters.
+
+    Args:
+      batch_size: the training batch size.
+      forward: the bytes of one image's forward pass (:func:`forward_bytes`).
+      num_params: the number of the model's parameters (float32 values).
+      probes: the probes of the PIFS regulariser (default 0: none).
+
+    Returns:
+      the estimate in bytes, ``2 (1 + probes) batch_size forward + 5 num_params FLOAT_BYTES``.
+    """
     return 2 * (1 + probes) * batch_size * forward + 5 * num_params * FLOAT_BYTES
 
 
 def analysis_bytes(*, samples: int, steps: int, image_shape: Sequence[int], num_patches: int, exact: bool) -> int:
-    """``pifs-jax analyze``: per trajectory ``2 n + steps (4 M + 8)`` float32 values, twice, and an ``n x n`` Jacobian when exact."""
+    """``pifs-jax analyze``: the records of ``samples`` trajectories, and a Jacobian when exact.
+
+    Per trajectory ``2 n + steps (4 M + 8)`` float32 values, twice (device and host), and an
+    ``n x n`` Jacobian when exact.
+
+    Args:
+      samples: the number of trajectories.
+      steps: the steps of each trajectory.
+      image_shape: ``(H, W, C)`` of one image (``n`` its number of values).
+      num_patches: ``M``, the number of patches.
+      exact: whether the block norms are exact (adds one ``n x n`` float32 Jacobian).
+
+    Returns:
+      the estimate in bytes.
+    """
     n = math.prod(image_shape)
     per_trajectory = 2 * n + steps * (4 * num_patches + 8)
     return 2 * samples * per_trajectory * FLOAT_BYTES + (n * n * FLOAT_BYTES if exact else 0)

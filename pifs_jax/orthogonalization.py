@@ -62,7 +62,15 @@ def _positive_diagonal(q: jax.Array, r: jax.Array) -> tuple[jax.Array, jax.Array
 
 
 def householder_qr(y: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Reduced QR of ``y`` (``n x p``, ``n >= p``) by LAPACK Householder reflections, ``diag(R) >= 0``."""
+    """Reduced QR of ``y`` (``n x p``, ``n >= p``) by LAPACK Householder reflections, ``diag(R) >= 0``.
+
+    Args:
+      y: the block, shape ``(n, p)`` with ``n >= p``.
+
+    Returns:
+      ``(Q, R)``: ``Q`` of shape ``(n, p)`` with orthonormal columns and upper-triangular ``R`` of
+      shape ``(p, p)`` with a non-negative diagonal.
+    """
     return _positive_diagonal(*jnp.linalg.qr(y))
 
 
@@ -75,6 +83,13 @@ def qr_2x2(y: jax.Array) -> tuple[jax.Array, jax.Array]:
     from the cross product, without the cancellation of ``y_2 - R_12 q_1``. A zero first column
     gives ``q_1 = e_1``. The same factors as :func:`householder_qr` (QR with a positive diagonal is
     unique), to rounding; no LAPACK call, so a long scan of a planar map stays in fused code.
+
+    Args:
+      y: the block, shape ``(2, 2)``.
+
+    Returns:
+      ``(Q, R)``, each of shape ``(2, 2)`` and ``y``'s dtype: ``Q`` orthogonal, ``R`` upper-triangular
+      with ``diag(R) >= 0``.
     """
     r11 = jnp.hypot(y[0, 0], y[1, 0])
     nonzero = r11 > 0
@@ -113,6 +128,13 @@ def cholesky_qr2(y: jax.Array) -> tuple[jax.Array, jax.Array]:
     diagonal entry below ``eps^(1/4)`` -- i.e. ``kappa^2`` beyond about ``eps^(-1/2)`` -- or is not
     finite) the block is factored by :func:`householder_qr` instead. ``diag(R) > 0``.
     Cost: two Gram products, two Cholesky factorisations and two triangular solves (all BLAS-3).
+
+    Args:
+      y: the block, shape ``(n, p)`` with ``n >= p``.
+
+    Returns:
+      ``(Q, R)``: ``Q`` of shape ``(n, p)`` with orthonormal columns and upper-triangular ``R`` of
+      shape ``(p, p)`` with a positive diagonal.
     """
     q1, r1 = _scaled_cholesky_qr(y)
     pivots = jnp.diagonal(r1) / jnp.maximum(jnp.linalg.norm(y, axis=0), jnp.finfo(y.dtype).tiny)
@@ -138,6 +160,17 @@ def batch_cond(
     otherwise both, each member taking ``where(pred, true_fn(...), false_fn(...))``. Every
     member's result is the one its own predicate selects, exactly as without ``vmap``; a branch
     is paid only where some member takes it. ``axis_name=None``: plain ``lax.cond``.
+
+    Args:
+      pred: the boolean scalar predicate (of one batch member under ``vmap``).
+      true_fn: the branch taken where ``pred`` is true.
+      false_fn: the branch taken where ``pred`` is false; both branches take ``*operands`` and
+        return pytrees of the same structure, shapes and dtypes.
+      *operands: the branches' arguments.
+      axis_name: the name of the enclosing ``vmap`` axis, or ``None`` (default).
+
+    Returns:
+      the result of the branch ``pred`` selects, ``true_fn(*operands)`` or ``false_fn(*operands)``.
     """
     if axis_name is None:
         return jax.lax.cond(pred, true_fn, false_fn, *operands)
@@ -200,6 +233,12 @@ def gram_probe(y: jax.Array) -> GramProbe:
     reported as ``c_j^2 = n eps``. Where the block is too ill-conditioned for the Gram matrix
     (``kappa(Y D^-1)^2`` beyond ``1/eps``) the factorisation fails (``ok`` is ``False``, the loss
     ``inf``): a QR is then due in any case.
+
+    Args:
+      y: the block, shape ``(n, p)``.
+
+    Returns:
+      :class:`GramProbe` with fields of shape ``(p,)`` (``ok`` a boolean scalar).
     """
     n = y.shape[0]
     dtype = y.dtype
@@ -219,12 +258,32 @@ def gram_probe(y: jax.Array) -> GramProbe:
 
 
 def preferred_qr_method(backend: str | None = None) -> str:
-    """The QR used on ``backend`` (default ``jax.default_backend()``): see ``PREFERRED_QR_METHOD``."""
+    """The QR used on ``backend`` (default ``jax.default_backend()``): see ``PREFERRED_QR_METHOD``.
+
+    Args:
+      backend: a JAX backend name (e.g. ``"cpu"``, ``"gpu"``), or ``None`` for the default backend.
+
+    Returns:
+      one of :data:`QR_METHODS`; ``"householder"`` for a backend without a measured choice.
+    """
     return PREFERRED_QR_METHOD.get(backend or jax.default_backend(), "householder")
 
 
 def positive_qr(y: jax.Array, method: str | None = None) -> tuple[jax.Array, jax.Array]:
-    """Reduced ``Y = Q R``, ``diag(R) >= 0``, by ``method`` (one of :data:`QR_METHODS`; ``None``: preferred)."""
+    """Reduced ``Y = Q R``, ``diag(R) >= 0``, by ``method`` (one of :data:`QR_METHODS`; ``None``: preferred).
+
+    Args:
+      y: the block, shape ``(n, p)`` with ``n >= p``.
+      method: ``"householder"`` (:func:`householder_qr`), ``"cholesky_qr2"`` (:func:`cholesky_qr2`) or
+        ``None`` for :func:`preferred_qr_method` of the default backend.
+
+    Returns:
+      ``(Q, R)``: ``Q`` of shape ``(n, p)`` with orthonormal columns and upper-triangular ``R`` of
+      shape ``(p, p)`` with a non-negative diagonal.
+
+    Raises:
+      ArgumentError: naming ``method`` when it is not one of :data:`QR_METHODS` or ``None``.
+    """
     method = preferred_qr_method() if method is None else method
     if method == "householder":
         return householder_qr(y)
@@ -237,12 +296,25 @@ def digit_loss_budget(dtype) -> float:
     """``log(1/eps) / 4`` nats: a block may cost at most a quarter of the dtype's digits.
 
     float32: 3.97 nats (1.7 of 6.9 digits), float64: 9.01 nats (3.9 of 15.7 digits).
+
+    Args:
+      dtype: a floating dtype (its machine epsilon ``eps`` is used).
+
+    Returns:
+      the budget in nats, a Python float.
     """
     return float(-np.log(np.finfo(dtype).eps)) / 4
 
 
 def column_log_norms(y: jax.Array) -> jax.Array:
-    """``log |y_j|`` per column, at least ``log(tiny)`` (a zero column gives a finite value)."""
+    """``log |y_j|`` per column, at least ``log(tiny)`` (a zero column gives a finite value).
+
+    Args:
+      y: the block, shape ``(n, p)``.
+
+    Returns:
+      the column log-norms, shape ``(p,)``, of ``y``'s dtype (``tiny``: its smallest normal number).
+    """
     norms = jnp.linalg.norm(y, axis=0)
     return jnp.log(jnp.maximum(norms, jnp.finfo(y.dtype).tiny))
 

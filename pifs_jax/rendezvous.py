@@ -53,6 +53,14 @@ def rendezvous(host: str, port: int, num_processes: int, process_id: int, *, tim
     Returns once every process has joined (process 0 has released the port for JAX). Arguments
     are not checked here (:func:`pifs_jax.sharding.initialize_processes` checks them).
 
+    Args:
+      host: process 0's host name or address (where the other processes connect).
+      port: the coordinator's port (process 0 listens on it, on every interface).
+      num_processes: ``P``, the number of processes of the run.
+      process_id: this process's id, in ``0 .. P-1``.
+      timeout: seconds to wait at most: process 0 for the others, the others to reach process 0
+        (and then ``timeout`` plus a short grace for process 0's word).
+
     Raises:
       ProcessGroupError: naming ``num_processes`` (processes missing after ``timeout`` seconds,
         or started with another ``num_processes``), ``process_id`` (a duplicate, or the port of

@@ -139,6 +139,14 @@ def format_value(value: Any, *, digits: int = 5) -> str:
     """Render a number for a markdown table: ``digits`` significant digits, integers as is.
 
     Strings pass through; ``None`` becomes an em dash; non-finite floats print as ``inf``/``nan``.
+
+    Args:
+      value: a number (Python, NumPy or an array), a string, a boolean or ``None``.
+      digits: significant digits for floats (default 5).
+
+    Returns:
+      the text: booleans as ``yes``/``no``, a 0-d array as its element, a larger array as its
+      entries (flattened) joined by ``", "``.
     """
     if value is None:
         return "—"
@@ -221,9 +229,19 @@ def _on_sys_path(folder: Path):
 def load_experiment(path: str | os.PathLike) -> ModuleType:
     """Import an experiment script as module ``pifs_jax_experiments.<stem>`` and check its interface.
 
+    The module is registered in ``sys.modules`` under that name (and removed again if its import
+    raises); the script's folder is on ``sys.path`` while it loads.
+
+    Args:
+      path: the experiment script.
+
+    Returns:
+      the imported module.
+
     Raises:
-      ValueError: if ``NAME``, ``TITLE`` or a callable ``run`` is missing, or ``NAME`` is not the
-        file stem.
+      ValueError: if the file cannot be imported as a Python module, if ``NAME``, ``TITLE`` or a
+        callable ``run`` is missing, or ``NAME`` is not the file stem. An exception the script
+        raises while it is imported passes through.
     """
     path = Path(path)
     module_name = f"pifs_jax_experiments.{path.stem}"
@@ -363,6 +381,20 @@ def experiment_main(name: str, doc: str | None, run: Any, *, quick_help: str, ar
     folder is refused by name), and prints the section's markdown.
     Every experiment's ``main`` is this call, so the scripts share one interface with
     ``pifs-jax reproduce --only <name>``.
+
+    Args:
+      name: the experiment's ``NAME`` (its folder under ``OUT`` and its script's stem).
+      doc: the description shown by ``--help`` (typically the script's docstring), or ``None``.
+      run: the experiment's ``run(out_dir, *, quick, ...)``; it returns a dict with ``"markdown"``.
+      quick_help: the help text of ``--quick``.
+      argv: the arguments to parse; ``None`` = ``sys.argv[1:]``.
+
+    Returns:
+      0 (the exit status).
+
+    Raises:
+      SystemExit: from ``argparse`` for ``--help`` or invalid arguments (``--quick`` with ``--full``).
+      ArgumentError: naming ``out`` when ``OUT/<name>`` is a file or is in use by another process.
     """
     import argparse
 

@@ -45,6 +45,14 @@ def to_jsonable(value: Any) -> Any:
     """Recursively convert arrays, NumPy/JAX scalars, tuples and NamedTuples to JSON types.
 
     Non-finite floats become the strings ``"inf"``, ``"-inf"``, ``"nan"`` (strict JSON has none).
+
+    Args:
+      value: any value: mappings (keys become strings), lists, tuples, NamedTuples, arrays and
+        scalars (NumPy, JAX or Python) and paths, nested arbitrarily; other values pass through.
+
+    Returns:
+      the value built of dicts, lists, strings, ints, floats, bools and ``None``: NamedTuples become
+      dicts, tuples and arrays (nested) lists, 0-d arrays and NumPy scalars Python scalars, paths strings.
     """
     if hasattr(value, "_asdict"):
         return {k: to_jsonable(v) for k, v in value._asdict().items()}
@@ -73,7 +81,18 @@ def to_jsonable(value: Any) -> Any:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically: a temporary file in the same folder, fsync, rename."""
+    """Write ``data`` to ``path`` atomically: a temporary file in the same folder, fsync, rename.
+
+    The file gets the permissions ``0o666`` less the umask; on any error the temporary file is
+    removed and ``path`` is left as it was.
+
+    Args:
+      path: the file to write (its folder is created).
+      data: the bytes to write.
+
+    Returns:
+      ``path`` as a :class:`~pathlib.Path`.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -94,7 +113,15 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """:func:`atomic_write_bytes` for UTF-8 text."""
+    """:func:`atomic_write_bytes` for UTF-8 text.
+
+    Args:
+      path: the file to write (its folder is created).
+      text: the text, written encoded as UTF-8.
+
+    Returns:
+      ``path`` as a :class:`~pathlib.Path`.
+    """
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 

@@ -84,6 +84,13 @@ class StaleRun(NamedTuple):
 def policy_for(*, resume: bool, overwrite: bool) -> str:
     """The policy of the ``resume``/``overwrite`` flags (``"refuse"`` when neither is set).
 
+    Args:
+      resume: continue the run in the folder.
+      overwrite: start afresh, replacing the run in the folder.
+
+    Returns:
+      ``"resume"``, ``"overwrite"`` or ``"refuse"`` (one of :data:`POLICIES`).
+
     Raises:
       ArgumentError: (``"overwrite"``) both are set.
     """

@@ -65,6 +65,12 @@ def safe_sqrt(x: jax.Array) -> jax.Array:
 
     ``sigma_0 = sqrt(1 - alpha_bar_0) = 0`` appears in every chain's last step; plain ``sqrt``
     would give an infinite derivative there and poison gradients with NaN.
+
+    Args:
+      x: an array, any shape, floating dtype.
+
+    Returns:
+      ``sqrt(x)`` elementwise, of ``x``'s shape; 0 (with a zero gradient) where ``x <= 0``.
     """
     positive = x > 0
     return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1.0)), 0.0)

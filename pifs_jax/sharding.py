@@ -102,6 +102,15 @@ def sharding_constraint(tree: Any, mesh: Mesh, *spec: Any) -> Any:
     every leaf over the batch axis; ``sharding_constraint(block, mesh, None, names)`` splits the
     columns of an ``n x p`` block. Meant for traced code (inside ``jit``), where the SPMD
     partitioner then runs each device's part of the program on its slice.
+
+    Args:
+      tree: any pytree; its array leaves are constrained.
+      mesh: the ``jax.sharding.Mesh``.
+      *spec: the entries of the ``PartitionSpec`` (mesh axis names, tuples of them, or ``None``);
+        none = replicated.
+
+    Returns:
+      ``tree`` of the same structure, its array leaves constrained, the other leaves unchanged.
     """
     sharding = NamedSharding(mesh, PartitionSpec(*spec))
     return jax.tree_util.tree_map(
@@ -339,6 +348,16 @@ def tangent_block_constraint(mesh: Mesh):
     ``(k,) + x.shape``); both via ``jax.lax.with_sharding_constraint``, so the SPMD partitioner runs
     the JVPs/VJPs of each device's vectors there. Used by
     ``chain_lyapunov_spectrum(..., mesh=mesh)``.
+
+    Args:
+      mesh: the ``jax.sharding.Mesh``; the block is split over all its axes together.
+
+    Returns:
+      ``(constrain, D)``: the function ``constrain(block, rows=False)`` and ``D = mesh.size``, the
+      number of devices.
+
+    Raises:
+      ArgumentError: naming ``mesh`` when it is not a ``jax.sharding.Mesh``.
     """
     if not isinstance(mesh, Mesh):
         raise ArgumentError("mesh", f"expected a jax.sharding.Mesh, got {type(mesh).__name__}")

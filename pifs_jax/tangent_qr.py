@@ -53,6 +53,13 @@ def qr_positive(y: jax.Array) -> tuple[jax.Array, jax.Array]:
     The factorisation is the backend's preferred one (:func:`pifs_jax.orthogonalization.preferred_qr_method`);
     a ``2 x 2`` block (a planar map's full tangent block) is factored in closed form
     (:func:`pifs_jax.orthogonalization.qr_2x2`).
+
+    Args:
+      y: the block, shape ``(n, p)`` with ``n >= p``.
+
+    Returns:
+      ``(Q, R)``: ``Q`` of shape ``(n, p)`` with orthonormal columns and upper-triangular ``R`` of
+      shape ``(p, p)`` with a non-negative diagonal.
     """
     if y.shape == (2, 2):
         return qr_2x2(y)
@@ -60,15 +67,31 @@ def qr_positive(y: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def safe_diagonal(r: jax.Array) -> jax.Array:
-    """``diag(R)`` clamped at the smallest normal number: a singular step gives ``log(tiny)``, not ``-inf``."""
+    """``diag(R)`` clamped at the smallest normal number: a singular step gives ``log(tiny)``, not ``-inf``.
+
+    Args:
+      r: a square matrix, shape ``(p, p)``, floating dtype.
+
+    Returns:
+      its diagonal, shape ``(p,)``, each entry at least the dtype's ``tiny``.
+    """
     return jnp.maximum(jnp.diagonal(r), jnp.finfo(r.dtype).tiny)
 
 
 def graded_update(log_diag: jax.Array, w: jax.Array, r: jax.Array) -> tuple[jax.Array, jax.Array]:
     """``R diag(e^l) W = diag(r e^l) (I + E) W`` with ``E_jk = (R_jk / r_j) exp(l_k - l_j)``, ``j < k``.
 
-    Returns the new ``(l, W)`` (``W`` stays unit upper triangular). ``exp`` is only evaluated where
-    ``R_jk != 0``, so exactly decoupled directions never produce ``0 * inf``.
+    ``exp`` is only evaluated where ``R_jk != 0``, so exactly decoupled directions never produce
+    ``0 * inf``.
+
+    Args:
+      log_diag: ``l``, the log-diagonal of the product so far, shape ``(p,)``.
+      w: ``W``, its unit upper triangular factor, shape ``(p, p)``.
+      r: the new upper-triangular factor ``R``, shape ``(p, p)``, ``diag(R) >= 0``.
+
+    Returns:
+      the new ``(l, W)``: ``l + log r`` (``r = diag R``, clamped by :func:`safe_diagonal`) and
+      ``(I + E) W`` (``W`` stays unit upper triangular).
     """
     d = safe_diagonal(r)
     unit = r / d[:, None]
@@ -91,6 +114,16 @@ def graded_log_singular_values(
     ``vmap``'s axis name; the choice is then made once for the batch
     (:func:`pifs_jax.orthogonalization.batch_cond`: a reading is computed only where some member
     needs it, each member keeping its own).
+
+    Args:
+      log_diag: ``l``, shape ``(p,)``.
+      w: ``W``, unit upper triangular, shape ``(p, p)``.
+      sweeps: the number of graded zero-shift QR sweeps of the clustered reading.
+      window: the largest cluster read whole (default 32).
+      axis_name: the name of an enclosing ``vmap`` axis, or ``None`` (default).
+
+    Returns:
+      the ``p`` log singular values, in descending order.
     """
     span = jnp.max(log_diag) - jnp.min(log_diag)
     crowded = span <= -float(np.log(np.finfo(w.dtype).eps)) / 4
@@ -159,7 +192,18 @@ def _graded_cluster_log_singular_values(
 
 
 def orthonormal_block(key: jax.Array, n: int, p: int, dtype) -> jax.Array:
-    """A random ``n x p`` matrix with orthonormal columns (Haar-distributed span)."""
+    """A random ``n x p`` matrix with orthonormal columns (Haar-distributed span).
+
+    Args:
+      key: PRNG key.
+      n: the number of rows.
+      p: the number of columns, ``p <= n``.
+      dtype: a floating dtype.
+
+    Returns:
+      the matrix, shape ``(n, p)``, of ``dtype``: the ``Q`` of :func:`qr_positive` of a standard
+      normal matrix.
+    """
     q, _ = qr_positive(jax.random.normal(key, (n, p), dtype))
     return q
 
@@ -188,6 +232,16 @@ class QRPass(NamedTuple):
 
 
 def identity_constraint(block: jax.Array, rows: bool = False) -> jax.Array:
+    """The ``constrain`` of an unsharded pass: ``block`` unchanged.
+
+    Args:
+      block: a tangent block.
+      rows: ignored (the signature of the ``constrain`` of
+        :func:`pifs_jax.sharding.tangent_block_constraint`).
+
+    Returns:
+      ``block`` itself.
+    """
     return block
 
 
@@ -232,6 +286,25 @@ def qr_pass(
     ``axis_name``: the name of an enclosing ``vmap`` over trajectories (``"auto"`` only): the probes
     and QRs are then decided once for the batch and paid only at steps where some trajectory needs
     them, each trajectory keeping its own decisions (:meth:`AdaptiveBlocks.decide`).
+
+    Args:
+      step: the step map, ``step(x, inputs_i) -> x_next`` on flat states of shape ``(n,)``.
+      x0: the initial state, shape ``(n,)``.
+      q0: the initial orthonormal basis, shape ``(n, p)``.
+      inputs: the per-step inputs, a pytree whose leaves have a leading axis of length ``length``.
+      length: ``N``, the number of steps.
+      full: whether the whole spectrum is computed (as opposed to the leading ``k``), which with
+        the default ``constrain`` selects :func:`pifs_jax.jacobians.forward_products` for ``J Q``.
+      graded: accumulate ``R_N ... R_1`` as ``(l, W)`` (else ``W`` is empty).
+      constrain: ``constrain(block)``, applied to ``Q`` before its JVPs (e.g. a sharding
+        constraint, :func:`pifs_jax.sharding.tangent_block_constraint`); default: none.
+      qr_every: ``1`` (default: every step), an integer ``m > 1``, or ``"auto"``.
+      start: ``(l_0, W_0)``, shapes ``(p,)`` and ``(p, p)``; ``None``: ``l = 0``, ``W = I``.
+      axis_name: the name of an enclosing ``vmap`` over trajectories (``"auto"`` only), or ``None``.
+
+    Returns:
+      :class:`QRPass`: the final basis, the log-diagonal sums, ``W``, the per-step ``log diag R_i``,
+      non-finite counts, states and QR flags, and the final state.
     """
     p = q0.shape[1]
     dtype = q0.dtype
@@ -301,6 +374,19 @@ def transposed_qr_pass(
     the QR is taken on steps ``i - 1 = 0 (mod m)`` only (always on the last, ``i = 1``); with
     ``"auto"`` where :class:`pifs_jax.orthogonalization.AdaptiveBlocks` says so (and on the last);
     ``axis_name`` as in :func:`qr_pass`.
+
+    Args:
+      step: the step map, ``step(x, inputs_i) -> x_next`` on flat states of shape ``(n,)``.
+      states: the state before each step, shape ``(N, n)`` (:attr:`QRPass.states`).
+      inputs: the per-step inputs, a pytree whose leaves have a leading axis of length ``N``.
+      q: the basis ``Q'_N`` to pull back, shape ``(n, p)``.
+      constrain: ``constrain(block)``, applied to the basis before its VJPs
+        (:func:`identity_constraint` for none).
+      qr_every: ``1`` (default: every step), an integer ``m > 1``, or ``"auto"``.
+      axis_name: the name of an enclosing ``vmap`` over trajectories (``"auto"`` only), or ``None``.
+
+    Returns:
+      ``Q'_0``, shape ``(n, p)``.
     """
     adaptive = qr_every == "auto"
     budget = digit_loss_budget(q.dtype)

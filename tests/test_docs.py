@@ -120,6 +120,20 @@ def test_readme_size():
     assert size <= README_LIMIT, f"README.md is {size} bytes, the limit is {README_LIMIT}"
 
 
+def test_every_module_has_an_api_reference_page():
+    """Each module of the package is on a page of docs/api (Sphinx builds only what is listed there)."""
+    import pkgutil
+
+    import pifs_jax
+
+    listed = "".join(p.read_text() for p in (ROOT / "docs" / "api").glob("*.rst"))
+    documented = set(re.findall(r"^\.\. automodule:: (\S+)$", listed, re.MULTILINE))
+    private_or_data = ("pifs_jax._validation", "pifs_jax.cli.__main__", "pifs_jax.data_files", "pifs_jax.pretrained")
+    modules = {m.name for m in pkgutil.walk_packages(pifs_jax.__path__, "pifs_jax.")} - set(private_or_data)
+    assert len(modules) > 90  # the walk found the package
+    assert sorted(modules - documented) == [], "modules missing from docs/api/*.rst"
+
+
 def test_every_guide_has_an_executed_example():
     """Each guide under docs/guides/ has at least one executed example."""
     guides = sorted((ROOT / "docs" / "guides").glob("*.md"))

@@ -91,6 +91,17 @@ def fit_error(fitted: Schedule, target: Schedule) -> float:
     """``max_t |logSNR_t(fitted) - logSNR_t(target)|`` over ``t = 1..T`` (nats).
 
     How far a learnable family's starting point is from the schedule it was fitted to.
+
+    Args:
+      fitted: the fitted schedule (concrete).
+      target: the schedule it was fitted to, with the same ``T``.
+
+    Returns:
+      the largest absolute logSNR difference, in nats.
+
+    Raises:
+      ArgumentError: naming ``sched`` when either is not a pifs_jax schedule, ``target`` when the
+        two have different ``T``.
     """
     a, b = _check_schedule(fitted), _check_schedule(target)
     if a.shape != b.shape:

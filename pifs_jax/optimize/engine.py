@@ -62,8 +62,20 @@ def _contents(state: OptimizerState, history: Mapping[str, np.ndarray]) -> dict[
 def save_checkpoint(
     path: str | Path, state: OptimizerState, history: Mapping[str, np.ndarray], *, config: Mapping[str, Any]
 ) -> Path:
-    """Write ``state`` and ``history`` (per-iteration metrics, the first ``state.step`` entries kept)
-    to ``path`` with :func:`pifs_jax.checkpoint.save_checkpoint` (atomic, sha256-checked)."""
+    """Write ``state`` and ``history`` to ``path`` with :func:`pifs_jax.checkpoint.save_checkpoint`.
+
+    The write is atomic and the file sha256-checked; of ``history`` (per-iteration metrics) the
+    first ``state.step`` entries are kept.
+
+    Args:
+      path: the checkpoint file.
+      state: the optimiser state.
+      history: metric name -> per-iteration values, at least ``state.step`` of them.
+      config: JSON-able mapping identifying the run.
+
+    Returns:
+      the path written.
+    """
     return ckpt.save_checkpoint(path, _contents(state, history), config=config)
 
 
@@ -71,6 +83,15 @@ def load_checkpoint(
     path: str | Path, target: OptimizerState, *, config: Mapping[str, Any]
 ) -> tuple[OptimizerState, dict[str, np.ndarray]]:
     """Read a checkpoint written by :func:`save_checkpoint` into the structure of ``target``.
+
+    Args:
+      path: the checkpoint file.
+      target: an optimiser state of the expected structure, shapes and dtypes (not modified).
+      config: the configuration the checkpoint must have been written with.
+
+    Returns:
+      ``(state, history)``: the restored :class:`OptimizerState` and metric name -> NumPy array of
+      the stored step's length.
 
     Raises:
       ArgumentError: (``resume``) a missing, truncated, corrupted or foreign file, a checkpoint
@@ -106,8 +127,16 @@ def update_step(state: OptimizerState, data: Any, *, loss_fn: Callable, optimize
     input structure. ``data`` (e.g. the schedule whose grid is optimised) is a traced argument, so
     new values do not recompile.
 
+    Args:
+      state: the optimiser state before the step.
+      data: the loss's other input (traced).
+      loss_fn: ``loss_fn(params, data) -> (loss, (metrics, extra))``, differentiated in ``params``
+        (static).
+      optimizer: the optax optimiser (static).
+
     Returns:
-      ``(new_state, metrics, extra)``.
+      ``(new_state, metrics, extra)``: the state after the update (``step`` incremented), and the
+      metrics and ``extra`` of ``loss_fn`` at the parameters before it.
     """
     (_, (metrics, extra)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, data)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -134,6 +163,17 @@ def default_optimizer(
     The learning rate is not part of the description (so not of a run's identity): Adam's state
     (step count, first and second moments) does not depend on it, and a run may be resumed with
     another rate, e.g. a diverged run from its last finite iterate with a smaller one.
+
+    Args:
+      optimizer: an optax optimiser, or ``None`` for Adam.
+      learning_rate: Adam's learning rate (checked only when ``optimizer`` is ``None``).
+
+    Returns:
+      ``(optimizer, description)``: the optimiser and ``{"name": "custom"}`` for a given one,
+      ``{"name": "adam"}`` for the default.
+
+    Raises:
+      ArgumentError: naming ``learning_rate`` when it is not finite and positive (Adam only).
     """
     if optimizer is not None:
         return optimizer, {"name": "custom"}
@@ -170,6 +210,12 @@ class Outcome(NamedTuple):
 
 def check_checkpoint_dir(checkpoint_dir: str | Path | None) -> Path | None:
     """``checkpoint_dir`` as a ``Path`` after checking that it is, or can become, a folder.
+
+    Args:
+      checkpoint_dir: the folder (need not exist yet; nothing is created), or ``None``.
+
+    Returns:
+      the folder as a :class:`~pathlib.Path`, or ``None`` for ``None``.
 
     Raises:
       ArgumentError: (``checkpoint_dir``) it, or the nearest existing folder above it, is a file.
@@ -236,6 +282,33 @@ def run_optimization(
     ``learning_rate``, the iteration and the last finite loss); with ``checkpoint_dir`` the
     checkpoint is first rewritten to hold the last iterate with a finite loss (the states since
     the last report are kept for this), so a resume with a smaller learning rate continues there.
+
+    Args:
+      loss_fn: ``loss_fn(params, data) -> (loss, (metrics, extra))``, hashable (a static argument of
+        :func:`update_step`); ``metrics`` maps names to scalars and includes ``"loss"``.
+      params: the starting parameters, a pytree of finite float arrays.
+      data: the loss's other input (traced: new values do not recompile).
+      optimizer: the optax optimiser (e.g. from :func:`default_optimizer`).
+      iterations: the total number of updates (``>= 0``), counting those of a resumed run.
+      checkpoint_dir: the folder of the checkpoint (:data:`CHECKPOINT_FILE`), or ``None`` for none.
+      checkpoint_every: updates between checkpoints (and one after the last).
+      resume: continue from the checkpoint in ``checkpoint_dir`` when it exists (else start fresh).
+      progress: show a progress bar.
+      callback: ``callback(step, metrics)`` after every update, or ``None``.
+      config: JSON-able mapping identifying the run, stored in the checkpoint.
+      description: the progress bar's label.
+
+    Returns:
+      :class:`Outcome`: the final state, the history (metric name -> per-iteration values), the
+      step the run started from, and the metrics and ``extra`` at the initial and final parameters.
+
+    Raises:
+      ArgumentError: naming ``iterations`` (negative, or below the checkpoint's step),
+        ``checkpoint_every``, ``checkpoint_dir``, ``params`` (a non-float or non-finite leaf, or a
+        non-finite objective at the start) or ``resume`` (no ``checkpoint_dir``, or a checkpoint
+        :func:`load_checkpoint` refuses).
+      Diverged: (``learning_rate``) the objective became non-finite.
+      WriteError: a checkpoint could not be written (:meth:`pifs_jax.loop.Checkpointing.save`).
     """
     iterations = check_positive_int(iterations, name="iterations", minimum=0)
     checkpoint_every = check_positive_int(checkpoint_every, name="checkpoint_every")

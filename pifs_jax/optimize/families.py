@@ -144,7 +144,18 @@ _Family = TypeVar("_Family", bound=ScheduleFamily)
 
 
 def register_family(cls: type[_Family]) -> type[_Family]:
-    """Register a family class under ``cls.NAME`` (a class decorator); a taken name is refused."""
+    """Register a family class under ``cls.NAME`` (a class decorator); a taken name is refused.
+
+    Args:
+      cls: a :class:`ScheduleFamily` subclass with a non-empty ``NAME`` (registering the same class
+        again is allowed).
+
+    Returns:
+      ``cls`` itself.
+
+    Raises:
+      ArgumentError: naming ``family`` when ``cls.NAME`` is empty or registered to another class.
+    """
     old = _REGISTRY.get(cls.NAME)
     if not cls.NAME or (old is not None and old is not cls):
         raise ArgumentError("family", f"expected a new, non-empty NAME for {cls.__name__}, got {cls.NAME!r}")

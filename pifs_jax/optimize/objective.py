@@ -43,7 +43,17 @@ DEFAULT_SIZES = (192.0, 192.0)
 
 
 def criterion_name(name: str) -> str:
-    """Canonical criterion name: ``"weakest-link"`` and ``"weakest_link"`` both give ``"weakest_link"``."""
+    """Canonical criterion name: ``"weakest-link"`` and ``"weakest_link"`` both give ``"weakest_link"``.
+
+    Args:
+      name: a criterion's name, in any case, with hyphens or underscores (surrounding spaces ignored).
+
+    Returns:
+      the name in :data:`CRITERIA` (lower case, underscores).
+
+    Raises:
+      ArgumentError: naming ``criterion`` for an unknown name.
+    """
     canonical = str(name).strip().lower().replace("-", "_")
     if canonical not in CRITERIA:
         raise ArgumentError(

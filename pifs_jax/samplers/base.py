@@ -113,6 +113,14 @@ def tables_from_coefficients(t: jax.Array, s: jax.Array, c: StepCoefficients) ->
     ``q = alpha_bar_t expm1(G) / sigma_t^2 = 1 - sigma_s^2 / sigma_t^2``, ``h = (G - log1p(-q)) / 2``,
     ``sigma_s / sigma_t = sqrt(1 - q)``; the step onto ``sigma_s = 0`` gets ``h = inf`` and ratio 0.
     ``t`` is what the denoiser is called with (cast to int32).
+
+    Args:
+      t: the timesteps the steps start from, shape ``(N,)`` (cast to int32).
+      s: the timesteps the steps land on, shape ``(N,)`` (cast to int32).
+      c: the steps' coefficients, each field of shape ``(N,)``.
+
+    Returns:
+      :class:`StepTables` with arrays of shape ``(N,)``.
     """
     # q = 1 - sigma_s^2 / sigma_t^2 = alpha_bar_t expm1(G) / sigma_t^2, in (0, 1]
     q = jnp.exp(c.log_alpha_bar_t) * jnp.expm1(c.log_ratio) / c.sigma_t**2
@@ -140,6 +148,17 @@ def continuous_step_tables(sched: Schedule, times: Any) -> StepTables:
     solver's coefficients only (a straight-through reading of the network's time input). At
     integer times the tables equal :func:`step_tables`' up to the rounding of ``G`` (a difference
     instead of a sum of gaps).
+
+    Args:
+      sched: the schedule.
+      times: real times ``0 = t_0 < t_1 < ... < t_N <= T``, shape ``(N+1,)`` (cast to the
+        schedule's dtype).
+
+    Returns:
+      :class:`StepTables` with arrays of shape ``(N,)``, ``t`` and ``s`` the rounded times.
+
+    Raises:
+      ArgumentError: naming ``times`` when it is not one-dimensional with at least two entries.
     """
     times = jnp.asarray(times)
     if times.ndim != 1 or times.shape[0] < 2:
@@ -153,7 +172,15 @@ def continuous_step_tables(sched: Schedule, times: Any) -> StepTables:
 
 
 def table_row(tables: Any, i: Any) -> Any:
-    """Entry ``i - 1`` of every array of ``tables`` (the quantities of the step ``tau_i -> tau_{i-1}``)."""
+    """Entry ``i - 1`` of every array of ``tables`` (the quantities of the step ``tau_i -> tau_{i-1}``).
+
+    Args:
+      tables: a pytree of arrays with leading axis of length ``N`` (a sampler's tables).
+      i: the step index, ``1 <= i <= N`` (may be traced).
+
+    Returns:
+      a pytree of ``tables``' structure, each leaf its entry ``i - 1``.
+    """
     return jax.tree_util.tree_map(lambda leaf: leaf[i - 1], tables)
 
 
@@ -207,7 +234,19 @@ class Sampler(eqx.Module):
 
 
 def check_sampler(sampler: Any, *, name: str = "sampler") -> Sampler:
-    """Require a :class:`Sampler` instance with valid hyperparameters."""
+    """Require a :class:`Sampler` instance with valid hyperparameters.
+
+    Args:
+      sampler: the value to check.
+      name: the argument named in the error (default ``sampler``).
+
+    Returns:
+      ``sampler`` itself.
+
+    Raises:
+      ArgumentError: naming ``name`` when ``sampler`` is not a :class:`Sampler` instance (a class is
+        refused with a hint); or the error of its :meth:`Sampler.check` for invalid hyperparameters.
+    """
     if not isinstance(sampler, Sampler):
         hint = " (pass an instance, e.g. DDIM())" if isinstance(sampler, type) else ""
         raise ArgumentError(

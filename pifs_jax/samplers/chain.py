@@ -56,6 +56,15 @@ __all__ = [
 def step_keys(sampler: Sampler, key: jax.Array | None, num_steps: int) -> jax.Array:
     """One PRNG key per step in execution order (zeros for a deterministic sampler).
 
+    Args:
+      sampler: the sampler (its ``needs_key`` decides).
+      key: PRNG key, split into ``num_steps`` keys; ignored for a deterministic sampler.
+      num_steps: ``N``, the number of steps.
+
+    Returns:
+      ``jax.random.split(key, num_steps)``, or uint32 zeros of shape ``(num_steps,)`` for a
+      deterministic sampler.
+
     Raises:
       ArgumentError: naming ``key`` when the sampler is stochastic and no key is given.
     """
@@ -97,6 +106,20 @@ def chain_from_tables(
     your own ``jax.jit`` / ``jax.grad`` / ``jax.vmap``. ``remat=True`` wraps each step in
     ``jax.checkpoint`` (memory of one step instead of ``N`` under reverse-mode differentiation).
     No input checks: those belong to :func:`sample_chain`.
+
+    Args:
+      eps_fn: ``eps_fn(x, t)`` for one sample.
+      tables: the sampler's per-step tables, leading axis of length ``N``.
+      x_T: one sample, any shape, floating dtype.
+      sampler: the :class:`~pifs_jax.samplers.Sampler` the tables belong to.
+      key: PRNG key, required for a stochastic sampler.
+      remat: wrap each step in ``jax.checkpoint`` (default ``False``).
+
+    Returns:
+      ``x_0``, of ``x_T``'s shape.
+
+    Raises:
+      ArgumentError: naming ``key`` when the sampler is stochastic and no key is given.
     """
     num_steps = jax.tree_util.tree_leaves(tables)[0].shape[0]
     x_0, _ = _scan(sampler, eps_fn, tables, x_T, step_keys(sampler, key, num_steps), keep_states=False, remat=remat)
@@ -261,6 +284,16 @@ def locate_nonfinite(
       overflows);
     - ``eps_fn`` otherwise, saying whether the denoiser's output at that step was non-finite.
 
+    Args:
+      eps_fn: ``eps_fn(x, t)`` for one sample.
+      sched: the schedule.
+      x_T: one sample, the chain's initial state.
+      grid: sampling grid ``0 = tau_0 < ... < tau_N <= T``; ``None`` = every training step.
+      sampler: a :class:`pifs_jax.samplers.Sampler`; default ``DDIM()``.
+      key: PRNG key for a stochastic sampler (the one the chain ran with).
+      trajectory: the chain's images, shape ``(N+1,) + x_T.shape``; ``None`` = run the chain again.
+      context: prefixed to the error's message (e.g. ``"sample 3 of 64: "``).
+
     Returns:
       A :class:`pifs_jax.errors.NonFiniteError` to raise, or ``None`` if every state is finite.
     """
@@ -341,7 +374,23 @@ def state_is_image(sampler: Sampler, eps_fn: EpsFn, tables: Any, x: jax.Array) -
 def flat_chain(
     sampler: Sampler, eps_fn: EpsFn, sched: Schedule, grid: jax.Array, x_T: jax.Array, key: jax.Array | None = None
 ) -> FlatChain:
-    """The chain of ``sampler`` from ``x_T`` on flat vectors (see :class:`FlatChain`); traceable."""
+    """The chain of ``sampler`` from ``x_T`` on flat vectors (see :class:`FlatChain`); traceable.
+
+    Args:
+      sampler: the :class:`~pifs_jax.samplers.Sampler`.
+      eps_fn: ``eps_fn(x, t)`` for one sample.
+      sched: the schedule.
+      grid: sampling grid ``0 = tau_0 < ... < tau_N``, an array (not checked here).
+      x_T: one sample, any shape.
+      key: PRNG key, required for a stochastic sampler.
+
+    Returns:
+      :class:`FlatChain` of the chain; ``embed`` and ``project`` are ``None`` when the sampler's
+      state is the image itself.
+
+    Raises:
+      ArgumentError: naming ``key`` when the sampler is stochastic and no key is given.
+    """
     tables = sampler.tables(sched, grid)
     shape = x_T.shape
     num_steps = grid.shape[0] - 1

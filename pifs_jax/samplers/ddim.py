@@ -47,7 +47,15 @@ class ChainSteps(NamedTuple):
 
 
 def check_eta(eta: Any) -> None:
-    """``eta`` must be a real scalar in ``[0, 1]`` (its value is checked when concrete)."""
+    """``eta`` must be a real scalar in ``[0, 1]`` (its value is checked when concrete).
+
+    Args:
+      eta: the DDIM stochasticity: a Python number or a scalar array (possibly traced).
+
+    Raises:
+      ArgumentError: naming ``eta`` when it is not a real (non-boolean) scalar, or when a concrete
+        value lies outside ``[0, 1]``.
+    """
     dtype = np.dtype(eta.dtype) if hasattr(eta, "dtype") else np.asarray(eta).dtype
     real = dtype.kind != "b" and (dtype.kind in "iuf" or jnp.issubdtype(dtype, jnp.floating))  # bfloat16: kind "V"
     if not real or jnp.ndim(eta) != 0:
@@ -82,6 +90,15 @@ def ddim_tables_from(t: jax.Array, c: StepCoefficients | StepTables, *, eta: Any
 
     ``c_t^2 = eta^2 sigma_s^2 / sigma_t^2 (1 - alpha_bar_t / alpha_bar_s)`` (capped at ``sigma_s^2``),
     ``b_t^eta = (1 - a_t^2 - c_t^2) / (sqrt(sigma_s^2 - c_t^2) + a_t sigma_t)``.
+
+    Args:
+      t: the integer timesteps the steps start from, shape ``(N,)`` (stored as given).
+      c: the steps' coefficients (:class:`~pifs_jax.geometry.StepCoefficients` or
+        :class:`~pifs_jax.samplers.base.StepTables`), each field of shape ``(N,)``.
+      eta: a real scalar in ``[0, 1]`` (not checked here: see :func:`check_eta`).
+
+    Returns:
+      :class:`ChainSteps`, each field of shape ``(N,)``.
     """
     eta = jnp.asarray(eta, c.a.dtype)
     sigma2_t, sigma2_s = c.sigma_t**2, c.sigma_s**2

@@ -19,6 +19,12 @@ SAMPLER_NAMES = tuple(_SAMPLERS)
 def named_sampler(name: str) -> Sampler:
     """The sampler called ``name`` (``"ddim"``: ``DDIM(eta=0)``, ``"dpmpp2m"``, ``"heun"``).
 
+    Args:
+      name: one of :data:`SAMPLER_NAMES`.
+
+    Returns:
+      a new instance of the sampler with its default hyperparameters.
+
     Raises:
       ArgumentError: naming ``sampler`` for an unknown name, listing :data:`SAMPLER_NAMES`.
     """
@@ -28,7 +34,15 @@ def named_sampler(name: str) -> Sampler:
 
 
 def sampler_name(sampler: Sampler) -> str:
-    """The registered name of ``sampler``'s class, or its class name for a user's sampler."""
+    """The registered name of ``sampler``'s class, or its class name for a user's sampler.
+
+    Args:
+      sampler: the sampler.
+
+    Returns:
+      one of :data:`SAMPLER_NAMES` when ``sampler``'s class is exactly a registered one (a subclass
+      is not), else the class name.
+    """
     for name, cls in _SAMPLERS.items():
         if type(sampler) is cls:
             return name
@@ -39,8 +53,15 @@ _LABELS = {"ddim": "DDIM", "dpmpp2m": "DPM-Solver++(2M)", "heun": "Heun"}
 
 
 def sampler_label(sampler: Sampler) -> str:
-    """A reader's name for ``sampler`` in reports: ``"DDIM"`` (deterministic), ``"DDIM(eta=0.5)"``,
-    ``"DPM-Solver++(2M)"``, ``"Heun"``, or the ``repr`` of a user's sampler."""
+    """A reader's name for ``sampler`` in reports.
+
+    Args:
+      sampler: the sampler.
+
+    Returns:
+      ``"DDIM"`` (deterministic), ``"DDIM(eta=0.5)"`` (the ``repr`` of a stochastic DDIM),
+      ``"DPM-Solver++(2M)"``, ``"Heun"``, or the ``repr`` of a user's sampler.
+    """
     name = sampler_name(sampler)
     if name == "ddim" and getattr(sampler, "stochastic", False):
         return repr(sampler)
