@@ -742,6 +742,15 @@ def suppression_corrected_margins(analysis: ChainAnalysis) -> np.ndarray | None:
     ``<v_k, [J]_kk v_k>``; float64. ``None`` where it does not apply: no baseline (no suppression
     field), or a chain of another sampler than deterministic DDIM. The crossover claim is judged
     under this reading where it applies (:func:`pifs_jax.analysis.evaluate_claims`).
+
+    Args:
+      analysis: a :class:`ChainAnalysis` (:func:`pifs_jax.analyze_chain`).
+
+    Returns:
+      the margins, float64 of shape ``([S,] N, M)``, or ``None``.
+
+    Raises:
+      ArgumentError: naming ``analysis`` when it is not a :class:`ChainAnalysis`.
     """
     check_instance(analysis, ChainAnalysis, name="analysis", what="ChainAnalysis (pifs_jax.analyze_chain)")
     if analysis.suppression is None or analysis.expansion_along_leading is None or not analysis.model_free:

@@ -48,7 +48,18 @@ def _decreasing_t(ax) -> None:
 
 
 def plot_block_norms(summary: Mapping[str, Any], *, title: str = "") -> Figure:
-    """``kappa_diag`` (mean over patches), ``delta_cross`` and their sum over ``t``, 95 % bands."""
+    """``kappa_diag`` (mean over patches), ``delta_cross`` and their sum over ``t``, 95 % bands.
+
+    The (PC) boundary 1 is drawn dashed and the crossover window, when there is one, shaded; log scale.
+
+    Args:
+      summary: the summary of :func:`~pifs_jax.analysis.report.summarize_analysis` (its ``"t"``,
+        ``"steps"`` and ``"crossover_window"``).
+      title: the axes' title; default ``""``: "Block decomposition of the step Jacobian".
+
+    Returns:
+      the new matplotlib ``Figure``.
+    """
     fig, ax = new_figure(figsize=(6.8, 4.2))
     t = np.asarray(summary["t"])
     steps = summary["steps"]
@@ -68,7 +79,19 @@ def plot_block_norms(summary: Mapping[str, Any], *, title: str = "") -> Figure:
 
 
 def plot_entropy_coupling(summary: Mapping[str, Any], *, title: str = "") -> Figure:
-    """Mean attention entropy (nats) against ``delta_cross`` (patch mean), coloured by ``t``."""
+    """Mean attention entropy (nats) against ``delta_cross`` (patch mean), coloured by ``t``.
+
+    Without attention layers (no ``attention_entropy``) the figure says "not tested".
+
+    Args:
+      summary: the summary of :func:`~pifs_jax.analysis.report.summarize_analysis` (its ``"t"`` and
+        ``"steps"``).
+      title: the axes' title (not set on a "not tested" figure); default ``""``: "Attention entropy
+        against cross-patch coupling".
+
+    Returns:
+      the new matplotlib ``Figure``.
+    """
     fig, ax = new_figure(figsize=(5.6, 4.2))
     steps = summary["steps"]
     entropy = steps.get("attention_entropy")
@@ -86,7 +109,16 @@ def plot_entropy_coupling(summary: Mapping[str, Any], *, title: str = "") -> Fig
 
 
 def plot_release_map(summary: Mapping[str, Any], *, title: str = "") -> Figure:
-    """Heat map of ``kappa_k(t) - 1`` (trajectory mean), rows = patches by increasing variance."""
+    """Heat map of ``kappa_k(t) - 1`` (trajectory mean), rows = patches by increasing variance.
+
+    Args:
+      summary: the summary of :func:`~pifs_jax.analysis.report.summarize_analysis` (its ``"t"``,
+        ``"per_patch"`` ``kappa_diag`` ``(N, M)`` and ``"patch_eigenvalues"``).
+      title: the axes' title; default ``""``: "Release of suppression, patch by patch".
+
+    Returns:
+      the new matplotlib ``Figure``.
+    """
     fig, ax = new_figure(figsize=(6.8, 4.2))
     t = np.asarray(summary["t"])
     kappa = np.asarray(summary["per_patch"]["kappa_diag"])  # (N, M)
@@ -107,7 +139,19 @@ def plot_release_map(summary: Mapping[str, Any], *, title: str = "") -> Figure:
 
 
 def plot_deviation_fit(summary: Mapping[str, Any], *, title: str = "") -> Figure:
-    """``||Delta_t||`` against ``sqrt(ab_t)`` on log-log axes, the high-noise OLS fit drawn."""
+    """``||Delta_t||`` against ``sqrt(ab_t)`` on log-log axes, the high-noise OLS fit drawn.
+
+    Without a Gaussian baseline (no ``deviation_norm``) the figure says "not tested".
+
+    Args:
+      summary: the summary of :func:`~pifs_jax.analysis.report.summarize_analysis` (its ``"alpha_bar"``,
+        ``"steps"`` and ``"deviation_fit"``).
+      title: the axes' title (not set on a "not tested" figure); default ``""``: "Deviation from the
+        Gaussian baseline".
+
+    Returns:
+      the new matplotlib ``Figure``.
+    """
     fig, ax = new_figure(figsize=(5.6, 4.2))
     deviation = summary["steps"].get("deviation_norm")
     if deviation is None:
@@ -142,7 +186,18 @@ def plot_deviation_fit(summary: Mapping[str, Any], *, title: str = "") -> Figure
 
 
 def plot_exponent_signs(summary: Mapping[str, Any], *, title: str = "") -> Figure:
-    """Measured (``mean log kappa_k``) against predicted (suppression-corrected) per-patch exponents."""
+    """Measured (``mean log kappa_k``) against predicted (suppression-corrected) per-patch exponents.
+
+    Without a Gaussian baseline (no ``exponents``) the figure says "not tested".
+
+    Args:
+      summary: the summary of :func:`~pifs_jax.analysis.report.summarize_analysis` (its ``"exponents"``).
+      title: the axes' title (not set on a "not tested" figure); default ``""``: the percentage of
+        (patch, trajectory) pairs whose signs agree.
+
+    Returns:
+      the new matplotlib ``Figure``.
+    """
     fig, ax = new_figure(figsize=(5.2, 4.6))
     exponents = summary.get("exponents")
     if exponents is None:

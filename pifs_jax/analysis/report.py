@@ -154,8 +154,17 @@ def sample_quality_record(fraction_outside: float | None, *, source: str, note: 
 
 
 def reference_sample_quality(source: str) -> dict[str, Any]:
-    """The record of a training-free reference (the empirical-optimal denoiser: no weights, its data
-    prediction a weighted average of training images): nothing to converge, no caveat."""
+    """The record of a training-free reference, with no caveat.
+
+    The reference is the empirical-optimal denoiser: no weights, its data prediction a weighted
+    average of training images; nothing to converge, so no caveat.
+
+    Args:
+      source: what the reference is (recorded as the record's ``"source"``).
+
+    Returns:
+      the :func:`sample_quality_record` without a fraction, its ``"caveat"`` ``None``.
+    """
     return {**sample_quality_record(None, source=source), "caveat": None}
 
 
@@ -179,6 +188,14 @@ def run_sample_quality(run_dir: str | Path, *, step: int | None = None) -> dict[
     aside in ``stale/`` by a resumed run), it cannot be read, its recorded ``steps`` is not
     ``step`` (the step of the checkpoint analysed: the scores describe another model), or neither
     the samples nor a range inside the bound are recorded.
+
+    Args:
+      run_dir: the run's folder.
+      step: the training step of the checkpoint analysed; ``None`` (default): the recorded ``steps``
+        is not compared.
+
+    Returns:
+      the record of :func:`sample_quality_record` (with a ``"note"`` where the files were not used).
     """
     folder = Path(run_dir)
     path = folder / "quality.json"
@@ -218,6 +235,12 @@ def card_sample_quality(card: Mapping[str, Any]) -> dict[str, Any]:
     ``check.fraction_outside`` (both counted outside ``quality.targets.outside_bound``, which must
     be :data:`SAMPLE_BOUND` when given), else a ``quality.sample_range`` inside the bound (0);
     otherwise unknown.
+
+    Args:
+      card: the model's card (a mapping, as :func:`pifs_jax.models.pretrained.read_card` reads it).
+
+    Returns:
+      the record of :func:`sample_quality_record`, its ``"source"`` naming the card's field.
     """
     name = card.get("name", "?")
     quality = card.get("quality") or {}
@@ -235,13 +258,29 @@ def card_sample_quality(card: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def verdict_caveat(result: ModelAnalysis) -> str | None:
-    """The caveat every verdict of ``result`` is printed with (:data:`UNKNOWN_QUALITY` without a record), or ``None``."""
+    """The caveat every verdict of ``result`` is printed with (:data:`UNKNOWN_QUALITY` without a record), or ``None``.
+
+    Args:
+      result: the :class:`ModelAnalysis` of :func:`analyze_model`.
+
+    Returns:
+      the record's ``"caveat"`` string, :data:`UNKNOWN_QUALITY` when ``result.sample_quality`` is
+      ``None``, or ``None`` for no caveat.
+    """
     record = result.sample_quality
     return UNKNOWN_QUALITY if record is None else record.get("caveat")
 
 
 def marked_verdict(verdict: str, caveat: str | None) -> str:
-    """``"holds [caveat]"``: a judged verdict (not *not tested*) with the model's caveat, if any."""
+    """``"holds [caveat]"``: a judged verdict (not *not tested*) with the model's caveat, if any.
+
+    Args:
+      verdict: the claim's verdict (e.g. ``"holds"``, ``"not tested"``).
+      caveat: the model's caveat (:func:`verdict_caveat`), or ``None``.
+
+    Returns:
+      ``"verdict [caveat]"``, or ``verdict`` alone when there is no caveat or it is ``"not tested"``.
+    """
     return f"{verdict} [{caveat}]" if caveat and verdict != "not tested" else verdict
 
 
@@ -273,37 +312,49 @@ def summarize_analysis(
     ``analysis.json`` and "n/a (1 trajectory)" in :func:`analysis_markdown`), not the zero-width
     interval the bootstrap of one value would give.
 
-    Returns a JSON-able dict (the ``results`` of ``analysis.json``):
+    Args:
+      analysis: the :class:`~pifs_jax.analysis.chain_analysis.ChainAnalysis` of a batch of
+        trajectories (``x_T`` of shape ``(S, H, W, C)``).
+      patch_eigenvalues: ``lambda_k``, the patches' leading eigenvalues, ``(M,)`` (read as float64).
+      sched: the schedule of the chain (``alpha_bar`` is read at the chain's ``t``).
+      seed: the seed of the bootstrap (:func:`~pifs_jax.analysis.statistics.bootstrap_mean_interval`);
+        default 0.
 
-    - ``t``, ``alpha_bar``, ``logsnr``: per step ``(N,)``, chain order; ``trajectories`` ``S``;
-      ``num_patches`` ``M``; ``patch_size``; ``image_shape``; ``method`` (block-norm estimator);
-    - ``steps``: for each of ``kappa_diag_mean``, ``delta_cross_mean``, ``pc_sum_mean``
-      (``kappa_diag_mean + delta_cross_mean``), ``margin_mean``, ``kappa_diag``, ``delta_cross``
-      (maxima over patches), ``violations`` and, when measured, ``deviation_norm`` and
-      ``attention_entropy`` (the mean over layers): ``{"mean", "lo", "hi"}`` each ``(N,)``;
-      ``attention_entropy_per_layer``: ``{layer: {"mean", "lo", "hi"}}``;
-    - ``per_patch``: trajectory means ``(N, M)`` of ``kappa_diag``, ``delta_cross``, ``margin``
-      and ``suppression`` (``None`` without a baseline);
-    - ``patch_eigenvalues``: ``lambda_k`` ``(M,)``;
-    - ``release_order``: per step, Spearman ``rho`` and ``p`` of ``(lambda_k, kappa_k)`` and of
-      ``(lambda_k, S_{k,t})`` over the patches;
-    - ``crossover_window``: ``{"t_upper", "t_lower", "width"}`` or ``None``;
-    - ``pc_readings``: the candidate (PC) readings of docs/theory.md section 11, each
-      ``{"margin_mean", "violations_mean"}`` per step (``(N,)``, means over trajectories and
-      patches) and its ``"crossover_window"``: ``"A"``, ``m_k = 1 - (kappa_k + delta_k)`` (the
-      default above), and for deterministic DDIM with a baseline ``"D"``,
-      ``m_k = 1 - (f_t(lambda_k) - S_{k,t})``, the suppression-corrected factor along the patch's
-      leading direction (``None`` otherwise), and likewise ``"I"``, ``m_k = 1 - sum_j |P_kj|`` with
-      ``P_kj = <v_k, [J]_kj v_j>`` the step projected on the patches' leading directions;
-    - ``deviation_fit``: OLS of ``log ||Delta_t||`` on ``log sqrt(ab_t)`` over the steps with
-      ``logSNR < 0``: ``{"slope", "intercept", "slope_lo", "slope_hi", "r2", "steps",
-      "x_range"}`` or ``None`` (fewer than 3 such steps, or no baseline);
-    - ``exponents``: ``{"predicted", "measured"}`` ``(S, M)`` and ``"agreement"`` (fraction of
-      (patch, trajectory) pairs with equal signs), or ``None`` without a baseline;
-    - ``corrected_attractor``: the suppression-corrected Moran threshold ``lambda***`` (over the
-      trajectories that have one; ``None`` if none) and Kaplan-Yorke dimension ``d_KY^eff`` (also
-      divided by ``n``) of :func:`~pifs_jax.analysis.corrected_attractor`, with intervals, or
-      ``None`` (no baseline, or another sampler than deterministic DDIM).
+    Returns:
+      a JSON-able dict (the ``results`` of ``analysis.json``) with the keys
+
+      - ``t``, ``alpha_bar``, ``logsnr``: per step ``(N,)``, chain order; ``trajectories`` ``S``;
+        ``num_patches`` ``M``; ``patch_size``; ``image_shape``; ``method`` (block-norm estimator);
+      - ``steps``: for each of ``kappa_diag_mean``, ``delta_cross_mean``, ``pc_sum_mean``
+        (``kappa_diag_mean + delta_cross_mean``), ``margin_mean``, ``kappa_diag``, ``delta_cross``
+        (maxima over patches), ``violations`` and, when measured, ``deviation_norm`` and
+        ``attention_entropy`` (the mean over layers): ``{"mean", "lo", "hi"}`` each ``(N,)``;
+        ``attention_entropy_per_layer``: ``{layer: {"mean", "lo", "hi"}}``;
+      - ``per_patch``: trajectory means ``(N, M)`` of ``kappa_diag``, ``delta_cross``, ``margin``
+        and ``suppression`` (``None`` without a baseline);
+      - ``patch_eigenvalues``: ``lambda_k`` ``(M,)``;
+      - ``release_order``: per step, Spearman ``rho`` and ``p`` of ``(lambda_k, kappa_k)`` and of
+        ``(lambda_k, S_{k,t})`` over the patches;
+      - ``crossover_window``: ``{"t_upper", "t_lower", "width"}`` or ``None``;
+      - ``pc_readings``: the candidate (PC) readings of docs/theory.md section 11, each
+        ``{"margin_mean", "violations_mean"}`` per step (``(N,)``, means over trajectories and
+        patches) and its ``"crossover_window"``: ``"A"``, ``m_k = 1 - (kappa_k + delta_k)`` (the
+        default above), and for deterministic DDIM with a baseline ``"D"``,
+        ``m_k = 1 - (f_t(lambda_k) - S_{k,t})``, the suppression-corrected factor along the patch's
+        leading direction (``None`` otherwise), and likewise ``"I"``, ``m_k = 1 - sum_j |P_kj|`` with
+        ``P_kj = <v_k, [J]_kj v_j>`` the step projected on the patches' leading directions;
+      - ``deviation_fit``: OLS of ``log ||Delta_t||`` on ``log sqrt(ab_t)`` over the steps with
+        ``logSNR < 0``: ``{"slope", "intercept", "slope_lo", "slope_hi", "r2", "steps",
+        "x_range"}`` or ``None`` (fewer than 3 such steps, or no baseline);
+      - ``exponents``: ``{"predicted", "measured"}`` ``(S, M)`` and ``"agreement"`` (fraction of
+        (patch, trajectory) pairs with equal signs), or ``None`` without a baseline;
+      - ``corrected_attractor``: the suppression-corrected Moran threshold ``lambda***`` (over the
+        trajectories that have one; ``None`` if none) and Kaplan-Yorke dimension ``d_KY^eff`` (also
+        divided by ``n``) of :func:`~pifs_jax.analysis.corrected_attractor`, with intervals, or
+        ``None`` (no baseline, or another sampler than deterministic DDIM).
+
+    Raises:
+      ArgumentError: naming ``analysis`` when it is not of several trajectories (not batched).
     """
     if not analysis.batched:
         raise ArgumentError("analysis", "expected an analysis of several trajectories (x_T of shape (S, H, W, C))")
@@ -421,8 +472,20 @@ def _pc_reading(t: np.ndarray, margins: np.ndarray) -> dict[str, Any]:
 
 
 def attention_fn_if_any(module: Any, params: Any, image_shape: tuple[int, ...]) -> Callable | None:
-    """:func:`~pifs_jax.analysis.module_attention_fn` of a network whose ``return_attention=True`` gives
-    at least one attention layer, else ``None`` (checked on shapes only, nothing computed)."""
+    """The attention function of a network with attention layers, else ``None``.
+
+    :func:`~pifs_jax.analysis.module_attention_fn` of a network whose ``return_attention=True`` gives
+    at least one attention layer, else ``None`` (checked on shapes only, nothing computed).
+
+    Args:
+      module: a Flax module whose ``apply`` accepts ``return_attention=True``.
+      params: its parameters.
+      image_shape: the shape of one image, ``(H, W, C)``.
+
+    Returns:
+      ``attention_fn(x, t)`` (:func:`~pifs_jax.analysis.module_attention_fn`), or ``None`` when the
+      network returns no attention layer.
+    """
     attention_fn = module_attention_fn(module, params)
     layers = jax.eval_shape(
         attention_fn, jax.ShapeDtypeStruct(tuple(image_shape), jnp.float32), jax.ShapeDtypeStruct((), jnp.int32)
@@ -516,11 +579,22 @@ def _fmt(stats: Mapping[str, Any], i: int, trajectories: int, digits: int = 4) -
 
 
 def analysis_markdown(result: ModelAnalysis, *, title: str, heading: str = "#") -> str:
-    """The claims table (claim, paper, ours with interval, verdict) and the block decomposition
+    """The claims table and the block decomposition of an analysed model, as Markdown.
+
+    The claims table (claim, paper, ours with interval, verdict) and the block decomposition
     at the timesteps the paper tabulates (nearest step of our grid).
 
     With a sample-quality caveat (:func:`verdict_caveat`) a line above the table states it and
-    every judged verdict carries it (:func:`marked_verdict`)."""
+    every judged verdict carries it (:func:`marked_verdict`).
+
+    Args:
+      result: the :class:`ModelAnalysis` of :func:`analyze_model`.
+      title: the text of the heading.
+      heading: the Markdown heading marker of the title; default ``"#"``.
+
+    Returns:
+      the Markdown text, ending with a newline.
+    """
     s = result.summary
     n = int(s["trajectories"])
     intervals = "bootstrap 95 % over trajectories" if n >= 2 else _no_interval(n)
@@ -609,7 +683,20 @@ def write_analysis(
     ``analysis.json``'s results carry ``"sample_quality"``: the result's record, or the unknown
     one (:data:`UNKNOWN_QUALITY`) without it.
 
-    Returns the paths written (``analysis.md`` last).
+    Args:
+      out_dir: the output folder, or a :class:`~pifs_jax.run_folder.RunFolder` held open.
+      result: the :class:`ModelAnalysis` of :func:`analyze_model`.
+      title: the title of ``analysis.md`` and the prefix of the figures' titles.
+      config: the configuration recorded in ``analysis.json`` (its ``"command"``, if any, is recorded
+        in the folder's marker when ``out_dir`` is a path).
+      seed: the seed recorded in ``analysis.json``.
+
+    Returns:
+      the paths written (:data:`ANALYSIS_FILES` in ``out_dir``, ``analysis.md`` last).
+
+    Raises:
+      ArgumentError: from :class:`~pifs_jax.run_folder.RunFolder` when ``out_dir`` is a path that is a
+        file or a folder in use by another process.
     """
     record = result.sample_quality
     if record is None:
@@ -633,8 +720,17 @@ ANALYSIS_FILES = ("analysis.json", *FIGURES, "analysis.md")
 
 
 def claims_table_rows(results: Mapping[str, ModelAnalysis]) -> list[list[str]]:
-    """Rows ``claim | verdict per model`` for several analysed models (same claims, same order);
-    each verdict with its model's caveat (:func:`marked_verdict`)."""
+    """Rows ``claim | verdict per model`` for several analysed models (same claims, same order).
+
+    Each verdict carries its model's caveat (:func:`marked_verdict`).
+
+    Args:
+      results: the analysed models, ``{model name: ModelAnalysis}`` (at least one; all with the same
+        claims in the same order).
+
+    Returns:
+      one row per claim, ``[claim name, "verdict: ours" per model in the order of results]``.
+    """
     names = [c.name for c in next(iter(results.values())).claims]
     caveats = [verdict_caveat(r) for r in results.values()]
     rows = []

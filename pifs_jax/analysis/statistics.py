@@ -70,6 +70,17 @@ def regularized_incomplete_beta(a: float, b: float, x: float) -> float:
 
     ``I_x = x^a (1 - x)^b / (a B(a, b)) * CF(x)`` with the continued fraction of Numerical Recipes
     section 6.4, using ``I_x(a, b) = 1 - I_{1-x}(b, a)`` where the fraction converges slowly.
+
+    Args:
+      a: the first shape parameter, ``> 0``.
+      b: the second shape parameter, ``> 0``.
+      x: the point, in ``[0, 1]`` (``x`` itself is returned at 0 and 1).
+
+    Returns:
+      ``I_x(a, b)`` as a Python float.
+
+    Raises:
+      ArgumentError: naming ``a`` unless ``a > 0`` and ``b > 0``, or ``x`` outside ``[0, 1]``.
     """
     if not (a > 0 and b > 0):
         raise ArgumentError("a", f"expected a > 0 and b > 0, got a = {a!r}, b = {b!r}")
@@ -95,7 +106,18 @@ def _check_dof(dof: Any) -> float:
 
 
 def student_t_two_sided_p(t: float, dof: float) -> float:
-    """``P(|T| >= |t|)`` for ``T ~ t_dof``: ``I_{dof/(dof + t^2)}(dof/2, 1/2)`` (accurate for tiny p)."""
+    """``P(|T| >= |t|)`` for ``T ~ t_dof``: ``I_{dof/(dof + t^2)}(dof/2, 1/2)`` (accurate for tiny p).
+
+    Args:
+      t: the statistic (NaN gives NaN, an infinite ``t`` gives 0).
+      dof: the degrees of freedom, ``> 0``.
+
+    Returns:
+      the two-sided p-value as a Python float.
+
+    Raises:
+      ArgumentError: naming ``dof`` unless it is a real number ``> 0``.
+    """
     dof = _check_dof(dof)
     t = float(t)
     if math.isnan(t):
@@ -106,13 +128,35 @@ def student_t_two_sided_p(t: float, dof: float) -> float:
 
 
 def student_t_cdf(t: float, dof: float) -> float:
-    """``P(T <= t)`` for ``T ~ t_dof``: ``1 - I_{dof/(dof+t^2)}(dof/2, 1/2) / 2`` for ``t >= 0``, symmetric."""
+    """``P(T <= t)`` for ``T ~ t_dof``: ``1 - I_{dof/(dof+t^2)}(dof/2, 1/2) / 2`` for ``t >= 0``, symmetric.
+
+    Args:
+      t: the point.
+      dof: the degrees of freedom, ``> 0``.
+
+    Returns:
+      the probability as a Python float.
+
+    Raises:
+      ArgumentError: naming ``dof`` unless it is a real number ``> 0``.
+    """
     tail = student_t_two_sided_p(t, dof) / 2.0
     return 1.0 - tail if float(t) >= 0 else tail
 
 
 def student_t_quantile(q: float, dof: float) -> float:
-    """``t`` with ``P(T <= t) = q`` (``0 < q < 1``), by bisection on :func:`student_t_cdf` to ``1e-12``."""
+    """``t`` with ``P(T <= t) = q`` (``0 < q < 1``), by bisection on :func:`student_t_cdf` to ``1e-12``.
+
+    Args:
+      q: the probability, in ``(0, 1)``.
+      dof: the degrees of freedom, ``> 0``.
+
+    Returns:
+      the quantile as a Python float (0 for ``q = 0.5``, negative below).
+
+    Raises:
+      ArgumentError: naming ``dof`` unless it is a real number ``> 0``, or ``q`` outside ``(0, 1)``.
+    """
     dof = _check_dof(dof)
     if not 0.0 < q < 1.0:
         raise ArgumentError("q", f"expected a probability in (0, 1), got {q!r}")
@@ -148,8 +192,18 @@ def bootstrap_mean_interval(
     ``(1 + level)/2`` percentiles of those means (linear interpolation). With ``n = 1`` the
     interval is the single value.
 
+    Args:
+      values: an array-like of at least one dimension (read as float64), ``n >= 1`` values along ``axis``.
+      axis: the resampled axis (negative values count from the end); default 0.
+      resamples: the number of bootstrap resamples, an integer >= 1; default 2000.
+      level: the confidence level, in ``(0, 1)``; default 0.95.
+      seed: the seed of NumPy's ``default_rng``; default 0.
+
     Returns:
       ``(mean, lo, hi)``, each of ``values``' shape without ``axis`` (float64).
+
+    Raises:
+      ArgumentError: naming ``values`` (a scalar, or no value along ``axis``), ``resamples`` or ``level``.
     """
     values = np.asarray(values, np.float64)
     if values.ndim == 0:
@@ -182,7 +236,14 @@ def _paired(x: Any, y: Any, minimum: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def average_ranks(values: Any) -> np.ndarray:
-    """Ranks ``1..n`` of a 1-D array, tied values sharing the average of their ranks."""
+    """Ranks ``1..n`` of a 1-D array, tied values sharing the average of their ranks.
+
+    Args:
+      values: a 1-D array-like of ``n`` numbers (read as float64).
+
+    Returns:
+      the ranks, float64 of shape ``(n,)``, in the order of ``values``.
+    """
     values = np.asarray(values, np.float64)
     order = np.argsort(values, kind="stable")
     sorted_values = values[order]
@@ -258,6 +319,13 @@ def spearman(x: Any, y: Any) -> tuple[float, float]:
 
     A constant input has no ranking: ``(nan, nan)``.
 
+    Args:
+      x: a 1-D array-like of ``n >= 3`` finite values.
+      y: a 1-D array-like of ``x``'s shape, finite.
+
+    Returns:
+      ``(rho, p)`` as Python floats.
+
     Raises:
       ArgumentError: naming ``x`` / ``y`` for fewer than 3 pairs, unequal shapes or non-finite values.
     """
@@ -294,8 +362,17 @@ def ols_fit(x: Any, y: Any, level: float = 0.95) -> OLSFit:
     ``s^2 = RSS / (n - 2)``, ``se = s / sqrt(S_xx)``, interval ``slope -+ t_{n-2,(1+level)/2} se``,
     ``R^2 = 1 - RSS / S_yy`` (1 when ``S_yy = 0``).
 
+    Args:
+      x: the regressor, a 1-D array-like of ``n >= 3`` finite values (float64).
+      y: the response, a 1-D array-like of ``x``'s shape, finite.
+      level: the confidence level of the slope's interval, in ``(0, 1)``; default 0.95.
+
+    Returns:
+      :class:`OLSFit`, ``(slope, intercept, slope_lo, slope_hi, r2)`` as Python floats.
+
     Raises:
-      ArgumentError: naming ``x`` for fewer than 3 points or a constant ``x``.
+      ArgumentError: naming ``x`` for fewer than 3 points, non-finite values or a constant ``x``;
+        ``y`` for shapes that are not two 1-D arrays of one length; ``level`` outside ``(0, 1)``.
     """
     x, y = _paired(x, y, 3)
     level = _check_level(level)

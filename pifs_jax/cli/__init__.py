@@ -89,8 +89,17 @@ def _exit_status(exc: SystemExit) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run ``pifs-jax`` with ``argv`` (default ``sys.argv[1:]``) and return the exit status.
 
-    Returns 0 on success, 1 when a command fails (e.g. a failed experiment), 2 on bad input
-    (with a one-line ``error:`` message on stderr).
+    Args:
+      argv: the arguments after the program name (``["geometry", "--out", "out/x"]``); default ``None``:
+        ``sys.argv[1:]``.
+
+    Returns:
+      0 on success (also after ``--help`` and ``--version``), 1 when a command fails (e.g. a failed
+      experiment), 2 on bad input (with a one-line ``error:`` message on stderr), 130 when interrupted.
+
+    Raises:
+      ValueError: only with the environment variable ``PIFS_JAX_TRACEBACK`` set: the command's error,
+        with its traceback, instead of the one-line message.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()

@@ -66,6 +66,11 @@ DEFAULT_NUM_DATA = 4096
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare the options of ``pifs-jax analyze`` (those ``pifs-jax analyze --help`` lists).
+
+    Args:
+      parser: the subcommand's parser, which :func:`pifs_jax.cli.build_parser` makes.
+    """
     from pifs_jax.analysis.chain_analysis import ACCELERATOR_CHUNK, METHODS
     from pifs_jax.data import DATASETS
     from pifs_jax.samplers import SAMPLER_NAMES
@@ -351,6 +356,22 @@ def _check_memory(args: argparse.Namespace, shape: tuple[int, ...], patch_size: 
 
 
 def run(args: argparse.Namespace) -> int:
+    """Load the model and its baseline images, analyse the model's chains, write the results to ``--out``.
+
+    Args:
+      args: the options declared by :func:`add_arguments`, parsed, with ``argv`` (the command line,
+        recorded in the results) set by :func:`pifs_jax.cli.main`.
+
+    Returns:
+      0 on success; 130 when interrupted (nothing is written then; an earlier analysis in ``--out`` is
+      kept).
+
+    Raises:
+      UsageError: naming the option (``--run``, ``--pretrained``, ``--diffusers``, ``--data``, ``--data-file``
+        or ``--num-data``) whose input cannot be used.
+      ArgumentError: from the library, e.g. naming ``--samples`` when the analysis's arrays cannot fit in
+        memory; :func:`pifs_jax.cli.main` prints it as a one-line error.
+    """
     from pifs_jax.analysis.report import ANALYSIS_FILES, marked_verdict, verdict_caveat
     from pifs_jax.run_folder import RunFolder
 

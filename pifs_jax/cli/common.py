@@ -79,7 +79,17 @@ SUBCOMMANDS: dict[str, Subcommand] = {}
 
 
 def register_subcommand(subcommand: Subcommand) -> Subcommand:
-    """Add ``subcommand`` to :data:`SUBCOMMANDS` (a name may be registered once)."""
+    """Add ``subcommand`` to :data:`SUBCOMMANDS` (a name may be registered once).
+
+    Args:
+      subcommand: the :class:`Subcommand` record.
+
+    Returns:
+      ``subcommand`` itself.
+
+    Raises:
+      ArgumentError: naming ``subcommand`` when a subcommand of its name is already registered.
+    """
     if subcommand.name in SUBCOMMANDS:
         raise ArgumentError("subcommand", f"{subcommand.name!r} is already registered")
     SUBCOMMANDS[subcommand.name] = subcommand
@@ -159,17 +169,50 @@ def _int_at_least(text: str, minimum: int, what: str) -> int:
 
 
 def positive_int(text: str) -> int:
-    """Option type: an integer >= 1."""
+    """Option type: an integer >= 1.
+
+    Args:
+      text: the option's value as typed.
+
+    Returns:
+      the integer.
+
+    Raises:
+      argparse.ArgumentTypeError: ``text`` is not an integer, or is below 1 (argparse reports it as a
+        usage error naming the option).
+    """
     return _int_at_least(text, 1, "a positive integer")
 
 
 def non_negative_int(text: str) -> int:
-    """Option type: an integer >= 0."""
+    """Option type: an integer >= 0.
+
+    Args:
+      text: the option's value as typed.
+
+    Returns:
+      the integer.
+
+    Raises:
+      argparse.ArgumentTypeError: ``text`` is not an integer, or is negative (argparse reports it as a
+        usage error naming the option).
+    """
     return _int_at_least(text, 0, "a non-negative integer")
 
 
 def finite_float(text: str) -> float:
-    """Option type: a finite number (no ``nan``, no ``inf``)."""
+    """Option type: a finite number (no ``nan``, no ``inf``).
+
+    Args:
+      text: the option's value as typed.
+
+    Returns:
+      the number.
+
+    Raises:
+      argparse.ArgumentTypeError: ``text`` is not a number, or not a finite one (argparse reports it as a
+        usage error naming the option).
+    """
     try:
         value = float(text)
     except ValueError:
@@ -188,6 +231,16 @@ def output_dir(text: str) -> Path:
     the folder is created and a temporary file written into it and removed (folders it had to
     create are removed again), so a path no permission bit reveals (``/proc/x``, a full disk) is
     refused before any work.
+
+    Args:
+      text: the option's value as typed (``~`` is expanded).
+
+    Returns:
+      the folder's path.
+
+    Raises:
+      argparse.ArgumentTypeError: for each refusal above (argparse reports it as a usage error naming the
+        option).
     """
     path = Path(text).expanduser()
     if path.exists() and not path.is_dir():
@@ -222,5 +275,12 @@ def _try_writing_into(path: Path, text: str) -> None:
 
 
 def command_line(argv: list[str]) -> str:
-    """The command as the user could retype it: ``pifs-jax ARGV...`` with shell quoting."""
+    """The command as the user could retype it: ``pifs-jax ARGV...`` with shell quoting.
+
+    Args:
+      argv: the arguments after the program name.
+
+    Returns:
+      the command line as one string (``shlex.join``).
+    """
     return shlex.join([PROG, *argv])

@@ -186,8 +186,14 @@ def klub_weights(sched: Schedule) -> np.ndarray:
     ``s^2 sigma' / sigma^3 dt`` (Eq. 10) and the KL of one ancestral step per unit
     ``||D - D'||^2`` (module note 1); computed from the schedule's gaps without cancellation.
 
+    Args:
+      sched: the schedule (its ``log_alpha_bar`` and ``gaps`` are read).
+
     Returns:
-      shape ``(T+1,)``; entry 0 is NaN and entry 1 ``inf`` (the step onto ``sigma = 0``).
+      float64 array of shape ``(T+1,)``; entry 0 is NaN and entry 1 ``inf`` (the step onto ``sigma = 0``).
+
+    Raises:
+      ArgumentError: naming ``sched`` when it is not a :class:`~pifs_jax.schedules.Schedule`.
     """
     check_instance(sched, Schedule, name="sched", what="pifs_jax Schedule")
     return _levels(sched).weights.copy()

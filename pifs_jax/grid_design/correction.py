@@ -67,7 +67,19 @@ class StepCorrections(NamedTuple):
 
 
 def plain_corrections(grid: Any, T: int) -> StepCorrections:
-    """The corrections that change nothing on ``grid`` (``g = s = 1``, ``c = 0`` at every step)."""
+    """The corrections that change nothing on ``grid`` (``g = s = 1``, ``c = 0`` at every step).
+
+    Args:
+      grid: the integer grid ``0 = tau_0 < ... < tau_N <= T``; ``None`` is every step ``0..T``.
+      T: the schedule's number of training steps.
+
+    Returns:
+      :class:`StepCorrections` with ``times = tau_1..tau_N`` (int64), gains and scales of one and shifts
+      of zero (float64), each of shape ``(N,)``.
+
+    Raises:
+      ArgumentError: naming ``grid`` for an invalid grid (:func:`pifs_jax.grids.as_grid`).
+    """
     times = np.asarray(as_grid(grid, T), np.int64)[1:]
     ones = np.ones(times.shape, np.float64)
     return StepCorrections(times, ones, ones.copy(), np.zeros(times.shape, np.float64))
@@ -92,7 +104,21 @@ class CorrectedDenoiser(eqx.Module):
 
 
 def corrected_denoiser(eps_fn: EpsFn, corrections: StepCorrections) -> CorrectedDenoiser:
-    """The denoiser ``eps_fn`` with ``corrections`` applied (module docstring); pass it wherever an ``eps_fn`` goes."""
+    """The denoiser ``eps_fn`` with ``corrections`` applied (module docstring); pass it wherever an ``eps_fn`` goes.
+
+    Args:
+      eps_fn: the denoiser of one sample, ``eps_fn(x, t)``.
+      corrections: the per-step scalars (the ``corrections`` of :func:`fit_step_corrections`'s result,
+        or :func:`plain_corrections`): ``times``, ``gain``, ``scale`` and ``shift`` of one shape ``(N,)``.
+
+    Returns:
+      :class:`CorrectedDenoiser`: ``g_i eps_fn(s_i x, t) + c_i x`` where ``times[i] == t``, the plain
+      ``eps_fn`` at any other time.
+
+    Raises:
+      ArgumentError: naming ``corrections`` when its four arrays are not of one shape ``(N,)``, when a
+        gain, scale or shift is not finite, or when a gain or scale is not positive.
+    """
     times = np.asarray(corrections.times)
     gain, scale, shift = (np.asarray(v, np.float64) for v in corrections[1:])
     if times.ndim != 1 or any(v.shape != times.shape for v in (gain, scale, shift)):

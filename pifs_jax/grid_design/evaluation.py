@@ -45,7 +45,27 @@ DEFAULT_CHUNK = 256
 def run_grid(
     eps_fn: EpsFn, sched: Schedule, grid: Any, x_T: Any, *, sampler: Sampler | None = None, chunk: int = DEFAULT_CHUNK
 ) -> np.ndarray:
-    """``x_0`` of ``sampler`` on ``grid`` from each of the noises ``x_T`` (shape ``(B,) + sample``), float64 host array."""
+    """``x_0`` of ``sampler`` on ``grid`` from each of the noises ``x_T`` (shape ``(B,) + sample``), float64 host array.
+
+    The noises run through :func:`pifs_jax.samplers.sample_batch` ``chunk`` at a time; when there is more
+    than one chunk, the last is padded to ``chunk`` samples, so every chunk has one compiled shape.
+
+    Args:
+      eps_fn: the denoiser of one sample.
+      sched: its schedule.
+      grid: the sampling grid ``0 = tau_0 < ... < tau_N <= T``.
+      x_T: the noises, shape ``(B,) + sample_shape``, floating dtype.
+      sampler: the solver; default ``DDIM()``. No PRNG key is passed, so a stochastic sampler is refused.
+      chunk: samples per compiled batch (positive); default 256.
+
+    Returns:
+      float64 NumPy array of ``x_T``'s shape ``(B,) + sample_shape``.
+
+    Raises:
+      ArgumentError: naming ``x_T`` (fewer than two axes) or ``chunk`` (not a positive integer); those of
+        :func:`~pifs_jax.samplers.sample_batch` (e.g. naming ``grid``, ``sampler`` or ``key``) pass through.
+      NonFiniteError: a sample's ``x_0`` is not finite (from :func:`~pifs_jax.samplers.sample_batch`).
+    """
     x_T = jnp.asarray(x_T)
     if x_T.ndim < 2:
         raise ArgumentError("x_T", f"expected a batch of noises of shape (B, ...) , got shape {x_T.shape}")
@@ -67,12 +87,41 @@ def reference_solution(
     eps_fn: EpsFn, sched: Schedule, x_T: Any, *, grid: Any = None, sampler: Sampler | None = None,
     chunk: int = DEFAULT_CHUNK,
 ) -> np.ndarray:  # fmt: skip
-    """The reference ``x_0^ref`` from each noise: ``sampler`` (default DDIM) on ``grid`` (default every training step)."""
+    """The reference ``x_0^ref`` from each noise: ``sampler`` (default DDIM) on ``grid`` (default every training step).
+
+    Args:
+      eps_fn: the denoiser of one sample.
+      sched: its schedule.
+      x_T: the noises, shape ``(B,) + sample_shape``, floating dtype.
+      grid: the reference grid; default ``None``: every training step ``0..T`` (``T`` network calls per
+        sample with DDIM).
+      sampler: the solver; default ``DDIM()``.
+      chunk: samples per compiled batch (positive); default 256.
+
+    Returns:
+      float64 NumPy array of ``x_T``'s shape ``(B,) + sample_shape``.
+
+    Raises:
+      ArgumentError: as for :func:`run_grid`.
+      NonFiniteError: as for :func:`run_grid`.
+    """
     return run_grid(eps_fn, sched, full_grid(sched.T) if grid is None else grid, x_T, sampler=sampler, chunk=chunk)
 
 
 def grid_errors(samples: Any, reference: Any) -> np.ndarray:
-    """Per-sample ``RMSE = sqrt(mean((x_0 - x_0^ref)^2))`` over each sample's values, shape ``(B,)``."""
+    """Per-sample ``RMSE = sqrt(mean((x_0 - x_0^ref)^2))`` over each sample's values, shape ``(B,)``.
+
+    Args:
+      samples: ``x_0`` of a grid, shape ``(B,) + sample_shape`` (e.g. the result of :func:`run_grid`).
+      reference: the reference solutions of the same noises, of ``samples``' shape.
+
+    Returns:
+      float64 NumPy array of shape ``(B,)``.
+
+    Raises:
+      ArgumentError: naming ``reference`` when its shape differs from ``samples``' or when they have fewer
+        than two axes.
+    """
     samples, reference = np.asarray(samples, np.float64), np.asarray(reference, np.float64)
     if samples.shape != reference.shape or samples.ndim < 2:
         raise ArgumentError(
@@ -85,7 +134,24 @@ def mean_grid_error(
     eps_fn: EpsFn, sched: Schedule, grid: Any, x_T: Any, reference: Any, *, sampler: Sampler | None = None,
     chunk: int = DEFAULT_CHUNK,
 ) -> float:  # fmt: skip
-    """Mean over the noises ``x_T`` of the per-sample RMSE of ``grid`` to ``reference`` (the design objective)."""
+    """Mean over the noises ``x_T`` of the per-sample RMSE of ``grid`` to ``reference`` (the design objective).
+
+    Args:
+      eps_fn: the denoiser of one sample.
+      sched: its schedule.
+      grid: the sampling grid ``0 = tau_0 < ... < tau_N <= T``.
+      x_T: the noises, shape ``(B,) + sample_shape``, floating dtype.
+      reference: their reference solutions, of ``x_T``'s shape (e.g. :func:`reference_solution`).
+      sampler: the solver; default ``DDIM()``.
+      chunk: samples per compiled batch (positive); default 256.
+
+    Returns:
+      the mean of :func:`grid_errors` over the ``B`` noises, a Python float.
+
+    Raises:
+      ArgumentError: as for :func:`run_grid`, or naming ``reference`` (:func:`grid_errors`).
+      NonFiniteError: as for :func:`run_grid`.
+    """
     return float(np.mean(grid_errors(run_grid(eps_fn, sched, grid, x_T, sampler=sampler, chunk=chunk), reference)))
 
 
@@ -107,6 +173,21 @@ def paired_gain(
 
     The seeds are resampled jointly (one index set for both methods), so the interval reflects the
     pairing; the ratio of means is taken per resample.
+
+    Args:
+      errors_a: per-seed errors of method a, shape ``(S,)`` with ``S >= 2`` (e.g. :func:`grid_errors`).
+      errors_b: per-seed errors of method b on the same seeds, of ``errors_a``'s shape.
+      level: confidence level of the interval, in ``(0, 1)``; default 0.95.
+      resamples: bootstrap resamples (positive); default 2000.
+      seed: seed of the resampling's NumPy generator; default 0.
+
+    Returns:
+      :class:`PairedGain`: the gain on all seeds, the interval's percentile bounds ``lo`` and ``hi``, and
+      the two mean errors ``mean_a`` and ``mean_b``.
+
+    Raises:
+      ArgumentError: naming ``errors_b`` (not two 1-D arrays of one length ``>= 2``), ``level`` (outside
+        ``(0, 1)``) or ``resamples`` (not a positive integer).
     """
     a, b = np.asarray(errors_a, np.float64), np.asarray(errors_b, np.float64)
     if a.ndim != 1 or a.shape != b.shape or a.shape[0] < 2:
@@ -129,8 +210,25 @@ def self_convergence(
     """How converged the default reference is: RMSE of DDIM on every other step against every step.
 
     For a first-order solver the error of the full chain is about that of the half chain divided by
-    two, so ``rmse_half_vs_full`` bounds the reference's own error by about itself. ``reference``:
-    the full chain's results from ``x_T`` when already computed (:func:`reference_solution`).
+    two, so ``rmse_half_vs_full`` bounds the reference's own error by about itself.
+
+    Args:
+      eps_fn: the denoiser of one sample.
+      sched: its schedule.
+      x_T: the noises, shape ``(B,) + sample_shape``, floating dtype.
+      reference: the full chain's results from ``x_T`` when already computed (:func:`reference_solution`);
+        default ``None``: computed here.
+      sampler: the solver of both chains; default ``DDIM()``.
+      chunk: samples per compiled batch (positive); default 256.
+
+    Returns:
+      a dict of floats: ``rmse_half_vs_full`` (mean per-sample RMSE of the half chain to the full one),
+      ``sample_rms`` (root mean square of the full chain's values) and ``relative`` (the first divided by
+      the second).
+
+    Raises:
+      ArgumentError: as for :func:`run_grid`, or naming ``reference`` (:func:`grid_errors`).
+      NonFiniteError: as for :func:`run_grid`.
     """
     T = sched.T
     full = reference_solution(eps_fn, sched, x_T, sampler=sampler, chunk=chunk) if reference is None else reference

@@ -201,8 +201,19 @@ def schedule_grid_times(
     spaced by ``kind`` (see :func:`fixed_grid`), each target noise level mapped to its time by
     :func:`times_at_log_snr`. For ``N = 1`` the times are ``[0, T]``. :func:`fixed_grid` rounds them.
 
+    Args:
+      sched: the schedule (its logSNR is read).
+      num_steps: ``N``, in ``1..T``.
+      kind: one of :data:`SCHEDULE_GRIDS`.
+      t_min: ``t_1``, an integer in ``[1, T - N + 1]``; default 1.
+      rho: ``"edm"``'s exponent (default :data:`EDM_RHO`); refused for the other kinds.
+
     Returns:
       float64 array of shape ``(N+1,)``.
+
+    Raises:
+      ArgumentError: naming ``sched``, ``num_steps``, ``kind`` (also for a kind of :data:`FIXED_GRIDS` that
+        is not schedule-designed), ``t_min`` or ``rho``.
     """
     table, T, N, t_min = _check_steps(sched, num_steps, t_min)
     kind = _check_kind(kind)

@@ -58,7 +58,18 @@ LOCAL_ERROR_CONSTANTS = {1: 0.5, 2: 5.0 / 12.0}
 
 
 def solver_order(sampler: Sampler) -> tuple[int, float]:
-    """``(p, C_p)``: the solver's order and its local-error constant (module docstring)."""
+    """``(p, C_p)``: the solver's order and its local-error constant (module docstring).
+
+    Args:
+      sampler: a :class:`~pifs_jax.samplers.DDIM`, :class:`~pifs_jax.samplers.DPMSolverPP2M` or
+        :class:`~pifs_jax.samplers.Heun` instance.
+
+    Returns:
+      ``(1, 0.5)`` for DDIM, ``(2, 5/12)`` for DPM-Solver++(2M), ``(2, 1/12)`` for Heun.
+
+    Raises:
+      ArgumentError: naming ``sampler`` for any other sampler.
+    """
     if isinstance(sampler, DDIM):
         return 1, 0.5
     if isinstance(sampler, DPMSolverPP2M):
@@ -94,10 +105,22 @@ class GeometryMeasurement(NamedTuple):
 def recorded_ddim_chain(eps_fn: EpsFn, a: jax.Array, b: jax.Array, t: jax.Array, x_T: jax.Array, deltas: jax.Array):
     """DDIM from ``x_T`` over the steps ``(a, b, t)`` (execution order), ``deltas[k]`` added after step ``k``.
 
-    Returns ``(x_0, (states, eps))``: the state each step starts from and the noise predicted there,
-    in execution order (the shape ``jax.vjp(..., has_aux=True)`` takes). Untraced: call it inside
+    Step ``k`` maps ``x`` to ``a[k] x + b[k] eps_fn(x, t[k]) + deltas[k]``. Untraced: call it inside
     ``jit``/``vmap``. With zero ``deltas`` it is the plain chain; the cotangent of ``deltas[k]`` is
     ``J_{k->0}^T u``, the expansion of a perturbation after step ``k`` to the final sample.
+
+    Args:
+      eps_fn: the denoiser of one sample, ``eps_fn(x, t)``.
+      a: each step's coefficient of the state, shape ``(K,)``, in execution order.
+      b: each step's coefficient of the predicted noise, shape ``(K,)``.
+      t: the timestep at which each step calls ``eps_fn``, shape ``(K,)``.
+      x_T: the starting state of one sample.
+      deltas: what is added after each step, shape ``(K,) + x_T.shape``.
+
+    Returns:
+      ``(x_0, (states, eps))``: the final state, and the state each step starts from and the noise
+      predicted there, each of shape ``(K,) + x_T.shape``, in execution order (the shape
+      ``jax.vjp(..., has_aux=True)`` takes).
     """
 
     def body(x, inputs):

@@ -46,13 +46,34 @@ class GradientResult(NamedTuple):
 
 
 def grid_times_from_logits(logits: jax.Array, T: int, t_min: float = 1.0) -> jax.Array:
-    """``(0, t_1, ..., t_N)`` with ``t_i = t_min + (T - t_min) cumsum(softmax(logits))_i`` (monotone, ``t_N = T``)."""
+    """``(0, t_1, ..., t_N)`` with ``t_i = t_min + (T - t_min) cumsum(softmax(logits))_i`` (monotone, ``t_N = T``).
+
+    Args:
+      logits: ``z``, one per step, shape ``(N,)``.
+      T: the schedule's number of training steps (the last time).
+      t_min: where the cumulative sum starts (``t_1 > t_min``); default 1.
+
+    Returns:
+      the real times ``(0, t_1, ..., t_N)``, a JAX array of shape ``(N+1,)`` (differentiable in ``logits``).
+    """
     inner = t_min + (T - t_min) * jnp.cumsum(jax.nn.softmax(logits))
     return jnp.concatenate([jnp.zeros((1,), inner.dtype), inner])
 
 
 def logits_from_grid(grid: Any, T: int, t_min: float = 1.0) -> np.ndarray:
-    """Logits whose :func:`grid_times_from_logits` is ``grid`` (its ``tau_1`` nudged above ``t_min``)."""
+    """Logits whose :func:`grid_times_from_logits` is ``grid`` (its ``tau_1`` nudged above ``t_min``).
+
+    Args:
+      grid: the grid ``0 = tau_0 < ... < tau_N``, ending at ``T`` for the round trip.
+      T: the schedule's number of training steps; not read (the softmax of :func:`grid_times_from_logits`
+        normalises the increments, which end at ``grid``'s last point).
+      t_min: as for :func:`grid_times_from_logits`; points below ``t_min + 0.5`` are raised to ``t_min + 0.5``;
+        default 1.
+
+    Returns:
+      float64 NumPy array of shape ``(N,)``: the log of each increment ``tau_i - tau_{i-1}`` (from ``t_min``
+      for ``i = 1``), each increment taken as at least ``1e-3``.
+    """
     g = np.asarray(grid, np.float64)
     inner = np.maximum(g[1:], t_min + 0.5)
     increments = np.diff(np.concatenate([[t_min], inner]))

@@ -58,7 +58,7 @@ class RefinedResult(NamedTuple):
     start_scores: dict[float, float]
     """Mean RMSE to the target of each order's grid on the design seeds."""
     history: list[float]
-    """Mean RMSE to the target after each sweep (the first entry: the start)."""
+    """Mean RMSE to the target after each sweep, the start first."""
     measurement: GeometryMeasurement
     network_evaluations: int
     seconds: float

@@ -71,7 +71,24 @@ def gits_grid(
     teacher_steps: int = 100,
     coeff: float = 1.0,
 ) -> SearchResult:
-    """GITS's grid (module docstring) from teacher trajectories started at the noises ``x_T`` ``(R,) + shape``."""
+    """GITS's grid (module docstring) from teacher trajectories started at the noises ``x_T`` ``(R,) + shape``.
+
+    Args:
+      eps_fn: the denoiser of one sample.
+      sched: its schedule.
+      num_steps: ``N``, the steps of the grid.
+      x_T: the noises of the ``R`` teacher trajectories, shape ``(R,) + sample_shape``.
+      teacher_steps: ``M``, the steps of the time-uniform teacher grid, in ``[num_steps, T]``; default 100.
+      coeff: the authors' ``c`` (positive); default 1.0.
+
+    Returns:
+      :class:`SearchResult`: the int64 grid of shape ``(N+1,)`` (``tau_0 = 0`` and ``N`` teacher times,
+      ``tau_N = T``), the dynamic programme's optimal cost as the one entry of ``history``, ``R M`` network
+      evaluations and the seconds taken.
+
+    Raises:
+      ArgumentError: naming ``num_steps``, ``teacher_steps``, ``coeff`` or ``x_T`` (fewer than two axes).
+    """
     num_steps = check_positive_int(num_steps, name="num_steps")
     teacher_steps = check_positive_int(teacher_steps, name="teacher_steps")
     if not num_steps <= teacher_steps <= sched.T:

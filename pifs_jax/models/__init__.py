@@ -120,8 +120,15 @@ def model_from_config(config: dict) -> EpsModule:
     ``config`` holds ``name`` (a registered spec), ``size``, ``image_shape``, ``patch_size`` and
     every field of the spec.
 
+    Args:
+      config: the configuration, a dict (the spec's optional fields may be left out).
+
+    Returns:
+      the network (:class:`~pifs_jax.models.common.EpsModule`) the spec builds for ``image_shape``.
+
     Raises:
-      ArgumentError: naming ``config`` (unknown model or missing/unknown fields) or the invalid field.
+      ArgumentError: naming ``config`` (unknown model or missing/unknown fields), ``image_shape``,
+        ``patch_size`` (does not tile the image) or the invalid field.
     """
     if not isinstance(config, dict) or config.get("name") not in registered_specs():
         raise ArgumentError("config", f"expected a dict with 'name' in {registered_specs()}, got {config!r}")

@@ -161,6 +161,18 @@ def check_model_input(x: Any, t: Any, expected: str, fits: bool) -> jax.Array:
     ``fits`` is the model's own shape test; ``expected`` describes the shape it wants.
 
     Runs on shapes only, so it raises before any computation, also under ``jit``.
+
+    Args:
+      x: the images, a floating-point array ``(B, H, W, C)``.
+      t: the timesteps, of shape ``()`` or ``(B,)``.
+      expected: the wanted shape of ``x``, as written in the error message.
+      fits: whether ``x``'s shape passes the model's own test.
+
+    Returns:
+      ``t`` as a ``jax.Array`` broadcast to ``(B,)``.
+
+    Raises:
+      ArgumentError: naming ``x`` (not 4-D, not ``fits``, or not floating point) or ``t`` (another shape).
     """
     if x.ndim != 4 or not fits:
         raise ArgumentError("x", f"expected images of shape {expected}, got {tuple(x.shape)}")
@@ -178,6 +190,17 @@ def init_params(module: EpsModule, key: jax.Array, image_shape: Sequence[int] | 
     Traced with one image of ``image_shape`` (default: the module's own ``image_shape``) at
     ``t = 1``, jitted, under ``jax.threefry_partitionable(False)`` (compiles several times faster
     on a CPU; the parameters depend only on ``key``, not on that global flag).
+
+    Args:
+      module: the network (:class:`EpsModule`).
+      key: the PRNG key of the initialisation.
+      image_shape: ``(H, W, C)`` of the tracing image; ``None`` (default): ``module.image_shape``.
+
+    Returns:
+      the ``"params"`` collection of ``module.init``.
+
+    Raises:
+      ArgumentError: naming ``image_shape`` when it is ``None`` and the module has no ``image_shape``.
     """
     if image_shape is None:
         image_shape = getattr(module, "image_shape", None)
@@ -232,6 +255,13 @@ def as_eps_fn(module: EpsModule, params: Any) -> jax.tree_util.Partial:
     parameters alive, and ``jax.grad`` over ``params`` differentiates through the network.
     Batches come from :func:`~pifs_jax.ddim.ddim_sample` (``vmap``).
 
+    Args:
+      module: the network (:class:`EpsModule`).
+      params: its parameters (the ``"params"`` collection, a pytree).
+
+    Returns:
+      ``eps_fn(x, t)``, a ``jax.tree_util.Partial`` whose leaves are ``params``.
+
     Example::
 
       eps_fn = as_eps_fn(module, params)
@@ -241,5 +271,12 @@ def as_eps_fn(module: EpsModule, params: Any) -> jax.tree_util.Partial:
 
 
 def count_params(params: Any) -> int:
-    """Total number of scalars in a parameter pytree (arrays or ``jax.ShapeDtypeStruct`` leaves)."""
+    """Total number of scalars in a parameter pytree (arrays or ``jax.ShapeDtypeStruct`` leaves).
+
+    Args:
+      params: the parameter pytree.
+
+    Returns:
+      the sum of the leaves' sizes, a Python int.
+    """
     return int(sum(math.prod(np.shape(leaf)) for leaf in jax.tree_util.tree_leaves(params)))

@@ -66,6 +66,17 @@ def sincos_position_embedding(rows: int, cols: int, dim: int) -> np.ndarray:
     Token ``k`` at patch-grid position ``(r, c) = divmod(k, cols)`` (row-major, as patchify)
     gets ``[e_{dim/2}(r), e_{dim/2}(c)]``, ``e_d(u) = [sin(u w_i), cos(u w_i)]``,
     ``w_i = 10000^(-i / (d/2))``, ``i = 0..d/2 - 1``. ``dim`` must be a multiple of 4.
+
+    Args:
+      rows: the patch grid's number of rows.
+      cols: its number of columns.
+      dim: the embedding width, a multiple of 4.
+
+    Returns:
+      the embedding, a float32 NumPy array ``(rows * cols, dim)`` (computed in float64).
+
+    Raises:
+      ArgumentError: naming ``dim`` when it is not a multiple of 4.
     """
     if dim % 4:
         raise ArgumentError("dim", f"the 2-D sin-cos embedding needs a multiple of 4, got {dim}")

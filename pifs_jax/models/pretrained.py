@@ -100,7 +100,14 @@ _PROTECTED = frozenset(CARD_FIELDS) - {"description", "quality"}
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    """The sha256 (hex) of a file's bytes."""
+    """The sha256 (hex) of a file's bytes.
+
+    Args:
+      path: the file, read in blocks of 1 MiB.
+
+    Returns:
+      the hex digest, 64 characters.
+    """
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -130,6 +137,12 @@ def flatten_params(params: Any) -> dict[str, np.ndarray]:
     """``{path: array}`` of a parameter pytree, each leaf under its keys joined with ``/`` (NumPy, host).
 
     The keys follow the pytree's flattening order (:func:`jax.tree_util.tree_flatten_with_path`).
+
+    Args:
+      params: the parameter pytree (nested dicts of arrays).
+
+    Returns:
+      a dict from each leaf's path (e.g. ``"blocks_0/attention/qkv/kernel"``) to the leaf as a NumPy array.
 
     Raises:
       ArgumentError: (``params``) two leaves with the same path (a key holding ``/``).
@@ -164,9 +177,17 @@ def list_pretrained(folder: str | os.PathLike | None = None) -> dict[str, str]:
 def read_card(name: str, folder: str | os.PathLike | None = None) -> dict[str, Any]:
     """The model card of the shipped model ``name`` (checked to hold every key of :data:`CARD_FIELDS`).
 
+    Args:
+      name: the shipped model's name (the card is ``{folder}/{name}.json``).
+      folder: where to look; ``None`` (default): :data:`PRETRAINED_DIR`, the package's own.
+
+    Returns:
+      the card, a dict parsed from JSON.
+
     Raises:
-      ArgumentError: (``name``) no such model (listing the shipped ones), or a card that cannot be
-        read, is nested too deeply to parse, is not a JSON object or lacks keys (naming the file).
+      ArgumentError: (``name``) not a valid model name, no such model (listing the shipped ones), or a
+        card that cannot be read, is nested too deeply to parse, is not a JSON object, lacks keys, or
+        is of another model or card format (naming the file).
     """
     root = _folder(folder)
     if not isinstance(name, str) or not name or "/" in name or name.startswith("."):

@@ -144,7 +144,19 @@ def nearest_neighbour_distances(samples: Any, reference: Any, *, chunk: int = 25
 
 
 def patch_features(images: Any, *, patch_size: int) -> np.ndarray:
-    """Raw patch vectors of every image: ``(N, H, W, C) -> (N M, p^2 C)`` (patchify order)."""
+    """Raw patch vectors of every image: ``(N, H, W, C) -> (N M, p^2 C)`` (patchify order).
+
+    Args:
+      images: ``(N, H, W, C)`` (``(N, H, W)`` for one channel), finite.
+      patch_size: ``p``, which must tile the images.
+
+    Returns:
+      the patch vectors, float64 ``(N M, p^2 C)``.
+
+    Raises:
+      ArgumentError: naming ``images`` (not finite images of ``N >= 1``) or ``patch_size`` (see
+        :func:`pifs_jax.patches.patch_layout`).
+    """
     x = _images(images, "images")
     layout = patch_layout(x.shape[1:], patch_size)
     p = layout.patch_size
@@ -158,6 +170,17 @@ def straddling_patch_features(images: Any, *, patch_size: int) -> np.ndarray:
     The image is cropped to ``[o, H - p + o) x [o, W - p + o)``, ``o = p // 2``; its ``p x p``
     patches each cover the corner where four aligned patches meet, so discontinuities at patch
     borders change their statistics. Needs at least two patches per side.
+
+    Args:
+      images: ``(N, H, W, C)`` (``(N, H, W)`` for one channel), finite.
+      patch_size: ``p``, which must tile the images in at least 2 x 2 patches.
+
+    Returns:
+      the patch vectors, float64 ``(N (H/p - 1)(W/p - 1), p^2 C)``.
+
+    Raises:
+      ArgumentError: naming ``images`` (not finite images of ``N >= 1``) or ``patch_size`` (does not
+        tile the images, or fewer than 2 x 2 patches).
     """
     x = _images(images, "images")
     layout = patch_layout(x.shape[1:], patch_size)
@@ -196,6 +219,16 @@ def frechet_distance(features_a: Any, features_b: Any) -> float:
 
     ``||mu_a - mu_b||^2 + tr S_a + tr S_b - 2 tr (S_a^{1/2} S_b S_a^{1/2})^{1/2}`` (symmetric
     eigen-decompositions; exact for PSD covariances, no complex ``sqrtm`` round-off).
+
+    Args:
+      features_a: the first feature set ``(N_a, d)``, ``N_a >= 2``.
+      features_b: the second feature set ``(N_b, d)``, ``N_b >= 2``.
+
+    Returns:
+      the distance, a non-negative Python float.
+
+    Raises:
+      ArgumentError: naming ``features`` unless both are ``(N, d)`` arrays of one ``d`` with ``N >= 2``.
     """
     a, b = _feature_pair(features_a, features_b)
     return _frechet_from_moments(*_moments(a), *_moments(b))
@@ -206,6 +239,19 @@ def frechet_patch_distance(images_a: Any, images_b: Any, *, patch_size: int, str
 
     ``straddling=True``: of the patches across the aligned patches' borders
     (:func:`straddling_patch_features`).
+
+    Args:
+      images_a: the first image set ``(N_a, H, W, C)`` (``(N, H, W)`` for one channel).
+      images_b: the second image set, of the same ``(H, W, C)``.
+      patch_size: ``p``, which must tile the images.
+      straddling: use the straddling patches instead of the aligned ones; default ``False``.
+
+    Returns:
+      the distance, a non-negative Python float.
+
+    Raises:
+      ArgumentError: naming ``images`` (not finite images of ``N >= 1``), ``patch_size`` (does not
+        tile the images; fewer than 2 x 2 patches with ``straddling``) or ``features``.
     """
     features = straddling_patch_features if straddling else patch_features
     return frechet_distance(features(images_a, patch_size=patch_size), features(images_b, patch_size=patch_size))
@@ -222,7 +268,18 @@ def _fd_pair(images: np.ndarray, test: np.ndarray, patch_size: int) -> dict[str,
 
 
 def polynomial_kernel(features_a: Any, features_b: Any) -> np.ndarray:
-    """KID's kernel ``k(x, y) = (x . y / d + 1)^3`` between ``(N_a, d)`` and ``(N_b, d)``: ``(N_a, N_b)``."""
+    """KID's kernel ``k(x, y) = (x . y / d + 1)^3`` between ``(N_a, d)`` and ``(N_b, d)``: ``(N_a, N_b)``.
+
+    Args:
+      features_a: the first feature set ``(N_a, d)``, ``N_a >= 2``.
+      features_b: the second feature set ``(N_b, d)``, ``N_b >= 2``.
+
+    Returns:
+      the kernel matrix, float64 ``(N_a, N_b)``.
+
+    Raises:
+      ArgumentError: naming ``features`` unless both are ``(N, d)`` arrays of one ``d`` with ``N >= 2``.
+    """
     a, b = _feature_pair(features_a, features_b)
     return (a @ b.T / a.shape[1] + 1.0) ** 3
 
@@ -262,6 +319,16 @@ def kernel_distance_subsets(
     negative when the two distributions are equal). ``subset_size`` ``m`` defaults to
     ``min(1000, N_a, N_b)`` (:data:`KID_SUBSET_SIZE`, the paper's); the paper uses 100 subsets.
 
+    Args:
+      features_a: the first feature set ``(N_a, d)``.
+      features_b: the second feature set ``(N_b, d)``.
+      subsets: the number of subsets, a positive integer; default 100.
+      subset_size: ``m``, from 2 to ``min(N_a, N_b)``; ``None`` (default): ``min(1000, N_a, N_b)``.
+      seed: the seed of ``numpy.random.default_rng``; default 0.
+
+    Returns:
+      the ``MMD^2_u`` of each subset, float64 ``(subsets,)``.
+
     Raises:
       ArgumentError: naming ``features`` (shapes, fewer than 2 rows), ``subsets`` or
         ``subset_size`` (below 2 or above the smaller set).
@@ -288,7 +355,21 @@ def kernel_distance_subsets(
 def kernel_distance(
     features_a: Any, features_b: Any, *, subsets: int = 100, subset_size: int | None = None, seed: int = 0
 ) -> float:
-    """KID: the mean of :func:`kernel_distance_subsets` (``MMD^2_u`` over ``subsets`` random subsets)."""
+    """KID: the mean of :func:`kernel_distance_subsets` (``MMD^2_u`` over ``subsets`` random subsets).
+
+    Args:
+      features_a: the first feature set ``(N_a, d)``.
+      features_b: the second feature set ``(N_b, d)``.
+      subsets: the number of subsets; default 100.
+      subset_size: ``m``, the rows per subset; ``None`` (default): ``min(KID_SUBSET_SIZE, N_a, N_b)``.
+      seed: the seed of ``numpy.random.default_rng``; default 0.
+
+    Returns:
+      the KID, a Python float.
+
+    Raises:
+      ArgumentError: as :func:`kernel_distance_subsets`.
+    """
     return float(
         np.mean(kernel_distance_subsets(features_a, features_b, subsets=subsets, subset_size=subset_size, seed=seed))
     )
@@ -343,8 +424,20 @@ def bootstrap_feature_distances(
     mean is the estimate: the estimator's spread, centred on it (its lower end clipped at 0).
     Neither interval removes the FD's own bias; compare FDs only at equal ``N``.
 
+    Args:
+      features_a: the first feature set ``(N_a, d)``, ``N_a >= 2``.
+      features_b: the second feature set ``(N_b, d)``, ``N_b >= 2``.
+      resamples: the number of bootstrap resamples, a positive integer; default 200.
+      level: the confidence level, in ``(0, 1)``; default 0.95.
+      seed: the seed of ``numpy.random.default_rng``; default 0.
+      max_kernel_rows: the most rows of each set the kernel matrices are formed on; default 4096.
+
     Returns:
       ``{"fd": (lo, hi), "kid": (lo, hi)}``.
+
+    Raises:
+      ArgumentError: naming ``features`` (not two ``(N, d)`` arrays of one ``d`` with ``N >= 2``),
+        ``resamples`` or ``level``.
     """
     a, b = _feature_pair(features_a, features_b)
     if isinstance(resamples, bool) or not isinstance(resamples, (int, np.integer)) or resamples < 1:
@@ -386,12 +479,26 @@ def feature_scores(
 ) -> dict[str, Any]:
     """FD and KID of two feature sets, each with its bootstrap interval.
 
+    Args:
+      features_a: the first feature set ``(N_a, d)`` (e.g. the samples' features).
+      features_b: the second feature set ``(N_b, d)`` (e.g. the reference images' features).
+      subsets: the number of KID subsets (:func:`kernel_distance_subsets`); default 100.
+      subset_size: the rows per KID subset; ``None`` (default): ``min(KID_SUBSET_SIZE, N_a, N_b)``.
+      resamples: the bootstrap resamples (:func:`bootstrap_feature_distances`); 0: no bootstrap;
+        default 200.
+      level: the confidence level of the intervals; default 0.95.
+      seed: the seed of the KID subsets (the bootstrap uses ``seed + 1``); default 0.
+
     Returns:
       ``{"fd", "fd_lo", "fd_hi", "kid", "kid_std", "kid_lo", "kid_hi", "kid_subsets",
       "kid_subset_size", "level", "resamples", "num_a", "num_b", "dim"}``: ``fd`` is
       :func:`frechet_distance`; ``kid`` the mean and ``kid_std`` the standard deviation of
       :func:`kernel_distance_subsets`; the intervals :func:`bootstrap_feature_distances`
       (``None`` with ``resamples = 0``: no bootstrap).
+
+    Raises:
+      ArgumentError: naming ``features``, ``subsets``, ``subset_size``, ``resamples`` or ``level``
+        (see :func:`kernel_distance_subsets` and :func:`bootstrap_feature_distances`).
     """
     a, b = _feature_pair(features_a, features_b)
     values = kernel_distance_subsets(a, b, subsets=subsets, subset_size=subset_size, seed=seed)
@@ -516,11 +623,21 @@ def value_range(samples: Any, data: Any) -> dict[str, float]:
 def sample_quality(samples: Any, *, train: Any, test: Any, patch_size: int) -> dict[str, float]:
     """Memorisation and patch-distribution scores of one set of samples, taken as drawn (not clipped).
 
+    Args:
+      samples: ``(S, H, W, C)`` (``(S, H, W)`` for one channel), finite.
+      train: the training images ``(N, H, W, C)`` (nearest neighbours and the data range).
+      test: the test images ``(N_test, H, W, C)`` (the Frechet patch distances).
+      patch_size: ``p``, which must tile the images in at least 2 x 2 patches.
+
     Returns:
       ``{"nn_distance_mean", "nn_distance_median", "nn_distance_min", "fd_patches",
       "fd_patches_straddling", "min", "max", "data_min", "data_max",
       "fraction_outside_data_range"}``: nearest-training-crop RMS distances, the Frechet patch
       distances (aligned and straddling patches) to ``test``, and :func:`value_range` against ``train``.
+
+    Raises:
+      ArgumentError: for image sets that are not finite ``(N, H, W, C)`` arrays of one image shape,
+        or a ``patch_size`` that does not give at least 2 x 2 patches.
     """
     x = _images(samples, "samples")
     test = _images(test, "test")
@@ -649,7 +766,20 @@ def _in_domain_section(sets: dict[str, Any], test: np.ndarray, data: str | None,
 
 
 def image_grid(images: Any, *, columns: int | None = None, pad: int = 1) -> np.ndarray:
-    """Tile images ``(N, H, W, C)`` into one ``uint8`` picture (white gutters), clipped to ``[-1, 1]`` for display."""
+    """Tile images ``(N, H, W, C)`` into one ``uint8`` picture (white gutters), clipped to ``[-1, 1]`` for display.
+
+    Args:
+      images: ``(N, H, W, C)`` (``(N, H, W)`` for one channel), in ``[-1, 1]``.
+      columns: the images per row; ``None`` (default): ``ceil(sqrt(N))``.
+      pad: the gutter's width in pixels; default 1.
+
+    Returns:
+      the picture, ``uint8`` ``(rows (H + pad) + pad, columns (W + pad) + pad, C)``, without the
+      channel axis when ``C = 1``.
+
+    Raises:
+      ArgumentError: naming ``images`` when they are not finite ``(N, H, W, C)`` with ``N >= 1``.
+    """
     x = np.clip(_images(images, "images"), -1.0, 1.0)
     count, h, w, c = x.shape
     columns = columns or int(np.ceil(np.sqrt(count)))
@@ -664,7 +794,20 @@ def image_grid(images: Any, *, columns: int | None = None, pad: int = 1) -> np.n
 
 
 def save_image_grid(path: str | os.PathLike, images: Any, *, columns: int | None = None, scale: int = 4) -> Path:
-    """Write :func:`image_grid` as a PNG (nearest-neighbour upscaled ``scale`` times), atomically."""
+    """Write :func:`image_grid` as a PNG (nearest-neighbour upscaled ``scale`` times), atomically.
+
+    Args:
+      path: the PNG file to write (:func:`pifs_jax.results.atomic_write_bytes`).
+      images: ``(N, H, W, C)`` (``(N, H, W)`` for one channel), in ``[-1, 1]``.
+      columns: the images per row; ``None`` (default): ``ceil(sqrt(N))``.
+      scale: the upscaling factor (``<= 1``: none); default 4.
+
+    Returns:
+      ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+      ArgumentError: naming ``images`` when they are not finite ``(N, H, W, C)`` with ``N >= 1``.
+    """
     from PIL import Image
 
     from pifs_jax.results import atomic_write_bytes
@@ -685,8 +828,17 @@ def sample_figure(samples: Any, *, title: str, data: Any | None = None, max_imag
     gives the samples' range and the fraction of values outside the data's range
     (:func:`value_range`; the raw samples are what the scores see).
 
+    Args:
+      samples: ``(S, H, W, C)`` (``(S, H, W)`` for one channel), finite.
+      title: the first line of the figure's title.
+      data: the training images ``(N, H, W, C)`` for the value range; ``None`` (default): not given.
+      max_images: the most samples shown; default 64.
+
     Returns:
       A matplotlib Figure (Agg canvas); write it with :func:`pifs_jax.plotting.save_figure` (atomic).
+
+    Raises:
+      ArgumentError: naming ``samples`` or ``data`` when they are not finite image arrays.
     """
     from pifs_jax.plotting import new_figure
 

@@ -48,7 +48,17 @@ _Spec = TypeVar("_Spec", bound="ModelSpec")
 
 
 def check_image_shape(image_shape: Any) -> tuple[int, int, int]:
-    """``image_shape`` as ``(H, W, C)`` of positive ints; ArgumentError naming ``image_shape`` otherwise."""
+    """``image_shape`` as ``(H, W, C)`` of positive ints; ArgumentError naming ``image_shape`` otherwise.
+
+    Args:
+      image_shape: a sequence of three sizes (each converted with ``int``).
+
+    Returns:
+      ``(H, W, C)``, a tuple of Python ints.
+
+    Raises:
+      ArgumentError: naming ``image_shape`` when it is not three positive integers.
+    """
     try:
         shape = tuple(int(s) for s in image_shape)
     except (TypeError, ValueError):
@@ -59,7 +69,17 @@ def check_image_shape(image_shape: Any) -> tuple[int, int, int]:
 
 
 def check_field_int(value: Any, field: str, *, minimum: int = 1, note: str = "") -> None:
-    """ArgumentError naming ``field`` unless ``value`` is an int (not a bool) ``>= minimum``."""
+    """ArgumentError naming ``field`` unless ``value`` is an int (not a bool) ``>= minimum``.
+
+    Args:
+      value: the field's value.
+      field: the field's name, which the error carries.
+      minimum: the smallest accepted value; default 1.
+      note: text appended to the expectation in the error message (e.g. ``" (...)"``); default none.
+
+    Raises:
+      ArgumentError: naming ``field`` unless ``value`` is an int ``>= minimum``.
+    """
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
         raise ArgumentError(field, f"expected {what}{note}, got {value!r}")
@@ -159,6 +179,12 @@ def register_spec(cls: type[_Spec]) -> type[_Spec]:
     Registering a class again under its name (the same module and qualified name, e.g. a
     reloaded module) replaces it; another class under a taken name is refused.
 
+    Args:
+      cls: a frozen dataclass deriving from :class:`ModelSpec`, with a class attribute ``NAME``.
+
+    Returns:
+      ``cls``, unchanged.
+
     Raises:
       ArgumentError: naming ``spec`` for a class that is not a frozen :class:`ModelSpec`
         dataclass or has no ``NAME``, or a name registered by another class.
@@ -186,6 +212,12 @@ def registered_specs() -> tuple[str, ...]:
 def spec_class(name: Any) -> type[ModelSpec]:
     """The spec class registered under ``name``.
 
+    Args:
+      name: the registered name (e.g. ``"unet"``, ``"dit"``).
+
+    Returns:
+      the :class:`ModelSpec` subclass.
+
     Raises:
       ArgumentError: naming ``model`` with the unknown name and every registered one (a user
         spec must be registered, by importing its module, before a run that uses it is loaded).
@@ -201,6 +233,12 @@ def spec_class(name: Any) -> type[ModelSpec]:
 
 def spec_from_dict(d: Mapping[str, Any]) -> ModelSpec:
     """The spec of ``{"name": ..., **fields}`` (:meth:`ModelSpec.to_dict`), validated.
+
+    Args:
+      d: a mapping with the registered ``name`` and every (non-optional) field of that spec.
+
+    Returns:
+      the spec, an instance of the registered :class:`ModelSpec` subclass.
 
     Raises:
       ArgumentError: ``spec`` (not a mapping with ``name``, missing/unknown fields), ``model``

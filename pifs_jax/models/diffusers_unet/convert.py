@@ -48,7 +48,15 @@ _LEGACY = re.compile(r"(\.attentions\.\d+\.)(" + "|".join(LEGACY_ATTENTION_NAMES
 
 
 def rename_legacy_keys(keys: list[str] | Any) -> dict[str, str]:
-    """``{today's key: key as stored}`` for every key (legacy attention names renamed, others kept)."""
+    """``{today's key: key as stored}`` for every key (legacy attention names renamed, others kept).
+
+    Args:
+      keys: the stored state-dict keys (any iterable of strings).
+
+    Returns:
+      a dict from each key's current name (:data:`LEGACY_ATTENTION_NAMES` applied inside
+      ``attentions.N``) to the key as stored.
+    """
     renamed = {}
     for key in keys:
         match = _LEGACY.search(key)
@@ -110,6 +118,12 @@ def diffusers_weight_shapes(config: UNet2DConfig) -> dict[str, tuple[int, ...]]:
     """``{diffusers state-dict key: torch shape}`` of the network ``config`` describes (today's names).
 
     Example: the ``google/ddpm-cifar10-32`` architecture has 35,746,307 parameters in 276 tensors.
+
+    Args:
+      config: the network's :class:`~pifs_jax.models.diffusers_unet.config.UNet2DConfig`.
+
+    Returns:
+      a dict of every key to its shape (a tuple of ints) in torch layout.
     """
     return {_flax_path_to_key(path): _torch_shape(path[-1], shape) for path, shape in _flax_layout(config)}
 
@@ -118,6 +132,15 @@ def diffusers_to_flax(state: Mapping[str, np.ndarray], config: UNet2DConfig, *, 
     """The flax parameter tree of a diffusers state dict (today's key names, shapes already checked).
 
     Every array is converted to ``dtype`` (NumPy; default float32).
+
+    Args:
+      state: ``{diffusers key: array}`` in torch layouts, its keys today's names
+        (:func:`rename_legacy_keys`), every key the network of ``config`` has.
+      config: the network's :class:`~pifs_jax.models.diffusers_unet.config.UNet2DConfig`.
+      dtype: the NumPy dtype of the parameters; default float32.
+
+    Returns:
+      the nested dict of the flax parameters (C-contiguous NumPy arrays in flax layouts).
     """
     params: dict = {}
     for path, _ in _flax_layout(config):
@@ -130,7 +153,15 @@ def diffusers_to_flax(state: Mapping[str, np.ndarray], config: UNet2DConfig, *, 
 
 
 def flax_to_diffusers(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """The diffusers state dict (today's key names, torch layouts, NumPy) of a flax parameter tree."""
+    """The diffusers state dict (today's key names, torch layouts, NumPy) of a flax parameter tree.
+
+    Args:
+      params: the nested mapping of the flax parameters of a
+        :class:`~pifs_jax.models.diffusers_unet.modules.DiffusersUNet2D`.
+
+    Returns:
+      ``{diffusers key: array}``, C-contiguous NumPy arrays in torch layouts.
+    """
     flat = jax.tree_util.tree_flatten_with_path(params)[0]
     state = {}
     for path, leaf in flat:

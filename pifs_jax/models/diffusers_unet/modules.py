@@ -67,6 +67,16 @@ def diffusers_timestep_embedding(
     ``e = [sin(k omega), cos(k omega)]`` (``[cos, sin]`` with ``flip_sin_to_cos``), a zero column
     appended when ``dim`` is odd. Computed in float32, as diffusers does whatever the network's
     dtype (the caller casts), so float32 and float64 networks see the same embedding.
+
+    Args:
+      k: the diffusers timesteps, an array of any shape.
+      dim: the embedding width.
+      flip_sin_to_cos: put the cosines first (``[cos, sin]``).
+      freq_shift: the shift of the frequencies' denominator ``h - freq_shift``.
+      max_period: the longest period; default 10000.
+
+    Returns:
+      the embedding, float32 of shape ``k.shape + (dim,)``.
     """
     half = dim // 2
     exponent = jnp.float32(-math.log(max_period)) * jnp.arange(half, dtype=jnp.float32)

@@ -42,7 +42,18 @@ _SHOWN = 8
 
 
 def find_weight_file(folder: str | os.PathLike) -> Path:
-    """``folder / diffusion_pytorch_model.safetensors``, else ``.bin``; refused when neither (or only shards) exist."""
+    """``folder / diffusion_pytorch_model.safetensors``, else ``.bin``; refused when neither (or only shards) exist.
+
+    Args:
+      folder: the model folder.
+
+    Returns:
+      the path of the weight file (:data:`SAFETENSORS_NAME` preferred to :data:`PICKLE_NAME`).
+
+    Raises:
+      ArgumentError: naming ``path`` when neither file exists (listing what the folder holds), the
+        weights are sharded (``diffusion_pytorch_model*.index.json``), or a candidate is a symlink loop.
+    """
     folder = Path(folder)
     for name in (SAFETENSORS_NAME, PICKLE_NAME):
         refuse_symlink_loop(folder / name, argument="path")
@@ -69,6 +80,15 @@ def check_weight_layout(path: Path, stored: dict[str, tuple[int, ...]], expected
     """Refuse missing keys, unexpected keys and wrong shapes, naming the file and the keys.
 
     ``stored`` maps today's key names (legacy attention names already renamed) to stored shapes.
+
+    Args:
+      path: the weight file (named in the message).
+      stored: ``{today's key: stored shape}`` of the file.
+      expected: ``{key: shape}`` the config implies
+        (:func:`~pifs_jax.models.diffusers_unet.convert.diffusers_weight_shapes`).
+
+    Raises:
+      ArgumentError: naming ``path`` when keys are missing, unexpected, or of another shape.
     """
     missing = sorted(set(expected) - set(stored))
     extra = sorted(set(stored) - set(expected))
@@ -101,6 +121,15 @@ def check_finite_weights(path: Path, tensors: dict[str, np.ndarray], *, argument
     A network with one non-finite weight computes NaN (or inf) for every input that reaches it,
     so such a file (corrupt, saved after a diverged training step, or a float16 file whose values
     overflowed when it was written) is refused at load rather than sampled from.
+
+    Args:
+      path: the weight file the tensors were read from (named in the message).
+      tensors: ``{key: array}``, the file's tensors as NumPy arrays.
+      argument: the argument name the error carries; default ``"path"``.
+
+    Raises:
+      ArgumentError: naming ``argument`` when a tensor holds a NaN or inf (the first such tensor by
+        key, with its count, and the others).
     """
     bad = {key: int(value.size - np.count_nonzero(np.isfinite(value))) for key, value in tensors.items()}
     bad = {key: count for key, count in bad.items() if count}

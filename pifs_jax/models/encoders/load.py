@@ -98,7 +98,15 @@ def load_encoder(data: str, *, path: str | os.PathLike | None = None) -> Encoder
 
 
 def encoder_for_shape(image_shape: Any) -> str | None:
-    """The data set whose encoder takes images of ``(H, W, C)`` ``image_shape``, or ``None``."""
+    """The data set whose encoder takes images of ``(H, W, C)`` ``image_shape``, or ``None``.
+
+    Args:
+      image_shape: ``(H, W, C)``, any sequence of ints.
+
+    Returns:
+      the data set's name (a key of :data:`~pifs_jax.models.encoders.network.ENCODER_SPECS`), or
+      ``None`` when no encoder takes that shape.
+    """
     for data, spec in ENCODER_SPECS.items():
         if tuple(image_shape) == spec.image_shape:
             return data
@@ -112,8 +120,19 @@ def encode(images: Any, *, data: str, chunk: int = 512, name: str = "images") ->
     NumPy, ``chunk`` images at a time. The images are used as given (not clipped), in the
     data's units (``[-1, 1]``).
 
+    Args:
+      images: the images, array-like ``(N, H, W, C)`` of the encoder's image shape (``(N, H, W)``
+        for a one-channel data set).
+      data: the data set whose encoder is used (:func:`load_encoder`).
+      chunk: the number of images per forward pass; default 512.
+      name: the argument name the shape error carries; default ``"images"``.
+
+    Returns:
+      the features, float64 NumPy ``(N, 128)`` (``(0, 128)`` for no image).
+
     Raises:
-      ArgumentError: naming ``name`` when the image shape is not the encoder's ``(H, W, C)``.
+      ArgumentError: naming ``name`` when the image shape is not the encoder's ``(H, W, C)``, or
+        ``data`` / ``path`` from :func:`load_encoder`.
     """
     encoder = load_encoder(data)
     x = np.asarray(images, np.float32)

@@ -92,7 +92,17 @@ def _conv(x: Any, kernel: Any, bias: Any, stride: int, xp: Any) -> Any:
 
 
 def encoder_features(params: dict[str, Any], spec: EncoderSpec, images: Any, *, xp: Any = np) -> Any:
-    """The features ``f = ReLU(W_f vec(h) + b_f)`` of images ``(N, H, W, C)``: ``(N, spec.features)``."""
+    """The features ``f = ReLU(W_f vec(h) + b_f)`` of images ``(N, H, W, C)``: ``(N, spec.features)``.
+
+    Args:
+      params: the flat ``{name: array}`` parameters (module notes).
+      spec: the data set's :class:`EncoderSpec`.
+      images: ``(N, H, W, C)`` of ``spec.image_shape``, a NumPy or JAX array.
+      xp: the array module, ``numpy`` (default) or ``jax.numpy``.
+
+    Returns:
+      the features ``(N, spec.features)``, an array of ``xp``.
+    """
     h = images
     for i, (_, stride) in enumerate(spec.convs):
         h = xp.maximum(_conv(h, params[f"conv{i}.kernel"], params[f"conv{i}.bias"], stride, xp), 0)
@@ -101,12 +111,30 @@ def encoder_features(params: dict[str, Any], spec: EncoderSpec, images: Any, *, 
 
 
 def encoder_logits(params: dict[str, Any], spec: EncoderSpec, images: Any, *, xp: Any = np) -> Any:
-    """The classifier's logits ``W_c f + b_c``: ``(N, spec.classes)``."""
+    """The classifier's logits ``W_c f + b_c``: ``(N, spec.classes)``.
+
+    Args:
+      params: the flat ``{name: array}`` parameters (module notes).
+      spec: the data set's :class:`EncoderSpec`.
+      images: ``(N, H, W, C)`` of ``spec.image_shape``, a NumPy or JAX array.
+      xp: the array module, ``numpy`` (default) or ``jax.numpy``.
+
+    Returns:
+      the logits ``(N, spec.classes)``, an array of ``xp``.
+    """
     return encoder_features(params, spec, images, xp=xp) @ params["head.kernel"] + params["head.bias"]
 
 
 def init_encoder_params(spec: EncoderSpec, seed: int) -> dict[str, np.ndarray]:
-    """He-normal kernels (``N(0, 2 / fan_in)``), zero biases, float32, from ``numpy.random.default_rng(seed)``."""
+    """He-normal kernels (``N(0, 2 / fan_in)``), zero biases, float32, from ``numpy.random.default_rng(seed)``.
+
+    Args:
+      spec: the data set's :class:`EncoderSpec` (its :meth:`EncoderSpec.shapes`).
+      seed: the seed of the generator.
+
+    Returns:
+      ``{name: array}``, float32 NumPy arrays of the shapes of ``spec.shapes()``.
+    """
     rng = np.random.default_rng(seed)
     params = {}
     for name, shape in spec.shapes().items():

@@ -61,7 +61,19 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 
 def labelled_split(data: str, split: str, *, seed: int = 0, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Images ``(n, H, W, C)`` float32 and integer labels of one split (module notes)."""
+    """Images ``(n, H, W, C)`` float32 and integer labels of one split (module notes).
+
+    Args:
+      data: the data set, a key of :data:`~pifs_jax.models.encoders.network.ENCODER_SPECS`.
+      split: ``"train"`` or ``"test"``.
+      seed: the seed of the photograph crops (unused for ``"digits"``); default 0.
+      n: the number of photograph crops; ``None`` (default): every crop position of the split
+        (:func:`pifs_jax.data.photo_crop_count`). ``"digits"`` always gives the whole split.
+
+    Returns:
+      ``(images, labels)``: float32 images ``(n, H, W, C)`` and the labels ``(n,)`` (the digit
+      class, or the index of the photograph a crop comes from, int64).
+    """
     if data == "digits":
         images, labels = digits_split(split)
         return images.astype(np.float32), labels
@@ -89,6 +101,15 @@ def normalise_feature_scale(params: dict[str, np.ndarray], data: str, images: np
     with ``s = sqrt(mean ||f||^2 / d)`` divide the features by ``s`` and leave the logits
     unchanged: the polynomial kernel's ``x . y / d`` is then of order one, as KID assumes, and FD
     and KID have the same scale for every encoder.
+
+    Args:
+      params: the trained ``{name: array}`` parameters (NumPy); not modified.
+      data: the data set, a key of :data:`~pifs_jax.models.encoders.network.ENCODER_SPECS`.
+      images: the train images ``(N, H, W, C)`` the scale is measured on.
+
+    Returns:
+      a new parameter dict, ``features.kernel``, ``features.bias`` and ``head.kernel`` rescaled
+      (float32), the other entries those of ``params``.
     """
     spec = ENCODER_SPECS[data]
     features = np.concatenate(
@@ -105,7 +126,19 @@ def normalise_feature_scale(params: dict[str, np.ndarray], data: str, images: np
 def train_encoder(
     data: str, *, seed: int = 0, steps: int | None = None
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Train one encoder; returns ``(params as float32 NumPy arrays, record)`` (module notes)."""
+    """Train one encoder; returns ``(params as float32 NumPy arrays, record)`` (module notes).
+
+    Args:
+      data: the data set, a key of :data:`TRAIN_CONFIG`.
+      seed: the seed of the initial weights, the minibatches, the flips and the photograph crops;
+        default 0.
+      steps: the number of training steps; ``None`` (default): the data set's ``TRAIN_CONFIG`` value.
+
+    Returns:
+      ``(params, record)``: the parameters after :func:`normalise_feature_scale` (the decoder
+      dropped), and ``{"config", "objective", "num_train", "num_test", "final_loss", "train_accuracy",
+      "test_accuracy", "seconds", "parameters"}`` (``final_loss`` the mean of the last 100 steps' losses).
+    """
     spec = ENCODER_SPECS[data]
     config = dict(TRAIN_CONFIG[data])
     config["steps"] = steps or config["steps"]
@@ -166,7 +199,18 @@ def train_encoder(
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Command line: ``--data`` (default: all), ``--seed`` (0), ``--out`` (the package's weights folder), ``--steps``."""
+    """Command line: ``--data`` (default: all), ``--seed`` (0), ``--out`` (the package's weights folder), ``--steps``.
+
+    Trains each encoder (:func:`train_encoder`), writes ``{out}/{data}.safetensors`` and
+    ``{out}/training.json`` and prints each record.
+
+    Args:
+      argv: the command-line arguments; ``None`` (default): ``sys.argv[1:]``.
+
+    Returns:
+      ``{data: record}``, the records of :func:`train_encoder` with the file's ``"sha256"`` and
+      ``"bytes"`` added.
+    """
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--data", nargs="*", default=list(ENCODER_SPECS), choices=list(ENCODER_SPECS))
     parser.add_argument("--seed", type=int, default=0)

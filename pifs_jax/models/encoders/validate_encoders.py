@@ -57,7 +57,15 @@ STRENGTHS: dict[str, list[float]] = {
 
 
 def gaussian_blur(images: np.ndarray, sigma: float) -> np.ndarray:
-    """Separable Gaussian blur, ``w_k ~ exp(-k^2 / (2 sigma^2))``, ``|k| <= ceil(3 sigma)``, reflected borders."""
+    """Separable Gaussian blur, ``w_k ~ exp(-k^2 / (2 sigma^2))``, ``|k| <= ceil(3 sigma)``, reflected borders.
+
+    Args:
+      images: ``(N, H, W, C)``, blurred along ``H`` and ``W``.
+      sigma: the standard deviation in pixels; ``sigma <= 0`` returns ``images`` unchanged.
+
+    Returns:
+      the blurred images, of ``images``' shape.
+    """
     if sigma <= 0:
         return images
     radius = int(np.ceil(3 * sigma))
@@ -75,7 +83,16 @@ def gaussian_blur(images: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def shuffle_patches(images: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
-    """Move ``round(fraction 16)`` of each image's ``4 x 4`` grid of patches cyclically among themselves."""
+    """Move ``round(fraction 16)`` of each image's ``4 x 4`` grid of patches cyclically among themselves.
+
+    Args:
+      images: ``(n, H, W, C)`` with ``H = W`` a multiple of 4 (patches of side ``H / 4``).
+      fraction: the fraction ``q`` of the 16 patches moved (fewer than 2 moved patches: none moved).
+      rng: the NumPy generator choosing the patches.
+
+    Returns:
+      a new array of ``images``' shape.
+    """
     n, h, w, c = images.shape
     p = h // 4
     blocks = images.reshape(n, 4, p, 4, p, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, 16, p, p, c).copy()
@@ -109,7 +126,22 @@ def _splits(data: str, num: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def validate(
     data: str, *, num: int = 2000, empirical: int = 500, resamples: int = 200, seed: int = 0
 ) -> dict[str, Any]:
-    """The three checks of the module notes for one data set."""
+    """The three checks of the module notes for one data set.
+
+    Args:
+      data: the data set, a key of :data:`~pifs_jax.models.encoders.network.ENCODER_SPECS`.
+      num: the number of train and of test crops (photographs; ``"digits"`` uses its whole splits);
+        default 2000.
+      empirical: the number of samples of the empirical-optimal denoiser; default 500.
+      resamples: the bootstrap resamples of the intervals; default 200.
+      seed: the seed of the crops, the degradations, the bootstrap and the samples; default 0.
+
+    Returns:
+      ``{"num_train", "num_test", "patch_size", "train_vs_test", "degradations", "empirical",
+      "seconds"}``, with the scores of :func:`pifs_jax.models.quality.feature_scores` plus the raw-patch
+      FDs ``"fd_patches"`` and ``"fd_patches_straddling"``, and per degradation kind its ``"rows"``
+      and whether FD and KID grow with the strength (``"fd_monotone"``, ``"kid_monotone"``).
+    """
     start = time.perf_counter()
     train, test = _splits(data, num, seed)
     patch = DATASETS[data][0] // 4
@@ -196,7 +228,18 @@ def _figure(results: dict[str, Any]) -> Figure:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Command line: ``--data`` (all), ``--num`` (2000), ``--empirical`` (500), ``--resamples`` (200), ``--seed`` (0), ``--out``."""
+    """The command line of ``python -m pifs_jax.models.encoders.validate_encoders``.
+
+    Options: ``--data`` (all), ``--num`` (2000), ``--empirical`` (500), ``--resamples`` (200),
+    ``--seed`` (0), ``--out``. Runs :func:`validate` for each data set, prints the floor, and writes
+    ``{out}/in_domain_quality.json`` and ``{out}/in_domain_quality.png``.
+
+    Args:
+      argv: the command-line arguments; ``None`` (default): ``sys.argv[1:]``.
+
+    Returns:
+      ``{data: result}``, the results of :func:`validate`.
+    """
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--data", nargs="*", default=list(ENCODER_SPECS), choices=list(ENCODER_SPECS))
     parser.add_argument("--num", type=int, default=2000)

@@ -343,6 +343,17 @@ def train_config(preset: str = "quick", **overrides: Any) -> TrainConfig:
     ``overrides`` whose value is ``None`` are ignored (so command-line defaults pass through).
     The patch size is resolved from the data set unless given.
 
+    Args:
+      preset: the preset's name, a key of :data:`PRESETS`; default ``"quick"``.
+      **overrides: :class:`TrainConfig` fields replacing the preset's (``None`` values ignored). For
+        ``data="digits"``, ``num_train`` and ``num_test`` not given are capped at the digits splits' sizes.
+
+    Returns:
+      the resolved :class:`TrainConfig` (:meth:`TrainConfig.resolved`).
+
+    Raises:
+      ArgumentError: naming ``preset`` (unknown), ``overrides`` (unknown fields) or the invalid field.
+
     Example:
       >>> cfg = train_config("quick", model="dit", steps=500)
       >>> cfg.patch_size, cfg.data

@@ -69,7 +69,16 @@ HELD_OUT_NOISE = 2**31 - 2
 
 
 def held_out_noise(seed: int, count: int, image_shape: Sequence[int]) -> jax.Array:
-    """``x_T ~ N(0, I)`` of shape ``(count,) + image_shape`` from the held-out seeds of ``seed``."""
+    """``x_T ~ N(0, I)`` of shape ``(count,) + image_shape`` from the held-out seeds of ``seed``.
+
+    Args:
+      seed: the run's seed; the key is ``fold_in(PRNGKey(seed), 2**31 - 2)``.
+      count: the number of noises.
+      image_shape: ``(H, W, C)``.
+
+    Returns:
+      the noises, a ``jax.Array`` ``(count, H, W, C)`` (JAX's default float dtype).
+    """
     key = jax.random.fold_in(jax.random.PRNGKey(seed), HELD_OUT_NOISE)
     return jax.random.normal(key, (count, *image_shape))
 
@@ -84,7 +93,26 @@ def score_model(
     num_samples: int = 1024,
     sample_steps: int = 50,
 ) -> dict[str, Any]:
-    """The scores of the module docstring for ``params`` (EMA weights) of a run with ``config``."""
+    """The scores of the module docstring for ``params`` (EMA weights) of a run with ``config``.
+
+    Args:
+      module: the run's network.
+      params: its parameters (the EMA weights).
+      config: the run's :class:`~pifs_jax.models.training.config.TrainConfig` (its schedule, ``T``,
+        seed and patch size are used).
+      train_images: the training crops ``(N, H, W, C)``.
+      test_images: the test crops ``(N_test, H, W, C)``.
+      num_samples: the number of held-out samples drawn (:func:`held_out_noise`); default 1024.
+      sample_steps: the steps of the uniform deterministic DDIM grid; default 50.
+
+    Returns:
+      ``{"num_samples", "sample_steps", "fraction_outside", "sample_range", "fd_patches",
+      "fd_patches_straddling", "fd_train_crops", "fd_train_crops_straddling", "fd_ratio",
+      "fd_ratio_straddling", "memorisation_ratio", "fd_in_domain", "kid_in_domain",
+      "fd_in_domain_train_crops", "fd_ratio_in_domain", "targets_met", "all_targets_met",
+      "sampling_seconds"}`` (the in-domain entries ``None`` without an encoder for the data set;
+      ``targets_met`` one bool per target of :data:`TARGETS`).
+    """
     config = config.resolved()
     patch_size = config.patch_size
     assert patch_size is not None  # resolved() fills it in
@@ -214,6 +242,14 @@ def curve_figure(points: Sequence[dict[str, Any]], *, title: str) -> Figure:
     Left: ``fraction_outside`` (log scale) with its target; right: the Frechet-distance ratios to
     the train-versus-test floor (patch aligned, patch straddling, in-domain when measured) and the
     memorisation ratio, with the targets as dotted lines.
+
+    Args:
+      points: the curve's points in step order, each a dict with ``"step"`` and the scores of
+        :func:`score_model` (``"fraction_outside"``, ``"memorisation_ratio"``, the ``"fd_ratio*"`` keys).
+      title: the figure's title.
+
+    Returns:
+      the new matplotlib ``Figure`` (Agg canvas).
     """
     steps = [p["step"] for p in points]
     fig = Figure(figsize=(10, 3.8), dpi=120)

@@ -141,6 +141,23 @@ def sample_in_chunks(
     a ``make_eps_fn`` that compares equal across calls (e.g.
     ``jax.tree_util.Partial(as_eps_fn, module)``) reuses the compilation for new parameters.
     ``on_chunk()`` is called after every chunk (e.g. a progress bar's update).
+
+    Args:
+      make_eps_fn: builds the denoiser ``eps_fn(x, t)`` of one sample from ``args``.
+      args: what ``make_eps_fn`` takes (e.g. the parameters, or the training data).
+      sched: the schedule.
+      x_T: the starting noises ``(S, H, W, C)``.
+      grid: the sampling grid.
+      chunk: the most samples per compiled call; default ``SAMPLE_CHUNK`` (128).
+      on_chunk: called with no argument after every chunk; default none.
+      sampler: a deterministic sampler; ``None`` (default): ``DDIM()``.
+
+    Returns:
+      the samples, a NumPy array of ``x_T``'s shape.
+
+    Raises:
+      ArgumentError: naming ``sampler`` (not a valid :class:`~pifs_jax.samplers.Sampler`, or a
+        stochastic one).
     """
 
     sampler = check_sampler(DDIM() if sampler is None else sampler)

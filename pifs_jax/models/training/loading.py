@@ -45,11 +45,18 @@ def load_run(out_dir: str | os.PathLike) -> LoadedRun:
     architecture must be registered (:func:`pifs_jax.models.register_spec`, i.e. its module
     imported) before its run is loaded.
 
+    Args:
+      out_dir: the run's output folder (a str or ``os.PathLike``).
+
+    Returns:
+      :class:`LoadedRun`, the rebuilt module, the loaded training state and the resolved config.
+
     Raises:
-      ArgumentError: (``out_dir``) not a str / ``os.PathLike``; no ``config.json`` / checkpoint, a ``config.json`` that is not
-        valid JSON, not a JSON object, nested too deeply to be a training config, or has unknown
-        fields or values of the wrong type; an unregistered architecture (naming it and the
-        registered ones) or one that was not recorded, or a checkpoint that fails its checks.
+      ArgumentError: (``out_dir``) not a str / ``os.PathLike``; no ``config.json`` / checkpoint, a
+        ``config.json`` that is not valid JSON, not a JSON object, nested too deeply to be a training
+        config, or has unknown fields or values of the wrong type; an unregistered architecture
+        (naming it and the registered ones) or one that was not recorded, or a checkpoint that
+        fails its checks.
     """
     if not isinstance(out_dir, (str, os.PathLike)):
         raise ArgumentError("out_dir", f"expected a run folder path (str or os.PathLike), got {type(out_dir).__name__}")

@@ -114,6 +114,20 @@ def loss_weights(sched: Schedule, t: Any, *, weighting: str, gamma: float = 5.0,
 
     For ``"collage"`` every ``t`` must be a point ``tau_i``, ``i >= 1``, of ``grid`` (checked when
     concrete): only there is the eps-loss a collage error.
+
+    Args:
+      sched: the schedule.
+      t: integer timesteps in ``1..T``, of any shape (may be traced).
+      weighting: one of :data:`WEIGHTINGS`.
+      gamma: the Min-SNR clip (``> 0``); default 5.
+      grid: the sampling grid for ``"collage"`` (``None``, the default: every training step).
+
+    Returns:
+      the weights, of ``t``'s shape, in the schedule's dtype.
+
+    Raises:
+      ArgumentError: naming ``t`` (not integers in ``1..T``, or off the grid for ``"collage"``;
+        checked when concrete), or as :func:`weight_table`.
     """
     t = jnp.asarray(t)
     if is_concrete(t):
@@ -149,6 +163,20 @@ def loss_tables(
     """:class:`LossTables` for ``weighting`` (see :func:`weight_table`), cast to ``dtype``.
 
     Built in one compiled call (eagerly, every ``jnp`` operation would compile on its own).
+
+    Args:
+      sched: the schedule.
+      weighting: one of :data:`WEIGHTINGS`.
+      gamma: the Min-SNR clip (``> 0``); default 5.
+      grid: the sampling grid for ``"collage"`` (``None``, the default: every training step).
+      dtype: the tables' dtype; default float32.
+
+    Returns:
+      :class:`LossTables`, each table of shape ``(T+1,)`` indexed by ``t``.
+
+    Raises:
+      ArgumentError: naming ``sched`` (not a :class:`~pifs_jax.schedules.Schedule`), ``weighting``,
+        ``gamma`` or ``grid``.
     """
     check_instance(sched, Schedule, name="sched", what="pifs_jax Schedule")
     if weighting not in WEIGHTINGS:
@@ -177,8 +205,17 @@ ApplyFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
 
 
 def module_apply_fn(module: Any) -> ApplyFn:
-    """``apply(params, x, t) = module.apply({"params": params}, x, t)``: a linen module as the
-    ``apply_fn`` of :func:`denoising_loss` and :func:`~pifs_jax.models.training.trainer.make_train_step`."""
+    """A linen module as the ``apply_fn`` of the training loss.
+
+    ``apply(params, x, t) = module.apply({"params": params}, x, t)``: a linen module as the
+    ``apply_fn`` of :func:`denoising_loss` and :func:`~pifs_jax.models.training.trainer.make_train_step`.
+
+    Args:
+      module: the Flax linen module.
+
+    Returns:
+      ``apply(params, x, t)``, the module's output for a batch.
+    """
 
     def apply(params, x, t):
         return module.apply({"params": params}, x, t)

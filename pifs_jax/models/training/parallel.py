@@ -37,6 +37,12 @@ DATA_AXIS = "data"
 def check_devices(devices: Any) -> int:
     """``devices`` as an int, checked against the devices JAX sees.
 
+    Args:
+      devices: the number of devices requested.
+
+    Returns:
+      ``devices`` as a Python int.
+
     Raises:
       ArgumentError: (``devices``) not a positive integer; more than ``jax.device_count()``
         (the message says how to get more CPU devices); with several processes, not every
@@ -65,6 +71,15 @@ def data_mesh(devices: int) -> Mesh:
     """The 1-D mesh ``("data",)`` over the first ``devices`` of ``jax.devices()`` (all processes').
 
     Checked with :func:`check_devices`.
+
+    Args:
+      devices: the number of devices.
+
+    Returns:
+      the ``jax.sharding.Mesh`` with the one axis ``"data"``.
+
+    Raises:
+      ArgumentError: (``devices``) as :func:`check_devices`.
     """
     devices = check_devices(devices)
     return jax.make_mesh(
@@ -78,6 +93,13 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
     Built with ``jax.make_array_from_callback`` from this process's copy of the values (no
     communication), so it also works when the mesh spans several processes, as long as every
     process holds the same values (the same seed, the same checkpoint).
+
+    Args:
+      tree: a pytree of arrays (e.g. a training state).
+      mesh: the mesh (:func:`data_mesh`).
+
+    Returns:
+      a pytree of ``tree``'s structure whose leaves are ``jax.Array`` replicated over ``mesh``.
     """
     sharding = NamedSharding(mesh, PartitionSpec())
 
@@ -93,6 +115,16 @@ def split_batch(x: jax.Array, mesh: Mesh) -> jax.Array:
 
     ``jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P("data")))``; the batch size must
     be a multiple of the mesh size (:class:`~pifs_jax.models.training.config.TrainConfig` checks).
+
+    Args:
+      x: the batch, leading axis the batch.
+      mesh: the mesh with the axis ``"data"`` (:func:`data_mesh`).
+
+    Returns:
+      ``x`` with the sharding constraint.
+
+    Raises:
+      ArgumentError: (``devices``) the batch size is not a multiple of the mesh's ``"data"`` size.
     """
     if x.shape[0] % mesh.shape[DATA_AXIS]:
         raise ArgumentError(

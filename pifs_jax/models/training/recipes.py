@@ -204,6 +204,12 @@ RECIPES: Mapping[str, Recipe] = MappingProxyType({name: _build(name, values) for
 def recipe(name: str) -> TrainConfig:
     """The :class:`TrainConfig` of the recipe ``name`` (a key of :data:`RECIPES`).
 
+    Args:
+      name: the recipe's name (e.g. ``"dit-digits"``).
+
+    Returns:
+      the recipe's :class:`TrainConfig`.
+
     Raises:
       ArgumentError: (``name``) an unknown recipe, listing the known ones.
 
@@ -225,6 +231,12 @@ def recipe_fingerprint(config: TrainConfig) -> str:
     so a recipe that names a preset (``size="quick"``) changes its fingerprint when the preset is
     edited. Tuples and lists serialise alike, so a config read back from ``config.json`` has its
     recipe's fingerprint.
+
+    Args:
+      config: the training configuration.
+
+    Returns:
+      the hex digest, 64 characters.
 
     Raises:
       ArgumentError: (``config``) not a :class:`TrainConfig`.

@@ -90,6 +90,18 @@ def cross_block_frobenius(fn: Callable[[jax.Array], jax.Array], x: jax.Array, *,
 
     ``fn`` maps one image ``(H, W, C)`` to one image; cost ``n`` JVPs and ``n^2`` memory. The
     reference for :func:`cross_block_penalty` (tests, diagnostics).
+
+    Args:
+      fn: the map of one image ``(H, W, C)`` to an image of the same size.
+      x: the image ``(H, W, C)``.
+      patch_size: ``p``, tiling the image.
+
+    Returns:
+      the sum of the squared Frobenius norms of the off-diagonal patch blocks, a scalar ``jax.Array``.
+
+    Raises:
+      ArgumentError: naming ``image_shape`` or ``patch_size`` when ``p`` does not tile ``x``
+        (:func:`pifs_jax.jacobians.patch_blocks`).
     """
     x = jnp.asarray(x)
     n = x.size

@@ -115,6 +115,20 @@ def make_optimizer(
 
     ``lr_k = lr k / warmup`` for ``k < warmup``; then ``lr`` (constant) or
     ``lr (1 + cos(pi (k - warmup)/(steps - warmup)))/2`` (cosine, reaching 0 at ``steps``).
+
+    Args:
+      lr: the peak learning rate.
+      steps: the number of training steps.
+      warmup_steps: the linear warm-up's steps (at most ``steps``); default 0.
+      lr_decay: ``"cosine"`` (default) or ``"constant"`` (:data:`LR_DECAYS`).
+      weight_decay: AdamW's weight decay; default 0.
+      grad_clip: the global-norm clip; ``None`` or 0: no clipping; default 1.
+
+    Returns:
+      the optax ``GradientTransformation``.
+
+    Raises:
+      ArgumentError: naming ``lr_decay`` when it is not one of :data:`LR_DECAYS`.
     """
     warmup_steps = min(warmup_steps, steps)
     if lr_decay == "cosine":
@@ -143,7 +157,17 @@ class TrainState(NamedTuple):
 
 
 def init_train_state(params: Any, optimizer: optax.GradientTransformation, key: jax.Array) -> TrainState:
-    """Step 0: EMA = params, fresh optimiser state."""
+    """Step 0: EMA = params, fresh optimiser state.
+
+    Args:
+      params: the initial parameters.
+      optimizer: the optax optimiser (:func:`make_optimizer`).
+      key: the run's base PRNG key.
+
+    Returns:
+      :class:`TrainState` with ``step = 0`` (int32), ``params``, a copy of them as ``ema_params``,
+      ``optimizer.init(params)`` and ``key``.
+    """
     return TrainState(
         jnp.zeros((), jnp.int32), params, jax.tree_util.tree_map(jnp.array, params), optimizer.init(params), key
     )
@@ -154,6 +178,15 @@ def batch_indices(key: jax.Array, step: Any, *, batch_size: int, num_data: int) 
 
     A pure function of ``(key, step)``: resuming at step ``k`` sees exactly the batches of an
     uninterrupted run.
+
+    Args:
+      key: the run's base PRNG key.
+      step: the step number (an integer, may be traced).
+      batch_size: ``B``.
+      num_data: ``N``, the size of the training set.
+
+    Returns:
+      the indices, an integer ``jax.Array`` ``(B,)`` in ``0..N-1`` (drawn with replacement).
     """
     return jax.random.randint(jax.random.fold_in(jax.random.fold_in(key, step), 0), (batch_size,), 0, num_data)
 
@@ -175,7 +208,7 @@ def make_train_step(
     ``data`` is the whole training set ``(N, H, W, C)`` (an argument, not a baked-in constant);
     the batch is ``data[batch_indices(state.key, state.step)]`` and the loss key
     ``fold_in(fold_in(key, step), 1)``. Metrics: those of :func:`denoising_loss` plus the
-    gradient's global norm and the learning-rate step count.
+    gradient's global norm (``grad_norm``).
 
     With ``mesh`` (:func:`~pifs_jax.models.training.parallel.data_mesh`): data parallel. The
     batch is split over the mesh's ``"data"`` axis
@@ -183,6 +216,21 @@ def make_train_step(
     are replicated (``out_shardings``); ``state`` and ``data`` should be replicated on the mesh
     (:func:`~pifs_jax.models.training.parallel.replicate`). The gradient's mean over the batch
     is then an all-reduce across devices.
+
+    Args:
+      apply_fn: ``apply_fn(params, x, t) -> eps`` (e.g.
+        :func:`~pifs_jax.models.training.losses.module_apply_fn`).
+      optimizer: the optax optimiser (:func:`make_optimizer`).
+      tables: the loss tables (:func:`~pifs_jax.models.training.losses.loss_tables`).
+      batch_size: ``B``, the images per step.
+      ema_decay: the EMA's decay; at step ``k`` the decay used is ``min(ema_decay, (1 + k) / (10 + k))``.
+      mu: the cross-block regulariser's weight; default 0.
+      patch_size: the regulariser's patch size; default ``None``.
+      probes: the regulariser's probes; default 1.
+      mesh: the data-parallel mesh; ``None`` (default): one device.
+
+    Returns:
+      the jitted ``step(state, data) -> (state, metrics)``.
     """
 
     def step(state: TrainState, data: jax.Array):
@@ -220,6 +268,15 @@ def train_step_for(
     caches its compilations on the step function, so a second :func:`train` with the same key
     compiles no new step. The :data:`TRAIN_STEP_CACHE_SIZE` most recent keys are kept; a module that
     cannot be hashed gets a new step each time.
+
+    Args:
+      module: the network (a linen module).
+      config: the training configuration.
+      patch_size: the regulariser's patch size.
+      mesh: the data-parallel mesh; ``None`` (default): one device.
+
+    Returns:
+      the jitted ``step(state, data) -> (state, metrics)`` of :func:`make_train_step`.
     """
     key = (
         module,
@@ -277,7 +334,16 @@ def _append_line(path: Path, record: Mapping[str, Any]) -> None:
 
 
 def read_metrics_log(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The records of a JSON-lines metrics log; an incomplete last line (a killed writer) is skipped."""
+    """The records of a JSON-lines metrics log; an incomplete last line (a killed writer) is skipped.
+
+    Lines that are not valid JSON are skipped too.
+
+    Args:
+      path: the log file (``metrics.jsonl``).
+
+    Returns:
+      the records in file order, one dict per complete line; ``[]`` when the file does not exist.
+    """
     path = Path(path)
     if not path.exists():
         return []
@@ -319,6 +385,13 @@ def load_train_test(config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
 
     :func:`pifs_jax.data.load_dataset`'s train and test splits (disjoint photo regions, or the
     digit sets), drawn with ``fold_in(PRNGKey(data_seed), 0)`` and ``fold_in(..., 1)``.
+
+    Args:
+      config: the training configuration (its ``data``, ``data_seed``, ``num_train`` and ``num_test``).
+
+    Returns:
+      ``(train_images, test_images)``, float32 NumPy arrays ``(num_train, H, W, C)`` and
+      ``(num_test, H, W, C)``.
     """
     from pifs_jax.data import load_dataset
 
@@ -332,6 +405,13 @@ def model_for_config(config: TrainConfig, image_shape: Sequence[int]) -> tuple[E
     """``(module, init_fn(key) -> params)`` of ``config``'s architecture (:meth:`TrainConfig.model_spec`).
 
     ``module = config.model_spec().build(image_shape)``, ``init_fn = init_params(module, key, image_shape)``.
+
+    Args:
+      config: the training configuration.
+      image_shape: ``(H, W, C)`` of the training images.
+
+    Returns:
+      ``(module, init_fn)``; the same ``init_fn`` for equal (hashable) modules and shapes.
 
     Raises:
       ArgumentError: an unrecorded (``model = None``) or unregistered architecture, or one that
@@ -364,6 +444,16 @@ def recorded_config(config: TrainConfig, model: ModelSpec | tuple[Any, Any] | No
       so :func:`~pifs_jax.models.training.load_run` rebuilds it.
     - ``(module, init_fn)``: not recorded (``model = None`` in ``config.json``): such a run trains
       but cannot be reloaded.
+
+    Args:
+      config: the training configuration.
+      model: ``None``, a :class:`~pifs_jax.models.ModelSpec`, or a ``(module, init_fn)`` pair.
+
+    Returns:
+      the :class:`TrainConfig` to record.
+
+    Raises:
+      ArgumentError: naming ``model`` when it is none of these.
     """
     if model is None:
         return config
@@ -383,6 +473,13 @@ def initial_train_state(
     :data:`TRAIN_STEP_CACHE_SIZE` most recent; ``init_fn`` compared by identity, and
     :func:`model_for_config` returns the same ``init_fn`` for equal modules and shapes), so another
     seed, or a second :func:`train` of the same model, compiles nothing new.
+
+    Args:
+      config: the training configuration (its optimiser settings and ``seed``).
+      init_fn: ``init_fn(key) -> params`` (:func:`model_for_config`).
+
+    Returns:
+      ``(optimizer, state)``: the optax optimiser and the step-0 :class:`TrainState`.
     """
     settings = optimizer_settings(config)
     try:
@@ -393,7 +490,14 @@ def initial_train_state(
 
 
 def optimizer_settings(config: TrainConfig) -> tuple:
-    """``(lr, steps, warmup_steps, lr_decay, weight_decay, grad_clip)``: what :func:`make_optimizer` takes from ``config``."""
+    """What :func:`make_optimizer` takes from ``config``.
+
+    Args:
+      config: the training configuration.
+
+    Returns:
+      ``(lr, steps, warmup_steps, lr_decay, weight_decay, grad_clip)``.
+    """
     return (config.lr, config.steps, config.warmup_steps, config.lr_decay, config.weight_decay, config.grad_clip)
 
 
@@ -423,6 +527,13 @@ def initial_train_state_shapes(config: TrainConfig, init_fn: Callable[[jax.Array
     ``jax.ShapeDtypeStruct`` leaves (``jax.eval_shape``): the target a checkpoint is checked
     against and loaded into (:func:`pifs_jax.checkpoint.load_checkpoint`) when the values of the
     step-0 state are not needed, as in :func:`~pifs_jax.models.training.load_run`.
+
+    Args:
+      config: the training configuration (its optimiser settings and ``seed``).
+      init_fn: ``init_fn(key) -> params`` (:func:`model_for_config`).
+
+    Returns:
+      a :class:`TrainState` of ``jax.ShapeDtypeStruct`` leaves.
     """
     optimizer = _optimizer(optimizer_settings(config))
     return jax.eval_shape(functools.partial(_build_state, init_fn, optimizer), np.uint32(config.seed))
