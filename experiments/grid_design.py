@@ -342,10 +342,18 @@ def draw_figures(results: dict[str, Any], out: Path) -> list[str]:
     return files
 
 
-def run(out_dir: Path, *, quick: bool = False, full: bool = False, tables: bool = False) -> dict[str, Any]:
-    """Compute, write ``grid_design.json`` and the figures, return the report section (``tables``: the guide's configuration)."""
+def run(
+    out_dir: Path, *, quick: bool = False, full: bool = False, tables: bool = False, models: list[str] | None = None
+) -> dict[str, Any]:
+    """Compute, write ``grid_design.json`` and the figures, return the report section.
+
+    ``tables``: the guide's configuration; ``models``: these models instead of the mode's (e.g.
+    the other shipped models in the guide's configuration, as its second table does).
+    """
     out = Path(out_dir) / NAME
     cfg = mode_config(quick=quick, full=full, tables=tables)
+    if models is not None:
+        cfg["models"] = list(models)
     results = compute(cfg)
     write_result_json(
         out / "grid_design.json", results,
