@@ -679,13 +679,15 @@ def _train(
     sched = named_schedule(config.schedule, config.T)
     grid = uniform_grid(config.T, config.sample_steps)
     loss_tables(sched, weighting=config.weighting, gamma=config.min_snr_gamma, grid=grid)  # checked before any write
-    _, state = initial_train_state(config, init_fn)
+    resuming = resume and ckpt_path.exists()
+    # a resumed run needs only the step-0 state's shapes (the checkpoint's target): nothing compiled
+    state = initial_train_state_shapes(config, init_fn) if resuming else initial_train_state(config, init_fn)[1]
 
     metrics_path = out / "metrics.jsonl"
     if writer:
         out.mkdir(parents=True, exist_ok=True)
         remove_partial_writes(ckpt_path)  # a write interrupted by a kill
-    if resume and ckpt_path.exists():
+    if resuming:
         state = load_checkpoint(ckpt_path, state, config=identity)
         if writer:
             with _writing(metrics_path, ckpt_path):
