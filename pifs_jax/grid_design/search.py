@@ -226,7 +226,7 @@ def coordinate_search(
                     best, grid, improved = value, trial, True
         history.append(best)
         if progress is not None:
-            progress(f"oracle sweep {sweep + 1}: mean RMSE {best:.5f}")
+            progress(f"sweep {sweep + 1}: mean RMSE {best:.5f}")
         if not improved:
             break
     return SearchResult(grid, history, evaluations, time.perf_counter() - start)
