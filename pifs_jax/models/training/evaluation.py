@@ -26,8 +26,17 @@ __all__ = ["evaluate_run", "held_out_noise", "plot_metrics_log", "sample_in_chun
 
 @functools.partial(jax.jit, static_argnames=("shape",))
 def held_out_noise(seed: Any, shape: tuple[int, ...]) -> jax.Array:
-    """The evaluation's starting noise ``x_T ~ N(0, I)`` of ``shape``, from
-    ``fold_in(PRNGKey(seed), 2**31 - 1)`` (a stream no training step uses); compiled once per shape."""
+    """The evaluation's starting noise ``x_T ~ N(0, I)`` of ``shape`` (compiled once per shape).
+
+    Args:
+      seed: the run's seed; the key is ``fold_in(PRNGKey(seed), 2**31 - 1)``, a stream no training
+        step uses (the training curve's held-out noise,
+        :func:`pifs_jax.models.training.curve.held_out_noise`, uses ``2**31 - 2``).
+      shape: ``(count, H, W, C)``.
+
+    Returns:
+      the noises, a ``jax.Array`` of ``shape`` (JAX's default float dtype).
+    """
     return jax.random.normal(jax.random.fold_in(jax.random.PRNGKey(seed), 2**31 - 1), shape)
 
 
