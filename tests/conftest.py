@@ -70,3 +70,31 @@ def x32():
     """Run the test body with 64-bit floats disabled (the JAX default)."""
     with jax.enable_x64(False):
         yield
+
+
+@pytest.fixture
+def default_sigint():
+    """Python's own SIGINT handler, SIGINT unblocked in this thread, for the test; the previous state after.
+
+    The Ctrl-C tests are about what the package does under Python's default handler
+    (:func:`pifs_jax.loop.deferred_interrupt` leaves any other handler alone, as in a Jupyter
+    kernel). In fresh-clone CI runs both failed on one worker, where SIGINT had no effect: another
+    file run earlier in that worker process left a handler or a signal mask behind (not seen in
+    development runs). What was found is reported as a warning, so that the leak can be traced.
+    """
+    import signal
+    import warnings
+
+    found = signal.getsignal(signal.SIGINT)
+    blocked = signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    if found is not signal.default_int_handler or signal.SIGINT in blocked:
+        warnings.warn(
+            f"SIGINT state left by an earlier test: handler {found!r}, blocked {sorted(blocked)}", stacklevel=1
+        )
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, found if found is not None else signal.SIG_DFL)
+        if signal.SIGINT in blocked:
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})

@@ -343,7 +343,7 @@ def test_chunks_are_bit_identical_to_one_call(capsys):
         analyze_chain(eps_fn, sched, x_T, grid=GRID, patch_size=P, chunk=0)
 
 
-def test_ctrl_c_stops_between_chunks(capsys):
+def test_ctrl_c_stops_between_chunks(capsys, default_sigint):
     """Ctrl-C was ignored until the whole compiled analysis ended. Now the trajectories run in chunks and
     Ctrl-C (SIGINT, here sent during the first chunk) stops the analysis after the running chunk."""
     import signal

@@ -315,7 +315,7 @@ def test_sample_pretrained(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_sample_shows_progress_and_stops_between_batches(tmp_path, monkeypatch, capsys):
+def test_sample_shows_progress_and_stops_between_batches(tmp_path, monkeypatch, capsys, default_sigint):
     """`sample` printed nothing until it was done and ignored Ctrl-C until the compiled chain ended. Now
     stderr states the denoiser evaluations first, then extrapolates the first batch's time beside a
     progress bar; Ctrl-C (SIGINT, sent here during the first batch) stops before the next batch, and
