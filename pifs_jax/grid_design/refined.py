@@ -110,17 +110,17 @@ def refined_grid(
     else:
         target = run_grid(eps_fn, sched, measurement.times, x_T, sampler=sampler)
         evaluations += int(x_T.shape[0]) * sampler.nfe(len(measurement.times) - 1)
-    scores: dict[tuple[int, ...], float] = {}
+    scores: dict[tuple[int, ...], float] = {}  # every grid scored here, shared with the search
+    candidates = {p: geometric_grid(measurement, num_steps, order=p) for p in orders}
     start_scores: dict[float, float] = {}
-    for p in orders:
-        candidate = geometric_grid(measurement, num_steps, order=p)
-        key_ = tuple(int(v) for v in candidate)
-        if key_ not in scores:
-            scores[key_] = mean_grid_error(eps_fn, sched, candidate, x_T, target, sampler=sampler)
+    for p, candidate in candidates.items():
+        grid_key = tuple(int(v) for v in candidate)
+        if grid_key not in scores:
+            scores[grid_key] = mean_grid_error(eps_fn, sched, candidate, x_T, target, sampler=sampler)
             evaluations += int(x_T.shape[0]) * sampler.nfe(num_steps)
-        start_scores[p] = scores[key_]
+        start_scores[p] = scores[grid_key]
     start_order = min(orders, key=start_scores.__getitem__)
-    start = geometric_grid(measurement, num_steps, order=start_order)
+    start = candidates[start_order]
     search = coordinate_search(
         eps_fn, sched, x_T, target, start, sampler=sampler, max_sweeps=sweeps, fractions=fractions,
         known_scores=scores,
