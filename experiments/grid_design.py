@@ -53,6 +53,7 @@ from pifs_jax.grid_design import (
     run_grid,
     self_convergence,
 )
+from pifs_jax.models.encoders import encode
 from pifs_jax.models.pretrained import list_pretrained, pretrained
 from pifs_jax.models.quality import in_domain_scores
 from pifs_jax.reproduce import experiment_main, markdown_table
@@ -128,10 +129,13 @@ def _model(name: str) -> tuple[Any, Any, tuple[int, ...], Any, Any]:
     loaded = pretrained(name)
     train, test = loaded.load_data()
     data_name = loaded.data["name"]
+    test_features = encode(test, data=data_name, name="test")  # encoded once for every grid scored
 
     def in_domain(samples: np.ndarray) -> dict[str, Any]:
         """FD and KID of the shipped encoder against the held-out test crops (never optimised on)."""
-        scores = in_domain_scores(samples, data=data_name, reference=test, subsets=20, resamples=100)
+        scores = in_domain_scores(
+            samples, data=data_name, reference=test, subsets=20, resamples=100, reference_features=test_features
+        )
         return {k: scores[k] for k in ("fd", "fd_lo", "fd_hi", "kid", "kid_lo", "kid_hi")}
 
     return loaded.eps_fn, loaded.schedule, tuple(loaded.image_shape), train, in_domain

@@ -153,6 +153,21 @@ def test_bad_input_is_refused_by_name():
         quality.in_domain_scores(bad, data="digits", reference=train)
 
 
+def test_given_reference_features_give_the_same_scores_and_are_checked():
+    """Features passed as ``reference_features`` replace encoding the reference: bit-identical scores."""
+    train, _ = digits_split("train")
+    test, _ = digits_split("test")
+    reference = train[:300]
+    encoded = quality.in_domain_scores(test[:60], data="digits", reference=reference, subsets=5, resamples=20)
+    features = encode(reference, data="digits")
+    given = quality.in_domain_scores(
+        test[:60], data="digits", reference=reference, subsets=5, resamples=20, reference_features=features
+    )
+    assert given == encoded
+    with pytest.raises(ArgumentError, match=r"reference_features.*\(300, 128\).*\(299, 128\)"):
+        quality.in_domain_scores(test[:60], data="digits", reference=reference, reference_features=features[1:])
+
+
 @pytest.mark.slow
 def test_quality_report_includes_the_in_domain_scores():
     train, _ = digits_split("train")

@@ -549,6 +549,7 @@ def in_domain_scores(
     resamples: int = 200,
     level: float = 0.95,
     seed: int = 0,
+    reference_features: Any | None = None,
 ) -> dict[str, Any]:
     """FD and KID of ``samples`` against ``reference`` in the ``data`` set's encoder features.
 
@@ -565,6 +566,9 @@ def in_domain_scores(
       reference: real images of the same shape, e.g. held-out test crops.
       subsets, subset_size: KID's subsets (:func:`kernel_distance_subsets`).
       resamples, level, seed: the bootstrap (:func:`bootstrap_feature_distances`) and the subsets' draws.
+      reference_features: ``encode(reference, data=data)`` when the caller already has it (scoring
+        several sample sets against one reference encodes the reference once); ``None`` (default):
+        computed here. Checked against ``reference``'s length and the encoder's feature count.
 
     Returns:
       :func:`feature_scores`' dict plus ``"encoder"`` (the data set) and ``"encoder_sha256"``.
@@ -583,7 +587,17 @@ def in_domain_scores(
                 name,
                 f"expected at least {MIN_IN_DOMAIN_SAMPLES} images for FD and KID subsets, got shape {x.shape}",
             )
-        features.append(encode(x, data=data, name=name))
+        if name == "reference" and reference_features is not None:
+            given = np.asarray(reference_features, np.float64)
+            if given.shape != (len(x), encoder.spec.features):
+                raise ArgumentError(
+                    "reference_features",
+                    f"expected the {data!r} encoder's features of the reference, shape ({len(x)}, "
+                    f"{encoder.spec.features}), got {given.shape}",
+                )
+            features.append(given)
+        else:
+            features.append(encode(x, data=data, name=name))
     scores = feature_scores(
         features[0],
         features[1],
@@ -755,12 +769,15 @@ def _in_domain_section(sets: dict[str, Any], test: np.ndarray, data: str | None,
         section["skipped"] = f"fewer than {MIN_IN_DOMAIN_SAMPLES} images in {few}"
         return section
     section["reference"] = f"{len(test)} test crops"
+    test_features = encode(_finite_images(test, "test"), data=data, name="test")  # once for every set
     for name, value in sets.items():
         resamples = REPORT_RESAMPLES if name == "model" else 0  # intervals for the model's scores only
         section[name] = (
             None
             if value is None
-            else in_domain_scores(value, data=data, reference=test, seed=seed, resamples=resamples)
+            else in_domain_scores(
+                value, data=data, reference=test, seed=seed, resamples=resamples, reference_features=test_features
+            )
         )
     return section
 
