@@ -599,8 +599,13 @@ def block_norms_matrix_free(
     diagonal blocks near ``a_t I``). Blocks that are exactly zero give 0; a block whose products
     are not finite (NaN or infinite entries of the Jacobian) gives NaN.
 
-    Cost: ``M^2 m`` JVP/VJP pairs of ``step_fn`` after one linearisation (``jax.linearize`` and
-    ``jax.linear_transpose``). Source patches ``j`` are processed one after another
+    Cost: ``M^2 m`` JVPs and ``M^2 (m - 1)`` VJPs of ``step_fn`` after one linearisation
+    (``jax.linearize`` and ``jax.linear_transpose``; the VJP of the last step would only give the
+    next ``beta``, which the ``m x m`` bidiagonal matrix does not hold), so ``m = 1`` needs no VJP.
+    On XLA:CPU a convolutional network's VJPs run 4-5x slower inside these loops than written out
+    (the transposed convolutions: BENCHMARKS.md, ``benchmarks/conv_transpose_in_loop.py``); there,
+    for ``M^2 m`` near ``n``, the exact blocks (:func:`block_norms` of :func:`forward_jacobian`,
+    ``n`` JVPs) are cheaper. Source patches ``j`` are processed one after another
     (``lax.map``), the ``M`` target patches of one source batched with ``vmap``; memory
     ``O(M (n + m n_k))``.
 
@@ -649,23 +654,29 @@ def _compiled_block_norms_matrix_free(
         j, source_key = args
         start = jax.random.normal(source_key, (m, nk), dtype)
         start = start / _scaled_norm(start)[:, None]
-        basis_v = jnp.zeros((m, steps + 1, nk), dtype).at[:, 0].set(start)
+        basis_v = jnp.zeros((m, steps, nk), dtype).at[:, 0].set(start)
         basis_u = jnp.zeros((m, steps, nk), dtype)
         alphas = jnp.zeros((m, steps), dtype)
         betas = jnp.zeros((m, steps), dtype)
 
-        def body(i, carry):
-            basis_v, basis_u, alphas, betas = carry
+        def forward_half(i, basis_v, basis_u, alphas, betas):
+            """``u_i``, ``alpha_i``: one JVP, orthogonalised against the earlier ``u``."""
             previous_beta = jnp.where(i > 0, betas[:, i - 1], 0.0)[:, None]
             u = forward(basis_v[:, i], targets, j) - previous_beta * basis_u[:, i - 1]
             u, alpha = _orthonormalize(u, basis_u)  # unfilled rows are zero: projecting on them is a no-op
-            basis_u, alphas = basis_u.at[:, i].set(u), alphas.at[:, i].set(alpha)
-            v = backward(u, targets, j) - alpha[:, None] * basis_v[:, i]
+            return basis_u.at[:, i].set(u), alphas.at[:, i].set(alpha)
+
+        def body(i, carry):
+            basis_v, basis_u, alphas, betas = carry
+            basis_u, alphas = forward_half(i, basis_v, basis_u, alphas, betas)
+            v = backward(basis_u[:, i], targets, j) - alphas[:, i, None] * basis_v[:, i]
             v, beta = _orthonormalize(v, basis_v)
             return basis_v.at[:, i + 1].set(v), basis_u, alphas, betas.at[:, i].set(beta)
 
-        _, _, alphas, betas = jax.lax.fori_loop(0, steps, body, (basis_v, basis_u, alphas, betas))
-        return jax.vmap(_largest_singular_value_bidiagonal)(alphas, betas)  # (M,) over targets k
+        # the last step's VJP would only give beta_m, which the m x m bidiagonal does not hold: skipped
+        carry = jax.lax.fori_loop(0, steps - 1, body, (basis_v, basis_u, alphas, betas))
+        _, alphas = forward_half(steps - 1, *carry)
+        return jax.vmap(_largest_singular_value_bidiagonal)(alphas, carry[3])  # (M,) over targets k
 
     keys = jax.random.split(key, m)
     norms_by_source = jax.lax.map(one_source, (targets, keys))  # [j, k]

@@ -1,5 +1,7 @@
 """Step/chain Jacobians, patch blocks, matrix-free block norms, suppression field."""
 
+import itertools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -264,6 +266,27 @@ def test_block_norms_matrix_free_jitted_float32():
         assert est32.norms.dtype == jnp.float32
         np.testing.assert_allclose(est32.norms, exact, rtol=2e-4, atol=1e-5 * exact.max())
         assert exact.min() > 1e-4 * exact.max()  # genuine cross-patch blocks
+
+
+def test_block_norms_matrix_free_ritz_values_grow_to_the_exact_norms(x64):
+    """Nested Krylov spaces (one key): the Ritz values never decrease with ``iters``, stay below ``||B||_2``, reach it at ``n_k``.
+
+    A linear map with a known dense matrix; ``iters = 1`` (one JVP, no VJP) through ``n_k = 4``
+    (exact to 1e-12: the bidiagonal matrix then holds all of the block's singular values).
+    """
+    shape, p = (4, 4, 1), 2
+    A = jnp.asarray(np.random.default_rng(7).standard_normal((16, 16)))
+    step_fn = lambda y: (A @ y.reshape(-1)).reshape(shape)  # noqa: E731
+    x = jnp.zeros(shape)
+    exact = np.asarray(block_norms(A, shape, p).norms)
+    estimates = [
+        np.asarray(block_norms_matrix_free(step_fn, x, shape, p, key=jax.random.key(3), iters=m).norms)
+        for m in (1, 2, 3, 4)
+    ]
+    for low, high in itertools.pairwise(estimates):
+        assert np.all(high >= low - 1e-12)
+    assert np.all(estimates[0] > 0) and np.all(estimates[2] <= exact + 1e-12)
+    np.testing.assert_allclose(estimates[-1], exact, rtol=1e-12)
 
 
 def test_block_norms_matrix_free_of_a_nonfinite_jacobian_are_nan():
