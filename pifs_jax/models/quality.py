@@ -576,7 +576,8 @@ def in_domain_scores(
     Raises:
       ArgumentError: naming ``samples`` or ``reference`` (wrong image shape for the encoder, fewer
         than :data:`MIN_IN_DOMAIN_SAMPLES` images, non-finite images: their count and indices),
-        ``data`` (no encoder), ``subset_size``, ``subsets``, ``resamples`` or ``level``.
+        ``data`` (no encoder), ``reference_features`` (not ``(len(reference), 128)``),
+        ``subset_size``, ``subsets``, ``resamples`` or ``level``.
     """
     encoder = load_encoder(data)
     features = []
