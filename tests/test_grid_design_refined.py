@@ -18,6 +18,7 @@ from pifs_jax.errors import ArgumentError
 from pifs_jax.grid_design import (
     coordinate_search,
     design_grid,
+    fixed_grid,
     geometric_grid,
     mean_grid_error,
     measure_geometry,
@@ -73,14 +74,15 @@ def test_refined_grid_improves_on_its_start_and_counts_every_evaluation():
     sched = pj.linear(1000)
     eps_fn = mixture_eps(sched)
     x_T = jax.random.normal(jax.random.PRNGKey(1), (6, 4))
-    res = refined_grid(eps_fn, sched, x_T, 5, fine_steps=40, orders=(0.5, 1.0, 2.0))
+    res = refined_grid(eps_fn, sched, x_T, 5, fine_steps=40, orders=(0.5, 1.0, 2.0), fixed=())
     m = res.measurement
     # DDIM's target is the measured fine chain: DDIM run on the fine grid (float32 chains: 1e-5)
     np.testing.assert_allclose(m.fine_solution, run_grid(eps_fn, sched, m.times, x_T), atol=1e-5)
     # the start is the best of the orders' grids, p = 1 being the geometric grid
-    assert res.start_scores[1.0] == pytest.approx(mean_grid_error(eps_fn, sched, geometric_grid(m, 5), x_T,
+    assert res.start_scores["order 1"] == pytest.approx(mean_grid_error(eps_fn, sched, geometric_grid(m, 5), x_T,
                                                                   m.fine_solution), rel=1e-6)  # fmt: skip
-    assert res.start_scores[res.start_order] == min(res.start_scores.values())
+    assert res.start_scores[res.start_name] == min(res.start_scores.values())
+    assert res.start_name == f"order {res.start_order:g}"
     assert res.start.tolist() == geometric_grid(m, 5, order=res.start_order).tolist()
     assert res.history[0] == pytest.approx(min(res.start_scores.values())) and res.history[-1] <= res.history[0]
     assert mean_grid_error(eps_fn, sched, res.grid, x_T, m.fine_solution) == pytest.approx(res.history[-1])
@@ -91,9 +93,34 @@ def test_refined_grid_improves_on_its_start_and_counts_every_evaluation():
     # the search re-scores its start here; refined_grid had it from the starts' scores
     assert res.network_evaluations == m.network_evaluations + 6 * 5 * distinct_starts + search.network_evaluations - 30
     # a second-order solver: its target is its own fine solution, whose evaluations are counted
-    dpm = refined_grid(eps_fn, sched, x_T, 5, sampler=DPMSolverPP2M(), fine_steps=40, orders=(1.0,))
+    dpm = refined_grid(eps_fn, sched, x_T, 5, sampler=DPMSolverPP2M(), fine_steps=40, orders=(1.0,), fixed=())
     assert dpm.start_order == 1.0 and dpm.start.tolist() == geometric_grid(m, 5).tolist()
     assert dpm.network_evaluations >= m.network_evaluations + 6 * 40 + 6 * 5
+
+
+def test_fixed_grids_compete_for_the_start_and_win_when_they_are_better():
+    """With the field's fixed grids among the starts, the start is the best of all by the same score.
+
+    Scores are recomputed independently with ``mean_grid_error`` against the DDIM target; a fixed
+    kind that does not exist is refused by name.
+    """
+    sched = pj.linear(1000)
+    eps_fn = mixture_eps(sched)
+    x_T = jax.random.normal(jax.random.PRNGKey(3), (6, 4))
+    kinds = ("time_uniform", "quadratic_to_T", "logsnr_uniform")
+    res = refined_grid(eps_fn, sched, x_T, 4, fine_steps=40, orders=(1.0,), fixed=kinds)
+    target = res.measurement.fine_solution
+    for kind in kinds:
+        assert res.start_scores[kind] == pytest.approx(
+            mean_grid_error(eps_fn, sched, fixed_grid(sched, 4, kind), x_T, target), rel=1e-6
+        )
+    assert set(res.start_scores) == {"order 1", *kinds}
+    assert res.start_scores[res.start_name] == min(res.start_scores.values())
+    expected = fixed_grid(sched, 4, res.start_name) if res.start_name in kinds else geometric_grid(res.measurement, 4)
+    assert res.start.tolist() == expected.tolist()
+    assert (res.start_order is None) == (res.start_name in kinds)
+    with pytest.raises(ArgumentError, match="fixed"):
+        refined_grid(eps_fn, sched, x_T, 4, fine_steps=40, fixed=("cosine_spacing",))
 
 
 def test_design_grid_default_is_the_refined_grid_and_refuses_bad_orders():

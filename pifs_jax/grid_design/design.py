@@ -157,8 +157,8 @@ def design_grid(
     if method == "refined":
         refined = refined_grid(eps_fn, sched, noises, steps, sampler=sampler, **options)
         grid, evaluations = refined.grid, refined.network_evaluations
-        record.update(start=refined.start.tolist(), start_order=refined.start_order, history=refined.history,
-                      start_scores={str(k): v for k, v in refined.start_scores.items()})  # fmt: skip
+        record.update(start=refined.start.tolist(), start_name=refined.start_name, start_order=refined.start_order,
+                      history=refined.history, start_scores=dict(refined.start_scores))  # fmt: skip
     elif method in ("geometric", "geometric_local"):
         amplification = method == "geometric"
         measure_options = {k: v for k, v in options.items() if k in ("fine_steps", "probes", "key")}

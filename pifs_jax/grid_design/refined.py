@@ -12,7 +12,10 @@ with no reference solution beyond what the measurement already computed:
    evaluations): a solution far more accurate than any ``N``-step one, made by the solver the grid
    is for;
 3. the **start** is the best, by mean RMSE to the target, of the measured-density grids of
-   effective orders ``p`` in ``orders`` (``g^(1/(p+1))``; ``p = 1`` is the geometric grid);
+   effective orders ``p`` in ``orders`` (``g^(1/(p+1))``; ``p = 1`` is the geometric grid) and
+   of the field's fixed grids in ``fixed`` (:func:`pifs_jax.grid_design.fixed_grid`): where one of
+   those is already close to the best a grid can do (DPM-Solver++(2M) on the 8x8 digits model
+   with the quadratic spacing), the refinement starts from it instead of a worse measured grid;
 4. one sweep of scale-free local moves (each interior point toward either neighbour by ``1/8``,
    ``1/4``, ``1/2`` of the gap, :func:`pifs_jax.grid_design.coordinate_search` with ``fractions``),
    kept only where the mean RMSE to the target drops.
@@ -33,16 +36,19 @@ import numpy as np
 from pifs_jax._validation import check_positive_float, check_positive_int
 from pifs_jax.errors import ArgumentError
 from pifs_jax.grid_design.evaluation import mean_grid_error, run_grid
+from pifs_jax.grid_design.fixed import FIXED_GRIDS, fixed_grid
 from pifs_jax.grid_design.geometric import GeometryMeasurement, geometric_grid, measure_geometry
 from pifs_jax.grid_design.search import coordinate_search
 from pifs_jax.samplers import DDIM, Sampler
 from pifs_jax.schedules import Schedule
 from pifs_jax.typing import EpsFn
 
-__all__ = ["DEFAULT_FRACTIONS", "DEFAULT_ORDERS", "RefinedResult", "refined_grid"]
+__all__ = ["DEFAULT_FIXED_STARTS", "DEFAULT_FRACTIONS", "DEFAULT_ORDERS", "RefinedResult", "refined_grid"]
 
 #: Effective orders whose measured-density grids compete for the start (``p = 1``: the geometric grid).
 DEFAULT_ORDERS = (0.5, 1.0, 1.5, 2.0, 3.0)
+#: The field's fixed grids that compete for the start beside them (:func:`pifs_jax.grid_design.fixed_grid` kinds).
+DEFAULT_FIXED_STARTS = ("time_uniform", "quadratic_to_T", "logsnr_uniform", "edm", "kl_optimal")
 #: Local moves of the refinement, as fractions of the gap to each neighbour.
 DEFAULT_FRACTIONS = (0.125, 0.25, 0.5)
 
@@ -52,11 +58,13 @@ class RefinedResult(NamedTuple):
 
     grid: np.ndarray
     start: np.ndarray
-    """The grid the refinement started from (the best measured-density grid)."""
-    start_order: float
-    """The effective order ``p`` of that start."""
-    start_scores: dict[float, float]
-    """Mean RMSE to the target of each order's grid on the design seeds."""
+    """The grid the refinement started from (the best competing start)."""
+    start_name: str
+    """Which start that is: ``"order p"`` (a measured-density grid) or a fixed grid's kind."""
+    start_order: float | None
+    """The effective order ``p`` of that start (``None`` when a fixed grid won)."""
+    start_scores: dict[str, float]
+    """Mean RMSE to the target of each competing start on the design seeds, by name."""
     history: list[float]
     """Mean RMSE to the target after each sweep, the start first."""
     measurement: GeometryMeasurement
@@ -75,6 +83,7 @@ def refined_grid(
     probes: int = 2,
     key: jax.Array | None = None,
     orders: Sequence[float] = DEFAULT_ORDERS,
+    fixed: Sequence[str] = DEFAULT_FIXED_STARTS,
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     sweeps: int = 1,
 ) -> RefinedResult:
@@ -88,7 +97,8 @@ def refined_grid(
       num_steps: ``N``.
       sampler: the solver the grid is for; default ``DDIM()``.
       fine_steps, probes, key: of :func:`~pifs_jax.grid_design.measure_geometry`.
-      orders: effective orders of the competing starts (each > 0).
+      orders: effective orders of the competing measured-density starts (each > 0; at least one).
+      fixed: kinds of :func:`~pifs_jax.grid_design.fixed_grid` competing for the start too (may be empty).
       fractions: local moves of the refinement (each in ``(0, 1)``).
       sweeps: sweeps of local moves (stops early when one improves nothing).
 
@@ -101,6 +111,10 @@ def refined_grid(
     orders = tuple(check_positive_float(p, name="orders") for p in orders)
     if not orders:
         raise ArgumentError("orders", "expected at least one effective order")
+    fixed = tuple(fixed)
+    unknown = [kind for kind in fixed if kind not in FIXED_GRIDS]
+    if unknown:
+        raise ArgumentError("fixed", f"expected kinds of fixed_grid ({', '.join(FIXED_GRIDS)}), got {unknown}")
     start_time = time.perf_counter()
     x_T = jnp.asarray(x_T)
     measurement = measure_geometry(eps_fn, sched, x_T, fine_steps=fine_steps, probes=probes, key=key)
@@ -111,22 +125,25 @@ def refined_grid(
         target = run_grid(eps_fn, sched, measurement.times, x_T, sampler=sampler)
         evaluations += int(x_T.shape[0]) * sampler.nfe(len(measurement.times) - 1)
     scores: dict[tuple[int, ...], float] = {}  # every grid scored here, shared with the search
-    candidates = {p: geometric_grid(measurement, num_steps, order=p) for p in orders}
-    start_scores: dict[float, float] = {}
-    for p, candidate in candidates.items():
+    candidates = {f"order {p:g}": geometric_grid(measurement, num_steps, order=p) for p in orders}
+    candidates |= {kind: fixed_grid(sched, num_steps, kind) for kind in fixed}
+    start_scores: dict[str, float] = {}
+    for name, candidate in candidates.items():
         grid_key = tuple(int(v) for v in candidate)
         if grid_key not in scores:
             scores[grid_key] = mean_grid_error(eps_fn, sched, candidate, x_T, target, sampler=sampler)
             evaluations += int(x_T.shape[0]) * sampler.nfe(num_steps)
-        start_scores[p] = scores[grid_key]
-    start_order = min(orders, key=start_scores.__getitem__)
-    start = candidates[start_order]
+        start_scores[name] = scores[grid_key]
+    start_name = min(candidates, key=start_scores.__getitem__)  # the first listed on a tie: an order
+    start = candidates[start_name]
+    start_order = next((p for p in orders if f"order {p:g}" == start_name), None)
     search = coordinate_search(
         eps_fn, sched, x_T, target, start, sampler=sampler, max_sweeps=sweeps, fractions=fractions,
         known_scores=scores,
     )  # fmt: skip
     evaluations += search.network_evaluations
     return RefinedResult(
-        np.asarray(search.grid, np.int64), np.asarray(start, np.int64), start_order, start_scores, search.history,
+        np.asarray(search.grid, np.int64), np.asarray(start, np.int64), start_name, start_order, start_scores,
+        search.history,
         measurement, int(evaluations), time.perf_counter() - start_time,
     )  # fmt: skip
