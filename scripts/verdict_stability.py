@@ -15,7 +15,8 @@ fraction of draws on which it *holds*, beside the verdict of the first draw:
   them: 4 trajectories of 20 steps, no attention entropy), when ``--regulariser-runs`` names its
   ``runs`` folder.
 
-The settings were fixed before any draw was analysed. Writes ``<out>/verdict_stability.json``
+The settings were fixed before any draw was analysed. Each model's draws are kept in
+``<out>/draws/<model>.json`` and reused by a rerun. Writes ``<out>/verdict_stability.json``
 (config, seed, package versions) and ``<out>/verdict_stability.md``. Run with ``python
 scripts/verdict_stability.py --out results/stability [--regulariser-runs
 results/regulariser/runs]`` (about 15 minutes on a 2-core CPU).
@@ -104,7 +105,13 @@ def main(argv: list[str] | None = None) -> int:
     for name in list_pretrained():
         if int(np.prod(pretrained(name).image_shape)) > MAX_N:
             continue
-        results[f"{name} (trajectory seeds)"] = stability(trajectory_draws(name))
+        cached = args.out / "draws" / f"{name}.json"  # a rerun (e.g. with --regulariser-runs) reuses them
+        if cached.is_file():
+            draws = json.loads(cached.read_text())["results"]
+        else:
+            draws = trajectory_draws(name)
+            write_result_json(cached, draws, config={"model": name, "trajectory_seeds": TRAJECTORY_SEEDS}, seed=0)
+        results[f"{name} (trajectory seeds)"] = stability(draws)
     if args.regulariser_runs is not None:
         draws = [
             json.loads((args.regulariser_runs / run / "study.json").read_text())["results"]["verdicts"]
