@@ -60,7 +60,7 @@ class RefinedResult(NamedTuple):
     start: np.ndarray
     """The grid the refinement started from (the best competing start)."""
     start_name: str
-    """Which start that is: ``"order p"`` (a measured-density grid) or a fixed grid's kind."""
+    """The name of that start, ``"order p"`` for a measured-density grid or else a fixed grid's kind."""
     start_order: float | None
     """The effective order ``p`` of that start (``None`` when a fixed grid won)."""
     start_scores: dict[str, float]
