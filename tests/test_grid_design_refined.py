@@ -121,6 +121,8 @@ def test_fixed_grids_compete_for_the_start_and_win_when_they_are_better():
     assert (res.start_order is None) == (res.start_name in kinds)
     with pytest.raises(ArgumentError, match="fixed"):
         refined_grid(eps_fn, sched, x_T, 4, fine_steps=40, fixed=("cosine_spacing",))
+    with pytest.raises(ArgumentError, match=r"fixed.*string 'edm'"):
+        refined_grid(eps_fn, sched, x_T, 4, fine_steps=40, fixed="edm")
 
 
 def test_design_grid_default_is_the_refined_grid_and_refuses_bad_orders():

@@ -111,6 +111,8 @@ def refined_grid(
     orders = tuple(check_positive_float(p, name="orders") for p in orders)
     if not orders:
         raise ArgumentError("orders", "expected at least one effective order")
+    if isinstance(fixed, str):
+        raise ArgumentError("fixed", f"expected a sequence of fixed_grid kinds, got the string {fixed!r}")
     fixed = tuple(fixed)
     unknown = [kind for kind in fixed if kind not in FIXED_GRIDS]
     if unknown:
