@@ -176,11 +176,7 @@ def step_costs(train_images: np.ndarray) -> dict[str, Any]:
 def paired(values: dict[float, list[float]], mu: float) -> dict[str, Any]:
     """Mean paired difference ``value(mu, s) - value(0, s)`` over seeds with its 95 % ``t`` interval."""
     d = np.asarray(values[mu]) - np.asarray(values[0.0])
-    mean = float(d.mean())
-    half = (
-        float(student_t_quantile(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
-    )
-    return {"differences": d.tolist(), "mean": mean, "lo": mean - half, "hi": mean + half}
+    return {"differences": d.tolist(), **spread(d.tolist())}
 
 
 def lowered(difference: dict[str, Any]) -> str:

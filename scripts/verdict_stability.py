@@ -44,9 +44,8 @@ MAX_N = 1024
 TRAINING_SEED_RUNS = ("mu0_seed0", "mu0_seed1", "mu0_seed2")
 
 
-def trajectory_draws(name: str) -> list[dict[str, str]]:
-    """``[{claim: verdict}]``, one per trajectory seed, for the shipped model ``name``."""
-    model = pretrained(name)
+def trajectory_draws(name: str, model: Any) -> list[dict[str, str]]:
+    """``[{claim: verdict}]``, one per trajectory seed, for the shipped model ``model`` named ``name``."""
     train, _ = model.load_data()
     attention = attention_fn_if_any(model.module, model.params, tuple(model.image_shape))
     patch_size = model.config.patch_size
@@ -103,13 +102,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     results: dict[str, Any] = {}
     for name in list_pretrained():
-        if int(np.prod(pretrained(name).image_shape)) > MAX_N:
+        model = pretrained(name)
+        if int(np.prod(model.image_shape)) > MAX_N:
             continue
         cached = args.out / "draws" / f"{name}.json"  # a rerun (e.g. with --regulariser-runs) reuses them
         if cached.is_file():
             draws = json.loads(cached.read_text())["results"]
         else:
-            draws = trajectory_draws(name)
+            draws = trajectory_draws(name, model)
             write_result_json(cached, draws, config={"model": name, "trajectory_seeds": TRAJECTORY_SEEDS}, seed=0)
         results[f"{name} (trajectory seeds)"] = stability(draws)
     if args.regulariser_runs is not None:
