@@ -83,8 +83,10 @@ MODEL_METHODS = (
 #: seeds for the first-order error model of every solver and the held-out choice of the corrected
 #: candidate (theory section 12), and for every method beside them; 6 are fresh seeds for the
 #: refined grid (settled on prototype seeds 99, theory section 12) and every method beside it; 7 are
-#: fresh seeds for the refined grid with the fixed grids among its starts (theory section 12).
-SEED_DESIGN, SEED_EVAL = 1, 7
+#: fresh seeds for the refined grid with the fixed grids among its starts (theory section 12); 8 are
+#: fresh seeds for the refined grid's one-probe measurement (settled on prototype seeds 99,
+#: scripts/refined_probes_prototype.py).
+SEED_DESIGN, SEED_EVAL = 1, 8
 #: Align Your Steps' settings here: KLUB samples and sweeps bounded for CPU time (the paper: 8192
 #: samples, early stopping on its own metrics).
 AYS_OPTIONS = {"num_samples": 256, "max_sweeps": 4}

@@ -32,7 +32,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from experiments.grid_design import SEED_DESIGN, mixture_model
+# experiments/ is installed as pifs_jax.experiments (pyproject's package-dir), which pyright cannot map
+from pifs_jax.experiments.grid_design import SEED_DESIGN, mixture_model  # pyright: ignore[reportMissingImports]
 from pifs_jax.grid_design import grid_errors, paired_gain, reference_solution, refined_grid, run_grid
 from pifs_jax.models.pretrained import pretrained
 from pifs_jax.reproduce import markdown_table
@@ -106,7 +107,7 @@ def render(results: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for refined_probes_prototype.json")
     args = parser.parse_args()
     results = compute()

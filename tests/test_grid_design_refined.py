@@ -76,6 +76,8 @@ def test_refined_grid_improves_on_its_start_and_counts_every_evaluation():
     x_T = jax.random.normal(jax.random.PRNGKey(1), (6, 4))
     res = refined_grid(eps_fn, sched, x_T, 5, fine_steps=40, orders=(0.5, 1.0, 2.0), fixed=())
     m = res.measurement
+    # the refined grid's measurement uses one probe per trajectory (the geometric grid's: 2): R M (1 + 2)
+    assert m.network_evaluations == 6 * 40 * (1 + 2 * 1)
     # DDIM's target is the measured fine chain: DDIM run on the fine grid (float32 chains: 1e-5)
     np.testing.assert_allclose(m.fine_solution, run_grid(eps_fn, sched, m.times, x_T), atol=1e-5)
     # the start is the best of the orders' grids, p = 1 being the geometric grid

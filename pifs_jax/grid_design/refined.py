@@ -6,7 +6,8 @@ not known beforehand (DPM-Solver++(2M)'s second differences are too noisy to mea
 refined grid keeps everything the measurement gives and settles the rest on the design seeds,
 with no reference solution beyond what the measurement already computed:
 
-1. measure the geometry along ``R`` fine DDIM trajectories (``R M (1 + 2P)`` network evaluations);
+1. measure the geometry along ``R`` fine DDIM trajectories (``R M (1 + 2P)`` network evaluations,
+   ``P = 1`` probe by default: :data:`DEFAULT_PROBES`);
 2. the **target** of each design seed is the design solver's own solution on the same fine grid
    (for DDIM that is the measured chain itself, at no cost; for another solver ``R x NFE(M)``
    evaluations): a solution far more accurate than any ``N``-step one, made by the solver the grid
@@ -43,12 +44,23 @@ from pifs_jax.samplers import DDIM, Sampler
 from pifs_jax.schedules import Schedule
 from pifs_jax.typing import EpsFn
 
-__all__ = ["DEFAULT_FIXED_STARTS", "DEFAULT_FRACTIONS", "DEFAULT_ORDERS", "RefinedResult", "refined_grid"]
+__all__ = [
+    "DEFAULT_FIXED_STARTS",
+    "DEFAULT_FRACTIONS",
+    "DEFAULT_ORDERS",
+    "DEFAULT_PROBES",
+    "RefinedResult",
+    "refined_grid",
+]
 
 #: Effective orders whose measured-density grids compete for the start (``p = 1``: the geometric grid).
 DEFAULT_ORDERS = (0.5, 1.0, 1.5, 2.0, 3.0)
 #: The field's fixed grids that compete for the start beside them (:func:`pifs_jax.grid_design.fixed_grid` kinds).
 DEFAULT_FIXED_STARTS = ("time_uniform", "quadratic_to_T", "logsnr_uniform", "edm", "kl_optimal")
+#: Random probes per trajectory of the refined grid's measurement (the geometric grid's own default is 2):
+#: the probes only shape the measured-density starts, which the design seeds then judge; one probe
+#: costs ``R M`` evaluations less (theory section 12: settled on prototype seeds 99).
+DEFAULT_PROBES = 1
 #: Local moves of the refinement, as fractions of the gap to each neighbour.
 DEFAULT_FRACTIONS = (0.125, 0.25, 0.5)
 
@@ -80,7 +92,7 @@ def refined_grid(
     *,
     sampler: Sampler | None = None,
     fine_steps: int = 100,
-    probes: int = 2,
+    probes: int = DEFAULT_PROBES,
     key: jax.Array | None = None,
     orders: Sequence[float] = DEFAULT_ORDERS,
     fixed: Sequence[str] = DEFAULT_FIXED_STARTS,
@@ -96,7 +108,8 @@ def refined_grid(
         mean, the refinement a comparison of grids on the same seeds).
       num_steps: ``N``.
       sampler: the solver the grid is for; default ``DDIM()``.
-      fine_steps, probes, key: of :func:`~pifs_jax.grid_design.measure_geometry`.
+      fine_steps, probes, key: of :func:`~pifs_jax.grid_design.measure_geometry` (``probes``: default
+        :data:`DEFAULT_PROBES`, one fewer than the geometric grid's).
       orders: effective orders of the competing measured-density starts (each > 0; at least one).
       fixed: kinds of :func:`~pifs_jax.grid_design.fixed_grid` competing for the start too (may be empty).
       fractions: local moves of the refinement (each in ``(0, 1)``).
