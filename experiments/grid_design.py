@@ -24,10 +24,12 @@ Modes: ``quick`` (tests: the mixture only, ``N = 5``, DDIM, few seeds), default 
 2 cores: ``N = 10``, both solvers, 32 design and 128 evaluation seeds, shortened searches and
 fits), ``full`` (every shipped model, ``N`` in 4, 5, 6, 8, 10, 15, 20, 2000 evaluation seeds),
 and the configuration of docs/guides/sampling-grids.md's tables (64 design and 256 evaluation
-seeds, the methods' own settings; 16 minutes on 2 cores): ``run(Path("results"), tables=True)``.
+seeds, the methods' own settings; 16 minutes on 2 cores for the mixture and ``dit-photos16``):
+``--tables``, with ``--models NAME ...`` for other models.
 
 Writes ``<out>/grid_design/grid_design.json`` and ``error_vs_nfe.png``.
-Run alone with ``python experiments/grid_design.py --out results [--quick | --full]``.
+Run alone with ``python experiments/grid_design.py --out results [--quick | --full | --tables]
+[--models NAME ...]``.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ import numpy as np
 from pifs_jax import plotting
 from pifs_jax.data import gaussian_mixture_data
 from pifs_jax.denoisers import gaussian_mixture_denoiser
+from pifs_jax.errors import ArgumentError
 from pifs_jax.grid_design import (
     corrected_denoiser,
     design_grid,
@@ -360,6 +363,9 @@ def run(
     out = Path(out_dir) / NAME
     cfg = mode_config(quick=quick, full=full, tables=tables)
     if models is not None:
+        unknown = [m for m in models if m not in ("mixture", *list_pretrained())]
+        if unknown or not models:
+            raise ArgumentError("models", f"expected names of 'mixture' or {list_pretrained()}, got {list(models)}")
         cfg["models"] = list(models)
     results = compute(cfg)
     write_result_json(

@@ -375,8 +375,10 @@ def accepts_option(run: Callable[..., Any], name: str) -> bool:
 def experiment_main(name: str, doc: str | None, run: Any, *, quick_help: str, argv: list[str] | None = None) -> int:
     """Command line of one experiment script: ``python experiments/<name>.py [--out DIR] [--quick] [--full] [--retrain]``.
 
-    Parses ``argv``, calls ``run(Path(out), quick=quick)`` (with ``full=True`` for ``--full`` and
-    ``retrain=True`` for ``--retrain``, each offered when ``run`` takes it: ``accepts_option``) while holding ``OUT/<name>`` as a
+    Parses ``argv``, calls ``run(Path(out), quick=quick)`` (with ``full=True`` for ``--full``,
+    ``retrain=True`` for ``--retrain``, ``tables=True`` for ``--tables`` (the configuration of the
+    experiment's guide tables) and ``models=[...]`` for ``--models NAME ...``, each offered when
+    ``run`` takes it: ``accepts_option``) while holding ``OUT/<name>`` as a
     :class:`~pifs_jax.run_folder.RunFolder` (its lock and in-progress marker; a second run on the same
     folder is refused by name), and prints the section's markdown.
     Every experiment's ``main`` is this call, so the scripts share one interface with
@@ -393,7 +395,8 @@ def experiment_main(name: str, doc: str | None, run: Any, *, quick_help: str, ar
       0 (the exit status).
 
     Raises:
-      SystemExit: from ``argparse`` for ``--help`` or invalid arguments (``--quick`` with ``--full``).
+      SystemExit: from ``argparse`` for ``--help`` or invalid arguments (two of ``--quick``, ``--full``,
+        ``--tables``).
       ArgumentError: naming ``out`` when ``OUT/<name>`` is a file or is in use by another process.
     """
     import argparse
@@ -407,12 +410,17 @@ def experiment_main(name: str, doc: str | None, run: Any, *, quick_help: str, ar
         parser.add_argument(
             "--retrain", action="store_true", help="train the models from scratch instead of using the shipped ones"
         )
+    if accepts_option(run, "tables"):
+        parser.add_argument("--tables", action="store_true", help="the configuration of the tables in the guide")
+    if accepts_option(run, "models"):
+        parser.add_argument("--models", nargs="+", metavar="NAME", help="these models instead of the mode's")
     args = parser.parse_args(argv)
-    extra = {"full": True} if getattr(args, "full", False) else {}
-    if extra and args.quick:
-        parser.error("--quick and --full exclude each other")
-    if getattr(args, "retrain", False):
-        extra["retrain"] = True
+    modes = [flag for flag in ("quick", "full", "tables") if getattr(args, flag, False)]
+    if len(modes) > 1:
+        parser.error(" and ".join(f"--{flag}" for flag in modes) + " exclude each other")
+    extra: dict[str, Any] = {flag: True for flag in ("full", "retrain", "tables") if getattr(args, flag, False)}
+    if getattr(args, "models", None):
+        extra["models"] = list(args.models)
     # the experiment's folder is held as reproduce holds the report's: a second run on it is refused
     with RunFolder(
         Path(args.out) / name,

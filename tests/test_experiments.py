@@ -230,3 +230,28 @@ def test_runs_as_a_script(schedule_geometry, tmp_path, capsys):
     assert module.main(["--out", str(tmp_path), "--quick"]) == 0
     assert "1.0024" in capsys.readouterr().out
     assert (tmp_path / "schedule_geometry" / "schedule_geometry.json").exists()
+
+
+def test_experiment_command_line_offers_the_options_its_run_takes(tmp_path, capsys):
+    """``--tables`` and ``--models`` reach ``run`` when it takes them; two modes are refused by name."""
+    calls = []
+
+    def run(out_dir, *, quick, full=False, tables=False, models=None):
+        calls.append({"quick": quick, "full": full, "tables": tables, "models": models})
+        return {"markdown": "done"}
+
+    argv = ["--out", str(tmp_path), "--tables", "--models", "dit-digits", "mixture"]
+    assert reproduce.experiment_main("toy", None, run, quick_help="q", argv=argv) == 0
+    assert calls == [{"quick": False, "full": False, "tables": True, "models": ["dit-digits", "mixture"]}]
+    with pytest.raises(SystemExit):
+        reproduce.experiment_main(
+            "toy", None, run, quick_help="q", argv=["--out", str(tmp_path), "--quick", "--tables"]
+        )
+    assert "--quick and --tables exclude each other" in capsys.readouterr().err
+
+    def plain(out_dir, *, quick):
+        return {"markdown": "plain"}
+
+    with pytest.raises(SystemExit):  # not offered to a run that does not take it
+        reproduce.experiment_main("toy2", None, plain, quick_help="q", argv=["--out", str(tmp_path), "--tables"])
+    assert "unrecognized arguments: --tables" in capsys.readouterr().err

@@ -372,6 +372,10 @@ def test_grid_design_experiment_tables_are_consistent(tmp_path):
                gradient_iterations=2, methods=("geometric", "oracle"))  # fmt: skip
     results = module.compute(cfg, progress=False)
     run = results["models"]["mixture"]["runs"][0]
+    for models in (["mixture", "dit-digitz"], []):  # refused before anything is computed
+        with pytest.raises(ArgumentError, match="^models: .*dit-digitz" if models else "^models:"):
+            module.run(tmp_path / "refused", tables=True, models=models)
+    assert not (tmp_path / "refused").exists()
     # the transfer: each designed grid run by the other solver, against a direct run of that grid
     transfer = results["models"]["mixture"]["transfer"]
     assert {(t["method"], t["designed_for"], t["run_by"]) for t in transfer} == {
