@@ -14,7 +14,8 @@ the logged training eps-MSE. The definitions and rules are the package's, unchan
 is chosen after seeing a result.
 
 Resumable: each kept checkpoint (``<out>/checkpoints/step-<S>.msgpack``) and each point's
-measurements (``<out>/points/step-<S>.json``) are written atomically and reused by a rerun.
+measurements (``<out>/points/step-<S>.json``, with config, seed and package versions) are written
+atomically and reused by a rerun.
 Writes ``<out>/training_length.json`` (config, seed, package versions), ``training_length.md``
 and ``training_length.png``. Run with ``python scripts/training_length.py --out
 results/training_length`` (about 15 minutes alone on a 2-core CPU).
@@ -25,8 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -44,7 +43,7 @@ from pifs_jax.models.training import load_run, load_train_test, read_metrics_log
 from pifs_jax.models.training.curve import score_model
 from pifs_jax.models.training.recipes import recipe
 from pifs_jax.reproduce import markdown_table
-from pifs_jax.results import atomic_write_text, write_result_json
+from pifs_jax.results import atomic_write_bytes, atomic_write_text, to_jsonable, write_result_json
 from pifs_jax.schedules import named_schedule
 
 RECIPE = "dit-digits"
@@ -53,14 +52,6 @@ TRAJECTORIES, STEPS = 16, 50
 NUM_SAMPLES = 512
 #: Logged eps-MSE values averaged for each point (the last ones up to its step).
 MSE_WINDOW = 10
-
-
-def keep_checkpoint(run_dir: Path, kept: Path) -> None:
-    """Copy the run's checkpoint to ``kept`` atomically (a copy beside it, then a rename)."""
-    kept.parent.mkdir(parents=True, exist_ok=True)
-    partial = kept.with_name(kept.name + ".partial")
-    shutil.copyfile(run_dir / CHECKPOINT_NAME, partial)
-    os.replace(partial, kept)
 
 
 def measure(run_dir: Path, step: int, train_images: np.ndarray, test_images: np.ndarray) -> dict[str, Any]:
@@ -104,19 +95,26 @@ def compute(out: Path) -> dict[str, Any]:
         kept = out / "checkpoints" / f"step-{step}.msgpack"
         point_file = out / "points" / f"step-{step}.json"
         if point_file.is_file():
-            points.append(json.loads(point_file.read_text()))
+            points.append(json.loads(point_file.read_text())["results"])
             continue
         if not kept.is_file():
             resume = (run_dir / CHECKPOINT_NAME).is_file()
             start = time.perf_counter()
             train(config, run_dir, resume=resume, stop_at=step, progress=True, evaluate=False)
             print(f"trained to step {step}: {time.perf_counter() - start:.0f} s", flush=True)
-            keep_checkpoint(run_dir, kept)
+            atomic_write_bytes(kept, (run_dir / CHECKPOINT_NAME).read_bytes())
         point = {"fraction": fraction, **measure(run_dir, step, train_images, test_images)}
-        atomic_write_text(point_file, json.dumps(point, indent=1, default=float))
+        write_result_json(point_file, point, config={"recipe": RECIPE, "step": step}, seed=0)
+        point = to_jsonable(point)  # as a rerun reads it back (non-finite values as strings)
         print(f"step {step}: " + ", ".join(f"{k} {v['verdict']}" for k, v in point["claims"].items()), flush=True)
         points.append(point)
     return {"recipe": RECIPE, "steps": config.steps, "points": points}
+
+
+def claim_value(point: dict[str, Any], claim: str) -> float:
+    """The claim's value at ``point`` (``nan`` when not tested; written as the string ``"nan"``)."""
+    value = point["claims"].get(claim, {}).get("value")
+    return math.nan if value is None else float(value)
 
 
 def render(results: dict[str, Any]) -> str:
@@ -126,9 +124,8 @@ def render(results: dict[str, Any]) -> str:
     for claim in CLAIM_NAMES:
         cells = []
         for p in points:
-            c = p["claims"].get(claim, {"verdict": "not tested", "value": float("nan")})
-            value = c["value"]
-            cells.append(c["verdict"] if value is None or math.isnan(value) else f"{c['verdict']} ({value:.3g})")
+            verdict, value = p["claims"].get(claim, {}).get("verdict", "not tested"), claim_value(p, claim)
+            cells.append(verdict if math.isnan(value) else f"{verdict} ({value:.3g})")
         rows.append([claim, *cells])
     rows.append(["in-domain FD", *(f"{p['quality']['fd_in_domain']:.2f}" for p in points)])
     rows.append(["in-domain KID", *(f"{p['quality']['kid_in_domain']:.3f}" for p in points)])
@@ -150,8 +147,7 @@ def draw(results: dict[str, Any], path: Path) -> None:
     panels = [*CLAIM_NAMES, "fd_in_domain", "train_mse"]
     for ax, name in zip(axes.ravel(), panels, strict=True):
         if name in CLAIM_NAMES:
-            values = [p["claims"].get(name, {}).get("value") for p in points]
-            values = [np.nan if v is None else v for v in values]
+            values = [claim_value(p, name) for p in points]
             ax.plot(fractions, values, color="0.6", linewidth=1)
             for x, p, v in zip(fractions, points, values, strict=True):
                 verdict = p["claims"].get(name, {}).get("verdict", "not tested")
