@@ -141,3 +141,31 @@ def test_design_grid_default_is_the_refined_grid_and_refuses_bad_orders():
         refined_grid(eps_fn, sched, x_T, 4, fine_steps=40, orders=())
     with pytest.raises(ArgumentError, match="order"):
         geometric_grid(measure_geometry(eps_fn, sched, x_T, fine_steps=40), 4, order=0.0)
+
+
+def test_measure_seeds_measures_a_prefix_and_targets_every_seed():
+    """``measure_seeds = m``: the geometry of the first ``m`` noises, DDIM targets for all ``R``.
+
+    Independent values: the measurement equals ``measure_geometry`` of the prefix; the search's
+    objective is recomputed with ``mean_grid_error`` against DDIM run on the fine grid from all
+    ``R`` noises; the evaluations add ``R - m`` fine DDIM chains to the measurement's; more
+    measured seeds than noises, or none, are refused by name.
+    """
+    sched = pj.linear(1000)
+    eps_fn = mixture_eps(sched)
+    x_T = jax.random.normal(jax.random.PRNGKey(5), (6, 4))
+    res = refined_grid(eps_fn, sched, x_T, 4, fine_steps=40, orders=(1.0,), fixed=(), measure_seeds=2)
+    prefix = measure_geometry(eps_fn, sched, x_T[:2], fine_steps=40, probes=1)
+    m = res.measurement
+    assert m.network_evaluations == prefix.network_evaluations == 2 * 40 * 3
+    np.testing.assert_allclose(m.fine_solution, prefix.fine_solution, atol=1e-6)
+    assert res.start.tolist() == geometric_grid(prefix, 4).tolist()
+    target = run_grid(eps_fn, sched, m.times, x_T)  # every seed's DDIM target on the fine grid
+    assert res.history[-1] == pytest.approx(mean_grid_error(eps_fn, sched, res.grid, x_T, target), rel=1e-5)
+    search = coordinate_search(eps_fn, sched, x_T, target, res.start, max_sweeps=1, fractions=(0.125, 0.25, 0.5))
+    assert res.grid.tolist() == search.grid.tolist()
+    # measurement + 4 more fine chains of 40 steps + the searched grids (its start counted once)
+    assert res.network_evaluations == m.network_evaluations + 4 * 40 + search.network_evaluations
+    for bad, message in ((7, "at most the 6 noises"), (0, "measure_seeds")):
+        with pytest.raises(ArgumentError, match=message):
+            refined_grid(eps_fn, sched, x_T, 4, fine_steps=40, measure_seeds=bad)

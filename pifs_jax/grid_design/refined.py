@@ -6,12 +6,13 @@ not known beforehand (DPM-Solver++(2M)'s second differences are too noisy to mea
 refined grid keeps everything the measurement gives and settles the rest on the design seeds,
 with no reference solution beyond what the measurement already computed:
 
-1. measure the geometry along ``R`` fine DDIM trajectories (``R M (1 + 2P)`` network evaluations,
-   ``P = 1`` probe by default: :data:`DEFAULT_PROBES`);
+1. measure the geometry along ``R_m`` fine DDIM trajectories, the first ``R_m`` of the ``R`` design
+   seeds (``R_m M (1 + 2P)`` network evaluations, ``P = 1`` probe by default: :data:`DEFAULT_PROBES`;
+   ``R_m = R`` unless ``measure_seeds`` says otherwise);
 2. the **target** of each design seed is the design solver's own solution on the same fine grid
-   (for DDIM that is the measured chain itself, at no cost; for another solver ``R x NFE(M)``
-   evaluations): a solution far more accurate than any ``N``-step one, made by the solver the grid
-   is for;
+   (for DDIM on the measured seeds that is the measured chain itself, at no cost; otherwise
+   ``NFE(M)`` evaluations per seed): a solution far more accurate than any ``N``-step one, made by
+   the solver the grid is for;
 3. the **start** is the best, by mean RMSE to the target, of the measured-density grids of
    effective orders ``p`` in ``orders`` (``g^(1/(p+1))``; ``p = 1`` is the geometric grid) and
    of the field's fixed grids in ``fixed`` (:func:`pifs_jax.grid_design.fixed_grid`): where one of
@@ -98,6 +99,7 @@ def refined_grid(
     fixed: Sequence[str] = DEFAULT_FIXED_STARTS,
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     sweeps: int = 1,
+    measure_seeds: int | None = None,
 ) -> RefinedResult:
     """The refined grid of ``num_steps`` steps for ``sampler`` (module docstring).
 
@@ -114,6 +116,11 @@ def refined_grid(
       fixed: kinds of :func:`~pifs_jax.grid_design.fixed_grid` competing for the start too (may be empty).
       fractions: local moves of the refinement (each in ``(0, 1)``).
       sweeps: sweeps of local moves (stops early when one improves nothing).
+      measure_seeds: measure the geometry on the first ``measure_seeds`` noises of ``x_T`` only (at
+        most ``R``; default all): the measurement is a mean of smooth per-step quantities, while the
+        search compares grids by per-seed errors that spread tenfold between seeds, so the search
+        gains more from a seed than the measurement does. The other noises' DDIM targets then cost
+        ``NFE(M)`` evaluations each.
 
     Returns:
       :class:`RefinedResult`.
@@ -132,13 +139,22 @@ def refined_grid(
         raise ArgumentError("fixed", f"expected kinds of fixed_grid ({', '.join(FIXED_GRIDS)}), got {unknown}")
     start_time = time.perf_counter()
     x_T = jnp.asarray(x_T)
-    measurement = measure_geometry(eps_fn, sched, x_T, fine_steps=fine_steps, probes=probes, key=key)
+    seeds = int(x_T.shape[0]) if x_T.ndim else 0
+    measured = seeds if measure_seeds is None else check_positive_int(measure_seeds, name="measure_seeds")
+    if measured > seeds:
+        raise ArgumentError("measure_seeds", f"expected at most the {seeds} noises of x_T, got {measured}")
+    measurement = measure_geometry(eps_fn, sched, x_T[:measured], fine_steps=fine_steps, probes=probes, key=key)
     evaluations = measurement.network_evaluations
+    fine_nfe = sampler.nfe(len(measurement.times) - 1)
     if isinstance(sampler, DDIM) and not sampler.stochastic and measurement.fine_solution is not None:
-        target = measurement.fine_solution
+        target = measurement.fine_solution  # the measured chain itself: free for the measured seeds
+        if measured < seeds:
+            rest = run_grid(eps_fn, sched, measurement.times, x_T[measured:], sampler=sampler)
+            target = np.concatenate([np.asarray(target), np.asarray(rest, np.asarray(target).dtype)])
+            evaluations += (seeds - measured) * fine_nfe
     else:
         target = run_grid(eps_fn, sched, measurement.times, x_T, sampler=sampler)
-        evaluations += int(x_T.shape[0]) * sampler.nfe(len(measurement.times) - 1)
+        evaluations += seeds * fine_nfe
     scores: dict[tuple[int, ...], float] = {}  # every grid scored here, shared with the search
     candidates = {f"order {p:g}": geometric_grid(measurement, num_steps, order=p) for p in orders}
     candidates |= {kind: fixed_grid(sched, num_steps, kind) for kind in fixed}
