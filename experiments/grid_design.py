@@ -353,12 +353,20 @@ def draw_figures(results: dict[str, Any], out: Path) -> list[str]:
 
 
 def run(
-    out_dir: Path, *, quick: bool = False, full: bool = False, tables: bool = False, models: list[str] | None = None
+    out_dir: Path,
+    *,
+    quick: bool = False,
+    full: bool = False,
+    tables: bool = False,
+    models: list[str] | None = None,
+    methods: list[str] | None = None,
 ) -> dict[str, Any]:
     """Compute, write ``grid_design.json`` and the figures, return the report section.
 
     ``tables``: the guide's configuration; ``models``: these models instead of the mode's (e.g.
-    the other shipped models in the guide's configuration, as its second table does).
+    the other shipped models in the guide's configuration, as its second table does); ``methods``:
+    only these of :data:`MODEL_METHODS` beside the fixed grids (e.g. part 1's methods on a slow
+    model: ``gits geometric refined oracle``), in :data:`MODEL_METHODS`' order.
     """
     out = Path(out_dir) / NAME
     cfg = mode_config(quick=quick, full=full, tables=tables)
@@ -367,6 +375,11 @@ def run(
         if unknown or not models:
             raise ArgumentError("models", f"expected names of 'mixture' or {list_pretrained()}, got {list(models)}")
         cfg["models"] = list(models)
+    if methods is not None:
+        unknown = [m for m in methods if m not in MODEL_METHODS]
+        if unknown or not methods:
+            raise ArgumentError("methods", f"expected names of {list(MODEL_METHODS)}, got {list(methods)}")
+        cfg["methods"] = [m for m in MODEL_METHODS if m in methods]
     results = compute(cfg)
     write_result_json(
         out / "grid_design.json", results,
@@ -376,11 +389,12 @@ def run(
     summary = []
     for model_name, model in results["models"].items():
         for r in model["runs"]:
-            gains = {m: r["methods"][m]["gain_vs_best_fixed"]["gain"] for m in ("refined", "geometric")}
-            summary.append(
-                f"{model_name} {r['solver']} N={r['steps']}: refined {100 * gains['refined']:+.1f} %, "
-                f"geometric {100 * gains['geometric']:+.1f} %"
-            )
+            gains = [
+                f"{m} {100 * r['methods'][m]['gain_vs_best_fixed']['gain']:+.1f} %"
+                for m in ("refined", "geometric")
+                if m in r["methods"]
+            ]
+            summary.append(f"{model_name} {r['solver']} N={r['steps']}: " + ", ".join(gains))
     return {"markdown": render_markdown(results), "figures": figures, "summary": "; ".join(summary), "results": results}
 
 

@@ -377,7 +377,8 @@ def experiment_main(name: str, doc: str | None, run: Any, *, quick_help: str, ar
 
     Parses ``argv``, calls ``run(Path(out), quick=quick)`` (with ``full=True`` for ``--full``,
     ``retrain=True`` for ``--retrain``, ``tables=True`` for ``--tables`` (the configuration of the
-    experiment's guide tables) and ``models=[...]`` for ``--models NAME ...``, each offered when
+    experiment's guide tables), ``models=[...]`` for ``--models NAME ...`` and ``methods=[...]`` for
+    ``--methods NAME ...``, each offered when
     ``run`` takes it: ``accepts_option``) while holding ``OUT/<name>`` as a
     :class:`~pifs_jax.run_folder.RunFolder` (its lock and in-progress marker; a second run on the same
     folder is refused by name), and prints the section's markdown.
@@ -414,13 +415,16 @@ def experiment_main(name: str, doc: str | None, run: Any, *, quick_help: str, ar
         parser.add_argument("--tables", action="store_true", help="the configuration of the tables in the guide")
     if accepts_option(run, "models"):
         parser.add_argument("--models", nargs="+", metavar="NAME", help="these models instead of the mode's")
+    if accepts_option(run, "methods"):
+        parser.add_argument("--methods", nargs="+", metavar="NAME", help="only these methods (and what they need)")
     args = parser.parse_args(argv)
     modes = [flag for flag in ("quick", "full", "tables") if getattr(args, flag, False)]
     if len(modes) > 1:
         parser.error(" and ".join(f"--{flag}" for flag in modes) + " exclude each other")
     extra: dict[str, Any] = {flag: True for flag in ("full", "retrain", "tables") if getattr(args, flag, False)}
-    if getattr(args, "models", None):
-        extra["models"] = list(args.models)
+    for option in ("models", "methods"):
+        if getattr(args, option, None):
+            extra[option] = list(getattr(args, option))
     # the experiment's folder is held as reproduce holds the report's: a second run on it is refused
     with RunFolder(
         Path(args.out) / name,

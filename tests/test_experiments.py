@@ -233,16 +233,17 @@ def test_runs_as_a_script(schedule_geometry, tmp_path, capsys):
 
 
 def test_experiment_command_line_offers_the_options_its_run_takes(tmp_path, capsys):
-    """``--tables`` and ``--models`` reach ``run`` when it takes them; two modes are refused by name."""
+    """``--tables``, ``--models`` and ``--methods`` reach ``run`` when it takes them; two modes are refused by name."""
     calls = []
 
-    def run(out_dir, *, quick, full=False, tables=False, models=None):
-        calls.append({"quick": quick, "full": full, "tables": tables, "models": models})
+    def run(out_dir, *, quick, full=False, tables=False, models=None, methods=None):
+        calls.append({"quick": quick, "full": full, "tables": tables, "models": models, "methods": methods})
         return {"markdown": "done"}
 
-    argv = ["--out", str(tmp_path), "--tables", "--models", "dit-digits", "mixture"]
+    argv = ["--out", str(tmp_path), "--tables", "--models", "dit-digits", "mixture", "--methods", "gits", "oracle"]
     assert reproduce.experiment_main("toy", None, run, quick_help="q", argv=argv) == 0
-    assert calls == [{"quick": False, "full": False, "tables": True, "models": ["dit-digits", "mixture"]}]
+    assert calls == [{"quick": False, "full": False, "tables": True, "models": ["dit-digits", "mixture"],
+                      "methods": ["gits", "oracle"]}]  # fmt: skip
     with pytest.raises(SystemExit):
         reproduce.experiment_main(
             "toy", None, run, quick_help="q", argv=["--out", str(tmp_path), "--quick", "--tables"]
@@ -255,3 +256,6 @@ def test_experiment_command_line_offers_the_options_its_run_takes(tmp_path, caps
     with pytest.raises(SystemExit):  # not offered to a run that does not take it
         reproduce.experiment_main("toy2", None, plain, quick_help="q", argv=["--out", str(tmp_path), "--tables"])
     assert "unrecognized arguments: --tables" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        reproduce.experiment_main("toy3", None, plain, quick_help="q", argv=["--out", str(tmp_path), "--methods", "a"])
+    assert "unrecognized arguments: --methods a" in capsys.readouterr().err

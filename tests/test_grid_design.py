@@ -375,6 +375,9 @@ def test_grid_design_experiment_tables_are_consistent(tmp_path):
     for models in (["mixture", "dit-digitz"], []):  # refused before anything is computed
         with pytest.raises(ArgumentError, match="^models: .*dit-digitz" if models else "^models:"):
             module.run(tmp_path / "refused", tables=True, models=models)
+    for methods in (["refined", "orakel"], []):
+        with pytest.raises(ArgumentError, match="^methods: .*orakel" if methods else "^methods:"):
+            module.run(tmp_path / "refused", tables=True, methods=methods)
     assert not (tmp_path / "refused").exists()
     # the transfer: each designed grid run by the other solver, against a direct run of that grid
     transfer = results["models"]["mixture"]["transfer"]
