@@ -128,6 +128,15 @@ def mixture_model() -> tuple[Any, Any, tuple[int, ...], Any]:
     return eps_fn, sched, (n,), data
 
 
+def denoiser(name: str) -> tuple[Any, Any, tuple[int, ...]]:
+    """``(eps_fn, schedule, sample shape)`` of ``"mixture"`` or a shipped model, without its data (the prototypes' models)."""
+    if name == "mixture":
+        eps_fn, sched, shape, _ = mixture_model()
+        return eps_fn, sched, shape
+    loaded = pretrained(name)
+    return loaded.eps_fn, loaded.schedule, tuple(loaded.image_shape)
+
+
 def _model(name: str) -> tuple[Any, Any, tuple[int, ...], Any, Any]:
     """``(eps_fn, schedule, sample shape, training images, in-domain scorer or None)``."""
     if name == "mixture":

@@ -33,9 +33,8 @@ import jax
 import numpy as np
 
 # experiments/ is installed as pifs_jax.experiments (pyproject's package-dir), which pyright cannot map
-from pifs_jax.experiments.grid_design import SEED_DESIGN, mixture_model  # pyright: ignore[reportMissingImports]
+from pifs_jax.experiments.grid_design import SEED_DESIGN, denoiser  # pyright: ignore[reportMissingImports]
 from pifs_jax.grid_design import grid_errors, paired_gain, reference_solution, refined_grid, run_grid
-from pifs_jax.models.pretrained import pretrained
 from pifs_jax.reproduce import markdown_table
 from pifs_jax.results import write_result_json
 from pifs_jax.samplers import DDIM, DPMSolverPP2M, sampler_name
@@ -50,18 +49,10 @@ DESIGN, EVALUATE = 16, 256
 WORST_ALLOWED, MEAN_ALLOWED = -0.03, -0.01
 
 
-def model(name: str) -> tuple[Any, Any, tuple[int, ...]]:
-    if name == "mixture":
-        eps_fn, sched, shape, _ = mixture_model()
-        return eps_fn, sched, shape
-    loaded = pretrained(name)
-    return loaded.eps_fn, loaded.schedule, tuple(loaded.image_shape)
-
-
 def compute() -> dict[str, Any]:
     rows = []
     for name in MODELS:
-        eps_fn, sched, shape = model(name)
+        eps_fn, sched, shape = denoiser(name)
         design = jax.random.normal(jax.random.PRNGKey(SEED_DESIGN), (64, *shape))[:DESIGN]
         evaluate = jax.random.normal(jax.random.PRNGKey(SEED_PROTOTYPE), (EVALUATE, *shape))
         reference = reference_solution(eps_fn, sched, evaluate)

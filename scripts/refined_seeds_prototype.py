@@ -39,9 +39,8 @@ import jax
 import numpy as np
 
 # experiments/ is installed as pifs_jax.experiments (pyproject's package-dir), which pyright cannot map
-from pifs_jax.experiments.grid_design import SEED_DESIGN, mixture_model  # pyright: ignore[reportMissingImports]
+from pifs_jax.experiments.grid_design import SEED_DESIGN, denoiser  # pyright: ignore[reportMissingImports]
 from pifs_jax.grid_design import grid_errors, paired_gain, reference_solution, refined_grid, run_grid
-from pifs_jax.models.pretrained import pretrained
 from pifs_jax.reproduce import markdown_table
 from pifs_jax.results import write_result_json
 from pifs_jax.samplers import DDIM, DPMSolverPP2M, sampler_name
@@ -59,18 +58,10 @@ ORACLE_COST = {("ddim", 5): 111_360, ("ddim", 10): 265_600, ("dpmpp2m", 5): 110_
 COST_SHARE, WORST_ALLOWED, MEAN_REQUIRED = 0.10, -0.03, 0.02
 
 
-def model(name: str) -> tuple[Any, Any, tuple[int, ...]]:
-    if name == "mixture":
-        eps_fn, sched, shape, _ = mixture_model()
-        return eps_fn, sched, shape
-    loaded = pretrained(name)
-    return loaded.eps_fn, loaded.schedule, tuple(loaded.image_shape)
-
-
 def compute() -> dict[str, Any]:
     rows = []
     for name in MODELS:
-        eps_fn, sched, shape = model(name)
+        eps_fn, sched, shape = denoiser(name)
         design = jax.random.normal(jax.random.PRNGKey(SEED_DESIGN), (64, *shape))
         evaluate = jax.random.normal(jax.random.PRNGKey(SEED_PROTOTYPE), (EVALUATE, *shape))
         reference = reference_solution(eps_fn, sched, evaluate)
