@@ -150,7 +150,7 @@ def refined_grid(
         target = measurement.fine_solution  # the measured chain itself: free for the measured seeds
         if measured < seeds:
             rest = run_grid(eps_fn, sched, measurement.times, x_T[measured:], sampler=sampler)
-            target = np.concatenate([np.asarray(target), np.asarray(rest, np.asarray(target).dtype)])
+            target = np.concatenate([target, np.asarray(rest, target.dtype)])
             evaluations += (seeds - measured) * fine_nfe
     else:
         target = run_grid(eps_fn, sched, measurement.times, x_T, sampler=sampler)
