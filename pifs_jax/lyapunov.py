@@ -215,7 +215,7 @@ def _autonomous_core(map_fn, x0, key, *, n_steps, n_transient, k, return_history
     if n_transient:
         x, _ = jax.lax.scan(lambda v, _: (step(v, None), None), x, None, length=n_transient)
     q0 = jnp.eye(n, dtype=x.dtype) if k is None else orthonormal_block(key, n, k, x.dtype)
-    run = qr_pass(step, x, q0, None, length=n_steps, full=k is None, graded=False)
+    run = qr_pass(step, x, q0, None, length=n_steps, full=k is None, graded=False, final_basis=False)
     order = jnp.argsort(-run.log_diag)
     exponents = run.log_diag[order] / n_steps
     history = _running_mean(run.log_r)[:, order] if return_history else None
@@ -678,7 +678,7 @@ def _chain_qr_core(
     run, _, log_diag, w = _embedded_pass(
         chain, x_T.reshape(-1), q0, graded=graded,
         length=n_steps, full=k is None and chain.embed is None, qr_every=qr_every,
-        constrain=_tangent_constraint(mesh)[0], axis_name=axis_name,
+        constrain=_tangent_constraint(mesh)[0], axis_name=axis_name, final_basis=chain.project is not None,
     )  # fmt: skip
     if graded:
         exponents = graded_log_singular_values(log_diag, w, sweeps=sweeps, axis_name=axis_name) / n_steps

@@ -28,6 +28,7 @@ from pifs_jax.orthogonalization import (
     column_log_norms,
     digit_loss_budget,
     positive_qr,
+    positive_r,
     qr_2x2,
 )
 
@@ -213,7 +214,7 @@ def orthonormal_block(key: jax.Array, n: int, p: int, dtype) -> jax.Array:
 
 class QRPass(NamedTuple):
     q: jax.Array
-    """Final orthonormal basis ``Q_N``, shape ``(n, p)``."""
+    """Final orthonormal basis ``Q_N``, shape ``(n, p)`` (with ``final_basis=False``, the last unfactored block)."""
     log_diag: jax.Array
     """``l = sum_i log diag R_i``, shape ``(p,)`` (Benettin's sums)."""
     w: jax.Array
@@ -258,6 +259,7 @@ def qr_pass(
     qr_every: int | str = 1,
     start: tuple[jax.Array, jax.Array] | None = None,
     axis_name: str | None = None,
+    final_basis: bool = True,
 ) -> QRPass:
     """Push the basis ``q0`` along the orbit of ``step`` with QR re-orthonormalisation.
 
@@ -287,6 +289,11 @@ def qr_pass(
     and QRs are then decided once for the batch and paid only at steps where some trajectory needs
     them, each trajectory keeping its own decisions (:meth:`AdaptiveBlocks.decide`).
 
+    ``final_basis=False``: the caller needs the accumulated product but not the basis after the last
+    step, so that step's factorisation computes ``R`` alone
+    (:func:`pifs_jax.orthogonalization.positive_r`, no ``Q``) and :attr:`QRPass.q` is the last,
+    unfactored block ``J_N ... Q``.
+
     Args:
       step: the step map, ``step(x, inputs_i) -> x_next`` on flat states of shape ``(n,)``.
       x0: the initial state, shape ``(n,)``.
@@ -301,6 +308,8 @@ def qr_pass(
       qr_every: ``1`` (default: every step), an integer ``m > 1``, or ``"auto"``.
       start: ``(l_0, W_0)``, shapes ``(p,)`` and ``(p, p)``; ``None``: ``l = 0``, ``W = I``.
       axis_name: the name of an enclosing ``vmap`` over trajectories (``"auto"`` only), or ``None``.
+      final_basis: whether the basis after the last step is needed (default); ``False`` skips
+        forming it.
 
     Returns:
       :class:`QRPass`: the final basis, the log-diagonal sums, ``W``, the per-step ``log diag R_i``,
@@ -311,8 +320,14 @@ def qr_pass(
     adaptive = qr_every == "auto"
     budget = digit_loss_budget(dtype)
 
-    def reorthonormalise(blocks, y, log_diag, w):
-        q_next, r = qr_positive(y)
+    def last_r(y):
+        return y, positive_r(y)
+
+    def reorthonormalise(blocks, y, log_diag, w, last):
+        if final_basis:
+            q_next, r = qr_positive(y)
+        else:
+            q_next, r = batch_cond(last, last_r, qr_positive, y, axis_name=axis_name)
         log_r = jnp.log(safe_diagonal(r))
         if graded:
             log_diag, w = graded_update(log_diag, w, r)
@@ -322,7 +337,7 @@ def qr_pass(
             blocks = blocks.after_qr(r, budget)
         return q_next, log_diag, w, log_r, blocks
 
-    def postpone(blocks, y, log_diag, w):
+    def postpone(blocks, y, log_diag, w, last):
         if adaptive:
             blocks = blocks.postponed()
         return y, log_diag, w, jnp.zeros((p,), dtype), blocks
@@ -335,17 +350,20 @@ def qr_pass(
         else:
             x_next, tangent = jax.linearize(lambda v: step(v, inp), x)
             y = jax.vmap(tangent, in_axes=1, out_axes=1)(constrain(q))
+        last = i == length - 1
         if qr_every == 1:
             due = jnp.asarray(True)
-            q_next, log_diag, w, log_r, blocks = reorthonormalise(blocks, y, log_diag, w)
+            q_next, log_diag, w, log_r, blocks = reorthonormalise(blocks, y, log_diag, w, last)
         elif adaptive:
             due, (q_next, log_diag, w, log_r, blocks) = blocks.decide(
-                column_log_norms(y), budget, i == length - 1, reorthonormalise, postpone, y, log_diag, w,
+                column_log_norms(y), budget, last, reorthonormalise, postpone, y, log_diag, w, last,
                 axis_name=axis_name,
             )  # fmt: skip
         else:
-            due = ((i + 1) % qr_every == 0) | (i == length - 1)
-            q_next, log_diag, w, log_r, blocks = jax.lax.cond(due, reorthonormalise, postpone, blocks, y, log_diag, w)
+            due = ((i + 1) % qr_every == 0) | last
+            q_next, log_diag, w, log_r, blocks = jax.lax.cond(
+                due, reorthonormalise, postpone, blocks, y, log_diag, w, last
+            )
         flags = (jnp.sum(~jnp.isfinite(x_next)), jnp.sum(~jnp.isfinite(y)))
         return (x_next, q_next, log_diag, w, blocks), (log_r, flags, x, due)
 

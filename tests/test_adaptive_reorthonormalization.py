@@ -33,8 +33,11 @@ from pifs_jax.orthogonalization import (
     gram_probe,
     householder_qr,
     positive_qr,
+    positive_r,
     preferred_qr_method,
+    qr_2x2,
 )
+from pifs_jax.tangent_qr import qr_pass
 from reference import cosine_alpha_bar, random_orthogonal
 
 N_DIM = 8
@@ -207,6 +210,52 @@ def test_cholesky_qr2_falls_back_to_householder_when_ill_conditioned(x64):
     _q_h, r_h = householder_qr(y)
     np.testing.assert_array_equal(np.asarray(r), np.asarray(r_h))
     np.testing.assert_allclose(q.T @ q, np.eye(64), rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("method", ["householder", "cholesky_qr2"])
+def test_positive_r_is_the_r_of_the_positive_qr(x64, method):
+    """``R`` alone (``geqrf`` without ``Q`` for Householder) equals :func:`positive_qr`'s ``R`` to rounding.
+
+    Both are the unique ``R`` with a positive diagonal of the same ``Y`` (kappa 1e3): 1e-12 relative to
+    ``|Y| = 7`` allows ``eps kappa`` with a factor 50 of slack for the two LAPACK paths. A ``2 x 2``
+    block takes the closed form, exactly :func:`qr_2x2`'s ``R``.
+    """
+    y = _graded_matrix(jnp.float64)
+    r = positive_r(y, method)
+    assert np.all(np.tril(np.asarray(r), -1) == 0) and np.all(np.diagonal(np.asarray(r)) > 0)
+    np.testing.assert_allclose(r, positive_qr(y, method)[1], rtol=0, atol=1e-12 * 7.0)
+    planar = jnp.asarray([[0.3, -2.0], [-1.5, 0.7]])
+    np.testing.assert_array_equal(np.asarray(positive_r(planar, method)), np.asarray(qr_2x2(planar)[1]))
+    with pytest.raises(ValueError, match=r"^method:"):
+        positive_r(y, method="gram-schmidt")
+
+
+@pytest.mark.parametrize("qr_every", [1, 3, "auto"])
+def test_a_pass_without_its_final_basis_accumulates_the_same_product(x64, qr_every):
+    """``final_basis=False`` (the last step factored as ``R`` alone) leaves ``(l, W)`` and the history unchanged.
+
+    The same 6-dimensional coupled chain pushed 7 steps with and without the final basis: the
+    accumulated product and the per-step ``log diag R`` agree to 1e-12 (the two factorisations of
+    the same last block differ only by rounding); the returned block is then the last, unfactored
+    ``J Q`` rather than an orthonormal basis.
+    """
+    jac, q0 = coupled_chain()
+
+    def step(x, _):
+        return jac @ x
+
+    x0 = jnp.ones((6,), jnp.float64)
+    runs = [
+        qr_pass(step, x0, q0, None, length=7, full=True, graded=True, qr_every=qr_every, final_basis=final)
+        for final in (True, False)
+    ]
+    with_basis, without = runs
+    np.testing.assert_allclose(without.log_diag, with_basis.log_diag, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(without.w, with_basis.w, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(without.log_r, with_basis.log_r, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(np.asarray(without.due), np.asarray(with_basis.due))
+    np.testing.assert_allclose(with_basis.q.T @ with_basis.q, np.eye(6), rtol=0, atol=1e-13)
+    assert not np.allclose(np.asarray(without.q).T @ np.asarray(without.q), np.eye(6), atol=1e-3)
 
 
 def test_preferred_method_on_cpu_is_householder():
