@@ -21,6 +21,7 @@ from pifs_jax.grid_design import (
     GeometryMeasurement,
     StepCorrections,
     corrected_denoiser,
+    correction_loss,
     design_grid,
     fit_step_corrections,
     geometric_grid,
@@ -302,6 +303,37 @@ def test_fitted_corrections_recover_the_exact_flow_of_a_gaussian(x64, sampler):
     for bad in (0.0, float("nan"), True):
         with pytest.raises(ArgumentError, match="learning_rate"):
             fit_step_corrections(eps_fn, sched, grid, x_T, exact, learning_rate=bad)
+
+
+def test_correction_losses_against_numpy_and_the_rmse_fit(x64):
+    """``"mse"`` and ``"rmse"`` equal their NumPy forms; a fit on ``"rmse"`` starts at the plain solver's mean RMSE.
+
+    Independent values: the mean squared error, and the mean over seeds of each seed's RMSE, in NumPy.
+    A seed matched exactly contributes nothing and keeps the gradient finite. The Gaussian fit of
+    ``test_fitted_corrections_recover_the_exact_flow_of_a_gaussian`` with the per-seed RMSE as its loss:
+    its first loss is ``grid_errors(plain).mean()`` (to 1e-9 relative), and it removes over 95 % of it.
+    """
+    x_0 = jax.random.normal(jax.random.PRNGKey(1), (5, 3, 4), jnp.float64)
+    reference = jnp.asarray(np.asarray(x_0) + np.arange(5)[:, None, None] * 0.1)  # seed 0 matched exactly
+    per_seed = np.sqrt(np.mean((np.asarray(x_0) - np.asarray(reference)) ** 2, axis=(1, 2)))
+    assert float(correction_loss(x_0, reference, "mse")) == pytest.approx(np.mean(per_seed**2), rel=1e-12)
+    assert float(correction_loss(x_0, reference, "rmse")) == pytest.approx(np.mean(per_seed), rel=1e-12)
+    gradient = jax.grad(lambda x: correction_loss(x, reference, "rmse"))(x_0)
+    assert np.all(np.isfinite(np.asarray(gradient))) and np.all(np.asarray(gradient)[0] == 0)
+
+    sched = pj.linear(1000, dtype=jnp.float64)
+    eps_fn = scalar_gaussian_eps(sched)
+    grid = np.array([0, 150, 500, 1000])
+    x_T = jax.random.normal(jax.random.PRNGKey(0), (32, 1), jnp.float64)
+    v_T = float(sched.alpha_bar[1000] * C + sched.sigma2[1000])
+    exact = np.sqrt(C / v_T) * np.asarray(x_T)
+    plain = pj.grid_design.run_grid(eps_fn, sched, grid, x_T)
+    fit = fit_step_corrections(eps_fn, sched, grid, x_T, exact, iterations=300, learning_rate=0.05, loss="rmse")
+    assert fit.losses[0] == pytest.approx(float(grid_errors(plain, exact).mean()), rel=1e-9)
+    corrected = pj.grid_design.run_grid(corrected_denoiser(eps_fn, fit.corrections), sched, grid, x_T)
+    assert grid_errors(corrected, exact).mean() < 0.05 * grid_errors(plain, exact).mean()
+    with pytest.raises(ArgumentError, match=r"^loss:"):
+        fit_step_corrections(eps_fn, sched, grid, x_T, exact, loss="mae")
 
 
 def test_design_grid_corrected_keeps_the_best_candidate_on_held_out_design_seeds(monkeypatch):

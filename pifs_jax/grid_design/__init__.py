@@ -6,6 +6,7 @@ from pifs_jax.grid_design.correction import (
     CorrectionResult,
     StepCorrections,
     corrected_denoiser,
+    correction_loss,
     fit_step_corrections,
     plain_corrections,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "align_your_steps",
     "coordinate_search",
     "corrected_denoiser",
+    "correction_loss",
     "design_grid",
     "fit_step_corrections",
     "fixed_grid",
