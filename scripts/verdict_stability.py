@@ -100,11 +100,13 @@ def training_seed_draws(folder: Path, name: str) -> list[dict[str, Any]]:
             model, params, schedule = shipped, shipped.params, shipped.schedule
         else:
             run_dir = folder / f"seed{seed}"
-            if not (run_dir / CHECKPOINT_NAME).is_file() or int(load_run(run_dir).state.step) < config.steps:
+            started = (run_dir / CHECKPOINT_NAME).is_file()
+            model = load_run(run_dir) if started else None
+            if model is None or int(model.state.step) < config.steps:
                 start = time.perf_counter()
-                train(config, run_dir, resume=(run_dir / CHECKPOINT_NAME).is_file(), progress=True, evaluate=False)
+                train(config, run_dir, resume=started, progress=True, evaluate=False)
                 print(f"trained seed {seed}: {time.perf_counter() - start:.0f} s", flush=True)
-            model = load_run(run_dir)
+                model = load_run(run_dir)
             params, schedule = model.state.ema_params, named_schedule(config.schedule, config.T)
         attention = attention_fn_if_any(model.module, params, tuple(train_images.shape[1:]))
         assert config.patch_size is not None  # the recipe's configuration is resolved
