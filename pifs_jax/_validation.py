@@ -224,6 +224,13 @@ def check_positive_float(value: Any, *, name: str) -> float:
     return float(value)
 
 
+def check_fraction(value: Any, *, name: str) -> float:
+    """``value`` as a float, or an :class:`ArgumentError` naming ``name`` unless it is a number in ``[0, 1)``."""
+    if isinstance(value, bool) or not isinstance(value, int | float | np.number) or not 0 <= value < 1:
+        raise ArgumentError(name, f"expected a fraction in [0, 1), got {value!r}")
+    return float(value)
+
+
 def patch_variance_arrays(variances: Any, sizes: Any | None, dtype) -> tuple[jax.Array, jax.Array]:
     """``(lambda, n)`` as arrays of ``dtype``: patch variances ``(m,)`` and their multiplicities (default 1)."""
     lam = jnp.asarray(variances, dtype=dtype)

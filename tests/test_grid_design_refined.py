@@ -24,6 +24,7 @@ from pifs_jax.grid_design import (
     measure_geometry,
     refined_grid,
     run_grid,
+    trimmed_mean,
 )
 from pifs_jax.samplers import DDIM, DPMSolverPP2M
 
@@ -169,3 +170,54 @@ def test_measure_seeds_measures_a_prefix_and_targets_every_seed():
     for bad, message in ((7, "at most the 6 noises"), (0, "measure_seeds")):
         with pytest.raises(ArgumentError, match=message):
             refined_grid(eps_fn, sched, x_T, 4, fine_steps=40, measure_seeds=bad)
+
+
+def test_trimmed_mean_leaves_out_the_largest_errors():
+    """Against values computed by hand: ``floor(trim B)`` largest entries left out, whatever their order."""
+    errors = np.random.default_rng(0).permutation(np.arange(1.0, 17.0))  # 1..16, shuffled
+    assert trimmed_mean(errors) == pytest.approx(8.5)  # trim 0: the plain mean
+    assert trimmed_mean(errors, 1 / 8) == pytest.approx(7.5)  # 1..14
+    assert trimmed_mean(errors, 0.5) == pytest.approx(4.5)  # 1..8
+    assert trimmed_mean(np.arange(1.0, 8.0), 1 / 8) == pytest.approx(4.0)  # floor(7 / 8) = 0: nothing left out
+    assert trimmed_mean([3.0], 0.9) == 3.0  # one seed is always kept
+    for trim in (1.0, -0.1, float("nan"), True, "0.1"):
+        with pytest.raises(ArgumentError, match="trim"):
+            trimmed_mean(errors, trim)  # type: ignore[arg-type]
+    for bad in ([], np.ones((2, 2))):
+        with pytest.raises(ArgumentError, match="errors"):
+            trimmed_mean(bad, 0.1)
+
+
+def test_trimmed_scores_in_the_search_and_the_refined_grid():
+    """``trim`` reaches every score: the refined grid's starts and search, recomputed independently.
+
+    A seed whose target is far from every grid's result (its target shifted by 5) dominates the
+    plain mean; with ``trim = 1/8`` of 8 seeds exactly that seed is left out of each score.
+    """
+    sched = pj.linear(1000)
+    eps_fn = mixture_eps(sched)
+    x_T = jax.random.normal(jax.random.PRNGKey(4), (8, 4))
+    grid = np.array([0, 200, 500, 1000])
+    target = np.asarray(run_grid(eps_fn, sched, np.array([0, 100, 300, 600, 1000]), x_T))
+    target[3] += 5.0
+    per_seed = np.sqrt(np.mean((np.asarray(run_grid(eps_fn, sched, grid, x_T)) - target) ** 2, axis=1))
+    assert np.argmax(per_seed) == 3
+    assert mean_grid_error(eps_fn, sched, grid, x_T, target, trim=1 / 8) == pytest.approx(
+        np.mean(np.delete(per_seed, 3)), rel=1e-9
+    )
+    search = coordinate_search(eps_fn, sched, x_T, target, grid, max_sweeps=1, fractions=(0.5,), trim=1 / 8)
+    assert search.history[-1] == pytest.approx(mean_grid_error(eps_fn, sched, search.grid, x_T, target, trim=1 / 8))
+    res = refined_grid(eps_fn, sched, x_T, 4, fine_steps=40, orders=(1.0,), fixed=("time_uniform",), trim=1 / 8)
+    fine = res.measurement.fine_solution
+    assert res.start_scores["time_uniform"] == pytest.approx(
+        mean_grid_error(eps_fn, sched, fixed_grid(sched, 4, "time_uniform"), x_T, fine, trim=1 / 8), rel=1e-6
+    )
+    assert mean_grid_error(eps_fn, sched, res.grid, x_T, fine, trim=1 / 8) == pytest.approx(res.history[-1])
+    # through design_grid's options, and refused by name before anything is measured
+    d = design_grid(eps_fn, sched, 4, x_T=x_T, options={"fine_steps": 40, "orders": (1.0,), "fixed": ("time_uniform",),
+                                                        "trim": 1 / 8})  # fmt: skip
+    assert d.grid.tolist() == res.grid.tolist()
+    with pytest.raises(ArgumentError, match="trim"):
+        refined_grid(eps_fn, sched, x_T, 4, trim=1.0)
+    with pytest.raises(ArgumentError, match="trim"):
+        mean_grid_error(eps_fn, sched, grid, x_T, target, trim=-0.5)

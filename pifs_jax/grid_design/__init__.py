@@ -19,6 +19,7 @@ from pifs_jax.grid_design.evaluation import (
     reference_solution,
     run_grid,
     self_convergence,
+    trimmed_mean,
 )
 from pifs_jax.grid_design.fixed import FIXED_GRIDS, fixed_grid
 from pifs_jax.grid_design.geometric import GeometryMeasurement, geometric_grid, measure_geometry
@@ -58,4 +59,5 @@ __all__ = [
     "refined_grid",
     "run_grid",
     "self_convergence",
+    "trimmed_mean",
 ]

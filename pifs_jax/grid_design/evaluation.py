@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
-from pifs_jax._validation import check_positive_int
+from pifs_jax._validation import check_fraction, check_positive_int
 from pifs_jax.errors import ArgumentError
 from pifs_jax.grids import full_grid
 from pifs_jax.samplers import DDIM, Sampler, sample_batch
@@ -36,6 +36,7 @@ __all__ = [
     "reference_solution",
     "run_grid",
     "self_convergence",
+    "trimmed_mean",
 ]
 
 #: Samples per compiled batch (memory bound: the chain holds one batch of states).
@@ -130,9 +131,31 @@ def grid_errors(samples: Any, reference: Any) -> np.ndarray:
     return np.sqrt(np.mean((samples - reference).reshape(samples.shape[0], -1) ** 2, axis=1))
 
 
+def trimmed_mean(errors: Any, trim: float = 0.0) -> float:
+    """Mean of ``errors`` without its ``k = floor(trim B)`` largest entries (``B`` entries; ``trim = 0``: the mean).
+
+    ``mean(e_(1), ..., e_(B-k))`` over the sorted errors ``e_(1) <= ... <= e_(B)``: the score of a grid on
+    few design seeds whose per-seed errors are heavy-tailed, where one outlying seed would
+    otherwise decide which grid wins (docs/theory.md section 12).
+
+    Args:
+      errors: per-seed errors, shape ``(B,)`` with ``B >= 1``.
+      trim: the fraction of the largest errors left out, in ``[0, 1)``.
+
+    Raises:
+      ArgumentError: naming ``trim`` outside ``[0, 1)``, or ``errors`` when it is not a non-empty vector.
+    """
+    trim = check_fraction(trim, name="trim")
+    errors = np.asarray(errors, np.float64)
+    if errors.ndim != 1 or errors.shape[0] == 0:
+        raise ArgumentError("errors", f"expected a non-empty vector of per-seed errors, got shape {errors.shape}")
+    kept = errors.shape[0] - int(np.floor(trim * errors.shape[0]))
+    return float(np.mean(np.sort(errors)[:kept]))
+
+
 def mean_grid_error(
     eps_fn: EpsFn, sched: Schedule, grid: Any, x_T: Any, reference: Any, *, sampler: Sampler | None = None,
-    chunk: int = DEFAULT_CHUNK,
+    chunk: int = DEFAULT_CHUNK, trim: float = 0.0,
 ) -> float:  # fmt: skip
     """Mean over the noises ``x_T`` of the per-sample RMSE of ``grid`` to ``reference`` (the design objective).
 
@@ -144,15 +167,19 @@ def mean_grid_error(
       reference: their reference solutions, of ``x_T``'s shape (e.g. :func:`reference_solution`).
       sampler: the solver; default ``DDIM()``.
       chunk: samples per compiled batch (positive); default 256.
+      trim: leave out this fraction of the largest per-sample errors (:func:`trimmed_mean`); default
+        0, the plain mean.
 
     Returns:
-      the mean of :func:`grid_errors` over the ``B`` noises, a Python float.
+      the (trimmed) mean of :func:`grid_errors` over the ``B`` noises, a Python float.
 
     Raises:
-      ArgumentError: as for :func:`run_grid`, or naming ``reference`` (:func:`grid_errors`).
+      ArgumentError: as for :func:`run_grid`, naming ``reference`` (:func:`grid_errors`), or ``trim``.
       NonFiniteError: as for :func:`run_grid`.
     """
-    return float(np.mean(grid_errors(run_grid(eps_fn, sched, grid, x_T, sampler=sampler, chunk=chunk), reference)))
+    trim = check_fraction(trim, name="trim")  # before the network runs
+    errors = grid_errors(run_grid(eps_fn, sched, grid, x_T, sampler=sampler, chunk=chunk), reference)
+    return trimmed_mean(errors, trim)
 
 
 class PairedGain(NamedTuple):

@@ -161,6 +161,7 @@ def coordinate_search(
     known_scores: dict[tuple[int, ...], float] | None = None,
     chunk: int = DEFAULT_CHUNK,
     progress: Callable[[str], Any] | None = None,
+    trim: float = 0.0,
 ) -> SearchResult:
     """Coordinate search of the integer grid on the mean RMSE to ``reference`` (module docstring).
 
@@ -175,6 +176,8 @@ def coordinate_search(
         (at least 1) for each ``f`` in ``fractions`` (each in ``(0, 1)``).
       known_scores: grid (tuple of ints) -> objective already computed on these noises and this
         reference; read and extended in place, their evaluations not counted again.
+      trim: score each grid by the mean without this fraction of its largest per-seed errors
+        (:func:`~pifs_jax.grid_design.trimmed_mean`); default 0, the plain mean.
 
     Returns:
       :class:`SearchResult`: the grid, the objective after each sweep, and the network evaluations
@@ -198,7 +201,7 @@ def coordinate_search(
         nonlocal evaluations
         key = tuple(int(v) for v in g)
         if key not in cache:
-            cache[key] = mean_grid_error(eps_fn, sched, g, x_T, reference, sampler=sampler, chunk=chunk)
+            cache[key] = mean_grid_error(eps_fn, sched, g, x_T, reference, sampler=sampler, chunk=chunk, trim=trim)
             evaluations += nfe * int(np.shape(x_T)[0])
         return cache[key]
 
