@@ -14,8 +14,8 @@ fraction of draws on which it *holds*, beside the verdict of the first draw:
   recipe shortened to 1000 steps, training seeds 0, 1, 2; their verdicts as that study recorded
   them: 4 trajectories of 20 steps, no attention entropy), when ``--regulariser-runs`` names its
   ``runs`` folder;
-- **full-length training seeds**: each recipe of ``--recipes`` (default ``dit-digits``, the one
-  shipped recipe whose full training fits a session on a 2-core CPU: 11-26 minutes a seed, by machine)
+- **full-length training seeds**: each recipe of ``--recipes`` (default ``dit-digits``, the fastest
+  shipped recipe: 11-26 minutes a seed on a 2-core CPU, by machine; ``dit-photos16`` took 43-47)
   trained exactly as recipe (all its steps) with each training seed of
   :data:`EXTRA_TRAINING_SEEDS`, beside the shipped model (training seed 0), each judged as the
   trajectory draws with ``x_T`` from ``PRNGKey(0)`` and scored by its in-domain FD and KID
@@ -28,7 +28,7 @@ The settings were fixed before any draw was analysed. Each model's draws are kep
 (config, seed, package versions) and ``<out>/verdict_stability.md``. Run with ``python
 scripts/verdict_stability.py --out results/stability [--regulariser-runs
 results/regulariser/runs] [--training-seeds results/training_seeds]`` (about 15 minutes on a 2-core
-CPU, and about 50 more with ``--training-seeds`` for ``dit-digits``).
+CPU, and about 50 more with ``--training-seeds`` for ``dit-digits``, 90 more for ``dit-photos16``).
 """
 
 from __future__ import annotations
