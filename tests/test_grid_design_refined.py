@@ -221,3 +221,5 @@ def test_trimmed_scores_in_the_search_and_the_refined_grid():
         refined_grid(eps_fn, sched, x_T, 4, trim=1.0)
     with pytest.raises(ArgumentError, match="trim"):
         mean_grid_error(eps_fn, sched, grid, x_T, target, trim=-0.5)
+    with pytest.raises(ArgumentError, match="trim"):
+        coordinate_search(eps_fn, sched, x_T, target, grid, trim=2.0)

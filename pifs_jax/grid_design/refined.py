@@ -124,8 +124,9 @@ def refined_grid(
         DiTs, so it is not the default.)
       trim: score every grid (the starts and the search) by the mean RMSE to the target without
         this fraction of its largest per-seed errors (:func:`~pifs_jax.grid_design.trimmed_mean`;
-        ``floor(trim R)`` seeds left out); default 0, the plain mean. (Theory section 12: a
-        prototype of ``trim = 1/8`` against outlying design seeds, with its rule.)
+        ``floor(trim R)`` seeds left out); default 0, the plain mean. (Theory section 12:
+        ``trim = 1/8`` mended a search decided by one outlying seed, lost 7-13 % with
+        DPM-Solver++(2M) at 20 steps, and is not the default.)
 
     Returns:
       :class:`RefinedResult`.

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pifs_jax._validation import check_positive_float, check_positive_int
+from pifs_jax._validation import check_fraction, check_positive_float, check_positive_int
 from pifs_jax.errors import ArgumentError
 from pifs_jax.grid_design.evaluation import DEFAULT_CHUNK, mean_grid_error
 from pifs_jax.grid_design.fixed import fixed_grid
@@ -186,6 +186,7 @@ def coordinate_search(
     sampler = DDIM() if sampler is None else sampler
     max_sweeps = check_positive_int(max_sweeps, name="max_sweeps")
     spread = check_positive_int(spread, name="spread")
+    trim = check_fraction(trim, name="trim")
     if fractions is not None:
         fractions = tuple(float(f) for f in fractions)
         if not fractions or not all(0.0 < f < 1.0 for f in fractions):
