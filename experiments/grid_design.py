@@ -29,7 +29,7 @@ seeds, the methods' own settings; 16 minutes on 2 cores for the mixture and ``di
 
 Writes ``<out>/grid_design/grid_design.json`` and ``error_vs_nfe.png``.
 Run alone with ``python experiments/grid_design.py --out results [--quick | --full | --tables]
-[--models NAME ...]``.
+[--models NAME ...] [--methods NAME ...] [--evaluate K]``.
 """
 
 from __future__ import annotations
@@ -369,16 +369,22 @@ def run(
     tables: bool = False,
     models: list[str] | None = None,
     methods: list[str] | None = None,
+    evaluate: int | None = None,
 ) -> dict[str, Any]:
     """Compute, write ``grid_design.json`` and the figures, return the report section.
 
     ``tables``: the guide's configuration; ``models``: these models instead of the mode's (e.g.
     the other shipped models in the guide's configuration, as its second table does); ``methods``:
     only these of :data:`MODEL_METHODS` beside the fixed grids (e.g. part 1's methods on a slow
-    model: ``gits geometric refined oracle``), in :data:`MODEL_METHODS`' order.
+    model: ``gits geometric refined oracle``), in :data:`MODEL_METHODS`' order; ``evaluate``: this
+    many evaluation seeds instead of the mode's (e.g. ``--full`` on the UNet with 512 instead of 2000).
     """
     out = Path(out_dir) / NAME
     cfg = mode_config(quick=quick, full=full, tables=tables)
+    if evaluate is not None:
+        if isinstance(evaluate, bool) or not isinstance(evaluate, int) or evaluate < 2:  # paired intervals need 2
+            raise ArgumentError("evaluate", f"expected an integer >= 2 (evaluation seeds), got {evaluate!r}")
+        cfg["evaluate"] = evaluate
     if models is not None:
         unknown = [m for m in models if m not in ("mixture", *list_pretrained())]
         if unknown or not models:

@@ -378,7 +378,7 @@ def experiment_main(name: str, doc: str | None, run: Any, *, quick_help: str, ar
     Parses ``argv``, calls ``run(Path(out), quick=quick)`` (with ``full=True`` for ``--full``,
     ``retrain=True`` for ``--retrain``, ``tables=True`` for ``--tables`` (the configuration of the
     experiment's guide tables), ``models=[...]`` for ``--models NAME ...`` and ``methods=[...]`` for
-    ``--methods NAME ...``, each offered when
+    ``--methods NAME ...`` and ``evaluate=K`` for ``--evaluate K``, each offered when
     ``run`` takes it: ``accepts_option``) while holding ``OUT/<name>`` as a
     :class:`~pifs_jax.run_folder.RunFolder` (its lock and in-progress marker; a second run on the same
     folder is refused by name), and prints the section's markdown.
@@ -417,6 +417,8 @@ def experiment_main(name: str, doc: str | None, run: Any, *, quick_help: str, ar
         parser.add_argument("--models", nargs="+", metavar="NAME", help="these models instead of the mode's")
     if accepts_option(run, "methods"):
         parser.add_argument("--methods", nargs="+", metavar="NAME", help="only these methods (and what they need)")
+    if accepts_option(run, "evaluate"):
+        parser.add_argument("--evaluate", type=int, metavar="K", help="K evaluation seeds instead of the mode's")
     args = parser.parse_args(argv)
     modes = [flag for flag in ("quick", "full", "tables") if getattr(args, flag, False)]
     if len(modes) > 1:
@@ -425,6 +427,8 @@ def experiment_main(name: str, doc: str | None, run: Any, *, quick_help: str, ar
     for option in ("models", "methods"):
         if getattr(args, option, None):
             extra[option] = list(getattr(args, option))
+    if getattr(args, "evaluate", None) is not None:
+        extra["evaluate"] = args.evaluate
     # the experiment's folder is held as reproduce holds the report's: a second run on it is refused
     with RunFolder(
         Path(args.out) / name,

@@ -233,17 +233,26 @@ def test_runs_as_a_script(schedule_geometry, tmp_path, capsys):
 
 
 def test_experiment_command_line_offers_the_options_its_run_takes(tmp_path, capsys):
-    """``--tables``, ``--models`` and ``--methods`` reach ``run`` when it takes them; two modes are refused by name."""
+    """``--tables``, ``--models``, ``--methods`` and ``--evaluate`` reach ``run`` when it takes them; two modes are refused by name."""
     calls = []
 
-    def run(out_dir, *, quick, full=False, tables=False, models=None, methods=None):
-        calls.append({"quick": quick, "full": full, "tables": tables, "models": models, "methods": methods})
+    def run(out_dir, *, quick, full=False, tables=False, models=None, methods=None, evaluate=None):
+        calls.append({"quick": quick, "full": full, "tables": tables, "models": models, "methods": methods,
+                      "evaluate": evaluate})  # fmt: skip
         return {"markdown": "done"}
 
     argv = ["--out", str(tmp_path), "--tables", "--models", "dit-digits", "mixture", "--methods", "gits", "oracle"]
     assert reproduce.experiment_main("toy", None, run, quick_help="q", argv=argv) == 0
-    assert calls == [{"quick": False, "full": False, "tables": True, "models": ["dit-digits", "mixture"],
-                      "methods": ["gits", "oracle"]}]  # fmt: skip
+    assert reproduce.experiment_main("toy", None, run, quick_help="q", argv=["--out", str(tmp_path), "--full",
+                                                                             "--evaluate", "512"]) == 0  # fmt: skip
+    assert calls == [
+        {"quick": False, "full": False, "tables": True, "models": ["dit-digits", "mixture"], "methods": ["gits", "oracle"],
+         "evaluate": None},
+        {"quick": False, "full": True, "tables": False, "models": None, "methods": None, "evaluate": 512},
+    ]  # fmt: skip
+    with pytest.raises(SystemExit):  # not an integer: argparse names the option
+        reproduce.experiment_main("toy", None, run, quick_help="q", argv=["--out", str(tmp_path), "--evaluate", "1e3"])
+    assert "--evaluate: invalid int value" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         reproduce.experiment_main(
             "toy", None, run, quick_help="q", argv=["--out", str(tmp_path), "--quick", "--tables"]
@@ -259,3 +268,6 @@ def test_experiment_command_line_offers_the_options_its_run_takes(tmp_path, caps
     with pytest.raises(SystemExit):
         reproduce.experiment_main("toy3", None, plain, quick_help="q", argv=["--out", str(tmp_path), "--methods", "a"])
     assert "unrecognized arguments: --methods a" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        reproduce.experiment_main("toy4", None, plain, quick_help="q", argv=["--out", str(tmp_path), "--evaluate", "8"])
+    assert "unrecognized arguments: --evaluate 8" in capsys.readouterr().err

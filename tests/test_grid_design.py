@@ -410,6 +410,9 @@ def test_grid_design_experiment_tables_are_consistent(tmp_path):
     for methods in (["refined", "orakel"], []):
         with pytest.raises(ArgumentError, match="^methods: .*orakel" if methods else "^methods:"):
             module.run(tmp_path / "refused", tables=True, methods=methods)
+    for evaluate in (1, 0, 2.5, True):
+        with pytest.raises(ArgumentError, match=r"^evaluate: expected an integer >= 2"):
+            module.run(tmp_path / "refused", full=True, evaluate=evaluate)
     assert not (tmp_path / "refused").exists()
     # the transfer: each designed grid run by the other solver, against a direct run of that grid
     transfer = results["models"]["mixture"]["transfer"]
